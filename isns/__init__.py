@@ -1,0 +1,1 @@
+"""iSNS name server and client (RFC 4171). Importable without :mod:`bootsvc`."""

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs every Debian package and Python package that bootsvc and its
+# tests use, on a fresh Debian 12 machine, as root. Idempotent: packages
+# already present are not fetched again.
+set -euo pipefail
+venv=${1:-.venv}
+debs=(
+    python3 python3-venv python3-pip
+    libiscsi-bin        # iscsi-test-cu, iscsi-perf, iscsi-ls
+    qemu-utils          # qemu-img (iscsi:// driver, check, compare)
+    qemu-system-x86     # QEMU for iPXE sanboot and diskless boots
+    ipxe-qemu ipxe      # iPXE NIC ROMs and binaries
+    tgt                 # reference iSCSI target
+    open-isns-utils     # isnsadm, isnsd
+    iproute2 procps
+)
+missing=()
+for p in "${debs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install -q --upgrade pip
+"$venv/bin/python" -m pip install -q -e ".[test]"
