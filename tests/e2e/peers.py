@@ -1,0 +1,122 @@
+"""Start and stop the real peers the end-to-end tests talk to.
+
+Every server listens on loopback only, on a port picked free at start, and
+is ended by the PID this module started it with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), timeout=1):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {LOOPBACK}:{port} after {timeout} s")
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """End a process this module started: SIGTERM, then SIGKILL."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass(frozen=True)
+class Portal:
+    """Where a test reaches a target: ``iscsi://host:port/iqn/lun``."""
+
+    port: int
+    iqn: str
+    lun: int
+
+    def url(self, lun: int | None = None) -> str:
+        return f"iscsi://{LOOPBACK}:{self.port}/{self.iqn}/{self.lun if lun is None else lun}"
+
+
+def bootsvc_command() -> list[str]:
+    return [sys.executable, "-m", "bootsvc"]
+
+
+@contextlib.contextmanager
+def bootsvc_export(image: Path, iqn: str = "iqn.2026-11.test.bootsvc:disk", *extra: str,
+                   log: Path | None = None) -> Iterator[Portal]:
+    """``bootsvc export IMAGE`` on a free loopback port; the image is LUN 0."""
+    port = free_port()
+    out = open(log, "wb") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(
+        [*bootsvc_command(), "export", str(image), "--iqn", iqn, "--listen", f"{LOOPBACK}:{port}", *extra],
+        stdout=out, stderr=subprocess.STDOUT if log else None,
+    )
+    try:
+        wait_for_port(port, proc)
+        yield Portal(port, iqn, 0)
+    finally:
+        stop(proc)
+        if log:
+            out.close()  # type: ignore[union-attr]
+
+
+def have(*commands: str) -> bool:
+    return all(shutil.which(c) for c in commands)
+
+
+@contextlib.contextmanager
+def tgt_export(image: Path, iqn: str = "iqn.2026-11.test.tgt:disk") -> Iterator[Portal]:
+    """tgtd serving ``image`` as LUN 1 (tgt keeps LUN 0 for its controller).
+
+    tgtd ignores SIGTERM while targets exist, so it is stopped through its
+    own control port (ENVIRONMENT.md), then by PID if it lingers."""
+    port = free_port()
+    # tgtd takes control ports up to 32767 (its socket is /var/run/tgtd/socket.<N>)
+    control = 1000 + port % 30000
+    os.makedirs("/var/run/tgtd", exist_ok=True)
+    proc = subprocess.Popen(
+        ["tgtd", "-f", "-C", str(control), "--iscsi", f"portal={LOOPBACK}:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+    def adm(*args: str) -> None:
+        subprocess.run(["tgtadm", "-C", str(control), "--lld", "iscsi", *args], check=True,
+                       capture_output=True, timeout=30)
+
+    try:
+        wait_for_port(port, proc)
+        adm("--op", "new", "--mode", "target", "--tid", "1", "-T", iqn)
+        adm("--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "-b", str(image))
+        adm("--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL")
+        yield Portal(port, iqn, 1)
+    finally:
+        subprocess.run(["tgtadm", "-C", str(control), "--op", "delete", "--mode", "system"],
+                       capture_output=True, timeout=30)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            stop(proc)
