@@ -1,0 +1,86 @@
+"""The ``bootsvc`` command. Thin: parses arguments, builds services from
+:mod:`target`, :mod:`isns` and :mod:`bootsvc`, runs them, reports errors in
+one line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from target.backend import BackendError
+from target.server import Portal, TargetServer
+from target.targets import LunSpec, Target, TargetConfigError, TargetSpec
+
+
+def default_iqn(image: Path) -> str:
+    stem = "".join(c if c.isalnum() or c in ".-" else "-" for c in image.stem.lower()) or "disk"
+    return f"iqn.2026-11.io.bootsvc:{stem}"
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Serve one or more images as LUNs of one target, now."""
+    images = [Path(p) for p in args.image]
+    iqn = args.iqn or default_iqn(images[0])
+    try:
+        portal = Portal.parse(args.listen)
+        spec = TargetSpec(iqn=iqn, alias=args.alias or images[0].name,
+                          luns=tuple(LunSpec(str(p), read_only=args.read_only, block_size=args.block_size)
+                                     for p in images))
+        target = Target.open(spec)
+    except (ValueError, TargetConfigError, BackendError, OSError) as e:
+        print(f"bootsvc export: {e}", file=sys.stderr)
+        return 2
+    server = TargetServer([target], [portal], nop_interval=args.nop_interval)
+    return run_until_signal(server, f"serving {iqn} ({len(images)} LUN) on {portal}")
+
+
+def run_until_signal(server: TargetServer, banner: str) -> int:
+    async def main() -> int:
+        try:
+            await server.start()
+        except OSError as e:
+            print(f"bootsvc: {e}", file=sys.stderr)
+            return 1
+        print(f"bootsvc: {banner}", file=sys.stderr, flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.stop()
+        return 0
+
+    return asyncio.run(main())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bootsvc", description="Network boot for diskless machines.")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log lines (-vv: debug)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("export", help="serve disk images over iSCSI right now")
+    e.add_argument("image", nargs="+", help="raw image file(s) or block device(s); each becomes a LUN")
+    e.add_argument("--iqn", help="target name (default: iqn.2026-11.io.bootsvc:<image name>)")
+    e.add_argument("--alias", help="TargetAlias shown to initiators")
+    e.add_argument("--listen", default="0.0.0.0:3260", help="HOST:PORT to listen on (default 0.0.0.0:3260)")
+    e.add_argument("--read-only", action="store_true", help="refuse writes (DATA PROTECT)")
+    e.add_argument("--block-size", type=int, default=512, choices=(512, 4096), help="logical block size")
+    e.add_argument("--nop-interval", type=float, default=15.0,
+                   help="seconds of silence before pinging the initiator (0: never)")
+    e.set_defaults(func=cmd_export)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * args.verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if os.environ.get("BOOTSVC_DEBUG"):
+        logging.getLogger().setLevel(logging.DEBUG)
+    return int(args.func(args))

@@ -1,0 +1,218 @@
+"""One TCP connection to the target: asyncio I/O around the login state
+machine and the session (RFC 7143 §5: login phase, then full feature phase).
+
+Reading feeds :class:`~target.framing.PduReader`; writing goes through
+:class:`~target.sender.Sender` so responses keep their order and file data
+leaves by ``sendfile``. Nothing protocol-specific lives here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from .backend import Segment, segments_length
+from .framing import DigestError, PduReader, crc32c_digest, frame, padding
+from .login import Login, LoginFailed, LoginStatus
+from .pdu import LoginRequest, NopOut, Pdu, PduFormatError, Reject, RejectReason
+from .sender import Sender
+from .session import Session
+
+if TYPE_CHECKING:
+    from .server import TargetServer
+
+log = logging.getLogger("bootsvc.iscsi")
+
+LOGIN_MAX_DATA = 8192  # §13.12: the limit before MaxRecvDataSegmentLength is declared
+LOGIN_TIMEOUT = 30.0
+RECV_SIZE = 1 << 18
+
+
+class IscsiConnection:
+    def __init__(self, server: TargetServer, sock: socket.socket) -> None:
+        self.server = server
+        self.sock = sock
+        self.loop = asyncio.get_running_loop()
+        self.sender = Sender(sock, self.loop)
+        self.reader = PduReader(max_data=LOGIN_MAX_DATA)
+        self.statsn = 0
+        self.cid = 0
+        self.login_cmdsn = 0
+        self.session: Session | None = None
+        self.closing = False
+        self.peer = sock.getpeername()[:2]
+        self.local_address: tuple[str, int] = sock.getsockname()[:2]
+        self.last_rx = time.monotonic()
+        self.ping_ttt = 0
+        self.ping_sent = 0.0
+
+    # -- output -----------------------------------------------------------------
+
+    def emit(self, pdu: Pdu, segments: Sequence[Segment] | None = None) -> None:
+        digests = self.reader.digests
+        if segments is None:
+            self.sender.send(frame(pdu, digests))
+            return
+        n = segments_length(segments)
+        items: list[Segment] = [*frame(pdu, digests, data_length=n), *segments]
+        pad = padding(n)
+        if pad:
+            items.append(pad)
+        if digests.data and n:
+            # the session materialised the data into bytes for this
+            items.append(crc32c_digest(*(bytes(s) for s in segments if isinstance(s, (bytes, memoryview))), pad))  # type: ignore[arg-type]
+        self.sender.send(items)
+
+    def close_after_send(self) -> None:
+        self.closing = True
+        self.loop.create_task(self._close_when_drained())
+
+    async def _close_when_drained(self) -> None:
+        try:
+            await asyncio.wait_for(self.sender.drain(), 30)
+        except asyncio.TimeoutError:
+            pass
+        self.close()
+
+    def close(self) -> None:
+        self.closing = True
+        self.sender.close()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    # -- input ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            await asyncio.wait_for(self._login(), LOGIN_TIMEOUT)
+            if self.session is not None:
+                await self._full_feature()
+        except (asyncio.TimeoutError, ConnectionError, OSError) as e:
+            log.info("event=iscsi.connection_lost peer=%s:%d why=%r", *self.peer, e)
+        except PduFormatError as e:
+            log.warning("event=iscsi.stream_error peer=%s:%d why=%s", *self.peer, e)
+        finally:
+            self.close()
+            if self.session is not None and self.session.conn is self:
+                self.session.close()
+            self.sock.close()
+
+    async def _recv(self) -> bool:
+        data = await self.loop.sock_recv(self.sock, RECV_SIZE)
+        if not data:
+            return False
+        self.last_rx = time.monotonic()
+        self.reader.feed(data)
+        return True
+
+    async def _login(self) -> None:
+        login = Login(ctx=_LoginContext(self), target_prefs=self.server.key_preferences,
+                      window=self.server.window)
+        while True:
+            try:
+                pdu = self.reader.next_pdu()
+            except (DigestError, PduFormatError) as e:
+                log.info("event=iscsi.login_failed peer=%s:%d why=%s", *self.peer, e)
+                return
+            if pdu is None:
+                if not await self._recv():
+                    return
+                continue
+            if not isinstance(pdu, LoginRequest):
+                # §6.1: anything but a Login Request before Full Feature Phase ends the connection
+                self.emit(Reject(reason=RejectReason.PROTOCOL_ERROR, data=pdu.encode_bhs()))
+                log.info("event=iscsi.login_failed peer=%s:%d why=%s before login", *self.peer,
+                         type(pdu).__name__)
+                await self.sender.drain()
+                return
+            self.cid = pdu.cid
+            self.login_cmdsn = pdu.cmdsn
+            result = login.receive(pdu)
+            self.statsn = login.statsn
+            self.emit(result.response)
+            if result.failed:
+                status = LoginStatus((result.response.status_class << 8) | result.response.status_detail)
+                self.server.event("iscsi.login_failed", peer=f"{self.peer[0]}:{self.peer[1]}",
+                                  initiator=login.params.initiator_name, target=login.params.target_name,
+                                  status=status.name)
+                await self.sender.drain()
+                return
+            if result.params is not None:
+                p = result.params
+                self.reader.max_data = p.target_max_recv
+                self.reader.digests.header = p.header_digest
+                self.reader.digests.data = p.data_digest
+                self.server.event("iscsi.login", peer=f"{self.peer[0]}:{self.peer[1]}",
+                                  initiator=p.initiator_name, target=p.target_name,
+                                  session_type=p.session_type, tsih=login.tsih)
+                return
+
+    async def _full_feature(self) -> None:
+        session = self.session
+        assert session is not None
+        pinger = self.loop.create_task(self._pinger()) if self.server.nop_interval > 0 else None
+        try:
+            while not self.closing:
+                try:
+                    for pdu in self.reader.pdus():
+                        if isinstance(pdu, NopOut) and pdu.itt == 0xFFFFFFFF and pdu.ttt == self.ping_ttt:
+                            self.ping_sent = 0.0
+                        session.receive(pdu)
+                        if self.closing:
+                            return
+                except DigestError as e:
+                    if e.header:  # §7.8: the header cannot be trusted, so neither can the framing
+                        log.warning("event=iscsi.header_digest_error peer=%s:%d", *self.peer)
+                        return
+                    session.reject(e.bhs, RejectReason.DATA_DIGEST_ERROR, str(e))
+                    continue
+                except PduFormatError as e:
+                    if not e.bhs:
+                        raise
+                    session.reject(e.bhs, e.reason, str(e))
+                    continue
+                if self.sender.congested:
+                    await self.sender.drain()
+                if not await self._recv():
+                    return
+        finally:
+            if pinger is not None:
+                pinger.cancel()
+
+    async def _pinger(self) -> None:
+        """§11.19: ping an idle initiator; drop it if it stops answering."""
+        interval = self.server.nop_interval
+        while not self.closing:
+            await asyncio.sleep(interval / 2)
+            now = time.monotonic()
+            if self.ping_sent and now - self.ping_sent > self.server.nop_timeout:
+                log.info("event=iscsi.nop_timeout peer=%s:%d", *self.peer)
+                self.close()
+                return
+            if not self.ping_sent and now - self.last_rx > interval and self.session is not None:
+                self.ping_ttt = (self.ping_ttt % 0xFFFF) + 1 | 0x80000000
+                self.ping_sent = now
+                self.session.ping(self.ping_ttt)
+
+
+class _LoginContext:
+    """The server as the login state machine sees it, for one connection."""
+
+    def __init__(self, conn: IscsiConnection) -> None:
+        self.conn = conn
+        self.portal_group_tag = conn.server.portal_group_tag
+
+    def find_target(self, name: str):  # type: ignore[no-untyped-def]
+        return self.conn.server.targets.get(name)
+
+    def admit(self, isid: bytes, tsih: int, params):  # type: ignore[no-untyped-def]
+        return self.conn.server.admit(self.conn, isid, tsih, params)
+
+
+__all__ = ["IscsiConnection", "LoginFailed"]

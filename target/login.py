@@ -1,0 +1,226 @@
+"""The login phase of one connection (RFC 7143 §6, §11.12, §11.13).
+
+Sans-I/O: :meth:`Login.receive` takes a Login Request and returns the Login
+Response to send plus, once the initiator reaches Full Feature Phase, the
+negotiated :class:`~target.keys.SessionParams`. The stage machine follows
+§6.3 (CSG/NSG, Transit, Continue); AuthMethod None is the only method so far,
+but the security stage is handled as the RFC lays it out so CHAP can slot in.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .keys import KEYS, KeyValueError, REJECT, SessionParams, negotiate
+from .pdu import LoginRequest, LoginResponse, Stage
+from .text import TextFormatError, decode_text, encode_text
+
+
+class LoginStatus(enum.IntEnum):
+    """§11.13.5: Status-Class << 8 | Status-Detail."""
+
+    SUCCESS = 0x0000
+    TARGET_MOVED_TEMPORARILY = 0x0101
+    TARGET_MOVED_PERMANENTLY = 0x0102
+    INITIATOR_ERROR = 0x0200
+    AUTHENTICATION_FAILURE = 0x0201
+    AUTHORIZATION_FAILURE = 0x0202
+    NOT_FOUND = 0x0203
+    TARGET_REMOVED = 0x0204
+    UNSUPPORTED_VERSION = 0x0205
+    TOO_MANY_CONNECTIONS = 0x0206
+    MISSING_PARAMETER = 0x0207
+    CANT_INCLUDE_IN_SESSION = 0x0208
+    SESSION_TYPE_NOT_SUPPORTED = 0x0209
+    SESSION_DOES_NOT_EXIST = 0x020A
+    INVALID_DURING_LOGIN = 0x020B
+    TARGET_ERROR = 0x0300
+    SERVICE_UNAVAILABLE = 0x0301
+    OUT_OF_RESOURCES = 0x0302
+
+
+class LoginFailed(Exception):
+    """Ends the login with a status the initiator is told (§11.13.5)."""
+
+    def __init__(self, status: LoginStatus, why: str) -> None:
+        super().__init__(why)
+        self.status = status
+
+
+class TargetInfo(Protocol):
+    name: str
+    alias: str
+
+    def allows(self, initiator_name: str) -> bool: ...
+
+
+class LoginContext(Protocol):
+    """What the login needs to know of the target side."""
+
+    portal_group_tag: int
+
+    def find_target(self, name: str) -> TargetInfo | None: ...
+
+    def admit(self, isid: bytes, tsih: int, params: SessionParams) -> int:
+        """Called once, on the step into Full Feature Phase: create or
+        reinstate the session and return its TSIH, or raise LoginFailed."""
+        ...
+
+
+# Keys only meaningful in a Normal session; in a Discovery session they are
+# answered Irrelevant (§13: "Irrelevant when SessionType=Discovery").
+_NORMAL_ONLY = {
+    "MaxConnections", "InitialR2T", "ImmediateData", "MaxBurstLength", "FirstBurstLength",
+    "MaxOutstandingR2T", "DataPDUInOrder", "DataSequenceInOrder",
+}
+
+
+@dataclass
+class LoginResult:
+    response: LoginResponse
+    params: SessionParams | None = None  # set when Full Feature Phase begins
+    failed: bool = False  # the connection closes after sending the response
+
+
+@dataclass
+class Login:
+    ctx: LoginContext
+    target_prefs: dict[str, str] = field(default_factory=dict)
+    statsn: int = 0
+    params: SessionParams = field(default_factory=SessionParams)
+    stage: Stage | None = None
+    isid: bytes = b""
+    tsih: int = 0
+    cid: int = 0
+    cmdsn: int = 0
+    first: bool = True
+    declared: bool = False  # our declarative keys were sent
+    pending_text: bytearray = field(default_factory=bytearray)
+    target: TargetInfo | None = None
+    window: int = 1  # commands the session will accept, for MaxCmdSN at the switch to FFP
+
+    def receive(self, req: LoginRequest) -> LoginResult:
+        try:
+            return self._receive(req)
+        except LoginFailed as e:
+            return LoginResult(self._response(req, status=e.status), failed=True)
+
+    def _receive(self, req: LoginRequest) -> LoginResult:
+        if self.first:
+            self._check_first(req)
+        elif req.isid != self.isid or req.tsih != self.tsih or req.cid != self.cid:
+            raise LoginFailed(LoginStatus.INITIATOR_ERROR, "ISID, TSIH or CID changed during login")
+        elif req.csg != self.stage:
+            raise LoginFailed(LoginStatus.INITIATOR_ERROR, f"CSG {req.csg} but the stage is {self.stage}")
+        self._check_stages(req)
+        self.stage = Stage(req.csg)
+
+        self.pending_text += req.data
+        if req.cont:
+            if req.transit:
+                raise LoginFailed(LoginStatus.INITIATOR_ERROR, "both C and T bits set")
+            return LoginResult(self._response(req))  # §6.1: empty answer until the text is whole
+        try:
+            pairs = decode_text(self.pending_text)
+        except TextFormatError as e:
+            raise LoginFailed(LoginStatus.INITIATOR_ERROR, str(e)) from e
+        self.pending_text.clear()
+
+        answers = self._answer(req, pairs)
+        first = self.first
+        self.first = False
+        if first:
+            self._check_identity()
+        if not self.declared and (req.csg == Stage.OPERATIONAL or req.transit):
+            answers += self._declarations()
+            self.declared = True
+
+        if req.transit and req.nsg == Stage.FULL_FEATURE:
+            if self.params.session_type == "Normal" and self.params.auth_method not in ("None",):
+                raise LoginFailed(LoginStatus.AUTHENTICATION_FAILURE, "authentication required")
+            self.tsih = self.ctx.admit(self.isid, self.tsih, self.params)
+            return LoginResult(self._response(req, data=encode_text(answers), transit=True), self.params)
+        return LoginResult(self._response(req, data=encode_text(answers), transit=req.transit))
+
+    def _check_first(self, req: LoginRequest) -> None:
+        if req.version_min > 0:
+            raise LoginFailed(LoginStatus.UNSUPPORTED_VERSION, f"version {req.version_min} unsupported")
+        self.isid, self.tsih, self.cid, self.cmdsn = req.isid, req.tsih, req.cid, req.cmdsn
+        self.statsn = req.expstatsn  # §11.13: any start is fine; following the initiator's helps traces
+
+    def _check_stages(self, req: LoginRequest) -> None:
+        if req.csg not in (Stage.SECURITY, Stage.OPERATIONAL):
+            raise LoginFailed(LoginStatus.INITIATOR_ERROR, f"CSG {req.csg} is not a login stage")
+        if req.transit and (req.nsg <= req.csg or req.nsg == 2):
+            raise LoginFailed(LoginStatus.INITIATOR_ERROR, f"transit from {req.csg} to {req.nsg}")
+
+    def _answer(self, req: LoginRequest, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        answers: list[tuple[str, str]] = []
+        for key, value in pairs:
+            spec = KEYS.get(key)
+            if spec is not None and spec.leading_only and self.tsih:
+                raise LoginFailed(LoginStatus.INITIATOR_ERROR, f"{key} on a non-leading connection")
+            if key == "AuthMethod" and req.csg != Stage.SECURITY:
+                raise LoginFailed(LoginStatus.INITIATOR_ERROR, "AuthMethod outside the security stage")
+            if key in _NORMAL_ONLY and self._discovery(pairs):
+                answers.append((key, "Irrelevant"))
+                continue
+            try:
+                answer = negotiate(key, value, self.target_prefs)
+            except KeyValueError:
+                answer = REJECT
+                if spec is not None and spec.rule.name == "DECLARATIVE":
+                    raise LoginFailed(LoginStatus.INITIATOR_ERROR, f"bad value {key}={value!r}") from None
+            if answer is None:
+                self.params.apply(key, value)
+                continue
+            if answer == REJECT and key == "AuthMethod":
+                raise LoginFailed(LoginStatus.AUTHENTICATION_FAILURE, f"no acceptable AuthMethod in {value!r}")
+            if answer not in (REJECT, "NotUnderstood", "Irrelevant"):
+                self.params.apply(key, answer)
+            answers.append((key, answer))
+        return answers
+
+    def _discovery(self, pairs: list[tuple[str, str]]) -> bool:
+        return dict(pairs).get("SessionType", self.params.session_type) == "Discovery"
+
+    def _check_identity(self) -> None:
+        p = self.params
+        if not p.initiator_name:
+            raise LoginFailed(LoginStatus.MISSING_PARAMETER, "no InitiatorName")
+        if p.session_type == "Discovery":
+            return
+        if not p.target_name:
+            raise LoginFailed(LoginStatus.MISSING_PARAMETER, "no TargetName in a Normal session")
+        target = self.ctx.find_target(p.target_name)
+        if target is None:
+            raise LoginFailed(LoginStatus.NOT_FOUND, f"no target {p.target_name}")
+        if not target.allows(p.initiator_name):
+            raise LoginFailed(LoginStatus.AUTHORIZATION_FAILURE,
+                              f"{p.initiator_name} may not log in to {p.target_name}")
+        self.target = target
+
+    def _declarations(self) -> list[tuple[str, str]]:
+        """Declarative keys the target states once (§13.9, §13.12)."""
+        out = [("TargetPortalGroupTag", str(self.ctx.portal_group_tag))]
+        if self.target is not None and self.target.alias:
+            out.append(("TargetAlias", self.target.alias))
+        out.append(("MaxRecvDataSegmentLength", str(self.params.target_max_recv)))
+        return out
+
+    def _response(self, req: LoginRequest, data: bytes = b"", transit: bool = False,
+                  status: LoginStatus = LoginStatus.SUCCESS) -> LoginResponse:
+        statsn = self.statsn
+        self.statsn = (self.statsn + 1) & 0xFFFFFFFF
+        final = transit and req.nsg == Stage.FULL_FEATURE and status == LoginStatus.SUCCESS
+        maxcmdsn = (req.cmdsn + self.window - 1) & 0xFFFFFFFF if final else req.cmdsn
+        return LoginResponse(
+            transit=transit and status == LoginStatus.SUCCESS,
+            csg=req.csg, nsg=req.nsg if transit else 0,
+            version_max=0, version_active=0, isid=req.isid,
+            tsih=self.tsih if final or req.tsih else 0,
+            itt=req.itt, statsn=statsn, expcmdsn=req.cmdsn, maxcmdsn=maxcmdsn,
+            status_class=status >> 8, status_detail=status & 0xFF, data=data,
+        )

@@ -1,0 +1,188 @@
+"""The iSCSI target server: portals, targets and the session table
+(RFC 7143 §4.3 session identity, §6.3.5 session reinstatement).
+
+Embeddable: ``TargetServer(targets, portals)``, ``await start()``,
+``await stop()``. Events (login, logout, first read, ...) go to an optional
+callback so a host application can build timelines and metrics from them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from .connection import IscsiConnection
+from .keys import SessionParams
+from .login import LoginFailed, LoginStatus
+from .session import Session
+from .targets import Target
+
+log = logging.getLogger("bootsvc.iscsi")
+
+EventSink = Callable[[str, dict[str, object]], None]
+
+
+@dataclass(frozen=True)
+class Portal:
+    host: str
+    port: int = 3260
+
+    @classmethod
+    def parse(cls, text: str) -> Portal:
+        """``HOST[:PORT]`` or ``[V6]:PORT``."""
+        if text.startswith("["):
+            host, _, rest = text[1:].partition("]")
+            port = rest.lstrip(":") or "3260"
+        else:
+            host, _, port = text.rpartition(":") if text.count(":") == 1 else (text, "", "3260")
+        if not port.isdigit() or not 0 < int(port) < 65536 or not host:
+            raise ValueError(f"bad portal {text!r}: expected HOST:PORT")
+        return cls(host, int(port))
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+class TargetServer:
+    def __init__(self, targets: Iterable[Target], portals: Iterable[Portal], *, portal_group_tag: int = 1,
+                 window: int = 128, nop_interval: float = 15.0, nop_timeout: float = 30.0,
+                 key_preferences: dict[str, str] | None = None, on_event: EventSink | None = None) -> None:
+        self.targets: dict[str, Target] = {t.name: t for t in targets}
+        self.portal_list = list(portals)
+        self.portal_group_tag = portal_group_tag
+        self.window = window
+        self.nop_interval = nop_interval
+        self.nop_timeout = nop_timeout
+        self.key_preferences = key_preferences or {}
+        self.on_event = on_event
+        self.sessions: dict[int, Session] = {}
+        self.next_tsih = 1
+        self.listeners: list[socket.socket] = []
+        self.accept_tasks: list[asyncio.Task[None]] = []
+        self.connections: set[IscsiConnection] = set()
+        self.conn_tasks: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle --------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for portal in self.portal_list:
+            family = socket.AF_INET6 if ":" in portal.host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((portal.host, portal.port))
+            except OSError as e:
+                sock.close()
+                raise OSError(e.errno, f"cannot listen on {portal}: {e.strerror}") from e
+            sock.listen(128)
+            sock.setblocking(False)
+            self.listeners.append(sock)
+            self.accept_tasks.append(loop.create_task(self._accept_loop(sock)))
+            self.event("iscsi.listening", portal=str(portal))
+
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(listener)
+            except OSError as e:  # e.g. EMFILE: keep serving the sessions we have
+                log.warning("event=iscsi.accept_failed why=%s", e)
+                await asyncio.sleep(0.5)
+                continue
+            task = loop.create_task(self._serve_socket(sock))
+            self.conn_tasks.add(task)
+            task.add_done_callback(self.conn_tasks.discard)
+
+    async def _serve_socket(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = IscsiConnection(self, sock)
+        self.connections.add(conn)
+        try:
+            await conn.run()
+        finally:
+            self.connections.discard(conn)
+
+    async def stop(self) -> None:
+        for t in self.accept_tasks:
+            t.cancel()
+        for sock in self.listeners:
+            sock.close()
+        self.accept_tasks.clear()
+        self.listeners.clear()
+        for conn in list(self.connections):
+            conn.close()
+        if self.conn_tasks:
+            await asyncio.wait(list(self.conn_tasks), timeout=5)
+        for t in self.targets.values():
+            t.close()
+
+    # -- what sessions and logins ask -------------------------------------------
+
+    def event(self, what: str, **fields: object) -> None:
+        log.info("event=%s %s", what, " ".join(f"{k}={v}" for k, v in fields.items()))
+        if self.on_event is not None:
+            self.on_event(what, fields)
+
+    def visible_targets(self, initiator_name: str) -> list[Target]:
+        return [t for t in self.targets.values() if t.allows(initiator_name)]
+
+    def portals(self, local: tuple[str, int]) -> list[str]:
+        """TargetAddress values: each portal, wildcard ones as the address
+        the initiator reached us on."""
+        out = []
+        for p in self.portal_list:
+            host = local[0] if p.host in ("0.0.0.0", "::") else p.host
+            addr = f"[{host}]:{p.port}" if ":" in host else f"{host}:{p.port}"
+            out.append(f"{addr},{self.portal_group_tag}")
+        return out
+
+    def forget(self, session: Session) -> None:
+        if self.sessions.get(session.tsih) is session:
+            del self.sessions[session.tsih]
+
+    def admit(self, conn: IscsiConnection, isid: bytes, tsih: int, params: SessionParams) -> int:
+        """Create the session for a login entering Full Feature Phase, or
+        reinstate one (§6.3.5): a new leading login with the ISID of a live
+        session between the same initiator and target replaces it."""
+        if tsih:
+            old = self.sessions.get(tsih)
+            if old is None:
+                raise LoginFailed(LoginStatus.SESSION_DOES_NOT_EXIST, f"no session with TSIH {tsih}")
+            if getattr(old.conn, "cid", None) != conn.cid:
+                raise LoginFailed(LoginStatus.TOO_MANY_CONNECTIONS, "MaxConnections=1")
+            # connection reinstatement at ERL 0: the old connection's tasks are gone
+            old_conn = old.conn
+            old.conn = conn
+            for task in list(old.tasks.values()):
+                old._abort(task)
+            old_conn.close()  # type: ignore[attr-defined]
+            conn.session = old
+            return tsih
+        for s in list(self.sessions.values()):
+            if (s.isid, s.params.initiator_name, s.params.target_name) == (
+                    isid, params.initiator_name, params.target_name):
+                self.event("iscsi.session_reinstated", initiator=params.initiator_name,
+                           target=params.target_name, tsih=s.tsih)
+                s.conn.close()  # type: ignore[attr-defined]
+                s.close()
+        tsih = self._new_tsih()
+        target = self.targets.get(params.target_name) if params.session_type == "Normal" else None
+        session = Session(self, conn, params, isid, tsih, conn.login_cmdsn, target)
+        self.sessions[tsih] = session
+        if target is not None:
+            target.sessions.add(session)
+        conn.session = session
+        return tsih
+
+    def _new_tsih(self) -> int:
+        while True:
+            tsih = self.next_tsih
+            self.next_tsih = tsih % 0xFFFF + 1  # TSIH 0 is reserved (§11.12.6)
+            if tsih not in self.sessions:
+                return tsih
+

@@ -1,0 +1,596 @@
+"""Full Feature Phase of an iSCSI session (RFC 7143 §3.2, §4, §11).
+
+One :class:`Session` per logged-in initiator (ERL 0, one connection). It
+takes decoded PDUs from its connection and answers through the connection's
+``emit``: CmdSN windowing (§4.2.2), SCSI commands with immediate, unsolicited
+and solicited (R2T) data (§4.2.5), Data-In with status piggy-backed
+(§11.7.4), task management (§11.5), SendTargets (§13, Appendix C), NOP
+(§11.18/19), Logout (§11.14) and Reject (§11.17) for everything malformed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .backend import FileExtent, Segment, Zeros, materialize, segments_length
+from .eager import run_eager
+from .keys import KeyValueError, SessionParams, negotiate
+from .pagecache import is_cached, warm
+from .pdu import (
+    RESERVED_TAG, DataIn, DataOut, LoginRequest, LogoutReason, LogoutRequest, LogoutResponse,
+    LogoutResponsePdu, NopIn, NopOut, Pdu, R2T, Reject, RejectReason, ScsiCommand, ScsiResponse,
+    SnackRequest, TaskMgmtRequest, TaskMgmtResponse, TextRequest, TextResponse, TmfFunction,
+    TmfResponse,
+)
+from .scsi import ScsiResult, ScsiStatus, no_such_lun, report_luns
+from .targets import Target, lun_from_field
+from .text import TextFormatError, decode_text, encode_text
+
+log = logging.getLogger("bootsvc.iscsi")
+
+REPORT_LUNS = 0xA0
+SERIAL_HALF = 1 << 31
+
+
+def sn_lt(a: int, b: int) -> bool:
+    """Serial number arithmetic, RFC 1982 with SERIAL_BITS = 32 (§4.2.2.1)."""
+    return a != b and ((b - a) & 0xFFFFFFFF) < SERIAL_HALF
+
+
+class Connection(Protocol):
+    """What a session needs of its transport (see :mod:`target.connection`)."""
+
+    statsn: int
+    local_address: tuple[str, int]
+
+    def emit(self, pdu: Pdu, segments: Sequence[Segment] | None = None) -> None: ...
+
+    def close_after_send(self) -> None: ...
+
+
+class ServerContext(Protocol):
+    portal_group_tag: int
+    window: int
+
+    def visible_targets(self, initiator_name: str) -> list[Target]: ...
+
+    def portals(self, local: tuple[str, int]) -> list[str]: ...
+
+    def forget(self, session: Session) -> None: ...
+
+    def event(self, what: str, **fields: object) -> None: ...
+
+
+@dataclass
+class R2TState:
+    offset: int
+    length: int
+    received: int = 0
+
+
+@dataclass
+class Task:
+    """One SCSI command from arrival to its last response PDU."""
+
+    cmd: ScsiCommand
+    lun: int
+    cdb: bytes
+    buffer: bytearray | None = None
+    received: int = 0
+    unsolicited_end: int = 0
+    next_r2t_offset: int = 0
+    outstanding: dict[int, R2TState] = field(default_factory=dict)
+    r2tsn: int = 0
+    aborted: bool = False
+
+    @property
+    def itt(self) -> int:
+        return self.cmd.itt
+
+
+class ProtocolViolation(Exception):
+    """A PDU that gets a Reject (§11.17); the connection carries on."""
+
+    def __init__(self, reason: RejectReason, why: str) -> None:
+        super().__init__(why)
+        self.reason = reason
+
+
+class Session:
+    def __init__(self, server: ServerContext, conn: Connection, params: SessionParams, isid: bytes,
+                 tsih: int, cmdsn: int, target: Target | None) -> None:
+        self.server = server
+        self.conn = conn
+        self.params = params
+        self.isid = isid
+        self.tsih = tsih
+        self.target = target
+        self.expcmdsn = cmdsn
+        self.window = server.window
+        self.tasks: dict[int, Task] = {}
+        self.pending: dict[int, Pdu] = {}  # commands ahead of ExpCmdSN
+        self.running: set[asyncio.Task[None]] = set()
+        self.text_reply: tuple[int, bytes] | None = None  # (TTT, rest) of a long Text Response
+        self.text_request = bytearray()
+        self.next_ttt = 1
+        self.first_read_seen = False
+        self.nexus = (params.initiator_name, isid, params.target_name)
+        self.closed = False
+
+    # -- identity and bookkeeping ---------------------------------------------
+
+    @property
+    def discovery(self) -> bool:
+        return self.params.session_type == "Discovery"
+
+    @property
+    def maxcmdsn(self) -> int:
+        return (self.expcmdsn + self.window - 1) & 0xFFFFFFFF
+
+    def _statsn(self) -> int:
+        sn = self.conn.statsn
+        self.conn.statsn = (sn + 1) & 0xFFFFFFFF
+        return sn
+
+    def _ttt(self) -> int:
+        ttt = self.next_ttt
+        self.next_ttt = (ttt + 1) % RESERVED_TAG or 1
+        return ttt
+
+    def close(self) -> None:
+        """The session ends: abort its tasks, tell the LUNs the nexus is gone."""
+        if self.closed:
+            return
+        self.closed = True
+        for task in self.tasks.values():
+            task.aborted = True
+        self.tasks.clear()
+        for t in self.running:
+            t.cancel()
+        if self.target is not None:
+            self.target.sessions.discard(self)
+            for lun in self.target.luns.values():
+                lun.nexus_lost(self.nexus)
+        self.server.forget(self)
+
+    # -- dispatch -------------------------------------------------------------
+
+    def receive(self, pdu: Pdu) -> None:
+        """Handle one PDU from the initiator."""
+        try:
+            if isinstance(pdu, DataOut):
+                self._data_out(pdu)
+            elif isinstance(pdu, (ScsiCommand, NopOut, TaskMgmtRequest, TextRequest, LogoutRequest)):
+                self._ordered(pdu)
+            elif isinstance(pdu, SnackRequest):
+                raise ProtocolViolation(RejectReason.SNACK_REJECT, "SNACK at ErrorRecoveryLevel 0")
+            elif isinstance(pdu, LoginRequest):
+                raise ProtocolViolation(RejectReason.PROTOCOL_ERROR, "Login Request in Full Feature Phase")
+            else:
+                raise ProtocolViolation(RejectReason.PROTOCOL_ERROR, f"{type(pdu).__name__} from an initiator")
+        except ProtocolViolation as e:
+            self.reject(pdu.encode_bhs(), e.reason, str(e))
+
+    def reject(self, bhs: bytes, reason: RejectReason, why: str) -> None:
+        log.info("event=iscsi.reject reason=%s why=%r initiator=%s", reason.name, why,
+                 self.params.initiator_name)
+        self.conn.emit(Reject(reason=reason, statsn=self._statsn(), expcmdsn=self.expcmdsn,
+                              maxcmdsn=self.maxcmdsn, data=bhs))
+
+    def _ordered(self, pdu: ScsiCommand | NopOut | TaskMgmtRequest | TextRequest | LogoutRequest) -> None:
+        """§4.2.2.1: deliver commands in CmdSN order; drop those outside the window."""
+        if pdu.immediate:
+            self._deliver(pdu)
+            return
+        sn = pdu.cmdsn
+        if sn == self.expcmdsn:
+            self.expcmdsn = (sn + 1) & 0xFFFFFFFF
+            self._deliver(pdu)
+            while self.expcmdsn in self.pending:
+                nxt = self.pending.pop(self.expcmdsn)
+                self.expcmdsn = (self.expcmdsn + 1) & 0xFFFFFFFF
+                self._deliver(nxt)
+        elif sn_lt(self.expcmdsn, sn) and not sn_lt(self.maxcmdsn, sn):
+            self.pending[sn] = pdu
+        else:
+            log.info("event=iscsi.cmdsn_dropped cmdsn=%d expcmdsn=%d maxcmdsn=%d", sn, self.expcmdsn,
+                     self.maxcmdsn)
+
+    def _deliver(self, pdu: Pdu) -> None:
+        try:
+            if isinstance(pdu, ScsiCommand):
+                self._command(pdu)
+            elif isinstance(pdu, NopOut):
+                self._nop_out(pdu)
+            elif isinstance(pdu, TaskMgmtRequest):
+                self._task_management(pdu)
+            elif isinstance(pdu, TextRequest):
+                self._text(pdu)
+            elif isinstance(pdu, LogoutRequest):
+                self._logout(pdu)
+        except ProtocolViolation as e:
+            self.reject(pdu.encode_bhs(), e.reason, str(e))
+
+    # -- NOP ------------------------------------------------------------------
+
+    def _nop_out(self, pdu: NopOut) -> None:
+        """§11.18: answer pings; a NOP-Out with ITT 0xffffffff answers ours."""
+        if pdu.itt == RESERVED_TAG:
+            return
+        data = bytes(pdu.data)[: self.params.initiator_max_recv]
+        self.conn.emit(NopIn(lun=pdu.lun, itt=pdu.itt, ttt=RESERVED_TAG, statsn=self._statsn(),
+                             expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn, data=data))
+
+    def ping(self, ttt: int) -> None:
+        """A NOP-In that asks the initiator for a NOP-Out (§11.19); StatSN is
+        not advanced because no status is carried."""
+        self.conn.emit(NopIn(ttt=ttt, itt=RESERVED_TAG, statsn=self.conn.statsn,
+                             expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn))
+
+    # -- SCSI commands ----------------------------------------------------------
+
+    def _command(self, cmd: ScsiCommand) -> None:
+        if self.discovery:
+            raise ProtocolViolation(RejectReason.PROTOCOL_ERROR, "SCSI command in a Discovery session")
+        if cmd.itt in self.tasks:
+            raise ProtocolViolation(RejectReason.TASK_IN_PROGRESS, f"ITT {cmd.itt:#x} already in use")
+        data = cmd.data
+        if data and not self.params.immediate_data:
+            raise ProtocolViolation(RejectReason.PROTOCOL_ERROR, "immediate data not negotiated")
+        if len(data) > cmd.edtl or len(data) > self.params.first_burst_length:
+            raise ProtocolViolation(RejectReason.PROTOCOL_ERROR, "more immediate data than allowed")
+        if data and not cmd.write:
+            raise ProtocolViolation(RejectReason.PROTOCOL_ERROR, "data with a command that is not a write")
+        task = Task(cmd, lun_from_field(cmd.lun), cmd.full_cdb)
+        if cmd.write and cmd.edtl > len(data):
+            task.buffer = bytearray(cmd.edtl)
+            task.buffer[: len(data)] = data
+            task.received = len(data)
+            if cmd.final or self.params.initial_r2t:
+                task.unsolicited_end = len(data)
+            else:
+                task.unsolicited_end = min(self.params.first_burst_length, cmd.edtl)
+            task.next_r2t_offset = task.unsolicited_end
+            self.tasks[cmd.itt] = task
+            self._send_r2ts(task)
+            return
+        self.tasks[cmd.itt] = task
+        self._execute(task, memoryview(data) if cmd.write else None)
+
+    def _send_r2ts(self, task: Task) -> None:
+        """§4.2.5.2: solicit the rest, at most MaxOutstandingR2T at a time."""
+        p = self.params
+        edtl = task.cmd.edtl
+        while task.next_r2t_offset < edtl and len(task.outstanding) < p.max_outstanding_r2t:
+            length = min(p.max_burst_length, edtl - task.next_r2t_offset)
+            ttt = self._ttt()
+            task.outstanding[ttt] = R2TState(task.next_r2t_offset, length)
+            self.conn.emit(R2T(lun=task.cmd.lun, itt=task.itt, ttt=ttt, statsn=self.conn.statsn,
+                               expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn, r2tsn=task.r2tsn,
+                               buffer_offset=task.next_r2t_offset, desired_length=length))
+            task.r2tsn += 1
+            task.next_r2t_offset += length
+
+    def _data_out(self, pdu: DataOut) -> None:
+        task = self.tasks.get(pdu.itt)
+        if task is None or task.buffer is None:
+            raise ProtocolViolation(RejectReason.INVALID_PDU_FIELD, f"Data-Out for unknown ITT {pdu.itt:#x}")
+        n = len(pdu.data)
+        end = pdu.buffer_offset + n
+        if pdu.ttt == RESERVED_TAG:
+            if end > task.unsolicited_end:
+                raise ProtocolViolation(RejectReason.PROTOCOL_ERROR, "unsolicited data beyond FirstBurstLength")
+            r2t = None
+        else:
+            r2t = task.outstanding.get(pdu.ttt)
+            if r2t is None:
+                raise ProtocolViolation(RejectReason.INVALID_PDU_FIELD, f"Data-Out with unknown TTT {pdu.ttt:#x}")
+            if pdu.buffer_offset < r2t.offset or end > r2t.offset + r2t.length:
+                raise ProtocolViolation(RejectReason.PROTOCOL_ERROR, "Data-Out outside its R2T")
+        if end > task.cmd.edtl:
+            raise ProtocolViolation(RejectReason.PROTOCOL_ERROR, "Data-Out beyond the expected length")
+        task.buffer[pdu.buffer_offset:end] = pdu.data
+        task.received += n
+        if r2t is not None:
+            r2t.received += n
+            if pdu.final or r2t.received >= r2t.length:
+                del task.outstanding[pdu.ttt]
+                self._send_r2ts(task)
+        if task.received >= task.cmd.edtl and not task.outstanding:
+            self._execute(task, memoryview(task.buffer))
+
+    def _execute(self, task: Task, data_out: memoryview | None) -> None:
+        cdb = task.cdb
+        target = self.target
+        assert target is not None
+        lun = target.luns.get(task.lun)
+        if cdb[0] == REPORT_LUNS:
+            self._complete(task, report_luns(sorted(target.luns), cdb))
+            return
+        if lun is None:
+            self._complete(task, no_such_lun(cdb))
+            return
+        if not self.first_read_seen and cdb[0] in (0x08, 0x28, 0xA8, 0x88):
+            self.first_read_seen = True
+            self.server.event("iscsi.first_read", initiator=self.params.initiator_name,
+                              target=self.params.target_name, lun=task.lun)
+
+        def done(result: ScsiResult | None, error: BaseException | None) -> None:
+            if error is not None:
+                log.error("event=iscsi.command_failed initiator=%s cdb=%s error=%r",
+                          self.params.initiator_name, cdb.hex(), error)
+                result = ScsiResult(ScsiStatus.BUSY)
+            assert result is not None
+            self._complete(task, result)
+
+        run_eager(lun.execute(cdb, data_out, self.nexus, task.cmd.edtl), done, self.running)
+
+    def _complete(self, task: Task, result: ScsiResult) -> None:
+        if task.aborted or self.closed:
+            return
+        segments = result.data
+        if segments and (self.params.data_digest or not _all_cached(segments)):
+            self._spawn(self._complete_slow(task, result))
+            return
+        self._respond(task, result, segments)
+
+    async def _complete_slow(self, task: Task, result: ScsiResult) -> None:
+        """Data to read from disk first: for a data digest (it needs the
+        bytes) or because the page cache does not hold it."""
+        if self.params.data_digest:
+            loop = asyncio.get_running_loop()
+            segments: Sequence[Segment] = (await loop.run_in_executor(None, materialize, result.data),)
+        else:
+            await warm(result.data)
+            segments = result.data
+        if not (task.aborted or self.closed):
+            self._respond(task, result, segments)
+
+    def _spawn(self, coro: object) -> None:
+        t = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self.running.add(t)
+        t.add_done_callback(self.running.discard)
+
+    def _respond(self, task: Task, result: ScsiResult, segments: Sequence[Segment]) -> None:
+        """Data-In PDUs then status (§11.7, §11.4), residuals per §11.4.5."""
+        cmd = task.cmd
+        self.tasks.pop(task.itt, None)
+        edtl = cmd.edtl
+        if cmd.write:
+            wanted = result.data_out_length if result.data_out_length is not None else edtl
+        else:
+            wanted = segments_length(segments)
+        overflow = wanted > edtl
+        underflow = wanted < edtl
+        residual = abs(wanted - edtl)
+        good = result.status == ScsiStatus.GOOD and not result.sense
+        datasn = 0
+        if segments and not cmd.write:
+            datasn = self._send_data_in(task, segments, min(wanted, edtl), result.status if good else None,
+                                        overflow, underflow, residual)
+            if good:
+                return
+        elif cmd.write:
+            datasn = task.r2tsn
+        sense = result.sense
+        data = len(sense).to_bytes(2, "big") + sense if sense else b""
+        self.conn.emit(ScsiResponse(
+            overflow=overflow, underflow=underflow, response=0, status=result.status, itt=cmd.itt,
+            statsn=self._statsn(), expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn, expdatasn=datasn,
+            residual=residual if (overflow or underflow) else 0, data=data))
+
+    def _send_data_in(self, task: Task, segments: Sequence[Segment], length: int, status: int | None,
+                      overflow: bool, underflow: bool, residual: int) -> int:
+        """Split ``length`` bytes of ``segments`` into Data-In PDUs no larger
+        than the initiator's MaxRecvDataSegmentLength, sequences no longer
+        than MaxBurstLength (F bit at each end, §11.7.1); returns the count."""
+        mrdsl = self.params.initiator_max_recv
+        burst = self.params.max_burst_length
+        cmd = task.cmd
+        parts = _Cursor(segments)
+        offset = 0
+        datasn = 0
+        while offset < length:
+            n = min(mrdsl, length - offset, burst - offset % burst)
+            last = offset + n >= length
+            end_of_burst = last or (offset + n) % burst == 0
+            pieces = parts.take(n)
+            if last and status is not None:
+                pdu = DataIn(final=True, status_present=True, status=status, overflow=overflow,
+                             underflow=underflow, residual=residual if (overflow or underflow) else 0,
+                             lun=cmd.lun, itt=cmd.itt, statsn=self._statsn(), expcmdsn=self.expcmdsn,
+                             maxcmdsn=self.maxcmdsn, datasn=datasn, buffer_offset=offset)
+            else:
+                pdu = DataIn(final=end_of_burst, itt=cmd.itt, lun=cmd.lun, statsn=self.conn.statsn,
+                             expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn, datasn=datasn,
+                             buffer_offset=offset)
+            self.conn.emit(pdu, pieces)
+            offset += n
+            datasn += 1
+        return datasn
+
+    # -- task management --------------------------------------------------------
+
+    def _task_management(self, req: TaskMgmtRequest) -> None:
+        """§11.5: answer once the affected tasks are gone (ERL 0, no task
+        reassignment)."""
+        response = self._tmf(req)
+        self.conn.emit(TaskMgmtResponse(response=response, itt=req.itt, statsn=self._statsn(),
+                                        expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn))
+        if req.function == TmfFunction.TARGET_COLD_RESET and response == TmfResponse.FUNCTION_COMPLETE:
+            for s in list(self.target.sessions if self.target else ()):
+                s.conn.close_after_send()
+
+    def _tmf(self, req: TaskMgmtRequest) -> TmfResponse:
+        fn = req.function
+        target = self.target
+        if target is None:
+            return TmfResponse.REJECTED
+        lun_id = lun_from_field(req.lun)
+        self.server.event("iscsi.task_management", initiator=self.params.initiator_name,
+                          function=fn, lun=lun_id)
+        if fn in (TmfFunction.ABORT_TASK, TmfFunction.ABORT_TASK_SET, TmfFunction.CLEAR_TASK_SET,
+                  TmfFunction.LOGICAL_UNIT_RESET, TmfFunction.CLEAR_ACA) and lun_id not in target.luns:
+            return TmfResponse.LUN_DOES_NOT_EXIST
+        match fn:
+            case TmfFunction.ABORT_TASK:
+                task = self.tasks.get(req.rtt)
+                if task is None:
+                    # §11.5.1: a task that completed already counts as aborted
+                    return (TmfResponse.FUNCTION_COMPLETE if sn_lt(req.refcmdsn, self.expcmdsn)
+                            else TmfResponse.TASK_DOES_NOT_EXIST)
+                self._abort(task)
+            case TmfFunction.ABORT_TASK_SET | TmfFunction.CLEAR_TASK_SET:
+                for task in [t for t in self.tasks.values() if t.lun == lun_id]:
+                    self._abort(task)
+            case TmfFunction.LOGICAL_UNIT_RESET:
+                for s in list(target.sessions):
+                    for task in [t for t in s.tasks.values() if t.lun == lun_id]:
+                        s._abort(task)
+                target.luns[lun_id].reset()
+            case TmfFunction.TARGET_WARM_RESET | TmfFunction.TARGET_COLD_RESET:
+                for s in list(target.sessions):
+                    for task in list(s.tasks.values()):
+                        s._abort(task)
+                for lun in target.luns.values():
+                    lun.reset()
+            case TmfFunction.CLEAR_ACA:
+                return TmfResponse.FUNCTION_COMPLETE
+            case TmfFunction.TASK_REASSIGN:
+                return TmfResponse.REASSIGNMENT_NOT_SUPPORTED
+            case _:
+                return TmfResponse.NOT_SUPPORTED
+        return TmfResponse.FUNCTION_COMPLETE
+
+    def _abort(self, task: Task) -> None:
+        task.aborted = True
+        self.tasks.pop(task.itt, None)
+
+    # -- text and discovery -----------------------------------------------------
+
+    def _text(self, req: TextRequest) -> None:
+        """§11.10: SendTargets and renegotiation, with long answers split
+        over several Text Responses (C bit, TTT)."""
+        if req.ttt != RESERVED_TAG:
+            if self.text_reply is None or self.text_reply[0] != req.ttt:
+                raise ProtocolViolation(RejectReason.INVALID_PDU_FIELD, "Text Request with an unknown TTT")
+            self._send_text(req, self.text_reply[1])
+            return
+        self.text_reply = None
+        self.text_request += req.data
+        if req.cont:
+            self.conn.emit(TextResponse(final=False, itt=req.itt, lun=req.lun, ttt=self._ttt(),
+                                        statsn=self._statsn(), expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn))
+            return
+        try:
+            pairs = decode_text(self.text_request)
+        except TextFormatError as e:
+            self.text_request.clear()
+            raise ProtocolViolation(RejectReason.PROTOCOL_ERROR, str(e)) from e
+        self.text_request.clear()
+        answer: list[tuple[str, str]] = []
+        for key, value in pairs:
+            if key == "SendTargets":
+                answer += self._send_targets(value)
+                continue
+            try:
+                reply = negotiate(key, value)
+            except KeyValueError:
+                reply = "Reject"
+            if key == "MaxRecvDataSegmentLength" and reply is None:
+                self.params.apply(key, value)
+            elif reply is not None:
+                answer.append((key, reply))
+        self._send_text(req, encode_text(answer))
+
+    def _send_text(self, req: TextRequest, data: bytes) -> None:
+        limit = self.params.initiator_max_recv
+        more = len(data) > limit
+        if more:
+            ttt = self._ttt()
+            self.text_reply = (ttt, data[limit:])
+            data = data[:limit]
+        else:
+            ttt = RESERVED_TAG
+            self.text_reply = None
+        self.conn.emit(TextResponse(final=not more, cont=more, lun=req.lun, itt=req.itt, ttt=ttt,
+                                    statsn=self._statsn(), expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn,
+                                    data=data))
+
+    def _send_targets(self, value: str) -> list[tuple[str, str]]:
+        """Appendix C / §13: every portal of each target this initiator may
+        see; in a Normal session only the session's own target."""
+        visible = self.server.visible_targets(self.params.initiator_name)
+        if self.discovery:
+            chosen = visible if value == "All" else [t for t in visible if t.name == value]
+        else:
+            name = self.params.target_name if value in ("", "All") else value
+            chosen = [t for t in visible if t.name == name]
+        out: list[tuple[str, str]] = []
+        for t in chosen:
+            out.append(("TargetName", t.name))
+            out += [("TargetAddress", a) for a in self.server.portals(self.conn.local_address)]
+        return out
+
+    # -- logout -----------------------------------------------------------------
+
+    def _logout(self, req: LogoutRequest) -> None:
+        if req.reason == LogoutReason.REMOVE_FOR_RECOVERY:
+            response = LogoutResponse.RECOVERY_NOT_SUPPORTED
+        elif req.reason == LogoutReason.CLOSE_CONNECTION and req.cid != getattr(self.conn, "cid", req.cid):
+            response = LogoutResponse.CID_NOT_FOUND
+        else:
+            response = LogoutResponse.SUCCESS
+        self._spawn(self._finish_logout(req, response))
+
+    async def _finish_logout(self, req: LogoutRequest, response: LogoutResponse) -> None:
+        """§11.14: answer once the commands in flight have completed."""
+        pending = [t for t in self.running if t is not asyncio.current_task()]
+        if pending:
+            await asyncio.wait(pending, timeout=10)
+        self.conn.emit(LogoutResponsePdu(response=response, itt=req.itt, statsn=self._statsn(),
+                                         expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn,
+                                         time2wait=self.params.default_time2wait,
+                                         time2retain=self.params.default_time2retain))
+        if response == LogoutResponse.SUCCESS:
+            self.server.event("iscsi.logout", initiator=self.params.initiator_name,
+                              target=self.params.target_name)
+            self.conn.close_after_send()
+
+
+def _all_cached(segments: Sequence[Segment]) -> bool:
+    return all(not isinstance(s, FileExtent) or is_cached(s.fd, s.offset, s.length) for s in segments)
+
+
+class _Cursor:
+    """Walks a segment list handing out consecutive slices of it."""
+
+    def __init__(self, segments: Sequence[Segment]) -> None:
+        self.segments = list(segments)
+        self.index = 0
+        self.offset = 0  # into the current segment
+
+    def take(self, n: int) -> list[Segment]:
+        out: list[Segment] = []
+        while n > 0 and self.index < len(self.segments):
+            seg = self.segments[self.index]
+            size = seg.length if isinstance(seg, (FileExtent, Zeros)) else len(seg)
+            k = min(n, size - self.offset)
+            if isinstance(seg, FileExtent):
+                out.append(FileExtent(seg.fd, seg.offset + self.offset, k))
+            elif isinstance(seg, Zeros):
+                out.append(Zeros(k))
+            else:
+                out.append(memoryview(seg)[self.offset:self.offset + k])
+            n -= k
+            self.offset += k
+            if self.offset == size:
+                self.index += 1
+                self.offset = 0
+        if n:
+            out.append(Zeros(n))  # a short backend read: the rest of the disk is zeros
+        return out

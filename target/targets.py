@@ -1,0 +1,126 @@
+"""Targets as the server runs them: a name, an alias, LUNs and who may log in.
+
+:class:`TargetSpec` and :class:`LunSpec` are the plain description (from a
+config file or the command line); :class:`Target` holds the opened LUNs and
+the sessions logged in to it (for LUN and target resets, §11.5.1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .backend import Backend, RawBackend
+from .scsi import Lun
+
+if TYPE_CHECKING:
+    from .session import Session
+
+# RFC 3720 §3.2.6.3: iqn.yyyy-mm.reversed.domain[:anything] or eui.16hex / naa.
+_NAME_RE = re.compile(r"^(iqn\.\d{4}-\d{2}\.[a-z0-9][a-z0-9.-]*(:[^\s]+)?|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]{16,32})$")
+
+
+class TargetConfigError(ValueError):
+    """A target or LUN description that cannot be served."""
+
+
+def check_iscsi_name(name: str) -> str:
+    if len(name.encode()) > 223 or not _NAME_RE.match(name):
+        raise TargetConfigError(f"{name!r} is not an iSCSI name (iqn.YYYY-MM.domain:id, eui. or naa.)")
+    return name
+
+
+@dataclass(frozen=True)
+class LunSpec:
+    path: str
+    read_only: bool = False
+    block_size: int = 512
+    lun_id: int | None = None  # None: the next free number
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    iqn: str
+    luns: tuple[LunSpec, ...]
+    alias: str = ""
+    # None: any initiator may log in; the security issue adds CHAP and ACLs.
+    allowed_initiators: frozenset[str] | None = None
+
+
+def open_backend(spec: LunSpec) -> Backend:
+    """The backend for a LUN file; qcow2 images once that backend exists."""
+    with open(spec.path, "rb") as f:
+        magic = f.read(4)
+    if magic == b"QFI\xfb":
+        try:
+            from .qcow2 import open_image  # type: ignore[attr-defined]
+        except ImportError:
+            raise TargetConfigError(f"{spec.path} is a qcow2 image; qcow2 is not supported yet") from None
+        return open_image(spec.path, read_only=spec.read_only)  # type: ignore[no-any-return]
+    return RawBackend(spec.path, read_only=spec.read_only)
+
+
+def device_id(target_iqn: str, lun_id: int) -> bytes:
+    """A stable 16-byte identity per (target, LUN) for VPD page 83h: the
+    same disk keeps its NAA id across restarts, so multipath and udev links
+    stay put."""
+    return hashlib.sha256(f"{target_iqn}/{lun_id}".encode()).digest()[:16]
+
+
+@dataclass
+class Target:
+    name: str
+    alias: str
+    luns: dict[int, Lun]
+    allowed_initiators: frozenset[str] | None = None
+    sessions: set[Session] = field(default_factory=set)
+
+    def allows(self, initiator_name: str) -> bool:
+        return self.allowed_initiators is None or initiator_name in self.allowed_initiators
+
+    @classmethod
+    def open(cls, spec: TargetSpec) -> Target:
+        check_iscsi_name(spec.iqn)
+        luns: dict[int, Lun] = {}
+        next_id = 0
+        try:
+            for ls in spec.luns:
+                lun_id = next_id if ls.lun_id is None else ls.lun_id
+                if lun_id in luns or not 0 <= lun_id < 16384:
+                    raise TargetConfigError(f"{spec.iqn}: LUN {lun_id} used twice or out of range")
+                backend = open_backend(ls)
+                if backend.size % ls.block_size:
+                    backend.close()
+                    raise TargetConfigError(
+                        f"{ls.path}: size {backend.size} is not a multiple of the block size {ls.block_size}")
+                luns[lun_id] = Lun(
+                    backend, lun_id=lun_id, block_size=ls.block_size,
+                    serial=device_id(spec.iqn, lun_id).hex()[:16],
+                    device_id=device_id(spec.iqn, lun_id),
+                    read_only=ls.read_only or backend.read_only,
+                )
+                next_id = lun_id + 1
+        except BaseException:
+            for lun in luns.values():
+                lun.backend.close()
+            raise
+        return cls(spec.iqn, spec.alias, luns, spec.allowed_initiators)
+
+    def close(self) -> None:
+        for lun in self.luns.values():
+            lun.backend.close()
+
+
+def lun_from_field(lun_field: int) -> int:
+    """The LUN number in an 8-byte SAM LUN field (peripheral or flat space)."""
+    first = lun_field >> 48
+    method = first >> 14
+    if method in (0, 1):
+        return first & 0x3FFF
+    return -1  # other addressing methods address nothing of ours
+
+
+def lun_to_field(lun: int) -> int:
+    return ((lun | 0x4000) if lun > 255 else lun) << 48
