@@ -29,6 +29,9 @@ log = logging.getLogger("bootsvc.iscsi")
 
 LOGIN_MAX_DATA = 8192  # §13.12: the limit before MaxRecvDataSegmentLength is declared
 LOGIN_TIMEOUT = 30.0
+# Past this a data segment is not skipped but taken as proof that the peer
+# does not speak iSCSI (the field allows 16 MiB; we declare 256 KiB).
+FFP_HARD_LIMIT = 1 << 24
 RECV_SIZE = 1 << 18
 
 
@@ -38,7 +41,9 @@ class IscsiConnection:
         self.sock = sock
         self.loop = asyncio.get_running_loop()
         self.sender = Sender(sock, self.loop)
-        self.reader = PduReader(max_data=LOGIN_MAX_DATA)
+        # during login nothing larger than 8 KiB can be valid: refuse it at once
+        # rather than wait for megabytes of garbage to arrive
+        self.reader = PduReader(max_data=LOGIN_MAX_DATA, hard_limit=LOGIN_MAX_DATA)
         self.statsn = 0
         self.cid = 0
         self.login_cmdsn = 0
@@ -146,6 +151,7 @@ class IscsiConnection:
             if result.params is not None:
                 p = result.params
                 self.reader.max_data = p.target_max_recv
+                self.reader.hard_limit = FFP_HARD_LIMIT
                 self.reader.digests.header = p.header_digest
                 self.reader.digests.data = p.data_digest
                 self.server.event("iscsi.login", peer=f"{self.peer[0]}:{self.peer[1]}",

@@ -94,7 +94,7 @@ class PduReader:
         padded = data_len + (-data_len % 4)
         total = BHS_LEN + ahs_len + hd + padded + dd
         if data_len > self.hard_limit:
-            raise PduFormatError(f"data segment of {data_len} bytes: not an iSCSI stream")
+            raise PduFormatError(f"data segment of {data_len} bytes: not an iSCSI stream here")
         if len(buf) < total:
             return None
         mv = memoryview(buf)

@@ -142,6 +142,8 @@ class Login:
                 raise LoginFailed(LoginStatus.AUTHENTICATION_FAILURE, "authentication required")
             self.tsih = self.ctx.admit(self.isid, self.tsih, self.params)
             return LoginResult(self._response(req, data=encode_text(answers), transit=True), self.params)
+        if req.transit:
+            self.stage = Stage(req.nsg)  # the next request continues in the stage we agreed to
         return LoginResult(self._response(req, data=encode_text(answers), transit=req.transit))
 
     def _check_first(self, req: LoginRequest) -> None:

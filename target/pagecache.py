@@ -49,6 +49,39 @@ def _populate(fd: int, offset: int, length: int) -> None:
         pos += n
 
 
+# Extents up to this size are read into memory rather than sent with
+# sendfile: one read system call replaces the residency probe, and the
+# bytes join the header in one sendmsg with other responses.
+SMALL_EXTENT = 64 << 10
+
+
+def resolve_cached(segments: Sequence[Segment]) -> list[Segment] | None:
+    """``segments`` ready to send without touching the disk: small extents
+    read from the page cache, large ones left for sendfile once known to be
+    cached. None when something would have to wait for the disk."""
+    out: list[Segment] = []
+    for s in segments:
+        if not isinstance(s, FileExtent):
+            out.append(s)
+        elif s.length <= SMALL_EXTENT and _NOWAIT:
+            buf = bytearray(s.length)
+            try:
+                n = os.preadv(s.fd, [buf], s.offset, _NOWAIT)
+            except OSError:
+                return None
+            if n < s.length:
+                if n == 0 and s.offset >= os.fstat(s.fd).st_size:
+                    n = s.length  # past the end of a short file: zeros
+                else:
+                    return None
+            out.append(buf)
+        elif is_cached(s.fd, s.offset, s.length):
+            out.append(s)
+        else:
+            return None
+    return out
+
+
 async def warm(segments: Sequence[Segment]) -> None:
     """Return once every file extent in ``segments`` is (very likely) cached."""
     cold = [s for s in segments if isinstance(s, FileExtent) and not is_cached(s.fd, s.offset, s.length)]

@@ -25,6 +25,7 @@ _IOV_MAX = 512
 # the initiator has taken some data: a slow reader cannot make us buffer its
 # whole disk.
 HIGH_WATER = 32 << 20
+FLUSH_NOW = 256 << 10
 
 
 class Sender:
@@ -35,19 +36,32 @@ class Sender:
         self.queue: deque[Segment] = deque()
         self.queued_bytes = 0
         self.waiting = False  # a writability callback is registered
+        self.flush_scheduled = False
         self.closed = False
         self.error: OSError | None = None
         self._drained: asyncio.Future[None] | None = None
 
     def send(self, items: Iterable[Segment]) -> None:
-        """Queue ``items`` and send what the socket takes now."""
+        """Queue ``items``; they leave on the next turn of the event loop,
+        together with everything else queued until then (one sendmsg for
+        many responses), or at once when a lot is queued."""
         if self.closed:
             return
         q = self.queue
         for item in items:
             q.append(item)
             self.queued_bytes += _length(item)
-        if not self.waiting:
+        if self.waiting or self.flush_scheduled:
+            return
+        if self.queued_bytes >= FLUSH_NOW:
+            self._flush()
+        else:
+            self.flush_scheduled = True
+            self.loop.call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self.flush_scheduled = False
+        if not self.waiting and not self.closed:
             self._flush()
 
     @property

@@ -19,7 +19,7 @@ from typing import Protocol
 from .backend import FileExtent, Segment, Zeros, materialize, segments_length
 from .eager import run_eager
 from .keys import KeyValueError, SessionParams, negotiate
-from .pagecache import is_cached, warm
+from .pagecache import resolve_cached, warm
 from .pdu import (
     RESERVED_TAG, DataIn, DataOut, LoginRequest, LogoutReason, LogoutRequest, LogoutResponse,
     LogoutResponsePdu, NopIn, NopOut, Pdu, R2T, Reject, RejectReason, ScsiCommand, ScsiResponse,
@@ -333,9 +333,12 @@ class Session:
         if task.aborted or self.closed:
             return
         segments = result.data
-        if segments and (self.params.data_digest or not _all_cached(segments)):
-            self._spawn(self._complete_slow(task, result))
-            return
+        if segments:
+            resolved = None if self.params.data_digest else resolve_cached(segments)
+            if resolved is None:
+                self._spawn(self._complete_slow(task, result))
+                return
+            segments = resolved
         self._respond(task, result, segments)
 
     async def _complete_slow(self, task: Task, result: ScsiResult) -> None:
@@ -560,10 +563,6 @@ class Session:
             self.server.event("iscsi.logout", initiator=self.params.initiator_name,
                               target=self.params.target_name)
             self.conn.close_after_send()
-
-
-def _all_cached(segments: Sequence[Segment]) -> bool:
-    return all(not isinstance(s, FileExtent) or is_cached(s.fd, s.offset, s.length) for s in segments)
 
 
 class _Cursor:

@@ -1,0 +1,118 @@
+"""A small blocking iSCSI initiator for tests: just enough to drive the
+target through normal and malformed exchanges that real initiators never
+send. Real-initiator tests live in tests/e2e/."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass, field
+
+from target.framing import DigestSettings, PduReader, frame
+from target.pdu import (
+    DataOut, LoginRequest, LoginResponse, LogoutRequest, Pdu, ScsiCommand, Stage, TextRequest, encode,
+)
+from target.text import decode_text, encode_text
+
+INITIATOR = "iqn.2026-11.test:client"
+
+
+@dataclass
+class Client:
+    host: str
+    port: int
+    isid: bytes = bytes.fromhex("400000000001")
+    sock: socket.socket = field(init=False)
+    reader: PduReader = field(init=False)
+    cmdsn: int = 1
+    itt: int = 0
+    expstatsn: int = 0
+    tsih: int = 0
+    keys: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.sock = socket.create_connection((self.host, self.port), timeout=10)
+        self.reader = PduReader(max_data=1 << 24)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send_raw(self, raw: bytes) -> None:
+        self.sock.sendall(raw)
+
+    def send(self, pdu: Pdu) -> None:
+        self.sock.sendall(b"".join(bytes(p) for p in frame(pdu, self.reader.digests)))
+
+    def recv(self, timeout: float = 10.0) -> Pdu | None:
+        """The next PDU, or None when the target closed the connection."""
+        self.sock.settimeout(timeout)
+        while True:
+            pdu = self.reader.next_pdu()
+            if pdu is not None:
+                if hasattr(pdu, "statsn"):
+                    self.expstatsn = (pdu.statsn + 1) & 0xFFFFFFFF  # type: ignore[attr-defined]
+                return pdu
+            data = self.sock.recv(1 << 20)
+            if not data:
+                return None
+            self.reader.feed(data)
+
+    def next_itt(self) -> int:
+        self.itt += 1
+        return self.itt
+
+    def login(self, target: str | None, **keys: str) -> LoginResponse:
+        pairs = [("InitiatorName", INITIATOR)]
+        pairs += [("SessionType", "Discovery")] if target is None else [("TargetName", target)]
+        pairs += [("AuthMethod", "None")]
+        r = self._login_step(pairs, Stage.SECURITY, Stage.OPERATIONAL)
+        if r.status_class:
+            return r
+        op = {"HeaderDigest": "None", "DataDigest": "None", "MaxRecvDataSegmentLength": "262144"}
+        op.update(keys)
+        r = self._login_step(list(op.items()), Stage.OPERATIONAL, Stage.FULL_FEATURE)
+        self.keys = dict(decode_text(r.data))
+        self.tsih = r.tsih
+        return r
+
+    def _login_step(self, pairs: list[tuple[str, str]], csg: int, nsg: int) -> LoginResponse:
+        self.send(LoginRequest(immediate=True, transit=True, csg=csg, nsg=nsg, isid=self.isid, tsih=self.tsih,
+                               itt=self.next_itt(), cmdsn=self.cmdsn, expstatsn=self.expstatsn,
+                               data=encode_text(pairs)))
+        r = self.recv()
+        assert isinstance(r, LoginResponse), r
+        return r
+
+    def command(self, cdb: bytes, *, read: int = 0, write: bytes = b"", immediate_len: int = 0,
+                lun: int = 0, final: bool = True) -> int:
+        """Send a SCSI Command; return its ITT. ``immediate_len`` bytes of
+        ``write`` go as immediate data."""
+        itt = self.next_itt()
+        self.send(ScsiCommand(final=final, read=bool(read), write=bool(write), lun=lun << 48, itt=itt,
+                              edtl=read or len(write), cmdsn=self.cmdsn, expstatsn=self.expstatsn,
+                              cdb=cdb.ljust(16, b"\0"), data=write[:immediate_len]))
+        self.cmdsn += 1
+        return itt
+
+    def data_out(self, itt: int, ttt: int, offset: int, data: bytes, final: bool = True, datasn: int = 0) -> None:
+        self.send(DataOut(final=final, itt=itt, ttt=ttt, buffer_offset=offset, datasn=datasn,
+                          expstatsn=self.expstatsn, data=data))
+
+    def text(self, pairs: list[tuple[str, str]]) -> None:
+        self.send(TextRequest(itt=self.next_itt(), cmdsn=self.cmdsn, expstatsn=self.expstatsn,
+                              data=encode_text(pairs)))
+        self.cmdsn += 1
+
+    def logout(self) -> None:
+        self.send(LogoutRequest(immediate=True, itt=self.next_itt(), cmdsn=self.cmdsn, expstatsn=self.expstatsn))
+
+
+def read10(lba: int, blocks: int) -> bytes:
+    return struct.pack(">BBIBHB", 0x28, 0, lba, 0, blocks, 0)
+
+
+def write10(lba: int, blocks: int) -> bytes:
+    return struct.pack(">BBIBHB", 0x2A, 0, lba, 0, blocks, 0)
+
+
+__all__ = ["Client", "read10", "write10", "encode", "DigestSettings"]

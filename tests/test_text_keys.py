@@ -1,0 +1,72 @@
+"""Text key=value codec and the RFC 7143 §13 negotiation rules."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from target.keys import KeyValueError, SessionParams, negotiate
+from target.text import TextFormatError, decode_text, encode_text
+
+
+def test_text_round_trip() -> None:
+    pairs = [("InitiatorName", "iqn.2026-11.test:a"), ("SessionType", "Normal"), ("X-odd", "a=b")]
+    assert decode_text(encode_text(pairs)) == pairs
+    assert decode_text(encode_text(pairs) + b"\0\0") == pairs
+
+
+@pytest.mark.parametrize("raw", [b"novalue\0", b"=x\0", b"k" * 64 + b"=1\0", b"k=\xff\xfe\0"])
+def test_text_errors(raw: bytes) -> None:
+    with pytest.raises(TextFormatError):
+        decode_text(raw)
+
+
+@given(st.binary(max_size=200))
+def test_text_garbage_raises_only_text_errors(raw: bytes) -> None:
+    try:
+        decode_text(raw)
+    except TextFormatError:
+        pass
+
+
+@pytest.mark.parametrize(("key", "offer", "answer"), [
+    ("HeaderDigest", "CRC32C,None", "CRC32C"),
+    ("HeaderDigest", "None", "None"),
+    ("DataDigest", "MD5", "Reject"),
+    ("InitialR2T", "Yes", "Yes"),  # OR
+    ("InitialR2T", "No", "No"),
+    ("ImmediateData", "No", "No"),  # AND
+    ("ImmediateData", "Yes", "Yes"),
+    ("MaxBurstLength", "16776192", "1048576"),  # min with ours
+    ("MaxBurstLength", "65536", "65536"),
+    ("FirstBurstLength", "0x10000", "65536"),
+    ("DefaultTime2Wait", "0", "2"),  # max
+    ("DefaultTime2Retain", "20", "0"),  # min
+    ("MaxOutstandingR2T", "1", "1"),
+    ("ErrorRecoveryLevel", "2", "0"),
+    ("MaxConnections", "8", "1"),
+    ("OFMarker", "Yes", "No"),
+    ("IFMarkInt", "2048~8192", "Irrelevant"),
+    ("X-com.example.Thing", "1", "NotUnderstood"),
+    ("FancyNewKey", "1", "NotUnderstood"),
+])
+def test_negotiation_rules(key: str, offer: str, answer: str) -> None:
+    assert negotiate(key, offer) == answer
+
+
+@pytest.mark.parametrize(("key", "offer"), [
+    ("MaxBurstLength", "abc"), ("MaxBurstLength", "100"), ("InitialR2T", "Maybe"),
+    ("MaxRecvDataSegmentLength", "16777216"), ("SessionType", "Weird"), ("TargetAlias", "x"),
+])
+def test_values_that_are_rejected(key: str, offer: str) -> None:
+    with pytest.raises(KeyValueError):
+        negotiate(key, offer)
+
+
+def test_declarations_need_no_answer() -> None:
+    assert negotiate("MaxRecvDataSegmentLength", "65536") is None
+    assert negotiate("InitiatorName", "iqn.2026-11.test:x") is None
+    p = SessionParams()
+    p.apply("MaxRecvDataSegmentLength", "65536")
+    assert p.initiator_max_recv == 65536
