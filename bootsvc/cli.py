@@ -16,6 +16,8 @@ from target.backend import BackendError
 from target.server import Portal, TargetServer
 from target.targets import LunSpec, Target, TargetConfigError, TargetSpec
 
+from . import config as config_mod
+
 
 def default_iqn(image: Path) -> str:
     stem = "".join(c if c.isalnum() or c in ".-" else "-" for c in image.stem.lower()) or "disk"
@@ -37,6 +39,50 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 2
     server = TargetServer([target], [portal], nop_interval=args.nop_interval)
     return run_until_signal(server, f"serving {iqn} ({len(images)} LUN) on {portal}")
+
+
+def _load_config(path: str, command: str) -> config_mod.Config | None:
+    try:
+        return config_mod.load(path)
+    except config_mod.ConfigError as e:
+        for problem in e.problems:
+            print(problem, file=sys.stderr)
+        print(f"bootsvc {command}: {len(e.problems)} problem(s) in {path}", file=sys.stderr)
+        return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate a config file; print every problem as file:line: key: message."""
+    cfg = _load_config(args.config, "check")
+    if cfg is None:
+        return 1
+    luns = sum(len(t.luns) for t in cfg.targets)
+    print(f"{cfg.path}: ok ({len(cfg.targets)} target(s), {luns} LUN(s), "
+          f"iSCSI on {', '.join(map(str, cfg.iscsi.portals)) or 'nothing'})")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run every configured service in one process."""
+    cfg = _load_config(args.config, "serve")
+    if cfg is None:
+        return 1
+    if not cfg.iscsi.portals or not cfg.targets:
+        print("bootsvc serve: nothing to serve: set listen.iscsi and targets", file=sys.stderr)
+        return 1
+    targets: list[Target] = []
+    try:
+        for spec in cfg.targets:
+            targets.append(Target.open(spec))
+    except (TargetConfigError, BackendError, OSError) as e:
+        for t in targets:
+            t.close()
+        print(f"bootsvc serve: {e}", file=sys.stderr)
+        return 1
+    s = cfg.iscsi
+    server = TargetServer(targets, s.portals, portal_group_tag=s.portal_group_tag, window=s.queue_depth,
+                          nop_interval=s.nop_interval, nop_timeout=s.nop_timeout)
+    return run_until_signal(server, f"serving {len(targets)} target(s) on {', '.join(map(str, s.portals))}")
 
 
 def run_until_signal(server: TargetServer, banner: str) -> int:
@@ -73,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--nop-interval", type=float, default=15.0,
                    help="seconds of silence before pinging the initiator (0: never)")
     e.set_defaults(func=cmd_export)
+
+    sv = sub.add_parser("serve", help="run the configured services")
+    sv.add_argument("-c", "--config", required=True, help="bootsvc.yaml")
+    sv.set_defaults(func=cmd_serve)
+
+    ck = sub.add_parser("check", help="validate a config file")
+    ck.add_argument("-c", "--config", required=True, help="bootsvc.yaml")
+    ck.set_defaults(func=cmd_check)
     return p
 
 

@@ -1,0 +1,212 @@
+"""The bootsvc YAML config: loading, validation, and errors that name the
+file, line and key (DESIGN.md "Config at a glance").
+
+Only the sections whose services exist are checked in depth; sections that
+later services own (dhcp, machines, ...) are accepted as they are so one
+config file can grow with the product.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from target.server import Portal
+from target.targets import LunSpec, TargetConfigError, TargetSpec, check_iscsi_name
+
+TOP_KEYS = {"state_dir", "domain", "iqn_prefix", "listen", "dhcp", "default_profile", "profiles_dir",
+            "machines", "targets", "iscsi"}
+LISTEN_KEYS = {"dhcp", "tftp", "http", "dns", "iscsi", "isns"}
+TARGET_KEYS = {"iqn", "alias", "luns", "initiators"}
+LUN_KEYS = {"path", "read_only", "block_size", "lun"}
+ISCSI_KEYS = {"nop_interval", "nop_timeout", "queue_depth", "portal_group_tag"}
+
+
+class ConfigError(Exception):
+    """One or more problems, each ``file:line: key: message``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Map(dict[str, Any]):
+    """A mapping that remembers the line of each key."""
+
+    lines: dict[str, int]
+    line: int
+
+
+class _Loader(yaml.SafeLoader):
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> _Map:  # type: ignore[override]
+        m = _Map(super().construct_mapping(node, deep=True))
+        m.line = node.start_mark.line + 1
+        m.lines = {}
+        for key_node, _ in node.value:
+            m.lines[str(self.construct_object(key_node))] = key_node.start_mark.line + 1
+        return m
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _Loader.construct_mapping)
+
+
+@dataclass
+class IscsiSettings:
+    portals: list[Portal] = field(default_factory=list)
+    nop_interval: float = 15.0
+    nop_timeout: float = 30.0
+    queue_depth: int = 128
+    portal_group_tag: int = 1
+
+
+@dataclass
+class Config:
+    path: Path
+    state_dir: Path
+    iqn_prefix: str
+    domain: str
+    iscsi: IscsiSettings
+    targets: list[TargetSpec]
+    raw: dict[str, Any]
+
+
+class _Checker:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.problems: list[str] = []
+
+    def err(self, where: _Map | None, key: str, message: str) -> None:
+        line = where.lines.get(key.split(".")[-1], where.line) if isinstance(where, _Map) else 0
+        self.problems.append(f"{self.path}:{line}: {key}: {message}")
+
+    def mapping(self, parent: _Map, key: str, value: Any) -> _Map | None:
+        if not isinstance(value, _Map):
+            self.err(parent, key, f"expected a mapping, got {type(value).__name__}")
+            return None
+        return value
+
+    def unknown(self, m: _Map, allowed: set[str], prefix: str) -> None:
+        for k in m:
+            if k not in allowed:
+                self.err(m, f"{prefix}{k}", f"unknown key (expected one of: {', '.join(sorted(allowed))})")
+
+
+def load(path: str | Path) -> Config:
+    """Read and check a config file; raise ConfigError listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError([f"{path}:0: cannot read: {e.strerror}"]) from e
+    try:
+        doc = yaml.load(text, Loader=_Loader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark else 0
+        raise ConfigError([f"{path}:{line}: YAML: {getattr(e, 'problem', e)}"]) from e
+    if doc is None:
+        doc = _Map()
+        doc.line, doc.lines = 1, {}
+    c = _Checker(path)
+    if not isinstance(doc, _Map):
+        raise ConfigError([f"{path}:1: the config must be a mapping of sections"])
+    c.unknown(doc, TOP_KEYS, "")
+
+    state_dir = Path(str(doc.get("state_dir", "/var/lib/bootsvc")))
+    iqn_prefix = str(doc.get("iqn_prefix", "iqn.2026-11.io.bootsvc"))
+    try:
+        check_iscsi_name(iqn_prefix)
+    except TargetConfigError as e:
+        c.err(doc, "iqn_prefix", str(e))
+    domain = str(doc.get("domain", "lab"))
+
+    iscsi = IscsiSettings()
+    listen = doc.get("listen")
+    if listen is not None and (lm := c.mapping(doc, "listen", listen)) is not None:
+        c.unknown(lm, LISTEN_KEYS, "listen.")
+        portals = lm.get("iscsi", [])
+        for text_portal in portals if isinstance(portals, list) else [portals]:
+            try:
+                iscsi.portals.append(Portal.parse(str(text_portal)))
+            except ValueError as e:
+                c.err(lm, "listen.iscsi", str(e))
+    if (im := doc.get("iscsi")) is not None and (im := c.mapping(doc, "iscsi", im)) is not None:
+        c.unknown(im, ISCSI_KEYS, "iscsi.")
+        for key in ISCSI_KEYS:
+            if key in im:
+                value = im[key]
+                if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                    c.err(im, f"iscsi.{key}", f"expected a number >= 0, got {value!r}")
+                else:
+                    setattr(iscsi, key, type(getattr(iscsi, key))(value))
+
+    targets: list[TargetSpec] = []
+    raw_targets = doc.get("targets", [])
+    if not isinstance(raw_targets, list):
+        c.err(doc, "targets", "expected a list of targets")
+        raw_targets = []
+    seen: set[str] = set()
+    for i, t in enumerate(raw_targets):
+        spec = _target(c, doc, i, t, path.parent)
+        if spec is None:
+            continue
+        if spec.iqn in seen:
+            c.err(t, f"targets[{i}].iqn", f"{spec.iqn} is defined twice")
+        seen.add(spec.iqn)
+        targets.append(spec)
+    if c.problems:
+        raise ConfigError(c.problems)
+    return Config(path, state_dir, iqn_prefix, domain, iscsi, targets, dict(doc))
+
+
+def _target(c: _Checker, doc: _Map, i: int, t: Any, base: Path) -> TargetSpec | None:
+    where = f"targets[{i}]"
+    if not isinstance(t, _Map):
+        c.err(doc, "targets", f"{where}: expected a mapping with iqn and luns")
+        return None
+    c.unknown(t, TARGET_KEYS, f"{where}.")
+    iqn = str(t.get("iqn", ""))
+    try:
+        check_iscsi_name(iqn)
+    except TargetConfigError as e:
+        c.err(t, f"{where}.iqn", str(e))
+    luns: list[LunSpec] = []
+    raw_luns = t.get("luns")
+    if not isinstance(raw_luns, list) or not raw_luns:
+        c.err(t, f"{where}.luns", "expected a non-empty list of LUNs")
+        raw_luns = []
+    for j, lun in enumerate(raw_luns):
+        lw = f"{where}.luns[{j}]"
+        if isinstance(lun, str):
+            lun = _Map(path=lun)
+            lun.line, lun.lines = t.lines.get("luns", t.line), {}
+        if not isinstance(lun, _Map) or "path" not in lun:
+            c.err(t, f"{where}.luns", f"{lw}: expected a path or a mapping with path")
+            continue
+        c.unknown(lun, LUN_KEYS, f"{lw}.")
+        p = Path(str(lun["path"]))
+        p = p if p.is_absolute() else base / p
+        if not p.exists():
+            c.err(lun, f"{lw}.path", f"{p} does not exist")
+        bs = lun.get("block_size", 512)
+        if bs not in (512, 4096):
+            c.err(lun, f"{lw}.block_size", f"must be 512 or 4096, not {bs!r}")
+        ro = lun.get("read_only", False)
+        if not isinstance(ro, bool):
+            c.err(lun, f"{lw}.read_only", f"must be true or false, not {ro!r}")
+        lun_id = lun.get("lun")
+        if lun_id is not None and (not isinstance(lun_id, int) or not 0 <= lun_id < 16384):
+            c.err(lun, f"{lw}.lun", f"must be a LUN number 0..16383, not {lun_id!r}")
+        luns.append(LunSpec(str(p), read_only=bool(ro), block_size=int(bs) if bs in (512, 4096) else 512,
+                            lun_id=lun_id))
+    initiators = t.get("initiators")
+    allowed = None
+    if initiators is not None:
+        if not isinstance(initiators, list) or not all(isinstance(x, str) for x in initiators):
+            c.err(t, f"{where}.initiators", "expected a list of initiator IQNs")
+        else:
+            allowed = frozenset(initiators)
+    return TargetSpec(iqn=iqn, luns=tuple(luns), alias=str(t.get("alias", "")), allowed_initiators=allowed)

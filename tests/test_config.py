@@ -1,0 +1,75 @@
+"""Config loading: good files load, every problem names file:line: key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bootsvc.config import ConfigError, load
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "disk.img").write_bytes(bytes(1 << 20))
+    p = tmp_path / "bootsvc.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_good_config(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, """
+state_dir: /tmp/state
+iqn_prefix: iqn.2026-11.example.lab
+listen:
+  iscsi: [127.0.0.1:3260, "[::1]:3261"]
+iscsi: {nop_interval: 5}
+targets:
+  - iqn: iqn.2026-11.example.lab:boot.node01
+    alias: node01
+    luns:
+      - disk.img
+      - {path: disk.img, read_only: true, block_size: 4096, lun: 5}
+    initiators: [iqn.2026-11.example.lab:node01]
+"""))
+    assert [str(p) for p in cfg.iscsi.portals] == ["127.0.0.1:3260", "[::1]:3261"]
+    assert cfg.iscsi.nop_interval == 5
+    t = cfg.targets[0]
+    assert t.alias == "node01" and t.allowed_initiators == {"iqn.2026-11.example.lab:node01"}
+    assert t.luns[0].path == str(tmp_path / "disk.img") and t.luns[1].read_only and t.luns[1].lun_id == 5
+
+
+def test_every_problem_has_file_line_and_key(tmp_path: Path) -> None:
+    p = write(tmp_path, """
+listen:
+  iscsi: [nonsense:port]
+  gopher: 70
+targets:
+  - iqn: not-an-iqn
+    luns:
+      - {path: missing.img, block_size: 1000}
+  - iqn: iqn.2026-11.example.lab:x
+    luns: []
+colour: blue
+""")
+    with pytest.raises(ConfigError) as e:
+        load(p)
+    text = str(e.value)
+    assert f"{p}:3: listen.iscsi: bad portal" in text
+    assert f"{p}:4: listen.gopher: unknown key" in text
+    assert f"{p}:6: targets[0].iqn:" in text
+    assert f"{p}:8: targets[0].luns[0].path:" in text and "does not exist" in text
+    assert "targets[0].luns[0].block_size: must be 512 or 4096" in text
+    assert f"{p}:10: targets[1].luns: expected a non-empty list" in text
+    assert f"{p}:11: colour: unknown key" in text
+
+
+def test_yaml_syntax_error_has_a_line(tmp_path: Path) -> None:
+    p = write(tmp_path, "listen:\n  iscsi: [1\n  bad: {\n")
+    with pytest.raises(ConfigError) as e:
+        load(p)
+    assert str(e.value).startswith(f"{p}:")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load(tmp_path / "nope.yaml")
