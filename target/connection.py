@@ -20,7 +20,7 @@ from .framing import DigestError, PduReader, crc32c_digest, frame, padding
 from .login import Login, LoginFailed, LoginStatus
 from .pdu import LoginRequest, NopOut, Pdu, PduFormatError, Reject, RejectReason
 from .sender import Sender
-from .session import Session
+from .session import Session, SessionFailure
 
 if TYPE_CHECKING:
     from .server import TargetServer
@@ -100,7 +100,7 @@ class IscsiConnection:
                 await self._full_feature()
         except (asyncio.TimeoutError, ConnectionError, OSError) as e:
             log.info("event=iscsi.connection_lost peer=%s:%d why=%r", *self.peer, e)
-        except PduFormatError as e:
+        except (PduFormatError, SessionFailure) as e:
             log.warning("event=iscsi.stream_error peer=%s:%d why=%s", *self.peer, e)
         finally:
             self.close()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import crc32c
 
-from .pdu import BHS_LEN, Pdu, PduFormatError, RejectReason, bhs_lengths, decode
+from .pdu import BHS_LEN, Pdu, PduFormatError, RejectReason, decode
 
 # A data segment is at most 2**24-1 bytes by its field width; anything larger
 # than what we told the initiator it may send is refused (§13.12).
@@ -68,12 +68,23 @@ class PduReader:
 
     def __init__(self, max_data: int = 8192, hard_limit: int = 1 << 24) -> None:
         self.buf = bytearray()
+        self.pos = 0  # start of the unread bytes in buf; compacted on feed
         self.digests = DigestSettings()
         self.max_data = max_data
         self.hard_limit = hard_limit
 
     def feed(self, data: bytes | memoryview) -> None:
+        if self.pos:
+            # drop consumed bytes once per feed, not once per PDU: a read of
+            # many small PDUs would otherwise move the buffer again and again
+            del self.buf[: self.pos]
+            self.pos = 0
         self.buf += data
+
+    @property
+    def pending(self) -> int:
+        """Bytes received but not yet part of a returned PDU."""
+        return len(self.buf) - self.pos
 
     def pdus(self) -> Iterator[Pdu]:
         """Every complete PDU in the buffer; errors are raised in stream order
@@ -86,34 +97,33 @@ class PduReader:
 
     def next_pdu(self) -> Pdu | None:
         buf = self.buf
-        if len(buf) < BHS_LEN:
+        pos = self.pos
+        if len(buf) - pos < BHS_LEN:
             return None
-        ahs_len, data_len = bhs_lengths(buf)
+        ahs_len = buf[pos + 4] * 4
+        data_len = int.from_bytes(buf[pos + 5:pos + 8], "big")
         hd = 4 if self.digests.header else 0
         dd = 4 if self.digests.data and data_len else 0
         padded = data_len + (-data_len % 4)
         total = BHS_LEN + ahs_len + hd + padded + dd
         if data_len > self.hard_limit:
             raise PduFormatError(f"data segment of {data_len} bytes: not an iSCSI stream here")
-        if len(buf) < total:
+        if len(buf) - pos < total:
             return None
-        mv = memoryview(buf)
-        try:
-            bhs = bytes(mv[:BHS_LEN])
-            ahs = bytes(mv[BHS_LEN:BHS_LEN + ahs_len])
-            if hd:
-                got = bytes(mv[BHS_LEN + ahs_len:BHS_LEN + ahs_len + 4])
-                if crc32c_digest(bhs, ahs) != got:
-                    raise DigestError("header digest mismatch", header=True, bhs=bhs)
-            start = BHS_LEN + ahs_len + hd
-            data = bytes(mv[start:start + data_len])
-            if dd:
-                got = bytes(mv[start + padded:start + padded + 4])
-                if crc32c_digest(data, padding(data_len)) != got:
-                    raise DigestError("data digest mismatch", header=False, bhs=bhs)
-        finally:
-            mv.release()
-            del buf[:total]
+        self.pos = pos + total
+        end_bhs = pos + BHS_LEN
+        bhs = bytes(buf[pos:end_bhs])
+        ahs = bytes(buf[end_bhs:end_bhs + ahs_len]) if ahs_len else b""
+        if hd:
+            got = bytes(buf[end_bhs + ahs_len:end_bhs + ahs_len + 4])
+            if crc32c_digest(bhs, ahs) != got:
+                raise DigestError("header digest mismatch", header=True, bhs=bhs)
+        start = end_bhs + ahs_len + hd
+        data = bytes(buf[start:start + data_len]) if data_len else b""
+        if dd:
+            got = bytes(buf[start + padded:start + padded + 4])
+            if crc32c_digest(data, padding(data_len)) != got:
+                raise DigestError("data digest mismatch", header=False, bhs=bhs)
         if data_len > self.max_data:
             raise OversizedPdu(f"data segment of {data_len} bytes exceeds {self.max_data}", bhs)
         try:

@@ -70,6 +70,7 @@ class R2TState:
     offset: int
     length: int
     received: int = 0
+    datasn: int = 0  # the DataSN the next Data-Out of this sequence must carry
 
 
 @dataclass
@@ -85,11 +86,17 @@ class Task:
     next_r2t_offset: int = 0
     outstanding: dict[int, R2TState] = field(default_factory=dict)
     r2tsn: int = 0
+    unsolicited_datasn: int = 0
     aborted: bool = False
 
     @property
     def itt(self) -> int:
         return self.cmd.itt
+
+
+class SessionFailure(Exception):
+    """An error ERL 0 cannot recover from within the connection (§7.1.4):
+    the connection is dropped, and with it the session's tasks."""
 
 
 class ProtocolViolation(Exception):
@@ -285,12 +292,19 @@ class Session:
             if end > task.unsolicited_end:
                 raise ProtocolViolation(RejectReason.PROTOCOL_ERROR, "unsolicited data beyond FirstBurstLength")
             r2t = None
+            expected_datasn = task.unsolicited_datasn
+            task.unsolicited_datasn += 1
         else:
             r2t = task.outstanding.get(pdu.ttt)
             if r2t is None:
                 raise ProtocolViolation(RejectReason.INVALID_PDU_FIELD, f"Data-Out with unknown TTT {pdu.ttt:#x}")
             if pdu.buffer_offset < r2t.offset or end > r2t.offset + r2t.length:
                 raise ProtocolViolation(RejectReason.PROTOCOL_ERROR, "Data-Out outside its R2T")
+            expected_datasn = r2t.datasn
+            r2t.datasn += 1
+        if pdu.datasn != expected_datasn:
+            # §7.1.4: a sequence error; without SNACK (ERL 0) only a new session recovers
+            raise SessionFailure(f"Data-Out DataSN {pdu.datasn}, expected {expected_datasn}")
         if end > task.cmd.edtl:
             raise ProtocolViolation(RejectReason.PROTOCOL_ERROR, "Data-Out beyond the expected length")
         task.buffer[pdu.buffer_offset:end] = pdu.data
@@ -372,7 +386,7 @@ class Session:
         residual = abs(wanted - edtl)
         good = result.status == ScsiStatus.GOOD and not result.sense
         datasn = 0
-        if segments and not cmd.write:
+        if segments and not cmd.write and min(wanted, edtl) > 0:
             datasn = self._send_data_in(task, segments, min(wanted, edtl), result.status if good else None,
                                         overflow, underflow, residual)
             if good:
@@ -394,14 +408,15 @@ class Session:
         mrdsl = self.params.initiator_max_recv
         burst = self.params.max_burst_length
         cmd = task.cmd
-        parts = _Cursor(segments)
+        # the common case, one PDU carrying all the data, needs no slicing
+        parts = None if length <= min(mrdsl, burst) and segments_length(segments) == length else _Cursor(segments)
         offset = 0
         datasn = 0
         while offset < length:
             n = min(mrdsl, length - offset, burst - offset % burst)
             last = offset + n >= length
             end_of_burst = last or (offset + n) % burst == 0
-            pieces = parts.take(n)
+            pieces = segments if parts is None else parts.take(n)
             if last and status is not None:
                 pdu = DataIn(final=True, status_present=True, status=status, overflow=overflow,
                              underflow=underflow, residual=residual if (overflow or underflow) else 0,

@@ -232,3 +232,21 @@ def test_header_digest_round_trip(srv: Running, image: Path) -> None:
     c.reader.digests.header = c.reader.digests.data = True
     data, status = read_all(c, c.command(read10(0, 16), read=8192))
     assert status == 0 and data == image.read_bytes()[:8192]
+
+
+def test_datasn_error_drops_the_connection(srv: Running, image: Path) -> None:
+    c = logged_in(srv, InitialR2T="Yes", ImmediateData="No")
+    itt = c.command(write10(0, 2), write=bytes(1024))
+    r2t = c.recv()
+    assert isinstance(r2t, R2T)
+    c.data_out(itt, r2t.ttt, 0, bytes(512), final=False, datasn=1)
+    assert c.recv() is None
+    assert image.read_bytes()[:1024] != bytes(1024)
+    still_serves(srv, image)
+
+
+def test_zero_length_read_with_overflow_gets_a_response(srv: Running) -> None:
+    c = logged_in(srv)
+    c.command(read10(0, 1), read=0)
+    r = c.recv()
+    assert isinstance(r, ScsiResponse) and r.status == 0 and r.overflow and r.residual == 512
