@@ -41,6 +41,9 @@ class FileExtent:
     offset: int
     length: int
 
+    def __len__(self) -> int:
+        return self.length
+
 
 @dataclass(frozen=True, slots=True)
 class Zeros:
@@ -48,12 +51,15 @@ class Zeros:
 
     length: int
 
+    def __len__(self) -> int:
+        return self.length
+
 
 Segment: TypeAlias = FileExtent | Zeros | bytes | memoryview
 
 
 def segments_length(segments: Sequence[Segment]) -> int:
-    return sum(s.length if isinstance(s, (FileExtent, Zeros)) else len(s) for s in segments)
+    return sum(map(len, segments))
 
 
 def pread_exact(fd: int, length: int, offset: int) -> bytes:

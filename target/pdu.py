@@ -170,45 +170,46 @@ def _compile_codec(cls: type[Pdu]) -> None:
     """Generate ``encode_bhs`` and ``_decode`` for a PDU class from its
     LAYOUT: straight-line code with one struct call, because these run for
     every PDU on the data path and a generic loop costs several times more."""
-    fmt = ">xB"  # byte 1 holds the bit fields; byte 0 and the lengths are set after packing
-    pos = 2
-    names: list[str] = []
+    # Bytes 0 and 1 (opcode, flag bits) lead; bytes 4-7 (TotalAHSLength and
+    # DataSegmentLength) are one 32-bit word no LAYOUT uses.
+    parts: list[tuple[int, str, str]] = [(0, "B", "_b0"), (1, "B", "_b1"), (4, "I", "_lens")]
     bits: list[tuple[str, _Bits]] = []
     for name, spec in cls.LAYOUT.items():
         if isinstance(spec, _Bits):
             bits.append((name, spec))
-            continue
-        off, code = spec
+        else:
+            parts.append((spec[0], spec[1], name))
+    parts.sort()
+    fmt = ">"
+    pos = 0
+    for off, code, name in parts:
         if off < pos:
             raise TypeError(f"{cls.__name__}.{name}: overlapping layout")
         fmt += "x" * (off - pos) + code
         pos = off + struct.calcsize(">" + code)
-        names.append(name)
     fmt += "x" * (BHS_LEN - pos)
     st = struct.Struct(fmt)
+    names = [n for _, _, n in parts if not n.startswith("_")]
     b1 = " | ".join(f"((int(self.{n}) << {b.shift}) & {b.mask})" for n, b in bits) or "0"
-    args = ", ".join(f"self.{n}" for n in names)
-    unpacked = ", ".join(["_b1", *names])
+    pack_args = ", ".join(f"self.{n}" if not n.startswith("_") else n for _, _, n in parts)
+    unpacked = ", ".join(n for _, _, n in parts)
     bit_args = "".join(
         f", {n}=bool(_b1 & {b.mask})" if b.is_flag else f", {n}=(_b1 & {b.mask}) >> {b.shift}"
         for n, b in bits)
     name_args = "".join(f", {n}={n}" for n in names)
     src = f"""
 def encode_bhs(self, data_length=None):
-    if len(self.ahs) & 3:
+    ahs = self.ahs
+    if len(ahs) & 3:
         raise ValueError("AHS length must be a multiple of 4")
-    dlen = len(self.data) if data_length is None else data_length
-    buf = bytearray(_pack({b1}, {args}))
-    buf[0] = (0x40 if self.immediate else 0) | {int(cls.OPCODE)}
-    buf[4] = len(self.ahs) >> 2
-    buf[5] = dlen >> 16
-    buf[6] = (dlen >> 8) & 0xFF
-    buf[7] = dlen & 0xFF
-    return bytes(buf)
+    _lens = (len(ahs) << 22) | (len(self.data) if data_length is None else data_length)
+    _b0 = {0x40 | int(cls.OPCODE)} if self.immediate else {int(cls.OPCODE)}
+    _b1 = {b1}
+    return _pack({pack_args})
 
 def _decode(cls, bhs, ahs, data):
     {unpacked}, = _unpack(bhs)
-    return cls(immediate=bool(bhs[0] & 0x40), ahs=ahs, data=data{bit_args}{name_args})
+    return cls(immediate=bool(_b0 & 0x40), ahs=ahs, data=data{bit_args}{name_args})
 """
     ns: dict[str, object] = {"_pack": st.pack, "_unpack": st.unpack_from}
     exec(compile(src, f"<pdu codec {cls.__name__}>", "exec"), ns)  # noqa: S102 - generated from LAYOUT

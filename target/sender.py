@@ -47,10 +47,9 @@ class Sender:
         many responses), or at once when a lot is queued."""
         if self.closed:
             return
-        q = self.queue
-        for item in items:
-            q.append(item)
-            self.queued_bytes += _length(item)
+        items = list(items)
+        self.queue.extend(items)
+        self.queued_bytes += sum(map(len, items))
         if self.waiting or self.flush_scheduled:
             return
         if self.queued_bytes >= FLUSH_NOW:
@@ -131,10 +130,6 @@ class Sender:
         self._flush()
 
 
-def _length(item: Segment) -> int:
-    return item.length if isinstance(item, (FileExtent, Zeros)) else len(item)
-
-
 def _gather(q: deque[Segment]) -> list[bytes | memoryview]:
     """The leading in-memory items of the queue as an iovec."""
     iov: list[bytes | memoryview] = []
@@ -157,7 +152,7 @@ def _consume(q: deque[Segment], sent: int) -> None:
     """Drop ``sent`` bytes from the front of the queue."""
     while sent:
         head = q[0]
-        n = _length(head)
+        n = len(head)
         if sent >= n:
             q.popleft()
             sent -= n
