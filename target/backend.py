@@ -117,6 +117,11 @@ class Backend(abc.ABC):
             await self.write(pos, memoryview(zero)[:n])
             pos += n
 
+    async def block_status(self, offset: int) -> tuple[bool, int]:
+        """(mapped, length): whether storage backs ``offset`` and for how many
+        bytes that stays so (GET LBA STATUS). Default: everything is mapped."""
+        return True, self.size - offset
+
     async def read_bytes(self, offset: int, length: int) -> bytes:
         """The data at ``offset`` as bytes (for compares and digests)."""
         segments = await self.read(offset, length)
@@ -187,6 +192,17 @@ class RawBackend(Backend):
         loop = asyncio.get_running_loop()
         if not await loop.run_in_executor(None, punch_hole, self.fd, offset, length):
             await super().write_zeroes(offset, length)
+
+    async def block_status(self, offset: int) -> tuple[bool, int]:
+        """Holes in a sparse file are unmapped; SEEK_DATA/SEEK_HOLE find them."""
+        try:
+            data = os.lseek(self.fd, offset, os.SEEK_DATA)
+        except OSError:  # ENXIO: only a hole from here to the end
+            return False, self.size - offset
+        if data > offset:
+            return False, data - offset
+        hole = os.lseek(self.fd, offset, os.SEEK_HOLE)
+        return True, min(hole, self.size) - offset
 
     def close(self) -> None:
         if self.fd >= 0:

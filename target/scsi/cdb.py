@@ -1,0 +1,87 @@
+"""Decoding the CDB fields the block commands share (SBC-3 §5)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .sense import INVALID_FIELD_IN_CDB, ScsiError
+
+# opcodes (SPC-4 / SBC-3)
+TEST_UNIT_READY = 0x00
+REQUEST_SENSE = 0x03
+READ_6 = 0x08
+WRITE_6 = 0x0A
+INQUIRY = 0x12
+MODE_SELECT_6 = 0x15
+RESERVE_6 = 0x16
+RELEASE_6 = 0x17
+MODE_SENSE_6 = 0x1A
+START_STOP_UNIT = 0x1B
+PREVENT_ALLOW = 0x1E
+READ_CAPACITY_10 = 0x25
+READ_10 = 0x28
+WRITE_10 = 0x2A
+WRITE_VERIFY_10 = 0x2E
+VERIFY_10 = 0x2F
+PREFETCH_10 = 0x34
+SYNCHRONIZE_CACHE_10 = 0x35
+WRITE_SAME_10 = 0x41
+UNMAP = 0x42
+MODE_SELECT_10 = 0x55
+MODE_SENSE_10 = 0x5A
+READ_16 = 0x88
+COMPARE_AND_WRITE = 0x89
+WRITE_16 = 0x8A
+WRITE_VERIFY_16 = 0x8E
+VERIFY_16 = 0x8F
+PREFETCH_16 = 0x90
+SYNCHRONIZE_CACHE_16 = 0x91
+WRITE_SAME_16 = 0x93
+SERVICE_ACTION_IN_16 = 0x9E
+REPORT_LUNS = 0xA0
+MAINTENANCE_IN = 0xA3
+READ_12 = 0xA8
+WRITE_12 = 0xAA
+WRITE_VERIFY_12 = 0xAE
+VERIFY_12 = 0xAF
+
+SA_READ_CAPACITY_16 = 0x10
+SA_GET_LBA_STATUS = 0x12
+SA_REPORT_SUPPORTED_OPCODES = 0x0C
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRange:
+    """LBA and block count of a READ/WRITE/VERIFY-like CDB, with its flags byte."""
+
+    lba: int
+    blocks: int
+    flags: int  # byte 1 (RDPROTECT/WRPROTECT, DPO, FUA, BYTCHK ...)
+
+    @property
+    def fua(self) -> bool:
+        return bool(self.flags & 0x08)
+
+
+def block_range(cdb: bytes) -> BlockRange:
+    """LBA/length from the 6, 10, 12 or 16-byte form (SBC-3 §5.8, §5.11, ...)."""
+    n = len(cdb)
+    group = cdb[0] >> 5
+    if group == 0:  # 6-byte: 21-bit LBA, length 0 means 256 (SBC-3 §5.8)
+        if n < 6:
+            raise ScsiError(INVALID_FIELD_IN_CDB, field=0)
+        lba = int.from_bytes(cdb[1:4], "big") & 0x1FFFFF
+        blocks = cdb[4] or 256
+        return BlockRange(lba, blocks, 0)
+    if group in (1, 2):  # 10-byte
+        return BlockRange(int.from_bytes(cdb[2:6], "big"), int.from_bytes(cdb[7:9], "big"), cdb[1])
+    if group == 5:  # 12-byte
+        return BlockRange(int.from_bytes(cdb[2:6], "big"), int.from_bytes(cdb[6:10], "big"), cdb[1])
+    if group == 4:  # 16-byte
+        return BlockRange(int.from_bytes(cdb[2:10], "big"), int.from_bytes(cdb[10:14], "big"), cdb[1])
+    raise ScsiError(INVALID_FIELD_IN_CDB, field=0)
+
+
+def cdb_length(opcode: int) -> int:
+    """SPC-4 §4.2.5.1: the CDB length follows from the group code."""
+    return {0: 6, 1: 10, 2: 10, 4: 16, 5: 12}.get(opcode >> 5, 16)

@@ -1,0 +1,512 @@
+"""A logical unit: SCSI block commands (SBC-3) and the SPC-4 commands a
+disk needs, executed against a :class:`~target.backend.Backend`.
+
+Sans-I/O apart from awaiting the backend: :meth:`Lun.execute` takes a CDB
+and the Data-Out buffer and returns a :class:`ScsiResult`. READ data is the
+backend's segments, untouched, so the iSCSI layer can send it zero-copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass
+
+from ..backend import Backend, MediumError, Segment, SpaceExhausted
+from . import cdb as op
+from .cdb import BlockRange, block_range, cdb_length
+from .inquiry import SUPPORTED_VPD, Identity, Limits, standard, vpd
+from .mode import PC_SAVED, block_descriptor, pages
+from .sense import (
+    INVALID_FIELD_IN_CDB, INVALID_FIELD_IN_PARAMETER_LIST, INVALID_OPCODE, LBA_OUT_OF_RANGE, LUN_NOT_SUPPORTED,
+    LUN_RESET_OCCURRED, MISCOMPARE_DURING_VERIFY, NO_SENSE, PARAMETER_LIST_LENGTH_ERROR,
+    SAVING_PARAMETERS_NOT_SUPPORTED, SPACE_ALLOCATION_FAILED, UNRECOVERED_READ_ERROR, WRITE_ERROR,
+    WRITE_PROTECTED, Asc, ScsiError, ScsiStatus, fixed_sense,
+)
+
+
+@dataclass(slots=True)
+class ScsiResult:
+    status: ScsiStatus
+    data: Sequence[Segment] = ()
+    sense: bytes = b""
+    data_out_length: int | None = None  # bytes the CDB wanted from the initiator
+
+
+GOOD = ScsiResult(ScsiStatus.GOOD)
+
+Handler = Callable[["Lun", bytes, "memoryview | None", int], Awaitable[ScsiResult]]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One supported opcode (or opcode + service action): its handler and
+    CDB usage bitmap for REPORT SUPPORTED OPERATION CODES (SPC-4 §6.35)."""
+
+    handler: Handler
+    usage: bytes
+    writes: bool = False  # refused on a read-only LUN
+    service_action: int | None = None
+
+
+def _check(result: ScsiError) -> ScsiResult:
+    return ScsiResult(ScsiStatus.CHECK_CONDITION, sense=result.sense())
+
+
+def _alloc(data: bytes, length: int) -> ScsiResult:
+    return ScsiResult(ScsiStatus.GOOD, (data[:length],) if length and data else ())
+
+
+class Lun:
+    def __init__(self, backend: Backend, lun_id: int = 0, block_size: int = 512, serial: str = "0",
+                 device_id: bytes = b"", vendor: str = "BOOTSVC", product: str = "bootsvc disk",
+                 revision: str = "0001", read_only: bool = False) -> None:
+        self.backend = backend
+        self.lun_id = lun_id
+        self.block_size = block_size
+        self.shift = block_size.bit_length() - 1
+        self.blocks = backend.size // block_size
+        self.read_only = read_only or backend.read_only
+        self.identity = Identity(vendor, product, revision, serial, device_id or bytes(16))
+        max_xfer = (32 << 20) // block_size
+        self.limits = Limits(max_transfer=max_xfer, max_unmap_lbas=(1 << 30) // block_size,
+                             max_unmap_descriptors=256, max_write_same=(1 << 30) // block_size,
+                             max_compare_and_write=255, optimal_granularity=max(1, 4096 // block_size))
+        self.inquiry_data = standard(self.identity)
+        self.cw_lock = asyncio.Lock()
+        # Unit attentions: every reset bumps the epoch; a nexus that has not
+        # seen the current epoch gets one UNIT ATTENTION (SAM-5 §5.14).
+        self.epoch = 0
+        self.seen: dict[Hashable, int] = {}
+
+    # -- the entry point --------------------------------------------------------
+
+    async def execute(self, cdb: bytes, data_out: memoryview | None, nexus: Hashable,
+                      transfer_length: int) -> ScsiResult:
+        opcode = cdb[0]
+        # READ is the boot's hot path: dispatch it before anything else
+        if opcode in _READS and self.seen.get(nexus) == self.epoch:
+            try:
+                return await self._read(cdb, data_out, transfer_length)
+            except ScsiError as e:
+                return _check(e)
+        try:
+            if len(cdb) < cdb_length(opcode) and opcode >> 5 != 3:
+                raise ScsiError(INVALID_FIELD_IN_CDB, field=0)
+            seen = self.seen.setdefault(nexus, self.epoch)
+            if seen != self.epoch and opcode not in (op.INQUIRY, op.REPORT_LUNS, op.REQUEST_SENSE):
+                self.seen[nexus] = self.epoch
+                return _check(ScsiError(LUN_RESET_OCCURRED))
+            command = _lookup(cdb)
+            if command is None:
+                raise ScsiError(INVALID_OPCODE, field=0)
+            if command.writes and self.read_only:
+                raise ScsiError(WRITE_PROTECTED)
+            if opcode == op.REQUEST_SENSE:
+                self.seen[nexus] = self.epoch
+            return await command.handler(self, cdb, data_out, transfer_length)
+        except ScsiError as e:
+            return _check(e)
+        except MediumError:
+            return _check(ScsiError(WRITE_ERROR if opcode not in _READS else UNRECOVERED_READ_ERROR))
+        except SpaceExhausted:
+            return _check(ScsiError(SPACE_ALLOCATION_FAILED))
+
+    def reset(self) -> None:
+        """LOGICAL UNIT RESET / target reset: every nexus gets a UNIT ATTENTION."""
+        self.epoch += 1
+
+    def nexus_lost(self, nexus: Hashable) -> None:
+        self.seen.pop(nexus, None)
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _range(self, r: BlockRange, lba_field: int = 2) -> tuple[int, int]:
+        """Byte offset and length of a block range, checked against the medium
+        (SBC-3 §4.5: LBA OUT OF RANGE) and the transfer limit."""
+        if r.lba + r.blocks > self.blocks:
+            raise ScsiError(LBA_OUT_OF_RANGE)
+        return r.lba << self.shift, r.blocks << self.shift
+
+    def _no_protection(self, r: BlockRange) -> None:
+        if r.flags & 0xE0:  # RDPROTECT/WRPROTECT/VRPROTECT: no protection information here
+            raise ScsiError(INVALID_FIELD_IN_CDB, field=1, bit=5)
+
+    # -- reads and writes -------------------------------------------------------
+
+    async def _read(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
+        r = block_range(cdb)
+        self._no_protection(r)
+        if r.blocks > self.limits.max_transfer:
+            raise ScsiError(INVALID_FIELD_IN_CDB, field=7)
+        offset, length = self._range(r)
+        if not length:
+            return GOOD
+        return ScsiResult(ScsiStatus.GOOD, await self.backend.read(offset, length))
+
+    async def _write(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
+        r = block_range(cdb)
+        self._no_protection(r)
+        if r.blocks > self.limits.max_transfer:
+            raise ScsiError(INVALID_FIELD_IN_CDB, field=7)
+        offset, length = self._range(r)
+        data = data_out if data_out is not None else memoryview(b"")
+        # With less data than the CDB asks for (the iSCSI layer reports the
+        # overflow), write the whole blocks that did arrive.
+        usable = min(length, len(data)) >> self.shift << self.shift
+        if usable:
+            await self.backend.write(offset, data[:usable], fua=r.fua)
+        return ScsiResult(ScsiStatus.GOOD, data_out_length=length)
+
+    async def _verify(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
+        """VERIFY (SBC-3 §5.26): BYTCHK 0 checks nothing we could fail,
+        01b compares with the Data-Out, 11b compares every block with one."""
+        r = block_range(cdb)
+        self._no_protection(r)
+        bytchk = (r.flags >> 1) & 0x03
+        if bytchk == 2:
+            raise ScsiError(INVALID_FIELD_IN_CDB, field=1, bit=1)
+        offset, length = self._range(r)
+        if bytchk == 0 or not length:
+            return ScsiResult(ScsiStatus.GOOD, data_out_length=0 if bytchk == 0 else length)
+        wanted = length if bytchk == 1 else self.block_size
+        data = bytes(data_out or b"")[:wanted]
+        if len(data) < wanted:
+            return ScsiResult(ScsiStatus.GOOD, data_out_length=wanted)
+        if bytchk == 3:
+            data = data * r.blocks
+        await self._compare(offset, data)
+        return ScsiResult(ScsiStatus.GOOD, data_out_length=wanted)
+
+    async def _compare(self, offset: int, expected: bytes) -> None:
+        medium = await self.backend.read_bytes(offset, len(expected))
+        if medium != expected:
+            first = next(i for i, (a, b) in enumerate(zip(medium, expected)) if a != b)
+            raise ScsiError(MISCOMPARE_DURING_VERIFY, information=first)
+
+    async def _compare_and_write(self, cdb: bytes, data_out: memoryview | None,
+                                 transfer_length: int) -> ScsiResult:
+        """SBC-3 §5.2: compare then write, atomically with respect to other
+        COMPARE AND WRITEs on this LUN."""
+        lba = int.from_bytes(cdb[2:10], "big")
+        blocks = cdb[13]
+        if cdb[1] & 0xE0:
+            raise ScsiError(INVALID_FIELD_IN_CDB, field=1, bit=5)
+        if blocks > self.limits.max_compare_and_write:
+            raise ScsiError(INVALID_FIELD_IN_CDB, field=13)
+        offset, length = self._range(BlockRange(lba, blocks, cdb[1]))
+        if not blocks:
+            return GOOD
+        data = bytes(data_out or b"")
+        if len(data) != 2 * length:
+            raise ScsiError(INVALID_FIELD_IN_CDB, field=13)
+        async with self.cw_lock:
+            await self._compare(offset, data[:length])
+            await self.backend.write(offset, data[length:], fua=bool(cdb[1] & 0x08))
+        return ScsiResult(ScsiStatus.GOOD, data_out_length=2 * length)
+
+    async def _write_same(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
+        """WRITE SAME (SBC-3 §5.42/43): UNMAP with zeros deallocates, zeros
+        make a hole, anything else is written block by block."""
+        r = block_range(cdb)
+        self._no_protection(r)
+        flags = cdb[1]
+        ndob = cdb[0] == op.WRITE_SAME_16 and bool(flags & 0x01)
+        if flags & 0x10:  # ANCHOR: no anchored state here
+            raise ScsiError(INVALID_FIELD_IN_CDB, field=1, bit=4)
+        if r.blocks == 0 or r.blocks > self.limits.max_write_same:
+            raise ScsiError(INVALID_FIELD_IN_CDB, field=7 if cdb[0] == op.WRITE_SAME_10 else 10)
+        offset, length = self._range(r)
+        wanted = 0 if ndob else self.block_size
+        block = bytes(self.block_size) if ndob else bytes(data_out or b"")[:self.block_size]
+        if len(block) < self.block_size:
+            return ScsiResult(ScsiStatus.GOOD, data_out_length=wanted)
+        if not any(block):
+            if flags & 0x08:
+                await self.backend.discard(offset, length)
+            else:
+                await self.backend.write_zeroes(offset, length)
+        else:
+            chunk = block * max(1, (1 << 20) // self.block_size)
+            pos, end = offset, offset + length
+            while pos < end:
+                n = min(len(chunk), end - pos)
+                await self.backend.write(pos, memoryview(chunk)[:n])
+                pos += n
+        return ScsiResult(ScsiStatus.GOOD, data_out_length=wanted)
+
+    async def _unmap(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
+        """UNMAP (SBC-3 §5.28) with its parameter list (§5.28.2)."""
+        if cdb[1] & 0x01:  # ANCHOR
+            raise ScsiError(INVALID_FIELD_IN_CDB, field=1, bit=0)
+        plen = int.from_bytes(cdb[7:9], "big")
+        if plen == 0:
+            return ScsiResult(ScsiStatus.GOOD, data_out_length=0)
+        data = bytes(data_out or b"")[:plen]
+        if plen < 8 or len(data) < 8:
+            raise ScsiError(PARAMETER_LIST_LENGTH_ERROR)
+        desc_len = int.from_bytes(data[2:4], "big")
+        if desc_len % 16 or 8 + desc_len > len(data):
+            raise ScsiError(PARAMETER_LIST_LENGTH_ERROR)
+        count = desc_len // 16
+        if count > self.limits.max_unmap_descriptors:
+            raise ScsiError(INVALID_FIELD_IN_PARAMETER_LIST, field=2, in_cdb=False)
+        ranges = []
+        for i in range(count):
+            lba, blocks = struct.unpack_from(">QI", data, 8 + 16 * i)
+            if blocks > self.limits.max_unmap_lbas:
+                raise ScsiError(INVALID_FIELD_IN_PARAMETER_LIST, field=16 + 16 * i, in_cdb=False)
+            ranges.append(self._range(BlockRange(lba, blocks, 0)))
+        for offset, length in ranges:
+            if length:
+                await self.backend.discard(offset, length)
+        return ScsiResult(ScsiStatus.GOOD, data_out_length=plen)
+
+    async def _sync_cache(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
+        r = block_range(cdb)
+        self._range(r)
+        await self.backend.flush()
+        return GOOD
+
+    async def _prefetch(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
+        self._range(block_range(cdb))
+        return GOOD
+
+    # -- information ------------------------------------------------------------
+
+    async def _inquiry(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
+        evpd = cdb[1] & 0x01
+        page = cdb[2]
+        alloc = int.from_bytes(cdb[3:5], "big")
+        if cdb[1] & 0xFE:
+            raise ScsiError(INVALID_FIELD_IN_CDB, field=1)
+        if not evpd:
+            if page:
+                raise ScsiError(INVALID_FIELD_IN_CDB, field=2)
+            return _alloc(self.inquiry_data, alloc)
+        data = vpd(page, self.identity, self.limits, lbprz=True)
+        if data is None:
+            raise ScsiError(INVALID_FIELD_IN_CDB, field=2)
+        return _alloc(data, alloc)
+
+    async def _read_capacity_10(self, cdb: bytes, data_out: memoryview | None,
+                                transfer_length: int) -> ScsiResult:
+        if not cdb[8] & 0x01 and int.from_bytes(cdb[2:6], "big"):  # LBA without PMI (SBC-3 §5.15)
+            raise ScsiError(INVALID_FIELD_IN_CDB, field=2)
+        last = min(self.blocks - 1, 0xFFFFFFFF)
+        return ScsiResult(ScsiStatus.GOOD, (struct.pack(">II", last, self.block_size),))
+
+    async def _read_capacity_16(self, cdb: bytes, data_out: memoryview | None,
+                                transfer_length: int) -> ScsiResult:
+        alloc = int.from_bytes(cdb[10:14], "big")
+        data = bytearray(32)
+        struct.pack_into(">QI", data, 0, self.blocks - 1, self.block_size)
+        per_phys = max(0, (4096 // self.block_size).bit_length() - 1)
+        data[13] = per_phys  # logical blocks per physical block exponent
+        data[14] = 0x80 | 0x40  # LBPME (thin provisioned), LBPRZ (unmapped reads zeros)
+        return _alloc(bytes(data), alloc)
+
+    async def _get_lba_status(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
+        """GET LBA STATUS (SBC-3 §5.6): mapped or deallocated, from the backend."""
+        lba = int.from_bytes(cdb[2:10], "big")
+        alloc = int.from_bytes(cdb[10:14], "big")
+        if lba >= self.blocks:
+            raise ScsiError(LBA_OUT_OF_RANGE)
+        descriptors = b""
+        pos = lba
+        while pos < self.blocks and len(descriptors) < 16 * 64 and 8 + len(descriptors) < max(alloc, 24):
+            mapped, nbytes = await self.backend.block_status(pos << self.shift)
+            nblocks = max(1, min(nbytes >> self.shift, self.blocks - pos, 0xFFFFFFFF))
+            descriptors += struct.pack(">QIB3x", pos, nblocks, 0 if mapped else 1)
+            pos += nblocks
+        data = struct.pack(">I4x", len(descriptors) + 4) + descriptors
+        return _alloc(data, alloc)
+
+    async def _mode_sense(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
+        """MODE SENSE (6)/(10) (SPC-4 §6.11, §6.12)."""
+        ten = cdb[0] == op.MODE_SENSE_10
+        dbd = bool(cdb[1] & 0x08)
+        pc = cdb[2] >> 6
+        code = cdb[2] & 0x3F
+        subpage = cdb[3]
+        alloc = int.from_bytes(cdb[7:9], "big") if ten else cdb[4]
+        if pc == PC_SAVED:
+            raise ScsiError(SAVING_PARAMETERS_NOT_SUPPORTED)
+        if subpage not in (0x00, 0xFF) or (subpage == 0xFF and code != 0x3F):
+            raise ScsiError(INVALID_FIELD_IN_CDB, field=3)
+        body = pages(code, pc)
+        if body is None:
+            raise ScsiError(INVALID_FIELD_IN_CDB, field=2)
+        blockdesc = b"" if dbd else block_descriptor(self.blocks, self.block_size)
+        device_specific = (0x80 if self.read_only else 0) | 0x10  # WP, DPOFUA
+        if ten:
+            header = struct.pack(">HBBBBH", 6 + len(blockdesc) + len(body), 0, device_specific, 0, 0,
+                                 len(blockdesc))
+        else:
+            header = bytes([3 + len(blockdesc) + len(body), 0, device_specific, len(blockdesc)])
+        return _alloc(header + blockdesc + body, alloc)
+
+    async def _mode_select(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
+        """MODE SELECT: nothing is changeable; an empty list is accepted, and
+        a list that only restates the current values too."""
+        plen = int.from_bytes(cdb[7:9], "big") if cdb[0] == op.MODE_SELECT_10 else cdb[4]
+        if cdb[1] & 0x01:  # SP: saving is not supported
+            raise ScsiError(INVALID_FIELD_IN_CDB, field=1, bit=0)
+        return ScsiResult(ScsiStatus.GOOD, data_out_length=plen)
+
+    async def _request_sense(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
+        if cdb[1] & 0x01:  # DESC: we only speak fixed format
+            raise ScsiError(INVALID_FIELD_IN_CDB, field=1, bit=0)
+        return _alloc(fixed_sense(NO_SENSE), cdb[4])
+
+    async def _good(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
+        return GOOD
+
+    async def _start_stop(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
+        if cdb[4] & 0x02 and cdb[4] & 0x01 == 0:  # LOEJ without START: a fixed disk does not eject
+            raise ScsiError(INVALID_FIELD_IN_CDB, field=4, bit=1)
+        return GOOD
+
+    async def _report_opcodes(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
+        return report_supported_opcodes(cdb)
+
+
+# -- the command table ------------------------------------------------------------
+
+
+def _usage(opcode: int, *masks: int) -> bytes:
+    """CDB usage bitmap: the opcode, then one mask per remaining CDB byte
+    (SPC-4 §6.35.3) — a set bit is a bit the command looks at."""
+    return bytes([opcode, *masks])
+
+
+_RW10 = (0xFA, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0x07)
+_RW12 = (0xFA, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0x07)
+_RW16 = (0xFA,) + (0xFF,) * 12 + (0x1F, 0x07)
+
+COMMANDS: dict[tuple[int, int | None], Command] = {}
+
+
+def _add(opcode: int, handler: Handler, usage: tuple[int, ...], writes: bool = False,
+         sa: int | None = None) -> None:
+    COMMANDS[(opcode, sa)] = Command(handler, _usage(opcode, *usage), writes, sa)
+
+
+_add(op.TEST_UNIT_READY, Lun._good, (0, 0, 0, 0, 0x07))
+_add(op.REQUEST_SENSE, Lun._request_sense, (0x01, 0, 0, 0xFF, 0x07))
+_add(op.READ_6, Lun._read, (0x1F, 0xFF, 0xFF, 0xFF, 0x07))
+_add(op.WRITE_6, Lun._write, (0x1F, 0xFF, 0xFF, 0xFF, 0x07), writes=True)
+_add(op.INQUIRY, Lun._inquiry, (0x01, 0xFF, 0xFF, 0xFF, 0x07))
+_add(op.MODE_SELECT_6, Lun._mode_select, (0x11, 0, 0, 0xFF, 0x07))
+_add(op.MODE_SENSE_6, Lun._mode_sense, (0x08, 0xFF, 0xFF, 0xFF, 0x07))
+_add(op.START_STOP_UNIT, Lun._start_stop, (0x01, 0, 0x0F, 0xF7, 0x07))
+_add(op.PREVENT_ALLOW, Lun._good, (0, 0, 0, 0x03, 0x07))
+_add(op.READ_CAPACITY_10, Lun._read_capacity_10, (0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0x01, 0x07))
+_add(op.READ_10, Lun._read, _RW10)
+_add(op.WRITE_10, Lun._write, _RW10, writes=True)
+_add(op.WRITE_VERIFY_10, Lun._write, (0xF2,) + _RW10[1:], writes=True)
+_add(op.VERIFY_10, Lun._verify, (0xF6,) + _RW10[1:])
+_add(op.PREFETCH_10, Lun._prefetch, (0x02,) + _RW10[1:])
+_add(op.SYNCHRONIZE_CACHE_10, Lun._sync_cache, (0x02,) + _RW10[1:])
+_add(op.WRITE_SAME_10, Lun._write_same, (0xF8,) + _RW10[1:], writes=True)
+_add(op.UNMAP, Lun._unmap, (0x01, 0, 0, 0, 0, 0x1F, 0xFF, 0xFF, 0x07), writes=True)
+_add(op.MODE_SELECT_10, Lun._mode_select, (0x11, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x07))
+_add(op.MODE_SENSE_10, Lun._mode_sense, (0x18, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0x07))
+_add(op.READ_16, Lun._read, _RW16)
+_add(op.COMPARE_AND_WRITE, Lun._compare_and_write, _RW16[:9] + (0, 0, 0, 0xFF, 0x1F, 0x07), writes=True)
+_add(op.WRITE_16, Lun._write, _RW16, writes=True)
+_add(op.WRITE_VERIFY_16, Lun._write, (0xF2,) + _RW16[1:], writes=True)
+_add(op.VERIFY_16, Lun._verify, (0xF6,) + _RW16[1:])
+_add(op.PREFETCH_16, Lun._prefetch, (0x02,) + _RW16[1:])
+_add(op.SYNCHRONIZE_CACHE_16, Lun._sync_cache, (0x02,) + _RW16[1:])
+_add(op.WRITE_SAME_16, Lun._write_same, (0xF9,) + _RW16[1:], writes=True)
+_add(op.READ_12, Lun._read, _RW12)
+_add(op.WRITE_12, Lun._write, _RW12, writes=True)
+_add(op.WRITE_VERIFY_12, Lun._write, (0xF2,) + _RW12[1:], writes=True)
+_add(op.VERIFY_12, Lun._verify, (0xF6,) + _RW12[1:])
+_add(op.SERVICE_ACTION_IN_16, Lun._read_capacity_16, (0x1F,) + (0,) * 8 + (0xFF,) * 4 + (0, 0x07),
+     sa=op.SA_READ_CAPACITY_16)
+_add(op.SERVICE_ACTION_IN_16, Lun._get_lba_status, (0x1F,) + (0xFF,) * 12 + (0, 0x07),
+     sa=op.SA_GET_LBA_STATUS)
+_add(op.MAINTENANCE_IN, Lun._report_opcodes, (0x1F, 0x87, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x07),
+     sa=op.SA_REPORT_SUPPORTED_OPCODES)
+
+_SERVICE_ACTION_OPCODES = {opc for (opc, sa) in COMMANDS if sa is not None}
+_READS = frozenset((op.READ_6, op.READ_10, op.READ_12, op.READ_16))
+# REPORT LUNS is answered by the target, not a LUN; listed for REPORT SUPPORTED OPCODES
+_TARGET_COMMANDS = {(op.REPORT_LUNS, None): _usage(op.REPORT_LUNS, 0, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x07)}
+
+
+def _lookup(cdb: bytes) -> Command | None:
+    opcode = cdb[0]
+    if opcode in _SERVICE_ACTION_OPCODES:
+        return COMMANDS.get((opcode, cdb[1] & 0x1F))
+    return COMMANDS.get((opcode, None))
+
+
+_TIMEOUTS = bytes([0, 10, 0, 0]) + (0).to_bytes(4, "big") + (30).to_bytes(4, "big")
+
+
+def report_supported_opcodes(cdb: bytes) -> ScsiResult:
+    """REPORT SUPPORTED OPERATION CODES (SPC-4 §6.35)."""
+    options = cdb[2] & 0x07
+    rctd = bool(cdb[2] & 0x80)
+    alloc = int.from_bytes(cdb[6:10], "big")
+    usages = {k: c.usage for k, c in COMMANDS.items()} | _TARGET_COMMANDS
+    if options == 0:
+        out = bytearray()
+        for (opcode, sa), usage in sorted(usages.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+            flags = (0x01 if sa is not None else 0) | (0x02 if rctd else 0)
+            out += struct.pack(">BxHxBH", opcode, sa or 0, flags, len(usage))
+            if rctd:
+                out += _TIMEOUTS
+        return _alloc(len(out).to_bytes(4, "big") + bytes(out), alloc)
+    opcode = cdb[3]
+    sa = int.from_bytes(cdb[4:6], "big")
+    if options == 1:
+        if opcode in _SERVICE_ACTION_OPCODES:
+            raise ScsiError(INVALID_FIELD_IN_CDB, field=2)
+        usage = usages.get((opcode, None))
+    elif options == 2:
+        if opcode not in _SERVICE_ACTION_OPCODES:
+            raise ScsiError(INVALID_FIELD_IN_CDB, field=2)
+        usage = usages.get((opcode, sa))
+    else:
+        raise ScsiError(INVALID_FIELD_IN_CDB, field=2)
+    if usage is None:
+        data = bytes([0, 0x01, 0, 0])  # SUPPORT 001b: not supported
+    else:
+        data = bytes([0, (0x80 if rctd else 0) | 0x03]) + len(usage).to_bytes(2, "big") + usage
+        if rctd:
+            data += _TIMEOUTS
+    return _alloc(data, alloc)
+
+
+def report_luns(lun_ids: Sequence[int], cdb: bytes) -> ScsiResult:
+    """REPORT LUNS (SPC-4 §6.33), single-level peripheral/flat addressing."""
+    select = cdb[2]
+    alloc = int.from_bytes(cdb[6:10], "big")
+    if select not in (0x00, 0x01, 0x02, 0x10, 0x11, 0x12):
+        return _check(ScsiError(INVALID_FIELD_IN_CDB, field=2))
+    if alloc < 16:
+        return _check(ScsiError(INVALID_FIELD_IN_CDB, field=6))
+    ids = [] if select == 0x01 else list(lun_ids)
+    entries = b"".join((((i | 0x4000) if i > 255 else i) << 48).to_bytes(8, "big") for i in ids)
+    return _alloc(len(entries).to_bytes(4, "big") + bytes(4) + entries, alloc)
+
+
+def no_such_lun(cdb: bytes) -> ScsiResult:
+    """A command to a LUN that does not exist (SPC-4 §4.6.4): INQUIRY says
+    "no device here", REQUEST SENSE reports it, the rest fail."""
+    if cdb[0] == op.INQUIRY and not cdb[1] & 0x01:
+        data = bytearray(36)
+        data[0] = 0x7F  # peripheral qualifier 011b, device type 1Fh
+        data[2], data[3], data[4] = 0x06, 0x12, 31
+        return _alloc(bytes(data), int.from_bytes(cdb[3:5], "big"))
+    if cdb[0] == op.REQUEST_SENSE:
+        return _alloc(fixed_sense(LUN_NOT_SUPPORTED), cdb[4] if len(cdb) > 4 else 18)
+    return _check(ScsiError(LUN_NOT_SUPPORTED))
+
+
+__all__ = ["Asc", "Lun", "ScsiResult", "SUPPORTED_VPD", "report_luns", "no_such_lun"]
