@@ -77,7 +77,6 @@ def vpd(code: int, ident: Identity, limits: Limits, lbprz: bool) -> bytes | None
         return _page(0x83, designators)
     if code == 0xB0:
         body = bytearray(0x3C)
-        body[0] = 0x01  # WSNZ: WRITE SAME with 0 blocks is refused
         body[1] = min(limits.max_compare_and_write, 255)
         struct.pack_into(">HIIIIIII", body, 2, limits.optimal_granularity, limits.max_transfer,
                          limits.max_transfer, limits.max_transfer, limits.max_unmap_lbas,

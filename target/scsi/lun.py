@@ -70,8 +70,9 @@ class Lun:
         self.read_only = read_only or backend.read_only
         self.identity = Identity(vendor, product, revision, serial, device_id or bytes(16))
         max_xfer = (32 << 20) // block_size
-        self.limits = Limits(max_transfer=max_xfer, max_unmap_lbas=(1 << 30) // block_size,
-                             max_unmap_descriptors=256, max_write_same=(1 << 30) // block_size,
+        # libiscsi's BlockLimits test holds MAXIMUM UNMAP LBA COUNT to 1M blocks
+        self.limits = Limits(max_transfer=max_xfer, max_unmap_lbas=min((1 << 30) // block_size, 1 << 20),
+                             max_unmap_descriptors=256, max_write_same=max(1, self.blocks),
                              max_compare_and_write=255, optimal_granularity=max(1, 4096 // block_size))
         self.inquiry_data = standard(self.identity)
         self.cw_lock = asyncio.Lock()
@@ -197,6 +198,8 @@ class Lun:
             raise ScsiError(INVALID_FIELD_IN_CDB, field=13)
         offset, length = self._range(BlockRange(lba, blocks, cdb[1]))
         if not blocks:
+            if transfer_length:  # e.g. 256 blocks wrapped to 0 in the one-byte field
+                raise ScsiError(INVALID_FIELD_IN_CDB, field=13)
             return GOOD
         data = bytes(data_out or b"")
         if len(data) != 2 * length:
@@ -215,18 +218,23 @@ class Lun:
         ndob = cdb[0] == op.WRITE_SAME_16 and bool(flags & 0x01)
         if flags & 0x10:  # ANCHOR: no anchored state here
             raise ScsiError(INVALID_FIELD_IN_CDB, field=1, bit=4)
-        if r.blocks == 0 or r.blocks > self.limits.max_write_same:
+        if r.blocks == 0:  # WSNZ=0: zero blocks means up to the end of the medium (SBC-3 §5.42)
+            if r.lba > self.blocks:
+                raise ScsiError(LBA_OUT_OF_RANGE)
+            r = BlockRange(r.lba, self.blocks - r.lba, r.flags)
+        if r.blocks > self.limits.max_write_same:
             raise ScsiError(INVALID_FIELD_IN_CDB, field=7 if cdb[0] == op.WRITE_SAME_10 else 10)
         offset, length = self._range(r)
         wanted = 0 if ndob else self.block_size
+        if transfer_length != wanted:  # SBC-3 §5.42: exactly one block of Data-Out
+            raise ScsiError(INVALID_FIELD_IN_CDB, field=7 if cdb[0] == op.WRITE_SAME_10 else 10)
         block = bytes(self.block_size) if ndob else bytes(data_out or b"")[:self.block_size]
         if len(block) < self.block_size:
             return ScsiResult(ScsiStatus.GOOD, data_out_length=wanted)
-        if not any(block):
-            if flags & 0x08:
-                await self.backend.discard(offset, length)
-            else:
-                await self.backend.write_zeroes(offset, length)
+        if flags & 0x08:  # UNMAP: deallocate; with LBPRZ the blocks then read as zeros
+            await self.backend.discard(offset, length)
+        elif not any(block):
+            await self.backend.write_zeroes(offset, length)
         else:
             chunk = block * max(1, (1 << 20) // self.block_size)
             pos, end = offset, offset + length
@@ -302,8 +310,8 @@ class Lun:
         alloc = int.from_bytes(cdb[10:14], "big")
         data = bytearray(32)
         struct.pack_into(">QI", data, 0, self.blocks - 1, self.block_size)
-        per_phys = max(0, (4096 // self.block_size).bit_length() - 1)
-        data[13] = per_phys  # logical blocks per physical block exponent
+        # LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT stays 0: GET LBA STATUS
+        # then answers per logical block, which libiscsi's tests expect
         data[14] = 0x80 | 0x40  # LBPME (thin provisioned), LBPRZ (unmapped reads zeros)
         return _alloc(bytes(data), alloc)
 

@@ -1,0 +1,104 @@
+"""Running libiscsi's ``iscsi-test-cu`` and reading its results per test.
+
+iscsi-test-cu reports a skipped test as passed; its own output says
+``[SKIPPED]`` inside the test's text, so that is how skips are told apart.
+Run as a script to print both targets' results side by side:
+``python3 -m tests.e2e.compliance [--json OUT]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+# The families that apply to a disk target without persistent reservations,
+# copy offload or multipath (later issues): everything the issue names and
+# the other SBC/SPC families a plain disk is expected to answer.
+FAMILIES = (
+    "CompareAndWrite", "GetLBAStatus", "Inquiry", "Mandatory", "ModeSense6", "NoMedia", "Prefetch10",
+    "Prefetch16", "PreventAllow", "Read6", "Read10", "Read12", "Read16", "ReadCapacity10", "ReadCapacity16",
+    "ReadOnly", "ReportSupportedOpcodes", "StartStopUnit", "TestUnitReady", "Unmap", "Verify10", "Verify12",
+    "Verify16", "Write10", "Write12", "Write16", "WriteSame10", "WriteSame16", "WriteVerify10",
+    "WriteVerify12", "WriteVerify16", "iSCSIcmdsn", "iSCSIdatasn", "iSCSIResiduals", "iSCSITMF",
+)
+
+_SUITE = re.compile(r"^Suite: (\S+)", re.M)
+_TEST = re.compile(r"^  Test: (\S+) \.\.\.", re.M)
+_RESULT = re.compile(r"(passed|FAILED)")
+
+
+def parse(output: str) -> dict[str, str]:
+    """``{"Suite.Test": "passed" | "skipped" | "failed"}`` from verbose output."""
+    results: dict[str, str] = {}
+    marks = sorted([(m.start(), "suite", m) for m in _SUITE.finditer(output)]
+                   + [(m.start(), "test", m) for m in _TEST.finditer(output)], key=lambda t: t[0])
+    suite = "?"
+    for i, (pos, kind, m) in enumerate(marks):
+        if kind == "suite":
+            suite = m.group(1)
+            continue
+        end = marks[i + 1][0] if i + 1 < len(marks) else len(output)
+        body = output[m.end():end]
+        r = _RESULT.search(body)
+        if r is None:
+            status = "failed"  # the run ended inside this test (crash or timeout)
+        elif r.group(1) == "FAILED":
+            status = "failed"
+        else:
+            status = "skipped" if "[SKIPPED]" in body[:r.start()] else "passed"
+        results[f"{suite}.{m.group(1)}"] = status
+    return results
+
+
+def run(url: str, pattern: str = "ALL.*", timeout: float = 600) -> dict[str, str]:
+    proc = subprocess.run(["iscsi-test-cu", "--dataloss", "-t", pattern, url], capture_output=True, text=True,
+                          timeout=timeout)
+    return parse(proc.stdout)
+
+
+def applicable(results: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in results.items() if k.split(".")[0] in FAMILIES}
+
+
+def counts(results: dict[str, str]) -> dict[str, int]:
+    out = {"passed": 0, "skipped": 0, "failed": 0}
+    for v in results.values():
+        out[v] += 1
+    return out
+
+
+def regressions(reference: dict[str, str], ours: dict[str, str]) -> list[str]:
+    """Tests the reference passes and we do not."""
+    return sorted(k for k, v in reference.items() if v == "passed" and ours.get(k) != "passed")
+
+
+def main() -> int:
+    from tests.e2e.peers import bootsvc_export, tgt_export
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--size", default="1G")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        results = {}
+        for name, export in (("tgt", tgt_export), ("bootsvc", bootsvc_export)):
+            img = Path(d) / f"{name}.img"
+            subprocess.run(["truncate", "-s", args.size, str(img)], check=True)
+            with export(img) as portal:
+                results[name] = run(portal.url())
+    for name, r in results.items():
+        print(f"{name}: all {counts(r)}; applicable families {counts(applicable(r))}")
+    print("regressions:", regressions(applicable(results["tgt"]), results["bootsvc"]) or "none")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
