@@ -114,6 +114,9 @@ def tgt_export(image: Path, iqn: str = "iqn.2026-11.test.tgt:disk") -> Iterator[
         adm("--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL")
         yield Portal(port, iqn, 1)
     finally:
+        # tgtd refuses to delete the system while a target exists
+        subprocess.run(["tgtadm", "-C", str(control), "--lld", "iscsi", "--op", "delete", "--mode", "target",
+                        "--tid", "1", "--force"], capture_output=True, timeout=30)
         subprocess.run(["tgtadm", "-C", str(control), "--op", "delete", "--mode", "system"],
                        capture_output=True, timeout=30)
         try:

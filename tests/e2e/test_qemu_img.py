@@ -1,0 +1,108 @@
+"""QEMU's iscsi:// block driver against bootsvc and, for the same
+assertions, against tgt: reads give the image's bytes, writes land in it,
+read-only exports refuse writes."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import need
+from tests.e2e.peers import Portal, bootsvc_export, tgt_export
+
+pytestmark = pytest.mark.e2e
+SIZE = 64 << 20
+
+Exporter = Callable[..., contextlib.AbstractContextManager[Portal]]
+
+
+@contextlib.contextmanager
+def tgt_read_only(image: Path) -> Iterator[Portal]:
+    """tgt with its LUN flagged read-only, like `bootsvc export --read-only`."""
+    with tgt_export(image) as portal:
+        control = str(1000 + portal.port % 30000)
+        subprocess.run(["tgtadm", "-C", control, "--lld", "iscsi", "--op", "update", "--mode", "logicalunit",
+                        "--tid", "1", "--lun", "1", "--params", "readonly=1"], check=True, capture_output=True)
+        yield portal
+
+
+EXPORTS: dict[str, tuple[Exporter, Exporter]] = {
+    "bootsvc": (bootsvc_export, lambda img: bootsvc_export(img, "iqn.2026-11.test.bootsvc:disk", "--read-only")),
+    "tgt": (tgt_export, tgt_read_only),
+}
+
+
+@pytest.fixture(params=sorted(EXPORTS))
+def exports(request: pytest.FixtureRequest) -> tuple[Exporter, Exporter]:
+    need("qemu-img", "qemu-io")
+    if request.param == "tgt":
+        need("tgtd", "tgtadm")
+    return EXPORTS[request.param]
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    p = tmp_path / "disk.img"
+    rnd = hashlib.shake_256(b"bootsvc").digest(1 << 20)
+    with open(p, "wb") as f:
+        for i in range(SIZE >> 20):
+            f.write(bytes((b + i) & 0xFF for b in rnd[:4096]) * 256)
+    return p
+
+
+def qemu(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["qemu-img", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_info_read_and_write(exports: tuple[Exporter, Exporter], image: Path, tmp_path: Path) -> None:
+    export, _ = exports
+    original = image.read_bytes()
+    payload = os.urandom(4 << 20)
+    src = tmp_path / "payload.raw"
+    src.write_bytes(payload)
+    with export(image) as portal:
+        info = qemu("info", "--output=json", portal.url())
+        assert info.returncode == 0, info.stderr
+        assert f'"virtual-size": {SIZE}' in info.stdout
+        out = tmp_path / "out.raw"
+        r = qemu("convert", "-O", "raw", portal.url(), str(out))
+        assert r.returncode == 0, r.stderr
+        assert out.read_bytes() == original
+        # write 4 MiB at 1 MiB through the iscsi:// driver
+        r = subprocess.run(["qemu-io", "-f", "raw", "-c", f"write -P 0x5a {1 << 20} {4 << 20}",
+                            "-c", "flush", portal.url()], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and "wrote" in r.stdout, r.stdout + r.stderr
+        r = qemu("convert", "-n", "-f", "raw", "-O", "raw", str(src), portal.url())
+        assert r.returncode == 0, r.stderr
+    data = image.read_bytes()
+    assert data[: len(payload)] == payload
+    assert data[len(payload):5 << 20] == b"\x5a" * ((5 << 20) - len(payload))
+    assert data[5 << 20:] == original[5 << 20:]
+
+
+def test_pattern_write_lands_in_the_file(exports: tuple[Exporter, Exporter], image: Path) -> None:
+    export, _ = exports
+    with export(image) as portal:
+        r = subprocess.run(["qemu-io", "-f", "raw", "-c", f"write -P 0x5a {8 << 20} {4 << 20}", portal.url()],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+    data = image.read_bytes()
+    assert data[8 << 20:12 << 20] == b"\x5a" * (4 << 20)
+
+
+def test_read_only_export_refuses_writes(exports: tuple[Exporter, Exporter], image: Path) -> None:
+    _, export_ro = exports
+    before = hashlib.sha256(image.read_bytes()).digest()
+    with export_ro(image) as portal:
+        r = subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x11 0 64k", portal.url()],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode != 0 or "failed" in (r.stdout + r.stderr).lower(), r.stdout
+        r = qemu("convert", "-O", "raw", portal.url(), str(image.with_suffix(".copy")))
+        assert r.returncode == 0, r.stderr
+    assert hashlib.sha256(image.read_bytes()).digest() == before
