@@ -12,6 +12,7 @@ debs=(
     ipxe-qemu ipxe      # iPXE NIC ROMs and binaries
     tgt                 # reference iSCSI target
     open-isns-utils     # isnsadm, isnsd
+    nasm                # assembles the sanboot test's boot sector
     iproute2 procps
 )
 missing=()

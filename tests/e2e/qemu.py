@@ -1,0 +1,69 @@
+"""QEMU for end-to-end tests: software emulation (TCG) by default since this
+machine's KVM is paravirtual and cannot run firmware (ENVIRONMENT.md);
+BOOTSVC_ACCEL=kvm forces KVM. The serial console goes to a file that the
+test follows with a bounded wait; QEMU is ended by its PID."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+QEMU = "qemu-system-x86_64"
+# QEMU finds the NIC's iPXE ROM itself (Debian's ipxe-qemu); naming it with
+# romfile= here left SeaBIOS without a network boot entry
+VIRTIO_ROM = Path("/usr/lib/ipxe/qemu/efi-virtio.rom")
+
+
+def available() -> str | None:
+    """None when QEMU can boot here, else the reason it cannot."""
+    if not shutil.which(QEMU):
+        return f"{QEMU} is not installed"
+    if not VIRTIO_ROM.exists():
+        return f"{VIRTIO_ROM} (ipxe-qemu) is missing"
+    return None
+
+
+@contextlib.contextmanager
+def sanboot_vm(workdir: Path, target_port: int, iqn: str, lun: int) -> Iterator[Path]:
+    """A diskless VM whose NIC's iPXE ROM sanboots ``iqn`` from a target on
+    127.0.0.1:``target_port``. QEMU's user network is ``restrict=on``: the
+    guest reaches nothing but the one forwarded address, 10.0.2.100:3260,
+    which QEMU connects to the loopback target. Yields the console log."""
+    tftp = workdir / "tftp"
+    tftp.mkdir(exist_ok=True)
+    (tftp / "boot.ipxe").write_text(f"#!ipxe\nsanboot iscsi:10.0.2.100::3260:{lun}:{iqn}\n")
+    log = workdir / "console.log"
+    # a "-tcp:" guestfwd would be one connection opened when QEMU starts;
+    # "-cmd:" runs the proxy for every connection the guest makes
+    proxy = f"{sys.executable} {Path(__file__).with_name('stdio_proxy.py')} {target_port}"
+    nic = (f"user,model=virtio-net-pci,restrict=on,ipv6=off,tftp={tftp},bootfile=boot.ipxe,"
+           f"guestfwd=tcp:10.0.2.100:3260-cmd:{proxy}")
+    accel = os.environ.get("BOOTSVC_ACCEL", "tcg")
+    proc = subprocess.Popen(
+        [QEMU, "-accel", accel, "-m", "256", "-display", "none", "-no-reboot", "-boot", "n",
+         "-serial", f"file:{log}", "-monitor", "none", "-nic", nic],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        yield log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+def wait_for(log: Path, markers: tuple[str, ...], timeout: float) -> str | None:
+    """The first marker that appears in the log within ``timeout`` s, else None."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        for m in markers:
+            if m in text:
+                return m
+        time.sleep(0.2)
+    return None
