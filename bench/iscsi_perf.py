@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Read throughput of bootsvc's iSCSI target against tgt, in one run.
+
+Both serve the same page-cached image; libiscsi's iscsi-perf runs sequential
+1 MiB reads at queue depth 16 and random 4 KiB reads at queue depth 32
+against each, in interleaved rounds (A B B A ...: the machine is noisy), and
+the medians and ratios are printed. Every run is bounded in time.
+
+    python3 bench/iscsi_perf.py [--rounds 3] [--seconds 8] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.e2e.peers import bootsvc_export, tgt_export  # noqa: E402
+
+WORKLOADS = {
+    "seq-1MiB-qd16": ["-b", "2048", "-m", "16"],
+    "rand-4KiB-qd32": ["-b", "8", "-m", "32", "-r"],
+}
+_AVG = re.compile(r"^iops average (\d+) \((\d+) MB/s\)", re.M)
+
+
+def iscsi_perf(url: str, args: list[str], seconds: int) -> tuple[int, int]:
+    """(IOPS, MB/s) averaged over the run, as iscsi-perf reports them."""
+    out = subprocess.run(["timeout", str(seconds + 10), "iscsi-perf", *args, "-t", str(seconds), url],
+                         capture_output=True, text=True).stdout.replace("\r", "\n")
+    found = _AVG.findall(out)
+    if not found:
+        raise RuntimeError(f"iscsi-perf printed no average for {url}: {out[-300:]!r}")
+    iops, mbs = found[-1]
+    return int(iops), int(mbs)
+
+
+def make_image(path: Path, size: int) -> None:
+    chunk = bytes(range(256)) * 4096
+    with open(path, "wb") as f:
+        for _ in range(size // len(chunk)):
+            f.write(chunk)
+
+
+def warm(path: Path) -> None:
+    with open(path, "rb") as f:
+        while f.read(1 << 24):
+            pass
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3, help="A B B A pairs per workload")
+    ap.add_argument("--seconds", type=int, default=8, help="length of each iscsi-perf run")
+    ap.add_argument("--size", type=int, default=1 << 30, help="image size in bytes")
+    ap.add_argument("--json", type=Path, help="write the raw figures here")
+    args = ap.parse_args()
+    results: dict[str, dict[str, list[tuple[int, int]]]] = {w: {"tgt": [], "bootsvc": []} for w in WORKLOADS}
+    with tempfile.TemporaryDirectory() as d:
+        img = Path(d) / "bench.img"
+        make_image(img, args.size)
+        with contextlib.ExitStack() as stack:
+            urls = {"tgt": stack.enter_context(tgt_export(img)).url(),
+                    "bootsvc": stack.enter_context(bootsvc_export(img)).url()}
+            for name, wargs in WORKLOADS.items():
+                for r in range(args.rounds):
+                    order = ("tgt", "bootsvc") if r % 2 == 0 else ("bootsvc", "tgt")
+                    for who in order:
+                        warm(img)
+                        results[name][who].append(iscsi_perf(urls[who], wargs, args.seconds))
+                        print(f"{name} round {r} {who}: {results[name][who][-1]}", file=sys.stderr)
+    print(f"{'workload':16} {'tgt':>14} {'bootsvc':>14} {'ratio':>6}")
+    summary = {}
+    for name, by in results.items():
+        key = 1 if name.startswith("seq") else 0  # MB/s for sequential, IOPS for random
+        unit = "MB/s" if key else "IOPS"
+        med = {who: statistics.median(v[key] for v in vals) for who, vals in by.items()}
+        ratio = med["bootsvc"] / med["tgt"] if med["tgt"] else float("nan")
+        summary[name] = {"unit": unit, **med, "ratio": ratio}
+        print(f"{name:16} {med['tgt']:>9.0f} {unit:4} {med['bootsvc']:>9.0f} {unit:4} {ratio:6.2f}")
+    if args.json:
+        args.json.write_text(json.dumps({"summary": summary, "runs": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
