@@ -61,16 +61,19 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="A B B A pairs per workload")
     ap.add_argument("--seconds", type=int, default=8, help="length of each iscsi-perf run")
     ap.add_argument("--size", type=int, default=1 << 30, help="image size in bytes")
+    ap.add_argument("--only", choices=sorted(WORKLOADS), help="run one workload")
     ap.add_argument("--json", type=Path, help="write the raw figures here")
     args = ap.parse_args()
-    results: dict[str, dict[str, list[tuple[int, int]]]] = {w: {"tgt": [], "bootsvc": []} for w in WORKLOADS}
+    chosen = [args.only] if args.only else list(WORKLOADS)
+    results: dict[str, dict[str, list[tuple[int, int]]]] = {w: {"tgt": [], "bootsvc": []} for w in chosen}
     with tempfile.TemporaryDirectory() as d:
         img = Path(d) / "bench.img"
         make_image(img, args.size)
         with contextlib.ExitStack() as stack:
             urls = {"tgt": stack.enter_context(tgt_export(img)).url(),
                     "bootsvc": stack.enter_context(bootsvc_export(img)).url()}
-            for name, wargs in WORKLOADS.items():
+            for name in chosen:
+                wargs = WORKLOADS[name]
                 for r in range(args.rounds):
                     order = ("tgt", "bootsvc") if r % 2 == 0 else ("bootsvc", "tgt")
                     for who in order:

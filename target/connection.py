@@ -41,6 +41,9 @@ class IscsiConnection:
         self.sock = sock
         self.loop = asyncio.get_running_loop()
         self.sender = Sender(sock, self.loop)
+        self.fd = sock.fileno()
+        self.reading = False
+        self.finished: asyncio.Future[None] | None = None
         # during login nothing larger than 8 KiB can be valid: refuse it at once
         # rather than wait for megabytes of garbage to arrive
         self.reader = PduReader(max_data=LOGIN_MAX_DATA, hard_limit=LOGIN_MAX_DATA)
@@ -57,13 +60,16 @@ class IscsiConnection:
 
     # -- output -----------------------------------------------------------------
 
-    def emit(self, pdu: Pdu, segments: Sequence[Segment] | None = None) -> None:
+    def emit(self, pdu: Pdu, segments: Sequence[Segment] | None = None, length: int | None = None) -> None:
+        """Send ``pdu``; its data segment is ``segments`` (``length`` bytes,
+        counted here when not given) or, without segments, ``pdu.data``."""
         digests = self.reader.digests
         if segments is None:
             self.sender.send(frame(pdu, digests))
             return
-        n = segments_length(segments)
-        items: list[Segment] = [*frame(pdu, digests, data_length=n), *segments]
+        n = segments_length(segments) if length is None else length
+        items = frame(pdu, digests, data_length=n)
+        items += segments
         pad = padding(n)
         if pad:
             items.append(pad)
@@ -85,6 +91,8 @@ class IscsiConnection:
 
     def close(self) -> None:
         self.closing = True
+        if self.finished is not None:
+            self._finish()
         self.sender.close()
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
@@ -160,36 +168,101 @@ class IscsiConnection:
                 return
 
     async def _full_feature(self) -> None:
-        session = self.session
-        assert session is not None
+        """Full Feature Phase is driven by a reader callback registered once:
+        awaiting ``sock_recv`` per read would add and remove the socket from
+        epoll every time, two system calls per command on the hot path."""
+        assert self.session is not None
         pinger = self.loop.create_task(self._pinger()) if self.server.nop_interval > 0 else None
+        self.finished = self.loop.create_future()
+        self._process()  # PDUs that arrived together with the last login request
+        if not self.finished.done():
+            self.loop.add_reader(self.fd, self._on_readable)
+            self.reading = True
         try:
-            while not self.closing:
-                try:
-                    for pdu in self.reader.pdus():
-                        if isinstance(pdu, NopOut) and pdu.itt == 0xFFFFFFFF and pdu.ttt == self.ping_ttt:
-                            self.ping_sent = 0.0
-                        session.receive(pdu)
-                        if self.closing:
-                            return
-                except DigestError as e:
-                    if e.header:  # §7.8: the header cannot be trusted, so neither can the framing
-                        log.warning("event=iscsi.header_digest_error peer=%s:%d", *self.peer)
-                        return
-                    session.reject(e.bhs, RejectReason.DATA_DIGEST_ERROR, str(e))
-                    continue
-                except PduFormatError as e:
-                    if not e.bhs:
-                        raise
-                    session.reject(e.bhs, e.reason, str(e))
-                    continue
-                if self.sender.congested:
-                    await self.sender.drain()
-                if not await self._recv():
-                    return
+            await self.finished
         finally:
+            self._stop_reading()
             if pinger is not None:
                 pinger.cancel()
+
+    def _finish(self, error: BaseException | None = None) -> None:
+        if self.finished.done():
+            return
+        if error is None:
+            self.finished.set_result(None)
+        else:
+            self.finished.set_exception(error)
+
+    def _stop_reading(self) -> None:
+        if self.reading:
+            self.loop.remove_reader(self.fd)
+            self.reading = False
+
+    def _on_readable(self) -> None:
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self._finish(e)
+            return
+        if not data:
+            self._finish()
+            return
+        self.last_rx = time.monotonic()
+        self.reader.feed(data)
+        self._process()
+
+    def _process(self) -> None:
+        """Handle every complete PDU received so far."""
+        session = self.session
+        assert session is not None
+        reader = self.reader
+        self.sender.corked = True
+        try:
+            self._handle_input(session, reader)
+        finally:
+            self.sender.corked = False
+        if self.closing:
+            self._finish()
+            return
+        self.sender.flush()
+        if self.sender.congested and self.reading:
+            # stop taking commands until the initiator has read some data
+            self._stop_reading()
+            self.loop.create_task(self._resume_when_drained())
+
+    def _handle_input(self, session: Session, reader: PduReader) -> None:
+        while not self.closing:
+            try:
+                for pdu in reader.pdus():
+                    if type(pdu) is NopOut and pdu.itt == 0xFFFFFFFF and pdu.ttt == self.ping_ttt:
+                        self.ping_sent = 0.0
+                    session.receive(pdu)
+                    if self.closing:
+                        break
+                break
+            except DigestError as e:
+                if e.header:  # §7.8: the header cannot be trusted, so neither can the framing
+                    log.warning("event=iscsi.header_digest_error peer=%s:%d", *self.peer)
+                    self._finish()
+                    return
+                session.reject(e.bhs, RejectReason.DATA_DIGEST_ERROR, str(e))
+            except PduFormatError as e:
+                if not e.bhs:
+                    self._finish(e)
+                    return
+                session.reject(e.bhs, e.reason, str(e))
+            except SessionFailure as e:
+                self._finish(e)
+                return
+
+    async def _resume_when_drained(self) -> None:
+        await self.sender.drain()
+        if not self.finished.done() and not self.closing:
+            self.loop.add_reader(self.fd, self._on_readable)
+            self.reading = True
+            self._process()
 
     async def _pinger(self) -> None:
         """§11.19: ping an idle initiator; drop it if it stops answering."""

@@ -193,10 +193,11 @@ def _compile_codec(cls: type[Pdu]) -> None:
     b1 = " | ".join(f"((int(self.{n}) << {b.shift}) & {b.mask})" for n, b in bits) or "0"
     pack_args = ", ".join(f"self.{n}" if not n.startswith("_") else n for _, _, n in parts)
     unpacked = ", ".join(n for _, _, n in parts)
-    bit_args = "".join(
-        f", {n}=bool(_b1 & {b.mask})" if b.is_flag else f", {n}=(_b1 & {b.mask}) >> {b.shift}"
-        for n, b in bits)
-    name_args = "".join(f", {n}={n}" for n in names)
+    # positional arguments in field order: a dataclass __init__ binds them
+    # faster than keywords, and this runs for every PDU received
+    exprs = {n: f"bool(_b1 & {b.mask})" if b.is_flag else f"(_b1 & {b.mask}) >> {b.shift}" for n, b in bits}
+    exprs.update({n: n for n in names})
+    positional = "".join(f"{exprs[f.name]}, " for f in fields(cls) if f.name in exprs)
     src = f"""
 def encode_bhs(self, data_length=None):
     ahs = self.ahs
@@ -209,7 +210,7 @@ def encode_bhs(self, data_length=None):
 
 def _decode(cls, bhs, ahs, data):
     {unpacked}, = _unpack(bhs)
-    return cls(immediate=bool(_b0 & 0x40), ahs=ahs, data=data{bit_args}{name_args})
+    return cls({positional}immediate=bool(_b0 & 0x40), ahs=ahs, data=data)
 """
     ns: dict[str, object] = {"_pack": st.pack, "_unpack": st.unpack_from}
     exec(compile(src, f"<pdu codec {cls.__name__}>", "exec"), ns)  # noqa: S102 - generated from LAYOUT

@@ -15,7 +15,6 @@ import asyncio
 import os
 import socket
 from collections import deque
-from collections.abc import Iterable
 
 from .backend import FileExtent, Segment, Zeros
 
@@ -37,20 +36,21 @@ class Sender:
         self.queued_bytes = 0
         self.waiting = False  # a writability callback is registered
         self.flush_scheduled = False
+        # set while the connection handles a batch of input; it flushes after
+        self.corked = False
         self.closed = False
         self.error: OSError | None = None
         self._drained: asyncio.Future[None] | None = None
 
-    def send(self, items: Iterable[Segment]) -> None:
+    def send(self, items: list[Segment]) -> None:
         """Queue ``items``; they leave on the next turn of the event loop,
         together with everything else queued until then (one sendmsg for
         many responses), or at once when a lot is queued."""
         if self.closed:
             return
-        items = list(items)
         self.queue.extend(items)
         self.queued_bytes += sum(map(len, items))
-        if self.waiting or self.flush_scheduled:
+        if self.waiting or self.flush_scheduled or self.corked:
             return
         if self.queued_bytes >= FLUSH_NOW:
             self._flush()
@@ -60,7 +60,11 @@ class Sender:
 
     def _scheduled_flush(self) -> None:
         self.flush_scheduled = False
-        if not self.waiting and not self.closed:
+        self.flush()
+
+    def flush(self) -> None:
+        """Send what is queued now, unless a writability wait is pending."""
+        if self.queue and not self.waiting and not self.closed:
             self._flush()
 
     @property

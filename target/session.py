@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -47,7 +48,7 @@ class Connection(Protocol):
     statsn: int
     local_address: tuple[str, int]
 
-    def emit(self, pdu: Pdu, segments: Sequence[Segment] | None = None) -> None: ...
+    def emit(self, pdu: Pdu, segments: Sequence[Segment] | None = None, length: int | None = None) -> None: ...
 
     def close_after_send(self) -> None: ...
 
@@ -84,6 +85,7 @@ class Task:
     received: int = 0
     unsolicited_end: int = 0
     next_r2t_offset: int = 0
+    # R2Ts in flight by TTT; only writes that solicit data need one
     outstanding: dict[int, R2TState] = field(default_factory=dict)
     r2tsn: int = 0
     unsolicited_datasn: int = 0
@@ -332,16 +334,17 @@ class Session:
             self.first_read_seen = True
             self.server.event("iscsi.first_read", initiator=self.params.initiator_name,
                               target=self.params.target_name, lun=task.lun)
+        run_eager(lun.execute(cdb, data_out, self.nexus, task.cmd.edtl), partial(self._executed, task),
+                  self.running)
 
-        def done(result: ScsiResult | None, error: BaseException | None) -> None:
-            if error is not None:
-                log.error("event=iscsi.command_failed initiator=%s cdb=%s error=%r",
-                          self.params.initiator_name, cdb.hex(), error)
-                result = ScsiResult(ScsiStatus.BUSY)
-            assert result is not None
-            self._complete(task, result)
-
-        run_eager(lun.execute(cdb, data_out, self.nexus, task.cmd.edtl), done, self.running)
+    def _executed(self, task: Task, result: ScsiResult | None, error: BaseException | None) -> None:
+        if error is not None:
+            # a bug or an unexpected backend failure: the initiator retries a BUSY
+            log.error("event=iscsi.command_failed initiator=%s cdb=%s error=%r",
+                      self.params.initiator_name, task.cdb.hex(), error)
+            result = ScsiResult(ScsiStatus.BUSY)
+        assert result is not None
+        self._complete(task, result)
 
     def _complete(self, task: Task, result: ScsiResult) -> None:
         if task.aborted or self.closed:
@@ -387,8 +390,8 @@ class Session:
         good = result.status == ScsiStatus.GOOD and not result.sense
         datasn = 0
         if segments and not cmd.write and min(wanted, edtl) > 0:
-            datasn = self._send_data_in(task, segments, min(wanted, edtl), result.status if good else None,
-                                        overflow, underflow, residual)
+            datasn = self._send_data_in(task, segments, wanted, min(wanted, edtl),
+                                        result.status if good else None, overflow, underflow, residual)
             if good:
                 return
         elif cmd.write:
@@ -400,8 +403,8 @@ class Session:
             statsn=self._statsn(), expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn, expdatasn=datasn,
             residual=residual if (overflow or underflow) else 0, data=data))
 
-    def _send_data_in(self, task: Task, segments: Sequence[Segment], length: int, status: int | None,
-                      overflow: bool, underflow: bool, residual: int) -> int:
+    def _send_data_in(self, task: Task, segments: Sequence[Segment], total: int, length: int,
+                      status: int | None, overflow: bool, underflow: bool, residual: int) -> int:
         """Split ``length`` bytes of ``segments`` into Data-In PDUs no larger
         than the initiator's MaxRecvDataSegmentLength, sequences no longer
         than MaxBurstLength (F bit at each end, §11.7.1); returns the count."""
@@ -409,9 +412,11 @@ class Session:
         burst = self.params.max_burst_length
         cmd = task.cmd
         # the common case, one PDU carrying all the data, needs no slicing
-        parts = None if length <= min(mrdsl, burst) and segments_length(segments) == length else _Cursor(segments)
+        parts = None if length <= min(mrdsl, burst) and total == length else _Cursor(segments)
         offset = 0
         datasn = 0
+        expcmdsn, maxcmdsn = self.expcmdsn, self.maxcmdsn
+        emit = self.conn.emit
         while offset < length:
             n = min(mrdsl, length - offset, burst - offset % burst)
             last = offset + n >= length
@@ -420,13 +425,12 @@ class Session:
             if last and status is not None:
                 pdu = DataIn(final=True, status_present=True, status=status, overflow=overflow,
                              underflow=underflow, residual=residual if (overflow or underflow) else 0,
-                             lun=cmd.lun, itt=cmd.itt, statsn=self._statsn(), expcmdsn=self.expcmdsn,
-                             maxcmdsn=self.maxcmdsn, datasn=datasn, buffer_offset=offset)
+                             lun=cmd.lun, itt=cmd.itt, statsn=self._statsn(), expcmdsn=expcmdsn,
+                             maxcmdsn=maxcmdsn, datasn=datasn, buffer_offset=offset)
             else:
                 pdu = DataIn(final=end_of_burst, itt=cmd.itt, lun=cmd.lun, statsn=self.conn.statsn,
-                             expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn, datasn=datasn,
-                             buffer_offset=offset)
-            self.conn.emit(pdu, pieces)
+                             expcmdsn=expcmdsn, maxcmdsn=maxcmdsn, datasn=datasn, buffer_offset=offset)
+            emit(pdu, pieces, length if parts is None else None)
             offset += n
             datasn += 1
         return datasn
