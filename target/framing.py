@@ -139,8 +139,9 @@ def frame(pdu: Pdu, digests: DigestSettings, data_length: int | None = None) -> 
     With ``data_length`` the data segment is sent by the caller after the
     header piece (zero-copy); then only the header is returned, and digests
     must be off (a data digest needs the bytes)."""
-    bhs = pdu.encode_bhs(data_length)
-    header = bhs + pdu.ahs
+    header = pdu.encode_bhs(data_length)
+    if pdu.ahs:
+        header += pdu.ahs
     if digests.header:
         header += crc32c_digest(header)
     if data_length is not None:

@@ -14,7 +14,7 @@ import asyncio
 import logging
 from functools import partial
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from .backend import FileExtent, Segment, Zeros, materialize, segments_length
@@ -74,7 +74,7 @@ class R2TState:
     datasn: int = 0  # the DataSN the next Data-Out of this sequence must carry
 
 
-@dataclass
+@dataclass(slots=True)
 class Task:
     """One SCSI command from arrival to its last response PDU."""
 
@@ -85,8 +85,9 @@ class Task:
     received: int = 0
     unsolicited_end: int = 0
     next_r2t_offset: int = 0
-    # R2Ts in flight by TTT; only writes that solicit data need one
-    outstanding: dict[int, R2TState] = field(default_factory=dict)
+    # R2Ts in flight by TTT; made only for writes that solicit data, since
+    # a Task is built for every READ and an unused dict costs on that path
+    outstanding: dict[int, R2TState] | None = None
     r2tsn: int = 0
     unsolicited_datasn: int = 0
     aborted: bool = False
@@ -264,6 +265,7 @@ class Session:
             else:
                 task.unsolicited_end = min(self.params.first_burst_length, cmd.edtl)
             task.next_r2t_offset = task.unsolicited_end
+            task.outstanding = {}
             self.tasks[cmd.itt] = task
             self._send_r2ts(task)
             return
@@ -274,6 +276,7 @@ class Session:
         """§4.2.5.2: solicit the rest, at most MaxOutstandingR2T at a time."""
         p = self.params
         edtl = task.cmd.edtl
+        assert task.outstanding is not None
         while task.next_r2t_offset < edtl and len(task.outstanding) < p.max_outstanding_r2t:
             length = min(p.max_burst_length, edtl - task.next_r2t_offset)
             ttt = self._ttt()
@@ -286,7 +289,7 @@ class Session:
 
     def _data_out(self, pdu: DataOut) -> None:
         task = self.tasks.get(pdu.itt)
-        if task is None or task.buffer is None:
+        if task is None or task.buffer is None or task.outstanding is None:
             raise ProtocolViolation(RejectReason.INVALID_PDU_FIELD, f"Data-Out for unknown ITT {pdu.itt:#x}")
         n = len(pdu.data)
         end = pdu.buffer_offset + n

@@ -37,7 +37,7 @@ def parse(output: str) -> dict[str, str]:
     marks = sorted([(m.start(), "suite", m) for m in _SUITE.finditer(output)]
                    + [(m.start(), "test", m) for m in _TEST.finditer(output)], key=lambda t: t[0])
     suite = "?"
-    for i, (pos, kind, m) in enumerate(marks):
+    for i, (_, kind, m) in enumerate(marks):
         if kind == "suite":
             suite = m.group(1)
             continue
