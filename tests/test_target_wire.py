@@ -250,3 +250,30 @@ def test_zero_length_read_with_overflow_gets_a_response(srv: Running) -> None:
     c.command(read10(0, 1), read=0)
     r = c.recv()
     assert isinstance(r, ScsiResponse) and r.status == 0 and r.overflow and r.residual == 512
+
+
+def test_many_concurrent_sessions(srv: Running, image: Path) -> None:
+    expected = image.read_bytes()
+    clients = []
+    for i in range(24):
+        c = srv.client(isid=bytes.fromhex("4000000100") + bytes([i]))
+        assert c.login(IQN).status_class == 0
+        clients.append(c)
+    itts = [(c, c.command(read10(i * 16, 16), read=8192)) for i, c in enumerate(clients)]
+    for i, (c, itt) in enumerate(itts):
+        data, status = read_all(c, itt)
+        assert status == 0 and data == expected[i * 8192:(i + 1) * 8192]
+
+
+def test_idle_initiator_is_pinged(image: Path) -> None:
+    r = Running(image)
+    r.server.nop_interval = 0.4
+    try:
+        c = logged_in(r)
+        ping = c.recv(timeout=5)
+        assert isinstance(ping, NopIn) and ping.itt == 0xFFFFFFFF and ping.ttt != 0xFFFFFFFF
+        c.send(NopOut(immediate=True, itt=0xFFFFFFFF, ttt=ping.ttt, cmdsn=c.cmdsn))
+        data, status = read_all(c, c.command(read10(0, 1), read=512))
+        assert status == 0
+    finally:
+        r.stop()

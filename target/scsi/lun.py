@@ -123,7 +123,7 @@ class Lun:
 
     # -- helpers ------------------------------------------------------------------
 
-    def _range(self, r: BlockRange, lba_field: int = 2) -> tuple[int, int]:
+    def _range(self, r: BlockRange) -> tuple[int, int]:
         """Byte offset and length of a block range, checked against the medium
         (SBC-3 §4.5: LBA OUT OF RANGE) and the transfer limit."""
         if r.lba + r.blocks > self.blocks:
@@ -136,22 +136,24 @@ class Lun:
 
     # -- reads and writes -------------------------------------------------------
 
-    async def _read(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
+    def _transfer(self, cdb: bytes) -> tuple[BlockRange, int, int]:
+        """The checked range of a READ or WRITE: no protection information,
+        within MAXIMUM TRANSFER LENGTH (VPD B0h) and the medium."""
         r = block_range(cdb)
         self._no_protection(r)
         if r.blocks > self.limits.max_transfer:
             raise ScsiError(INVALID_FIELD_IN_CDB, field=7)
         offset, length = self._range(r)
+        return r, offset, length
+
+    async def _read(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
+        _, offset, length = self._transfer(cdb)
         if not length:
             return GOOD
         return ScsiResult(ScsiStatus.GOOD, await self.backend.read(offset, length))
 
     async def _write(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
-        r = block_range(cdb)
-        self._no_protection(r)
-        if r.blocks > self.limits.max_transfer:
-            raise ScsiError(INVALID_FIELD_IN_CDB, field=7)
-        offset, length = self._range(r)
+        r, offset, length = self._transfer(cdb)
         data = data_out if data_out is not None else memoryview(b"")
         # With less data than the CDB asks for (the iSCSI layer reports the
         # overflow), write the whole blocks that did arrive.
