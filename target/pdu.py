@@ -590,13 +590,6 @@ PDU_CLASSES: dict[int, type[Pdu]] = {
 for _cls in PDU_CLASSES.values():
     _compile_codec(_cls)
 
-INITIATOR_OPCODES = frozenset(op for op in PDU_CLASSES if op < 0x20)
-
-
-def bhs_lengths(bhs: bytes | memoryview) -> tuple[int, int]:
-    """(AHS length in bytes, DataSegmentLength) from a BHS (§11.2.1)."""
-    return bhs[4] * 4, int.from_bytes(bhs[5:8], "big")
-
 
 def decode(bhs: bytes | memoryview, ahs: bytes = b"", data: bytes | memoryview = b"") -> Pdu:
     """Decode a BHS (plus its AHS and data segment) into its PDU class."""
@@ -646,8 +639,3 @@ def extended_cdb(ahs: bytes) -> bytes:
         if ahs_type == AHS_EXTENDED_CDB:
             return body[1:]  # the first byte is reserved
     return b""
-
-
-def pdu_fields(pdu: Pdu) -> dict[str, object]:
-    """The PDU's fields by name (logging, test diagnostics)."""
-    return {f.name: getattr(pdu, f.name) for f in fields(pdu) if f.name not in ("ahs", "data")}

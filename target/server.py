@@ -153,14 +153,14 @@ class TargetServer:
             old = self.sessions.get(tsih)
             if old is None:
                 raise LoginFailed(LoginStatus.SESSION_DOES_NOT_EXIST, f"no session with TSIH {tsih}")
-            if getattr(old.conn, "cid", None) != conn.cid:
+            if old.conn.cid != conn.cid:
                 raise LoginFailed(LoginStatus.TOO_MANY_CONNECTIONS, "MaxConnections=1")
             # connection reinstatement at ERL 0: the old connection's tasks are gone
             old_conn = old.conn
             old.conn = conn
             for task in list(old.tasks.values()):
                 old._abort(task)
-            old_conn.close()  # type: ignore[attr-defined]
+            old_conn.close()
             conn.session = old
             return tsih
         for s in list(self.sessions.values()):
@@ -168,7 +168,7 @@ class TargetServer:
                     isid, params.initiator_name, params.target_name):
                 self.event("iscsi.session_reinstated", initiator=params.initiator_name,
                            target=params.target_name, tsih=s.tsih)
-                s.conn.close()  # type: ignore[attr-defined]
+                s.conn.close()
                 s.close()
         tsih = self._new_tsih()
         target = self.targets.get(params.target_name) if params.session_type == "Normal" else None

@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from functools import partial
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from .backend import FileExtent, Segment, Zeros, materialize, segments_length
 from .eager import run_eager
@@ -46,11 +46,14 @@ class Connection(Protocol):
     """What a session needs of its transport (see :mod:`target.connection`)."""
 
     statsn: int
+    cid: int
     local_address: tuple[str, int]
 
     def emit(self, pdu: Pdu, segments: Sequence[Segment] | None = None, length: int | None = None) -> None: ...
 
     def close_after_send(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class ServerContext(Protocol):
@@ -373,8 +376,8 @@ class Session:
         if not (task.aborted or self.closed):
             self._respond(task, result, segments)
 
-    def _spawn(self, coro: object) -> None:
-        t = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        t = asyncio.ensure_future(coro)
         self.running.add(t)
         t.add_done_callback(self.running.discard)
 
@@ -566,7 +569,7 @@ class Session:
     def _logout(self, req: LogoutRequest) -> None:
         if req.reason == LogoutReason.REMOVE_FOR_RECOVERY:
             response = LogoutResponse.RECOVERY_NOT_SUPPORTED
-        elif req.reason == LogoutReason.CLOSE_CONNECTION and req.cid != getattr(self.conn, "cid", req.cid):
+        elif req.reason == LogoutReason.CLOSE_CONNECTION and req.cid != self.conn.cid:
             response = LogoutResponse.CID_NOT_FOUND
         else:
             response = LogoutResponse.SUCCESS

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from ..backend import Backend, MediumError, Segment, SpaceExhausted
 from . import cdb as op
 from .cdb import BlockRange, block_range, cdb_length
-from .inquiry import SUPPORTED_VPD, Identity, Limits, standard, vpd
+from .inquiry import Identity, Limits, standard, vpd
 from .mode import PC_SAVED, block_descriptor, pages
 from .sense import (
     INVALID_FIELD_IN_CDB, INVALID_FIELD_IN_PARAMETER_LIST, INVALID_OPCODE, LBA_OUT_OF_RANGE, LUN_NOT_SUPPORTED,
     LUN_RESET_OCCURRED, MISCOMPARE_DURING_VERIFY, NO_SENSE, PARAMETER_LIST_LENGTH_ERROR,
     SAVING_PARAMETERS_NOT_SUPPORTED, SPACE_ALLOCATION_FAILED, UNRECOVERED_READ_ERROR, WRITE_ERROR,
-    WRITE_PROTECTED, Asc, ScsiError, ScsiStatus, fixed_sense,
+    WRITE_PROTECTED, ScsiError, ScsiStatus, fixed_sense,
 )
 
 
@@ -519,4 +519,4 @@ def no_such_lun(cdb: bytes) -> ScsiResult:
     return _check(ScsiError(LUN_NOT_SUPPORTED))
 
 
-__all__ = ["Asc", "Lun", "ScsiResult", "SUPPORTED_VPD", "report_luns", "no_such_lun"]
+__all__ = ["Lun", "ScsiResult", "no_such_lun", "report_luns", "report_supported_opcodes"]
