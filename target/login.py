@@ -18,6 +18,10 @@ from .pdu import LoginRequest, LoginResponse, Stage
 from .text import TextFormatError, decode_text, encode_text
 
 
+# A peer that keeps the Continue bit set must not make us buffer without end.
+MAX_LOGIN_TEXT = 64 << 10
+
+
 class LoginStatus(enum.IntEnum):
     """§11.13.5: Status-Class << 8 | Status-Detail."""
 
@@ -118,6 +122,8 @@ class Login:
         self.stage = Stage(req.csg)
 
         self.pending_text += req.data
+        if len(self.pending_text) > MAX_LOGIN_TEXT:
+            raise LoginFailed(LoginStatus.OUT_OF_RESOURCES, "login text longer than 64 KiB")
         if req.cont:
             if req.transit:
                 raise LoginFailed(LoginStatus.INITIATOR_ERROR, "both C and T bits set")

@@ -158,3 +158,13 @@ def test_isid_change_mid_login() -> None:
     login.receive(req([("InitiatorName", IQN_I), ("TargetName", IQN_T)], Stage.SECURITY))
     r = login.receive(LoginRequest(immediate=True, csg=0, isid=bytes(6), data=b""))
     assert r.failed
+
+
+def test_endless_continuation_is_refused() -> None:
+    login = Login(Ctx([FakeTarget(IQN_T)]))
+    r = None
+    for _ in range(20):
+        r = login.receive(LoginRequest(immediate=True, cont=True, csg=1, isid=ISID, data=b"X" * 8000))
+        if r.failed:
+            break
+    assert r is not None and r.failed and status(r.response) == LoginStatus.OUT_OF_RESOURCES
