@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .backend import Backend, RawBackend
+from .qcow2 import MAGIC as QCOW2_MAGIC
+from .qcow2 import open_image
 from .scsi import Lun
 
 if TYPE_CHECKING:
@@ -50,15 +52,14 @@ class TargetSpec:
 
 
 def open_backend(spec: LunSpec) -> Backend:
-    """The backend for a LUN file; qcow2 images once that backend exists."""
-    with open(spec.path, "rb") as f:
-        magic = f.read(4)
-    if magic == b"QFI\xfb":
-        try:
-            from .qcow2 import open_image  # type: ignore[attr-defined]
-        except ImportError:
-            raise TargetConfigError(f"{spec.path} is a qcow2 image; qcow2 is not supported yet") from None
-        return open_image(spec.path, read_only=spec.read_only)  # type: ignore[no-any-return]
+    """The backend for a LUN file: qcow2 by its magic, else raw."""
+    try:
+        with open(spec.path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise TargetConfigError(f"cannot open {spec.path}: {e.strerror}") from e
+    if magic == QCOW2_MAGIC:
+        return open_image(spec.path, read_only=spec.read_only)
     return RawBackend(spec.path, read_only=spec.read_only)
 
 

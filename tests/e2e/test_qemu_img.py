@@ -106,3 +106,21 @@ def test_read_only_export_refuses_writes(exports: tuple[Exporter, Exporter], ima
         r = qemu("convert", "-O", "raw", portal.url(), str(image.with_suffix(".copy")))
         assert r.returncode == 0, r.stderr
     assert hashlib.sha256(image.read_bytes()).digest() == before
+
+
+def test_qcow2_overlay_served_read_only(image: Path, tmp_path: Path) -> None:
+    """A qcow2 overlay on a raw base, served by bootsvc, reads over iSCSI
+    exactly as qemu-img reads the file itself."""
+    need("qemu-img", "qemu-io")
+    ov = tmp_path / "ov.qcow2"
+    subprocess.run(["qemu-img", "create", "-f", "qcow2", "-b", image.name, "-F", "raw", str(ov)], check=True,
+                   capture_output=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x77 3M 5M", "-c", "write -z 20M 2M", str(ov)],
+                   check=True, capture_output=True)
+    expected = tmp_path / "expected.raw"
+    assert qemu("convert", "-O", "raw", str(ov), str(expected)).returncode == 0
+    with bootsvc_export(ov, "iqn.2026-11.test.bootsvc:ov", "--read-only") as portal:
+        got = tmp_path / "got.raw"
+        r = qemu("convert", "-O", "raw", portal.url(), str(got))
+        assert r.returncode == 0, r.stderr
+    assert got.read_bytes() == expected.read_bytes()
