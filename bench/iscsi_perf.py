@@ -34,7 +34,8 @@ _AVG = re.compile(r"^iops average (\d+) \((\d+) MB/s\)", re.M)
 
 def iscsi_perf(url: str, args: list[str], seconds: int) -> tuple[int, int]:
     """(IOPS, MB/s) averaged over the run, as iscsi-perf reports them."""
-    out = subprocess.run(["timeout", str(seconds + 10), "iscsi-perf", *args, "-t", str(seconds), url],
+    # iscsi-perf ignores SIGTERM while it reconnects to a target that went away
+    out = subprocess.run(["timeout", "-s", "KILL", str(seconds + 10), "iscsi-perf", *args, "-t", str(seconds), url],
                          capture_output=True, text=True).stdout.replace("\r", "\n")
     found = _AVG.findall(out)
     if not found:
