@@ -95,6 +95,10 @@ class Backend(abc.ABC):
         """The data at ``offset``; segments add up to exactly ``length``."""
 
     @abc.abstractmethod
+    def read_sync(self, offset: int, length: int) -> bytes:
+        """Blocking read as bytes, for threads (copy-on-write) and tools."""
+
+    @abc.abstractmethod
     async def write(self, offset: int, data: bytes | memoryview, fua: bool = False) -> None:
         """Write ``data``; with ``fua`` it is durable when this returns."""
 
@@ -168,6 +172,9 @@ class RawBackend(Backend):
 
     async def read(self, offset: int, length: int) -> Sequence[Segment]:
         return (FileExtent(self.fd, offset, length),)
+
+    def read_sync(self, offset: int, length: int) -> bytes:
+        return pread_exact(self.fd, length, offset)
 
     async def write(self, offset: int, data: bytes | memoryview, fua: bool = False) -> None:
         loop = asyncio.get_running_loop()

@@ -1,4 +1,4 @@
-"""qcow2 reading, with qemu-img and qemu-io as the oracle: whatever QEMU
+"""qcow2 reading (writing is in test_qcow2_write.py), with qemu-img and qemu-io as the oracle: whatever QEMU
 writes into an image, the backend must read back exactly as
 `qemu-img convert -O raw` does."""
 
@@ -88,9 +88,18 @@ def test_refusals_name_the_feature(tmp_path: Path) -> None:
     sh("qemu-img", "create", "-f", "qcow2", "-o", "extended_l2=on", str(img), "1M")
     with pytest.raises(Qcow2Error, match="extended L2"):
         open_image(img)
-    sh("qemu-img", "create", "-f", "qcow2", str(img), "1M")
-    with pytest.raises(Qcow2Error, match="read-only for now"):
+    sh("qemu-img", "create", "-f", "qcow2", "-o", "compat=0.10", str(img), "1M")
+    with pytest.raises(Qcow2Error, match="version 2 images are served read-only"):
         open_image(img, read_only=False)
+    sh("qemu-img", "create", "-f", "qcow2", str(img), "1M")
+    sh("qemu-img", "snapshot", "-c", "snap1", str(img))
+    with pytest.raises(Qcow2Error, match="internal snapshots"):
+        open_image(img, read_only=False)
+    sh("qemu-img", "create", "-f", "qcow2", str(img), "1M")
+    sh("qemu-img", "bitmap", "--add", str(img), "b0")
+    with pytest.raises(Qcow2Error, match="dirty bitmaps"):
+        open_image(img, read_only=False)
+    open_image(img).close()  # reading is fine
     raw = bytearray(img.read_bytes())
     raw[79] |= 0x40  # an incompatible feature bit nobody defines
     img.write_bytes(bytes(raw))

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from target.qcow2_create import create_image
 from tests.e2e.conftest import need
 from tests.e2e.peers import Portal, bootsvc_export, tgt_export
+from tests.qcow2_oracle import assert_check_clean, assert_same
 
 pytestmark = pytest.mark.e2e
 SIZE = 64 << 20
@@ -124,3 +126,30 @@ def test_qcow2_overlay_served_read_only(image: Path, tmp_path: Path) -> None:
         r = qemu("convert", "-O", "raw", portal.url(), str(got))
         assert r.returncode == 0, r.stderr
     assert got.read_bytes() == expected.read_bytes()
+
+
+def test_qcow2_overlay_written_over_iscsi(image: Path, tmp_path: Path) -> None:
+    """Writes, zeroing (WRITE SAME) and discards (UNMAP) from QEMU's
+    initiator land in a bootsvc-made overlay: qemu-img check finds it clean
+    and compare finds exactly what was written, the base untouched."""
+    need("qemu-img", "qemu-io")
+    base_before = image.read_bytes()
+    ov = tmp_path / "ov.qcow2"
+    create_image(ov, backing=image.name, backing_format="raw")
+    with bootsvc_export(ov, "iqn.2026-11.test.bootsvc:ov") as portal:
+        r = subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x77 3M 5M", "-c", "write -P 0x12 100k 3k",
+                            "-c", "write -z 20M 2M", "-c", "discard 30M 1M", "-c", "flush", portal.url()],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and "wrote" in r.stdout, r.stdout + r.stderr
+        got = tmp_path / "got.raw"
+        assert qemu("convert", "-O", "raw", portal.url(), str(got)).returncode == 0
+    expected = bytearray(base_before)
+    expected[3 << 20:8 << 20] = b"\x77" * (5 << 20)
+    expected[100 << 10:103 << 10] = b"\x12" * (3 << 10)
+    expected[20 << 20:22 << 20] = bytes(2 << 20)
+    expected[30 << 20:31 << 20] = bytes(1 << 20)
+    (tmp_path / "expected.raw").write_bytes(expected)
+    assert got.read_bytes() == expected
+    assert_check_clean(ov)
+    assert_same(ov, tmp_path / "expected.raw")
+    assert image.read_bytes() == base_before
