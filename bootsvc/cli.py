@@ -17,6 +17,7 @@ from target.server import Portal, TargetServer
 from target.targets import LunSpec, Target, TargetConfigError, TargetSpec
 
 from . import config as config_mod
+from .images import ImageError, ImageStore
 
 
 def default_iqn(image: Path) -> str:
@@ -57,7 +58,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     if cfg is None:
         return 1
     luns = sum(len(t.luns) for t in cfg.targets)
-    print(f"{cfg.path}: ok ({len(cfg.targets)} target(s), {luns} LUN(s), "
+    store = ImageStore(cfg)
+    for m in cfg.machines.values():
+        base = store.base_path(store.profile(m).base)
+        if not base.is_file():
+            print(f"{cfg.path}: warning: {m.hostname}: base image {base} (profile {m.profile}) does not exist yet",
+                  file=sys.stderr)
+    print(f"{cfg.path}: ok ({len(cfg.machines)} machine(s), {len(cfg.profiles)} profile(s), "
+          f"{len(cfg.targets)} extra target(s) with {luns} LUN(s), "
           f"iSCSI on {', '.join(map(str, cfg.iscsi.portals)) or 'nothing'})")
     return 0
 
@@ -67,12 +75,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load_config(args.config, "serve")
     if cfg is None:
         return 1
-    if not cfg.iscsi.portals or not cfg.targets:
-        print("bootsvc serve: nothing to serve: set listen.iscsi and targets", file=sys.stderr)
+    specs = list(cfg.targets)
+    store = ImageStore(cfg)
+    for machine in cfg.machines.values():
+        try:
+            specs.append(store.prepare(machine))
+        except ImageError as e:  # one machine's missing disk does not stop the others
+            print(f"bootsvc serve: {machine.hostname} will not boot: {e}", file=sys.stderr)
+    if not cfg.iscsi.portals or not specs:
+        print("bootsvc serve: nothing to serve: set listen.iscsi and machines or targets", file=sys.stderr)
         return 1
     targets: list[Target] = []
     try:
-        for spec in cfg.targets:
+        for spec in specs:
             targets.append(Target.open(spec))
     except (TargetConfigError, BackendError, OSError) as e:
         for t in targets:
@@ -83,6 +98,63 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = TargetServer(targets, s.portals, portal_group_tag=s.portal_group_tag, window=s.queue_depth,
                           nop_interval=s.nop_interval, nop_timeout=s.nop_timeout)
     return run_until_signal(server, f"serving {len(targets)} target(s) on {', '.join(map(str, s.portals))}")
+
+
+def human(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(n)
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    """Bases and per-machine overlays under state_dir."""
+    cfg = _load_config(args.config, "image")
+    if cfg is None:
+        return 1
+    store = ImageStore(cfg)
+    try:
+        if args.image_command == "list":
+            print(f"bases in {store.images_dir}:")
+            for b in store.bases():
+                users = ", ".join(b.dependents) or "nothing"
+                print(f"  {b.name:24} {b.format:5} {human(b.virtual_size):>10}  on disk {human(b.file_bytes):>10}"
+                      f"  used by {users}")
+            print(f"overlays in {store.overlays_dir}:")
+            for o in store.overlays():
+                limit = f" of {human(o.limit)}" if o.limit else ""
+                state = "  in use" if o.in_use else ""
+                print(f"  {o.host:24} {o.policy:10} {human(o.allocated):>10}{limit} allocated, "
+                      f"disk {human(o.virtual_size)}, base {Path(o.base).name}{state}")
+        elif args.image_command == "create":
+            for host in args.host:
+                print(store.create(host, replace=args.force))
+        elif args.image_command == "reset":
+            print(store.reset(args.host))
+        elif args.image_command == "commit":
+            print(store.commit(args.host, args.new_base))
+        elif args.image_command == "rebase":
+            store.rebase(args.host, args.base)
+            print(f"{args.host} now on {args.base}")
+        elif args.image_command == "check":
+            bad = 0
+            for r in store.check(args.host, repair=args.repair):
+                state = "clean" if not r.corruptions and not r.leaks else \
+                    f"{len(r.corruptions)} error(s), {r.leaks} leaked cluster(s)" + \
+                    (f", {r.leaks_fixed} repaired" if r.leaks_fixed else "")
+                print(f"{r.image}: {state}; {human(r.clusters_used * r.cluster_size)} in use")
+                for c in r.corruptions:
+                    print(f"  {c}")
+                bad += bool(r.corruptions) or r.leaks > r.leaks_fixed
+            return 2 if bad else 0
+    except ImageError as e:
+        print(f"bootsvc image {args.image_command}: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def run_until_signal(server: TargetServer, banner: str) -> int:
@@ -123,6 +195,26 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="run the configured services")
     sv.add_argument("-c", "--config", required=True, help="bootsvc.yaml")
     sv.set_defaults(func=cmd_serve)
+
+    im = sub.add_parser("image", help="base images and per-machine overlays")
+    im.add_argument("-c", "--config", required=True, help="bootsvc.yaml")
+    isub = im.add_subparsers(dest="image_command", required=True)
+    isub.add_parser("list", help="bases, the overlays on them, and their allocated sizes")
+    ic = isub.add_parser("create", help="create machines' overlays on their profile's base")
+    ic.add_argument("host", nargs="+", help="hostname or MAC")
+    ic.add_argument("--force", action="store_true", help="replace an existing overlay (its changes are lost)")
+    ir = isub.add_parser("reset", help="throw a machine's changes away (a fresh overlay)")
+    ir.add_argument("host")
+    icm = isub.add_parser("commit", help="make a new base image from what a machine sees now")
+    icm.add_argument("host")
+    icm.add_argument("new_base", help="file name in state_dir/images (.qcow2: qcow2, else raw)")
+    irb = isub.add_parser("rebase", help="move a machine's overlay to another base, keeping its contents")
+    irb.add_argument("host")
+    irb.add_argument("base", help="file name in state_dir/images")
+    ick = isub.add_parser("check", help="check overlays like qemu-img check")
+    ick.add_argument("host", nargs="*", help="default: every overlay")
+    ick.add_argument("--repair", action="store_true", help="fix leaked clusters")
+    im.set_defaults(func=cmd_image)
 
     ck = sub.add_parser("check", help="validate a config file")
     ck.add_argument("-c", "--config", required=True, help="bootsvc.yaml")

@@ -2,8 +2,8 @@
 file, line and key (DESIGN.md "Config at a glance").
 
 Only the sections whose services exist are checked in depth; sections that
-later services own (dhcp, machines, ...) are accepted as they are so one
-config file can grow with the product.
+later services own (dhcp, listen addresses other than iscsi) are accepted as
+they are so one config file can grow with the product.
 """
 
 from __future__ import annotations
@@ -12,10 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from target.server import Portal
 from target.targets import LunSpec, TargetConfigError, TargetSpec, check_iscsi_name
+
+from .inventory import Machine, load_machines
+from .profiles import SHIPPED, Profile, load_profiles
+from .yamlfile import Checker, ConfigError, LineMap, load_yaml
+
+__all__ = ["Config", "ConfigError", "IscsiSettings", "load"]
 
 TOP_KEYS = {"state_dir", "domain", "iqn_prefix", "listen", "dhcp", "default_profile", "profiles_dir",
             "machines", "targets", "iscsi"}
@@ -23,34 +27,6 @@ LISTEN_KEYS = {"dhcp", "tftp", "http", "dns", "iscsi", "isns"}
 TARGET_KEYS = {"iqn", "alias", "luns", "initiators"}
 LUN_KEYS = {"path", "read_only", "block_size", "lun"}
 ISCSI_KEYS = {"nop_interval", "nop_timeout", "queue_depth", "portal_group_tag"}
-
-
-class ConfigError(Exception):
-    """One or more problems, each ``file:line: key: message``."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
-
-
-class _Map(dict[str, Any]):
-    """A mapping that remembers the line of each key."""
-
-    lines: dict[str, int]
-    line: int
-
-
-class _Loader(yaml.SafeLoader):
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> _Map:  # type: ignore[override]
-        m = _Map(super().construct_mapping(node, deep=True))
-        m.line = node.start_mark.line + 1
-        m.lines = {}
-        for key_node, _ in node.value:
-            m.lines[str(self.construct_object(key_node))] = key_node.start_mark.line + 1
-        return m
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _Loader.construct_mapping)
 
 
 @dataclass
@@ -71,48 +47,24 @@ class Config:
     iscsi: IscsiSettings
     targets: list[TargetSpec]
     raw: dict[str, Any]
+    profiles: dict[str, Profile] = field(default_factory=dict)
+    machines: dict[str, Machine] = field(default_factory=dict)
+    default_profile: str | None = None
 
+    @property
+    def images_dir(self) -> Path:
+        return self.state_dir / "images"
 
-class _Checker:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.problems: list[str] = []
-
-    def err(self, where: _Map | None, key: str, message: str) -> None:
-        line = where.lines.get(key.split(".")[-1], where.line) if isinstance(where, _Map) else 0
-        self.problems.append(f"{self.path}:{line}: {key}: {message}")
-
-    def mapping(self, parent: _Map, key: str, value: Any) -> _Map | None:
-        if not isinstance(value, _Map):
-            self.err(parent, key, f"expected a mapping, got {type(value).__name__}")
-            return None
-        return value
-
-    def unknown(self, m: _Map, allowed: set[str], prefix: str) -> None:
-        for k in m:
-            if k not in allowed:
-                self.err(m, f"{prefix}{k}", f"unknown key (expected one of: {', '.join(sorted(allowed))})")
+    @property
+    def overlays_dir(self) -> Path:
+        return self.state_dir / "overlays"
 
 
 def load(path: str | Path) -> Config:
     """Read and check a config file; raise ConfigError listing every problem."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError([f"{path}:0: cannot read: {e.strerror}"]) from e
-    try:
-        doc = yaml.load(text, Loader=_Loader)  # noqa: S506 - SafeLoader subclass
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark else 0
-        raise ConfigError([f"{path}:{line}: YAML: {getattr(e, 'problem', e)}"]) from e
-    if doc is None:
-        doc = _Map()
-        doc.line, doc.lines = 1, {}
-    c = _Checker(path)
-    if not isinstance(doc, _Map):
-        raise ConfigError([f"{path}:1: the config must be a mapping of sections"])
+    doc = load_yaml(path)
+    c = Checker(path)
     c.unknown(doc, TOP_KEYS, "")
 
     state_dir = Path(str(doc.get("state_dir", "/var/lib/bootsvc")))
@@ -157,14 +109,31 @@ def load(path: str | Path) -> Config:
             c.err(t, f"targets[{i}].iqn", f"{spec.iqn} is defined twice")
         seen.add(spec.iqn)
         targets.append(spec)
-    if c.problems:
-        raise ConfigError(c.problems)
-    return Config(path, state_dir, iqn_prefix, domain, iscsi, targets, dict(doc))
+    profile_dirs = [SHIPPED]
+    if doc.get("profiles_dir"):
+        profile_dirs.append(path.parent / str(doc["profiles_dir"]))
+        if not profile_dirs[-1].is_dir():
+            c.err(doc, "profiles_dir", f"{profile_dirs[-1]} is not a directory")
+    try:
+        profiles = load_profiles(profile_dirs)
+    except ConfigError as e:
+        c.problems.extend(e.problems)
+        profiles = {}
+    default_profile = doc.get("default_profile")
+    if default_profile is not None and default_profile not in profiles:
+        c.err(doc, "default_profile", f"no profile {default_profile!r} (have: {', '.join(sorted(profiles))})")
+    machines = load_machines(c, doc, iqn_prefix, set(profiles), default_profile)
+    for m in machines.values():
+        if m.target_iqn in seen:
+            c.err(doc, "machines", f"{m.hostname}: target {m.target_iqn} is also in targets")
+    c.raise_if_any()
+    return Config(path, state_dir, iqn_prefix, domain, iscsi, targets, dict(doc), profiles, machines,
+                  default_profile)
 
 
-def _target(c: _Checker, doc: _Map, i: int, t: Any, base: Path) -> TargetSpec | None:
+def _target(c: Checker, doc: LineMap, i: int, t: Any, base: Path) -> TargetSpec | None:
     where = f"targets[{i}]"
-    if not isinstance(t, _Map):
+    if not isinstance(t, LineMap):
         c.err(doc, "targets", f"{where}: expected a mapping with iqn and luns")
         return None
     c.unknown(t, TARGET_KEYS, f"{where}.")
@@ -181,9 +150,10 @@ def _target(c: _Checker, doc: _Map, i: int, t: Any, base: Path) -> TargetSpec | 
     for j, lun in enumerate(raw_luns):
         lw = f"{where}.luns[{j}]"
         if isinstance(lun, str):
-            lun = _Map(path=lun)
-            lun.line, lun.lines = t.lines.get("luns", t.line), {}
-        if not isinstance(lun, _Map) or "path" not in lun:
+            lun_path = lun
+            lun = LineMap.empty(t.lines.get("luns", t.line))
+            lun["path"] = lun_path
+        if not isinstance(lun, LineMap) or "path" not in lun:
             c.err(t, f"{where}.luns", f"{lw}: expected a path or a mapping with path")
             continue
         c.unknown(lun, LUN_KEYS, f"{lw}.")

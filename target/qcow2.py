@@ -377,6 +377,10 @@ class Qcow2Backend(Backend):
             return 0
         return self.l2_table(l2_offset)[(pos >> self.cluster_bits) & ((1 << self.l2_bits) - 1)]
 
+    def kind_at(self, pos: int) -> Kind:
+        """Blocking: what the guest cluster at ``pos`` is."""
+        return self.kind_of(self._entry(pos))
+
     def kind_of(self, entry: int) -> Kind:
         if entry & L2_COMPRESSED:
             return Kind.COMPRESSED
@@ -604,9 +608,7 @@ class Qcow2Backend(Backend):
         for table, index, table_offset, new in updates:
             table[index] = new
             self._dirty_l2.add(table_offset)
-        if fua:
-            self.flush_sync()
-        elif len(self._dirty_l2) > DIRTY_TABLES_MAX:
+        if fua or len(self._dirty_l2) > DIRTY_TABLES_MAX:
             self.flush_sync()
 
     def _pwrite_runs(self, writes: list[tuple[int, bytes | bytearray | memoryview]]) -> None:
@@ -686,12 +688,18 @@ class Qcow2Backend(Backend):
         if self.refs is not None:
             await self._run(self.flush_sync)
 
-    def allocated_bytes(self) -> int:
-        """Bytes of the image file in use (counted clusters), for limits and
-        listings; read-only opens count the file's blocks instead."""
+    def refcounts(self) -> Refcounts:
+        """The refcounts: the live ones when open for writing, else read now."""
         if self.refs is not None:
-            return self.refs.used * self.cluster_size
-        return os.fstat(self.fd).st_blocks * 512
+            return self.refs
+        h = self.header
+        return Refcounts(self.fd, h.cluster_bits, h.refcount_order, h.refcount_table_offset,
+                         h.refcount_table_clusters, lambda: None, lambda offset, clusters: None)
+
+    def allocated_bytes(self) -> int:
+        """Bytes of the image file in use (counted clusters), as the size
+        limit counts them."""
+        return self.refcounts().used * self.cluster_size
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -15,7 +15,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from .qcow2 import EXT_BITMAPS, L1_OFFSET_MASK, L2_OFFSET_MASK, Kind, Qcow2Backend, Qcow2Error
-from .qcow2_refcount import Refcounts
 
 
 @dataclass
@@ -40,8 +39,7 @@ def check(img: Qcow2Backend, repair: bool = False) -> CheckReport:
     if repair and img.refs is None:
         raise Qcow2Error(f"{img.path}: open the image for writing to repair it")
     cb, cs = img.cluster_bits, img.cluster_size
-    refs = img.refs or Refcounts(img.fd, cb, h.refcount_order, h.refcount_table_offset,
-                                 h.refcount_table_clusters, lambda: None, lambda o, c: None)
+    refs = img.refcounts()
     report = CheckReport(img.path, cluster_size=cs)
     file_clusters = -(-os.fstat(img.fd).st_size // cs)
     expected: Counter[int] = Counter()

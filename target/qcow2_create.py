@@ -15,8 +15,18 @@ import struct
 from pathlib import Path
 
 from .backend import Backend
-from .qcow2 import (EXT_BACKING_FORMAT, EXT_END, HEADER_V2, HEADER_V3_EXTRA, MAGIC, Qcow2Backend, Qcow2Error,
-                    open_backing, parse_header, resolve_backing)
+from .qcow2 import (
+    EXT_BACKING_FORMAT,
+    EXT_END,
+    HEADER_V2,
+    HEADER_V3_EXTRA,
+    MAGIC,
+    Qcow2Backend,
+    Qcow2Error,
+    open_backing,
+    parse_header,
+    resolve_backing,
+)
 
 REFCOUNT_ORDER = 4
 HEADER_LENGTH = HEADER_V2.size + HEADER_V3_EXTRA.size  # 104: no optional fields

@@ -40,6 +40,7 @@ class LunSpec:
     read_only: bool = False
     block_size: int = 512
     lun_id: int | None = None  # None: the next free number
+    limit: int | None = None  # qcow2: bytes the image may allocate (thin provisioning limit)
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def open_backend(spec: LunSpec) -> Backend:
     except OSError as e:
         raise TargetConfigError(f"cannot open {spec.path}: {e.strerror}") from e
     if magic == QCOW2_MAGIC:
-        return open_image(spec.path, read_only=spec.read_only)
+        return open_image(spec.path, read_only=spec.read_only, limit=spec.limit)
     return RawBackend(spec.path, read_only=spec.read_only)
 
 

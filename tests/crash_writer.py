@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from target.qcow2 import open_image  # noqa: E402
+from target.qcow2 import open_image
 
 
 def main() -> None:

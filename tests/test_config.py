@@ -73,3 +73,43 @@ def test_yaml_syntax_error_has_a_line(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load(tmp_path / "nope.yaml")
+
+
+def test_machines_and_profiles(tmp_path: Path) -> None:
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "lab.yaml").write_text("base: lab.qcow2\noverlay: ephemeral\noverlay_limit: 20G\n")
+    cfg = load(write(tmp_path, """
+iqn_prefix: iqn.2026-11.example.lab
+profiles_dir: profiles
+default_profile: demo-linux
+machines:
+  52:54:00:77:00:01: {hostname: node01, ip: 10.77.0.11, profile: lab}
+  52-54-00-77-00-AB: {hostname: Node02}
+"""))
+    m1, m2 = cfg.machines["52:54:00:77:00:01"], cfg.machines["52:54:00:77:00:ab"]
+    assert (m1.hostname, m1.profile, str(m1.ip)) == ("node01", "lab", "10.77.0.11")
+    assert m1.initiator_iqn == "iqn.2026-11.example.lab:node01"
+    assert m1.target_iqn == "iqn.2026-11.example.lab:boot.node01"
+    assert (m2.hostname, m2.profile) == ("node02", "demo-linux")
+    assert cfg.profiles["lab"].overlay_limit == 20 << 30 and cfg.profiles["lab"].overlay.value == "ephemeral"
+
+
+def test_machine_and_profile_errors_name_the_line(tmp_path: Path) -> None:
+    (tmp_path / "profiles").mkdir()
+    bad_profile = tmp_path / "profiles" / "bad.yaml"
+    bad_profile.write_text("base: x.raw\noverlay: sometimes\noverlay_limit: lots\n")
+    with pytest.raises(ConfigError) as e:
+        load(write(tmp_path, """
+profiles_dir: profiles
+machines:
+  52:54:00:77:00:01: {hostname: node01, profile: nope}
+  52:54:00:77:00:02: {hostname: node01, profile: demo-linux, ip: 300.1.1.1}
+  not-a-mac: {hostname: x}
+"""))
+    text = "\n".join(e.value.problems)
+    assert f"{bad_profile}:2: overlay: must be one of persistent, ephemeral" in text
+    assert f"{bad_profile}:3: overlay_limit:" in text
+    cfg_path = tmp_path / "bootsvc.yaml"
+    assert f"{cfg_path}:4: machines.52:54:00:77:00:01.profile: no profile 'nope'" in text
+    assert f"{cfg_path}:5: machines.52:54:00:77:00:02.hostname: node01 is used by two machines" in text
+    assert "300.1.1.1" in text and "'not-a-mac' is not a MAC address" in text

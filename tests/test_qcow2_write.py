@@ -22,7 +22,6 @@ from target.backend import SpaceExhausted
 from target.qcow2 import INCOMPAT_DIRTY, Qcow2Error, open_image, parse_header
 from target.qcow2_check import check
 from target.qcow2_create import create_image, set_backing
-
 from tests.qcow2_oracle import assert_check_clean, assert_same, qemu_img, to_raw
 
 pytestmark = pytest.mark.skipif(not shutil.which("qemu-img"), reason="needs qemu-img (qemu-utils)")

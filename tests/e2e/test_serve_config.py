@@ -11,6 +11,7 @@ import pytest
 
 from tests.e2e.conftest import need
 from tests.e2e.peers import LOOPBACK, free_port, stop, wait_for_port
+from tests.qcow2_oracle import assert_check_clean
 
 pytestmark = pytest.mark.e2e
 
@@ -32,7 +33,7 @@ targets:
 """)
     check = subprocess.run([sys.executable, "-m", "bootsvc", "check", "-c", str(cfg)], capture_output=True,
                            text=True)
-    assert check.returncode == 0 and "2 target(s), 3 LUN(s)" in check.stdout, check.stderr
+    assert check.returncode == 0 and "2 extra target(s) with 3 LUN(s)" in check.stdout, check.stderr
     proc = subprocess.Popen([sys.executable, "-m", "bootsvc", "serve", "-c", str(cfg)],
                             stderr=subprocess.DEVNULL)
     try:
@@ -59,3 +60,72 @@ def test_check_reports_file_line_key(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "bootsvc", "check", "-c", str(cfg)], capture_output=True, text=True)
     assert r.returncode == 1
     assert f"{cfg}:2: targets[0].iqn:" in r.stderr and "does not exist" in r.stderr
+
+
+def _io(port: int, target: str, initiator: str, *commands: str) -> subprocess.CompletedProcess[str]:
+    """qemu-io through QEMU's iSCSI driver, logging in as ``initiator``."""
+    opts = (f"driver=iscsi,transport=tcp,portal={LOOPBACK}:{port},target={target},lun=0,"
+            f"initiator-name={initiator}")
+    args = [a for c in commands for a in ("-c", c)]
+    return subprocess.run(["qemu-io", "--image-opts", *args, opts], capture_output=True, text=True, timeout=60)
+
+
+def test_machines_boot_from_their_overlays(tmp_path: Path) -> None:
+    """Each machine gets a target on its own overlay that only its initiator
+    may log in to; persistent overlays keep writes across restarts,
+    ephemeral ones start fresh, the base never changes."""
+    need("qemu-io", "qemu-img")
+    state = tmp_path / "state"
+    (state / "images").mkdir(parents=True)
+    base = state / "images" / "gold.raw"
+    base.write_bytes(b"\xee" * (8 << 20))
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "keep.yaml").write_text("base: gold.raw\noverlay: persistent\noverlay_limit: 6M\n")
+    (tmp_path / "profiles" / "fresh.yaml").write_text("base: gold.raw\noverlay: ephemeral\n")
+    port = free_port()
+    cfg = tmp_path / "bootsvc.yaml"
+    cfg.write_text(f"""
+state_dir: {state}
+iqn_prefix: iqn.2026-11.test.lab
+profiles_dir: profiles
+listen:
+  iscsi: [{LOOPBACK}:{port}]
+machines:
+  52:54:00:00:00:01: {{hostname: keeper, profile: keep}}
+  52:54:00:00:00:02: {{hostname: kiosk, profile: fresh}}
+""")
+    prefix = "iqn.2026-11.test.lab"
+
+    def serve() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([sys.executable, "-m", "bootsvc", "serve", "-c", str(cfg)],
+                                stderr=subprocess.DEVNULL)
+        wait_for_port(port, proc)
+        return proc
+
+    proc = serve()
+    try:
+        for host in ("keeper", "kiosk"):
+            w = _io(port, f"{prefix}:boot.{host}", f"{prefix}:{host}", "write -P 0x42 1M 1M", "flush")
+            assert w.returncode == 0 and "wrote" in w.stdout, w.stdout + w.stderr
+        stranger = _io(port, f"{prefix}:boot.keeper", f"{prefix}:kiosk", "read 0 4k")
+        assert stranger.returncode != 0 or "failed" in (stranger.stdout + stranger.stderr).lower()
+        over = _io(port, f"{prefix}:boot.keeper", f"{prefix}:keeper", "write -P 0x43 2M 6M")
+        assert "failed" in (over.stdout + over.stderr).lower()  # past the 6 MiB limit: refused
+        listing = subprocess.run([sys.executable, "-m", "bootsvc", "image", "-c", str(cfg), "list"],
+                                 capture_output=True, text=True, timeout=30)
+        assert "keeper" in listing.stdout and "of 6.0 MiB allocated" in listing.stdout and "in use" in listing.stdout
+        busy = subprocess.run([sys.executable, "-m", "bootsvc", "image", "-c", str(cfg), "reset", "keeper"],
+                              capture_output=True, text=True, timeout=30)
+        assert busy.returncode == 1 and "in use" in busy.stderr
+    finally:
+        stop(proc)
+    for host in ("keeper", "kiosk"):
+        assert_check_clean(state / "overlays" / f"{host}.qcow2")
+    proc = serve()
+    try:
+        for host, expect in (("keeper", "0x42"), ("kiosk", "0xee")):
+            r = _io(port, f"{prefix}:boot.{host}", f"{prefix}:{host}", f"read -P {expect} 1M 1M")
+            assert r.returncode == 0 and "pattern verification failed" not in r.stdout, host + r.stdout
+    finally:
+        stop(proc)
+    assert base.read_bytes() == b"\xee" * (8 << 20)

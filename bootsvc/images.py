@@ -1,0 +1,314 @@
+"""The image store under ``state_dir``: shared read-only base images in
+``images/`` and one copy-on-write qcow2 overlay per machine in
+``overlays/<hostname>.qcow2`` (DESIGN.md "Storage").
+
+Overlays name their base by a path relative to ``overlays/`` so a state
+directory can be moved or restored elsewhere. Whoever writes an overlay
+holds an exclusive lock on it (the iSCSI target while serving it), so the
+commands here refuse to reset, commit or rebase an overlay that is in use.
+Bases are never written: the commands that would change one refuse while
+overlays depend on it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from target.backend import Backend, BackendError
+from target.qcow2 import MAGIC, Kind, Qcow2Backend, Qcow2Error, open_backing, open_image, resolve_backing
+from target.qcow2_check import CheckReport, check
+from target.qcow2_create import create_image, set_backing
+from target.targets import LunSpec, TargetSpec
+
+from .config import Config
+from .inventory import Machine
+from .profiles import OverlayPolicy, Profile
+
+log = logging.getLogger("bootsvc.images")
+CHUNK = 1 << 20
+ZERO_CHUNK = bytes(CHUNK)
+
+
+class ImageError(Exception):
+    """An image operation that cannot be done; the message says why."""
+
+
+@dataclass(frozen=True)
+class BaseInfo:
+    name: str
+    path: Path
+    format: str
+    virtual_size: int
+    file_bytes: int
+    dependents: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class OverlayInfo:
+    host: str
+    path: Path
+    base: str
+    virtual_size: int
+    allocated: int
+    limit: int | None
+    policy: str
+    in_use: bool
+
+
+def image_format(path: Path) -> str:
+    with open(path, "rb") as f:
+        return "qcow2" if f.read(4) == MAGIC else "raw"
+
+
+def in_use(path: Path) -> bool:
+    """Whether another process holds the image open for writing."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def progress(total: int, what: str) -> tqdm:
+    """A progress bar on stderr (only on a terminal: logs stay clean)."""
+    return tqdm(total=total, desc=what, unit="B", unit_scale=True, unit_divisor=1024, disable=None, leave=False)
+
+
+class ImageStore:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.images_dir = cfg.images_dir
+        self.overlays_dir = cfg.overlays_dir
+
+    # -- names --------------------------------------------------------------------
+
+    def machine(self, host: str) -> Machine:
+        for m in self.cfg.machines.values():
+            if host in (m.hostname, m.mac):
+                return m
+        raise ImageError(f"no machine {host!r} in {self.cfg.path}")
+
+    def profile(self, machine: Machine) -> Profile:
+        return self.cfg.profiles[machine.profile]
+
+    def base_path(self, name: str) -> Path:
+        p = Path(name)
+        return p if p.is_absolute() else self.images_dir / p
+
+    def overlay_path(self, hostname: str) -> Path:
+        return self.overlays_dir / f"{hostname}.qcow2"
+
+    def _backing_name(self, base: Path) -> str:
+        """How an overlay names its base: relative inside the state dir."""
+        try:
+            base.resolve().relative_to(self.cfg.state_dir.resolve())
+        except ValueError:
+            return str(base.resolve())
+        return os.path.relpath(base.resolve(), self.overlays_dir.resolve())
+
+    # -- overlays -----------------------------------------------------------------
+
+    def create(self, host: str, replace: bool = False) -> Path:
+        """Create a machine's overlay on its profile's base, in O(1)."""
+        machine = self.machine(host)
+        base = self.base_path(self.profile(machine).base)
+        if not base.is_file():
+            raise ImageError(f"base image {base} of profile {machine.profile} does not exist")
+        path = self.overlay_path(machine.hostname)
+        if replace and in_use(path):
+            raise ImageError(f"{machine.hostname}'s overlay is in use by a running bootsvc; stop serving it first")
+        self.overlays_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            create_image(path, backing=self._backing_name(base), backing_format=image_format(base),
+                         overwrite=replace)
+        except BackendError as e:
+            raise ImageError(str(e)) from e
+        log.info("event=image.overlay_created host=%s base=%s", machine.hostname, base)
+        return path
+
+    def reset(self, host: str) -> Path:
+        """Throw a machine's changes away: a fresh overlay on its base."""
+        return self.create(host, replace=True)
+
+    def prepare(self, machine: Machine) -> TargetSpec:
+        """The boot target of a machine, its overlay made if missing (and
+        made anew for an ephemeral profile)."""
+        profile = self.profile(machine)
+        path = self.overlay_path(machine.hostname)
+        if profile.overlay is OverlayPolicy.EPHEMERAL or not path.exists():
+            self.create(machine.hostname, replace=path.exists())
+        return TargetSpec(iqn=machine.target_iqn, alias=f"{machine.hostname} boot disk",
+                          luns=(LunSpec(str(path), limit=profile.overlay_limit),),
+                          allowed_initiators=frozenset({machine.initiator_iqn}))
+
+    def overlays(self) -> list[OverlayInfo]:
+        out = []
+        for m in sorted(self.cfg.machines.values(), key=lambda m: m.hostname):
+            path = self.overlay_path(m.hostname)
+            if not path.exists():
+                continue
+            profile = self.profile(m)
+            with self._open(path) as img:
+                out.append(OverlayInfo(m.hostname, path, img.header.backing_file, img.size, img.allocated_bytes(),
+                                       profile.overlay_limit, profile.overlay.value, in_use(path)))
+        return out
+
+    @contextmanager
+    def _open(self, path: Path, writable: bool = False) -> Iterator[Qcow2Backend]:
+        try:
+            img = open_image(path, read_only=not writable)
+        except BackendError as e:
+            raise ImageError(str(e)) from e
+        try:
+            yield img
+        finally:
+            img.close()
+
+    def _source(self, host: str) -> Path:
+        path = self.overlay_path(self.machine(host).hostname)
+        if not path.exists():
+            raise ImageError(f"{host} has no overlay yet ({path})")
+        if in_use(path):
+            raise ImageError(f"{host}'s overlay is in use by a running bootsvc; stop serving it first")
+        return path
+
+    # -- bases ----------------------------------------------------------------------
+
+    def dependents(self, base: Path) -> list[str]:
+        """Images whose backing file is ``base``: overlays and qcow2 bases."""
+        out = []
+        target = base.resolve()
+        for directory in (self.overlays_dir, self.images_dir):
+            for p in sorted(directory.glob("*")) if directory.is_dir() else ():
+                if not p.is_file() or p.name.startswith(".") or image_format(p) != "qcow2":
+                    continue
+                try:
+                    with self._open(p) as img:
+                        backing = img.header.backing_file
+                except ImageError:
+                    continue
+                if backing and resolve_backing(str(p), backing).resolve() == target:
+                    out.append(p.stem if directory == self.overlays_dir else p.name)
+        return out
+
+    def bases(self) -> list[BaseInfo]:
+        out = []
+        for p in sorted(self.images_dir.glob("*")) if self.images_dir.is_dir() else ():
+            if not p.is_file() or p.name.startswith("."):
+                continue
+            fmt = image_format(p)
+            try:
+                img: Backend = open_backing(str(p), fmt, 0)
+            except BackendError as e:
+                log.warning("event=image.unreadable path=%s why=%s", p, e)
+                continue
+            try:
+                out.append(BaseInfo(p.name, p, fmt, img.size, p.stat().st_blocks * 512,
+                                    tuple(self.dependents(p))))
+            finally:
+                img.close()
+        return out
+
+    def commit(self, host: str, new_base: str) -> Path:
+        """A new base image holding what the machine sees now (its overlay
+        merged with its base): raw, or qcow2 when the name ends in .qcow2.
+        It is made read-only; overlays can then be based on it."""
+        source = self._source(host)
+        dest = self.base_path(new_base)
+        if dest.exists():
+            users = self.dependents(dest)
+            if users:
+                raise ImageError(f"refusing to modify base {dest.name}: {len(users)} image(s) depend on it "
+                                 f"({', '.join(users)})")
+            raise ImageError(f"{dest} exists; pick another name or remove it first")
+        self.images_dir.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        try:
+            with self._open(source) as img:
+                if dest.suffix == ".qcow2":
+                    create_image(tmp, size=img.size, overwrite=True)
+                    with self._open(tmp, writable=True) as out:
+                        _copy(img, out.write_sync, f"commit {host}")
+                else:
+                    with open(tmp, "wb") as f:
+                        f.truncate(img.size)
+                        _copy(img, lambda off, data: os.pwrite(f.fileno(), data, off), f"commit {host}")
+                        os.fsync(f.fileno())
+            os.chmod(tmp, 0o444)
+            os.rename(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        log.info("event=image.committed host=%s base=%s", host, dest)
+        return dest
+
+    def rebase(self, host: str, new_base: str) -> None:
+        """Put a machine's overlay on another base without changing what the
+        machine sees: clusters the overlay does not hold and that differ
+        between the old and the new base are copied into the overlay first
+        (so a crash midway leaves the overlay as it was)."""
+        source = self._source(host)
+        base = self.base_path(new_base)
+        if not base.is_file():
+            raise ImageError(f"no base image {base}")
+        fmt = image_format(base)
+        try:
+            new: Backend = open_backing(str(base), fmt, 1)
+        except BackendError as e:
+            raise ImageError(str(e)) from e
+        try:
+            with self._open(source, writable=True) as img:
+                cs = img.cluster_size
+                with progress(img.size, f"rebase {host}") as bar:
+                    for pos in range(0, img.size, cs):
+                        n = min(cs, img.size - pos)
+                        if img.kind_at(pos) is Kind.BACKING:
+                            old = img.read_sync(pos, n)
+                            theirs = new.read_sync(pos, min(n, max(0, new.size - pos)))
+                            if old != theirs.ljust(n, b"\0"):
+                                img.write_sync(pos, old)
+                        bar.update(n)
+                img.flush_sync()
+            set_backing(source, self._backing_name(base), fmt)
+        except Qcow2Error as e:
+            raise ImageError(str(e)) from e
+        finally:
+            new.close()
+        log.info("event=image.rebased host=%s base=%s", host, base)
+
+    def check(self, hosts: list[str], repair: bool = False) -> list[CheckReport]:
+        paths = [self._source(h) for h in hosts] if hosts else \
+            [self.overlay_path(m.hostname) for m in self.cfg.machines.values()
+             if self.overlay_path(m.hostname).exists()]
+        reports = []
+        for path in sorted(paths):
+            if repair and in_use(path):
+                raise ImageError(f"{path} is in use by a running bootsvc; stop serving it to repair it")
+            with self._open(path, writable=repair) as img:  # a writable open repairs a dirty image at once
+                reports.append(check(img, repair=repair))
+        return reports
+
+
+def _copy(img: Backend, write: Callable[[int, bytes], object], what: str) -> None:
+    """Copy every non-zero MiB of ``img`` through ``write(offset, data)``."""
+    with progress(img.size, what) as bar:
+        for pos in range(0, img.size, CHUNK):
+            n = min(CHUNK, img.size - pos)
+            data = img.read_sync(pos, n)
+            if data != ZERO_CHUNK[:n]:
+                write(pos, data)
+            bar.update(n)

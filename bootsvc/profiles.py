@@ -1,0 +1,81 @@
+"""Boot profiles: one YAML file each (``profiles/<name>.yaml``, shipped or in
+the config's ``profiles_dir``) saying what a machine boots and how its disk
+behaves (DESIGN.md "Naming and identities")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from .yamlfile import Checker, ConfigError, load_yaml
+
+SHIPPED = Path(__file__).resolve().parent.parent / "profiles"
+KEYS = {"description", "base", "overlay", "overlay_limit", "boot", "kernel", "initrd", "cmdline", "script"}
+
+
+class OverlayPolicy(str, Enum):
+    PERSISTENT = "persistent"  # kept across boots
+    EPHEMERAL = "ephemeral"  # fresh for every new boot of the machine
+
+
+class BootMethod(str, Enum):
+    SANBOOT = "sanboot"  # iPXE boots the iSCSI disk itself
+    KERNEL = "kernel"  # iPXE loads a kernel and initrd, the disk is the root
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    path: Path
+    base: str  # under state_dir/images/ unless absolute
+    overlay: OverlayPolicy = OverlayPolicy.PERSISTENT
+    overlay_limit: int | None = None  # bytes an overlay may allocate
+    boot: BootMethod = BootMethod.SANBOOT
+    kernel: str = ""
+    initrd: str = ""
+    cmdline: str = ""
+    script: str = ""  # an iPXE script template replacing the generated one
+    description: str = ""
+
+
+def load_profile(path: Path) -> Profile:
+    doc = load_yaml(path)
+    c = Checker(path)
+    c.unknown(doc, KEYS, "")
+    if not isinstance(doc.get("base"), str) or not doc["base"]:
+        c.err(doc, "base", "every profile names its base image")
+
+    def choice(key: str, enum: type[Enum], default: Enum) -> Enum:
+        value = doc.get(key, default.value)
+        try:
+            return enum(value)
+        except ValueError:
+            c.err(doc, key, f"must be one of {', '.join(e.value for e in enum)}, not {value!r}")
+            return default
+
+    overlay = choice("overlay", OverlayPolicy, OverlayPolicy.PERSISTENT)
+    boot = choice("boot", BootMethod, BootMethod.SANBOOT)
+    limit = c.size(doc, "overlay_limit", "overlay_limit")
+    if boot is BootMethod.KERNEL and not doc.get("kernel"):
+        c.err(doc, "kernel", "boot: kernel needs a kernel (and usually an initrd)")
+    c.raise_if_any()
+    text = {k: str(doc.get(k, "") or "") for k in ("kernel", "initrd", "cmdline", "script", "description")}
+    return Profile(name=path.stem, path=path, base=str(doc["base"]), overlay=OverlayPolicy(overlay),
+                   overlay_limit=limit, boot=BootMethod(boot), **text)
+
+
+def load_profiles(directories: list[Path]) -> dict[str, Profile]:
+    """Every ``*.yaml`` in the directories; a later directory's profile
+    replaces a shipped one of the same name."""
+    profiles: dict[str, Profile] = {}
+    problems: list[str] = []
+    for d in directories:
+        for path in sorted(d.glob("*.yaml")) if d.is_dir() else ():
+            try:
+                profiles[path.stem] = load_profile(path)
+            except ConfigError as e:
+                problems.extend(e.problems)
+    if problems:
+        raise ConfigError(problems)
+    return profiles

@@ -1,0 +1,133 @@
+"""YAML files whose errors name the file, the line and the key: the loader
+the config file and the profiles share."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(Exception):
+    """One or more problems, each ``file:line: key: message``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class LineMap(dict[str, Any]):
+    """A mapping that remembers the line of each key."""
+
+    lines: dict[str, int]
+    line: int
+
+    @classmethod
+    def empty(cls, line: int = 1) -> LineMap:
+        m = cls()
+        m.line, m.lines = line, {}
+        return m
+
+
+class _Loader(yaml.SafeLoader):
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> LineMap:  # type: ignore[override]
+        m = LineMap(super().construct_mapping(node, deep=True))
+        m.line = node.start_mark.line + 1
+        m.lines = {}
+        for key_node, _ in node.value:
+            m.lines[str(self.construct_object(key_node))] = key_node.start_mark.line + 1
+        return m
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _Loader.construct_mapping)
+
+# YAML 1.1 reads 52:54:00:00:00:01 as a base-60 integer; MAC addresses are
+# keys here, so numbers with colons stay strings (as in YAML 1.2).
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers
+            if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
+               r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+
+def load_yaml(path: Path) -> LineMap:
+    """The top-level mapping of a YAML file (empty for an empty file)."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError([f"{path}:0: cannot read: {e.strerror}"]) from e
+    try:
+        doc = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise ConfigError([f"{path}:{mark.line + 1 if mark else 0}: YAML: {getattr(e, 'problem', e)}"]) from e
+    if doc is None:
+        return LineMap.empty()
+    if not isinstance(doc, LineMap):
+        raise ConfigError([f"{path}:1: expected a mapping of keys"])
+    return doc
+
+
+class Checker:
+    """Collects problems of one file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.problems: list[str] = []
+
+    def err(self, where: LineMap | None, key: str, message: str) -> None:
+        line = where.lines.get(key.split(".")[-1], where.line) if isinstance(where, LineMap) else 0
+        self.problems.append(f"{self.path}:{line}: {key}: {message}")
+
+    def mapping(self, parent: LineMap, key: str, value: Any) -> LineMap | None:
+        if not isinstance(value, LineMap):
+            self.err(parent, key, f"expected a mapping, got {type(value).__name__}")
+            return None
+        return value
+
+    def unknown(self, m: LineMap, allowed: set[str], prefix: str) -> None:
+        for k in m:
+            if k not in allowed:
+                self.err(m, f"{prefix}{k}", f"unknown key (expected one of: {', '.join(sorted(allowed))})")
+
+    def size(self, m: LineMap, key: str, where: str) -> int | None:
+        """An optional byte size such as ``20G`` under ``key``."""
+        if key not in m or m[key] is None:
+            return None
+        try:
+            return parse_size(m[key])
+        except ValueError as e:
+            self.err(m, where, str(e))
+            return None
+
+    def raise_if_any(self) -> None:
+        if self.problems:
+            raise ConfigError(self.problems)
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:i?B)?\s*$", re.IGNORECASE)
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from ``4096``, ``512M``, ``20G``, ``1.5TiB`` (powers of 1024, as qemu-img)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    m = _SIZE.match(str(value))
+    if not m:
+        raise ValueError(f"{value!r} is not a size (like 512M, 20G)")
+    unit = m.group(2).upper()
+    size = int(float(m.group(1)) * 1024 ** ("KMGTP".index(unit) + 1 if unit else 0))
+    if size <= 0:
+        raise ValueError(f"{value!r} is not a positive size")
+    return size
