@@ -57,6 +57,24 @@ def sanboot_vm(workdir: Path, target_port: int, iqn: str, lun: int) -> Iterator[
         proc.wait(10)
 
 
+@contextlib.contextmanager
+def disk_vm(workdir: Path, disk: Path, fmt: str = "qcow2") -> Iterator[Path]:
+    """A VM booting ``disk`` as its local hard disk, without a network.
+    Yields the console log."""
+    log = workdir / "console.log"
+    accel = os.environ.get("BOOTSVC_ACCEL", "tcg")
+    proc = subprocess.Popen(
+        [QEMU, "-accel", accel, "-m", "128", "-display", "none", "-no-reboot", "-boot", "c", "-nic", "none",
+         "-serial", f"file:{log}", "-monitor", "none", "-drive", f"file={disk},format={fmt},if=ide"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        yield log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
 def wait_for(log: Path, markers: tuple[str, ...], timeout: float) -> str | None:
     """The first marker that appears in the log within ``timeout`` s, else None."""
     deadline = time.monotonic() + timeout
