@@ -17,6 +17,7 @@ from target.server import Portal, TargetServer
 from target.targets import LunSpec, Target, TargetConfigError, TargetSpec
 
 from . import config as config_mod
+from .disks import MachineDisks
 from .images import ImageError, ImageStore
 
 
@@ -75,24 +76,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load_config(args.config, "serve")
     if cfg is None:
         return 1
-    specs = list(cfg.targets)
-    store = ImageStore(cfg)
-    for machine in cfg.machines.values():
-        try:
-            specs.append(store.prepare(machine))
-        except ImageError as e:  # one machine's missing disk does not stop the others
-            print(f"bootsvc serve: {machine.hostname} will not boot: {e}", file=sys.stderr)
-    if not cfg.iscsi.portals or not specs:
-        print("bootsvc serve: nothing to serve: set listen.iscsi and machines or targets", file=sys.stderr)
-        return 1
-    targets: list[Target] = []
+    disks = MachineDisks(ImageStore(cfg), report=lambda line: print(f"bootsvc serve: {line}", file=sys.stderr))
+    targets = disks.open()
     try:
-        for spec in specs:
+        for spec in cfg.targets:
             targets.append(Target.open(spec))
     except (TargetConfigError, BackendError, OSError) as e:
         for t in targets:
             t.close()
         print(f"bootsvc serve: {e}", file=sys.stderr)
+        return 1
+    if not cfg.iscsi.portals or not targets:
+        for t in targets:
+            t.close()
+        print("bootsvc serve: nothing to serve: set listen.iscsi and machines or targets", file=sys.stderr)
         return 1
     s = cfg.iscsi
     server = TargetServer(targets, s.portals, portal_group_tag=s.portal_group_tag, window=s.queue_depth,
