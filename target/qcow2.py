@@ -341,7 +341,8 @@ class Qcow2Backend(Backend):
     # -- mapping ------------------------------------------------------------------
 
     def l2_table(self, l2_offset: int) -> array:
-        """Blocking: the L2 table at ``l2_offset``, from the cache or disk."""
+        """Blocking, on the image's thread (or in a single-threaded tool):
+        the L2 table at ``l2_offset``, from the cache or disk."""
         table = self.l2_cache.get(l2_offset)
         if table is not None:
             self.l2_cache.move_to_end(l2_offset)
@@ -368,14 +369,20 @@ class Qcow2Backend(Backend):
         for table in self._missing_tables(offset, length):
             self.l2_table(table)
 
-    def _entry(self, pos: int) -> int:
+    def _entry(self, pos: int, on_loop: bool = False) -> int:
+        """The L2 entry for a guest offset. ``on_loop``: called from the event
+        loop, which only looks the cache up and never changes it (the image's
+        thread owns it); a table evicted meanwhile is read without caching."""
         l1_index = pos >> (self.cluster_bits + self.l2_bits)
         if l1_index >= len(self.l1):
             return 0
         l2_offset = self.l1[l1_index] & L1_OFFSET_MASK
         if not l2_offset:
             return 0
-        return self.l2_table(l2_offset)[(pos >> self.cluster_bits) & ((1 << self.l2_bits) - 1)]
+        table = self.l2_cache.get(l2_offset) if on_loop else self.l2_table(l2_offset)
+        if table is None:
+            table = _load_table(pread_exact(self.fd, self.cluster_size, l2_offset))
+        return table[(pos >> self.cluster_bits) & ((1 << self.l2_bits) - 1)]
 
     def kind_at(self, pos: int) -> Kind:
         """Blocking: what the guest cluster at ``pos`` is."""
@@ -390,7 +397,7 @@ class Qcow2Backend(Backend):
             return Kind.DATA
         return Kind.BACKING
 
-    def _extents(self, offset: int, length: int) -> Iterator[tuple[Kind, int, int, int]]:
+    def _extents(self, offset: int, length: int, on_loop: bool = False) -> Iterator[tuple[Kind, int, int, int]]:
         """(kind, guest offset, length, where) runs over the range: ``where``
         is the host offset for DATA, the L2 entry for COMPRESSED. Neighbouring
         clusters of one kind (and contiguous on the host) come as one run."""
@@ -400,7 +407,7 @@ class Qcow2Backend(Backend):
         while pos < end:
             in_cluster = pos & (cs - 1)
             n = min(cs - in_cluster, end - pos)
-            entry = self._entry(pos)
+            entry = self._entry(pos, on_loop)
             kind = self.kind_of(entry)
             where = (entry & L2_OFFSET_MASK) + in_cluster if kind is Kind.DATA else entry
             if run is not None and run[0] is kind and kind is not Kind.COMPRESSED \
@@ -421,7 +428,7 @@ class Qcow2Backend(Backend):
             await self._run(self._load_tables, offset, length)
         out: list[Segment] = []
         cs = self.cluster_size
-        for kind, pos, n, where in self._extents(offset, length):
+        for kind, pos, n, where in self._extents(offset, length, on_loop=True):
             if kind is Kind.DATA:
                 _append(out, FileExtent(self.fd, where, n))
             elif kind is Kind.ZERO:
@@ -497,7 +504,7 @@ class Qcow2Backend(Backend):
         if self._missing_tables(offset, 1):
             await self._run(self._load_tables, offset, 1)
         rest = self.cluster_size - (offset & (self.cluster_size - 1))
-        kind = self.kind_of(self._entry(offset))
+        kind = self.kind_of(self._entry(offset, on_loop=True))
         if kind is Kind.ZERO:
             return False, rest
         if kind is not Kind.BACKING:
@@ -606,8 +613,8 @@ class Qcow2Backend(Backend):
         self._pwrite_runs(writes)
         # the tables point at the new clusters only once their data is written
         for table, index, table_offset, new in updates:
-            table[index] = new
             self._dirty_l2.add(table_offset)
+            table[index] = new
         if fua or len(self._dirty_l2) > DIRTY_TABLES_MAX:
             self.flush_sync()
 
@@ -649,8 +656,8 @@ class Qcow2Backend(Backend):
                 entry = table[index]
                 new = L2_ZERO if self.backing is not None else 0
                 if entry != new:
-                    table[index] = new
                     self._dirty_l2.add(table_offset)
+                    table[index] = new
                     refs.release(self.host_clusters(entry))
             pos += n
         if len(self._dirty_l2) > DIRTY_TABLES_MAX:
