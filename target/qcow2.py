@@ -424,10 +424,22 @@ class Qcow2Backend(Backend):
     # -- reading ------------------------------------------------------------------
 
     async def read(self, offset: int, length: int) -> Sequence[Segment]:
+        cs = self.cluster_size
+        in_cluster = offset & (cs - 1)
+        if in_cluster + length <= cs:  # one cluster whose table is cached: the common small read
+            l1_index = offset >> (self.cluster_bits + self.l2_bits)
+            l2_offset = self.l1[l1_index] & L1_OFFSET_MASK if l1_index < len(self.l1) else 0
+            table = self.l2_cache.get(l2_offset) if l2_offset else None
+            if table is not None or not l2_offset:
+                entry = table[(offset >> self.cluster_bits) & ((1 << self.l2_bits) - 1)] if table else 0
+                if entry & (L2_COMPRESSED | L2_ZERO) == 0:
+                    host = entry & L2_OFFSET_MASK
+                    if host:
+                        return (FileExtent(self.fd, host + in_cluster, length),)
+                    return await self._backing_read(offset, length)
         if self._missing_tables(offset, length):  # metadata from disk: on the image's thread
             await self._run(self._load_tables, offset, length)
         out: list[Segment] = []
-        cs = self.cluster_size
         for kind, pos, n, where in self._extents(offset, length, on_loop=True):
             if kind is Kind.DATA:
                 _append(out, FileExtent(self.fd, where, n))
@@ -446,6 +458,8 @@ class Qcow2Backend(Backend):
         b = self.backing
         if b is None or pos >= b.size:
             return (Zeros(n),)
+        if pos + n <= b.size:
+            return await b.read(pos, n)
         inside = min(n, b.size - pos)
         segs = list(await b.read(pos, inside))
         if inside < n:  # a backing file shorter than the overlay reads as zeros beyond its end
