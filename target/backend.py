@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
+from .iothread import IoThread
+
 
 class BackendError(Exception):
     """A backend could not be opened or an I/O request failed."""
@@ -169,6 +171,8 @@ class RawBackend(Backend):
         if self.size == 0:
             os.close(self.fd)
             raise BackendError(f"{self.path} is empty")
+        # writes and flushes in order on one thread, completions in batches
+        self._io = IoThread(f"raw {os.path.basename(self.path)}")
 
     async def read(self, offset: int, length: int) -> Sequence[Segment]:
         return (FileExtent(self.fd, offset, length),)
@@ -177,8 +181,7 @@ class RawBackend(Backend):
         return pread_exact(self.fd, length, offset)
 
     async def write(self, offset: int, data: bytes | memoryview, fua: bool = False) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self._write_sync, offset, data, fua)
+        await self._io.run(self._write_sync, offset, data, fua)
 
     def _write_sync(self, offset: int, data: bytes | memoryview, fua: bool) -> None:
         view = memoryview(data)
@@ -193,11 +196,10 @@ class RawBackend(Backend):
             raise MediumError(f"write to {self.path} failed: {e.strerror}") from e
 
     async def flush(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, os.fdatasync, self.fd)
+        await self._io.run(os.fdatasync, self.fd)
 
     async def write_zeroes(self, offset: int, length: int) -> None:
-        loop = asyncio.get_running_loop()
-        if not await loop.run_in_executor(None, punch_hole, self.fd, offset, length):
+        if not await self._io.run(punch_hole, self.fd, offset, length):
             await super().write_zeroes(offset, length)
 
     async def block_status(self, offset: int) -> tuple[bool, int]:
@@ -212,6 +214,7 @@ class RawBackend(Backend):
         return True, min(hole, self.size) - offset
 
     def close(self) -> None:
+        self._io.close()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

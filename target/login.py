@@ -13,10 +13,9 @@ import enum
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .keys import KEYS, KeyValueError, REJECT, SessionParams, negotiate
+from .keys import KEYS, REJECT, KeyValueError, SessionParams, negotiate
 from .pdu import LoginRequest, LoginResponse, Stage
 from .text import TextFormatError, decode_text, encode_text
-
 
 # A peer that keeps the Continue bit set must not make us buffer without end.
 MAX_LOGIN_TEXT = 64 << 10

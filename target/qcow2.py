@@ -25,7 +25,6 @@ entry at a time.
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import logging
 import os
@@ -35,13 +34,13 @@ import zlib
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
 from .backend import Backend, BackendError, FileExtent, RawBackend, Segment, SpaceExhausted, Zeros, pread_exact
+from .iothread import IoThread
 from .qcow2_refcount import Refcounts
 
 log = logging.getLogger("bootsvc.qcow2")
@@ -257,11 +256,11 @@ class Qcow2Backend(Backend):
         self.backing: Backend | None = None
         self.refs: Refcounts | None = None
         self._writing = False  # open for writing and the dirty bit set: close() must clear it
-        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qcow2")
+        self._io = IoThread(f"qcow2 {os.path.basename(self.path)}")
         try:
             self.fd = os.open(self.path, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
         except OSError as e:
-            self._io.shutdown()
+            self._io.close()
             raise Qcow2Error(f"cannot open {self.path}: {e.strerror}") from e
         try:
             self._open(depth)
@@ -318,7 +317,7 @@ class Qcow2Backend(Backend):
     # -- helpers ------------------------------------------------------------------
 
     async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
-        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+        return await self._io.run(fn, *args)
 
     def _pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
@@ -731,7 +730,7 @@ class Qcow2Backend(Backend):
             finally:
                 os.close(self.fd)
                 self.fd = -1
-        self._io.shutdown(wait=True)
+        self._io.close()
         if self.backing is not None:
             self.backing.close()
             self.backing = None

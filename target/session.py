@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from functools import partial
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 from .backend import FileExtent, Segment, Zeros, materialize, segments_length
@@ -22,9 +22,28 @@ from .eager import run_eager
 from .keys import KeyValueError, SessionParams, negotiate
 from .pagecache import resolve_cached, warm
 from .pdu import (
-    RESERVED_TAG, DataIn, DataOut, LoginRequest, LogoutReason, LogoutRequest, LogoutResponse,
-    LogoutResponsePdu, NopIn, NopOut, Pdu, R2T, Reject, RejectReason, ScsiCommand, ScsiResponse,
-    SnackRequest, TaskMgmtRequest, TaskMgmtResponse, TextRequest, TextResponse, TmfFunction,
+    R2T,
+    RESERVED_TAG,
+    DataIn,
+    DataOut,
+    LoginRequest,
+    LogoutReason,
+    LogoutRequest,
+    LogoutResponse,
+    LogoutResponsePdu,
+    NopIn,
+    NopOut,
+    Pdu,
+    Reject,
+    RejectReason,
+    ScsiCommand,
+    ScsiResponse,
+    SnackRequest,
+    TaskMgmtRequest,
+    TaskMgmtResponse,
+    TextRequest,
+    TextResponse,
+    TmfFunction,
     TmfResponse,
 )
 from .scsi import ScsiResult, ScsiStatus, no_such_lun, report_luns
