@@ -1,0 +1,94 @@
+"""DHCP leases in SQLite under state_dir, so they survive a restart
+(RFC 2131 §4.3.1: a server should keep giving a client the address it had).
+
+All reads come from an in-memory copy; every change is written through in
+WAL mode (no fsync per lease: a crash loses at most the last changes, and
+clients then simply get the same free address offered again).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+IPv4 = ipaddress.IPv4Address
+
+
+class LeaseState(str, Enum):
+    OFFERED = "offered"  # held for the client between OFFER and REQUEST
+    BOUND = "bound"
+    DECLINED = "declined"  # a client found the address in use (DHCPDECLINE): kept out of the pool
+
+
+@dataclass(frozen=True)
+class Lease:
+    ip: IPv4
+    mac: str
+    state: LeaseState
+    expires: float  # time.time() seconds
+    hostname: str = ""
+
+
+class LeaseStore:
+    def __init__(self, path: Path | str) -> None:
+        if isinstance(path, Path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS leases (ip TEXT PRIMARY KEY, mac TEXT NOT NULL, "
+                        "state TEXT NOT NULL, expires REAL NOT NULL, hostname TEXT NOT NULL DEFAULT '')")
+        self.by_ip: dict[IPv4, Lease] = {}
+        self.by_mac: dict[str, Lease] = {}
+        for ip, mac, state, expires, hostname in self.db.execute("SELECT ip, mac, state, expires, hostname "
+                                                                 "FROM leases"):
+            self._remember(Lease(IPv4(ip), mac, LeaseState(state), expires, hostname))
+
+    def _remember(self, lease: Lease) -> None:
+        old = self.by_ip.get(lease.ip)
+        if old is not None and self.by_mac.get(old.mac) == old:
+            del self.by_mac[old.mac]
+        self.by_ip[lease.ip] = lease
+        if lease.state is not LeaseState.DECLINED:
+            self.by_mac[lease.mac] = lease
+
+    def put(self, lease: Lease) -> None:
+        """Record a lease; the client's other lease (if any) is dropped."""
+        previous = self.by_mac.get(lease.mac)
+        if previous is not None and previous.ip != lease.ip:
+            self.drop(previous)
+        self.db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)",
+                        (str(lease.ip), lease.mac, lease.state.value, lease.expires, lease.hostname))
+        self._remember(lease)
+
+    def drop(self, lease: Lease) -> None:
+        self.db.execute("DELETE FROM leases WHERE ip = ?", (str(lease.ip),))
+        self.by_ip.pop(lease.ip, None)
+        if self.by_mac.get(lease.mac) == lease:
+            del self.by_mac[lease.mac]
+
+    def for_mac(self, mac: str) -> Lease | None:
+        return self.by_mac.get(mac)
+
+    def holder(self, ip: IPv4, now: float) -> Lease | None:
+        """The unexpired lease on ``ip``, if any."""
+        lease = self.by_ip.get(ip)
+        return lease if lease is not None and lease.expires > now else None
+
+    def free_address(self, pool: Iterable[IPv4], now: float, taken: set[IPv4]) -> IPv4 | None:
+        """The first address of the pool nobody holds and nothing reserves;
+        expired leases count as free."""
+        for ip in pool:
+            if ip not in taken and self.holder(ip, now) is None:
+                return ip
+        return None
+
+    def active(self, now: float) -> list[Lease]:
+        return sorted((le for le in self.by_ip.values() if le.expires > now), key=lambda le: le.ip)
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,35 @@
+"""The lease store: leases survive a restart, a client holds one address,
+declined and held addresses stay out of the pool until they expire."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bootsvc.dhcp.leases import IPv4, Lease, LeaseState, LeaseStore
+
+POOL = [IPv4("10.0.0.10") + i for i in range(4)]
+
+
+def test_leases_survive_restart_and_move(tmp_path: Path) -> None:
+    db = tmp_path / "state" / "leases.db"
+    store = LeaseStore(db)
+    store.put(Lease(POOL[0], "aa:00:00:00:00:01", LeaseState.BOUND, 2000.0, "node01"))
+    store.put(Lease(POOL[1], "aa:00:00:00:00:02", LeaseState.OFFERED, 2000.0))
+    store.put(Lease(POOL[2], "aa:00:00:00:00:02", LeaseState.BOUND, 2000.0))  # moved: the old one goes
+    store.close()
+    store = LeaseStore(db)
+    assert store.for_mac("aa:00:00:00:00:01") == Lease(POOL[0], "aa:00:00:00:00:01", LeaseState.BOUND, 2000.0,
+                                                       "node01")
+    assert store.for_mac("aa:00:00:00:00:02").ip == POOL[2]  # type: ignore[union-attr]
+    assert store.holder(POOL[1], 1000.0) is None
+    assert [le.ip for le in store.active(1000.0)] == [POOL[0], POOL[2]]
+    store.close()
+
+
+def test_free_address_skips_held_declined_and_reserved() -> None:
+    store = LeaseStore(":memory:")
+    store.put(Lease(POOL[0], "aa:00:00:00:00:01", LeaseState.BOUND, 2000.0))
+    store.put(Lease(POOL[1], "00:00:00:00:00:00", LeaseState.DECLINED, 2000.0))
+    assert store.free_address(POOL, 1000.0, taken={POOL[2]}) == POOL[3]
+    assert store.free_address(POOL, 3000.0, taken=set()) == POOL[0]  # everything expired
+    assert store.free_address(POOL[:2], 1000.0, taken=set()) is None
