@@ -1,0 +1,256 @@
+"""What bootsvc answers to a DHCP request (RFC 2131 §4.3), without sockets
+or clocks: ``Responder.handle(request, received_on, now)`` returns the reply
+to send, or None with the reason counted.
+
+Authoritative mode hands out addresses (a machine's fixed IP, else its
+previous lease, else the first free one of the range) with the boot options
+of PXE/iPXE clients; proxy mode (PXE spec §2.2.5, "proxyDHCP") answers only
+PXE clients, with boot options and no address, beside another DHCP server.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+
+from ..inventory import Machine
+from .leases import Lease, LeaseState, LeaseStore
+from .message import ANY, IPv4, MessageType, Option, Reply, Request
+
+OFFER_HOLD = 60.0  # seconds an offered address waits for the client's REQUEST
+
+
+class Mode(str, Enum):
+    AUTHORITATIVE = "authoritative"
+    PROXY = "proxy"
+
+
+class UnknownPolicy(str, Enum):
+    IGNORE = "ignore"  # machines not in the inventory get no answer
+    DEFAULT = "default"  # they boot the default profile
+    DISCOVER = "discover"  # they get an address only, and are recorded for the operator
+
+
+@dataclass(frozen=True)
+class Subnet:
+    network: ipaddress.IPv4Network
+    server: IPv4  # bootsvc's address on it (server identifier, next-server)
+    first: IPv4 | None = None  # dynamic range; None: reservations only
+    last: IPv4 | None = None
+    router: IPv4 | None = None
+    dns: tuple[IPv4, ...] = ()
+    domain: str = ""
+    lease_time: int = 3600
+
+    def pool(self) -> Iterator[IPv4]:
+        if self.first is None or self.last is None:
+            return iter(())
+        return (IPv4(i) for i in range(int(self.first), int(self.last) + 1))
+
+
+@dataclass(frozen=True)
+class BootOptions:
+    """What a PXE ROM or iPXE gets (bootsvc/boot.py decides)."""
+
+    bootfile: str = ""
+    next_server: IPv4 | None = None
+    root_path: str = ""  # option 17, for iPXE
+    initiator_iqn: str = ""  # option 203, for iPXE (and the iBFT it writes)
+    ipxe_no_pxedhcp: bool = False  # 175.176 = 1: iPXE need not wait for proxyDHCP offers
+
+
+BootPlanner = Callable[[Request, "Machine | None", IPv4], "BootOptions | None"]
+
+
+@dataclass
+class Responder:
+    subnets: list[Subnet]
+    machines: dict[str, Machine]
+    leases: LeaseStore
+    boot: BootPlanner
+    mode: Mode = Mode.AUTHORITATIVE
+    unknown: UnknownPolicy = UnknownPolicy.IGNORE
+    on_event: Callable[[str, dict[str, object]], None] = lambda what, fields: None
+    counters: Counter[str] = field(default_factory=Counter)
+    discovered: dict[str, float] = field(default_factory=dict)  # MAC -> last seen
+
+    def _drop(self, why: str) -> None:
+        self.counters[f"dropped_{why}"] += 1
+
+    def subnet_for(self, req: Request, received_on: IPv4 | None) -> Subnet | None:
+        """The client's subnet (RFC 2131 §4.3.1): the relay's, else the
+        address the client already has, else the interface's."""
+        for probe in (req.giaddr if req.giaddr != ANY else None, req.ciaddr if req.ciaddr != ANY else None,
+                      received_on):
+            if probe is None:
+                continue
+            for s in self.subnets:
+                if probe in s.network:
+                    return s
+        return None
+
+    def handle(self, req: Request, received_on: IPv4 | None, now: float) -> Reply | None:
+        machine = self.machines.get(req.mac)
+        if machine is None:
+            if self.unknown is UnknownPolicy.IGNORE:
+                return self._drop("unknown_machine")
+            if self.unknown is UnknownPolicy.DISCOVER and req.mac not in self.discovered:
+                self.on_event("dhcp.discovered", {"mac": req.mac, "arch": req.arch})
+            if self.unknown is UnknownPolicy.DISCOVER:
+                self.discovered[req.mac] = now
+        subnet = self.subnet_for(req, received_on)
+        if subnet is None:
+            return self._drop("no_subnet")
+        if self.mode is Mode.PROXY:
+            return self._proxy(req, machine, subnet)
+        match req.msg_type:
+            case MessageType.DISCOVER:
+                return self._discover(req, machine, subnet, now)
+            case MessageType.REQUEST:
+                return self._request(req, machine, subnet, now)
+            case MessageType.INFORM:
+                reply = Reply(req, MessageType.ACK, subnet.server)
+                self._options(reply, req, machine, subnet, lease_time=False)
+                return reply
+            case MessageType.DECLINE:
+                self._decline(req, subnet, now)
+            case MessageType.RELEASE:
+                lease = self.leases.for_mac(req.mac)
+                if lease is not None and lease.ip == req.ciaddr:
+                    self.leases.drop(lease)
+                    self.on_event("dhcp.release", {"mac": req.mac, "ip": str(lease.ip)})
+        return None
+
+    # -- authoritative --------------------------------------------------------------
+
+    def _address_for(self, req: Request, machine: Machine | None, subnet: Subnet, now: float) -> IPv4 | None:
+        if machine is not None and machine.ip is not None:
+            return machine.ip if machine.ip in subnet.network else None
+        lease = self.leases.for_mac(req.mac)
+        if lease is not None and lease.ip in subnet.network and lease.state is not LeaseState.DECLINED:
+            return lease.ip
+        wanted = req.requested_ip
+        reserved = self._reserved()
+        if wanted is not None and wanted in subnet.network and wanted not in reserved \
+                and self._in_pool(wanted, subnet) and self.leases.holder(wanted, now) is None:
+            return wanted
+        return self.leases.free_address(subnet.pool(), now, reserved)
+
+    def _reserved(self) -> set[IPv4]:
+        return {m.ip for m in self.machines.values() if m.ip is not None}
+
+    @staticmethod
+    def _in_pool(ip: IPv4, subnet: Subnet) -> bool:
+        return subnet.first is not None and subnet.last is not None and subnet.first <= ip <= subnet.last
+
+    def _discover(self, req: Request, machine: Machine | None, subnet: Subnet, now: float) -> Reply | None:
+        ip = self._address_for(req, machine, subnet, now)
+        if ip is None:
+            return self._drop("no_address")
+        if machine is None or machine.ip is None:
+            self.leases.put(Lease(ip, req.mac, LeaseState.OFFERED, now + OFFER_HOLD, req.hostname))
+        reply = Reply(req, MessageType.OFFER, subnet.server, yiaddr=ip)
+        self._options(reply, req, machine, subnet)
+        self.on_event("dhcp.offer", {"mac": req.mac, "ip": str(ip), "ipxe": req.ipxe, "arch": req.arch})
+        return reply
+
+    def _nak(self, req: Request, subnet: Subnet, why: str) -> Reply:
+        self.counters["nak"] += 1
+        reply = Reply(req, MessageType.NAK, subnet.server)
+        reply.add(Option.MESSAGE, why)
+        self.on_event("dhcp.nak", {"mac": req.mac, "why": why})
+        return reply
+
+    def _request(self, req: Request, machine: Machine | None, subnet: Subnet, now: float) -> Reply | None:
+        if req.server_id is not None and req.server_id != subnet.server:
+            # SELECTING another server's offer: ours is free again (RFC 2131 §4.3.2)
+            lease = self.leases.for_mac(req.mac)
+            if lease is not None and lease.state is LeaseState.OFFERED:
+                self.leases.drop(lease)
+            return self._drop("other_server")
+        wanted = req.requested_ip or (req.ciaddr if req.ciaddr != ANY else None)
+        if wanted is None:
+            return self._drop("no_requested_address")
+        ip = self._address_for(req, machine, subnet, now)
+        if ip != wanted:
+            if req.server_id is None and machine is None and self.leases.for_mac(req.mac) is None:
+                # INIT-REBOOT or RENEWING a client we have no record of: stay silent (§4.3.2)
+                return self._drop("not_ours")
+            return self._nak(req, subnet, f"{wanted} is not yours")
+        if machine is None or machine.ip is None:
+            self.leases.put(Lease(ip, req.mac, LeaseState.BOUND, now + subnet.lease_time, req.hostname))
+        reply = Reply(req, MessageType.ACK, subnet.server, yiaddr=ip)
+        self._options(reply, req, machine, subnet)
+        self.on_event("dhcp.ack", {"mac": req.mac, "ip": str(ip), "ipxe": req.ipxe, "arch": req.arch,
+                                   "hostname": machine.hostname if machine else req.hostname})
+        return reply
+
+    def _decline(self, req: Request, subnet: Subnet, now: float) -> None:
+        ip = req.requested_ip
+        lease = self.leases.for_mac(req.mac)
+        if ip is None or lease is None or lease.ip != ip:
+            return
+        self.leases.drop(lease)
+        self.leases.put(Lease(ip, "declined", LeaseState.DECLINED, now + subnet.lease_time))
+        self.on_event("dhcp.decline", {"mac": req.mac, "ip": str(ip)})
+
+    # -- options ------------------------------------------------------------------
+
+    def _options(self, reply: Reply, req: Request, machine: Machine | None, subnet: Subnet,
+                 lease_time: bool = True) -> None:
+        reply.add(Option.SUBNET_MASK, subnet.network.netmask)
+        if subnet.router is not None:
+            reply.add(Option.ROUTER, subnet.router)
+        if subnet.dns:
+            reply.add(Option.DNS, list(subnet.dns))
+        if subnet.domain:
+            reply.add(Option.DOMAIN, subnet.domain)
+        if machine is not None:
+            reply.add(Option.HOSTNAME, machine.hostname)
+        if lease_time:
+            reply.add(Option.LEASE_TIME, subnet.lease_time)
+            reply.add(Option.RENEWAL_TIME, subnet.lease_time // 2)
+            reply.add(Option.REBINDING_TIME, subnet.lease_time * 7 // 8)
+        self._boot_options(reply, req, machine, subnet)
+
+    def _boot_options(self, reply: Reply, req: Request, machine: Machine | None, subnet: Subnet) -> None:
+        if not (req.pxe or req.ipxe):
+            return
+        if machine is None and self.unknown is not UnknownPolicy.DEFAULT:
+            return
+        boot = self.boot(req, machine, subnet.server)
+        if boot is None:
+            return
+        if req.pxe:
+            reply.add(Option.VENDOR_CLASS, "PXEClient")
+        if boot.bootfile:
+            reply.bootfile = boot.bootfile
+            reply.add(Option.BOOTFILE, boot.bootfile)
+        if boot.next_server is not None:
+            reply.siaddr = boot.next_server
+            reply.add(Option.TFTP_SERVER, str(boot.next_server))
+        if boot.root_path:
+            reply.add(Option.ROOT_PATH, boot.root_path)
+        if boot.initiator_iqn:
+            reply.add(Option.IPXE_INITIATOR_IQN, boot.initiator_iqn)
+        if boot.ipxe_no_pxedhcp:
+            reply.add(Option.IPXE_ENCAPSULATED, bytes([176, 1, 1]))
+
+    # -- proxy --------------------------------------------------------------------
+
+    def _proxy(self, req: Request, machine: Machine | None, subnet: Subnet) -> Reply | None:
+        """proxyDHCP: PXE clients' DISCOVER gets an OFFER and their REQUEST
+        (to port 67 or 4011) an ACK, with boot options only."""
+        if not req.pxe and not req.ipxe:
+            return self._drop("proxy_not_pxe")
+        if req.msg_type not in (MessageType.DISCOVER, MessageType.REQUEST, MessageType.INFORM):
+            return None
+        kind = MessageType.OFFER if req.msg_type is MessageType.DISCOVER else MessageType.ACK
+        reply = Reply(req, kind, subnet.server)
+        self._boot_options(reply, req, machine, subnet)
+        if not reply.bootfile and not any(code == Option.ROOT_PATH for code, _ in reply.options):
+            return self._drop("proxy_nothing_to_boot")
+        return reply

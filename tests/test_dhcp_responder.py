@@ -1,0 +1,106 @@
+"""The DHCP decisions without sockets: DORA for known and unknown machines,
+PXE and iPXE boot options, INIT-REBOOT, NAK, DECLINE, RELEASE, relays,
+proxy mode."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from scapy.layers.dhcp import BOOTP, DHCP
+
+from bootsvc.dhcp.leases import LeaseStore
+from bootsvc.dhcp.message import IPv4, MessageType, Option, Request, decode, encode
+from bootsvc.dhcp.responder import BootOptions, Mode, Responder, Subnet, UnknownPolicy
+from bootsvc.inventory import Machine
+
+NODE = Machine(mac="52:54:00:77:00:01", hostname="node01", profile="demo-linux",
+               initiator_iqn="iqn.2026-11.t:node01", target_iqn="iqn.2026-11.t:boot.node01", ip=IPv4("10.77.0.11"))
+SUBNET = Subnet(ipaddress.IPv4Network("10.77.0.0/24"), IPv4("10.77.0.1"), IPv4("10.77.0.100"),
+                IPv4("10.77.0.101"), router=IPv4("10.77.0.1"), dns=(IPv4("10.77.0.1"),), domain="lab")
+
+
+def planner(req: Request, machine: Machine | None, server: IPv4) -> BootOptions | None:
+    if req.ipxe and machine is not None:
+        return BootOptions(root_path=f"iscsi:{server}::3260::{machine.target_iqn}",
+                           initiator_iqn=machine.initiator_iqn, ipxe_no_pxedhcp=True)
+    return BootOptions(bootfile="undionly.kpxe" if req.arch == 0 else "ipxe.efi", next_server=server)
+
+
+def responder(**kw: object) -> Responder:
+    return Responder([SUBNET], {NODE.mac: NODE}, LeaseStore(":memory:"), planner, **kw)  # type: ignore[arg-type]
+
+
+def req(msg: str, mac: str = NODE.mac, *opts: object, ciaddr: str = "0.0.0.0", giaddr: str = "0.0.0.0") -> Request:
+    pkt = BOOTP(op=1, xid=7, ciaddr=ciaddr, giaddr=giaddr, chaddr=bytes.fromhex(mac.replace(":", "")) + bytes(10))
+    return decode(bytes(pkt / DHCP(options=[("message-type", msg), *opts, "end"])))
+
+
+def options(reply: object) -> dict[object, object]:
+    pkt = BOOTP(encode(reply))  # type: ignore[arg-type]
+    return {o[0]: o[1] for o in pkt[DHCP].options if isinstance(o, tuple)}
+
+
+PXE = ((93, b"\x00\x00"), ("vendor_class_id", b"PXEClient:Arch:00000:UNDI:002001"))
+IPXE = (*PXE, ("user_class", b"iPXE"))
+
+
+def test_known_machine_pxe_then_ipxe() -> None:
+    r = responder()
+    offer = r.handle(req("discover", NODE.mac, *PXE), IPv4("10.77.0.1"), 0)
+    assert offer is not None and offer.msg_type is MessageType.OFFER and offer.yiaddr == NODE.ip
+    o = options(offer)
+    assert offer.bootfile == "undionly.kpxe" and offer.siaddr == SUBNET.server and o["vendor_class_id"] == b"PXEClient"
+    ack = r.handle(req("request", NODE.mac, *IPXE, ("requested_addr", "10.77.0.11"), ("server_id", "10.77.0.1")),
+                   IPv4("10.77.0.1"), 1)
+    assert ack is not None and ack.msg_type is MessageType.ACK
+    o = options(ack)
+    assert o["root_disk_path"] == b"iscsi:10.77.0.1::3260::iqn.2026-11.t:boot.node01"
+    assert o[203] == b"iqn.2026-11.t:node01" and o[175] == bytes([176, 1, 1]) and o["hostname"] == b"node01"
+    assert o["lease_time"] == 3600 and o["router"] == "10.77.0.1"
+
+
+def test_unknown_machines_by_policy_and_dynamic_pool() -> None:
+    stranger = "52:54:00:99:00:01"
+    assert responder().handle(req("discover", stranger), IPv4("10.77.0.1"), 0) is None
+    r = responder(unknown=UnknownPolicy.DISCOVER)
+    offer = r.handle(req("discover", stranger, *PXE), IPv4("10.77.0.1"), 0)
+    assert offer is not None and offer.yiaddr == IPv4("10.77.0.100") and not offer.bootfile  # address only
+    assert stranger in r.discovered
+    ack = r.handle(req("request", stranger, ("requested_addr", "10.77.0.100"), ("server_id", "10.77.0.1")),
+                   IPv4("10.77.0.1"), 1)
+    assert ack is not None and ack.yiaddr == IPv4("10.77.0.100")
+    second = r.handle(req("discover", "52:54:00:99:00:02"), IPv4("10.77.0.1"), 2)
+    assert second is not None and second.yiaddr == IPv4("10.77.0.101")
+    assert r.handle(req("discover", "52:54:00:99:00:03"), IPv4("10.77.0.1"), 3) is None  # pool exhausted
+    assert r.counters["dropped_no_address"] == 1
+    # RELEASE frees the address, DECLINE takes one out of the pool
+    r.handle(req("release", stranger, ciaddr="10.77.0.100"), IPv4("10.77.0.1"), 4)
+    again = r.handle(req("discover", "52:54:00:99:00:03"), IPv4("10.77.0.1"), 5)
+    assert again is not None and again.yiaddr == IPv4("10.77.0.100")
+    r.handle(req("decline", "52:54:00:99:00:03", ("requested_addr", "10.77.0.100")), IPv4("10.77.0.1"), 6)
+    assert r.handle(req("discover", "52:54:00:99:00:04"), IPv4("10.77.0.1"), 7) is None
+
+
+def test_nak_silence_other_server_and_relay() -> None:
+    r = responder()
+    nak = r.handle(req("request", NODE.mac, ("requested_addr", "10.77.0.50")), IPv4("10.77.0.1"), 0)
+    assert nak is not None and nak.msg_type is MessageType.NAK
+    stranger = responder(unknown=UnknownPolicy.DISCOVER)
+    assert stranger.handle(req("request", "52:54:00:99:00:01", ("requested_addr", "10.77.0.150")),
+                           IPv4("10.77.0.1"), 0) is None  # INIT-REBOOT we know nothing of
+    assert r.handle(req("request", NODE.mac, ("requested_addr", "10.77.0.11"), ("server_id", "10.77.0.9")),
+                    IPv4("10.77.0.1"), 0) is None
+    relayed = r.handle(req("discover", NODE.mac, giaddr="10.77.0.254"), None, 0)
+    assert relayed is not None and relayed.yiaddr == NODE.ip
+    assert r.handle(req("discover", NODE.mac, giaddr="192.0.2.1"), None, 0) is None  # no such subnet
+
+
+def test_inform_and_proxy_mode() -> None:
+    r = responder()
+    ack = r.handle(req("inform", NODE.mac, ciaddr="10.77.0.11"), IPv4("10.77.0.1"), 0)
+    assert ack is not None and ack.msg_type is MessageType.ACK and "lease_time" not in options(ack)
+    proxy = responder(mode=Mode.PROXY)
+    assert proxy.handle(req("discover", NODE.mac), IPv4("10.77.0.1"), 0) is None  # not PXE: not ours
+    offer = proxy.handle(req("discover", NODE.mac, *PXE), IPv4("10.77.0.1"), 0)
+    assert offer is not None and str(offer.yiaddr) == "0.0.0.0" and offer.bootfile == "undionly.kpxe"
+    assert Option.LEASE_TIME not in [code for code, _ in offer.options]
