@@ -17,6 +17,7 @@ from target.server import Portal, TargetServer
 from target.targets import LunSpec, Target, TargetConfigError, TargetSpec
 
 from . import config as config_mod
+from . import server as server_mod
 from .disks import MachineDisks
 from .images import ImageError, ImageStore
 
@@ -86,15 +87,51 @@ def cmd_serve(args: argparse.Namespace) -> int:
             t.close()
         print(f"bootsvc serve: {e}", file=sys.stderr)
         return 1
-    if not cfg.iscsi.portals or not targets:
+    services: list[server_mod.Service] = []
+    s = cfg.iscsi
+    if s.portals and targets:
+        iscsi = TargetServer(targets, s.portals, portal_group_tag=s.portal_group_tag, window=s.queue_depth,
+                             nop_interval=s.nop_interval, nop_timeout=s.nop_timeout)
+        services.append(server_mod.Service("iscsi", iscsi.start, iscsi.stop,
+                                           f"{', '.join(map(str, s.portals))} ({len(targets)} targets)"))
+    if cfg.dhcp is not None:
+        services.append(_dhcp_service(cfg, disks, s.portals[0].port if s.portals else 3260))
+    if not services:
         for t in targets:
             t.close()
-        print("bootsvc serve: nothing to serve: set listen.iscsi and machines or targets", file=sys.stderr)
+        print("bootsvc serve: nothing to serve: set listen.iscsi and machines or targets, or listen.dhcp",
+              file=sys.stderr)
         return 1
-    s = cfg.iscsi
-    server = TargetServer(targets, s.portals, portal_group_tag=s.portal_group_tag, window=s.queue_depth,
-                          nop_interval=s.nop_interval, nop_timeout=s.nop_timeout)
-    return run_until_signal(server, f"serving {len(targets)} target(s) on {', '.join(map(str, s.portals))}")
+    return server_mod.run(services)
+
+
+def _dhcp_service(cfg: config_mod.Config, disks: MachineDisks, iscsi_port: int) -> server_mod.Service:
+    from .boot import BootPlanner
+    from .dhcp.leases import LeaseStore
+    from .dhcp.responder import Responder
+    from .dhcp.service import DhcpService
+
+    d = cfg.dhcp
+    assert d is not None
+    machines = cfg.machines
+
+    def on_event(what: str, fields: dict[str, object]) -> None:
+        logging.getLogger("bootsvc.dhcp").info("event=%s %s", what, " ".join(f"{k}={v}" for k, v in fields.items()))
+        machine = machines.get(str(fields.get("mac")))
+        if what == "dhcp.offer" and machine is not None and not fields.get("ipxe"):
+            disks.new_boot(machine)  # the boot ROM starts a new boot: an ephemeral disk starts fresh
+
+    leases = LeaseStore(cfg.state_dir / "leases.db")
+    responder = Responder([d.subnet], machines, leases, BootPlanner(cfg, disks, iscsi_port), d.mode, d.unknown,
+                          on_event)
+    service = DhcpService(responder, d.subnet.server, d.interface, d.port)
+
+    async def stop() -> None:
+        service.close()
+        leases.close()
+
+    return server_mod.Service(f"dhcp ({d.mode.value})", service.start, stop,
+                              f"{d.interface or 'all interfaces'}:{d.port}, {d.subnet.network}")
 
 
 def human(n: int | None) -> str:

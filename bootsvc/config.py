@@ -15,6 +15,7 @@ from typing import Any
 from target.server import Portal
 from target.targets import LunSpec, TargetConfigError, TargetSpec, check_iscsi_name
 
+from .dhcp.settings import DhcpSettings, load_dhcp
 from .inventory import Machine, load_machines
 from .profiles import SHIPPED, Profile, load_profiles
 from .yamlfile import Checker, ConfigError, LineMap, load_yaml
@@ -50,6 +51,7 @@ class Config:
     profiles: dict[str, Profile] = field(default_factory=dict)
     machines: dict[str, Machine] = field(default_factory=dict)
     default_profile: str | None = None
+    dhcp: DhcpSettings | None = None
 
     @property
     def images_dir(self) -> Path:
@@ -126,9 +128,10 @@ def load(path: str | Path) -> Config:
     for m in machines.values():
         if m.target_iqn in seen:
             c.err(doc, "machines", f"{m.hostname}: target {m.target_iqn} is also in targets")
+    dhcp = load_dhcp(c, doc, listen, domain)
     c.raise_if_any()
     return Config(path, state_dir, iqn_prefix, domain, iscsi, targets, dict(doc), profiles, machines,
-                  default_profile)
+                  default_profile, dhcp)
 
 
 def _target(c: Checker, doc: LineMap, i: int, t: Any, base: Path) -> TargetSpec | None:

@@ -1,0 +1,83 @@
+"""DHCP on a UDP socket in the shared asyncio loop (no sniffing, no raw
+sockets): port 67 bound to one interface, replies sent as RFC 2131 §4.1
+says: to the relay when there is one, to the client's address when it has
+one, else broadcast on the interface."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+
+from .message import ANY, DhcpFormatError, IPv4, MessageType, decode, encode
+from .responder import Responder
+
+log = logging.getLogger("bootsvc.dhcp")
+SERVER_PORT = 67
+CLIENT_PORT = 68
+SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
+
+
+class DhcpService(asyncio.DatagramProtocol):
+    def __init__(self, responder: Responder, address: IPv4, interface: str | None = None,
+                 port: int = SERVER_PORT, clock: Callable[[], float] = time.time) -> None:
+        self.responder = responder
+        self.address = address
+        self.interface = interface
+        self.port = port
+        self.clock = clock
+        self.transport: asyncio.DatagramTransport | None = None
+
+    async def start(self) -> None:
+        """Bind and serve; an OSError (port taken, no such interface) is the
+        caller's one-line report."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            if self.interface:
+                sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, self.interface.encode())
+            sock.bind(("0.0.0.0", self.port))
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        loop = asyncio.get_running_loop()
+        await loop.create_datagram_endpoint(lambda: self, sock=sock)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        counters = self.responder.counters
+        try:
+            req = decode(data)
+        except DhcpFormatError as e:
+            counters["dropped_malformed"] += 1
+            log.debug("event=dhcp.malformed peer=%s:%d why=%s", addr[0], addr[1], e)
+            return
+        counters[f"received_{req.msg_type.name.lower()}"] += 1
+        try:
+            reply = self.responder.handle(req, self.address, self.clock())
+        except Exception:  # a bug must not end the service: count it and keep serving
+            counters["errors"] += 1
+            log.exception("event=dhcp.error mac=%s", req.mac)
+            return
+        if reply is None or self.transport is None:
+            return
+        if req.giaddr != ANY:
+            dest = (str(req.giaddr), SERVER_PORT)
+        elif req.ciaddr != ANY and reply.msg_type is not MessageType.NAK:
+            dest = (str(req.ciaddr), CLIENT_PORT)
+        else:
+            # No ARP entry for an address the client does not have yet:
+            # broadcast, which every client accepts (RFC 2131 §4.1).
+            dest = ("255.255.255.255", CLIENT_PORT)
+        self.transport.sendto(encode(reply), dest)
+        counters[f"sent_{reply.msg_type.name.lower()}"] += 1
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()

@@ -1,0 +1,103 @@
+"""`bootsvc serve` answering real DHCP clients (busybox udhcpc) in network
+namespaces the test makes: a known machine gets its fixed address and host
+name, an unknown one an address from the range, leases survive a restart,
+and garbage on port 67 does not stop the service."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import need
+from tests.e2e.netns import Link, can_make_namespaces, namespaces, veth
+from tests.e2e.peers import stop
+
+pytestmark = pytest.mark.e2e
+KNOWN_MAC = "52:54:00:77:00:01"
+UNKNOWN_MAC = "52:54:00:99:00:07"
+
+
+def udhcpc(link: Link, tmp: Path) -> dict[str, str]:
+    """What udhcpc was given ({} when no lease within its bounded tries)."""
+    out = tmp / f"lease-{link.dev}"
+    out.unlink(missing_ok=True)
+    script = tmp / "udhcpc.sh"
+    script.write_text(f'#!/bin/sh\n[ "$1" = bound ] && env > {out}.$$ && mv {out}.$$ {out}\nexit 0\n')
+    script.chmod(0o755)
+    link.run("busybox", "udhcpc", "-i", link.dev, "-n", "-q", "-f", "-t", "4", "-T", "1", "-A", "1",
+             "-s", str(script), "-x", "hostname:client", timeout=30)
+    if not out.exists():
+        return {}
+    return dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
+
+
+def serve(srv_ns: str, cfg: Path, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as err:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(["ip", "netns", "exec", srv_ns, sys.executable, "-m", "bootsvc", "-v", "serve",
+                                 "-c", str(cfg)], stdout=subprocess.DEVNULL, stderr=err)
+    deadline = time.monotonic() + 30
+    while "dhcp (authoritative) serving" not in log.read_text(errors="replace"):
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
+        time.sleep(0.1)
+    return proc
+
+
+def test_udhcpc_known_unknown_restart_and_garbage(tmp_path: Path) -> None:
+    need("busybox", "ip")
+    reason = can_make_namespaces()
+    if reason:
+        pytest.skip(reason)
+    cfg = tmp_path / "bootsvc.yaml"
+    with namespaces("srv", "cli") as (srv, cli):
+        c1 = veth(srv, "bsv-s1", cli, "bsv-c1", KNOWN_MAC, "10.213.0.1/24")[1]
+        c2 = veth(srv, "bsv-s2", cli, "bsv-c2", UNKNOWN_MAC)[1]  # served later, on the same interface name
+        cfg.write_text(f"""
+state_dir: {tmp_path / 'state'}
+domain: lab.test
+listen:
+  dhcp: {{interface: bsv-s1, address: 10.213.0.1}}
+dhcp:
+  subnet: 10.213.0.0/24
+  range: [10.213.0.100, 10.213.0.110]
+  router: 10.213.0.1
+  dns: [10.213.0.1]
+  lease_time: 10m
+  unknown_machines: discover
+default_profile: demo-linux
+machines:
+  {KNOWN_MAC}: {{hostname: node01, ip: 10.213.0.11}}
+""")
+        proc = serve(srv, cfg, tmp_path / "serve.log")
+        try:
+            lease = udhcpc(c1, tmp_path)
+            assert lease.get("ip") == "10.213.0.11", lease
+            assert lease.get("hostname") == "node01" and lease.get("router") == "10.213.0.1"
+            assert lease.get("domain") == "lab.test" and lease.get("lease") == "600"
+            # garbage at the server port, then a real client still gets served
+            c1.run(sys.executable, "-c", "import socket,os;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);"
+                   "s.setsockopt(socket.SOL_SOCKET,socket.SO_BROADCAST,1);"
+                   "[s.sendto(os.urandom(n),('255.255.255.255',67)) for n in (1,50,300,600)]", timeout=30)
+            assert udhcpc(c1, tmp_path).get("ip") == "10.213.0.11"
+        finally:
+            stop(proc)
+        assert proc.returncode == 0
+        # the unknown client's pair takes the served interface's name and address
+        subprocess.run(["ip", "-n", srv, "link", "del", "bsv-s1"], check=True, timeout=30)
+        subprocess.run(["ip", "-n", srv, "link", "set", "bsv-s2", "name", "bsv-s1"], check=True, timeout=30)
+        subprocess.run(["ip", "-n", srv, "addr", "add", "10.213.0.1/24", "dev", "bsv-s1"], check=True, timeout=30)
+        proc = serve(srv, cfg, tmp_path / "serve2.log")
+        try:
+            first = udhcpc(c2, tmp_path)
+            assert first.get("ip") == "10.213.0.100" and "hostname" not in first, first
+        finally:
+            stop(proc)
+        proc = serve(srv, cfg, tmp_path / "serve3.log")
+        try:
+            again = udhcpc(c2, tmp_path)  # the lease survived the restart: same address
+            assert again.get("ip") == "10.213.0.100", again
+        finally:
+            stop(proc)
