@@ -13,6 +13,7 @@ debs=(
     tgt                 # reference iSCSI target
     open-isns-utils     # isnsadm, isnsd
     nasm                # assembles the sanboot test's boot sector
+    busybox-static      # udhcpc, a real DHCP client for the DHCP tests
     iproute2 procps
 )
 missing=()
