@@ -85,3 +85,24 @@ def wait_for(log: Path, markers: tuple[str, ...], timeout: float) -> str | None:
                 return m
         time.sleep(0.2)
     return None
+
+
+@contextlib.contextmanager
+def netboot_vm(workdir: Path, ns: str, tap: str, mac: str) -> Iterator[Path]:
+    """A diskless VM inside network namespace ``ns`` whose NIC (its iPXE
+    ROM) is the tap device ``tap`` with ``mac``: it boots whatever DHCP on
+    that network tells it. Yields the console log."""
+    log = workdir / f"console-{mac.replace(':', '')}.log"
+    accel = os.environ.get("BOOTSVC_ACCEL", "tcg")
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", ns, QEMU, "-accel", accel, "-m", "256", "-display", "none", "-no-reboot",
+         "-boot", "n", "-serial", f"file:{log}", "-monitor", "none",
+         "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
+         "-device", f"virtio-net-pci,netdev=n0,mac={mac}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
