@@ -96,6 +96,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                            f"{', '.join(map(str, s.portals))} ({len(targets)} targets)"))
     if cfg.dhcp is not None:
         services.append(_dhcp_service(cfg, disks, s.portals[0].port if s.portals else 3260))
+    if cfg.tftp is not None:
+        from .tftp.files import FileSource
+        from .tftp.service import TftpService
+
+        tftp = TftpService(FileSource(list(cfg.tftp.roots)), cfg.tftp.host, cfg.tftp.port)
+
+        async def stop_tftp() -> None:
+            tftp.close()
+
+        services.append(server_mod.Service("tftp", tftp.start, stop_tftp,
+                                           f"{cfg.tftp.host}:{cfg.tftp.port} from "
+                                           f"{', '.join(map(str, cfg.tftp.roots))}"))
     if not services:
         for t in targets:
             t.close()

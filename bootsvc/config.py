@@ -23,11 +23,19 @@ from .yamlfile import Checker, ConfigError, LineMap, load_yaml
 __all__ = ["Config", "ConfigError", "IscsiSettings", "load"]
 
 TOP_KEYS = {"state_dir", "domain", "iqn_prefix", "listen", "dhcp", "default_profile", "profiles_dir",
-            "machines", "targets", "iscsi"}
+            "machines", "targets", "iscsi", "tftp"}
+TFTP_KEYS = {"roots"}
 LISTEN_KEYS = {"dhcp", "tftp", "http", "dns", "iscsi", "isns"}
 TARGET_KEYS = {"iqn", "alias", "luns", "initiators"}
 LUN_KEYS = {"path", "read_only", "block_size", "lun"}
 ISCSI_KEYS = {"nop_interval", "nop_timeout", "queue_depth", "portal_group_tag"}
+
+
+@dataclass(frozen=True)
+class TftpSettings:
+    host: str
+    port: int
+    roots: tuple[Path, ...]
 
 
 @dataclass
@@ -52,6 +60,7 @@ class Config:
     machines: dict[str, Machine] = field(default_factory=dict)
     default_profile: str | None = None
     dhcp: DhcpSettings | None = None
+    tftp: TftpSettings | None = None
 
     @property
     def images_dir(self) -> Path:
@@ -129,9 +138,32 @@ def load(path: str | Path) -> Config:
         if m.target_iqn in seen:
             c.err(doc, "machines", f"{m.hostname}: target {m.target_iqn} is also in targets")
     dhcp = load_dhcp(c, doc, listen, domain)
+    tftp = _tftp(c, doc, listen, path.parent)
     c.raise_if_any()
     return Config(path, state_dir, iqn_prefix, domain, iscsi, targets, dict(doc), profiles, machines,
-                  default_profile, dhcp)
+                  default_profile, dhcp, tftp)
+
+
+def _tftp(c: Checker, doc: LineMap, listen: Any, base: Path) -> TftpSettings | None:
+    """listen.tftp (HOST:PORT) and the tftp section's roots (default:
+    Debian's iPXE binaries in /usr/lib/ipxe)."""
+    if not isinstance(listen, LineMap) or listen.get("tftp") is None:
+        return None
+    try:
+        portal = Portal.parse(str(listen["tftp"]), default_port=69)
+    except ValueError as e:
+        c.err(listen, "listen.tftp", str(e))
+        return None
+    roots = [Path("/usr/lib/ipxe")]
+    section = doc.get("tftp")
+    if section is not None and (t := c.mapping(doc, "tftp", section)) is not None:
+        c.unknown(t, TFTP_KEYS, "tftp.")
+        raw = t.get("roots", [])
+        roots = [p if p.is_absolute() else base / p for p in map(Path, raw if isinstance(raw, list) else [raw])]
+        for r in roots:
+            if not r.is_dir():
+                c.err(t, "tftp.roots", f"{r} is not a directory")
+    return TftpSettings(portal.host, portal.port, tuple(roots))
 
 
 def _target(c: Checker, doc: LineMap, i: int, t: Any, base: Path) -> TargetSpec | None:

@@ -14,6 +14,7 @@ debs=(
     open-isns-utils     # isnsadm, isnsd
     nasm                # assembles the sanboot test's boot sector
     busybox-static      # udhcpc, a real DHCP client for the DHCP tests
+    tftp-hpa            # a real TFTP client
     iproute2 procps
 )
 missing=()

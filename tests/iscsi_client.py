@@ -10,7 +10,15 @@ from dataclasses import dataclass, field
 
 from target.framing import DigestSettings, PduReader, frame
 from target.pdu import (
-    DataOut, LoginRequest, LoginResponse, LogoutRequest, Pdu, ScsiCommand, Stage, TextRequest, encode,
+    DataOut,
+    LoginRequest,
+    LoginResponse,
+    LogoutRequest,
+    Pdu,
+    ScsiCommand,
+    Stage,
+    TextRequest,
+    encode,
 )
 from target.text import decode_text, encode_text
 

@@ -11,8 +11,18 @@ from hypothesis import strategies as st
 
 from target.framing import DigestError, OversizedPdu, PduReader, crc32c_digest, frame
 from target.pdu import (
-    BHS_LEN, PDU_CLASSES, DataIn, LoginRequest, NopOut, Pdu, PduFormatError, ScsiCommand, _Bits, decode,
-    encode, extended_cdb,
+    BHS_LEN,
+    PDU_CLASSES,
+    DataIn,
+    LoginRequest,
+    NopOut,
+    Pdu,
+    PduFormatError,
+    ScsiCommand,
+    _Bits,
+    decode,
+    encode,
+    extended_cdb,
 )
 
 

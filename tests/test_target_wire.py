@@ -13,8 +13,20 @@ from pathlib import Path
 import pytest
 
 from target.pdu import (
-    R2T, DataIn, LoginResponse, LogoutResponsePdu, NopIn, NopOut, Reject, RejectReason, ScsiResponse,
-    TaskMgmtRequest, TaskMgmtResponse, TextResponse, TmfFunction, encode,
+    R2T,
+    DataIn,
+    LoginResponse,
+    LogoutResponsePdu,
+    NopIn,
+    NopOut,
+    Reject,
+    RejectReason,
+    ScsiResponse,
+    TaskMgmtRequest,
+    TaskMgmtResponse,
+    TextResponse,
+    TmfFunction,
+    encode,
 )
 from target.server import Portal, TargetServer
 from target.targets import LunSpec, Target, TargetSpec

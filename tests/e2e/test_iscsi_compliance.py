@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from target.qcow2_create import create_image
 from tests.e2e.compliance import FAMILIES, applicable, counts, regressions, run
 from tests.e2e.conftest import need
-from target.qcow2_create import create_image
 from tests.e2e.peers import bootsvc_export, tgt_export
 from tests.qcow2_oracle import assert_check_clean
 

@@ -3,6 +3,7 @@ checked from the outside with libiscsi's tools and qemu-img."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -129,3 +130,32 @@ machines:
     finally:
         stop(proc)
     assert base.read_bytes() == b"\xee" * (8 << 20)
+
+
+def test_serve_tftp_from_config(tmp_path: Path) -> None:
+    """listen.tftp in the config: iPXE-sized files to the tftp-hpa client;
+    a taken port is reported in one line while the other services serve."""
+    need("tftp")
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "undionly.kpxe").write_bytes(os.urandom(70_000))
+    port, iscsi_port = free_port(), free_port()
+    (tmp_path / "disk.img").write_bytes(bytes(1 << 20))
+    cfg = tmp_path / "bootsvc.yaml"
+    cfg.write_text(f"listen:\n  tftp: {LOOPBACK}:{port}\n  iscsi: [{LOOPBACK}:{iscsi_port}]\n"
+                   f"tftp: {{roots: [root]}}\ntargets:\n  - {{iqn: iqn.2026-11.test:d, luns: [disk.img]}}\n")
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "bootsvc", "serve", "-c", str(cfg)], stderr=err)
+    try:
+        wait_for_port(iscsi_port, proc)
+        out = tmp_path / "got"
+        r = subprocess.run(["tftp", "-m", "binary", LOOPBACK, str(port), "-c", "get", "undionly.kpxe", str(out)],
+                           capture_output=True, text=True, timeout=30)
+        assert out.read_bytes() == (tmp_path / "root" / "undionly.kpxe").read_bytes(), r.stdout + r.stderr
+        # a second server on the same ports: each service that cannot start says so in one line
+        second = subprocess.run([sys.executable, "-m", "bootsvc", "serve", "-c", str(cfg)], capture_output=True,
+                                text=True, timeout=30)
+        assert second.returncode == 1 and "tftp not started" in second.stderr and "iscsi not started" in second.stderr
+    finally:
+        stop(proc)
+    assert "tftp serving" in log.read_text()

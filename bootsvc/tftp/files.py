@@ -1,0 +1,64 @@
+"""Which bytes a TFTP file name stands for: files under the configured
+roots (Debian's iPXE binaries by default) or generated per-machine files,
+with every way out of the roots refused (``..``, absolute names, symlinks
+pointing outside)."""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+CACHE_FILES = 64
+CACHE_MAX_FILE = 64 << 20
+
+Generator = Callable[[str, str], "bytes | None"]  # (name, client address) -> contents or None
+
+
+class FileSource:
+    def __init__(self, roots: list[Path], generate: Generator | None = None) -> None:
+        self.roots = [r.resolve() for r in roots]
+        self.generate = generate
+        self._cache: OrderedDict[Path, tuple[int, int, bytes]] = OrderedDict()
+
+    def read(self, name: str, client: str = "") -> bytes:
+        """The file's bytes; FileNotFoundError or PermissionError (with a
+        message fit to send back in a TFTP ERROR) otherwise."""
+        if not name or "\0" in name or "\\" in name:
+            raise PermissionError("bad file name")
+        if name.startswith("/"):
+            raise PermissionError("absolute paths are refused")
+        parts = name.split("/")
+        if ".." in parts:
+            raise PermissionError("'..' is refused")
+        if self.generate is not None:
+            data = self.generate(name, client)
+            if data is not None:
+                return data
+        for root in self.roots:
+            path = (root / name).resolve()
+            if not path.is_relative_to(root):
+                raise PermissionError("the name leads outside the TFTP root")
+            if path.is_file():
+                return self._load(path)
+        raise FileNotFoundError(f"{name} not found")
+
+    def _load(self, path: Path) -> bytes:
+        st = path.stat()
+        cached = self._cache.get(path)
+        if cached is not None and cached[:2] == (st.st_mtime_ns, st.st_size):
+            self._cache.move_to_end(path)
+            return cached[2]
+        with open(path, "rb") as f:
+            data = f.read()
+        if len(data) <= CACHE_MAX_FILE:  # a boot storm reads the same few files again and again
+            self._cache[path] = (st.st_mtime_ns, st.st_size, data)
+            if len(self._cache) > CACHE_FILES:
+                self._cache.popitem(last=False)
+        return data
+
+
+def default_roots() -> list[Path]:
+    """Debian's ipxe package puts its binaries here."""
+    return [p for p in (Path("/usr/lib/ipxe"),) if p.is_dir()] or [Path(os.devnull).parent]

@@ -1,0 +1,159 @@
+"""One read transfer (RRQ) as a state machine without sockets or clocks:
+packets in, packets out, timeouts told by the caller (RFC 1350 §2, RFC 2347
+option negotiation, RFC 7440 windows)."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from tftpy.TftpPacketFactory import TftpPacketFactory
+from tftpy.TftpPacketTypes import (
+    TftpPacket,
+    TftpPacketACK,
+    TftpPacketERR,
+    TftpPacketOACK,
+    TftpPacketRRQ,
+    TftpPacketWRQ,
+)
+from tftpy.TftpShared import TftpException
+
+DEFAULT_BLKSIZE = 512
+MAX_BLKSIZE = 65464  # RFC 2348
+MAX_WINDOW = 64
+RETRIES = 5
+
+
+class TftpError(IntEnum):
+    """RFC 1350 error codes (and 8, RFC 2347 option refusal)."""
+
+    NOT_DEFINED = 0
+    FILE_NOT_FOUND = 1
+    ACCESS_VIOLATION = 2
+    ILLEGAL_OPERATION = 4
+    UNKNOWN_TID = 5
+    OPTION_REFUSED = 8
+
+
+class TftpFormatError(ValueError):
+    """A packet that is not TFTP."""
+
+
+_factory = TftpPacketFactory()
+
+
+def decode(data: bytes) -> TftpPacket:
+    try:
+        return _factory.parse(data)
+    except (TftpException, struct.error, ValueError, UnicodeDecodeError, IndexError, KeyError) as e:
+        raise TftpFormatError(str(e) or "malformed packet") from None
+
+
+def error(code: TftpError, message: str) -> bytes:
+    pkt = TftpPacketERR()
+    pkt.errorcode = int(code)
+    pkt.errmsg = message.encode()
+    return bytes(pkt.encode().buffer)
+
+
+@dataclass
+class Request:
+    filename: str
+    blksize: int = DEFAULT_BLKSIZE
+    windowsize: int = 1
+    wants_tsize: bool = False
+    accepted: dict[str, str] = field(default_factory=dict)  # options to acknowledge in an OACK
+
+
+def parse_request(pkt: TftpPacket) -> Request:
+    """An RRQ with its options, or TftpFormatError; a write request is refused
+    by the caller (read-only server)."""
+    if isinstance(pkt, TftpPacketWRQ):
+        raise PermissionError("this TFTP server is read-only")
+    if not isinstance(pkt, TftpPacketRRQ):
+        raise TftpFormatError(f"{type(pkt).__name__} is not a request")
+    if str(pkt.mode).lower() not in ("octet", "netascii"):
+        raise TftpFormatError(f"transfer mode {pkt.mode!r} is not supported")
+    req = Request(str(pkt.filename))
+    for name, value in (pkt.options or {}).items():
+        key = str(name).lower()
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            continue  # an option we cannot read is an option we ignore (RFC 2347)
+        if key == "blksize" and number >= 8:
+            req.blksize = min(number, MAX_BLKSIZE)
+            req.accepted["blksize"] = str(req.blksize)
+        elif key == "windowsize" and number >= 1:
+            req.windowsize = min(number, MAX_WINDOW)
+            req.accepted["windowsize"] = str(req.windowsize)
+        elif key == "tsize":
+            req.wants_tsize = True
+    return req
+
+
+class ReadTransfer:
+    """Sends ``data`` to one client: OACK (when options were accepted) then
+    DATA blocks in windows, advancing on ACKs, resending on timeouts."""
+
+    def __init__(self, req: Request, data: bytes | memoryview) -> None:
+        self.req = req
+        self.data = memoryview(data)
+        self.blocks = len(self.data) // req.blksize + 1  # the last block is short (maybe empty)
+        self.acked = 0  # highest block the client acknowledged
+        self.retries = 0
+        self.done = False
+        self.failed = ""
+        if req.wants_tsize:
+            req.accepted["tsize"] = str(len(self.data))
+        self.oack = bool(req.accepted)
+
+    def _block(self, n: int) -> bytes:
+        start = (n - 1) * self.req.blksize
+        return struct.pack("!HH", 3, n & 0xFFFF) + bytes(self.data[start:start + self.req.blksize])
+
+    def _window(self) -> list[bytes]:
+        last = min(self.acked + self.req.windowsize, self.blocks)
+        return [self._block(n) for n in range(self.acked + 1, last + 1)]
+
+    def start(self) -> list[bytes]:
+        if self.oack:
+            pkt = TftpPacketOACK()
+            pkt.options = dict(self.req.accepted)
+            return [bytes(pkt.encode().buffer)]
+        return self._window()
+
+    def on_packet(self, pkt: TftpPacket) -> list[bytes]:
+        if isinstance(pkt, TftpPacketERR):
+            self.done, self.failed = True, f"client error {pkt.errorcode}: {pkt.errmsg!r}"
+            return []
+        if not isinstance(pkt, TftpPacketACK):
+            return [error(TftpError.ILLEGAL_OPERATION, "expected an ACK")]
+        # block numbers wrap at 65536 (RFC 1350 leaves it open; iPXE and tftp-hpa roll over)
+        sent_upto = min(self.acked + self.req.windowsize, self.blocks) if not self.oack else 0
+        base = self.acked & ~0xFFFF
+        n = base | pkt.blocknumber
+        if n < self.acked - 0x8000:
+            n += 0x10000
+        if self.oack:
+            if pkt.blocknumber != 0:
+                return []
+            self.oack = False
+            self.retries = 0
+            return self._window()
+        if n <= self.acked or n > sent_upto:
+            return []  # a duplicate or stray ACK: no resend (Sorcerer's Apprentice, RFC 1123 §4.2.3.1)
+        self.acked = n
+        self.retries = 0
+        if self.acked >= self.blocks:
+            self.done = True
+            return []
+        return self._window()
+
+    def on_timeout(self) -> list[bytes]:
+        self.retries += 1
+        if self.retries > RETRIES:
+            self.done, self.failed = True, f"no ACK after {RETRIES} retries"
+            return []
+        return self.start() if self.oack else self._window()
