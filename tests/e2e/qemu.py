@@ -30,7 +30,22 @@ def available() -> str | None:
 
 
 @contextlib.contextmanager
-def sanboot_vm(workdir: Path, target_port: int, iqn: str, lun: int) -> Iterator[Path]:
+def _vm(log: Path, memory: int, *args: str, prefix: tuple[str, ...] = ()) -> Iterator[Path]:
+    """QEMU with its serial console in ``log``, killed by its PID on exit."""
+    accel = os.environ.get("BOOTSVC_ACCEL", "tcg")
+    proc = subprocess.Popen(
+        [*prefix, QEMU, "-accel", accel, "-m", str(memory), "-display", "none", "-no-reboot",
+         "-serial", f"file:{log}", "-monitor", "none", *args],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+def sanboot_vm(workdir: Path, target_port: int, iqn: str, lun: int) -> contextlib.AbstractContextManager[Path]:
     """A diskless VM whose NIC's iPXE ROM sanboots ``iqn`` from a target on
     127.0.0.1:``target_port``. QEMU's user network is ``restrict=on``: the
     guest reaches nothing but the one forwarded address, 10.0.2.100:3260,
@@ -38,41 +53,28 @@ def sanboot_vm(workdir: Path, target_port: int, iqn: str, lun: int) -> Iterator[
     tftp = workdir / "tftp"
     tftp.mkdir(exist_ok=True)
     (tftp / "boot.ipxe").write_text(f"#!ipxe\nsanboot iscsi:10.0.2.100::3260:{lun}:{iqn}\n")
-    log = workdir / "console.log"
     # a "-tcp:" guestfwd would be one connection opened when QEMU starts;
     # "-cmd:" runs the proxy for every connection the guest makes
     proxy = f"{sys.executable} {Path(__file__).with_name('stdio_proxy.py')} {target_port}"
     nic = (f"user,model=virtio-net-pci,restrict=on,ipv6=off,tftp={tftp},bootfile=boot.ipxe,"
            f"guestfwd=tcp:10.0.2.100:3260-cmd:{proxy}")
-    accel = os.environ.get("BOOTSVC_ACCEL", "tcg")
-    proc = subprocess.Popen(
-        [QEMU, "-accel", accel, "-m", "256", "-display", "none", "-no-reboot", "-boot", "n",
-         "-serial", f"file:{log}", "-monitor", "none", "-nic", nic],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        yield log
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
+    return _vm(workdir / "console.log", 256, "-boot", "n", "-nic", nic)
 
 
-@contextlib.contextmanager
-def disk_vm(workdir: Path, disk: Path, fmt: str = "qcow2") -> Iterator[Path]:
+def disk_vm(workdir: Path, disk: Path, fmt: str = "qcow2") -> contextlib.AbstractContextManager[Path]:
     """A VM booting ``disk`` as its local hard disk, without a network.
     Yields the console log."""
-    log = workdir / "console.log"
-    accel = os.environ.get("BOOTSVC_ACCEL", "tcg")
-    proc = subprocess.Popen(
-        [QEMU, "-accel", accel, "-m", "128", "-display", "none", "-no-reboot", "-boot", "c", "-nic", "none",
-         "-serial", f"file:{log}", "-monitor", "none", "-drive", f"file={disk},format={fmt},if=ide"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        yield log
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
+    return _vm(workdir / "console.log", 128, "-boot", "c", "-nic", "none",
+               "-drive", f"file={disk},format={fmt},if=ide")
+
+
+def netboot_vm(workdir: Path, ns: str, tap: str, mac: str) -> contextlib.AbstractContextManager[Path]:
+    """A diskless VM inside network namespace ``ns`` whose NIC (its iPXE
+    ROM) is the tap device ``tap`` with ``mac``: it boots whatever DHCP on
+    that network tells it. Yields the console log."""
+    return _vm(workdir / f"console-{mac.replace(':', '')}.log", 256, "-boot", "n",
+               "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
+               "-device", f"virtio-net-pci,netdev=n0,mac={mac}", prefix=("ip", "netns", "exec", ns))
 
 
 def wait_for(log: Path, markers: tuple[str, ...], timeout: float) -> str | None:
@@ -85,24 +87,3 @@ def wait_for(log: Path, markers: tuple[str, ...], timeout: float) -> str | None:
                 return m
         time.sleep(0.2)
     return None
-
-
-@contextlib.contextmanager
-def netboot_vm(workdir: Path, ns: str, tap: str, mac: str) -> Iterator[Path]:
-    """A diskless VM inside network namespace ``ns`` whose NIC (its iPXE
-    ROM) is the tap device ``tap`` with ``mac``: it boots whatever DHCP on
-    that network tells it. Yields the console log."""
-    log = workdir / f"console-{mac.replace(':', '')}.log"
-    accel = os.environ.get("BOOTSVC_ACCEL", "tcg")
-    proc = subprocess.Popen(
-        ["ip", "netns", "exec", ns, QEMU, "-accel", accel, "-m", "256", "-display", "none", "-no-reboot",
-         "-boot", "n", "-serial", f"file:{log}", "-monitor", "none",
-         "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
-         "-device", f"virtio-net-pci,netdev=n0,mac={mac}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        yield log
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
