@@ -72,6 +72,14 @@ def pread_exact(fd: int, length: int, offset: int) -> bytes:
     return data
 
 
+def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    """Blocking write of all of ``data`` (pwrite may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
 def materialize(segments: Sequence[Segment]) -> bytes:
     """Blocking: the bytes the segments stand for (for digests, compares)."""
     parts: list[bytes] = []
@@ -184,12 +192,8 @@ class RawBackend(Backend):
         await self._io.run(self._write_sync, offset, data, fua)
 
     def _write_sync(self, offset: int, data: bytes | memoryview, fua: bool) -> None:
-        view = memoryview(data)
         try:
-            while view:
-                n = os.pwrite(self.fd, view, offset)
-                view = view[n:]
-                offset += n
+            pwrite_all(self.fd, data, offset)
             if fua:
                 os.fdatasync(self.fd)
         except OSError as e:

@@ -29,7 +29,6 @@ import fcntl
 import logging
 import os
 import struct
-import sys
 import zlib
 from array import array
 from collections import OrderedDict
@@ -39,9 +38,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .backend import Backend, BackendError, FileExtent, RawBackend, Segment, SpaceExhausted, Zeros, pread_exact
+from .backend import (Backend, BackendError, FileExtent, RawBackend, Segment, SpaceExhausted, Zeros, pread_exact,
+                      pwrite_all)
 from .iothread import IoThread
-from .qcow2_refcount import Refcounts
+from .qcow2_refcount import Refcounts, dump_be, load_be
 
 log = logging.getLogger("bootsvc.qcow2")
 
@@ -222,20 +222,6 @@ def resolve_backing(image: str, backing: str) -> Path:
     return p if p.is_absolute() else Path(image).parent / p
 
 
-def _load_table(raw: bytes) -> array:
-    a = array("Q", raw)
-    if sys.byteorder == "little":
-        a.byteswap()
-    return a
-
-
-def _dump_table(a: array) -> bytes:
-    if sys.byteorder == "little":
-        a = array("Q", a)
-        a.byteswap()
-    return a.tobytes()
-
-
 class Kind(Enum):
     """What a guest cluster reads as ("Cluster mapping")."""
 
@@ -320,10 +306,7 @@ class Qcow2Backend(Backend):
         return await self._io.run(fn, *args)
 
     def _pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data)
-        while view:
-            n = os.pwrite(self.fd, view, offset)
-            view, offset = view[n:], offset + n
+        pwrite_all(self.fd, data, offset)
 
     def sync(self) -> None:
         os.fdatasync(self.fd)
@@ -346,7 +329,7 @@ class Qcow2Backend(Backend):
         if table is not None:
             self.l2_cache.move_to_end(l2_offset)
             return table
-        table = _load_table(pread_exact(self.fd, self.cluster_size, l2_offset))
+        table = load_be(pread_exact(self.fd, self.cluster_size, l2_offset), "Q")
         self.l2_cache[l2_offset] = table
         if len(self.l2_cache) > L2_CACHE_TABLES:
             for old in list(self.l2_cache):  # the oldest clean table goes; dirty ones stay
@@ -355,10 +338,14 @@ class Qcow2Backend(Backend):
                     break
         return table
 
+    def _l1_indexes(self, offset: int, length: int) -> range:
+        """The L1 entries covering a guest byte range."""
+        shift = self.cluster_bits + self.l2_bits
+        return range(offset >> shift, ((offset + length - 1) >> shift) + 1)
+
     def _missing_tables(self, offset: int, length: int) -> list[int]:
         out = []
-        shift = self.cluster_bits + self.l2_bits
-        for l1_index in range(offset >> shift, ((offset + length - 1) >> shift) + 1):
+        for l1_index in self._l1_indexes(offset, length):
             l2 = self.l1[l1_index] & L1_OFFSET_MASK if l1_index < len(self.l1) else 0
             if l2 and l2 not in self.l2_cache:
                 out.append(l2)
@@ -380,7 +367,7 @@ class Qcow2Backend(Backend):
             return 0
         table = self.l2_cache.get(l2_offset) if on_loop else self.l2_table(l2_offset)
         if table is None:
-            table = _load_table(pread_exact(self.fd, self.cluster_size, l2_offset))
+            table = load_be(pread_exact(self.fd, self.cluster_size, l2_offset), "Q")
         return table[(pos >> self.cluster_bits) & ((1 << self.l2_bits) - 1)]
 
     def kind_at(self, pos: int) -> Kind:
@@ -571,8 +558,7 @@ class Qcow2Backend(Backend):
         self._space_warned = warn
 
     def _missing_l1(self, offset: int, length: int) -> list[int]:
-        shift = self.cluster_bits + self.l2_bits
-        return [i for i in range(offset >> shift, ((offset + length - 1) >> shift) + 1) if not self.l1[i]]
+        return [i for i in self._l1_indexes(offset, length) if not self.l1[i]]
 
     def _event(self, what: str, **fields: Any) -> None:
         fields = {"image": self.path, **fields}
@@ -688,7 +674,7 @@ class Qcow2Backend(Backend):
         refs.write_increments()
         self.sync()
         for table_offset in sorted(self._dirty_l2):
-            self._pwrite(table_offset, _dump_table(self.l2_cache[table_offset]))
+            self._pwrite(table_offset, dump_be(self.l2_cache[table_offset]))
         self._dirty_l2.clear()
         if self._dirty_l1:
             self.sync()

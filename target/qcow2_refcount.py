@@ -21,21 +21,23 @@ import sys
 from array import array
 from collections.abc import Callable, Iterable
 
-from .backend import BackendError, pread_exact, punch_hole
+from .backend import BackendError, pread_exact, punch_hole, pwrite_all
 
 # refcount_order -> array type code: the orders whose entries are whole bytes
 TYPECODES = {3: "B", 4: "H", 5: "I", 6: "Q"}
 TABLE_OFFSET_MASK = 0xFFFFFFFFFFFFFE00
 
 
-def _load(raw: bytes, typecode: str) -> array:
+def load_be(raw: bytes, typecode: str) -> array:
+    """An on-disk table of big-endian integers as a native array."""
     a = array(typecode, raw)
     if sys.byteorder == "little" and a.itemsize > 1:
         a.byteswap()
     return a
 
 
-def _dump(a: array) -> bytes:
+def dump_be(a: array) -> bytes:
+    """A native array as its on-disk big-endian bytes."""
     if sys.byteorder == "little" and a.itemsize > 1:
         a = array(a.typecode, a)
         a.byteswap()
@@ -66,7 +68,7 @@ class Refcounts:
         self.blocks: dict[int, array] = {}
         for index, offset in enumerate(self.table):
             if offset:
-                self.blocks[index] = _load(pread_exact(fd, self.cluster_size, offset), self.typecode)
+                self.blocks[index] = load_be(pread_exact(fd, self.cluster_size, offset), self.typecode)
         self.dirty_blocks: set[int] = set()
         self.dirty_entries: set[int] = set()
         self.pending_free: list[int] = []
@@ -162,7 +164,7 @@ class Refcounts:
             self.increment(c)
         self._cover_file_end()
         self.write_blocks()
-        self._write_at(struct.pack(f">{len(self.table)}Q", *self.table), first << self.cluster_bits)
+        pwrite_all(self.fd, struct.pack(f">{len(self.table)}Q", *self.table), first << self.cluster_bits)
         self._sync()
         self.table_offset, self.table_clusters = first << self.cluster_bits, clusters
         self._set_table(self.table_offset, clusters)
@@ -172,12 +174,6 @@ class Refcounts:
 
     # -- writing ------------------------------------------------------------------
 
-    def _write_at(self, data: bytes, offset: int) -> None:
-        view = memoryview(data)
-        while view:
-            n = os.pwrite(self.fd, view, offset)
-            view, offset = view[n:], offset + n
-
     def _cover_file_end(self) -> None:
         # a counted cluster whose contents are not written yet must still lie
         # inside the file, or checkers take the count for a broken one
@@ -186,7 +182,7 @@ class Refcounts:
 
     def write_blocks(self) -> None:
         for index in sorted(self.dirty_blocks):
-            self._write_at(_dump(self.blocks[index]), self.table[index])
+            pwrite_all(self.fd, dump_be(self.blocks[index]), self.table[index])
         self.dirty_blocks.clear()
 
     def write_increments(self) -> None:
@@ -199,7 +195,7 @@ class Refcounts:
         if self.dirty_entries:
             self._sync()
             for index in sorted(self.dirty_entries):
-                self._write_at(struct.pack(">Q", self.table[index]), self.table_offset + 8 * index)
+                pwrite_all(self.fd, struct.pack(">Q", self.table[index]), self.table_offset + 8 * index)
             self.dirty_entries.clear()
 
     def apply_frees(self) -> None:
