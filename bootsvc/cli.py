@@ -5,10 +5,8 @@ one line."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -41,7 +39,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"bootsvc export: {e}", file=sys.stderr)
         return 2
     server = TargetServer([target], [portal], nop_interval=args.nop_interval)
-    return run_until_signal(server, f"serving {iqn} ({len(images)} LUN) on {portal}")
+    where = f"{portal} ({iqn}, {len(images)} LUN)"
+    return server_mod.run([server_mod.Service("iscsi", server.start, server.stop, where=where)])
 
 
 def _load_config(path: str, command: str) -> config_mod.Config | None:
@@ -201,25 +200,6 @@ def cmd_image(args: argparse.Namespace) -> int:
         print(f"bootsvc image {args.image_command}: {e}", file=sys.stderr)
         return 1
     return 0
-
-
-def run_until_signal(server: TargetServer, banner: str) -> int:
-    async def main() -> int:
-        try:
-            await server.start()
-        except OSError as e:
-            print(f"bootsvc: {e}", file=sys.stderr)
-            return 1
-        print(f"bootsvc: {banner}", file=sys.stderr, flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await server.stop()
-        return 0
-
-    return asyncio.run(main())
 
 
 def build_parser() -> argparse.ArgumentParser:
