@@ -77,6 +77,7 @@ class TftpService(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.active: set[_Transfer] = set()
         self.counters: Counter[str] = Counter()
+        self._requests: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -86,7 +87,9 @@ class TftpService(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        asyncio.get_running_loop().create_task(self._request(data, addr))
+        task = asyncio.get_running_loop().create_task(self._request(data, addr))
+        self._requests.add(task)
+        task.add_done_callback(self._requests.discard)
 
     async def _request(self, data: bytes, addr: tuple[str, int]) -> None:
         assert self.transport is not None

@@ -130,18 +130,17 @@ class ReadTransfer:
             return []
         if not isinstance(pkt, TftpPacketACK):
             return [error(TftpError.ILLEGAL_OPERATION, "expected an ACK")]
-        # block numbers wrap at 65536 (RFC 1350 leaves it open; iPXE and tftp-hpa roll over)
-        sent_upto = min(self.acked + self.req.windowsize, self.blocks) if not self.oack else 0
-        base = self.acked & ~0xFFFF
-        n = base | pkt.blocknumber
-        if n < self.acked - 0x8000:
-            n += 0x10000
-        if self.oack:
+        if self.oack:  # the ACK of our OACK is block 0; data starts after it
             if pkt.blocknumber != 0:
                 return []
             self.oack = False
             self.retries = 0
             return self._window()
+        # block numbers wrap at 65536 (RFC 1350 leaves it open; iPXE and tftp-hpa roll over)
+        sent_upto = min(self.acked + self.req.windowsize, self.blocks)
+        n = (self.acked & ~0xFFFF) | pkt.blocknumber
+        if n < self.acked - 0x8000:
+            n += 0x10000
         if n <= self.acked or n > sent_upto:
             return []  # a duplicate or stray ACK: no resend (Sorcerer's Apprentice, RFC 1123 §4.2.3.1)
         self.acked = n
