@@ -188,10 +188,9 @@ class ImageStore:
 
     # -- bases ----------------------------------------------------------------------
 
-    def dependents(self, base: Path) -> list[str]:
-        """Images whose backing file is ``base``: overlays and qcow2 bases."""
+    def _backing_map(self) -> list[tuple[str, Path]]:
+        """(name, resolved backing file) of every qcow2 overlay and base."""
         out = []
-        target = base.resolve()
         for directory in (self.overlays_dir, self.images_dir):
             for p in sorted(directory.glob("*")) if directory.is_dir() else ():
                 if not p.is_file() or p.name.startswith(".") or image_format(p) != "qcow2":
@@ -201,12 +200,20 @@ class ImageStore:
                         backing = img.header.backing_file
                 except ImageError:
                     continue
-                if backing and resolve_backing(str(p), backing).resolve() == target:
-                    out.append(p.stem if directory == self.overlays_dir else p.name)
+                if backing:
+                    name = p.stem if directory == self.overlays_dir else p.name
+                    out.append((name, resolve_backing(str(p), backing).resolve()))
         return out
+
+    def dependents(self, base: Path, backing_map: list[tuple[str, Path]] | None = None) -> list[str]:
+        """Images whose backing file is ``base``: overlays and qcow2 bases."""
+        target = base.resolve()
+        return [name for name, backing in (self._backing_map() if backing_map is None else backing_map)
+                if backing == target]
 
     def bases(self) -> list[BaseInfo]:
         out = []
+        backing_map = self._backing_map()  # open every image once, not once per base
         for p in sorted(self.images_dir.glob("*")) if self.images_dir.is_dir() else ():
             if not p.is_file() or p.name.startswith("."):
                 continue
@@ -218,7 +225,7 @@ class ImageStore:
                 continue
             try:
                 out.append(BaseInfo(p.name, p, fmt, img.size, p.stat().st_blocks * 512,
-                                    tuple(self.dependents(p))))
+                                    tuple(self.dependents(p, backing_map))))
             finally:
                 img.close()
         return out
