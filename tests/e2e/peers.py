@@ -84,6 +84,23 @@ def bootsvc_export(image: Path, iqn: str = "iqn.2026-11.test.bootsvc:disk", *ext
             out.close()  # type: ignore[union-attr]
 
 
+def bootsvc_serve(cfg: Path, log: Path, ready: str, netns: str | None = None,
+                  timeout: float = 30.0) -> subprocess.Popen[bytes]:
+    """``bootsvc -v serve -c CFG`` (inside ``netns`` if given), its stderr in
+    ``log``, once ``ready`` shows there. The caller stops it."""
+    prefix = ["ip", "netns", "exec", netns] if netns else []
+    with open(log, "wb") as err:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen([*prefix, *bootsvc_command(), "-v", "serve", "-c", str(cfg)],
+                                stdout=subprocess.DEVNULL, stderr=err)
+    deadline = time.monotonic() + timeout
+    while ready not in log.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop(proc)
+            raise AssertionError(f"bootsvc serve did not say {ready!r}:\n{log.read_text(errors='replace')}")
+        time.sleep(0.1)
+    return proc
+
+
 def have(*commands: str) -> bool:
     return all(shutil.which(c) for c in commands)
 

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import need
 from tests.e2e.netns import Link, can_make_namespaces, namespaces, veth
-from tests.e2e.peers import stop
+from tests.e2e.peers import bootsvc_serve, stop
 
 pytestmark = pytest.mark.e2e
 KNOWN_MAC = "52:54:00:77:00:01"
@@ -36,14 +35,7 @@ def udhcpc(link: Link, tmp: Path) -> dict[str, str]:
 
 
 def serve(srv_ns: str, cfg: Path, log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "wb") as err:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen(["ip", "netns", "exec", srv_ns, sys.executable, "-m", "bootsvc", "-v", "serve",
-                                 "-c", str(cfg)], stdout=subprocess.DEVNULL, stderr=err)
-    deadline = time.monotonic() + 30
-    while "dhcp (authoritative) serving" not in log.read_text(errors="replace"):
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
-        time.sleep(0.1)
-    return proc
+    return bootsvc_serve(cfg, log, "dhcp (authoritative) serving", netns=srv_ns)
 
 
 def test_udhcpc_known_unknown_restart_and_garbage(tmp_path: Path) -> None:

@@ -5,8 +5,6 @@ iSCSI target and its initiator name, and sanboots its overlay from bootsvc
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +14,7 @@ from tests.e2e import qemu
 from tests.e2e.bootdisk import build
 from tests.e2e.conftest import need
 from tests.e2e.netns import can_make_namespaces, ip, namespaces
-from tests.e2e.peers import stop
+from tests.e2e.peers import bootsvc_serve, stop
 
 pytestmark = pytest.mark.e2e
 MAC = "52:54:00:77:00:01"
@@ -53,14 +51,8 @@ machines:
         ip("-n", ns, "link", "set", "bsv-tap0", "master", "bsv-br0")
         ip("-n", ns, "link", "set", "bsv-tap0", "up")
         log = tmp_path / "serve.log"
-        with open(log, "wb") as err:
-            server = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "bootsvc", "-v", "serve",
-                                       "-c", str(cfg)], stdout=subprocess.DEVNULL, stderr=err)
+        server = bootsvc_serve(cfg, log, "iscsi serving", netns=ns)
         try:
-            deadline = time.monotonic() + 30
-            while "iscsi serving" not in log.read_text(errors="replace"):
-                assert server.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
-                time.sleep(0.1)
             start = time.monotonic()
             with qemu.netboot_vm(tmp_path, ns, "bsv-tap0", MAC) as console:
                 seen = qemu.wait_for(console, ("BOOTSVC-SANBOOT-OK", "BOOTSVC-SANBOOT-FAIL"), 150)
