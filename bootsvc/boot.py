@@ -1,19 +1,22 @@
 """What a booting machine is told to load (DESIGN.md "The boot flow"):
 a PXE ROM gets iPXE for its architecture over TFTP; iPXE itself gets the
 iSCSI root-path of the machine's own target and its initiator name, after
-checking that the target and its LUN are really served."""
+checking that the target and its LUN are really served, and for kernel
+boots and custom scripts the URL of its iPXE script (bootsvc/scripts.py)."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
 
+from . import scripts
 from .config import Config
 from .dhcp.message import ClientArch, IPv4, Request
-from .dhcp.responder import BootOptions
+from .dhcp.responder import BootOptions, Mode
 from .disks import MachineDisks
 from .inventory import Machine
 from .profiles import BootMethod
+from .scripts import ScriptInputs
 
 log = logging.getLogger("bootsvc.boot")
 
@@ -33,6 +36,7 @@ class BootPlanner:
     cfg: Config
     disks: MachineDisks
     iscsi_port: int = 3260
+    http_port: int | None = None  # where the machines' scripts are served; None: over TFTP
     bootfiles: dict[int, str] = field(default_factory=lambda: dict(BOOTFILES))
 
     def __call__(self, req: Request, machine: Machine | None, server: IPv4) -> BootOptions | None:
@@ -45,16 +49,45 @@ class BootPlanner:
             return BootOptions(bootfile=name, next_server=server)
         if machine is None:
             return None
-        profile = self.cfg.profiles[machine.profile]
-        if profile.boot is not BootMethod.SANBOOT:
-            log.warning("event=boot.refused host=%s why=boot method %s needs the HTTP service (not yet)",
-                        machine.hostname, profile.boot.value)
+        root_path = self.root_path(machine, str(server))
+        if root_path is None:
             return None
+        profile = self.cfg.profiles[machine.profile]
+        # A plain sanboot needs no script: iPXE boots the root-path itself. But
+        # iPXE takes a proxyDHCP answer only with a boot file and next-server in
+        # it (iPXE src/net/udp/dhcp.c, dhcp_has_pxeopts), so a proxy names the script.
+        proxy = self.cfg.dhcp is not None and self.cfg.dhcp.mode is Mode.PROXY
+        script = profile.boot is not BootMethod.SANBOOT or bool(profile.script) or proxy
+        return BootOptions(bootfile=self.script_url(machine, str(server)) if script else "",
+                           next_server=server if script else None, root_path=root_path,
+                           initiator_iqn=machine.initiator_iqn, ipxe_no_pxedhcp=True)
+
+    def root_path(self, machine: Machine, server: str) -> str | None:
+        """The machine's iSCSI root-path (RFC 4173), only when its target and
+        LUN 0 are served and it may log in; else None and a logged refusal."""
         target = self.disks.targets.get(machine.mac)
         if target is None or 0 not in target.luns or not target.allows(machine.initiator_iqn):
             # a clear refusal instead of a root-path to nothing: iPXE reports "no boot target"
             log.warning("event=boot.refused host=%s why=its disk is not served (see bootsvc serve's start lines)",
                         machine.hostname)
             return None
-        return BootOptions(root_path=f"iscsi:{server}::{self.iscsi_port}::{machine.target_iqn}",
-                           initiator_iqn=machine.initiator_iqn, ipxe_no_pxedhcp=True)
+        return f"iscsi:{server}::{self.iscsi_port}::{machine.target_iqn}"
+
+    def files_url(self, server: str) -> str:
+        return f"http://{server}:{self.http_port}/files" if self.http_port else f"tftp://{server}"
+
+    def script_url(self, machine: Machine, server: str) -> str:
+        name = f"boot/{machine.mac.replace(':', '-')}.ipxe"
+        return f"http://{server}:{self.http_port}/{name}" if self.http_port else f"tftp://{server}/{name}"
+
+    def script(self, mac: str, server: str) -> str | None:
+        """The iPXE script of the machine with this MAC; None if there is
+        no such machine or its disk is not served."""
+        machine = self.cfg.machines.get(mac)
+        if machine is None:
+            return None
+        root_path = self.root_path(machine, server)
+        if root_path is None:
+            return None
+        return scripts.script(ScriptInputs(machine, self.cfg.profiles[machine.profile], server, root_path,
+                                           self.files_url(server)))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -16,7 +17,6 @@ from target.targets import LunSpec, Target, TargetConfigError, TargetSpec
 
 from . import config as config_mod
 from . import server as server_mod
-from .disks import MachineDisks
 from .images import ImageError, ImageStore
 
 
@@ -73,76 +73,42 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run every configured service in one process."""
+    from .serve import ServeError, Serving, write_pidfile
+
     cfg = _load_config(args.config, "serve")
     if cfg is None:
         return 1
-    disks = MachineDisks(ImageStore(cfg), report=lambda line: print(f"bootsvc serve: {line}", file=sys.stderr))
-    targets = disks.open()
     try:
-        for spec in cfg.targets:
-            targets.append(Target.open(spec))
-    except (TargetConfigError, BackendError, OSError) as e:
-        for t in targets:
-            t.close()
+        serving = Serving(cfg, report=lambda line: print(f"bootsvc serve: {line}", file=sys.stderr, flush=True))
+    except ServeError as e:
         print(f"bootsvc serve: {e}", file=sys.stderr)
         return 1
-    services: list[server_mod.Service] = []
-    s = cfg.iscsi
-    if s.portals and targets:
-        iscsi = TargetServer(targets, s.portals, portal_group_tag=s.portal_group_tag, window=s.queue_depth,
-                             nop_interval=s.nop_interval, nop_timeout=s.nop_timeout)
-        services.append(server_mod.Service("iscsi", iscsi.start, iscsi.stop,
-                                           f"{', '.join(map(str, s.portals))} ({len(targets)} targets)"))
-    if cfg.dhcp is not None:
-        services.append(_dhcp_service(cfg, disks, s.portals[0].port if s.portals else 3260))
-    if cfg.tftp is not None:
-        from .tftp.files import FileSource
-        from .tftp.service import TftpService
-
-        tftp = TftpService(FileSource(list(cfg.tftp.roots)), cfg.tftp.host, cfg.tftp.port)
-
-        async def stop_tftp() -> None:
-            tftp.close()
-
-        services.append(server_mod.Service("tftp", tftp.start, stop_tftp,
-                                           f"{cfg.tftp.host}:{cfg.tftp.port} from "
-                                           f"{', '.join(map(str, cfg.tftp.roots))}"))
-    if not services:
-        for t in targets:
-            t.close()
-        print("bootsvc serve: nothing to serve: set listen.iscsi and machines or targets, or listen.dhcp",
-              file=sys.stderr)
+    if not serving.services:
+        print("bootsvc serve: nothing to serve: set listen.iscsi and machines or targets, or listen.dhcp, "
+              "listen.tftp, listen.http or listen.dns", file=sys.stderr)
         return 1
-    return server_mod.run(services)
+    pidfile = write_pidfile(cfg.state_dir)
+    try:
+        return server_mod.run(serving.services, serving.reload)
+    finally:
+        pidfile.unlink(missing_ok=True)
 
 
-def _dhcp_service(cfg: config_mod.Config, disks: MachineDisks, iscsi_port: int) -> server_mod.Service:
-    from .boot import BootPlanner
-    from .dhcp.leases import LeaseStore
-    from .dhcp.responder import Responder
-    from .dhcp.service import DhcpService
-
-    d = cfg.dhcp
-    assert d is not None
-    machines = cfg.machines
-
-    def on_event(what: str, fields: dict[str, object]) -> None:
-        logging.getLogger("bootsvc.dhcp").info("event=%s %s", what, " ".join(f"{k}={v}" for k, v in fields.items()))
-        machine = machines.get(str(fields.get("mac")))
-        if what == "dhcp.offer" and machine is not None and not fields.get("ipxe"):
-            disks.new_boot(machine)  # the boot ROM starts a new boot: an ephemeral disk starts fresh
-
-    leases = LeaseStore(cfg.state_dir / "leases.db")
-    responder = Responder([d.subnet], machines, leases, BootPlanner(cfg, disks, iscsi_port), d.mode, d.unknown,
-                          on_event)
-    service = DhcpService(responder, d.subnet.server, d.interface, d.port)
-
-    async def stop() -> None:
-        service.close()
-        leases.close()
-
-    return server_mod.Service(f"dhcp ({d.mode.value})", service.start, stop,
-                              f"{d.interface or 'all interfaces'}:{d.port}, {d.subnet.network}")
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Ask the running `bootsvc serve` of this config to re-read it (SIGHUP)."""
+    cfg = _load_config(args.config, "reload")
+    if cfg is None:
+        return 1  # the running server would refuse it too; say so before signalling
+    pidfile = cfg.state_dir / "bootsvc.pid"
+    try:
+        pid = int(pidfile.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as e:
+        print(f"bootsvc reload: no running bootsvc serve for {cfg.path} ({pidfile}: "
+              f"{getattr(e, 'strerror', None) or e})", file=sys.stderr)
+        return 1
+    print(f"bootsvc reload: asked process {pid} to re-read {cfg.path}")
+    return 0
 
 
 def human(n: int | None) -> str:
@@ -221,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="run the configured services")
     sv.add_argument("-c", "--config", required=True, help="bootsvc.yaml")
     sv.set_defaults(func=cmd_serve)
+
+    rl = sub.add_parser("reload", help="make the running serve re-read its config (like SIGHUP)")
+    rl.add_argument("-c", "--config", required=True, help="bootsvc.yaml")
+    rl.set_defaults(func=cmd_reload)
 
     im = sub.add_parser("image", help="base images and per-machine overlays")
     im.add_argument("-c", "--config", required=True, help="bootsvc.yaml")

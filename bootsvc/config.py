@@ -23,7 +23,8 @@ from .yamlfile import Checker, ConfigError, LineMap, load_yaml
 __all__ = ["Config", "ConfigError", "IscsiSettings", "load"]
 
 TOP_KEYS = {"state_dir", "domain", "iqn_prefix", "listen", "dhcp", "default_profile", "profiles_dir",
-            "machines", "targets", "iscsi", "tftp"}
+            "machines", "targets", "iscsi", "tftp", "dns"}
+DNS_KEYS = {"ttl"}
 TFTP_KEYS = {"roots"}
 LISTEN_KEYS = {"dhcp", "tftp", "http", "dns", "iscsi", "isns"}
 TARGET_KEYS = {"iqn", "alias", "luns", "initiators"}
@@ -61,6 +62,9 @@ class Config:
     default_profile: str | None = None
     dhcp: DhcpSettings | None = None
     tftp: TftpSettings | None = None
+    http: Portal | None = None  # listen.http; None: off
+    dns: Portal | None = None  # listen.dns; None: off
+    dns_ttl: int = 60
 
     @property
     def images_dir(self) -> Path:
@@ -139,20 +143,39 @@ def load(path: str | Path) -> Config:
             c.err(doc, "machines", f"{m.hostname}: target {m.target_iqn} is also in targets")
     dhcp = load_dhcp(c, doc, listen, domain)
     tftp = _tftp(c, doc, listen, path.parent)
+    http = _listen(c, listen, "http", 80)
+    dns = _listen(c, listen, "dns", 53)
+    ttl = 60
+    if (dm := doc.get("dns")) is not None and (dm := c.mapping(doc, "dns", dm)) is not None:
+        c.unknown(dm, DNS_KEYS, "dns.")
+        ttl = dm.get("ttl", ttl)
+        if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 <= ttl < 1 << 31:
+            c.err(dm, "dns.ttl", f"expected seconds (0 ... 2^31-1), got {ttl!r}")
+            ttl = 60
+    if dhcp is not None and dhcp.mode.value == "proxy" and tftp is None and http is None:
+        c.err(doc, "dhcp", "mode proxy needs listen.tftp or listen.http: iPXE takes a proxy's boot options "
+              "only with a boot file, its iPXE script")
     c.raise_if_any()
     return Config(path, state_dir, iqn_prefix, domain, iscsi, targets, dict(doc), profiles, machines,
-                  default_profile, dhcp, tftp)
+                  default_profile, dhcp, tftp, http, dns, ttl)
+
+
+def _listen(c: Checker, listen: Any, key: str, default_port: int) -> Portal | None:
+    """listen.KEY as HOST[:PORT]; None when absent (the service is off)."""
+    if not isinstance(listen, LineMap) or listen.get(key) is None:
+        return None
+    try:
+        return Portal.parse(str(listen[key]), default_port=default_port)
+    except ValueError as e:
+        c.err(listen, f"listen.{key}", str(e))
+        return None
 
 
 def _tftp(c: Checker, doc: LineMap, listen: Any, base: Path) -> TftpSettings | None:
     """listen.tftp (HOST:PORT) and the tftp section's roots (default:
     Debian's iPXE binaries in /usr/lib/ipxe)."""
-    if not isinstance(listen, LineMap) or listen.get("tftp") is None:
-        return None
-    try:
-        portal = Portal.parse(str(listen["tftp"]), default_port=69)
-    except ValueError as e:
-        c.err(listen, "listen.tftp", str(e))
+    portal = _listen(c, listen, "tftp", 69)
+    if portal is None:
         return None
     roots = [Path("/usr/lib/ipxe")]
     section = doc.get("tftp")

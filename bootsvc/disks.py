@@ -8,11 +8,13 @@ import logging
 from collections.abc import Callable
 
 from target.backend import BackendError
+from target.server import TargetServer
 from target.targets import Target, TargetConfigError, TargetSpec, open_backend
 
+from .config import Config
 from .images import ImageError, ImageStore
 from .inventory import Machine
-from .profiles import OverlayPolicy
+from .profiles import OverlayPolicy, Profile
 
 log = logging.getLogger("bootsvc.disks")
 
@@ -23,18 +25,62 @@ class MachineDisks:
         self.report = report
         self.targets: dict[str, Target] = {}  # by MAC
         self.specs: dict[str, TargetSpec] = {}
+        self.machines: dict[str, tuple[Machine, Profile]] = {}  # what each target was made from
 
     def open(self) -> list[Target]:
         """Every machine's target; a machine whose disk cannot be made is
         reported in one line and left out, the others are served."""
-        for mac, machine in self.store.cfg.machines.items():
-            try:
-                spec = self.store.prepare(machine)
-                self.targets[mac] = Target.open(spec)
-                self.specs[mac] = spec
-            except (ImageError, TargetConfigError, BackendError) as e:
-                self.report(f"{machine.hostname} will not boot: {e}")
+        for machine in self.store.cfg.machines.values():
+            self._open(machine)
         return list(self.targets.values())
+
+    def _open(self, machine: Machine) -> Target | None:
+        try:
+            spec = self.store.prepare(machine)
+            target = self.targets[machine.mac] = Target.open(spec)
+            self.specs[machine.mac] = spec
+            self.machines[machine.mac] = (machine, self.store.profile(machine))
+            return target
+        except (ImageError, TargetConfigError, BackendError) as e:
+            self.report(f"{machine.hostname} will not boot: {e}")
+            return None
+
+    def reconfigure(self, cfg: Config, server: TargetServer) -> str:
+        """Apply a re-read config to the served machines: new ones get their
+        target, removed ones lose it, changed ones (profile, names, IQNs) get
+        a new one; a machine still logged in keeps its disk until a later
+        reload finds it logged out."""
+        self.store = ImageStore(cfg)
+        added = removed = kept = 0
+        for mac in list(self.targets):
+            machine = cfg.machines.get(mac)
+            current = (machine, self.store.profile(machine)) if machine is not None else None
+            if current == self.machines.get(mac):
+                continue
+            target = self.targets[mac]
+            if target.sessions:
+                kept += 1
+                self.report(f"{self.machines[mac][0].hostname} changed but is logged in: "
+                            f"its disk stays as it is until it logs out and bootsvc is reloaded")
+                continue
+            del self.targets[mac], self.specs[mac], self.machines[mac]
+            server.targets.pop(target.name, None)
+            target.close()
+            removed += 1
+        for mac, machine in cfg.machines.items():
+            if mac not in self.targets and (target := self._open(machine)) is not None:
+                server.targets[target.name] = target
+                added += 1
+        return f"{added} disk(s) added, {removed} removed or changed, {kept} kept while logged in"
+
+    @staticmethod
+    def retire(target: Target, server: TargetServer) -> bool:
+        """Stop serving a target; closed now unless logged in (False)."""
+        if target.sessions:
+            return False
+        server.targets.pop(target.name, None)
+        target.close()
+        return True
 
     def new_boot(self, machine: Machine) -> bool:
         """A machine starts booting (its boot ROM asks DHCP for an address):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from .template import FIELDS, unknown_placeholders
 from .yamlfile import Checker, ConfigError, load_yaml
 
 SHIPPED = Path(__file__).resolve().parent.parent / "profiles"
@@ -35,7 +36,7 @@ class Profile:
     kernel: str = ""
     initrd: str = ""
     cmdline: str = ""
-    script: str = ""  # an iPXE script template replacing the generated one
+    script: str = ""  # an iPXE script template replacing the generated one (its text)
     description: str = ""
 
 
@@ -59,8 +60,19 @@ def load_profile(path: Path) -> Profile:
     limit = c.size(doc, "overlay_limit", "overlay_limit")
     if boot is BootMethod.KERNEL and not doc.get("kernel"):
         c.err(doc, "kernel", "boot: kernel needs a kernel (and usually an initrd)")
+    script = doc.get("script") or ""
+    if isinstance(script, str) and script and not script.lstrip().startswith("#!ipxe"):
+        try:  # a file name, relative to the profile
+            script = (path.parent / script).read_text()
+        except OSError as e:
+            c.err(doc, "script", f"cannot read the script template: {e.strerror or e}")
+    if not isinstance(script, str):
+        c.err(doc, "script", "expected an iPXE script (starting #!ipxe) or a file name")
+    elif unknown := unknown_placeholders(script):
+        c.err(doc, "script", f"unknown placeholder(s) {', '.join(unknown)} (known: {', '.join(FIELDS)})")
     c.raise_if_any()
     text = {k: str(doc.get(k, "") or "") for k in ("kernel", "initrd", "cmdline", "script", "description")}
+    text["script"] = str(script)
     return Profile(name=path.stem, path=path, base=str(doc["base"]), overlay=OverlayPolicy(overlay),
                    overlay_limit=limit, boot=BootMethod(boot), **text)
 

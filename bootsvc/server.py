@@ -1,6 +1,7 @@
 """`bootsvc serve`: every configured service on one asyncio loop
 (DESIGN.md "Layers", wiring). A service that cannot start is reported in
-one line and the others keep serving; SIGTERM/SIGINT end them cleanly."""
+one line and the others keep serving; SIGTERM/SIGINT end them cleanly and
+SIGHUP re-reads the config. Readiness goes to systemd when run under it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+
+from . import systemd
 
 log = logging.getLogger("bootsvc.server")
 
@@ -26,8 +29,12 @@ def report(line: str) -> None:
     print(f"bootsvc: {line}", file=sys.stderr, flush=True)
 
 
-def run(services: list[Service]) -> int:
-    """Start the services, serve until a signal; 1 if none could start."""
+Reload = Callable[[], Awaitable[str]]  # re-read the config; returns a one-line summary
+
+
+def run(services: list[Service], reload: Reload | None = None) -> int:
+    """Start the services, serve until SIGTERM/SIGINT (SIGHUP: ``reload``);
+    1 if none could start."""
 
     async def main() -> int:
         running: list[Service] = []
@@ -46,7 +53,17 @@ def run(services: list[Service]) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        reloads: set[asyncio.Task[None]] = set()
+        if reload is not None:
+            def on_hup() -> None:
+                task = loop.create_task(_reload(reload))
+                reloads.add(task)
+                task.add_done_callback(reloads.discard)
+            loop.add_signal_handler(signal.SIGHUP, on_hup)
+        report(f"ready: {len(running)} of {len(services)} service(s) serving")
+        systemd.notify("READY=1", f"STATUS={len(running)} of {len(services)} services serving")
         await stop.wait()
+        systemd.notify("STOPPING=1")
         for s in reversed(running):
             result = s.stop()
             if result is not None:
@@ -54,3 +71,16 @@ def run(services: list[Service]) -> int:
         return 0
 
     return asyncio.run(main())
+
+
+_reloading = asyncio.Lock()
+
+
+async def _reload(reload: Reload) -> None:
+    async with _reloading:  # two quick SIGHUPs: one reload after the other
+        systemd.notify("RELOADING=1")
+        try:
+            report(f"reloaded: {await reload()}")
+        except Exception as e:  # the running config stays; say why
+            report(f"reload failed, still serving the previous config: {e}")
+        systemd.notify("READY=1")

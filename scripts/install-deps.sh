@@ -15,6 +15,12 @@ debs=(
     nasm                # assembles the sanboot test's boot sector
     busybox-static      # udhcpc, a real DHCP client for the DHCP tests
     tftp-hpa            # a real TFTP client
+    tftpd-hpa           # reference TFTP server for bench/tftp.py
+    dnsmasq-base        # reference DHCP server for bench/dhcp.py (no system service)
+    kea-admin           # perfdhcp, DHCP load generator
+    isc-dhcp-client     # dhclient, a real DHCP client
+    bind9-dnsutils      # dig, a real DNS client
+    curl                # a real HTTP client
     iproute2 procps
 )
 missing=()

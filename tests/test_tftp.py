@@ -4,12 +4,10 @@ tftp-hpa and busybox clients on loopback."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import struct
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from bootsvc.tftp.files import FileSource
 from bootsvc.tftp.service import TftpService
 from bootsvc.tftp.transfer import ReadTransfer, TftpFormatError, decode, parse_request
 from tests.e2e.peers import free_port
+from tests.loop_thread import serving
 
 
 def rrq(name: str, **options: str) -> TftpPacketRRQ:
@@ -99,7 +98,7 @@ def test_file_names(tmp_path: Path) -> None:
     (root / "sub" / "a.bin").write_bytes(b"a")
     (tmp_path / "secret").write_text("no")
     (root / "link").symlink_to(tmp_path / "secret")
-    files = FileSource([root], lambda name, client: b"script" if name == "boot/x.ipxe" else None)
+    files = FileSource([root], lambda name, client, local: b"script" if name == "boot/x.ipxe" else None)
     assert files.read("sub/a.bin") == b"a" and files.read("boot/x.ipxe") == b"script"
     for bad, kind in (("../secret", PermissionError), ("/etc/passwd", PermissionError), ("link", PermissionError),
                       ("sub/../../secret", PermissionError), ("a\\b", PermissionError), ("nope", FileNotFoundError)):
@@ -114,18 +113,9 @@ def server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     (root / "small.bin").write_bytes(os.urandom(1000))
     (root / "big.bin").write_bytes(os.urandom(3 << 20))
     port = free_port()
-    loop = asyncio.new_event_loop()
     service = TftpService(FileSource([root]), "127.0.0.1", port)
-    loop.run_until_complete(service.start())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(service.start, service.close):
         yield port, root
-    finally:
-        loop.call_soon_threadsafe(service.close)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
 
 
 @pytest.mark.skipif(not shutil.which("tftp"), reason="needs tftp-hpa")

@@ -17,13 +17,17 @@ from .responder import Responder
 log = logging.getLogger("bootsvc.dhcp")
 SERVER_PORT = 67
 CLIENT_PORT = 68
+PXE_PORT = 4011  # proxyDHCP requests and boot server discovery (PXE spec §2.2.5)
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 
 
 class DhcpService(asyncio.DatagramProtocol):
     def __init__(self, responder: Responder, address: IPv4, interface: str | None = None,
-                 port: int = SERVER_PORT, clock: Callable[[], float] = time.time) -> None:
+                 port: int = SERVER_PORT, clock: Callable[[], float] = time.time,
+                 reply_to_source: bool = False) -> None:
         self.responder = responder
+        # port 4011: the client asks from its own address and port, and the answer goes back there
+        self.reply_to_source = reply_to_source
         self.address = address
         self.interface = interface
         self.port = port
@@ -67,7 +71,9 @@ class DhcpService(asyncio.DatagramProtocol):
             return
         if reply is None or self.transport is None:
             return
-        if req.giaddr != ANY:
+        if self.reply_to_source:
+            dest = addr
+        elif req.giaddr != ANY:
             dest = (str(req.giaddr), SERVER_PORT)
         elif req.ciaddr != ANY and reply.msg_type is not MessageType.NAK:
             dest = (str(req.ciaddr), CLIENT_PORT)

@@ -13,7 +13,7 @@ from .message import IPv4
 from .responder import Mode, Subnet, UnknownPolicy
 
 DHCP_KEYS = {"mode", "subnet", "range", "router", "dns", "lease_time", "unknown_machines", "domain"}
-LISTEN_KEYS = {"interface", "address", "port"}
+LISTEN_KEYS = {"interface", "address", "port", "proxy_port"}
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
 
 
@@ -24,6 +24,7 @@ class DhcpSettings:
     unknown: UnknownPolicy
     interface: str | None
     port: int = 67
+    proxy_port: int = 4011  # proxy mode only
 
 
 def parse_duration(value: Any) -> int:
@@ -98,12 +99,14 @@ def load_dhcp(c: Checker, doc: LineMap, listen: Any, domain: str) -> DhcpSetting
     except ValueError as e:
         c.err(d, "dhcp.mode", f"{e} (mode: authoritative|proxy; unknown_machines: ignore|default|discover)")
         return None
-    port = ld.get("port", 67)
-    if not isinstance(port, int) or not 0 < port < 65536:
-        c.err(ld, "listen.dhcp.port", f"{port!r} is not a port")
-        port = 67
+    port, proxy_port = ld.get("port", 67), ld.get("proxy_port", 4011)
+    for key, value in (("port", port), ("proxy_port", proxy_port)):
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 65536:
+            c.err(ld, f"listen.dhcp.{key}", f"{value!r} is not a port")
+            port, proxy_port = 67, 4011
     if address is None:
         return None
     subnet = Subnet(network, address, first, last, ip(d, "router", "dhcp.router"), tuple(dns_list),
                     str(d.get("domain", domain)), lease_time)
-    return DhcpSettings(subnet, mode, unknown, str(ld["interface"]) if ld.get("interface") else None, port)
+    return DhcpSettings(subnet, mode, unknown, str(ld["interface"]) if ld.get("interface") else None, port,
+                        proxy_port)

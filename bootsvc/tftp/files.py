@@ -13,7 +13,18 @@ from pathlib import Path
 CACHE_FILES = 64
 CACHE_MAX_FILE = 64 << 20
 
-Generator = Callable[[str, str], "bytes | None"]  # (name, client address) -> contents or None
+# (name, client address, our address) -> contents, or None when not a generated name
+Generator = Callable[[str, str, str], "bytes | None"]
+
+
+def check_name(name: str) -> None:
+    """Refuse names that could leave the roots before looking at any file."""
+    if not name or "\0" in name or "\\" in name:
+        raise PermissionError("bad file name")
+    if name.startswith("/"):
+        raise PermissionError("absolute paths are refused")
+    if ".." in name.split("/"):
+        raise PermissionError("'..' is refused")
 
 
 class FileSource:
@@ -22,26 +33,26 @@ class FileSource:
         self.generate = generate
         self._cache: OrderedDict[Path, tuple[int, int, bytes]] = OrderedDict()
 
-    def read(self, name: str, client: str = "") -> bytes:
+    def read(self, name: str, client: str = "", local: str = "") -> bytes:
         """The file's bytes; FileNotFoundError or PermissionError (with a
-        message fit to send back in a TFTP ERROR) otherwise."""
-        if not name or "\0" in name or "\\" in name:
-            raise PermissionError("bad file name")
-        if name.startswith("/"):
-            raise PermissionError("absolute paths are refused")
-        parts = name.split("/")
-        if ".." in parts:
-            raise PermissionError("'..' is refused")
+        message fit to send back in a TFTP ERROR) otherwise. ``client`` and
+        ``local`` are the addresses a generated file is made for."""
+        check_name(name)
         if self.generate is not None:
-            data = self.generate(name, client)
+            data = self.generate(name, client, local)
             if data is not None:
                 return data
+        return self._load(self.path(name))
+
+    def path(self, name: str) -> Path:
+        """The file under the first root that has it (no generated files)."""
+        check_name(name)
         for root in self.roots:
             path = (root / name).resolve()
             if not path.is_relative_to(root):
-                raise PermissionError("the name leads outside the TFTP root")
+                raise PermissionError("the name leads outside the root")
             if path.is_file():
-                return self._load(path)
+                return path
         raise FileNotFoundError(f"{name} not found")
 
     def _load(self, path: Path) -> bytes:

@@ -103,7 +103,7 @@ class TftpService(asyncio.DatagramProtocol):
             self.transport.sendto(error(TftpError.ILLEGAL_OPERATION, str(e)), addr)
             return
         try:
-            payload = self.files.read(req.filename, addr[0])
+            payload = self.files.read(req.filename, addr[0], self.transport.get_extra_info("sockname")[0])
         except FileNotFoundError as e:
             self.counters["not_found"] += 1
             self.transport.sendto(error(TftpError.FILE_NOT_FOUND, str(e)), addr)

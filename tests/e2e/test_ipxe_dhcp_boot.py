@@ -1,11 +1,18 @@
 """The front door and the target together: a diskless QEMU VM in a network
-namespace asks bootsvc's DHCP, its iPXE ROM gets the root-path of its own
-iSCSI target and its initiator name, and sanboots its overlay from bootsvc
-(the boot sector reads a payload at the end of the disk and prints it)."""
+namespace asks for DHCP, its iPXE ROM gets the root-path of its own iSCSI
+target and its initiator name from bootsvc, and sanboots its overlay from
+bootsvc (the boot sector reads a payload at the end of the disk and prints
+it). Authoritative: bootsvc hands out the address too. Proxy: dnsmasq, in
+its own namespace on the same bridge, hands out the address and bootsvc
+answers only with boot options (on port 67, and 4011 for iPXE's
+ProxyDHCPREQUEST)."""
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,8 +27,25 @@ pytestmark = pytest.mark.e2e
 MAC = "52:54:00:77:00:01"
 
 
-def test_vm_boots_its_overlay_through_bootsvc_dhcp(tmp_path: Path) -> None:
-    need("nasm")
+@contextlib.contextmanager
+def dnsmasq(ns: str, dev: str, tmp: Path) -> Iterator[None]:
+    """The network's own DHCP server, addresses only (no PXE options)."""
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, "dnsmasq", "--no-daemon", "--port=0", "--no-ping",
+                             "--user=root", "--bind-interfaces", f"--interface={dev}", "--no-resolv",
+                             "--dhcp-range=10.214.0.100,10.214.0.150,255.255.255.0,1h",
+                             f"--dhcp-leasefile={tmp / 'dnsmasq.leases'}", f"--pid-file={tmp / 'dnsmasq.pid'}",
+                             "--log-dhcp"], stdout=subprocess.DEVNULL, stderr=open(tmp / "dnsmasq.log", "wb"))
+    try:
+        time.sleep(0.5)
+        assert proc.poll() is None, (tmp / "dnsmasq.log").read_text()
+        yield
+    finally:
+        stop(proc)
+
+
+@pytest.mark.parametrize("mode", ["authoritative", "proxy"])
+def test_vm_boots_its_overlay_through_bootsvc_dhcp(tmp_path: Path, mode: str) -> None:
+    need("nasm", *(["dnsmasq"] if mode == "proxy" else []))
     reason = qemu.available() or can_make_namespaces()
     if reason:
         pytest.skip(reason)
@@ -31,6 +55,7 @@ def test_vm_boots_its_overlay_through_bootsvc_dhcp(tmp_path: Path) -> None:
     (tmp_path / "profiles").mkdir()
     (tmp_path / "profiles" / "disk.yaml").write_text("base: bootdisk.raw\noverlay: ephemeral\n")
     cfg = tmp_path / "bootsvc.yaml"
+    fixed_ip = ", ip: 10.214.0.11" if mode == "authoritative" else ""
     cfg.write_text(f"""
 state_dir: {state}
 iqn_prefix: iqn.2026-11.test.lab
@@ -38,30 +63,43 @@ profiles_dir: profiles
 listen:
   dhcp: {{interface: bsv-br0, address: 10.214.0.1}}
   iscsi: [10.214.0.1:3260]
+  tftp: 10.214.0.1:69
 dhcp:
   subnet: 10.214.0.0/24
+  mode: {mode}
 machines:
-  {MAC}: {{hostname: node01, ip: 10.214.0.11, profile: disk}}
+  {MAC}: {{hostname: node01, profile: disk{fixed_ip}}}
 """)
-    with namespaces("boot") as (ns,):
+    with namespaces("boot", "dhcp") as (ns, other):
         ip("-n", ns, "link", "add", "bsv-br0", "type", "bridge")
         ip("-n", ns, "addr", "add", "10.214.0.1/24", "dev", "bsv-br0")
         ip("-n", ns, "link", "set", "bsv-br0", "up")
         ip("-n", ns, "tuntap", "add", "dev", "bsv-tap0", "mode", "tap")
         ip("-n", ns, "link", "set", "bsv-tap0", "master", "bsv-br0")
         ip("-n", ns, "link", "set", "bsv-tap0", "up")
+        ip("link", "add", "bsv-up0", "netns", ns, "type", "veth", "peer", "name", "bsv-dh0", "netns", other)
+        ip("-n", ns, "link", "set", "bsv-up0", "master", "bsv-br0")
+        ip("-n", ns, "link", "set", "bsv-up0", "up")
+        ip("-n", other, "addr", "add", "10.214.0.2/24", "dev", "bsv-dh0")
+        ip("-n", other, "link", "set", "bsv-dh0", "up")
         log = tmp_path / "serve.log"
-        server = bootsvc_serve(cfg, log, "iscsi serving", netns=ns)
-        try:
-            start = time.monotonic()
-            with qemu.netboot_vm(tmp_path, ns, "bsv-tap0", MAC) as console:
-                seen = qemu.wait_for(console, ("BOOTSVC-SANBOOT-OK", "BOOTSVC-SANBOOT-FAIL"), 150)
-                out = console.read_text(errors="replace") if console.exists() else ""
-            elapsed = time.monotonic() - start
-        finally:
-            stop(server)
+        with dnsmasq(other, "bsv-dh0", tmp_path) if mode == "proxy" else contextlib.nullcontext():
+            server = bootsvc_serve(cfg, log, "ready:", netns=ns)
+            try:
+                start = time.monotonic()
+                with qemu.netboot_vm(tmp_path, ns, "bsv-tap0", MAC) as console:
+                    seen = qemu.wait_for(console, ("BOOTSVC-SANBOOT-OK", "BOOTSVC-SANBOOT-FAIL"), 150)
+                    out = console.read_text(errors="replace") if console.exists() else ""
+                elapsed = time.monotonic() - start
+            finally:
+                stop(server)
     served = log.read_text(errors="replace")
-    print(f"\nDHCP -> iPXE -> sanboot of the overlay: marker after {elapsed:.1f} s")
+    print(f"\n{mode} DHCP -> iPXE -> sanboot of the overlay: marker after {elapsed:.1f} s")
     assert seen == "BOOTSVC-SANBOOT-OK" and text in out, f"console:\n{out[-1500:]}\nserver:\n{served[-3000:]}"
-    assert "event=dhcp.ack" in served and "ipxe=True" in served
     assert "iqn.2026-11.test.lab:node01" in served  # logged in with the initiator name DHCP gave it
+    if mode == "authoritative":
+        assert "event=dhcp.ack" in served and "ipxe=True" in served
+    else:
+        assert "proxydhcp serving" in served and "event=dhcp.ack" not in served  # no address from us
+        assert "event=tftp.sent" in served and "file=boot/52-54-00-77-00-01.ipxe" in served
+        assert "DHCPACK(bsv-dh0) 10.214.0.1" in (tmp_path / "dnsmasq.log").read_text()  # from dnsmasq

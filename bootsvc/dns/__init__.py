@@ -1,0 +1,1 @@
+"""Authoritative DNS for the machines\x27 names (bootsvc/dns/zone.py)."""

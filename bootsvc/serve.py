@@ -1,0 +1,239 @@
+"""`bootsvc serve` wiring (DESIGN.md "Layers"): the machines' disks and
+targets, DHCP, TFTP, HTTP and DNS built from one config on one loop, and
+SIGHUP reloads that change machines and targets without dropping the
+iSCSI sessions of machines that stay."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from target.backend import BackendError
+from target.server import TargetServer
+from target.targets import Target, TargetConfigError
+
+from . import config as config_mod
+from . import server as server_mod
+from .boot import BootPlanner
+from .dhcp.leases import LeaseStore
+from .disks import MachineDisks
+from .dns.service import DnsService
+from .dns.zone import Zone
+from .http.service import HttpService
+from .images import ImageStore
+from .scripts import mac_of_script
+from .tftp.files import FileSource
+
+log = logging.getLogger("bootsvc.serve")
+ANY_ADDRESSES = ("", "0.0.0.0", "::")
+
+
+class ServeError(Exception):
+    pass
+
+
+class Serving:
+    """Everything `bootsvc serve` runs, and what a reload may change."""
+
+    def __init__(self, cfg: config_mod.Config, report: Callable[[str], None]) -> None:
+        self.cfg = cfg
+        self.report = report
+        self.disks = MachineDisks(ImageStore(cfg), report=report)
+        targets = self.disks.open()
+        self.extra: dict[str, Target] = {}
+        try:
+            for spec in cfg.targets:
+                self.extra[spec.iqn] = Target.open(spec)
+        except (TargetConfigError, BackendError, OSError) as e:
+            for t in [*targets, *self.extra.values()]:
+                t.close()
+            raise ServeError(str(e)) from e
+        s = cfg.iscsi
+        self.iscsi = TargetServer([*targets, *self.extra.values()], s.portals, portal_group_tag=s.portal_group_tag,
+                                  window=s.queue_depth, nop_interval=s.nop_interval, nop_timeout=s.nop_timeout)
+        self.planner = BootPlanner(cfg, self.disks, s.portals[0].port if s.portals else 3260,
+                                   cfg.http.port if cfg.http else None)
+        self.leases: LeaseStore | None = None
+        self.services: list[server_mod.Service] = []
+        self.running: dict[str, bool] = {}
+        self.files = FileSource(list(cfg.tftp.roots) if cfg.tftp else [], generate=self._generated)
+        self._build_services()
+
+    # -- services ------------------------------------------------------------------
+
+    def _build_services(self) -> None:
+        cfg, s = self.cfg, self.cfg.iscsi
+        if s.portals and self.iscsi.targets:
+            self._add("iscsi", self.iscsi.start, self.iscsi.stop,
+                      f"{', '.join(map(str, s.portals))} ({len(self.iscsi.targets)} targets)")
+        if cfg.dhcp is not None:
+            self._dhcp()
+        if cfg.tftp is not None:
+            from .tftp.service import TftpService
+
+            tftp = TftpService(self.files, cfg.tftp.host, cfg.tftp.port)
+
+            async def stop_tftp() -> None:
+                tftp.close()
+
+            self._add("tftp", tftp.start, stop_tftp,
+                      f"{cfg.tftp.host}:{cfg.tftp.port} from {', '.join(map(str, cfg.tftp.roots))}")
+        if cfg.http is not None:
+            http = HttpService(self.files, self._generated_text, self.health, cfg.http.host, cfg.http.port)
+            self._add("http", http.start, http.stop, str(cfg.http))
+        if cfg.dns is not None:
+            server = ipaddress.IPv4Address(cfg.dhcp.subnet.server) if cfg.dhcp else None
+            zone = Zone(cfg.domain, self.addresses, server, cfg.dns_ttl)
+            dns = DnsService(zone, cfg.dns.host, cfg.dns.port)
+            self._add("dns", dns.start, dns.stop, f"{cfg.dns} for {cfg.domain}")
+
+    def _add(self, name: str, start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None] | None],
+             where: str) -> None:
+        async def started() -> None:
+            await start()
+            self.running[name] = True
+
+        self.running[name] = False
+        self.services.append(server_mod.Service(name, started, stop, where))
+
+    def _dhcp(self) -> None:
+        from .dhcp.responder import Mode, Responder
+        from .dhcp.service import DhcpService
+
+        d = self.cfg.dhcp
+        assert d is not None
+        self.leases = LeaseStore(self.cfg.state_dir / "leases.db")
+        self.responder = Responder([d.subnet], self.cfg.machines, self.leases, self.planner, d.mode, d.unknown,
+                                   self._dhcp_event)
+        service = DhcpService(self.responder, d.subnet.server, d.interface, d.port)
+        leases = self.leases
+
+        async def stop() -> None:
+            service.close()
+            leases.close()
+
+        self._add(f"dhcp ({d.mode.value})", service.start, stop,
+                  f"{d.interface or 'all interfaces'}:{d.port}, {d.subnet.network}")
+        if d.mode is Mode.PROXY:
+            # iPXE and PXE ROMs send their proxyDHCP REQUEST to port 4011
+            pxe = DhcpService(self.responder, d.subnet.server, d.interface, d.proxy_port, reply_to_source=True)
+
+            async def stop_pxe() -> None:
+                pxe.close()
+
+            self._add("proxydhcp", pxe.start, stop_pxe, f"{d.interface or 'all interfaces'}:{d.proxy_port}")
+
+    def _dhcp_event(self, what: str, fields: dict[str, object]) -> None:
+        logging.getLogger("bootsvc.dhcp").info("event=%s %s", what, " ".join(f"{k}={v}" for k, v in fields.items()))
+        machine = self.cfg.machines.get(str(fields.get("mac")))
+        if what == "dhcp.offer" and machine is not None and not fields.get("ipxe"):
+            self.disks.new_boot(machine)  # the boot ROM starts a new boot: an ephemeral disk starts fresh
+
+    # -- what the front door hands out ---------------------------------------------------
+
+    def server_address(self, client: str, local: str) -> str:
+        """Our address as the client reaches it: the socket's own address,
+        else the DHCP server address of the client's subnet."""
+        if local not in ANY_ADDRESSES:
+            return local
+        d = self.cfg.dhcp
+        if d is not None:
+            return str(d.subnet.server)
+        return str(self.cfg.iscsi.portals[0].host) if self.cfg.iscsi.portals else local
+
+    def _generated_text(self, name: str, client: str, local: str) -> str | None:
+        mac = mac_of_script(name)
+        return None if mac is None else self.planner.script(mac, self.server_address(client, local))
+
+    def _generated(self, name: str, client: str, local: str) -> bytes | None:
+        if mac_of_script(name) is None:
+            return None
+        text = self._generated_text(name, client, local)
+        if text is None:
+            raise FileNotFoundError(f"{name}: no such machine, or its disk is not served")
+        return text.encode()
+
+    def addresses(self) -> dict[str, ipaddress.IPv4Address]:
+        """Every machine's address for DNS: its fixed IP, else its lease."""
+        out: dict[str, ipaddress.IPv4Address] = {}
+        for m in self.cfg.machines.values():
+            lease = self.leases.for_mac(m.mac) if self.leases is not None and m.ip is None else None
+            ip = m.ip or (lease.ip if lease is not None else None)
+            if ip is not None:
+                out[m.hostname] = ip
+        return out
+
+    def health(self) -> dict[str, str]:
+        return {name: "serving" if up else "not started" for name, up in self.running.items()}
+
+    # -- reload ------------------------------------------------------------------------
+
+    async def reload(self) -> str:
+        """Re-read the config: machines and targets added, removed or
+        changed take effect now; a machine or target with sessions keeps
+        its disk until they log out. Listen addresses need a restart."""
+        try:
+            new = config_mod.load(self.cfg.path)
+        except config_mod.ConfigError as e:
+            for p in e.problems:
+                self.report(p)
+            raise ServeError(f"{len(e.problems)} problem(s) in {self.cfg.path}") from None
+        old = self.cfg
+        changed = []
+        for key in ("http", "dns", "tftp"):
+            if getattr(new, key) != getattr(old, key):
+                changed.append(key)
+        if new.iscsi.portals != old.iscsi.portals or (new.dhcp and old.dhcp and (
+                new.dhcp.interface, new.dhcp.port, new.dhcp.mode) != (old.dhcp.interface, old.dhcp.port,
+                                                                      old.dhcp.mode)) \
+                or (new.dhcp is None) != (old.dhcp is None):
+            changed.append("listen/dhcp mode")
+        summary = self.disks.reconfigure(new, self.iscsi)
+        extra = self._reconfigure_extra(new)
+        # the same objects the responder and planner hold, so they see the change at once
+        old.machines.clear()
+        old.machines.update(new.machines)
+        new.machines = old.machines
+        self.cfg = new
+        self.planner.cfg = new
+        if new.dhcp is not None and old.dhcp is not None and hasattr(self, "responder"):
+            self.responder.subnets = [new.dhcp.subnet]
+            self.responder.unknown = new.dhcp.unknown
+        if changed:
+            self.report(f"reload: {', '.join(changed)} changed: takes effect at the next restart")
+        return f"{len(new.machines)} machine(s); {summary}; {extra}"
+
+    def _reconfigure_extra(self, new: config_mod.Config) -> str:
+        """The config's own targets: same rules as the machines' disks."""
+        wanted = {spec.iqn: spec for spec in new.targets}
+        old_specs = {spec.iqn: spec for spec in self.cfg.targets}
+        removed = kept = added = 0
+        for iqn in [iqn for iqn in self.extra if wanted.get(iqn) != old_specs.get(iqn)]:
+            if self.disks.retire(self.extra[iqn], self.iscsi):
+                del self.extra[iqn]
+                removed += 1
+            else:
+                kept += 1
+                wanted[iqn] = old_specs[iqn]  # still the served one
+                self.report(f"target {iqn} changed but is logged in: unchanged until it logs out and "
+                            "bootsvc is reloaded")
+        for iqn, spec in wanted.items():
+            if iqn not in self.extra:
+                try:
+                    self.extra[iqn] = self.iscsi.targets[iqn] = Target.open(spec)
+                    added += 1
+                except (TargetConfigError, BackendError, OSError) as e:
+                    self.report(f"target {iqn} not served: {e}")
+        new.targets = list(wanted.values())
+        return f"{added} target(s) added, {removed} removed or changed, {kept} kept while logged in"
+
+
+def write_pidfile(state_dir: Path) -> Path:
+    """state_dir/bootsvc.pid, for `bootsvc reload`."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / "bootsvc.pid"
+    path.write_text(f"{os.getpid()}\n")
+    return path
