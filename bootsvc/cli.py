@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from target.backend import BackendError
@@ -92,6 +93,43 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return server_mod.run(serving.services, serving.reload)
     finally:
         pidfile.unlink(missing_ok=True)
+
+
+def cmd_machines(args: argparse.Namespace) -> int:
+    """The inventory with each machine's lease, and the unknown machines
+    DHCP has seen (policy discover) or adopted (policy default)."""
+    from .dhcp.leases import LeaseStore
+    from .inventory import generated_machine
+
+    cfg = _load_config(args.config, "machines")
+    if cfg is None:
+        return 1
+    db = cfg.state_dir / "leases.db"
+    leases = LeaseStore(db) if db.exists() else None
+    now = time.time()
+    try:
+        print(f"{'MAC':17}  {'HOSTNAME':20} {'PROFILE':14} {'ADDRESS':15} LEASE")
+        for m in sorted(cfg.machines.values(), key=lambda m: m.hostname):
+            lease = leases.for_mac(m.mac) if leases else None
+            state = "fixed" if m.ip else (f"{lease.state.value}, {max(0, int(lease.expires - now))} s left"
+                                          if lease and lease.expires > now else "-")
+            print(f"{m.mac:17}  {m.hostname:20} {m.profile:14} {str(m.ip or (lease.ip if lease else '-')):15} {state}")
+        unknown = leases.unknown_machines() if leases else []
+        if unknown:
+            print("\nnot in the inventory (add them under machines: to adopt them for good):")
+            for mac, policy, first, last, arch in unknown:
+                if mac in cfg.machines:
+                    continue
+                name = generated_machine(mac, cfg.iqn_prefix, "").hostname
+                what = f"booting profile {cfg.default_profile} as {name}" if policy == "default" else "address only"
+                lease = leases.for_mac(mac) if leases else None
+                print(f"{mac:17}  {what}; first seen {time.strftime('%Y-%m-%d %H:%M', time.localtime(first))}, "
+                      f"last {time.strftime('%Y-%m-%d %H:%M', time.localtime(last))}"
+                      f"{', arch ' + arch if arch else ''}{', ' + str(lease.ip) if lease else ''}")
+    finally:
+        if leases:
+            leases.close()
+    return 0
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
@@ -187,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="run the configured services")
     sv.add_argument("-c", "--config", required=True, help="bootsvc.yaml")
     sv.set_defaults(func=cmd_serve)
+
+    mc = sub.add_parser("machines", help="the inventory, leases, and unknown machines DHCP has seen")
+    mc.add_argument("-c", "--config", required=True, help="bootsvc.yaml")
+    mc.set_defaults(func=cmd_machines)
 
     rl = sub.add_parser("reload", help="make the running serve re-read its config (like SIGHUP)")
     rl.add_argument("-c", "--config", required=True, help="bootsvc.yaml")

@@ -152,6 +152,8 @@ def load(path: str | Path) -> Config:
         if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 <= ttl < 1 << 31:
             c.err(dm, "dns.ttl", f"expected seconds (0 ... 2^31-1), got {ttl!r}")
             ttl = 60
+    if dhcp is not None and dhcp.unknown.value == "default" and default_profile is None:
+        c.err(doc, "dhcp", "unknown_machines: default needs default_profile (the profile such machines boot)")
     if dhcp is not None and dhcp.mode.value == "proxy" and tftp is None and http is None:
         c.err(doc, "dhcp", "mode proxy needs listen.tftp or listen.http: iPXE takes a proxy's boot options "
               "only with a boot file, its iPXE script")

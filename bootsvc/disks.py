@@ -26,6 +26,7 @@ class MachineDisks:
         self.targets: dict[str, Target] = {}  # by MAC
         self.specs: dict[str, TargetSpec] = {}
         self.machines: dict[str, tuple[Machine, Profile]] = {}  # what each target was made from
+        self.unused: set[str] = set()  # MACs whose disk no boot has used yet
 
     def open(self) -> list[Target]:
         """Every machine's target; a machine whose disk cannot be made is
@@ -34,10 +35,16 @@ class MachineDisks:
             self._open(machine)
         return list(self.targets.values())
 
+    def add(self, machine: Machine) -> Target | None:
+        """Serve one more machine's disk (an adopted unknown machine); None,
+        and a report, if its disk cannot be made."""
+        return self._open(machine)
+
     def _open(self, machine: Machine) -> Target | None:
         try:
             spec = self.store.prepare(machine)
             target = self.targets[machine.mac] = Target.open(spec)
+            self.unused.add(machine.mac)
             self.specs[machine.mac] = spec
             self.machines[machine.mac] = (machine, self.store.profile(machine))
             return target
@@ -88,6 +95,9 @@ class MachineDisks:
         session open. True when the disk was renewed."""
         target = self.targets.get(machine.mac)
         if target is None or self.store.profile(machine).overlay is not OverlayPolicy.EPHEMERAL:
+            return False
+        if machine.mac in self.unused:  # made for this very boot (at start or adoption): fresh already
+            self.unused.discard(machine.mac)
             return False
         if target.sessions:
             log.warning("event=disk.kept host=%s why=sessions still logged in", machine.hostname)

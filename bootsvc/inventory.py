@@ -34,6 +34,14 @@ def normalize_mac(text: str) -> str:
     return mac
 
 
+def generated_machine(mac: str, iqn_prefix: str, profile: str) -> Machine:
+    """A machine for a MAC that is not in the inventory (unknown_machines:
+    default): named after its MAC, so it finds the same disk after a restart."""
+    hostname = "pxe-" + mac.replace(":", "")
+    return Machine(mac=mac, hostname=hostname, profile=profile, initiator_iqn=f"{iqn_prefix}:{hostname}",
+                   target_iqn=f"{iqn_prefix}:boot.{hostname}")
+
+
 def load_machines(c: Checker, doc: LineMap, iqn_prefix: str, profiles: set[str],
                   default_profile: str | None) -> dict[str, Machine]:
     raw = doc.get("machines") or LineMap.empty(doc.lines.get("machines", doc.line))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -23,7 +24,9 @@ from .disks import MachineDisks
 from .dns.service import DnsService
 from .dns.zone import Zone
 from .http.service import HttpService
+from .dhcp.responder import UnknownPolicy
 from .images import ImageStore
+from .inventory import Machine, generated_machine
 from .scripts import mac_of_script
 from .tftp.files import FileSource
 
@@ -41,6 +44,10 @@ class Serving:
     def __init__(self, cfg: config_mod.Config, report: Callable[[str], None]) -> None:
         self.cfg = cfg
         self.report = report
+        self.leases: LeaseStore | None = None
+        if cfg.dhcp is not None:
+            self.leases = LeaseStore(cfg.state_dir / "leases.db")
+            self._with_adopted(cfg)
         self.disks = MachineDisks(ImageStore(cfg), report=report)
         targets = self.disks.open()
         self.extra: dict[str, Target] = {}
@@ -56,7 +63,6 @@ class Serving:
                                   window=s.queue_depth, nop_interval=s.nop_interval, nop_timeout=s.nop_timeout)
         self.planner = BootPlanner(cfg, self.disks, s.portals[0].port if s.portals else 3260,
                                    cfg.http.port if cfg.http else None)
-        self.leases: LeaseStore | None = None
         self.services: list[server_mod.Service] = []
         self.running: dict[str, bool] = {}
         self.files = FileSource(list(cfg.tftp.roots) if cfg.tftp else [], generate=self._generated)
@@ -66,7 +72,7 @@ class Serving:
 
     def _build_services(self) -> None:
         cfg, s = self.cfg, self.cfg.iscsi
-        if s.portals and self.iscsi.targets:
+        if s.portals:  # even with no target yet: a reload or an adopted machine may add some
             self._add("iscsi", self.iscsi.start, self.iscsi.stop,
                       f"{', '.join(map(str, s.portals))} ({len(self.iscsi.targets)} targets)")
         if cfg.dhcp is not None:
@@ -105,9 +111,9 @@ class Serving:
 
         d = self.cfg.dhcp
         assert d is not None
-        self.leases = LeaseStore(self.cfg.state_dir / "leases.db")
+        assert self.leases is not None
         self.responder = Responder([d.subnet], self.cfg.machines, self.leases, self.planner, d.mode, d.unknown,
-                                   self._dhcp_event)
+                                   self._dhcp_event, adopt=self.adopt)
         service = DhcpService(self.responder, d.subnet.server, d.interface, d.port)
         leases = self.leases
 
@@ -128,9 +134,39 @@ class Serving:
 
     def _dhcp_event(self, what: str, fields: dict[str, object]) -> None:
         logging.getLogger("bootsvc.dhcp").info("event=%s %s", what, " ".join(f"{k}={v}" for k, v in fields.items()))
+        if what in ("dhcp.discovered", "dhcp.adopted") and self.leases is not None:
+            self.leases.saw_unknown(str(fields["mac"]), "discover" if what == "dhcp.discovered" else "default",
+                                    time.time(), "" if fields.get("arch") is None else str(fields["arch"]))
         machine = self.cfg.machines.get(str(fields.get("mac")))
         if what == "dhcp.offer" and machine is not None and not fields.get("ipxe"):
             self.disks.new_boot(machine)  # the boot ROM starts a new boot: an ephemeral disk starts fresh
+
+    # -- unknown machines ----------------------------------------------------------------
+
+    def adopt(self, mac: str) -> Machine | None:
+        """unknown_machines: default: the MAC becomes a machine with the
+        default profile and its own disk, served from now on."""
+        profile = self.cfg.default_profile
+        if profile is None:  # the config check makes this impossible; stay safe
+            return None
+        machine = generated_machine(mac, self.cfg.iqn_prefix, profile)
+        self.cfg.machines[mac] = machine  # the image store finds its profile through the inventory
+        target = self.disks.add(machine)
+        if target is None:
+            del self.cfg.machines[mac]
+            return None
+        self.iscsi.targets[target.name] = target
+        return machine
+
+    def _with_adopted(self, cfg: config_mod.Config) -> None:
+        """Machines adopted before (policy default) are machines again after a
+        restart or reload, with the disk they had."""
+        if self.leases is None or cfg.dhcp is None or cfg.dhcp.unknown is not UnknownPolicy.DEFAULT \
+                or cfg.default_profile is None:
+            return
+        for mac, policy, *_ in self.leases.unknown_machines():
+            if policy == "default" and mac not in cfg.machines:
+                cfg.machines[mac] = generated_machine(mac, cfg.iqn_prefix, cfg.default_profile)
 
     # -- what the front door hands out ---------------------------------------------------
 
@@ -181,6 +217,7 @@ class Serving:
             for p in e.problems:
                 self.report(p)
             raise ServeError(f"{len(e.problems)} problem(s) in {self.cfg.path}") from None
+        self._with_adopted(new)
         old = self.cfg
         changed = []
         for key in ("http", "dns", "tftp"):

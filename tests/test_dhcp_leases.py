@@ -30,6 +30,20 @@ def test_free_address_skips_held_declined_and_reserved() -> None:
     store = LeaseStore(":memory:")
     store.put(Lease(POOL[0], "aa:00:00:00:00:01", LeaseState.BOUND, 2000.0))
     store.put(Lease(POOL[1], "00:00:00:00:00:00", LeaseState.DECLINED, 2000.0))
-    assert store.free_address(POOL, 1000.0, taken={POOL[2]}) == POOL[3]
-    assert store.free_address(POOL, 3000.0, taken=set()) == POOL[0]  # everything expired
-    assert store.free_address(POOL[:2], 1000.0, taken=set()) is None
+    assert store.free_address(POOL[0], POOL[-1], 1000.0, taken={POOL[2]}) == POOL[3]
+    # on from the last one, round the range: 0 is held, 1 declined
+    assert store.free_address(POOL[0], POOL[-1], 1000.0, taken=set()) == POOL[2]
+    assert store.free_address(POOL[0], POOL[-1], 3000.0, taken=set()) == POOL[3]
+    assert store.free_address(POOL[0], POOL[1], 1000.0, taken=set()) is None
+    assert store.free_address(POOL[0], POOL[1], 3000.0, taken=set()) == POOL[0]  # everything expired
+
+
+def test_free_address_wraps_round_the_range() -> None:
+    store = LeaseStore(":memory:")
+    got = [store.free_address(POOL[0], POOL[2], 1000.0, taken=set()) for _ in range(3)]
+    for ip in got:
+        assert ip is not None
+        store.put(Lease(ip, f"aa:00:00:00:00:{int(ip) & 0xff:02x}", LeaseState.BOUND, 2000.0))
+    assert got == POOL[:3] and store.free_address(POOL[0], POOL[2], 1000.0, taken=set()) is None
+    store.drop(store.by_ip[POOL[1]])
+    assert store.free_address(POOL[0], POOL[2], 1000.0, taken=set()) == POOL[1]

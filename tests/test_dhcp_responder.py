@@ -104,3 +104,25 @@ def test_inform_and_proxy_mode() -> None:
     offer = proxy.handle(req("discover", NODE.mac, *PXE), IPv4("10.77.0.1"), 0)
     assert offer is not None and str(offer.yiaddr) == "0.0.0.0" and offer.bootfile == "undionly.kpxe"
     assert Option.LEASE_TIME not in [code for code, _ in offer.options]
+
+
+def test_unknown_machine_adopted_with_the_default_profile() -> None:
+    adopted: list[str] = []
+
+    def adopt(mac: str) -> Machine | None:
+        adopted.append(mac)
+        m = Machine(mac, "pxe-" + mac.replace(":", ""), "default", "iqn.2026-11.t:x", "iqn.2026-11.t:boot.x")
+        r.machines[mac] = m
+        return m
+
+    events: list[str] = []
+    r = responder(unknown=UnknownPolicy.DEFAULT, adopt=adopt, on_event=lambda what, fields: events.append(what))
+    mac = "52:54:00:99:00:05"
+    offer = r.handle(req("discover", mac, *PXE), IPv4("10.77.0.1"), 0)
+    assert offer is not None and offer.bootfile  # boots like a known machine
+    assert options(offer).get("hostname") == b"pxe-525400990005"
+    r.handle(req("discover", mac, *PXE), IPv4("10.77.0.1"), 1)
+    assert adopted == [mac] and events.count("dhcp.adopted") == 1
+    refusing = responder(unknown=UnknownPolicy.DEFAULT, on_event=lambda what, fields: events.append(what))
+    refusing.handle(req("discover", "52:54:00:99:00:06", *PXE), IPv4("10.77.0.1"), 0)
+    assert events[-2:] == ["dhcp.discovered", "dhcp.offer"]  # no machine could be made: recorded like discover

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import sqlite3
-from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -42,8 +41,13 @@ class LeaseStore:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("CREATE TABLE IF NOT EXISTS leases (ip TEXT PRIMARY KEY, mac TEXT NOT NULL, "
                         "state TEXT NOT NULL, expires REAL NOT NULL, hostname TEXT NOT NULL DEFAULT '')")
+        # machines not in the inventory that asked for an address (policy discover)
+        # or were given the default profile (policy default), for `bootsvc machines`
+        self.db.execute("CREATE TABLE IF NOT EXISTS unknown_machines (mac TEXT PRIMARY KEY, policy TEXT NOT NULL, "
+                        "first_seen REAL NOT NULL, last_seen REAL NOT NULL, arch TEXT NOT NULL DEFAULT '')")
         self.by_ip: dict[IPv4, Lease] = {}
         self.by_mac: dict[str, Lease] = {}
+        self._cursor: dict[tuple[int, int], int] = {}  # (first, last) -> where the next search starts
         for ip, mac, state, expires, hostname in self.db.execute("SELECT ip, mac, state, expires, hostname "
                                                                  "FROM leases"):
             self._remember(Lease(IPv4(ip), mac, LeaseState(state), expires, hostname))
@@ -61,8 +65,11 @@ class LeaseStore:
         previous = self.by_mac.get(lease.mac)
         if previous is not None and previous.ip != lease.ip:
             self.drop(previous)
-        self.db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)",
-                        (str(lease.ip), lease.mac, lease.state.value, lease.expires, lease.hostname))
+        # An offer lives a minute in memory only: after a restart the client
+        # simply gets the same address offered again. Half the writes per DORA.
+        if lease.state is not LeaseState.OFFERED:
+            self.db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)",
+                            (str(lease.ip), lease.mac, lease.state.value, lease.expires, lease.hostname))
         self._remember(lease)
 
     def drop(self, lease: Lease) -> None:
@@ -79,16 +86,33 @@ class LeaseStore:
         lease = self.by_ip.get(ip)
         return lease if lease is not None and lease.expires > now else None
 
-    def free_address(self, pool: Iterable[IPv4], now: float, taken: set[IPv4]) -> IPv4 | None:
-        """The first address of the pool nobody holds and nothing reserves;
-        expired leases count as free."""
-        for ip in pool:
+    def free_address(self, first: IPv4, last: IPv4, now: float, taken: set[IPv4]) -> IPv4 | None:
+        """An address of first..last that nobody holds and nothing reserves
+        (expired leases count as free). The search goes on from where the
+        last one ended, round the range: one step per new client instead of
+        a scan of every lease, and a released address rests before reuse."""
+        lo, hi = int(first), int(last)
+        size = hi - lo + 1
+        start = self._cursor.get((lo, hi), lo)
+        for step in range(size):
+            ip = IPv4(lo + (start - lo + step) % size)
             if ip not in taken and self.holder(ip, now) is None:
+                self._cursor[(lo, hi)] = int(ip) + 1 if int(ip) < hi else lo
                 return ip
         return None
 
     def active(self, now: float) -> list[Lease]:
         return sorted((le for le in self.by_ip.values() if le.expires > now), key=lambda le: le.ip)
+
+    def saw_unknown(self, mac: str, policy: str, now: float, arch: str = "") -> None:
+        self.db.execute("INSERT INTO unknown_machines VALUES (?, ?, ?, ?, ?) ON CONFLICT(mac) DO UPDATE SET "
+                        "policy = excluded.policy, last_seen = excluded.last_seen, arch = excluded.arch",
+                        (mac, policy, now, now, arch))
+
+    def unknown_machines(self) -> list[tuple[str, str, float, float, str]]:
+        """(mac, policy, first seen, last seen, client architecture), oldest first."""
+        return list(self.db.execute("SELECT mac, policy, first_seen, last_seen, arch FROM unknown_machines "
+                                    "ORDER BY first_seen"))
 
     def close(self) -> None:
         self.db.close()

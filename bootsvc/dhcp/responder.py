@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -21,6 +21,7 @@ from .leases import Lease, LeaseState, LeaseStore
 from .message import ANY, IPv4, MessageType, Option, Reply, Request
 
 OFFER_HOLD = 60.0  # seconds an offered address waits for the client's REQUEST
+SEEN_INTERVAL = 60.0  # seconds between reports of the same unknown machine
 
 
 class Mode(str, Enum):
@@ -44,11 +45,6 @@ class Subnet:
     dns: tuple[IPv4, ...] = ()
     domain: str = ""
     lease_time: int = 3600
-
-    def pool(self) -> Iterator[IPv4]:
-        if self.first is None or self.last is None:
-            return iter(())
-        return (IPv4(i) for i in range(int(self.first), int(self.last) + 1))
 
 
 @dataclass(frozen=True)
@@ -75,7 +71,8 @@ class Responder:
     unknown: UnknownPolicy = UnknownPolicy.IGNORE
     on_event: Callable[[str, dict[str, object]], None] = lambda what, fields: None
     counters: Counter[str] = field(default_factory=Counter)
-    discovered: dict[str, float] = field(default_factory=dict)  # MAC -> last seen
+    discovered: dict[str, float] = field(default_factory=dict)  # MAC -> last reported
+    adopt: Callable[[str], Machine | None] = lambda mac: None  # policy default: a machine for a new MAC
 
     def _drop(self, why: str) -> None:
         self.counters[f"dropped_{why}"] += 1
@@ -97,9 +94,13 @@ class Responder:
         if machine is None:
             if self.unknown is UnknownPolicy.IGNORE:
                 return self._drop("unknown_machine")
-            if self.unknown is UnknownPolicy.DISCOVER and req.mac not in self.discovered:
+            if self.unknown is UnknownPolicy.DEFAULT:
+                machine = self.adopt(req.mac)  # from now on in self.machines; None if it cannot be
+                if machine is not None:
+                    self.on_event("dhcp.adopted", {"mac": req.mac, "hostname": machine.hostname, "arch": req.arch})
+            last = self.discovered.get(req.mac)
+            if machine is None and (last is None or now - last > SEEN_INTERVAL):
                 self.on_event("dhcp.discovered", {"mac": req.mac, "arch": req.arch})
-            if self.unknown is UnknownPolicy.DISCOVER:
                 self.discovered[req.mac] = now
         subnet = self.subnet_for(req, received_on)
         if subnet is None:
@@ -137,7 +138,9 @@ class Responder:
         if wanted is not None and wanted in subnet.network and wanted not in reserved \
                 and self._in_pool(wanted, subnet) and self.leases.holder(wanted, now) is None:
             return wanted
-        return self.leases.free_address(subnet.pool(), now, reserved)
+        if subnet.first is None or subnet.last is None:
+            return None
+        return self.leases.free_address(subnet.first, subnet.last, now, reserved)
 
     def _reserved(self) -> set[IPv4]:
         return {m.ip for m in self.machines.values() if m.ip is not None}

@@ -17,6 +17,7 @@ from .responder import Responder
 log = logging.getLogger("bootsvc.dhcp")
 SERVER_PORT = 67
 CLIENT_PORT = 68
+RECEIVE_BUFFER = 4 << 20  # bytes (the kernel caps it at net.core.rmem_max)
 PXE_PORT = 4011  # proxyDHCP requests and boot server discovery (PXE spec §2.2.5)
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 
@@ -41,6 +42,8 @@ class DhcpService(asyncio.DatagramProtocol):
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            # a boot storm arrives in bursts: room for them instead of drops
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
             if self.interface:
                 sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, self.interface.encode())
             sock.bind(("0.0.0.0", self.port))

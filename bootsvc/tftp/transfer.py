@@ -23,6 +23,7 @@ DEFAULT_BLKSIZE = 512
 MAX_BLKSIZE = 65464  # RFC 2348
 MAX_WINDOW = 64
 RETRIES = 5
+DATA_HEADER = struct.Struct("!HH")  # opcode 3, block number (RFC 1350 §5)
 
 
 class TftpError(IntEnum):
@@ -111,7 +112,7 @@ class ReadTransfer:
 
     def _block(self, n: int) -> bytes:
         start = (n - 1) * self.req.blksize
-        return struct.pack("!HH", 3, n & 0xFFFF) + bytes(self.data[start:start + self.req.blksize])
+        return DATA_HEADER.pack(3, n & 0xFFFF) + self.data[start:start + self.req.blksize]  # one copy
 
     def _window(self) -> list[bytes]:
         last = min(self.acked + self.req.windowsize, self.blocks)
@@ -130,15 +131,19 @@ class ReadTransfer:
             return []
         if not isinstance(pkt, TftpPacketACK):
             return [error(TftpError.ILLEGAL_OPERATION, "expected an ACK")]
+        return self.on_ack(pkt.blocknumber)
+
+    def on_ack(self, blocknumber: int) -> list[bytes]:
+        """An ACK of ``blocknumber`` (16 bits on the wire)."""
         if self.oack:  # the ACK of our OACK is block 0; data starts after it
-            if pkt.blocknumber != 0:
+            if blocknumber != 0:
                 return []
             self.oack = False
             self.retries = 0
             return self._window()
         # block numbers wrap at 65536 (RFC 1350 leaves it open; iPXE and tftp-hpa roll over)
         sent_upto = min(self.acked + self.req.windowsize, self.blocks)
-        n = (self.acked & ~0xFFFF) | pkt.blocknumber
+        n = (self.acked & ~0xFFFF) | blocknumber
         if n < self.acked - 0x8000:
             n += 0x10000
         if n <= self.acked or n > sent_upto:

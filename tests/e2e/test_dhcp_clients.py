@@ -5,6 +5,7 @@ and garbage on port 67 does not stop the service."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +94,49 @@ machines:
             assert again.get("ip") == "10.213.0.100", again
         finally:
             stop(proc)
+
+
+def test_perfdhcp_relay_load(tmp_path: Path) -> None:
+    """kea's perfdhcp as a relay agent for 100 new clients at 20 exchanges/s:
+    every DORA completes, bootsvc adopts each unknown MAC with the default
+    profile, and `bootsvc machines` lists them."""
+    need("perfdhcp", "ip")
+    reason = can_make_namespaces()
+    if reason:
+        pytest.skip(reason)
+    state = tmp_path / "state"
+    (state / "images").mkdir(parents=True)
+    (state / "images" / "base.raw").write_bytes(bytes(1 << 20))
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "lab.yaml").write_text("base: base.raw\noverlay: ephemeral\n")
+    cfg = tmp_path / "bootsvc.yaml"
+    cfg.write_text(f"""
+state_dir: {state}
+profiles_dir: profiles
+default_profile: lab
+listen:
+  dhcp: {{interface: bsv-s0, address: 10.216.0.1}}
+  iscsi: [10.216.0.1:3260]
+dhcp:
+  subnet: 10.216.0.0/16
+  range: [10.216.1.0, 10.216.9.255]
+  unknown_machines: default
+""")
+    with namespaces("psrv", "pcli") as (srv, cli):
+        veth(srv, "bsv-s0", cli, "bsv-c0", None, "10.216.0.1/16")
+        subprocess.run(["ip", "-n", cli, "addr", "add", "10.216.0.2/16", "dev", "bsv-c0"], check=True)
+        proc = serve(srv, cfg, tmp_path / "serve.log")
+        try:
+            r = subprocess.run(["ip", "netns", "exec", cli, "perfdhcp", "-4", "-l", "10.216.0.2", "-r", "20",
+                                "-R", "100", "-n", "100", "-W", "2000000", "10.216.0.1"],
+                               capture_output=True, text=True, timeout=120)
+        finally:
+            stop(proc)
+    sent = [int(x) for x in re.findall(r"sent packets: (\d+)", r.stdout)]
+    received = [int(x) for x in re.findall(r"received packets: (\d+)", r.stdout)]
+    assert len(sent) == 2 and sent == received, r.stdout + r.stderr  # DISCOVER->OFFER, REQUEST->ACK
+    listing = subprocess.run([sys.executable, "-m", "bootsvc", "machines", "-c", str(cfg)], capture_output=True,
+                             text=True, timeout=60)
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout.count("booting profile lab as pxe-") == 100, listing.stdout[-2000:]
+    assert len(list((state / "overlays").glob("pxe-*.qcow2"))) == 100

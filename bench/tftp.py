@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""TFTP: tftpd-hpa against bootsvc, in one run, on the same files.
+
+1. Boot storm: 50 busybox clients start at once, each fetching the same
+   1 MiB file (the size of an iPXE binary plus a script, rounded up).
+2. One 30 MiB file (a kernel and initrd) at blksize 1468.
+Both servers listen on loopback and serve one directory from the page
+cache; rounds alternate the order (A B, B A, ...); wall times are medians
+and the ratio is bootsvc/tftpd-hpa (goal <= 1.0). Every transfer is
+checked byte for byte.
+
+    python3 bench/tftp.py [--rounds 5] [--clients 50] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.e2e.peers import LOOPBACK, bootsvc_serve, free_port, stop  # noqa: E402
+
+BLKSIZE = "1468"
+TIMEOUT = 120  # seconds any one measurement may take
+
+
+@contextlib.contextmanager
+def tftpd_hpa(root: Path, work: Path) -> Iterator[int]:
+    port = free_port()
+    proc = subprocess.Popen(["in.tftpd", "--foreground", "--listen", "--address", f"{LOOPBACK}:{port}",
+                             "--user", "root", "--secure", str(root)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.3)
+        yield port
+    finally:
+        stop(proc)
+
+
+@contextlib.contextmanager
+def bootsvc(root: Path, work: Path) -> Iterator[int]:
+    port = free_port()
+    cfg = work / "bootsvc.yaml"
+    cfg.write_text(f"state_dir: {work / 'state'}\nlisten:\n  tftp: {LOOPBACK}:{port}\ntftp: {{roots: [{root}]}}\n")
+    # without -v: one log line per transfer would be the only difference in work done
+    proc = bootsvc_serve(cfg, work / "serve.log", "ready:")
+    try:
+        yield port
+    finally:
+        stop(proc)
+
+
+def fetch_all(port: int, name: str, count: int, out: Path, expect: bytes) -> float:
+    """Wall time for ``count`` clients started together to fetch ``name``."""
+    start = time.perf_counter()
+    procs = [subprocess.Popen(["busybox", "tftp", "-b", BLKSIZE, "-g", "-r", name, "-l", str(out / f"{i}"),
+                               LOOPBACK, str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for i in range(count)]
+    errors = []
+    for p in procs:
+        try:
+            _, err = p.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            _, err = p.communicate()
+        if p.returncode:
+            errors.append(err.decode(errors="replace").strip())
+    elapsed = time.perf_counter() - start
+    bad = [i for i in range(count) if (out / f"{i}").read_bytes() != expect] if not errors else []
+    if errors or bad:
+        raise RuntimeError(f"{len(errors)} client(s) failed ({errors[:1]}), {len(bad)} wrong file(s)")
+    for i in range(count):
+        (out / f"{i}").unlink()
+    return elapsed
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    servers = {"tftpd-hpa": tftpd_hpa, "bootsvc": bootsvc}
+    times: dict[str, dict[str, list[float]]] = {s: {"storm": [], "big": []} for s in servers}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        root, out = work / "root", work / "out"
+        root.mkdir()
+        out.mkdir()
+        small, big = os.urandom(1 << 20), os.urandom(30 << 20)
+        (root / "boot.bin").write_bytes(small)
+        (root / "big.bin").write_bytes(big)
+        for r in range(args.rounds):
+            order = list(servers) if r % 2 == 0 else list(reversed(servers))
+            for name in order:
+                with servers[name](root, work) as port:
+                    fetch_all(port, "boot.bin", 1, out, small)  # warm: page cache, bootsvc's file cache
+                    times[name]["storm"].append(fetch_all(port, "boot.bin", args.clients, out, small))
+                    times[name]["big"].append(fetch_all(port, "big.bin", 1, out, big))
+            print(f"round {r + 1}: " + ", ".join(f"{n} storm {times[n]['storm'][-1]:.2f} s big "
+                                                 f"{times[n]['big'][-1]:.2f} s" for n in servers), flush=True)
+    med = {n: {k: statistics.median(v) for k, v in t.items()} for n, t in times.items()}
+    for kind, what in (("storm", f"{args.clients} clients x 1 MiB"), ("big", "1 x 30 MiB, blksize 1468")):
+        ratio = med["bootsvc"][kind] / med["tftpd-hpa"][kind]
+        print(f"{what}: tftpd-hpa {med['tftpd-hpa'][kind]:.2f} s, bootsvc {med['bootsvc'][kind]:.2f} s "
+              f"-> bootsvc/tftpd-hpa {ratio:.2f} (goal <= 1.0)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"median_s": med, "all_s": times}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
