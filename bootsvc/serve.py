@@ -24,7 +24,7 @@ from .disks import MachineDisks
 from .dns.service import DnsService
 from .dns.zone import Zone
 from .http.service import HttpService
-from .dhcp.responder import UnknownPolicy
+from .dhcp.responder import Responder, UnknownPolicy
 from .images import ImageStore
 from .inventory import Machine, generated_machine
 from .scripts import mac_of_script
@@ -63,6 +63,7 @@ class Serving:
                                   window=s.queue_depth, nop_interval=s.nop_interval, nop_timeout=s.nop_timeout)
         self.planner = BootPlanner(cfg, self.disks, s.portals[0].port if s.portals else 3260,
                                    cfg.http.port if cfg.http else None)
+        self.responder: Responder | None = None
         self.services: list[server_mod.Service] = []
         self.running: dict[str, bool] = {}
         self.files = FileSource(list(cfg.tftp.roots) if cfg.tftp else [], generate=self._generated)
@@ -106,15 +107,16 @@ class Serving:
         self.services.append(server_mod.Service(name, started, stop, where))
 
     def _dhcp(self) -> None:
-        from .dhcp.responder import Mode, Responder
+        from .dhcp.responder import Mode
         from .dhcp.service import DhcpService
 
         d = self.cfg.dhcp
         assert d is not None
         assert self.leases is not None
-        self.responder = Responder([d.subnet], self.cfg.machines, self.leases, self.planner, d.mode, d.unknown,
-                                   self._dhcp_event, adopt=self.adopt)
-        service = DhcpService(self.responder, d.subnet.server, d.interface, d.port)
+        responder = Responder([d.subnet], self.cfg.machines, self.leases, self.planner, d.mode, d.unknown,
+                              self._dhcp_event, adopt=self.adopt)
+        self.responder = responder
+        service = DhcpService(responder, d.subnet.server, d.interface, d.port)
         leases = self.leases
 
         async def stop() -> None:
@@ -125,7 +127,7 @@ class Serving:
                   f"{d.interface or 'all interfaces'}:{d.port}, {d.subnet.network}")
         if d.mode is Mode.PROXY:
             # iPXE and PXE ROMs send their proxyDHCP REQUEST to port 4011
-            pxe = DhcpService(self.responder, d.subnet.server, d.interface, d.proxy_port, reply_to_source=True)
+            pxe = DhcpService(responder, d.subnet.server, d.interface, d.proxy_port, reply_to_source=True)
 
             async def stop_pxe() -> None:
                 pxe.close()
@@ -236,7 +238,7 @@ class Serving:
         new.machines = old.machines
         self.cfg = new
         self.planner.cfg = new
-        if new.dhcp is not None and old.dhcp is not None and hasattr(self, "responder"):
+        if new.dhcp is not None and self.responder is not None:
             self.responder.subnets = [new.dhcp.subnet]
             self.responder.unknown = new.dhcp.unknown
         if changed:
