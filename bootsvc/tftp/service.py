@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 
 from .files import FileSource
 from .transfer import ReadTransfer, TftpError, TftpFormatError, decode, error, parse_request
@@ -41,6 +42,13 @@ class _Transfer:
         for p in packets:
             self.sock.sendto(p, self.peer)
         self.deadline = time.monotonic() + TIMEOUT
+
+    def begin(self) -> None:
+        self.send(self.transfer.start())
+
+    def retry(self) -> None:
+        """No ACK in time: send the window again (or give up)."""
+        self.send(self.transfer.on_timeout())
 
     def readable(self, counters: Counter[str]) -> None:
         t = self.transfer
@@ -102,23 +110,13 @@ class _Sender(threading.Thread):
                         if not self._take_new():
                             return
                         continue
-                    try:
-                        x.readable(counters)
-                    except OSError as e:
-                        x.transfer.done, x.transfer.failed = True, f"socket error: {e.strerror or e}"
-                    if x.transfer.done:
-                        self._end(x)
+                    self._step(x, x.readable, counters)
                 now = time.monotonic()
                 if now < next_check:
                     continue  # timeouts are checked a few times a second, not after every packet
                 next_check = now + TIMER_TICK
                 for x in [x for x in self.transfers.values() if x.deadline <= now]:
-                    try:
-                        x.send(x.transfer.on_timeout())
-                    except OSError as e:
-                        x.transfer.done, x.transfer.failed = True, f"socket error: {e.strerror or e}"
-                    if x.transfer.done:
-                        self._end(x)
+                    self._step(x, x.retry)
         finally:
             for x in list(self.transfers.values()):
                 self._end(x)
@@ -141,12 +139,16 @@ class _Sender(threading.Thread):
                 return False
             self.transfers[x.sock.fileno()] = x
             self.epoll.register(x.sock.fileno(), select.EPOLLIN)
-            try:
-                x.send(x.transfer.start())
-            except OSError as e:
-                x.transfer.done, x.transfer.failed = True, f"socket error: {e.strerror or e}"
-            if x.transfer.done:
-                self._end(x)
+            self._step(x, x.begin)
+
+    def _step(self, x: _Transfer, action: Callable[..., None], *args: object) -> None:
+        """Move a transfer on; a socket error fails it; a finished one ends."""
+        try:
+            action(*args)
+        except OSError as e:
+            x.transfer.done, x.transfer.failed = True, f"socket error: {e.strerror or e}"
+        if x.transfer.done:
+            self._end(x)
 
     def _end(self, x: _Transfer) -> None:
         fd = x.sock.fileno()
@@ -204,8 +206,9 @@ class TftpService(asyncio.DatagramProtocol):
         except PermissionError as e:
             self.transport.sendto(error(TftpError.ILLEGAL_OPERATION, str(e)), addr)
             return
+        local = self.transport.get_extra_info("sockname")[0]
         try:
-            payload = self.files.read(req.filename, addr[0], self.transport.get_extra_info("sockname")[0])
+            payload = self.files.read(req.filename, addr[0], local)
         except FileNotFoundError as e:
             self.counters["not_found"] += 1
             self.transport.sendto(error(TftpError.FILE_NOT_FOUND, str(e)), addr)
@@ -222,7 +225,6 @@ class TftpService(asyncio.DatagramProtocol):
             self.transport.sendto(error(TftpError.NOT_DEFINED, "server busy, try again"), addr)
             return
         family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
-        local = self.transport.get_extra_info("sockname")[0]
         try:
             transfer = _Transfer(ReadTransfer(req, payload), addr, req.filename, local, family)
         except OSError as e:  # out of ports or descriptors: this client, not the service
