@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from target.backend import BackendError
@@ -222,20 +223,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds of silence before pinging the initiator (0: never)")
     e.set_defaults(func=cmd_export)
 
-    sv = sub.add_parser("serve", help="run the configured services")
-    sv.add_argument("-c", "--config", required=True, help="bootsvc.yaml")
-    sv.set_defaults(func=cmd_serve)
+    def with_config(name: str, help: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+        cp = sub.add_parser(name, help=help)
+        cp.add_argument("-c", "--config", required=True, help="bootsvc.yaml")
+        cp.set_defaults(func=func)
+        return cp
 
-    mc = sub.add_parser("machines", help="the inventory, leases, and unknown machines DHCP has seen")
-    mc.add_argument("-c", "--config", required=True, help="bootsvc.yaml")
-    mc.set_defaults(func=cmd_machines)
-
-    rl = sub.add_parser("reload", help="make the running serve re-read its config (like SIGHUP)")
-    rl.add_argument("-c", "--config", required=True, help="bootsvc.yaml")
-    rl.set_defaults(func=cmd_reload)
-
-    im = sub.add_parser("image", help="base images and per-machine overlays")
-    im.add_argument("-c", "--config", required=True, help="bootsvc.yaml")
+    with_config("serve", "run the configured services", cmd_serve)
+    with_config("machines", "the inventory, leases, and unknown machines DHCP has seen", cmd_machines)
+    with_config("reload", "make the running serve re-read its config (like SIGHUP)", cmd_reload)
+    im = with_config("image", "base images and per-machine overlays", cmd_image)
     isub = im.add_subparsers(dest="image_command", required=True)
     isub.add_parser("list", help="bases, the overlays on them, and their allocated sizes")
     ic = isub.add_parser("create", help="create machines' overlays on their profile's base")
@@ -252,11 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     ick = isub.add_parser("check", help="check overlays like qemu-img check")
     ick.add_argument("host", nargs="*", help="default: every overlay")
     ick.add_argument("--repair", action="store_true", help="fix leaked clusters")
-    im.set_defaults(func=cmd_image)
 
-    ck = sub.add_parser("check", help="validate a config file")
-    ck.add_argument("-c", "--config", required=True, help="bootsvc.yaml")
-    ck.set_defaults(func=cmd_check)
+    with_config("check", "validate a config file", cmd_check)
     return p
 
 
