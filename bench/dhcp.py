@@ -20,18 +20,16 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.e2e.netns import ip, namespaces  # noqa: E402
-from tests.e2e.peers import bootsvc_serve, stop  # noqa: E402
+from tests.e2e.peers import bootsvc_serve, dnsmasq_dhcp, perfdhcp, stop  # noqa: E402
 
 RATES = (250, 300, 350, 400, 500, 600, 700, 800, 1000, 1200, 1400, 1700, 2000, 2500, 3000, 4000)
 SERVER, CLIENT = "10.215.0.1", "10.215.0.2"
@@ -40,33 +38,20 @@ CLIENTS = 40000  # distinct MACs perfdhcp cycles through (fewer than the 51200 a
 MAX_DROP = 0.01
 
 
-def perfdhcp(ns: str, rate: int, seconds: float) -> tuple[int, int]:
+def dora(ns: str, rate: int, seconds: float) -> tuple[int, int]:
     """(DORA exchanges started, completed) at ``rate``/s for ``seconds``."""
-    r = subprocess.run(["ip", "netns", "exec", ns, "perfdhcp", "-4", "-l", CLIENT, "-r", str(rate),
-                        "-R", str(CLIENTS), "-p", str(int(seconds)), "-W", "1000000", SERVER],
-                       capture_output=True, text=True, timeout=seconds + 60)
-    sent = [int(x) for x in re.findall(r"sent packets: (\d+)", r.stdout)]
-    received = [int(x) for x in re.findall(r"received packets: (\d+)", r.stdout)]
-    if len(sent) < 2 or len(received) < 2:
-        raise RuntimeError(f"perfdhcp output not understood:\n{r.stdout}\n{r.stderr}")
+    run = perfdhcp(ns, CLIENT, SERVER, "-r", str(rate), "-R", str(CLIENTS), "-p", str(int(seconds)),
+                   "-W", "1000000", timeout=seconds + 60)
+    if len(run.sent) < 2 or len(run.received) < 2:
+        raise RuntimeError(f"perfdhcp output not understood:\n{run.output}")
     # DISCOVER/OFFER then REQUEST/ACK: an exchange completes when its ACK arrives
-    return sent[0], received[1]
+    return run.sent[0], run.received[1]
 
 
 @contextlib.contextmanager
 def dnsmasq(ns: str, work: Path) -> Iterator[None]:
-    leases = work / "dnsmasq.leases"
-    leases.unlink(missing_ok=True)
-    proc = subprocess.Popen(["ip", "netns", "exec", ns, "dnsmasq", "--no-daemon", "--port=0", "--no-ping",
-                             "--user=root", "--bind-interfaces", "--interface=bsv-s0", "--no-resolv",
-                             f"--dhcp-range={FIRST},{LAST},255.255.0.0,1h", "--dhcp-lease-max=100000",
-                             f"--dhcp-leasefile={leases}", f"--pid-file={work / 'dnsmasq.pid'}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(0.5)
+    with dnsmasq_dhcp(ns, "bsv-s0", f"{FIRST},{LAST},255.255.0.0,1h", work, "--dhcp-lease-max=100000"):
         yield
-    finally:
-        stop(proc)
 
 
 @contextlib.contextmanager
@@ -95,7 +80,7 @@ def climb(name: str, ns_server: str, ns_client: str, work: Path, rates: list[int
     best = 0
     for rate in rates:
         with server(ns_server, work):  # fresh leases for every step
-            started, done = perfdhcp(ns_client, rate, seconds)
+            started, done = dora(ns_client, rate, seconds)
         drops = 1 - done / started if started else 1
         achieved = done / seconds
         print(f"  {name:8} offered {rate:5}/s: {done:6} of {started:6} DORA done ({drops:6.2%} dropped), "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -99,6 +100,43 @@ def bootsvc_serve(cfg: Path, log: Path, ready: str, netns: str | None = None,
             raise AssertionError(f"bootsvc serve did not say {ready!r}:\n{log.read_text(errors='replace')}")
         time.sleep(0.1)
     return proc
+
+
+@contextlib.contextmanager
+def dnsmasq_dhcp(ns: str, interface: str, dhcp_range: str, work: Path, *extra: str) -> Iterator[Path]:
+    """dnsmasq as a network's own DHCP server inside namespace ``ns``:
+    addresses only, no DNS, no ping before an offer (ENVIRONMENT.md), fresh
+    leases. Yields its log (work/dnsmasq.log)."""
+    leases, log = work / "dnsmasq.leases", work / "dnsmasq.log"
+    leases.unlink(missing_ok=True)
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, "dnsmasq", "--no-daemon", "--port=0", "--no-ping",
+                                 "--user=root", "--bind-interfaces", f"--interface={interface}", "--no-resolv",
+                                 f"--dhcp-range={dhcp_range}", f"--dhcp-leasefile={leases}",
+                                 f"--pid-file={work / 'dnsmasq.pid'}", *extra],
+                                stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        time.sleep(0.5)
+        if proc.poll() is not None:
+            raise AssertionError(f"dnsmasq exited:\n{log.read_text(errors='replace')}")
+        yield log
+    finally:
+        stop(proc)
+
+
+@dataclass(frozen=True)
+class PerfdhcpRun:
+    sent: list[int]  # per exchange: DISCOVER-OFFER, then REQUEST-ACK
+    received: list[int]
+    output: str
+
+
+def perfdhcp(ns: str, local: str, server: str, *args: str, timeout: float) -> PerfdhcpRun:
+    """kea's perfdhcp inside ``ns``, relaying from ``local`` (giaddr) to ``server``."""
+    r = subprocess.run(["ip", "netns", "exec", ns, "perfdhcp", "-4", "-l", local, *args, server],
+                       capture_output=True, text=True, timeout=timeout)
+    return PerfdhcpRun([int(x) for x in re.findall(r"sent packets: (\d+)", r.stdout)],
+                       [int(x) for x in re.findall(r"received packets: (\d+)", r.stdout)], r.stdout + r.stderr)
 
 
 def have(*commands: str) -> bool:

@@ -5,7 +5,6 @@ and garbage on port 67 does not stop the service."""
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 
 from tests.e2e.conftest import need
 from tests.e2e.netns import Link, can_make_namespaces, namespaces, veth
-from tests.e2e.peers import bootsvc_serve, stop
+from tests.e2e.peers import bootsvc_serve, perfdhcp, stop
 
 pytestmark = pytest.mark.e2e
 KNOWN_MAC = "52:54:00:77:00:01"
@@ -127,14 +126,11 @@ dhcp:
         subprocess.run(["ip", "-n", cli, "addr", "add", "10.216.0.2/16", "dev", "bsv-c0"], check=True)
         proc = serve(srv, cfg, tmp_path / "serve.log")
         try:
-            r = subprocess.run(["ip", "netns", "exec", cli, "perfdhcp", "-4", "-l", "10.216.0.2", "-r", "20",
-                                "-R", "100", "-n", "100", "-W", "2000000", "10.216.0.1"],
-                               capture_output=True, text=True, timeout=120)
+            run = perfdhcp(cli, "10.216.0.2", "10.216.0.1", "-r", "20", "-R", "100", "-n", "100",
+                           "-W", "2000000", timeout=120)
         finally:
             stop(proc)
-    sent = [int(x) for x in re.findall(r"sent packets: (\d+)", r.stdout)]
-    received = [int(x) for x in re.findall(r"received packets: (\d+)", r.stdout)]
-    assert len(sent) == 2 and sent == received, r.stdout + r.stderr  # DISCOVER->OFFER, REQUEST->ACK
+    assert len(run.sent) == 2 and run.sent == run.received, run.output  # DISCOVER->OFFER, REQUEST->ACK
     listing = subprocess.run([sys.executable, "-m", "bootsvc", "machines", "-c", str(cfg)], capture_output=True,
                              text=True, timeout=60)
     assert listing.returncode == 0, listing.stderr

@@ -10,9 +10,7 @@ ProxyDHCPREQUEST)."""
 from __future__ import annotations
 
 import contextlib
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,26 +19,10 @@ from tests.e2e import qemu
 from tests.e2e.bootdisk import build
 from tests.e2e.conftest import need
 from tests.e2e.netns import can_make_namespaces, ip, namespaces
-from tests.e2e.peers import bootsvc_serve, stop
+from tests.e2e.peers import bootsvc_serve, dnsmasq_dhcp, stop
 
 pytestmark = pytest.mark.e2e
 MAC = "52:54:00:77:00:01"
-
-
-@contextlib.contextmanager
-def dnsmasq(ns: str, dev: str, tmp: Path) -> Iterator[None]:
-    """The network's own DHCP server, addresses only (no PXE options)."""
-    proc = subprocess.Popen(["ip", "netns", "exec", ns, "dnsmasq", "--no-daemon", "--port=0", "--no-ping",
-                             "--user=root", "--bind-interfaces", f"--interface={dev}", "--no-resolv",
-                             "--dhcp-range=10.214.0.100,10.214.0.150,255.255.255.0,1h",
-                             f"--dhcp-leasefile={tmp / 'dnsmasq.leases'}", f"--pid-file={tmp / 'dnsmasq.pid'}",
-                             "--log-dhcp"], stdout=subprocess.DEVNULL, stderr=open(tmp / "dnsmasq.log", "wb"))
-    try:
-        time.sleep(0.5)
-        assert proc.poll() is None, (tmp / "dnsmasq.log").read_text()
-        yield
-    finally:
-        stop(proc)
 
 
 @pytest.mark.parametrize("mode", ["authoritative", "proxy"])
@@ -83,7 +65,8 @@ machines:
         ip("-n", other, "addr", "add", "10.214.0.2/24", "dev", "bsv-dh0")
         ip("-n", other, "link", "set", "bsv-dh0", "up")
         log = tmp_path / "serve.log"
-        with dnsmasq(other, "bsv-dh0", tmp_path) if mode == "proxy" else contextlib.nullcontext():
+        with dnsmasq_dhcp(other, "bsv-dh0", "10.214.0.100,10.214.0.150,255.255.255.0,1h", tmp_path, "--log-dhcp") \
+                if mode == "proxy" else contextlib.nullcontext():
             server = bootsvc_serve(cfg, log, "ready:", netns=ns)
             try:
                 start = time.monotonic()
