@@ -5,12 +5,14 @@ iSCSI sessions of machines that stay."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from target.backend import BackendError
 from target.server import TargetServer
@@ -29,6 +31,9 @@ from .images import ImageStore
 from .inventory import Machine, generated_machine
 from .scripts import mac_of_script
 from .tftp.files import FileSource
+
+if TYPE_CHECKING:  # scapy loads only when DHCP is on
+    from .dhcp.service import DhcpService
 
 log = logging.getLogger("bootsvc.serve")
 ANY_ADDRESSES = ("", "0.0.0.0", "::")
@@ -92,7 +97,7 @@ class Serving:
             http = HttpService(self.files, self._generated_text, self.health, cfg.http.host, cfg.http.port)
             self._add("http", http.start, http.stop, str(cfg.http))
         if cfg.dns is not None:
-            server = ipaddress.IPv4Address(cfg.dhcp.subnet.server) if cfg.dhcp else None
+            server = cfg.dhcp.listeners[0].address if cfg.dhcp else None
             zone = Zone(cfg.domain, self.addresses, server, cfg.dns_ttl)
             dns = DnsService(zone, cfg.dns.host, cfg.dns.port)
             self._add("dns", dns.start, dns.stop, f"{cfg.dns} for {cfg.domain}")
@@ -113,26 +118,34 @@ class Serving:
         d = self.cfg.dhcp
         assert d is not None
         assert self.leases is not None
-        responder = Responder([d.subnet], self.cfg.machines, self.leases, self.planner, d.mode, d.unknown,
+        responder = Responder(list(d.subnets), self.cfg.machines, self.leases, self.planner, d.mode, d.unknown,
                               self._dhcp_event, adopt=self.adopt)
         self.responder = responder
-        service = DhcpService(responder, d.subnet.server, d.interface, d.port)
         leases = self.leases
+        several = len(d.listeners) > 1
+        for n, listener in enumerate(d.listeners):
+            # every interface's socket answers from the one responder: one lease table, one inventory
+            suffix = f" {listener.interface}" if several else ""
+            service = DhcpService(responder, listener.address, listener.interface, listener.port)
+            last = n == len(d.listeners) - 1
+            served = ", ".join(str(s.network) for s in d.subnets if s.server == listener.address)
+            self._add(f"dhcp ({d.mode.value}){suffix}", service.start, self._closer(service, leases if last else None),
+                      f"{listener}, {served}")
+            if d.mode is Mode.PROXY:
+                # iPXE and PXE ROMs send their proxyDHCP REQUEST to port 4011
+                pxe = DhcpService(responder, listener.address, listener.interface, listener.proxy_port,
+                                  reply_to_source=True)
+                self._add(f"proxydhcp{suffix}", pxe.start, self._closer(pxe),
+                          f"{listener.interface or 'all interfaces'}:{listener.proxy_port}")
 
+    @staticmethod
+    def _closer(service: DhcpService, leases: LeaseStore | None = None) -> Callable[[], Awaitable[None]]:
         async def stop() -> None:
             service.close()
-            leases.close()
+            if leases is not None:
+                leases.close()
 
-        self._add(f"dhcp ({d.mode.value})", service.start, stop,
-                  f"{d.interface or 'all interfaces'}:{d.port}, {d.subnet.network}")
-        if d.mode is Mode.PROXY:
-            # iPXE and PXE ROMs send their proxyDHCP REQUEST to port 4011
-            pxe = DhcpService(responder, d.subnet.server, d.interface, d.proxy_port, reply_to_source=True)
-
-            async def stop_pxe() -> None:
-                pxe.close()
-
-            self._add("proxydhcp", pxe.start, stop_pxe, f"{d.interface or 'all interfaces'}:{d.proxy_port}")
+        return stop
 
     def _dhcp_event(self, what: str, fields: dict[str, object]) -> None:
         logging.getLogger("bootsvc.dhcp").info("event=%s %s", what, " ".join(f"{k}={v}" for k, v in fields.items()))
@@ -179,7 +192,8 @@ class Serving:
             return local
         d = self.cfg.dhcp
         if d is not None:
-            return str(d.subnet.server)
+            with contextlib.suppress(ValueError):
+                return str(d.server_for(ipaddress.IPv4Address(client)))
         return str(self.cfg.iscsi.portals[0].host) if self.cfg.iscsi.portals else local
 
     def _generated_text(self, name: str, client: str, local: str) -> str | None:
@@ -226,8 +240,7 @@ class Serving:
             if getattr(new, key) != getattr(old, key):
                 changed.append(key)
         if new.iscsi.portals != old.iscsi.portals or (new.dhcp and old.dhcp and (
-                new.dhcp.interface, new.dhcp.port, new.dhcp.mode) != (old.dhcp.interface, old.dhcp.port,
-                                                                      old.dhcp.mode)) \
+                new.dhcp.listeners, new.dhcp.mode) != (old.dhcp.listeners, old.dhcp.mode)) \
                 or (new.dhcp is None) != (old.dhcp is None):
             changed.append("listen/dhcp mode")
         summary = self.disks.reconfigure(new, self.iscsi)
@@ -239,8 +252,10 @@ class Serving:
         self.cfg = new
         self.planner.cfg = new
         if new.dhcp is not None and self.responder is not None:
-            self.responder.subnets = [new.dhcp.subnet]
+            self.responder.subnets = list(new.dhcp.subnets)
             self.responder.unknown = new.dhcp.unknown
+        if self.responder is not None:
+            self.responder.machines_changed()
         if changed:
             self.report(f"reload: {', '.join(changed)} changed: takes effect at the next restart")
         return f"{len(new.machines)} machine(s); {summary}; {extra}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,69 @@ machines:
     assert f"{cfg_path}:4: machines.52:54:00:77:00:01.profile: no profile 'nope'" in text
     assert f"{cfg_path}:5: machines.52:54:00:77:00:02.hostname: node01 is used by two machines" in text
     assert "300.1.1.1" in text and "'not-a-mac' is not a MAC address" in text
+
+
+def test_dhcp_one_subnet_inline(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, """
+domain: lab
+listen:
+  dhcp: {interface: br0, address: 10.77.0.1}
+dhcp:
+  subnet: 10.77.0.0/24
+  range: [10.77.0.100, 10.77.0.200]
+  router: 10.77.0.1
+  lease_time: 30m
+"""))
+    assert cfg.dhcp is not None
+    (s,) = cfg.dhcp.subnets
+    assert (str(s.network), str(s.server), str(s.first), s.lease_time, s.domain) == (
+        "10.77.0.0/24", "10.77.0.1", "10.77.0.100", 1800, "lab")
+    assert [str(x) for x in cfg.dhcp.listeners] == ["br0:67"]
+
+
+def test_dhcp_several_interfaces_and_a_relayed_subnet(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, """
+listen:
+  dhcp:
+    - {interface: br0, address: 10.77.0.1}
+    - {interface: br1, address: 10.78.0.1}
+dhcp:
+  dns: [10.77.0.1]
+  lease_time: 1h
+  subnets:
+    - {subnet: 10.77.0.0/24, range: [10.77.0.100, 10.77.0.200]}
+    - {subnet: 10.78.0.0/24, range: [10.78.0.100, 10.78.0.200], lease_time: 2h}
+    - {subnet: 10.79.0.0/24, range: [10.79.0.10, 10.79.0.20], router: 10.79.0.1, server: 10.78.0.1}
+"""))
+    assert cfg.dhcp is not None
+    a, b, c = cfg.dhcp.subnets
+    assert [str(s.server) for s in (a, b, c)] == ["10.77.0.1", "10.78.0.1", "10.78.0.1"]
+    assert (a.lease_time, b.lease_time, [str(x) for x in c.dns]) == (3600, 7200, ["10.77.0.1"])
+    assert str(c.router) == "10.79.0.1" and a.router is None
+    assert str(cfg.dhcp.server_for(ipaddress.IPv4Address("10.79.0.15"))) == "10.78.0.1"
+
+
+def test_dhcp_problems_name_the_line(tmp_path: Path) -> None:
+    p = write(tmp_path, """
+listen:
+  dhcp:
+    - {interface: br0, address: 10.77.0.1}
+    - {address: 10.78.0.1, port: 70000}
+dhcp:
+  subnets:
+    - {subnet: 10.77.0.0/24, range: [10.77.0.200, 10.77.0.100]}
+    - {subnet: 10.77.0.128/25, server: 10.77.0.1}
+    - {subnet: 10.79.0.0/24, colour: red}
+    - {subnet: nonsense}
+""")
+    with pytest.raises(ConfigError) as e:
+        load(p)
+    text = "\n".join(e.value.problems)
+    assert f"{p}:5: listen.dhcp[1].port: 70000 is not a port" in text
+    assert f"{p}:5: listen.dhcp: 10.78.0.1: with several listeners each names its interface" in text
+    assert f"{p}:8: dhcp.subnets[0].range: 10.77.0.200..10.77.0.100 is not an ascending range" in text
+    assert "10.77.0.0/24 and 10.77.0.128/25 overlap" in text
+    assert f"{p}:10: dhcp.subnets[2].colour: unknown key" in text
+    assert f"{p}:10: dhcp.subnets[2].server: 10.79.0.0/24 is relayed: name the address" in text
+    assert f"{p}:11: dhcp.subnets[3].subnet: 'nonsense' is not a subnet" in text
+    assert "10.78.0.1 is in none of the dhcp subnets" in text

@@ -73,6 +73,11 @@ class Responder:
     counters: Counter[str] = field(default_factory=Counter)
     discovered: dict[str, float] = field(default_factory=dict)  # MAC -> last reported
     adopt: Callable[[str], Machine | None] = lambda mac: None  # policy default: a machine for a new MAC
+    _reserved_ips: set[IPv4] | None = None  # the machines' fixed IPs, kept out of the range
+
+    def machines_changed(self) -> None:
+        """The inventory changed (reload, adoption): reserved addresses are read again."""
+        self._reserved_ips = None
 
     def _drop(self, why: str) -> None:
         self.counters[f"dropped_{why}"] += 1
@@ -97,6 +102,7 @@ class Responder:
             if self.unknown is UnknownPolicy.DEFAULT:
                 machine = self.adopt(req.mac)  # from now on in self.machines; None if it cannot be
                 if machine is not None:
+                    self.machines_changed()
                     self.on_event("dhcp.adopted", {"mac": req.mac, "hostname": machine.hostname, "arch": req.arch})
             last = self.discovered.get(req.mac)
             if machine is None and (last is None or now - last > SEEN_INTERVAL):
@@ -143,7 +149,9 @@ class Responder:
         return self.leases.free_address(subnet.first, subnet.last, now, reserved)
 
     def _reserved(self) -> set[IPv4]:
-        return {m.ip for m in self.machines.values() if m.ip is not None}
+        if self._reserved_ips is None:
+            self._reserved_ips = {m.ip for m in self.machines.values() if m.ip is not None}
+        return self._reserved_ips
 
     @staticmethod
     def _in_pool(ip: IPv4, subnet: Subnet) -> bool:

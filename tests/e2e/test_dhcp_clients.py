@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,85 @@ dhcp:
     assert listing.returncode == 0, listing.stderr
     assert listing.stdout.count("booting profile lab as pxe-") == 100, listing.stdout[-2000:]
     assert len(list((state / "overlays").glob("pxe-*.qcow2"))) == 100
+
+
+def dhclient(link: Link, tmp: Path) -> dict[str, str]:
+    """ISC dhclient's first lease on ``link`` ({} when none within 20 s); the
+    client is ended by its PID once it has one (it never daemonizes: -d)."""
+    out = tmp / f"dhclient-{link.dev}"
+    out.unlink(missing_ok=True)
+    script = tmp / "dhclient.sh"
+    script.write_text(f'#!/bin/sh\ncase "$reason" in BOUND) env > {out}.$$ && mv {out}.$$ {out};; esac\nexit 0\n')
+    script.chmod(0o755)
+    conf = tmp / "dhclient.conf"
+    conf.write_text("timeout 20;\nretry 1;\nrequest subnet-mask, routers, domain-name, domain-name-servers, "
+                    "host-name;\n")
+    proc = subprocess.Popen(["ip", "netns", "exec", link.ns, "dhclient", "-d", "-1", "-cf", str(conf),
+                             "-sf", str(script), "-lf", str(tmp / "dhclient.leases"),
+                             "-pf", str(tmp / "dhclient.pid"), link.dev],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 25
+        while not out.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        stop(proc)
+    if not out.exists():
+        return {}
+    return dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
+
+
+def test_several_interfaces_and_a_relayed_subnet(tmp_path: Path) -> None:
+    """One `bootsvc serve` on two interfaces plus a subnet behind a relay:
+    busybox udhcpc on the first gets its fixed address, ISC dhclient on the
+    second an address of that subnet's range, and perfdhcp relaying from a
+    third subnet gets addresses of that subnet with our address on the relay's
+    side as server identifier."""
+    need("busybox", "dhclient", "perfdhcp", "ip")
+    reason = can_make_namespaces()
+    if reason:
+        pytest.skip(reason)
+    cfg = tmp_path / "bootsvc.yaml"
+    cfg.write_text(f"""
+state_dir: {tmp_path / 'state'}
+domain: lab.test
+default_profile: demo-linux
+listen:
+  dhcp:
+    - {{interface: bsv-a0, address: 10.217.0.1}}
+    - {{interface: bsv-b0, address: 10.218.0.1}}
+dhcp:
+  lease_time: 10m
+  unknown_machines: discover
+  subnets:
+    - {{subnet: 10.217.0.0/24, range: [10.217.0.100, 10.217.0.110], router: 10.217.0.1}}
+    - {{subnet: 10.218.0.0/24, range: [10.218.0.100, 10.218.0.110], router: 10.218.0.1, domain: b.test}}
+    - {{subnet: 10.219.0.0/24, range: [10.219.0.100, 10.219.0.199], server: 10.218.0.1}}
+machines:
+  {KNOWN_MAC}: {{hostname: node01, ip: 10.217.0.11}}
+""")
+    with namespaces("msrv", "mc1", "mc2") as (srv, c1ns, c2ns):
+        a = veth(srv, "bsv-a0", c1ns, "bsv-a1", KNOWN_MAC, "10.217.0.1/24")[1]
+        b = veth(srv, "bsv-b0", c2ns, "bsv-b1", UNKNOWN_MAC, "10.218.0.1/24")[1]
+        proc = bootsvc_serve(cfg, tmp_path / "serve.log", "2 of 2 service(s) serving", netns=srv)
+        try:
+            first = udhcpc(a, tmp_path)
+            assert (first.get("ip"), first.get("hostname"), first.get("router")) == (
+                "10.217.0.11", "node01", "10.217.0.1"), first
+            second = dhclient(b, tmp_path)
+            assert second.get("new_ip_address", "").startswith("10.218.0.1"), second
+            assert (second.get("new_routers"), second.get("new_domain_name"),
+                    second.get("new_dhcp_server_identifier")) == ("10.218.0.1", "b.test", "10.218.0.1"), second
+            # a relay agent at 10.219.0.1 on the second link, reached through it
+            subprocess.run(["ip", "-n", c2ns, "addr", "add", "10.218.0.2/24", "dev", "bsv-b1"], check=True)
+            subprocess.run(["ip", "-n", c2ns, "addr", "add", "10.219.0.1/24", "dev", "bsv-b1"], check=True)
+            subprocess.run(["ip", "-n", srv, "route", "add", "10.219.0.0/24", "via", "10.218.0.2"], check=True)
+            run = perfdhcp(c2ns, "10.219.0.1", "10.218.0.1", "-r", "10", "-R", "20", "-n", "20",
+                           "-W", "2000000", timeout=120)
+        finally:
+            stop(proc)
+    assert len(run.sent) == 2 and run.sent == run.received, run.output
+    listing = subprocess.run([sys.executable, "-m", "bootsvc", "machines", "-c", str(cfg)], capture_output=True,
+                             text=True, timeout=60)
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout.count(", 10.219.0.1") == 20, listing.stdout[-2000:]
