@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import struct
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tftpy.TftpPacketTypes import TftpPacketACK, TftpPacketRRQ
 
+from bootsvc.tftp import files as files_mod
 from bootsvc.tftp.files import FileSource
 from bootsvc.tftp.service import TftpService
 from bootsvc.tftp.transfer import ReadTransfer, TftpFormatError, decode, parse_request
@@ -106,16 +109,32 @@ def test_file_names(tmp_path: Path) -> None:
             files.read(bad)
 
 
+def test_file_cache_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(files_mod, "CACHE_BYTES", 2500)
+    for name in "abc":
+        (tmp_path / name).write_bytes(name.encode() * 1000)
+    files = FileSource([tmp_path])
+    for name in "abcab":
+        assert files.read(name) == name.encode() * 1000
+    assert list(p.name for p in files._cache) == ["a", "b"] and files._cached_bytes == 2000
+    (tmp_path / "a").write_bytes(b"new")  # a changed file is read again
+    assert files.read("a") == b"new" and files._cached_bytes == 1003
+
+
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+def service(tmp_path: Path) -> Iterator[tuple[TftpService, Path]]:
     root = tmp_path / "root"
     root.mkdir()
     (root / "small.bin").write_bytes(os.urandom(1000))
     (root / "big.bin").write_bytes(os.urandom(3 << 20))
-    port = free_port()
-    service = TftpService(FileSource([root]), "127.0.0.1", port)
+    service = TftpService(FileSource([root]), "127.0.0.1", free_port())
     with serving(service.start, service.close):
-        yield port, root
+        yield service, root
+
+
+@pytest.fixture
+def server(service: tuple[TftpService, Path]) -> tuple[int, Path]:
+    return service[0].port, service[1]
 
 
 @pytest.mark.skipif(not shutil.which("tftp"), reason="needs tftp-hpa")
@@ -144,3 +163,51 @@ def test_busybox_client_with_blksize(server: tuple[int, Path], tmp_path: Path) -
         assert p.wait(60) == 0
     for i in range(8):
         assert Path(f"{out}.{i}").read_bytes() == (root / "big.bin").read_bytes()
+
+
+@pytest.mark.skipif(not shutil.which("busybox"), reason="needs busybox")
+def test_lone_transfer_moves_over_when_others_start(service: tuple[TftpService, Path], tmp_path: Path) -> None:
+    """The first transfer runs on its own thread; when more start it goes on
+    on the shared sender without a gap, and every client gets its bytes."""
+    svc, root = service
+
+    def fetch(i: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(["busybox", "tftp", "-b", "512", "-g", "-r", "big.bin", "-l", str(tmp_path / f"{i}"),
+                                 "127.0.0.1", str(svc.port)])
+
+    first = fetch(0)
+    deadline = time.monotonic() + 10
+    while svc._solo is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert svc._solo is not None
+    lone = svc._solo
+    others = [fetch(i) for i in range(1, 4)]
+    for p in [first, *others]:
+        assert p.wait(60) == 0
+    assert lone.crowded  # it was told to move, and its client still got every byte
+    for i in range(4):
+        assert (tmp_path / f"{i}").read_bytes() == (root / "big.bin").read_bytes()
+    assert svc.counters["sent"] == 4 and not svc.active
+
+
+def test_silent_client_times_out_and_the_server_goes_on(service: tuple[TftpService, Path]) -> None:
+    """An RRQ and then silence: the lone transfer resends, gives up after its
+    retries, and the next client is served."""
+    svc, root = service
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.sendto(b"\0\1small.bin\0octet\0", ("127.0.0.1", svc.port))
+        s.settimeout(5)
+        first, _ = s.recvfrom(1024)
+        again, _ = s.recvfrom(1024)  # no ACK: the block comes again after the timeout
+        assert first == again and first[:4] == b"\0\3\0\1"
+        deadline = time.monotonic() + 15
+        while svc.counters["failed"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert svc.counters["failed"] == 1 and not svc.active
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(5)
+        s.sendto(b"\0\1small.bin\0octet\0", ("127.0.0.1", svc.port))
+        data, peer = s.recvfrom(1024)
+        assert data[:4] == b"\0\3\0\1" and data[4:] == (root / "small.bin").read_bytes()[:512]
+        s.sendto(b"\0\4\0\1", peer)

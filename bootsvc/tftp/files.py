@@ -12,6 +12,7 @@ from pathlib import Path
 
 CACHE_FILES = 64
 CACHE_MAX_FILE = 64 << 20
+CACHE_BYTES = 256 << 20  # all cached files together: a bound on the memory a storm can pin
 
 # (name, client address, our address) -> contents, or None when not a generated name
 Generator = Callable[[str, str, str], "bytes | None"]
@@ -31,7 +32,8 @@ class FileSource:
     def __init__(self, roots: list[Path], generate: Generator | None = None) -> None:
         self.roots = [r.resolve() for r in roots]
         self.generate = generate
-        self._cache: OrderedDict[Path, tuple[int, int, bytes]] = OrderedDict()
+        self._cache: OrderedDict[Path, tuple[int, int, bytes]] = OrderedDict()  # least recently used first
+        self._cached_bytes = 0
 
     def read(self, name: str, client: str = "", local: str = "") -> bytes:
         """The file's bytes; FileNotFoundError or PermissionError (with a
@@ -64,9 +66,11 @@ class FileSource:
         with open(path, "rb") as f:
             data = f.read()
         if len(data) <= CACHE_MAX_FILE:  # a boot storm reads the same few files again and again
+            old = self._cache.pop(path, None)
+            self._cached_bytes += len(data) - (len(old[2]) if old else 0)
             self._cache[path] = (st.st_mtime_ns, st.st_size, data)
-            if len(self._cache) > CACHE_FILES:
-                self._cache.popitem(last=False)
+            while len(self._cache) > CACHE_FILES or self._cached_bytes > CACHE_BYTES:
+                self._cached_bytes -= len(self._cache.popitem(last=False)[1][2])
         return data
 
 

@@ -9,6 +9,7 @@ import logging
 import queue
 import select
 import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -20,13 +21,20 @@ from .transfer import ReadTransfer, TftpError, TftpFormatError, decode, error, p
 log = logging.getLogger("bootsvc.tftp")
 TIMEOUT = 1.0  # seconds without an answer before a window is sent again
 ACK_OPCODE = 4
-RECEIVE_MAX = 65536
+# what a client sends to a transfer: ACKs (4 bytes) and ERRORs (a message of at most
+# a block: 516 bytes); a larger datagram is cut there and dropped as malformed.
+# (recv allocates this much each time: 64 KiB cost more than the rest of an ACK)
+RECEIVE_MAX = 1024
 TIMER_TICK = 0.1  # seconds between looks for transfers whose ACK is overdue
+RECEIVE_TIMEOUT = struct.pack("ll", 0, int(TIMER_TICK * 1e6))  # SO_RCVTIMEO of a solo transfer's socket
 MAX_TRANSFERS = 512  # at once; more get "busy" and retry (each holds a socket)
 
 
 class _Transfer:
-    """One transfer on its own socket (a new port: its TID, RFC 1350 §4)."""
+    """One transfer on its own socket (a new port: its TID, RFC 1350 §4),
+    connected to the client as tftpd-hpa's is: the kernel drops datagrams
+    from any other address and port (§4's "unknown TID") before we see them,
+    and send/recv need no address."""
 
     def __init__(self, transfer: ReadTransfer, peer: tuple[str, int], name: str, local: str,
                  family: socket.AddressFamily) -> None:
@@ -34,42 +42,92 @@ class _Transfer:
         self.peer = peer
         self.file = name
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
-        self.sock.setblocking(False)
-        self.sock.bind((local, 0))
+        try:
+            self.sock.setblocking(False)
+            self.sock.bind((local, 0))
+            self.sock.connect(peer)
+        except OSError:
+            self.sock.close()
+            raise
         self.deadline = 0.0
 
-    def send(self, packets: list[bytes]) -> None:
+    def send(self, packets: list[bytes], now: float) -> None:
         for p in packets:
-            self.sock.sendto(p, self.peer)
-        self.deadline = time.monotonic() + TIMEOUT
+            self.sock.send(p)
+        self.deadline = now + TIMEOUT
 
-    def begin(self) -> None:
-        self.send(self.transfer.start())
+    def begin(self, now: float) -> None:
+        self.send(self.transfer.start(), now)
 
-    def retry(self) -> None:
+    def retry(self, now: float) -> None:
         """No ACK in time: send the window again (or give up)."""
-        self.send(self.transfer.on_timeout())
+        self.send(self.transfer.on_timeout(), now)
 
-    def readable(self, counters: Counter[str]) -> None:
-        t = self.transfer
-        while not t.done:
+    def readable(self, counters: Counter[str], now: float) -> None:
+        """One datagram per readiness event: epoll is level-triggered, so any
+        further ACK is reported again, and a lock-step transfer (one ACK per
+        block) saves the recv that would find nothing."""
+        try:
+            data = self.sock.recv(RECEIVE_MAX)
+        except (BlockingIOError, InterruptedError):
+            return
+        self.handle(data, counters, now)
+
+    def handle(self, data: bytes, counters: Counter[str], now: float) -> None:
+        if len(data) == 4 and data[1] == ACK_OPCODE and data[0] == 0:
+            packets = self.transfer.on_ack(data[2] << 8 | data[3])  # the hot path: no packet object
+        else:
             try:
-                data, addr = self.sock.recvfrom(RECEIVE_MAX)
-            except (BlockingIOError, InterruptedError):
+                packets = self.transfer.on_packet(decode(data))
+            except TftpFormatError:
+                counters["dropped_malformed"] += 1
                 return
-            if addr[:2] != self.peer[:2]:
-                self.sock.sendto(error(TftpError.UNKNOWN_TID, "unknown transfer ID"), addr)
-                continue
-            if len(data) == 4 and data[1] == ACK_OPCODE and data[0] == 0:
-                packets = t.on_ack(int.from_bytes(data[2:], "big"))  # the hot path: no packet object
-            else:
+        if packets:  # send() inlined: this runs once per block
+            send = self.sock.send
+            for p in packets:
+                send(p)
+            self.deadline = now + TIMEOUT
+
+
+class _Solo(threading.Thread):
+    """The only transfer, on its own thread, blocked in recv with the
+    kernel's receive timeout (SO_RCVTIMEO) as its clock: one system call per
+    ACK where the shared sender needs two (epoll_wait, recv), and no clock
+    read per block. A lock-step transfer is bound by that round trip. When
+    another transfer starts, this one moves to the shared sender, which
+    serves many at once without GIL hand-offs between threads
+    (docs/benchmarks.md, TFTP)."""
+
+    def __init__(self, service: TftpService, x: _Transfer) -> None:
+        super().__init__(name="tftp-solo", daemon=True)
+        self.service = service
+        self.x = x
+        self.crowded = False  # set from the loop: move to the shared sender
+
+    def run(self) -> None:
+        x, t, counters = self.x, self.x.transfer, self.service.counters
+        recv, handle = x.sock.recv, x.handle
+        idle = 0  # receive timeouts in a row
+        try:
+            x.sock.setblocking(True)
+            x.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, RECEIVE_TIMEOUT)
+            x.begin(0.0)
+            while not t.done and not self.service.closing:
+                if self.crowded:
+                    x.sock.setblocking(False)
+                    self.service.to_sender(x)
+                    return
                 try:
-                    packets = t.on_packet(decode(data))
-                except TftpFormatError:
-                    counters["dropped_malformed"] += 1
-                    continue
-            if packets:
-                self.send(packets)
+                    handle(recv(RECEIVE_MAX), counters, 0.0)
+                    idle = 0
+                except BlockingIOError:  # a tick without a datagram
+                    idle += 1
+                    if idle * TIMER_TICK >= TIMEOUT:
+                        x.retry(0.0)
+                        idle = 0
+        except OSError as e:
+            t.done, t.failed = True, f"socket error: {e.strerror or e}"
+        self.service.solo_ended(x)
 
 
 class _Sender(threading.Thread):
@@ -85,13 +143,15 @@ class _Sender(threading.Thread):
         self.loop = asyncio.get_running_loop()
         self.epoll = select.epoll()
         self.transfers: dict[int, _Transfer] = {}
-        self.new: queue.SimpleQueue[_Transfer | None] = queue.SimpleQueue()
+        self.new: queue.SimpleQueue[tuple[_Transfer, bool] | None] = queue.SimpleQueue()
         self.wake_r, self.wake_w = socket.socketpair()
         self.wake_r.setblocking(False)
         self.epoll.register(self.wake_r.fileno(), select.EPOLLIN)
 
-    def add(self, transfer: _Transfer) -> None:
-        self.new.put(transfer)
+    def add(self, transfer: _Transfer, begin: bool = True) -> None:
+        """Serve ``transfer``: start it, or (``begin`` False) go on with one
+        under way."""
+        self.new.put((transfer, begin))
         self.wake_w.send(b"\0")
 
     def stop(self) -> None:
@@ -100,23 +160,24 @@ class _Sender(threading.Thread):
 
     def run(self) -> None:
         counters = self.service.counters
+        transfers, poll, monotonic = self.transfers, self.epoll.poll, time.monotonic
         next_check = 0.0
         try:
             while True:
-                events = self.epoll.poll(TIMER_TICK)
+                events = poll(TIMER_TICK)
+                now = monotonic()  # one clock read per wake-up: deadlines need no finer grain
                 for fd, _ in events:
-                    x = self.transfers.get(fd)
+                    x = transfers.get(fd)
                     if x is None:
-                        if not self._take_new():
+                        if not self._take_new(now):
                             return
                         continue
-                    self._step(x, x.readable, counters)
-                now = time.monotonic()
+                    self._step(x, x.readable, counters, now)
                 if now < next_check:
                     continue  # timeouts are checked a few times a second, not after every packet
                 next_check = now + TIMER_TICK
-                for x in [x for x in self.transfers.values() if x.deadline <= now]:
-                    self._step(x, x.retry)
+                for x in [x for x in transfers.values() if x.deadline <= now]:
+                    self._step(x, x.retry, now)
         finally:
             for x in list(self.transfers.values()):
                 self._end(x)
@@ -124,7 +185,7 @@ class _Sender(threading.Thread):
             self.wake_r.close()
             self.wake_w.close()
 
-    def _take_new(self) -> bool:
+    def _take_new(self, now: float) -> bool:
         """Register queued transfers; False when told to stop."""
         try:
             self.wake_r.recv(4096)
@@ -132,14 +193,18 @@ class _Sender(threading.Thread):
             pass
         while True:
             try:
-                x = self.new.get_nowait()
+                item = self.new.get_nowait()
             except queue.Empty:
                 return True
-            if x is None:
+            if item is None:
                 return False
+            x, begin = item
             self.transfers[x.sock.fileno()] = x
             self.epoll.register(x.sock.fileno(), select.EPOLLIN)
-            self._step(x, x.begin)
+            if begin:
+                self._step(x, x.begin, now)
+            else:
+                x.deadline = now + TIMEOUT
 
     def _step(self, x: _Transfer, action: Callable[..., None], *args: object) -> None:
         """Move a transfer on; a socket error fails it; a finished one ends."""
@@ -155,8 +220,7 @@ class _Sender(threading.Thread):
         if self.transfers.pop(fd, None) is not None:
             self.epoll.unregister(fd)
         x.sock.close()
-        if not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self.service.finished, x)
+        self.service._from_thread(self.service.finished, x)
 
 
 class TftpService(asyncio.DatagramProtocol):
@@ -168,11 +232,15 @@ class TftpService(asyncio.DatagramProtocol):
         self.active: set[_Transfer] = set()
         self.counters: Counter[str] = Counter()
         self._sender: _Sender | None = None
+        self.closing = False
+        self._solo: _Solo | None = None  # the transfer on its own thread, if any
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._requests: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         await loop.create_datagram_endpoint(lambda: self, local_addr=(self.host, self.port), reuse_port=False)
+        self.loop = loop
         self._sender = _Sender(self)
         self._sender.start()
 
@@ -186,6 +254,26 @@ class TftpService(asyncio.DatagramProtocol):
             self.counters["sent"] += 1
             log.info("event=tftp.sent peer=%s file=%s bytes=%d", x.peer[0], x.file, len(t.data))
         self.active.discard(x)
+
+    def to_sender(self, x: _Transfer) -> None:
+        """From a solo thread: its transfer goes on on the shared sender."""
+        assert self._sender is not None
+        self._sender.add(x, begin=False)
+        self._from_thread(self._solo_gone, x)
+
+    def solo_ended(self, x: _Transfer) -> None:
+        """From a solo thread: its transfer is over."""
+        x.sock.close()
+        self._from_thread(self._solo_gone, x)
+        self._from_thread(self.finished, x)
+
+    def _from_thread(self, call: Callable[[_Transfer], None], x: _Transfer) -> None:
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(call, x)
+
+    def _solo_gone(self, x: _Transfer) -> None:
+        if self._solo is not None and self._solo.x is x:
+            self._solo = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -232,10 +320,17 @@ class TftpService(asyncio.DatagramProtocol):
             log.warning("event=tftp.failed peer=%s file=%s why=%s", addr[0], req.filename, e)
             return
         assert self._sender is not None
+        if not self.active:
+            self._solo = _Solo(self, transfer)
+            self._solo.start()
+        else:
+            if self._solo is not None:
+                self._solo.crowded = True
+            self._sender.add(transfer)
         self.active.add(transfer)
-        self._sender.add(transfer)
 
     def close(self) -> None:
+        self.closing = True
         if self._sender is not None:
             self._sender.stop()
         if self.transport is not None:

@@ -101,6 +101,8 @@ class ReadTransfer:
     def __init__(self, req: Request, data: bytes | memoryview) -> None:
         self.req = req
         self.data = memoryview(data)
+        self.blksize = req.blksize
+        self.lockstep = req.windowsize == 1  # one block per ACK: the common case, taken first
         self.blocks = len(self.data) // req.blksize + 1  # the last block is short (maybe empty)
         self.acked = 0  # highest block the client acknowledged
         self.retries = 0
@@ -111,8 +113,8 @@ class ReadTransfer:
         self.oack = bool(req.accepted)
 
     def _block(self, n: int) -> bytes:
-        start = (n - 1) * self.req.blksize
-        return DATA_HEADER.pack(3, n & 0xFFFF) + self.data[start:start + self.req.blksize]  # one copy
+        start = (n - 1) * self.blksize
+        return DATA_HEADER.pack(3, n & 0xFFFF) + self.data[start:start + self.blksize]  # one copy
 
     def _window(self) -> list[bytes]:
         last = min(self.acked + self.req.windowsize, self.blocks)
@@ -135,6 +137,14 @@ class ReadTransfer:
 
     def on_ack(self, blocknumber: int) -> list[bytes]:
         """An ACK of ``blocknumber`` (16 bits on the wire)."""
+        if self.lockstep and not self.oack and blocknumber == (self.acked + 1) & 0xFFFF:
+            # the common case first: the ACK of the one block just sent
+            n = self.acked = self.acked + 1
+            self.retries = 0
+            if n >= self.blocks:
+                self.done = True
+                return []
+            return [self._block(n + 1)]
         if self.oack:  # the ACK of our OACK is block 0; data starts after it
             if blocknumber != 0:
                 return []
