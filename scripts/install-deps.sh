@@ -11,7 +11,8 @@ debs=(
     qemu-system-x86     # QEMU for iPXE sanboot and diskless boots
     ipxe-qemu ipxe      # iPXE NIC ROMs and binaries
     tgt                 # reference iSCSI target
-    open-isns-utils     # isnsadm, isnsd
+    open-isns-utils     # isnsadm (iSNS peer in the tests)
+    open-isns-server    # isnsd (bench/isns.py reference)
     nasm                # assembles the sanboot test's boot sector
     busybox-static      # udhcpc, a real DHCP client for the DHCP tests
     tftp-hpa            # a real TFTP client
