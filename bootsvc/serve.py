@@ -127,10 +127,10 @@ class Serving:
             # every interface's socket answers from the one responder: one lease table, one inventory
             suffix = f" {listener.interface}" if several else ""
             service = DhcpService(responder, listener.address, listener.interface, listener.port)
-            last = n == len(d.listeners) - 1
             served = ", ".join(str(s.network) for s in d.subnets if s.server == listener.address)
-            self._add(f"dhcp ({d.mode.value}){suffix}", service.start, self._closer(service, leases if last else None),
-                      f"{listener}, {served}")
+            # services stop in reverse order: the first one stops last and closes the lease store
+            self._add(f"dhcp ({d.mode.value}){suffix}", service.start,
+                      self._closer(service, leases if n == 0 else None), f"{listener}, {served}")
             if d.mode is Mode.PROXY:
                 # iPXE and PXE ROMs send their proxyDHCP REQUEST to port 4011
                 pxe = DhcpService(responder, listener.address, listener.interface, listener.proxy_port,

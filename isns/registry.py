@@ -237,6 +237,8 @@ class Registry:
                     raise IsnsError(Status.INVALID_REGISTRATION, f"{name} belongs to entity {other.entity}")
             elif kind == "portal" and not _portal_key(attrs):
                 raise IsnsError(Status.INVALID_REGISTRATION, "a portal needs an address and a port")
+            elif kind == "dd":
+                raise IsnsError(Status.INVALID_REGISTRATION, "discovery domains are registered with DDReg")
         self.entities[entity.eid] = entity
         added: list[Object] = []
         for kind, attrs in groups:

@@ -118,3 +118,23 @@ def test_bad_lengths_and_sequences() -> None:
 
 def test_ipv4_is_mapped() -> None:
     assert address("10.0.0.1") == ipaddress.IPv6Address("::ffff:10.0.0.1")
+
+
+def test_registry_refuses_without_changing_anything() -> None:
+    """A registration with one bad object registers none of it (§5.6.5.1)."""
+    from isns.registry import Registry
+
+    reg = Registry()
+    src = Attr(Tag.ISCSI_NAME, "iqn.2026-11.test:a")
+    ok = reg.handle(request(Function.DEV_ATTR_REG, 1, src, [], [Attr(Tag.ISCSI_NAME, "iqn.2026-11.test:a")]), 0.0)
+    assert ok is not None and ok.status == Status.SUCCESS
+    bad = request(Function.DEV_ATTR_REG, 2, Attr(Tag.ISCSI_NAME, "iqn.2026-11.test:b"), [],
+                  [Attr(Tag.ISCSI_NAME, "iqn.2026-11.test:b"), Attr(Tag.ISCSI_NAME, "iqn.2026-11.test:a")])
+    assert reg.handle(bad, 0.0).status == Status.INVALID_REGISTRATION  # type: ignore[union-attr]
+    dd = request(Function.DEV_ATTR_REG, 3, src, [], [Attr(Tag.DD_ID, 4)])
+    assert reg.handle(dd, 0.0).status == Status.INVALID_REGISTRATION  # type: ignore[union-attr]
+    assert list(reg.nodes) == ["iqn.2026-11.test:a"] and len(reg.entities) == 1
+    nosrc = Message(Function.DEV_ATTR_QRY, 4, (Attr(Tag.DELIMITER),))
+    assert reg.handle(nosrc, 0.0).status == Status.SOURCE_ABSENT  # type: ignore[union-attr]
+    unknown = Message(0x0042, 5, (src,))
+    assert reg.handle(unknown, 0.0).status == Status.MESSAGE_NOT_SUPPORTED  # type: ignore[union-attr]

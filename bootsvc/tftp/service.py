@@ -82,11 +82,8 @@ class _Transfer:
             except TftpFormatError:
                 counters["dropped_malformed"] += 1
                 return
-        if packets:  # send() inlined: this runs once per block
-            send = self.sock.send
-            for p in packets:
-                send(p)
-            self.deadline = now + TIMEOUT
+        if packets:
+            self.send(packets, now)
 
 
 class _Solo(threading.Thread):
