@@ -332,7 +332,7 @@ class Registry:
 
     def _matches(self, obj: Object, keys: list[Attr]) -> bool:
         have = {}
-        for a in _object_attrs(obj):
+        for a in obj.attrs():
             have.setdefault(a.tag, []).append(a.value)
         return all(a.value is None or a.value in have.get(a.tag, []) for a in keys)
 
@@ -365,7 +365,7 @@ class Registry:
                 if id(rel) in done or not self._may_see(rel, seen):
                     continue
                 done.add(id(rel))
-                attrs = _object_attrs(rel)
+                attrs = rel.attrs()
                 out.extend(a for a in attrs if not wanted or a.tag in wanted or a.tag in _KEY_TAGS)
         return response(msg, Status.SUCCESS, [*keys, Attr(Tag.DELIMITER), *out])
 
@@ -388,7 +388,7 @@ class Registry:
         filters = [a for a in operating if a.value is not None]
         for obj in objects[start:]:
             if self._may_see(obj, seen) and self._matches(obj, filters):
-                attrs = _object_attrs(obj)
+                attrs = obj.attrs()
                 key = [a for a in attrs if a.tag in _KEY_TAGS]
                 return response(msg, Status.SUCCESS, [*key, Attr(Tag.DELIMITER), *attrs])
         return response(msg, Status.NO_SUCH_ENTRY)  # the end of the walk, not a refusal
@@ -545,7 +545,3 @@ def _portal_key(attrs: Iterable[Attr]) -> tuple[ipaddress.IPv6Address, Port] | N
     if isinstance(addr, ipaddress.IPv6Address) and isinstance(port, Port):
         return addr, port
     return None
-
-
-def _object_attrs(obj: Object) -> list[Attr]:
-    return obj.attrs()

@@ -56,7 +56,7 @@ class IsnsServer:
                 except IsnsFormatError as e:
                     # the stream cannot be trusted past a bad PDU: say so if we can, then close
                     log.info("event=isns.malformed peer=%s why=%s", peer, e)
-                    if len(head) == HEADER_SIZE and not head[2] & 0x80:
+                    if not head[2] & 0x80:  # a request: answer it
                         fn = int.from_bytes(head[2:4], "big")
                         xid = int.from_bytes(head[8:10], "big")
                         self._send(writer, Message(fn | RESPONSE, xid, status=Status.MESSAGE_FORMAT_ERROR))

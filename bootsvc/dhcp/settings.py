@@ -95,18 +95,18 @@ def _listeners(c: Checker, listen: LineMap) -> list[Listener] | None:
     if not entries:
         c.err(listen, "listen.dhcp", "expected {interface, address} or a list of them")
         return None
-    out = []
+    found: list[tuple[LineMap, Listener]] = []  # each with its entry, for the line of an error
     for i, entry in enumerate(entries):
         where = "listen.dhcp" if not isinstance(raw, list) else f"listen.dhcp[{i}]"
         ld = c.mapping(listen, where, entry)
         if ld is not None and (one := _listener(c, ld, where)) is not None:
-            out.append(one)
-    if len(out) > 1:
+            found.append((ld, one))
+    if len(found) > 1:
         # two sockets on port 67 of every interface would steal each other's packets
-        for entry, one in zip(entries, out):
+        for ld, one in found:
             if one.interface is None:
-                c.err(entry, "listen.dhcp", f"{one.address}: with several listeners each names its interface")
-    return out if len(out) == len(entries) else None
+                c.err(ld, "listen.dhcp", f"{one.address}: with several listeners each names its interface")
+    return [one for _, one in found] if len(found) == len(entries) else None
 
 
 def _subnet(c: Checker, d: LineMap, defaults: LineMap, where: str, listeners: list[Listener],

@@ -137,7 +137,6 @@ class _Sender(threading.Thread):
     def __init__(self, service: TftpService) -> None:
         super().__init__(name="tftp-sender", daemon=True)
         self.service = service
-        self.loop = asyncio.get_running_loop()
         self.epoll = select.epoll()
         self.transfers: dict[int, _Transfer] = {}
         self.new: queue.SimpleQueue[tuple[_Transfer, bool] | None] = queue.SimpleQueue()
@@ -217,7 +216,7 @@ class _Sender(threading.Thread):
         if self.transfers.pop(fd, None) is not None:
             self.epoll.unregister(fd)
         x.sock.close()
-        self.service._from_thread(self.service.finished, x)
+        self.service.from_thread(self.service.finished, x)
 
 
 class TftpService(asyncio.DatagramProtocol):
@@ -256,15 +255,16 @@ class TftpService(asyncio.DatagramProtocol):
         """From a solo thread: its transfer goes on on the shared sender."""
         assert self._sender is not None
         self._sender.add(x, begin=False)
-        self._from_thread(self._solo_gone, x)
+        self.from_thread(self._solo_gone, x)
 
     def solo_ended(self, x: _Transfer) -> None:
         """From a solo thread: its transfer is over."""
         x.sock.close()
-        self._from_thread(self._solo_gone, x)
-        self._from_thread(self.finished, x)
+        self.from_thread(self._solo_gone, x)
+        self.from_thread(self.finished, x)
 
-    def _from_thread(self, call: Callable[[_Transfer], None], x: _Transfer) -> None:
+    def from_thread(self, call: Callable[[_Transfer], None], x: _Transfer) -> None:
+        """Run ``call(x)`` on the loop, from a sender or solo thread."""
         if self.loop is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(call, x)
 
