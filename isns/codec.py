@@ -15,7 +15,8 @@ import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from .protocol import HEADER_SIZE, KINDS, MAX_PDU_PAYLOAD, RESPONSE, UDP_PORT_FLAG, VERSION, Flags, Kind, Status, Tag
+from .protocol import (HEADER_SIZE, KINDS, MAX_PDU_PAYLOAD, RESPONSE, UDP_PORT_FLAG, VERSION, Flags, Function, Kind,
+                       Status, Tag)
 
 HEADER = struct.Struct("!HHHHHH")
 TLV = struct.Struct("!II")
@@ -199,6 +200,9 @@ def decode_attrs(data: bytes) -> tuple[Attr, ...]:
 def decode_message(function: int, xid: int, flags: int, payload: bytes) -> Message:
     """A message from its (joined) payload."""
     status = None
+    if function == Function.HEARTBEAT:  # a fixed layout, not attributes: see Heartbeat
+        Heartbeat.unpack(payload)
+        return Message(function, xid, (), Flags(flags & 0xFFFF))
     if function & RESPONSE:
         if len(payload) < 4:
             raise IsnsFormatError("a response starts with a 4-byte status")
@@ -220,7 +224,9 @@ def encode_message(msg: Message, max_payload: int = MAX_PDU_PAYLOAD) -> list[byt
         current += raw
     chunks.append(current)
     base = int(msg.flags) & ~(Flags.FIRST_PDU | Flags.LAST_PDU)
-    base |= Flags.SERVER if msg.is_response else Flags.CLIENT
+    # the server sends responses and its own SCN/ESI requests; clients answer those (§5.1.4)
+    server_sent = msg.is_response != (msg.function & ~RESPONSE in (Function.SCN, Function.ESI))
+    base |= Flags.SERVER if server_sent else Flags.CLIENT
     pdus = []
     for seq, chunk in enumerate(chunks):
         flags = base | (Flags.FIRST_PDU if seq == 0 else 0) | (Flags.LAST_PDU if seq == len(chunks) - 1 else 0)
@@ -268,3 +274,29 @@ def request(function: int, xid: int, source: Attr, keys: Iterable[Attr] = (), op
 
 def response(req: Message, status: Status, attrs: Iterable[Attr] = ()) -> Message:
     return Message(req.function | RESPONSE, req.xid, tuple(attrs), Flags(0), status)
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """The server's announcement of itself (§5.6.5.14): where to reach it,
+    how often it speaks, and a counter; sent by UDP, with no response."""
+
+    address: ipaddress.IPv6Address
+    tcp_port: int
+    udp_port: int
+    interval: int
+    counter: int
+
+    LAYOUT = struct.Struct("!16sHHII")
+
+    def pack(self, xid: int = 0) -> bytes:
+        payload = self.LAYOUT.pack(self.address.packed, self.udp_port, self.tcp_port, self.interval, self.counter)
+        flags = Flags.SERVER | Flags.FIRST_PDU | Flags.LAST_PDU
+        return Header(Function.HEARTBEAT, len(payload), flags, xid, 0).pack() + payload
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> Heartbeat:
+        if len(payload) < cls.LAYOUT.size:
+            raise IsnsFormatError(f"a heartbeat is {cls.LAYOUT.size} bytes, got {len(payload)}")
+        raw, udp, tcp, interval, counter = cls.LAYOUT.unpack_from(payload)
+        return cls(ipaddress.IPv6Address(raw), tcp, udp, interval, counter)

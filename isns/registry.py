@@ -2,36 +2,36 @@
 without sockets or clocks: ``Registry.handle(message, now)`` returns the
 response.
 
-Objects (§6): network entities holding portals and iSCSI nodes, portal
-groups, discovery domains (DDs). Who sees what (§3.2.1, §5.6.5.2): a node
-sees the nodes it shares a DD with; a node in no DD sees the other nodes in
-no DD when ``default_dd_visible`` (open-isns's DefaultDiscoveryDomain), else
-only itself; control nodes see and may change everything, and only they
-(and sources allowed by ``open_dd_registration``) register DDs.
+Objects (§6, isns/objects.py): network entities holding portals and iSCSI
+nodes, portal groups, discovery domains (DDs) and DD sets. Who sees what
+(§3.2.1, §5.6.5.2): a node sees the nodes it shares an active DD with (a DD
+is active in no DD set or in an enabled one); a node in no active DD sees
+the other nodes in none when ``default_dd_visible`` (open-isns's
+DefaultDiscoveryDomain), else only itself; control nodes see and may change
+everything, and only they (and sources allowed by ``open_dd_registration``)
+register DDs and DD sets.
+
+What the server must do besides answering is left in the registry:
+``notices`` (SCNs to deliver, §5.6.5.8; ESI probes, §5.6.5.13, from
+:meth:`Registry.esi_due`) and ``dirty`` (objects the store must write).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import itertools
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from .codec import Attr, Message, Port, response
-from .protocol import EntityProtocol, Flags, Function, NodeType, Status, Tag
+from .objects import (DD_TAGS, DDS_TAGS, DEFAULT_PERIOD, ENTITY_TAGS, NODE_TAGS, PG_TAGS, PORTAL_TAGS,
+                      DiscoveryDomain, DiscoveryDomainSet, Entity, Node, Object, Portal, PortalGroup)
+from .protocol import DDS_ENABLED, Flags, Function, NodeType, ScnBits, Status, Tag
+from .scn import Address, Notice, ScnBatch
 
-DEFAULT_PERIOD = 0  # registration period (s) when the client names none: 0 = never expires
-
-ENTITY_TAGS = {Tag.ENTITY_IDENTIFIER, Tag.ENTITY_PROTOCOL, Tag.MGMT_IP_ADDRESS, Tag.TIMESTAMP,
-               Tag.PROTOCOL_VERSION_RANGE, Tag.REGISTRATION_PERIOD, Tag.ENTITY_INDEX}
-PORTAL_TAGS = {Tag.PORTAL_IP_ADDRESS, Tag.PORTAL_PORT, Tag.PORTAL_SYMBOLIC_NAME, Tag.ESI_INTERVAL, Tag.ESI_PORT,
-               Tag.PORTAL_INDEX, Tag.SCN_PORT, Tag.PORTAL_SECURITY_BITMAP}
-NODE_TAGS = {Tag.ISCSI_NAME, Tag.ISCSI_NODE_TYPE, Tag.ISCSI_ALIAS, Tag.ISCSI_SCN_BITMAP, Tag.ISCSI_NODE_INDEX,
-             Tag.ISCSI_AUTH_METHOD}
-PG_TAGS = {Tag.PG_ISCSI_NAME, Tag.PG_PORTAL_IP_ADDR, Tag.PG_PORTAL_PORT, Tag.PG_TAG, Tag.PG_INDEX}
-DD_TAGS = {Tag.DD_ID, Tag.DD_SYMBOLIC_NAME, Tag.DD_MEMBER_ISCSI_NAME, Tag.DD_MEMBER_ISCSI_INDEX, Tag.DD_FEATURES,
-           Tag.DD_MEMBER_PORTAL_IP_ADDR, Tag.DD_MEMBER_PORTAL_PORT, Tag.DD_MEMBER_PORTAL_INDEX}
-
+ESI_RETRIES = 3  # unanswered probes before a portal is dropped (open-isns's ESIRetries)
+MIN_ESI_INTERVAL = 1  # seconds: a smaller registered interval is raised to this
 
 class IsnsError(Exception):
     """A request refused with ``status``."""
@@ -39,89 +39,6 @@ class IsnsError(Exception):
     def __init__(self, status: Status, why: str) -> None:
         super().__init__(why)
         self.status = status
-
-
-def _opt(tag: int, value: object) -> list[Attr]:
-    return [] if value is None else [Attr(tag, value)]  # type: ignore[arg-type]
-
-
-@dataclass
-class Portal:
-    address: ipaddress.IPv6Address
-    port: Port
-    index: int
-    symbolic_name: str | None = None
-    esi_interval: int | None = None
-    esi_port: Port | None = None
-    scn_port: Port | None = None
-
-    def attrs(self) -> list[Attr]:
-        return [Attr(Tag.PORTAL_IP_ADDRESS, self.address), Attr(Tag.PORTAL_PORT, self.port),
-                *_opt(Tag.PORTAL_SYMBOLIC_NAME, self.symbolic_name), *_opt(Tag.ESI_INTERVAL, self.esi_interval),
-                *_opt(Tag.ESI_PORT, self.esi_port), Attr(Tag.PORTAL_INDEX, self.index),
-                *_opt(Tag.SCN_PORT, self.scn_port)]
-
-
-@dataclass
-class Node:
-    name: str
-    entity: str
-    index: int
-    type: NodeType = NodeType(0)
-    alias: str | None = None
-    scn_bitmap: int | None = None
-    auth_method: str | None = None
-
-    def attrs(self) -> list[Attr]:
-        return [Attr(Tag.ISCSI_NAME, self.name), Attr(Tag.ISCSI_NODE_TYPE, int(self.type)),
-                *_opt(Tag.ISCSI_ALIAS, self.alias), *_opt(Tag.ISCSI_SCN_BITMAP, self.scn_bitmap),
-                Attr(Tag.ISCSI_NODE_INDEX, self.index), *_opt(Tag.ISCSI_AUTH_METHOD, self.auth_method)]
-
-
-@dataclass
-class PortalGroup:
-    name: str
-    address: ipaddress.IPv6Address
-    port: Port
-    tag: int | None  # None: the node may not be reached through that portal (§6.5.3)
-    index: int
-
-    def attrs(self) -> list[Attr]:
-        return [Attr(Tag.PG_ISCSI_NAME, self.name), Attr(Tag.PG_PORTAL_IP_ADDR, self.address),
-                Attr(Tag.PG_PORTAL_PORT, self.port), Attr(Tag.PG_TAG, self.tag), Attr(Tag.PG_INDEX, self.index)]
-
-
-@dataclass
-class Entity:
-    eid: str
-    index: int
-    protocol: int = EntityProtocol.ISCSI
-    period: int = DEFAULT_PERIOD
-    registered: float = 0.0
-    last_seen: float = 0.0
-    management_ip: ipaddress.IPv6Address | None = None
-    portals: dict[tuple[ipaddress.IPv6Address, Port], Portal] = field(default_factory=dict)
-    nodes: dict[str, Node] = field(default_factory=dict)
-
-    def attrs(self) -> list[Attr]:
-        return [Attr(Tag.ENTITY_IDENTIFIER, self.eid), Attr(Tag.ENTITY_PROTOCOL, self.protocol),
-                *_opt(Tag.MGMT_IP_ADDRESS, self.management_ip), Attr(Tag.TIMESTAMP, int(self.last_seen)),
-                Attr(Tag.REGISTRATION_PERIOD, self.period), Attr(Tag.ENTITY_INDEX, self.index)]
-
-
-@dataclass
-class DiscoveryDomain:
-    id: int
-    name: str
-    members: list[str] = field(default_factory=list)  # iSCSI names, registered or not (§6.11.2.3)
-    features: int = 0
-
-    def attrs(self) -> list[Attr]:
-        return [Attr(Tag.DD_ID, self.id), Attr(Tag.DD_SYMBOLIC_NAME, self.name),
-                *(Attr(Tag.DD_MEMBER_ISCSI_NAME, m) for m in self.members), Attr(Tag.DD_FEATURES, self.features)]
-
-
-Object = Entity | Portal | Node | PortalGroup | DiscoveryDomain
 
 
 @dataclass
@@ -133,11 +50,34 @@ class Registry:
     nodes: dict[str, Node] = field(default_factory=dict)
     portal_groups: dict[tuple[str, ipaddress.IPv6Address, Port], PortalGroup] = field(default_factory=dict)
     dds: dict[int, DiscoveryDomain] = field(default_factory=dict)
+    dd_sets: dict[int, DiscoveryDomainSet] = field(default_factory=dict)
+    default_period: int = DEFAULT_PERIOD  # for entities that name no registration period
+    min_esi_interval: int = MIN_ESI_INTERVAL
     on_event: Callable[[str, dict[str, object]], None] = lambda what, fields: None
+    notices: list[Notice] = field(default_factory=list)  # for the server to send
+    due: float = math.inf  # no expiry or ESI probe is due before this (it may come early, never late)
+    dirty: set[tuple[str, str | int]] = field(default_factory=set)  # ("entity", eid), ("dd", id), ("dds", id)
+    _scn: ScnBatch = field(default_factory=ScnBatch)
     _indexes: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def _index(self) -> int:
         return next(self._indexes)
+
+    def restart_indexes(self) -> None:
+        """Go on numbering after the highest index loaded from the store."""
+        highest = max((o.index for o in self._all_indexed()), default=0)
+        self._indexes = itertools.count(highest + 1)
+
+    def _all_indexed(self) -> Iterator[Entity | Portal | Node | PortalGroup]:
+        for e in self.entities.values():
+            yield e
+            yield from e.portals.values()
+            yield from e.nodes.values()
+        yield from self.portal_groups.values()
+
+    def take_notices(self) -> list[Notice]:
+        out, self.notices = self.notices, []
+        return out
 
     # -- entry point ----------------------------------------------------------------
 
@@ -147,6 +87,8 @@ class Registry:
             function = Function(msg.function)
         except ValueError:
             return response(msg, Status.MESSAGE_NOT_SUPPORTED)
+        if function is Function.HEARTBEAT:
+            return None  # another server's announcement: no response (§5.6.5.14)
         handler = {
             Function.DEV_ATTR_REG: self._register,
             Function.DEV_ATTR_QRY: self._query,
@@ -154,18 +96,28 @@ class Registry:
             Function.DEV_DEREG: self._deregister,
             Function.DD_REG: self._dd_register,
             Function.DD_DEREG: self._dd_deregister,
+            Function.DDS_REG: self._dds_register,
+            Function.DDS_DEREG: self._dds_deregister,
+            Function.SCN_REG: self._scn_register,
+            Function.SCN_DEREG: self._scn_deregister,
+            Function.SCN_EVENT: self._scn_event,
         }.get(function)
         if handler is None:
             return response(msg, Status.MESSAGE_NOT_SUPPORTED)
         source = msg.source
         if source is None or source.tag != Tag.ISCSI_NAME or not isinstance(source.value, str) or not source.value:
             return response(msg, Status.SOURCE_ABSENT)
+        node = self.nodes.get(source.value)
+        if node is not None:  # any request from an entity's node refreshes its registration (§6.2.6)
+            self.entities[node.entity].last_seen = now
         try:
             return handler(msg, source.value, now)
         except IsnsError as e:
             self.on_event("isns.refused", {"function": function.name, "source": source.value,
                                            "status": e.status.name, "why": str(e)})
             return response(msg, e.status)
+        finally:
+            self._flush_scn(now)
 
     # -- who may see and change what --------------------------------------------------
 
@@ -173,8 +125,14 @@ class Registry:
         node = self.nodes.get(source)
         return source in self.control_nodes or (node is not None and bool(node.type & NodeType.CONTROL))
 
+    def _active_dds(self) -> list[DiscoveryDomain]:
+        """DDs in no DD set or in an enabled one (§6.11.1.3)."""
+        in_sets = {d for s in self.dd_sets.values() for d in s.members}
+        enabled = {d for s in self.dd_sets.values() if s.enabled for d in s.members}
+        return [dd for dd in self.dds.values() if dd.id not in in_sets or dd.id in enabled]
+
     def _dds_of(self, name: str) -> list[DiscoveryDomain]:
-        return [dd for dd in self.dds.values() if name in dd.members]
+        return [dd for dd in self._active_dds() if name in dd.members]
 
     def visible_names(self, source: str) -> set[str] | None:
         """The iSCSI names ``source`` may see; None: all of them (control)."""
@@ -184,7 +142,7 @@ class Registry:
         if domains:
             return {m for dd in domains for m in dd.members}
         if self.default_dd_visible:
-            in_some = {m for dd in self.dds.values() for m in dd.members}
+            in_some = {m for dd in self._active_dds() for m in dd.members}
             return {n for n in self.nodes if n not in in_some} | {source}
         return {source}
 
@@ -199,6 +157,8 @@ class Registry:
             return any(self._may_see(e, seen) for e in self.entities.values() if obj in e.portals.values())
         if isinstance(obj, PortalGroup):
             return obj.name in seen
+        if isinstance(obj, DiscoveryDomainSet):
+            return any(self._may_see(self.dds[d], seen) for d in obj.members if d in self.dds)
         return any(m in seen for m in obj.members)  # a DD: one of its members
 
     def _may_change(self, source: str, entity: Entity) -> None:
@@ -223,7 +183,8 @@ class Registry:
                 self._drop_entity(entity, "replaced")
                 entity = None
         if entity is None:
-            entity = Entity(str(eid) if eid else f"isns:entity:{self._index()}", self._index(), registered=now)
+            entity = Entity(str(eid) if eid else f"isns:entity:{self._index()}", self._index(),
+                            period=self.default_period, registered=now)
         entity.last_seen = now
         groups = list(_groups(operating))
         # check everything before changing anything: a refused registration changes nothing
@@ -237,12 +198,15 @@ class Registry:
                     raise IsnsError(Status.INVALID_REGISTRATION, f"{name} belongs to entity {other.entity}")
             elif kind == "portal" and not _portal_key(attrs):
                 raise IsnsError(Status.INVALID_REGISTRATION, "a portal needs an address and a port")
-            elif kind == "dd":
-                raise IsnsError(Status.INVALID_REGISTRATION, "discovery domains are registered with DDReg")
+            elif kind in ("dd", "dds"):
+                raise IsnsError(Status.INVALID_REGISTRATION, "DDs and DD sets are registered with DDReg/DDSReg")
         self.entities[entity.eid] = entity
+        self.dirty.add(("entity", entity.eid))
         added: list[Object] = []
         for kind, attrs in groups:
             added.append(getattr(self, f"_put_{kind}")(entity, attrs))
+        if entity.period:
+            self.due = min(self.due, now + entity.period)
         self.on_event("isns.registered", {"entity": entity.eid, "source": source,
                                           "nodes": ",".join(entity.nodes), "portals": len(entity.portals)})
         out: list[Attr] = [*entity.attrs()]
@@ -279,7 +243,9 @@ class Registry:
             if a.tag == Tag.PORTAL_SYMBOLIC_NAME:
                 portal.symbolic_name = str(a.value)
             elif a.tag == Tag.ESI_INTERVAL and isinstance(a.value, int):
-                portal.esi_interval = a.value
+                portal.esi_interval = max(a.value, self.min_esi_interval)
+                portal.esi_next = entity.last_seen + portal.esi_interval
+                self.due = min(self.due, portal.esi_next)
             elif a.tag == Tag.ESI_PORT and isinstance(a.value, Port):
                 portal.esi_port = a.value
             elif a.tag == Tag.SCN_PORT and isinstance(a.value, Port):
@@ -289,7 +255,12 @@ class Registry:
 
     def _put_node(self, entity: Entity, attrs: list[Attr]) -> Node:
         name = str(attrs[0].value)
-        node = self.nodes.get(name) or Node(name, entity.eid, self._index())
+        node = self.nodes.get(name)
+        if node is None:
+            node = Node(name, entity.eid, self._index())
+            change = ScnBits.OBJECT_ADDED
+        else:
+            change = ScnBits.OBJECT_UPDATED
         for a in attrs[1:]:
             if a.tag == Tag.ISCSI_NODE_TYPE and isinstance(a.value, int):
                 node.type = NodeType(a.value & 7)
@@ -301,6 +272,7 @@ class Registry:
                 node.auth_method = None if a.value is None else str(a.value)
         entity.nodes[name] = node
         self.nodes[name] = node
+        self._notify(change, node)
         return node
 
     def _put_pg(self, entity: Entity, attrs: list[Attr]) -> PortalGroup:
@@ -328,6 +300,8 @@ class Registry:
             return sorted((p for e in self.entities.values() for p in e.portals.values()), key=lambda p: p.index)
         if kind == "pg":
             return sorted(self.portal_groups.values(), key=lambda p: p.index)
+        if kind == "dds":
+            return sorted(self.dd_sets.values(), key=lambda d: d.id)
         return sorted(self.dds.values(), key=lambda d: d.id)
 
     def _matches(self, obj: Object, keys: list[Attr]) -> bool:
@@ -410,27 +384,35 @@ class Registry:
                     continue
                 entity = self.entities[node.entity]
                 self._may_change(source, entity)
-                del entity.nodes[node.name]
-                del self.nodes[node.name]
-                self.on_event("isns.deregistered", {"node": node.name, "source": source})
-                if not entity.nodes:  # an entity without nodes goes with its last one (§5.6.5.4)
+                if len(entity.nodes) == 1:  # an entity without nodes goes with its last one (§5.6.5.4)
                     self._drop_entity(entity, "emptied")
+                    continue
+                self._drop_node(node)
+                self.dirty.add(("entity", entity.eid))
+                self.on_event("isns.deregistered", {"node": node.name, "source": source})
             elif kind == "portal":
                 key = _portal_key(attrs)
                 for entity in list(self.entities.values()):
                     if key in entity.portals:
                         self._may_change(source, entity)
                         del entity.portals[key]
+                        self.dirty.add(("entity", entity.eid))
             else:
                 raise IsnsError(Status.INVALID_DEREGISTRATION, f"cannot deregister a {kind} with DevDereg")
         return response(msg, Status.SUCCESS)
 
-    def _drop_entity(self, entity: Entity, why: str) -> None:
-        for name in entity.nodes:
-            self.nodes.pop(name, None)
-        for key in [k for k in self.portal_groups if k[0] in entity.nodes]:
+    def _drop_node(self, node: Node) -> None:
+        self._notify(ScnBits.OBJECT_REMOVED, node)  # while those who saw it still do
+        del self.entities[node.entity].nodes[node.name]
+        del self.nodes[node.name]
+        for key in [k for k in self.portal_groups if k[0] == node.name]:
             del self.portal_groups[key]
+
+    def _drop_entity(self, entity: Entity, why: str) -> None:
+        for node in list(entity.nodes.values()):
+            self._drop_node(node)
         del self.entities[entity.eid]
+        self.dirty.add(("entity", entity.eid))
         self.on_event("isns.entity_removed", {"entity": entity.eid, "why": why})
 
     # -- DDReg (§5.6.5.9), DDDereg (§5.6.5.10) -------------------------------------------------
@@ -450,25 +432,32 @@ class Registry:
             raise IsnsError(Status.INVALID_REGISTRATION, f"no DD {dd_id}")
         if dd is None and name is not None:
             dd = next((d for d in self.dds.values() if d.name == name), None)
-        if dd is None:
-            new_id = max(self.dds, default=0) + 1
-            dd = DiscoveryDomain(new_id, name or f"isns:dd:{new_id}")
-            self.dds[dd.id] = dd
-        elif name is not None and name != dd.name:
+        if dd is not None and name is not None and name != dd.name:
             if any(d.name == name for d in self.dds.values()):
                 raise IsnsError(Status.INVALID_REGISTRATION, f"a DD named {name} exists")
-            dd.name = name
-        for a in values:
-            if a.tag == Tag.DD_MEMBER_ISCSI_NAME and a.value and a.value not in dd.members:
-                dd.members.append(str(a.value))
+        added = []
+        for a in values:  # resolve every member before changing anything
+            if a.tag == Tag.DD_MEMBER_ISCSI_NAME and a.value:
+                added.append(str(a.value))
             elif a.tag == Tag.DD_MEMBER_ISCSI_INDEX and isinstance(a.value, int):
                 node = next((n for n in self.nodes.values() if n.index == a.value), None)
                 if node is None:
                     raise IsnsError(Status.INVALID_REGISTRATION, f"no node with index {a.value}")
-                if node.name not in dd.members:
-                    dd.members.append(node.name)
-            elif a.tag == Tag.DD_FEATURES and isinstance(a.value, int):
+                added.append(node.name)
+        if dd is None:
+            new_id = max(self.dds, default=0) + 1
+            dd = DiscoveryDomain(new_id, name or f"isns:dd:{new_id}")
+            self.dds[dd.id] = dd
+        elif name is not None:
+            dd.name = name
+        for a in values:
+            if a.tag == Tag.DD_FEATURES and isinstance(a.value, int):
                 dd.features = a.value
+        for member in dict.fromkeys(added):
+            if member not in dd.members:
+                dd.members.append(member)
+                self._notify_members(ScnBits.DD_MEMBER_ADDED, member, dd)
+        self.dirty.add(("dd", dd.id))
         self.on_event("isns.dd_registered", {"dd": dd.id, "name": dd.name, "members": ",".join(dd.members)})
         return response(msg, Status.SUCCESS, [Attr(Tag.DD_ID, dd.id), Attr(Tag.DELIMITER), *dd.attrs()])
 
@@ -481,30 +470,219 @@ class Registry:
             raise IsnsError(Status.INVALID_DEREGISTRATION, f"no DD {dd_id}")
         members = [str(a.value) for a in operating if a.tag == Tag.DD_MEMBER_ISCSI_NAME and a.value]
         if not operating:
+            members = list(dd.members)
+        missing = [m for m in members if m not in dd.members]
+        if missing:
+            raise IsnsError(Status.NO_SUCH_ENTRY, f"not members of DD {dd.id}: {', '.join(missing)}")
+        for member in members:  # told while they are still members, so they hear of it
+            self._notify_members(ScnBits.DD_MEMBER_REMOVED, member, dd)
+        dd.members = [m for m in dd.members if m not in members]
+        self.dirty.add(("dd", dd.id))
+        if not operating:
             del self.dds[dd.id]
+            for dds in self.dd_sets.values():
+                if dd.id in dds.members:
+                    dds.members.remove(dd.id)
+                    self.dirty.add(("dds", dds.id))
             self.on_event("isns.dd_removed", {"dd": dd.id, "name": dd.name})
         else:
-            missing = [m for m in members if m not in dd.members]
-            if missing:
-                raise IsnsError(Status.NO_SUCH_ENTRY, f"not members of DD {dd.id}: {', '.join(missing)}")
-            dd.members = [m for m in dd.members if m not in members]
             self.on_event("isns.dd_members_removed", {"dd": dd.id, "members": ",".join(members)})
         return response(msg, Status.SUCCESS)
 
-    # -- for the CLI and bootsvc --------------------------------------------------------
+    # -- DDSReg (§5.6.5.11), DDSDereg (§5.6.5.12) ----------------------------------------------
+
+    def _dds_register(self, msg: Message, source: str, now: float) -> Message:
+        self._dd_allowed(source)
+        keys, operating = msg.split()
+        dds_id = next((a.value for a in keys if a.tag == Tag.DDS_ID and isinstance(a.value, int)), None)
+        name = next((str(a.value) for a in operating if a.tag == Tag.DDS_SYMBOLIC_NAME and a.value), None)
+        status = next((a.value for a in operating if a.tag == Tag.DDS_STATUS and isinstance(a.value, int)), None)
+        members = [a.value for a in operating if a.tag == Tag.DD_ID and isinstance(a.value, int)]
+        dds = self.dd_sets.get(dds_id) if dds_id is not None else None
+        if dds is None and dds_id is not None:
+            raise IsnsError(Status.INVALID_REGISTRATION, f"no DD set {dds_id}")
+        if dds is None and name is not None:
+            dds = next((d for d in self.dd_sets.values() if d.name == name), None)
+        unknown = [m for m in members if m not in self.dds]
+        if unknown:
+            raise IsnsError(Status.INVALID_REGISTRATION, f"no DD {unknown[0]}")
+        if dds is None:
+            new_id = max(self.dd_sets, default=0) + 1
+            dds = DiscoveryDomainSet(new_id, name or f"isns:dds:{new_id}")
+            self.dd_sets[dds.id] = dds
+        elif name is not None:
+            dds.name = name
+        if status is not None:
+            dds.enabled = bool(status & DDS_ENABLED)
+        dds.members += [m for m in dict.fromkeys(members) if m not in dds.members]
+        self.dirty.add(("dds", dds.id))
+        self.on_event("isns.dds_registered", {"dds": dds.id, "name": dds.name, "enabled": dds.enabled,
+                                              "dds_members": ",".join(map(str, dds.members))})
+        return response(msg, Status.SUCCESS, [Attr(Tag.DDS_ID, dds.id), Attr(Tag.DELIMITER), *dds.attrs()])
+
+    def _dds_deregister(self, msg: Message, source: str, now: float) -> Message:
+        self._dd_allowed(source)
+        keys, operating = msg.split()
+        dds_id = next((a.value for a in keys if a.tag == Tag.DDS_ID), None)
+        dds = self.dd_sets.get(dds_id) if isinstance(dds_id, int) else None
+        if dds is None:
+            raise IsnsError(Status.INVALID_DEREGISTRATION, f"no DD set {dds_id}")
+        members = [a.value for a in operating if a.tag == Tag.DD_ID]
+        if not members:
+            del self.dd_sets[dds.id]
+        else:
+            dds.members = [m for m in dds.members if m not in members]
+        self.dirty.add(("dds", dds.id))
+        self.on_event("isns.dds_removed" if not members else "isns.dds_members_removed", {"dds": dds.id})
+        return response(msg, Status.SUCCESS)
+
+    # -- SCNReg (§5.6.5.5), SCNDereg (§5.6.5.6), SCNEvent (§5.6.5.7) ------------------------------
+
+    def _scn_node(self, keys: list[Attr], source: str) -> Node:
+        names = [a.value for a in keys if a.tag == Tag.ISCSI_NAME]
+        if len(names) != 1:
+            raise IsnsError(Status.SCN_REGISTRATION_REJECTED, "SCN registration is keyed by one iSCSI name")
+        node = self.nodes.get(str(names[0]))
+        if node is None:
+            raise IsnsError(Status.NO_SUCH_ENTRY, f"{names[0]} is not registered")
+        self._may_change(source, self.entities[node.entity])
+        return node
+
+    def _scn_register(self, msg: Message, source: str, now: float) -> Message:
+        keys, operating = msg.split()
+        node = self._scn_node(keys, source)
+        bitmap = next((a.value for a in operating if a.tag == Tag.ISCSI_SCN_BITMAP and isinstance(a.value, int)), None)
+        if bitmap is None:
+            raise IsnsError(Status.SCN_REGISTRATION_REJECTED, "SCNReg needs an iSCSI SCN bitmap")
+        if bitmap & ScnBits.MANAGEMENT_REGISTRATION and not self.is_control(node.name):
+            raise IsnsError(Status.SCN_REGISTRATION_REJECTED, "management SCNs are for control nodes")
+        node.scn_bitmap = bitmap
+        self.dirty.add(("entity", node.entity))
+        self.on_event("isns.scn_registered", {"node": node.name, "bitmap": bitmap})
+        return response(msg, Status.SUCCESS)
+
+    def _scn_deregister(self, msg: Message, source: str, now: float) -> Message:
+        keys, _ = msg.split()
+        node = self._scn_node(keys, source)
+        node.scn_bitmap = None
+        self.dirty.add(("entity", node.entity))
+        return response(msg, Status.SUCCESS)
+
+    def _scn_event(self, msg: Message, source: str, now: float) -> Message:
+        """A node reports a change for the server to pass on: pairs of SCN
+        bitmap and the changed node's name."""
+        _, operating = msg.split()
+        attrs = list(operating)
+        if not attrs or len(attrs) % 2:
+            raise IsnsError(Status.SCN_EVENT_REJECTED, "SCNEvent holds SCN bitmap, iSCSI name pairs")
+        for bits, name in zip(attrs[::2], attrs[1::2]):
+            node = self.nodes.get(str(name.value))
+            if bits.tag != Tag.ISCSI_SCN_BITMAP or name.tag != Tag.ISCSI_NAME or node is None:
+                raise IsnsError(Status.SCN_EVENT_REJECTED, "SCNEvent holds SCN bitmap, iSCSI name pairs")
+            self._notify(int(bits.value or 0), node)  # type: ignore[arg-type]
+        return response(msg, Status.SUCCESS)
+
+    def _notify(self, bits: int, changed: Node) -> None:
+        """Queue an object event for every registered node that may hear of
+        it (§5.6.5.5): management registrations hear everything; others hear
+        of nodes they see, narrowed by the TARGET/INITIATOR_AND_SELF bits."""
+        for recipient in self.nodes.values():
+            mask = recipient.scn_bitmap
+            if not mask or not bits & mask:
+                continue
+            if not mask & ScnBits.MANAGEMENT_REGISTRATION:
+                seen = self.visible_names(recipient.name)
+                if seen is not None and changed.name not in seen:
+                    continue
+            if recipient is not changed:
+                if mask & ScnBits.TARGET_AND_SELF_ONLY and not changed.type & NodeType.TARGET:
+                    continue
+                if mask & ScnBits.INITIATOR_AND_SELF_ONLY and not changed.type & NodeType.INITIATOR:
+                    continue
+            self._scn.add(recipient.name, bits & mask, changed.name)
+
+    def _notify_members(self, bits: int, member: str, dd: DiscoveryDomain) -> None:
+        """A DD membership change: told to the DD's registered members
+        whatever their bitmap (as open-isns: otherwise a node would not learn
+        that it lost sight of a target) and to management registrations, with
+        the DD's ID."""
+        for recipient in self.nodes.values():
+            mask = recipient.scn_bitmap
+            if not mask:
+                continue
+            if mask & ScnBits.MANAGEMENT_REGISTRATION:
+                self._scn.add(recipient.name, bits | ScnBits.MANAGEMENT_REGISTRATION, member, dd.id)
+            elif recipient.name in dd.members:
+                self._scn.add(recipient.name, bits, member)
+
+    def _flush_scn(self, now: float) -> None:
+        for recipient, message in self._scn.flush(now):
+            node = self.nodes.get(recipient)
+            if node is None:
+                continue  # gone in the same request
+            entity = self.entities[node.entity]
+            targets = tuple((p.address, p.scn_port) for p in entity.portals.values() if p.scn_port)
+            self.notices.append(Notice(entity.eid, message, targets))
+
+    # -- timers: registration period (§6.2.6), ESI (§5.6.5.13) ------------------------------------
 
     def expire(self, now: float) -> list[str]:
-        """Entities whose registration period passed without a refresh (§5.6.5.1)."""
+        """Drop entities whose registration period passed without a refresh."""
         gone = [e for e in self.entities.values() if e.period and now - e.last_seen > e.period]
         for e in gone:
             self._drop_entity(e, "expired")
+        self._flush_scn(now)
         return [e.eid for e in gone]
+
+    def esi_due(self, now: float) -> None:
+        """Queue an ESI probe for every portal whose interval has come; a
+        portal that left ``ESI_RETRIES`` probes unanswered is dropped, and its
+        entity with its last monitored portal (as open-isns)."""
+        for entity in list(self.entities.values()):
+            for key, portal in list(entity.portals.items()):
+                if not portal.esi_interval or portal.esi_next > now:
+                    continue
+                if portal.esi_missed >= ESI_RETRIES:
+                    del entity.portals[key]
+                    self.dirty.add(("entity", entity.eid))
+                    self.on_event("isns.esi_lost", {"entity": entity.eid, "portal": _portal_text(key)})
+                    if not any(p.esi_interval for p in entity.portals.values()):
+                        self._drop_entity(entity, "esi")
+                        break
+                    continue
+                portal.esi_missed += 1
+                portal.esi_next = now + portal.esi_interval
+                probe = Message(Function.ESI, self._scn.xid(), (Attr(Tag.ENTITY_IDENTIFIER, entity.eid),
+                                Attr(Tag.PORTAL_IP_ADDRESS, key[0]), Attr(Tag.PORTAL_PORT, key[1])))
+                targets = ((key[0], portal.esi_port),) if portal.esi_port else ()
+                self.notices.append(Notice(entity.eid, probe, targets, key))
+        self._flush_scn(now)
+
+    def esi_answered(self, eid: str, portal: Address, now: float) -> None:
+        """An ESI response came: the portal is alive and the entity's
+        registration is refreshed (§5.6.5.13)."""
+        entity = self.entities.get(eid)
+        if entity is not None and portal in entity.portals:
+            entity.portals[portal].esi_missed = 0
+            entity.last_seen = now
+
+    def next_timer(self) -> float:
+        """When ``esi_due`` or ``expire`` next has work (inf: never)."""
+        times = [e.last_seen + e.period for e in self.entities.values() if e.period]
+        times += [p.esi_next for e in self.entities.values() for p in e.portals.values() if p.esi_interval]
+        return min(times, default=math.inf)
+
+
+def _portal_text(key: Address) -> str:
+    addr, port = key
+    host = addr.ipv4_mapped or addr
+    return f"{host}:{port.number}"
 
 
 _KEY_TAGS = {Tag.ENTITY_IDENTIFIER, Tag.ISCSI_NAME, Tag.PORTAL_IP_ADDRESS, Tag.PORTAL_PORT, Tag.PG_ISCSI_NAME,
-             Tag.PG_PORTAL_IP_ADDR, Tag.PG_PORTAL_PORT, Tag.DD_ID}
+             Tag.PG_PORTAL_IP_ADDR, Tag.PG_PORTAL_PORT, Tag.DD_ID, Tag.DDS_ID}
 _STARTS: dict[int, str] = {Tag.ENTITY_IDENTIFIER: "entity", Tag.PORTAL_IP_ADDRESS: "portal",
-                           Tag.ISCSI_NAME: "node", Tag.PG_ISCSI_NAME: "pg", Tag.DD_ID: "dd"}
+                           Tag.ISCSI_NAME: "node", Tag.PG_ISCSI_NAME: "pg", Tag.DD_ID: "dd", Tag.DDS_ID: "dds"}
 
 
 def _kind_of(attrs: Iterable[Attr]) -> str | None:
@@ -512,7 +690,7 @@ def _kind_of(attrs: Iterable[Attr]) -> str | None:
     kinds = set()
     for a in attrs:
         for kind, tags in (("entity", ENTITY_TAGS), ("portal", PORTAL_TAGS), ("node", NODE_TAGS),
-                           ("pg", PG_TAGS), ("dd", DD_TAGS)):
+                           ("pg", PG_TAGS), ("dd", DD_TAGS), ("dds", DDS_TAGS)):
             if a.tag in tags:
                 kinds.add(kind)
                 break

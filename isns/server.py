@@ -1,43 +1,113 @@
-"""iSNS over TCP in the shared asyncio loop (RFC 4171 §5: port 3205, one
-message at a time per connection, responses in the order of requests)."""
+"""iSNS over TCP and UDP in the shared asyncio loop (RFC 4171 §5: port
+3205, one message at a time per connection, responses in request order),
+plus what the server starts on its own: State Change Notifications
+(§5.6.5.8), Entity Status Inquiries (§5.6.5.13), registration expiry
+(§6.2.6), heartbeats (§5.6.5.14), and writing the store after each change.
+
+Messages for an entity go to the SCN/ESI port it registered (TCP, or UDP
+when the port says so); an entity that registered none gets them over the
+last connection one of its nodes holds open to us, as open-iscsi's iscsid
+and tgt keep one.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
 
-from .codec import IsnsFormatError, Message, Reassembler, encode_message, unpack_header
-from .protocol import HEADER_SIZE, RESPONSE, Status
+from .codec import Heartbeat, IsnsFormatError, Message, Reassembler, address, encode_message, unpack_header
+from .protocol import DEFAULT_PORT, HEADER_SIZE, RESPONSE, Function, Status, Tag
 from .registry import Registry
+from .scn import Address, Notice
+from .store import Store
 
 log = logging.getLogger("isns.server")
 
+SEND_TIMEOUT = 5.0  # seconds for connecting to an SCN/ESI port and hearing its answer
+TIMER_CEILING = 30.0  # the timer wakes at least this often, so clock jumps are caught
+
 
 class IsnsServer:
-    def __init__(self, registry: Registry, host: str = "0.0.0.0", port: int = 3205,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, registry: Registry, host: str = "0.0.0.0", port: int = DEFAULT_PORT,
+                 clock: Callable[[], float] = time.time, store: Store | None = None, udp: bool = True,
+                 heartbeat: tuple[str, int, int] | None = None) -> None:
+        """``heartbeat``: (address, UDP port, interval s) to announce this server to."""
         self.registry = registry
         self.host = host
         self.port = port
         self.clock = clock
+        self.store = store
+        self.udp = udp
+        self.heartbeat = heartbeat
         self._server: asyncio.Server | None = None
+        self._datagrams: asyncio.DatagramTransport | None = None
         self._clients: set[asyncio.StreamWriter] = set()
+        self._by_entity: dict[str, asyncio.StreamWriter] = {}  # the last connection each entity used
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._sleep_until = 0.0  # when the timer wakes next by itself
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, self.host, self.port)
         if self.port == 0:
             self.port = self._server.sockets[0].getsockname()[1]
+        if self.udp:
+            loop = asyncio.get_running_loop()
+            self._datagrams, _ = await loop.create_datagram_endpoint(lambda: _Datagrams(self),
+                                                                     local_addr=(self.host, self.port))
+        self._spawn(self._timer())
+        if self.heartbeat is not None:
+            self._spawn(self._announce(*self.heartbeat))
 
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+        if self._datagrams is not None:
+            self._datagrams.close()
+        for task in list(self._tasks):
+            task.cancel()
         for w in list(self._clients):
             w.close()
         if self._server is not None:
             await self._server.wait_closed()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._save()
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- requests -------------------------------------------------------------------
+
+    def answer(self, msg: Message, peer: object) -> Message | None:
+        """The registry's response, then the side effects: store, notices."""
+        try:
+            reply = self.registry.handle(msg, self.clock())
+        except Exception:  # a bug must not end the service: answer and keep serving
+            log.exception("event=isns.error peer=%s function=%d", peer, msg.function)
+            reply = Message(msg.function | RESPONSE, msg.xid, status=Status.INTERNAL_ERROR)
+        self._after_change()
+        return reply
+
+    def _after_change(self) -> None:
+        self._save()
+        for notice in self.registry.take_notices():
+            self._spawn(self._deliver(notice))
+        if self.registry.due < self._sleep_until:
+            self._wake.set()  # a registration period or ESI interval ends before the timer would look
+
+    def _save(self) -> None:
+        if self.store is None:
+            return
+        try:
+            self.store.save(self.registry)
+        except Exception:  # a full disk must not stop the name service: say so and keep serving
+            log.exception("event=isns.store_failed")
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
@@ -57,29 +127,181 @@ class IsnsServer:
                     # the stream cannot be trusted past a bad PDU: say so if we can, then close
                     log.info("event=isns.malformed peer=%s why=%s", peer, e)
                     if not head[2] & 0x80:  # a request: answer it
-                        fn = int.from_bytes(head[2:4], "big")
-                        xid = int.from_bytes(head[8:10], "big")
-                        self._send(writer, Message(fn | RESPONSE, xid, status=Status.MESSAGE_FORMAT_ERROR))
+                        _send(writer, _format_error(head))
                         await writer.drain()
                     return
-                if msg is None or msg.is_response:
-                    continue  # more PDUs to come; a client's response (ESI, SCN) needs no answer here
-                try:
-                    reply = self.registry.handle(msg, self.clock())
-                except Exception:  # a bug must not end the service: answer and keep serving
-                    log.exception("event=isns.error peer=%s function=%d", peer, msg.function)
-                    reply = Message(msg.function | RESPONSE, msg.xid, status=Status.INTERNAL_ERROR)
+                if msg is None:
+                    continue  # more PDUs to come
+                if msg.is_response:
+                    self._response(msg)  # to an SCN or ESI we sent over this connection
+                    continue
+                self._remember_connection(msg, writer)
+                reply = self.answer(msg, peer)
                 if reply is not None:
-                    self._send(writer, reply)
+                    _send(writer, reply)
                     await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             return
         finally:
             self._clients.discard(writer)
+            for eid in [e for e, w in self._by_entity.items() if w is writer]:
+                del self._by_entity[eid]
             with contextlib.suppress(Exception):
                 writer.close()
 
-    @staticmethod
-    def _send(writer: asyncio.StreamWriter, msg: Message) -> None:
-        for pdu in encode_message(msg):
-            writer.write(pdu)
+    def _remember_connection(self, msg: Message, writer: asyncio.StreamWriter) -> None:
+        source = msg.source
+        node = self.registry.nodes.get(str(source.value)) if source is not None else None
+        if node is not None:
+            self._by_entity[node.entity] = writer
+
+    def _response(self, msg: Message) -> None:
+        if msg.function == Function.ESI | RESPONSE and msg.status == Status.SUCCESS:
+            values = {a.tag: a.value for a in msg.attrs}
+            eid, addr, port = (values.get(Tag.ENTITY_IDENTIFIER), values.get(Tag.PORTAL_IP_ADDRESS),
+                               values.get(Tag.PORTAL_PORT))
+            if isinstance(eid, str) and isinstance(addr, ipaddress.IPv6Address) and port is not None:
+                self.registry.esi_answered(eid, (addr, port), self.clock())  # type: ignore[arg-type]
+        elif msg.status not in (Status.SUCCESS, None):
+            log.info("event=isns.notice_refused function=%#x status=%s", msg.function, msg.status)
+
+    # -- what the server sends on its own ---------------------------------------------
+
+    async def _deliver(self, notice: Notice) -> None:
+        what = "esi" if notice.message.function == Function.ESI else "scn"
+        if not notice.targets:
+            writer = self._by_entity.get(notice.entity)
+            if writer is None:
+                log.info("event=isns.%s_undeliverable entity=%s why=no port and no open connection",
+                         what, notice.entity)
+                return
+            _send(writer, notice.message)  # the answer comes back through _serve
+            return
+        for target in notice.targets:
+            try:
+                reply = await asyncio.wait_for(_exchange(target, notice.message), SEND_TIMEOUT)
+            except (OSError, asyncio.TimeoutError, IsnsFormatError) as e:
+                log.info("event=isns.%s_failed entity=%s to=%s why=%s", what, notice.entity,
+                         _host(target[0]), e or type(e).__name__)
+                continue
+            if reply is not None:
+                self._response(reply)
+
+    async def _timer(self) -> None:
+        """Expire registrations and send ESI probes when due."""
+        while True:
+            now = self.clock()
+            if now >= self.registry.due:
+                gone = self.registry.expire(now)
+                if gone:
+                    log.info("event=isns.expired entities=%s", ",".join(gone))
+                self.registry.esi_due(now)
+                self.registry.due = self.registry.next_timer()
+                self._after_change()
+            self._wake.clear()
+            delay = min(max(self.registry.due - now, 0.05), TIMER_CEILING)
+            self._sleep_until = now + delay
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def _announce(self, host: str, port: int, interval: int) -> None:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, remote_addr=(host, port))
+        counter = 0
+        try:
+            while True:
+                me = address(self.host if self.host not in ("0.0.0.0", "::") else "0.0.0.0")
+                transport.sendto(Heartbeat(me, self.port, self.port if self.udp else 0, interval, counter).pack())
+                counter += 1
+                await asyncio.sleep(interval)
+        finally:
+            transport.close()
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    """iSNSP over UDP: each datagram one PDU; a message's PDUs are joined
+    per sender (§5.4)."""
+
+    def __init__(self, server: IsnsServer) -> None:
+        self.server = server
+        self.transport: asyncio.DatagramTransport | None = None
+        self.joined: dict[object, Reassembler] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            header = unpack_header(data)
+            if len(data) < HEADER_SIZE + header.length:
+                raise IsnsFormatError("a datagram shorter than its PDU length")
+            if len(self.joined) > 1024:
+                self.joined.clear()  # bound the half-joined messages strangers may leave
+            msg = self.joined.setdefault(addr, Reassembler()).feed(header, data[HEADER_SIZE:HEADER_SIZE + header.length])
+        except IsnsFormatError as e:
+            log.info("event=isns.malformed peer=%s why=%s", addr, e)
+            self.joined.pop(addr, None)
+            if len(data) >= 4 and not data[2] & 0x80 and self.transport is not None:
+                for pdu in encode_message(_format_error(data)):
+                    self.transport.sendto(pdu, addr)
+            return
+        if msg is None:
+            return
+        self.joined.pop(addr, None)
+        if msg.is_response:
+            self.server._response(msg)
+            return
+        reply = self.server.answer(msg, addr)
+        if reply is not None and self.transport is not None:
+            for pdu in encode_message(reply):
+                self.transport.sendto(pdu, addr)
+
+
+def _format_error(head: bytes) -> Message:
+    fn = int.from_bytes(head[2:4], "big")
+    xid = int.from_bytes(head[8:10], "big") if len(head) >= 10 else 0
+    return Message(fn | RESPONSE, xid, status=Status.MESSAGE_FORMAT_ERROR)
+
+
+def _send(writer: asyncio.StreamWriter, msg: Message) -> None:
+    for pdu in encode_message(msg):
+        writer.write(pdu)
+
+
+def _host(ip: ipaddress.IPv6Address) -> str:
+    return str(ip.ipv4_mapped or ip)
+
+
+async def _exchange(target: Address, msg: Message) -> Message | None:
+    """Send one message to a client's SCN/ESI port and return its answer."""
+    host, port = _host(target[0]), target[1]
+    if port.udp:
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[bytes] = loop.create_future()
+
+        class Once(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+                if not answer.done():
+                    answer.set_result(data)
+
+        transport, _ = await loop.create_datagram_endpoint(Once, remote_addr=(host, port.number))
+        try:
+            for pdu in encode_message(msg):
+                transport.sendto(pdu)
+            data = await answer
+        finally:
+            transport.close()
+        header = unpack_header(data)
+        return Reassembler().feed(header, data[HEADER_SIZE:HEADER_SIZE + header.length])
+    reader, writer = await asyncio.open_connection(host, port.number)
+    try:
+        _send(writer, msg)
+        await writer.drain()
+        joined = Reassembler()
+        while True:
+            header = unpack_header(await reader.readexactly(HEADER_SIZE))
+            reply = joined.feed(header, await reader.readexactly(header.length))
+            if reply is not None:
+                return reply
+    finally:
+        writer.close()
