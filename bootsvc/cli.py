@@ -18,6 +18,7 @@ from target.server import Portal, TargetServer
 from target.targets import LunSpec, Target, TargetConfigError, TargetSpec
 
 from . import config as config_mod
+from . import isns_cli
 from . import server as server_mod
 from .images import ImageError, ImageStore
 
@@ -53,6 +54,11 @@ def _load_config(path: str, command: str) -> config_mod.Config | None:
             print(problem, file=sys.stderr)
         print(f"bootsvc {command}: {len(e.problems)} problem(s) in {path}", file=sys.stderr)
         return None
+
+
+def cmd_isns(args: argparse.Namespace) -> int:
+    cfg = _load_config(args.config, "isns")
+    return 1 if cfg is None else isns_cli.run(args, cfg)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -250,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     ick.add_argument("host", nargs="*", help="default: every overlay")
     ick.add_argument("--repair", action="store_true", help="fix leaked clusters")
 
+    isns_cli.add_arguments(with_config("isns", "what the iSNS server holds; discovery domains by hand", cmd_isns))
     with_config("check", "validate a config file", cmd_check)
     return p
 

@@ -23,13 +23,14 @@ from .yamlfile import Checker, ConfigError, LineMap, load_yaml
 __all__ = ["Config", "ConfigError", "IscsiSettings", "load"]
 
 TOP_KEYS = {"state_dir", "domain", "iqn_prefix", "listen", "dhcp", "default_profile", "profiles_dir",
-            "machines", "targets", "iscsi", "tftp", "dns"}
+            "machines", "targets", "iscsi", "tftp", "dns", "isns"}
 DNS_KEYS = {"ttl"}
 TFTP_KEYS = {"roots"}
 LISTEN_KEYS = {"dhcp", "tftp", "http", "dns", "iscsi", "isns"}
 TARGET_KEYS = {"iqn", "alias", "luns", "initiators"}
 LUN_KEYS = {"path", "read_only", "block_size", "lun"}
 ISCSI_KEYS = {"nop_interval", "nop_timeout", "queue_depth", "portal_group_tag"}
+ISNS_KEYS = {"server", "registration_period", "default_dd", "control_nodes"}
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,30 @@ class IscsiSettings:
     nop_timeout: float = 30.0
     queue_depth: int = 128
     portal_group_tag: int = 1
+
+
+@dataclass(frozen=True)
+class IsnsSettings:
+    """listen.isns (our own iSNS server) and the isns section: where the
+    target registers (our own server unless ``server`` names another),
+    and the server's policy."""
+
+    listen: Portal | None = None
+    server: Portal | None = None
+    registration_period: int = 0  # seconds an entity stays without a refresh; 0: until deregistered
+    default_dd_visible: bool = False  # nodes in no DD see each other (open-isns's default DD)
+    control_nodes: tuple[str, ...] = ()  # iSCSI names allowed to manage DDs (isnsadm's SourceName)
+
+    @property
+    def target(self) -> Portal | None:
+        """The iSNS server the target registers with."""
+        if self.server is not None:
+            return self.server
+        if self.listen is None:
+            return None
+        local = "127.0.0.1" if self.listen.host in ("0.0.0.0", "") else "::1" if self.listen.host == "::" \
+            else self.listen.host
+        return Portal(local, self.listen.port)
 
 
 @dataclass
@@ -65,6 +90,13 @@ class Config:
     http: Portal | None = None  # listen.http; None: off
     dns: Portal | None = None  # listen.dns; None: off
     dns_ttl: int = 60
+    isns: IsnsSettings = field(default_factory=IsnsSettings)
+
+    @property
+    def control_node(self) -> str:
+        """bootsvc's own iSCSI name at the iSNS server: it registers the
+        targets and manages the machines' DDs."""
+        return f"{self.iqn_prefix}:bootsvc"
 
     @property
     def images_dir(self) -> Path:
@@ -157,9 +189,41 @@ def load(path: str | Path) -> Config:
     if dhcp is not None and dhcp.mode.value == "proxy" and tftp is None and http is None:
         c.err(doc, "dhcp", "mode proxy needs listen.tftp or listen.http: iPXE takes a proxy's boot options "
               "only with a boot file, its iPXE script")
+    isns = _isns(c, doc, listen)
     c.raise_if_any()
     return Config(path, state_dir, iqn_prefix, domain, iscsi, targets, dict(doc), profiles, machines,
-                  default_profile, dhcp, tftp, http, dns, ttl)
+                  default_profile, dhcp, tftp, http, dns, ttl, isns)
+
+
+def _isns(c: Checker, doc: LineMap, listen: Any) -> IsnsSettings:
+    listen_at = _listen(c, listen, "isns", 3205)
+    section = doc.get("isns")
+    if section is None or (m := c.mapping(doc, "isns", section)) is None:
+        return IsnsSettings(listen_at)
+    c.unknown(m, ISNS_KEYS, "isns.")
+    server = None
+    if m.get("server") is not None:
+        try:
+            server = Portal.parse(str(m["server"]), default_port=3205)
+        except ValueError as e:
+            c.err(m, "isns.server", str(e))
+    period = m.get("registration_period", 0)
+    if not isinstance(period, int) or isinstance(period, bool) or not 0 <= period < 1 << 32:
+        c.err(m, "isns.registration_period", f"expected seconds (0: never expire), got {period!r}")
+        period = 0
+    default_dd = m.get("default_dd", "hidden")
+    if default_dd not in ("hidden", "visible"):
+        c.err(m, "isns.default_dd", f"expected hidden or visible, got {default_dd!r}")
+    controls = m.get("control_nodes", [])
+    if not isinstance(controls, list):
+        c.err(m, "isns.control_nodes", "expected a list of iSCSI names")
+        controls = []
+    for name in controls:
+        try:
+            check_iscsi_name(str(name))
+        except TargetConfigError as e:
+            c.err(m, "isns.control_nodes", str(e))
+    return IsnsSettings(listen_at, server, period, default_dd == "visible", tuple(map(str, controls)))
 
 
 def _listen(c: Checker, listen: Any, key: str, default_port: int) -> Portal | None:

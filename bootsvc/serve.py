@@ -14,6 +14,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from isns.registry import Registry
+from isns.server import IsnsServer
+from isns.store import Store, StoreError
 from target.backend import BackendError
 from target.server import TargetServer
 from target.targets import Target, TargetConfigError
@@ -29,6 +32,7 @@ from .http.service import HttpService
 from .dhcp.responder import Responder, UnknownPolicy
 from .images import ImageStore
 from .inventory import Machine, generated_machine
+from .isns_registration import IsnsRegistration, Wanted, wanted
 from .scripts import mac_of_script
 from .tftp.files import FileSource
 
@@ -69,6 +73,7 @@ class Serving:
         self.planner = BootPlanner(cfg, self.disks, s.portals[0].port if s.portals else 3260,
                                    cfg.http.port if cfg.http else None)
         self.responder: Responder | None = None
+        self.registration: IsnsRegistration | None = None
         self.services: list[server_mod.Service] = []
         self.running: dict[str, bool] = {}
         self.files = FileSource(list(cfg.tftp.roots) if cfg.tftp else [], generate=self._generated)
@@ -81,6 +86,7 @@ class Serving:
         if s.portals:  # even with no target yet: a reload or an adopted machine may add some
             self._add("iscsi", self.iscsi.start, self.iscsi.stop,
                       f"{', '.join(map(str, s.portals))} ({len(self.iscsi.targets)} targets)")
+        self._isns()
         if cfg.dhcp is not None:
             self._dhcp()
         if cfg.tftp is not None:
@@ -101,6 +107,34 @@ class Serving:
             zone = Zone(cfg.domain, self.addresses, server, cfg.dns_ttl)
             dns = DnsService(zone, cfg.dns.host, cfg.dns.port)
             self._add("dns", dns.start, dns.stop, f"{cfg.dns} for {cfg.domain}")
+
+    def _isns(self) -> None:
+        """listen.isns: our own iSNS server, its database under state_dir;
+        and the registration of our portals, targets and the machines' DDs
+        with it (or with isns.server)."""
+        i = self.cfg.isns
+        if i.listen is not None:
+            registry = Registry(control_nodes={self.cfg.control_node, *i.control_nodes},
+                                default_dd_visible=i.default_dd_visible, default_period=i.registration_period,
+                                on_event=_log_event("bootsvc.isns"))
+            try:
+                store = Store(self.cfg.state_dir / "isns.db")
+                store.load(registry, time.time())
+            except StoreError as e:
+                raise ServeError(str(e)) from e
+            server = IsnsServer(registry, i.listen.host, i.listen.port, store=store)
+
+            async def stop_isns() -> None:
+                await server.stop()
+                store.close()
+
+            self._add("isns", server.start, stop_isns, f"{i.listen} (TCP and UDP)")
+        if i.target is not None and self.cfg.iscsi.portals:
+            self.registration = IsnsRegistration(i.target, self.cfg.control_node, self._isns_wanted, self.report)
+            self._add("isns registration", self.registration.start, self.registration.stop, f"with {i.target}")
+
+    def _isns_wanted(self) -> Wanted:
+        return wanted(self.cfg, {name: t.alias for name, t in self.iscsi.targets.items()})
 
     def _add(self, name: str, start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None] | None],
              where: str) -> None:
@@ -148,7 +182,7 @@ class Serving:
         return stop
 
     def _dhcp_event(self, what: str, fields: dict[str, object]) -> None:
-        logging.getLogger("bootsvc.dhcp").info("event=%s %s", what, " ".join(f"{k}={v}" for k, v in fields.items()))
+        _log_event("bootsvc.dhcp")(what, fields)
         if what in ("dhcp.discovered", "dhcp.adopted") and self.leases is not None:
             self.leases.saw_unknown(str(fields["mac"]), "discover" if what == "dhcp.discovered" else "default",
                                     time.time(), "" if fields.get("arch") is None else str(fields["arch"]))
@@ -171,6 +205,8 @@ class Serving:
             del self.cfg.machines[mac]
             return None
         self.iscsi.targets[target.name] = target
+        if self.registration is not None:
+            self.registration.changed()
         return machine
 
     def _with_adopted(self, cfg: config_mod.Config) -> None:
@@ -236,7 +272,7 @@ class Serving:
         self._with_adopted(new)
         old = self.cfg
         changed = []
-        for key in ("http", "dns", "tftp"):
+        for key in ("http", "dns", "tftp", "isns"):
             if getattr(new, key) != getattr(old, key):
                 changed.append(key)
         if new.iscsi.portals != old.iscsi.portals or (new.dhcp and old.dhcp and (
@@ -256,6 +292,8 @@ class Serving:
             self.responder.unknown = new.dhcp.unknown
         if self.responder is not None:
             self.responder.machines_changed()
+        if self.registration is not None:
+            self.registration.changed()
         if changed:
             self.report(f"reload: {', '.join(changed)} changed: takes effect at the next restart")
         return f"{len(new.machines)} machine(s); {summary}; {extra}"
@@ -283,6 +321,16 @@ class Serving:
                     self.report(f"target {iqn} not served: {e}")
         new.targets = list(wanted.values())
         return f"{added} target(s) added, {removed} removed or changed, {kept} kept while logged in"
+
+
+def _log_event(logger: str) -> Callable[[str, dict[str, object]], None]:
+    """One structured log line per event (DESIGN.md "Events")."""
+    out = logging.getLogger(logger)
+
+    def event(what: str, fields: dict[str, object]) -> None:
+        out.info("event=%s %s", what, " ".join(f"{k}={v}" for k, v in fields.items()))
+
+    return event
 
 
 def write_pidfile(state_dir: Path) -> Path:

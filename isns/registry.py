@@ -122,8 +122,9 @@ class Registry:
     # -- who may see and change what --------------------------------------------------
 
     def is_control(self, source: str) -> bool:
-        node = self.nodes.get(source)
-        return source in self.control_nodes or (node is not None and bool(node.type & NodeType.CONTROL))
+        # configured, never self-declared: a node registering itself with the
+        # CONTROL type bit must not gain the right to rearrange every DD
+        return source in self.control_nodes
 
     def _active_dds(self) -> list[DiscoveryDomain]:
         """DDs in no DD set or in an enabled one (§6.11.1.3)."""

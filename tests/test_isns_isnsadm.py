@@ -9,7 +9,6 @@ import re
 import shutil
 import socket
 import struct
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,8 @@ import pytest
 
 from isns.registry import Registry
 from isns.server import IsnsServer
-from tests.e2e.peers import LOOPBACK, free_port
+from tests.e2e.peers import LOOPBACK, free_port, isnsadm
+from tests.e2e.peers import isns_names as names
 from tests.loop_thread import serving
 
 pytestmark = pytest.mark.skipif(not shutil.which("isnsadm"), reason="needs isnsadm (open-isns-utils)")
@@ -32,17 +32,6 @@ def server() -> Iterator[tuple[Registry, int]]:
     srv = IsnsServer(registry, LOOPBACK, free_port())
     with serving(srv.start, srv.stop):
         yield registry, srv.port
-
-
-def isnsadm(tmp: Path, port: int, source: str, *args: str) -> tuple[int, str]:
-    conf = tmp / f"isnsadm-{source.rsplit(':', 1)[1]}.conf"
-    conf.write_text(f"SourceName = {source}\nServerAddress = {LOOPBACK}:{port}\nSecurity = 0\n")
-    r = subprocess.run(["isnsadm", "-c", str(conf), *args], capture_output=True, text=True, timeout=30)
-    return r.returncode, r.stdout + r.stderr
-
-
-def names(output: str) -> list[str]:
-    return re.findall(r'iSCSI name = "([^"]+)"', output)
 
 
 def test_register_query_list_dd_and_deregister(server: tuple[Registry, int], tmp_path: Path) -> None:

@@ -178,3 +178,17 @@ def tgt_export(image: Path, iqn: str = "iqn.2026-11.test.tgt:disk") -> Iterator[
             proc.wait(10)
         except subprocess.TimeoutExpired:
             stop(proc)
+
+
+def isnsadm(work: Path, port: int, source: str, *args: str) -> tuple[int, str]:
+    """open-isns's isnsadm against the iSNS server on loopback PORT, asking
+    as ``source`` (its own config file in ``work``, security off)."""
+    conf = work / f"isnsadm-{source.rsplit(':', 1)[-1]}.conf"
+    conf.write_text(f"SourceName = {source}\nServerAddress = {LOOPBACK}:{port}\nSecurity = 0\n")
+    r = subprocess.run(["isnsadm", "-c", str(conf), *args], capture_output=True, text=True, timeout=30)
+    return r.returncode, r.stdout + r.stderr
+
+
+def isns_names(output: str) -> list[str]:
+    """The iSCSI names in isnsadm's output."""
+    return re.findall(r'iSCSI name = "([^"]+)"', output)

@@ -1,0 +1,148 @@
+"""What bootsvc tells an iSNS server (RFC 4171), through isns.client: its
+iSCSI portals and every target it serves, as one network entity (§6.2), and
+per machine a discovery domain ``boot-<hostname>`` holding the machine's
+initiator and its boot target (§6.11.2), so an initiator asking iSNS finds
+exactly its own disk.
+
+It registers at start, again when the config changes (reload, an adopted
+machine) and every ``REFRESH`` seconds (so a server that restarted without
+its database, or expires registrations, gets everything back); it
+deregisters the entity at stop. A server that cannot be reached is
+reported once per outage and retried; it never stops the other services.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from isns.client import AsyncIsnsClient, IsnsClientError, NodeSpec, PortalSpec
+from isns.protocol import NodeType
+from target.server import Portal
+
+from .config import Config
+
+log = logging.getLogger("bootsvc.isns")
+
+REFRESH = 300.0  # seconds between re-registrations
+RETRY = 10.0  # seconds before trying an unreachable server again
+DD_PREFIX = "boot-"  # the DDs bootsvc owns: one per machine
+WILDCARDS = ("", "0.0.0.0", "::")
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """Everything bootsvc should have registered, from the config."""
+
+    portals: tuple[PortalSpec, ...]
+    nodes: tuple[NodeSpec, ...]
+    dds: dict[str, tuple[str, ...]]  # DD name -> members
+
+
+def wanted(cfg: Config, targets: dict[str, str]) -> Wanted:
+    """``targets``: iSCSI name -> alias of every target served."""
+    portals = []
+    for p in cfg.iscsi.portals:
+        for host in _announced(cfg, p):
+            portals.append(PortalSpec(host, p.port))
+    nodes = [NodeSpec(cfg.control_node, NodeType.CONTROL, "bootsvc")]
+    nodes += [NodeSpec(name, NodeType.TARGET, alias or None) for name, alias in sorted(targets.items())]
+    dds = {f"{DD_PREFIX}{m.hostname}": (m.initiator_iqn, m.target_iqn)
+           for m in cfg.machines.values() if m.target_iqn in targets}
+    return Wanted(tuple(portals), tuple(nodes), dds)
+
+
+def _announced(cfg: Config, portal: Portal) -> list[str]:
+    """The addresses a portal is reached at: its own, or for a wildcard the
+    addresses the DHCP server hands out as ours."""
+    if portal.host not in WILDCARDS:
+        return [portal.host]
+    if cfg.dhcp is None:
+        return []
+    return sorted({str(s.server) for s in cfg.dhcp.subnets if s.server is not None})
+
+
+class IsnsRegistration:
+    def __init__(self, server: Portal, source: str, what: Callable[[], Wanted],
+                 report: Callable[[str], None] = log.warning, refresh: float = REFRESH) -> None:
+        self.server = server
+        self.source = source
+        self.what = what
+        self.report = report
+        self.refresh = refresh
+        self.entity = source  # one entity, named after bootsvc's own iSCSI name
+        self._registered_nodes: set[str] = set()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._down = False
+        self.synced = asyncio.Event()  # set after each successful sync (tests wait on it)
+
+    async def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    def changed(self) -> None:
+        """The config changed: register again now."""
+        self._wake.set()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(OSError, IsnsClientError, asyncio.TimeoutError):
+            async with self._client() as c:
+                await c.deregister_entity(self.entity)
+                log.info("event=isns.deregistered entity=%s", self.entity)
+
+    def _client(self) -> AsyncIsnsClient:
+        return AsyncIsnsClient(self.server.host, self.server.port, self.source)
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self.sync()
+                delay = self.refresh
+            except (OSError, IsnsClientError, asyncio.TimeoutError) as e:
+                if not self._down:
+                    self.report(f"iSNS server {self.server}: {e}; registering again every {RETRY:.0f} s")
+                self._down = True
+                delay = RETRY
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def sync(self) -> None:
+        """Bring the server in line with the config: portals and targets,
+        then the machines' DDs; what bootsvc registered before and no longer
+        serves goes."""
+        want = self.what()
+        async with self._client() as c:
+            await c.register(self.entity, want.nodes, want.portals)
+            names = {n.name for n in want.nodes}
+            for gone in sorted(self._registered_nodes - names):
+                await c.deregister_node(gone)
+            self._registered_nodes = names
+            have = {str(d.get("DD_SYMBOLIC_NAME")): d for d in await c.list("dd")}
+            for name, members in want.dds.items():
+                dd = have.get(name)
+                if dd is None:
+                    await c.dd_register(name, members)
+                    continue
+                current = list(dd.get("DD_MEMBER_ISCSI_NAME", []))
+                extra = [m for m in current if m not in members]
+                if extra:
+                    await c.dd_remove_members(int(dd["DD_ID"]), extra)
+                missing = [m for m in members if m not in current]
+                if missing:
+                    await c.dd_add_members(int(dd["DD_ID"]), missing)
+            for name, dd in have.items():
+                if name.startswith(DD_PREFIX) and name not in want.dds:
+                    await c.dd_deregister(int(dd["DD_ID"]))
+        if self._down:
+            self.report(f"iSNS server {self.server}: registered again")
+        self._down = False
+        log.info("event=isns.synced server=%s targets=%d dds=%d", self.server, len(want.nodes) - 1, len(want.dds))
+        self.synced.set()
