@@ -206,6 +206,7 @@ class Registry:
         added: list[Object] = []
         for kind, attrs in groups:
             added.append(getattr(self, f"_put_{kind}")(entity, attrs))
+        added += self._default_groups(entity)
         if entity.period:
             self.due = min(self.due, now + entity.period)
         self.on_event("isns.registered", {"entity": entity.eid, "source": source,
@@ -276,6 +277,25 @@ class Registry:
         self._notify(change, node)
         return node
 
+    def _default_groups(self, entity: Entity) -> list[PortalGroup]:
+        """A node and a portal of one entity with no PG between them are
+        related with PGT 1 (§5.6.5.1, as open-isns): so an initiator's
+        query finds the portal of a target that registered no PGs."""
+        made = []
+        for name in entity.nodes:
+            for addr, port in entity.portals:
+                if (name, addr, port) not in self.portal_groups:
+                    pg = PortalGroup(name, addr, port, 1, self._index())
+                    self.portal_groups[(name, addr, port)] = pg
+                    made.append(pg)
+        return made
+
+    def _drop_portal(self, entity: Entity, key: Address) -> None:
+        del entity.portals[key]
+        for pg in [k for k in self.portal_groups if k[1:] == key and k[0] in entity.nodes]:
+            del self.portal_groups[pg]
+        self.dirty.add(("entity", entity.eid))
+
     def _put_pg(self, entity: Entity, attrs: list[Attr]) -> PortalGroup:
         values = {a.tag: a.value for a in attrs}
         name = str(values.get(Tag.PG_ISCSI_NAME, ""))
@@ -312,8 +332,9 @@ class Registry:
         return all(a.value is None or a.value in have.get(a.tag, []) for a in keys)
 
     def _related(self, obj: Object) -> list[Object]:
-        """The object with its entity and the entity's other objects: what a
-        query keyed by one of them answers with (§5.6.5.2)."""
+        """The object with its entity and the entity's other objects and
+        portal groups: what a query keyed by one of them answers with
+        (§5.6.5.2)."""
         if isinstance(obj, Entity):
             entity = obj
         elif isinstance(obj, Node):
@@ -322,7 +343,8 @@ class Registry:
             entity = next(e for e in self.entities.values() if obj in e.portals.values())
         else:
             return [obj]
-        return [entity, *entity.portals.values(), *entity.nodes.values()]
+        groups = [g for g in self.portal_groups.values() if g.name in entity.nodes]
+        return [entity, *entity.portals.values(), *entity.nodes.values(), *groups]
 
     def _query(self, msg: Message, source: str, now: float) -> Message:
         keys, operating = msg.split()
@@ -396,8 +418,7 @@ class Registry:
                 for entity in list(self.entities.values()):
                     if key in entity.portals:
                         self._may_change(source, entity)
-                        del entity.portals[key]
-                        self.dirty.add(("entity", entity.eid))
+                        self._drop_portal(entity, key)
             else:
                 raise IsnsError(Status.INVALID_DEREGISTRATION, f"cannot deregister a {kind} with DevDereg")
         return response(msg, Status.SUCCESS)
@@ -644,8 +665,7 @@ class Registry:
                 if not portal.esi_interval or portal.esi_next > now:
                     continue
                 if portal.esi_missed >= ESI_RETRIES:
-                    del entity.portals[key]
-                    self.dirty.add(("entity", entity.eid))
+                    self._drop_portal(entity, key)
                     self.on_event("isns.esi_lost", {"entity": entity.eid, "portal": _portal_text(key)})
                     if not any(p.esi_interval for p in entity.portals.values()):
                         self._drop_entity(entity, "esi")

@@ -216,3 +216,18 @@ def test_store_refuses_a_foreign_file(tmp_path: Path) -> None:
     bad.write_bytes(b"this is no database at all" * 100)
     with pytest.raises(StoreError):
         Store(bad)
+
+
+def test_default_portal_groups() -> None:
+    """Nodes and portals registered without PGs are related with PGT 1
+    (§5.6.5.1); a deregistered portal takes its PGs along."""
+    reg = Registry()
+    register(reg, "target", TARGET, NodeType.TARGET, portal=("127.0.0.1", 3260))
+    key = (TARGET, address("127.0.0.1"), Port(3260))
+    assert reg.portal_groups[key].tag == 1
+    reply = call(reg, TARGET, Function.DEV_ATTR_QRY, [Attr(Tag.ISCSI_NAME, TARGET)],
+                 [Attr(Tag.PG_PORTAL_IP_ADDR), Attr(Tag.PG_PORTAL_PORT), Attr(Tag.PG_TAG)])
+    assert Attr(Tag.PG_TAG, 1) in reply.attrs
+    call(reg, TARGET, Function.DEV_DEREG, [], [Attr(Tag.PORTAL_IP_ADDRESS, address("127.0.0.1")),
+                                               Attr(Tag.PORTAL_PORT, Port(3260))])
+    assert key not in reg.portal_groups
