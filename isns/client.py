@@ -11,8 +11,9 @@ move bytes. Message encoding and decoding is :mod:`isns.codec`'s.
 Results are plain dicts keyed by :class:`~isns.protocol.Tag` name, one per
 object (``{"ISCSI_NAME": "iqn...", "ISCSI_NODE_TYPE": 1, ...}``): values
 as the codec decodes them, except IP addresses, which are text
-(``"127.0.0.1"``, not the IPv4-mapped IPv6 form of the wire) and the DD
-member attributes, which are lists since a DD has any number of members.
+(``"127.0.0.1"``, not the IPv4-mapped IPv6 form of the wire), and the DD
+member attributes and a DD set's ``DD_ID``, which are lists since a DD (set)
+has any number of members.
 """
 
 from __future__ import annotations
@@ -66,8 +67,9 @@ _WALK_KEYS: dict[str, tuple[Tag, ...]] = {
     "dd": (Tag.DD_ID,), "dds": (Tag.DDS_ID,)}
 _MULTI = {Tag.DD_MEMBER_ISCSI_INDEX, Tag.DD_MEMBER_ISCSI_NAME, Tag.DD_MEMBER_FC_PORT_NAME,
           Tag.DD_MEMBER_PORTAL_INDEX, Tag.DD_MEMBER_PORTAL_IP_ADDR, Tag.DD_MEMBER_PORTAL_PORT}
-# open-isns's isnsd drops the connection on a PDU over 8 KiB (ISNS_MAX_MESSAGE, header
-# included): longer requests go out in several PDUs (§5.4), which every server joins
+# Requests go out in PDUs of at most 8 KiB, header included: what open-isns's own
+# client sends and its isnsd reads into (ISNS_MAX_MESSAGE). A longer request is split
+# (§5.4); isnsd drops the connection on it all the same, RFC servers join it.
 MAX_REQUEST_PAYLOAD = 8192 - HEADER_SIZE
 MAX_WALK = 100_000  # DevGetNext steps one list() may take: a server that loops must not hang us
 
@@ -177,8 +179,9 @@ def _register(entity: str | None, nodes: Iterable[NodeSpec], portals: Iterable[P
               period: int | None) -> _Op[str]:
     """DevAttrReg (§5.6.5.1). The key is the entity; without an EID it is
     a zero-length EID and the server names the new entity, as isnsadm does.
-    Operating attributes: the entity's own, then each portal from its
-    address, then each node from its name (the order §5.6.5.1 asks for)."""
+    Operating attributes: the entity's own, then each portal starting at
+    its address and each node at its name: servers cut the list into
+    objects where a key attribute begins one."""
     eid = Attr(Tag.ENTITY_IDENTIFIER, entity)
     operating: list[Attr] = [eid, Attr(Tag.ENTITY_PROTOCOL, int(EntityProtocol.ISCSI))]
     if period is not None:
@@ -226,6 +229,7 @@ def _walk(kind: str) -> _Op[Objs]:
         raise ValueError(f"cannot list {kind!r}: one of {', '.join(_WALK_KEYS)}")
     keys = tuple(Attr(t) for t in _WALK_KEYS[kind])
     out: Objs = []
+    seen: set[tuple[Attr, ...]] = set()
     for _ in range(MAX_WALK):
         reply = _check((yield Call(Function.DEV_GET_NEXT, keys)), Status.NO_SUCH_ENTRY)
         if reply.status == Status.NO_SUCH_ENTRY:
@@ -234,8 +238,11 @@ def _walk(kind: str) -> _Op[Objs]:
         found = [obj for k, obj in objects(attrs) if k == kind]
         if not key or not found:
             raise IsnsProtocolError(f"DevGetNext answered without a {kind}")
-        out.append(found[0])
         keys = tuple(key)
+        if keys in seen:  # two objects with one key: the walk would go round them for ever
+            raise IsnsProtocolError(f"DevGetNext returned {', '.join(map(str, keys))} twice")
+        seen.add(keys)
+        out.append(found[0])
     raise IsnsProtocolError(f"DevGetNext walk over {kind} did not end after {MAX_WALK} steps")
 
 
@@ -365,7 +372,8 @@ class IsnsClient(_Base):
             while True:
                 c = op.send(self.call(c.function, c.keys, c.operating, c.flags))
         except StopIteration as done:
-            return done.value
+            result: T = done.value  # the generator's return value
+            return result
 
     # the operations (see the generators above for what each sends)
 
@@ -500,7 +508,8 @@ class AsyncIsnsClient(_Base):
             while True:
                 c = op.send(await self.call(c.function, c.keys, c.operating, c.flags))
         except StopIteration as done:
-            return done.value
+            result: T = done.value  # the generator's return value
+            return result
 
     async def register(self, entity: str | None, nodes: Iterable[NodeSpec] = (),
                        portals: Iterable[PortalSpec] = (), replace: bool = False, period: int | None = None) -> str:
