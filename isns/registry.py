@@ -58,15 +58,30 @@ class Registry:
     due: float = math.inf  # no expiry or ESI probe is due before this (it may come early, never late)
     dirty: set[tuple[str, str | int]] = field(default_factory=set)  # ("entity", eid), ("dd", id), ("dds", id)
     _scn: ScnBatch = field(default_factory=ScnBatch)
+    # indexes, rebuilt by restart_indexes(): who owns each portal, who registered for SCNs,
+    # and (rebuilt lazily after any DD or DD set change) the active DDs of each member
+    portal_owner: dict[Address, str] = field(default_factory=dict)
+    _scn_nodes: set[str] = field(default_factory=set)
+    _dd_generation: int = 0
+    _member_of: tuple[int, dict[str, list[DiscoveryDomain]]] = (-1, {})
     _indexes: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def _index(self) -> int:
         return next(self._indexes)
 
     def restart_indexes(self) -> None:
-        """Go on numbering after the highest index loaded from the store."""
+        """After loading from the store: go on numbering after the highest
+        index, and rebuild the lookup indexes."""
         highest = max((o.index for o in self._all_indexed()), default=0)
         self._indexes = itertools.count(highest + 1)
+        self.portal_owner = {key: e.eid for e in self.entities.values() for key in e.portals}
+        self._scn_nodes = {n.name for n in self.nodes.values() if n.scn_bitmap}
+        self._dd_generation += 1
+
+    def groups_of(self, entity: Entity) -> list[PortalGroup]:
+        """The portal groups between an entity's nodes and its portals."""
+        return [g for n in entity.nodes for key in entity.portals
+                if (g := self.portal_groups.get((n, *key))) is not None]
 
     def _all_indexed(self) -> Iterator[Entity | Portal | Node | PortalGroup]:
         for e in self.entities.values():
@@ -126,41 +141,44 @@ class Registry:
         # CONTROL type bit must not gain the right to rearrange every DD
         return source in self.control_nodes
 
-    def _active_dds(self) -> list[DiscoveryDomain]:
-        """DDs in no DD set or in an enabled one (§6.11.1.3)."""
-        in_sets = {d for s in self.dd_sets.values() for d in s.members}
-        enabled = {d for s in self.dd_sets.values() if s.enabled for d in s.members}
-        return [dd for dd in self.dds.values() if dd.id not in in_sets or dd.id in enabled]
+    def _active_dds_of(self, name: str) -> list[DiscoveryDomain]:
+        """The active DDs (in no DD set or in an enabled one, §6.11.1.3)
+        that hold ``name``; the index is rebuilt after DD changes only, so a
+        query costs a lookup, not a walk over every DD."""
+        generation, index = self._member_of
+        if generation != self._dd_generation:
+            in_sets = {d for s in self.dd_sets.values() for d in s.members}
+            enabled = {d for s in self.dd_sets.values() if s.enabled for d in s.members}
+            index = {}
+            for dd in self.dds.values():
+                if dd.id not in in_sets or dd.id in enabled:
+                    for m in dd.members:
+                        index.setdefault(m, []).append(dd)
+            self._member_of = (self._dd_generation, index)
+        return index.get(name, [])
 
-    def _dds_of(self, name: str) -> list[DiscoveryDomain]:
-        return [dd for dd in self._active_dds() if name in dd.members]
-
-    def visible_names(self, source: str) -> set[str] | None:
-        """The iSCSI names ``source`` may see; None: all of them (control)."""
+    def sees(self, source: str, name: str) -> bool:
+        """May ``source`` see the node ``name``? Through a shared active DD;
+        a source in no DD sees itself, and the nodes in no DD when
+        ``default_dd_visible``; control nodes see everything."""
         if self.is_control(source):
-            return None
-        domains = self._dds_of(source)
-        if domains:
-            return {m for dd in domains for m in dd.members}
-        if self.default_dd_visible:
-            in_some = {m for dd in self._active_dds() for m in dd.members}
-            return {n for n in self.nodes if n not in in_some} | {source}
-        return {source}
-
-    def _may_see(self, obj: Object, seen: set[str] | None) -> bool:
-        if seen is None:
             return True
-        if isinstance(obj, Node):
-            return obj.name in seen
+        mine = self._active_dds_of(source)
+        if mine:
+            return any(name in dd.members for dd in mine)
+        return name == source or (self.default_dd_visible and not self._active_dds_of(name))
+
+    def _may_see(self, obj: Object, source: str) -> bool:
+        if isinstance(obj, (Node, PortalGroup)):
+            return self.sees(source, obj.name)
         if isinstance(obj, Entity):
-            return any(n in seen for n in obj.nodes)
+            return any(self.sees(source, n) for n in obj.nodes)
         if isinstance(obj, Portal):
-            return any(self._may_see(e, seen) for e in self.entities.values() if obj in e.portals.values())
-        if isinstance(obj, PortalGroup):
-            return obj.name in seen
+            owner = self.entities.get(self.portal_owner.get((obj.address, obj.port), ""))
+            return owner is not None and self._may_see(owner, source)
         if isinstance(obj, DiscoveryDomainSet):
-            return any(self._may_see(self.dds[d], seen) for d in obj.members if d in self.dds)
-        return any(m in seen for m in obj.members)  # a DD: one of its members
+            return any(self._may_see(self.dds[d], source) for d in obj.members if d in self.dds)
+        return any(self.sees(source, m) for m in obj.members)  # a DD: one of its members
 
     def _may_change(self, source: str, entity: Entity) -> None:
         if self.is_control(source) or source in entity.nodes:
@@ -178,15 +196,6 @@ class Registry:
             eid = self._entity_by_key(keys) or next(
                 (a.value for a in operating if a.tag == Tag.ENTITY_IDENTIFIER and a.value), None)
         entity = self.entities.get(str(eid)) if eid else None
-        if entity is not None:
-            self._may_change(source, entity)
-            if msg.flags & Flags.REPLACE:
-                self._drop_entity(entity, "replaced")
-                entity = None
-        if entity is None:
-            entity = Entity(str(eid) if eid else f"isns:entity:{self._index()}", self._index(),
-                            period=self.default_period, registered=now)
-        entity.last_seen = now
         groups = list(_groups(operating))
         # check everything before changing anything: a refused registration changes nothing
         for kind, attrs in groups:
@@ -195,12 +204,33 @@ class Registry:
                 other = self.nodes.get(name)
                 if not name:
                     raise IsnsError(Status.INVALID_REGISTRATION, "an iSCSI node without a name")
-                if other is not None and other.entity != entity.eid:
+                if other is not None and (entity is None or other.entity != entity.eid):
                     raise IsnsError(Status.INVALID_REGISTRATION, f"{name} belongs to entity {other.entity}")
-            elif kind == "portal" and not _portal_key(attrs):
-                raise IsnsError(Status.INVALID_REGISTRATION, "a portal needs an address and a port")
+            elif kind == "portal":
+                key = _portal_key(attrs)
+                if key is None:
+                    raise IsnsError(Status.INVALID_REGISTRATION, "a portal needs an address and a port")
+                owner = self.portal_owner.get(key)
+                if owner is not None and (entity is None or owner != entity.eid):
+                    raise IsnsError(Status.INVALID_REGISTRATION, f"portal {_portal_text(key)} belongs to "
+                                    f"entity {owner}")
             elif kind in ("dd", "dds"):
                 raise IsnsError(Status.INVALID_REGISTRATION, "DDs and DD sets are registered with DDReg/DDSReg")
+        if entity is not None:
+            # A source replacing an entity with a registration of itself may
+            # (tgt restarted with another first target, keeping its EID: the
+            # host address); otherwise only the entity's own nodes may change it.
+            claims = bool(msg.flags & Flags.REPLACE) and any(
+                kind == "node" and attrs[0].value == source for kind, attrs in groups)
+            if not claims:
+                self._may_change(source, entity)
+            if msg.flags & Flags.REPLACE:
+                self._drop_entity(entity, "replaced")
+                entity = None
+        if entity is None:
+            entity = Entity(str(eid) if eid else f"isns:entity:{self._index()}", self._index(),
+                            period=self.default_period, registered=now)
+        entity.last_seen = now
         self.entities[entity.eid] = entity
         self.dirty.add(("entity", entity.eid))
         added: list[Object] = []
@@ -253,6 +283,7 @@ class Registry:
             elif a.tag == Tag.SCN_PORT and isinstance(a.value, Port):
                 portal.scn_port = a.value
         entity.portals[key] = portal
+        self.portal_owner[key] = entity.eid
         return portal
 
     def _put_node(self, entity: Entity, attrs: list[Attr]) -> Node:
@@ -270,6 +301,7 @@ class Registry:
                 node.alias = None if a.value is None else str(a.value)
             elif a.tag == Tag.ISCSI_SCN_BITMAP and isinstance(a.value, int):
                 node.scn_bitmap = a.value
+                self._scn_nodes.add(name)
             elif a.tag == Tag.ISCSI_AUTH_METHOD:
                 node.auth_method = None if a.value is None else str(a.value)
         entity.nodes[name] = node
@@ -292,6 +324,7 @@ class Registry:
 
     def _drop_portal(self, entity: Entity, key: Address) -> None:
         del entity.portals[key]
+        self.portal_owner.pop(key, None)
         for pg in [k for k in self.portal_groups if k[1:] == key and k[0] in entity.nodes]:
             del self.portal_groups[pg]
         self.dirty.add(("entity", entity.eid))
@@ -325,7 +358,26 @@ class Registry:
             return sorted(self.dd_sets.values(), key=lambda d: d.id)
         return sorted(self.dds.values(), key=lambda d: d.id)
 
+    def _candidates(self, kind: str, keys: list[Attr]) -> list[Object]:
+        """The objects a query key can name: looked up when the key is an
+        object's own key, else every object of the kind."""
+        values = {a.tag: a.value for a in keys if a.value is not None}
+        if kind == "node" and Tag.ISCSI_NAME in values:
+            node = self.nodes.get(str(values[Tag.ISCSI_NAME]))
+            return [node] if node is not None else []
+        if kind == "entity" and Tag.ENTITY_IDENTIFIER in values:
+            entity = self.entities.get(str(values[Tag.ENTITY_IDENTIFIER]))
+            return [entity] if entity is not None else []
+        key = _portal_key(keys)
+        if kind == "portal" and key is not None:
+            owner = self.entities.get(self.portal_owner.get(key, ""))
+            return [owner.portals[key]] if owner is not None else []
+        return self._objects(kind)
+
     def _matches(self, obj: Object, keys: list[Attr]) -> bool:
+        if isinstance(obj, Node) and all(a.tag in (Tag.ISCSI_NAME, Tag.ISCSI_NODE_TYPE) for a in keys):
+            return all(a.value is None or a.value == (obj.name if a.tag == Tag.ISCSI_NAME else int(obj.type))
+                       for a in keys)  # the common queries, without building every attribute
         have = {}
         for a in obj.attrs():
             have.setdefault(a.tag, []).append(a.value)
@@ -340,26 +392,24 @@ class Registry:
         elif isinstance(obj, Node):
             entity = self.entities[obj.entity]
         elif isinstance(obj, Portal):
-            entity = next(e for e in self.entities.values() if obj in e.portals.values())
+            entity = self.entities[self.portal_owner[(obj.address, obj.port)]]
         else:
             return [obj]
-        groups = [g for g in self.portal_groups.values() if g.name in entity.nodes]
-        return [entity, *entity.portals.values(), *entity.nodes.values(), *groups]
+        return [entity, *entity.portals.values(), *entity.nodes.values(), *self.groups_of(entity)]
 
     def _query(self, msg: Message, source: str, now: float) -> Message:
         keys, operating = msg.split()
         kind = _kind_of(keys) if keys else "entity"
         if kind is None:
             raise IsnsError(Status.INVALID_QUERY, "the message key mixes object types")
-        seen = self.visible_names(source)
         wanted = {a.tag for a in operating}
         out: list[Attr] = []
         done: set[int] = set()
-        for obj in self._objects(kind):
-            if not self._matches(obj, keys) or not self._may_see(obj, seen):
+        for obj in self._candidates(kind, keys):
+            if not self._may_see(obj, source) or not self._matches(obj, keys):
                 continue
             for rel in self._related(obj):
-                if id(rel) in done or not self._may_see(rel, seen):
+                if id(rel) in done or not self._may_see(rel, source):
                     continue
                 done.add(id(rel))
                 attrs = rel.attrs()
@@ -371,7 +421,6 @@ class Registry:
         kind = _kind_of(keys)
         if kind is None or not keys:
             raise IsnsError(Status.INVALID_QUERY, "DevGetNext needs the key of one object type")
-        seen = self.visible_names(source)
         after = None if all(a.value is None for a in keys) else keys
         objects = self._objects(kind)
         start = 0
@@ -384,7 +433,7 @@ class Registry:
                 raise IsnsError(Status.NO_SUCH_ENTRY, "no object has that key")
         filters = [a for a in operating if a.value is not None]
         for obj in objects[start:]:
-            if self._may_see(obj, seen) and self._matches(obj, filters):
+            if self._may_see(obj, source) and self._matches(obj, filters):
                 attrs = obj.attrs()
                 key = [a for a in attrs if a.tag in _KEY_TAGS]
                 return response(msg, Status.SUCCESS, [*key, Attr(Tag.DELIMITER), *attrs])
@@ -427,12 +476,15 @@ class Registry:
         self._notify(ScnBits.OBJECT_REMOVED, node)  # while those who saw it still do
         del self.entities[node.entity].nodes[node.name]
         del self.nodes[node.name]
+        self._scn_nodes.discard(node.name)
         for key in [k for k in self.portal_groups if k[0] == node.name]:
             del self.portal_groups[key]
 
     def _drop_entity(self, entity: Entity, why: str) -> None:
         for node in list(entity.nodes.values()):
             self._drop_node(node)
+        for key in entity.portals:
+            self.portal_owner.pop(key, None)
         del self.entities[entity.eid]
         self.dirty.add(("entity", entity.eid))
         self.on_event("isns.entity_removed", {"entity": entity.eid, "why": why})
@@ -480,6 +532,7 @@ class Registry:
                 dd.members.append(member)
                 self._notify_members(ScnBits.DD_MEMBER_ADDED, member, dd)
         self.dirty.add(("dd", dd.id))
+        self._dd_generation += 1
         self.on_event("isns.dd_registered", {"dd": dd.id, "name": dd.name, "members": ",".join(dd.members)})
         return response(msg, Status.SUCCESS, [Attr(Tag.DD_ID, dd.id), Attr(Tag.DELIMITER), *dd.attrs()])
 
@@ -500,6 +553,7 @@ class Registry:
             self._notify_members(ScnBits.DD_MEMBER_REMOVED, member, dd)
         dd.members = [m for m in dd.members if m not in members]
         self.dirty.add(("dd", dd.id))
+        self._dd_generation += 1
         if not operating:
             del self.dds[dd.id]
             for dds in self.dd_sets.values():
@@ -538,6 +592,7 @@ class Registry:
             dds.enabled = bool(status & DDS_ENABLED)
         dds.members += [m for m in dict.fromkeys(members) if m not in dds.members]
         self.dirty.add(("dds", dds.id))
+        self._dd_generation += 1
         self.on_event("isns.dds_registered", {"dds": dds.id, "name": dds.name, "enabled": dds.enabled,
                                               "dds_members": ",".join(map(str, dds.members))})
         return response(msg, Status.SUCCESS, [Attr(Tag.DDS_ID, dds.id), Attr(Tag.DELIMITER), *dds.attrs()])
@@ -555,6 +610,7 @@ class Registry:
         else:
             dds.members = [m for m in dds.members if m not in members]
         self.dirty.add(("dds", dds.id))
+        self._dd_generation += 1
         self.on_event("isns.dds_removed" if not members else "isns.dds_members_removed", {"dds": dds.id})
         return response(msg, Status.SUCCESS)
 
@@ -579,6 +635,7 @@ class Registry:
         if bitmap & ScnBits.MANAGEMENT_REGISTRATION and not self.is_control(node.name):
             raise IsnsError(Status.SCN_REGISTRATION_REJECTED, "management SCNs are for control nodes")
         node.scn_bitmap = bitmap
+        self._scn_nodes.add(node.name)
         self.dirty.add(("entity", node.entity))
         self.on_event("isns.scn_registered", {"node": node.name, "bitmap": bitmap})
         return response(msg, Status.SUCCESS)
@@ -587,6 +644,7 @@ class Registry:
         keys, _ = msg.split()
         node = self._scn_node(keys, source)
         node.scn_bitmap = None
+        self._scn_nodes.discard(node.name)
         self.dirty.add(("entity", node.entity))
         return response(msg, Status.SUCCESS)
 
@@ -608,14 +666,12 @@ class Registry:
         """Queue an object event for every registered node that may hear of
         it (§5.6.5.5): management registrations hear everything; others hear
         of nodes they see, narrowed by the TARGET/INITIATOR_AND_SELF bits."""
-        for recipient in self.nodes.values():
+        for recipient in map(self.nodes.__getitem__, self._scn_nodes):
             mask = recipient.scn_bitmap
             if not mask or not bits & mask:
                 continue
-            if not mask & ScnBits.MANAGEMENT_REGISTRATION:
-                seen = self.visible_names(recipient.name)
-                if seen is not None and changed.name not in seen:
-                    continue
+            if not mask & ScnBits.MANAGEMENT_REGISTRATION and not self.sees(recipient.name, changed.name):
+                continue
             if recipient is not changed:
                 if mask & ScnBits.TARGET_AND_SELF_ONLY and not changed.type & NodeType.TARGET:
                     continue
@@ -628,7 +684,7 @@ class Registry:
         whatever their bitmap (as open-isns: otherwise a node would not learn
         that it lost sight of a target) and to management registrations, with
         the DD's ID."""
-        for recipient in self.nodes.values():
+        for recipient in map(self.nodes.__getitem__, self._scn_nodes):
             mask = recipient.scn_bitmap
             if not mask:
                 continue

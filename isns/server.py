@@ -47,6 +47,7 @@ class IsnsServer:
         self._datagrams: asyncio.DatagramTransport | None = None
         self._clients: set[asyncio.StreamWriter] = set()
         self._by_entity: dict[str, asyncio.StreamWriter] = {}  # the last connection each entity used
+        self._port_locks: dict[Address, asyncio.Lock] = {}  # per SCN/ESI port of a client
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._sleep_until = 0.0  # when the timer wakes next by itself
@@ -179,7 +180,10 @@ class IsnsServer:
             return
         for target in notice.targets:
             try:
-                reply = await asyncio.wait_for(_exchange(target, notice.message), SEND_TIMEOUT)
+                # one message at a time per port: tgt keeps one SCN socket and
+                # spins when a second connection arrives while the first is open
+                async with self._port_locks.setdefault(target, asyncio.Lock()):
+                    reply = await asyncio.wait_for(_exchange(target, notice.message), SEND_TIMEOUT)
             except (OSError, asyncio.TimeoutError, IsnsFormatError) as e:
                 log.info("event=isns.%s_failed entity=%s to=%s why=%s", what, notice.entity,
                          _host(target[0]), e or type(e).__name__)

@@ -125,8 +125,7 @@ class Store:
                     if entity is None:
                         self.db.execute("DELETE FROM entities WHERE eid = ?", (key,))
                         continue
-                    groups = [g for g in registry.portal_groups.values() if g.name in entity.nodes]
-                    self._put("entities", "eid", key, entity_to_dict(entity, groups))
+                    self._put("entities", "eid", key, entity_to_dict(entity, registry.groups_of(entity)))
                 elif kind == "dd":
                     dd = registry.dds.get(int(key))
                     if dd is None:

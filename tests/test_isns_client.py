@@ -415,10 +415,7 @@ def test_a_walk_that_goes_round_is_stopped() -> None:
     assert len(got) == 2  # the NIL key, then the portal's key, answered with the portal again
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param("bootsvc", marks=pytest.mark.xfail(reason="registry: a portal key in two entities; "
-                                                    "DevGetNext over portals then loops (isnsadm --list portals)")),
-    "isnsd"])
+@pytest.mark.parametrize("name", ["bootsvc", "isnsd"])
 def test_a_portal_belongs_to_one_entity(name: str, request: pytest.FixtureRequest) -> None:
     """Portal IP address and port are the portal's key (§6.3): a second
     entity registering the same portal is refused, as isnsd does."""

@@ -9,7 +9,7 @@ import itertools
 from pathlib import Path
 
 from isns.codec import Attr, Message, Port, address, request
-from isns.protocol import DDS_ENABLED, Function, NodeType, ScnBits, Status, Tag
+from isns.protocol import DDS_ENABLED, Flags, Function, NodeType, ScnBits, Status, Tag
 from isns.registry import ESI_RETRIES, Registry
 from isns.store import Store
 
@@ -231,3 +231,26 @@ def test_default_portal_groups() -> None:
     call(reg, TARGET, Function.DEV_DEREG, [], [Attr(Tag.PORTAL_IP_ADDRESS, address("127.0.0.1")),
                                                Attr(Tag.PORTAL_PORT, Port(3260))])
     assert key not in reg.portal_groups
+
+
+def test_replace_by_a_new_node_of_the_same_entity() -> None:
+    """tgt names its entity after its host address and registers with
+    REPLACE from its first target: restarted with another first target it
+    replaces its old entity; a registration that claims someone else's
+    portal or node is refused and changes nothing."""
+    reg = Registry()
+    register(reg, "127.0.0.1", TARGET, NodeType.TARGET, portal=("127.0.0.1", 3260))
+    ops = [Attr(Tag.ENTITY_IDENTIFIER, "127.0.0.1"), Attr(Tag.PORTAL_IP_ADDRESS, address("127.0.0.1")),
+           Attr(Tag.PORTAL_PORT, Port(3260)), Attr(Tag.ISCSI_NAME, OTHER_TARGET), Attr(Tag.ISCSI_NODE_TYPE, 1)]
+    plain = reg.handle(request(Function.DEV_ATTR_REG, 1, Attr(Tag.ISCSI_NAME, OTHER_TARGET),
+                               [Attr(Tag.ENTITY_IDENTIFIER, "127.0.0.1")], ops), 0.0)
+    assert plain is not None and plain.status == Status.SOURCE_UNAUTHORIZED
+    replace = Message(Function.DEV_ATTR_REG, 2, (Attr(Tag.ISCSI_NAME, OTHER_TARGET),
+                                                 Attr(Tag.ENTITY_IDENTIFIER, "127.0.0.1"), Attr(Tag.DELIMITER),
+                                                 *ops), Flags.REPLACE)
+    assert reg.handle(replace, 0.0).status == Status.SUCCESS  # type: ignore[union-attr]
+    assert set(reg.nodes) == {OTHER_TARGET}
+    thief = [Attr(Tag.ENTITY_IDENTIFIER, "thief"), Attr(Tag.PORTAL_IP_ADDRESS, address("127.0.0.1")),
+             Attr(Tag.PORTAL_PORT, Port(3260)), Attr(Tag.ISCSI_NAME, INIT1)]
+    assert call(reg, INIT1, Function.DEV_ATTR_REG, [], thief).status == Status.INVALID_REGISTRATION
+    assert "thief" not in reg.entities and INIT1 not in reg.nodes
