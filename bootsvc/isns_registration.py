@@ -78,7 +78,6 @@ class IsnsRegistration:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._down = False
-        self.synced = asyncio.Event()  # set after each successful sync (tests wait on it)
 
     async def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
@@ -145,4 +144,3 @@ class IsnsRegistration:
             self.report(f"iSNS server {self.server}: registered again")
         self._down = False
         log.info("event=isns.synced server=%s targets=%d dds=%d", self.server, len(want.nodes) - 1, len(want.dds))
-        self.synced.set()
