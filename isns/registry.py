@@ -24,7 +24,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from .codec import Attr, Message, Port, response
+from .codec import Attr, Message, Port, display, response
 from .objects import (DD_TAGS, DDS_TAGS, DEFAULT_PERIOD, ENTITY_TAGS, NODE_TAGS, PG_TAGS, PORTAL_TAGS,
                       DiscoveryDomain, DiscoveryDomainSet, Entity, Node, Object, Portal, PortalGroup)
 from .protocol import DDS_ENABLED, Flags, Function, NodeType, ScnBits, Status, Tag
@@ -62,8 +62,7 @@ class Registry:
     # and (rebuilt lazily after any DD or DD set change) the active DDs of each member
     portal_owner: dict[Address, str] = field(default_factory=dict)
     _scn_nodes: set[str] = field(default_factory=set)
-    _dd_generation: int = 0
-    _member_of: tuple[int, dict[str, list[DiscoveryDomain]]] = (-1, {})
+    _member_of: dict[str, list[DiscoveryDomain]] | None = None  # None: to be rebuilt
     _indexes: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def _index(self) -> int:
@@ -76,7 +75,7 @@ class Registry:
         self._indexes = itertools.count(highest + 1)
         self.portal_owner = {key: e.eid for e in self.entities.values() for key in e.portals}
         self._scn_nodes = {n.name for n in self.nodes.values() if n.scn_bitmap}
-        self._dd_generation += 1
+        self._member_of = None
 
     def groups_of(self, entity: Entity) -> list[PortalGroup]:
         """The portal groups between an entity's nodes and its portals."""
@@ -145,17 +144,20 @@ class Registry:
         """The active DDs (in no DD set or in an enabled one, §6.11.1.3)
         that hold ``name``; the index is rebuilt after DD changes only, so a
         query costs a lookup, not a walk over every DD."""
-        generation, index = self._member_of
-        if generation != self._dd_generation:
+        if self._member_of is None:
             in_sets = {d for s in self.dd_sets.values() for d in s.members}
             enabled = {d for s in self.dd_sets.values() if s.enabled for d in s.members}
-            index = {}
+            self._member_of = {}
             for dd in self.dds.values():
                 if dd.id not in in_sets or dd.id in enabled:
                     for m in dd.members:
-                        index.setdefault(m, []).append(dd)
-            self._member_of = (self._dd_generation, index)
-        return index.get(name, [])
+                        self._member_of.setdefault(m, []).append(dd)
+        return self._member_of.get(name, [])
+
+    def _dd_changed(self, kind: str, key: int) -> None:
+        """A DD or DD set changed: the store writes it, visibility is recomputed."""
+        self.dirty.add((kind, key))
+        self._member_of = None
 
     def sees(self, source: str, name: str) -> bool:
         """May ``source`` see the node ``name``? Through a shared active DD;
@@ -531,8 +533,7 @@ class Registry:
             if member not in dd.members:
                 dd.members.append(member)
                 self._notify_members(ScnBits.DD_MEMBER_ADDED, member, dd)
-        self.dirty.add(("dd", dd.id))
-        self._dd_generation += 1
+        self._dd_changed("dd", dd.id)
         self.on_event("isns.dd_registered", {"dd": dd.id, "name": dd.name, "members": ",".join(dd.members)})
         return response(msg, Status.SUCCESS, [Attr(Tag.DD_ID, dd.id), Attr(Tag.DELIMITER), *dd.attrs()])
 
@@ -552,14 +553,13 @@ class Registry:
         for member in members:  # told while they are still members, so they hear of it
             self._notify_members(ScnBits.DD_MEMBER_REMOVED, member, dd)
         dd.members = [m for m in dd.members if m not in members]
-        self.dirty.add(("dd", dd.id))
-        self._dd_generation += 1
+        self._dd_changed("dd", dd.id)
         if not operating:
             del self.dds[dd.id]
             for dds in self.dd_sets.values():
                 if dd.id in dds.members:
                     dds.members.remove(dd.id)
-                    self.dirty.add(("dds", dds.id))
+                    self._dd_changed("dds", dds.id)
             self.on_event("isns.dd_removed", {"dd": dd.id, "name": dd.name})
         else:
             self.on_event("isns.dd_members_removed", {"dd": dd.id, "members": ",".join(members)})
@@ -591,8 +591,7 @@ class Registry:
         if status is not None:
             dds.enabled = bool(status & DDS_ENABLED)
         dds.members += [m for m in dict.fromkeys(members) if m not in dds.members]
-        self.dirty.add(("dds", dds.id))
-        self._dd_generation += 1
+        self._dd_changed("dds", dds.id)
         self.on_event("isns.dds_registered", {"dds": dds.id, "name": dds.name, "enabled": dds.enabled,
                                               "dds_members": ",".join(map(str, dds.members))})
         return response(msg, Status.SUCCESS, [Attr(Tag.DDS_ID, dds.id), Attr(Tag.DELIMITER), *dds.attrs()])
@@ -609,8 +608,7 @@ class Registry:
             del self.dd_sets[dds.id]
         else:
             dds.members = [m for m in dds.members if m not in members]
-        self.dirty.add(("dds", dds.id))
-        self._dd_generation += 1
+        self._dd_changed("dds", dds.id)
         self.on_event("isns.dds_removed" if not members else "isns.dds_members_removed", {"dds": dds.id})
         return response(msg, Status.SUCCESS)
 
@@ -751,9 +749,7 @@ class Registry:
 
 
 def _portal_text(key: Address) -> str:
-    addr, port = key
-    host = addr.ipv4_mapped or addr
-    return f"{host}:{port.number}"
+    return f"{display(key[0])}:{key[1].number}"
 
 
 _KEY_TAGS = {Tag.ENTITY_IDENTIFIER, Tag.ISCSI_NAME, Tag.PORTAL_IP_ADDRESS, Tag.PORTAL_PORT, Tag.PG_ISCSI_NAME,

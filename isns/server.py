@@ -19,7 +19,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from .codec import Heartbeat, IsnsFormatError, Message, Reassembler, address, encode_message, unpack_header
+from .codec import (Heartbeat, IsnsFormatError, Message, Reassembler, address, display, encode_message,
+                    unpack_header)
 from .protocol import DEFAULT_PORT, HEADER_SIZE, RESPONSE, Function, Status, Tag
 from .registry import Registry
 from .scn import Address, Notice
@@ -186,7 +187,7 @@ class IsnsServer:
                     reply = await asyncio.wait_for(_exchange(target, notice.message), SEND_TIMEOUT)
             except (OSError, asyncio.TimeoutError, IsnsFormatError) as e:
                 log.info("event=isns.%s_failed entity=%s to=%s why=%s", what, notice.entity,
-                         _host(target[0]), e or type(e).__name__)
+                         display(target[0]), e or type(e).__name__)
                 continue
             if reply is not None:
                 self._response(reply)
@@ -272,13 +273,9 @@ def _send(writer: asyncio.StreamWriter, msg: Message) -> None:
         writer.write(pdu)
 
 
-def _host(ip: ipaddress.IPv6Address) -> str:
-    return str(ip.ipv4_mapped or ip)
-
-
 async def _exchange(target: Address, msg: Message) -> Message | None:
     """Send one message to a client's SCN/ESI port and return its answer."""
-    host, port = _host(target[0]), target[1]
+    host, port = display(target[0]), target[1]
     if port.udp:
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[bytes] = loop.create_future()
