@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from isns.client import IsnsClient, NodeSpec, PortalSpec  # noqa: E402
 from isns.codec import Attr, Port, address, encode_message, request  # noqa: E402
 from isns.protocol import HEADER_SIZE, EntityProtocol, Function, NodeType, Tag  # noqa: E402
-from tests.e2e.peers import LOOPBACK, bootsvc_serve, free_port, stop, wait_for_port  # noqa: E402
+from tests.e2e.peers import LOOPBACK, bootsvc_serve, free_port, isnsd, stop, wait_for_port  # noqa: E402
 
 TIMEOUT = 120  # seconds any one phase may take
 PREFIX = "iqn.2026-11.bench"
@@ -210,22 +210,12 @@ def check(port: int, entities: int) -> None:
 
 
 @contextlib.contextmanager
-def isnsd(work: Path, memory: bool) -> Iterator[int]:
-    port = free_port()
+def reference(work: Path, memory: bool) -> Iterator[int]:
+    """isnsd with its file database (Debian's default), or in memory."""
     db = work / "isnsd-db"
     shutil.rmtree(db, ignore_errors=True)
-    conf = work / "isnsd.conf"
-    conf.write_text(f"BindAddress = {LOOPBACK}:{port}\nSourceName = {PREFIX}:isnsd\nSecurity = 0\n"
-                    f"PIDFile = {work / 'isnsd.pid'}\nControlSocket = {work / 'isnsd.control'}\n"
-                    "DefaultDiscoveryDomain = 0\nSLPRegister = 0\nRegistrationPeriod = 0\n"
-                    + ("" if memory else f"Database = {db}\n"))
-    with open(work / "isnsd.log", "wb") as log:
-        proc = subprocess.Popen(["isnsd", "-f", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_for_port(port, proc)
+    with isnsd(work, f"{PREFIX}:isnsd", default_dd=False, database=None if memory else db) as port:
         yield port
-    finally:
-        stop(proc)
 
 
 @contextlib.contextmanager
@@ -280,7 +270,7 @@ def main() -> int:
         return 0
     if not 1 <= args.clients <= 64 or not 1 <= args.entities <= 100_000 or not 0 < args.seconds <= 60:
         ap.error("--clients 1-64, --entities 1-100000, --seconds up to 60")
-    servers = {"isnsd": isnsd, "bootsvc": bootsvc}
+    servers = {"isnsd": reference, "bootsvc": bootsvc}
     rates: dict[str, dict[str, list[float]]] = {s: {"register": [], "query": []} for s in servers}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -17,7 +17,6 @@ import asyncio
 import shutil
 import socket
 import struct
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,7 +36,7 @@ from isns.codec import Attr, Message, Port, address, encode_message, response
 from isns.protocol import MAX_PDU_PAYLOAD, Flags, Function, NodeType, Status, Tag
 from isns.registry import Registry
 from isns.server import IsnsServer
-from tests.e2e.peers import LOOPBACK, free_port, stop, wait_for_port
+from tests.e2e.peers import LOOPBACK, free_port, isnsd
 from tests.loop_thread import serving
 
 ADMIN = "iqn.2026-11.test:admin"
@@ -58,19 +57,9 @@ def bootsvc_port() -> Iterator[int]:
 def isnsd_port(tmp_path: Path) -> Iterator[int]:
     if not shutil.which("isnsd"):
         pytest.skip("needs isnsd (open-isns-server)")
-    port = free_port()
-    conf = tmp_path / "isnsd.conf"
-    # no Database line: isnsd keeps its database in memory; a default DD like bootsvc's default_dd_visible
-    conf.write_text(f"BindAddress = {LOOPBACK}:{port}\nSourceName = iqn.2026-11.test:isnsd\nSecurity = 0\n"
-                    f"PIDFile = {tmp_path / 'isnsd.pid'}\nControlSocket = {tmp_path / 'isnsd.control'}\n"
-                    "DefaultDiscoveryDomain = 1\nSLPRegister = 0\nRegistrationPeriod = 0\n")
-    with open(tmp_path / "isnsd.log", "wb") as log:
-        proc = subprocess.Popen(["isnsd", "-f", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_for_port(port, proc, timeout=10)
+    # in memory; a default DD like bootsvc's default_dd_visible
+    with isnsd(tmp_path, "iqn.2026-11.test:isnsd", default_dd=True) as port:
         yield port
-    finally:
-        stop(proc)
 
 
 @pytest.fixture(params=SERVERS)

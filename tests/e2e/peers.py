@@ -192,3 +192,23 @@ def isnsadm(work: Path, port: int, source: str, *args: str) -> tuple[int, str]:
 def isns_names(output: str) -> list[str]:
     """The iSCSI names in isnsadm's output."""
     return re.findall(r'iSCSI name = "([^"]+)"', output)
+
+
+@contextlib.contextmanager
+def isnsd(work: Path, source: str, default_dd: bool, database: Path | None = None) -> Iterator[int]:
+    """open-isns's isnsd (the reference iSNS server) on a free loopback
+    port, security off, no registration expiry, asking as ``source``;
+    its database in ``database``, else in memory. Yields the port."""
+    port = free_port()
+    conf = work / "isnsd.conf"
+    conf.write_text(f"BindAddress = {LOOPBACK}:{port}\nSourceName = {source}\nSecurity = 0\n"
+                    f"PIDFile = {work / 'isnsd.pid'}\nControlSocket = {work / 'isnsd.control'}\n"
+                    f"DefaultDiscoveryDomain = {int(default_dd)}\nSLPRegister = 0\nRegistrationPeriod = 0\n"
+                    + ("" if database is None else f"Database = {database}\n"))
+    with open(work / "isnsd.log", "wb") as log:
+        proc = subprocess.Popen(["isnsd", "-f", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, proc, timeout=10)
+        yield port
+    finally:
+        stop(proc)
