@@ -20,6 +20,7 @@ from target.targets import LunSpec, Target, TargetConfigError, TargetSpec
 from . import config as config_mod
 from . import isns_cli
 from . import server as server_mod
+from .demo import DEMO_BASE, DemoImageError, build_demo
 from .images import ImageError, ImageStore
 
 
@@ -196,6 +197,12 @@ def cmd_image(args: argparse.Namespace) -> int:
         elif args.image_command == "rebase":
             store.rebase(args.host, args.base)
             print(f"{args.host} now on {args.base}")
+        elif args.image_command == "build-demo":
+            try:
+                build_demo(cfg, args.name, force=args.force, kernel_deb=args.kernel_deb)
+            except DemoImageError as e:
+                print(f"bootsvc image build-demo: {e}", file=sys.stderr)
+                return 1
         elif args.image_command == "check":
             bad = 0
             for r in store.check(args.host, repair=args.repair):
@@ -211,6 +218,25 @@ def cmd_image(args: argparse.Namespace) -> int:
         print(f"bootsvc image {args.image_command}: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_vm(args: argparse.Namespace) -> int:
+    """Diskless QEMU machines booting through bootsvc, each boot's timeline."""
+    from .vm import network, qemu, run  # QEMU's world: only this command needs it
+    cfg = _load_config(args.config, "vm")
+    if cfg is None:
+        return 1
+    opts = run.Options(count=args.count, macs=tuple(args.mac), accel=args.accel, timeout=args.timeout,
+                       firmware=qemu.Firmware.UEFI if args.uefi else qemu.Firmware.BIOS, attach=args.attach)
+    try:
+        timelines = run.run(cfg, opts)
+    except (run.VmError, network.NetworkError, qemu.QemuError) as e:
+        print(f"bootsvc vm: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bootsvc vm: interrupted; VMs stopped and the boot network removed", file=sys.stderr)
+        return 130
+    return 0 if timelines and all(t.booted for t in timelines) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -252,10 +278,23 @@ def build_parser() -> argparse.ArgumentParser:
     irb = isub.add_parser("rebase", help="move a machine's overlay to another base, keeping its contents")
     irb.add_argument("host")
     irb.add_argument("base", help="file name in state_dir/images")
+    ibd = isub.add_parser("build-demo", help="build the demo base image: a small Linux that boots from iSCSI")
+    ibd.add_argument("--name", default=DEMO_BASE, help=f"base image file name (default {DEMO_BASE})")
+    ibd.add_argument("--force", action="store_true", help="build it again even if it exists")
+    ibd.add_argument("--kernel-deb", type=Path, help="a Debian cloud kernel .deb to use instead of downloading one")
     ick = isub.add_parser("check", help="check overlays like qemu-img check")
     ick.add_argument("host", nargs="*", help="default: every overlay")
     ick.add_argument("--repair", action="store_true", help="fix leaked clusters")
 
+    vm = with_config("vm", "boot inventory machines as diskless QEMU VMs and show each boot's timeline", cmd_vm)
+    vm.add_argument("--count", type=int, default=1, help="boot the first N machines by hostname (default 1)")
+    vm.add_argument("--mac", action="append", default=[], help="boot this machine (repeatable)")
+    vm.add_argument("--uefi", action="store_true", help="UEFI firmware (OVMF) instead of BIOS")
+    vm.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto",
+                    help="auto: KVM only where it is real (not paravirtual), else TCG")
+    vm.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for every machine (default 300)")
+    vm.add_argument("--attach", action="store_true",
+                    help="use the running bootsvc's bridge (listen.dhcp interface) instead of a private network")
     isns_cli.add_arguments(with_config("isns", "what the iSNS server holds; discovery domains by hand", cmd_isns))
     with_config("check", "validate a config file", cmd_check)
     return p

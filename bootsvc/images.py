@@ -237,31 +237,58 @@ class ImageStore:
         source = self._source(host)
         dest = self.base_path(new_base)
         if dest.exists():
-            users = self.dependents(dest)
-            if users:
-                raise ImageError(f"refusing to modify base {dest.name}: {len(users)} image(s) depend on it "
-                                 f"({', '.join(users)})")
+            self.refuse_if_used(dest)
             raise ImageError(f"{dest} exists; pick another name or remove it first")
+        with self._open(source) as img:
+            self._write_base(img, dest, f"commit {host}")
+        log.info("event=image.committed host=%s base=%s", host, dest)
+        return dest
+
+    def add_base(self, raw: Path, name: str, replace: bool = False) -> Path:
+        """Store the raw disk ``raw`` as base ``name`` (qcow2 when the name
+        ends in .qcow2). Replacing a base is refused while overlays use it."""
+        dest = self.base_path(name)
+        if dest.exists():
+            self.refuse_if_used(dest)
+            if not replace:
+                raise ImageError(f"{dest} exists; pick another name or remove it first")
+        try:
+            img = open_backing(str(raw), "raw", 0)
+        except BackendError as e:
+            raise ImageError(str(e)) from e
+        try:
+            self._write_base(img, dest, f"store {dest.name}")
+        finally:
+            img.close()
+        log.info("event=image.base_added base=%s", dest)
+        return dest
+
+    def refuse_if_used(self, base: Path) -> None:
+        users = self.dependents(base)
+        if users:
+            raise ImageError(f"refusing to modify base {base.name}: {len(users)} image(s) depend on it "
+                             f"({', '.join(users)})")
+
+    def _write_base(self, img: Backend, dest: Path, what: str) -> None:
+        """``img``'s contents as a new read-only base at ``dest``, which
+        appears only once complete."""
         self.images_dir.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
         try:
-            with self._open(source) as img:
-                if dest.suffix == ".qcow2":
-                    create_image(tmp, size=img.size, overwrite=True)
-                    with self._open(tmp, writable=True) as out:
-                        _copy(img, out.write_sync, f"commit {host}")
-                else:
-                    with open(tmp, "wb") as f:
-                        f.truncate(img.size)
-                        _copy(img, lambda off, data: os.pwrite(f.fileno(), data, off), f"commit {host}")
-                        os.fsync(f.fileno())
+            if dest.suffix == ".qcow2":
+                create_image(tmp, size=img.size, overwrite=True)
+                with self._open(tmp, writable=True) as out:
+                    _copy(img, out.write_sync, what)
+            else:
+                with open(tmp, "wb") as f:
+                    f.truncate(img.size)
+                    _copy(img, lambda off, data: os.pwrite(f.fileno(), data, off), what)
+                    os.fsync(f.fileno())
             os.chmod(tmp, 0o444)
             os.rename(tmp, dest)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        log.info("event=image.committed host=%s base=%s", host, dest)
-        return dest
 
     def rebase(self, host: str, new_base: str) -> None:
         """Put a machine's overlay on another base without changing what the

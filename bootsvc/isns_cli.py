@@ -4,6 +4,7 @@ asked as bootsvc's own control node (the name the served config gives it)."""
 from __future__ import annotations
 
 import argparse
+import json
 
 from isns.client import IsnsClient, IsnsClientError, Objs
 
@@ -17,9 +18,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     isub = p.add_subparsers(dest="isns_command", required=True)
     lp = isub.add_parser("list", help="nodes (default), entities, portals, dds or dd-sets")
     lp.add_argument("what", nargs="?", default="nodes", choices=sorted(KINDS))
+    lp.add_argument("--json", action="store_true", help="the objects as JSON, for scripts")
     dp = isub.add_parser("dd", help="discovery domains: list, add NAME MEMBER..., remove NAME [MEMBER...]")
     dsub = dp.add_subparsers(dest="dd_command", required=True)
-    dsub.add_parser("list", help="every DD with its members")
+    dsub.add_parser("list", help="every DD with its members").add_argument(
+        "--json", action="store_true", help="the DDs as JSON, for scripts")
     da = dsub.add_parser("add", help="create a DD or add members to it")
     da.add_argument("name")
     da.add_argument("member", nargs="*", help="iSCSI names")
@@ -36,9 +39,9 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     try:
         with IsnsClient(server.host, server.port, cfg.control_node) as c:
             if args.isns_command == "list":
-                _print(args.what, c.list(KINDS[args.what]))
+                _print(args.what, c.list(KINDS[args.what]), args.json)
             elif args.dd_command == "list":
-                _print("dds", c.list("dd"))
+                _print("dds", c.list("dd"), args.json)
             else:
                 _dd(c, args)
     except (OSError, IsnsClientError) as e:
@@ -66,8 +69,10 @@ def _dd(c: IsnsClient, args: argparse.Namespace) -> None:
         print(f"DD {args.name}: removed")
 
 
-def _print(what: str, objs: Objs) -> None:
-    if what == "nodes":
+def _print(what: str, objs: Objs, as_json: bool = False) -> None:
+    if as_json:
+        print(json.dumps(objs, default=str, indent=1))
+    elif what == "nodes":
         print(f"{'TYPE':10} {'ISCSI NAME':55} ALIAS")
         for o in objs:
             kind = NODE_TYPES.get(int(o.get("ISCSI_NODE_TYPE") or 0), str(o.get("ISCSI_NODE_TYPE")))

@@ -13,6 +13,9 @@ debs=(
     tgt                 # reference iSCSI target
     open-isns-utils     # isnsadm (iSNS peer in the tests)
     open-isns-server    # isnsd (bench/isns.py reference)
+    open-iscsi          # iscsiadm (iSNS discovery peer); iscsistart in the demo image
+    syslinux syslinux-common mtools dosfstools e2fsprogs  # build the demo image without mounting
+    ovmf                # UEFI firmware for `bootsvc vm --uefi`
     nasm                # assembles the sanboot test's boot sector
     busybox-static      # udhcpc, a real DHCP client for the DHCP tests
     tftp-hpa            # a real TFTP client
@@ -22,6 +25,7 @@ debs=(
     isc-dhcp-client     # dhclient, a real DHCP client
     bind9-dnsutils      # dig, a real DNS client
     curl                # a real HTTP client
+    vagrant vagrant-libvirt  # `vagrant validate` of vagrant/Vagrantfile (tests/test_vagrant.py)
     iproute2 procps
 )
 missing=()

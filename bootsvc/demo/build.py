@@ -1,0 +1,89 @@
+"""``bootsvc image build-demo``: the demo base image, built once into
+state_dir/images and reused. The kernel package is kept in
+state_dir/cache/demo so a rebuild needs no download."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ..config import Config
+from ..images import ImageError, ImageStore
+from .disk import DiskError, Layout, build_disk
+from .initramfs import InitramfsError, build_initramfs, build_root_tree
+from .kernel import KernelError, fetch_deb, unpack
+
+log = logging.getLogger("bootsvc.demo")
+DEMO_BASE = "demo-linux.qcow2"  # what profiles/demo-linux.yaml boots
+MARKER_OK = "BOOTSVC-DEMO-OK"
+MARKER_FAIL = "BOOTSVC-DEMO-FAIL"
+RECORD = "/var/lib/bootsvc-demo/boots"  # the file each boot appends to, on the root partition
+# quiet: the serial console carries the demo's own progress lines, and
+# under TCG every console line costs time; panic=-1 ends a failed boot
+KERNEL_ARGS = "console=ttyS0,115200 quiet panic=-1"
+SYSLINUX_CFG = f"""DEFAULT demo
+PROMPT 0
+TIMEOUT 0
+LABEL demo
+  KERNEL /vmlinuz
+  INITRD /initrd.img
+  APPEND {KERNEL_ARGS}
+"""
+
+
+class DemoImageError(Exception):
+    """The demo image cannot be built; the message says why and what to do."""
+
+
+def demo_base(cfg: Config, name: str = DEMO_BASE) -> Path:
+    return ImageStore(cfg).base_path(name)
+
+
+def build_demo(cfg: Config, name: str = DEMO_BASE, force: bool = False, kernel_deb: Path | None = None,
+               say: Callable[[str], None] = print) -> Path:
+    """The demo base image, built unless it is there already (``force``:
+    build it again; refused while overlays depend on it)."""
+    store = ImageStore(cfg)
+    dest = store.base_path(name)
+    if dest.exists() and not force:
+        say(f"{dest} is already built (--force builds it again)")
+        return dest
+    cache = cfg.state_dir / "cache" / "demo"
+    work = cache / "work"
+    steps = 6
+    started = time.monotonic()
+
+    def step(n: int, what: str) -> None:
+        say(f"[{n}/{steps}] {what}")
+
+    try:
+        if dest.exists():
+            store.refuse_if_used(dest)  # before minutes of work, not after
+        step(1, "Debian cloud kernel package")
+        deb = fetch_deb(cache / "debs", kernel_deb)
+        step(2, f"unpacking {deb.name}")
+        kernel = unpack(deb, cache / "kernel" / deb.stem)
+        shutil.rmtree(work, ignore_errors=True)
+        (work / "boot").mkdir(parents=True)
+        step(3, f"initramfs: busybox, iscsistart, modules of {kernel.release}")
+        (work / "boot" / "initrd.img").write_bytes(build_initramfs(kernel))
+        shutil.copyfile(kernel.vmlinuz, work / "boot" / "vmlinuz")
+        (work / "boot" / "syslinux.cfg").write_text(SYSLINUX_CFG)
+        step(4, "root file system")
+        build_root_tree(work / "root")
+        step(5, "disk: MBR, FAT boot partition with SYSLINUX, ext4 root")
+        raw = work / "demo.raw"
+        build_disk(raw, Layout(), sorted((work / "boot").iterdir()), work / "root")
+        step(6, f"storing it as {dest}")
+        store.add_base(raw, name, replace=force)
+    except (KernelError, InitramfsError, DiskError, ImageError, OSError) as e:
+        raise DemoImageError(str(e)) from e
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log.info("event=image.demo_built base=%s kernel=%s seconds=%.1f", dest, kernel.release,
+             time.monotonic() - started)
+    say(f"built {dest} (kernel {kernel.release}) in {time.monotonic() - started:.0f} s")
+    return dest

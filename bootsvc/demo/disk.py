@@ -1,0 +1,98 @@
+"""The demo disk, laid out without mounting anything (so no loop devices or
+root-only steps): an MBR with SYSLINUX's boot code, partition 1 a FAT16
+boot partition (SYSLINUX installed through mtools, kernel, initramfs),
+partition 2 an ext4 root made by ``mke2fs -d`` at its offset."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+SECTOR = 512
+MIB = 1 << 20
+SYSLINUX_MBR = Path("/usr/lib/syslinux/mbr/mbr.bin")  # syslinux-common
+ROOT_LABEL = "bootsvc-root"  # init-initramfs.sh finds the root by it
+
+
+class DiskError(Exception):
+    """A disk-building tool is missing or failed; the message says which."""
+
+
+@dataclass(frozen=True)
+class Partition:
+    start: int  # bytes
+    size: int   # bytes
+    type: int   # MBR partition type
+    bootable: bool = False
+
+    def entry(self) -> bytes:
+        """A 16-byte MBR partition entry. CHS is left at the "use LBA"
+        maximum: every BIOS (and iPXE's INT 13h) reads by LBA here."""
+        return struct.pack("<B3sB3sII", 0x80 if self.bootable else 0, b"\xfe\xff\xff", self.type,
+                           b"\xfe\xff\xff", self.start // SECTOR, self.size // SECTOR)
+
+
+@dataclass(frozen=True)
+class Layout:
+    size: int = 512 * MIB
+    boot_size: int = 64 * MIB
+
+    @property
+    def boot(self) -> Partition:
+        return Partition(MIB, self.boot_size, 0x0E, bootable=True)  # FAT16 (LBA)
+
+    @property
+    def root(self) -> Partition:
+        start = MIB + self.boot_size
+        return Partition(start, self.size - start, 0x83)
+
+
+def run(*cmd: str) -> None:
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    except FileNotFoundError as e:
+        raise DiskError(f"{cmd[0]} is not installed") from e
+    if r.returncode != 0:
+        raise DiskError(f"{' '.join(cmd)} failed: {(r.stderr or r.stdout).strip()[-500:]}")
+
+
+def write_mbr(path: Path, layout: Layout) -> None:
+    """Boot code (440 bytes), disk signature, two partitions, 0x55AA."""
+    if not SYSLINUX_MBR.is_file():
+        raise DiskError(f"{SYSLINUX_MBR} is missing: install Debian's syslinux-common package")
+    code = SYSLINUX_MBR.read_bytes()[:440].ljust(440, b"\0")
+    mbr = code + struct.pack("<IH", 0x0B5B0075, 0) + layout.boot.entry() + layout.root.entry() \
+        + bytes(32) + b"\x55\xaa"
+    with open(path, "r+b") as f:
+        f.write(mbr)
+
+
+def make_boot_partition(path: Path, layout: Layout, files: list[Path]) -> None:
+    """FAT16 at partition 1 holding ``files`` (syslinux.cfg among them),
+    with SYSLINUX installed in its boot sector."""
+    part = layout.boot
+    sectors = part.start // SECTOR
+    # -h: hidden sectors = the partition's offset, which SYSLINUX needs to
+    # find its ldlinux.sys by LBA on the whole disk
+    run("mkfs.vfat", f"--offset={sectors}", "-h", str(sectors), "-F", "16", "-n", "BOOTSVC", str(path),
+        str(part.size // 1024))
+    image = f"{path}@@{part.start}"
+    run("mcopy", "-o", "-i", image, *(str(p) for p in files), "::/")
+    run("syslinux", "--offset", str(part.start), "--install", str(path))
+
+
+def make_root_partition(path: Path, layout: Layout, tree: Path) -> None:
+    part = layout.root
+    run("mke2fs", "-q", "-F", "-t", "ext4", "-L", ROOT_LABEL, "-E", f"offset={part.start},root_owner=0:0",
+        "-d", str(tree), str(path), f"{part.size // 1024}k")
+
+
+def build_disk(path: Path, layout: Layout, boot_files: list[Path], root_tree: Path) -> None:
+    """The whole raw disk at ``path`` (sparse)."""
+    with open(path, "wb") as f:
+        f.truncate(layout.size)
+    write_mbr(path, layout)
+    make_boot_partition(path, layout, boot_files)
+    make_root_partition(path, layout, root_tree)

@@ -1,0 +1,242 @@
+"""``bootsvc vm -c CONFIG``: boot machines of the inventory as diskless
+QEMU VMs through bootsvc and report how each boot went.
+
+Unless ``--attach``, the boot network is a private network namespace with
+the bridge that ``listen.dhcp`` names, holding its address, and ``bootsvc
+serve`` runs inside it; nothing is reachable from it but bootsvc. Run
+files (serial consoles, the serve log) go to state_dir/vm/. Every process
+and device made here is removed on exit, on Ctrl-C and on SIGTERM."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from ..config import Config
+from ..images import ImageStore
+from ..inventory import Machine, normalize_mac
+from . import network, qemu
+from .timeline import ORDER, Recorder, Step, Timeline, diagnose
+
+
+class VmError(Exception):
+    """The VMs cannot be started; the message says why."""
+
+
+@dataclass(frozen=True)
+class Options:
+    count: int = 1
+    macs: tuple[str, ...] = ()
+    firmware: qemu.Firmware = qemu.Firmware.BIOS
+    accel: str = "auto"
+    timeout: float = 300.0
+    attach: bool = False
+    memory_mib: int = 256
+
+
+def pick_machines(cfg: Config, opts: Options) -> list[Machine]:
+    """The machines named by MAC, else the first ``count`` by hostname."""
+    if opts.macs:
+        out = []
+        for text in opts.macs:
+            mac = normalize_mac(text)
+            if mac not in cfg.machines:
+                raise VmError(f"{mac} is not in the inventory of {cfg.path}")
+            out.append(cfg.machines[mac])
+        return out
+    machines = sorted(cfg.machines.values(), key=lambda m: m.hostname)
+    if len(machines) < opts.count:
+        raise VmError(f"--count {opts.count} but {cfg.path} has {len(machines)} machine(s)")
+    return machines[:opts.count]
+
+
+def boot_address(cfg: Config) -> tuple[str, ipaddress.IPv4Interface]:
+    """The bridge and the address on it that bootsvc's DHCP serves."""
+    if cfg.dhcp is None or not cfg.dhcp.listeners or not cfg.dhcp.listeners[0].interface:
+        raise VmError(f"{cfg.path} has no listen.dhcp with an interface: the VMs' boot network is that bridge")
+    listener = cfg.dhcp.listeners[0]
+    for subnet in cfg.dhcp.subnets:
+        if listener.address in subnet.network:
+            return listener.interface or "", ipaddress.IPv4Interface(f"{listener.address}/{subnet.network.prefixlen}")
+    raise VmError(f"listen.dhcp address {listener.address} is in none of dhcp's subnets")
+
+
+def check_images(cfg: Config, machines: list[Machine]) -> None:
+    store = ImageStore(cfg)
+    for m in machines:
+        base = store.base_path(cfg.profiles[m.profile].base)
+        if not base.is_file():
+            raise VmError(f"{m.hostname}'s profile {m.profile} boots {base}, which does not exist: build it "
+                          f"with `bootsvc image -c {cfg.path} build-demo`")
+
+
+class _Follow:
+    """New complete lines of a growing file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.pos = 0
+        self.partial = b""
+
+    def lines(self) -> list[str]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.pos)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self.pos += len(data)
+        *complete, self.partial = (self.partial + data).split(b"\n")
+        return [c.decode(errors="replace").rstrip("\r") for c in complete]
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM cleans up like Ctrl-C."""
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _end(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def _serve(cfg: Config, net: network.BootNetwork, log: Path, timeout: float = 60.0) -> subprocess.Popen[bytes]:
+    """``bootsvc serve`` inside the boot network, once it says it is ready."""
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([*net.prefix, sys.executable, "-m", "bootsvc", "-v", "serve", "-c", str(cfg.path)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+    deadline = time.monotonic() + timeout
+    while "ready:" not in log.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _end(proc)
+            raise VmError(f"bootsvc serve did not start; its log ({log}):\n{log.read_text(errors='replace')[-2000:]}")
+        time.sleep(0.1)
+    return proc
+
+
+def _isns_view(cfg: Config, net: network.BootNetwork, timelines: list[Timeline]) -> None:
+    """What iSNS holds for each machine: its DD's members and whether its
+    target is registered (asked from inside the boot network)."""
+    def ask(*what: str) -> list[dict[str, object]]:
+        r = subprocess.run([*net.prefix, sys.executable, "-m", "bootsvc", "isns", "-c", str(cfg.path), *what,
+                            "--json"], capture_output=True, text=True, timeout=30)
+        return json.loads(r.stdout) if r.returncode == 0 else []
+    dds = {str(d.get("DD_SYMBOLIC_NAME")): d for d in ask("dd", "list")}
+    nodes = {str(n.get("ISCSI_NAME")) for n in ask("list", "nodes")}
+    for t in timelines:
+        dd = dds.get(f"boot-{t.machine.hostname}")
+        members = dd.get("DD_MEMBER_ISCSI_NAME", []) if dd else None
+        t.isns_dd = tuple(members) if isinstance(members, list) else None
+        t.isns_target = t.machine.target_iqn in nodes
+
+
+def print_table(timelines: list[Timeline], out: TextIO) -> None:
+    width = max(len(t.machine.hostname) for t in timelines)
+    print(f"{'machine':{width}}  " + "  ".join(f"{s.value:>10}" for s in ORDER), file=out)
+    for t in timelines:
+        cells = [f"{t.at[s]:9.1f}s" if s in t.at else f"{'-':>10}" for s in ORDER]
+        print(f"{t.machine.hostname:{width}}  " + "  ".join(cells), file=out)
+    for t in timelines:
+        print(f"{t.machine.hostname}: {diagnose(t)}", file=out)
+        if t.isns_dd is not None:
+            state = "registered" if t.isns_target else "NOT registered"
+            print(f"  iSNS: DD boot-{t.machine.hostname} = {', '.join(t.isns_dd)}; target {state}", file=out)
+
+
+def run(cfg: Config, opts: Options, out: TextIO = sys.stdout) -> list[Timeline]:
+    """Boot the machines and follow them until each has booted or failed,
+    or ``opts.timeout`` seconds pass. Returns their timelines."""
+    machines = pick_machines(cfg, opts)
+    check_images(cfg, machines)
+    qemu.check(opts.firmware)
+    accel = qemu.pick_accel(opts.accel)
+    bridge, address = boot_address(cfg)
+    rundir = cfg.state_dir / "vm"
+    rundir.mkdir(parents=True, exist_ok=True)
+    serve_log = rundir / "serve.log"
+    procs: list[subprocess.Popen[bytes]] = []
+    server: subprocess.Popen[bytes] | None = None
+    timelines: list[Timeline] = []
+    net = network.attached(bridge) if opts.attach else network.private(bridge, address)
+    try:
+        with _sigterm_as_interrupt():
+            if not opts.attach:
+                print(f"boot network: namespace {net.ns}, bridge {bridge} {address}; bootsvc serve log {serve_log}",
+                      file=out)
+                server = _serve(cfg, net, serve_log)
+            vms = [qemu.Machine(m.hostname, m.mac, net.add_tap(), rundir / f"{m.hostname}.console",
+                                opts.firmware, accel, opts.memory_mib) for m in machines]
+            for vm, m in zip(vms, machines):
+                timelines.append(Timeline(m, time.time()))
+                procs.append(vm.start(net.prefix))
+            print(f"started {len(vms)} VM(s) ({opts.firmware.value}, {accel}); consoles in {rundir}", file=out)
+            _follow(timelines, procs, serve_log if server else None, vms, opts.timeout, out)
+            if cfg.isns.target is not None:
+                _isns_view(cfg, net, timelines)
+    finally:
+        for p in procs:
+            _end(p, grace=2.0)
+        if server is not None:
+            _end(server)
+        net.close()
+        if timelines:
+            print_table(timelines, out)
+    return timelines
+
+
+def _follow(timelines: list[Timeline], procs: list[subprocess.Popen[bytes]], serve_log: Path | None,
+            vms: list[qemu.Machine], timeout: float, out: TextIO) -> None:
+    recorder = Recorder(timelines)
+    server = _Follow(serve_log) if serve_log else None
+    consoles = [_Follow(vm.console) for vm in vms]
+    deadline = time.monotonic() + timeout
+
+    def said(t: Timeline, step: Step) -> None:
+        print(f"{t.machine.hostname}: {step.value} after {t.at[step]:.1f} s", file=out, flush=True)
+
+    while time.monotonic() < deadline:
+        now = time.time()
+        for line in server.lines() if server else ():
+            hit = recorder.server_line(line)
+            if hit:
+                said(*hit)
+        for t, console, proc in zip(timelines, consoles, procs):
+            for line in console.lines():
+                step = recorder.console_line(t, line, now)
+                if step:
+                    said(t, step)
+            if proc.poll() is not None and not t.ended:
+                t.ended = True
+                for line in console.lines():  # what it printed last
+                    recorder.console_line(t, line, now)
+                if not t.booted and t.failure is None:
+                    t.failure = f"QEMU exited (status {proc.returncode}) before the success marker"
+            if t.booted and proc.poll() is None and t.at[Step.BOOTED] + 30 < now - t.started:
+                proc.kill()  # it said so but did not power off
+        if all(t.done for t in timelines):
+            return
+        time.sleep(0.2)
+    for t in timelines:
+        if not t.done:
+            t.failure = f"no success marker within {timeout:.0f} s"
