@@ -10,10 +10,18 @@ deps:
 test: deps
 	bash scripts/run-tests.sh $(PY)
 
+DEMO ?= examples/demo.yaml
+
+# builds the demo Linux (once), boots node01 as a diskless QEMU VM through
+# bootsvc on a private network, and prints its boot timeline
 demo: deps
-	@echo "make demo: the diskless QEMU boot demo lands with issue #7; for now serve an image with:" >&2
-	@echo "  $(VENV)/bin/bootsvc export IMAGE --listen 127.0.0.1:3260" >&2
-	@exit 2
+	$(VENV)/bin/bootsvc image -c $(DEMO) build-demo
+	$(VENV)/bin/bootsvc vm -c $(DEMO)
+	@echo
+	@echo "Next: four machines at once:  $(VENV)/bin/bootsvc vm -c $(DEMO) --count 4"
+	@echo "      bases and overlays:      $(VENV)/bin/bootsvc image -c $(DEMO) list"
+	@echo "      what happened:           /var/lib/bootsvc-demo/vm/ (serve.log, <host>.console)"
+	@echo "      the config it used:      $(DEMO); README.md explains each part"
 
 bench: deps
 	$(PY) bench/iscsi_perf.py
