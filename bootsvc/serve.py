@@ -165,12 +165,24 @@ class Serving:
             # services stop in reverse order: the first one stops last and closes the lease store
             self._add(f"dhcp ({d.mode.value}){suffix}", service.start,
                       self._closer(service, leases if n == 0 else None), f"{listener}, {served}")
+            if d.ipv6_ra and listener.interface:
+                self._router_advertiser(listener.interface)
             if d.mode is Mode.PROXY:
                 # iPXE and PXE ROMs send their proxyDHCP REQUEST to port 4011
                 pxe = DhcpService(responder, listener.address, listener.interface, listener.proxy_port,
                                   reply_to_source=True)
                 self._add(f"proxydhcp{suffix}", pxe.start, self._closer(pxe),
                           f"{listener.interface or 'all interfaces'}:{listener.proxy_port}")
+
+    def _router_advertiser(self, interface: str) -> None:
+        from .dhcp.router_advert import RouterAdvertiser
+
+        ra = RouterAdvertiser(interface)
+
+        async def stop() -> None:
+            ra.close()
+
+        self._add(f"ipv6-ra {interface}", ra.start, stop, f"{interface}: router solicitations answered, no IPv6")
 
     @staticmethod
     def _closer(service: DhcpService, leases: LeaseStore | None = None) -> Callable[[], Awaitable[None]]:

@@ -23,6 +23,7 @@ debs=(
     dnsmasq-base        # reference DHCP server for bench/dhcp.py (no system service)
     kea-admin           # perfdhcp, DHCP load generator
     isc-dhcp-client     # dhclient, a real DHCP client
+    ndisc6              # rdisc6, a real IPv6 host soliciting routers
     bind9-dnsutils      # dig, a real DNS client
     curl                # a real HTTP client
     vagrant vagrant-libvirt  # `vagrant validate` of vagrant/Vagrantfile (tests/test_vagrant.py)

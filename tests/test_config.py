@@ -132,6 +132,25 @@ dhcp:
     assert (str(s.network), str(s.server), str(s.first), s.lease_time, s.domain) == (
         "10.77.0.0/24", "10.77.0.1", "10.77.0.100", 1800, "lab")
     assert [str(x) for x in cfg.dhcp.listeners] == ["br0:67"]
+    assert cfg.dhcp.ipv6_ra  # our own network: tell firmware there is no IPv6 router
+
+
+def test_dhcp_ipv6_ra_off_in_proxy_mode_and_checked(tmp_path: Path) -> None:
+    text = """
+listen:
+  dhcp: {interface: br0, address: 10.77.0.1}
+  tftp: 10.77.0.1:69
+dhcp:
+  subnet: 10.77.0.0/24
+  mode: proxy
+"""
+    cfg = load(write(tmp_path, text))
+    assert cfg.dhcp is not None and not cfg.dhcp.ipv6_ra  # someone else's network: silent unless asked
+    assert load(write(tmp_path, text + "  ipv6_ra: true\n")).dhcp.ipv6_ra  # type: ignore[union-attr]
+    p = write(tmp_path, text + "  ipv6_ra: sometimes\n")
+    with pytest.raises(ConfigError) as e:
+        load(p)
+    assert f"{p}:8: dhcp.ipv6_ra: expected true or false, got 'sometimes'" in "\n".join(e.value.problems)
 
 
 def test_dhcp_several_interfaces_and_a_relayed_subnet(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from .message import IPv4
 from .responder import Mode, Subnet, UnknownPolicy
 
 SUBNET_KEYS = {"subnet", "range", "router", "dns", "lease_time", "domain", "server"}
-DHCP_KEYS = {"mode", "unknown_machines", "subnets"} | SUBNET_KEYS
+DHCP_KEYS = {"mode", "unknown_machines", "subnets", "ipv6_ra"} | SUBNET_KEYS
 LISTEN_KEYS = {"interface", "address", "port", "proxy_port"}
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
 
@@ -46,6 +46,10 @@ class DhcpSettings:
     listeners: tuple[Listener, ...]
     mode: Mode
     unknown: UnknownPolicy
+    # answer IPv6 router solicitations with "no IPv6 here" (router_advert.py):
+    # iPXE then boots ~16 s sooner. On by default only where we are the DHCP
+    # server: in proxy mode the network is someone else's.
+    ipv6_ra: bool = True
 
     def server_for(self, client: IPv4 | None) -> IPv4:
         """Our DHCP address as a client of that address reaches it."""
@@ -214,6 +218,10 @@ def load_dhcp(c: Checker, doc: LineMap, listen: Any, domain: str) -> DhcpSetting
     except ValueError as e:
         c.err(d, "dhcp.mode", f"{e} (mode: authoritative|proxy; unknown_machines: ignore|default|discover)")
         return None
+    ipv6_ra = d.get("ipv6_ra", mode is Mode.AUTHORITATIVE)
+    if not isinstance(ipv6_ra, bool):
+        c.err(d, "dhcp.ipv6_ra", f"expected true or false, got {ipv6_ra!r}")
+        ipv6_ra = False
     if not listeners or not subnets:
         return None
-    return DhcpSettings(tuple(subnets), tuple(listeners), mode, unknown)
+    return DhcpSettings(tuple(subnets), tuple(listeners), mode, unknown, ipv6_ra)

@@ -219,3 +219,58 @@ machines:
                              text=True, timeout=60)
     assert listing.returncode == 0, listing.stderr
     assert listing.stdout.count(", 10.219.0.1") == 20, listing.stdout[-2000:]
+
+
+def link_local_ready(ns: str, dev: str, timeout: float = 10.0) -> None:
+    """Wait (bounded) until ``dev`` has a link-local address past duplicate
+    address detection: before that nothing can be sent from it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(["ip", "-n", ns, "-6", "addr", "show", "dev", dev], capture_output=True, text=True,
+                             timeout=10).stdout
+        if "scope link" in out and "tentative" not in out:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{dev} in {ns} has no usable link-local address: {out}")
+
+
+def test_router_solicitation_answered_with_no_ipv6_here(tmp_path: Path) -> None:
+    """ndisc6's rdisc6, a real IPv6 host, solicits a router on the boot
+    network: bootsvc answers with router lifetime 0 and no flags or
+    prefixes (what makes iPXE stop waiting ~16 s for IPv6); with
+    ``dhcp.ipv6_ra: false`` it stays silent."""
+    need("rdisc6", "ip")
+    reason = can_make_namespaces()
+    if reason:
+        pytest.skip(reason)
+    with namespaces("srv", "cli") as (srv, cli):
+        client = veth(srv, "bsv-s1", cli, "bsv-c1", KNOWN_MAC, "10.213.0.1/24")[1]
+        link_local_ready(srv, "bsv-s1")
+        link_local_ready(cli, "bsv-c1")
+        for ra in (True, False):
+            cfg = tmp_path / f"bootsvc-{ra}.yaml"
+            cfg.write_text(f"""
+state_dir: {tmp_path / 'state'}
+listen:
+  dhcp: {{interface: bsv-s1, address: 10.213.0.1}}
+dhcp:
+  subnet: 10.213.0.0/24
+  ipv6_ra: {str(ra).lower()}
+machines: {{}}
+""")
+            proc = serve(srv, cfg, tmp_path / f"serve-{ra}.log")
+            try:
+                r = client.run("rdisc6", "-1", "-r", "4", "-w", "1500", client.dev, timeout=30)
+            finally:
+                stop(proc)
+            log = (tmp_path / f"serve-{ra}.log").read_text()
+            if ra:
+                assert r.returncode == 0, r.stdout + r.stderr + log
+                said = {k.strip(): v.strip() for k, _, v in
+                        (line.partition(":") for line in r.stdout.splitlines() if " : " in line)}
+                assert said["Router lifetime"].startswith("0 ") and said["Hop limit"].startswith("undefined"), said
+                assert said["Stateful address conf."] == "No" and said["Stateful other conf."] == "No", said
+                assert "Prefix" not in r.stdout and "ipv6-ra bsv-s1 serving" in log
+            else:
+                assert r.returncode != 0 and "No response" in r.stdout + r.stderr, r.stdout + r.stderr
+                assert "ipv6-ra" not in log
