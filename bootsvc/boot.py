@@ -21,12 +21,14 @@ from .scripts import ScriptInputs
 log = logging.getLogger("bootsvc.boot")
 
 # Debian's ipxe package names; undionly.kpxe chains through the PXE ROM's
-# UNDI driver, ipxe.efi carries its own NIC drivers
+# UNDI driver, snponly.efi through the UEFI firmware's own network driver
+# (SNP), so it drives any NIC the firmware can. (Debian's ipxe.efi, with
+# iPXE's own drivers, is a symlink to /boot, outside the TFTP root.)
 BOOTFILES = {
     ClientArch.BIOS: "undionly.kpxe",
     ClientArch.EFI_IA32: "ipxe-i386.efi",
-    ClientArch.EFI_X64: "ipxe.efi",
-    ClientArch.EFI_BC: "ipxe.efi",
+    ClientArch.EFI_X64: "snponly.efi",
+    ClientArch.EFI_BC: "snponly.efi",
     ClientArch.EFI_ARM64: "ipxe-arm64.efi",
 }
 

@@ -50,6 +50,8 @@ def test_known_machine_pxe_then_ipxe() -> None:
     assert offer is not None and offer.msg_type is MessageType.OFFER and offer.yiaddr == NODE.ip
     o = options(offer)
     assert offer.bootfile == "undionly.kpxe" and offer.siaddr == SUBNET.server and o["vendor_class_id"] == b"PXEClient"
+    # PXE_DISCOVERY_CONTROL "use this boot file": else UEFI PXE asks port 4011 (a BINL offer)
+    assert o["vendor_specific"] == bytes([6, 1, 8, 255])
     ack = r.handle(req("request", NODE.mac, *IPXE, ("requested_addr", "10.77.0.11"), ("server_id", "10.77.0.1")),
                    IPv4("10.77.0.1"), 1)
     assert ack is not None and ack.msg_type is MessageType.ACK

@@ -24,6 +24,9 @@ RECORD = "/var/lib/bootsvc-demo/boots"  # the file each boot appends to, on the 
 # quiet: the serial console carries the demo's own progress lines, and
 # under TCG every console line costs time; panic=-1 ends a failed boot
 KERNEL_ARGS = "console=ttyS0,115200 quiet panic=-1"
+SYSTEMD_BOOT = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")  # systemd-boot-efi
+LOADER_CONF = "default demo.conf\ntimeout 0\n"
+LOADER_ENTRY = f"title bootsvc demo\nlinux /vmlinuz\ninitrd /initrd.img\noptions {KERNEL_ARGS}\n"
 SYSLINUX_CFG = f"""DEFAULT demo
 PROMPT 0
 TIMEOUT 0
@@ -69,14 +72,22 @@ def build_demo(cfg: Config, name: str = DEMO_BASE, force: bool = False, kernel_d
         shutil.rmtree(work, ignore_errors=True)
         (work / "boot").mkdir(parents=True)
         step(3, f"initramfs: busybox, iscsistart, modules of {kernel.release}")
-        (work / "boot" / "initrd.img").write_bytes(build_initramfs(kernel))
-        shutil.copyfile(kernel.vmlinuz, work / "boot" / "vmlinuz")
-        (work / "boot" / "syslinux.cfg").write_text(SYSLINUX_CFG)
+        boot = {"initrd.img": work / "boot" / "initrd.img", "syslinux.cfg": work / "boot" / "syslinux.cfg",
+                "loader/loader.conf": work / "boot" / "loader.conf",
+                "loader/entries/demo.conf": work / "boot" / "demo.conf", "vmlinuz": kernel.vmlinuz}
+        boot["initrd.img"].write_bytes(build_initramfs(kernel))
+        boot["syslinux.cfg"].write_text(SYSLINUX_CFG)
+        boot["loader/loader.conf"].write_text(LOADER_CONF)
+        boot["loader/entries/demo.conf"].write_text(LOADER_ENTRY)
+        if SYSTEMD_BOOT.is_file():
+            boot["EFI/BOOT/BOOTX64.EFI"] = SYSTEMD_BOOT
+        else:
+            say(f"  ({SYSTEMD_BOOT} is missing: install systemd-boot-efi for UEFI machines; BIOS only)")
         step(4, "root file system")
         build_root_tree(work / "root")
-        step(5, "disk: MBR, FAT boot partition with SYSLINUX, ext4 root")
+        step(5, "disk: MBR, FAT boot partition with SYSLINUX and systemd-boot, ext4 root")
         raw = work / "demo.raw"
-        build_disk(raw, Layout(), sorted((work / "boot").iterdir()), work / "root")
+        build_disk(raw, Layout(), boot, work / "root")
         step(6, f"storing it as {dest}")
         store.add_base(raw, name, replace=force)
     except (KernelError, InitramfsError, DiskError, ImageError, OSError) as e:

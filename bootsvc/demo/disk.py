@@ -1,7 +1,9 @@
 """The demo disk, laid out without mounting anything (so no loop devices or
 root-only steps): an MBR with SYSLINUX's boot code, partition 1 a FAT16
-boot partition (SYSLINUX installed through mtools, kernel, initramfs),
-partition 2 an ext4 root made by ``mke2fs -d`` at its offset."""
+boot partition (SYSLINUX installed through mtools for BIOS, systemd-boot
+as EFI/BOOT/BOOTX64.EFI for UEFI, kernel, initramfs), partition 2 an ext4
+root made by ``mke2fs -d`` at its offset. UEFI firmware reads FAT file
+systems on MBR partitions too, so one partition serves both."""
 
 from __future__ import annotations
 
@@ -69,9 +71,9 @@ def write_mbr(path: Path, layout: Layout) -> None:
         f.write(mbr)
 
 
-def make_boot_partition(path: Path, layout: Layout, files: list[Path]) -> None:
-    """FAT16 at partition 1 holding ``files`` (syslinux.cfg among them),
-    with SYSLINUX installed in its boot sector."""
+def make_boot_partition(path: Path, layout: Layout, files: dict[str, Path]) -> None:
+    """FAT16 at partition 1 holding ``files`` (path on the partition ->
+    file here), with SYSLINUX installed in its boot sector."""
     part = layout.boot
     sectors = part.start // SECTOR
     # -h: hidden sectors = the partition's offset, which SYSLINUX needs to
@@ -79,7 +81,11 @@ def make_boot_partition(path: Path, layout: Layout, files: list[Path]) -> None:
     run("mkfs.vfat", f"--offset={sectors}", "-h", str(sectors), "-F", "16", "-n", "BOOTSVC", str(path),
         str(part.size // 1024))
     image = f"{path}@@{part.start}"
-    run("mcopy", "-o", "-i", image, *(str(p) for p in files), "::/")
+    dirs = sorted({"/".join(name.split("/")[:i]) for name in files for i in range(1, name.count("/") + 1)})
+    if dirs:
+        run("mmd", "-i", image, *(f"::/{d}" for d in dirs))
+    for name, source in files.items():
+        run("mcopy", "-o", "-i", image, str(source), f"::/{name}")
     run("syslinux", "--offset", str(part.start), "--install", str(path))
 
 
@@ -89,7 +95,7 @@ def make_root_partition(path: Path, layout: Layout, tree: Path) -> None:
         "-d", str(tree), str(path), f"{part.size // 1024}k")
 
 
-def build_disk(path: Path, layout: Layout, boot_files: list[Path], root_tree: Path) -> None:
+def build_disk(path: Path, layout: Layout, boot_files: dict[str, Path], root_tree: Path) -> None:
     """The whole raw disk at ``path`` (sparse)."""
     with open(path, "wb") as f:
         f.truncate(layout.size)

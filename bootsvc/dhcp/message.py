@@ -48,6 +48,7 @@ class Option(IntEnum):
     DOMAIN = 15
     ROOT_PATH = 17
     BROADCAST = 28
+    VENDOR_SPECIFIC = 43  # PXE: suboptions (PXE 2.1 §2.4.6)
     REQUESTED_IP = 50
     LEASE_TIME = 51
     OVERLOAD = 52

@@ -20,6 +20,12 @@ from ..inventory import Machine
 from .leases import Lease, LeaseState, LeaseStore
 from .message import ANY, IPv4, MessageType, Option, Reply, Request
 
+# PXE 2.1 §2.4.6 vendor option 43: PXE_DISCOVERY_CONTROL (6) = bit 3, "the
+# boot file in this offer is the one: no boot server discovery". Without
+# it a UEFI PXE client (EDK2/OVMF) treats a "PXEClient" offer as a BINL
+# offer, asks port 4011 for its boot file and, with no answer there, says
+# "No valid offer received".
+PXE_USE_BOOTFILE = bytes([6, 1, 0x08, 255])
 OFFER_HOLD = 60.0  # seconds an offered address waits for the client's REQUEST
 SEEN_INTERVAL = 60.0  # seconds between reports of the same unknown machine
 
@@ -237,6 +243,8 @@ class Responder:
             return
         if req.pxe:
             reply.add(Option.VENDOR_CLASS, "PXEClient")
+            if boot.bootfile:
+                reply.add(Option.VENDOR_SPECIFIC, PXE_USE_BOOTFILE)
         if boot.bootfile:
             reply.bootfile = boot.bootfile
             reply.add(Option.BOOTFILE, boot.bootfile)

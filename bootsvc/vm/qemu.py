@@ -3,7 +3,8 @@ tap device with the machine's MAC, the serial console into a file.
 
 BIOS machines boot through the NIC's iPXE ROM (Debian's ipxe-qemu).
 UEFI machines run OVMF with a private copy of its variable store; the
-NIC's EFI iPXE ROM boots them the same way. Acceleration: this machine's
+NIC's EFI iPXE ROM boots them the same way, or, with the ROM left out,
+OVMF's own PXE client loads iPXE from bootsvc's TFTP first. Acceleration: this machine's
 /dev/kvm may be a paravirtual KVM (kvm_pvm) on which firmware dies with
 "emulation failure", so ``auto`` picks KVM only where it is a real one."""
 
@@ -61,13 +62,16 @@ class Machine:
     firmware: Firmware = Firmware.BIOS
     accel: str = "tcg"
     memory_mib: int = 256
+    # False: no option ROM on the NIC, so UEFI's own PXE client boots, like
+    # a real machine's: it fetches snponly.efi/ipxe.efi over TFTP (arch 7)
+    nic_rom: bool = True
 
     def command(self) -> list[str]:
         cmd = [QEMU, "-name", self.name, "-accel", self.accel, "-m", str(self.memory_mib),
                "-display", "none", "-monitor", "none", "-no-reboot", "-serial", f"file:{self.console}",
                "-boot", "n",
                "-netdev", f"tap,id=n0,ifname={self.tap},script=no,downscript=no",
-               "-device", f"virtio-net-pci,netdev=n0,mac={self.mac}"]
+               "-device", f"virtio-net-pci,netdev=n0,mac={self.mac}" + ("" if self.nic_rom else ",romfile=")]
         if self.firmware is Firmware.UEFI:
             variables = self.console.with_suffix(".vars.fd")
             shutil.copyfile(OVMF_VARS, variables)  # each machine its own boot variables

@@ -41,6 +41,7 @@ class Options:
     timeout: float = 300.0
     attach: bool = False
     memory_mib: int = 256
+    nic_rom: bool = True  # False: UEFI's own PXE loads iPXE over TFTP
 
 
 def pick_machines(cfg: Config, opts: Options) -> list[Machine]:
@@ -168,6 +169,8 @@ def run(cfg: Config, opts: Options, out: TextIO = sys.stdout) -> list[Timeline]:
     """Boot the machines and follow them until each has booted or failed,
     or ``opts.timeout`` seconds pass. Returns their timelines."""
     machines = pick_machines(cfg, opts)
+    if not opts.nic_rom and opts.firmware is qemu.Firmware.BIOS:
+        raise VmError("--firmware-pxe needs --uefi: SeaBIOS has no PXE client of its own, only the NIC's ROM")
     check_images(cfg, machines)
     qemu.check(opts.firmware)
     accel = qemu.pick_accel(opts.accel)
@@ -186,7 +189,7 @@ def run(cfg: Config, opts: Options, out: TextIO = sys.stdout) -> list[Timeline]:
                       file=out)
                 server = _serve(cfg, net, serve_log)
             vms = [qemu.Machine(m.hostname, m.mac, net.add_tap(), rundir / f"{m.hostname}.console",
-                                opts.firmware, accel, opts.memory_mib) for m in machines]
+                                opts.firmware, accel, opts.memory_mib, opts.nic_rom) for m in machines]
             for vm, m in zip(vms, machines):
                 timelines.append(Timeline(m, time.time()))
                 procs.append(vm.start(net.prefix))

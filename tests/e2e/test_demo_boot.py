@@ -8,7 +8,9 @@ Checked afterwards, with tools that are not bootsvc's: each machine's
 record file is in its own overlay only (qemu-img converts the overlay,
 debugfs reads the ext4 root), not in the base; qemu-img check finds every
 overlay clean; iSNS held each machine's DD {initiator, target} with the
-target registered. One VM, then a storm of four at once."""
+target registered. One VM, then a storm of four at once; then UEFI
+machines (OVMF): one through its NIC's EFI iPXE ROM, one like a real UEFI
+machine whose own PXE client loads snponly.efi from bootsvc's TFTP."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import pytest
 
 from bootsvc import config
 from bootsvc.demo import RECORD, build_demo
+from bootsvc.demo.build import SYSTEMD_BOOT
 from bootsvc.demo.disk import Layout
 from bootsvc.vm import qemu
 from bootsvc.vm.run import Options, run
@@ -33,6 +36,8 @@ HOSTS = [f"node{i:02}" for i in range(1, 5)]
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> config.Config:
     need("qemu-img", "debugfs", "iscsistart", "syslinux", "mcopy", "mkfs.vfat", "mke2fs")
+    if not SYSTEMD_BOOT.is_file():
+        pytest.skip(f"needs {SYSTEMD_BOOT} (systemd-boot-efi, installed by scripts/install-deps.sh)")
     reason = can_make_namespaces()
     try:
         qemu.check(qemu.Firmware.BIOS)
@@ -110,3 +115,16 @@ def test_four_vms_boot_at_once_each_from_its_own_overlay(lab: config.Config, tmp
     check_overlays(lab, HOSTS, tmp_path)
     worst = max(t.at[ORDER[-1]] for t in timelines)
     print(f"\n4 VMs: the last success marker after {worst:.1f} s")
+
+
+@pytest.mark.parametrize("firmware_pxe", [False, True], ids=["nic-ipxe-rom", "firmware-pxe"])
+def test_uefi_vm_boots_linux(lab: config.Config, tmp_path: Path, firmware_pxe: bool) -> None:
+    host = HOSTS[2] if firmware_pxe else HOSTS[1]
+    mac = next(m.mac for m in lab.machines.values() if m.hostname == host)
+    timelines = run(lab, Options(macs=(mac,), firmware=qemu.Firmware.UEFI, nic_rom=not firmware_pxe, accel="auto",
+                                 timeout=240))
+    check_booted(timelines[0])
+    served = (lab.state_dir / "vm" / "serve.log").read_text()
+    if firmware_pxe:  # OVMF's PXE (arch 7) got snponly.efi, whose iPXE then asked again and sanbooted
+        assert "arch=7" in served and "event=tftp.sent" in served and "file=snponly.efi" in served, served[-3000:]
+    check_overlays(lab, [host], tmp_path)
