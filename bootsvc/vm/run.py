@@ -171,10 +171,10 @@ def run(cfg: Config, opts: Options, out: TextIO = sys.stdout) -> list[Timeline]:
     machines = pick_machines(cfg, opts)
     if not opts.nic_rom and opts.firmware is qemu.Firmware.BIOS:
         raise VmError("--firmware-pxe needs --uefi: SeaBIOS has no PXE client of its own, only the NIC's ROM")
+    bridge, address = boot_address(cfg)
     check_images(cfg, machines)
     qemu.check(opts.firmware)
     accel = qemu.pick_accel(opts.accel)
-    bridge, address = boot_address(cfg)
     rundir = cfg.state_dir / "vm"
     rundir.mkdir(parents=True, exist_ok=True)
     serve_log = rundir / "serve.log"
