@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from bootsvc.vm import qemu as vmqemu
+
 QEMU = "qemu-system-x86_64"
 # QEMU finds the NIC's iPXE ROM itself (Debian's ipxe-qemu); naming it with
 # romfile= here left SeaBIOS without a network boot entry
@@ -68,13 +70,21 @@ def disk_vm(workdir: Path, disk: Path, fmt: str = "qcow2") -> contextlib.Abstrac
                "-drive", f"file={disk},format={fmt},if=ide")
 
 
-def netboot_vm(workdir: Path, ns: str, tap: str, mac: str) -> contextlib.AbstractContextManager[Path]:
+@contextlib.contextmanager
+def netboot_vm(workdir: Path, ns: str, tap: str, mac: str) -> Iterator[Path]:
     """A diskless VM inside network namespace ``ns`` whose NIC (its iPXE
     ROM) is the tap device ``tap`` with ``mac``: it boots whatever DHCP on
-    that network tells it. Yields the console log."""
-    return _vm(workdir / f"console-{mac.replace(':', '')}.log", 256, "-boot", "n",
-               "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
-               "-device", f"virtio-net-pci,netdev=n0,mac={mac}", prefix=("ip", "netns", "exec", ns))
+    that network tells it. The command line is `bootsvc vm`'s own. Yields
+    the console log."""
+    vm = vmqemu.Machine(mac, mac, tap, workdir / f"console-{mac.replace(':', '')}.log",
+                        accel=os.environ.get("BOOTSVC_ACCEL", "tcg"))
+    proc = vm.start(("ip", "netns", "exec", ns))
+    try:
+        yield vm.console
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
 
 
 def wait_for(log: Path, markers: tuple[str, ...], timeout: float) -> str | None:
