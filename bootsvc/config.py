@@ -174,7 +174,7 @@ def load(path: str | Path) -> Config:
         if m.target_iqn in seen:
             c.err(doc, "machines", f"{m.hostname}: target {m.target_iqn} is also in targets")
     dhcp = load_dhcp(c, doc, listen, domain)
-    tftp = _tftp(c, doc, listen, path.parent)
+    tftp = _tftp(c, doc, listen, path.parent, state_dir)
     http = _listen(c, listen, "http", 80)
     dns = _listen(c, listen, "dns", 53)
     ttl = 60
@@ -237,13 +237,14 @@ def _listen(c: Checker, listen: Any, key: str, default_port: int) -> Portal | No
         return None
 
 
-def _tftp(c: Checker, doc: LineMap, listen: Any, base: Path) -> TftpSettings | None:
+def _tftp(c: Checker, doc: LineMap, listen: Any, base: Path, state_dir: Path) -> TftpSettings | None:
     """listen.tftp (HOST:PORT) and the tftp section's roots (default:
-    Debian's iPXE binaries in /usr/lib/ipxe)."""
+    Debian's iPXE binaries in /usr/lib/ipxe, and state_dir/boot where
+    bootsvc puts boot files it makes, like the demo's kernel)."""
     portal = _listen(c, listen, "tftp", 69)
     if portal is None:
         return None
-    roots = [Path("/usr/lib/ipxe")]
+    roots = [Path("/usr/lib/ipxe"), state_dir / "boot"]
     section = doc.get("tftp")
     if section is not None and (t := c.mapping(doc, "tftp", section)) is not None:
         c.unknown(t, TFTP_KEYS, "tftp.")

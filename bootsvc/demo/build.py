@@ -45,6 +45,11 @@ def demo_base(cfg: Config, name: str = DEMO_BASE) -> Path:
     return ImageStore(cfg).base_path(name)
 
 
+def boot_dir(cfg: Config, name: str = DEMO_BASE) -> Path:
+    """Where the demo's kernel and initramfs go: state_dir/boot/<name stem>."""
+    return cfg.state_dir / "boot" / Path(name).name.split(".")[0]
+
+
 def build_demo(cfg: Config, name: str = DEMO_BASE, force: bool = False, kernel_deb: Path | None = None,
                say: Callable[[str], None] = print) -> Path:
     """The demo base image, built unless it is there already (``force``:
@@ -88,8 +93,14 @@ def build_demo(cfg: Config, name: str = DEMO_BASE, force: bool = False, kernel_d
         step(5, "disk: MBR, FAT boot partition with SYSLINUX and systemd-boot, ext4 root")
         raw = work / "demo.raw"
         build_disk(raw, Layout(), boot, work / "root")
-        step(6, f"storing it as {dest}")
+        step(6, f"storing it as {dest}, its kernel and initramfs in {boot_dir(cfg, name)}")
         store.add_base(raw, name, replace=force)
+        # for profiles with boot: kernel (profiles/demo-linux-kernel.yaml),
+        # served from state_dir/boot, a default TFTP/HTTP root
+        files = boot_dir(cfg, name)
+        files.mkdir(parents=True, exist_ok=True)
+        for f in ("vmlinuz", "initrd.img"):
+            shutil.copyfile(boot[f], files / f)
     except (KernelError, InitramfsError, DiskError, ImageError, OSError) as e:
         raise DemoImageError(str(e)) from e
     finally:

@@ -31,6 +31,7 @@ from tests.e2e.netns import can_make_namespaces
 
 pytestmark = pytest.mark.e2e
 HOSTS = [f"node{i:02}" for i in range(1, 5)]
+KERNEL_HOST = "node05"  # profile demo-linux-kernel: iPXE loads the kernel itself
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +47,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> config.Config:
     if reason:
         pytest.skip(reason)
     work = tmp_path_factory.mktemp("demo")
-    machines = "\n".join(f"  52:54:00:77:01:{i:02x}: {{hostname: {h}, ip: 10.215.0.{10 + i}, profile: demo-linux}}"
-                         for i, h in enumerate(HOSTS, 1))
+    machines = "\n".join(f"  52:54:00:77:01:{i:02x}: {{hostname: {h}, ip: 10.215.0.{10 + i}, profile: {p}}}"
+                         for i, (h, p) in enumerate([*((h, "demo-linux") for h in HOSTS),
+                                                     (KERNEL_HOST, "demo-linux-kernel")], 1))
     path = work / "bootsvc.yaml"
     path.write_text(f"""
 state_dir: {work / 'state'}
@@ -56,6 +58,7 @@ listen:
   dhcp: {{interface: bsv-demo0, address: 10.215.0.1}}
   iscsi: [10.215.0.1:3260]
   tftp: 10.215.0.1:69
+  http: 10.215.0.1:80
   isns: 127.0.0.1:3205
 dhcp:
   subnet: 10.215.0.0/24
@@ -90,7 +93,7 @@ def check_booted(t: Timeline) -> None:
 
 def check_overlays(cfg: config.Config, hosts: list[str], work: Path) -> None:
     overlays = {h: cfg.overlays_dir / f"{h}.qcow2" for h in hosts}
-    initiators = {h: f"{cfg.iqn_prefix}:{h}" for h in HOSTS}
+    initiators = {h: f"{cfg.iqn_prefix}:{h}" for h in [*HOSTS, KERNEL_HOST]}
     for host, overlay in overlays.items():
         check = subprocess.run(["qemu-img", "check", str(overlay)], capture_output=True, text=True, timeout=60)
         assert check.returncode == 0 and "No errors" in check.stdout, check.stdout + check.stderr
@@ -115,6 +118,19 @@ def test_four_vms_boot_at_once_each_from_its_own_overlay(lab: config.Config, tmp
     check_overlays(lab, HOSTS, tmp_path)
     worst = max(t.at[ORDER[-1]] for t in timelines)
     print(f"\n4 VMs: the last success marker after {worst:.1f} s")
+
+
+def test_kernel_profile_boots_with_the_disk_hooked(lab: config.Config, tmp_path: Path) -> None:
+    """boot: kernel: iPXE sanhooks the disk (the iBFT describes it), fetches
+    the demo's kernel and initramfs over HTTP, and Linux logs in from the
+    iBFT as in a sanboot, with its root on its own overlay."""
+    mac = next(m.mac for m in lab.machines.values() if m.hostname == KERNEL_HOST)
+    timelines = run(lab, Options(macs=(mac,), accel="auto", timeout=240))
+    check_booted(timelines[0])
+    served = (lab.state_dir / "vm" / "serve.log").read_text()
+    for name in ("demo-linux/vmlinuz", "demo-linux/initrd.img"):
+        assert f"path=/files/{name} status=200" in served, served[-3000:]
+    check_overlays(lab, [KERNEL_HOST], tmp_path)
 
 
 @pytest.mark.parametrize("firmware_pxe", [False, True], ids=["nic-ipxe-rom", "firmware-pxe"])
