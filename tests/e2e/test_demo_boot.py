@@ -15,6 +15,7 @@ machine whose own PXE client loads snponly.efi from bootsvc's TFTP."""
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,10 +25,11 @@ from bootsvc.demo import RECORD, build_demo
 from bootsvc.demo.build import SYSTEMD_BOOT
 from bootsvc.demo.disk import Layout
 from bootsvc.vm import qemu
-from bootsvc.vm.run import Options, run
+from bootsvc.vm.run import Options, boot_address, run
 from bootsvc.vm.timeline import ORDER, Timeline
 from tests.e2e.conftest import need
-from tests.e2e.netns import can_make_namespaces
+from tests.e2e.netns import can_make_namespaces, ip, namespaces
+from tests.e2e.peers import bootsvc_serve, stop
 
 pytestmark = pytest.mark.e2e
 HOSTS = [f"node{i:02}" for i in range(1, 5)]
@@ -144,3 +146,24 @@ def test_uefi_vm_boots_linux(lab: config.Config, tmp_path: Path, firmware_pxe: b
     if firmware_pxe:  # OVMF's PXE (arch 7) got snponly.efi, whose iPXE then asked again and sanbooted
         assert "arch=7" in served and "event=tftp.sent" in served and "file=snponly.efi" in served, served[-3000:]
     check_overlays(lab, [host], tmp_path)
+
+
+def test_attach_to_a_running_bootsvc(lab: config.Config, tmp_path: Path) -> None:
+    """`bootsvc vm --attach`: the bridge and `bootsvc serve` are already
+    there (here in a namespace the test makes); the VM joins that bridge
+    and its boot is followed on its console."""
+    bridge, address = boot_address(lab)
+    with namespaces("attach") as (ns,):
+        ip("-n", ns, "link", "add", bridge, "type", "bridge")
+        ip("-n", ns, "addr", "add", str(address), "dev", bridge)
+        ip("-n", ns, "link", "set", bridge, "up")
+        server = bootsvc_serve(lab.path, tmp_path / "serve.log", "ready:", netns=ns)
+        try:
+            r = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "bootsvc", "vm", "-c", str(lab.path),
+                                "--attach", "--mac", "52:54:00:77:01:04", "--timeout", "240"],
+                               capture_output=True, text=True, timeout=300)
+        finally:
+            stop(server)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "node04: booted" in r.stdout and "node04: root after" in r.stdout, r.stdout
+    assert "event=iscsi.login" in (tmp_path / "serve.log").read_text()
