@@ -80,7 +80,7 @@ def check_images(cfg: Config, machines: list[Machine]) -> None:
                           f"with `bootsvc image -c {cfg.path} build-demo`")
 
 
-class _Follow:
+class FollowFile:
     """New complete lines of a growing file."""
 
     def __init__(self, path: Path) -> None:
@@ -101,7 +101,7 @@ class _Follow:
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
+def sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM cleans up like Ctrl-C."""
     def handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -112,7 +112,8 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
-def _end(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+def end_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds: ours, by PID."""
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -122,7 +123,7 @@ def _end(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
             proc.wait(10)
 
 
-def _serve(cfg: Config, net: network.BootNetwork, log: Path, timeout: float = 60.0) -> subprocess.Popen[bytes]:
+def start_serve(cfg: Config, net: network.BootNetwork, log: Path, timeout: float = 60.0) -> subprocess.Popen[bytes]:
     """``bootsvc serve`` inside the boot network, once it says it is ready."""
     with open(log, "wb") as err:
         proc = subprocess.Popen([*net.prefix, sys.executable, "-m", "bootsvc", "-v", "serve", "-c", str(cfg.path)],
@@ -130,7 +131,7 @@ def _serve(cfg: Config, net: network.BootNetwork, log: Path, timeout: float = 60
     deadline = time.monotonic() + timeout
     while "ready:" not in log.read_text(errors="replace"):
         if proc.poll() is not None or time.monotonic() > deadline:
-            _end(proc)
+            end_process(proc)
             raise VmError(f"bootsvc serve did not start; its log ({log}):\n{log.read_text(errors='replace')[-2000:]}")
         time.sleep(0.1)
     return proc
@@ -183,11 +184,11 @@ def run(cfg: Config, opts: Options, out: TextIO = sys.stdout) -> list[Timeline]:
     timelines: list[Timeline] = []
     net = network.attached(bridge) if opts.attach else network.private(bridge, address)
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             if not opts.attach:
                 print(f"boot network: namespace {net.ns}, bridge {bridge} {address}; bootsvc serve log {serve_log}",
                       file=out)
-                server = _serve(cfg, net, serve_log)
+                server = start_serve(cfg, net, serve_log)
             vms = [qemu.Machine(m.hostname, m.mac, net.add_tap(), rundir / f"{m.hostname}.console",
                                 opts.firmware, accel, opts.memory_mib, opts.nic_rom) for m in machines]
             for vm, m in zip(vms, machines):
@@ -199,9 +200,9 @@ def run(cfg: Config, opts: Options, out: TextIO = sys.stdout) -> list[Timeline]:
                 _isns_view(cfg, net, timelines)
     finally:
         for p in procs:
-            _end(p, grace=2.0)
+            end_process(p, grace=2.0)
         if server is not None:
-            _end(server)
+            end_process(server)
         net.close()
         if timelines:
             print_table(timelines, out)
@@ -211,8 +212,8 @@ def run(cfg: Config, opts: Options, out: TextIO = sys.stdout) -> list[Timeline]:
 def _follow(timelines: list[Timeline], procs: list[subprocess.Popen[bytes]], serve_log: Path | None,
             vms: list[qemu.Machine], timeout: float, out: TextIO) -> None:
     recorder = Recorder(timelines)
-    server = _Follow(serve_log) if serve_log else None
-    consoles = [_Follow(vm.console) for vm in vms]
+    server = FollowFile(serve_log) if serve_log else None
+    consoles = [FollowFile(vm.console) for vm in vms]
     deadline = time.monotonic() + timeout
 
     def said(t: Timeline, step: Step) -> None:
