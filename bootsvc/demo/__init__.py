@@ -4,6 +4,6 @@ kernel → iBFT login with open-iscsi's ``iscsistart`` → root on the iSCSI
 disk), writes a file, prints a marker and powers off. ``bootsvc image
 build-demo`` builds it; ``bootsvc vm`` boots it."""
 
-from .build import DEMO_BASE, MARKER_FAIL, MARKER_OK, RECORD, DemoImageError, build_demo, demo_base
+from .build import DEMO_BASE, MARKER_FAIL, MARKER_OK, RECORD, DemoImageError, build_demo
 
-__all__ = ["DEMO_BASE", "MARKER_FAIL", "MARKER_OK", "RECORD", "DemoImageError", "build_demo", "demo_base"]
+__all__ = ["DEMO_BASE", "MARKER_FAIL", "MARKER_OK", "RECORD", "DemoImageError", "build_demo"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,10 +40,6 @@ LABEL demo
 
 class DemoImageError(Exception):
     """The demo image cannot be built; the message says why and what to do."""
-
-
-def demo_base(cfg: Config, name: str = DEMO_BASE) -> Path:
-    return ImageStore(cfg).base_path(name)
 
 
 def boot_dir(cfg: Config, name: str = DEMO_BASE) -> Path:
@@ -101,7 +98,7 @@ def build_demo(cfg: Config, name: str = DEMO_BASE, force: bool = False, kernel_d
         files.mkdir(parents=True, exist_ok=True)
         for f in ("vmlinuz", "initrd.img"):
             shutil.copyfile(boot[f], files / f)
-    except (KernelError, InitramfsError, DiskError, ImageError, OSError) as e:
+    except (KernelError, InitramfsError, DiskError, ImageError, OSError, subprocess.SubprocessError) as e:
         raise DemoImageError(str(e)) from e
     finally:
         shutil.rmtree(work, ignore_errors=True)
