@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from .protocol import (HEADER_SIZE, KINDS, MAX_PDU_PAYLOAD, RESPONSE, UDP_PORT_FLAG, VERSION, Flags, Function, Kind,
                        Status, Tag)
@@ -44,6 +45,9 @@ class Port:
 class Attr:
     tag: int
     value: Value | Port = None
+    # its TLV bytes once encoded (_tlv): an Attr never changes, so neither do they; a class
+    # default, not a field (not compared, shown or passed in), set on the instance when known
+    _encoded: ClassVar[bytes | None] = None
 
     def __str__(self) -> str:
         name = Tag(self.tag).name if self.tag in Tag._value2member_map_ else str(self.tag)
@@ -109,92 +113,181 @@ class Message:
     def split(self) -> tuple[list[Attr], list[Attr]]:
         """(key attributes, operating attributes) around the delimiter; a
         request's source is left out of the keys."""
-        attrs = list(self.attrs[1:] if not self.is_response else self.attrs)
-        for i, a in enumerate(attrs):
-            if a.tag == Tag.DELIMITER:
-                return attrs[:i], attrs[i + 1:]
-        return attrs, []
+        attrs = self.attrs
+        first = 0 if self.function & RESPONSE else 1
+        for i in range(first, len(attrs)):
+            if attrs[i].tag == Tag.DELIMITER:
+                return list(attrs[first:i]), list(attrs[i + 1:])
+        return list(attrs[first:]), []
 
 
 # -- attributes -------------------------------------------------------------------
+#
+# Every request decodes about a dozen attributes and every response encodes one
+# or two dozen, so both go through per-tag tables built once from KINDS rather
+# than looking the kind up and testing it attribute by attribute.
+
+_U32 = struct.Struct("!I")
+_U64 = struct.Struct("!Q")
+# flag values as ints: IntFlag arithmetic runs in Python (~1 µs an operator)
+_FIRST, _LAST, _SERVER, _CLIENT = int(Flags.FIRST_PDU), int(Flags.LAST_PDU), int(Flags.SERVER), int(Flags.CLIENT)
+_FIRST_LAST = _FIRST | _LAST
+_SERVER_REQUESTS = frozenset({int(Function.SCN), int(Function.ESI)})  # the requests a server sends
+_NO_FLAGS = Flags(0)
+
+
+def _pad(raw: bytes) -> bytes:
+    return raw + b"\0" * (-len(raw) % 4)
+
+
+def _encode_string(value: Value | Port) -> bytes:
+    return _pad(str(value).encode() + b"\0")
+
+
+def _encode_uint32(value: Value | Port) -> bytes:
+    return _U32.pack(int(value))  # type: ignore[arg-type]
+
+
+def _encode_uint64(value: Value | Port) -> bytes:
+    return _U64.pack(int(value))  # type: ignore[arg-type]
+
+
+def _encode_address(value: Value | Port) -> bytes:
+    ip = value if isinstance(value, ipaddress.IPv6Address) else address(str(value))
+    return ip.packed
+
+
+def _encode_port(value: Value | Port) -> bytes:
+    port = value if isinstance(value, Port) else Port(int(value))  # type: ignore[arg-type]
+    return _U32.pack(port.number | (UDP_PORT_FLAG if port.udp else 0))
+
+
+def _encode_opaque(value: Value | Port) -> bytes:
+    return _pad(bytes(value))  # type: ignore[arg-type]
+
+
+def _decode_string(tag: int, raw: bytes) -> Value | Port:
+    return raw.split(b"\0", 1)[0].decode()
+
+
+def _decode_uint32(tag: int, raw: bytes) -> Value | Port:
+    if len(raw) != 4:
+        raise IsnsFormatError(f"attribute {tag}: {len(raw)} bytes where 4 are expected")
+    return int(_U32.unpack(raw)[0])
+
+
+def _decode_port(tag: int, raw: bytes) -> Value | Port:
+    if len(raw) != 4:
+        raise IsnsFormatError(f"attribute {tag}: {len(raw)} bytes where 4 are expected")
+    (n,) = _U32.unpack(raw)
+    return Port(n & 0xFFFF, bool(n & UDP_PORT_FLAG))
+
+
+def _decode_uint64(tag: int, raw: bytes) -> Value | Port:
+    if len(raw) != 8:
+        raise IsnsFormatError(f"attribute {tag}: {len(raw)} bytes where 8 are expected")
+    return int(_U64.unpack(raw)[0])
+
+
+def _decode_address(tag: int, raw: bytes) -> Value | Port:
+    if len(raw) != 16:
+        raise IsnsFormatError(f"attribute {tag}: {len(raw)} bytes where 16 are expected")
+    if raw[:12] == bytes(12) and raw[12:] not in (bytes(4), b"\0\0\0\1"):
+        # open-isns writes IPv4 "compatible" (::a.b.c.d); one form for both: mapped (as address())
+        return ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + raw[12:])
+    return ipaddress.IPv6Address(raw)
+
+
+def _decode_opaque(tag: int, raw: bytes) -> Value | Port:
+    return raw
+
+
+_ENCODE: dict[int, Callable[[Value | Port], bytes]] = {
+    tag: {Kind.STRING: _encode_string, Kind.UINT32: _encode_uint32, Kind.UINT64: _encode_uint64,
+          Kind.ADDRESS: _encode_address, Kind.PORT: _encode_port, Kind.OPAQUE: _encode_opaque}[kind]
+    for tag, kind in KINDS.items()}
+_DECODE: dict[int, Callable[[int, bytes], Value | Port]] = {
+    tag: {Kind.STRING: _decode_string, Kind.UINT32: _decode_uint32, Kind.UINT64: _decode_uint64,
+          Kind.ADDRESS: _decode_address, Kind.PORT: _decode_port, Kind.OPAQUE: _decode_opaque}[kind]
+    for tag, kind in KINDS.items()}
+# zero-length attributes (a query's operating attributes, the delimiter) are
+# the same immutable Attr in every message: made once per known tag
+_NIL: dict[int, Attr] = {int(tag): Attr(int(tag)) for tag in (Tag.DELIMITER, *KINDS)}
 
 
 def encode_value(tag: int, value: Value | Port) -> bytes:
     if value is None:
         return b""
-    kind = KINDS.get(tag, Kind.OPAQUE)
-    if kind is Kind.STRING:
-        raw = str(value).encode() + b"\0"
-        return raw + b"\0" * (-len(raw) % 4)
-    if kind is Kind.UINT32:
-        return struct.pack("!I", int(value))  # type: ignore[arg-type]
-    if kind is Kind.UINT64:
-        return struct.pack("!Q", int(value))  # type: ignore[arg-type]
-    if kind is Kind.ADDRESS:
-        ip = value if isinstance(value, ipaddress.IPv6Address) else address(str(value))
-        return ip.packed
-    if kind is Kind.PORT:
-        port = value if isinstance(value, Port) else Port(int(value))  # type: ignore[arg-type]
-        return struct.pack("!I", port.number | (UDP_PORT_FLAG if port.udp else 0))
-    raw = bytes(value)  # type: ignore[arg-type]
-    return raw + b"\0" * (-len(raw) % 4)
+    return _ENCODE.get(tag, _encode_opaque)(value)
 
 
 def decode_value(tag: int, raw: bytes) -> Value | Port:
     if not raw:
         return None
-    kind = KINDS.get(tag, Kind.OPAQUE)
     try:
-        if kind is Kind.STRING:
-            text = raw.split(b"\0", 1)[0].decode()
-            return text
-        if kind in (Kind.UINT32, Kind.PORT):
-            if len(raw) != 4:
-                raise IsnsFormatError(f"attribute {tag}: {len(raw)} bytes where 4 are expected")
-            (n,) = struct.unpack("!I", raw)
-            return Port(n & 0xFFFF, bool(n & UDP_PORT_FLAG)) if kind is Kind.PORT else n
-        if kind is Kind.UINT64:
-            if len(raw) != 8:
-                raise IsnsFormatError(f"attribute {tag}: {len(raw)} bytes where 8 are expected")
-            return int(struct.unpack("!Q", raw)[0])
-        if kind is Kind.ADDRESS:
-            if len(raw) != 16:
-                raise IsnsFormatError(f"attribute {tag}: {len(raw)} bytes where 16 are expected")
-            if raw[:12] == bytes(12) and raw[12:] not in (bytes(4), b"\0\0\0\1"):
-                # open-isns writes IPv4 "compatible" (::a.b.c.d); one form for both: mapped
-                return address(str(ipaddress.IPv4Address(raw[12:])))
-            return ipaddress.IPv6Address(raw)
+        return _DECODE.get(tag, _decode_opaque)(tag, raw)
     except UnicodeDecodeError:
         raise IsnsFormatError(f"attribute {tag}: not UTF-8") from None
+
+
+def _tlv(a: Attr) -> bytes:
+    """The attribute as TLV bytes, kept on the Attr after the first time (as
+    functools.cached_property would, without its per-instance lock in Python
+    3.11 or an instance __dict__): the registry's objects hand the same Attrs
+    to every response (isns/objects.py), so most of a response is encoded
+    once, not once per query."""
+    raw = a._encoded
+    if raw is None:
+        value = b"" if a.value is None else _ENCODE.get(a.tag, _encode_opaque)(a.value)  # encode_value
+        if len(value) > MAX_ATTRIBUTE:
+            raise IsnsFormatError(f"attribute {a.tag}: {len(value)} bytes do not fit in a PDU")
+        raw = TLV.pack(a.tag, len(value)) + value
+        object.__setattr__(a, "_encoded", raw)  # frozen against changes of value, not this memo
     return raw
 
 
 def encode_attrs(attrs: Iterable[Attr]) -> Iterator[bytes]:
     for a in attrs:
-        value = encode_value(a.tag, a.value)
-        if len(value) > MAX_ATTRIBUTE:
-            raise IsnsFormatError(f"attribute {a.tag}: {len(value)} bytes do not fit in a PDU")
-        yield TLV.pack(a.tag, len(value)) + value
+        yield _tlv(a)
 
 
 def decode_attrs(data: bytes) -> tuple[Attr, ...]:
-    out = []
-    pos = 0
-    while pos < len(data):
-        if len(data) - pos < TLV.size:
-            raise IsnsFormatError(f"{len(data) - pos} stray bytes after the last attribute")
-        tag, length = TLV.unpack_from(data, pos)
-        pos += TLV.size
-        if length > len(data) - pos:
-            raise IsnsFormatError(f"attribute {tag}: length {length} runs past the message")
-        if length % 4:
-            raise IsnsFormatError(f"attribute {tag}: length {length} is not a multiple of 4")
-        out.append(Attr(tag, decode_value(tag, data[pos:pos + length])))
-        pos += length
+    out: list[Attr] = []
+    append = out.append
+    pos, end, size = 0, len(data), TLV.size
+    unpack, decoders, nil = TLV.unpack_from, _DECODE, _NIL
+    tag = 0
+    try:
+        while pos < end:
+            if end - pos < size:
+                raise IsnsFormatError(f"{end - pos} stray bytes after the last attribute")
+            tag, length = unpack(data, pos)
+            pos += size
+            if not length:
+                append(nil.get(tag) or Attr(tag))
+                continue
+            if length > end - pos:
+                raise IsnsFormatError(f"attribute {tag}: length {length} runs past the message")
+            if length % 4:
+                raise IsnsFormatError(f"attribute {tag}: length {length} is not a multiple of 4")
+            append(Attr(tag, decoders.get(tag, _decode_opaque)(tag, data[pos:pos + length])))
+            pos += length
+    except UnicodeDecodeError:
+        raise IsnsFormatError(f"attribute {tag}: not UTF-8") from None
     return tuple(out)
 
 
 # -- messages ------------------------------------------------------------------------
+
+
+_FLAG_VALUES: dict[int, Flags] = Flags._value2member_map_  # type: ignore[assignment]
+
+
+def _flags(n: int) -> Flags:
+    """Flags(n) without the enum machinery's ~0.5 µs: the members and every
+    combination seen so far are in its value map."""
+    known = _FLAG_VALUES.get(n)
+    return known if known is not None else Flags(n)
 
 
 def decode_message(function: int, xid: int, flags: int, payload: bytes) -> Message:
@@ -202,36 +295,39 @@ def decode_message(function: int, xid: int, flags: int, payload: bytes) -> Messa
     status = None
     if function == Function.HEARTBEAT:  # a fixed layout, not attributes: see Heartbeat
         Heartbeat.unpack(payload)
-        return Message(function, xid, (), Flags(flags & 0xFFFF))
+        return Message(function, xid, (), _flags(flags & 0xFFFF))
     if function & RESPONSE:
         if len(payload) < 4:
             raise IsnsFormatError("a response starts with a 4-byte status")
-        (code,) = struct.unpack_from("!I", payload)
+        (code,) = _U32.unpack_from(payload)
         status = Status(code) if code in Status._value2member_map_ else code
         payload = payload[4:]
-    return Message(function, xid, decode_attrs(payload), Flags(flags & 0xFFFF), status)
+    return Message(function, xid, decode_attrs(payload), _flags(flags & 0xFFFF), status)
 
 
 def encode_message(msg: Message, max_payload: int = MAX_PDU_PAYLOAD) -> list[bytes]:
     """The message as PDUs, each holding whole attributes (§5.4)."""
-    head = b"" if msg.status is None else struct.pack("!I", int(msg.status))
-    chunks: list[bytes] = []
-    current = head
-    for raw in encode_attrs(msg.attrs):
-        if len(current) + len(raw) > max_payload and current:
-            chunks.append(current)
-            current = b""
-        current += raw
-    chunks.append(current)
-    base = int(msg.flags) & ~(Flags.FIRST_PDU | Flags.LAST_PDU)
+    head = b"" if msg.status is None else _U32.pack(int(msg.status))
+    raws = [a._encoded or _tlv(a) for a in msg.attrs]  # _tlv's memo, read without a call
+    if len(head) + sum(map(len, raws)) <= max_payload:
+        chunks = [head + b"".join(raws)]  # the usual case: one PDU
+    else:
+        chunks = []
+        current = head
+        for raw in raws:
+            if len(current) + len(raw) > max_payload and current:
+                chunks.append(current)
+                current = b""
+            current += raw
+        chunks.append(current)
+    base = int(msg.flags) & ~_FIRST_LAST
     # the server sends responses and its own SCN/ESI requests; clients answer those (§5.1.4)
-    server_sent = msg.is_response != (msg.function & ~RESPONSE in (Function.SCN, Function.ESI))
-    base |= Flags.SERVER if server_sent else Flags.CLIENT
-    pdus = []
-    for seq, chunk in enumerate(chunks):
-        flags = base | (Flags.FIRST_PDU if seq == 0 else 0) | (Flags.LAST_PDU if seq == len(chunks) - 1 else 0)
-        pdus.append(Header(msg.function, len(chunk), flags, msg.xid, seq).pack() + chunk)
-    return pdus
+    server_sent = msg.is_response != (msg.function & ~RESPONSE in _SERVER_REQUESTS)
+    base |= _SERVER if server_sent else _CLIENT
+    last = len(chunks) - 1
+    return [HEADER.pack(VERSION, msg.function, len(chunk),
+                        base | (_FIRST if seq == 0 else 0) | (_LAST if seq == last else 0), msg.xid, seq) + chunk
+            for seq, chunk in enumerate(chunks)]
 
 
 @dataclass
@@ -247,7 +343,14 @@ class Reassembler:
         if header.version != VERSION:
             raise IsnsFormatError(f"iSNSP version {header.version} (this server speaks {VERSION})")
         key = (header.function, header.xid)
-        if header.flags & Flags.FIRST_PDU or key not in self._parts:
+        if header.flags & _FIRST_LAST == _FIRST_LAST and header.seq == 0:
+            # a message in one PDU, as nearly all are: no joining (what the general path does with it)
+            if self._parts:
+                self._parts.pop(key, None)
+            if len(payload) > self.max_message:
+                raise IsnsFormatError(f"message longer than {self.max_message} bytes")
+            return decode_message(header.function, header.xid, header.flags, bytes(payload))
+        if header.flags & _FIRST or key not in self._parts:
             if header.seq != 0:
                 raise IsnsFormatError(f"PDU {header.seq} of a message whose first PDU was not seen")
             self._parts[key] = (0, bytearray(), header.flags)
@@ -259,7 +362,7 @@ class Reassembler:
         if len(data) > self.max_message:
             del self._parts[key]
             raise IsnsFormatError(f"message longer than {self.max_message} bytes")
-        if not header.flags & Flags.LAST_PDU:
+        if not header.flags & _LAST:
             self._parts[key] = (seq + 1, data, flags)
             return None
         del self._parts[key]
@@ -273,7 +376,7 @@ def request(function: int, xid: int, source: Attr, keys: Iterable[Attr] = (), op
 
 
 def response(req: Message, status: Status, attrs: Iterable[Attr] = ()) -> Message:
-    return Message(req.function | RESPONSE, req.xid, tuple(attrs), Flags(0), status)
+    return Message(req.function | RESPONSE, req.xid, tuple(attrs), _NO_FLAGS, status)
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ class Registry:
     due: float = math.inf  # no expiry or ESI probe is due before this (it may come early, never late)
     dirty: set[tuple[str, str | int]] = field(default_factory=set)  # ("entity", eid), ("dd", id), ("dds", id)
     _scn: ScnBatch = field(default_factory=ScnBatch)
+    _scn_queued: bool = False  # _scn holds events (_queue_scn)
     # indexes, rebuilt by restart_indexes(): who owns each portal, who registered for SCNs,
     # and (rebuilt lazily after any DD or DD set change) the active DDs of each member
     portal_owner: dict[Address, str] = field(default_factory=dict)
@@ -79,8 +80,9 @@ class Registry:
 
     def groups_of(self, entity: Entity) -> list[PortalGroup]:
         """The portal groups between an entity's nodes and its portals."""
-        return [g for n in entity.nodes for key in entity.portals
-                if (g := self.portal_groups.get((n, *key))) is not None]
+        groups = self.portal_groups
+        return [g for n in entity.nodes for addr, port in entity.portals
+                if (g := groups.get((n, addr, port))) is not None]
 
     def _all_indexed(self) -> Iterator[Entity | Portal | Node | PortalGroup]:
         for e in self.entities.values():
@@ -97,27 +99,15 @@ class Registry:
 
     def handle(self, msg: Message, now: float) -> Message | None:
         """The response to ``msg`` (None for messages that get none)."""
-        try:
-            function = Function(msg.function)
-        except ValueError:
+        function = _FUNCTIONS.get(msg.function)  # as Function(...), without the enum machinery's call
+        if function is None:
             return response(msg, Status.MESSAGE_NOT_SUPPORTED)
         if function is Function.HEARTBEAT:
             return None  # another server's announcement: no response (§5.6.5.14)
-        handler = {
-            Function.DEV_ATTR_REG: self._register,
-            Function.DEV_ATTR_QRY: self._query,
-            Function.DEV_GET_NEXT: self._get_next,
-            Function.DEV_DEREG: self._deregister,
-            Function.DD_REG: self._dd_register,
-            Function.DD_DEREG: self._dd_deregister,
-            Function.DDS_REG: self._dds_register,
-            Function.DDS_DEREG: self._dds_deregister,
-            Function.SCN_REG: self._scn_register,
-            Function.SCN_DEREG: self._scn_deregister,
-            Function.SCN_EVENT: self._scn_event,
-        }.get(function)
-        if handler is None:
+        name = _HANDLERS.get(function)
+        if name is None:
             return response(msg, Status.MESSAGE_NOT_SUPPORTED)
+        handler: Callable[[Message, str, float], Message] = getattr(self, name)
         source = msg.source
         if source is None or source.tag != Tag.ISCSI_NAME or not isinstance(source.value, str) or not source.value:
             return response(msg, Status.SOURCE_ABSENT)
@@ -144,6 +134,9 @@ class Registry:
         """The active DDs (in no DD set or in an enabled one, §6.11.1.3)
         that hold ``name``; the index is rebuilt after DD changes only, so a
         query costs a lookup, not a walk over every DD."""
+        return self._membership().get(name, [])
+
+    def _membership(self) -> dict[str, list[DiscoveryDomain]]:
         if self._member_of is None:
             in_sets = {d for s in self.dd_sets.values() for d in s.members}
             enabled = {d for s in self.dd_sets.values() if s.enabled for d in s.members}
@@ -152,7 +145,7 @@ class Registry:
                 if dd.id not in in_sets or dd.id in enabled:
                     for m in dd.members:
                         self._member_of.setdefault(m, []).append(dd)
-        return self._member_of.get(name, [])
+        return self._member_of
 
     def _dd_changed(self, kind: str, key: int) -> None:
         """A DD or DD set changed: the store writes it, visibility is recomputed."""
@@ -163,24 +156,37 @@ class Registry:
         """May ``source`` see the node ``name``? Through a shared active DD;
         a source in no DD sees itself, and the nodes in no DD when
         ``default_dd_visible``; control nodes see everything."""
-        if self.is_control(source):
+        if source in self.control_nodes:  # is_control, asked for every object a query lists
             return True
-        mine = self._active_dds_of(source)
+        member_of = self._membership()
+        mine = member_of.get(source)
         if mine:
             return any(name in dd.members for dd in mine)
-        return name == source or (self.default_dd_visible and not self._active_dds_of(name))
+        return name == source or (self.default_dd_visible and not member_of.get(name))
 
-    def _may_see(self, obj: Object, source: str) -> bool:
+    def _may_see(self, obj: Object, source: str, seen: dict[str, bool] | None = None) -> bool:
+        """``seen``: what ``source`` was found to see so far in one request,
+        by node name: a query asks about its node several times over (the
+        node, its entity, its portals through the entity, its portal groups)."""
         if isinstance(obj, (Node, PortalGroup)):
-            return self.sees(source, obj.name)
+            return self._sees(source, obj.name, seen)
         if isinstance(obj, Entity):
-            return any(self.sees(source, n) for n in obj.nodes)
+            return any(self._sees(source, n, seen) for n in obj.nodes)
         if isinstance(obj, Portal):
             owner = self.entities.get(self.portal_owner.get((obj.address, obj.port), ""))
-            return owner is not None and self._may_see(owner, source)
+            return owner is not None and self._may_see(owner, source, seen)
         if isinstance(obj, DiscoveryDomainSet):
-            return any(self._may_see(self.dds[d], source) for d in obj.members if d in self.dds)
-        return any(self.sees(source, m) for m in obj.members)  # a DD: one of its members
+            return any(self._may_see(self.dds[d], source, seen) for d in obj.members if d in self.dds)
+        return any(self._sees(source, m, seen) for m in obj.members)  # a DD: one of its members
+
+    def _sees(self, source: str, name: str, seen: dict[str, bool] | None) -> bool:
+        """sees(), remembered in ``seen`` (see _may_see)."""
+        if seen is None:
+            return self.sees(source, name)
+        known = seen.get(name)
+        if known is None:
+            known = seen[name] = self.sees(source, name)
+        return known
 
     def _may_change(self, source: str, entity: Entity) -> None:
         if self.is_control(source) or source in entity.nodes:
@@ -192,7 +198,7 @@ class Registry:
     def _register(self, msg: Message, source: str, now: float) -> Message:
         keys, operating = msg.split()
         eid = next((a.value for a in keys if a.tag == Tag.ENTITY_IDENTIFIER), None)
-        if any(a.tag not in ENTITY_TAGS | NODE_TAGS | PORTAL_TAGS for a in keys):
+        if any(a.tag not in _REGISTRATION_KEY_TAGS for a in keys):
             raise IsnsError(Status.INVALID_REGISTRATION, "the message key names no entity, node or portal")
         if eid is None:  # keyed by a node or portal of an existing entity (§5.6.5.1), else a new entity
             eid = self._entity_by_key(keys) or next(
@@ -377,18 +383,29 @@ class Registry:
         return self._objects(kind)
 
     def _matches(self, obj: Object, keys: list[Attr]) -> bool:
-        if isinstance(obj, Node) and all(a.tag in (Tag.ISCSI_NAME, Tag.ISCSI_NODE_TYPE) for a in keys):
-            return all(a.value is None or a.value == (obj.name if a.tag == Tag.ISCSI_NAME else int(obj.type))
-                       for a in keys)  # the common queries, without building every attribute
+        if isinstance(obj, Node):  # the common queries, by name or type, without a table of attributes
+            for a in keys:
+                if a.tag == Tag.ISCSI_NAME:
+                    if a.value is not None and a.value != obj.name:
+                        return False
+                elif a.tag == Tag.ISCSI_NODE_TYPE:
+                    if a.value is not None and a.value != int(obj.type):
+                        return False
+                else:
+                    break
+            else:
+                return True
         have = {}
         for a in obj.attrs():
             have.setdefault(a.tag, []).append(a.value)
         return all(a.value is None or a.value in have.get(a.tag, []) for a in keys)
 
-    def _related(self, obj: Object) -> list[Object]:
+    def _related(self, obj: Object, source: str, seen: dict[str, bool]) -> list[Object]:
         """The object with its entity and the entity's other objects and
         portal groups: what a query keyed by one of them answers with
-        (§5.6.5.2)."""
+        (§5.6.5.2); less what ``source`` may not see. An entity and its
+        portals are seen with any of its nodes (_may_see), so that is asked
+        once for them all."""
         if isinstance(obj, Entity):
             entity = obj
         elif isinstance(obj, Node):
@@ -396,27 +413,40 @@ class Registry:
         elif isinstance(obj, Portal):
             entity = self.entities[self.portal_owner[(obj.address, obj.port)]]
         else:
-            return [obj]
-        return [entity, *entity.portals.values(), *entity.nodes.values(), *self.groups_of(entity)]
+            return [obj] if self._may_see(obj, source, seen) else []
+        nodes = [n for n in entity.nodes.values() if self._sees(source, n.name, seen)]
+        if not nodes:
+            return []  # nor its portals, nor its portal groups (each one of its nodes')
+        return [entity, *entity.portals.values(), *nodes,
+                *(g for g in self.groups_of(entity) if self._sees(source, g.name, seen))]
 
     def _query(self, msg: Message, source: str, now: float) -> Message:
         keys, operating = msg.split()
-        kind = _kind_of(keys) if keys else "entity"
-        if kind is None:
-            raise IsnsError(Status.INVALID_QUERY, "the message key mixes object types")
-        wanted = {a.tag for a in operating}
+        keep = _keep(operating)  # None: every attribute
         out: list[Attr] = []
         done: set[int] = set()
-        for obj in self._candidates(kind, keys):
-            if not self._may_see(obj, source) or not self._matches(obj, keys):
+        seen: dict[str, bool] = {}
+        if len(keys) == 1 and keys[0].tag == Tag.ISCSI_NAME and isinstance(keys[0].value, str):
+            # what initiators ask (one node by name): the node itself is the only
+            # candidate and it matches; what _kind_of, _candidates and _matches find
+            node = self.nodes.get(keys[0].value)
+            candidates: list[Object] = [node] if node is not None else []
+            keys_match = False
+        else:
+            kind = _kind_of(keys) if keys else "entity"
+            if kind is None:
+                raise IsnsError(Status.INVALID_QUERY, "the message key mixes object types")
+            candidates = self._candidates(kind, keys)
+            keys_match = True
+        for obj in candidates:
+            if not self._may_see(obj, source, seen) or keys_match and not self._matches(obj, keys):
                 continue
-            for rel in self._related(obj):
-                if id(rel) in done or not self._may_see(rel, source):
+            for rel in self._related(obj, source, seen):
+                if id(rel) in done:
                     continue
                 done.add(id(rel))
-                attrs = rel.attrs()
-                out.extend(a for a in attrs if not wanted or a.tag in wanted or a.tag in _KEY_TAGS)
-        return response(msg, Status.SUCCESS, [*keys, Attr(Tag.DELIMITER), *out])
+                out.extend(rel.attrs() if keep is None else rel.attrs_among(keep))
+        return response(msg, Status.SUCCESS, (*keys, _DELIMITER, *out))
 
     def _get_next(self, msg: Message, source: str, now: float) -> Message:
         keys, operating = msg.split()
@@ -675,7 +705,7 @@ class Registry:
                     continue
                 if mask & ScnBits.INITIATOR_AND_SELF_ONLY and not changed.type & NodeType.INITIATOR:
                     continue
-            self._scn.add(recipient.name, bits & mask, changed.name)
+            self._queue_scn(recipient.name, bits & mask, changed.name)
 
     def _notify_members(self, bits: int, member: str, dd: DiscoveryDomain) -> None:
         """A DD membership change: told to the DD's registered members
@@ -687,11 +717,18 @@ class Registry:
             if not mask:
                 continue
             if mask & ScnBits.MANAGEMENT_REGISTRATION:
-                self._scn.add(recipient.name, bits | ScnBits.MANAGEMENT_REGISTRATION, member, dd.id)
+                self._queue_scn(recipient.name, bits | ScnBits.MANAGEMENT_REGISTRATION, member, dd.id)
             elif recipient.name in dd.members:
-                self._scn.add(recipient.name, bits, member)
+                self._queue_scn(recipient.name, bits, member)
+
+    def _queue_scn(self, recipient: str, bits: int, changed: str, dd: int | None = None) -> None:
+        self._scn.add(recipient, bits, changed, dd)
+        self._scn_queued = True
 
     def _flush_scn(self, now: float) -> None:
+        if not self._scn_queued:
+            return  # as after most requests: nothing to send (and no batch to empty)
+        self._scn_queued = False
         for recipient, message in self._scn.flush(now):
             node = self.nodes.get(recipient)
             if node is None:
@@ -748,6 +785,42 @@ class Registry:
         return min(times, default=math.inf)
 
 
+_DELIMITER = Attr(Tag.DELIMITER)
+_FUNCTIONS: dict[int, Function] = Function._value2member_map_  # type: ignore[assignment]
+# each request's handler, by name: one table for every request rather than a
+# dict of bound methods made for each
+_HANDLERS: dict[Function, str] = {
+    Function.DEV_ATTR_REG: "_register",
+    Function.DEV_ATTR_QRY: "_query",
+    Function.DEV_GET_NEXT: "_get_next",
+    Function.DEV_DEREG: "_deregister",
+    Function.DD_REG: "_dd_register",
+    Function.DD_DEREG: "_dd_deregister",
+    Function.DDS_REG: "_dds_register",
+    Function.DDS_DEREG: "_dds_deregister",
+    Function.SCN_REG: "_scn_register",
+    Function.SCN_DEREG: "_scn_deregister",
+    Function.SCN_EVENT: "_scn_event",
+}
+_REGISTRATION_KEY_TAGS = frozenset(ENTITY_TAGS | NODE_TAGS | PORTAL_TAGS)
+_KEEPS: dict[frozenset[int], frozenset[int]] = {}  # _keep()'s sets, by the tags asked for
+
+
+def _keep(operating: list[Attr]) -> frozenset[int] | None:
+    """The tags a query's response lists: those asked for and every key
+    (None: all, when none are asked for). One set object per choice of tags,
+    as the objects keep their last choice by it (objects._Listed)."""
+    if not operating:
+        return None
+    wanted = frozenset(a.tag for a in operating)
+    keep = _KEEPS.get(wanted)
+    if keep is None:
+        if len(_KEEPS) >= 256:
+            _KEEPS.clear()  # clients ask a few different things; a stranger's variety is not kept
+        keep = _KEEPS[wanted] = wanted | _KEY_TAGS
+    return keep
+
+
 def _portal_text(key: Address) -> str:
     return f"{display(key[0])}:{key[1].number}"
 
@@ -758,17 +831,21 @@ _STARTS: dict[int, str] = {Tag.ENTITY_IDENTIFIER: "entity", Tag.PORTAL_IP_ADDRES
                            Tag.ISCSI_NAME: "node", Tag.PG_ISCSI_NAME: "pg", Tag.DD_ID: "dd", Tag.DDS_ID: "dds"}
 
 
+_KIND_OF_TAG: dict[int, str] = {}  # the object type each tag belongs to (the first listed)
+for _kind, _tags in (("entity", ENTITY_TAGS), ("portal", PORTAL_TAGS), ("node", NODE_TAGS), ("pg", PG_TAGS),
+                     ("dd", DD_TAGS), ("dds", DDS_TAGS)):
+    for _tag in _tags:
+        _KIND_OF_TAG.setdefault(_tag, _kind)
+
+
 def _kind_of(attrs: Iterable[Attr]) -> str | None:
     """The one object type a message key's attributes belong to, else None."""
     kinds = set()
     for a in attrs:
-        for kind, tags in (("entity", ENTITY_TAGS), ("portal", PORTAL_TAGS), ("node", NODE_TAGS),
-                           ("pg", PG_TAGS), ("dd", DD_TAGS), ("dds", DDS_TAGS)):
-            if a.tag in tags:
-                kinds.add(kind)
-                break
-        else:
+        kind = _KIND_OF_TAG.get(a.tag)
+        if kind is None:
             return None
+        kinds.add(kind)
     return kinds.pop() if len(kinds) == 1 else None
 
 
