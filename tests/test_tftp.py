@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from tftpy.TftpPacketTypes import TftpPacketACK, TftpPacketRRQ
 
 from bootsvc.tftp import files as files_mod
-from bootsvc.tftp.files import FileSource
+from bootsvc.tftp.files import FILL_FROM, FileSource, Filling, ReadError
 from bootsvc.tftp.service import TftpService
 from bootsvc.tftp.transfer import ReadTransfer, TftpFormatError, decode, parse_request
 from tests.e2e.peers import free_port
@@ -121,12 +121,32 @@ def test_file_cache_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert files.read("a") == b"new" and files._cached_bytes == 1003
 
 
+def test_large_file_read_while_sent_and_a_short_read_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = os.urandom(FILL_FROM + 12345)
+    (tmp_path / "k").write_bytes(data)
+    files = FileSource([tmp_path])
+    filling = files.open("k")
+    assert isinstance(filling, Filling) and len(filling) == len(data)
+    filling.ensure(1468)
+    assert filling.buffer[:1468] == data[:1468] and files.read("k") == data
+    # a file shorter than it said it was (it shrank): its transfers fail, the next request reads again
+    real = os.fstat
+    monkeypatch.setattr(files_mod.os, "fstat", lambda fd: os.stat_result(
+        tuple(real(fd))[:6] + (real(fd).st_size + 4096,) + tuple(real(fd))[7:]))
+    bad = Filling(tmp_path / "k")
+    with pytest.raises(ReadError, match="shrank"):
+        bad.ensure(len(bad))
+    monkeypatch.undo()
+    assert files.read("k") == data
+
+
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[tuple[TftpService, Path]]:
     root = tmp_path / "root"
     root.mkdir()
     (root / "small.bin").write_bytes(os.urandom(1000))
-    (root / "big.bin").write_bytes(os.urandom(3 << 20))
+    # past FILL_FROM: the real clients below get it while it is still being read (Filling)
+    (root / "big.bin").write_bytes(os.urandom(FILL_FROM + (1 << 20)))
     service = TftpService(FileSource([root]), "127.0.0.1", free_port())
     with serving(service.start, service.close):
         yield service, root

@@ -5,6 +5,7 @@ served by one sender thread, many at once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import select
@@ -15,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from .files import FileSource
+from .files import FileSource, ReadError
 from .transfer import ReadTransfer, TftpError, TftpFormatError, decode, error, parse_request
 
 log = logging.getLogger("bootsvc.tftp")
@@ -55,6 +56,20 @@ class _Transfer:
         for p in packets:
             self.sock.send(p)
         self.deadline = now + TIMEOUT
+        self.transfer.prepare()  # the next block, built while the client takes this one
+
+    def fail(self, e: OSError) -> None:
+        """End the transfer on an error from its socket or its file. The
+        client hears of a file it cannot have (as when it cannot be read at
+        the request); a socket that fails is not tried again."""
+        t = self.transfer
+        if isinstance(e, ReadError):
+            t.failed = f"read error: {e}"
+            with contextlib.suppress(OSError):
+                self.sock.send(error(TftpError.ACCESS_VIOLATION, "cannot read the file"))
+        else:
+            t.failed = f"socket error: {e.strerror or e}"
+        t.done = True
 
     def begin(self, now: float) -> None:
         self.send(self.transfer.start(), now)
@@ -74,8 +89,16 @@ class _Transfer:
         self.handle(data, counters, now)
 
     def handle(self, data: bytes, counters: Counter[str], now: float) -> None:
+        t = self.transfer
+        if data == t.expect:  # lock-step: the ACK of the block in flight, its answer built already
+            packet = t.on_expected_ack()
+            if packet is not None:
+                self.sock.send(packet)
+                self.deadline = now + TIMEOUT
+                t.prepare()
+            return
         if len(data) == 4 and data[1] == ACK_OPCODE and data[0] == 0:
-            packets = self.transfer.on_ack(data[2] << 8 | data[3])  # the hot path: no packet object
+            packets = self.transfer.on_ack(data[2] << 8 | data[3])  # any other ACK: still no packet object
         else:
             try:
                 packets = self.transfer.on_packet(decode(data))
@@ -102,28 +125,39 @@ class _Solo(threading.Thread):
         self.crowded = False  # set from the loop: move to the shared sender
 
     def run(self) -> None:
-        x, t, counters = self.x, self.x.transfer, self.service.counters
-        recv, handle = x.sock.recv, x.handle
+        x, t, counters, service = self.x, self.x.transfer, self.service.counters, self.service
+        recv, send, handle = x.sock.recv, x.sock.send, x.handle
         idle = 0  # receive timeouts in a row
         try:
             x.sock.setblocking(True)
             x.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, RECEIVE_TIMEOUT)
             x.begin(0.0)
-            while not t.done and not self.service.closing:
+            while not t.done and not service.closing:
                 if self.crowded:
                     x.sock.setblocking(False)
-                    self.service.to_sender(x)
+                    service.to_sender(x)
                     return
                 try:
-                    handle(recv(RECEIVE_MAX), counters, 0.0)
-                    idle = 0
+                    data = recv(RECEIVE_MAX)
                 except BlockingIOError:  # a tick without a datagram
                     idle += 1
                     if idle * TIMER_TICK >= TIMEOUT:
                         x.retry(0.0)
                         idle = 0
+                    continue
+                idle = 0
+                if data == t.expect:
+                    # lock-step: the ACK of the block in flight; the next block
+                    # was built while the client was busy, so it leaves at once
+                    # (handle's fast path, inlined: this is the round trip).
+                    packet = t.on_expected_ack()
+                    if packet is not None:
+                        send(packet)
+                        t.prepare()
+                else:
+                    handle(data, counters, 0.0)
         except OSError as e:
-            t.done, t.failed = True, f"socket error: {e.strerror or e}"
+            x.fail(e)
         self.service.solo_ended(x)
 
 
@@ -203,11 +237,11 @@ class _Sender(threading.Thread):
                 x.deadline = now + TIMEOUT
 
     def _step(self, x: _Transfer, action: Callable[..., None], *args: object) -> None:
-        """Move a transfer on; a socket error fails it; a finished one ends."""
+        """Move a transfer on; a socket or read error fails it; a finished one ends."""
         try:
             action(*args)
         except OSError as e:
-            x.transfer.done, x.transfer.failed = True, f"socket error: {e.strerror or e}"
+            x.fail(e)
         if x.transfer.done:
             self._end(x)
 
@@ -293,7 +327,7 @@ class TftpService(asyncio.DatagramProtocol):
             return
         local = self.transport.get_extra_info("sockname")[0]
         try:
-            payload = self.files.read(req.filename, addr[0], local)
+            payload = self.files.open(req.filename, addr[0], local)  # a large file comes in as it is sent
         except FileNotFoundError as e:
             self.counters["not_found"] += 1
             self.transport.sendto(error(TftpError.FILE_NOT_FOUND, str(e)), addr)

@@ -1,6 +1,8 @@
 """One read transfer (RRQ) as a state machine without sockets or clocks:
 packets in, packets out, timeouts told by the caller (RFC 1350 §2, RFC 2347
-option negotiation, RFC 7440 windows)."""
+option negotiation, RFC 7440 windows). The one wait inside: a large file
+may still be coming into memory (files.Filling), and a block waits for its
+bytes."""
 
 from __future__ import annotations
 
@@ -19,11 +21,14 @@ from tftpy.TftpPacketTypes import (
 )
 from tftpy.TftpShared import TftpException
 
+from .files import Filling
+
 DEFAULT_BLKSIZE = 512
 MAX_BLKSIZE = 65464  # RFC 2348
 MAX_WINDOW = 64
 RETRIES = 5
 DATA_HEADER = struct.Struct("!HH")  # opcode 3, block number (RFC 1350 §5)
+ACK = struct.Struct("!HH")  # opcode 4, block number: what a client sends back
 
 
 class TftpError(IntEnum):
@@ -98,9 +103,11 @@ class ReadTransfer:
     """Sends ``data`` to one client: OACK (when options were accepted) then
     DATA blocks in windows, advancing on ACKs, resending on timeouts."""
 
-    def __init__(self, req: Request, data: bytes | memoryview) -> None:
+    def __init__(self, req: Request, data: bytes | memoryview | Filling) -> None:
         self.req = req
-        self.data = memoryview(data)
+        # a large file still being read (files.Filling): _block waits for the bytes it sends
+        self.filling = data if isinstance(data, Filling) else None
+        self.data = data.buffer if isinstance(data, Filling) else memoryview(data)
         self.blksize = req.blksize
         self.lockstep = req.windowsize == 1  # one block per ACK: the common case, taken first
         self.blocks = len(self.data) // req.blksize + 1  # the last block is short (maybe empty)
@@ -111,9 +118,20 @@ class ReadTransfer:
         if req.wants_tsize:
             req.accepted["tsize"] = str(len(self.data))
         self.oack = bool(req.accepted)
+        # The lock-step hot path (prepare / on_expected_ack): while the client
+        # is busy with the block in flight, ``expect`` is its ACK byte for byte
+        # and ``upcoming`` the DATA packet that ACK releases (None: it ends the
+        # transfer), so the adapter answers an ACK with one comparison and one
+        # send, no packet building in between. None when not prepared (before
+        # the first block, with windows, after any other state change): every
+        # datagram then takes on_ack / on_packet.
+        self.expect: bytes | None = None
+        self.upcoming: bytes | None = None
 
     def _block(self, n: int) -> bytes:
         start = (n - 1) * self.blksize
+        if self.filling is not None and start + self.blksize > self.filling.filled:
+            self.filling.ensure(start + self.blksize)  # files.ReadError if the file cannot be read on
         return DATA_HEADER.pack(3, n & 0xFFFF) + self.data[start:start + self.blksize]  # one copy
 
     def _window(self) -> list[bytes]:
@@ -137,6 +155,7 @@ class ReadTransfer:
 
     def on_ack(self, blocknumber: int) -> list[bytes]:
         """An ACK of ``blocknumber`` (16 bits on the wire)."""
+        self.expect = None  # any move below outdates the prepared block; prepare() again after sending
         if self.lockstep and not self.oack and blocknumber == (self.acked + 1) & 0xFFFF:
             # the common case first: the ACK of the one block just sent
             n = self.acked = self.acked + 1
@@ -169,5 +188,35 @@ class ReadTransfer:
         self.retries += 1
         if self.retries > RETRIES:
             self.done, self.failed = True, f"no ACK after {RETRIES} retries"
+            self.expect = None
             return []
         return self.start() if self.oack else self._window()
+
+    def prepare(self) -> None:
+        """Called by the adapter after sending: in lock-step, build the block
+        the next ACK will release now, while the client is still receiving
+        and writing the one in flight (tftpd-hpa reads ahead the same way).
+        Lock-step TFTP is bound by the round trip, and this keeps the packet
+        building (header, slice, copy) out of the time between an ACK coming
+        in and the next DATA going out."""
+        if not self.lockstep or self.oack or self.done:
+            self.expect = None
+            return
+        n = self.acked + 1  # the block in flight
+        if self.expect is not None:
+            return  # still prepared (a timeout resent the block in flight)
+        self.upcoming = self._block(n + 1) if n < self.blocks else None
+        self.expect = ACK.pack(4, n & 0xFFFF)
+
+    def on_expected_ack(self) -> bytes | None:
+        """The datagram was ``expect`` byte for byte: the ACK of the block in
+        flight. Returns the next block to send, already built (None: that was
+        the last block, the transfer is done); prepare() again after sending
+        it. The same outcome as on_ack's lock-step branch, without its work."""
+        self.acked += 1
+        self.retries = 0
+        self.expect = None
+        packet = self.upcoming
+        if packet is None:
+            self.done = True
+        return packet
