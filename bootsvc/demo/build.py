@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import logging
 import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from ..config import Config
 from ..images import ImageError, ImageStore
-from .disk import DiskError, Layout, build_disk
-from .initramfs import InitramfsError, build_initramfs, build_root_tree
-from .kernel import KernelError, fetch_deb, unpack
+from .disk import Layout, build_disk
+from .initramfs import build_initramfs, build_root_tree
+from .kernel import fetch_deb, unpack
+from .tools import BuildError
 
 log = logging.getLogger("bootsvc.demo")
 DEMO_BASE = "demo-linux.qcow2"  # what profiles/demo-linux.yaml boots
@@ -98,7 +98,7 @@ def build_demo(cfg: Config, name: str = DEMO_BASE, force: bool = False, kernel_d
         files.mkdir(parents=True, exist_ok=True)
         for f in ("vmlinuz", "initrd.img"):
             shutil.copyfile(boot[f], files / f)
-    except (KernelError, InitramfsError, DiskError, ImageError, OSError, subprocess.SubprocessError) as e:
+    except (BuildError, ImageError, OSError) as e:
         raise DemoImageError(str(e)) from e
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -8,9 +8,10 @@ systems on MBR partitions too, so one partition serves both."""
 from __future__ import annotations
 
 import struct
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from .tools import BuildError, run
 
 SECTOR = 512
 MIB = 1 << 20
@@ -18,8 +19,12 @@ SYSLINUX_MBR = Path("/usr/lib/syslinux/mbr/mbr.bin")  # syslinux-common
 ROOT_LABEL = "bootsvc-root"  # init-initramfs.sh finds the root by it
 
 
-class DiskError(Exception):
+class DiskError(BuildError):
     """A disk-building tool is missing or failed; the message says which."""
+
+
+def _tool(*cmd: str) -> None:
+    run(*cmd, timeout=300, error=DiskError)
 
 
 @dataclass(frozen=True)
@@ -51,15 +56,6 @@ class Layout:
         return Partition(start, self.size - start, 0x83)
 
 
-def run(*cmd: str) -> None:
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    except FileNotFoundError as e:
-        raise DiskError(f"{cmd[0]} is not installed") from e
-    if r.returncode != 0:
-        raise DiskError(f"{' '.join(cmd)} failed: {(r.stderr or r.stdout).strip()[-500:]}")
-
-
 def write_mbr(path: Path, layout: Layout) -> None:
     """Boot code (440 bytes), disk signature, two partitions, 0x55AA."""
     if not SYSLINUX_MBR.is_file():
@@ -78,20 +74,20 @@ def make_boot_partition(path: Path, layout: Layout, files: dict[str, Path]) -> N
     sectors = part.start // SECTOR
     # -h: hidden sectors = the partition's offset, which SYSLINUX needs to
     # find its ldlinux.sys by LBA on the whole disk
-    run("mkfs.vfat", f"--offset={sectors}", "-h", str(sectors), "-F", "16", "-n", "BOOTSVC", str(path),
+    _tool("mkfs.vfat", f"--offset={sectors}", "-h", str(sectors), "-F", "16", "-n", "BOOTSVC", str(path),
         str(part.size // 1024))
     image = f"{path}@@{part.start}"
     dirs = sorted({"/".join(name.split("/")[:i]) for name in files for i in range(1, name.count("/") + 1)})
     if dirs:
-        run("mmd", "-i", image, *(f"::/{d}" for d in dirs))
+        _tool("mmd", "-i", image, *(f"::/{d}" for d in dirs))
     for name, source in files.items():
-        run("mcopy", "-o", "-i", image, str(source), f"::/{name}")
-    run("syslinux", "--offset", str(part.start), "--install", str(path))
+        _tool("mcopy", "-o", "-i", image, str(source), f"::/{name}")
+    _tool("syslinux", "--offset", str(part.start), "--install", str(path))
 
 
 def make_root_partition(path: Path, layout: Layout, tree: Path) -> None:
     part = layout.root
-    run("mke2fs", "-q", "-F", "-t", "ext4", "-L", ROOT_LABEL, "-E", f"offset={part.start},root_owner=0:0",
+    _tool("mke2fs", "-q", "-F", "-t", "ext4", "-L", ROOT_LABEL, "-E", f"offset={part.start},root_owner=0:0",
         "-d", str(tree), str(path), f"{part.size // 1024}k")
 
 

@@ -8,19 +8,19 @@ import gzip
 import io
 import re
 import shutil
-import subprocess
 from importlib import resources
 from pathlib import Path
 
 from .cpio import CpioWriter
 from .kernel import Kernel, module_closure
+from .tools import BuildError, run
 
 BUSYBOX = Path("/bin/busybox")  # busybox-static: no libraries to carry
 ISCSISTART = Path("/usr/sbin/iscsistart")  # open-iscsi
 SKELETON = ("bin", "sbin", "dev", "proc", "sys", "root", "etc", "tmp", "run", "var", "mnt")
 
 
-class InitramfsError(Exception):
+class InitramfsError(BuildError):
     """A piece of the demo system is missing on the build machine."""
 
 
@@ -36,14 +36,13 @@ def _need(path: Path, package: str) -> Path:
 
 def applets() -> list[str]:
     """busybox's applet names, each to become a symlink to it."""
-    out = subprocess.run([str(_need(BUSYBOX, "busybox-static")), "--list"],
-                         capture_output=True, text=True, timeout=30, check=True).stdout
+    out = run(str(_need(BUSYBOX, "busybox-static")), "--list", timeout=30, error=InitramfsError)
     return [a for a in out.split() if a not in ("busybox", "init", "linuxrc")]
 
 
 def libraries(binary: Path) -> list[Path]:
     """The shared libraries ``binary`` loads (and the loader), from ldd."""
-    out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, timeout=30).stdout
+    out = run("ldd", str(binary), timeout=30, error=InitramfsError)
     libs = []
     for line in out.splitlines():
         m = re.search(r"(/\S+) \(0x", line)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 import shutil
 import struct
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from .tools import BuildError, run
 
 META_PACKAGE = "linux-image-cloud-amd64"
 APT_ARCHIVES = Path("/var/cache/apt/archives")
@@ -24,7 +25,7 @@ APT_ARCHIVES = Path("/var/cache/apt/archives")
 ROOT_MODULES = ("virtio_pci", "virtio_net", "vmxnet3", "iscsi_ibft", "iscsi_tcp", "sd_mod")
 
 
-class KernelError(Exception):
+class KernelError(BuildError):
     """The kernel could not be fetched or unpacked; the message says why."""
 
 
@@ -42,22 +43,10 @@ class Kernel:
         return self.root / "lib" / "modules" / self.release
 
 
-def _run(cmd: list[str], cwd: Path | None = None, timeout: float = 600) -> str:
-    try:
-        r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    except FileNotFoundError as e:
-        raise KernelError(f"{cmd[0]} is not installed") from e
-    except subprocess.TimeoutExpired as e:
-        raise KernelError(f"{' '.join(cmd)} took more than {timeout:.0f} s") from e
-    if r.returncode != 0:
-        raise KernelError(f"{' '.join(cmd)} failed: {(r.stderr or r.stdout).strip()[-500:]}")
-    return r.stdout
-
-
 def _package_name() -> str | None:
     """The versioned kernel package the meta package points at now."""
     try:
-        out = _run(["apt-cache", "depends", "--important", META_PACKAGE], timeout=60)
+        out = run("apt-cache", "depends", "--important", META_PACKAGE, timeout=60, error=KernelError)
     except KernelError:
         return None
     m = re.search(r"Depends: (linux-image-[0-9][^\s]*-cloud-amd64)", out)
@@ -78,7 +67,7 @@ def fetch_deb(cache: Path, deb: Path | None = None) -> Path:
         if have:
             return have[-1]
         try:
-            _run(["apt-get", "download", name], cwd=cache)
+            run("apt-get", "download", name, cwd=cache, error=KernelError)
         except KernelError as e:
             error: KernelError | None = e
         else:
@@ -100,7 +89,7 @@ def unpack(deb: Path, dest: Path) -> Kernel:
     if not (dest / ".complete").exists():
         shutil.rmtree(dest, ignore_errors=True)
         dest.mkdir(parents=True)
-        _run(["dpkg-deb", "-x", str(deb), str(dest)])
+        run("dpkg-deb", "-x", str(deb), str(dest), error=KernelError)
         (dest / ".complete").write_text(deb.name + "\n")
     found = sorted((dest / "boot").glob("vmlinuz-*"))
     if not found:
