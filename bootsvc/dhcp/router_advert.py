@@ -101,6 +101,7 @@ class RouterAdvertiser:
             raise
         self.sock = sock
         self.index = index
+        self.advertisement = advertisement(_interface_mac(self.interface))  # the same for every solicitation
         asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
 
     def _readable(self) -> None:
@@ -113,7 +114,7 @@ class RouterAdvertiser:
         if rs is None:
             return
         try:
-            self.sock.sendto(advertisement(_interface_mac(self.interface)), (ALL_NODES, 0, 0, self.index))
+            self.sock.sendto(self.advertisement, (ALL_NODES, 0, 0, self.index))
         except OSError as e:
             # no link-local address yet (still in DAD): the host solicits again
             log.debug("event=ra.failed interface=%s why=%s", self.interface, e)

@@ -66,6 +66,11 @@ class Machine:
     # a real machine's: it fetches snponly.efi/ipxe.efi over TFTP (arch 7)
     nic_rom: bool = True
 
+    @property
+    def variables(self) -> Path:
+        """UEFI's variable store of this machine (a copy made at start)."""
+        return self.console.with_suffix(".vars.fd")
+
     def command(self) -> list[str]:
         cmd = [QEMU, "-name", self.name, "-accel", self.accel, "-m", str(self.memory_mib),
                "-display", "none", "-monitor", "none", "-no-reboot", "-serial", f"file:{self.console}",
@@ -73,16 +78,16 @@ class Machine:
                "-netdev", f"tap,id=n0,ifname={self.tap},script=no,downscript=no",
                "-device", f"virtio-net-pci,netdev=n0,mac={self.mac}" + ("" if self.nic_rom else ",romfile=")]
         if self.firmware is Firmware.UEFI:
-            variables = self.console.with_suffix(".vars.fd")
-            shutil.copyfile(OVMF_VARS, variables)  # each machine its own boot variables
             cmd += ["-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
-                    "-drive", f"if=pflash,format=raw,file={variables}"]
+                    "-drive", f"if=pflash,format=raw,file={self.variables}"]
         return cmd
 
     def start(self, prefix: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
         """QEMU, inside the boot network's namespace (``prefix``); its own
         messages go to <console>.qemu.log."""
         self.console.unlink(missing_ok=True)
+        if self.firmware is Firmware.UEFI:
+            shutil.copyfile(OVMF_VARS, self.variables)  # each machine its own, fresh boot variables
         with open(self.console.with_suffix(".qemu.log"), "wb") as err:
             return subprocess.Popen([*prefix, *self.command()], stdin=subprocess.DEVNULL,
                                     stdout=subprocess.DEVNULL, stderr=err)
