@@ -158,7 +158,7 @@ def bootsvc_stack(lab: Lab, net: network.BootNetwork, rundir: Path) -> Iterator[
     """``bootsvc -v serve`` in the namespace, as ``bootsvc vm`` runs it
     (``ip netns exec`` execs it: the PID is bootsvc's)."""
     log = rundir / "serve.log"
-    proc = run.start_serve(lab.cfg, net, log)
+    proc = run.start_serve(lab.cfg.path, log, net.prefix)
     try:
         yield Stack((proc.pid,), log)
     finally:

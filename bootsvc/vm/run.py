@@ -123,16 +123,19 @@ def end_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
             proc.wait(10)
 
 
-def start_serve(cfg: Config, net: network.BootNetwork, log: Path, timeout: float = 60.0) -> subprocess.Popen[bytes]:
-    """``bootsvc serve`` inside the boot network, once it says it is ready."""
-    with open(log, "wb") as err:
-        proc = subprocess.Popen([*net.prefix, sys.executable, "-m", "bootsvc", "-v", "serve", "-c", str(cfg.path)],
+def start_serve(config: Path, log: Path, prefix: tuple[str, ...] = (), ready: str = "ready:",
+                timeout: float = 60.0) -> subprocess.Popen[bytes]:
+    """``bootsvc -v serve -c CONFIG`` (inside a namespace: ``prefix``), its
+    log in ``log``, once ``ready`` shows there. The caller ends it."""
+    with open(log, "wb") as err:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen([*prefix, sys.executable, "-m", "bootsvc", "-v", "serve", "-c", str(config)],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.monotonic() + timeout
-    while "ready:" not in log.read_text(errors="replace"):
+    while ready not in log.read_text(errors="replace"):
         if proc.poll() is not None or time.monotonic() > deadline:
             end_process(proc)
-            raise VmError(f"bootsvc serve did not start; its log ({log}):\n{log.read_text(errors='replace')[-2000:]}")
+            raise VmError(f"bootsvc serve did not say {ready!r}; its log ({log}):\n"
+                          f"{log.read_text(errors='replace')[-2000:]}")
         time.sleep(0.1)
     return proc
 
@@ -188,7 +191,7 @@ def run(cfg: Config, opts: Options, out: TextIO = sys.stdout) -> list[Timeline]:
             if not opts.attach:
                 print(f"boot network: namespace {net.ns}, bridge {bridge} {address}; bootsvc serve log {serve_log}",
                       file=out)
-                server = start_serve(cfg, net, serve_log)
+                server = start_serve(cfg.path, serve_log, net.prefix)
             vms = [qemu.Machine(m.hostname, m.mac, net.add_tap(), rundir / f"{m.hostname}.console",
                                 opts.firmware, accel, opts.memory_mib, opts.nic_rom) for m in machines]
             for vm, m in zip(vms, machines):

@@ -9,9 +9,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+from bootsvc.vm.network import ip  # the one way bootsvc and the tests run ip(8)
 
 
 @dataclass(frozen=True)

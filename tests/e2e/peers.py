@@ -10,7 +10,6 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +17,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from bootsvc.vm.run import end_process, start_serve
 
 LOOPBACK = "127.0.0.1"
 
@@ -41,13 +42,7 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeou
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     """End a process this module started: SIGTERM, then SIGKILL."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    end_process(proc, timeout)
 
 
 @dataclass(frozen=True)
@@ -88,18 +83,9 @@ def bootsvc_export(image: Path, iqn: str = "iqn.2026-11.test.bootsvc:disk", *ext
 def bootsvc_serve(cfg: Path, log: Path, ready: str, netns: str | None = None,
                   timeout: float = 30.0) -> subprocess.Popen[bytes]:
     """``bootsvc -v serve -c CFG`` (inside ``netns`` if given), its stderr in
-    ``log``, once ``ready`` shows there. The caller stops it."""
-    prefix = ["ip", "netns", "exec", netns] if netns else []
-    with open(log, "wb") as err:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen([*prefix, *bootsvc_command(), "-v", "serve", "-c", str(cfg)],
-                                stdout=subprocess.DEVNULL, stderr=err)
-    deadline = time.monotonic() + timeout
-    while ready not in log.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop(proc)
-            raise AssertionError(f"bootsvc serve did not say {ready!r}:\n{log.read_text(errors='replace')}")
-        time.sleep(0.1)
-    return proc
+    ``log``, once ``ready`` shows there (`bootsvc vm`'s own starter). The
+    caller stops it."""
+    return start_serve(cfg, log, ("ip", "netns", "exec", netns) if netns else (), ready, timeout)
 
 
 @contextlib.contextmanager
