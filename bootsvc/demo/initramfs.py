@@ -4,6 +4,7 @@ the root file system tree (busybox, init-root.sh as /sbin/init)."""
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import re
@@ -34,10 +35,12 @@ def _need(path: Path, package: str) -> Path:
     return path
 
 
-def applets() -> list[str]:
-    """busybox's applet names, each to become a symlink to it."""
+@functools.cache
+def applets() -> tuple[str, ...]:
+    """busybox's applet names, each to become a symlink to it (asked once:
+    the initramfs and the root both get them)."""
     out = run(str(_need(BUSYBOX, "busybox-static")), "--list", timeout=30, error=InitramfsError)
-    return [a for a in out.split() if a not in ("busybox", "init", "linuxrc")]
+    return tuple(a for a in out.split() if a not in ("busybox", "init", "linuxrc"))
 
 
 def libraries(binary: Path) -> list[Path]:
