@@ -92,7 +92,19 @@ def serve_one(conn: socket.socket, name: str, alias: str) -> str:
     err, value = answer(command, name, alias)
     # iscsiadm writes its whole request before reading: answering after the
     # first 4 bytes is safe, and we need not know sizeof(iscsiadm_req_t)
-    conn.sendall(response(command, err, value))
+    reply = response(command, err, value)
+    meaningful = len(reply.rstrip(b"\0")) + 1  # the head and the string with its NUL
+    sent = 0
+    try:
+        while sent < len(reply):
+            sent += conn.send(reply[sent:])
+    except (BrokenPipeError, ConnectionResetError):
+        # iscsiadm reads exactly sizeof(iscsiadm_rsp_t), less than our
+        # padding, then closes: when the socket buffer cannot hold all 64 KiB
+        # the rest of the padding meets a closed socket. The answer is out.
+        if sent < meaningful:
+            raise
+        return f"request command={command} bytes={nbytes} -> err={err} value={value!r}"
     nbytes += drain(conn)
     return f"request command={command} bytes={nbytes} -> err={err} value={value!r}"
 
