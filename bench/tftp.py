@@ -16,7 +16,7 @@ it decides more than the code.
 checkout (e.g. `git archive HEAD~1 | tar -x -C /tmp/base`), for an A/B of two
 versions under the same noise.
 
-    python3 bench/tftp.py [--rounds 5] [--clients 50] [--baseline TREE] [--json out.json]
+    python3 bench/tftp.py [--rounds 5] [--clients 50] [--baseline TREE] [--only storm|big] [--json out.json]
 """
 
 from __future__ import annotations
@@ -105,6 +105,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--baseline", type=Path, help="another checkout's bootsvc as a third server")
+    ap.add_argument("--only", choices=("storm", "big"), help="measure one workload")
     ap.add_argument("--json")
     args = ap.parse_args()
     servers = {"tftpd-hpa": tftpd_hpa, "bootsvc": bootsvc}
@@ -126,15 +127,20 @@ def main() -> int:
             order = names[r % len(names):] + names[:r % len(names)]  # each server first in turn
             for name in order:
                 with servers[name](root, work) as port:
-                    fetch_all(port, "boot.bin", 1, out, small)  # warm: page cache, bootsvc's file cache
-                    times[name]["storm"].append(fetch_all(port, "boot.bin", args.clients, out, small))
-                    times[name]["big"].append(fetch_all(port, "big.bin", 1, out, big))
-            print(f"round {r + 1}: " + ", ".join(f"{n} storm {times[n]['storm'][-1]:.2f} s big "
-                                                 f"{times[n]['big'][-1]:.2f} s" for n in servers), flush=True)
+                    if args.only != "big":
+                        fetch_all(port, "boot.bin", 1, out, small)  # warm: page cache, bootsvc's file cache
+                        times[name]["storm"].append(fetch_all(port, "boot.bin", args.clients, out, small))
+                    if args.only != "storm":
+                        times[name]["big"].append(fetch_all(port, "big.bin", 1, out, big))
+            print(f"round {r + 1}: " + ", ".join(
+                f"{n} " + " ".join(f"{k} {v[-1]:.2f} s" for k, v in times[n].items() if v) for n in servers),
+                flush=True)
     load.append(os.getloadavg()[0])
     print(f"load average (1 min) after: {load[1]:.2f}")
-    med = {n: {k: statistics.median(v) for k, v in t.items()} for n, t in times.items()}
+    med = {n: {k: statistics.median(v) for k, v in t.items() if v} for n, t in times.items()}
     for kind, what in (("storm", f"{args.clients} clients x 1 MiB"), ("big", "1 x 30 MiB, blksize 1468")):
+        if args.only not in (None, kind):
+            continue
         for name in [n for n in servers if n != "tftpd-hpa"]:
             ratio = med[name][kind] / med["tftpd-hpa"][kind]
             print(f"{what}: tftpd-hpa {med['tftpd-hpa'][kind]:.3f} s, {name} {med[name][kind]:.3f} s "

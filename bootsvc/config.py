@@ -25,7 +25,7 @@ __all__ = ["Config", "ConfigError", "IscsiSettings", "load"]
 TOP_KEYS = {"state_dir", "domain", "iqn_prefix", "listen", "dhcp", "default_profile", "profiles_dir",
             "machines", "targets", "iscsi", "tftp", "dns", "isns"}
 DNS_KEYS = {"ttl"}
-TFTP_KEYS = {"roots"}
+TFTP_KEYS = {"roots", "busy_poll_us"}
 LISTEN_KEYS = {"dhcp", "tftp", "http", "dns", "iscsi", "isns"}
 TARGET_KEYS = {"iqn", "alias", "luns", "initiators"}
 LUN_KEYS = {"path", "read_only", "block_size", "lun"}
@@ -38,6 +38,7 @@ class TftpSettings:
     host: str
     port: int
     roots: tuple[Path, ...]
+    busy_poll_us: int = 1000  # how long a lone transfer polls for each ACK before sleeping (tftp/service.py)
 
 
 @dataclass
@@ -180,10 +181,7 @@ def load(path: str | Path) -> Config:
     ttl = 60
     if (dm := doc.get("dns")) is not None and (dm := c.mapping(doc, "dns", dm)) is not None:
         c.unknown(dm, DNS_KEYS, "dns.")
-        ttl = dm.get("ttl", ttl)
-        if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 <= ttl < 1 << 31:
-            c.err(dm, "dns.ttl", f"expected seconds (0 ... 2^31-1), got {ttl!r}")
-            ttl = 60
+        ttl = c.integer(dm, "ttl", "dns.ttl", ttl, (1 << 31) - 1, "seconds")
     if dhcp is not None and dhcp.unknown.value == "default" and default_profile is None:
         c.err(doc, "dhcp", "unknown_machines: default needs default_profile (the profile such machines boot)")
     if dhcp is not None and dhcp.mode.value == "proxy" and tftp is None and http is None:
@@ -207,10 +205,8 @@ def _isns(c: Checker, doc: LineMap, listen: Any) -> IsnsSettings:
             server = Portal.parse(str(m["server"]), default_port=3205)
         except ValueError as e:
             c.err(m, "isns.server", str(e))
-    period = m.get("registration_period", 0)
-    if not isinstance(period, int) or isinstance(period, bool) or not 0 <= period < 1 << 32:
-        c.err(m, "isns.registration_period", f"expected seconds (0: never expire), got {period!r}")
-        period = 0
+    period = c.integer(m, "registration_period", "isns.registration_period", 0, (1 << 32) - 1,
+                       "seconds, 0: never expire")
     default_dd = m.get("default_dd", "hidden")
     if default_dd not in ("hidden", "visible"):
         c.err(m, "isns.default_dd", f"expected hidden or visible, got {default_dd!r}")
@@ -245,15 +241,18 @@ def _tftp(c: Checker, doc: LineMap, listen: Any, base: Path, state_dir: Path) ->
     if portal is None:
         return None
     roots = [Path("/usr/lib/ipxe"), state_dir / "boot"]
+    busy_poll_us = TftpSettings.busy_poll_us
     section = doc.get("tftp")
     if section is not None and (t := c.mapping(doc, "tftp", section)) is not None:
         c.unknown(t, TFTP_KEYS, "tftp.")
-        raw = t.get("roots", [])
-        roots = [p if p.is_absolute() else base / p for p in map(Path, raw if isinstance(raw, list) else [raw])]
-        for r in roots:
-            if not r.is_dir():
-                c.err(t, "tftp.roots", f"{r} is not a directory")
-    return TftpSettings(portal.host, portal.port, tuple(roots))
+        if (raw := t.get("roots")) is not None:  # absent: the defaults
+            roots = [p if p.is_absolute() else base / p for p in map(Path, raw if isinstance(raw, list) else [raw])]
+            for r in roots:
+                if not r.is_dir():
+                    c.err(t, "tftp.roots", f"{r} is not a directory")
+        busy_poll_us = c.integer(t, "busy_poll_us", "tftp.busy_poll_us", busy_poll_us, 100_000,
+                                 "microseconds, 0: off")
+    return TftpSettings(portal.host, portal.port, tuple(roots), busy_poll_us)
 
 
 def _target(c: Checker, doc: LineMap, i: int, t: Any, base: Path) -> TargetSpec | None:

@@ -92,7 +92,7 @@ class Serving:
         if cfg.tftp is not None:
             from .tftp.service import TftpService
 
-            tftp = TftpService(self.files, cfg.tftp.host, cfg.tftp.port)
+            tftp = TftpService(self.files, cfg.tftp.host, cfg.tftp.port, cfg.tftp.busy_poll_us / 1e6)
 
             async def stop_tftp() -> None:
                 tftp.close()

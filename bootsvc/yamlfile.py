@@ -111,6 +111,15 @@ class Checker:
             self.err(m, where, str(e))
             return None
 
+    def integer(self, m: LineMap, key: str, where: str, default: int, high: int, meaning: str) -> int:
+        """An optional whole number 0 <= n <= high under ``key`` (``meaning``
+        says what it counts, for the error)."""
+        value = m.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= high:
+            self.err(m, where, f"expected {meaning} (0 ... {high}), got {value!r}")
+            return default
+        return value
+
     def raise_if_any(self) -> None:
         if self.problems:
             raise ConfigError(self.problems)

@@ -199,3 +199,28 @@ dhcp:
     assert f"{p}:10: dhcp.subnets[2].server: 10.79.0.0/24 is relayed: name the address" in text
     assert f"{p}:11: dhcp.subnets[3].subnet: 'nonsense' is not a subnet" in text
     assert "10.78.0.1 is in none of the dhcp subnets" in text
+
+
+def test_tftp_busy_poll_and_default_roots(tmp_path: Path) -> None:
+    """A tftp section without roots keeps the default roots; busy_poll_us
+    (a lone transfer's poll for each ACK) is a bounded whole number."""
+    cfg = load(write(tmp_path, f"""
+state_dir: {tmp_path / 'state'}
+listen: {{tftp: 127.0.0.1:6969}}
+tftp: {{busy_poll_us: 0}}
+"""))
+    assert cfg.tftp is not None and cfg.tftp.busy_poll_us == 0
+    assert tmp_path / "state" / "boot" in cfg.tftp.roots
+    p = write(tmp_path, """
+listen: {tftp: 127.0.0.1:6969, dns: 127.0.0.1:5353, isns: 127.0.0.1:3205}
+tftp:
+  busy_poll_us: lots
+dns: {ttl: -1}
+isns: {registration_period: true}
+""")
+    with pytest.raises(ConfigError) as e:
+        load(p)
+    text = str(e.value)
+    assert f"{p}:4: tftp.busy_poll_us: expected microseconds, 0: off (0 ... 100000), got 'lots'" in text
+    assert f"{p}:5: dns.ttl: expected seconds (0 ... 2147483647), got -1" in text
+    assert f"{p}:6: isns.registration_period: expected seconds, 0: never expire" in text

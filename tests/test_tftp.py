@@ -20,7 +20,7 @@ from tftpy.TftpPacketTypes import TftpPacketACK, TftpPacketRRQ
 
 from bootsvc.tftp import files as files_mod
 from bootsvc.tftp.files import FILL_FROM, FileSource, Filling, ReadError
-from bootsvc.tftp.service import TftpService
+from bootsvc.tftp.service import BUSY_POLL, TftpService
 from bootsvc.tftp.transfer import ReadTransfer, TftpFormatError, decode, parse_request
 from tests.e2e.peers import free_port
 from tests.loop_thread import serving
@@ -140,14 +140,16 @@ def test_large_file_read_while_sent_and_a_short_read_fails(tmp_path: Path, monke
     assert files.read("k") == data
 
 
-@pytest.fixture
-def service(tmp_path: Path) -> Iterator[tuple[TftpService, Path]]:
+@pytest.fixture(params=[BUSY_POLL, 0.0], ids=["busy-poll", "sleep"])
+def service(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[TftpService, Path]]:
+    """The service, with a lone transfer polling for its ACKs (the default)
+    and sleeping for each one."""
     root = tmp_path / "root"
     root.mkdir()
     (root / "small.bin").write_bytes(os.urandom(1000))
     # past FILL_FROM: the real clients below get it while it is still being read (Filling)
     (root / "big.bin").write_bytes(os.urandom(FILL_FROM + (1 << 20)))
-    service = TftpService(FileSource([root]), "127.0.0.1", free_port())
+    service = TftpService(FileSource([root]), "127.0.0.1", free_port(), busy_poll=request.param)
     with serving(service.start, service.close):
         yield service, root
 

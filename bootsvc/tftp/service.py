@@ -28,6 +28,7 @@ ACK_OPCODE = 4
 RECEIVE_MAX = 1024
 TIMER_TICK = 0.1  # seconds between looks for transfers whose ACK is overdue
 RECEIVE_TIMEOUT = struct.pack("ll", 0, int(TIMER_TICK * 1e6))  # SO_RCVTIMEO of a solo transfer's socket
+BUSY_POLL = 1e-3  # tftp.busy_poll_us's default: how long a solo transfer polls for an ACK before sleeping
 MAX_TRANSFERS = 512  # at once; more get "busy" and retry (each holds a socket)
 
 
@@ -110,13 +111,18 @@ class _Transfer:
 
 
 class _Solo(threading.Thread):
-    """The only transfer, on its own thread, blocked in recv with the
-    kernel's receive timeout (SO_RCVTIMEO) as its clock: one system call per
-    ACK where the shared sender needs two (epoll_wait, recv), and no clock
-    read per block. A lock-step transfer is bound by that round trip. When
-    another transfer starts, this one moves to the shared sender, which
-    serves many at once without GIL hand-offs between threads
-    (docs/benchmarks.md, TFTP)."""
+    """The only transfer, on its own thread, waiting for each ACK in recv:
+    one system call per ACK where the shared sender needs two (epoll_wait,
+    recv). A lock-step transfer is bound by that round trip, so the thread
+    first polls for the ACK (``busy_poll``, as the kernel's SO_BUSY_POLL
+    does for a NIC queue) and only then sleeps, with the kernel's receive
+    timeout (SO_RCVTIMEO) as its clock. Waking a sleeping thread costs more
+    than the round trip itself on a fast link: a sleeping vCPU is halted and
+    must be woken by an interrupt (docs/benchmarks.md, TFTP). The poll is
+    adaptive: after a wait longer than ``busy_poll`` (a slow client or
+    link) the next wait sleeps at once, so a slow transfer does not keep a
+    core busy. When another transfer starts, this one moves to the shared
+    sender, which serves many at once without GIL hand-offs between threads."""
 
     def __init__(self, service: TftpService, x: _Transfer) -> None:
         super().__init__(name="tftp-solo", daemon=True)
@@ -127,7 +133,9 @@ class _Solo(threading.Thread):
     def run(self) -> None:
         x, t, counters, service = self.x, self.x.transfer, self.service.counters, self.service
         recv, send, handle = x.sock.recv, x.sock.send, x.handle
+        clock, busy_poll, nowait = time.perf_counter, service.busy_poll, socket.MSG_DONTWAIT
         idle = 0  # receive timeouts in a row
+        waited = 0.0  # how long the last ACK took to come
         try:
             x.sock.setblocking(True)
             x.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, RECEIVE_TIMEOUT)
@@ -138,8 +146,21 @@ class _Solo(threading.Thread):
                     service.to_sender(x)
                     return
                 try:
-                    data = recv(RECEIVE_MAX)
+                    data = None
+                    start = clock()
+                    if waited < busy_poll:
+                        until = start + busy_poll
+                        while data is None:
+                            try:
+                                data = recv(RECEIVE_MAX, nowait)
+                            except BlockingIOError:
+                                if clock() > until:
+                                    break
+                    if data is None:
+                        data = recv(RECEIVE_MAX)
+                    waited = clock() - start
                 except BlockingIOError:  # a tick without a datagram
+                    waited = TIMER_TICK
                     idle += 1
                     if idle * TIMER_TICK >= TIMEOUT:
                         x.retry(0.0)
@@ -254,10 +275,12 @@ class _Sender(threading.Thread):
 
 
 class TftpService(asyncio.DatagramProtocol):
-    def __init__(self, files: FileSource, host: str = "0.0.0.0", port: int = 69) -> None:
+    def __init__(self, files: FileSource, host: str = "0.0.0.0", port: int = 69,
+                 busy_poll: float = BUSY_POLL) -> None:
         self.files = files
         self.host = host
         self.port = port
+        self.busy_poll = busy_poll  # seconds; 0: a solo transfer sleeps for every ACK
         self.transport: asyncio.DatagramTransport | None = None
         self.active: set[_Transfer] = set()
         self.counters: Counter[str] = Counter()
