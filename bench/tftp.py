@@ -16,7 +16,7 @@ it decides more than the code.
 checkout (e.g. `git archive HEAD~1 | tar -x -C /tmp/base`), for an A/B of two
 versions under the same noise.
 
-    python3 bench/tftp.py [--rounds 5] [--clients 50] [--baseline TREE] [--only storm|big] [--json out.json]
+    python3 bench/tftp.py [--rounds 5] [--clients 50] [--baseline TREE] [--only storm|big] [--busy-poll-us N] [--json out.json]
 """
 
 from __future__ import annotations
@@ -56,10 +56,12 @@ def tftpd_hpa(root: Path, work: Path) -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def bootsvc(root: Path, work: Path, tree: Path | None = None) -> Iterator[int]:
+def bootsvc(root: Path, work: Path, tree: Path | None = None, busy_poll_us: int | None = None) -> Iterator[int]:
     port = free_port()
     cfg = work / "bootsvc.yaml"
-    cfg.write_text(f"state_dir: {work / 'state'}\nlisten:\n  tftp: {LOOPBACK}:{port}\ntftp: {{roots: [{root}]}}\n")
+    busy_poll = "" if busy_poll_us is None else f", busy_poll_us: {busy_poll_us}"
+    cfg.write_text(f"state_dir: {work / 'state'}\nlisten:\n  tftp: {LOOPBACK}:{port}\n"
+                   f"tftp: {{roots: [{root}]{busy_poll}}}\n")
     # bootsvc_serve runs `bootsvc -v serve`: one event line per transfer (event=tftp.sent),
     # nothing per block. `python -m bootsvc` imports the package from its working
     # directory first: that is how --baseline runs another checkout.
@@ -106,11 +108,12 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--baseline", type=Path, help="another checkout's bootsvc as a third server")
     ap.add_argument("--only", choices=("storm", "big"), help="measure one workload")
+    ap.add_argument("--busy-poll-us", type=int, help="bootsvc's tftp.busy_poll_us (default: its own default)")
     ap.add_argument("--json")
     args = ap.parse_args()
-    servers = {"tftpd-hpa": tftpd_hpa, "bootsvc": bootsvc}
+    servers = {"tftpd-hpa": tftpd_hpa, "bootsvc": functools.partial(bootsvc, busy_poll_us=args.busy_poll_us)}
     if args.baseline:
-        servers["baseline"] = functools.partial(bootsvc, tree=args.baseline.resolve())
+        servers["baseline"] = functools.partial(bootsvc, tree=args.baseline.resolve(), busy_poll_us=args.busy_poll_us)
     times: dict[str, dict[str, list[float]]] = {s: {"storm": [], "big": []} for s in servers}
     load = [os.getloadavg()[0]]
     print(f"load average (1 min) before: {load[0]:.2f}", flush=True)
