@@ -10,7 +10,10 @@ of the big file is not in its cache) and rounds rotate the order (A B,
 B A, ...); wall times are medians and the ratio is bootsvc/tftpd-hpa
 (goal <= 1.0). Every transfer is checked byte for byte. The 1-minute load
 average is printed before and after the run: on a shared 2-core machine
-it decides more than the code.
+it decides more than the code. Each server also runs in a cgroup of its
+own (cgroup v2, or v1's cpuacct; as root), which gives the CPU time it
+used per workload, tftpd-hpa's forked children included: a figure less
+at the mercy of the machine's other load than wall time.
 
 --baseline TREE adds a third server in every round: bootsvc from another
 checkout (e.g. `git archive HEAD~1 | tar -x -C /tmp/base`), for an A/B of two
@@ -42,21 +45,72 @@ BLKSIZE = "1468"
 TIMEOUT = 120  # seconds any one measurement may take
 
 
+class CpuMeter:
+    """CPU seconds used by one process and everything it forks, from a
+    cgroup made for it: cgroup v2's cpu.stat, or v1's cpuacct. ``used()``
+    is None where neither can be had (not root, no cgroup file system)."""
+
+    V2, V1 = Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/cpuacct")
+
+    def __init__(self, pid: int) -> None:
+        self.group: Path | None = None
+        name = f"bench-tftp-{os.getpid()}-{pid}"
+        for parent in ((self.V2,) if (self.V2 / "cgroup.controllers").exists() else (self.V1,)):
+            try:
+                (parent / name).mkdir()
+            except OSError:
+                continue
+            try:
+                (parent / name / "cgroup.procs").write_text(str(pid))  # all its threads; children follow
+                self.group = parent / name
+            except OSError:
+                (parent / name).rmdir()
+
+    def used(self) -> float | None:
+        if self.group is None:
+            return None
+        if (self.group / "cpu.stat").exists():  # v2: "usage_usec N"
+            stat = dict(line.split() for line in (self.group / "cpu.stat").read_text().splitlines())
+            return int(stat["usage_usec"]) / 1e6
+        return int((self.group / "cpuacct.usage").read_text()) / 1e9
+
+    def close(self) -> None:
+        """Remove the cgroup once its processes have ended (the server is stopped)."""
+        if self.group is not None:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                try:
+                    self.group.rmdir()
+                    return
+                except OSError:  # busy: a process still exiting
+                    time.sleep(0.05)
+
+
 @contextlib.contextmanager
-def tftpd_hpa(root: Path, work: Path) -> Iterator[int]:
+def metered(proc: subprocess.Popen[bytes], port: int) -> Iterator[tuple[int, CpuMeter]]:
+    """Yield (port, meter) for a started server; stop it and drop its cgroup after."""
+    meter = CpuMeter(proc.pid)
+    try:
+        yield port, meter
+    finally:
+        stop(proc)
+        meter.close()
+
+
+@contextlib.contextmanager
+def tftpd_hpa(root: Path, work: Path) -> Iterator[tuple[int, CpuMeter]]:
     port = free_port()
     proc = subprocess.Popen(["in.tftpd", "--foreground", "--listen", "--address", f"{LOOPBACK}:{port}",
                              "--user", "root", "--secure", str(root)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(0.3)
-        yield port
-    finally:
-        stop(proc)
+    time.sleep(0.3)
+    with metered(proc, port) as served:
+        yield served
 
 
 @contextlib.contextmanager
-def bootsvc(root: Path, work: Path, tree: Path | None = None, busy_poll_us: int | None = None) -> Iterator[int]:
+def bootsvc(root: Path, work: Path, tree: Path | None = None,
+            busy_poll_us: int | None = None) -> Iterator[tuple[int, CpuMeter]]:
     port = free_port()
     cfg = work / "bootsvc.yaml"
     busy_poll = "" if busy_poll_us is None else f", busy_poll_us: {busy_poll_us}"
@@ -72,10 +126,8 @@ def bootsvc(root: Path, work: Path, tree: Path | None = None, busy_poll_us: int 
         proc = bootsvc_serve(cfg, work / "serve.log", "ready:")
     finally:
         os.chdir(here)
-    try:
-        yield port
-    finally:
-        stop(proc)
+    with metered(proc, port) as served:
+        yield served
 
 
 def fetch_all(port: int, name: str, count: int, out: Path, expect: bytes) -> float:
@@ -115,6 +167,7 @@ def main() -> int:
     if args.baseline:
         servers["baseline"] = functools.partial(bootsvc, tree=args.baseline.resolve(), busy_poll_us=args.busy_poll_us)
     times: dict[str, dict[str, list[float]]] = {s: {"storm": [], "big": []} for s in servers}
+    cpu: dict[str, dict[str, list[float]]] = {s: {"storm": [], "big": []} for s in servers}
     load = [os.getloadavg()[0]]
     print(f"load average (1 min) before: {load[0]:.2f}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -129,18 +182,26 @@ def main() -> int:
             names = list(servers)
             order = names[r % len(names):] + names[:r % len(names)]  # each server first in turn
             for name in order:
-                with servers[name](root, work) as port:
+                with servers[name](root, work) as (port, meter):
+                    def measure(kind: str, file: str, clients: int, expect: bytes) -> None:
+                        before = meter.used()
+                        times[name][kind].append(fetch_all(port, file, clients, out, expect))
+                        after = meter.used()
+                        if before is not None and after is not None:
+                            cpu[name][kind].append(after - before)
+
                     if args.only != "big":
                         fetch_all(port, "boot.bin", 1, out, small)  # warm: page cache, bootsvc's file cache
-                        times[name]["storm"].append(fetch_all(port, "boot.bin", args.clients, out, small))
+                        measure("storm", "boot.bin", args.clients, small)
                     if args.only != "storm":
-                        times[name]["big"].append(fetch_all(port, "big.bin", 1, out, big))
+                        measure("big", "big.bin", 1, big)
             print(f"round {r + 1}: " + ", ".join(
                 f"{n} " + " ".join(f"{k} {v[-1]:.2f} s" for k, v in times[n].items() if v) for n in servers),
                 flush=True)
     load.append(os.getloadavg()[0])
     print(f"load average (1 min) after: {load[1]:.2f}")
     med = {n: {k: statistics.median(v) for k, v in t.items() if v} for n, t in times.items()}
+    cpu_med = {n: {k: statistics.median(v) for k, v in t.items() if v} for n, t in cpu.items()}
     for kind, what in (("storm", f"{args.clients} clients x 1 MiB"), ("big", "1 x 30 MiB, blksize 1468")):
         if args.only not in (None, kind):
             continue
@@ -148,8 +209,12 @@ def main() -> int:
             ratio = med[name][kind] / med["tftpd-hpa"][kind]
             print(f"{what}: tftpd-hpa {med['tftpd-hpa'][kind]:.3f} s, {name} {med[name][kind]:.3f} s "
                   f"-> {name}/tftpd-hpa {ratio:.2f} (goal <= 1.0)")
+            if kind in cpu_med["tftpd-hpa"] and kind in cpu_med[name]:
+                ref, own = cpu_med["tftpd-hpa"][kind], cpu_med[name][kind]
+                print(f"{what}: server CPU tftpd-hpa {ref:.3f} s, {name} {own:.3f} s -> {own / ref:.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"median_s": med, "all_s": times, "load_1min": load}, indent=2))
+        Path(args.json).write_text(json.dumps({"median_s": med, "all_s": times, "server_cpu_s": cpu,
+                                               "load_1min": load}, indent=2))
     return 0
 
 
