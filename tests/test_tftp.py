@@ -233,3 +233,32 @@ def test_silent_client_times_out_and_the_server_goes_on(service: tuple[TftpServi
         data, peer = s.recvfrom(1024)
         assert data[:4] == b"\0\3\0\1" and data[4:] == (root / "small.bin").read_bytes()[:512]
         s.sendto(b"\0\4\0\1", peer)
+
+
+def test_busy_poll_gives_way_to_a_slow_client(tmp_path: Path) -> None:
+    """A lone transfer polls for its ACKs only while they come quickly: a
+    client that takes 3 ms per block (a slow link or machine) gets a server
+    that sleeps, not one that burns a millisecond of CPU per block."""
+    root = tmp_path / "root"
+    root.mkdir()
+    data = os.urandom(150 * 512 + 100)  # 151 blocks
+    (root / "slow.bin").write_bytes(data)
+    svc = TftpService(FileSource([root]), "127.0.0.1", free_port(), busy_poll=BUSY_POLL)
+    with serving(svc.start, svc.close), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(5)
+        cpu = time.process_time()  # this process: the server's threads and this client
+        s.sendto(b"\0\1slow.bin\0octet\0", ("127.0.0.1", svc.port))
+        got = b""
+        while True:
+            packet, peer = s.recvfrom(1024)
+            assert packet[:2] == b"\0\3"
+            if packet[2:4] == struct.pack("!H", len(got) // 512 + 1):
+                got += packet[4:]
+            time.sleep(0.003)
+            s.sendto(b"\0\4" + packet[2:4], peer)
+            if len(packet) < 516:
+                break
+        cpu = time.process_time() - cpu
+    assert got == data
+    # polling every wait in full would take 151 x 1 ms = 0.15 s of CPU
+    assert cpu < 0.06, f"{cpu:.3f} s of CPU for a slow client"

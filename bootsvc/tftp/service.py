@@ -231,7 +231,7 @@ class _Sender(threading.Thread):
                 # The blocks go out back to back, their building after: each
                 # send wakes a client, and wakeups close together are cheaper
                 # (a CPU woken for one finds the next ones queued already).
-                # Interleaved with the receives, the sender used 17 % more
+                # Interleaved with the receives, the sender used 12-17 % more
                 # CPU on a storm (docs/benchmarks.md, TFTP).
                 for x, packet in released:
                     try:
