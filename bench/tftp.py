@@ -178,23 +178,21 @@ def main() -> int:
         small, big = os.urandom(1 << 20), os.urandom(30 << 20)
         (root / "boot.bin").write_bytes(small)
         (root / "big.bin").write_bytes(big)
+        workloads = [w for w in (("storm", "boot.bin", args.clients, small), ("big", "big.bin", 1, big))
+                     if args.only in (None, w[0])]
         for r in range(args.rounds):
             names = list(servers)
             order = names[r % len(names):] + names[:r % len(names)]  # each server first in turn
             for name in order:
                 with servers[name](root, work) as (port, meter):
-                    def measure(kind: str, file: str, clients: int, expect: bytes) -> None:
+                    for kind, file, clients, data in workloads:
+                        if kind == "storm":
+                            fetch_all(port, file, 1, out, data)  # warm: page cache, bootsvc's file cache
                         before = meter.used()
-                        times[name][kind].append(fetch_all(port, file, clients, out, expect))
+                        times[name][kind].append(fetch_all(port, file, clients, out, data))
                         after = meter.used()
                         if before is not None and after is not None:
                             cpu[name][kind].append(after - before)
-
-                    if args.only != "big":
-                        fetch_all(port, "boot.bin", 1, out, small)  # warm: page cache, bootsvc's file cache
-                        measure("storm", "boot.bin", args.clients, small)
-                    if args.only != "storm":
-                        measure("big", "big.bin", 1, big)
             print(f"round {r + 1}: " + ", ".join(
                 f"{n} " + " ".join(f"{k} {v[-1]:.2f} s" for k, v in times[n].items() if v) for n in servers),
                 flush=True)
