@@ -35,6 +35,7 @@ from .inventory import Machine, generated_machine
 from .isns_registration import IsnsRegistration, Wanted, wanted
 from .scripts import mac_of_script
 from .tftp.files import FileSource
+from .tftp.service import TftpService
 
 if TYPE_CHECKING:  # scapy loads only when DHCP is on
     from .dhcp.service import DhcpService
@@ -77,6 +78,7 @@ class Serving:
         self.services: list[server_mod.Service] = []
         self.running: dict[str, bool] = {}
         self.files = FileSource(list(cfg.tftp.roots) if cfg.tftp else [], generate=self._generated)
+        self.tftp: TftpService | None = None
         self._build_services()
 
     # -- services ------------------------------------------------------------------
@@ -90,9 +92,7 @@ class Serving:
         if cfg.dhcp is not None:
             self._dhcp()
         if cfg.tftp is not None:
-            from .tftp.service import TftpService
-
-            tftp = TftpService(self.files, cfg.tftp.host, cfg.tftp.port, cfg.tftp.busy_poll_us / 1e6)
+            tftp = self.tftp = TftpService(self.files, cfg.tftp.host, cfg.tftp.port, cfg.tftp.busy_poll_us / 1e6)
 
             async def stop_tftp() -> None:
                 tftp.close()
@@ -274,7 +274,8 @@ class Serving:
     async def reload(self) -> str:
         """Re-read the config: machines and targets added, removed or
         changed take effect now; a machine or target with sessions keeps
-        its disk until they log out. Listen addresses need a restart."""
+        its disk until they log out; so do tftp.roots and busy_poll_us.
+        Listen addresses need a restart."""
         try:
             new = config_mod.load(self.cfg.path)
         except config_mod.ConfigError as e:
@@ -284,9 +285,11 @@ class Serving:
         self._with_adopted(new)
         old = self.cfg
         changed = []
-        for key in ("http", "dns", "tftp", "isns"):
+        for key in ("http", "dns", "isns"):
             if getattr(new, key) != getattr(old, key):
                 changed.append(key)
+        if not self._retune_tftp(new.tftp, old.tftp):
+            changed.append("tftp")
         if new.iscsi.portals != old.iscsi.portals or (new.dhcp and old.dhcp and (
                 new.dhcp.listeners, new.dhcp.mode) != (old.dhcp.listeners, old.dhcp.mode)) \
                 or (new.dhcp is None) != (old.dhcp is None):
@@ -309,6 +312,20 @@ class Serving:
         if changed:
             self.report(f"reload: {', '.join(changed)} changed: takes effect at the next restart")
         return f"{len(new.machines)} machine(s); {summary}; {extra}"
+
+    def _retune_tftp(self, new: config_mod.TftpSettings | None, old: config_mod.TftpSettings | None) -> bool:
+        """Apply a changed tftp section now: roots (for TFTP and HTTP's
+        /files/, with the file cache dropped) and busy_poll_us (from the
+        next transfer on). False when it needs a restart: TFTP turned on
+        or off, or a new listen address."""
+        if new == old:
+            return True
+        if new is None or old is None or (new.host, new.port) != (old.host, old.port):
+            return False
+        self.files.set_roots(list(new.roots))
+        if self.tftp is not None:
+            self.tftp.busy_poll = new.busy_poll_us / 1e6
+        return True
 
     def _reconfigure_extra(self, new: config_mod.Config) -> str:
         """The config's own targets: same rules as the machines' disks."""

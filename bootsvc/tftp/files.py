@@ -108,9 +108,17 @@ class Filling:
 
 class FileSource:
     def __init__(self, roots: list[Path], generate: Generator | None = None) -> None:
-        self.roots = [r.resolve() for r in roots]
         self.generate = generate
+        self.roots: list[Path] = []
         self._cache: OrderedDict[Path, tuple[int, int, bytes | Filling]] = OrderedDict()  # least recently used first
+        self._cached_bytes = 0
+        self.set_roots(roots)
+
+    def set_roots(self, roots: list[Path]) -> None:
+        """Serve from other roots (a reloaded config); what was cached from
+        the old ones is dropped."""
+        self.roots = [r.resolve() for r in roots]
+        self._cache.clear()
         self._cached_bytes = 0
 
     def read(self, name: str, client: str = "", local: str = "") -> bytes:

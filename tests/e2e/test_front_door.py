@@ -19,7 +19,7 @@ PREFIX = "iqn.2026-11.test.lab"
 PC1, PC2, PC3 = "52:54:00:00:00:01", "52:54:00:00:00:02", "52:54:00:00:00:03"
 
 
-def config(state: Path, ports: dict[str, int], machines: str) -> str:
+def config(state: Path, ports: dict[str, int], machines: str, tftp: str = "roots: [files]") -> str:
     return f"""
 state_dir: {state}
 domain: lab.test
@@ -30,7 +30,7 @@ listen:
   tftp: {LOOPBACK}:{ports['tftp']}
   http: {LOOPBACK}:{ports['http']}
   dns: {LOOPBACK}:{ports['dns']}
-tftp: {{roots: [files]}}
+tftp: {{{tftp}}}
 machines:
 {machines}"""
 
@@ -101,13 +101,23 @@ def test_scripts_dns_and_reload(tmp_path: Path) -> None:
         holder.stdin.write("write -P 0x11 0 64k\n")
         holder.stdin.flush()
 
+        # the reload also moves TFTP and HTTP's files to another root, at once
+        (tmp_path / "files2").mkdir()
+        (tmp_path / "files2" / "vmlinuz").write_bytes(b"other kernel")
         cfg.write_text(config(state, ports, f"  {PC1}: {{hostname: pc1, profile: disk, ip: 10.77.0.21}}\n"
-                                            f"  {PC3}: {{hostname: pc3, profile: disk, ip: 10.77.0.23}}\n"))
+                                            f"  {PC3}: {{hostname: pc3, profile: disk, ip: 10.77.0.23}}\n",
+                              tftp="roots: [files2], busy_poll_us: 0"))
         r = subprocess.run([*bootsvc_command(), "reload", "-c", str(cfg)], capture_output=True, text=True,
                            timeout=30)
         assert r.returncode == 0, r.stderr
         wait_log(log, "reloaded:")
         assert "1 disk(s) added, 1 removed" in log.read_text(), log.read_text()
+        assert "tftp changed" not in log.read_text()  # applied, no restart asked for
+        assert curl(f"{http}/files/vmlinuz") == ("200", "other kernel")
+        got = tmp_path / "got-vmlinuz"
+        subprocess.run(["tftp", LOOPBACK, str(ports["tftp"]), "-c", "get", "vmlinuz", str(got)],
+                       capture_output=True, timeout=30)
+        assert got.read_bytes() == b"other kernel"
         assert dig(ports["dns"], "pc3.lab.test") == "10.77.0.23"
         assert dig(ports["dns"], "pc2.lab.test") == ""
         assert curl(f"{http}/{script_name(PC2)}")[0] == "404"
