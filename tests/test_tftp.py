@@ -20,7 +20,7 @@ from tftpy.TftpPacketTypes import TftpPacketACK, TftpPacketRRQ
 
 from bootsvc.tftp import files as files_mod
 from bootsvc.tftp.files import FILL_FROM, FileSource, Filling, ReadError
-from bootsvc.tftp.service import BUSY_POLL, TftpService
+from bootsvc.tftp.service import BUSY_POLL, TftpService, _Solo
 from bootsvc.tftp.transfer import ReadTransfer, TftpFormatError, decode, parse_request
 from tests.e2e.peers import free_port
 from tests.loop_thread import serving
@@ -189,27 +189,34 @@ def test_busybox_client_with_blksize(server: tuple[int, Path], tmp_path: Path) -
 
 @pytest.mark.skipif(not shutil.which("busybox"), reason="needs busybox")
 def test_lone_transfer_moves_over_when_others_start(service: tuple[TftpService, Path], tmp_path: Path) -> None:
-    """The first transfer runs on its own thread; when more start it goes on
-    on the shared sender without a gap, and every client gets its bytes."""
+    """The first two transfers run on threads of their own; when more start
+    they go on on the shared sender without a gap, and every client gets
+    its bytes."""
     svc, root = service
 
     def fetch(i: int) -> subprocess.Popen[bytes]:
         return subprocess.Popen(["busybox", "tftp", "-b", "512", "-g", "-r", "big.bin", "-l", str(tmp_path / f"{i}"),
                                  "127.0.0.1", str(svc.port)])
 
+    def solos(n: int) -> set[_Solo]:
+        deadline = time.monotonic() + 10
+        while len(svc._solos) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(svc._solos) == n
+        return set(svc._solos)
+
     first = fetch(0)
-    deadline = time.monotonic() + 10
-    while svc._solo is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert svc._solo is not None
-    lone = svc._solo
-    others = [fetch(i) for i in range(1, 4)]
-    for p in [first, *others]:
+    lone = solos(1)
+    second = fetch(1)
+    pair = solos(2)
+    assert lone < pair and not any(s.crowded for s in pair)
+    others = [fetch(i) for i in range(2, 5)]
+    for p in [first, second, *others]:
         assert p.wait(60) == 0
-    assert lone.crowded  # it was told to move, and its client still got every byte
-    for i in range(4):
+    assert all(s.crowded for s in pair)  # told to move, and their clients got every byte
+    for i in range(5):
         assert (tmp_path / f"{i}").read_bytes() == (root / "big.bin").read_bytes()
-    assert svc.counters["sent"] == 4 and not svc.active
+    assert svc.counters["sent"] == 5 and not svc.active and not svc._solos
 
 
 def test_silent_client_times_out_and_the_server_goes_on(service: tuple[TftpService, Path]) -> None:

@@ -29,6 +29,7 @@ RECEIVE_MAX = 1024
 TIMER_TICK = 0.1  # seconds between looks for transfers whose ACK is overdue
 RECEIVE_TIMEOUT = struct.pack("ll", 0, int(TIMER_TICK * 1e6))  # SO_RCVTIMEO of a solo transfer's socket
 BUSY_POLL = 1e-3  # tftp.busy_poll_us's default: how long a solo transfer polls for an ACK before sleeping
+MAX_SOLOS = 2  # transfers on threads of their own; one more and they all move to the shared sender
 MAX_TRANSFERS = 512  # at once; more get "busy" and retry (each holds a socket)
 
 
@@ -95,18 +96,21 @@ class _Transfer:
 
 
 class _Solo(threading.Thread):
-    """The only transfer, on its own thread, waiting for each ACK in recv:
-    one system call per ACK where the shared sender needs two (epoll_wait,
-    recv). A lock-step transfer is bound by that round trip, so the thread
-    first polls for the ACK (``busy_poll``, as the kernel's SO_BUSY_POLL
-    does for a NIC queue) and only then sleeps, with the kernel's receive
-    timeout (SO_RCVTIMEO) as its clock. Waking a sleeping thread costs more
-    than the round trip itself on a fast link: a sleeping vCPU is halted and
-    must be woken by an interrupt (docs/benchmarks.md, TFTP). The poll is
-    adaptive: after a wait longer than ``busy_poll`` (a slow client or
-    link) the next wait sleeps at once, so a slow transfer does not keep a
-    core busy. When another transfer starts, this one moves to the shared
-    sender, which serves many at once without GIL hand-offs between threads."""
+    """One of the first transfers (up to MAX_SOLOS at once), on its own
+    thread, waiting for each ACK in recv: one system call per ACK where the
+    shared sender needs two (epoll_wait, recv), and two transfers each keep
+    a core with their client instead of sharing one thread. A lock-step
+    transfer is bound by that round trip, so a transfer that is alone first
+    polls for the ACK (``busy_poll``, as the kernel's SO_BUSY_POLL does for
+    a NIC queue) and only then sleeps, with the kernel's receive timeout
+    (SO_RCVTIMEO) as its clock. Waking a sleeping thread costs more than the
+    round trip itself on a fast link: a sleeping vCPU is halted and must be
+    woken by an interrupt (docs/benchmarks.md, TFTP). The poll is adaptive:
+    after a wait longer than ``busy_poll`` (a slow client or link) the next
+    wait sleeps at once, so a slow transfer does not keep a core busy; two
+    solo threads do not poll (each would hold the GIL from the other). When
+    more transfers start, the solos move to the shared sender, which serves
+    many at once without GIL hand-offs between threads."""
 
     def __init__(self, service: TftpService, x: _Transfer) -> None:
         super().__init__(name="tftp-solo", daemon=True)
@@ -117,7 +121,7 @@ class _Solo(threading.Thread):
     def run(self) -> None:
         x, t, counters, service = self.x, self.x.transfer, self.service.counters, self.service
         recv, send, handle = x.sock.recv, x.sock.send, x.handle
-        clock, busy_poll, nowait = time.perf_counter, service.busy_poll, socket.MSG_DONTWAIT
+        clock, nowait, active = time.perf_counter, socket.MSG_DONTWAIT, service.active
         idle = 0  # receive timeouts in a row
         waited = 0.0  # how long the last ACK took to come
         try:
@@ -132,8 +136,8 @@ class _Solo(threading.Thread):
                 try:
                     data = None
                     start = clock()
-                    if waited < busy_poll:
-                        until = start + busy_poll
+                    if waited < service.busy_poll and len(active) == 1:
+                        until = start + service.busy_poll
                         while data is None:
                             try:
                                 data = recv(RECEIVE_MAX, nowait)
@@ -304,7 +308,7 @@ class TftpService(asyncio.DatagramProtocol):
         self.counters: Counter[str] = Counter()
         self._sender: _Sender | None = None
         self.closing = False
-        self._solo: _Solo | None = None  # the transfer on its own thread, if any
+        self._solos: set[_Solo] = set()  # the transfers on threads of their own
         self.loop: asyncio.AbstractEventLoop | None = None
         self._requests: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
 
@@ -344,8 +348,7 @@ class TftpService(asyncio.DatagramProtocol):
             self.loop.call_soon_threadsafe(call, x)
 
     def _solo_gone(self, x: _Transfer) -> None:
-        if self._solo is not None and self._solo.x is x:
-            self._solo = None
+        self._solos = {s for s in self._solos if s.x is not x}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -392,14 +395,16 @@ class TftpService(asyncio.DatagramProtocol):
             log.warning("event=tftp.failed peer=%s file=%s why=%s", addr[0], req.filename, e)
             return
         assert self._sender is not None
-        if not self.active:
-            self._solo = _Solo(self, transfer)
-            self._solo.start()
+        if len(self._solos) == len(self.active) < MAX_SOLOS:  # none on the shared sender yet
+            solo = _Solo(self, transfer)
+            self._solos.add(solo)
+            self.active.add(transfer)  # before it runs: it polls only while it is the one transfer
+            solo.start()
         else:
-            if self._solo is not None:
-                self._solo.crowded = True
+            for solo in self._solos:
+                solo.crowded = True
             self._sender.add(transfer)
-        self.active.add(transfer)
+            self.active.add(transfer)
 
     def close(self) -> None:
         self.closing = True
