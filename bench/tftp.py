@@ -54,17 +54,17 @@ class CpuMeter:
 
     def __init__(self, pid: int) -> None:
         self.group: Path | None = None
-        name = f"bench-tftp-{os.getpid()}-{pid}"
-        for parent in ((self.V2,) if (self.V2 / "cgroup.controllers").exists() else (self.V1,)):
-            try:
-                (parent / name).mkdir()
-            except OSError:
-                continue
-            try:
-                (parent / name / "cgroup.procs").write_text(str(pid))  # all its threads; children follow
-                self.group = parent / name
-            except OSError:
-                (parent / name).rmdir()
+        parent = self.V2 if (self.V2 / "cgroup.controllers").exists() else self.V1
+        group = parent / f"bench-tftp-{os.getpid()}-{pid}"
+        try:
+            group.mkdir()
+        except OSError:
+            return
+        try:
+            (group / "cgroup.procs").write_text(str(pid))  # all its threads; children follow
+            self.group = group
+        except OSError:
+            group.rmdir()
 
     def used(self) -> float | None:
         if self.group is None:

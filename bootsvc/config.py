@@ -18,6 +18,7 @@ from target.targets import LunSpec, TargetConfigError, TargetSpec, check_iscsi_n
 from .dhcp.settings import DhcpSettings, load_dhcp
 from .inventory import Machine, load_machines
 from .profiles import SHIPPED, Profile, load_profiles
+from .tftp import BUSY_POLL_US
 from .yamlfile import Checker, ConfigError, LineMap, load_yaml
 
 __all__ = ["Config", "ConfigError", "IscsiSettings", "load"]
@@ -38,7 +39,12 @@ class TftpSettings:
     host: str
     port: int
     roots: tuple[Path, ...]
-    busy_poll_us: int = 1000  # how long a lone transfer polls for each ACK before sleeping (tftp/service.py)
+    busy_poll_us: int = BUSY_POLL_US  # how long a lone transfer polls for each ACK before sleeping
+
+    @property
+    def busy_poll(self) -> float:
+        """busy_poll_us in seconds, as the TFTP service takes it."""
+        return self.busy_poll_us / 1e6
 
 
 @dataclass

@@ -92,7 +92,7 @@ class Serving:
         if cfg.dhcp is not None:
             self._dhcp()
         if cfg.tftp is not None:
-            tftp = self.tftp = TftpService(self.files, cfg.tftp.host, cfg.tftp.port, cfg.tftp.busy_poll_us / 1e6)
+            tftp = self.tftp = TftpService(self.files, cfg.tftp.host, cfg.tftp.port, cfg.tftp.busy_poll)
 
             async def stop_tftp() -> None:
                 tftp.close()
@@ -324,7 +324,7 @@ class Serving:
             return False
         self.files.set_roots(list(new.roots))
         if self.tftp is not None:
-            self.tftp.busy_poll = new.busy_poll_us / 1e6
+            self.tftp.busy_poll = new.busy_poll
         return True
 
     def _reconfigure_extra(self, new: config_mod.Config) -> str:

@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+from . import BUSY_POLL_US
 from .files import FileSource, ReadError
 from .transfer import ReadTransfer, TftpError, TftpFormatError, decode, error, parse_request
 
@@ -28,7 +29,7 @@ ACK_OPCODE = 4
 RECEIVE_MAX = 1024
 TIMER_TICK = 0.1  # seconds between looks for transfers whose ACK is overdue
 RECEIVE_TIMEOUT = struct.pack("ll", 0, int(TIMER_TICK * 1e6))  # SO_RCVTIMEO of a solo transfer's socket
-BUSY_POLL = 1e-3  # tftp.busy_poll_us's default: how long a solo transfer polls for an ACK before sleeping
+BUSY_POLL = BUSY_POLL_US / 1e6  # seconds
 MAX_SOLOS = 2  # transfers on threads of their own; one more and they all move to the shared sender
 MAX_TRANSFERS = 512  # at once; more get "busy" and retry (each holds a socket)
 
