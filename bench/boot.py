@@ -30,8 +30,8 @@ for both stacks:
 
 The first two come from a packet capture on the bridge (an AF_PACKET
 socket with a BPF filter, kernel timestamps), the third from polling
-each console file every 50 ms. bootsvc's own log (dhcp.ack,
-iscsi.first_read) is read as a cross-check of the capture, not scored.
+each console file every 50 ms. bootsvc's own events (dhcp.ack,
+iscsi.first_read) are read as a cross-check of the capture, not scored.
 Per boot-run also the CPU time (user + system, /proc/PID/stat) the
 stack's processes used from the first VM's start to the last one's end.
 
@@ -67,6 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bootsvc import config  # noqa: E402
 from bootsvc.demo import build_demo  # noqa: E402
+from bootsvc.events import EVENT_FILE, read_events  # noqa: E402
 from bootsvc.inventory import Machine  # noqa: E402
 from bootsvc.vm import network, qemu, run  # noqa: E402
 from bootsvc.vm.timeline import Recorder, Step, Timeline  # noqa: E402
@@ -138,10 +139,10 @@ def machines(cfg: config.Config, count: int) -> list[Machine]:
 
 @dataclass(frozen=True)
 class Stack:
-    """A running server stack: its processes, and bootsvc's log if it is bootsvc."""
+    """A running server stack: its processes, and bootsvc's events of this run if it is bootsvc."""
 
     pids: tuple[int, ...]
-    log: Path | None = None
+    events: run.FollowFile | None = None
 
     def cpu_seconds(self) -> float:
         """User + system CPU time its processes (all their threads) used so far."""
@@ -157,10 +158,10 @@ class Stack:
 def bootsvc_stack(lab: Lab, net: network.BootNetwork, rundir: Path) -> Iterator[Stack]:
     """``bootsvc -v serve`` in the namespace, as ``bootsvc vm`` runs it
     (``ip netns exec`` execs it: the PID is bootsvc's)."""
-    log = rundir / "serve.log"
-    proc = run.start_serve(lab.cfg.path, log, net.prefix)
+    events = run.FollowFile(lab.cfg.state_dir / EVENT_FILE, from_end=True)
+    proc = run.start_serve(lab.cfg.path, rundir / "serve.log", net.prefix)
     try:
-        yield Stack((proc.pid,), log)
+        yield Stack((proc.pid,), events)
     finally:
         run.end_process(proc)
 
@@ -532,13 +533,13 @@ def boot_run(lab: Lab, stack: str, count: int, rnd: int, rundir: Path, timeout: 
     procs: list[subprocess.Popen[bytes]] = []
     timelines: list[Timeline] = []
     frames: list[tuple[float, bytes]] = []
-    log: Path | None = None
+    events: run.FollowFile | None = None
     net = network.private(BRIDGE, SERVER)
     try:
         capture = Capture(net.ns or "", BRIDGE)
         try:
             with STACK_START[stack](lab, net, rundir) as server:
-                log = server.log
+                events = server.events
                 vms = [qemu.Machine(m.hostname, m.mac, net.add_tap(), rundir / f"{m.hostname}.console",
                                     accel=lab.accel) for m in ms]
                 cpu = server.cpu_seconds()  # its start-up is not part of the boot
@@ -555,10 +556,10 @@ def boot_run(lab: Lab, stack: str, count: int, rnd: int, rundir: Path, timeout: 
         for p in procs:
             run.end_process(p, grace=2.0)
         net.close()
-    if log is not None:
+    if events is not None:
         recorder = Recorder(timelines)
-        for line in log.read_text(errors="replace").splitlines():
-            recorder.server_line(line)
+        for e in read_events(events.lines()):
+            recorder.event(e)
     acks, reads = dhcp_acks(frames), first_reads(frames)
 
     def since(t: Timeline, when: float | None) -> float | None:

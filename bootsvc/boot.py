@@ -6,19 +6,18 @@ boots and custom scripts the URL of its iPXE script (bootsvc/scripts.py)."""
 
 from __future__ import annotations
 
-import logging
+import contextlib
+import ipaddress
 from dataclasses import dataclass, field
 
 from . import scripts
-from .config import Config
 from .dhcp.message import ClientArch, IPv4, Request
 from .dhcp.responder import BootOptions, Mode
-from .disks import MachineDisks
+from .events import Emit, Kind, no_events
+from .fleet import Fleet
 from .inventory import Machine
 from .profiles import BootMethod
-from .scripts import ScriptInputs
-
-log = logging.getLogger("bootsvc.boot")
+from .scripts import ScriptInputs, mac_of_script
 
 # Debian's ipxe package names; undionly.kpxe chains through the PXE ROM's
 # UNDI driver, snponly.efi through the UEFI firmware's own network driver
@@ -33,10 +32,15 @@ BOOTFILES = {
 }
 
 
+ANY_ADDRESSES = ("", "0.0.0.0", "::")
+
+
 @dataclass
 class BootPlanner:
-    cfg: Config
-    disks: MachineDisks
+    """Decides what a booting machine is told, asking the fleet."""
+
+    fleet: Fleet
+    emit: Emit = no_events
     iscsi_port: int = 3260
     http_port: int | None = None  # where the machines' scripts are served; None: over TFTP
     bootfiles: dict[int, str] = field(default_factory=lambda: dict(BOOTFILES))
@@ -45,8 +49,8 @@ class BootPlanner:
         if not req.ipxe:
             name = self.bootfiles.get(req.arch if req.arch is not None else ClientArch.BIOS)
             if name is None:
-                log.warning("event=boot.refused mac=%s why=no iPXE build for client architecture %s",
-                            req.mac, req.arch)
+                self.emit(Kind.BOOT_REFUSED, mac=req.mac, arch=req.arch,
+                          why=f"no iPXE build for client architecture {req.arch}")
                 return None
             return BootOptions(bootfile=name, next_server=server)
         if machine is None:
@@ -54,11 +58,12 @@ class BootPlanner:
         root_path = self.root_path(machine, str(server))
         if root_path is None:
             return None
-        profile = self.cfg.profiles[machine.profile]
+        cfg = self.fleet.cfg
+        profile = self.fleet.profile(machine)
         # A plain sanboot needs no script: iPXE boots the root-path itself. But
         # iPXE takes a proxyDHCP answer only with a boot file and next-server in
         # it (iPXE src/net/udp/dhcp.c, dhcp_has_pxeopts), so a proxy names the script.
-        proxy = self.cfg.dhcp is not None and self.cfg.dhcp.mode is Mode.PROXY
+        proxy = cfg.dhcp is not None and cfg.dhcp.mode is Mode.PROXY
         script = profile.boot is not BootMethod.SANBOOT or bool(profile.script) or proxy
         return BootOptions(bootfile=self.script_url(machine, str(server)) if script else "",
                            next_server=server if script else None, root_path=root_path,
@@ -66,12 +71,11 @@ class BootPlanner:
 
     def root_path(self, machine: Machine, server: str) -> str | None:
         """The machine's iSCSI root-path (RFC 4173), only when its target and
-        LUN 0 are served and it may log in; else None and a logged refusal."""
-        target = self.disks.targets.get(machine.mac)
-        if target is None or 0 not in target.luns or not target.allows(machine.initiator_iqn):
+        LUN 0 are served and it may log in; else None and a refusal event."""
+        if not self.fleet.servable(machine):
             # a clear refusal instead of a root-path to nothing: iPXE reports "no boot target"
-            log.warning("event=boot.refused host=%s why=its disk is not served (see bootsvc serve's start lines)",
-                        machine.hostname)
+            self.emit(Kind.BOOT_REFUSED, mac=machine.mac, hostname=machine.hostname, target=machine.target_iqn,
+                      why="its disk is not served (see bootsvc serve's start lines)")
             return None
         return f"iscsi:{server}::{self.iscsi_port}::{machine.target_iqn}"
 
@@ -85,11 +89,39 @@ class BootPlanner:
     def script(self, mac: str, server: str) -> str | None:
         """The iPXE script of the machine with this MAC; None if there is
         no such machine or its disk is not served."""
-        machine = self.cfg.machines.get(mac)
+        machine = self.fleet.machine(mac)
         if machine is None:
             return None
         root_path = self.root_path(machine, server)
         if root_path is None:
             return None
-        return scripts.script(ScriptInputs(machine, self.cfg.profiles[machine.profile], server, root_path,
+        return scripts.script(ScriptInputs(machine, self.fleet.profile(machine), server, root_path,
                                            self.files_url(server)))
+
+    # -- the scripts as files, for TFTP and HTTP -------------------------------------------
+
+    def server_address(self, client: str, local: str) -> str:
+        """Our address as the client reaches it: the socket's own address,
+        else the DHCP server address of the client's subnet."""
+        if local not in ANY_ADDRESSES:
+            return local
+        cfg = self.fleet.cfg
+        if cfg.dhcp is not None:
+            with contextlib.suppress(ValueError):
+                return str(cfg.dhcp.server_for(ipaddress.IPv4Address(client)))
+        return str(cfg.iscsi.portals[0].host) if cfg.iscsi.portals else local
+
+    def script_text(self, name: str, client: str, local: str) -> str | None:
+        """HTTP's ``/boot/<mac>.ipxe``: the script, or None."""
+        mac = mac_of_script(name)
+        return None if mac is None else self.script(mac, self.server_address(client, local))
+
+    def script_file(self, name: str, client: str, local: str) -> bytes | None:
+        """TFTP's generated files: None for a name that is not a script;
+        FileNotFoundError for a script of no machine."""
+        if mac_of_script(name) is None:
+            return None
+        text = self.script_text(name, client, local)
+        if text is None:
+            raise FileNotFoundError(f"{name}: no such machine, or its disk is not served")
+        return text.encode()

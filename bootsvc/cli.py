@@ -19,7 +19,7 @@ from target.targets import LunSpec, Target, TargetConfigError, TargetSpec
 
 from . import config as config_mod
 from . import isns_cli
-from . import server as server_mod
+from .service import Services
 from .demo import DEMO_BASE, DemoImageError, build_demo
 from .images import ImageError, ImageStore
 
@@ -43,8 +43,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"bootsvc export: {e}", file=sys.stderr)
         return 2
     server = TargetServer([target], [portal], nop_interval=args.nop_interval)
-    where = f"{portal} ({iqn}, {len(images)} LUN)"
-    return server_mod.run([server_mod.Service("iscsi", server.start, server.stop, where=where)])
+    services = Services()
+    services.add("iscsi", server.start, server.stop, where=f"{portal} ({iqn}, {len(images)} LUN)")
+    return services.run()
 
 
 def _load_config(path: str, command: str) -> config_mod.Config | None:
@@ -82,23 +83,24 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run every configured service in one process."""
-    from .serve import ServeError, Serving, write_pidfile
+    from .server import ServeError, Server, write_pidfile
 
     cfg = _load_config(args.config, "serve")
     if cfg is None:
         return 1
     try:
-        serving = Serving(cfg, report=lambda line: print(f"bootsvc serve: {line}", file=sys.stderr, flush=True))
+        server = Server(cfg, report=lambda line: print(f"bootsvc serve: {line}", file=sys.stderr, flush=True))
     except ServeError as e:
         print(f"bootsvc serve: {e}", file=sys.stderr)
         return 1
-    if not serving.services:
+    if not server.services.items:
+        server.close()
         print("bootsvc serve: nothing to serve: set listen.iscsi and machines or targets, or listen.dhcp, "
               "listen.tftp, listen.http or listen.dns", file=sys.stderr)
         return 1
     pidfile = write_pidfile(cfg.state_dir)
     try:
-        return server_mod.run(serving.services, serving.reload)
+        return server.run()
     finally:
         pidfile.unlink(missing_ok=True)
 
@@ -191,7 +193,7 @@ def cmd_image(args: argparse.Namespace) -> int:
             for host in args.host:
                 print(store.create(host, replace=args.force))
         elif args.image_command == "reset":
-            print(store.reset(args.host))
+            print(store.reset(store.machine(args.host)))
         elif args.image_command == "commit":
             print(store.commit(args.host, args.new_base))
         elif args.image_command == "rebase":

@@ -8,11 +8,13 @@ they are so one config file can grow with the product.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
-from target.server import Portal
+from .address import HostPort
 from target.targets import LunSpec, TargetConfigError, TargetSpec, check_iscsi_name
 
 from .dhcp.settings import DhcpSettings, load_dhcp
@@ -47,9 +49,9 @@ class TftpSettings:
         return self.busy_poll_us / 1e6
 
 
-@dataclass
+@dataclass(frozen=True)
 class IscsiSettings:
-    portals: list[Portal] = field(default_factory=list)
+    portals: tuple[HostPort, ...] = ()
     nop_interval: float = 15.0
     nop_timeout: float = 30.0
     queue_depth: int = 128
@@ -62,14 +64,14 @@ class IsnsSettings:
     target registers (our own server unless ``server`` names another),
     and the server's policy."""
 
-    listen: Portal | None = None
-    server: Portal | None = None
+    listen: HostPort | None = None
+    server: HostPort | None = None
     registration_period: int = 0  # seconds an entity stays without a refresh; 0: until deregistered
     default_dd_visible: bool = False  # nodes in no DD see each other (open-isns's default DD)
     control_nodes: tuple[str, ...] = ()  # iSCSI names allowed to manage DDs (isnsadm's SourceName)
 
     @property
-    def target(self) -> Portal | None:
+    def target(self) -> HostPort | None:
         """The iSNS server the target registers with."""
         if self.server is not None:
             return self.server
@@ -77,25 +79,27 @@ class IsnsSettings:
             return None
         local = "127.0.0.1" if self.listen.host in ("0.0.0.0", "") else "::1" if self.listen.host == "::" \
             else self.listen.host
-        return Portal(local, self.listen.port)
+        return HostPort(local, self.listen.port)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
+    """A loaded config, never changed once loaded: a reload loads a new
+    one and the fleet applies the difference (bootsvc/fleet_diff.py)."""
+
     path: Path
     state_dir: Path
     iqn_prefix: str
     domain: str
     iscsi: IscsiSettings
-    targets: list[TargetSpec]
-    raw: dict[str, Any]
-    profiles: dict[str, Profile] = field(default_factory=dict)
-    machines: dict[str, Machine] = field(default_factory=dict)
+    targets: tuple[TargetSpec, ...]
+    profiles: Mapping[str, Profile] = field(default_factory=lambda: MappingProxyType({}))
+    machines: Mapping[str, Machine] = field(default_factory=lambda: MappingProxyType({}))
     default_profile: str | None = None
     dhcp: DhcpSettings | None = None
     tftp: TftpSettings | None = None
-    http: Portal | None = None  # listen.http; None: off
-    dns: Portal | None = None  # listen.dns; None: off
+    http: HostPort | None = None  # listen.http; None: off
+    dns: HostPort | None = None  # listen.dns; None: off
     dns_ttl: int = 60
     isns: IsnsSettings = field(default_factory=IsnsSettings)
 
@@ -129,50 +133,15 @@ def load(path: str | Path) -> Config:
         c.err(doc, "iqn_prefix", str(e))
     domain = str(doc.get("domain", "lab"))
 
-    iscsi = IscsiSettings()
+    iscsi = _iscsi(c, doc)
     listen = doc.get("listen")
     if listen is not None and (lm := c.mapping(doc, "listen", listen)) is not None:
         c.unknown(lm, LISTEN_KEYS, "listen.")
-        portals = lm.get("iscsi", [])
-        for text_portal in portals if isinstance(portals, list) else [portals]:
-            try:
-                iscsi.portals.append(Portal.parse(str(text_portal)))
-            except ValueError as e:
-                c.err(lm, "listen.iscsi", str(e))
-    if (im := doc.get("iscsi")) is not None and (im := c.mapping(doc, "iscsi", im)) is not None:
-        c.unknown(im, ISCSI_KEYS, "iscsi.")
-        for key in ISCSI_KEYS:
-            if key in im:
-                value = im[key]
-                if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                    c.err(im, f"iscsi.{key}", f"expected a number >= 0, got {value!r}")
-                else:
-                    setattr(iscsi, key, type(getattr(iscsi, key))(value))
+        iscsi = replace(iscsi, portals=_portals(c, lm))
 
-    targets: list[TargetSpec] = []
-    raw_targets = doc.get("targets", [])
-    if not isinstance(raw_targets, list):
-        c.err(doc, "targets", "expected a list of targets")
-        raw_targets = []
-    seen: set[str] = set()
-    for i, t in enumerate(raw_targets):
-        spec = _target(c, doc, i, t, path.parent)
-        if spec is None:
-            continue
-        if spec.iqn in seen:
-            c.err(t, f"targets[{i}].iqn", f"{spec.iqn} is defined twice")
-        seen.add(spec.iqn)
-        targets.append(spec)
-    profile_dirs = [SHIPPED]
-    if doc.get("profiles_dir"):
-        profile_dirs.append(path.parent / str(doc["profiles_dir"]))
-        if not profile_dirs[-1].is_dir():
-            c.err(doc, "profiles_dir", f"{profile_dirs[-1]} is not a directory")
-    try:
-        profiles = load_profiles(profile_dirs)
-    except ConfigError as e:
-        c.problems.extend(e.problems)
-        profiles = {}
+    targets = _targets(c, doc, path.parent)
+    seen = {t.iqn for t in targets}
+    profiles = _profiles(c, doc, path.parent)
     default_profile = doc.get("default_profile")
     if default_profile is not None and default_profile not in profiles:
         c.err(doc, "default_profile", f"no profile {default_profile!r} (have: {', '.join(sorted(profiles))})")
@@ -184,10 +153,7 @@ def load(path: str | Path) -> Config:
     tftp = _tftp(c, doc, listen, path.parent, state_dir)
     http = _listen(c, listen, "http", 80)
     dns = _listen(c, listen, "dns", 53)
-    ttl = 60
-    if (dm := doc.get("dns")) is not None and (dm := c.mapping(doc, "dns", dm)) is not None:
-        c.unknown(dm, DNS_KEYS, "dns.")
-        ttl = c.integer(dm, "ttl", "dns.ttl", ttl, (1 << 31) - 1, "seconds")
+    ttl = _dns_ttl(c, doc)
     if dhcp is not None and dhcp.unknown.value == "default" and default_profile is None:
         c.err(doc, "dhcp", "unknown_machines: default needs default_profile (the profile such machines boot)")
     if dhcp is not None and dhcp.mode.value == "proxy" and tftp is None and http is None:
@@ -195,8 +161,76 @@ def load(path: str | Path) -> Config:
               "only with a boot file, its iPXE script")
     isns = _isns(c, doc, listen)
     c.raise_if_any()
-    return Config(path, state_dir, iqn_prefix, domain, iscsi, targets, dict(doc), profiles, machines,
-                  default_profile, dhcp, tftp, http, dns, ttl, isns)
+    return Config(path, state_dir, iqn_prefix, domain, iscsi, targets, MappingProxyType(profiles),
+                  MappingProxyType(machines), default_profile, dhcp, tftp, http, dns, ttl, isns)
+
+
+def _targets(c: Checker, doc: LineMap, base: Path) -> tuple[TargetSpec, ...]:
+    targets: list[TargetSpec] = []
+    raw_targets = doc.get("targets", [])
+    if not isinstance(raw_targets, list):
+        c.err(doc, "targets", "expected a list of targets")
+        raw_targets = []
+    seen: set[str] = set()
+    for i, t in enumerate(raw_targets):
+        spec = _target(c, doc, i, t, base)
+        if spec is None:
+            continue
+        if spec.iqn in seen:
+            c.err(t, f"targets[{i}].iqn", f"{spec.iqn} is defined twice")
+        seen.add(spec.iqn)
+        targets.append(spec)
+    return tuple(targets)
+
+
+def _profiles(c: Checker, doc: LineMap, base: Path) -> dict[str, Profile]:
+    """The shipped profiles and those of profiles_dir (which win)."""
+    profile_dirs = [SHIPPED]
+    if doc.get("profiles_dir"):
+        profile_dirs.append(base / str(doc["profiles_dir"]))
+        if not profile_dirs[-1].is_dir():
+            c.err(doc, "profiles_dir", f"{profile_dirs[-1]} is not a directory")
+    try:
+        return load_profiles(profile_dirs)
+    except ConfigError as e:
+        c.problems.extend(e.problems)
+        return {}
+
+
+def _dns_ttl(c: Checker, doc: LineMap) -> int:
+    ttl = 60
+    if (dm := doc.get("dns")) is not None and (dm := c.mapping(doc, "dns", dm)) is not None:
+        c.unknown(dm, DNS_KEYS, "dns.")
+        ttl = c.integer(dm, "ttl", "dns.ttl", ttl, (1 << 31) - 1, "seconds")
+    return ttl
+
+
+def _portals(c: Checker, listen: LineMap) -> tuple[HostPort, ...]:
+    """listen.iscsi: one portal or a list of them."""
+    portals = []
+    raw = listen.get("iscsi", [])
+    for text_portal in raw if isinstance(raw, list) else [raw]:
+        try:
+            portals.append(HostPort.parse(str(text_portal), default_port=3260, what="portal"))
+        except ValueError as e:
+            c.err(listen, "listen.iscsi", str(e))
+    return tuple(portals)
+
+
+def _iscsi(c: Checker, doc: LineMap) -> IscsiSettings:
+    """The iscsi section: numbers >= 0, each of its default's type."""
+    settings = IscsiSettings()
+    if (im := doc.get("iscsi")) is None or (im := c.mapping(doc, "iscsi", im)) is None:
+        return settings
+    c.unknown(im, ISCSI_KEYS, "iscsi.")
+    for key in ISCSI_KEYS:
+        if key in im:
+            value = im[key]
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                c.err(im, f"iscsi.{key}", f"expected a number >= 0, got {value!r}")
+            else:
+                settings = replace(settings, **{key: type(getattr(settings, key))(value)})
+    return settings
 
 
 def _isns(c: Checker, doc: LineMap, listen: Any) -> IsnsSettings:
@@ -208,7 +242,7 @@ def _isns(c: Checker, doc: LineMap, listen: Any) -> IsnsSettings:
     server = None
     if m.get("server") is not None:
         try:
-            server = Portal.parse(str(m["server"]), default_port=3205)
+            server = HostPort.parse(str(m["server"]), default_port=3205)
         except ValueError as e:
             c.err(m, "isns.server", str(e))
     period = c.integer(m, "registration_period", "isns.registration_period", 0, (1 << 32) - 1,
@@ -228,12 +262,12 @@ def _isns(c: Checker, doc: LineMap, listen: Any) -> IsnsSettings:
     return IsnsSettings(listen_at, server, period, default_dd == "visible", tuple(map(str, controls)))
 
 
-def _listen(c: Checker, listen: Any, key: str, default_port: int) -> Portal | None:
+def _listen(c: Checker, listen: Any, key: str, default_port: int) -> HostPort | None:
     """listen.KEY as HOST[:PORT]; None when absent (the service is off)."""
     if not isinstance(listen, LineMap) or listen.get(key) is None:
         return None
     try:
-        return Portal.parse(str(listen[key]), default_port=default_port)
+        return HostPort.parse(str(listen[key]), default_port=default_port)
     except ValueError as e:
         c.err(listen, f"listen.{key}", str(e))
         return None
@@ -278,30 +312,9 @@ def _target(c: Checker, doc: LineMap, i: int, t: Any, base: Path) -> TargetSpec 
         c.err(t, f"{where}.luns", "expected a non-empty list of LUNs")
         raw_luns = []
     for j, lun in enumerate(raw_luns):
-        lw = f"{where}.luns[{j}]"
-        if isinstance(lun, str):
-            lun_path = lun
-            lun = LineMap.empty(t.lines.get("luns", t.line))
-            lun["path"] = lun_path
-        if not isinstance(lun, LineMap) or "path" not in lun:
-            c.err(t, f"{where}.luns", f"{lw}: expected a path or a mapping with path")
-            continue
-        c.unknown(lun, LUN_KEYS, f"{lw}.")
-        p = Path(str(lun["path"]))
-        p = p if p.is_absolute() else base / p
-        if not p.exists():
-            c.err(lun, f"{lw}.path", f"{p} does not exist")
-        bs = lun.get("block_size", 512)
-        if bs not in (512, 4096):
-            c.err(lun, f"{lw}.block_size", f"must be 512 or 4096, not {bs!r}")
-        ro = lun.get("read_only", False)
-        if not isinstance(ro, bool):
-            c.err(lun, f"{lw}.read_only", f"must be true or false, not {ro!r}")
-        lun_id = lun.get("lun")
-        if lun_id is not None and (not isinstance(lun_id, int) or not 0 <= lun_id < 16384):
-            c.err(lun, f"{lw}.lun", f"must be a LUN number 0..16383, not {lun_id!r}")
-        luns.append(LunSpec(str(p), read_only=bool(ro), block_size=int(bs) if bs in (512, 4096) else 512,
-                            lun_id=lun_id))
+        spec = _lun(c, t, f"{where}.luns[{j}]", lun, base)
+        if spec is not None:
+            luns.append(spec)
     initiators = t.get("initiators")
     allowed = None
     if initiators is not None:
@@ -310,3 +323,29 @@ def _target(c: Checker, doc: LineMap, i: int, t: Any, base: Path) -> TargetSpec 
         else:
             allowed = frozenset(initiators)
     return TargetSpec(iqn=iqn, luns=tuple(luns), alias=str(t.get("alias", "")), allowed_initiators=allowed)
+
+
+def _lun(c: Checker, t: LineMap, lw: str, lun: Any, base: Path) -> LunSpec | None:
+    """One entry of a target's luns: a path, or a mapping with path."""
+    if isinstance(lun, str):
+        lun_path = lun
+        lun = LineMap.empty(t.lines.get("luns", t.line))
+        lun["path"] = lun_path
+    if not isinstance(lun, LineMap) or "path" not in lun:
+        c.err(t, lw.rsplit("[", 1)[0], f"{lw}: expected a path or a mapping with path")
+        return None
+    c.unknown(lun, LUN_KEYS, f"{lw}.")
+    p = Path(str(lun["path"]))
+    p = p if p.is_absolute() else base / p
+    if not p.exists():
+        c.err(lun, f"{lw}.path", f"{p} does not exist")
+    bs = lun.get("block_size", 512)
+    if bs not in (512, 4096):
+        c.err(lun, f"{lw}.block_size", f"must be 512 or 4096, not {bs!r}")
+    ro = lun.get("read_only", False)
+    if not isinstance(ro, bool):
+        c.err(lun, f"{lw}.read_only", f"must be true or false, not {ro!r}")
+    lun_id = lun.get("lun")
+    if lun_id is not None and (not isinstance(lun_id, int) or not 0 <= lun_id < 16384):
+        c.err(lun, f"{lw}.lun", f"must be a LUN number 0..16383, not {lun_id!r}")
+    return LunSpec(str(p), read_only=bool(ro), block_size=int(bs) if bs in (512, 4096) else 512, lun_id=lun_id)

@@ -13,9 +13,8 @@ overlays depend on it.
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,16 +22,17 @@ from pathlib import Path
 from tqdm import tqdm
 
 from target.backend import Backend, BackendError
-from target.qcow2 import MAGIC, Kind, Qcow2Backend, Qcow2Error, open_backing, open_image, resolve_backing
+from target.qcow2 import MAGIC, Qcow2Backend, Qcow2Error, open_backing, open_image, resolve_backing
+from target.qcow2 import Kind as ClusterKind
 from target.qcow2_check import CheckReport, check
 from target.qcow2_create import create_image, set_backing
 from target.targets import LunSpec, TargetSpec
 
 from .config import Config
+from .events import Bus, Kind, logging_bus
 from .inventory import Machine
 from .profiles import OverlayPolicy, Profile
 
-log = logging.getLogger("bootsvc.images")
 CHUNK = 1 << 20
 ZERO_CHUNK = bytes(CHUNK)
 
@@ -89,15 +89,18 @@ def progress(total: int, what: str) -> tqdm:
 
 
 class ImageStore:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, machines: Mapping[str, Machine] | None = None, bus: Bus | None = None) -> None:
         self.cfg = cfg
+        # the running fleet's machines (adopted ones too); the config's for the CLI
+        self.machines = cfg.machines if machines is None else machines
+        self.bus = bus if bus is not None else logging_bus()
         self.images_dir = cfg.images_dir
         self.overlays_dir = cfg.overlays_dir
 
     # -- names --------------------------------------------------------------------
 
     def machine(self, host: str) -> Machine:
-        for m in self.cfg.machines.values():
+        for m in self.machines.values():
             if host in (m.hostname, m.mac):
                 return m
         raise ImageError(f"no machine {host!r} in {self.cfg.path}")
@@ -124,12 +127,16 @@ class ImageStore:
 
     def create(self, host: str, replace: bool = False) -> Path:
         """Create a machine's overlay on its profile's base, in O(1)."""
-        machine = self.machine(host)
+        return self.create_overlay(self.machine(host), replace)
+
+    def create_overlay(self, machine: Machine, replace: bool = False, held: bool = False) -> Path:
+        """``held``: the caller itself holds the old overlay open (the running
+        fleet renewing it): the new one replaces it atomically by rename."""
         base = self.base_path(self.profile(machine).base)
         if not base.is_file():
             raise ImageError(f"base image {base} of profile {machine.profile} does not exist")
         path = self.overlay_path(machine.hostname)
-        if replace and in_use(path):
+        if replace and not held and in_use(path):
             raise ImageError(f"{machine.hostname}'s overlay is in use by a running bootsvc; stop serving it first")
         self.overlays_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -137,12 +144,12 @@ class ImageStore:
                          overwrite=replace)
         except BackendError as e:
             raise ImageError(str(e)) from e
-        log.info("event=image.overlay_created host=%s base=%s", machine.hostname, base)
+        self.bus.emit(Kind.IMAGE_OVERLAY_CREATED, mac=machine.mac, hostname=machine.hostname, base=str(base))
         return path
 
-    def reset(self, host: str) -> Path:
+    def reset(self, machine: Machine, held: bool = False) -> Path:
         """Throw a machine's changes away: a fresh overlay on its base."""
-        return self.create(host, replace=True)
+        return self.create_overlay(machine, replace=True, held=held)
 
     def prepare(self, machine: Machine) -> TargetSpec:
         """The boot target of a machine, its overlay made if missing (and
@@ -150,14 +157,14 @@ class ImageStore:
         profile = self.profile(machine)
         path = self.overlay_path(machine.hostname)
         if profile.overlay is OverlayPolicy.EPHEMERAL or not path.exists():
-            self.create(machine.hostname, replace=path.exists())
+            self.create_overlay(machine, replace=path.exists())
         return TargetSpec(iqn=machine.target_iqn, alias=f"{machine.hostname} boot disk",
                           luns=(LunSpec(str(path), limit=profile.overlay_limit),),
                           allowed_initiators=frozenset({machine.initiator_iqn}))
 
     def overlays(self) -> list[OverlayInfo]:
         out = []
-        for m in sorted(self.cfg.machines.values(), key=lambda m: m.hostname):
+        for m in sorted(self.machines.values(), key=lambda m: m.hostname):
             path = self.overlay_path(m.hostname)
             if not path.exists():
                 continue
@@ -221,7 +228,7 @@ class ImageStore:
             try:
                 img: Backend = open_backing(str(p), fmt, 0)
             except BackendError as e:
-                log.warning("event=image.unreadable path=%s why=%s", p, e)
+                self.bus.emit(Kind.IMAGE_UNREADABLE, path=str(p), why=str(e))
                 continue
             try:
                 out.append(BaseInfo(p.name, p, fmt, img.size, p.stat().st_blocks * 512,
@@ -241,7 +248,7 @@ class ImageStore:
             raise ImageError(f"{dest} exists; pick another name or remove it first")
         with self._open(source) as img:
             self._write_base(img, dest, f"commit {host}")
-        log.info("event=image.committed host=%s base=%s", host, dest)
+        self.bus.emit(Kind.IMAGE_COMMITTED, hostname=host, base=str(dest))
         return dest
 
     def add_base(self, raw: Path, name: str, replace: bool = False) -> Path:
@@ -260,7 +267,7 @@ class ImageStore:
             self._write_base(img, dest, f"store {dest.name}")
         finally:
             img.close()
-        log.info("event=image.base_added base=%s", dest)
+        self.bus.emit(Kind.IMAGE_BASE_ADDED, base=str(dest))
         return dest
 
     def refuse_if_used(self, base: Path) -> None:
@@ -310,7 +317,7 @@ class ImageStore:
                 with progress(img.size, f"rebase {host}") as bar:
                     for pos in range(0, img.size, cs):
                         n = min(cs, img.size - pos)
-                        if img.kind_at(pos) is Kind.BACKING:
+                        if img.kind_at(pos) is ClusterKind.BACKING:
                             old = img.read_sync(pos, n)
                             theirs = new.read_sync(pos, min(n, max(0, new.size - pos)))
                             if old != theirs.ljust(n, b"\0"):
@@ -322,11 +329,11 @@ class ImageStore:
             raise ImageError(str(e)) from e
         finally:
             new.close()
-        log.info("event=image.rebased host=%s base=%s", host, base)
+        self.bus.emit(Kind.IMAGE_REBASED, hostname=host, base=str(base))
 
     def check(self, hosts: list[str], repair: bool = False) -> list[CheckReport]:
         paths = [self._source(h) for h in hosts] if hosts else \
-            [self.overlay_path(m.hostname) for m in self.cfg.machines.values()
+            [self.overlay_path(m.hostname) for m in self.machines.values()
              if self.overlay_path(m.hostname).exists()]
         reports = []
         for path in sorted(paths):

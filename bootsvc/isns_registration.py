@@ -16,14 +16,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from isns.client import AsyncIsnsClient, IsnsClientError, NodeSpec, PortalSpec
 from isns.protocol import NodeType
-from target.server import Portal
+from .address import HostPort
 
 from .config import Config
+from .events import Bus, Event, Kind
+from .inventory import Machine
 
 log = logging.getLogger("bootsvc.isns")
 
@@ -42,7 +44,7 @@ class Wanted:
     dds: dict[str, tuple[str, ...]]  # DD name -> members
 
 
-def wanted(cfg: Config, targets: dict[str, str]) -> Wanted:
+def wanted(cfg: Config, machines: Iterable[Machine], targets: Mapping[str, str]) -> Wanted:
     """``targets``: iSCSI name -> alias of every target served."""
     portals = []
     for p in cfg.iscsi.portals:
@@ -51,11 +53,11 @@ def wanted(cfg: Config, targets: dict[str, str]) -> Wanted:
     nodes = [NodeSpec(cfg.control_node, NodeType.CONTROL, "bootsvc")]
     nodes += [NodeSpec(name, NodeType.TARGET, alias or None) for name, alias in sorted(targets.items())]
     dds = {f"{DD_PREFIX}{m.hostname}": (m.initiator_iqn, m.target_iqn)
-           for m in cfg.machines.values() if m.target_iqn in targets}
+           for m in machines if m.target_iqn in targets}
     return Wanted(tuple(portals), tuple(nodes), dds)
 
 
-def _announced(cfg: Config, portal: Portal) -> list[str]:
+def _announced(cfg: Config, portal: HostPort) -> list[str]:
     """The addresses a portal is reached at: its own, or for a wildcard the
     addresses the DHCP server hands out as ours."""
     if portal.host not in WILDCARDS:
@@ -66,11 +68,16 @@ def _announced(cfg: Config, portal: Portal) -> list[str]:
 
 
 class IsnsRegistration:
-    def __init__(self, server: Portal, source: str, what: Callable[[], Wanted],
+    """``what``: what should be registered (the fleet's ``isns_wanted``).
+    It registers again at once when the fleet changes (the bus's
+    ``fleet.reloaded`` and ``dhcp.adopted`` events)."""
+
+    def __init__(self, server: HostPort, source: str, what: Callable[[], Wanted], bus: Bus,
                  report: Callable[[str], None] = log.warning, refresh: float = REFRESH) -> None:
         self.server = server
         self.source = source
         self.what = what
+        self.bus = bus
         self.report = report
         self.refresh = refresh
         self.entity = source  # one entity, named after bootsvc's own iSCSI name
@@ -80,13 +87,15 @@ class IsnsRegistration:
         self._down = False
 
     async def start(self) -> None:
+        self.bus.subscribe(self._on_event)
         self._task = asyncio.ensure_future(self._run())
 
-    def changed(self) -> None:
-        """The config changed: register again now."""
-        self._wake.set()
+    def _on_event(self, event: Event) -> None:
+        if event.kind in (Kind.FLEET_RELOADED, Kind.DHCP_ADOPTED):
+            self._wake.set()  # register again now
 
     async def stop(self) -> None:
+        self.bus.unsubscribe(self._on_event)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -94,7 +103,7 @@ class IsnsRegistration:
         with contextlib.suppress(OSError, IsnsClientError, asyncio.TimeoutError):
             async with self._client() as c:
                 await c.deregister_entity(self.entity)
-                log.info("event=isns.deregistered entity=%s", self.entity)
+                self.bus.emit(Kind.ISNS_DEREGISTERED, entity=self.entity, server=str(self.server))
 
     def _client(self) -> AsyncIsnsClient:
         return AsyncIsnsClient(self.server.host, self.server.port, self.source)
@@ -143,4 +152,4 @@ class IsnsRegistration:
         if self._down:
             self.report(f"iSNS server {self.server}: registered again")
         self._down = False
-        log.info("event=isns.synced server=%s targets=%d dds=%d", self.server, len(want.nodes) - 1, len(want.dds))
+        self.bus.emit(Kind.ISNS_SYNCED, server=str(self.server), targets=len(want.nodes) - 1, dds=len(want.dds))

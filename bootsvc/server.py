@@ -1,93 +1,200 @@
-"""`bootsvc serve`: every configured service on one asyncio loop
-(DESIGN.md "Layers", wiring). A service that cannot start is reported in
-one line and the others keep serving; SIGTERM/SIGINT end them cleanly and
-SIGHUP re-reads the config. Readiness goes to systemd when run under it."""
+"""``bootsvc serve`` wiring (DESIGN.md "Layers", 4): the event bus and its
+subscribers, the fleet, and every service built from one config, handed
+the fleet (or the part of it they ask) and the bus. Data flows one way:
+services ask the fleet and emit events; nothing here is called back by a
+service. A reload loads the config again and has the fleet apply the
+difference; settings the services can take at once are handed to them.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import signal
-import sys
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import systemd
+from isns.registry import Registry
+from isns.server import IsnsServer
+from isns.store import Store, StoreError
+from target.server import Portal, TargetServer
 
-log = logging.getLogger("bootsvc.server")
-SWITCH_INTERVAL = 0.0005  # seconds a busy thread may hold the GIL while another waits
+from . import config as config_mod
+from .boot import BootPlanner
+from .dhcp.leases import LeaseStore
+from .dns.service import DnsService
+from .dns.zone import Zone
+from .events import EVENT_FILE, Bus, EventFile, LogWriter
+from .fleet import Fleet, FleetError
+from .fleet_diff import ConfigDiff
+from .http.service import HttpService
+from .isns_registration import IsnsRegistration
+from .service import Report, Services
+from .tftp.files import FileSource
+from .tftp.service import TftpService
 
-
-@dataclass
-class Service:
-    name: str
-    start: Callable[[], Awaitable[None]]
-    stop: Callable[[], Awaitable[None] | None]
-    where: str = ""
-
-
-def report(line: str) -> None:
-    print(f"bootsvc: {line}", file=sys.stderr, flush=True)
-
-
-Reload = Callable[[], Awaitable[str]]  # re-read the config; returns a one-line summary
-
-
-def run(services: list[Service], reload: Reload | None = None) -> int:
-    """Start the services, serve until SIGTERM/SIGINT (SIGHUP: ``reload``);
-    1 if none could start."""
-
-    async def main() -> int:
-        running: list[Service] = []
-        for s in services:
-            try:
-                await s.start()
-            except OSError as e:
-                report(f"{s.name} not started: {e.strerror or e}{' on ' + s.where if s.where else ''}")
-                continue
-            running.append(s)
-            report(f"{s.name} serving{' on ' + s.where if s.where else ''}")
-        if not running:
-            report("nothing could start")
-            return 1
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        reloads: set[asyncio.Task[None]] = set()
-        if reload is not None:
-            def on_hup() -> None:
-                task = loop.create_task(_reload(reload))
-                reloads.add(task)
-                task.add_done_callback(reloads.discard)
-            loop.add_signal_handler(signal.SIGHUP, on_hup)
-        # A thread busy with work (TFTP's sender in a storm, the iSCSI I/O
-        # thread) holds the GIL up to the switch interval before the loop gets
-        # it: 5 ms by default, long enough for a TFTP or DHCP client to time
-        # out and retransmit. 0.5 ms made a 50-client TFTP storm 15 % faster
-        # (docs/benchmarks.md, TFTP).
-        sys.setswitchinterval(SWITCH_INTERVAL)
-        report(f"ready: {len(running)} of {len(services)} service(s) serving")
-        systemd.notify("READY=1", f"STATUS={len(running)} of {len(services)} services serving")
-        await stop.wait()
-        systemd.notify("STOPPING=1")
-        for s in reversed(running):
-            result = s.stop()
-            if result is not None:
-                await result
-        return 0
-
-    return asyncio.run(main())
+if TYPE_CHECKING:  # scapy loads only when DHCP is on
+    from .dhcp.responder import Responder
 
 
-_reloading = asyncio.Lock()
+class ServeError(Exception):
+    pass
 
 
-async def _reload(reload: Reload) -> None:
-    async with _reloading:  # two quick SIGHUPs: one reload after the other
-        systemd.notify("RELOADING=1")
+class Server:
+    """Everything ``bootsvc serve`` runs, built from one config."""
+
+    def __init__(self, cfg: config_mod.Config, report: Report) -> None:
+        self.path = cfg.path
+        self.report = report
+        self.bus = Bus()
+        self.bus.subscribe(LogWriter())
+        self.event_file = EventFile(cfg.state_dir / EVENT_FILE)
+        self.bus.subscribe(self.event_file)
+        self.leases = LeaseStore(cfg.state_dir / "leases.db") if cfg.dhcp is not None else None
+        self.fleet = Fleet(cfg, self.bus, self.leases)
         try:
-            report(f"reloaded: {await reload()}")
-        except Exception as e:  # the running config stays; say why
-            report(f"reload failed, still serving the previous config: {e}")
-        systemd.notify("READY=1")
+            self.fleet.open()
+        except FleetError as e:
+            self.close()
+            raise ServeError(str(e)) from e
+        s = cfg.iscsi
+        # the iSCSI server reads the fleet's own table of targets
+        self.iscsi = TargetServer(self.fleet.targets, [Portal(p.host, p.port) for p in s.portals],
+                                  portal_group_tag=s.portal_group_tag, window=s.queue_depth,
+                                  nop_interval=s.nop_interval, nop_timeout=s.nop_timeout,
+                                  on_event=self.bus.sink("iscsi"))
+        self.planner = BootPlanner(self.fleet, self.bus.emit, s.portals[0].port if s.portals else 3260,
+                                   cfg.http.port if cfg.http else None)
+        self.files = FileSource(list(cfg.tftp.roots) if cfg.tftp else [], generate=self.planner.script_file)
+        self.services = Services(report)
+        self.responder: Responder | None = None
+        self.tftp: TftpService | None = None
+        self._build(cfg)
+
+    def close(self) -> None:
+        """What outlives the services: the fleet's disks, the lease store, the event file."""
+        self.fleet.close()
+        if self.leases is not None:
+            self.leases.close()
+        self.event_file.close()
+
+    # -- services ------------------------------------------------------------------
+
+    def _build(self, cfg: config_mod.Config) -> None:
+        if cfg.iscsi.portals:  # even with no target yet: a reload or an adopted machine may add some
+            self.services.add("iscsi", self.iscsi.start, self.iscsi.stop,
+                              f"{', '.join(map(str, cfg.iscsi.portals))} ({len(self.fleet.targets)} targets)")
+        self._isns(cfg)
+        if cfg.dhcp is not None:
+            self._dhcp(cfg)
+        if cfg.tftp is not None:
+            tftp = self.tftp = TftpService(self.files, cfg.tftp.host, cfg.tftp.port, cfg.tftp.busy_poll,
+                                           self.bus.emit, self.fleet.mac_at)
+            self.services.add("tftp", tftp.start, tftp.stop,
+                              f"{cfg.tftp.host}:{cfg.tftp.port} from {', '.join(map(str, cfg.tftp.roots))}")
+        if cfg.http is not None:
+            http = HttpService(self.files, self.planner.script_text, self.services.health, cfg.http.host,
+                               cfg.http.port, self.bus.emit, self.fleet.mac_at)
+            self.services.add("http", http.start, http.stop, str(cfg.http))
+        if cfg.dns is not None:
+            server = cfg.dhcp.listeners[0].address if cfg.dhcp else None
+            dns = DnsService(Zone(cfg.domain, self.fleet.addresses, server, cfg.dns_ttl), cfg.dns.host,
+                             cfg.dns.port)
+            self.services.add("dns", dns.start, dns.stop, f"{cfg.dns} for {cfg.domain}")
+
+    def _isns(self, cfg: config_mod.Config) -> None:
+        """listen.isns: our own iSNS server, its database under state_dir;
+        and the registration of our portals, targets and the machines' DDs
+        with it (or with isns.server)."""
+        i = cfg.isns
+        if i.listen is not None:
+            registry = Registry(control_nodes={cfg.control_node, *i.control_nodes},
+                                default_dd_visible=i.default_dd_visible, default_period=i.registration_period,
+                                on_event=self.bus.sink("isns"))
+            try:
+                store = Store(cfg.state_dir / "isns.db")
+                store.load(registry, time.time())
+            except StoreError as e:
+                self.close()
+                raise ServeError(str(e)) from e
+            server = IsnsServer(registry, i.listen.host, i.listen.port, store=store)
+
+            async def stop_isns() -> None:
+                await server.stop()
+                store.close()
+
+            self.services.add("isns", server.start, stop_isns, f"{i.listen} (TCP and UDP)")
+        if i.target is not None and cfg.iscsi.portals:
+            registration = IsnsRegistration(i.target, cfg.control_node, self.fleet.isns_wanted, self.bus,
+                                            self.report)
+            self.services.add("isns registration", registration.start, registration.stop, f"with {i.target}")
+
+    def _dhcp(self, cfg: config_mod.Config) -> None:
+        from .dhcp.responder import Mode, Responder
+        from .dhcp.router_advert import RouterAdvertiser
+        from .dhcp.service import DhcpService
+
+        d = cfg.dhcp
+        assert d is not None and self.leases is not None
+        responder = self.responder = Responder(list(d.subnets), self.fleet, self.leases, self.planner, d.mode,
+                                               d.unknown, self.bus.emit)
+        adopt = self.fleet.adopt  # asked only under unknown_machines: default, which a reload may turn on
+        several = len(d.listeners) > 1
+        for listener in d.listeners:
+            # every interface's socket answers from the one responder: one lease table, one inventory
+            suffix = f" {listener.interface}" if several else ""
+            service = DhcpService(responder, listener.address, listener.interface, listener.port, adopt=adopt)
+            served = ", ".join(str(s.network) for s in d.subnets if s.server == listener.address)
+            self.services.add(f"dhcp ({d.mode.value}){suffix}", service.start, service.stop, f"{listener}, {served}")
+            if d.ipv6_ra and listener.interface:
+                ra = RouterAdvertiser(listener.interface, self.bus.emit)
+                self.services.add(f"ipv6-ra {listener.interface}", ra.start, ra.stop,
+                                  f"{listener.interface}: router solicitations answered, no IPv6")
+            if d.mode is Mode.PROXY:
+                # iPXE and PXE ROMs send their proxyDHCP REQUEST to port 4011
+                pxe = DhcpService(responder, listener.address, listener.interface, listener.proxy_port,
+                                  reply_to_source=True, adopt=adopt)
+                self.services.add(f"proxydhcp{suffix}", pxe.start, pxe.stop,
+                                  f"{listener.interface or 'all interfaces'}:{listener.proxy_port}")
+
+    # -- run and reload ------------------------------------------------------------------
+
+    def run(self) -> int:
+        try:
+            return self.services.run(self.reload)
+        finally:
+            self.close()
+
+    async def reload(self) -> str:
+        """Re-read the config; the fleet applies machines, targets and
+        profiles now (a machine or target still logged in keeps its disk
+        until it logs out); DHCP subnets and policy and TFTP roots and
+        polling are handed to their services; the rest needs a restart."""
+        try:
+            new = config_mod.load(self.path)
+        except config_mod.ConfigError as e:
+            for p in e.problems:
+                self.report(p)
+            raise ServeError(f"{len(e.problems)} problem(s) in {self.path}") from None
+        diff = await self.fleet.apply(new)
+        self._retune(new, diff)
+        for line in diff.lines():
+            self.report(f"reload: {line}")
+        return diff.summary()
+
+    def _retune(self, new: config_mod.Config, diff: ConfigDiff) -> None:
+        if "dhcp" in diff.live and self.responder is not None and new.dhcp is not None:
+            self.responder.retune(list(new.dhcp.subnets), new.dhcp.unknown)
+        if "tftp" in diff.live and new.tftp is not None:
+            # TFTP and HTTP's /files/ serve from the new roots, the file cache dropped
+            self.files.set_roots(list(new.tftp.roots))
+            if self.tftp is not None:
+                self.tftp.busy_poll = new.tftp.busy_poll
+
+
+def write_pidfile(state_dir: Path) -> Path:
+    """state_dir/bootsvc.pid, for `bootsvc reload`."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / "bootsvc.pid"
+    path.write_text(f"{os.getpid()}\n")
+    return path

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 
 from .connection import IscsiConnection
@@ -47,10 +47,12 @@ class Portal:
 
 
 class TargetServer:
-    def __init__(self, targets: Iterable[Target], portals: Iterable[Portal], *, portal_group_tag: int = 1,
+    def __init__(self, targets: MutableMapping[str, Target] | Iterable[Target], portals: Iterable[Portal], *, portal_group_tag: int = 1,
                  window: int = 128, nop_interval: float = 15.0, nop_timeout: float = 30.0,
                  key_preferences: dict[str, str] | None = None, on_event: EventSink | None = None) -> None:
-        self.targets: dict[str, Target] = {t.name: t for t in targets}
+        # a mapping is used as given: the host application may own the one table of targets
+        self.targets: MutableMapping[str, Target] = targets if isinstance(targets, MutableMapping) \
+            else {t.name: t for t in targets}
         self.portal_list = list(portals)
         self.portal_group_tag = portal_group_tag
         self.window = window

@@ -10,7 +10,8 @@ from scapy.layers.dhcp import BOOTP, DHCP
 
 from bootsvc.dhcp.leases import LeaseStore
 from bootsvc.dhcp.message import IPv4, MessageType, Option, Request, decode, encode
-from bootsvc.dhcp.responder import BootOptions, Mode, Responder, Subnet, UnknownPolicy
+from bootsvc.dhcp.responder import BootOptions, Machines, Mode, Responder, Subnet, UnknownPolicy
+from bootsvc.events import Bus, Event, Kind
 from bootsvc.inventory import Machine
 
 NODE = Machine(mac="52:54:00:77:00:01", hostname="node01", profile="demo-linux",
@@ -27,7 +28,7 @@ def planner(req: Request, machine: Machine | None, server: IPv4) -> BootOptions 
 
 
 def responder(**kw: object) -> Responder:
-    return Responder([SUBNET], {NODE.mac: NODE}, LeaseStore(":memory:"), planner, **kw)  # type: ignore[arg-type]
+    return Responder([SUBNET], Machines({NODE.mac: NODE}), LeaseStore(":memory:"), planner, **kw)  # type: ignore[arg-type]
 
 
 def req(msg: str, mac: str = NODE.mac, *opts: object, ciaddr: str = "0.0.0.0", giaddr: str = "0.0.0.0") -> Request:
@@ -109,22 +110,36 @@ def test_inform_and_proxy_mode() -> None:
 
 
 def test_unknown_machine_adopted_with_the_default_profile() -> None:
-    adopted: list[str] = []
-
-    def adopt(mac: str) -> Machine | None:
-        adopted.append(mac)
-        m = Machine(mac, "pxe-" + mac.replace(":", ""), "default", "iqn.2026-11.t:x", "iqn.2026-11.t:boot.x")
-        r.machines[mac] = m
-        return m
-
-    events: list[str] = []
-    r = responder(unknown=UnknownPolicy.DEFAULT, adopt=adopt, on_event=lambda what, fields: events.append(what))
+    """The responder asks for an adoption once a minute per MAC (the
+    caller makes the machine off the loop), then answers it like a known one."""
+    bus = Bus(clock=lambda: 0.0)
+    events: list[Event] = []
+    bus.subscribe(events.append)
+    known: dict[str, Machine] = {NODE.mac: NODE}
+    r = Responder([SUBNET], Machines(known), LeaseStore(":memory:"), planner, unknown=UnknownPolicy.DEFAULT,
+                  emit=bus.emit)
     mac = "52:54:00:99:00:05"
-    offer = r.handle(req("discover", mac, *PXE), IPv4("10.77.0.1"), 0)
+    discover = req("discover", mac, *PXE)
+    assert r.wants_adoption(discover, 0) and not r.wants_adoption(discover, 1)  # once a minute
+    known[mac] = Machine(mac, "pxe-525400990005", "default", "iqn.2026-11.t:x", "iqn.2026-11.t:boot.x")
+    assert not r.wants_adoption(discover, 70)  # known now
+    offer = r.handle(discover, IPv4("10.77.0.1"), 0)
     assert offer is not None and offer.bootfile  # boots like a known machine
     assert options(offer).get("hostname") == b"pxe-525400990005"
-    r.handle(req("discover", mac, *PXE), IPv4("10.77.0.1"), 1)
-    assert adopted == [mac] and events.count("dhcp.adopted") == 1
-    refusing = responder(unknown=UnknownPolicy.DEFAULT, on_event=lambda what, fields: events.append(what))
-    refusing.handle(req("discover", "52:54:00:99:00:06", *PXE), IPv4("10.77.0.1"), 0)
-    assert events[-2:] == ["dhcp.discovered", "dhcp.offer"]  # no machine could be made: recorded like discover
+    other = req("discover", "52:54:00:99:00:06", *PXE)
+    assert r.wants_adoption(other, 0)
+    r.handle(other, IPv4("10.77.0.1"), 0)  # no machine could be made: recorded like discover
+    assert [e.kind for e in events[-2:]] == [Kind.DHCP_DISCOVERED, Kind.DHCP_OFFER]
+
+
+def test_dropped_requests_are_said_once_a_minute_per_mac() -> None:
+    bus = Bus(clock=lambda: 0.0)
+    events: list[Event] = []
+    bus.subscribe(events.append)
+    r = responder(emit=bus.emit)
+    stranger = "52:54:00:99:00:07"
+    for t in (0, 5, 30, 61):
+        assert r.handle(req("discover", stranger), IPv4("10.77.0.1"), t) is None
+    dropped = [e for e in events if e.kind is Kind.DHCP_DROPPED]
+    assert [(e.mac, e.fields["why"]) for e in dropped] == [(stranger, "unknown_machine")] * 2
+    assert r.counters["dropped_unknown_machine"] == 4

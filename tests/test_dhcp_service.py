@@ -10,7 +10,7 @@ from scapy.layers.dhcp import BOOTP, DHCP
 
 from bootsvc.dhcp.leases import LeaseStore
 from bootsvc.dhcp.message import IPv4
-from bootsvc.dhcp.responder import Mode, Responder
+from bootsvc.dhcp.responder import Machines, Mode, Responder
 from bootsvc.dhcp.service import DhcpService
 from tests.e2e.peers import LOOPBACK, free_port
 from tests.loop_thread import serving
@@ -18,10 +18,10 @@ from tests.test_dhcp_responder import IPXE, NODE, SUBNET, planner
 
 
 def test_proxy_port_answers_at_the_source() -> None:
-    responder = Responder([SUBNET], {NODE.mac: NODE}, LeaseStore(":memory:"), planner, Mode.PROXY)
+    responder = Responder([SUBNET], Machines({NODE.mac: NODE}), LeaseStore(":memory:"), planner, Mode.PROXY)
     port = free_port()
     service = DhcpService(responder, SUBNET.server, None, port, reply_to_source=True)
-    with serving(service.start, service.close), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+    with serving(service.start, service.stop), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
         client.bind((LOOPBACK, 0))
         client.settimeout(5)
         client.sendto(b"\x01garbage", (LOOPBACK, port))

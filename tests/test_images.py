@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from bootsvc.config import load
-from bootsvc.disks import MachineDisks
 from bootsvc.images import ImageError, ImageStore
 from target.qcow2 import open_image
 from tests.qcow2_oracle import assert_check_clean, assert_same, qemu_img
@@ -72,7 +71,7 @@ def test_refusals(store: ImageStore) -> None:
         store.commit("b", "x.raw")
     with open(a, "rb") as f:  # what a serving bootsvc holds
         fcntl.flock(f, fcntl.LOCK_EX)
-        for action in (lambda: store.reset("a"), lambda: store.commit("a", "y.raw"),
+        for action in (lambda: store.reset(store.machine("a")), lambda: store.commit("a", "y.raw"),
                        lambda: store.rebase("a", "gold.raw"), lambda: store.check(["a"], repair=True)):
             with pytest.raises(ImageError, match="in use"):
                 action()
@@ -91,25 +90,3 @@ def test_check_and_repair(store: ImageStore) -> None:
     assert report.leaks_fixed == 1
     assert store.check(["a"])[0].clean
     assert_check_clean(a)
-
-
-def test_new_boot_renews_only_idle_ephemeral_disks(store: ImageStore, tmp_path: Path) -> None:
-    (tmp_path / "profiles" / "p.yaml").write_text("base: gold.raw\noverlay: ephemeral\n")
-    store = ImageStore(load(tmp_path / "bootsvc.yaml"))
-    disks = MachineDisks(store)
-    targets = disks.open()
-    try:
-        a = store.machine("a")
-        lun = disks.targets[a.mac].luns[0]
-        lun.backend.write_sync(0, b"\x55" * 512)  # type: ignore[attr-defined]
-        disks.targets[a.mac].sessions.add(object())  # type: ignore[arg-type]
-        assert not disks.new_boot(a)  # logged in: the disk stays
-        assert lun.backend.read_sync(0, 512) == b"\x55" * 512
-        disks.targets[a.mac].sessions.clear()
-        assert disks.new_boot(a)
-        gold = (store.images_dir / "gold.raw").read_bytes()
-        assert lun.backend.read_sync(0, 512) == gold[:512]
-    finally:
-        for t in targets:
-            t.close()
-    assert_check_clean(store.overlay_path("a"))

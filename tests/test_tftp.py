@@ -150,7 +150,7 @@ def service(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Tf
     # past FILL_FROM: the real clients below get it while it is still being read (Filling)
     (root / "big.bin").write_bytes(os.urandom(FILL_FROM + (1 << 20)))
     service = TftpService(FileSource([root]), "127.0.0.1", free_port(), busy_poll=request.param)
-    with serving(service.start, service.close):
+    with serving(service.start, service.stop):
         yield service, root
 
 
@@ -251,7 +251,7 @@ def test_busy_poll_gives_way_to_a_slow_client(tmp_path: Path) -> None:
     data = os.urandom(150 * 512 + 100)  # 151 blocks
     (root / "slow.bin").write_bytes(data)
     svc = TftpService(FileSource([root]), "127.0.0.1", free_port(), busy_poll=BUSY_POLL)
-    with serving(svc.start, svc.close), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    with serving(svc.start, svc.stop), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(5)
         cpu = time.process_time()  # this process: the server's threads and this client
         s.sendto(b"\0\1slow.bin\0octet\0", ("127.0.0.1", svc.port))

@@ -1,5 +1,5 @@
 """`bootsvc vm`'s bookkeeping without QEMU: the timeline built from
-bootsvc's log and the serial console, the diagnosis of a failed boot, and
+bootsvc's events and the serial console, the diagnosis of a failed boot, and
 the clear errors before anything starts."""
 
 from __future__ import annotations
@@ -9,53 +9,65 @@ from pathlib import Path
 from bootsvc import config
 from bootsvc.cli import main
 from bootsvc.inventory import Machine
-from bootsvc.vm.timeline import Recorder, Step, Timeline, diagnose, server_time
+from bootsvc.events import Event, Kind, make, read_events
+from bootsvc.vm.timeline import Recorder, Step, Timeline, diagnose
 
 NODE = Machine(mac="52:54:00:77:00:11", hostname="node01", profile="demo-linux",
                initiator_iqn="iqn.2026-11.t:node01", target_iqn="iqn.2026-11.t:boot.node01")
-T0 = "2026-11-23 12:00:00,000"
+T0 = 1_795_000_000.0
+MAC, IQN = NODE.mac, NODE.initiator_iqn
 
 
-def line(at: str, event: str) -> str:
-    return f"2026-11-23 12:00:{at} INFO bootsvc.x event={event}"
+def ev(at: float, kind: Kind, **values: object) -> Event:
+    """An event as bootsvc serve writes it to its event file, read back."""
+    [e] = read_events([make(kind, T0 + at, values).to_json()])
+    return e
 
 
-def test_server_and_console_lines_make_the_timeline() -> None:
-    t = Timeline(NODE, server_time(T0))
+def test_events_and_console_lines_make_the_timeline() -> None:
+    t = Timeline(NODE, T0)
     r = Recorder([t])
-    assert r.server_line(line("02,500", "dhcp.offer mac=52:54:00:77:00:11 ip=10.0.0.1 ipxe=False")) == (t, Step.DHCP_OFFER)
-    assert r.server_line(line("02,600", "dhcp.ack mac=52:54:00:77:00:11 ipxe=False"))
-    assert r.server_line(line("03,000", "dhcp.ack mac=52:54:00:77:00:11 ipxe=True"))  # iPXE's ACK counts
-    assert r.server_line(line("03,100", "iscsi.login initiator=iqn.2026-11.t:node01 session_type=Discovery")) is None
-    assert r.server_line(line("03,200", "iscsi.login initiator=iqn.2026-11.t:node01 session_type=Normal"))
-    assert r.server_line(line("03,300", "iscsi.first_read initiator=iqn.2026-11.t:node01 lun=0"))
-    assert r.server_line(line("03,400", "iscsi.first_read initiator=iqn.2026-11.t:node01 lun=0")) is None  # once
-    assert r.server_line(line("03,500", "dhcp.ack mac=52:54:00:99:99:99")) is None  # another machine
-    assert r.server_line("bootsvc: ready: 3 of 3 service(s) serving") is None
-    start = server_time(T0)
-    assert r.console_line(t, "bootsvc-demo: initramfs t=2.1", start + 7) is Step.KERNEL
-    assert r.console_line(t, "bootsvc-demo: iscsi-login t=4", start + 9) is Step.OS_LOGIN
-    assert r.console_line(t, "bootsvc-demo: root-mounted dev=/dev/sda2 t=4.2", start + 9.5) is Step.ROOT
+    assert r.event(ev(2.5, Kind.DHCP_OFFER, mac=MAC, ip="10.0.0.1", ipxe=False)) == (t, Step.DHCP_OFFER)
+    assert r.event(ev(2.6, Kind.DHCP_ACK, mac=MAC, ipxe=False))
+    assert r.event(ev(3.0, Kind.DHCP_ACK, mac=MAC, ipxe=True))  # iPXE's ACK counts
+    assert r.event(ev(3.1, Kind.ISCSI_LOGIN, initiator=IQN, session_type="Discovery")) is None
+    assert r.event(ev(3.2, Kind.ISCSI_LOGIN, initiator=IQN, session_type="Normal"))
+    assert r.event(ev(3.3, Kind.ISCSI_FIRST_READ, initiator=IQN, lun=0))
+    assert r.event(ev(3.4, Kind.ISCSI_FIRST_READ, initiator=IQN, lun=0)) is None  # once
+    assert r.event(ev(3.5, Kind.DHCP_ACK, mac="52:54:00:99:99:99")) is None  # another machine
+    assert r.console_line(t, "bootsvc-demo: initramfs t=2.1", T0 + 7) is Step.KERNEL
+    assert r.console_line(t, "bootsvc-demo: iscsi-login t=4", T0 + 9) is Step.OS_LOGIN
+    assert r.console_line(t, "bootsvc-demo: root-mounted dev=/dev/sda2 t=4.2", T0 + 9.5) is Step.ROOT
     assert not t.done
-    assert r.console_line(t, "BOOTSVC-DEMO-OK initiator=x mac=y t=5", start + 10) is Step.BOOTED
+    assert r.console_line(t, "BOOTSVC-DEMO-OK initiator=x mac=y t=5", T0 + 10) is Step.BOOTED
     assert t.done and t.booted and diagnose(t) == "booted"
     assert (t.at[Step.DHCP_OFFER], t.at[Step.DHCP_ACK], t.at[Step.BOOTED]) == (2.5, 3.0, 10)
 
 
 def test_diagnosis_names_where_it_stopped() -> None:
-    t = Timeline(NODE, server_time(T0))
+    t = Timeline(NODE, T0)
     r = Recorder([t])
     assert diagnose(t).startswith("no DHCP offer")
-    r.server_line(line("01,000", "dhcp.ack mac=52:54:00:77:00:11"))
-    r.server_line(line("01,100", "iscsi.login_failed initiator=iqn.2026-11.t:node01 why=not-allowed"))
-    assert "never logged in" in diagnose(t) and "iscsi.login_failed" in diagnose(t)
-    r.server_line(line("01,200", "iscsi.login initiator=iqn.2026-11.t:node01 session_type=Normal"))
-    r.server_line(line("01,300", "iscsi.first_read initiator=iqn.2026-11.t:node01"))
+    r.event(ev(1.0, Kind.DHCP_ACK, mac=MAC))
+    r.event(ev(1.1, Kind.ISCSI_LOGIN_FAILED, initiator=IQN, why="not allowed"))
+    assert "never logged in" in diagnose(t) and "iscsi.login_failed: not allowed" in diagnose(t)
+    r.event(ev(1.2, Kind.ISCSI_LOGIN, initiator=IQN, session_type="Normal"))
+    r.event(ev(1.3, Kind.ISCSI_FIRST_READ, initiator=IQN))
     assert "Linux never started" in diagnose(t)
-    r.console_line(t, "bootsvc-demo: initramfs t=2", server_time(T0) + 5)
-    r.console_line(t, "BOOTSVC-DEMO-FAIL step=login: iscsistart -b could not log in", server_time(T0) + 6)
+    r.console_line(t, "bootsvc-demo: initramfs t=2", T0 + 5)
+    r.console_line(t, "BOOTSVC-DEMO-FAIL step=login: iscsistart -b could not log in", T0 + 6)
     assert t.done and not t.booted
     assert "own iSCSI login failed" in diagnose(t) and "iscsistart -b" in diagnose(t)
+
+
+def test_a_refused_boot_is_in_the_timeline() -> None:
+    """boot.refused names the machine by MAC and host (the log-text
+    timeline used to miss it: it was logged with host= only)."""
+    t = Timeline(NODE, T0)
+    r = Recorder([t])
+    r.event(ev(1.0, Kind.DHCP_OFFER, mac=MAC))
+    r.event(ev(1.5, Kind.BOOT_REFUSED, mac=MAC, hostname="node01", why="its disk is not served"))
+    assert "boot.refused: its disk is not served" in diagnose(t)
 
 
 def write(tmp_path: Path, dhcp: bool = True) -> Path:

@@ -4,20 +4,19 @@ state_dir/cache/demo so a rebuild needs no download."""
 
 from __future__ import annotations
 
-import logging
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from ..config import Config
+from ..events import Kind
 from ..images import ImageError, ImageStore
 from .disk import Layout, build_disk
 from .initramfs import build_initramfs, build_root_tree
 from .kernel import fetch_deb, unpack
 from .tools import BuildError
 
-log = logging.getLogger("bootsvc.demo")
 DEMO_BASE = "demo-linux.qcow2"  # what profiles/demo-linux.yaml boots
 MARKER_OK = "BOOTSVC-DEMO-OK"
 MARKER_FAIL = "BOOTSVC-DEMO-FAIL"
@@ -102,7 +101,7 @@ def build_demo(cfg: Config, name: str = DEMO_BASE, force: bool = False, kernel_d
         raise DemoImageError(str(e)) from e
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    log.info("event=image.demo_built base=%s kernel=%s seconds=%.1f", dest, kernel.release,
-             time.monotonic() - started)
+    store.bus.emit(Kind.IMAGE_DEMO_BUILT, base=str(dest), kernel=kernel.release,
+                   seconds=round(time.monotonic() - started, 1))
     say(f"built {dest} (kernel {kernel.release}) in {time.monotonic() - started:.0f} s")
     return dest

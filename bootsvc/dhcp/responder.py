@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Protocol
 
+from ..events import Emit, Kind, no_events
 from ..inventory import Machine
 from .leases import Lease, LeaseState, LeaseStore
 from .message import ANY, IPv4, MessageType, Option, Reply, Request
@@ -27,7 +29,7 @@ from .message import ANY, IPv4, MessageType, Option, Reply, Request
 # "No valid offer received".
 PXE_USE_BOOTFILE = bytes([6, 1, 0x08, 255])
 OFFER_HOLD = 60.0  # seconds an offered address waits for the client's REQUEST
-SEEN_INTERVAL = 60.0  # seconds between reports of the same unknown machine
+SEEN_INTERVAL = 60.0  # seconds between reports of the same unknown machine or dropped client
 
 
 class Mode(str, Enum):
@@ -67,26 +69,70 @@ class BootOptions:
 BootPlanner = Callable[[Request, "Machine | None", IPv4], "BootOptions | None"]
 
 
+class Directory(Protocol):
+    """What the responder asks about machines (bootsvc/fleet.py answers)."""
+
+    def machine(self, mac: str) -> Machine | None: ...
+
+    def reserved_ips(self) -> frozenset[IPv4]: ...
+
+
+@dataclass
+class Machines:
+    """A fixed set of machines as a :class:`Directory` (tests, tools)."""
+
+    by_mac: Mapping[str, Machine]
+
+    def machine(self, mac: str) -> Machine | None:
+        return self.by_mac.get(mac)
+
+    def reserved_ips(self) -> frozenset[IPv4]:
+        return frozenset(m.ip for m in self.by_mac.values() if m.ip is not None)
+
+
 @dataclass
 class Responder:
     subnets: list[Subnet]
-    machines: dict[str, Machine]
+    machines: Directory
     leases: LeaseStore
     boot: BootPlanner
     mode: Mode = Mode.AUTHORITATIVE
     unknown: UnknownPolicy = UnknownPolicy.IGNORE
-    on_event: Callable[[str, dict[str, object]], None] = lambda what, fields: None
+    emit: Emit = no_events
     counters: Counter[str] = field(default_factory=Counter)
     discovered: dict[str, float] = field(default_factory=dict)  # MAC -> last reported
-    adopt: Callable[[str], Machine | None] = lambda mac: None  # policy default: a machine for a new MAC
-    _reserved_ips: set[IPv4] | None = None  # the machines' fixed IPs, kept out of the range
+    dropped: dict[str, float] = field(default_factory=dict)  # MAC -> last dhcp.dropped event
+    adoptions: dict[str, float] = field(default_factory=dict)  # MAC -> last adoption asked for
+    _now: float = 0.0
 
-    def machines_changed(self) -> None:
-        """The inventory changed (reload, adoption): reserved addresses are read again."""
-        self._reserved_ips = None
+    def retune(self, subnets: list[Subnet], unknown: UnknownPolicy) -> None:
+        """A reload changed the subnets or the unknown-machine policy."""
+        self.subnets = subnets
+        self.unknown = unknown
 
-    def _drop(self, why: str) -> None:
+    def wants_adoption(self, req: Request, now: float) -> bool:
+        """unknown_machines: default and a MAC the fleet does not know: the
+        caller adopts it (off the loop) and then asks ``handle``. At most
+        once a minute per MAC, so a MAC whose disk cannot be made does not
+        make the server try again at every retransmission."""
+        if self.unknown is not UnknownPolicy.DEFAULT or self.machines.machine(req.mac) is not None:
+            return False
+        last = self.adoptions.get(req.mac)
+        if last is not None and now - last <= SEEN_INTERVAL:
+            return False
+        self.adoptions[req.mac] = now
+        return True
+
+    def _drop(self, why: str, req: Request | None = None) -> None:
+        """No answer: counted, and said once a minute per MAC (a client
+        retransmits every few seconds)."""
         self.counters[f"dropped_{why}"] += 1
+        if req is None:
+            return
+        last = self.dropped.get(req.mac)
+        if last is None or self._now - last > SEEN_INTERVAL:
+            self.dropped[req.mac] = self._now
+            self.emit(Kind.DHCP_DROPPED, mac=req.mac, why=why, message=req.msg_type.name.lower())
 
     def subnet_for(self, req: Request, received_on: IPv4 | None) -> Subnet | None:
         """The client's subnet (RFC 2131 §4.3.1): the relay's, else the
@@ -101,22 +147,19 @@ class Responder:
         return None
 
     def handle(self, req: Request, received_on: IPv4 | None, now: float) -> Reply | None:
-        machine = self.machines.get(req.mac)
+        self._now = now
+        machine = self.machines.machine(req.mac)
         if machine is None:
             if self.unknown is UnknownPolicy.IGNORE:
-                return self._drop("unknown_machine")
-            if self.unknown is UnknownPolicy.DEFAULT:
-                machine = self.adopt(req.mac)  # from now on in self.machines; None if it cannot be
-                if machine is not None:
-                    self.machines_changed()
-                    self.on_event("dhcp.adopted", {"mac": req.mac, "hostname": machine.hostname, "arch": req.arch})
+                return self._drop("unknown_machine", req)
             last = self.discovered.get(req.mac)
-            if machine is None and (last is None or now - last > SEEN_INTERVAL):
-                self.on_event("dhcp.discovered", {"mac": req.mac, "arch": req.arch})
+            if last is None or now - last > SEEN_INTERVAL:
+                # policy discover, or default with no disk for it: recorded for the operator
+                self.emit(Kind.DHCP_DISCOVERED, mac=req.mac, arch=req.arch)
                 self.discovered[req.mac] = now
         subnet = self.subnet_for(req, received_on)
         if subnet is None:
-            return self._drop("no_subnet")
+            return self._drop("no_subnet", req)
         if self.mode is Mode.PROXY:
             return self._proxy(req, machine, subnet)
         match req.msg_type:
@@ -134,30 +177,25 @@ class Responder:
                 lease = self.leases.for_mac(req.mac)
                 if lease is not None and lease.ip == req.ciaddr:
                     self.leases.drop(lease)
-                    self.on_event("dhcp.release", {"mac": req.mac, "ip": str(lease.ip)})
+                    self.emit(Kind.DHCP_RELEASE, mac=req.mac, ip=lease.ip)
         return None
 
     # -- authoritative --------------------------------------------------------------
 
     def _address_for(self, req: Request, machine: Machine | None, subnet: Subnet, now: float) -> IPv4 | None:
         if machine is not None and machine.ip is not None:
-            return machine.ip if machine.ip in subnet.network else None
+            return machine.ip if machine.ip in subnet.network else None  # outside: dropped as no_address
         lease = self.leases.for_mac(req.mac)
         if lease is not None and lease.ip in subnet.network and lease.state is not LeaseState.DECLINED:
             return lease.ip
         wanted = req.requested_ip
-        reserved = self._reserved()
+        reserved = self.machines.reserved_ips()
         if wanted is not None and wanted in subnet.network and wanted not in reserved \
                 and self._in_pool(wanted, subnet) and self.leases.holder(wanted, now) is None:
             return wanted
         if subnet.first is None or subnet.last is None:
             return None
         return self.leases.free_address(subnet.first, subnet.last, now, reserved)
-
-    def _reserved(self) -> set[IPv4]:
-        if self._reserved_ips is None:
-            self._reserved_ips = {m.ip for m in self.machines.values() if m.ip is not None}
-        return self._reserved_ips
 
     @staticmethod
     def _in_pool(ip: IPv4, subnet: Subnet) -> bool:
@@ -166,19 +204,20 @@ class Responder:
     def _discover(self, req: Request, machine: Machine | None, subnet: Subnet, now: float) -> Reply | None:
         ip = self._address_for(req, machine, subnet, now)
         if ip is None:
-            return self._drop("no_address")
+            return self._drop("no_address", req)
         if machine is None or machine.ip is None:
             self.leases.put(Lease(ip, req.mac, LeaseState.OFFERED, now + OFFER_HOLD, req.hostname))
         reply = Reply(req, MessageType.OFFER, subnet.server, yiaddr=ip)
         self._options(reply, req, machine, subnet)
-        self.on_event("dhcp.offer", {"mac": req.mac, "ip": str(ip), "ipxe": req.ipxe, "arch": req.arch})
+        self.emit(Kind.DHCP_OFFER, mac=req.mac, ip=ip, hostname=machine.hostname if machine else None,
+                  ipxe=req.ipxe, arch=req.arch, user_class=req.user_class.decode(errors="replace") or None)
         return reply
 
     def _nak(self, req: Request, subnet: Subnet, why: str) -> Reply:
         self.counters["nak"] += 1
         reply = Reply(req, MessageType.NAK, subnet.server)
         reply.add(Option.MESSAGE, why)
-        self.on_event("dhcp.nak", {"mac": req.mac, "why": why})
+        self.emit(Kind.DHCP_NAK, mac=req.mac, why=why)
         return reply
 
     def _request(self, req: Request, machine: Machine | None, subnet: Subnet, now: float) -> Reply | None:
@@ -201,8 +240,8 @@ class Responder:
             self.leases.put(Lease(ip, req.mac, LeaseState.BOUND, now + subnet.lease_time, req.hostname))
         reply = Reply(req, MessageType.ACK, subnet.server, yiaddr=ip)
         self._options(reply, req, machine, subnet)
-        self.on_event("dhcp.ack", {"mac": req.mac, "ip": str(ip), "ipxe": req.ipxe, "arch": req.arch,
-                                   "hostname": machine.hostname if machine else req.hostname})
+        self.emit(Kind.DHCP_ACK, mac=req.mac, ip=ip, hostname=machine.hostname if machine else req.hostname,
+                  ipxe=req.ipxe, arch=req.arch, user_class=req.user_class.decode(errors="replace") or None)
         return reply
 
     def _decline(self, req: Request, subnet: Subnet, now: float) -> None:
@@ -212,7 +251,7 @@ class Responder:
             return
         self.leases.drop(lease)
         self.leases.put(Lease(ip, "declined", LeaseState.DECLINED, now + subnet.lease_time))
-        self.on_event("dhcp.decline", {"mac": req.mac, "ip": str(ip)})
+        self.emit(Kind.DHCP_DECLINE, mac=req.mac, ip=ip)
 
     # -- options ------------------------------------------------------------------
 
@@ -271,5 +310,8 @@ class Responder:
         reply = Reply(req, kind, subnet.server)
         self._boot_options(reply, req, machine, subnet)
         if not reply.bootfile and not any(code == Option.ROOT_PATH for code, _ in reply.options):
-            return self._drop("proxy_nothing_to_boot")
+            return self._drop("proxy_nothing_to_boot", req)
+        self.emit(Kind.DHCP_OFFER if kind is MessageType.OFFER else Kind.DHCP_ACK, mac=req.mac,
+                  hostname=machine.hostname if machine else None, ipxe=req.ipxe, arch=req.arch,
+                  user_class=req.user_class.decode(errors="replace") or None, proxy=True)
         return reply

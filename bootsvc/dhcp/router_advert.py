@@ -18,12 +18,11 @@ ICMPv6 socket (the kernel fills in the checksum) bound to one interface."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
 import struct
 from dataclasses import dataclass
 
-log = logging.getLogger("bootsvc.dhcp")
+from ..events import Emit, Kind, no_events
 ROUTER_SOLICITATION = 133
 ROUTER_ADVERTISEMENT = 134
 OPT_SOURCE_LINK_LAYER = 1
@@ -77,8 +76,9 @@ def _interface_mac(interface: str) -> bytes | None:
 class RouterAdvertiser:
     """Answers Router Solicitations on ``interface``."""
 
-    def __init__(self, interface: str) -> None:
+    def __init__(self, interface: str, emit: Emit = no_events) -> None:
         self.interface = interface
+        self.emit = emit
         self.sock: socket.socket | None = None
         self.sent = 0
 
@@ -117,12 +117,12 @@ class RouterAdvertiser:
             self.sock.sendto(self.advertisement, (ALL_NODES, 0, 0, self.index))
         except OSError as e:
             # no link-local address yet (still in DAD): the host solicits again
-            log.debug("event=ra.failed interface=%s why=%s", self.interface, e)
+            self.emit(Kind.RA_FAILED, interface=self.interface, why=str(e))
             return
         self.sent += 1
-        log.debug("event=ra.sent interface=%s to=%s mac=%s", self.interface, addr[0], rs.source_mac)
+        self.emit(Kind.RA_SENT, mac=rs.source_mac, peer=addr[0], interface=self.interface)
 
-    def close(self) -> None:
+    async def stop(self) -> None:
         if self.sock is not None:
             try:
                 asyncio.get_running_loop().remove_reader(self.sock.fileno())

@@ -9,9 +9,11 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
-from .message import ANY, DhcpFormatError, IPv4, MessageType, decode, encode
+from ..events import Kind
+from ..inventory import Machine
+from .message import ANY, DhcpFormatError, IPv4, MessageType, Request, decode, encode
 from .responder import Responder
 
 log = logging.getLogger("bootsvc.dhcp")
@@ -20,13 +22,16 @@ CLIENT_PORT = 68
 RECEIVE_BUFFER = 4 << 20  # bytes (the kernel caps it at net.core.rmem_max)
 PXE_PORT = 4011  # proxyDHCP requests and boot server discovery (PXE spec §2.2.5)
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
+Adopt = Callable[[str], Awaitable["Machine | None"]]  # unknown_machines: default (bootsvc/fleet.py)
 
 
 class DhcpService(asyncio.DatagramProtocol):
     def __init__(self, responder: Responder, address: IPv4, interface: str | None = None,
                  port: int = SERVER_PORT, clock: Callable[[], float] = time.time,
-                 reply_to_source: bool = False) -> None:
+                 reply_to_source: bool = False, adopt: Adopt | None = None) -> None:
         self.responder = responder
+        self.adopt = adopt
+        self._adopting: set[asyncio.Task[None]] = set()
         # port 4011: the client asks from its own address and port, and the answer goes back there
         self.reply_to_source = reply_to_source
         self.address = address
@@ -63,14 +68,31 @@ class DhcpService(asyncio.DatagramProtocol):
             req = decode(data)
         except DhcpFormatError as e:
             counters["dropped_malformed"] += 1
-            log.debug("event=dhcp.malformed peer=%s:%d why=%s", addr[0], addr[1], e)
+            self.responder.emit(Kind.DHCP_MALFORMED, peer=f"{addr[0]}:{addr[1]}", why=str(e))
             return
         counters[f"received_{req.msg_type.name.lower()}"] += 1
+        now = self.clock()
+        if self.adopt is not None and self.responder.wants_adoption(req, now):
+            # making the new machine's disk is slow work: off the loop, then the answer
+            task = asyncio.get_running_loop().create_task(self._adopt_then_answer(req, addr))
+            self._adopting.add(task)
+            task.add_done_callback(self._adopting.discard)
+            return
+        self._answer(req, addr, now)
+
+    async def _adopt_then_answer(self, req: Request, addr: tuple[str, int]) -> None:
+        assert self.adopt is not None
+        await self.adopt(req.mac)
+        self._answer(req, addr, self.clock())
+
+    def _answer(self, req: Request, addr: tuple[str, int], now: float) -> None:
+        counters = self.responder.counters
         try:
-            reply = self.responder.handle(req, self.address, self.clock())
-        except Exception:  # a bug must not end the service: count it and keep serving
+            reply = self.responder.handle(req, self.address, now)
+        except Exception as e:  # a bug must not end the service: count it and keep serving
             counters["errors"] += 1
-            log.exception("event=dhcp.error mac=%s", req.mac)
+            log.exception("DHCP request from %s failed", req.mac)
+            self.responder.emit(Kind.DHCP_ERROR, mac=req.mac, why=repr(e))
             return
         if reply is None or self.transport is None:
             return
@@ -87,6 +109,8 @@ class DhcpService(asyncio.DatagramProtocol):
         self.transport.sendto(encode(reply), dest)
         counters[f"sent_{reply.msg_type.name.lower()}"] += 1
 
-    def close(self) -> None:
+    async def stop(self) -> None:
+        for task in list(self._adopting):
+            task.cancel()
         if self.transport is not None:
             self.transport.close()

@@ -4,11 +4,10 @@ RFC 7766) on the shared asyncio loop."""
 from __future__ import annotations
 
 import asyncio
-import logging
 
+from ..streams import StreamListener
 from .zone import Zone
 
-log = logging.getLogger("bootsvc.dns")
 TCP_IDLE = 10.0  # seconds a TCP client may wait between queries (RFC 7766 §6.2.3)
 
 
@@ -18,14 +17,13 @@ class DnsService(asyncio.DatagramProtocol):
         self.host = host
         self.port = port
         self.transport: asyncio.DatagramTransport | None = None
-        self._tcp: asyncio.Server | None = None
-        self._clients: set[asyncio.Task[None]] = set()
+        self.tcp = StreamListener(self._tcp_client, host, port)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         await loop.create_datagram_endpoint(lambda: self, local_addr=(self.host, self.port))
         try:
-            self._tcp = await asyncio.start_server(self._tcp_client, self.host, self.port)
+            await self.tcp.start()
         except OSError:
             self.close_udp()
             raise
@@ -39,9 +37,6 @@ class DnsService(asyncio.DatagramProtocol):
             self.transport.sendto(reply, addr)
 
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._clients.add(task)
         try:
             while True:
                 # each message has a two-byte length prefix (RFC 1035 §4.2.2)
@@ -52,11 +47,8 @@ class DnsService(asyncio.DatagramProtocol):
                     return
                 writer.write(len(reply).to_bytes(2, "big") + reply)
                 await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+        except (asyncio.IncompleteReadError, asyncio.TimeoutError):
             pass
-        finally:
-            self._clients.discard(task)
-            writer.close()
 
     def close_udp(self) -> None:
         if self.transport is not None:
@@ -64,9 +56,4 @@ class DnsService(asyncio.DatagramProtocol):
 
     async def stop(self) -> None:
         self.close_udp()
-        if self._tcp is not None:
-            self._tcp.close()
-        for task in list(self._clients):
-            task.cancel()
-        if self._tcp is not None:
-            await self._tcp.wait_closed()
+        await self.tcp.stop()

@@ -12,17 +12,19 @@ Later issues add the status page and metrics as more routes."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..events import Emit, Kind, no_events
+from ..scripts import mac_of_script
+from ..streams import StreamListener
 from ..tftp.files import FileSource
 from .message import HttpError, HttpRequest, Status, parse_head, response_head
 
-log = logging.getLogger("bootsvc.http")
 HEAD_TIMEOUT = 10.0  # seconds for a request head to arrive
 IDLE_TIMEOUT = 30.0  # seconds a persistent connection may wait for its next request
 MAX_CONNECTIONS = 1024
@@ -30,6 +32,7 @@ CONTENT_TYPES = {".ipxe": "text/plain; charset=utf-8", ".efi": "application/efi"
 
 ScriptSource = Callable[[str, str, str], "str | None"]  # (name, client, local address) -> script or None
 Health = Callable[[], "dict[str, str]"]
+MacAt = Callable[[str], "str | None"]
 
 
 @dataclass
@@ -42,68 +45,59 @@ class Reply:
 
 class HttpService:
     def __init__(self, files: FileSource, scripts: ScriptSource, health: Health, host: str = "0.0.0.0",
-                 port: int = 80) -> None:
+                 port: int = 80, emit: Emit = no_events, mac_at: MacAt = lambda ip: None) -> None:
         self.files = files
         self.scripts = scripts
         self.health = health
-        self.host = host
-        self.port = port
+        self.emit = emit
+        self.mac_at = mac_at  # the MAC of a client address, where the fleet knows it
         self.counters: Counter[str] = Counter()
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._connection, self.host, self.port, limit=64 * 1024)
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._connections):
-            task.cancel()
-        if self._server is not None:
-            await self._server.wait_closed()
+        self.listener = StreamListener(self._connection, host, port)
+        self.start = self.listener.start
+        self.stop = self.listener.stop
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
         peer = writer.get_extra_info("peername") or ("?", 0)
         local = (writer.get_extra_info("sockname") or ("", 0))[0]
-        try:
-            if len(self._connections) > MAX_CONNECTIONS:
-                await self._send(writer, None, Reply(Status.SERVICE_UNAVAILABLE, b"too many connections\n"), False)
+        if len(self.listener.clients) > MAX_CONNECTIONS:
+            await self._send(writer, None, Reply(Status.SERVICE_UNAVAILABLE, b"too many connections\n"), False)
+            return
+        timeout = HEAD_TIMEOUT
+        while True:
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+            except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+                return  # the client went away or idled out
+            except asyncio.LimitOverrunError:
+                self.counters["bad_request"] += 1
+                await self._send(writer, None, Reply(Status.HEADERS_TOO_LARGE, b"request head too large\n"), False)
                 return
-            timeout = HEAD_TIMEOUT
-            while True:
-                try:
-                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
-                except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
-                    return  # the client went away or idled out
-                except asyncio.LimitOverrunError:
-                    self.counters["bad_request"] += 1
-                    await self._send(writer, None, Reply(Status.HEADERS_TOO_LARGE, b"request head too large\n"),
-                                     False)
-                    return
-                try:
-                    req = parse_head(head[:-4])
-                except HttpError as e:
-                    self.counters["bad_request"] += 1
-                    log.debug("event=http.bad_request peer=%s why=%s", peer[0], e)
-                    await self._send(writer, None, Reply(e.status, f"{e}\n".encode()), False)
-                    return
-                reply = self._route(req, peer[0], local)
-                self.counters[str(int(reply.status))] += 1
-                log.info("event=http.request peer=%s method=%s path=%s status=%d", peer[0], req.method,
-                         req.path, reply.status)
-                await self._send(writer, req, reply, req.keep_alive)
-                if not req.keep_alive:
-                    return
-                timeout = IDLE_TIMEOUT
-        except ConnectionError:
-            pass
-        finally:
-            self._connections.discard(task)
-            writer.close()
+            try:
+                req = parse_head(head[:-4])
+            except HttpError as e:
+                self.counters["bad_request"] += 1
+                self.emit(Kind.HTTP_BAD_REQUEST, peer=f"{peer[0]}:{peer[1]}", why=str(e))
+                await self._send(writer, None, Reply(e.status, f"{e}\n".encode()), False)
+                return
+            reply = self._route(req, peer[0], local)
+            self.counters[str(int(reply.status))] += 1
+            started = time.monotonic()
+            try:
+                sent = await self._send(writer, req, reply, req.keep_alive)
+            except ConnectionError as e:
+                self._done(req, reply, peer[0], started, None, str(e) or "connection lost")
+                raise
+            self._done(req, reply, peer[0], started, sent)
+            if not req.keep_alive:
+                return
+            timeout = IDLE_TIMEOUT
+
+    def _done(self, req: HttpRequest, reply: Reply, peer: str, started: float, sent: int | None,
+              failed: str | None = None) -> None:
+        """One event per request: who asked what, and how it went."""
+        self.emit(Kind.HTTP_REQUEST, mac=mac_of_script(req.path.lstrip("/")) or self.mac_at(peer), peer=peer,
+                  method=req.method, path=req.path, status=int(reply.status), bytes=sent,
+                  seconds=round(time.monotonic() - started, 4), failed=failed)
 
     def _route(self, req: HttpRequest, client: str, local: str) -> Reply:
         if req.method not in ("GET", "HEAD"):
@@ -129,14 +123,15 @@ class HttpService:
         return Reply(Status.NOT_FOUND, b"not found\n")
 
     async def _send(self, writer: asyncio.StreamWriter, req: HttpRequest | None, reply: Reply,
-                    keep_alive: bool) -> None:
+                    keep_alive: bool) -> int:
+        """Send the reply; the bytes of body sent."""
         head_only = req is not None and req.method == "HEAD"
         if reply.path is None:
             writer.write(response_head(reply.status, len(reply.body), reply.content_type, keep_alive))
             if not head_only:
                 writer.write(reply.body)
             await writer.drain()
-            return
+            return 0 if head_only else len(reply.body)
         try:
             f = open(reply.path, "rb")
         except OSError:
@@ -150,3 +145,5 @@ class HttpService:
             if not head_only:
                 # zero-copy from the page cache: a boot storm fetches the same kernel many times
                 await asyncio.get_running_loop().sendfile(writer.transport, f, 0, size)
+                return size
+        return 0

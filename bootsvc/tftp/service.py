@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import queue
 import select
 import socket
@@ -16,11 +15,12 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+from ..events import Emit, Kind, no_events
+from ..scripts import mac_of_script
 from . import BUSY_POLL_US
 from .files import FileSource, ReadError
 from .transfer import ReadTransfer, TftpError, TftpFormatError, decode, error, parse_request
 
-log = logging.getLogger("bootsvc.tftp")
 TIMEOUT = 1.0  # seconds without an answer before a window is sent again
 ACK_OPCODE = 4
 # what a client sends to a transfer: ACKs (4 bytes) and ERRORs (a message of at most
@@ -54,6 +54,7 @@ class _Transfer:
             self.sock.close()
             raise
         self.deadline = 0.0
+        self.started = time.monotonic()
 
     def send(self, packets: list[bytes], now: float) -> None:
         for p in packets:
@@ -299,8 +300,11 @@ class _Sender(threading.Thread):
 
 class TftpService(asyncio.DatagramProtocol):
     def __init__(self, files: FileSource, host: str = "0.0.0.0", port: int = 69,
-                 busy_poll: float = BUSY_POLL) -> None:
+                 busy_poll: float = BUSY_POLL, emit: Emit = no_events,
+                 mac_at: Callable[[str], str | None] = lambda ip: None) -> None:
         self.files = files
+        self.emit = emit
+        self.mac_at = mac_at  # the MAC of a client address, where the fleet knows it
         self.host = host
         self.port = port
         self.busy_poll = busy_poll  # seconds; 0: a solo transfer sleeps for every ACK
@@ -325,11 +329,18 @@ class TftpService(asyncio.DatagramProtocol):
         t = x.transfer
         if t.failed or not t.done:
             self.counters["failed"] += 1
-            log.info("event=tftp.failed peer=%s file=%s why=%s", x.peer[0], x.file, t.failed or "stopped")
+            self._said(Kind.TFTP_FAILED, x.peer[0], x.file, why=t.failed or "stopped",
+                       seconds=round(time.monotonic() - x.started, 4))
         else:
             self.counters["sent"] += 1
-            log.info("event=tftp.sent peer=%s file=%s bytes=%d", x.peer[0], x.file, len(t.data))
+            self._said(Kind.TFTP_SENT, x.peer[0], x.file, bytes=len(t.data),
+                       seconds=round(time.monotonic() - x.started, 4))
         self.active.discard(x)
+
+    def _said(self, kind: Kind, peer: str, name: str, **fields: object) -> None:
+        """A transfer's event, with the requester's MAC where it is known
+        (a machine's own script names it; else its address does)."""
+        self.emit(kind, mac=mac_of_script(name) or self.mac_at(peer), peer=peer, file=name, **fields)
 
     def to_sender(self, x: _Transfer) -> None:
         """From a solo thread: its transfer goes on on the shared sender."""
@@ -365,7 +376,7 @@ class TftpService(asyncio.DatagramProtocol):
             req = parse_request(decode(data))
         except TftpFormatError as e:
             self.counters["dropped_malformed"] += 1
-            log.debug("event=tftp.malformed peer=%s why=%s", addr[0], e)
+            self.emit(Kind.TFTP_MALFORMED, peer=addr[0], why=str(e))
             return
         except PermissionError as e:
             self.transport.sendto(error(TftpError.ILLEGAL_OPERATION, str(e)), addr)
@@ -376,13 +387,13 @@ class TftpService(asyncio.DatagramProtocol):
         except FileNotFoundError as e:
             self.counters["not_found"] += 1
             self.transport.sendto(error(TftpError.FILE_NOT_FOUND, str(e)), addr)
-            log.info("event=tftp.not_found peer=%s file=%s", addr[0], req.filename)
+            self._said(Kind.TFTP_NOT_FOUND, addr[0], req.filename, why=str(e))
             return
         except (PermissionError, OSError) as e:
             self.counters["refused"] += 1
             self.transport.sendto(error(TftpError.ACCESS_VIOLATION, str(e) if isinstance(e, PermissionError)
                                         else "cannot read the file"), addr)
-            log.info("event=tftp.refused peer=%s file=%s why=%s", addr[0], req.filename, e)
+            self._said(Kind.TFTP_REFUSED, addr[0], req.filename, why=str(e))
             return
         if len(self.active) >= MAX_TRANSFERS:
             self.counters["busy"] += 1
@@ -393,7 +404,7 @@ class TftpService(asyncio.DatagramProtocol):
             transfer = _Transfer(ReadTransfer(req, payload), addr, req.filename, local, family)
         except OSError as e:  # out of ports or descriptors: this client, not the service
             self.counters["failed"] += 1
-            log.warning("event=tftp.failed peer=%s file=%s why=%s", addr[0], req.filename, e)
+            self._said(Kind.TFTP_FAILED, addr[0], req.filename, why=str(e))
             return
         assert self._sender is not None
         if len(self._solos) == len(self.active) < MAX_SOLOS:  # none on the shared sender yet
@@ -407,7 +418,7 @@ class TftpService(asyncio.DatagramProtocol):
             self._sender.add(transfer)
             self.active.add(transfer)
 
-    def close(self) -> None:
+    async def stop(self) -> None:
         self.closing = True
         if self._sender is not None:
             self._sender.stop()

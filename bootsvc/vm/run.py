@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ..config import Config
+from ..events import EVENT_FILE, read_events
 from ..images import ImageStore
 from ..inventory import Machine, normalize_mac
 from . import network, qemu
@@ -81,16 +83,19 @@ def check_images(cfg: Config, machines: list[Machine]) -> None:
 
 
 class FollowFile:
-    """New complete lines of a growing file."""
+    """New complete lines of a growing file; ``from_end``: only lines
+    written after now. A file that shrank (rotated) is read from its start."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, from_end: bool = False) -> None:
         self.path = path
-        self.pos = 0
+        self.pos = path.stat().st_size if from_end and path.exists() else 0
         self.partial = b""
 
     def lines(self) -> list[str]:
         try:
             with open(self.path, "rb") as f:
+                if os.fstat(f.fileno()).st_size < self.pos:
+                    self.pos, self.partial = 0, b""
                 f.seek(self.pos)
                 data = f.read()
         except FileNotFoundError:
@@ -182,6 +187,7 @@ def run(cfg: Config, opts: Options, out: TextIO = sys.stdout) -> list[Timeline]:
     rundir = cfg.state_dir / "vm"
     rundir.mkdir(parents=True, exist_ok=True)
     serve_log = rundir / "serve.log"
+    events = FollowFile(cfg.state_dir / EVENT_FILE, from_end=True)  # this run's events, from any bootsvc
     procs: list[subprocess.Popen[bytes]] = []
     server: subprocess.Popen[bytes] | None = None
     timelines: list[Timeline] = []
@@ -198,7 +204,7 @@ def run(cfg: Config, opts: Options, out: TextIO = sys.stdout) -> list[Timeline]:
                 timelines.append(Timeline(m, time.time()))
                 procs.append(vm.start(net.prefix))
             print(f"started {len(vms)} VM(s) ({opts.firmware.value}, {accel}); consoles in {rundir}", file=out)
-            _follow(timelines, procs, serve_log if server else None, vms, opts.timeout, out)
+            _follow(timelines, procs, events, vms, opts.timeout, out)
             if cfg.isns.target is not None:
                 _isns_view(cfg, net, timelines)
     finally:
@@ -212,10 +218,9 @@ def run(cfg: Config, opts: Options, out: TextIO = sys.stdout) -> list[Timeline]:
     return timelines
 
 
-def _follow(timelines: list[Timeline], procs: list[subprocess.Popen[bytes]], serve_log: Path | None,
+def _follow(timelines: list[Timeline], procs: list[subprocess.Popen[bytes]], events: FollowFile,
             vms: list[qemu.Machine], timeout: float, out: TextIO) -> None:
     recorder = Recorder(timelines)
-    server = FollowFile(serve_log) if serve_log else None
     consoles = [FollowFile(vm.console) for vm in vms]
     deadline = time.monotonic() + timeout
 
@@ -224,8 +229,8 @@ def _follow(timelines: list[Timeline], procs: list[subprocess.Popen[bytes]], ser
 
     while time.monotonic() < deadline:
         now = time.time()
-        for line in server.lines() if server else ():
-            hit = recorder.server_line(line)
+        for e in read_events(events.lines()):
+            hit = recorder.event(e)
             if hit:
                 said(*hit)
         for t, console, proc in zip(timelines, consoles, procs):
@@ -233,17 +238,24 @@ def _follow(timelines: list[Timeline], procs: list[subprocess.Popen[bytes]], ser
                 step = recorder.console_line(t, line, now)
                 if step:
                     said(t, step)
-            if proc.poll() is not None and not t.ended:
-                t.ended = True
-                for line in console.lines():  # what it printed last
-                    recorder.console_line(t, line, now)
-                if not t.booted and t.failure is None:
-                    t.failure = f"QEMU exited (status {proc.returncode}) before the success marker"
-            if t.booted and proc.poll() is None and t.at[Step.BOOTED] + 30 < now - t.started:
-                proc.kill()  # it said so but did not power off
+            _check_vm(recorder, t, console, proc, now)
         if all(t.done for t in timelines):
             return
         time.sleep(0.2)
     for t in timelines:
         if not t.done:
             t.failure = f"no success marker within {timeout:.0f} s"
+
+
+def _check_vm(recorder: Recorder, t: Timeline, console: FollowFile, proc: subprocess.Popen[bytes],
+              now: float) -> None:
+    """A VM that exited before its marker failed; one that said it booted
+    but did not power off is ended."""
+    if proc.poll() is not None and not t.ended:
+        t.ended = True
+        for line in console.lines():  # what it printed last
+            recorder.console_line(t, line, now)
+        if not t.booted and t.failure is None:
+            t.failure = f"QEMU exited (status {proc.returncode}) before the success marker"
+    if t.booted and proc.poll() is None and t.at[Step.BOOTED] + 30 < now - t.started:
+        proc.kill()

@@ -1,17 +1,17 @@
-"""One timeline per machine across a diskless boot, from two sources: the
-events in bootsvc's log (DHCP, TFTP, iSCSI login and first READ) and the
-progress lines the demo system prints on its serial console. Sans-I/O:
-lines go in with the time they were seen; steps reached come out. When a
-boot fails, ``diagnose`` says in a sentence where and what to look at."""
+"""One timeline per machine across a diskless boot, from two sources:
+bootsvc's typed events (DHCP, iSCSI login and first READ, refusals: the
+event file state_dir/events.jsonl) and the progress lines the demo system
+prints on its serial console. Sans-I/O: events and lines go in with their
+time; steps reached come out. When a boot fails, ``diagnose`` says in a
+sentence where and what to look at."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from datetime import datetime
 from enum import Enum
 
 from ..demo import MARKER_FAIL, MARKER_OK
+from ..events import Event, Kind
 from ..inventory import Machine
 
 
@@ -29,15 +29,12 @@ class Step(Enum):
 
 
 ORDER = list(Step)
-_SERVER_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \S+ \S+ event=(\S+)(.*)$")
-_FIELD = re.compile(r"(\w+)=(\S+)")
+# what the server says when it will not boot a machine, or refuses it a step
+REFUSALS = frozenset({Kind.BOOT_REFUSED, Kind.ISCSI_LOGIN_FAILED, Kind.DHCP_NAK, Kind.DISK_FAILED,
+                      Kind.DHCP_DROPPED, Kind.TFTP_NOT_FOUND, Kind.TFTP_FAILED})
+STEPS = {Kind.DHCP_OFFER: Step.DHCP_OFFER, Kind.DHCP_ACK: Step.DHCP_ACK, Kind.ISCSI_FIRST_READ: Step.FIRST_READ}
 _CONSOLE = {"bootsvc-demo: initramfs": Step.KERNEL, "bootsvc-demo: iscsi-login": Step.OS_LOGIN,
             "bootsvc-demo: root-mounted": Step.ROOT}
-
-
-def server_time(stamp: str) -> float:
-    """logging's asctime (local time, milliseconds) as a Unix time."""
-    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
 @dataclass
@@ -80,26 +77,21 @@ class Recorder:
         self.by_mac = {t.machine.mac: t for t in timelines}
         self.by_initiator = {t.machine.initiator_iqn: t for t in timelines}
 
-    def server_line(self, line: str) -> tuple[Timeline, Step] | None:
-        """A line of bootsvc's log; the step it completes, if any."""
-        m = _SERVER_LINE.match(line)
-        if not m:
-            return None
-        when, event = server_time(m.group(1)), m.group(2)
-        fields = dict(_FIELD.findall(m.group(3)))
-        t = self.by_mac.get(fields.get("mac", "").lower()) or self.by_initiator.get(fields.get("initiator", ""))
+    def event(self, e: Event) -> tuple[Timeline, Step] | None:
+        """One of bootsvc's events; the step it completes, if any."""
+        t = self.by_mac.get(e.mac or "") or self.by_initiator.get(e.initiator or "")
         if t is None:
             return None
-        if event in ("boot.refused", "iscsi.login_failed", "dhcp.nak"):
-            t.refusals.append(f"{event} {m.group(3).strip()}")
+        if e.kind in REFUSALS:
+            t.refusals.append(f"{e.name}: {e.fields.get('why', '')}".rstrip(": "))
             return None
-        step = {"dhcp.offer": Step.DHCP_OFFER, "dhcp.ack": Step.DHCP_ACK, "iscsi.first_read": Step.FIRST_READ}.get(event)
-        if event == "iscsi.login" and fields.get("session_type", "Normal") == "Normal":
+        step = STEPS.get(e.kind)  # type: ignore[call-overload]
+        if e.kind is Kind.ISCSI_LOGIN and e.fields.get("session_type", "Normal") == "Normal":
             step = Step.TARGET_LOGIN
         if step is None:
             return None
         # a PXE ROM's ACK then iPXE's: the timeline shows the last one
-        return (t, step) if t.reach(step, when, again=step is Step.DHCP_ACK) else None
+        return (t, step) if t.reach(step, e.time, again=step is Step.DHCP_ACK) else None
 
     @staticmethod
     def console_line(t: Timeline, line: str, when: float) -> Step | None:

@@ -111,8 +111,9 @@ def test_scripts_dns_and_reload(tmp_path: Path) -> None:
                            timeout=30)
         assert r.returncode == 0, r.stderr
         wait_log(log, "reloaded:")
-        assert "1 disk(s) added, 1 removed" in log.read_text(), log.read_text()
-        assert "tftp changed" not in log.read_text()  # applied, no restart asked for
+        assert "reload: machines: 1 added (pc3); 1 removed (pc2)" in log.read_text(), log.read_text()
+        assert "reload: settings applied: tftp" in log.read_text()  # applied, no restart asked for
+        assert "next restart" not in log.read_text()
         assert curl(f"{http}/files/vmlinuz") == ("200", "other kernel")
         got = tmp_path / "got-vmlinuz"
         subprocess.run(["tftp", LOOPBACK, str(ports["tftp"]), "-c", "get", "vmlinuz", str(got)],

@@ -1,0 +1,362 @@
+"""Typed events and the one in-process bus (DESIGN.md "The machine fleet
+and events").
+
+Every service says what happened as one :class:`Event`: when, which kind
+(its service is the part before the dot), the identities it knows (MAC,
+IP, host name, initiator, target, source address) and free fields. The
+:class:`Bus` hands each event to its subscribers: the log (one logfmt line
+per event, :func:`logfmt`), the JSON-lines event file that ``bootsvc vm``
+follows (:class:`EventFile`), and the fleet itself (an ephemeral disk is
+renewed on the event of a boot ROM's offer). Nothing parses log text.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import IO, Protocol
+
+log = logging.getLogger("bootsvc.events")
+
+
+class Kind(str, Enum):
+    """What happened. The value is the name in logs and the event file."""
+
+    # DHCP (bootsvc/dhcp)
+    DHCP_OFFER = "dhcp.offer"
+    DHCP_ACK = "dhcp.ack"
+    DHCP_NAK = "dhcp.nak"
+    DHCP_RELEASE = "dhcp.release"
+    DHCP_DECLINE = "dhcp.decline"
+    DHCP_DISCOVERED = "dhcp.discovered"  # unknown_machines: discover saw a new MAC
+    DHCP_ADOPTED = "dhcp.adopted"  # unknown_machines: default made it a machine
+    DHCP_DROPPED = "dhcp.dropped"  # a request that gets no answer, and why
+    DHCP_MALFORMED = "dhcp.malformed"
+    DHCP_ERROR = "dhcp.error"
+    RA_SENT = "ra.sent"
+    RA_FAILED = "ra.failed"
+    # what a machine is told to boot (bootsvc/boot.py)
+    BOOT_REFUSED = "boot.refused"
+    # TFTP and HTTP (bootsvc/tftp, bootsvc/http)
+    TFTP_SENT = "tftp.sent"
+    TFTP_FAILED = "tftp.failed"
+    TFTP_NOT_FOUND = "tftp.not_found"
+    TFTP_REFUSED = "tftp.refused"
+    TFTP_MALFORMED = "tftp.malformed"
+    HTTP_REQUEST = "http.request"
+    HTTP_BAD_REQUEST = "http.bad_request"
+    # disks (bootsvc/fleet.py, bootsvc/images.py)
+    DISK_RENEWED = "disk.renewed"
+    DISK_KEPT = "disk.kept"
+    DISK_FAILED = "disk.failed"  # a machine's disk could not be made or opened: it will not boot
+    IMAGE_OVERLAY_CREATED = "image.overlay_created"
+    IMAGE_UNREADABLE = "image.unreadable"
+    IMAGE_COMMITTED = "image.committed"
+    IMAGE_BASE_ADDED = "image.base_added"
+    IMAGE_REBASED = "image.rebased"
+    IMAGE_DEMO_BUILT = "image.demo_built"
+    # the fleet (bootsvc/fleet.py)
+    FLEET_RELOADED = "fleet.reloaded"
+    # iSCSI (target/, through its event callback)
+    ISCSI_LISTENING = "iscsi.listening"
+    ISCSI_LOGIN = "iscsi.login"
+    ISCSI_LOGIN_FAILED = "iscsi.login_failed"
+    ISCSI_LOGOUT = "iscsi.logout"
+    ISCSI_FIRST_READ = "iscsi.first_read"
+    ISCSI_SESSION_REINSTATED = "iscsi.session_reinstated"
+    ISCSI_SESSION_DROPPED = "iscsi.session_dropped"
+    ISCSI_CONNECTION_LOST = "iscsi.connection_lost"
+    ISCSI_STREAM_ERROR = "iscsi.stream_error"
+    ISCSI_HEADER_DIGEST_ERROR = "iscsi.header_digest_error"
+    ISCSI_NOP_TIMEOUT = "iscsi.nop_timeout"
+    ISCSI_REJECT = "iscsi.reject"
+    ISCSI_CMDSN_DROPPED = "iscsi.cmdsn_dropped"
+    ISCSI_COMMAND_FAILED = "iscsi.command_failed"
+    ISCSI_ACCEPT_FAILED = "iscsi.accept_failed"
+    ISCSI_TASK_MANAGEMENT = "iscsi.task_management"
+    QCOW2_REPAIRED = "qcow2.repaired"
+    QCOW2_SPACE_LOW = "qcow2.space_low"
+    QCOW2_SPACE_EXHAUSTED = "qcow2.space_exhausted"
+    # iSNS (isns/, through its event callbacks; bootsvc/isns_registration.py)
+    ISNS_REGISTERED = "isns.registered"
+    ISNS_DEREGISTERED = "isns.deregistered"
+    ISNS_REFUSED = "isns.refused"
+    ISNS_ENTITY_REMOVED = "isns.entity_removed"
+    ISNS_DD_REGISTERED = "isns.dd_registered"
+    ISNS_DD_REMOVED = "isns.dd_removed"
+    ISNS_DD_MEMBERS_REMOVED = "isns.dd_members_removed"
+    ISNS_DDS_REGISTERED = "isns.dds_registered"
+    ISNS_DDS_REMOVED = "isns.dds_removed"
+    ISNS_DDS_MEMBERS_REMOVED = "isns.dds_members_removed"
+    ISNS_SCN_REGISTERED = "isns.scn_registered"
+    ISNS_ESI_LOST = "isns.esi_lost"
+    ISNS_SYNCED = "isns.synced"
+
+    @property
+    def service(self) -> str:
+        return self.value.split(".", 1)[0]
+
+
+# Kinds that say something went wrong for a machine or a client: logged as
+# warnings, so the default log level shows them. Routine ones are INFO.
+WARNINGS = frozenset({Kind.BOOT_REFUSED, Kind.DISK_FAILED, Kind.DISK_KEPT, Kind.DHCP_ERROR, Kind.TFTP_FAILED,
+                      Kind.ISCSI_STREAM_ERROR, Kind.ISCSI_HEADER_DIGEST_ERROR, Kind.ISCSI_ACCEPT_FAILED,
+                      Kind.ISCSI_COMMAND_FAILED, Kind.QCOW2_REPAIRED, Kind.QCOW2_SPACE_LOW,
+                      Kind.QCOW2_SPACE_EXHAUSTED, Kind.IMAGE_UNREADABLE, Kind.ISNS_ESI_LOST})
+# Kinds a client can cause at will (garbage on a port): DEBUG, so they cannot flood the log.
+NOISE = frozenset({Kind.DHCP_MALFORMED, Kind.TFTP_MALFORMED, Kind.HTTP_BAD_REQUEST, Kind.RA_SENT,
+                   Kind.RA_FAILED, Kind.DHCP_DROPPED})
+
+IDENTITIES = ("mac", "ip", "hostname", "initiator", "target", "peer")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One thing that happened, with the identities it knows.
+
+    ``kind`` is a :class:`Kind` for every event bootsvc itself emits; an
+    event from an embedded package (target/, isns/) whose name bootsvc does
+    not know yet keeps its name as a plain string instead of being lost.
+    """
+
+    kind: Kind | str
+    time: float
+    mac: str | None = None
+    ip: str | None = None
+    hostname: str | None = None
+    initiator: str | None = None
+    target: str | None = None
+    peer: str | None = None  # the client's source address ("host" or "host:port")
+    fields: Mapping[str, object] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.kind.value if isinstance(self.kind, Kind) else self.kind
+
+    @property
+    def service(self) -> str:
+        return self.name.split(".", 1)[0]
+
+    @property
+    def level(self) -> int:
+        if self.kind in WARNINGS:
+            return logging.WARNING
+        if self.kind in NOISE:
+            return logging.DEBUG
+        return logging.INFO
+
+    def identities(self) -> dict[str, str]:
+        return {k: v for k in IDENTITIES if (v := getattr(self, k)) is not None}
+
+    def items(self) -> Iterator[tuple[str, object]]:
+        """Identities first, then the fields, as a log line shows them."""
+        yield from self.identities().items()
+        yield from self.fields.items()
+
+    def to_json(self) -> str:
+        return json.dumps({"time": round(self.time, 6), "kind": self.name, **self.identities(),
+                           **{k: _plain(v) for k, v in self.fields.items()}}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, line: str) -> Event:
+        """An event read back from the event file; ValueError if the line is not one."""
+        raw = json.loads(line)
+        if not isinstance(raw, dict) or not isinstance(raw.get("kind"), str) \
+                or not isinstance(raw.get("time"), (int, float)):
+            raise ValueError(f"not an event: {line[:80]!r}")
+        return make(raw.pop("kind"), float(raw.pop("time")), raw)
+
+
+def kind_of(name: str) -> Kind | str:
+    try:
+        return Kind(name)
+    except ValueError:
+        return name
+
+
+def make(name: Kind | str, when: float, values: Mapping[str, object]) -> Event:
+    """An event from a flat mapping (an embedded package's callback, a JSON
+    line): the identity keys become identities, the rest stay fields."""
+    ids = {k: str(values[k]) for k in IDENTITIES if values.get(k) is not None}
+    rest = {k: v for k, v in values.items() if k not in IDENTITIES}
+    return Event(kind_of(name) if isinstance(name, str) else name, when, fields=rest, **ids)
+
+
+def _plain(value: object) -> object:
+    """What JSON can carry: enums by value, other objects as text."""
+    if isinstance(value, Enum):
+        return value.value
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+# -- logfmt ----------------------------------------------------------------------------
+
+_BARE = re.compile(r'^[^\s"=\\]+$')
+
+
+def quote(value: object) -> str:
+    """A logfmt value: bare when it can be, else double-quoted with ``"``
+    and ``\\`` escaped, so values with spaces survive a round trip."""
+    text = str(_plain(value)) if not isinstance(value, str) else value
+    if _BARE.match(text):
+        return text
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def logfmt(event: Event) -> str:
+    return " ".join([f"event={event.name}", *(f"{k}={quote(v)}" for k, v in event.items())])
+
+
+_PAIR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|[^\s"]*)')
+
+
+def parse_logfmt(line: str) -> dict[str, str]:
+    """The key/value pairs of a logfmt line (the inverse of :func:`logfmt`)."""
+    out = {}
+    for key, value in _PAIR.findall(line):
+        if value.startswith('"'):
+            value = re.sub(r'\\(.)', lambda m: "\n" if m.group(1) == "n" else m.group(1), value[1:-1])
+        out[key] = value
+    return out
+
+
+# -- the bus ---------------------------------------------------------------------------
+
+Subscriber = Callable[[Event], None]
+
+
+class Emit(Protocol):
+    """What a service is given to say what happened (``Bus.emit``)."""
+
+    def __call__(self, kind: Kind, *, mac: str | None = ..., ip: object = ..., hostname: str | None = ...,
+                 initiator: str | None = ..., target: str | None = ..., peer: str | None = ...,
+                 **fields: object) -> None: ...
+
+
+def no_events(kind: Kind, **fields: object) -> None:
+    """An Emit for a service run on its own (tests, tools): events go nowhere."""
+
+
+class Bus:
+    """One in-process event bus. ``emit`` may be called from any thread
+    (the TFTP sender, disk work off the loop); subscribers run in the
+    caller's thread, one after another, and must be quick. A subscriber
+    that raises is reported and the others still get the event."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self._subscribers: tuple[Subscriber, ...] = ()
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers = (*self._subscribers, subscriber)
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers = tuple(s for s in self._subscribers if s is not subscriber)
+
+    def publish(self, event: Event) -> None:
+        for s in self._subscribers:
+            try:
+                s(event)
+            except Exception:  # one broken subscriber must not silence the others or the service
+                log.exception("event subscriber %r failed on %s", s, event.name)
+
+    def emit(self, kind: Kind, *, mac: str | None = None, ip: object = None, hostname: str | None = None,
+             initiator: str | None = None, target: str | None = None, peer: str | None = None,
+             **fields: object) -> None:
+        self.publish(Event(kind, self.clock(), mac, None if ip is None else str(ip), hostname, initiator, target,
+                           peer, {k: v for k, v in fields.items() if v is not None}))
+
+    def sink(self, service: str) -> Callable[[str, dict[str, object]], None]:
+        """A callback for an embedded package (target/, isns/) that reports
+        events as ``(name, fields)``: each becomes an event on this bus."""
+        def on_event(name: str, fields: dict[str, object]) -> None:
+            if "." not in name:
+                name = f"{service}.{name}"
+            self.publish(make(name, self.clock(), fields))
+        return on_event
+
+
+class LogWriter:
+    """The log subscriber: one logfmt line per event, on the logger
+    ``bootsvc.<service>`` at the event's level."""
+
+    def __init__(self) -> None:
+        self._loggers: dict[str, logging.Logger] = {}
+
+    def __call__(self, event: Event) -> None:
+        logger = self._loggers.get(event.service)
+        if logger is None:
+            logger = self._loggers[event.service] = logging.getLogger(f"bootsvc.{event.service}")
+        if logger.isEnabledFor(event.level):
+            logger.log(event.level, "%s", logfmt(event))
+
+
+EVENT_FILE = "events.jsonl"
+EVENT_FILE_LIMIT = 16 << 20  # bytes before the file is rotated to events.jsonl.1
+
+
+class EventFile:
+    """The JSON-lines subscriber: state_dir/events.jsonl, one event a line,
+    rotated once at ``limit`` bytes (one older file is kept). Programs
+    follow it (``bootsvc vm``); written unbuffered per line so a reader
+    sees each event as it happens."""
+
+    def __init__(self, path: Path, limit: int = EVENT_FILE_LIMIT) -> None:
+        self.path = path
+        self.limit = limit
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: IO[str] = open(path, "a", encoding="utf-8")
+        self._size = self._file.tell()
+
+    def __call__(self, event: Event) -> None:
+        line = event.to_json() + "\n"
+        with self._lock:
+            if self._file.closed:
+                return
+            if self._size + len(line) > self.limit:
+                self._rotate()
+            self._file.write(line)
+            self._file.flush()
+            self._size += len(line)
+
+    def _rotate(self) -> None:
+        self._file.close()
+        os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._size = 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+
+def read_events(lines: list[str]) -> list[Event]:
+    """Events from lines of an event file; lines that are not events
+    (a line cut short by a crash) are skipped."""
+    out = []
+    for line in lines:
+        try:
+            out.append(Event.from_json(line))
+        except ValueError:
+            continue
+    return out
+
+
+def logging_bus() -> Bus:
+    """A bus whose only subscriber is the log: for commands that run
+    without ``bootsvc serve`` (``bootsvc image``)."""
+    bus = Bus()
+    bus.subscribe(LogWriter())
+    return bus

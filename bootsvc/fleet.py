@@ -1,0 +1,350 @@
+"""The fleet: the one owner of every machine bootsvc serves (DESIGN.md
+"The machine fleet and events").
+
+Per machine it holds the inventory entry (or the machine made for an
+unknown MAC), its profile, its disk (the overlay and the target serving
+it) and, through the lease store, its leases; and it holds the one table
+of targets the iSCSI server reads. Services ask it (``machine``,
+``servable``, ``addresses``, ``isns_wanted``) and never change it; the
+wiring hands it a new config on reload (``apply``), which it diffs and
+applies. Slow work (making, renewing or opening overlays) runs off the
+event loop in a thread; only the swap into the tables happens on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from collections.abc import Awaitable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from target.backend import BackendError
+from target.targets import Target, TargetConfigError, TargetSpec, open_backend
+
+from .config import Config
+from .dhcp.leases import LeaseStore
+from .dhcp.responder import UnknownPolicy
+from .events import Bus, Event, Kind
+from .fleet_diff import ConfigDiff, diff_configs
+from .images import ImageError, ImageStore
+from .inventory import Machine, generated_machine
+from .isns_registration import Wanted, wanted
+from .profiles import OverlayPolicy, Profile
+
+IPv4 = ipaddress.IPv4Address
+
+
+class FleetError(Exception):
+    """The fleet cannot start as configured (a config target cannot be opened)."""
+
+
+@dataclass
+class Disk:
+    """A machine's boot disk as served: its overlay's target."""
+
+    machine: Machine
+    profile: Profile
+    spec: TargetSpec
+    target: Target
+    fresh: bool = True  # made for the coming boot: an ephemeral disk needs no renewal at that boot
+
+
+@dataclass
+class Fleet:
+    cfg: Config
+    bus: Bus
+    leases: LeaseStore | None = None
+    # the one table of targets by IQN; the iSCSI server holds this very dict
+    targets: dict[str, Target] = field(default_factory=dict)
+    _machines: dict[str, Machine] = field(default_factory=dict)
+    _disks: dict[str, Disk] = field(default_factory=dict)  # by MAC
+    _specs: dict[str, TargetSpec] = field(default_factory=dict)  # the config's own targets served, by IQN
+    _adopting: dict[str, asyncio.Future[Machine | None]] = field(default_factory=dict)
+    _fixed: dict[IPv4, str] | None = None  # fixed IP -> MAC, made again when the machines change
+    _reserved: frozenset[IPv4] | None = None
+    _tasks: set[asyncio.Task[object]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self._machines = self._inventory(self.cfg)
+        self.machines: Mapping[str, Machine] = MappingProxyType(self._machines)
+        self.store = ImageStore(self.cfg, self.machines, self.bus)
+        self.bus.subscribe(self.on_event)
+
+    # -- start and stop --------------------------------------------------------------
+
+    def open(self) -> None:
+        """Every machine's disk and every config target, before serving. A
+        machine whose disk cannot be made is reported (``disk.failed``) and
+        left out; a config target that cannot be opened is a FleetError."""
+        for disk in self._open_disks(list(self._machines.values())):
+            self._install(disk)
+        for spec in self.cfg.targets:
+            try:
+                self.targets[spec.iqn] = Target.open(spec)
+            except (TargetConfigError, BackendError, OSError) as e:
+                self.close()
+                raise FleetError(str(e)) from e
+            self._specs[spec.iqn] = spec
+
+    def close(self) -> None:
+        for t in self.targets.values():
+            t.close()
+        self.targets.clear()
+        self._disks.clear()
+        self._specs.clear()
+
+    # -- what services ask -------------------------------------------------------------
+
+    def machine(self, mac: str) -> Machine | None:
+        return self._machines.get(mac)
+
+    def profile(self, machine: Machine) -> Profile:
+        return self.cfg.profiles[machine.profile]
+
+    def disk(self, mac: str) -> Disk | None:
+        return self._disks.get(mac)
+
+    def servable(self, machine: Machine) -> bool:
+        """Whether the machine's disk is served and it may log in to it."""
+        disk = self._disks.get(machine.mac)
+        return disk is not None and 0 in disk.target.luns and disk.target.allows(machine.initiator_iqn)
+
+    def reserved_ips(self) -> frozenset[IPv4]:
+        """The machines' fixed IPs, kept out of the DHCP range."""
+        return frozenset(self._fixed_ips()) if self._reserved is None else self._reserved
+
+    def _fixed_ips(self) -> dict[IPv4, str]:
+        if self._fixed is None:
+            self._fixed = {m.ip: m.mac for m in self._machines.values() if m.ip is not None}
+            self._reserved = frozenset(self._fixed)
+        return self._fixed
+
+    def mac_at(self, address: str) -> str | None:
+        """The MAC of the machine at a client address (its fixed IP or its
+        lease), for the events of services that see only addresses."""
+        try:
+            ip = IPv4(address)
+        except ValueError:
+            return None
+        mac = self._fixed_ips().get(ip)
+        if mac is None and self.leases is not None and (lease := self.leases.by_ip.get(ip)) is not None:
+            mac = lease.mac
+        return mac
+
+    def addresses(self) -> dict[str, IPv4]:
+        """Every machine's address for DNS: its fixed IP, else its lease."""
+        out: dict[str, IPv4] = {}
+        for m in self._machines.values():
+            lease = self.leases.for_mac(m.mac) if self.leases is not None and m.ip is None else None
+            ip = m.ip or (lease.ip if lease is not None else None)
+            if ip is not None:
+                out[m.hostname] = ip
+        return out
+
+    def isns_wanted(self) -> Wanted:
+        """What bootsvc should have registered in iSNS: its targets and a
+        DD per machine whose disk is served."""
+        return wanted(self.cfg, self._machines.values(), {name: t.alias for name, t in self.targets.items()})
+
+    # -- events ------------------------------------------------------------------------
+
+    def on_event(self, event: Event) -> None:
+        """The fleet's own subscription: a boot ROM's offer starts a new
+        boot (an ephemeral disk is made anew); an unknown MAC seen under
+        ``discover`` is recorded for the operator."""
+        if event.mac is None:
+            return
+        if event.kind is Kind.DHCP_OFFER and not event.fields.get("ipxe") and event.mac in self._disks:
+            self._spawn(self.renew(event.mac))
+        elif event.kind is Kind.DHCP_DISCOVERED and self.leases is not None:
+            self.leases.saw_unknown(event.mac, "discover", event.time, _text(event.fields.get("arch")))
+
+    def _spawn(self, work: Awaitable[object]) -> None:
+        try:
+            task: asyncio.Task[object] = asyncio.get_running_loop().create_task(work)  # type: ignore[arg-type]
+        except RuntimeError:  # no loop (a unit test feeding events by hand): nothing to run it on
+            work.close()  # type: ignore[attr-defined]
+            return
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- machines' disks -----------------------------------------------------------------
+
+    async def renew(self, mac: str) -> bool:
+        """A machine starts a new boot: an ephemeral overlay is made anew,
+        unless the machine still has a session open. True when renewed."""
+        disk = self._disks.get(mac)
+        if disk is None or disk.profile.overlay is not OverlayPolicy.EPHEMERAL:
+            return False
+        if disk.fresh:  # made for this very boot (at start or adoption): fresh already
+            disk.fresh = False
+            return False
+        m = disk.machine
+        if disk.target.sessions:
+            self.bus.emit(Kind.DISK_KEPT, mac=m.mac, hostname=m.hostname, why="sessions still logged in")
+            return False
+        lun = disk.target.luns[0]
+        try:
+            backend = await asyncio.to_thread(self._fresh_backend, disk)
+        except (ImageError, BackendError, OSError) as e:
+            self.bus.emit(Kind.DISK_FAILED, mac=m.mac, hostname=m.hostname, why=f"not renewed: {e}")
+            return False
+        old, lun.backend = lun.backend, backend
+        old.close()
+        self.bus.emit(Kind.DISK_RENEWED, mac=m.mac, hostname=m.hostname, target=m.target_iqn)
+        return True
+
+    def _fresh_backend(self, disk: Disk) -> object:
+        """In a thread: a new overlay in place of the old one (the old one
+        stays readable through its open descriptor until swapped out)."""
+        self.store.reset(disk.machine, held=True)
+        return open_backend(disk.spec.luns[0])
+
+    async def adopt(self, mac: str) -> Machine | None:
+        """unknown_machines: default: the MAC becomes a machine with the
+        default profile and its own disk, served from now on. None if its
+        disk cannot be made. Concurrent calls for one MAC share the work."""
+        if mac in self._machines:
+            return self._machines[mac]
+        if mac in self._adopting:
+            return await self._adopting[mac]
+        future: asyncio.Future[Machine | None] = asyncio.get_running_loop().create_future()
+        self._adopting[mac] = future
+        try:
+            machine = self._adopted(mac)
+            disks = [] if machine is None else await asyncio.to_thread(self._open_disks, [machine], machine)
+            if not disks:
+                machine = None
+            else:
+                self._machines[mac] = disks[0].machine
+                self._install(disks[0])
+                if self.leases is not None:
+                    self.leases.saw_unknown(mac, "default", time.time())
+                self.bus.emit(Kind.DHCP_ADOPTED, mac=mac, hostname=disks[0].machine.hostname,
+                              target=disks[0].machine.target_iqn)
+            future.set_result(machine)
+            return machine
+        finally:
+            del self._adopting[mac]
+            if not future.done():
+                future.set_result(None)
+
+    def _adopted(self, mac: str) -> Machine | None:
+        profile = self.cfg.default_profile
+        return None if profile is None else generated_machine(mac, self.cfg.iqn_prefix, profile)
+
+    def _inventory(self, cfg: Config) -> dict[str, Machine]:
+        """The config's machines, and those adopted before (policy default),
+        with the disk they had, after a restart or reload."""
+        machines = dict(cfg.machines)
+        if self.leases is None or cfg.dhcp is None or cfg.dhcp.unknown is not UnknownPolicy.DEFAULT \
+                or cfg.default_profile is None:
+            return machines
+        for mac, policy, *_ in self.leases.unknown_machines():
+            if policy == "default" and mac not in machines:
+                machines[mac] = generated_machine(mac, cfg.iqn_prefix, cfg.default_profile)
+        return machines
+
+    def _open_disks(self, machines: Iterable[Machine], extra: Machine | None = None) -> list[Disk]:
+        """Make and open the disks of ``machines`` (off the loop where it
+        can be). A disk that cannot be made is a ``disk.failed`` event.
+        ``extra``: a machine not in the fleet yet (being adopted)."""
+        store = self.store if extra is None else ImageStore(self.cfg, {**self._machines, extra.mac: extra},
+                                                            self.bus)
+        out = []
+        for m in machines:
+            try:
+                spec = store.prepare(m)
+                out.append(Disk(m, self.profile(m), spec, Target.open(spec)))
+            except (ImageError, TargetConfigError, BackendError, OSError) as e:
+                self.bus.emit(Kind.DISK_FAILED, mac=m.mac, hostname=m.hostname, target=m.target_iqn,
+                              why=f"will not boot: {e}")
+        return out
+
+    def _install(self, disk: Disk) -> None:
+        self._disks[disk.machine.mac] = disk
+        self.targets[disk.target.name] = disk.target
+        self._fixed = self._reserved = None
+
+    def _retire(self, target: Target) -> bool:
+        """Stop serving a target; closed now unless logged in (False)."""
+        if target.sessions:
+            return False
+        self.targets.pop(target.name, None)
+        target.close()
+        return True
+
+    # -- reload --------------------------------------------------------------------------
+
+    async def apply(self, new: Config) -> ConfigDiff:
+        """Take a re-read config: machines and targets added, removed or
+        changed take effect now (disks made off the loop); a machine or
+        target still logged in keeps its disk until it logs out and
+        bootsvc is reloaded again. Returns what changed."""
+        new_machines = self._inventory(new)
+        diff = diff_configs(self.cfg, new, self._served_machines(), new_machines)
+        old_cfg = self.cfg
+        self.cfg = new
+        self.store = ImageStore(new, self.machines, self.bus)
+        kept = self._drop_machines(diff.machines.removed + diff.machines.changed)
+        for mac in diff.machines.removed:
+            if mac not in kept:
+                self._machines.pop(mac, None)
+        for mac, m in new_machines.items():
+            if mac not in kept:
+                self._machines[mac] = m
+        self._fixed = self._reserved = None
+        wanted_macs = [m for mac, m in new_machines.items() if mac not in self._disks]
+        for disk in await asyncio.to_thread(self._open_disks, wanted_macs):
+            self._install(disk)
+        kept_targets = self._reconfigure_targets(old_cfg, new)
+        diff = diff.with_kept(sorted(self._machines[mac].hostname for mac in kept) + kept_targets)
+        self.bus.emit(Kind.FLEET_RELOADED, machines=len(self._machines), targets=len(self.targets),
+                      summary=diff.summary())
+        return diff
+
+    def _served_machines(self) -> dict[str, Machine]:
+        return {mac: d.machine for mac, d in self._disks.items()} | {
+            mac: m for mac, m in self._machines.items() if mac not in self._disks}
+
+    def _drop_machines(self, macs: tuple[str, ...]) -> set[str]:
+        """Retire the disks of removed or changed machines; the MACs of
+        those kept because they are logged in."""
+        kept = set()
+        for mac in macs:
+            disk = self._disks.get(mac)
+            if disk is None:
+                continue
+            if not self._retire(disk.target):
+                kept.add(mac)
+                continue
+            del self._disks[mac]
+        return kept
+
+    def _reconfigure_targets(self, old: Config, new: Config) -> list[str]:
+        """The config's own targets: same rules as the machines' disks.
+        Returns the IQNs kept while logged in."""
+        wanted_specs = {spec.iqn: spec for spec in new.targets}
+        kept = []
+        for iqn, spec in list(self._specs.items()):
+            if wanted_specs.get(iqn) == spec:
+                continue
+            if self._retire(self.targets[iqn]):
+                del self._specs[iqn]
+            else:
+                kept.append(iqn)
+        for iqn, spec in wanted_specs.items():
+            if iqn in self._specs:
+                continue
+            try:
+                self.targets[iqn] = Target.open(spec)
+                self._specs[iqn] = spec
+            except (TargetConfigError, BackendError, OSError) as e:
+                self.bus.emit(Kind.DISK_FAILED, target=iqn, why=f"not served: {e}")
+        return kept
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value)

@@ -1,0 +1,125 @@
+"""The one contract every service of ``bootsvc serve`` keeps (start, stop,
+health) and the runner that serves them all on one asyncio TaskGroup
+(DESIGN.md "Every service has one contract").
+
+A service that cannot start is reported in one line and the others keep
+serving; SIGTERM/SIGINT stop them in reverse order, SIGHUP runs a reload.
+Readiness goes to systemd when run under it."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from . import systemd
+
+SWITCH_INTERVAL = 0.0005  # seconds a busy thread may hold the GIL while another waits
+
+
+class State(str, Enum):
+    NOT_STARTED = "not started"
+    SERVING = "serving"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+@dataclass
+class Service:
+    """One service: how to start and stop it, and where it serves."""
+
+    name: str
+    start: Callable[[], Awaitable[None]]
+    stop: Callable[[], Awaitable[None]]
+    where: str = ""
+    state: State = State.NOT_STARTED
+    why: str = ""  # what stopped it from starting
+
+    def health(self) -> str:
+        return f"{self.state.value}: {self.why}" if self.why else self.state.value
+
+
+Reload = Callable[[], Awaitable[str]]  # re-read the config; returns a one-line summary
+Report = Callable[[str], None]
+
+
+def report_stderr(line: str) -> None:
+    print(f"bootsvc: {line}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Services:
+    """The services of one process, started and stopped together."""
+
+    report: Report = report_stderr
+    items: list[Service] = field(default_factory=list)
+
+    def add(self, name: str, start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]],
+            where: str = "") -> None:
+        self.items.append(Service(name, start, stop, where))
+
+    def health(self) -> dict[str, str]:
+        return {s.name: s.health() for s in self.items}
+
+    async def start(self) -> list[Service]:
+        running = []
+        for s in self.items:
+            try:
+                await s.start()
+            except OSError as e:
+                s.state, s.why = State.FAILED, str(e.strerror or e)
+                self.report(f"{s.name} not started: {s.why}{' on ' + s.where if s.where else ''}")
+                continue
+            s.state = State.SERVING
+            running.append(s)
+            self.report(f"{s.name} serving{' on ' + s.where if s.where else ''}")
+        return running
+
+    @staticmethod
+    async def stop(running: list[Service]) -> None:
+        for s in reversed(running):
+            await s.stop()
+            s.state = State.STOPPED
+
+    def run(self, reload: Reload | None = None) -> int:
+        """Serve until SIGTERM/SIGINT (SIGHUP: ``reload``); 1 if nothing could start."""
+        return asyncio.run(self._main(reload))
+
+    async def _main(self, reload: Reload | None) -> int:
+        running = await self.start()
+        if not running:
+            self.report("nothing could start")
+            return 1
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        # A thread busy with work (TFTP's sender in a storm, the iSCSI I/O
+        # thread) holds the GIL up to the switch interval before the loop gets
+        # it: 5 ms by default, long enough for a TFTP or DHCP client to time
+        # out and retransmit. 0.5 ms made a 50-client TFTP storm 15 % faster
+        # (docs/benchmarks.md, TFTP).
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        self.report(f"ready: {len(running)} of {len(self.items)} service(s) serving")
+        systemd.notify("READY=1", f"STATUS={len(running)} of {len(self.items)} services serving")
+        async with asyncio.TaskGroup() as group:
+            if reload is not None:
+                reloading = asyncio.Lock()  # two quick SIGHUPs: one reload after the other
+                loop.add_signal_handler(signal.SIGHUP, lambda: group.create_task(self._reload(reload, reloading)))
+            await stop.wait()
+            loop.remove_signal_handler(signal.SIGHUP)
+        systemd.notify("STOPPING=1")
+        await self.stop(running)
+        return 0
+
+    async def _reload(self, reload: Reload, lock: asyncio.Lock) -> None:
+        async with lock:
+            systemd.notify("RELOADING=1")
+            try:
+                self.report(f"reloaded: {await reload()}")
+            except Exception as e:  # the running config stays; say why
+                self.report(f"reload failed, still serving the previous config: {e}")
+            systemd.notify("READY=1")

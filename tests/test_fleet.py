@@ -1,0 +1,138 @@
+"""The fleet, the one owner of machines, disks and targets: ephemeral
+renewal on a boot ROM's offer event, adoption of unknown MACs off the
+loop, and reload as a diff that keeps logged-in disks; qemu-img judges
+the overlays."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bootsvc.config import load
+from bootsvc.dhcp.leases import LeaseStore
+from bootsvc.events import Bus, Event, Kind
+from bootsvc.fleet import Fleet
+from tests.qcow2_oracle import assert_check_clean
+
+pytestmark = pytest.mark.skipif(not shutil.which("qemu-img"), reason="needs qemu-img (qemu-utils)")
+SIZE = 1 << 20
+A, B, C = "52:54:00:00:00:01", "52:54:00:00:00:02", "52:54:00:00:00:03"
+
+
+def lab(tmp_path: Path, machines: str, overlay: str = "persistent", extra: str = "") -> Path:
+    (tmp_path / "state" / "images").mkdir(parents=True, exist_ok=True)
+    gold = tmp_path / "state" / "images" / "gold.raw"
+    if not gold.exists():
+        gold.write_bytes(os.urandom(SIZE))
+    (tmp_path / "profiles").mkdir(exist_ok=True)
+    (tmp_path / "profiles" / "p.yaml").write_text(f"base: gold.raw\noverlay: {overlay}\n")
+    cfg = tmp_path / "bootsvc.yaml"
+    cfg.write_text(f"state_dir: {tmp_path / 'state'}\nprofiles_dir: profiles\ndefault_profile: p\n{extra}"
+                   f"machines:\n{machines}")
+    return cfg
+
+
+def recorded(bus: Bus) -> list[Event]:
+    events: list[Event] = []
+    bus.subscribe(events.append)
+    return events
+
+
+def test_renewal_follows_the_boot_rom_offer_and_spares_logged_in_disks(tmp_path: Path) -> None:
+    bus = Bus()
+    events = recorded(bus)
+    fleet = Fleet(load(lab(tmp_path, f"  {A}: {{hostname: a}}\n", "ephemeral")), bus)
+    fleet.open()
+
+    async def main() -> None:
+        disk = fleet.disk(A)
+        assert disk is not None
+        lun = disk.target.luns[0]
+        bus.emit(Kind.DHCP_OFFER, mac=A, ipxe=False)  # the first boot: the disk was made for it
+        await asyncio.sleep(0.05)
+        lun.backend.write_sync(0, b"\x55" * 512)  # type: ignore[attr-defined]
+        disk.target.sessions.add(object())  # type: ignore[arg-type]
+        assert not await fleet.renew(A)  # logged in: the disk stays
+        assert lun.backend.read_sync(0, 512) == b"\x55" * 512  # type: ignore[attr-defined]
+        disk.target.sessions.clear()
+        bus.emit(Kind.DHCP_OFFER, mac=A, ipxe=True)  # iPXE's own DHCP is the same boot
+        await asyncio.sleep(0.05)
+        assert lun.backend.read_sync(0, 512) == b"\x55" * 512  # type: ignore[attr-defined]
+        bus.emit(Kind.DHCP_OFFER, mac=A, ipxe=False)  # the next boot: fresh
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if any(e.kind is Kind.DISK_RENEWED for e in events):
+                break
+        gold = (tmp_path / "state" / "images" / "gold.raw").read_bytes()
+        assert [e.kind for e in events if e.service == "disk"] == [Kind.DISK_KEPT, Kind.DISK_RENEWED], events
+        assert lun.backend.read_sync(0, 512) == gold[:512]  # type: ignore[attr-defined]
+
+    try:
+        asyncio.run(main())
+    finally:
+        fleet.close()
+    kinds = [e.kind for e in events]
+    assert kinds.count(Kind.DISK_KEPT) == 1 and kinds.count(Kind.DISK_RENEWED) == 1
+    assert_check_clean(tmp_path / "state" / "overlays" / "a.qcow2")
+
+
+def test_adoption_runs_once_per_mac_and_survives_a_restart(tmp_path: Path) -> None:
+    extra = "dhcp:\n  subnet: 10.9.0.0/24\n  unknown_machines: default\nlisten: {dhcp: {address: 10.9.0.1}}\n"
+    cfg = load(lab(tmp_path, f"  {A}: {{hostname: a}}\n", extra=extra))
+    leases = LeaseStore(tmp_path / "leases.db")
+    bus = Bus()
+    events = recorded(bus)
+    fleet = Fleet(cfg, bus, leases)
+    fleet.open()
+
+    async def main() -> None:
+        first, second = await asyncio.gather(fleet.adopt(C), fleet.adopt(C))
+        assert first is second and first is not None and first.hostname == "pxe-525400000003"
+        assert fleet.machine(C) is first and first.target_iqn in fleet.targets and fleet.servable(first)
+
+    try:
+        asyncio.run(main())
+    finally:
+        fleet.close()
+    assert [e.kind for e in events].count(Kind.DHCP_ADOPTED) == 1
+    again = Fleet(cfg, Bus(), leases)  # after a restart: a machine again, with its disk
+    again.open()
+    try:
+        assert again.machine(C) is not None and again.disk(C) is not None
+    finally:
+        again.close()
+        leases.close()
+
+
+def test_reload_is_a_diff_and_logged_in_disks_stay(tmp_path: Path) -> None:
+    path = lab(tmp_path, f"  {A}: {{hostname: a}}\n  {B}: {{hostname: b}}\n")
+    bus = Bus()
+    fleet = Fleet(load(path), bus)
+    fleet.open()
+    old_a = fleet.disk(A)
+    old_b = fleet.disk(B)
+    assert old_a is not None and old_b is not None
+    old_b.target.sessions.add(object())  # type: ignore[arg-type]
+    # b is renamed while logged in, a is unchanged, c joins
+    lab(tmp_path, f"  {A}: {{hostname: a}}\n  {B}: {{hostname: bee}}\n  {C}: {{hostname: c}}\n")
+    try:
+        diff = asyncio.run(fleet.apply(load(path)))
+        assert diff.machines.added == (C,) and diff.machines.changed == (B,) and not diff.machines.removed
+        assert diff.kept == ("b",) and not diff.restart
+        assert "machines: 1 added (c); 1 changed (bee)" in diff.summary()
+        assert fleet.disk(A) is old_a and fleet.disk(B) is old_b and fleet.disk(C) is not None
+        assert set(fleet.targets) == {old_a.target.name, old_b.target.name, fleet.disk(C).target.name}  # type: ignore[union-attr]
+        old_b.target.sessions.clear()  # b logged out: the next reload applies its new name
+        lab(tmp_path, f"  {A}: {{hostname: a}}\n  {B}: {{hostname: bee}}\n", extra="domain: other\n")
+        diff = asyncio.run(fleet.apply(load(path)))
+        assert diff.machines.removed == (C,) and diff.machines.changed == (B,) and not diff.kept
+        assert diff.restart == ("domain",)
+        new_b = fleet.disk(B)
+        assert new_b is not None and new_b.machine.hostname == "bee" and fleet.disk(C) is None
+        assert set(fleet.targets) == {old_a.target.name, new_b.target.name}
+    finally:
+        fleet.close()
