@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import IO, Protocol
+from typing import Protocol
 
 log = logging.getLogger("bootsvc.events")
 
@@ -162,8 +162,15 @@ class Event:
         yield from self.fields.items()
 
     def to_json(self) -> str:
-        return json.dumps({"time": round(self.time, 6), "kind": self.name, **self.identities(),
-                           **{k: _plain(v) for k, v in self.fields.items()}}, separators=(",", ":"))
+        # on every event's path (the event file): a plain loop and one encoder
+        out: dict[str, object] = {"time": round(self.time, 6), "kind": self.name}
+        for k in IDENTITIES:
+            v = getattr(self, k)
+            if v is not None:
+                out[k] = v
+        for k, v in self.fields.items():
+            out[k] = v if type(v) in _JSON_TYPES else _plain(v)
+        return _encode(out)
 
     @classmethod
     def from_json(cls, line: str) -> Event:
@@ -190,6 +197,10 @@ def make(name: Kind | str, when: float, values: Mapping[str, object]) -> Event:
     return Event(kind_of(name) if isinstance(name, str) else name, when, fields=rest, **ids)
 
 
+_JSON_TYPES = frozenset({str, int, float, bool, type(None)})
+_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+
+
 def _plain(value: object) -> object:
     """What JSON can carry: enums by value, other objects as text."""
     if isinstance(value, Enum):
@@ -201,14 +212,14 @@ def _plain(value: object) -> object:
 
 # -- logfmt ----------------------------------------------------------------------------
 
-_BARE = re.compile(r'^[^\s"=\\]+$')
+_BARE = re.compile(r'[^\s"=\\]+')
 
 
 def quote(value: object) -> str:
     """A logfmt value: bare when it can be, else double-quoted with ``"``
     and ``\\`` escaped, so values with spaces survive a round trip."""
     text = str(_plain(value)) if not isinstance(value, str) else value
-    if _BARE.match(text):
+    if _BARE.fullmatch(text):
         return text
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     return f'"{escaped}"'
@@ -309,37 +320,41 @@ EVENT_FILE_LIMIT = 16 << 20  # bytes before the file is rotated to events.jsonl.
 class EventFile:
     """The JSON-lines subscriber: state_dir/events.jsonl, one event a line,
     rotated once at ``limit`` bytes (one older file is kept). Programs
-    follow it (``bootsvc vm``); written unbuffered per line so a reader
-    sees each event as it happens."""
+    follow it (``bootsvc vm``). Each line is one O_APPEND write: a reader
+    sees each event as it happens, and no buffer is lost at a crash."""
 
     def __init__(self, path: Path, limit: int = EVENT_FILE_LIMIT) -> None:
         self.path = path
         self.limit = limit
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: IO[str] = open(path, "a", encoding="utf-8")
-        self._size = self._file.tell()
+        self._fd = self._open()
+        self._size = os.fstat(self._fd).st_size
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
     def __call__(self, event: Event) -> None:
-        line = event.to_json() + "\n"
+        line = (event.to_json() + "\n").encode()
         with self._lock:
-            if self._file.closed:
+            if self._fd < 0:
                 return
             if self._size + len(line) > self.limit:
                 self._rotate()
-            self._file.write(line)
-            self._file.flush()
+            os.write(self._fd, line)
             self._size += len(line)
 
     def _rotate(self) -> None:
-        self._file.close()
+        os.close(self._fd)
         os.replace(self.path, self.path.with_name(self.path.name + ".1"))
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._fd = self._open()
         self._size = 0
 
     def close(self) -> None:
         with self._lock:
-            self._file.close()
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
 
 def read_events(lines: list[str]) -> list[Event]:
