@@ -6,21 +6,16 @@ changes, the event callback and the settings; and the changes both make
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from .database import Database
+from .events import OnEvent, ignore_event
 from .notifier import Notifier
 from .objects import DEFAULT_PERIOD, Entity, Node
 from .protocol import ScnBits
 from .visibility import Visibility
 
-OnEvent = Callable[[str, dict[str, object]], None]  # (what, fields), e.g. ("isns.registered", {"entity": ...})
 MIN_ESI_INTERVAL = 1  # seconds: a smaller registered interval is raised to this
-
-
-def ignore_event(what: str, fields: dict[str, object]) -> None:
-    """The default event callback: nothing is told."""
 
 
 @dataclass

@@ -25,9 +25,10 @@ from typing import Generic, TypeVar
 
 from . import timers
 from .codec import Message, response
-from .context import MIN_ESI_INTERVAL, Context, OnEvent, ignore_event
+from .context import MIN_ESI_INTERVAL, Context
 from .database import Database, Dirty, PortalGroupKey
 from .errors import IsnsError
+from .events import OnEvent, ignore_event
 from .handlers import HANDLERS
 from .notifier import Notifier
 from .objects import DEFAULT_PERIOD, DiscoveryDomain, DiscoveryDomainSet, Entity, Node, PortalGroup
