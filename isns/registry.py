@@ -79,7 +79,8 @@ class Registry:
         name none (0: never expire); ``min_esi_interval``: the shortest ESI
         interval (s) granted."""
         db = Database()
-        visibility = Visibility(db, set() if control_nodes is None else control_nodes, default_dd_visible, open_dd_registration)
+        control = set() if control_nodes is None else control_nodes  # the caller's set: it may change it later
+        visibility = Visibility(db, control, default_dd_visible, open_dd_registration)
         self._ctx = Context(db, visibility, Notifier(db, visibility), on_event, default_period, min_esi_interval)
 
     # -- entry point ------------------------------------------------------------------
