@@ -27,6 +27,15 @@ def _existing(table: dict[int, Domain], key: int | None, name: str | None, what:
     return found
 
 
+def _deregistered(table: dict[int, Domain], keys: list[Attr], tag: int, what: str) -> Domain:
+    """The DD (set) a deregistration's key names, which must exist."""
+    key = next((a.value for a in keys if a.tag == tag), None)
+    found = table.get(key) if isinstance(key, int) else None
+    if found is None:
+        raise IsnsError(Status.INVALID_DEREGISTRATION, f"no {what} {key}")
+    return found
+
+
 def _next_id(table: dict[int, Domain]) -> int:
     return max(table, default=0) + 1
 
@@ -83,10 +92,7 @@ def dd_dereg(ctx: Context, msg: Message, source: str, now: float) -> Message:
     goes, and leaves its DD sets."""
     ctx.visibility.check_may_change_domains(source)
     keys, operating = msg.split()
-    dd_id = next((a.value for a in keys if a.tag == Tag.DD_ID), None)
-    dd = ctx.db.dds.get(dd_id) if isinstance(dd_id, int) else None
-    if dd is None:
-        raise IsnsError(Status.INVALID_DEREGISTRATION, f"no DD {dd_id}")
+    dd = _deregistered(ctx.db.dds, keys, Tag.DD_ID, "DD")
     members = [str(a.value) for a in operating if a.tag == Tag.DD_MEMBER_ISCSI_NAME and a.value]
     if not operating:
         members = list(dd.members)
@@ -142,10 +148,7 @@ def dds_dereg(ctx: Context, msg: Message, source: str, now: float) -> Message:
     """DDSDereg (§5.6.5.12): DDs leave a DD set; without any named the set goes."""
     ctx.visibility.check_may_change_domains(source)
     keys, operating = msg.split()
-    dds_id = next((a.value for a in keys if a.tag == Tag.DDS_ID), None)
-    dds = ctx.db.dd_sets.get(dds_id) if isinstance(dds_id, int) else None
-    if dds is None:
-        raise IsnsError(Status.INVALID_DEREGISTRATION, f"no DD set {dds_id}")
+    dds = _deregistered(ctx.db.dd_sets, keys, Tag.DDS_ID, "DD set")
     members = [a.value for a in operating if a.tag == Tag.DD_ID]
     if not members:
         del ctx.db.dd_sets[dds.id]
