@@ -69,6 +69,10 @@ _FUNCTIONS: dict[int, Function] = Function._value2member_map_  # type: ignore[as
 
 
 class Registry:
+    """The iSNS database: ``handle`` answers a request; the server takes
+    ``notices`` to send, the store writes what is ``dirty``, the timer
+    calls ``expire`` and ``esi_due`` when ``due``."""
+
     def __init__(self, control_nodes: set[str] | None = None, default_dd_visible: bool = True,
                  open_dd_registration: bool = False, *, default_period: int = DEFAULT_PERIOD,
                  min_esi_interval: int = MIN_ESI_INTERVAL, on_event: OnEvent = ignore_event) -> None:

@@ -33,7 +33,8 @@ import random
 import sys
 from pathlib import Path
 
-sys.path.insert(0, os.getcwd())  # the checkout run from: its isns, not necessarily this file's
+if __name__ == "__main__":
+    sys.path.insert(0, os.getcwd())  # the checkout run from: its isns, not necessarily this file's
 
 from isns.codec import Attr, Message, Port, address, encode_message, request  # noqa: E402
 from isns.protocol import Flags, Function, Tag  # noqa: E402

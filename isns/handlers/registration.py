@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 
-from ..codec import Attr, Message, Port, response
+from ..codec import Attr, Message, Port, Value, response
 from ..context import Context
 from ..errors import IsnsError
 from ..keys import DELIMITER, REGISTRATION_KEY_TAGS, groups, portal_key, portal_text
@@ -46,7 +46,7 @@ def dev_attr_reg(ctx: Context, msg: Message, source: str, now: float) -> Message
     return response(msg, Status.SUCCESS, [Attr(Tag.ENTITY_IDENTIFIER, entity.eid), DELIMITER, *out])
 
 
-def _entity_named(ctx: Context, keys: list[Attr], operating: list[Attr]) -> object:
+def _entity_named(ctx: Context, keys: list[Attr], operating: list[Attr]) -> Value | Port:
     """The EID a registration is for: the key's, else the entity of a node
     or portal the key names, else the operating attributes' (None: a new
     entity the server names)."""
