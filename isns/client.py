@@ -48,6 +48,7 @@ from .protocol import (
     NodeType,
     Status,
     Tag,
+    function_name,
 )
 
 Obj = dict[str, Any]  # one object: Tag name -> value
@@ -78,9 +79,8 @@ class IsnsClientError(Exception):
     """The server refused a request (the convenience methods raise it; ``call`` does not)."""
 
     def __init__(self, function: int, status: Status | int, why: str = "") -> None:
-        name = Function(function).name if function in Function._value2member_map_ else hex(function)
         status_name = status.name if isinstance(status, Status) else str(status)
-        super().__init__(f"{name}: {status_name}" + (f" ({why})" if why else ""))
+        super().__init__(f"{function_name(function)}: {status_name}" + (f" ({why})" if why else ""))
         self.function = function
         self.status = status
 

@@ -32,6 +32,11 @@ class Function(IntEnum):
     HEARTBEAT = 0x000E
 
 
+def function_name(function: int) -> str:
+    """A function ID's name (``DEV_ATTR_REG``), or its number in hex when unknown."""
+    return Function(function).name if function in Function._value2member_map_ else f"{function:#x}"
+
+
 class Status(IntEnum):
     """Response status codes (§6.4)."""
 

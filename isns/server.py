@@ -21,7 +21,8 @@ from collections.abc import Callable
 
 from .codec import (Heartbeat, IsnsFormatError, Message, Reassembler, address, display, encode_message,
                     unpack_header)
-from .protocol import DEFAULT_PORT, HEADER_SIZE, RESPONSE, Function, Status, Tag
+from .events import OnEvent, logfmt, peer_text
+from .protocol import DEFAULT_PORT, HEADER_SIZE, RESPONSE, Function, Status, Tag, function_name
 from .registry import Registry
 from .scn import Address, Notice
 from .store import Store
@@ -35,8 +36,12 @@ TIMER_CEILING = 30.0  # the timer wakes at least this often, so clock jumps are 
 class IsnsServer:
     def __init__(self, registry: Registry, host: str = "0.0.0.0", port: int = DEFAULT_PORT,
                  clock: Callable[[], float] = time.time, store: Store | None = None, udp: bool = True,
-                 heartbeat: tuple[str, int, int] | None = None) -> None:
-        """``heartbeat``: (address, UDP port, interval s) to announce this server to."""
+                 heartbeat: tuple[str, int, int] | None = None, on_event: OnEvent | None = None) -> None:
+        """``heartbeat``: (address, UDP port, interval s) to announce this
+        server to. ``on_event(what, fields)``: told of what the server meets
+        (isns/events.py), instead of its logging them; the events of a
+        failure (isns.error, isns.store_failed) are told inside the
+        ``except`` block, so ``sys.exc_info()`` holds the exception."""
         self.registry = registry
         self.host = host
         self.port = port
@@ -44,6 +49,7 @@ class IsnsServer:
         self.store = store
         self.udp = udp
         self.heartbeat = heartbeat
+        self.on_event = on_event
         self._server: asyncio.Server | None = None
         self._datagrams: asyncio.DatagramTransport | None = None
         self._clients: set[asyncio.Transport] = set()
@@ -84,14 +90,23 @@ class IsnsServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def event(self, what: str, fields: dict[str, object], level: int = logging.INFO) -> None:
+        """Tell ``on_event``, else log one logfmt line (with the exception
+        being handled, if any, at level ERROR)."""
+        if self.on_event is not None:
+            self.on_event(what, fields)
+        elif log.isEnabledFor(level):
+            log.log(level, "%s", logfmt(what, fields), exc_info=level >= logging.ERROR)
+
     # -- requests -------------------------------------------------------------------
 
     def answer(self, msg: Message, peer: object) -> Message | None:
         """The registry's response, then the side effects: store, notices."""
         try:
             reply = self.registry.handle(msg, self.clock())
-        except Exception:  # a bug must not end the service: answer and keep serving
-            log.exception("event=isns.error peer=%s function=%d", peer, msg.function)
+        except Exception as e:  # a bug must not end the service: answer and keep serving
+            self.event("isns.error", {"peer": peer_text(peer), "function": function_name(msg.function),
+                                      "why": _why(e)}, logging.ERROR)
             reply = Message(msg.function | RESPONSE, msg.xid, status=Status.INTERNAL_ERROR)
         self._after_change()
         return reply
@@ -110,8 +125,8 @@ class IsnsServer:
             return
         try:
             self.store.save(self.registry)
-        except Exception:  # a full disk must not stop the name service: say so and keep serving
-            log.exception("event=isns.store_failed")
+        except Exception as e:  # a full disk must not stop the name service: say so and keep serving
+            self.event("isns.store_failed", {"why": _why(e)}, logging.ERROR)
 
     def _remember_connection(self, msg: Message, transport: asyncio.Transport) -> None:
         source = msg.source
@@ -132,7 +147,9 @@ class IsnsServer:
             if isinstance(eid, str) and isinstance(addr, ipaddress.IPv6Address) and port is not None:
                 self.registry.esi_answered(eid, (addr, port), self.clock())  # type: ignore[arg-type]
         elif msg.status not in (Status.SUCCESS, None):
-            log.info("event=isns.notice_refused function=%#x status=%s", msg.function, msg.status)
+            status = msg.status.name if isinstance(msg.status, Status) else msg.status
+            self.event("isns.notice_refused", {"function": function_name(msg.function & ~RESPONSE),
+                                               "status": status})
 
     # -- what the server sends on its own ---------------------------------------------
 
@@ -141,8 +158,8 @@ class IsnsServer:
         if not notice.targets:
             transport = self._by_entity.get(notice.entity)
             if transport is None:
-                log.info("event=isns.%s_undeliverable entity=%s why=no port and no open connection",
-                         what, notice.entity)
+                self.event(f"isns.{what}_undeliverable", {"entity": notice.entity,
+                                                          "why": "no port and no open connection"})
                 return
             _send(transport, notice.message)  # the answer comes back through _Connection
             return
@@ -153,9 +170,9 @@ class IsnsServer:
                 async with self._port_locks.setdefault(target, asyncio.Lock()):
                     reply = await asyncio.wait_for(_exchange(target, notice.message), SEND_TIMEOUT)
             except (OSError, asyncio.TimeoutError, IsnsFormatError) as e:
-                # str() of a timeout is empty: name the exception then
-                log.info("event=isns.%s_failed entity=%s to=%s:%d why=%s", what, notice.entity,
-                         display(target[0]), target[1], str(e) or type(e).__name__)
+                self.event(f"isns.{what}_failed", {"entity": notice.entity,
+                                                   "peer": f"{display(target[0])}:{target[1].number}",
+                                                   "why": str(e) or type(e).__name__})  # a timeout's str() is empty
                 continue
             if reply is not None:
                 self._response(reply)
@@ -167,7 +184,7 @@ class IsnsServer:
             if now >= self.registry.due:
                 gone = self.registry.expire(now)
                 if gone:
-                    log.info("event=isns.expired entities=%s", ",".join(gone))
+                    self.event("isns.expired", {"entities": ",".join(gone)})
                 self.registry.esi_due(now)
                 self.registry.due = self.registry.next_timer()
                 self._after_change()
@@ -249,7 +266,7 @@ class _Connection(asyncio.Protocol):
                 msg = self.joined.feed(header, data[pos + HEADER_SIZE:end])
             except IsnsFormatError as e:
                 # the stream cannot be trusted past a bad PDU: say so if we can, then close
-                log.info("event=isns.malformed peer=%s why=%s", self.peer, e)
+                server.event("isns.malformed", {"peer": peer_text(self.peer), "why": str(e)})
                 if not head[2] & 0x80:  # a request: answer it
                     replies.extend(encode_message(_format_error(head)))
                 if replies:
@@ -294,7 +311,7 @@ class _Datagrams(asyncio.DatagramProtocol):
                 self.joined.clear()  # bound the half-joined messages strangers may leave
             msg = self.joined.setdefault(addr, Reassembler()).feed(header, data[HEADER_SIZE:HEADER_SIZE + header.length])
         except IsnsFormatError as e:
-            log.info("event=isns.malformed peer=%s why=%s", addr, e)
+            self.server.event("isns.malformed", {"peer": peer_text(addr), "why": str(e)})
             self.joined.pop(addr, None)
             if len(data) >= 4 and not data[2] & 0x80 and self.transport is not None:
                 for pdu in encode_message(_format_error(data)):
@@ -310,6 +327,10 @@ class _Datagrams(asyncio.DatagramProtocol):
         if reply is not None and self.transport is not None:
             for pdu in encode_message(reply):
                 self.transport.sendto(pdu, addr)
+
+
+def _why(e: Exception) -> str:
+    return f"{type(e).__name__}: {e}"
 
 
 def _format_error(head: bytes) -> Message:

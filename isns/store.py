@@ -67,6 +67,21 @@ def entity_from_dict(d: dict[str, Any]) -> tuple[Entity, list[PortalGroup]]:
     return entity, groups
 
 
+_TABLES = {"entity": ("entities", "eid"), "dd": ("dds", "id"), "dds": ("dd_sets", "id")}  # by Registry.dirty's kind
+
+
+def _row(registry: Registry, kind: str, key: str | int) -> dict[str, Any] | None:
+    """What the store keeps of one object the registry marked dirty (None: it is gone)."""
+    if kind == "entity":
+        entity = registry.entities.get(str(key))
+        return None if entity is None else entity_to_dict(entity, registry.groups_of(entity))
+    if kind == "dd":
+        dd = registry.dds.get(int(key))
+        return None if dd is None else {"id": dd.id, "name": dd.name, "members": dd.members, "features": dd.features}
+    dds = registry.dd_sets.get(int(key))
+    return None if dds is None else {"id": dds.id, "name": dds.name, "enabled": dds.enabled, "members": dds.members}
+
+
 class StoreError(Exception):
     """The database file cannot be used (not SQLite, another schema)."""
 
@@ -120,26 +135,12 @@ class Store:
         with self.db:
             self.db.execute("BEGIN")
             for kind, key in dirty:
-                if kind == "entity":
-                    entity = registry.entities.get(str(key))
-                    if entity is None:
-                        self.db.execute("DELETE FROM entities WHERE eid = ?", (key,))
-                        continue
-                    self._put("entities", "eid", key, entity_to_dict(entity, registry.groups_of(entity)))
-                elif kind == "dd":
-                    dd = registry.dds.get(int(key))
-                    if dd is None:
-                        self.db.execute("DELETE FROM dds WHERE id = ?", (key,))
-                        continue
-                    self._put("dds", "id", key, {"id": dd.id, "name": dd.name, "members": dd.members,
-                                                 "features": dd.features})
+                table, column = _TABLES[kind]
+                row = _row(registry, kind, key)
+                if row is None:
+                    self.db.execute(f"DELETE FROM {table} WHERE {column} = ?", (key,))
                 else:
-                    dds = registry.dd_sets.get(int(key))
-                    if dds is None:
-                        self.db.execute("DELETE FROM dd_sets WHERE id = ?", (key,))
-                        continue
-                    self._put("dd_sets", "id", key, {"id": dds.id, "name": dds.name, "enabled": dds.enabled,
-                                                     "members": dds.members})
+                    self._put(table, column, key, row)
         return len(dirty)
 
     def _put(self, table: str, column: str, key: object, data: dict[str, Any]) -> None:
