@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -99,6 +100,15 @@ class Kind(str, Enum):
     ISNS_SCN_REGISTERED = "isns.scn_registered"
     ISNS_ESI_LOST = "isns.esi_lost"
     ISNS_SYNCED = "isns.synced"
+    ISNS_EXPIRED = "isns.expired"
+    ISNS_MALFORMED = "isns.malformed"
+    ISNS_ERROR = "isns.error"
+    ISNS_STORE_FAILED = "isns.store_failed"
+    ISNS_NOTICE_REFUSED = "isns.notice_refused"
+    ISNS_SCN_FAILED = "isns.scn_failed"
+    ISNS_SCN_UNDELIVERABLE = "isns.scn_undeliverable"
+    ISNS_ESI_FAILED = "isns.esi_failed"
+    ISNS_ESI_UNDELIVERABLE = "isns.esi_undeliverable"
 
     @property
     def service(self) -> str:
@@ -107,13 +117,16 @@ class Kind(str, Enum):
 
 # Kinds that say something went wrong for a machine or a client: logged as
 # warnings, so the default log level shows them. Routine ones are INFO.
-WARNINGS = frozenset({Kind.BOOT_REFUSED, Kind.DISK_FAILED, Kind.DISK_KEPT, Kind.DHCP_ERROR, Kind.TFTP_FAILED,
+WARNINGS = frozenset({Kind.BOOT_REFUSED, Kind.DISK_FAILED, Kind.DISK_KEPT, Kind.TFTP_FAILED,
                       Kind.ISCSI_STREAM_ERROR, Kind.ISCSI_HEADER_DIGEST_ERROR, Kind.ISCSI_ACCEPT_FAILED,
-                      Kind.ISCSI_COMMAND_FAILED, Kind.QCOW2_REPAIRED, Kind.QCOW2_SPACE_LOW,
+                      Kind.QCOW2_REPAIRED, Kind.QCOW2_SPACE_LOW,
                       Kind.QCOW2_SPACE_EXHAUSTED, Kind.IMAGE_UNREADABLE, Kind.ISNS_ESI_LOST})
+# Kinds that mean a bug or a broken store: ERROR, with the traceback of the
+# exception being handled when the event is emitted.
+ERRORS = frozenset({Kind.DHCP_ERROR, Kind.ISNS_ERROR, Kind.ISNS_STORE_FAILED, Kind.ISCSI_COMMAND_FAILED})
 # Kinds a client can cause at will (garbage on a port): DEBUG, so they cannot flood the log.
 NOISE = frozenset({Kind.DHCP_MALFORMED, Kind.TFTP_MALFORMED, Kind.HTTP_BAD_REQUEST, Kind.RA_SENT,
-                   Kind.RA_FAILED, Kind.DHCP_DROPPED})
+                   Kind.RA_FAILED, Kind.DHCP_DROPPED, Kind.ISNS_MALFORMED})
 
 IDENTITIES = ("mac", "ip", "hostname", "initiator", "target", "peer")
 
@@ -147,6 +160,8 @@ class Event:
 
     @property
     def level(self) -> int:
+        if self.kind in ERRORS:
+            return logging.ERROR
         if self.kind in WARNINGS:
             return logging.WARNING
         if self.kind in NOISE:
@@ -309,8 +324,9 @@ class LogWriter:
         logger = self._loggers.get(event.service)
         if logger is None:
             logger = self._loggers[event.service] = logging.getLogger(f"bootsvc.{event.service}")
-        if logger.isEnabledFor(event.level):
-            logger.log(event.level, "%s", logfmt(event))
+        level = event.level
+        if logger.isEnabledFor(level):
+            logger.log(level, "%s", logfmt(event), exc_info=level >= logging.ERROR and sys.exc_info()[0] is not None)
 
 
 EVENT_FILE = "events.jsonl"

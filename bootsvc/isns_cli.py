@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from isns.client import IsnsClient, IsnsClientError, Objs
+from isns import IsnsClient, IsnsClientError, Objs
 
 from .config import Config
 

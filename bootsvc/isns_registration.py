@@ -19,8 +19,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from isns.client import AsyncIsnsClient, IsnsClientError, NodeSpec, PortalSpec
-from isns.protocol import NodeType
+from isns import AsyncIsnsClient, IsnsClientError, NodeSpec, NodeType, PortalSpec
 from .address import HostPort
 
 from .config import Config

@@ -13,9 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from isns.registry import Registry
-from isns.server import IsnsServer
-from isns.store import Store, StoreError
+from isns import IsnsServer, Registry, Store, StoreError
 from target.server import Portal, TargetServer
 
 from . import config as config_mod
@@ -117,7 +115,7 @@ class Server:
             except StoreError as e:
                 self.close()
                 raise ServeError(str(e)) from e
-            server = IsnsServer(registry, i.listen.host, i.listen.port, store=store)
+            server = IsnsServer(registry, i.listen.host, i.listen.port, store=store, on_event=self.bus.sink("isns"))
 
             async def stop_isns() -> None:
                 await server.stop()

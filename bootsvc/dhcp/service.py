@@ -6,7 +6,6 @@ one, else broadcast on the interface."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -16,7 +15,6 @@ from ..inventory import Machine
 from .message import ANY, DhcpFormatError, IPv4, MessageType, Request, decode, encode
 from .responder import Responder
 
-log = logging.getLogger("bootsvc.dhcp")
 SERVER_PORT = 67
 CLIENT_PORT = 68
 RECEIVE_BUFFER = 4 << 20  # bytes (the kernel caps it at net.core.rmem_max)
@@ -91,8 +89,7 @@ class DhcpService(asyncio.DatagramProtocol):
             reply = self.responder.handle(req, self.address, now)
         except Exception as e:  # a bug must not end the service: count it and keep serving
             counters["errors"] += 1
-            log.exception("DHCP request from %s failed", req.mac)
-            self.responder.emit(Kind.DHCP_ERROR, mac=req.mac, why=repr(e))
+            self.responder.emit(Kind.DHCP_ERROR, mac=req.mac, why=repr(e))  # logged with its traceback
             return
         if reply is None or self.transport is None:
             return
