@@ -7,7 +7,8 @@ venv=${1:-.venv}
 debs=(
     python3 python3-venv python3-pip
     libiscsi-bin        # iscsi-test-cu, iscsi-perf, iscsi-ls
-    qemu-utils          # qemu-img (iscsi:// driver, check, compare)
+    qemu-utils          # qemu-img (check, compare)
+    qemu-block-extra    # qemu-img's iscsi:// driver (libiscsi), not pulled in without recommends
     qemu-system-x86     # QEMU for iPXE sanboot and diskless boots
     ipxe-qemu ipxe      # iPXE NIC ROMs and binaries
     tgt                 # reference iSCSI target
