@@ -5,6 +5,7 @@ events from embedded packages (target/, isns/) mapped to identities."""
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,7 @@ def test_logfmt_quotes_what_needs_it() -> None:
 
 
 @given(st.dictionaries(st.sampled_from(["mac", "ip", "initiator", "why", "bytes", "ok"]),
-                       st.one_of(text, st.integers(), st.booleans(), st.floats(allow_nan=False)), max_size=6),
+                       st.one_of(text, st.integers(-(1 << 63), (1 << 63) - 1), st.booleans(), st.floats(allow_nan=False, allow_infinity=False)), max_size=6),
        st.floats(min_value=0, max_value=4e9))
 def test_json_lines_round_trip(values: dict[str, object], when: float) -> None:
     e = make(Kind.TFTP_SENT, round(when, 6), values)
@@ -77,6 +78,22 @@ def test_log_levels_and_logger_names(caplog: pytest.LogCaptureFixture) -> None:
     assert [(r.name, r.levelno) for r in caplog.records] == [("bootsvc.boot", logging.WARNING)]
 
 
+def test_event_file_lines_arrive_within_its_interval(tmp_path: Path) -> None:
+    f = EventFile(tmp_path / "events.jsonl")
+    bus = Bus(clock=lambda: 2.0)
+    bus.subscribe(f)
+    try:
+        bus.emit(Kind.DHCP_ACK, mac="52:54:00:00:00:01")
+        for _ in range(50):
+            if (tmp_path / "events.jsonl").read_text():
+                break
+            time.sleep(0.02)
+        [e] = read_events((tmp_path / "events.jsonl").read_text().splitlines())
+        assert e.kind is Kind.DHCP_ACK
+    finally:
+        f.close()
+
+
 def test_event_file_rotates_and_skips_cut_lines(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     f = EventFile(path, limit=400)
@@ -84,6 +101,7 @@ def test_event_file_rotates_and_skips_cut_lines(tmp_path: Path) -> None:
     bus.subscribe(f)
     for i in range(10):
         bus.emit(Kind.TFTP_SENT, peer="10.0.0.1", file=f"f{i}", bytes=i)
+        f.flush()  # what its thread does every 0.1 s
     f.close()
     old, new = (tmp_path / "events.jsonl.1").read_text(), path.read_text()
     assert old and new and len(new) <= 400
