@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import time
 from collections.abc import Awaitable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-from target.backend import BackendError
+from target.backend import Backend, BackendError
 from target.targets import Target, TargetConfigError, TargetSpec, open_backend
 
 from .config import Config
@@ -49,6 +50,7 @@ class Disk:
     spec: TargetSpec
     target: Target
     fresh: bool = True  # made for the coming boot: an ephemeral disk needs no renewal at that boot
+    renewing: bool = False  # a new overlay is being made for it
 
 
 @dataclass
@@ -182,25 +184,36 @@ class Fleet:
             disk.fresh = False
             return False
         m = disk.machine
-        if disk.target.sessions:
-            self.bus.emit(Kind.DISK_KEPT, mac=m.mac, hostname=m.hostname, why="sessions still logged in")
+        if disk.target.sessions or disk.renewing:
+            why = "a renewal is under way" if disk.renewing else "sessions still logged in"
+            self.bus.emit(Kind.DISK_KEPT, mac=m.mac, hostname=m.hostname, why=why)
             return False
-        lun = disk.target.luns[0]
+        disk.renewing = True
         try:
             backend = await asyncio.to_thread(self._fresh_backend, disk)
-        except (ImageError, BackendError, OSError) as e:
+        except (ImageError, BackendError, TargetConfigError, OSError) as e:
             self.bus.emit(Kind.DISK_FAILED, mac=m.mac, hostname=m.hostname, why=f"not renewed: {e}")
             return False
+        finally:
+            disk.renewing = False
+        fresh = self.store.renewal_path(m.hostname)
+        if disk.target.sessions:  # it logged in while the new overlay was made: its writes go on to the old one
+            backend.close()
+            fresh.unlink(missing_ok=True)
+            self.bus.emit(Kind.DISK_KEPT, mac=m.mac, hostname=m.hostname, why="logged in while renewing")
+            return False
+        # on the loop, between two requests: no session can see a half-swapped disk
+        os.replace(fresh, self.store.overlay_path(m.hostname))
+        lun = disk.target.luns[0]
         old, lun.backend = lun.backend, backend
         old.close()
         self.bus.emit(Kind.DISK_RENEWED, mac=m.mac, hostname=m.hostname, target=m.target_iqn)
         return True
 
-    def _fresh_backend(self, disk: Disk) -> object:
-        """In a thread: a new overlay in place of the old one (the old one
-        stays readable through its open descriptor until swapped out)."""
-        self.store.reset(disk.machine, held=True)
-        return open_backend(disk.spec.luns[0])
+    def _fresh_backend(self, disk: Disk) -> Backend:
+        """In a thread: a new overlay beside the served one, opened."""
+        path = self.store.create_overlay(disk.machine, replace=True, aside=True)
+        return open_backend(replace(disk.spec.luns[0], path=str(path)))
 
     async def adopt(self, mac: str) -> Machine | None:
         """unknown_machines: default: the MAC becomes a machine with the

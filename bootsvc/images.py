@@ -115,6 +115,10 @@ class ImageStore:
     def overlay_path(self, hostname: str) -> Path:
         return self.overlays_dir / f"{hostname}.qcow2"
 
+    def renewal_path(self, hostname: str) -> Path:
+        """Where a renewed overlay is made before it replaces the overlay."""
+        return self.overlays_dir / f".{hostname}.renewal.qcow2"
+
     def _backing_name(self, base: Path) -> str:
         """How an overlay names its base: relative inside the state dir."""
         try:
@@ -129,14 +133,15 @@ class ImageStore:
         """Create a machine's overlay on its profile's base, in O(1)."""
         return self.create_overlay(self.machine(host), replace)
 
-    def create_overlay(self, machine: Machine, replace: bool = False, held: bool = False) -> Path:
-        """``held``: the caller itself holds the old overlay open (the running
-        fleet renewing it): the new one replaces it atomically by rename."""
+    def create_overlay(self, machine: Machine, replace: bool = False, aside: bool = False) -> Path:
+        """``aside``: made beside the overlay (``renewal_path``) for the
+        running fleet, which swaps it in by rename once it knows nobody
+        logged in meanwhile; the overlay itself is not touched."""
         base = self.base_path(self.profile(machine).base)
         if not base.is_file():
             raise ImageError(f"base image {base} of profile {machine.profile} does not exist")
-        path = self.overlay_path(machine.hostname)
-        if replace and not held and in_use(path):
+        path = self.renewal_path(machine.hostname) if aside else self.overlay_path(machine.hostname)
+        if replace and not aside and in_use(path):
             raise ImageError(f"{machine.hostname}'s overlay is in use by a running bootsvc; stop serving it first")
         self.overlays_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -147,9 +152,9 @@ class ImageStore:
         self.bus.emit(Kind.IMAGE_OVERLAY_CREATED, mac=machine.mac, hostname=machine.hostname, base=str(base))
         return path
 
-    def reset(self, machine: Machine, held: bool = False) -> Path:
+    def reset(self, machine: Machine) -> Path:
         """Throw a machine's changes away: a fresh overlay on its base."""
-        return self.create_overlay(machine, replace=True, held=held)
+        return self.create_overlay(machine, replace=True)
 
     def prepare(self, machine: Machine) -> TargetSpec:
         """The boot target of a machine, its overlay made if missing (and

@@ -136,3 +136,34 @@ def test_reload_is_a_diff_and_logged_in_disks_stay(tmp_path: Path) -> None:
         assert set(fleet.targets) == {old_a.target.name, new_b.target.name}
     finally:
         fleet.close()
+
+
+def test_a_login_during_renewal_keeps_the_old_disk(tmp_path: Path) -> None:
+    """The new overlay is made beside the served one; if the machine logs
+    in meanwhile, the new one is thrown away and its writes stay."""
+    bus = Bus()
+    events = recorded(bus)
+    fleet = Fleet(load(lab(tmp_path, f"  {A}: {{hostname: a}}\n", "ephemeral")), bus)
+    fleet.open()
+    disk = fleet.disk(A)
+    assert disk is not None
+    disk.fresh = False
+    made = fleet._fresh_backend
+
+    def login_meanwhile(d: object) -> object:
+        backend = made(d)  # type: ignore[arg-type]
+        disk.target.sessions.add(object())  # type: ignore[arg-type]
+        return backend
+
+    fleet._fresh_backend = login_meanwhile  # type: ignore[method-assign]
+    lun = disk.target.luns[0]
+    lun.backend.write_sync(0, b"\x77" * 512)  # type: ignore[attr-defined]
+    try:
+        assert not asyncio.run(fleet.renew(A))
+        assert lun.backend.read_sync(0, 512) == b"\x77" * 512  # type: ignore[attr-defined]
+    finally:
+        fleet.close()
+    assert [e.fields.get("why") for e in events if e.kind is Kind.DISK_KEPT] == ["logged in while renewing"]
+    overlays = tmp_path / "state" / "overlays"
+    assert sorted(p.name for p in overlays.iterdir()) == ["a.qcow2"]  # the new one is gone
+    assert_check_clean(overlays / "a.qcow2")
