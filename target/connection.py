@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .server import TargetServer
     from .targets import Target
 
-log = logging.getLogger("bootsvc.iscsi")
+log = logging.getLogger("target.iscsi")
 
 LOGIN_MAX_DATA = 8192  # §13.12: the limit before MaxRecvDataSegmentLength is declared
 LOGIN_TIMEOUT = 30.0

@@ -43,7 +43,7 @@ from .backend import (Backend, BackendError, FileExtent, RawBackend, Segment, Sp
 from .iothread import IoThread
 from .qcow2_refcount import Refcounts, dump_be, load_be
 
-log = logging.getLogger("bootsvc.qcow2")
+log = logging.getLogger("target.qcow2")
 
 MAGIC = b"QFI\xfb"
 HEADER_V2 = struct.Struct(">4sIQIIQIIQQIIQ")  # up to snapshots_offset (72 bytes)
@@ -90,7 +90,7 @@ _T = TypeVar("_T")
 
 
 class Qcow2Error(BackendError):
-    """An image bootsvc cannot serve; the message names what is wrong."""
+    """An image this target cannot serve; the message names what is wrong."""
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from .login import LoginFailed, LoginStatus
 from .session import Session
 from .targets import Target
 
-log = logging.getLogger("bootsvc.iscsi")
+log = logging.getLogger("target.iscsi")
 
 EventSink = Callable[[str, dict[str, object]], None]
 

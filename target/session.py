@@ -50,7 +50,7 @@ from .scsi import ScsiResult, ScsiStatus, no_such_lun, report_luns
 from .targets import Target, lun_from_field
 from .text import TextFormatError, decode_text, encode_text
 
-log = logging.getLogger("bootsvc.iscsi")
+log = logging.getLogger("target.iscsi")
 
 REPORT_LUNS = 0xA0
 SERIAL_HALF = 1 << 31
