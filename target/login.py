@@ -85,6 +85,7 @@ class LoginResult:
     response: LoginResponse
     params: SessionParams | None = None  # set when Full Feature Phase begins
     failed: bool = False  # the connection closes after sending the response
+    why: str = ""  # what made the login fail, for the operator
 
 
 @dataclass
@@ -108,7 +109,7 @@ class Login:
         try:
             return self._receive(req)
         except LoginFailed as e:
-            return LoginResult(self._response(req, status=e.status), failed=True)
+            return LoginResult(self._response(req, status=e.status), failed=True, why=str(e))
 
     def _receive(self, req: LoginRequest) -> LoginResult:
         if self.first:

@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 
 from .backend import (Backend, BackendError, FileExtent, RawBackend, Segment, SpaceExhausted, Zeros, pread_exact,
                       pwrite_all)
+from .events import EventSink, Events
 from .iothread import IoThread
 from .qcow2_refcount import Refcounts, dump_be, load_be
 
@@ -194,7 +195,7 @@ def writable_refusal(h: Header) -> str | None:
 
 
 def open_image(path: str | os.PathLike[str], read_only: bool = True, limit: int | None = None,
-               on_event: Callable[[str, dict[str, Any]], None] | None = None) -> Qcow2Backend:
+               on_event: EventSink | None = None) -> Qcow2Backend:
     """Open a qcow2 image (and its backing chain, always read-only).
 
     ``limit`` caps the bytes the image file may allocate: a warning at 90 %,
@@ -233,11 +234,11 @@ class Kind(Enum):
 
 class Qcow2Backend(Backend):
     def __init__(self, path: str | os.PathLike[str], read_only: bool = True, depth: int = 0,
-                 limit: int | None = None, on_event: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+                 limit: int | None = None, on_event: EventSink | None = None) -> None:
         self.path = os.fspath(path)
         self.read_only = read_only
         self.limit = limit
-        self.on_event = on_event
+        self.events = Events(on_event, log)
         self._space_warned = False
         self.backing: Backend | None = None
         self.refs: Refcounts | None = None
@@ -292,7 +293,7 @@ class Qcow2Backend(Backend):
             if report.corruptions:
                 raise Qcow2Error(f"{self.path} is corrupt ({report.corruptions[0]}); "
                                  "qemu-img check -r all may repair it")
-            log.warning("event=qcow2.repaired image=%s leaks=%d", self.path, report.leaks_fixed)
+            self._event("qcow2.repaired", leaks=report.leaks_fixed)
         if h.autoclear:
             # bits for features we do not keep up to date: clearing them tells
             # their owners the data is stale ("autoclear features")
@@ -560,11 +561,8 @@ class Qcow2Backend(Backend):
     def _missing_l1(self, offset: int, length: int) -> list[int]:
         return [i for i in self._l1_indexes(offset, length) if not self.l1[i]]
 
-    def _event(self, what: str, **fields: Any) -> None:
-        fields = {"image": self.path, **fields}
-        log.warning("event=%s %s", what, " ".join(f"{k}={v}" for k, v in fields.items()))
-        if self.on_event is not None:
-            self.on_event(what, fields)
+    def _event(self, what: str, **fields: object) -> None:
+        self.events.emit(what, logging.WARNING, image=self.path, **fields)
 
     def _cluster_contents(self, pos: int, entry: int, kind: Kind) -> bytes:
         """Blocking: what the guest cluster at ``pos`` reads as now (the
