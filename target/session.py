@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
@@ -496,38 +496,47 @@ class Session:
         lun_id = lun_from_field(req.lun)
         self._event("iscsi.task_management", function=fn.name if isinstance(fn, TmfFunction) else fn,
                     lun=lun_id)
-        if fn in (TmfFunction.ABORT_TASK, TmfFunction.ABORT_TASK_SET, TmfFunction.CLEAR_TASK_SET,
-                  TmfFunction.LOGICAL_UNIT_RESET, TmfFunction.CLEAR_ACA) and lun_id not in target.luns:
+        if fn in _LUN_FUNCTIONS and lun_id not in target.luns:
             return TmfResponse.LUN_DOES_NOT_EXIST
-        match fn:
-            case TmfFunction.ABORT_TASK:
-                task = self.tasks.get(req.rtt)
-                if task is None:
-                    # §11.5.1: a task that completed already counts as aborted
-                    return (TmfResponse.FUNCTION_COMPLETE if sn_lt(req.refcmdsn, self.expcmdsn)
-                            else TmfResponse.TASK_DOES_NOT_EXIST)
-                self._abort(task)
-            case TmfFunction.ABORT_TASK_SET | TmfFunction.CLEAR_TASK_SET:
-                for task in [t for t in self.tasks.values() if t.lun == lun_id]:
-                    self._abort(task)
-            case TmfFunction.LOGICAL_UNIT_RESET:
-                for s in list(target.sessions):
-                    for task in [t for t in s.tasks.values() if t.lun == lun_id]:
-                        s._abort(task)
-                target.luns[lun_id].reset()
-            case TmfFunction.TARGET_WARM_RESET | TmfFunction.TARGET_COLD_RESET:
-                for s in list(target.sessions):
-                    for task in list(s.tasks.values()):
-                        s._abort(task)
-                for lun in target.luns.values():
-                    lun.reset()
-            case TmfFunction.CLEAR_ACA:
-                return TmfResponse.FUNCTION_COMPLETE
-            case TmfFunction.TASK_REASSIGN:
-                return TmfResponse.REASSIGNMENT_NOT_SUPPORTED
-            case _:
-                return TmfResponse.NOT_SUPPORTED
+        handler = _TMF_HANDLERS.get(fn)
+        if handler is None:
+            return TmfResponse.NOT_SUPPORTED
+        return handler(self, req, target, lun_id)
+
+    def _abort_task(self, req: TaskMgmtRequest, target: Target, lun_id: int) -> TmfResponse:
+        task = self.tasks.get(req.rtt)
+        if task is None:
+            # §11.5.1: a task that completed already counts as aborted
+            return (TmfResponse.FUNCTION_COMPLETE if sn_lt(req.refcmdsn, self.expcmdsn)
+                    else TmfResponse.TASK_DOES_NOT_EXIST)
+        self._abort(task)
         return TmfResponse.FUNCTION_COMPLETE
+
+    def _abort_task_set(self, req: TaskMgmtRequest, target: Target, lun_id: int) -> TmfResponse:
+        for task in [t for t in self.tasks.values() if t.lun == lun_id]:
+            self._abort(task)
+        return TmfResponse.FUNCTION_COMPLETE
+
+    def _lun_reset(self, req: TaskMgmtRequest, target: Target, lun_id: int) -> TmfResponse:
+        for s in list(target.sessions):
+            for task in [t for t in s.tasks.values() if t.lun == lun_id]:
+                s._abort(task)
+        target.luns[lun_id].reset()
+        return TmfResponse.FUNCTION_COMPLETE
+
+    def _target_reset(self, req: TaskMgmtRequest, target: Target, lun_id: int) -> TmfResponse:
+        for s in list(target.sessions):
+            for task in list(s.tasks.values()):
+                s._abort(task)
+        for lun in target.luns.values():
+            lun.reset()
+        return TmfResponse.FUNCTION_COMPLETE
+
+    def _clear_aca(self, req: TaskMgmtRequest, target: Target, lun_id: int) -> TmfResponse:
+        return TmfResponse.FUNCTION_COMPLETE  # no ACA is ever established (NACA is refused)
+
+    def _reassign(self, req: TaskMgmtRequest, target: Target, lun_id: int) -> TmfResponse:
+        return TmfResponse.REASSIGNMENT_NOT_SUPPORTED  # ERL 0 (§11.5.1)
 
     def _abort(self, task: Task) -> None:
         task.aborted = True
@@ -623,6 +632,21 @@ class Session:
             self.logged_out = True
             self._event("iscsi.logout")
             self.conn.close_after_send()
+
+
+# functions that address one LUN, which must exist (§11.5.1)
+_LUN_FUNCTIONS = frozenset((TmfFunction.ABORT_TASK, TmfFunction.ABORT_TASK_SET, TmfFunction.CLEAR_TASK_SET,
+                            TmfFunction.LOGICAL_UNIT_RESET, TmfFunction.CLEAR_ACA))
+_TMF_HANDLERS: dict[int, Callable[[Session, TaskMgmtRequest, Target, int], TmfResponse]] = {
+    TmfFunction.ABORT_TASK: Session._abort_task,
+    TmfFunction.ABORT_TASK_SET: Session._abort_task_set,
+    TmfFunction.CLEAR_TASK_SET: Session._abort_task_set,
+    TmfFunction.LOGICAL_UNIT_RESET: Session._lun_reset,
+    TmfFunction.TARGET_WARM_RESET: Session._target_reset,
+    TmfFunction.TARGET_COLD_RESET: Session._target_reset,
+    TmfFunction.CLEAR_ACA: Session._clear_aca,
+    TmfFunction.TASK_REASSIGN: Session._reassign,
+}
 
 
 class _Cursor:
