@@ -16,18 +16,18 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
 from .backend import Segment, segments_length
+from .events import peer_text
 from .framing import DigestError, PduReader, crc32c_digest, frame, padding
 from .login import Login, LoginStatus
 from .pdu import LoginRequest, NopOut, Pdu, PduFormatError, Reject, RejectReason
 from .sender import Sender
-from .session import Session, SessionFailure
+from .session import DropReason, Session, SessionFailure
 
 if TYPE_CHECKING:
     from .keys import SessionParams
     from .server import TargetServer
     from .targets import Target
 
-log = logging.getLogger("bootsvc.iscsi")
 
 LOGIN_MAX_DATA = 8192  # §13.12: the limit before MaxRecvDataSegmentLength is declared
 LOGIN_TIMEOUT = 30.0
@@ -54,7 +54,10 @@ class IscsiConnection:
         self.login_cmdsn = 0
         self.session: Session | None = None
         self.closing = False
-        self.peer = sock.getpeername()[:2]
+        # why the connection ends, reported if it takes a session with it
+        self.end_reason: DropReason | None = None
+        self.peer = peer_text(sock.getpeername())
+        self.login: Login | None = None
         self.local_address: tuple[str, int] = sock.getsockname()[:2]
         self.last_rx = time.monotonic()
         self.ping_ttt = 0
@@ -80,8 +83,9 @@ class IscsiConnection:
             items.append(crc32c_digest(*cast("list[bytes]", segments), pad))
         self.sender.send(items)
 
-    def close_after_send(self) -> None:
+    def close_after_send(self, reason: DropReason | None = None) -> None:
         self.closing = True
+        self.end_reason = self.end_reason or reason
         self.loop.create_task(self._close_when_drained())
 
     async def _close_when_drained(self) -> None:
@@ -91,8 +95,9 @@ class IscsiConnection:
             pass
         self.close()
 
-    def close(self) -> None:
+    def close(self, reason: DropReason | None = None) -> None:
         self.closing = True
+        self.end_reason = self.end_reason or reason
         if self.finished is not None:
             self._finish()
         self.sender.close()
@@ -109,14 +114,23 @@ class IscsiConnection:
             if self.session is not None:
                 await self._full_feature()
         except (asyncio.TimeoutError, ConnectionError, OSError) as e:
-            log.info("event=iscsi.connection_lost peer=%s:%d why=%r", *self.peer, e)
+            self.server.event("iscsi.connection_lost", peer=self.peer, why=str(e) or type(e).__name__)
         except (PduFormatError, SessionFailure) as e:
-            log.warning("event=iscsi.stream_error peer=%s:%d why=%s", *self.peer, e)
+            self.end_reason = self.end_reason or DropReason.PROTOCOL_ERROR
+            self.server.event("iscsi.stream_error", logging.WARNING, peer=self.peer, why=str(e))
         finally:
             self.close()
             if self.session is not None and self.session.conn is self:
-                self.session.close()
+                self.session.close(self.end_reason or DropReason.CONNECTION_LOST)
             self.sock.close()
+
+    def _login_failed(self, why: str, **fields: object) -> None:
+        """``iscsi.login_failed``, with the names the login had given so far."""
+        names = {}
+        if self.login is not None:
+            p = self.login.params
+            names = {k: v for k, v in (("initiator", p.initiator_name), ("target", p.target_name)) if v}
+        self.server.event("iscsi.login_failed", peer=self.peer, **names, why=why, **fields)
 
     async def _recv(self) -> bool:
         data = await self.loop.sock_recv(self.sock, RECV_SIZE)
@@ -127,13 +141,13 @@ class IscsiConnection:
         return True
 
     async def _login(self) -> None:
-        login = Login(ctx=_LoginContext(self), target_prefs=self.server.key_preferences,
-                      window=self.server.window)
+        login = self.login = Login(ctx=_LoginContext(self), target_prefs=self.server.key_preferences,
+                                   window=self.server.window)
         while True:
             try:
                 pdu = self.reader.next_pdu()
             except (DigestError, PduFormatError) as e:
-                log.info("event=iscsi.login_failed peer=%s:%d why=%s", *self.peer, e)
+                self._login_failed(str(e))
                 return
             if pdu is None:
                 if not await self._recv():
@@ -142,8 +156,7 @@ class IscsiConnection:
             if not isinstance(pdu, LoginRequest):
                 # §6.1: anything but a Login Request before Full Feature Phase ends the connection
                 self.emit(Reject(reason=RejectReason.PROTOCOL_ERROR, data=pdu.encode_bhs()))
-                log.info("event=iscsi.login_failed peer=%s:%d why=%s before login", *self.peer,
-                         type(pdu).__name__)
+                self._login_failed(f"{type(pdu).__name__} before login")
                 await self.sender.drain()
                 return
             self.cid = pdu.cid
@@ -153,9 +166,7 @@ class IscsiConnection:
             self.emit(result.response)
             if result.failed:
                 status = LoginStatus((result.response.status_class << 8) | result.response.status_detail)
-                self.server.event("iscsi.login_failed", peer=f"{self.peer[0]}:{self.peer[1]}",
-                                  initiator=login.params.initiator_name, target=login.params.target_name,
-                                  status=status.name)
+                self._login_failed(result.why, status=status.name)
                 await self.sender.drain()
                 return
             if result.params is not None:
@@ -164,8 +175,7 @@ class IscsiConnection:
                 self.reader.hard_limit = FFP_HARD_LIMIT
                 self.reader.digests.header = p.header_digest
                 self.reader.digests.data = p.data_digest
-                self.server.event("iscsi.login", peer=f"{self.peer[0]}:{self.peer[1]}",
-                                  initiator=p.initiator_name, target=p.target_name,
+                self.server.event("iscsi.login", peer=self.peer, initiator=p.initiator_name, target=p.target_name,
                                   session_type=p.session_type, tsih=login.tsih)
                 return
 
@@ -246,7 +256,8 @@ class IscsiConnection:
                 break
             except DigestError as e:
                 if e.header:  # §7.8: the header cannot be trusted, so neither can the framing
-                    log.warning("event=iscsi.header_digest_error peer=%s:%d", *self.peer)
+                    self.server.event("iscsi.header_digest_error", logging.WARNING, peer=self.peer)
+                    self.end_reason = self.end_reason or DropReason.PROTOCOL_ERROR
                     self._finish()
                     return
                 session.reject(e.bhs, RejectReason.DATA_DIGEST_ERROR, str(e))
@@ -273,8 +284,8 @@ class IscsiConnection:
             await asyncio.sleep(interval / 2)
             now = time.monotonic()
             if self.ping_sent and now - self.ping_sent > self.server.nop_timeout:
-                log.info("event=iscsi.nop_timeout peer=%s:%d", *self.peer)
-                self.close()
+                self.server.event("iscsi.nop_timeout", peer=self.peer)
+                self.close(DropReason.NOP_TIMEOUT)
                 return
             if not self.ping_sent and now - self.last_rx > interval and self.session is not None:
                 self.ping_ttt = (self.ping_ttt % 0xFFFF) + 1 | 0x80000000

@@ -1,14 +1,18 @@
 """Login and session keys (RFC 7143 §13) and the rules that settle each one.
 
-Each key has a :class:`KeySpec`: how its value is negotiated (§6.2), the
-target's preference, and the legal range. :func:`negotiate` answers one
-offer from the initiator; :class:`SessionParams` holds the outcome.
+Every key is declared once. A key that the session uses is a field of
+:class:`SessionParams`, declared with :func:`key` (name, negotiation rule,
+the RFC default, the target's preference, bounds); keys that only need an
+answer are in ``_ANSWER_ONLY``. :data:`KEYS` is derived from both, and
+:func:`negotiate` and :meth:`SessionParams.apply` work from it.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 
 class Rule(enum.Enum):
@@ -21,57 +25,6 @@ class Rule(enum.Enum):
     IRRELEVANT = "irrelevant"  # obsolete keys we answer with Irrelevant
     TARGET_ONLY = "target-only"  # only the target may send these
 
-
-@dataclass(frozen=True)
-class KeySpec:
-    name: str
-    rule: Rule
-    ours: str = ""  # the target's preference / supported list
-    lo: int = 0
-    hi: int = 0
-    leading_only: bool = False  # §13: session-wide keys, leading connection only
-
-
-def _num(name: str, rule: Rule, ours: int, lo: int, hi: int, leading: bool = True) -> KeySpec:
-    return KeySpec(name, rule, str(ours), lo, hi, leading)
-
-
-MAX_24 = (1 << 24) - 1
-
-KEYS: dict[str, KeySpec] = {
-    k.name: k
-    for k in (
-        KeySpec("AuthMethod", Rule.LIST, "None"),
-        KeySpec("HeaderDigest", Rule.LIST, "None,CRC32C"),
-        KeySpec("DataDigest", Rule.LIST, "None,CRC32C"),
-        _num("MaxConnections", Rule.MIN, 1, 1, 65535),
-        KeySpec("InitialR2T", Rule.BOOL_OR, "No", leading_only=True),
-        KeySpec("ImmediateData", Rule.BOOL_AND, "Yes", leading_only=True),
-        _num("MaxBurstLength", Rule.MIN, 1 << 20, 512, MAX_24),
-        _num("FirstBurstLength", Rule.MIN, 1 << 18, 512, MAX_24),
-        _num("DefaultTime2Wait", Rule.MAX, 2, 0, 3600),
-        _num("DefaultTime2Retain", Rule.MIN, 0, 0, 3600),
-        _num("MaxOutstandingR2T", Rule.MIN, 16, 1, 65535),
-        KeySpec("DataPDUInOrder", Rule.BOOL_OR, "Yes", leading_only=True),
-        KeySpec("DataSequenceInOrder", Rule.BOOL_OR, "Yes", leading_only=True),
-        _num("ErrorRecoveryLevel", Rule.MIN, 0, 0, 2),
-        _num("iSCSIProtocolLevel", Rule.MIN, 1, 0, 31),
-        KeySpec("MaxRecvDataSegmentLength", Rule.DECLARATIVE, lo=512, hi=MAX_24),
-        KeySpec("InitiatorName", Rule.DECLARATIVE, leading_only=True),
-        KeySpec("InitiatorAlias", Rule.DECLARATIVE),
-        KeySpec("TargetName", Rule.DECLARATIVE, leading_only=True),
-        KeySpec("SessionType", Rule.DECLARATIVE, leading_only=True),
-        KeySpec("OFMarker", Rule.BOOL_AND, "No"),
-        KeySpec("IFMarker", Rule.BOOL_AND, "No"),
-        KeySpec("OFMarkInt", Rule.IRRELEVANT),
-        KeySpec("IFMarkInt", Rule.IRRELEVANT),
-        KeySpec("TaskReporting", Rule.LIST, "RFC3720"),
-        KeySpec("TargetAlias", Rule.TARGET_ONLY),
-        KeySpec("TargetAddress", Rule.TARGET_ONLY),
-        KeySpec("TargetPortalGroupTag", Rule.TARGET_ONLY),
-        KeySpec("SendTargets", Rule.TARGET_ONLY),
-    )
-}
 
 NOT_UNDERSTOOD = "NotUnderstood"
 REJECT = "Reject"
@@ -100,116 +53,178 @@ def parse_bool(value: str) -> bool:
     return value == "Yes"
 
 
+def _is_crc32c(value: str) -> bool:
+    return value == "CRC32C"
+
+
+def _text(value: str) -> str:
+    return value
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    name: str
+    rule: Rule
+    ours: str = ""  # the target's preference / supported list
+    lo: int = 0  # numbers: the legal range (§13)
+    hi: int = 0
+    leading_only: bool = False  # §13: session-wide keys, leading connection only
+    normal_only: bool = False  # §13: "Irrelevant when SessionType=Discovery"
+    values: tuple[str, ...] = ()  # declarations: the only legal values, if limited
+    field: str | None = None  # the SessionParams field that holds the outcome
+    parse: Callable[[str], object] = _text  # settled text value -> field value
+
+
+MAX_24 = (1 << 24) - 1
+_METADATA = "iscsi_key"
+
+
+def key(name: str, rule: Rule, default: Any, *, ours: object = "", lo: int = 0, hi: int = 0,
+        leading_only: bool = False, normal_only: bool = False, values: tuple[str, ...] = (),
+        parse: Callable[[str], object] | None = None) -> Any:
+    """A :class:`SessionParams` field holding the key ``name``: its RFC
+    default and how it is negotiated. Numbers are parsed as numbers, Yes/No
+    keys as booleans unless ``parse`` says otherwise."""
+    if parse is None:
+        parse = {bool: parse_bool, int: parse_number}.get(type(default), _text)
+    spec = KeySpec(name, rule, str(ours), lo, hi, leading_only, normal_only, values, parse=parse)
+    return field(default=default, metadata={_METADATA: spec})
+
+
 @dataclass
 class SessionParams:
     """The outcome of negotiation, with the RFC's defaults (§13)."""
 
-    header_digest: bool = False
-    data_digest: bool = False
-    max_connections: int = 1
-    initial_r2t: bool = True
-    immediate_data: bool = True
-    max_burst_length: int = 262144
-    first_burst_length: int = 65536
-    default_time2wait: int = 2
-    default_time2retain: int = 20
-    max_outstanding_r2t: int = 1
-    data_pdu_in_order: bool = True
-    data_sequence_in_order: bool = True
-    error_recovery_level: int = 0
+    header_digest: bool = key("HeaderDigest", Rule.LIST, False, ours="None,CRC32C", parse=_is_crc32c)
+    data_digest: bool = key("DataDigest", Rule.LIST, False, ours="None,CRC32C", parse=_is_crc32c)
+    max_connections: int = key("MaxConnections", Rule.MIN, 1, ours=1, lo=1, hi=65535, leading_only=True,
+                               normal_only=True)
+    initial_r2t: bool = key("InitialR2T", Rule.BOOL_OR, True, ours="No", leading_only=True, normal_only=True)
+    immediate_data: bool = key("ImmediateData", Rule.BOOL_AND, True, ours="Yes", leading_only=True,
+                               normal_only=True)
+    max_burst_length: int = key("MaxBurstLength", Rule.MIN, 262144, ours=1 << 20, lo=512, hi=MAX_24,
+                                leading_only=True, normal_only=True)
+    first_burst_length: int = key("FirstBurstLength", Rule.MIN, 65536, ours=1 << 18, lo=512, hi=MAX_24,
+                                  leading_only=True, normal_only=True)
+    default_time2wait: int = key("DefaultTime2Wait", Rule.MAX, 2, ours=2, lo=0, hi=3600, leading_only=True)
+    default_time2retain: int = key("DefaultTime2Retain", Rule.MIN, 20, ours=0, lo=0, hi=3600, leading_only=True)
+    max_outstanding_r2t: int = key("MaxOutstandingR2T", Rule.MIN, 1, ours=16, lo=1, hi=65535, leading_only=True,
+                                   normal_only=True)
+    data_pdu_in_order: bool = key("DataPDUInOrder", Rule.BOOL_OR, True, ours="Yes", leading_only=True,
+                                  normal_only=True)
+    data_sequence_in_order: bool = key("DataSequenceInOrder", Rule.BOOL_OR, True, ours="Yes", leading_only=True,
+                                       normal_only=True)
+    error_recovery_level: int = key("ErrorRecoveryLevel", Rule.MIN, 0, ours=0, lo=0, hi=2, leading_only=True)
     # what the initiator said it can receive: our Data-In/Text PDUs stay below it
-    initiator_max_recv: int = 8192
-    # what we told the initiator we accept
+    initiator_max_recv: int = key("MaxRecvDataSegmentLength", Rule.DECLARATIVE, 8192, lo=512, hi=MAX_24)
+    # what we told the initiator we accept (our own declaration, not an offer)
     target_max_recv: int = 262144
-    initiator_name: str = ""
-    initiator_alias: str = ""
-    target_name: str = ""
-    session_type: str = "Normal"
-    auth_method: str = "None"
-    extra: dict[str, str] = field(default_factory=dict)
+    initiator_name: str = key("InitiatorName", Rule.DECLARATIVE, "", leading_only=True)
+    initiator_alias: str = key("InitiatorAlias", Rule.DECLARATIVE, "")
+    target_name: str = key("TargetName", Rule.DECLARATIVE, "", leading_only=True)
+    session_type: str = key("SessionType", Rule.DECLARATIVE, "Normal", leading_only=True,
+                            values=("Normal", "Discovery"))
+    auth_method: str = key("AuthMethod", Rule.LIST, "None", ours="None")
+    extra: dict[str, str] = field(default_factory=dict)  # settled keys the session does not use
 
-    def apply(self, key: str, value: str) -> None:
+    def apply(self, name: str, value: str) -> None:
         """Record a settled value (our answer, or a declaration)."""
-        match key:
-            case "HeaderDigest":
-                self.header_digest = value == "CRC32C"
-            case "DataDigest":
-                self.data_digest = value == "CRC32C"
-            case "MaxConnections":
-                self.max_connections = int(value)
-            case "InitialR2T":
-                self.initial_r2t = value == "Yes"
-            case "ImmediateData":
-                self.immediate_data = value == "Yes"
-            case "MaxBurstLength":
-                self.max_burst_length = int(value)
-            case "FirstBurstLength":
-                self.first_burst_length = int(value)
-            case "DefaultTime2Wait":
-                self.default_time2wait = int(value)
-            case "DefaultTime2Retain":
-                self.default_time2retain = int(value)
-            case "MaxOutstandingR2T":
-                self.max_outstanding_r2t = int(value)
-            case "DataPDUInOrder":
-                self.data_pdu_in_order = value == "Yes"
-            case "DataSequenceInOrder":
-                self.data_sequence_in_order = value == "Yes"
-            case "ErrorRecoveryLevel":
-                self.error_recovery_level = int(value)
-            case "MaxRecvDataSegmentLength":
-                self.initiator_max_recv = parse_number(value)
-            case "InitiatorName":
-                self.initiator_name = value
-            case "InitiatorAlias":
-                self.initiator_alias = value
-            case "TargetName":
-                self.target_name = value
-            case "SessionType":
-                self.session_type = value
-            case "AuthMethod":
-                self.auth_method = value
-            case _:
-                self.extra[key] = value
+        spec = KEYS.get(name)
+        if spec is None or spec.field is None:
+            self.extra[name] = value
+        else:
+            setattr(self, spec.field, spec.parse(value))
 
 
-def negotiate(key: str, value: str, ours: dict[str, str] | None = None) -> str | None:
-    """The target's answer to ``key=value``, or None where no answer is owed.
+# Keys the target answers but the session does not keep.
+_ANSWER_ONLY = (
+    KeySpec("iSCSIProtocolLevel", Rule.MIN, "1", 0, 31, leading_only=True),
+    KeySpec("OFMarker", Rule.BOOL_AND, "No"),
+    KeySpec("IFMarker", Rule.BOOL_AND, "No"),
+    KeySpec("OFMarkInt", Rule.IRRELEVANT),
+    KeySpec("IFMarkInt", Rule.IRRELEVANT),
+    KeySpec("TaskReporting", Rule.LIST, "RFC3720"),
+    KeySpec("TargetAlias", Rule.TARGET_ONLY),
+    KeySpec("TargetAddress", Rule.TARGET_ONLY),
+    KeySpec("TargetPortalGroupTag", Rule.TARGET_ONLY),
+    KeySpec("SendTargets", Rule.TARGET_ONLY),
+)
+
+KEYS: dict[str, KeySpec] = {
+    spec.name: spec
+    for spec in (
+        *(replace(f.metadata[_METADATA], field=f.name) for f in fields(SessionParams) if _METADATA in f.metadata),
+        *_ANSWER_ONLY,
+    )
+}
+
+
+# -- one answer per rule (§6.2) ------------------------------------------------
+
+
+def _declared(spec: KeySpec, value: str, pref: str) -> None:
+    if spec.hi:
+        _in_range(spec, value)
+    elif spec.values and value not in spec.values:
+        raise KeyValueError(f"unknown {spec.name} {value!r}")
+    return None
+
+
+def _and(spec: KeySpec, value: str, pref: str) -> str:
+    return "Yes" if parse_bool(value) and pref == "Yes" else "No"
+
+
+def _or(spec: KeySpec, value: str, pref: str) -> str:
+    return "Yes" if parse_bool(value) or pref == "Yes" else "No"
+
+
+def _min(spec: KeySpec, value: str, pref: str) -> str:
+    return str(min(_in_range(spec, value), int(pref)))
+
+
+def _max(spec: KeySpec, value: str, pref: str) -> str:
+    return str(max(_in_range(spec, value), int(pref)))
+
+
+def _in_range(spec: KeySpec, value: str) -> int:
+    n = parse_number(value)
+    if not spec.lo <= n <= spec.hi:
+        raise KeyValueError(f"{spec.name}={value} out of range {spec.lo}..{spec.hi}")
+    return n
+
+
+def _first_supported(spec: KeySpec, value: str, pref: str) -> str:
+    supported = pref.split(",")
+    return next((offered for offered in value.split(",") if offered in supported), REJECT)
+
+
+def _irrelevant(spec: KeySpec, value: str, pref: str) -> str:
+    return IRRELEVANT
+
+
+def _target_only(spec: KeySpec, value: str, pref: str) -> str:
+    raise KeyValueError(f"{spec.name} may only be sent by a target")
+
+
+_ANSWER: dict[Rule, Callable[[KeySpec, str, str], str | None]] = {
+    Rule.DECLARATIVE: _declared,
+    Rule.BOOL_AND: _and,
+    Rule.BOOL_OR: _or,
+    Rule.MIN: _min,
+    Rule.MAX: _max,
+    Rule.LIST: _first_supported,
+    Rule.IRRELEVANT: _irrelevant,
+    Rule.TARGET_ONLY: _target_only,
+}
+
+
+def negotiate(name: str, value: str, ours: dict[str, str] | None = None) -> str | None:
+    """The target's answer to ``name=value``, or None where no answer is owed.
 
     ``ours`` overrides the target's preferences from :data:`KEYS` (config).
     Raises :class:`KeyValueError` for values the RFC says to Reject.
     """
-    spec = KEYS.get(key)
+    spec = KEYS.get(name)
     if spec is None:
         return NOT_UNDERSTOOD
-    pref = (ours or {}).get(key, spec.ours)
-    match spec.rule:
-        case Rule.DECLARATIVE:
-            if key == "MaxRecvDataSegmentLength":
-                n = parse_number(value)
-                if not spec.lo <= n <= spec.hi:
-                    raise KeyValueError(f"{key}={value} out of range")
-            elif key == "SessionType" and value not in ("Normal", "Discovery"):
-                raise KeyValueError(f"unknown SessionType {value!r}")
-            return None
-        case Rule.BOOL_AND:
-            return "Yes" if parse_bool(value) and pref == "Yes" else "No"
-        case Rule.BOOL_OR:
-            return "Yes" if parse_bool(value) or pref == "Yes" else "No"
-        case Rule.MIN | Rule.MAX:
-            n = parse_number(value)
-            if not spec.lo <= n <= spec.hi:
-                raise KeyValueError(f"{key}={value} out of range {spec.lo}..{spec.hi}")
-            mine = int(pref)
-            return str(min(n, mine) if spec.rule is Rule.MIN else max(n, mine))
-        case Rule.LIST:
-            supported = pref.split(",")
-            for offered in value.split(","):
-                if offered in supported:
-                    return offered
-            return REJECT
-        case Rule.IRRELEVANT:
-            return IRRELEVANT
-        case Rule.TARGET_ONLY:
-            raise KeyValueError(f"{key} may only be sent by a target")
-    raise AssertionError(spec.rule)
+    return _ANSWER[spec.rule](spec, value, (ours or {}).get(name, spec.ours))

@@ -13,7 +13,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .keys import KEYS, REJECT, KeyValueError, SessionParams, negotiate
+from .keys import IRRELEVANT, KEYS, NOT_UNDERSTOOD, REJECT, KeyValueError, Rule, SessionParams, negotiate
 from .pdu import LoginRequest, LoginResponse, Stage
 from .text import TextFormatError, decode_text, encode_text
 
@@ -72,19 +72,12 @@ class LoginContext(Protocol):
         ...
 
 
-# Keys only meaningful in a Normal session; in a Discovery session they are
-# answered Irrelevant (§13: "Irrelevant when SessionType=Discovery").
-_NORMAL_ONLY = {
-    "MaxConnections", "InitialR2T", "ImmediateData", "MaxBurstLength", "FirstBurstLength",
-    "MaxOutstandingR2T", "DataPDUInOrder", "DataSequenceInOrder",
-}
-
-
 @dataclass
 class LoginResult:
     response: LoginResponse
     params: SessionParams | None = None  # set when Full Feature Phase begins
     failed: bool = False  # the connection closes after sending the response
+    why: str = ""  # what made the login fail, for the operator
 
 
 @dataclass
@@ -108,7 +101,7 @@ class Login:
         try:
             return self._receive(req)
         except LoginFailed as e:
-            return LoginResult(self._response(req, status=e.status), failed=True)
+            return LoginResult(self._response(req, status=e.status), failed=True, why=str(e))
 
     def _receive(self, req: LoginRequest) -> LoginResult:
         if self.first:
@@ -171,21 +164,21 @@ class Login:
                 raise LoginFailed(LoginStatus.INITIATOR_ERROR, f"{key} on a non-leading connection")
             if key == "AuthMethod" and req.csg != Stage.SECURITY:
                 raise LoginFailed(LoginStatus.INITIATOR_ERROR, "AuthMethod outside the security stage")
-            if key in _NORMAL_ONLY and self._discovery(pairs):
-                answers.append((key, "Irrelevant"))
+            if spec is not None and spec.normal_only and self._discovery(pairs):
+                answers.append((key, IRRELEVANT))
                 continue
             try:
                 answer = negotiate(key, value, self.target_prefs)
             except KeyValueError:
                 answer = REJECT
-                if spec is not None and spec.rule.name == "DECLARATIVE":
+                if spec is not None and spec.rule is Rule.DECLARATIVE:
                     raise LoginFailed(LoginStatus.INITIATOR_ERROR, f"bad value {key}={value!r}") from None
             if answer is None:
                 self.params.apply(key, value)
                 continue
             if answer == REJECT and key == "AuthMethod":
                 raise LoginFailed(LoginStatus.AUTHENTICATION_FAILURE, f"no acceptable AuthMethod in {value!r}")
-            if answer not in (REJECT, "NotUnderstood", "Irrelevant"):
+            if answer not in (REJECT, NOT_UNDERSTOOD, IRRELEVANT):
                 self.params.apply(key, answer)
             answers.append((key, answer))
         return answers

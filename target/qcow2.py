@@ -40,10 +40,11 @@ from typing import Any, TypeVar
 
 from .backend import (Backend, BackendError, FileExtent, RawBackend, Segment, SpaceExhausted, Zeros, pread_exact,
                       pwrite_all)
+from .events import EventSink, Events
 from .iothread import IoThread
 from .qcow2_refcount import Refcounts, dump_be, load_be
 
-log = logging.getLogger("bootsvc.qcow2")
+log = logging.getLogger("target.qcow2")
 
 MAGIC = b"QFI\xfb"
 HEADER_V2 = struct.Struct(">4sIQIIQIIQQIIQ")  # up to snapshots_offset (72 bytes)
@@ -90,7 +91,7 @@ _T = TypeVar("_T")
 
 
 class Qcow2Error(BackendError):
-    """An image bootsvc cannot serve; the message names what is wrong."""
+    """An image this target cannot serve; the message names what is wrong."""
 
 
 @dataclass(frozen=True)
@@ -130,22 +131,41 @@ def parse_header(raw: bytes, file_size: int) -> Header:
         raise Qcow2Error(f"cluster size 2^{cluster_bits} is outside 512 B..2 MiB")
     if crypt:
         raise Qcow2Error("encrypted qcow2 images are not supported")
-    incompatible, autoclear, refcount_order, header_length = 0, 0, 4, HEADER_V2.size
-    if version == 3:
-        if len(raw) < HEADER_V2.size + HEADER_V3_EXTRA.size:
-            raise Qcow2Error("truncated qcow2 v3 header")
-        incompatible, _compat, autoclear, refcount_order, header_length = HEADER_V3_EXTRA.unpack_from(
-            raw, HEADER_V2.size)
-        if header_length < 104 or header_length > len(raw):
-            raise Qcow2Error(f"bad header length {header_length}")
-        if refcount_order > 6:
-            raise Qcow2Error(f"bad refcount order {refcount_order}")
+    incompatible, autoclear, refcount_order, header_length = _v3_fields(raw) if version == 3 else (
+        0, 0, 4, HEADER_V2.size)
+    _check_incompatible(incompatible)
+    _check_tables(cluster_bits, size, l1_size, l1_off, rt_off, rt_clusters, file_size)
+    backing_format, extensions = _extensions(raw, header_length)
+    return Header(version, _backing_name(raw, backing_off, backing_len), backing_format, cluster_bits, size,
+                  crypt, l1_size, l1_off, incompatible, header_length, rt_off, rt_clusters, refcount_order,
+                  nb_snapshots, autoclear, extensions)
+
+
+def _v3_fields(raw: bytes) -> tuple[int, int, int, int]:
+    """incompatible, autoclear, refcount_order and header_length of a v3 header."""
+    if len(raw) < HEADER_V2.size + HEADER_V3_EXTRA.size:
+        raise Qcow2Error("truncated qcow2 v3 header")
+    incompatible, _compat, autoclear, refcount_order, header_length = HEADER_V3_EXTRA.unpack_from(
+        raw, HEADER_V2.size)
+    if header_length < 104 or header_length > len(raw):
+        raise Qcow2Error(f"bad header length {header_length}")
+    if refcount_order > 6:
+        raise Qcow2Error(f"bad refcount order {refcount_order}")
+    return incompatible, autoclear, refcount_order, header_length
+
+
+def _check_incompatible(incompatible: int) -> None:
     for bit, name in KNOWN_INCOMPAT.items():
         if incompatible & bit and not bit & READABLE_INCOMPAT:
             raise Qcow2Error(f"qcow2 feature not supported: {name}")
     unknown = incompatible & ~sum(KNOWN_INCOMPAT)
     if unknown:
         raise Qcow2Error(f"unknown incompatible qcow2 feature bits {unknown:#x}")
+
+
+def _check_tables(cluster_bits: int, size: int, l1_size: int, l1_off: int, rt_off: int, rt_clusters: int,
+                  file_size: int) -> None:
+    """The L1 and refcount tables fit the virtual size and the file."""
     l2_entries = 1 << (cluster_bits - 3)
     if size and l1_size * l2_entries * (1 << cluster_bits) < size:
         raise Qcow2Error("L1 table too small for the virtual size")
@@ -153,9 +173,12 @@ def parse_header(raw: bytes, file_size: int) -> Header:
         raise Qcow2Error("L1 table offset or size is invalid (truncated image?)")
     if rt_off % (1 << cluster_bits) or rt_off + (rt_clusters << cluster_bits) > file_size:
         raise Qcow2Error("refcount table offset or size is invalid (truncated image?)")
+
+
+def _extensions(raw: bytes, pos: int) -> tuple[str, frozenset[int]]:
+    """The backing format and the types of the header extensions from ``pos``."""
     backing_format = ""
     extensions: set[int] = set()
-    pos = header_length
     while pos + 8 <= len(raw):
         ext_type, ext_len = struct.unpack_from(">II", raw, pos)
         if ext_type == EXT_END:
@@ -169,14 +192,15 @@ def parse_header(raw: bytes, file_size: int) -> Header:
         elif ext_type == EXT_ENCRYPTION:
             raise Qcow2Error("encrypted qcow2 images are not supported")
         pos += 8 + ext_len + (-ext_len % 8)
-    backing_file = ""
-    if backing_off:
-        if backing_len > 1023 or backing_off + backing_len > len(raw):
-            raise Qcow2Error("backing file name is out of the header cluster")
-        backing_file = raw[backing_off:backing_off + backing_len].decode("utf-8", "replace")
-    return Header(version, backing_file, backing_format, cluster_bits, size, crypt, l1_size, l1_off,
-                  incompatible, header_length, rt_off, rt_clusters, refcount_order, nb_snapshots, autoclear,
-                  frozenset(extensions))
+    return backing_format, frozenset(extensions)
+
+
+def _backing_name(raw: bytes, offset: int, length: int) -> str:
+    if not offset:
+        return ""
+    if length > 1023 or offset + length > len(raw):
+        raise Qcow2Error("backing file name is out of the header cluster")
+    return raw[offset:offset + length].decode("utf-8", "replace")
 
 
 def writable_refusal(h: Header) -> str | None:
@@ -194,7 +218,7 @@ def writable_refusal(h: Header) -> str | None:
 
 
 def open_image(path: str | os.PathLike[str], read_only: bool = True, limit: int | None = None,
-               on_event: Callable[[str, dict[str, Any]], None] | None = None) -> Qcow2Backend:
+               on_event: EventSink | None = None) -> Qcow2Backend:
     """Open a qcow2 image (and its backing chain, always read-only).
 
     ``limit`` caps the bytes the image file may allocate: a warning at 90 %,
@@ -233,11 +257,11 @@ class Kind(Enum):
 
 class Qcow2Backend(Backend):
     def __init__(self, path: str | os.PathLike[str], read_only: bool = True, depth: int = 0,
-                 limit: int | None = None, on_event: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+                 limit: int | None = None, on_event: EventSink | None = None) -> None:
         self.path = os.fspath(path)
         self.read_only = read_only
         self.limit = limit
-        self.on_event = on_event
+        self.events = Events(on_event, log)
         self._space_warned = False
         self.backing: Backend | None = None
         self.refs: Refcounts | None = None
@@ -292,7 +316,7 @@ class Qcow2Backend(Backend):
             if report.corruptions:
                 raise Qcow2Error(f"{self.path} is corrupt ({report.corruptions[0]}); "
                                  "qemu-img check -r all may repair it")
-            log.warning("event=qcow2.repaired image=%s leaks=%d", self.path, report.leaks_fixed)
+            self._event("qcow2.repaired", leaks=report.leaks_fixed)
         if h.autoclear:
             # bits for features we do not keep up to date: clearing them tells
             # their owners the data is stale ("autoclear features")
@@ -560,11 +584,8 @@ class Qcow2Backend(Backend):
     def _missing_l1(self, offset: int, length: int) -> list[int]:
         return [i for i in self._l1_indexes(offset, length) if not self.l1[i]]
 
-    def _event(self, what: str, **fields: Any) -> None:
-        fields = {"image": self.path, **fields}
-        log.warning("event=%s %s", what, " ".join(f"{k}={v}" for k, v in fields.items()))
-        if self.on_event is not None:
-            self.on_event(what, fields)
+    def _event(self, what: str, **fields: object) -> None:
+        self.events.emit(what, logging.WARNING, image=self.path, **fields)
 
     def _cluster_contents(self, pos: int, entry: int, kind: Kind) -> bytes:
         """Blocking: what the guest cluster at ``pos`` reads as now (the

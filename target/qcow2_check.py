@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from .qcow2 import EXT_BITMAPS, L1_OFFSET_MASK, L2_OFFSET_MASK, Kind, Qcow2Backend, Qcow2Error
+from .qcow2_refcount import Refcounts
 
 
 @dataclass
@@ -38,9 +39,32 @@ def check(img: Qcow2Backend, repair: bool = False) -> CheckReport:
         raise Qcow2Error(f"{img.path}: images with internal snapshots or bitmaps are checked by qemu-img check")
     if repair and img.refs is None:
         raise Qcow2Error(f"{img.path}: open the image for writing to repair it")
-    cb, cs = img.cluster_bits, img.cluster_size
     refs = img.refcounts()
-    report = CheckReport(img.path, cluster_size=cs)
+    report = CheckReport(img.path, cluster_size=img.cluster_size)
+    expected = _references(img, refs, report)
+    stored = {c for c in range(refs.end) if refs.get(c)}
+    for cluster in sorted(stored | set(expected)):
+        have, want = refs.get(cluster), expected[cluster]
+        if have < want:
+            report.corruptions.append(f"cluster {cluster}: refcount {have}, referenced {want} times")
+        elif have > want:
+            report.leaks += 1
+            if repair:
+                refs.set(cluster, want)
+                report.leaks_fixed += 1
+    if report.leaks_fixed:
+        refs.write_blocks()
+        img.sync()
+        refs.rescan()
+    report.clusters_used = refs.used
+    return report
+
+
+def _references(img: Qcow2Backend, refs: Refcounts, report: CheckReport) -> Counter[int]:
+    """How many times the metadata refers to each host cluster; references
+    that cannot be right are reported as corruptions."""
+    h = img.header
+    cb, cs = img.cluster_bits, img.cluster_size
     file_clusters = -(-os.fstat(img.fd).st_size // cs)
     expected: Counter[int] = Counter()
 
@@ -72,19 +96,4 @@ def check(img: Qcow2Backend, repair: bool = False) -> CheckReport:
                 refer(host.start << cb, len(host) << cb, "compressed cluster")
             elif kind in (Kind.DATA, Kind.ZERO) and entry & L2_OFFSET_MASK:
                 refer(entry & L2_OFFSET_MASK, cs, "data cluster")
-    stored = {c for c in range(refs.end) if refs.get(c)}
-    for cluster in sorted(stored | set(expected)):
-        have, want = refs.get(cluster), expected[cluster]
-        if have < want:
-            report.corruptions.append(f"cluster {cluster}: refcount {have}, referenced {want} times")
-        elif have > want:
-            report.leaks += 1
-            if repair:
-                refs.set(cluster, want)
-                report.leaks_fixed += 1
-    if report.leaks_fixed:
-        refs.write_blocks()
-        img.sync()
-        refs.rescan()
-    report.clusters_used = refs.used
-    return report
+    return expected

@@ -3,7 +3,8 @@
 
 Embeddable: ``TargetServer(targets, portals)``, ``await start()``,
 ``await stop()``. Events (login, logout, first read, ...) go to an optional
-callback so a host application can build timelines and metrics from them.
+callback so a host application can build timelines and metrics from them
+(see :mod:`target.events`).
 """
 
 from __future__ import annotations
@@ -11,18 +12,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable, Iterable, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 
 from .connection import IscsiConnection
+from .events import EventSink, Events
 from .keys import SessionParams
 from .login import LoginFailed, LoginStatus
-from .session import Session
+from .session import DropReason, Session
 from .targets import Target
 
-log = logging.getLogger("bootsvc.iscsi")
-
-EventSink = Callable[[str, dict[str, object]], None]
+log = logging.getLogger("target.iscsi")
 
 
 @dataclass(frozen=True)
@@ -47,19 +47,32 @@ class Portal:
 
 
 class TargetServer:
-    def __init__(self, targets: MutableMapping[str, Target] | Iterable[Target], portals: Iterable[Portal], *, portal_group_tag: int = 1,
-                 window: int = 128, nop_interval: float = 15.0, nop_timeout: float = 30.0,
-                 key_preferences: dict[str, str] | None = None, on_event: EventSink | None = None) -> None:
-        # a mapping is used as given: the host application may own the one table of targets
-        self.targets: MutableMapping[str, Target] = targets if isinstance(targets, MutableMapping) \
-            else {t.name: t for t in targets}
+    """The target: listens on ``portals`` and serves ``targets``.
+
+    ``targets`` is either a mapping from IQN to :class:`Target`, kept by
+    reference so the embedder owns the one table of targets (add or remove
+    entries while serving; logins look names up at login time), or an
+    iterable of targets made into such a mapping here.
+
+    ``on_event(what, fields)`` receives every event (``iscsi.login``,
+    ``iscsi.session_dropped``, ``iscsi.reject``, ...); when it is given the
+    target does not log them itself. Without it each is logged in logfmt on
+    the ``target.iscsi`` logger.
+    """
+
+    def __init__(self, targets: MutableMapping[str, Target] | Iterable[Target], portals: Iterable[Portal], *,
+                 portal_group_tag: int = 1, window: int = 128, nop_interval: float = 15.0,
+                 nop_timeout: float = 30.0, key_preferences: dict[str, str] | None = None,
+                 on_event: EventSink | None = None) -> None:
+        self.targets: MutableMapping[str, Target] = (
+            targets if isinstance(targets, Mapping) else {t.name: t for t in targets})
         self.portal_list = list(portals)
         self.portal_group_tag = portal_group_tag
         self.window = window
         self.nop_interval = nop_interval
         self.nop_timeout = nop_timeout
         self.key_preferences = key_preferences or {}
-        self.on_event = on_event
+        self.events = Events(on_event, log)
         self.sessions: dict[int, Session] = {}
         self.next_tsih = 1
         self.listeners: list[socket.socket] = []
@@ -92,7 +105,7 @@ class TargetServer:
             try:
                 sock, _ = await loop.sock_accept(listener)
             except OSError as e:  # e.g. EMFILE: keep serving the sessions we have
-                log.warning("event=iscsi.accept_failed why=%s", e)
+                self.event("iscsi.accept_failed", logging.WARNING, why=str(e))
                 await asyncio.sleep(0.5)
                 continue
             task = loop.create_task(self._serve_socket(sock))
@@ -117,7 +130,7 @@ class TargetServer:
         self.accept_tasks.clear()
         self.listeners.clear()
         for conn in list(self.connections):
-            conn.close()
+            conn.close(DropReason.SERVER_STOP)
         if self.conn_tasks:
             await asyncio.wait(list(self.conn_tasks), timeout=5)
         for t in self.targets.values():
@@ -125,10 +138,8 @@ class TargetServer:
 
     # -- what sessions and logins ask -------------------------------------------
 
-    def event(self, what: str, **fields: object) -> None:
-        log.info("event=%s %s", what, " ".join(f"{k}={v}" for k, v in fields.items()))
-        if self.on_event is not None:
-            self.on_event(what, fields)
+    def event(self, what: str, level: int = logging.INFO, /, **fields: object) -> None:
+        self.events.emit(what, level, **fields)
 
     def visible_targets(self, initiator_name: str) -> list[Target]:
         return [t for t in self.targets.values() if t.allows(initiator_name)]
@@ -162,7 +173,7 @@ class TargetServer:
             old.conn = conn
             for task in list(old.tasks.values()):
                 old._abort(task)
-            old_conn.close()
+            old_conn.close(DropReason.REINSTATED)
             conn.session = old
             return tsih
         for s in list(self.sessions.values()):
@@ -170,8 +181,8 @@ class TargetServer:
                     isid, params.initiator_name, params.target_name):
                 self.event("iscsi.session_reinstated", initiator=params.initiator_name,
                            target=params.target_name, tsih=s.tsih)
-                s.conn.close()
-                s.close()
+                s.conn.close(DropReason.REINSTATED)
+                s.close(DropReason.REINSTATED)
         tsih = self._new_tsih()
         target = self.targets.get(params.target_name) if params.session_type == "Normal" else None
         session = Session(self, conn, params, isid, tsih, conn.login_cmdsn, target)

@@ -11,8 +11,9 @@ and solicited (R2T) data (§4.2.5), Data-In with status piggy-backed
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
@@ -50,8 +51,6 @@ from .scsi import ScsiResult, ScsiStatus, no_such_lun, report_luns
 from .targets import Target, lun_from_field
 from .text import TextFormatError, decode_text, encode_text
 
-log = logging.getLogger("bootsvc.iscsi")
-
 REPORT_LUNS = 0xA0
 SERIAL_HALF = 1 << 31
 
@@ -61,18 +60,30 @@ def sn_lt(a: int, b: int) -> bool:
     return a != b and ((b - a) & 0xFFFFFFFF) < SERIAL_HALF
 
 
+class DropReason(enum.Enum):
+    """Why a session ended without a Logout (``iscsi.session_dropped``)."""
+
+    CONNECTION_LOST = "connection_lost"
+    NOP_TIMEOUT = "nop_timeout"  # §11.19: the initiator stopped answering our pings
+    REINSTATED = "reinstated"  # §6.3.5: a new login with the same ISID replaced it
+    SERVER_STOP = "server_stop"
+    PROTOCOL_ERROR = "protocol_error"
+    TARGET_RESET = "target_reset"  # §11.5.1: TARGET COLD RESET drops every session
+
+
 class Connection(Protocol):
     """What a session needs of its transport (see :mod:`target.connection`)."""
 
     statsn: int
     cid: int
     local_address: tuple[str, int]
+    peer: str  # "host:port" of the initiator, for events
 
     def emit(self, pdu: Pdu, segments: Sequence[Segment] | None = None, length: int | None = None) -> None: ...
 
-    def close_after_send(self) -> None: ...
+    def close_after_send(self, reason: DropReason | None = None) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self, reason: DropReason | None = None) -> None: ...
 
 
 class ServerContext(Protocol):
@@ -85,7 +96,7 @@ class ServerContext(Protocol):
 
     def forget(self, session: Session) -> None: ...
 
-    def event(self, what: str, **fields: object) -> None: ...
+    def event(self, what: str, level: int = logging.INFO, /, **fields: object) -> None: ...
 
 
 @dataclass
@@ -152,6 +163,7 @@ class Session:
         self.first_read_seen = False
         self.nexus = (params.initiator_name, isid, params.target_name)
         self.closed = False
+        self.logged_out = False
 
     # -- identity and bookkeeping ---------------------------------------------
 
@@ -173,11 +185,14 @@ class Session:
         self.next_ttt = (ttt + 1) % RESERVED_TAG or 1
         return ttt
 
-    def close(self) -> None:
-        """The session ends: abort its tasks, tell the LUNs the nexus is gone."""
+    def close(self, reason: DropReason) -> None:
+        """The session ends: abort its tasks, tell the LUNs the nexus is gone.
+        ``reason`` is reported unless the initiator logged out."""
         if self.closed:
             return
         self.closed = True
+        if not self.logged_out:
+            self._event("iscsi.session_dropped", reason=reason.value)
         for task in self.tasks.values():
             task.aborted = True
         self.tasks.clear()
@@ -207,9 +222,13 @@ class Session:
         except ProtocolViolation as e:
             self.reject(pdu.encode_bhs(), e.reason, str(e))
 
+    def _event(self, what: str, level: int = logging.INFO, /, **fields: object) -> None:
+        """An event about this session, with the identities it knows."""
+        self.server.event(what, level, peer=self.conn.peer, initiator=self.params.initiator_name,
+                          target=self.params.target_name, **fields)
+
     def reject(self, bhs: bytes, reason: RejectReason, why: str) -> None:
-        log.info("event=iscsi.reject reason=%s why=%r initiator=%s", reason.name, why,
-                 self.params.initiator_name)
+        self._event("iscsi.reject", reason=reason.name, why=why)
         self.conn.emit(Reject(reason=reason, statsn=self._statsn(), expcmdsn=self.expcmdsn,
                               maxcmdsn=self.maxcmdsn, data=bhs))
 
@@ -229,8 +248,7 @@ class Session:
         elif sn_lt(self.expcmdsn, sn) and not sn_lt(self.maxcmdsn, sn):
             self.pending[sn] = pdu
         else:
-            log.info("event=iscsi.cmdsn_dropped cmdsn=%d expcmdsn=%d maxcmdsn=%d", sn, self.expcmdsn,
-                     self.maxcmdsn)
+            self._event("iscsi.cmdsn_dropped", cmdsn=sn, expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn)
 
     def _deliver(self, pdu: Pdu) -> None:
         try:
@@ -357,16 +375,14 @@ class Session:
             return
         if not self.first_read_seen and cdb[0] in (0x08, 0x28, 0xA8, 0x88):
             self.first_read_seen = True
-            self.server.event("iscsi.first_read", initiator=self.params.initiator_name,
-                              target=self.params.target_name, lun=task.lun)
+            self._event("iscsi.first_read", lun=task.lun)
         run_eager(lun.execute(cdb, data_out, self.nexus, task.cmd.edtl), partial(self._executed, task),
                   self.running)
 
     def _executed(self, task: Task, result: ScsiResult | None, error: BaseException | None) -> None:
         if error is not None:
             # a bug or an unexpected backend failure: the initiator retries a BUSY
-            log.error("event=iscsi.command_failed initiator=%s cdb=%s error=%r",
-                      self.params.initiator_name, task.cdb.hex(), error)
+            self._event("iscsi.command_failed", logging.ERROR, cdb=task.cdb.hex(), why=repr(error))
             result = ScsiResult(ScsiStatus.BUSY)
         assert result is not None
         self._complete(task, result)
@@ -470,7 +486,7 @@ class Session:
                                         expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn))
         if req.function == TmfFunction.TARGET_COLD_RESET and response == TmfResponse.FUNCTION_COMPLETE:
             for s in list(self.target.sessions if self.target else ()):
-                s.conn.close_after_send()
+                s.conn.close_after_send(DropReason.TARGET_RESET)
 
     def _tmf(self, req: TaskMgmtRequest) -> TmfResponse:
         fn = req.function
@@ -478,40 +494,49 @@ class Session:
         if target is None:
             return TmfResponse.REJECTED
         lun_id = lun_from_field(req.lun)
-        self.server.event("iscsi.task_management", initiator=self.params.initiator_name,
-                          function=fn, lun=lun_id)
-        if fn in (TmfFunction.ABORT_TASK, TmfFunction.ABORT_TASK_SET, TmfFunction.CLEAR_TASK_SET,
-                  TmfFunction.LOGICAL_UNIT_RESET, TmfFunction.CLEAR_ACA) and lun_id not in target.luns:
+        self._event("iscsi.task_management", function=fn.name if isinstance(fn, TmfFunction) else fn,
+                    lun=lun_id)
+        if fn in _LUN_FUNCTIONS and lun_id not in target.luns:
             return TmfResponse.LUN_DOES_NOT_EXIST
-        match fn:
-            case TmfFunction.ABORT_TASK:
-                task = self.tasks.get(req.rtt)
-                if task is None:
-                    # §11.5.1: a task that completed already counts as aborted
-                    return (TmfResponse.FUNCTION_COMPLETE if sn_lt(req.refcmdsn, self.expcmdsn)
-                            else TmfResponse.TASK_DOES_NOT_EXIST)
-                self._abort(task)
-            case TmfFunction.ABORT_TASK_SET | TmfFunction.CLEAR_TASK_SET:
-                for task in [t for t in self.tasks.values() if t.lun == lun_id]:
-                    self._abort(task)
-            case TmfFunction.LOGICAL_UNIT_RESET:
-                for s in list(target.sessions):
-                    for task in [t for t in s.tasks.values() if t.lun == lun_id]:
-                        s._abort(task)
-                target.luns[lun_id].reset()
-            case TmfFunction.TARGET_WARM_RESET | TmfFunction.TARGET_COLD_RESET:
-                for s in list(target.sessions):
-                    for task in list(s.tasks.values()):
-                        s._abort(task)
-                for lun in target.luns.values():
-                    lun.reset()
-            case TmfFunction.CLEAR_ACA:
-                return TmfResponse.FUNCTION_COMPLETE
-            case TmfFunction.TASK_REASSIGN:
-                return TmfResponse.REASSIGNMENT_NOT_SUPPORTED
-            case _:
-                return TmfResponse.NOT_SUPPORTED
+        handler = _TMF_HANDLERS.get(fn)
+        if handler is None:
+            return TmfResponse.NOT_SUPPORTED
+        return handler(self, req, target, lun_id)
+
+    def _abort_task(self, req: TaskMgmtRequest, target: Target, lun_id: int) -> TmfResponse:
+        task = self.tasks.get(req.rtt)
+        if task is None:
+            # §11.5.1: a task that completed already counts as aborted
+            return (TmfResponse.FUNCTION_COMPLETE if sn_lt(req.refcmdsn, self.expcmdsn)
+                    else TmfResponse.TASK_DOES_NOT_EXIST)
+        self._abort(task)
         return TmfResponse.FUNCTION_COMPLETE
+
+    def _abort_task_set(self, req: TaskMgmtRequest, target: Target, lun_id: int) -> TmfResponse:
+        for task in [t for t in self.tasks.values() if t.lun == lun_id]:
+            self._abort(task)
+        return TmfResponse.FUNCTION_COMPLETE
+
+    def _lun_reset(self, req: TaskMgmtRequest, target: Target, lun_id: int) -> TmfResponse:
+        for s in list(target.sessions):
+            for task in [t for t in s.tasks.values() if t.lun == lun_id]:
+                s._abort(task)
+        target.luns[lun_id].reset()
+        return TmfResponse.FUNCTION_COMPLETE
+
+    def _target_reset(self, req: TaskMgmtRequest, target: Target, lun_id: int) -> TmfResponse:
+        for s in list(target.sessions):
+            for task in list(s.tasks.values()):
+                s._abort(task)
+        for lun in target.luns.values():
+            lun.reset()
+        return TmfResponse.FUNCTION_COMPLETE
+
+    def _clear_aca(self, req: TaskMgmtRequest, target: Target, lun_id: int) -> TmfResponse:
+        return TmfResponse.FUNCTION_COMPLETE  # no ACA is ever established (NACA is refused)
+
+    def _reassign(self, req: TaskMgmtRequest, target: Target, lun_id: int) -> TmfResponse:
+        return TmfResponse.REASSIGNMENT_NOT_SUPPORTED  # ERL 0 (§11.5.1)
 
     def _abort(self, task: Task) -> None:
         task.aborted = True
@@ -604,9 +629,24 @@ class Session:
                                          time2wait=self.params.default_time2wait,
                                          time2retain=self.params.default_time2retain))
         if response == LogoutResponse.SUCCESS:
-            self.server.event("iscsi.logout", initiator=self.params.initiator_name,
-                              target=self.params.target_name)
+            self.logged_out = True
+            self._event("iscsi.logout")
             self.conn.close_after_send()
+
+
+# functions that address one LUN, which must exist (§11.5.1)
+_LUN_FUNCTIONS = frozenset((TmfFunction.ABORT_TASK, TmfFunction.ABORT_TASK_SET, TmfFunction.CLEAR_TASK_SET,
+                            TmfFunction.LOGICAL_UNIT_RESET, TmfFunction.CLEAR_ACA))
+_TMF_HANDLERS: dict[int, Callable[[Session, TaskMgmtRequest, Target, int], TmfResponse]] = {
+    TmfFunction.ABORT_TASK: Session._abort_task,
+    TmfFunction.ABORT_TASK_SET: Session._abort_task_set,
+    TmfFunction.CLEAR_TASK_SET: Session._abort_task_set,
+    TmfFunction.LOGICAL_UNIT_RESET: Session._lun_reset,
+    TmfFunction.TARGET_WARM_RESET: Session._target_reset,
+    TmfFunction.TARGET_COLD_RESET: Session._target_reset,
+    TmfFunction.CLEAR_ACA: Session._clear_aca,
+    TmfFunction.TASK_REASSIGN: Session._reassign,
+}
 
 
 class _Cursor:

@@ -16,6 +16,7 @@ from .backend import Backend, RawBackend
 from .qcow2 import MAGIC as QCOW2_MAGIC
 from .qcow2 import open_image
 from .scsi import Lun
+from .scsi.inquiry import DEFAULT_PRODUCT, DEFAULT_VENDOR
 
 if TYPE_CHECKING:
     from .session import Session
@@ -45,11 +46,23 @@ class LunSpec:
 
 @dataclass(frozen=True)
 class TargetSpec:
+    """A target to serve.
+
+    ``vendor`` and ``product`` are what every LUN of the target reports in
+    standard INQUIRY data (SPC-4 §6.6.2: at most 8 and 16 ASCII characters,
+    longer values are cut): an embedding product names itself here, e.g.
+    ``TargetSpec(iqn, luns, vendor="ACME", product="acme boot disk")``.
+    They are per target, not per server, because a target is what a host
+    sees as one device model; one server can export disks of several kinds.
+    """
+
     iqn: str
     luns: tuple[LunSpec, ...]
     alias: str = ""
     # None: any initiator may log in; the security issue adds CHAP and ACLs.
     allowed_initiators: frozenset[str] | None = None
+    vendor: str = DEFAULT_VENDOR
+    product: str = DEFAULT_PRODUCT
 
 
 def open_backend(spec: LunSpec) -> Backend:
@@ -102,6 +115,7 @@ class Target:
                     serial=device_id(spec.iqn, lun_id).hex()[:16],
                     device_id=device_id(spec.iqn, lun_id),
                     read_only=ls.read_only or backend.read_only,
+                    vendor=spec.vendor, product=spec.product,
                 )
                 next_id = lun_id + 1
         except BaseException:

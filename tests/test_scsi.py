@@ -111,3 +111,24 @@ def test_random_cdbs_never_raise(lun: Lun, opcode: int, rest: bytes, data: bytes
     r = run(lun, bytes([opcode]) + rest, data, edtl)
     assert isinstance(r, ScsiResult)
     assert r.status in (ScsiStatus.GOOD, ScsiStatus.CHECK_CONDITION)
+
+
+def test_inquiry_names_a_neutral_product_by_default(lun: Lun) -> None:
+    std = data_of(run(lun, bytes([0x12, 0, 0, 0, 96, 0])))
+    assert std[8:16] == b"PYISCSI " and std[16:32] == b"iSCSI disk".ljust(16)
+
+
+def test_inquiry_names_the_embedders_product(tmp_path: Path) -> None:
+    from target.targets import LunSpec, Target, TargetSpec
+
+    p = tmp_path / "disk.img"
+    p.write_bytes(bytes(1 << 20))
+    target = Target.open(TargetSpec("iqn.2026-11.test:named", (LunSpec(str(p)),), vendor="BOOTSVC",
+                                    product="bootsvc disk"))
+    try:
+        std = data_of(run(target.luns[0], bytes([0x12, 0, 0, 0, 96, 0])))
+        assert std[8:16] == b"BOOTSVC " and std[16:32] == b"bootsvc disk".ljust(16)
+        t10 = data_of(run(target.luns[0], bytes([0x12, 1, 0x83, 0, 255, 0])))
+        assert b"BOOTSVC " in t10
+    finally:
+        target.close()

@@ -9,6 +9,7 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,11 +40,14 @@ SIZE = 8 << 20
 
 
 class Running:
-    def __init__(self, image: Path) -> None:
+    """A target server on its own loop thread; ``server_kw`` go to TargetServer."""
+
+    def __init__(self, image: Path, **server_kw: Any) -> None:
         self.port = free_port()
         self.loop = asyncio.new_event_loop()
         target = Target.open(TargetSpec(IQN, (LunSpec(str(image)),), alias="wire"))
-        self.server = TargetServer([target], [Portal("127.0.0.1", self.port)], nop_interval=0)
+        server_kw.setdefault("nop_interval", 0)
+        self.server = TargetServer([target], [Portal("127.0.0.1", self.port)], **server_kw)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from target.keys import KeyValueError, SessionParams, negotiate
+from target.keys import KEYS, KeySpec, KeyValueError, Rule, SessionParams, negotiate
 from target.text import TextFormatError, decode_text, encode_text
 
 
@@ -70,3 +70,16 @@ def test_declarations_need_no_answer() -> None:
     p = SessionParams()
     p.apply("MaxRecvDataSegmentLength", "65536")
     assert p.initiator_max_recv == 65536
+
+
+@pytest.mark.parametrize("spec", [s for s in KEYS.values() if s.field], ids=lambda s: s.name)
+def test_a_settled_key_lands_in_its_field(spec: KeySpec) -> None:
+    """The table is the one place a key is declared: negotiating it and
+    applying the answer fill the SessionParams field it names."""
+    p = SessionParams()
+    offer = {Rule.LIST: spec.ours.split(",")[-1], Rule.BOOL_AND: "Yes", Rule.BOOL_OR: "No"}.get(
+        spec.rule, str(spec.hi) if spec.hi else "Discovery" if spec.values else "iqn.2026-11.test:x")
+    answer = negotiate(spec.name, offer)
+    settled = offer if answer is None else answer
+    p.apply(spec.name, settled)
+    assert getattr(p, spec.field) == spec.parse(settled) and not p.extra

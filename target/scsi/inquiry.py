@@ -9,6 +9,10 @@ from dataclasses import dataclass
 # SPC-4 §6.6.2 version descriptors: SAM-5, iSCSI, SPC-4, SBC-3
 VERSION_DESCRIPTORS = (0x00A0, 0x0960, 0x0460, 0x04C0)
 SUPPORTED_VPD = (0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2)
+# What INQUIRY reports unless the embedder names its product (T10 VENDOR
+# IDENTIFICATION is 8 ASCII characters, PRODUCT IDENTIFICATION 16).
+DEFAULT_VENDOR = "PYISCSI"
+DEFAULT_PRODUCT = "iSCSI disk"
 
 
 @dataclass(frozen=True)

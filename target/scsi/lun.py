@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from ..backend import Backend, MediumError, Segment, SpaceExhausted
 from . import cdb as op
 from .cdb import BlockRange, block_range, cdb_length
-from .inquiry import Identity, Limits, standard, vpd
+from .inquiry import DEFAULT_PRODUCT, DEFAULT_VENDOR, Identity, Limits, standard, vpd
 from .mode import PC_SAVED, block_descriptor, pages
 from .sense import (
     INVALID_FIELD_IN_CDB,
@@ -73,7 +73,7 @@ def _alloc(data: bytes, length: int) -> ScsiResult:
 
 class Lun:
     def __init__(self, backend: Backend, lun_id: int = 0, block_size: int = 512, serial: str = "0",
-                 device_id: bytes = b"", vendor: str = "BOOTSVC", product: str = "bootsvc disk",
+                 device_id: bytes = b"", vendor: str = DEFAULT_VENDOR, product: str = DEFAULT_PRODUCT,
                  revision: str = "0001", read_only: bool = False) -> None:
         self.backend = backend
         self.lun_id = lun_id
