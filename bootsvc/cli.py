@@ -13,15 +13,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from target.backend import BackendError
-from target.server import Portal, TargetServer
-from target.targets import LunSpec, Target, TargetConfigError, TargetSpec
+from target import BackendError, LunSpec, Portal, Target, TargetConfigError, TargetServer, TargetSpec
 
+from . import SCSI_PRODUCT, SCSI_VENDOR, isns_cli
 from . import config as config_mod
-from . import isns_cli
-from .service import Services
+from .address import HostPort
 from .demo import DEMO_BASE, DemoImageError, build_demo
 from .images import ImageError, ImageStore
+from .service import Services
 
 
 def default_iqn(image: Path) -> str:
@@ -34,8 +33,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     images = [Path(p) for p in args.image]
     iqn = args.iqn or default_iqn(images[0])
     try:
-        portal = Portal.parse(args.listen)
-        spec = TargetSpec(iqn=iqn, alias=args.alias or images[0].name,
+        listen = HostPort.parse(args.listen, default_port=3260, what="portal")
+        portal = Portal(listen.host, listen.port)
+        spec = TargetSpec(iqn=iqn, alias=args.alias or images[0].name, vendor=SCSI_VENDOR, product=SCSI_PRODUCT,
                           luns=tuple(LunSpec(str(p), read_only=args.read_only, block_size=args.block_size)
                                      for p in images))
         target = Target.open(spec)

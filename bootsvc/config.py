@@ -15,8 +15,9 @@ from types import MappingProxyType
 from typing import Any
 
 from .address import HostPort
-from target.targets import LunSpec, TargetConfigError, TargetSpec, check_iscsi_name
+from target import LunSpec, TargetConfigError, TargetSpec, check_iscsi_name
 
+from . import SCSI_PRODUCT, SCSI_VENDOR
 from .dhcp.settings import DhcpSettings, load_dhcp
 from .inventory import Machine, load_machines
 from .profiles import SHIPPED, Profile, load_profiles
@@ -322,7 +323,8 @@ def _target(c: Checker, doc: LineMap, i: int, t: Any, base: Path) -> TargetSpec 
             c.err(t, f"{where}.initiators", "expected a list of initiator IQNs")
         else:
             allowed = frozenset(initiators)
-    return TargetSpec(iqn=iqn, luns=tuple(luns), alias=str(t.get("alias", "")), allowed_initiators=allowed)
+    return TargetSpec(iqn=iqn, luns=tuple(luns), alias=str(t.get("alias", "")), allowed_initiators=allowed,
+                      vendor=SCSI_VENDOR, product=SCSI_PRODUCT)
 
 
 def _lun(c: Checker, t: LineMap, lw: str, lun: Any, base: Path) -> LunSpec | None:

@@ -21,8 +21,7 @@ from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-from target.backend import Backend, BackendError
-from target.targets import Target, TargetConfigError, TargetSpec, open_backend
+from target import Backend, BackendError, Target, TargetConfigError, TargetSpec, open_backend
 
 from .config import Config
 from .dhcp.leases import LeaseStore

@@ -21,13 +21,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from target.backend import Backend, BackendError
-from target.qcow2 import MAGIC, Qcow2Backend, Qcow2Error, open_backing, open_image, resolve_backing
-from target.qcow2 import Kind as ClusterKind
-from target.qcow2_check import CheckReport, check
-from target.qcow2_create import create_image, set_backing
-from target.targets import LunSpec, TargetSpec
+from target import QCOW2_MAGIC as MAGIC
+from target import Backend, BackendError, CheckReport, LunSpec, Qcow2Backend, Qcow2Error, TargetSpec, create_image
+from target import Kind as ClusterKind
+from target import check_image as check
+from target import open_backing, open_image, resolve_backing, set_backing
 
+from . import SCSI_PRODUCT, SCSI_VENDOR
 from .config import Config
 from .events import Bus, Kind, logging_bus
 from .inventory import Machine
@@ -163,7 +163,8 @@ class ImageStore:
         path = self.overlay_path(machine.hostname)
         if profile.overlay is OverlayPolicy.EPHEMERAL or not path.exists():
             self.create_overlay(machine, replace=path.exists())
-        return TargetSpec(iqn=machine.target_iqn, alias=f"{machine.hostname} boot disk",
+        return TargetSpec(iqn=machine.target_iqn, alias=f"{machine.hostname} boot disk", vendor=SCSI_VENDOR,
+                          product=SCSI_PRODUCT,
                           luns=(LunSpec(str(path), limit=profile.overlay_limit),),
                           allowed_initiators=frozenset({machine.initiator_iqn}))
 

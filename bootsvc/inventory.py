@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from target.targets import TargetConfigError, check_iscsi_name
+from target import TargetConfigError, check_iscsi_name
 
 from .yamlfile import Checker, LineMap
 

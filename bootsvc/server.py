@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from isns import IsnsServer, Registry, Store, StoreError
-from target.server import Portal, TargetServer
+from target import Portal, TargetServer
 
 from . import config as config_mod
 from .boot import BootPlanner

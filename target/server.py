@@ -30,18 +30,6 @@ class Portal:
     host: str
     port: int = 3260
 
-    @classmethod
-    def parse(cls, text: str, default_port: int = 3260) -> Portal:
-        """``HOST[:PORT]`` or ``[V6]:PORT``."""
-        if text.startswith("["):
-            host, _, rest = text[1:].partition("]")
-            port = rest.lstrip(":") or str(default_port)
-        else:
-            host, _, port = text.rpartition(":") if text.count(":") == 1 else (text, "", str(default_port))
-        if not port.isdigit() or not 0 < int(port) < 65536 or not host:
-            raise ValueError(f"bad portal {text!r}: expected HOST:PORT")
-        return cls(host, int(port))
-
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
