@@ -60,9 +60,10 @@ class ConfigDiff:
         if self.profiles:
             out.append(self.profiles.text("profiles"))
         if self.live:
-            out.append(f"settings applied: {', '.join(self.live)}")
+            out.append(f"settings applied: {', '.join(SHOWN.get(k, k) for k in self.live)}")
         if self.restart:
-            out.append(f"settings changed that take effect at the next restart: {', '.join(self.restart)}")
+            out.append("settings changed that take effect at the next restart: "
+                       f"{', '.join(SHOWN.get(k, k) for k in self.restart)}")
         if self.kept:
             out.append(f"logged in, so kept as they were until they log out and bootsvc is reloaded: "
                        f"{', '.join(self.kept)}")
@@ -76,6 +77,9 @@ class ConfigDiff:
 # every other changed section needs a restart.
 SETTINGS = ("state_dir", "iqn_prefix", "domain", "default_profile", "iscsi", "dhcp", "tftp", "http", "dns",
             "dns_ttl", "isns")
+# how the operator's config names them, where the attribute's name differs
+SHOWN = {"iscsi": "listen.iscsi/iscsi", "http": "listen.http", "dns": "listen.dns", "dns_ttl": "dns.ttl",
+         "isns": "isns/listen.isns"}
 
 
 def diff_configs(old: Config, new: Config, old_machines: Mapping[str, Machine],
