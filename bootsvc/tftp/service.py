@@ -187,7 +187,8 @@ class _Sender(threading.Thread):
 
     def add(self, transfer: _Transfer, begin: bool = True) -> None:
         """Serve ``transfer``: start it, or (``begin`` False) go on with one
-        under way."""
+        under way, a solo's: its deadline, on the same monotonic clock,
+        holds here too."""
         self.new.put((transfer, begin))
         self.wake_w.send(b"\0")
 
@@ -272,7 +273,6 @@ class _Sender(threading.Thread):
             self.epoll.register(x.sock.fileno(), select.EPOLLIN)
             if begin:
                 self._step(x, x.begin, now)
-            # else a solo's transfer: its deadline, on the same monotonic clock, holds here too
 
     def _step(self, x: _Transfer, action: Callable[..., None], *args: object) -> None:
         """Move a transfer on; a socket or read error fails it; a finished one ends."""
