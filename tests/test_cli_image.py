@@ -3,27 +3,22 @@ ImageError as one line naming the subcommand."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from bootsvc.cli import main
+from bootsvc.images import ImageStore
+from tests.test_images import store  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.skipif(not shutil.which("qemu-img"), reason="needs qemu-img (qemu-utils)")
 
 
 @pytest.fixture
-def cfg(tmp_path: Path) -> Path:
-    (tmp_path / "state" / "images").mkdir(parents=True)
-    (tmp_path / "state" / "images" / "gold.raw").write_bytes(os.urandom(1 << 20))
-    (tmp_path / "profiles").mkdir()
-    (tmp_path / "profiles" / "p.yaml").write_text("base: gold.raw\n")
-    path = tmp_path / "bootsvc.yaml"
-    path.write_text(f"state_dir: {tmp_path / 'state'}\nprofiles_dir: profiles\ndefault_profile: p\n"
-                    "machines:\n  52:54:00:00:00:01: {hostname: a}\n")
-    return path
+def cfg(store: ImageStore) -> Path:
+    """The config of test_images' store: a base, a profile, machines a and b."""
+    return store.cfg.path
 
 
 def image(cfg: Path, *words: str) -> int:

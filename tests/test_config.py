@@ -17,6 +17,13 @@ def write(tmp_path: Path, text: str) -> Path:
     return p
 
 
+TWO_INTERFACES = """listen:
+  dhcp:
+    - {interface: br0, address: 10.77.0.1}
+    - {interface: br1, address: 10.78.0.1}
+"""
+
+
 def problems(path: Path) -> str:
     """What load says is wrong with the config at ``path``, one problem a line."""
     with pytest.raises(ConfigError) as e:
@@ -153,12 +160,7 @@ dhcp:
 
 
 def test_dhcp_several_interfaces_and_a_relayed_subnet(tmp_path: Path) -> None:
-    cfg = load(write(tmp_path, """
-listen:
-  dhcp:
-    - {interface: br0, address: 10.77.0.1}
-    - {interface: br1, address: 10.78.0.1}
-dhcp:
+    cfg = load(write(tmp_path, "\n" + TWO_INTERFACES + """dhcp:
   dns: [10.77.0.1]
   lease_time: 1h
   subnets:
@@ -243,12 +245,7 @@ dhcp:
         f"{p}:10: dhcp.mode: 'sideways' is not a valid Mode "
         "(mode: authoritative|proxy; unknown_machines: ignore|default|discover)",
     ]
-    p = write(tmp_path, """
-listen:
-  dhcp:
-    - {interface: br0, address: 10.77.0.1}
-    - {interface: br1, address: 10.78.0.1}
-dhcp:
+    p = write(tmp_path, "\n" + TWO_INTERFACES + """dhcp:
   subnets:
     - {subnet: 10.77.0.0/24, range: 10.77.0.5}
     - {subnet: 10.79.0.0/24, server: 10.9.9.9, dns: nope, lease_time: 0}
