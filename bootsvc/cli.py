@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from target import BackendError, LunSpec, Portal, Target, TargetConfigError, TargetServer, TargetSpec
+from target import BackendError, CheckReport, LunSpec, Portal, Target, TargetConfigError, TargetServer, TargetSpec
 
 from . import SCSI_PRODUCT, SCSI_VENDOR, isns_cli
 from . import config as config_mod
@@ -170,6 +170,82 @@ def human(n: int | None) -> str:
     return str(n)
 
 
+def _image_list(store: ImageStore, args: argparse.Namespace) -> int:
+    print(f"bases in {store.images_dir}:")
+    for b in store.bases():
+        users = ", ".join(b.dependents) or "nothing"
+        print(f"  {b.name:24} {b.format:5} {human(b.virtual_size):>10}  on disk {human(b.file_bytes):>10}"
+              f"  used by {users}")
+    print(f"overlays in {store.overlays_dir}:")
+    for o in store.overlays():
+        limit = f" of {human(o.limit)}" if o.limit else ""
+        state = "  in use" if o.in_use else ""
+        print(f"  {o.host:24} {o.policy:10} {human(o.allocated):>10}{limit} allocated, "
+              f"disk {human(o.virtual_size)}, base {Path(o.base).name}{state}")
+    return 0
+
+
+def _image_create(store: ImageStore, args: argparse.Namespace) -> int:
+    for host in args.host:
+        print(store.create(host, replace=args.force))
+    return 0
+
+
+def _image_reset(store: ImageStore, args: argparse.Namespace) -> int:
+    print(store.reset(store.machine(args.host)))
+    return 0
+
+
+def _image_commit(store: ImageStore, args: argparse.Namespace) -> int:
+    print(store.commit(args.host, args.new_base))
+    return 0
+
+
+def _image_rebase(store: ImageStore, args: argparse.Namespace) -> int:
+    store.rebase(args.host, args.base)
+    print(f"{args.host} now on {args.base}")
+    return 0
+
+
+def _image_build_demo(store: ImageStore, args: argparse.Namespace) -> int:
+    try:
+        build_demo(store.cfg, args.name, force=args.force, kernel_deb=args.kernel_deb)
+    except DemoImageError as e:
+        print(f"bootsvc image build-demo: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _check_state(r: CheckReport) -> str:
+    """One image's check outcome in a few words."""
+    if not r.corruptions and not r.leaks:
+        return "clean"
+    repaired = f", {r.leaks_fixed} repaired" if r.leaks_fixed else ""
+    return f"{len(r.corruptions)} error(s), {r.leaks} leaked cluster(s){repaired}"
+
+
+def _image_check(store: ImageStore, args: argparse.Namespace) -> int:
+    """2 when an image has errors or leaks left (as qemu-img check)."""
+    bad = 0
+    for r in store.check(args.host, repair=args.repair):
+        print(f"{r.image}: {_check_state(r)}; {human(r.clusters_used * r.cluster_size)} in use")
+        for c in r.corruptions:
+            print(f"  {c}")
+        bad += bool(r.corruptions) or r.leaks > r.leaks_fixed
+    return 2 if bad else 0
+
+
+IMAGE_COMMANDS: dict[str, Callable[[ImageStore, argparse.Namespace], int]] = {
+    "list": _image_list,
+    "create": _image_create,
+    "reset": _image_reset,
+    "commit": _image_commit,
+    "rebase": _image_rebase,
+    "build-demo": _image_build_demo,
+    "check": _image_check,
+}
+
+
 def cmd_image(args: argparse.Namespace) -> int:
     """Bases and per-machine overlays under state_dir."""
     cfg = _load_config(args.config, "image")
@@ -177,49 +253,10 @@ def cmd_image(args: argparse.Namespace) -> int:
         return 1
     store = ImageStore(cfg)
     try:
-        if args.image_command == "list":
-            print(f"bases in {store.images_dir}:")
-            for b in store.bases():
-                users = ", ".join(b.dependents) or "nothing"
-                print(f"  {b.name:24} {b.format:5} {human(b.virtual_size):>10}  on disk {human(b.file_bytes):>10}"
-                      f"  used by {users}")
-            print(f"overlays in {store.overlays_dir}:")
-            for o in store.overlays():
-                limit = f" of {human(o.limit)}" if o.limit else ""
-                state = "  in use" if o.in_use else ""
-                print(f"  {o.host:24} {o.policy:10} {human(o.allocated):>10}{limit} allocated, "
-                      f"disk {human(o.virtual_size)}, base {Path(o.base).name}{state}")
-        elif args.image_command == "create":
-            for host in args.host:
-                print(store.create(host, replace=args.force))
-        elif args.image_command == "reset":
-            print(store.reset(store.machine(args.host)))
-        elif args.image_command == "commit":
-            print(store.commit(args.host, args.new_base))
-        elif args.image_command == "rebase":
-            store.rebase(args.host, args.base)
-            print(f"{args.host} now on {args.base}")
-        elif args.image_command == "build-demo":
-            try:
-                build_demo(cfg, args.name, force=args.force, kernel_deb=args.kernel_deb)
-            except DemoImageError as e:
-                print(f"bootsvc image build-demo: {e}", file=sys.stderr)
-                return 1
-        elif args.image_command == "check":
-            bad = 0
-            for r in store.check(args.host, repair=args.repair):
-                state = "clean" if not r.corruptions and not r.leaks else \
-                    f"{len(r.corruptions)} error(s), {r.leaks} leaked cluster(s)" + \
-                    (f", {r.leaks_fixed} repaired" if r.leaks_fixed else "")
-                print(f"{r.image}: {state}; {human(r.clusters_used * r.cluster_size)} in use")
-                for c in r.corruptions:
-                    print(f"  {c}")
-                bad += bool(r.corruptions) or r.leaks > r.leaks_fixed
-            return 2 if bad else 0
+        return IMAGE_COMMANDS[args.image_command](store, args)
     except ImageError as e:
         print(f"bootsvc image {args.image_command}: {e}", file=sys.stderr)
         return 1
-    return 0
 
 
 def cmd_vm(args: argparse.Namespace) -> int:

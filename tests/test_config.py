@@ -17,6 +17,20 @@ def write(tmp_path: Path, text: str) -> Path:
     return p
 
 
+TWO_INTERFACES = """listen:
+  dhcp:
+    - {interface: br0, address: 10.77.0.1}
+    - {interface: br1, address: 10.78.0.1}
+"""
+
+
+def problems(path: Path) -> str:
+    """What load says is wrong with the config at ``path``, one problem a line."""
+    with pytest.raises(ConfigError) as e:
+        load(path)
+    return "\n".join(e.value.problems)
+
+
 def test_good_config(tmp_path: Path) -> None:
     cfg = load(write(tmp_path, """
 state_dir: /tmp/state
@@ -52,9 +66,7 @@ targets:
     luns: []
 colour: blue
 """)
-    with pytest.raises(ConfigError) as e:
-        load(p)
-    text = str(e.value)
+    text = problems(p)
     assert f"{p}:3: listen.iscsi: bad portal" in text
     assert f"{p}:4: listen.gopher: unknown key" in text
     assert f"{p}:6: targets[0].iqn:" in text
@@ -66,9 +78,7 @@ colour: blue
 
 def test_yaml_syntax_error_has_a_line(tmp_path: Path) -> None:
     p = write(tmp_path, "listen:\n  iscsi: [1\n  bad: {\n")
-    with pytest.raises(ConfigError) as e:
-        load(p)
-    assert str(e.value).startswith(f"{p}:")
+    assert problems(p).startswith(f"{p}:")
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -99,15 +109,13 @@ def test_machine_and_profile_errors_name_the_line(tmp_path: Path) -> None:
     (tmp_path / "profiles").mkdir()
     bad_profile = tmp_path / "profiles" / "bad.yaml"
     bad_profile.write_text("base: x.raw\noverlay: sometimes\noverlay_limit: lots\n")
-    with pytest.raises(ConfigError) as e:
-        load(write(tmp_path, """
+    text = problems(write(tmp_path, """
 profiles_dir: profiles
 machines:
   52:54:00:77:00:01: {hostname: node01, profile: nope}
   52:54:00:77:00:02: {hostname: node01, profile: demo-linux, ip: 300.1.1.1}
   not-a-mac: {hostname: x}
 """))
-    text = "\n".join(e.value.problems)
     assert f"{bad_profile}:2: overlay: must be one of persistent, ephemeral" in text
     assert f"{bad_profile}:3: overlay_limit:" in text
     cfg_path = tmp_path / "bootsvc.yaml"
@@ -148,18 +156,11 @@ dhcp:
     assert cfg.dhcp is not None and not cfg.dhcp.ipv6_ra  # someone else's network: silent unless asked
     assert load(write(tmp_path, text + "  ipv6_ra: true\n")).dhcp.ipv6_ra  # type: ignore[union-attr]
     p = write(tmp_path, text + "  ipv6_ra: sometimes\n")
-    with pytest.raises(ConfigError) as e:
-        load(p)
-    assert f"{p}:8: dhcp.ipv6_ra: expected true or false, got 'sometimes'" in "\n".join(e.value.problems)
+    assert f"{p}:8: dhcp.ipv6_ra: expected true or false, got 'sometimes'" in problems(p)
 
 
 def test_dhcp_several_interfaces_and_a_relayed_subnet(tmp_path: Path) -> None:
-    cfg = load(write(tmp_path, """
-listen:
-  dhcp:
-    - {interface: br0, address: 10.77.0.1}
-    - {interface: br1, address: 10.78.0.1}
-dhcp:
+    cfg = load(write(tmp_path, "\n" + TWO_INTERFACES + """dhcp:
   dns: [10.77.0.1]
   lease_time: 1h
   subnets:
@@ -188,9 +189,7 @@ dhcp:
     - {subnet: 10.79.0.0/24, colour: red}
     - {subnet: nonsense}
 """)
-    with pytest.raises(ConfigError) as e:
-        load(p)
-    text = "\n".join(e.value.problems)
+    text = problems(p)
     assert f"{p}:5: listen.dhcp[1].port: 70000 is not a port" in text
     assert f"{p}:5: listen.dhcp: 10.78.0.1: with several listeners each names its interface" in text
     assert f"{p}:8: dhcp.subnets[0].range: 10.77.0.200..10.77.0.100 is not an ascending range" in text
@@ -218,9 +217,50 @@ tftp:
 dns: {ttl: -1}
 isns: {registration_period: true}
 """)
-    with pytest.raises(ConfigError) as e:
-        load(p)
-    text = str(e.value)
+    text = problems(p)
     assert f"{p}:4: tftp.busy_poll_us: expected microseconds, 0: off (0 ... 100000), got 'lots'" in text
     assert f"{p}:5: dns.ttl: expected seconds (0 ... 2147483647), got -1" in text
     assert f"{p}:6: isns.registration_period: expected seconds, 0: never expire" in text
+
+
+def test_dhcp_key_problems_in_order(tmp_path: Path) -> None:
+    """Each subnet key's problem, in the order of the keys' checks (the same
+    list the operator got before the checks were split up)."""
+    p = write(tmp_path, """
+listen:
+  dhcp: {interface: br0, address: 10.77.0.1}
+dhcp:
+  subnet: 10.77.0.0/24
+  range: [10.77.0.250, nope]
+  dns: [10.77.0.1, dns.example]
+  lease_time: forever
+  router: 10.77.0.300
+  mode: sideways
+""")
+    assert problems(p).splitlines() == [
+        f"{p}:6: dhcp.range: ['10.77.0.250', 'nope'] are not IPv4 addresses",
+        f"{p}:7: dhcp.dns: 'dns.example' is not an IPv4 address",
+        f"{p}:8: dhcp.lease_time: 'forever' is not a duration (like 3600, 30m, 1h, 1d)",
+        f"{p}:9: dhcp.router: '10.77.0.300' is not an IPv4 address",
+        f"{p}:10: dhcp.mode: 'sideways' is not a valid Mode "
+        "(mode: authoritative|proxy; unknown_machines: ignore|default|discover)",
+    ]
+    p = write(tmp_path, "\n" + TWO_INTERFACES + """dhcp:
+  subnets:
+    - {subnet: 10.77.0.0/24, range: 10.77.0.5}
+    - {subnet: 10.79.0.0/24, server: 10.9.9.9, dns: nope, lease_time: 0}
+    - {subnet: 10.80.0.0/24}
+    - 7
+""")
+    assert problems(p).splitlines() == [
+        f"{p}:8: dhcp.subnets[0].range: expected [first, last]",
+        f"{p}:9: dhcp.subnets[1].dns: 'nope' is not an IPv4 address",
+        f"{p}:9: dhcp.subnets[1].lease_time: 0 is not a duration (like 3600, 30m, 1h, 1d)",
+        f"{p}:9: dhcp.subnets[1].server: 10.9.9.9 is not a listen.dhcp address",
+        f"{p}:10: dhcp.subnets[2].server: 10.80.0.0/24 is relayed: name the address of ours its relay sends to "
+        "(10.77.0.1, 10.78.0.1)",
+        f"{p}:7: dhcp.subnets[3]: expected a mapping, got int",
+        f"{p}:3: listen.dhcp: 10.78.0.1 is in none of the dhcp subnets",
+    ]
+    p = write(tmp_path, "listen:\n  dhcp: {interface: br0, address: 10.77.0.1}\n")
+    assert problems(p) == f"{p}:1: dhcp: listen.dhcp is set: the dhcp section (subnet, range, ...) is needed"

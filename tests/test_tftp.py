@@ -1,6 +1,6 @@
-"""TFTP: the transfer state machine (options, windows, lost ACKs, block
-number wrap), file name checks, and the asyncio service against the
-tftp-hpa and busybox clients on loopback."""
+"""TFTP: file name checks, the file cache, and the service against the
+tftp-hpa and busybox clients on loopback (the transfer state machine:
+test_tftp_core.py)."""
 
 from __future__ import annotations
 
@@ -14,85 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from tftpy.TftpPacketTypes import TftpPacketACK, TftpPacketRRQ
 
 from bootsvc.tftp import files as files_mod
 from bootsvc.tftp.files import FILL_FROM, FileSource, Filling, ReadError
 from bootsvc.tftp.service import BUSY_POLL, TftpService, _Solo
-from bootsvc.tftp.transfer import ReadTransfer, TftpFormatError, decode, parse_request
 from tests.e2e.peers import free_port
 from tests.loop_thread import serving
-
-
-def rrq(name: str, **options: str) -> TftpPacketRRQ:
-    p = TftpPacketRRQ()
-    p.filename, p.mode, p.options = name, "octet", options
-    return decode(bytes(p.encode().buffer))  # type: ignore[return-value]
-
-
-def ack(n: int) -> TftpPacketACK:
-    p = TftpPacketACK()
-    p.blocknumber = n
-    return p
-
-
-def run_transfer(t: ReadTransfer, drop_every: int = 0) -> bytes:
-    """Play a client: collect DATA, ACK what arrives in order, lose some."""
-    got = bytearray()
-    expect = 1
-    out = t.start()
-    count = 0
-    while not t.done:
-        if not out:
-            out = t.on_timeout()
-            continue
-        acked = None
-        for pkt in out:
-            count += 1
-            if drop_every and count % drop_every == 0:
-                continue
-            op, n = struct.unpack("!HH", pkt[:4])
-            if op == 6:
-                acked = 0
-            elif op == 3 and n == expect & 0xFFFF:
-                got += pkt[4:]
-                acked = n
-                expect += 1
-        out = t.on_packet(ack(acked)) if acked is not None else t.on_timeout()
-    return bytes(got)
-
-
-@pytest.mark.parametrize("options", [{}, {"blksize": "1468", "tsize": "0"}, {"blksize": "512", "windowsize": "8"}])
-def test_transfer_with_options_and_losses(options: dict[str, str]) -> None:
-    data = os.urandom(100_000)
-    for drop in (0, 7):
-        t = ReadTransfer(parse_request(rrq("f", **options)), data)
-        assert run_transfer(t, drop) == data and not t.failed
-
-
-def test_block_numbers_wrap() -> None:
-    data = os.urandom(70_000 * 8)  # 70000 blocks of 8 bytes: past 65535
-    t = ReadTransfer(parse_request(rrq("f", blksize="8", windowsize="16")), data)
-    assert run_transfer(t) == data
-
-
-def test_gives_up_after_retries() -> None:
-    t = ReadTransfer(parse_request(rrq("f")), b"x" * 2000)
-    t.start()
-    for _ in range(10):
-        t.on_timeout()
-    assert t.done and "retries" in t.failed
-
-
-@settings(max_examples=300)
-@given(st.binary(max_size=200))
-def test_garbage_raises_only_format_errors(blob: bytes) -> None:
-    try:
-        parse_request(decode(blob))
-    except (TftpFormatError, PermissionError):
-        pass
 
 
 def test_file_names(tmp_path: Path) -> None:
@@ -269,3 +196,17 @@ def test_busy_poll_gives_way_to_a_slow_client(tmp_path: Path) -> None:
     assert got == data
     # polling every wait in full would take 151 x 1 ms = 0.15 s of CPU
     assert cpu < 0.06, f"{cpu:.3f} s of CPU for a slow client"
+
+
+def test_errors_carry_their_message(service: tuple[TftpService, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ERROR says what is wrong in our words (RFC 1350 §5), also with
+    code 0, which tftpy's packet class could not encode: a busy server."""
+    svc, _ = service
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(5)
+        s.sendto(b"\0\1nope.bin\0octet\0", ("127.0.0.1", svc.port))
+        assert s.recvfrom(1024)[0] == b"\0\5\0\1nope.bin not found\0"
+        monkeypatch.setattr("bootsvc.tftp.service.MAX_TRANSFERS", 0)
+        s.sendto(b"\0\1small.bin\0octet\0", ("127.0.0.1", svc.port))
+        assert s.recvfrom(1024)[0] == b"\0\5\0\0server busy, try again\0"
+    assert svc.counters["busy"] == 1

@@ -133,6 +133,34 @@ def _ip(value: Any, what: str) -> IPv4:
 
 def decode(data: bytes) -> Request:
     """A BOOTREQUEST from the wire (RFC 2131 §2, §4.1)."""
+    _check_fixed(data)
+    # The fixed header by struct; the options, the part worth a library, by
+    # scapy's DHCP options field (what DHCP() would run, without building
+    # two Packet objects per datagram: this is the hot path under load).
+    _op, _htype, _hlen, hops, xid, secs, flags, ciaddr, _yiaddr, _siaddr, giaddr, chaddr = \
+        HEADER.unpack_from(data)
+    opts = _options(data)
+    msg_type = _message_type(opts)
+    arch = _arch(opts)
+    return Request(
+        xid=xid, mac=":".join(f"{b:02x}" for b in chaddr[:6]), msg_type=msg_type, flags=flags,
+        secs=secs, hops=hops, ciaddr=IPv4(ciaddr), giaddr=IPv4(giaddr),
+        requested_ip=_optional_ip(opts, "requested_addr", "option 50"),
+        server_id=_optional_ip(opts, "server_id", "option 54"),
+        client_id=_bytes(opts.get("client_id", b"")),
+        hostname=_bytes(opts.get("hostname", b"")).decode("ascii", "replace"),
+        vendor_class=_bytes(opts.get("vendor_class_id", b"")),
+        user_class=_bytes(opts.get("user_class", b"")),
+        arch=arch, uuid=_bytes(opts.get("pxe_client_machine_identifier", b"")),
+        ipxe_options=_bytes(opts[175]) if 175 in opts else None,
+        param_request=tuple(opts.get("param_req_list", ()) or ()),
+        max_size=_max_size(opts),
+    )
+
+
+def _check_fixed(data: bytes) -> None:
+    """The fixed part: long enough, a request, Ethernet, the magic cookie
+    (RFC 2131 §2, §3)."""
     if len(data) < MIN_REQUEST:
         raise DhcpFormatError(f"truncated: {len(data)} bytes")
     if data[0] != 1:
@@ -141,11 +169,11 @@ def decode(data: bytes) -> Request:
         raise DhcpFormatError(f"hardware type {data[1]}/length {data[2]} is not Ethernet")
     if data[BOOTP_FIXED:BOOTP_FIXED + 4] != MAGIC_COOKIE:
         raise DhcpFormatError("no DHCP magic cookie")
-    # The fixed header by struct; the options, the part worth a library, by
-    # scapy's DHCP options field (what DHCP() would run, without building
-    # two Packet objects per datagram: this is the hot path under load).
-    _op, _htype, _hlen, hops, xid, secs, flags, ciaddr, _yiaddr, _siaddr, giaddr, chaddr = \
-        HEADER.unpack_from(data)
+
+
+def _options(data: bytes) -> dict[Any, Any]:
+    """The options by scapy's name (or code), each at most once; overload
+    (RFC 2132 §9.3) is refused: sname and file are never read."""
     try:
         options = OPTIONS_FIELD.m2i(None, data[BOOTP_FIXED + 4:])
     except Exception as e:  # scapy's dissectors raise what they like; the packet is what is wrong
@@ -162,6 +190,11 @@ def decode(data: bytes) -> Request:
         opts[key] = item[1] if len(item) == 2 else item[1:]
     if "dhcp-option-overload" in opts:
         raise DhcpFormatError("option overload (52) is not accepted")
+    return opts
+
+
+def _message_type(opts: dict[Any, Any]) -> MessageType:
+    """Option 53, one a client sends (RFC 2132 §9.6)."""
     if "message-type" not in opts:
         raise DhcpFormatError("no message type (option 53)")
     try:
@@ -170,31 +203,28 @@ def decode(data: bytes) -> Request:
         raise DhcpFormatError(f"message type {opts['message-type']!r} is unknown") from None
     if msg_type in (MessageType.OFFER, MessageType.ACK, MessageType.NAK):
         raise DhcpFormatError(f"{msg_type.name} is a server message")
+    return msg_type
+
+
+def _arch(opts: dict[Any, Any]) -> int | None:
+    """Option 93's first architecture (RFC 4578 §2.1: a list of 16-bit types)."""
     arch = opts.get("pxe_client_architecture")
-    if arch is not None:
-        raw = bytes(arch) if not isinstance(arch, int) else arch.to_bytes(2, "big")
-        if len(raw) < 2:
-            raise DhcpFormatError("option 93 is shorter than 2 bytes")
-        arch = int.from_bytes(raw[:2], "big")
-    chaddr = chaddr[:6]
+    if arch is None:
+        return None
+    raw = bytes(arch) if not isinstance(arch, int) else arch.to_bytes(2, "big")
+    if len(raw) < 2:
+        raise DhcpFormatError("option 93 is shorter than 2 bytes")
+    return int.from_bytes(raw[:2], "big")
+
+
+def _max_size(opts: dict[Any, Any]) -> int:
+    """Option 57; below 576 (or not a number) it is 576 (RFC 2132 §9.10)."""
     max_size = opts.get("max_dhcp_size", 576)
-    if not isinstance(max_size, int) or max_size < 576:
-        max_size = 576
-    hostname = opts.get("hostname", b"")
-    return Request(
-        xid=xid, mac=":".join(f"{b:02x}" for b in chaddr), msg_type=msg_type, flags=flags,
-        secs=secs, hops=hops, ciaddr=IPv4(ciaddr), giaddr=IPv4(giaddr),
-        requested_ip=_ip(opts["requested_addr"], "option 50") if "requested_addr" in opts else None,
-        server_id=_ip(opts["server_id"], "option 54") if "server_id" in opts else None,
-        client_id=_bytes(opts.get("client_id", b"")),
-        hostname=_bytes(hostname).decode("ascii", "replace"),
-        vendor_class=_bytes(opts.get("vendor_class_id", b"")),
-        user_class=_bytes(opts.get("user_class", b"")),
-        arch=arch, uuid=_bytes(opts.get("pxe_client_machine_identifier", b"")),
-        ipxe_options=_bytes(opts[175]) if 175 in opts else None,
-        param_request=tuple(opts.get("param_req_list", ()) or ()),
-        max_size=max_size,
-    )
+    return max_size if isinstance(max_size, int) and max_size >= 576 else 576
+
+
+def _optional_ip(opts: dict[Any, Any], key: str, what: str) -> IPv4 | None:
+    return _ip(opts[key], what) if key in opts else None
 
 
 def _bytes(value: Any) -> bytes:

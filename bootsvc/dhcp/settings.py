@@ -113,115 +113,176 @@ def _listeners(c: Checker, listen: LineMap) -> list[Listener] | None:
     return [one for _, one in found] if len(found) == len(entries) else None
 
 
-def _subnet(c: Checker, d: LineMap, defaults: LineMap, where: str, listeners: list[Listener],
-            domain: str) -> Subnet | None:
-    """One subnet; keys it lacks come from ``defaults`` (the dhcp section)."""
-    def get(key: str, fallback: Any = None) -> tuple[LineMap, Any]:
-        if key in d:
-            return d, d[key]
-        return defaults, defaults.get(key, fallback)
+def _inherited(d: LineMap, defaults: LineMap, key: str, fallback: Any = None) -> tuple[LineMap, Any]:
+    """A subnet's key, else the dhcp section's, with the mapping it is written in."""
+    if key in d:
+        return d, d[key]
+    return defaults, defaults.get(key, fallback)
 
+
+def _network(c: Checker, d: LineMap, where: str) -> ipaddress.IPv4Network | None:
     try:
-        network = ipaddress.IPv4Network(str(d.get("subnet", "")), strict=False)
+        return ipaddress.IPv4Network(str(d.get("subnet", "")), strict=False)
     except ValueError:
         c.err(d, f"{where}.subnet", f"{d.get('subnet')!r} is not a subnet like 10.77.0.0/24")
         return None
-    first = last = None
+
+
+def _range(c: Checker, d: LineMap, where: str, network: ipaddress.IPv4Network) -> tuple[IPv4 | None, IPv4 | None]:
+    """``range: [first, last]``, inside the subnet; (None, None) without one."""
     rng = d.get("range")
-    if rng is not None:
-        if not isinstance(rng, list) or len(rng) != 2:
-            c.err(d, f"{where}.range", "expected [first, last]")
-        else:
-            try:
-                first, last = IPv4(str(rng[0])), IPv4(str(rng[1]))
-            except ValueError:
-                c.err(d, f"{where}.range", f"{rng!r} are not IPv4 addresses")
-            if first is not None and last is not None and not (first in network and last in network
-                                                                and first <= last):
-                c.err(d, f"{where}.range", f"{first}..{last} is not an ascending range inside {network}")
-    m, dns = get("dns", [])
-    dns_list = []
+    if rng is None:
+        return None, None
+    if not isinstance(rng, list) or len(rng) != 2:
+        c.err(d, f"{where}.range", "expected [first, last]")
+        return None, None
+    first = last = None
+    try:
+        first, last = IPv4(str(rng[0])), IPv4(str(rng[1]))
+    except ValueError:
+        c.err(d, f"{where}.range", f"{rng!r} are not IPv4 addresses")
+    if first is not None and last is not None and not (first in network and last in network and first <= last):
+        c.err(d, f"{where}.range", f"{first}..{last} is not an ascending range inside {network}")
+    return first, last
+
+
+def _dns(c: Checker, d: LineMap, defaults: LineMap, where: str) -> tuple[IPv4, ...]:
+    """``dns``: one address or a list of them (option 6, RFC 2132 §3.8)."""
+    m, dns = _inherited(d, defaults, "dns", [])
+    found = []
     for x in dns if isinstance(dns, list) else [dns]:
         try:
-            dns_list.append(IPv4(str(x)))
+            found.append(IPv4(str(x)))
         except ValueError:
             c.err(m, f"{where}.dns", f"{x!r} is not an IPv4 address")
-    m, lease = get("lease_time", 3600)
+    return tuple(found)
+
+
+def _lease_time(c: Checker, d: LineMap, defaults: LineMap, where: str) -> int:
+    m, lease = _inherited(d, defaults, "lease_time", 3600)
     try:
-        lease_time = parse_duration(lease)
+        return parse_duration(lease)
     except ValueError as e:
         c.err(m, f"{where}.lease_time", str(e))
-        lease_time = 3600
-    m, _ = get("router")
-    router = _ip(c, m, "router", f"{where}.router")
-    # the address our replies come from: ours on this subnet, else the one its relay sends to
+        return 3600
+
+
+def _server(c: Checker, d: LineMap, where: str, network: ipaddress.IPv4Network,
+            listeners: list[Listener]) -> IPv4 | None:
+    """The address our replies come from: ours on this subnet, else the one
+    its relay sends to (RFC 2131 §4.3.1: giaddr)."""
     server = next((one.address for one in listeners if one.address in network), None)
-    if server is None:
-        server = _ip(c, d, "server", f"{where}.server")
-        if server is None and d.get("server") is None:
-            if len(listeners) == 1:
-                server = listeners[0].address
-            elif listeners:
-                c.err(d, f"{where}.server", f"{network} is relayed: name the address of ours its relay sends to "
-                      f"({', '.join(str(one.address) for one in listeners)})")
-        if server is not None and server not in {one.address for one in listeners}:
-            c.err(d, f"{where}.server", f"{server} is not a listen.dhcp address")
+    if server is not None:
+        return server
+    server = _ip(c, d, "server", f"{where}.server")
+    if server is None and d.get("server") is None:
+        if len(listeners) == 1:
+            server = listeners[0].address
+        elif listeners:
+            c.err(d, f"{where}.server", f"{network} is relayed: name the address of ours its relay sends to "
+                  f"({', '.join(str(one.address) for one in listeners)})")
+    if server is not None and server not in {one.address for one in listeners}:
+        c.err(d, f"{where}.server", f"{server} is not a listen.dhcp address")
+    return server
+
+
+def _subnet(c: Checker, d: LineMap, defaults: LineMap, where: str, listeners: list[Listener],
+            domain: str) -> Subnet | None:
+    """One subnet; keys it lacks come from ``defaults`` (the dhcp section)."""
+    network = _network(c, d, where)
+    if network is None:
+        return None
+    first, last = _range(c, d, where, network)
+    dns = _dns(c, d, defaults, where)
+    lease_time = _lease_time(c, d, defaults, where)
+    router = _ip(c, _inherited(d, defaults, "router")[0], "router", f"{where}.router")
+    server = _server(c, d, where, network, listeners)
     if server is None:
         return None
-    return Subnet(network, server, first, last, router, tuple(dns_list), str(get("domain", domain)[1]),
+    return Subnet(network, server, first, last, router, dns, str(_inherited(d, defaults, "domain", domain)[1]),
                   lease_time)
+
+
+def _section(c: Checker, doc: LineMap) -> LineMap | None:
+    """The dhcp section, needed once listen.dhcp is set."""
+    sect = doc.get("dhcp")
+    if sect is None:
+        c.err(doc, "dhcp", "listen.dhcp is set: the dhcp section (subnet, range, ...) is needed")
+        return None
+    d = c.mapping(doc, "dhcp", sect)
+    if d is not None:
+        c.unknown(d, DHCP_KEYS, "dhcp.")
+    return d
+
+
+def _subnets(c: Checker, d: LineMap, listeners: list[Listener], domain: str) -> list[Subnet]:
+    """The inline subnet, or each of ``dhcp.subnets``."""
+    if "subnets" not in d:
+        one = _subnet(c, d, d, "dhcp", listeners, domain)
+        return [one] if one is not None else []
+    if "subnet" in d or "range" in d:
+        c.err(d, "dhcp.subnets", "write subnet and range either inline or in subnets, not both")
+    entries = d["subnets"]
+    if not isinstance(entries, list) or not entries:
+        c.err(d, "dhcp.subnets", "expected a list of {subnet, range, router, ...}")
+        entries = []
+    subnets = []
+    for i, entry in enumerate(entries):
+        where = f"dhcp.subnets[{i}]"
+        sd = c.mapping(d, where, entry)
+        if sd is None:
+            continue
+        c.unknown(sd, SUBNET_KEYS, f"{where}.")
+        one = _subnet(c, sd, d, where, listeners, domain)
+        if one is not None:
+            subnets.append(one)
+    return subnets
+
+
+def _check_coverage(c: Checker, d: LineMap, listen: LineMap, listeners: list[Listener],
+                    subnets: list[Subnet]) -> None:
+    """No two subnets overlap; every listener's address is in one of them."""
+    for i, a in enumerate(subnets):
+        for b in subnets[i + 1:]:
+            if a.network.overlaps(b.network):
+                c.err(d, "dhcp.subnets", f"{a.network} and {b.network} overlap")
+    for one in listeners:
+        if not any(one.address in s.network for s in subnets):
+            c.err(listen, "listen.dhcp", f"{one.address} is in none of the dhcp subnets")
+
+
+def _policies(c: Checker, d: LineMap) -> tuple[Mode, UnknownPolicy] | None:
+    try:
+        return Mode(d.get("mode", "authoritative")), UnknownPolicy(d.get("unknown_machines", "ignore"))
+    except ValueError as e:
+        c.err(d, "dhcp.mode", f"{e} (mode: authoritative|proxy; unknown_machines: ignore|default|discover)")
+        return None
+
+
+def _ipv6_ra(c: Checker, d: LineMap, mode: Mode) -> bool:
+    """On by default where we are the DHCP server (DhcpSettings.ipv6_ra)."""
+    ipv6_ra = d.get("ipv6_ra", mode is Mode.AUTHORITATIVE)
+    if not isinstance(ipv6_ra, bool):
+        c.err(d, "dhcp.ipv6_ra", f"expected true or false, got {ipv6_ra!r}")
+        return False
+    return ipv6_ra
 
 
 def load_dhcp(c: Checker, doc: LineMap, listen: Any, domain: str) -> DhcpSettings | None:
     """None when DHCP is off (no listen.dhcp)."""
     if not isinstance(listen, LineMap) or listen.get("dhcp") is None:
         return None
-    sect = doc.get("dhcp")
-    d = c.mapping(doc, "dhcp", sect) if sect is not None else None
+    d = _section(c, doc)
     if d is None:
-        if sect is None:
-            c.err(doc, "dhcp", "listen.dhcp is set: the dhcp section (subnet, range, ...) is needed")
         return None
-    c.unknown(d, DHCP_KEYS, "dhcp.")
     listeners = _listeners(c, listen)
-    subnets: list[Subnet] = []
-    if "subnets" in d:
-        if "subnet" in d or "range" in d:
-            c.err(d, "dhcp.subnets", "write subnet and range either inline or in subnets, not both")
-        entries = d["subnets"]
-        if not isinstance(entries, list) or not entries:
-            c.err(d, "dhcp.subnets", "expected a list of {subnet, range, router, ...}")
-            entries = []
-        for i, entry in enumerate(entries):
-            where = f"dhcp.subnets[{i}]"
-            one = c.mapping(d, where, entry)
-            if one is None:
-                continue
-            c.unknown(one, SUBNET_KEYS, f"{where}.")
-            s = _subnet(c, one, d, where, listeners or [], domain)
-            if s is not None:
-                subnets.append(s)
-    else:
-        s = _subnet(c, d, d, "dhcp", listeners or [], domain)
-        if s is not None:
-            subnets.append(s)
-    for i, a in enumerate(subnets):
-        for b in subnets[i + 1:]:
-            if a.network.overlaps(b.network):
-                c.err(d, "dhcp.subnets", f"{a.network} and {b.network} overlap")
-    for one in listeners or []:
-        if not any(one.address in s.network for s in subnets):
-            c.err(listen, "listen.dhcp", f"{one.address} is in none of the dhcp subnets")
-    try:
-        mode = Mode(d.get("mode", "authoritative"))
-        unknown = UnknownPolicy(d.get("unknown_machines", "ignore"))
-    except ValueError as e:
-        c.err(d, "dhcp.mode", f"{e} (mode: authoritative|proxy; unknown_machines: ignore|default|discover)")
+    subnets = _subnets(c, d, listeners or [], domain)
+    _check_coverage(c, d, listen, listeners or [], subnets)
+    policies = _policies(c, d)
+    if policies is None:
         return None
-    ipv6_ra = d.get("ipv6_ra", mode is Mode.AUTHORITATIVE)
-    if not isinstance(ipv6_ra, bool):
-        c.err(d, "dhcp.ipv6_ra", f"expected true or false, got {ipv6_ra!r}")
-        ipv6_ra = False
+    mode, unknown = policies
+    ipv6_ra = _ipv6_ra(c, d, mode)
     if not listeners or not subnets:
         return None
     return DhcpSettings(tuple(subnets), tuple(listeners), mode, unknown, ipv6_ra)

@@ -21,13 +21,11 @@ from . import BUSY_POLL_US
 from .files import FileSource, ReadError
 from .transfer import ReadTransfer, TftpError, TftpFormatError, decode, error, parse_request
 
-TIMEOUT = 1.0  # seconds without an answer before a window is sent again
-ACK_OPCODE = 4
 # what a client sends to a transfer: ACKs (4 bytes) and ERRORs (a message of at most
 # a block: 516 bytes); a larger datagram is cut there and dropped as malformed.
 # (recv allocates this much each time: 64 KiB cost more than the rest of an ACK)
 RECEIVE_MAX = 1024
-TIMER_TICK = 0.1  # seconds between looks for transfers whose ACK is overdue
+TIMER_TICK = 0.1  # seconds between looks for transfers whose ACK is overdue (their next_timer)
 RECEIVE_TIMEOUT = struct.pack("ll", 0, int(TIMER_TICK * 1e6))  # SO_RCVTIMEO of a solo transfer's socket
 BUSY_POLL = BUSY_POLL_US / 1e6  # seconds
 MAX_SOLOS = 2  # transfers on threads of their own; one more and they all move to the shared sender
@@ -53,48 +51,48 @@ class _Transfer:
         except OSError:
             self.sock.close()
             raise
-        self.deadline = 0.0
         self.started = time.monotonic()
 
-    def send(self, packets: list[bytes], now: float) -> None:
+    def send(self, packets: list[bytes]) -> None:
         for p in packets:
             self.sock.send(p)
-        self.deadline = now + TIMEOUT
         self.transfer.prepare()  # the next block, built while the client takes this one
 
     def fail(self, e: OSError) -> None:
         """End the transfer on an error from its socket or its file. The
         client hears of a file it cannot have (as when it cannot be read at
         the request); a socket that fails is not tried again."""
-        t = self.transfer
         if isinstance(e, ReadError):
-            t.failed = f"read error: {e}"
+            self.transfer.fail(f"read error: {e}")
             with contextlib.suppress(OSError):
                 self.sock.send(error(TftpError.ACCESS_VIOLATION, "cannot read the file"))
         else:
-            t.failed = f"socket error: {e.strerror or e}"
-        t.done = True
+            self.transfer.fail(f"socket error: {e.strerror or e}")
 
     def begin(self, now: float) -> None:
-        self.send(self.transfer.start(), now)
+        self.send(self.transfer.start(now))
 
-    def retry(self, now: float) -> None:
-        """No ACK in time: send the window again (or give up)."""
-        self.send(self.transfer.on_timeout(), now)
+    def tick(self, now: float) -> None:
+        """The transfer's timer: past its deadline, the window again (or it gives up)."""
+        packets = self.transfer.handle_timer(now)
+        if packets:
+            self.send(packets)
 
     def handle(self, data: bytes, counters: Counter[str], now: float) -> None:
         """A datagram that is not the expected lock-step ACK: the callers
         take that one first, on their fast paths."""
-        if len(data) == 4 and data[1] == ACK_OPCODE and data[0] == 0:
-            packets = self.transfer.on_ack(data[2] << 8 | data[3])  # any other ACK: still no packet object
-        else:
-            try:
-                packets = self.transfer.on_packet(decode(data))
-            except TftpFormatError:
-                counters["dropped_malformed"] += 1
-                return
+        try:
+            packets = self.transfer.on_datagram(data, now)
+        except TftpFormatError:
+            counters["dropped_malformed"] += 1
+            return
         if packets:
-            self.send(packets, now)
+            self.send(packets)
+
+
+def _due(timer: float | None, now: float) -> bool:
+    """Whether a transfer's next_timer has come at ``now``."""
+    return timer is not None and timer <= now
 
 
 class _Solo(threading.Thread):
@@ -104,10 +102,11 @@ class _Solo(threading.Thread):
     a core with their client instead of sharing one thread. A lock-step
     transfer is bound by that round trip, so a transfer that is alone first
     polls for the ACK (``busy_poll``, as the kernel's SO_BUSY_POLL does for
-    a NIC queue) and only then sleeps, with the kernel's receive timeout
-    (SO_RCVTIMEO) as its clock. Waking a sleeping thread costs more than the
-    round trip itself on a fast link: a sleeping vCPU is halted and must be
-    woken by an interrupt (docs/benchmarks.md, TFTP). The poll is adaptive:
+    a NIC queue) and only then sleeps, waking at least every TIMER_TICK
+    (the kernel's receive timeout, SO_RCVTIMEO) for its transfer's timer.
+    Waking a sleeping thread costs more than the round trip itself on a
+    fast link: a sleeping vCPU is halted and must be woken by an interrupt
+    (docs/benchmarks.md, TFTP). The poll is adaptive:
     after a wait longer than ``busy_poll`` (a slow client or link) the next
     wait sleeps at once, so a slow transfer does not keep a core busy; two
     solo threads do not poll (each would hold the GIL from the other). When
@@ -123,13 +122,12 @@ class _Solo(threading.Thread):
     def run(self) -> None:
         x, t, counters, service = self.x, self.x.transfer, self.service.counters, self.service
         recv, send, handle = x.sock.recv, x.sock.send, x.handle
-        clock, nowait, active = time.perf_counter, socket.MSG_DONTWAIT, service.active
-        idle = 0  # receive timeouts in a row
+        clock, nowait, active = time.monotonic, socket.MSG_DONTWAIT, service.active
         waited = 0.0  # how long the last ACK took to come
         try:
             x.sock.setblocking(True)
             x.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, RECEIVE_TIMEOUT)
-            x.begin(0.0)
+            x.begin(clock())
             while not t.done and not service.closing:
                 if self.crowded:
                     x.sock.setblocking(False)
@@ -148,25 +146,23 @@ class _Solo(threading.Thread):
                                     break
                     if data is None:
                         data = recv(RECEIVE_MAX)
-                    waited = clock() - start
-                except BlockingIOError:  # a tick without a datagram
+                    now = clock()
+                    waited = now - start
+                except BlockingIOError:  # a tick without a datagram: the timer's turn
                     waited = TIMER_TICK
-                    idle += 1
-                    if idle * TIMER_TICK >= TIMEOUT:
-                        x.retry(0.0)
-                        idle = 0
+                    x.tick(clock())
                     continue
-                idle = 0
                 if data == t.expect:
                     # lock-step: the ACK of the block in flight; the next block
                     # was built while the client was busy, so it leaves at once
                     # (handle's fast path, inlined: this is the round trip).
-                    packet = t.on_expected_ack()
+                    packet = t.on_expected_ack(now)
                     if packet is not None:
                         send(packet)
                         t.prepare()
                 else:
-                    handle(data, counters, 0.0)
+                    handle(data, counters, now)
+                    x.tick(now)  # a client sending what moves nothing on still meets the timeout
         except OSError as e:
             x.fail(e)
         self.service.solo_ended(x)
@@ -191,7 +187,8 @@ class _Sender(threading.Thread):
 
     def add(self, transfer: _Transfer, begin: bool = True) -> None:
         """Serve ``transfer``: start it, or (``begin`` False) go on with one
-        under way."""
+        under way, a solo's: its deadline, on the same monotonic clock,
+        holds here too."""
         self.new.put((transfer, begin))
         self.wake_w.send(b"\0")
 
@@ -227,7 +224,7 @@ class _Sender(threading.Thread):
                         continue
                     t = x.transfer
                     if data == t.expect:  # lock-step: the ACK of the block in flight, its answer built already
-                        packet = t.on_expected_ack()
+                        packet = t.on_expected_ack(now)
                         if packet is None:  # that was the last block
                             self._end(x)
                         else:
@@ -244,15 +241,13 @@ class _Sender(threading.Thread):
                         x.sock.send(packet)
                     except OSError as e:
                         x.fail(e)
-                deadline = now + TIMEOUT
                 for x, _ in released:
-                    x.deadline = deadline
                     self._step(x, x.transfer.prepare)  # a failed send ends here
                 if now < next_check:
                     continue  # timeouts are checked a few times a second, not after every packet
                 next_check = now + TIMER_TICK
-                for x in [x for x in transfers.values() if x.deadline <= now]:
-                    self._step(x, x.retry, now)
+                for x in [x for x in transfers.values() if _due(x.transfer.next_timer(), now)]:
+                    self._step(x, x.tick, now)
         finally:
             for x in list(self.transfers.values()):
                 self._end(x)
@@ -278,8 +273,6 @@ class _Sender(threading.Thread):
             self.epoll.register(x.sock.fileno(), select.EPOLLIN)
             if begin:
                 self._step(x, x.begin, now)
-            else:
-                x.deadline = now + TIMEOUT
 
     def _step(self, x: _Transfer, action: Callable[..., None], *args: object) -> None:
         """Move a transfer on; a socket or read error fails it; a finished one ends."""
