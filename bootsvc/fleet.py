@@ -234,6 +234,7 @@ class Fleet:
                 self._install(disks[0])
                 if self.leases is not None:
                     self.leases.saw_unknown(mac, "default", time.time())
+                    self.leases.commit()
                 self.bus.emit(Kind.DHCP_ADOPTED, mac=mac, hostname=disks[0].machine.hostname,
                               target=disks[0].machine.target_iqn)
             future.set_result(machine)

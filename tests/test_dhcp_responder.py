@@ -143,3 +143,18 @@ def test_dropped_requests_are_said_once_a_minute_per_mac() -> None:
     dropped = [e for e in events if e.kind is Kind.DHCP_DROPPED]
     assert [(e.mac, e.fields["why"]) for e in dropped] == [(stranger, "unknown_machine")] * 2
     assert r.counters["dropped_unknown_machine"] == 4
+
+
+def test_lease_writes_wait_for_the_adapter_to_commit(tmp_path: object) -> None:
+    """The responder decides without I/O: a bound lease is a write the
+    adapter commits (before it sends the ACK), not a write inside handle."""
+    r = responder(unknown=UnknownPolicy.DISCOVER)
+    stranger = "52:54:00:99:00:08"
+    offer = r.handle(req("discover", stranger), IPv4("10.77.0.1"), 0)
+    assert offer is not None and not r.leases.unwritten  # an offer lives in memory only
+    ack = r.handle(req("request", stranger, ("requested_addr", str(offer.yiaddr)), ("server_id", "10.77.0.1")),
+                   IPv4("10.77.0.1"), 1)
+    assert ack is not None and len(r.leases.unwritten) == 1
+    assert list(r.leases.db.execute("SELECT mac FROM leases")) == []
+    r.leases.commit()
+    assert list(r.leases.db.execute("SELECT mac FROM leases")) == [(stranger,)] and not r.leases.unwritten

@@ -1,9 +1,13 @@
 """DHCP leases in SQLite under state_dir, so they survive a restart
 (RFC 2131 §4.3.1: a server should keep giving a client the address it had).
 
-All reads come from an in-memory copy; every change is written through in
-WAL mode (no fsync per lease: a crash loses at most the last changes, and
-clients then simply get the same free address offered again).
+All reads come from an in-memory copy. Changes are kept as a list of
+writes until ``commit()``: the responder decides without I/O, and its
+adapter (bootsvc/dhcp/service.py) commits what one request changed before
+the answer leaves (RFC 2131 §4.3.1: an address is recorded before it is
+acknowledged), in one transaction, in WAL mode without an fsync per lease
+(a crash loses at most the last changes, and clients then simply get the
+same free address offered again).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ class LeaseStore:
         # or were given the default profile (policy default), for `bootsvc machines`
         self.db.execute("CREATE TABLE IF NOT EXISTS unknown_machines (mac TEXT PRIMARY KEY, policy TEXT NOT NULL, "
                         "first_seen REAL NOT NULL, last_seen REAL NOT NULL, arch TEXT NOT NULL DEFAULT '')")
+        self.unwritten: list[tuple[str, tuple[object, ...]]] = []  # (SQL, parameters) until commit()
         self.by_ip: dict[IPv4, Lease] = {}
         self.by_mac: dict[str, Lease] = {}
         self._cursor: dict[tuple[int, int], int] = {}  # (first, last) -> where the next search starts
@@ -68,12 +73,12 @@ class LeaseStore:
         # An offer lives a minute in memory only: after a restart the client
         # simply gets the same address offered again. Half the writes per DORA.
         if lease.state is not LeaseState.OFFERED:
-            self.db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)",
-                            (str(lease.ip), lease.mac, lease.state.value, lease.expires, lease.hostname))
+            self.unwritten.append(("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)",
+                                   (str(lease.ip), lease.mac, lease.state.value, lease.expires, lease.hostname)))
         self._remember(lease)
 
     def drop(self, lease: Lease) -> None:
-        self.db.execute("DELETE FROM leases WHERE ip = ?", (str(lease.ip),))
+        self.unwritten.append(("DELETE FROM leases WHERE ip = ?", (str(lease.ip),)))
         self.by_ip.pop(lease.ip, None)
         if self.by_mac.get(lease.mac) == lease:
             del self.by_mac[lease.mac]
@@ -105,14 +110,26 @@ class LeaseStore:
         return sorted((le for le in self.by_ip.values() if le.expires > now), key=lambda le: le.ip)
 
     def saw_unknown(self, mac: str, policy: str, now: float, arch: str = "") -> None:
-        self.db.execute("INSERT INTO unknown_machines VALUES (?, ?, ?, ?, ?) ON CONFLICT(mac) DO UPDATE SET "
-                        "policy = excluded.policy, last_seen = excluded.last_seen, arch = excluded.arch",
-                        (mac, policy, now, now, arch))
+        self.unwritten.append(("INSERT INTO unknown_machines VALUES (?, ?, ?, ?, ?) ON CONFLICT(mac) DO UPDATE SET "
+                               "policy = excluded.policy, last_seen = excluded.last_seen, arch = excluded.arch",
+                               (mac, policy, now, now, arch)))
+
+    def commit(self) -> None:
+        """Write the changes made since the last commit, in one transaction."""
+        if not self.unwritten:
+            return
+        writes, self.unwritten = self.unwritten, []
+        with self.db:  # BEGIN ... COMMIT, or ROLLBACK on an error
+            self.db.execute("BEGIN")
+            for sql, params in writes:
+                self.db.execute(sql, params)
 
     def unknown_machines(self) -> list[tuple[str, str, float, float, str]]:
         """(mac, policy, first seen, last seen, client architecture), oldest first."""
+        self.commit()
         return list(self.db.execute("SELECT mac, policy, first_seen, last_seen, arch FROM unknown_machines "
                                     "ORDER BY first_seen"))
 
     def close(self) -> None:
+        self.commit()
         self.db.close()

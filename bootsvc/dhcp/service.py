@@ -87,7 +87,8 @@ class DhcpService(asyncio.DatagramProtocol):
         counters = self.responder.counters
         try:
             reply = self.responder.handle(req, self.address, now)
-        except Exception as e:  # a bug must not end the service: count it and keep serving
+            self.responder.leases.commit()  # what the answer promises is recorded before it leaves
+        except Exception as e:  # a bug or a failing lease store must not end the service: count it, keep serving
             counters["errors"] += 1
             self.responder.emit(Kind.DHCP_ERROR, mac=req.mac, why=repr(e))  # logged with its traceback
             return
