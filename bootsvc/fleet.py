@@ -53,6 +53,21 @@ class Disk:
 
 
 @dataclass
+class Attempt:
+    """A machine's current boot, from its boot ROM's DHCP offer on: when
+    each kind of event about it was first seen. One per machine; the
+    flight recorder keeps the history."""
+
+    started: float
+    steps: dict[str, float] = field(default_factory=dict)  # event name -> first time in this attempt
+    last: str = ""  # the latest event's name
+
+    def saw(self, event: Event) -> None:
+        self.steps.setdefault(event.name, event.time)
+        self.last = event.name
+
+
+@dataclass
 class Fleet:
     cfg: Config
     bus: Bus
@@ -63,6 +78,8 @@ class Fleet:
     _disks: dict[str, Disk] = field(default_factory=dict)  # by MAC
     _specs: dict[str, TargetSpec] = field(default_factory=dict)  # the config's own targets served, by IQN
     _adopting: dict[str, asyncio.Future[Machine | None]] = field(default_factory=dict)
+    _attempts: dict[str, Attempt] = field(default_factory=dict)  # by MAC
+    _by_initiator: dict[str, str] | None = None  # initiator IQN -> MAC, made again when the machines change
     _fixed: dict[IPv4, str] | None = None  # fixed IP -> MAC, made again when the machines change
     _reserved: frozenset[IPv4] | None = None
     _tasks: set[asyncio.Task[object]] = field(default_factory=set)
@@ -151,16 +168,32 @@ class Fleet:
 
     # -- events ------------------------------------------------------------------------
 
+    def attempt(self, mac: str) -> Attempt | None:
+        """The machine's current boot, if it started one since bootsvc started."""
+        return self._attempts.get(mac)
+
     def on_event(self, event: Event) -> None:
         """The fleet's own subscription: a boot ROM's offer starts a new
-        boot (an ephemeral disk is made anew); an unknown MAC seen under
+        boot (a new attempt; an ephemeral disk is made anew); every event
+        about a machine joins its attempt; an unknown MAC seen under
         ``discover`` is recorded for the operator."""
-        if event.mac is None:
+        mac = event.mac or (self._initiators().get(event.initiator) if event.initiator else None)
+        if mac is None or mac not in self._machines:
+            if event.kind is Kind.DHCP_DISCOVERED and mac is not None and self.leases is not None:
+                self.leases.saw_unknown(mac, "discover", event.time, _text(event.fields.get("arch")))
             return
-        if event.kind is Kind.DHCP_OFFER and not event.fields.get("ipxe") and event.mac in self._disks:
-            self._spawn(self.renew(event.mac))
-        elif event.kind is Kind.DHCP_DISCOVERED and self.leases is not None:
-            self.leases.saw_unknown(event.mac, "discover", event.time, _text(event.fields.get("arch")))
+        if event.kind is Kind.DHCP_OFFER and not event.fields.get("ipxe"):
+            self._attempts[mac] = Attempt(event.time)
+            if mac in self._disks:
+                self._spawn(self.renew(mac))
+        attempt = self._attempts.get(mac)
+        if attempt is not None:
+            attempt.saw(event)
+
+    def _initiators(self) -> dict[str, str]:
+        if self._by_initiator is None:
+            self._by_initiator = {m.initiator_iqn: m.mac for m in self._machines.values()}
+        return self._by_initiator
 
     def _spawn(self, work: Awaitable[object]) -> None:
         try:
@@ -279,7 +312,7 @@ class Fleet:
     def _install(self, disk: Disk) -> None:
         self._disks[disk.machine.mac] = disk
         self.targets[disk.target.name] = disk.target
-        self._fixed = self._reserved = None
+        self._fixed = self._reserved = self._by_initiator = None
 
     def _retire(self, target: Target) -> bool:
         """Stop serving a target; closed now unless logged in (False)."""
@@ -308,7 +341,7 @@ class Fleet:
         for mac, m in new_machines.items():
             if mac not in kept:
                 self._machines[mac] = m
-        self._fixed = self._reserved = None
+        self._fixed = self._reserved = self._by_initiator = None
         wanted_macs = [m for mac, m in new_machines.items() if mac not in self._disks]
         for disk in await asyncio.to_thread(self._open_disks, wanted_macs):
             self._install(disk)
