@@ -93,14 +93,20 @@ class IscsiConnection:
         self.sender.send(items)
 
     def perform(self, actions: list[Action]) -> None:
-        """Carry out what the session asked for, in order."""
+        """Carry out what the session asked for, in order. SCSI commands run
+        eagerly (target/eager.py): one that never waits is answered here and
+        now; the rest continue as tasks."""
         for action in actions:
             if type(action) is Send:
                 self.emit(action.pdu, action.segments, action.length)
             elif type(action) is Execute:
-                self._execute(action)
-            else:
-                self._close(cast(Close, action))
+                task = action.task
+                if not task.aborted:  # e.g. by an ABORT TASK in the same batch of PDUs
+                    session = cast(Session, self.session)
+                    run_eager(action.lun.execute(task.cdb, action.data_out, session.nexus, task.cmd.edtl),
+                              partial(self._executed, session, task), self.running)
+            elif type(action) is Close:
+                self._close(action)
 
     def _close(self, action: Close) -> None:
         if action.after_send:
@@ -139,13 +145,6 @@ class IscsiConnection:
             pass
 
     # -- SCSI commands ------------------------------------------------------------
-
-    def _execute(self, action: Execute) -> None:
-        session = self.session
-        assert session is not None
-        task = action.task
-        run_eager(action.lun.execute(task.cdb, action.data_out, session.nexus, task.cmd.edtl),
-                  partial(self._executed, session, task), self.running)
 
     def _executed(self, session: Session, task: Task, result: ScsiResult | None,
                   error: BaseException | None) -> None:
@@ -330,10 +329,7 @@ class IscsiConnection:
         perform = self.perform
         while not self.closing:
             try:
-                for pdu in reader.pdus():
-                    perform(session.receive(pdu, now))
-                    if self.closing:
-                        break
+                perform(session.receive_all(reader.pdus(), now))
                 break
             except DigestError as e:
                 if e.header:  # §7.8: the header cannot be trusted, so neither can the framing

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -258,6 +258,21 @@ class Session:
 
         Raises :class:`SessionFailure` for errors only a new session recovers
         from; the transport then drops the connection."""
+        self._receive(pdu, now)
+        return self._actions()
+
+    def receive_all(self, pdus: Iterable[Pdu], now: float) -> list[Action]:
+        """Handle PDUs that arrived together, up to the one after which the
+        session asked to close; one list of actions for the whole batch.
+        If ``pdus`` raises (a PDU the transport could not decode), the
+        actions so far come with those of the next call."""
+        for pdu in pdus:
+            self._receive(pdu, now)
+            if self.ending:
+                break
+        return self._actions()
+
+    def _receive(self, pdu: Pdu, now: float) -> None:
         self.last_rx = now
         try:
             if isinstance(pdu, DataOut):
@@ -272,7 +287,6 @@ class Session:
                 raise ProtocolViolation(RejectReason.PROTOCOL_ERROR, f"{type(pdu).__name__} from an initiator")
         except ProtocolViolation as e:
             self._reject(pdu.encode_bhs(), e.reason, str(e))
-        return self._actions()
 
     def _event(self, what: str, level: int = logging.INFO, /, **fields: object) -> None:
         """An event about this session, with the identities it knows."""
@@ -496,6 +510,8 @@ class Session:
             segments = result.data
         cmd = task.cmd
         self.tasks.pop(task.itt, None)
+        if self._read_in_one_pdu(cmd, result, segments):
+            return
         edtl = cmd.edtl
         if cmd.write:
             wanted = result.data_out_length if result.data_out_length is not None else edtl
@@ -519,6 +535,19 @@ class Session:
             overflow=overflow, underflow=underflow, response=0, status=result.status, itt=cmd.itt,
             statsn=self._statsn(), expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn, expdatasn=datasn,
             residual=residual if (overflow or underflow) else 0, data=data))
+
+    def _read_in_one_pdu(self, cmd: ScsiCommand, result: ScsiResult, segments: Sequence[Segment]) -> bool:
+        """The boot's hot path: a good READ whose data and status fit one
+        Data-In (§11.7.4) is sent without the general splitting."""
+        if not segments or cmd.write or result.status != ScsiStatus.GOOD or result.sense:
+            return False
+        n = segments_length(segments)
+        if n != cmd.edtl or n > self.params.initiator_max_recv or n > self.params.max_burst_length:
+            return False
+        self._out.append(Send(DataIn(final=True, status_present=True, status=ScsiStatus.GOOD, lun=cmd.lun,
+                                     itt=cmd.itt, statsn=self._statsn(), expcmdsn=self.expcmdsn,
+                                     maxcmdsn=self.maxcmdsn), segments, n))
+        return True
 
     def _send_data_in(self, task: Task, segments: Sequence[Segment], total: int, length: int,
                       status: int | None, overflow: bool, underflow: bool, residual: int) -> int:
