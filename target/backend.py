@@ -136,6 +136,13 @@ class Backend(abc.ABC):
         bytes that stays so (GET LBA STATUS). Default: everything is mapped."""
         return True, self.size - offset
 
+    @functools.cached_property
+    def exclusive(self) -> asyncio.Lock:
+        """Held across a read-compare-write (COMPARE AND WRITE, SBC-3 §5.2)
+        so that no other such sequence on this disk interleaves with it.
+        The lock belongs to the I/O side: the SCSI layer stays loop-free."""
+        return asyncio.Lock()
+
     async def read_bytes(self, offset: int, length: int) -> bytes:
         """The data at ``offset`` as bytes (for compares and digests)."""
         segments = await self.read(offset, length)

@@ -1,9 +1,15 @@
 """One TCP connection to the target: asyncio I/O around the login state
-machine and the session (RFC 7143 §5: login phase, then full feature phase).
+machine and the sans-I/O session (RFC 7143 §5: login phase, then full
+feature phase).
 
-Reading feeds :class:`~target.framing.PduReader`; writing goes through
-:class:`~target.sender.Sender` so responses keep their order and file data
-leaves by ``sendfile``. Nothing protocol-specific lives here.
+Reading feeds :class:`~target.framing.PduReader`; each PDU goes to the
+:class:`~target.login.Login`, then to the :class:`~target.session.Session`,
+and the :mod:`~target.actions` they return are carried out here: PDUs leave
+through :class:`~target.sender.Sender` (in order, file data by
+``sendfile``), SCSI commands run on their LUN (eagerly, the disk waited for
+in the backend's thread), the connection closes. One timer, armed from the
+session's ``next_timer()``, drives its keepalive and logout deadlines.
+Nothing protocol-specific lives here.
 """
 
 from __future__ import annotations
@@ -11,17 +17,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, cast
+from collections.abc import Coroutine, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any, cast
 
-from .backend import Segment, segments_length
+from .actions import Action, Close, Execute, Send
+from .backend import Segment, materialize, segments_length
+from .eager import run_eager
 from .events import peer_text
 from .framing import DigestError, PduReader, crc32c_digest, frame, padding
 from .login import Login, LoginStatus
-from .pdu import LoginRequest, NopOut, Pdu, PduFormatError, Reject, RejectReason
+from .pagecache import resolve_cached, warm
+from .pdu import LoginRequest, Pdu, PduFormatError, Reject, RejectReason
+from .scsi import ScsiResult
 from .sender import Sender
-from .session import DropReason, Session, SessionFailure
+from .session import DropReason, Link, Session, SessionFailure, Task
 
 if TYPE_CHECKING:
     from .keys import SessionParams
@@ -30,11 +40,11 @@ if TYPE_CHECKING:
 
 
 LOGIN_MAX_DATA = 8192  # §13.12: the limit before MaxRecvDataSegmentLength is declared
-LOGIN_TIMEOUT = 30.0
 # Past this a data segment is not skipped but taken as proof that the peer
 # does not speak iSCSI (the field allows 16 MiB; we declare 256 KiB).
 FFP_HARD_LIMIT = 1 << 24
 RECV_SIZE = 1 << 18
+DRAIN_TIMEOUT = 30.0  # a closing connection waits this long for the initiator to take its last PDUs
 
 
 class IscsiConnection:
@@ -49,7 +59,6 @@ class IscsiConnection:
         # during login nothing larger than 8 KiB can be valid: refuse it at once
         # rather than wait for megabytes of garbage to arrive
         self.reader = PduReader(max_data=LOGIN_MAX_DATA, hard_limit=LOGIN_MAX_DATA)
-        self.statsn = 0
         self.cid = 0
         self.login_cmdsn = 0
         self.session: Session | None = None
@@ -59,9 +68,9 @@ class IscsiConnection:
         self.peer = peer_text(sock.getpeername())
         self.login: Login | None = None
         self.local_address: tuple[str, int] = sock.getsockname()[:2]
-        self.last_rx = time.monotonic()
-        self.ping_ttt = 0
-        self.ping_sent = 0.0
+        self.running: set[asyncio.Task[None]] = set()  # commands and reads that had to wait
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
 
     # -- output -----------------------------------------------------------------
 
@@ -83,14 +92,40 @@ class IscsiConnection:
             items.append(crc32c_digest(*cast("list[bytes]", segments), pad))
         self.sender.send(items)
 
+    def perform(self, actions: list[Action]) -> None:
+        """Carry out what the session asked for, in order. SCSI commands run
+        eagerly (target/eager.py): one that never waits is answered here and
+        now; the rest continue as tasks."""
+        for action in actions:
+            if type(action) is Send:
+                self.emit(action.pdu, action.segments, action.length)
+            elif type(action) is Execute:
+                task = action.task
+                if not task.aborted:  # e.g. by an ABORT TASK in the same batch of PDUs
+                    session = cast(Session, self.session)
+                    run_eager(action.lun.execute(task.cdb, action.data_out, session.nexus, task.cmd.edtl),
+                              partial(self._executed, session, task), self.running)
+            elif type(action) is Close:
+                self._close(action)
+
+    def _close(self, action: Close) -> None:
+        if action.after_send:
+            self.close_after_send(action.reason)
+        else:
+            self.close(action.reason)
+
     def close_after_send(self, reason: DropReason | None = None) -> None:
+        """Stop taking input; close once what is queued has left."""
+        if self.closing:
+            return
         self.closing = True
         self.end_reason = self.end_reason or reason
+        self._stop_reading()
         self.loop.create_task(self._close_when_drained())
 
     async def _close_when_drained(self) -> None:
         try:
-            await asyncio.wait_for(self.sender.drain(), 30)
+            await asyncio.wait_for(self.sender.drain(), DRAIN_TIMEOUT)
         except asyncio.TimeoutError:
             pass
         self.close()
@@ -98,6 +133,9 @@ class IscsiConnection:
     def close(self, reason: DropReason | None = None) -> None:
         self.closing = True
         self.end_reason = self.end_reason or reason
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self.finished is not None:
             self._finish()
         self.sender.close()
@@ -106,21 +144,54 @@ class IscsiConnection:
         except OSError:
             pass
 
+    # -- SCSI commands ------------------------------------------------------------
+
+    def _executed(self, session: Session, task: Task, result: ScsiResult | None,
+                  error: BaseException | None) -> None:
+        if error is not None:
+            self.perform(session.command_failed(task, error))
+            return
+        assert result is not None
+        segments: Sequence[Segment] | None = result.data
+        if segments and not task.aborted:
+            segments = None if self.reader.digests.data else resolve_cached(segments)
+            if segments is None:
+                self._spawn(self._executed_slow(session, task, result))
+                return
+        self.perform(session.command_done(task, result, segments))
+
+    async def _executed_slow(self, session: Session, task: Task, result: ScsiResult) -> None:
+        """Data to read from disk first: for a data digest (it needs the
+        bytes) or because the page cache does not hold it."""
+        if self.reader.digests.data:
+            segments: Sequence[Segment] = (await self.loop.run_in_executor(None, materialize, result.data),)
+        else:
+            await warm(result.data)
+            segments = result.data
+        self.perform(session.command_done(task, result, segments))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        t = asyncio.ensure_future(coro)
+        self.running.add(t)
+        t.add_done_callback(self.running.discard)
+
     # -- input ------------------------------------------------------------------
 
     async def run(self) -> None:
         try:
-            await asyncio.wait_for(self._login(), LOGIN_TIMEOUT)
-            if self.session is not None:
+            await self._login()
+            if self.session is not None and not self.closing:
                 await self._full_feature()
-        except (asyncio.TimeoutError, ConnectionError, OSError) as e:
+        except (ConnectionError, OSError) as e:
             self.server.event("iscsi.connection_lost", peer=self.peer, why=str(e) or type(e).__name__)
         except (PduFormatError, SessionFailure) as e:
             self.end_reason = self.end_reason or DropReason.PROTOCOL_ERROR
             self.server.event("iscsi.stream_error", logging.WARNING, peer=self.peer, why=str(e))
         finally:
             self.close()
-            if self.session is not None and self.session.conn is self:
+            for t in list(self.running):
+                t.cancel()
+            if self.session is not None and self.server.bound.get(self.session) is self:
                 self.session.close(self.end_reason or DropReason.CONNECTION_LOST)
             self.sock.close()
 
@@ -136,14 +207,26 @@ class IscsiConnection:
         data = await self.loop.sock_recv(self.sock, RECV_SIZE)
         if not data:
             return False
-        self.last_rx = time.monotonic()
         self.reader.feed(data)
         return True
 
     async def _login(self) -> None:
         login = self.login = Login(ctx=_LoginContext(self), target_prefs=self.server.key_preferences,
-                                   window=self.server.window)
-        while True:
+                                   window=self.server.window, started=self.loop.time())
+        timer = self.loop.call_at(login.next_timer(), self._login_timer)
+        try:
+            await self._login_exchange(login)
+        finally:
+            timer.cancel()
+
+    def _login_timer(self) -> None:
+        assert self.login is not None
+        if self.login.handle_timer(self.loop.time()) and self.session is None:
+            self._login_failed(f"no Full Feature Phase after {self.login.timeout:g} s")
+            self.close()
+
+    async def _login_exchange(self, login: Login) -> None:
+        while not self.closing:
             try:
                 pdu = self.reader.next_pdu()
             except (DigestError, PduFormatError) as e:
@@ -162,7 +245,6 @@ class IscsiConnection:
             self.cid = pdu.cid
             self.login_cmdsn = pdu.cmdsn
             result = login.receive(pdu)
-            self.statsn = login.statsn
             self.emit(result.response)
             if result.failed:
                 status = LoginStatus((result.response.status_class << 8) | result.response.status_detail)
@@ -170,34 +252,35 @@ class IscsiConnection:
                 await self.sender.drain()
                 return
             if result.params is not None:
-                p = result.params
-                self.reader.max_data = p.target_max_recv
-                self.reader.hard_limit = FFP_HARD_LIMIT
-                self.reader.digests.header = p.header_digest
-                self.reader.digests.data = p.data_digest
-                self.server.event("iscsi.login", peer=self.peer, initiator=p.initiator_name, target=p.target_name,
-                                  session_type=p.session_type, tsih=login.tsih)
+                self._enter_full_feature(login, result.params)
                 return
+
+    def _enter_full_feature(self, login: Login, p: SessionParams) -> None:
+        assert self.session is not None
+        self.reader.max_data = p.target_max_recv
+        self.reader.hard_limit = FFP_HARD_LIMIT
+        self.reader.digests.header = p.header_digest
+        self.reader.digests.data = p.data_digest
+        self.session.bind(Link(self.cid, self.peer, self.local_address), login.statsn, self.loop.time())
+        self.server.event("iscsi.login", peer=self.peer, initiator=p.initiator_name, target=p.target_name,
+                          session_type=p.session_type, tsih=login.tsih)
 
     async def _full_feature(self) -> None:
         """Full Feature Phase is driven by a reader callback registered once:
         awaiting ``sock_recv`` per read would add and remove the socket from
         epoll every time, two system calls per command on the hot path."""
-        assert self.session is not None
-        pinger = self.loop.create_task(self._pinger()) if self.server.nop_interval > 0 else None
         self.finished = self.loop.create_future()
         self._process()  # PDUs that arrived together with the last login request
-        if not self.finished.done():
+        if not (self.finished.done() or self.closing):
             self.loop.add_reader(self.fd, self._on_readable)
             self.reading = True
         try:
             await self.finished
         finally:
             self._stop_reading()
-            if pinger is not None:
-                pinger.cancel()
 
     def _finish(self, error: BaseException | None = None) -> None:
+        assert self.finished is not None
         if self.finished.done():
             return
         if error is None:
@@ -221,7 +304,6 @@ class IscsiConnection:
         if not data:
             self._finish()
             return
-        self.last_rx = time.monotonic()
         self.reader.feed(data)
         self._process()
 
@@ -229,30 +311,25 @@ class IscsiConnection:
         """Handle every complete PDU received so far."""
         session = self.session
         assert session is not None
-        reader = self.reader
         self.sender.corked = True
         try:
-            self._handle_input(session, reader)
+            self._handle_input(session, self.reader, self.loop.time())
         finally:
             self.sender.corked = False
-        if self.closing:
-            self._finish()
-            return
         self.sender.flush()
+        if self.closing:
+            return
+        self._arm()
         if self.sender.congested and self.reading:
             # stop taking commands until the initiator has read some data
             self._stop_reading()
             self.loop.create_task(self._resume_when_drained())
 
-    def _handle_input(self, session: Session, reader: PduReader) -> None:
+    def _handle_input(self, session: Session, reader: PduReader, now: float) -> None:
+        perform = self.perform
         while not self.closing:
             try:
-                for pdu in reader.pdus():
-                    if type(pdu) is NopOut and pdu.itt == 0xFFFFFFFF and pdu.ttt == self.ping_ttt:
-                        self.ping_sent = 0.0
-                    session.receive(pdu)
-                    if self.closing:
-                        break
+                perform(session.receive_all(reader.pdus(), now))
                 break
             except DigestError as e:
                 if e.header:  # §7.8: the header cannot be trusted, so neither can the framing
@@ -260,37 +337,47 @@ class IscsiConnection:
                     self.end_reason = self.end_reason or DropReason.PROTOCOL_ERROR
                     self._finish()
                     return
-                session.reject(e.bhs, RejectReason.DATA_DIGEST_ERROR, str(e))
+                perform(session.reject(e.bhs, RejectReason.DATA_DIGEST_ERROR, str(e)))
             except PduFormatError as e:
                 if not e.bhs:
                     self._finish(e)
                     return
-                session.reject(e.bhs, e.reason, str(e))
+                perform(session.reject(e.bhs, e.reason, str(e)))
             except SessionFailure as e:
                 self._finish(e)
                 return
 
     async def _resume_when_drained(self) -> None:
         await self.sender.drain()
-        if not self.finished.done() and not self.closing:
+        if self.finished is not None and not self.finished.done() and not self.closing:
             self.loop.add_reader(self.fd, self._on_readable)
             self.reading = True
             self._process()
 
-    async def _pinger(self) -> None:
-        """§11.19: ping an idle initiator; drop it if it stops answering."""
-        interval = self.server.nop_interval
-        while not self.closing:
-            await asyncio.sleep(interval / 2)
-            now = time.monotonic()
-            if self.ping_sent and now - self.ping_sent > self.server.nop_timeout:
-                self.server.event("iscsi.nop_timeout", peer=self.peer)
-                self.close(DropReason.NOP_TIMEOUT)
+    # -- the session's timer ----------------------------------------------------------
+
+    def _arm(self) -> None:
+        """Have the timer fire by the session's next deadline. Deadlines that
+        move later (every PDU pushes the keepalive back) leave the timer
+        alone: when it fires early the session just names the next one."""
+        session = self.session
+        when = session.next_timer() if session is not None else None
+        if when is None:
+            return
+        if self.timer is not None:
+            if self.timer_at <= when:
                 return
-            if not self.ping_sent and now - self.last_rx > interval and self.session is not None:
-                self.ping_ttt = (self.ping_ttt % 0xFFFF) + 1 | 0x80000000
-                self.ping_sent = now
-                self.session.ping(self.ping_ttt)
+            self.timer.cancel()
+        self.timer_at = when
+        self.timer = self.loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        if self.closing or self.session is None:
+            return
+        self.perform(self.session.handle_timer(self.loop.time()))
+        if not self.closing:
+            self._arm()
 
 
 class _LoginContext:
@@ -305,4 +392,3 @@ class _LoginContext:
 
     def admit(self, isid: bytes, tsih: int, params: SessionParams) -> int:
         return self.conn.server.admit(self.conn, isid, tsih, params)
-

@@ -19,6 +19,8 @@ from .text import TextFormatError, decode_text, encode_text
 
 # A peer that keeps the Continue bit set must not make us buffer without end.
 MAX_LOGIN_TEXT = 64 << 10
+# A connection must reach Full Feature Phase this soon after it was accepted.
+LOGIN_TIMEOUT = 30.0
 
 
 class LoginStatus(enum.IntEnum):
@@ -96,6 +98,17 @@ class Login:
     pending_text: bytearray = field(default_factory=bytearray)
     target: TargetInfo | None = None
     window: int = 1  # commands the session will accept, for MaxCmdSN at the switch to FFP
+    started: float = 0.0  # when the connection was accepted (the transport's clock)
+    timeout: float = LOGIN_TIMEOUT
+
+    def next_timer(self) -> float:
+        """When the login runs out of time."""
+        return self.started + self.timeout
+
+    def handle_timer(self, now: float) -> bool:
+        """Whether the login has run out of time; the transport then closes
+        the connection (no Login Response: the initiator has gone quiet)."""
+        return now >= self.next_timer()
 
     def receive(self, req: LoginRequest) -> LoginResult:
         try:

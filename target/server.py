@@ -19,7 +19,7 @@ from .connection import IscsiConnection
 from .events import EventSink, Events
 from .keys import SessionParams
 from .login import LoginFailed, LoginStatus
-from .session import DropReason, Session
+from .session import DropReason, Keepalive, Session
 from .targets import Target
 
 log = logging.getLogger("target.iscsi")
@@ -62,6 +62,7 @@ class TargetServer:
         self.key_preferences = key_preferences or {}
         self.events = Events(on_event, log)
         self.sessions: dict[int, Session] = {}
+        self.bound: dict[Session, IscsiConnection] = {}  # the connection each session runs on
         self.next_tsih = 1
         self.listeners: list[socket.socket] = []
         self.accept_tasks: list[asyncio.Task[None]] = []
@@ -145,6 +146,12 @@ class TargetServer:
     def forget(self, session: Session) -> None:
         if self.sessions.get(session.tsih) is session:
             del self.sessions[session.tsih]
+        self.bound.pop(session, None)
+
+    def drop_after_send(self, session: Session, reason: DropReason) -> None:
+        conn = self.bound.get(session)
+        if conn is not None:
+            conn.close_after_send(reason)
 
     def admit(self, conn: IscsiConnection, isid: bytes, tsih: int, params: SessionParams) -> int:
         """Create the session for a login entering Full Feature Phase, or
@@ -154,14 +161,14 @@ class TargetServer:
             old = self.sessions.get(tsih)
             if old is None:
                 raise LoginFailed(LoginStatus.SESSION_DOES_NOT_EXIST, f"no session with TSIH {tsih}")
-            if old.conn.cid != conn.cid:
+            if old.link.cid != conn.cid:
                 raise LoginFailed(LoginStatus.TOO_MANY_CONNECTIONS, "MaxConnections=1")
-            # connection reinstatement at ERL 0: the old connection's tasks are gone
-            old_conn = old.conn
-            old.conn = conn
-            for task in list(old.tasks.values()):
-                old._abort(task)
-            old_conn.close(DropReason.REINSTATED)
+            # connection reinstatement at ERL 0: the session moves to the new
+            # connection (Session.bind drops the old connection's tasks)
+            old_conn = self.bound.get(old)
+            self.bound[old] = conn
+            if old_conn is not None:
+                old_conn.close()
             conn.session = old
             return tsih
         for s in list(self.sessions.values()):
@@ -169,12 +176,16 @@ class TargetServer:
                     isid, params.initiator_name, params.target_name):
                 self.event("iscsi.session_reinstated", initiator=params.initiator_name,
                            target=params.target_name, tsih=s.tsih)
-                s.conn.close(DropReason.REINSTATED)
+                old_conn = self.bound.get(s)
+                if old_conn is not None:
+                    old_conn.close(DropReason.REINSTATED)
                 s.close(DropReason.REINSTATED)
         tsih = self._new_tsih()
         target = self.targets.get(params.target_name) if params.session_type == "Normal" else None
-        session = Session(self, conn, params, isid, tsih, conn.login_cmdsn, target)
+        session = Session(self, params, isid, tsih, conn.login_cmdsn, target, window=self.window,
+                          keepalive=Keepalive(self.nop_interval, self.nop_timeout))
         self.sessions[tsih] = session
+        self.bound[session] = conn
         if target is not None:
             target.sessions.add(session)
         conn.session = session

@@ -1,27 +1,28 @@
-"""Full Feature Phase of an iSCSI session (RFC 7143 §3.2, §4, §11).
+"""Full Feature Phase of an iSCSI session (RFC 7143 §3.2, §4, §11), sans I/O.
 
 One :class:`Session` per logged-in initiator (ERL 0, one connection). It
-takes decoded PDUs from its connection and answers through the connection's
-``emit``: CmdSN windowing (§4.2.2), SCSI commands with immediate, unsolicited
-and solicited (R2T) data (§4.2.5), Data-In with status piggy-backed
-(§11.7.4), task management (§11.5), SendTargets (§13, Appendix C), NOP
-(§11.18/19), Logout (§11.14) and Reject (§11.17) for everything malformed.
+takes decoded PDUs and the time (:meth:`Session.receive`) and returns
+:mod:`~target.actions` for its transport to carry out: PDUs to send, SCSI
+commands to run, the connection to close. It covers CmdSN windowing
+(§4.2.2), SCSI commands with immediate, unsolicited and solicited (R2T) data
+(§4.2.5), Data-In with status piggy-backed (§11.7.4), task management
+(§11.5), SendTargets (§13, Appendix C), NOP (§11.18/19) with the keepalive
+ping, Logout (§11.14) and Reject (§11.17) for everything malformed. It owns
+StatSN (§4.2.2.2) and its timers (:meth:`Session.next_timer`,
+:meth:`Session.handle_timer`): no sockets, no clock, no event loop here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from functools import partial
-from typing import Any, Protocol
+from typing import Protocol
 
-from .backend import FileExtent, Segment, Zeros, materialize, segments_length
-from .eager import run_eager
+from .actions import Action, Close, Execute, Send
+from .backend import FileExtent, Segment, Zeros, segments_length
 from .keys import KeyValueError, SessionParams, negotiate
-from .pagecache import resolve_cached, warm
 from .pdu import (
     R2T,
     RESERVED_TAG,
@@ -53,6 +54,8 @@ from .text import TextFormatError, decode_text, encode_text
 
 REPORT_LUNS = 0xA0
 SERIAL_HALF = 1 << 31
+# §11.14: a Logout Response waits for the commands in flight, this long at most
+LOGOUT_TIMEOUT = 10.0
 
 
 def sn_lt(a: int, b: int) -> bool:
@@ -71,24 +74,8 @@ class DropReason(enum.Enum):
     TARGET_RESET = "target_reset"  # §11.5.1: TARGET COLD RESET drops every session
 
 
-class Connection(Protocol):
-    """What a session needs of its transport (see :mod:`target.connection`)."""
-
-    statsn: int
-    cid: int
-    local_address: tuple[str, int]
-    peer: str  # "host:port" of the initiator, for events
-
-    def emit(self, pdu: Pdu, segments: Sequence[Segment] | None = None, length: int | None = None) -> None: ...
-
-    def close_after_send(self, reason: DropReason | None = None) -> None: ...
-
-    def close(self, reason: DropReason | None = None) -> None: ...
-
-
 class ServerContext(Protocol):
-    portal_group_tag: int
-    window: int
+    """What a session asks of the server that holds it."""
 
     def visible_targets(self, initiator_name: str) -> list[Target]: ...
 
@@ -96,7 +83,37 @@ class ServerContext(Protocol):
 
     def forget(self, session: Session) -> None: ...
 
+    def drop_after_send(self, session: Session, reason: DropReason) -> None:
+        """End another session's connection (a target reset reaches them all)."""
+        ...
+
     def event(self, what: str, level: int = logging.INFO, /, **fields: object) -> None: ...
+
+
+@dataclass(frozen=True)
+class Link:
+    """The connection a session runs on, as the session needs to know it."""
+
+    cid: int
+    peer: str  # "host:port" of the initiator, for events
+    local_address: tuple[str, int]  # where the initiator reached us (SendTargets answers)
+
+
+@dataclass(frozen=True)
+class Keepalive:
+    """§11.19: ping an initiator silent for ``interval`` seconds with a
+    NOP-In; drop it when ``timeout`` passes without the answer. An interval
+    of 0 turns pinging off."""
+
+    interval: float = 15.0
+    timeout: float = 30.0
+
+
+@dataclass
+class _PendingLogout:
+    req: LogoutRequest
+    response: LogoutResponse
+    deadline: float
 
 
 @dataclass
@@ -107,7 +124,7 @@ class R2TState:
     datasn: int = 0  # the DataSN the next Data-Out of this sequence must carry
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Task:
     """One SCSI command from arrival to its last response PDU."""
 
@@ -144,19 +161,24 @@ class ProtocolViolation(Exception):
 
 
 class Session:
-    def __init__(self, server: ServerContext, conn: Connection, params: SessionParams, isid: bytes,
-                 tsih: int, cmdsn: int, target: Target | None) -> None:
+    """One session's protocol state. Every entry point returns the actions
+    it led to, in the order they must be carried out."""
+
+    def __init__(self, server: ServerContext, params: SessionParams, isid: bytes, tsih: int, cmdsn: int,
+                 target: Target | None, *, window: int = 128, keepalive: Keepalive = Keepalive()) -> None:
         self.server = server
-        self.conn = conn
         self.params = params
         self.isid = isid
         self.tsih = tsih
         self.target = target
         self.expcmdsn = cmdsn
-        self.window = server.window
+        self.window = window
+        self.keepalive = keepalive
+        self.statsn = 0
+        self.link = Link(0, "", ("", 0))
         self.tasks: dict[int, Task] = {}
         self.pending: dict[int, Pdu] = {}  # commands ahead of ExpCmdSN
-        self.running: set[asyncio.Task[None]] = set()
+        self.executing: set[Task] = set()  # handed to the transport to run, not back yet
         self.text_reply: tuple[int, bytes] | None = None  # (TTT, rest) of a long Text Response
         self.text_request = bytearray()
         self.next_ttt = 1
@@ -164,6 +186,12 @@ class Session:
         self.nexus = (params.initiator_name, isid, params.target_name)
         self.closed = False
         self.logged_out = False
+        self.ending = False  # asked the transport to close: no more timers
+        self.logout: _PendingLogout | None = None
+        self.last_rx = 0.0
+        self.ping_ttt = 0
+        self.ping_sent: float | None = None  # when the unanswered ping left
+        self._out: list[Action] = []
 
     # -- identity and bookkeeping ---------------------------------------------
 
@@ -176,14 +204,34 @@ class Session:
         return (self.expcmdsn + self.window - 1) & 0xFFFFFFFF
 
     def _statsn(self) -> int:
-        sn = self.conn.statsn
-        self.conn.statsn = (sn + 1) & 0xFFFFFFFF
+        sn = self.statsn
+        self.statsn = (sn + 1) & 0xFFFFFFFF
         return sn
 
     def _ttt(self) -> int:
         ttt = self.next_ttt
         self.next_ttt = (ttt + 1) % RESERVED_TAG or 1
         return ttt
+
+    def _actions(self) -> list[Action]:
+        out = self._out
+        self._out = []
+        return out
+
+    def _send(self, pdu: Pdu) -> None:
+        self._out.append(Send(pdu))
+
+    def bind(self, link: Link, statsn: int, now: float) -> None:
+        """The session (new, or reinstated on a new connection, §6.3.5)
+        enters Full Feature Phase on ``link``; the login left StatSN at
+        ``statsn``. Tasks of an earlier connection are gone (ERL 0)."""
+        for task in list(self.tasks.values()):
+            self._abort(task)
+        self.link = link
+        self.statsn = statsn
+        self.last_rx = now
+        self.ping_sent = None
+        self.logout = None
 
     def close(self, reason: DropReason) -> None:
         """The session ends: abort its tasks, tell the LUNs the nexus is gone.
@@ -196,8 +244,7 @@ class Session:
         for task in self.tasks.values():
             task.aborted = True
         self.tasks.clear()
-        for t in self.running:
-            t.cancel()
+        self.executing.clear()
         if self.target is not None:
             self.target.sessions.discard(self)
             for lun in self.target.luns.values():
@@ -206,13 +253,32 @@ class Session:
 
     # -- dispatch -------------------------------------------------------------
 
-    def receive(self, pdu: Pdu) -> None:
-        """Handle one PDU from the initiator."""
+    def receive(self, pdu: Pdu, now: float) -> list[Action]:
+        """Handle one PDU from the initiator, received at ``now``.
+
+        Raises :class:`SessionFailure` for errors only a new session recovers
+        from; the transport then drops the connection."""
+        self._receive(pdu, now)
+        return self._actions()
+
+    def receive_all(self, pdus: Iterable[Pdu], now: float) -> list[Action]:
+        """Handle PDUs that arrived together, up to the one after which the
+        session asked to close; one list of actions for the whole batch.
+        If ``pdus`` raises (a PDU the transport could not decode), the
+        actions so far come with those of the next call."""
+        for pdu in pdus:
+            self._receive(pdu, now)
+            if self.ending:
+                break
+        return self._actions()
+
+    def _receive(self, pdu: Pdu, now: float) -> None:
+        self.last_rx = now
         try:
             if isinstance(pdu, DataOut):
                 self._data_out(pdu)
             elif isinstance(pdu, (ScsiCommand, NopOut, TaskMgmtRequest, TextRequest, LogoutRequest)):
-                self._ordered(pdu)
+                self._ordered(pdu, now)
             elif isinstance(pdu, SnackRequest):
                 raise ProtocolViolation(RejectReason.SNACK_REJECT, "SNACK at ErrorRecoveryLevel 0")
             elif isinstance(pdu, LoginRequest):
@@ -220,37 +286,43 @@ class Session:
             else:
                 raise ProtocolViolation(RejectReason.PROTOCOL_ERROR, f"{type(pdu).__name__} from an initiator")
         except ProtocolViolation as e:
-            self.reject(pdu.encode_bhs(), e.reason, str(e))
+            self._reject(pdu.encode_bhs(), e.reason, str(e))
 
     def _event(self, what: str, level: int = logging.INFO, /, **fields: object) -> None:
         """An event about this session, with the identities it knows."""
-        self.server.event(what, level, peer=self.conn.peer, initiator=self.params.initiator_name,
+        self.server.event(what, level, peer=self.link.peer, initiator=self.params.initiator_name,
                           target=self.params.target_name, **fields)
 
-    def reject(self, bhs: bytes, reason: RejectReason, why: str) -> None:
-        self._event("iscsi.reject", reason=reason.name, why=why)
-        self.conn.emit(Reject(reason=reason, statsn=self._statsn(), expcmdsn=self.expcmdsn,
-                              maxcmdsn=self.maxcmdsn, data=bhs))
+    def reject(self, bhs: bytes, reason: RejectReason, why: str) -> list[Action]:
+        """Reject a PDU the transport could not decode (§11.17)."""
+        self._reject(bhs, reason, why)
+        return self._actions()
 
-    def _ordered(self, pdu: ScsiCommand | NopOut | TaskMgmtRequest | TextRequest | LogoutRequest) -> None:
+    def _reject(self, bhs: bytes, reason: RejectReason, why: str) -> None:
+        self._event("iscsi.reject", reason=reason.name, why=why)
+        self._send(Reject(reason=reason, statsn=self._statsn(), expcmdsn=self.expcmdsn,
+                          maxcmdsn=self.maxcmdsn, data=bhs))
+
+    def _ordered(self, pdu: ScsiCommand | NopOut | TaskMgmtRequest | TextRequest | LogoutRequest,
+                 now: float) -> None:
         """§4.2.2.1: deliver commands in CmdSN order; drop those outside the window."""
         if pdu.immediate:
-            self._deliver(pdu)
+            self._deliver(pdu, now)
             return
         sn = pdu.cmdsn
         if sn == self.expcmdsn:
             self.expcmdsn = (sn + 1) & 0xFFFFFFFF
-            self._deliver(pdu)
+            self._deliver(pdu, now)
             while self.expcmdsn in self.pending:
                 nxt = self.pending.pop(self.expcmdsn)
                 self.expcmdsn = (self.expcmdsn + 1) & 0xFFFFFFFF
-                self._deliver(nxt)
-        elif sn_lt(self.expcmdsn, sn) and not sn_lt(self.maxcmdsn, sn):
+                self._deliver(nxt, now)
+        elif sn_lt(self.expcmdsn, sn) and not sn_lt(self.maxcmdsn, sn) and sn not in self.pending:
             self.pending[sn] = pdu
-        else:
+        else:  # outside the window, or a duplicate within it: no answer (§4.2.2.1)
             self._event("iscsi.cmdsn_dropped", cmdsn=sn, expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn)
 
-    def _deliver(self, pdu: Pdu) -> None:
+    def _deliver(self, pdu: Pdu, now: float) -> None:
         try:
             if isinstance(pdu, ScsiCommand):
                 self._command(pdu)
@@ -261,25 +333,58 @@ class Session:
             elif isinstance(pdu, TextRequest):
                 self._text(pdu)
             elif isinstance(pdu, LogoutRequest):
-                self._logout(pdu)
+                self._logout(pdu, now)
         except ProtocolViolation as e:
-            self.reject(pdu.encode_bhs(), e.reason, str(e))
+            self._reject(pdu.encode_bhs(), e.reason, str(e))
+
+    # -- timers -----------------------------------------------------------------
+
+    def next_timer(self) -> float | None:
+        """When :meth:`handle_timer` has something to do next, or None."""
+        when = None
+        if self.keepalive.interval > 0 and not (self.closed or self.ending):
+            if self.ping_sent is not None:
+                when = self.ping_sent + self.keepalive.timeout
+            else:
+                when = self.last_rx + self.keepalive.interval
+        if self.logout is not None and (when is None or self.logout.deadline < when):
+            when = self.logout.deadline
+        return when
+
+    def handle_timer(self, now: float) -> list[Action]:
+        """Run what is due at ``now``: a Logout Response that waited long
+        enough, the keepalive ping (§11.19) or giving up on its answer."""
+        if self.logout is not None and now >= self.logout.deadline:
+            self._answer_logout()
+        if self.keepalive.interval > 0 and not (self.closed or self.ending):
+            if self.ping_sent is not None:
+                if now >= self.ping_sent + self.keepalive.timeout:
+                    self.ending = True
+                    self._event("iscsi.nop_timeout")
+                    self._out.append(Close(DropReason.NOP_TIMEOUT, after_send=False))
+            elif now >= self.last_rx + self.keepalive.interval:
+                self._ping(now)
+        return self._actions()
 
     # -- NOP ------------------------------------------------------------------
 
     def _nop_out(self, pdu: NopOut) -> None:
         """§11.18: answer pings; a NOP-Out with ITT 0xffffffff answers ours."""
         if pdu.itt == RESERVED_TAG:
+            if pdu.ttt == self.ping_ttt:
+                self.ping_sent = None
             return
         data = bytes(pdu.data)[: self.params.initiator_max_recv]
-        self.conn.emit(NopIn(lun=pdu.lun, itt=pdu.itt, ttt=RESERVED_TAG, statsn=self._statsn(),
-                             expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn, data=data))
+        self._send(NopIn(lun=pdu.lun, itt=pdu.itt, ttt=RESERVED_TAG, statsn=self._statsn(),
+                         expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn, data=data))
 
-    def ping(self, ttt: int) -> None:
+    def _ping(self, now: float) -> None:
         """A NOP-In that asks the initiator for a NOP-Out (§11.19); StatSN is
         not advanced because no status is carried."""
-        self.conn.emit(NopIn(ttt=ttt, itt=RESERVED_TAG, statsn=self.conn.statsn,
-                             expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn))
+        self.ping_ttt = (self.ping_ttt % 0xFFFF) + 1 | 0x80000000
+        self.ping_sent = now
+        self._send(NopIn(ttt=self.ping_ttt, itt=RESERVED_TAG, statsn=self.statsn,
+                         expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn))
 
     # -- SCSI commands ----------------------------------------------------------
 
@@ -321,9 +426,9 @@ class Session:
             length = min(p.max_burst_length, edtl - task.next_r2t_offset)
             ttt = self._ttt()
             task.outstanding[ttt] = R2TState(task.next_r2t_offset, length)
-            self.conn.emit(R2T(lun=task.cmd.lun, itt=task.itt, ttt=ttt, statsn=self.conn.statsn,
-                               expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn, r2tsn=task.r2tsn,
-                               buffer_offset=task.next_r2t_offset, desired_length=length))
+            self._send(R2T(lun=task.cmd.lun, itt=task.itt, ttt=ttt, statsn=self.statsn,
+                           expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn, r2tsn=task.r2tsn,
+                           buffer_offset=task.next_r2t_offset, desired_length=length))
             task.r2tsn += 1
             task.next_r2t_offset += length
 
@@ -368,58 +473,45 @@ class Session:
         assert target is not None
         lun = target.luns.get(task.lun)
         if cdb[0] == REPORT_LUNS:
-            self._complete(task, report_luns(sorted(target.luns), cdb))
+            self._respond(task, report_luns(sorted(target.luns), cdb))
             return
         if lun is None:
-            self._complete(task, no_such_lun(cdb))
+            self._respond(task, no_such_lun(cdb))
             return
         if not self.first_read_seen and cdb[0] in (0x08, 0x28, 0xA8, 0x88):
             self.first_read_seen = True
             self._event("iscsi.first_read", lun=task.lun)
-        run_eager(lun.execute(cdb, data_out, self.nexus, task.cmd.edtl), partial(self._executed, task),
-                  self.running)
+        self.executing.add(task)
+        self._out.append(Execute(task, lun, data_out))
 
-    def _executed(self, task: Task, result: ScsiResult | None, error: BaseException | None) -> None:
-        if error is not None:
-            # a bug or an unexpected backend failure: the initiator retries a BUSY
-            self._event("iscsi.command_failed", logging.ERROR, cdb=task.cdb.hex(), why=repr(error))
-            result = ScsiResult(ScsiStatus.BUSY)
-        assert result is not None
-        self._complete(task, result)
+    def command_done(self, task: Task, result: ScsiResult,
+                     segments: Sequence[Segment] | None = None) -> list[Action]:
+        """``task`` ran (an :class:`~target.actions.Execute`): send its data
+        and status. ``segments`` stand in for ``result.data`` when the
+        transport made them ready to send (read from the page cache, or
+        bytes for a data digest)."""
+        if task in self.executing:
+            self.executing.discard(task)
+            if not task.aborted:
+                self._respond(task, result, segments)
+            if self.logout is not None and not self.executing:
+                self._answer_logout()
+        return self._actions()
 
-    def _complete(self, task: Task, result: ScsiResult) -> None:
-        if task.aborted or self.closed:
-            return
-        segments = result.data
-        if segments:
-            resolved = None if self.params.data_digest else resolve_cached(segments)
-            if resolved is None:
-                self._spawn(self._complete_slow(task, result))
-                return
-            segments = resolved
-        self._respond(task, result, segments)
+    def command_failed(self, task: Task, error: BaseException) -> list[Action]:
+        """``task`` raised instead of returning a result: a bug or an
+        unexpected backend failure. The initiator retries a BUSY."""
+        self._event("iscsi.command_failed", logging.ERROR, cdb=task.cdb.hex(), why=repr(error))
+        return self.command_done(task, ScsiResult(ScsiStatus.BUSY))
 
-    async def _complete_slow(self, task: Task, result: ScsiResult) -> None:
-        """Data to read from disk first: for a data digest (it needs the
-        bytes) or because the page cache does not hold it."""
-        if self.params.data_digest:
-            loop = asyncio.get_running_loop()
-            segments: Sequence[Segment] = (await loop.run_in_executor(None, materialize, result.data),)
-        else:
-            await warm(result.data)
-            segments = result.data
-        if not (task.aborted or self.closed):
-            self._respond(task, result, segments)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        t = asyncio.ensure_future(coro)
-        self.running.add(t)
-        t.add_done_callback(self.running.discard)
-
-    def _respond(self, task: Task, result: ScsiResult, segments: Sequence[Segment]) -> None:
+    def _respond(self, task: Task, result: ScsiResult, segments: Sequence[Segment] | None = None) -> None:
         """Data-In PDUs then status (§11.7, §11.4), residuals per §11.4.5."""
+        if segments is None:
+            segments = result.data
         cmd = task.cmd
         self.tasks.pop(task.itt, None)
+        if self._read_in_one_pdu(cmd, result, segments):
+            return
         edtl = cmd.edtl
         if cmd.write:
             wanted = result.data_out_length if result.data_out_length is not None else edtl
@@ -439,10 +531,23 @@ class Session:
             datasn = task.r2tsn
         sense = result.sense
         data = len(sense).to_bytes(2, "big") + sense if sense else b""
-        self.conn.emit(ScsiResponse(
+        self._send(ScsiResponse(
             overflow=overflow, underflow=underflow, response=0, status=result.status, itt=cmd.itt,
             statsn=self._statsn(), expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn, expdatasn=datasn,
             residual=residual if (overflow or underflow) else 0, data=data))
+
+    def _read_in_one_pdu(self, cmd: ScsiCommand, result: ScsiResult, segments: Sequence[Segment]) -> bool:
+        """The boot's hot path: a good READ whose data and status fit one
+        Data-In (§11.7.4) is sent without the general splitting."""
+        if not segments or cmd.write or result.status != ScsiStatus.GOOD or result.sense:
+            return False
+        n = segments_length(segments)
+        if n != cmd.edtl or n > self.params.initiator_max_recv or n > self.params.max_burst_length:
+            return False
+        self._out.append(Send(DataIn(final=True, status_present=True, status=ScsiStatus.GOOD, lun=cmd.lun,
+                                     itt=cmd.itt, statsn=self._statsn(), expcmdsn=self.expcmdsn,
+                                     maxcmdsn=self.maxcmdsn), segments, n))
+        return True
 
     def _send_data_in(self, task: Task, segments: Sequence[Segment], total: int, length: int,
                       status: int | None, overflow: bool, underflow: bool, residual: int) -> int:
@@ -457,7 +562,7 @@ class Session:
         offset = 0
         datasn = 0
         expcmdsn, maxcmdsn = self.expcmdsn, self.maxcmdsn
-        emit = self.conn.emit
+        out = self._out
         while offset < length:
             n = min(mrdsl, length - offset, burst - offset % burst)
             last = offset + n >= length
@@ -469,9 +574,9 @@ class Session:
                              lun=cmd.lun, itt=cmd.itt, statsn=self._statsn(), expcmdsn=expcmdsn,
                              maxcmdsn=maxcmdsn, datasn=datasn, buffer_offset=offset)
             else:
-                pdu = DataIn(final=end_of_burst, itt=cmd.itt, lun=cmd.lun, statsn=self.conn.statsn,
+                pdu = DataIn(final=end_of_burst, itt=cmd.itt, lun=cmd.lun, statsn=self.statsn,
                              expcmdsn=expcmdsn, maxcmdsn=maxcmdsn, datasn=datasn, buffer_offset=offset)
-            emit(pdu, pieces, length if parts is None else None)
+            out.append(Send(pdu, pieces, length if parts is None else None))
             offset += n
             datasn += 1
         return datasn
@@ -482,11 +587,14 @@ class Session:
         """§11.5: answer once the affected tasks are gone (ERL 0, no task
         reassignment)."""
         response = self._tmf(req)
-        self.conn.emit(TaskMgmtResponse(response=response, itt=req.itt, statsn=self._statsn(),
-                                        expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn))
+        self._send(TaskMgmtResponse(response=response, itt=req.itt, statsn=self._statsn(),
+                                    expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn))
         if req.function == TmfFunction.TARGET_COLD_RESET and response == TmfResponse.FUNCTION_COMPLETE:
+            # §11.5.1: a cold reset also ends every connection to the target
             for s in list(self.target.sessions if self.target else ()):
-                s.conn.close_after_send(DropReason.TARGET_RESET)
+                if s is not self:
+                    self.server.drop_after_send(s, DropReason.TARGET_RESET)
+            self._out.append(Close(DropReason.TARGET_RESET))
 
     def _tmf(self, req: TaskMgmtRequest) -> TmfResponse:
         fn = req.function
@@ -541,6 +649,7 @@ class Session:
     def _abort(self, task: Task) -> None:
         task.aborted = True
         self.tasks.pop(task.itt, None)
+        self.executing.discard(task)
 
     # -- text and discovery -----------------------------------------------------
 
@@ -555,8 +664,8 @@ class Session:
         self.text_reply = None
         self.text_request += req.data
         if req.cont:
-            self.conn.emit(TextResponse(final=False, itt=req.itt, lun=req.lun, ttt=self._ttt(),
-                                        statsn=self._statsn(), expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn))
+            self._send(TextResponse(final=False, itt=req.itt, lun=req.lun, ttt=self._ttt(),
+                                    statsn=self._statsn(), expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn))
             return
         try:
             pairs = decode_text(self.text_request)
@@ -589,9 +698,9 @@ class Session:
         else:
             ttt = RESERVED_TAG
             self.text_reply = None
-        self.conn.emit(TextResponse(final=not more, cont=more, lun=req.lun, itt=req.itt, ttt=ttt,
-                                    statsn=self._statsn(), expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn,
-                                    data=data))
+        self._send(TextResponse(final=not more, cont=more, lun=req.lun, itt=req.itt, ttt=ttt,
+                                statsn=self._statsn(), expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn,
+                                data=data))
 
     def _send_targets(self, value: str) -> list[tuple[str, str]]:
         """Appendix C / §13: every portal of each target this initiator may
@@ -605,33 +714,36 @@ class Session:
         out: list[tuple[str, str]] = []
         for t in chosen:
             out.append(("TargetName", t.name))
-            out += [("TargetAddress", a) for a in self.server.portals(self.conn.local_address)]
+            out += [("TargetAddress", a) for a in self.server.portals(self.link.local_address)]
         return out
 
     # -- logout -----------------------------------------------------------------
 
-    def _logout(self, req: LogoutRequest) -> None:
+    def _logout(self, req: LogoutRequest, now: float) -> None:
+        """§11.14: answer once the commands in flight have completed (or
+        LOGOUT_TIMEOUT has passed)."""
         if req.reason == LogoutReason.REMOVE_FOR_RECOVERY:
             response = LogoutResponse.RECOVERY_NOT_SUPPORTED
-        elif req.reason == LogoutReason.CLOSE_CONNECTION and req.cid != self.conn.cid:
+        elif req.reason == LogoutReason.CLOSE_CONNECTION and req.cid != self.link.cid:
             response = LogoutResponse.CID_NOT_FOUND
         else:
             response = LogoutResponse.SUCCESS
-        self._spawn(self._finish_logout(req, response))
+        self.logout = _PendingLogout(req, response, now + LOGOUT_TIMEOUT)
+        if not self.executing:
+            self._answer_logout()
 
-    async def _finish_logout(self, req: LogoutRequest, response: LogoutResponse) -> None:
-        """§11.14: answer once the commands in flight have completed."""
-        pending = [t for t in self.running if t is not asyncio.current_task()]
-        if pending:
-            await asyncio.wait(pending, timeout=10)
-        self.conn.emit(LogoutResponsePdu(response=response, itt=req.itt, statsn=self._statsn(),
-                                         expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn,
-                                         time2wait=self.params.default_time2wait,
-                                         time2retain=self.params.default_time2retain))
+    def _answer_logout(self) -> None:
+        assert self.logout is not None
+        req, response = self.logout.req, self.logout.response
+        self.logout = None
+        self._send(LogoutResponsePdu(response=response, itt=req.itt, statsn=self._statsn(),
+                                     expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn,
+                                     time2wait=self.params.default_time2wait,
+                                     time2retain=self.params.default_time2retain))
         if response == LogoutResponse.SUCCESS:
-            self.logged_out = True
+            self.logged_out = self.ending = True
             self._event("iscsi.logout")
-            self.conn.close_after_send()
+            self._out.append(Close())
 
 
 # functions that address one LUN, which must exist (§11.5.1)

@@ -1,14 +1,15 @@
 """A logical unit: SCSI block commands (SBC-3) and the SPC-4 commands a
 disk needs, executed against a :class:`~target.backend.Backend`.
 
-Sans-I/O apart from awaiting the backend: :meth:`Lun.execute` takes a CDB
-and the Data-Out buffer and returns a :class:`ScsiResult`. READ data is the
-backend's segments, untouched, so the iSCSI layer can send it zero-copy.
+Sans-I/O apart from awaiting the backend (no event loop of its own: the one
+lock it needs, for COMPARE AND WRITE, is the backend's): :meth:`Lun.execute`
+takes a CDB and the Data-Out buffer and returns a :class:`ScsiResult`. READ
+data is the backend's segments, untouched, so the iSCSI layer can send it
+zero-copy.
 """
 
 from __future__ import annotations
 
-import asyncio
 import struct
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -88,7 +89,6 @@ class Lun:
                              max_unmap_descriptors=256, max_write_same=max(1, self.blocks),
                              max_compare_and_write=255, optimal_granularity=max(1, 4096 // block_size))
         self.inquiry_data = standard(self.identity)
-        self.cw_lock = asyncio.Lock()
         # Unit attentions: every reset bumps the epoch; a nexus that has not
         # seen the current epoch gets one UNIT ATTENTION (SAM-5 §5.14).
         self.epoch = 0
@@ -219,7 +219,7 @@ class Lun:
         data = bytes(data_out or b"")
         if len(data) != 2 * length:
             raise ScsiError(INVALID_FIELD_IN_CDB, field=13)
-        async with self.cw_lock:
+        async with self.backend.exclusive:
             await self._compare(offset, data[:length])
             await self.backend.write(offset, data[length:], fua=bool(cdb[1] & 0x08))
         return ScsiResult(ScsiStatus.GOOD, data_out_length=2 * length)
