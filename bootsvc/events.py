@@ -316,8 +316,10 @@ class Bus:
     def emit(self, kind: Kind, *, mac: str | None = None, ip: object = None, hostname: str | None = None,
              initiator: str | None = None, target: str | None = None, peer: str | None = None,
              **fields: object) -> None:
+        if None in fields.values():
+            fields = {k: v for k, v in fields.items() if v is not None}
         self.publish(Event(kind, self.clock(), mac, None if ip is None else str(ip), hostname, initiator, target,
-                           peer, {k: v for k, v in fields.items() if v is not None}))
+                           peer, fields))
 
     def sink(self, service: str) -> Callable[[str, dict[str, object]], None]:
         """A callback for an embedded package (target/, isns/) that reports

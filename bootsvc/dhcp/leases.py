@@ -119,6 +119,9 @@ class LeaseStore:
         if not self.unwritten:
             return
         writes, self.unwritten = self.unwritten, []
+        if len(writes) == 1:  # the common case (one lease per request): a statement is its own transaction
+            self.db.execute(*writes[0])
+            return
         with self.db:  # BEGIN ... COMMIT, or ROLLBACK on an error
             self.db.execute("BEGIN")
             for sql, params in writes:
