@@ -184,8 +184,7 @@ class Event(NamedTuple):
     def record(self) -> dict[str, object]:
         """The event as one flat mapping, as the event file holds it."""
         out: dict[str, object] = {"time": round(self.time, 6), "kind": self.name}
-        for k in IDENTITIES:
-            v = getattr(self, k)
+        for k, v in zip(IDENTITIES, self[2:8]):  # the identity fields, in IDENTITIES' order
             if v is not None:
                 out[k] = v
         out.update(self.fields)
@@ -336,13 +335,14 @@ class LogWriter:
     ``bootsvc.<service>`` at the event's level."""
 
     def __init__(self) -> None:
-        self._loggers: dict[Kind | str, logging.Logger] = {}  # by kind: no name splitting per event
+        # by kind, its logger and level: one lookup on every event's path
+        self._by_kind: dict[Kind | str, tuple[logging.Logger, int]] = {}
 
     def __call__(self, event: Event) -> None:
-        logger = self._loggers.get(event.kind)
-        if logger is None:
-            logger = self._loggers[event.kind] = logging.getLogger(f"bootsvc.{event.service}")
-        level = event.level
+        found = self._by_kind.get(event.kind)
+        if found is None:
+            found = self._by_kind[event.kind] = (logging.getLogger(f"bootsvc.{event.service}"), event.level)
+        logger, level = found
         if logger.isEnabledFor(level):
             logger.log(level, "%s", logfmt(event), exc_info=level >= logging.ERROR and sys.exc_info()[0] is not None)
 

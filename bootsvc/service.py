@@ -103,12 +103,12 @@ class Services:
         # out and retransmit. 0.5 ms made a 50-client TFTP storm 15 % faster
         # (docs/benchmarks.md, TFTP).
         sys.setswitchinterval(SWITCH_INTERVAL)
-        self.report(f"ready: {len(running)} of {len(self.items)} service(s) serving")
-        systemd.notify("READY=1", f"STATUS={len(running)} of {len(self.items)} services serving")
         async with asyncio.TaskGroup() as group:
-            if reload is not None:
+            if reload is not None:  # before READY: a SIGHUP right after it must find its handler
                 reloading = asyncio.Lock()  # two quick SIGHUPs: one reload after the other
                 loop.add_signal_handler(signal.SIGHUP, lambda: group.create_task(self._reload(reload, reloading)))
+            self.report(f"ready: {len(running)} of {len(self.items)} service(s) serving")
+            systemd.notify("READY=1", f"STATUS={len(running)} of {len(self.items)} services serving")
             await stop.wait()
             loop.remove_signal_handler(signal.SIGHUP)
         systemd.notify("STOPPING=1")

@@ -127,3 +127,8 @@ def test_every_event_name_the_packages_emit_is_a_kind() -> None:
         names |= set(re.findall(r"""["']((?:iscsi|qcow2)\.[a-z_]+)["']""", source.read_text()))
     assert names, "no event names found: the pattern is out of date"
     assert sorted(n for n in names if n not in {k.value for k in Kind}) == []
+
+
+def test_identity_fields_are_in_the_order_record_reads_them() -> None:
+    from bootsvc.events import IDENTITIES
+    assert Event._fields[2:8] == IDENTITIES
