@@ -55,8 +55,8 @@ class Disk:
 @dataclass
 class Attempt:
     """A machine's current boot, from its boot ROM's DHCP offer on: when
-    each kind of event about it was first seen. One per machine; the
-    flight recorder keeps the history."""
+    each kind of event about it was first seen. One per machine: earlier
+    attempts are in the event file."""
 
     started: float
     steps: dict[str, float] = field(default_factory=dict)  # event name -> first time in this attempt
@@ -67,28 +67,28 @@ class Attempt:
         self.last = event.name
 
 
-@dataclass
 class Fleet:
-    cfg: Config
-    bus: Bus
-    leases: LeaseStore | None = None
-    # the one table of targets by IQN; the iSCSI server holds this very dict
-    targets: dict[str, Target] = field(default_factory=dict)
-    _machines: dict[str, Machine] = field(default_factory=dict)
-    _disks: dict[str, Disk] = field(default_factory=dict)  # by MAC
-    _specs: dict[str, TargetSpec] = field(default_factory=dict)  # the config's own targets served, by IQN
-    _adopting: dict[str, asyncio.Future[Machine | None]] = field(default_factory=dict)
-    _attempts: dict[str, Attempt] = field(default_factory=dict)  # by MAC
-    _by_initiator: dict[str, str] | None = None  # initiator IQN -> MAC, made again when the machines change
-    _fixed: dict[IPv4, str] | None = None  # fixed IP -> MAC, made again when the machines change
-    _reserved: frozenset[IPv4] | None = None
-    _tasks: set[asyncio.Task[object]] = field(default_factory=set)
+    """Every machine, its disk and current boot, and the one table of
+    targets (``targets``, by IQN: the iSCSI server holds this very dict)."""
 
-    def __post_init__(self) -> None:
-        self._machines = self._inventory(self.cfg)
+    def __init__(self, cfg: Config, bus: Bus, leases: LeaseStore | None = None) -> None:
+        self.cfg = cfg
+        self.bus = bus
+        self.leases = leases
+        self.targets: dict[str, Target] = {}
+        self._machines = self._inventory(cfg)
         self.machines: Mapping[str, Machine] = MappingProxyType(self._machines)
-        self.store = ImageStore(self.cfg, self.machines, self.bus)
-        self.bus.subscribe(self.on_event)
+        self._disks: dict[str, Disk] = {}  # by MAC
+        self._specs: dict[str, TargetSpec] = {}  # the config's own targets served, by IQN
+        self._attempts: dict[str, Attempt] = {}  # by MAC
+        self._adopting: dict[str, asyncio.Future[Machine | None]] = {}
+        self._tasks: set[asyncio.Task[object]] = set()
+        # made again when the machines change: initiator IQN -> MAC, fixed IP -> MAC, fixed IPs
+        self._by_initiator: dict[str, str] | None = None
+        self._fixed: dict[IPv4, str] | None = None
+        self._reserved: frozenset[IPv4] | None = None
+        self.store = ImageStore(cfg, self.machines, bus)
+        bus.subscribe(self.on_event)
 
     # -- start and stop --------------------------------------------------------------
 

@@ -20,7 +20,7 @@ CLIENT_PORT = 68
 RECEIVE_BUFFER = 4 << 20  # bytes (the kernel caps it at net.core.rmem_max)
 PXE_PORT = 4011  # proxyDHCP requests and boot server discovery (PXE spec §2.2.5)
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
-Adopt = Callable[[str], Awaitable["Machine | None"]]  # unknown_machines: default (bootsvc/fleet.py)
+Adopt = Callable[[str], Awaitable[Machine | None]]  # unknown_machines: default (bootsvc/fleet.py)
 
 
 class DhcpService(asyncio.DatagramProtocol):
