@@ -20,6 +20,7 @@ from . import config as config_mod
 from .address import HostPort
 from .demo import DEMO_BASE, DemoImageError, build_demo
 from .images import ImageError, ImageStore
+from .instance import PID_FILE
 from .service import Services
 
 
@@ -83,11 +84,25 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run every configured service in one process."""
-    from .server import ServeError, Server, write_pidfile
+    from .instance import AlreadyServing, InstanceLock
 
     cfg = _load_config(args.config, "serve")
     if cfg is None:
         return 1
+    try:
+        lock = InstanceLock(cfg.state_dir)  # before anything under state_dir is touched
+    except (AlreadyServing, OSError) as e:
+        print(f"bootsvc serve: {e}", file=sys.stderr)
+        return 1
+    try:
+        return _serve(cfg)
+    finally:
+        lock.release()
+
+
+def _serve(cfg: config_mod.Config) -> int:
+    from .server import ServeError, Server
+
     try:
         server = Server(cfg, report=lambda line: print(f"bootsvc serve: {line}", file=sys.stderr, flush=True))
     except ServeError as e:
@@ -98,11 +113,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("bootsvc serve: nothing to serve: set listen.iscsi and machines or targets, or listen.dhcp, "
               "listen.tftp, listen.http or listen.dns", file=sys.stderr)
         return 1
-    pidfile = write_pidfile(cfg.state_dir)
-    try:
-        return server.run()
-    finally:
-        pidfile.unlink(missing_ok=True)
+    return server.run()
 
 
 def cmd_machines(args: argparse.Namespace) -> int:
@@ -147,7 +158,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
     cfg = _load_config(args.config, "reload")
     if cfg is None:
         return 1  # the running server would refuse it too; say so before signalling
-    pidfile = cfg.state_dir / "bootsvc.pid"
+    pidfile = cfg.state_dir / PID_FILE
     try:
         pid = int(pidfile.read_text().strip())
         os.kill(pid, signal.SIGHUP)

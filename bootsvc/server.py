@@ -8,9 +8,7 @@ difference; settings the services can take at once are handed to them.
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from isns import IsnsServer, Registry, Store, StoreError
@@ -188,11 +186,3 @@ class Server:
             self.files.set_roots(list(new.tftp.roots))
             if self.tftp is not None:
                 self.tftp.busy_poll = new.tftp.busy_poll
-
-
-def write_pidfile(state_dir: Path) -> Path:
-    """state_dir/bootsvc.pid, for `bootsvc reload`."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / "bootsvc.pid"
-    path.write_text(f"{os.getpid()}\n")
-    return path

@@ -140,9 +140,11 @@ def test_serve_tftp_from_config(tmp_path: Path) -> None:
     (tmp_path / "root" / "undionly.kpxe").write_bytes(os.urandom(70_000))
     port, iscsi_port = free_port(), free_port()
     (tmp_path / "disk.img").write_bytes(bytes(1 << 20))
-    cfg = tmp_path / "bootsvc.yaml"
-    cfg.write_text(f"listen:\n  tftp: {LOOPBACK}:{port}\n  iscsi: [{LOOPBACK}:{iscsi_port}]\n"
-                   f"tftp: {{roots: [root]}}\ntargets:\n  - {{iqn: iqn.2026-11.test:d, luns: [disk.img]}}\n")
+    cfg, other = tmp_path / "bootsvc.yaml", tmp_path / "other.yaml"
+    for path, state in ((cfg, "state"), (other, "other-state")):
+        path.write_text(f"state_dir: {tmp_path / state}\nlisten:\n  tftp: {LOOPBACK}:{port}\n"
+                        f"  iscsi: [{LOOPBACK}:{iscsi_port}]\n"
+                        f"tftp: {{roots: [root]}}\ntargets:\n  - {{iqn: iqn.2026-11.test:d, luns: [disk.img]}}\n")
     log = tmp_path / "serve.log"
     with open(log, "wb") as err:
         proc = subprocess.Popen([sys.executable, "-m", "bootsvc", "serve", "-c", str(cfg)], stderr=err)
@@ -152,10 +154,38 @@ def test_serve_tftp_from_config(tmp_path: Path) -> None:
         r = subprocess.run(["tftp", "-m", "binary", LOOPBACK, str(port), "-c", "get", "undionly.kpxe", str(out)],
                            capture_output=True, text=True, timeout=30)
         assert out.read_bytes() == (tmp_path / "root" / "undionly.kpxe").read_bytes(), r.stdout + r.stderr
-        # a second server on the same ports: each service that cannot start says so in one line
-        second = subprocess.run([sys.executable, "-m", "bootsvc", "serve", "-c", str(cfg)], capture_output=True,
+        # a second server (its own state) on the same ports: each service that cannot start says so in one line
+        second = subprocess.run([sys.executable, "-m", "bootsvc", "serve", "-c", str(other)], capture_output=True,
                                 text=True, timeout=30)
         assert second.returncode == 1 and "tftp not started" in second.stderr and "iscsi not started" in second.stderr
     finally:
         stop(proc)
     assert "tftp serving" in log.read_text()
+
+
+def test_one_serve_per_state_dir(tmp_path: Path) -> None:
+    """A second `bootsvc serve` on the same state names the first's PID and
+    exits touching nothing: the first keeps its pid file, so `bootsvc
+    reload` still reaches it."""
+    from tests.e2e.peers import bootsvc_serve
+
+    http = free_port()
+    cfg = tmp_path / "bootsvc.yaml"
+    cfg.write_text(f"state_dir: {tmp_path / 'state'}\nlisten:\n  http: {LOOPBACK}:{http}\n")
+    first = bootsvc_serve(cfg, tmp_path / "first.log", "ready:")
+    try:
+        pidfile = tmp_path / "state" / "bootsvc.pid"
+        assert pidfile.read_text().strip() == str(first.pid)
+        second = subprocess.run([sys.executable, "-m", "bootsvc", "serve", "-c", str(cfg)], capture_output=True,
+                                text=True, timeout=30)
+        assert second.returncode == 1 and f"another bootsvc serve (PID {first.pid})" in second.stderr, second.stderr
+        assert pidfile.read_text().strip() == str(first.pid)
+        reload = subprocess.run([sys.executable, "-m", "bootsvc", "reload", "-c", str(cfg)], capture_output=True,
+                                text=True, timeout=30)
+        assert reload.returncode == 0 and str(first.pid) in reload.stdout, reload.stderr
+    finally:
+        stop(first)
+    assert not (tmp_path / "state" / "bootsvc.pid").exists()
+    # the lock went with it: the next one starts
+    again = bootsvc_serve(cfg, tmp_path / "again.log", "ready:")
+    stop(again)
