@@ -112,13 +112,25 @@ class BootPlanner:
         return str(cfg.iscsi.portals[0].host) if cfg.iscsi.portals else local
 
     def script_text(self, name: str, client: str, local: str) -> str | None:
-        """HTTP's ``/boot/<mac>.ipxe``: the script, or None."""
+        """HTTP's ``/boot/<mac>.ipxe``: the script, or None for a name that
+        is not a script or a machine without one. PermissionError when the
+        client is not that machine: a script names its initiator and target
+        (and, with CHAP, its secrets), so only the machine's own address
+        (its fixed IP or lease, or in proxy mode the address it asked from)
+        may have it."""
         mac = mac_of_script(name)
-        return None if mac is None else self.script(mac, self.server_address(client, local))
+        if mac is None:
+            return None
+        if self.fleet.mac_at(client) != mac:
+            self.emit(Kind.BOOT_SCRIPT_REFUSED, mac=mac, peer=client, file=name,
+                      why="asked from an address that is not this machine's")
+            raise PermissionError(f"{name} is only for the machine it names, not for {client}")
+        return self.script(mac, self.server_address(client, local))
 
     def script_file(self, name: str, client: str, local: str) -> bytes | None:
         """TFTP's generated files: None for a name that is not a script;
-        FileNotFoundError for a script of no machine."""
+        FileNotFoundError for a script of no machine, PermissionError for
+        another machine's."""
         if mac_of_script(name) is None:
             return None
         text = self.script_text(name, client, local)

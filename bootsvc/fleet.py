@@ -81,6 +81,9 @@ class Fleet:
         self._disks: dict[str, Disk] = {}  # by MAC
         self._specs: dict[str, TargetSpec] = {}  # the config's own targets served, by IQN
         self._attempts: dict[str, Attempt] = {}  # by MAC
+        # proxy mode: the address another DHCP server gave a machine, and back
+        self._proxied: dict[IPv4, str] = {}
+        self._proxied_of: dict[str, IPv4] = {}
         self._adopting: dict[str, asyncio.Future[Machine | None]] = {}
         self._tasks: set[asyncio.Task[object]] = set()
         # made again when the machines change: initiator IQN -> MAC, fixed IP -> MAC, fixed IPs
@@ -149,7 +152,7 @@ class Fleet:
         mac = self._fixed_ips().get(ip)
         if mac is None and self.leases is not None and (lease := self.leases.by_ip.get(ip)) is not None:
             mac = lease.mac
-        return mac
+        return mac or self._proxied.get(ip)
 
     def addresses(self) -> dict[str, IPv4]:
         """Every machine's address for DNS: its fixed IP, else its lease."""
@@ -182,6 +185,8 @@ class Fleet:
             if event.kind is Kind.DHCP_DISCOVERED and mac is not None and self.leases is not None:
                 self.leases.saw_unknown(mac, "discover", event.time, _text(event.fields.get("arch")))
             return
+        if event.fields.get("proxy") and event.ip is not None:
+            self._proxy_address(mac, IPv4(event.ip))
         if event.kind is Kind.DHCP_OFFER and not event.fields.get("ipxe"):
             self._attempts[mac] = Attempt(event.time)
             if mac in self._disks:
@@ -189,6 +194,13 @@ class Fleet:
         attempt = self._attempts.get(mac)
         if attempt is not None:
             attempt.saw(event)
+
+    def _proxy_address(self, mac: str, ip: IPv4) -> None:
+        """One address per machine: a machine given a new one loses the old."""
+        old = self._proxied_of.get(mac)
+        if old is not None and self._proxied.get(old) == mac:
+            del self._proxied[old]
+        self._proxied[ip], self._proxied_of[mac] = mac, ip
 
     def _initiators(self) -> dict[str, str]:
         if self._by_initiator is None:

@@ -185,3 +185,24 @@ def test_each_machine_has_its_current_boot_attempt(tmp_path: Path) -> None:
     bus.emit(Kind.DHCP_OFFER, mac=A, ipxe=False)  # t=4: it boots again
     assert fleet.attempt(A).steps == {"dhcp.offer": 4.0}  # type: ignore[union-attr]
     assert fleet.attempt(B) is None
+
+
+def test_a_machine_is_known_at_its_addresses(tmp_path: Path) -> None:
+    """mac_at, which decides who may have a machine's script: its fixed IP,
+    its lease, or in proxy mode the address another server gave it (the
+    latest one only)."""
+    leases = LeaseStore(":memory:")
+    bus = Bus()
+    fleet = Fleet(load(lab(tmp_path, f"  {A}: {{hostname: a, ip: 10.9.0.11}}\n  {B}: {{hostname: b}}\n")), bus,
+                  leases)
+    from bootsvc.dhcp.leases import Lease, LeaseState
+    from bootsvc.dhcp.message import IPv4
+    leases.put(Lease(IPv4("10.9.0.100"), B, LeaseState.BOUND, 1e12))
+    assert (fleet.mac_at("10.9.0.11"), fleet.mac_at("10.9.0.100"), fleet.mac_at("10.9.0.99")) == (A, B, None)
+    assert fleet.mac_at("not an address") is None
+    bus.emit(Kind.DHCP_ACK, mac=B, ip="192.168.1.50", proxy=True)
+    assert fleet.mac_at("192.168.1.50") == B
+    bus.emit(Kind.DHCP_ACK, mac=B, ip="192.168.1.51", proxy=True)
+    assert (fleet.mac_at("192.168.1.50"), fleet.mac_at("192.168.1.51")) == (None, B)
+    bus.emit(Kind.DHCP_ACK, mac="52:54:00:99:99:99", ip="192.168.1.52", proxy=True)  # not a machine
+    assert fleet.mac_at("192.168.1.52") is None

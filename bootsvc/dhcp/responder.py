@@ -311,7 +311,9 @@ class Responder:
         self._boot_options(reply, req, machine, subnet)
         if not reply.bootfile and not any(code == Option.ROOT_PATH for code, _ in reply.options):
             return self._drop("proxy_nothing_to_boot", req)
-        self.emit(Kind.DHCP_OFFER if kind is MessageType.OFFER else Kind.DHCP_ACK, mac=req.mac,
+        # the address another server gave the client (it asks from it, or is asking for it)
+        held = req.ciaddr if req.ciaddr != ANY else req.requested_ip
+        self.emit(Kind.DHCP_OFFER if kind is MessageType.OFFER else Kind.DHCP_ACK, mac=req.mac, ip=held,
                   hostname=machine.hostname if machine else None, ipxe=req.ipxe, arch=req.arch,
                   user_class=req.user_class.decode(errors="replace") or None, proxy=True)
         return reply

@@ -107,7 +107,10 @@ class HttpService:
             lines = [f"{name}: {state}" for name, state in self.health().items()]
             return Reply(Status.OK, ("ok\n" + "".join(line + "\n" for line in lines)).encode())
         if path.startswith("/boot/"):
-            script = self.scripts(path[1:], client, local)
+            try:
+                script = self.scripts(path[1:], client, local)
+            except PermissionError as e:
+                return Reply(Status.FORBIDDEN, f"{e}\n".encode())
             if script is None:
                 return Reply(Status.NOT_FOUND, b"no such machine, or its disk is not served\n")
             return Reply(Status.OK, script.encode(), content_type=CONTENT_TYPES[".ipxe"])
