@@ -9,6 +9,8 @@ Readiness goes to systemd when run under it."""
 from __future__ import annotations
 
 import asyncio
+import errno
+import resource
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -86,9 +88,11 @@ class Services:
 
     def run(self, reload: Reload | None = None) -> int:
         """Serve until SIGTERM/SIGINT (SIGHUP: ``reload``); 1 if nothing could start."""
+        raise_descriptor_limit()
         return asyncio.run(self._main(reload))
 
     async def _main(self, reload: Reload | None) -> int:
+        asyncio.get_running_loop().set_exception_handler(QuietExhaustion(self.report))
         running = await self.start()
         if not running:
             self.report("nothing could start")
@@ -123,3 +127,41 @@ class Services:
             except Exception as e:  # the running config stays; say why
                 self.report(f"reload failed, still serving the previous config: {e}")
             systemd.notify("READY=1")
+
+
+class QuietExhaustion:
+    """The loop's exception handler: asyncio reports every accept() that
+    fails for want of descriptors with a traceback (21,000 lines in seconds
+    under a connection flood, while it already pauses that listener for a
+    second); say it in one line at most once a second. Everything else goes
+    to asyncio's default handler."""
+
+    def __init__(self, report: Report, interval: float = 1.0) -> None:
+        self.report = report
+        self.interval = interval
+        self.last = -interval
+        self.hidden = 0
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        error = context.get("exception")
+        if not (isinstance(error, OSError) and error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS,
+                                                                errno.ENOMEM)):
+            loop.default_exception_handler(context)
+            return
+        now = loop.time()
+        if now - self.last < self.interval:
+            self.hidden += 1
+            return
+        more = f" ({self.hidden} more since)" if self.hidden else ""
+        self.report(f"out of descriptors or memory accepting connections: {error.strerror}{more}; "
+                    "listeners pause a second and retry")
+        self.last, self.hidden = now, 0
+
+
+def raise_descriptor_limit() -> None:
+    """Every descriptor the system lets this process have: the soft limit
+    (often 1024) is what a thousand idle clients exhausted, failing every
+    TCP service at once; the hard limit is the administrator's word."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

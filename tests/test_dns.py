@@ -94,3 +94,15 @@ def test_garbage_over_udp(dns: int) -> None:
                 assert str(reply.rr[0].rdata) == "10.77.0.22"
                 return
     raise AssertionError("no answer after garbage")
+
+
+def test_a_label_dnslib_cannot_write_back_gets_formerr(dns: int) -> None:
+    """dnslib parses a 64-byte label but refuses to pack it: FORMERR, not
+    a traceback and no answer (over UDP, from a live service)."""
+    import struct
+    query = struct.pack(">HHHHHH", 7, 0x0100, 1, 0, 0, 0) + bytes([64]) + b"a" * 64 + b"\x00" + struct.pack(">HH", 1, 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(2)
+        s.sendto(query, (LOOPBACK, dns))
+        reply = DNSRecord.parse(s.recv(4096))
+    assert reply.header.id == 7 and reply.header.qr and reply.header.rcode == 1  # FORMERR

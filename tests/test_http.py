@@ -100,3 +100,50 @@ def test_garbage_then_still_serving(http: tuple[int, Path]) -> None:
     with socket.create_connection((LOOPBACK, port), timeout=5) as s:
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert s.recv(200).startswith(b"HTTP/1.1 200 OK")
+
+
+def test_one_source_cannot_take_every_slot(tmp_path: Path) -> None:
+    """Idle connections from one address fill only that address's share:
+    the next one from it gets 503, another address (curl from 127.0.0.2)
+    still gets its script."""
+    (tmp_path / "root").mkdir()
+    port = free_port()
+    service = HttpService(FileSource([tmp_path / "root"]), lambda name, client, local: "#!ipxe\n",
+                          lambda: {}, LOOPBACK, port)
+    service.listener.max_per_source = 8
+    idle: list[socket.socket] = []
+    with serving(service.start, service.stop):
+        try:
+            for _ in range(8):
+                idle.append(socket.create_connection((LOOPBACK, port)))
+            with socket.create_connection((LOOPBACK, port), timeout=5) as extra:
+                assert extra.recv(4096).startswith(b"HTTP/1.1 503")
+            r = curl("--interface", "127.0.0.2", "-w", "%{http_code}", "-o", "/dev/null",
+                     f"http://{LOOPBACK}:{port}/boot/52-54-00-12-34-56.ipxe")
+            assert r.stdout == "200", r.stderr
+        finally:
+            for s in idle:
+                s.close()
+
+
+def test_a_client_that_stops_reading_is_let_go(tmp_path: Path) -> None:
+    """A client that asks for a large file and never reads it holds its
+    slot and the file only until the reply's time is up."""
+    import time
+
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "big").write_bytes(bytes(8 << 20))
+    port = free_port()
+    service = HttpService(FileSource([tmp_path / "root"]), lambda *a: None, lambda: {}, LOOPBACK, port)
+    service.send_grace, service.send_floor = 0.5, 64 << 20  # 8 MiB: 0.625 s
+    with serving(service.start, service.stop):
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect((LOOPBACK, port))
+            started = time.monotonic()
+            s.sendall(b"GET /files/big HTTP/1.1\r\nHost: x\r\n\r\n")
+            while not service.counters["send_timeout"] and time.monotonic() < started + 10:
+                time.sleep(0.05)
+            assert service.counters["send_timeout"] == 1 and time.monotonic() - started >= 0.6
+            time.sleep(0.1)
+            assert not service.listener.clients

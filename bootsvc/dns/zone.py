@@ -27,6 +27,7 @@ from dnslib import (
     DNSRecord,
 )
 from dnslib.buffer import Buffer
+from dnslib.label import DNSLabelError
 
 Records = Callable[[], "dict[str, ipaddress.IPv4Address]"]  # hostname -> address, asked per query
 OPCODE_QUERY = 0
@@ -64,8 +65,11 @@ class Zone:
             reply.header.rcode = RCODE.FORMERR
         else:
             self._resolve(query.questions[0].qname, query.questions[0].qtype, reply)
+        try:
+            packed = reply.pack()
+        except DNSLabelError:  # a name dnslib parsed but cannot write back (a label over 63 bytes)
+            return self._formerr(data)
         self.counters[RCODE.get(reply.header.rcode)] += 1
-        packed = reply.pack()
         if udp and len(packed) > MAX_UDP:
             reply.rr, reply.auth = [], []
             reply.header.tc = 1  # the client retries over TCP

@@ -27,7 +27,8 @@ from .message import HttpError, HttpRequest, Status, parse_head, response_head
 
 HEAD_TIMEOUT = 10.0  # seconds for a request head to arrive
 IDLE_TIMEOUT = 30.0  # seconds a persistent connection may wait for its next request
-MAX_CONNECTIONS = 1024
+SEND_GRACE = 30.0  # seconds any reply may take to leave, plus
+SEND_FLOOR = 1 << 20  # bytes per second a file must at least go out at: a client that stops reading is let go
 CONTENT_TYPES = {".ipxe": "text/plain; charset=utf-8", ".efi": "application/efi", ".json": "application/json"}
 
 ScriptSource = Callable[[str, str, str], "str | None"]  # (name, client, local address) -> script or None
@@ -52,16 +53,14 @@ class HttpService:
         self.emit = emit
         self.mac_at = mac_at  # the MAC of a client address, where the fleet knows it
         self.counters: Counter[str] = Counter()
-        self.listener = StreamListener(self._connection, host, port)
+        self.send_grace, self.send_floor = SEND_GRACE, SEND_FLOOR
+        self.listener = StreamListener(self._connection, host, port, refuse=self._refuse)
         self.start = self.listener.start
         self.stop = self.listener.stop
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
         local = (writer.get_extra_info("sockname") or ("", 0))[0]
-        if len(self.listener.clients) > MAX_CONNECTIONS:
-            await self._send(writer, None, Reply(Status.SERVICE_UNAVAILABLE, b"too many connections\n"), False)
-            return
         timeout = HEAD_TIMEOUT
         while True:
             try:
@@ -91,6 +90,10 @@ class HttpService:
             if not req.keep_alive:
                 return
             timeout = IDLE_TIMEOUT
+
+    async def _refuse(self, writer: asyncio.StreamWriter, why: str) -> None:
+        self.counters["refused"] += 1
+        await self._send(writer, None, Reply(Status.SERVICE_UNAVAILABLE, f"{why}\n".encode()), False)
 
     def _done(self, req: HttpRequest, reply: Reply, peer: str, started: float, sent: int | None,
               failed: str | None = None) -> None:
@@ -127,7 +130,19 @@ class HttpService:
 
     async def _send(self, writer: asyncio.StreamWriter, req: HttpRequest | None, reply: Reply,
                     keep_alive: bool) -> int:
-        """Send the reply; the bytes of body sent."""
+        """Send the reply within its time (``send_grace`` plus its size at
+        ``send_floor``); the bytes of body sent. A client that stops reading
+        is a ConnectionError, and its slot and file are let go."""
+        size = len(reply.body) if reply.path is None else _size(reply.path)
+        try:
+            async with asyncio.timeout(self.send_grace + size / self.send_floor):
+                return await self._write(writer, req, reply, keep_alive)
+        except TimeoutError:
+            self.counters["send_timeout"] += 1
+            raise ConnectionError("the client stopped reading") from None
+
+    async def _write(self, writer: asyncio.StreamWriter, req: HttpRequest | None, reply: Reply,
+                     keep_alive: bool) -> int:
         head_only = req is not None and req.method == "HEAD"
         if reply.path is None:
             writer.write(response_head(reply.status, len(reply.body), reply.content_type, keep_alive))
@@ -149,4 +164,11 @@ class HttpService:
                 # zero-copy from the page cache: a boot storm fetches the same kernel many times
                 await asyncio.get_running_loop().sendfile(writer.transport, f, 0, size)
                 return size
+        return 0
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
         return 0
