@@ -191,7 +191,7 @@ class TargetServer:
         for s in list(self.sessions.values()):
             if (s.isid, s.params.initiator_name, s.params.target_name) == (
                     isid, params.initiator_name, params.target_name):
-                self.event("iscsi.session_reinstated", initiator=params.initiator_name,
+                self.event("iscsi.session_reinstated", peer=conn.peer, initiator=params.initiator_name,
                            target=params.target_name, tsih=s.tsih)
                 old_conn = self.bound.get(s)
                 if old_conn is not None:
