@@ -212,7 +212,8 @@ class IscsiConnection:
 
     async def _login(self) -> None:
         login = self.login = Login(ctx=_LoginContext(self), target_prefs=self.server.key_preferences,
-                                   window=self.server.window, started=self.loop.time())
+                                   window=self.server.window, started=self.loop.time(),
+                                   timeout=self.server.login_timeout)
         timer = self.loop.call_at(login.next_timer(), self._login_timer)
         try:
             await self._login_exchange(login)

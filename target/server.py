@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from .connection import IscsiConnection
 from .events import EventSink, Events
 from .keys import SessionParams
-from .login import LoginFailed, LoginStatus
+from .login import LOGIN_TIMEOUT, LoginFailed, LoginStatus
 from .session import DropReason, Keepalive, Session
 from .targets import Target
 
@@ -42,6 +42,10 @@ class TargetServer:
     entries while serving; logins look names up at login time), or an
     iterable of targets made into such a mapping here.
 
+    ``nop_interval``/``nop_timeout`` set the keepalive (§11.19, 0 turns it
+    off); ``login_timeout`` is how long a connection may take to reach Full
+    Feature Phase.
+
     ``on_event(what, fields)`` receives every event (``iscsi.login``,
     ``iscsi.session_dropped``, ``iscsi.reject``, ...); when it is given the
     target does not log them itself. Without it each is logged in logfmt on
@@ -50,8 +54,8 @@ class TargetServer:
 
     def __init__(self, targets: MutableMapping[str, Target] | Iterable[Target], portals: Iterable[Portal], *,
                  portal_group_tag: int = 1, window: int = 128, nop_interval: float = 15.0,
-                 nop_timeout: float = 30.0, key_preferences: dict[str, str] | None = None,
-                 on_event: EventSink | None = None) -> None:
+                 nop_timeout: float = 30.0, login_timeout: float = LOGIN_TIMEOUT,
+                 key_preferences: dict[str, str] | None = None, on_event: EventSink | None = None) -> None:
         self.targets: MutableMapping[str, Target] = (
             targets if isinstance(targets, Mapping) else {t.name: t for t in targets})
         self.portal_list = list(portals)
@@ -59,6 +63,7 @@ class TargetServer:
         self.window = window
         self.nop_interval = nop_interval
         self.nop_timeout = nop_timeout
+        self.login_timeout = login_timeout
         self.key_preferences = key_preferences or {}
         self.events = Events(on_event, log)
         self.sessions: dict[int, Session] = {}
@@ -174,7 +179,7 @@ class TargetServer:
         for s in list(self.sessions.values()):
             if (s.isid, s.params.initiator_name, s.params.target_name) == (
                     isid, params.initiator_name, params.target_name):
-                self.event("iscsi.session_reinstated", initiator=params.initiator_name,
+                self.event("iscsi.session_reinstated", peer=conn.peer, initiator=params.initiator_name,
                            target=params.target_name, tsih=s.tsih)
                 old_conn = self.bound.get(s)
                 if old_conn is not None:

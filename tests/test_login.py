@@ -168,3 +168,9 @@ def test_endless_continuation_is_refused() -> None:
         if r.failed:
             break
     assert r is not None and r.failed and status(r.response) == LoginStatus.OUT_OF_RESOURCES
+
+
+def test_login_timer() -> None:
+    login = Login(Ctx([FakeTarget(IQN_T)]), started=100.0, timeout=30.0)
+    assert login.next_timer() == 130.0
+    assert not login.handle_timer(129.9) and login.handle_timer(130.0)

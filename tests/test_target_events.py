@@ -169,3 +169,15 @@ def test_the_target_table_is_the_embedders(image: Path, tmp_path: Path) -> None:
     table["iqn.2026-11.test:late"] = Target.open(TargetSpec("iqn.2026-11.test:late", (LunSpec(str(second)),)))
     assert "iqn.2026-11.test:late" in server.targets
     table["iqn.2026-11.test:late"].close()
+
+
+def test_a_login_that_never_finishes_times_out(image: Path, rec: Recorder) -> None:
+    r = Running(image, on_event=rec, login_timeout=0.3)
+    try:
+        c = r.client()
+        assert c.recv(timeout=5) is None  # closed without a word
+        failed = rec.wait_for("iscsi.login_failed")
+        assert "Full Feature Phase" in str(failed["why"]) and failed["peer"]
+        c.close()
+    finally:
+        r.stop()
