@@ -210,3 +210,26 @@ def test_errors_carry_their_message(service: tuple[TftpService, Path], monkeypat
         s.sendto(b"\0\1small.bin\0octet\0", ("127.0.0.1", svc.port))
         assert s.recvfrom(1024)[0] == b"\0\5\0\0server busy, try again\0"
     assert svc.counters["busy"] == 1
+
+
+def test_one_address_gets_only_its_share_of_transfers(service: tuple[TftpService, Path]) -> None:
+    """Transfers from one address beyond its cap get an ERROR saying so;
+    another address (127.0.0.2) is still served."""
+    svc, _ = service
+    svc.max_per_source = 2
+    clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(4)]
+    try:
+        for c in clients:
+            c.settimeout(5)
+        clients[3].bind(("127.0.0.2", 0))
+        for c in clients[:2]:  # two transfers that never ACK: they hold their slots
+            c.sendto(b"\0\1big.bin\0octet\0", ("127.0.0.1", svc.port))
+            assert c.recvfrom(1024)[0][:4] == b"\0\3\0\1"
+        clients[2].sendto(b"\0\1big.bin\0octet\0", ("127.0.0.1", svc.port))
+        assert clients[2].recvfrom(1024)[0] == b"\0\5\0\0too many transfers from your address\0"
+        clients[3].sendto(b"\0\1big.bin\0octet\0", ("127.0.0.1", svc.port))
+        assert clients[3].recvfrom(1024)[0][:4] == b"\0\3\0\1"
+    finally:
+        for c in clients:
+            c.close()
+    assert svc.counters["busy_source"] == 1

@@ -166,14 +166,28 @@ def test_windowsize_sends_a_window_per_ack_and_restarts_after_the_last_in_order(
     assert [block(p)[0] for p in window] == [7, 8, 9, 10]
     assert d.receive(ack(5)) == []  # older than what was acknowledged: a stray
     assert d.receive(ack(12)) == []  # beyond what was sent: a stray
-    # the window's ACK lost: the whole window again after the timeout
-    assert d.wait(TIMEOUT) == window
+    # the window's ACK lost: after the timeout the window again, halved
+    assert d.wait(TIMEOUT) == window[:2]
+    window = window[:2]
     got = data[:6 * 512]
     while not d.t.done:
         last = block(window[-1])[0]
         got += b"".join(block(p)[1] for p in window)
         window = d.receive(ack(last))
     assert got == data and not d.t.failed
+
+
+def test_a_client_that_acks_only_the_oack_costs_halving_windows() -> None:
+    """A client that asks for 64 blocks of 64 KiB a window, ACKs the OACK
+    and then nothing: each timeout halves the window, so it is sent 64 +
+    32 + 16 + 8 + 4 + 2 blocks (8 MiB) before the transfer gives up, not
+    six full windows (25 MB)."""
+    size = 64 << 20
+    d = Driver(rrq("f", blksize="65464", windowsize="64"), bytes(size))
+    sent = sum(len(p) for p in d.receive(ack(0)))
+    while not d.t.done:
+        sent += sum(len(p) for p in d.wait(TIMEOUT))
+    assert d.t.failed.startswith("no ACK") and sent == (64 + 32 + 16 + 8 + 4 + 2) * (65464 + 4)
 
 
 def test_silent_client_is_given_up_after_the_retries() -> None:

@@ -30,6 +30,7 @@ RECEIVE_TIMEOUT = struct.pack("ll", 0, int(TIMER_TICK * 1e6))  # SO_RCVTIMEO of 
 BUSY_POLL = BUSY_POLL_US / 1e6  # seconds
 MAX_SOLOS = 2  # transfers on threads of their own; one more and they all move to the shared sender
 MAX_TRANSFERS = 512  # at once; more get "busy" and retry (each holds a socket)
+MAX_PER_SOURCE = 64  # at once from one address: one host cannot take every transfer (a NAT is many machines)
 
 
 class _Transfer:
@@ -296,6 +297,7 @@ class TftpService(asyncio.DatagramProtocol):
                  busy_poll: float = BUSY_POLL, emit: Emit = no_events,
                  mac_at: Callable[[str], str | None] = lambda ip: None) -> None:
         self.files = files
+        self.max_per_source = MAX_PER_SOURCE
         self.emit = emit
         self.mac_at = mac_at  # the MAC of a client address, where the fleet knows it
         self.host = host
@@ -387,6 +389,10 @@ class TftpService(asyncio.DatagramProtocol):
             self.transport.sendto(error(TftpError.ACCESS_VIOLATION, str(e) if isinstance(e, PermissionError)
                                         else "cannot read the file"), addr)
             self._said(Kind.TFTP_REFUSED, addr[0], req.filename, why=str(e))
+            return
+        if sum(1 for x in self.active if x.peer[0] == addr[0]) >= self.max_per_source:
+            self.counters["busy_source"] += 1
+            self.transport.sendto(error(TftpError.NOT_DEFINED, "too many transfers from your address"), addr)
             return
         if len(self.active) >= MAX_TRANSFERS:
             self.counters["busy"] += 1
