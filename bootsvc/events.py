@@ -69,6 +69,7 @@ class Kind(str, Enum):
     IMAGE_DEMO_BUILT = "image.demo_built"
     # the fleet (bootsvc/fleet.py)
     FLEET_RELOADED = "fleet.reloaded"
+    FLEET_ADOPTION_CAPPED = "fleet.adoption_capped"  # dhcp.max_adopted machines made: no more
     # iSCSI (target/, through its event callback)
     ISCSI_LISTENING = "iscsi.listening"
     ISCSI_LOGIN = "iscsi.login"
@@ -122,7 +123,7 @@ _NAMES: dict[Kind | str, str] = {k: k.value for k in Kind}  # faster than .value
 
 # Kinds that say something went wrong for a machine or a client: logged as
 # warnings, so the default log level shows them. Routine ones are INFO.
-WARNINGS = frozenset({Kind.BOOT_REFUSED, Kind.BOOT_SCRIPT_REFUSED, Kind.DISK_FAILED, Kind.DISK_KEPT, Kind.TFTP_FAILED,
+WARNINGS = frozenset({Kind.FLEET_ADOPTION_CAPPED, Kind.BOOT_REFUSED, Kind.BOOT_SCRIPT_REFUSED, Kind.DISK_FAILED, Kind.DISK_KEPT, Kind.TFTP_FAILED,
                       Kind.ISCSI_STREAM_ERROR, Kind.ISCSI_HEADER_DIGEST_ERROR, Kind.ISCSI_ACCEPT_FAILED,
                       Kind.QCOW2_REPAIRED, Kind.QCOW2_SPACE_LOW,
                       Kind.QCOW2_SPACE_EXHAUSTED, Kind.IMAGE_UNREADABLE, Kind.ISNS_ESI_LOST})

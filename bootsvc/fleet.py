@@ -86,6 +86,7 @@ class Fleet:
         self._proxied_of: dict[str, IPv4] = {}
         self._adopting: dict[str, asyncio.Future[Machine | None]] = {}
         self._tasks: set[asyncio.Task[object]] = set()
+        self._capped = False  # unknown MACs are refused: dhcp.max_adopted machines were made
         # made again when the machines change: initiator IQN -> MAC, fixed IP -> MAC, fixed IPs
         self._by_initiator: dict[str, str] | None = None
         self._fixed: dict[IPv4, str] | None = None
@@ -290,8 +291,21 @@ class Fleet:
                 future.set_result(None)
 
     def _adopted(self, mac: str) -> Machine | None:
-        profile = self.cfg.default_profile
-        return None if profile is None else generated_machine(mac, self.cfg.iqn_prefix, profile)
+        """The machine for a new MAC; None without a default profile or once
+        ``dhcp.max_adopted`` machines were made (each holds a disk and
+        descriptors: a storm of random MACs must not make thousands)."""
+        profile, d = self.cfg.default_profile, self.cfg.dhcp
+        if profile is None:
+            return None
+        made = sum(1 for m in self._machines if m not in self.cfg.machines)
+        if d is not None and made >= d.max_adopted:
+            if not self._capped:  # said once, at the moment the cap is reached; each MAC is a debug line
+                self.bus.emit(Kind.FLEET_ADOPTION_CAPPED, machines=made, why="dhcp.max_adopted reached")
+            self._capped = True
+            self.bus.emit(Kind.DHCP_DROPPED, mac=mac, why="not adopted: dhcp.max_adopted reached")
+            return None
+        self._capped = False
+        return generated_machine(mac, self.cfg.iqn_prefix, profile)
 
     def _inventory(self, cfg: Config) -> dict[str, Machine]:
         """The config's machines, and those adopted before (policy default),

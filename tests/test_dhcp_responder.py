@@ -158,3 +158,19 @@ def test_lease_writes_wait_for_the_adapter_to_commit(tmp_path: object) -> None:
     assert list(r.leases.db.execute("SELECT mac FROM leases")) == []
     r.leases.commit()
     assert list(r.leases.db.execute("SELECT mac FROM leases")) == [(stranger,)] and not r.leases.unwritten
+
+
+def test_a_mac_that_floods_is_answered_no_more_until_its_window_passes() -> None:
+    r = responder()
+    answered = [r.handle(req("discover", NODE.mac, *PXE), IPv4("10.77.0.1"), i * 0.1) is not None
+                for i in range(40)]  # 40 requests in 4 s
+    assert answered == [True] * 30 + [False] * 10 and r.counters["dropped_rate_limited"] == 10
+    assert r.handle(req("discover", NODE.mac, *PXE), IPv4("10.77.0.1"), 15.0) is not None  # a new window
+
+
+def test_per_mac_tables_stay_bounded_under_random_macs() -> None:
+    r = responder(unknown=UnknownPolicy.DISCOVER)
+    for i in range(20000):
+        r.handle(req("discover", f"52:54:01:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}"),
+                 IPv4("10.77.0.1"), i * 0.01)  # 100 new MACs a second for 200 s
+    assert len(r.rates) <= 8193 and len(r.discovered) <= 8193 and len(r.dropped) <= 8193

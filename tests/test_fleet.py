@@ -81,7 +81,8 @@ def test_renewal_follows_the_boot_rom_offer_and_spares_logged_in_disks(tmp_path:
 
 
 def test_adoption_runs_once_per_mac_and_survives_a_restart(tmp_path: Path) -> None:
-    extra = "dhcp:\n  subnet: 10.9.0.0/24\n  unknown_machines: default\nlisten: {dhcp: {address: 10.9.0.1}}\n"
+    extra = "dhcp:\n  subnet: 10.9.0.0/24\n  unknown_machines: default\n  max_adopted: 1\n" \
+        "listen: {dhcp: {address: 10.9.0.1}}\n"
     cfg = load(lab(tmp_path, f"  {A}: {{hostname: a}}\n", extra=extra))
     leases = LeaseStore(tmp_path / "leases.db")
     bus = Bus()
@@ -93,12 +94,15 @@ def test_adoption_runs_once_per_mac_and_survives_a_restart(tmp_path: Path) -> No
         first, second = await asyncio.gather(fleet.adopt(C), fleet.adopt(C))
         assert first is second and first is not None and first.hostname == "pxe-525400000003"
         assert fleet.machine(C) is first and first.target_iqn in fleet.targets and fleet.servable(first)
+        # dhcp.max_adopted: 1: the next unknown MAC is not made a machine, and that is said once
+        assert await fleet.adopt("52:54:00:00:00:04") is None and await fleet.adopt("52:54:00:00:00:05") is None
 
     try:
         asyncio.run(main())
     finally:
         fleet.close()
-    assert [e.kind for e in events].count(Kind.DHCP_ADOPTED) == 1
+    kinds = [e.kind for e in events]
+    assert kinds.count(Kind.DHCP_ADOPTED) == 1 and kinds.count(Kind.FLEET_ADOPTION_CAPPED) == 1
     again = Fleet(cfg, Bus(), leases)  # after a restart: a machine again, with its disk
     again.open()
     try:

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from ..events import Emit, Kind, no_events
 from ..inventory import Machine
@@ -30,6 +30,9 @@ from .message import ANY, IPv4, MessageType, Option, Reply, Request
 PXE_USE_BOOTFILE = bytes([6, 1, 0x08, 255])
 OFFER_HOLD = 60.0  # seconds an offered address waits for the client's REQUEST
 SEEN_INTERVAL = 60.0  # seconds between reports of the same unknown machine or dropped client
+RATE_WINDOW = 10.0  # seconds over which a MAC's requests are counted
+RATE_MAX = 30  # requests a MAC may make in RATE_WINDOW (a PXE ROM then iPXE make 4-8, retries a few more)
+TRACKED = 8192  # MACs the per-MAC tables hold before the stale entries are let go
 
 
 class Mode(str, Enum):
@@ -66,6 +69,7 @@ class BootOptions:
     ipxe_no_pxedhcp: bool = False  # 175.176 = 1: iPXE need not wait for proxyDHCP offers
 
 
+V = TypeVar("V")
 BootPlanner = Callable[[Request, "Machine | None", IPv4], "BootOptions | None"]
 
 
@@ -103,6 +107,7 @@ class Responder:
     discovered: dict[str, float] = field(default_factory=dict)  # MAC -> last reported
     dropped: dict[str, float] = field(default_factory=dict)  # MAC -> last dhcp.dropped event
     adoptions: dict[str, float] = field(default_factory=dict)  # MAC -> last adoption asked for
+    rates: dict[str, tuple[float, int]] = field(default_factory=dict)  # MAC -> (window start, requests in it)
     _now: float = 0.0
 
     def retune(self, subnets: list[Subnet], unknown: UnknownPolicy) -> None:
@@ -120,7 +125,7 @@ class Responder:
         last = self.adoptions.get(req.mac)
         if last is not None and now - last <= SEEN_INTERVAL:
             return False
-        self.adoptions[req.mac] = now
+        _remember(self.adoptions, req.mac, now, lambda t: now - t > SEEN_INTERVAL)
         return True
 
     def _drop(self, why: str, req: Request | None = None) -> None:
@@ -131,7 +136,7 @@ class Responder:
             return
         last = self.dropped.get(req.mac)
         if last is None or self._now - last > SEEN_INTERVAL:
-            self.dropped[req.mac] = self._now
+            _remember(self.dropped, req.mac, self._now, lambda t: self._now - t > SEEN_INTERVAL)
             self.emit(Kind.DHCP_DROPPED, mac=req.mac, why=why, message=req.msg_type.name.lower())
 
     def subnet_for(self, req: Request, received_on: IPv4 | None) -> Subnet | None:
@@ -146,8 +151,20 @@ class Responder:
                     return s
         return None
 
+    def _flooding(self, mac: str, now: float) -> bool:
+        """Whether ``mac`` made more than RATE_MAX requests in RATE_WINDOW:
+        a client gone wild (or spoofing a machine's MAC) gets no more
+        answers until its window passes, and costs no disk work."""
+        start, count = self.rates.get(mac, (now, 0))
+        if now - start > RATE_WINDOW:
+            start, count = now, 0
+        _remember(self.rates, mac, (start, count + 1), lambda v: now - v[0] > RATE_WINDOW)
+        return count + 1 > RATE_MAX
+
     def handle(self, req: Request, received_on: IPv4 | None, now: float) -> Reply | None:
         self._now = now
+        if self._flooding(req.mac, now):
+            return self._drop("rate_limited", req)
         machine = self.machines.machine(req.mac)
         if machine is None:
             if self.unknown is UnknownPolicy.IGNORE:
@@ -156,7 +173,7 @@ class Responder:
             if last is None or now - last > SEEN_INTERVAL:
                 # policy discover, or default with no disk for it: recorded for the operator
                 self.emit(Kind.DHCP_DISCOVERED, mac=req.mac, arch=req.arch)
-                self.discovered[req.mac] = now
+                _remember(self.discovered, req.mac, now, lambda t: now - t > SEEN_INTERVAL)
         subnet = self.subnet_for(req, received_on)
         if subnet is None:
             return self._drop("no_subnet", req)
@@ -317,3 +334,17 @@ class Responder:
                   hostname=machine.hostname if machine else None, ipxe=req.ipxe, arch=req.arch,
                   user_class=req.user_class.decode(errors="replace") or None, proxy=True)
         return reply
+
+
+def _remember(table: dict[str, V], mac: str, value: V, stale: Callable[[V], bool]) -> None:
+    """``table[mac] = value``, the table held to TRACKED MACs: past that the
+    stale entries go, and if a storm of new MACs still overfills it, the
+    oldest half (a dict keeps insertion order)."""
+    table[mac] = value
+    if len(table) <= TRACKED:
+        return
+    for key in [k for k, v in table.items() if stale(v)]:
+        del table[key]
+    if len(table) > TRACKED:
+        for key in list(table)[:len(table) // 2]:
+            del table[key]

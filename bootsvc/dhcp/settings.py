@@ -22,7 +22,8 @@ from .message import IPv4
 from .responder import Mode, Subnet, UnknownPolicy
 
 SUBNET_KEYS = {"subnet", "range", "router", "dns", "lease_time", "domain", "server"}
-DHCP_KEYS = {"mode", "unknown_machines", "subnets", "ipv6_ra"} | SUBNET_KEYS
+DHCP_KEYS = {"mode", "unknown_machines", "max_adopted", "subnets", "ipv6_ra"} | SUBNET_KEYS
+MAX_ADOPTED = 64  # unknown_machines: default makes at most this many machines (each has a disk)
 LISTEN_KEYS = {"interface", "address", "port", "proxy_port"}
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
 
@@ -50,6 +51,7 @@ class DhcpSettings:
     # iPXE then boots ~16 s sooner. On by default only where we are the DHCP
     # server: in proxy mode the network is someone else's.
     ipv6_ra: bool = True
+    max_adopted: int = MAX_ADOPTED
 
     def server_for(self, client: IPv4 | None) -> IPv4:
         """Our DHCP address as a client of that address reaches it."""
@@ -283,6 +285,7 @@ def load_dhcp(c: Checker, doc: LineMap, listen: Any, domain: str) -> DhcpSetting
         return None
     mode, unknown = policies
     ipv6_ra = _ipv6_ra(c, d, mode)
+    max_adopted = c.integer(d, "max_adopted", "dhcp.max_adopted", MAX_ADOPTED, 100_000, "machines")
     if not listeners or not subnets:
         return None
-    return DhcpSettings(tuple(subnets), tuple(listeners), mode, unknown, ipv6_ra)
+    return DhcpSettings(tuple(subnets), tuple(listeners), mode, unknown, ipv6_ra, max_adopted)
