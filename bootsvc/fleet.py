@@ -24,7 +24,7 @@ from types import MappingProxyType
 from target import Backend, BackendError, Target, TargetConfigError, TargetSpec, open_backend
 
 from .config import Config
-from .dhcp.leases import LeaseStore
+from .dhcp.leases import LeaseState, LeaseStore
 from .dhcp.responder import UnknownPolicy
 from .events import Bus, Event, Kind
 from .fleet_diff import ConfigDiff, diff_configs
@@ -135,7 +135,9 @@ class Fleet:
 
     def reserved_ips(self) -> frozenset[IPv4]:
         """The machines' fixed IPs, kept out of the DHCP range."""
-        return frozenset(self._fixed_ips()) if self._reserved is None else self._reserved
+        self._fixed_ips()
+        assert self._reserved is not None
+        return self._reserved
 
     def _fixed_ips(self) -> dict[IPv4, str]:
         if self._fixed is None:
@@ -144,15 +146,17 @@ class Fleet:
         return self._fixed
 
     def mac_at(self, address: str) -> str | None:
-        """The MAC of the machine at a client address (its fixed IP or its
-        lease), for the events of services that see only addresses."""
+        """The MAC of the machine at a client address: its fixed IP, its
+        unexpired lease, or in proxy mode the address it asked from. Who may
+        have a machine's script, and whose a transfer was in the events."""
         try:
             ip = IPv4(address)
         except ValueError:
             return None
         mac = self._fixed_ips().get(ip)
-        if mac is None and self.leases is not None and (lease := self.leases.by_ip.get(ip)) is not None:
-            mac = lease.mac
+        if mac is None and self.leases is not None:
+            lease = self.leases.holder(ip, time.time())
+            mac = lease.mac if lease is not None and lease.state is not LeaseState.DECLINED else None
         return mac or self._proxied.get(ip)
 
     def addresses(self) -> dict[str, IPv4]:
