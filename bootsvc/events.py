@@ -77,6 +77,7 @@ class Kind(str, Enum):
     ISCSI_LOGOUT = "iscsi.logout"
     ISCSI_FIRST_READ = "iscsi.first_read"
     ISCSI_SESSION_REINSTATED = "iscsi.session_reinstated"
+    ISCSI_SESSION_REPLACED = "iscsi.session_replaced"  # one writer per disk: the same initiator again
     ISCSI_SESSION_DROPPED = "iscsi.session_dropped"
     ISCSI_CONNECTION_LOST = "iscsi.connection_lost"
     ISCSI_STREAM_ERROR = "iscsi.stream_error"

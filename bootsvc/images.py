@@ -166,7 +166,7 @@ class ImageStore:
         return TargetSpec(iqn=machine.target_iqn, alias=f"{machine.hostname} boot disk", vendor=SCSI_VENDOR,
                           product=SCSI_PRODUCT,
                           luns=(LunSpec(str(path), limit=profile.overlay_limit),),
-                          allowed_initiators=frozenset({machine.initiator_iqn}))
+                          allowed_initiators=frozenset({machine.initiator_iqn}), single_writer=True)
 
     def overlays(self) -> list[OverlayInfo]:
         out = []

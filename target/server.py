@@ -176,17 +176,16 @@ class TargetServer:
                 old_conn.close()
             conn.session = old
             return tsih
+        target = self.targets.get(params.target_name) if params.session_type == "Normal" else None
+        if target is not None and target.one_writer:
+            self._one_writer(conn, target, params, isid)
         for s in list(self.sessions.values()):
             if (s.isid, s.params.initiator_name, s.params.target_name) == (
                     isid, params.initiator_name, params.target_name):
                 self.event("iscsi.session_reinstated", peer=conn.peer, initiator=params.initiator_name,
                            target=params.target_name, tsih=s.tsih)
-                old_conn = self.bound.get(s)
-                if old_conn is not None:
-                    old_conn.close(DropReason.REINSTATED)
-                s.close(DropReason.REINSTATED)
+                self._drop(s, DropReason.REINSTATED)
         tsih = self._new_tsih()
-        target = self.targets.get(params.target_name) if params.session_type == "Normal" else None
         session = Session(self, params, isid, tsih, conn.login_cmdsn, target, window=self.window,
                           keepalive=Keepalive(self.nop_interval, self.nop_timeout))
         self.sessions[tsih] = session
@@ -195,6 +194,27 @@ class TargetServer:
             target.sessions.add(session)
         conn.session = session
         return tsih
+
+    def _one_writer(self, conn: IscsiConnection, target: Target, params: SessionParams, isid: bytes) -> None:
+        """A target that can be written has one session: two writers on one
+        disk would corrupt it. The same initiator logging in again replaces
+        its old session, whatever its ISID (iPXE abandons its session
+        without a Logout, and the OS then logs in from the iBFT); another
+        initiator is refused while it is in use."""
+        for s in list(target.sessions):
+            if s.params.initiator_name != params.initiator_name:
+                raise LoginFailed(LoginStatus.SERVICE_UNAVAILABLE,
+                                  f"{target.name} is in use by {s.params.initiator_name} (one writer per disk)")
+            if s.isid != isid:  # the same ISID is a reinstatement (§6.3.5), below
+                self.event("iscsi.session_replaced", peer=conn.peer, initiator=params.initiator_name,
+                           target=target.name, tsih=s.tsih)
+                self._drop(s, DropReason.REPLACED)
+
+    def _drop(self, session: Session, reason: DropReason) -> None:
+        old_conn = self.bound.get(session)
+        if old_conn is not None:
+            old_conn.close(reason)
+        session.close(reason)
 
     def _new_tsih(self) -> int:
         while True:

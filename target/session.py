@@ -69,6 +69,7 @@ class DropReason(enum.Enum):
     CONNECTION_LOST = "connection_lost"
     NOP_TIMEOUT = "nop_timeout"  # §11.19: the initiator stopped answering our pings
     REINSTATED = "reinstated"  # §6.3.5: a new login with the same ISID replaced it
+    REPLACED = "replaced"  # one writer per disk: the same initiator logged in again with another ISID
     SERVER_STOP = "server_stop"
     PROTOCOL_ERROR = "protocol_error"
     TARGET_RESET = "target_reset"  # §11.5.1: TARGET COLD RESET drops every session

@@ -63,6 +63,9 @@ class TargetSpec:
     allowed_initiators: frozenset[str] | None = None
     vendor: str = DEFAULT_VENDOR
     product: str = DEFAULT_PRODUCT
+    # one session at a time while it can be written (a machine's own disk):
+    # the same initiator logging in again replaces it, any other is refused
+    single_writer: bool = False
 
 
 def open_backend(spec: LunSpec) -> Backend:
@@ -91,9 +94,15 @@ class Target:
     luns: dict[int, Lun]
     allowed_initiators: frozenset[str] | None = None
     sessions: set[Session] = field(default_factory=set)
+    single_writer: bool = False
 
     def allows(self, initiator_name: str) -> bool:
         return self.allowed_initiators is None or initiator_name in self.allowed_initiators
+
+    @property
+    def one_writer(self) -> bool:
+        """Whether a new session must replace or be refused by the one it has."""
+        return self.single_writer and not all(lun.read_only for lun in self.luns.values())
 
     @classmethod
     def open(cls, spec: TargetSpec) -> Target:
@@ -122,7 +131,7 @@ class Target:
             for lun in luns.values():
                 lun.backend.close()
             raise
-        return cls(spec.iqn, spec.alias, luns, spec.allowed_initiators)
+        return cls(spec.iqn, spec.alias, luns, spec.allowed_initiators, single_writer=spec.single_writer)
 
     def close(self) -> None:
         for lun in self.luns.values():

@@ -30,6 +30,7 @@ class Client:
     host: str
     port: int
     isid: bytes = bytes.fromhex("400000000001")
+    initiator: str = INITIATOR
     sock: socket.socket = field(init=False)
     reader: PduReader = field(init=False)
     cmdsn: int = 1
@@ -70,7 +71,7 @@ class Client:
         return self.itt
 
     def login(self, target: str | None, **keys: str) -> LoginResponse:
-        pairs = [("InitiatorName", INITIATOR)]
+        pairs = [("InitiatorName", self.initiator)]
         pairs += [("SessionType", "Discovery")] if target is None else [("TargetName", target)]
         pairs += [("AuthMethod", "None")]
         r = self._login_step(pairs, Stage.SECURITY, Stage.OPERATIONAL)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -291,5 +292,46 @@ def test_idle_initiator_is_pinged(image: Path) -> None:
         c.send(NopOut(immediate=True, itt=0xFFFFFFFF, ttt=ping.ttt, cmdsn=c.cmdsn))
         data, status = read_all(c, c.command(read10(0, 1), read=512))
         assert status == 0
+    finally:
+        r.stop()
+
+
+def one_writer(image: Path, read_only: bool = False) -> Running:
+    """A server whose one target is a machine's disk: one writer at a time."""
+    r = Running(image)
+    target = Target.open(TargetSpec(IQN, (LunSpec(str(image), read_only=read_only),), single_writer=True))
+    r.server.targets[IQN].close()
+    r.server.targets[IQN] = target
+    return r
+
+
+def test_a_machine_disk_has_one_writer(image: Path) -> None:
+    """The same initiator logging in again (another ISID: iPXE's abandoned
+    session, then the OS from the iBFT) replaces its session; another
+    initiator is refused while the disk is in use (0301), and gets it once
+    the session is gone."""
+    r = one_writer(image)
+    try:
+        first = r.client(isid=bytes.fromhex("400000000011"))
+        assert first.login(IQN).status_class == 0
+        again = r.client(isid=bytes.fromhex("400000000022"))
+        assert again.login(IQN).status_class == 0
+        assert first.recv(timeout=5) is None  # its connection is closed
+        other = r.client(initiator="iqn.2026-11.test:other")
+        refused = other.login(IQN)
+        assert (refused.status_class, refused.status_detail) == (3, 1)
+        again.close()
+        time.sleep(0.3)
+        later = r.client(initiator="iqn.2026-11.test:other")
+        assert later.login(IQN).status_class == 0
+    finally:
+        r.stop()
+
+
+def test_a_read_only_machine_disk_has_many_readers(image: Path) -> None:
+    r = one_writer(image, read_only=True)
+    try:
+        clients = [r.client(initiator=f"iqn.2026-11.test:reader{i}") for i in range(3)]
+        assert [c.login(IQN).status_class for c in clients] == [0, 0, 0]
     finally:
         r.stop()
