@@ -20,7 +20,7 @@ demo: deps
 	@echo
 	@echo "Next: four machines at once:  $(VENV)/bin/bootsvc vm -c $(DEMO) --count 4"
 	@echo "      bases and overlays:      $(VENV)/bin/bootsvc image -c $(DEMO) list"
-	@echo "      what happened:           /var/lib/bootsvc-demo/vm/ (serve.log, <host>.console)"
+	@echo "      what happened:           /var/lib/bootsvc-demo/events.jsonl, /var/lib/bootsvc-demo/vm/ (serve.log, <host>.console)"
 	@echo "      the config it used:      $(DEMO); README.md explains each part"
 
 bench: deps
