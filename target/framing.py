@@ -60,10 +60,12 @@ class PduReader:
     """Splits a byte stream into PDUs.
 
     ``feed(data)`` then iterate ``pdus()``. ``max_data`` is the data segment
-    limit we declared (MaxRecvDataSegmentLength); larger segments raise
-    :class:`OversizedPdu` after being skipped so the stream stays in sync,
-    and segments beyond ``hard_limit`` cannot be skipped safely (the sender
-    is not speaking iSCSI) and raise :class:`PduFormatError`.
+    limit we declared (MaxRecvDataSegmentLength); a larger segment raises
+    :class:`OversizedPdu` as soon as its header is in, and its bytes are
+    dropped as they arrive (never buffered: 16 such PDUs of 16 MiB once cost
+    264 MB), so the stream stays in sync. Segments beyond ``hard_limit``
+    cannot be skipped safely (the sender is not speaking iSCSI) and raise
+    :class:`PduFormatError`.
     """
 
     def __init__(self, max_data: int = 8192, hard_limit: int = 1 << 24) -> None:
@@ -72,8 +74,13 @@ class PduReader:
         self.digests = DigestSettings()
         self.max_data = max_data
         self.hard_limit = hard_limit
+        self.skip = 0  # bytes of an oversized PDU still to come, dropped as they arrive
 
     def feed(self, data: bytes | memoryview) -> None:
+        if self.skip:
+            dropped = min(self.skip, len(data))
+            self.skip -= dropped
+            data = data[dropped:]
         if self.pos:
             # drop consumed bytes once per feed, not once per PDU: a read of
             # many small PDUs would otherwise move the buffer again and again
@@ -108,6 +115,8 @@ class PduReader:
         total = BHS_LEN + ahs_len + hd + padded + dd
         if data_len > self.hard_limit:
             raise PduFormatError(f"data segment of {data_len} bytes: not an iSCSI stream here")
+        if data_len > self.max_data:
+            return self._oversized(data_len, total, ahs_len, hd)
         if len(buf) - pos < total:
             return None
         self.pos = pos + total
@@ -124,13 +133,28 @@ class PduReader:
             got = bytes(buf[start + padded:start + padded + 4])
             if crc32c_digest(data, padding(data_len)) != got:
                 raise DigestError("data digest mismatch", header=False, bhs=bhs)
-        if data_len > self.max_data:
-            raise OversizedPdu(f"data segment of {data_len} bytes exceeds {self.max_data}", bhs)
         try:
             return decode(bhs, ahs, data)
         except PduFormatError as e:
             e.bhs = bhs  # consumed: the stream stays in step, the PDU can be rejected
             raise
+
+
+    def _oversized(self, data_len: int, total: int, ahs_len: int, hd: int) -> None:
+        """A segment over the declared limit: refused from its header (once
+        the header and its digest are in), the rest dropped, not kept."""
+        pos = self.pos
+        head = BHS_LEN + ahs_len + hd
+        if len(self.buf) - pos < head:
+            return None
+        bhs = bytes(self.buf[pos:pos + BHS_LEN])
+        if hd and crc32c_digest(bhs, bytes(self.buf[pos + BHS_LEN:pos + BHS_LEN + ahs_len])) != \
+                bytes(self.buf[pos + head - hd:pos + head]):
+            raise DigestError("header digest mismatch", header=True, bhs=bhs)
+        have = min(total, len(self.buf) - pos)
+        self.pos = pos + have
+        self.skip = total - have
+        raise OversizedPdu(f"data segment of {data_len} bytes exceeds {self.max_data}", bhs)
 
 
 def frame(pdu: Pdu, digests: DigestSettings, data_length: int | None = None) -> list[bytes | memoryview]:

@@ -167,3 +167,19 @@ def test_extended_cdb_ahs() -> None:
 def test_pdus_compare_by_value() -> None:
     a = NopOut(itt=1)
     assert a == dataclasses.replace(a) and a != NopOut(itt=2)
+
+
+def test_oversized_segment_is_refused_from_its_header_and_never_buffered() -> None:
+    """The header alone is enough to refuse it; its bytes are dropped as
+    they come, so the reader holds a chunk at most, not the segment."""
+    reader = PduReader(max_data=512)
+    big = encode(NopOut(itt=7, data=bytes(1 << 20)))
+    reader.feed(big[:100])
+    with pytest.raises(OversizedPdu) as e:
+        reader.next_pdu()
+    assert decode(e.value.bhs).itt == 7  # type: ignore[attr-defined]
+    for i in range(100, len(big), 4096):
+        reader.feed(big[i:i + 4096])
+        assert reader.pending == 0 and len(reader.buf) <= 4096 and reader.next_pdu() is None
+    reader.feed(encode(NopOut(itt=8)))
+    assert reader.next_pdu() == NopOut(itt=8)

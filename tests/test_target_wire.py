@@ -335,3 +335,28 @@ def test_a_read_only_machine_disk_has_many_readers(image: Path) -> None:
         assert [c.login(IQN).status_class for c in clients] == [0, 0, 0]
     finally:
         r.stop()
+
+
+def test_an_announced_16_mib_segment_is_refused_not_buffered(srv: Running) -> None:
+    """A NOP-Out announcing 16 MiB of data (far over our declared
+    MaxRecvDataSegmentLength): Reject at once from its header, its bytes
+    dropped as they come (the server's memory stays flat), and the session
+    goes on."""
+    import resource
+
+    c = logged_in(srv)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    raw = bytearray(encode(NopOut(immediate=True, itt=5, cmdsn=c.cmdsn)))
+    size = (1 << 24) - 4
+    raw[5:8] = size.to_bytes(3, "big")
+    c.sock.sendall(bytes(raw))
+    reject = c.recv(timeout=5)
+    assert isinstance(reject, Reject) and reject.reason == RejectReason.PROTOCOL_ERROR
+    chunk = bytes(1 << 20)
+    for _ in range(16):
+        c.sock.sendall(chunk[:min(len(chunk), size)])
+        size -= len(chunk)
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before  # KiB; the server runs in this process
+    assert grown < 8 << 10, f"grew {grown} KiB"
+    c.send(NopOut(immediate=True, itt=6, cmdsn=c.cmdsn))
+    assert isinstance(c.recv(timeout=5), NopIn)
