@@ -276,7 +276,7 @@ class Fleet:
         self._adopting[mac] = future
         try:
             machine = self._adopted(mac)
-            disks = [] if machine is None else await asyncio.to_thread(self._open_disks, [machine], machine)
+            disks = [] if machine is None else await asyncio.to_thread(self._open_disks, [machine])
             if not disks:
                 machine = None
             else:
@@ -323,16 +323,15 @@ class Fleet:
                 machines[mac] = generated_machine(mac, cfg.iqn_prefix, cfg.default_profile)
         return machines
 
-    def _open_disks(self, machines: Iterable[Machine], extra: Machine | None = None) -> list[Disk]:
+    def _open_disks(self, machines: Iterable[Machine]) -> list[Disk]:
         """Make and open the disks of ``machines`` (off the loop where it
-        can be). A disk that cannot be made is a ``disk.failed`` event.
-        ``extra``: a machine not in the fleet yet (being adopted)."""
-        store = self.store if extra is None else ImageStore(self.cfg, {**self._machines, extra.mac: extra},
-                                                            self.bus)
+        can be), also of one not in the fleet yet (being adopted): the store
+        makes a disk from the Machine itself. A disk that cannot be made is
+        a ``disk.failed`` event."""
         out = []
         for m in machines:
             try:
-                spec = store.prepare(m)
+                spec = self.store.prepare(m)
                 out.append(Disk(m, self.profile(m), spec, Target.open(spec)))
             except (ImageError, TargetConfigError, BackendError, OSError) as e:
                 self.bus.emit(Kind.DISK_FAILED, mac=m.mac, hostname=m.hostname, target=m.target_iqn,

@@ -28,7 +28,8 @@ def planner(req: Request, machine: Machine | None, server: IPv4) -> BootOptions 
 
 
 def responder(**kw: object) -> Responder:
-    return Responder([SUBNET], Machines({NODE.mac: NODE}), LeaseStore(":memory:"), planner, **kw)  # type: ignore[arg-type]
+    return Responder([SUBNET], Machines({NODE.mac: NODE}), LeaseStore(":memory:"), planner,
+                     **kw)  # type: ignore[arg-type]
 
 
 def req(msg: str, mac: str = NODE.mac, *opts: object, ciaddr: str = "0.0.0.0", giaddr: str = "0.0.0.0") -> Request:

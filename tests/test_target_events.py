@@ -5,7 +5,6 @@ target table kept by reference."""
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from target import LunSpec, Target, TargetServer, TargetSpec
 from target.events import Events, logfmt, logfmt_value
 from target.pdu import NopIn, NopOut
 from tests.iscsi_client import INITIATOR
-from tests.test_target_wire import IQN, SIZE, Running, logged_in
+from tests.test_target_wire import IQN, Running, image, logged_in  # noqa: F401 (image: a fixture)
 
 Event = tuple[str, dict[str, object]]
 
@@ -44,13 +43,6 @@ class Recorder:
     def names(self) -> list[str]:
         with self.lock:
             return [e[0] for e in self.events]
-
-
-@pytest.fixture
-def image(tmp_path: Path) -> Path:
-    p = tmp_path / "disk.img"
-    p.write_bytes(os.urandom(SIZE))
-    return p
 
 
 @pytest.fixture
