@@ -66,6 +66,7 @@ class IscsiConnection:
         # why the connection ends, reported if it takes a session with it
         self.end_reason: DropReason | None = None
         self.peer = peer_text(sock.getpeername())
+        self.peer_host: str = sock.getpeername()[0]  # failed logins are counted per address
         self.login: Login | None = None
         self.local_address: tuple[str, int] = sock.getsockname()[:2]
         self.running: set[asyncio.Task[None]] = set()  # commands and reads that had to wait
@@ -211,9 +212,11 @@ class IscsiConnection:
         return True
 
     async def _login(self) -> None:
-        login = self.login = Login(ctx=_LoginContext(self), target_prefs=self.server.key_preferences,
-                                   window=self.server.window, started=self.loop.time(),
-                                   timeout=self.server.login_timeout)
+        server = self.server
+        login = self.login = Login(ctx=_LoginContext(self), target_prefs=server.key_preferences,
+                                   window=server.window, started=self.loop.time(), timeout=server.login_timeout,
+                                   discovery_auth=server.discovery_auth, chap_algorithms=server.chap_algorithms,
+                                   throttled=server.throttle.refusal(self.peer_host, self.loop.time()))
         timer = self.loop.call_at(login.next_timer(), self._login_timer)
         try:
             await self._login_exchange(login)
@@ -249,6 +252,8 @@ class IscsiConnection:
             self.emit(result.response)
             if result.failed:
                 status = LoginStatus((result.response.status_class << 8) | result.response.status_detail)
+                if status is LoginStatus.AUTHENTICATION_FAILURE:
+                    self.server.throttle.failed(self.peer_host, self.loop.time())
                 self._login_failed(result.why, status=status.name)
                 await self.sender.drain()
                 return

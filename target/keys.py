@@ -126,6 +126,7 @@ class SessionParams:
                             values=("Normal", "Discovery"))
     auth_method: str = key("AuthMethod", Rule.LIST, "None", ours="None")
     extra: dict[str, str] = field(default_factory=dict)  # settled keys the session does not use
+    chap_user: str = ""  # the CHAP name the initiator proved it holds the secret of (§12.1.3)
 
     def apply(self, name: str, value: str) -> None:
         """Record a settled value (our answer, or a declaration)."""

@@ -3,8 +3,10 @@
 Sans-I/O: :meth:`Login.receive` takes a Login Request and returns the Login
 Response to send plus, once the initiator reaches Full Feature Phase, the
 negotiated :class:`~target.keys.SessionParams`. The stage machine follows
-§6.3 (CSG/NSG, Transit, Continue); AuthMethod None is the only method so far,
-but the security stage is handled as the RFC lays it out so CHAP can slot in.
+§6.3 (CSG/NSG, Transit, Continue). The security stage (§6.3.1, §12.1.3)
+runs CHAP (:mod:`target.chap`) when the target, or discovery, asks for it:
+the initiator cannot leave that stage, nor skip it, before it has proved
+its secret, and every CHAP failure is status 0201.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from .chap import ALL_ALGORITHMS, ChapAlgorithm, ChapAuth, ChapError, ChapExchange
 from .keys import IRRELEVANT, KEYS, NOT_UNDERSTOOD, REJECT, KeyValueError, Rule, SessionParams, negotiate
 from .pdu import LoginRequest, LoginResponse, Stage
 from .text import TextFormatError, decode_text, encode_text
@@ -57,6 +60,7 @@ class LoginFailed(Exception):
 class TargetInfo(Protocol):
     name: str
     alias: str
+    auth: ChapAuth | None  # None: no authentication asked (AuthMethod=None)
 
     def allows(self, initiator_name: str) -> bool: ...
 
@@ -100,6 +104,10 @@ class Login:
     window: int = 1  # commands the session will accept, for MaxCmdSN at the switch to FFP
     started: float = 0.0  # when the connection was accepted (the transport's clock)
     timeout: float = LOGIN_TIMEOUT
+    discovery_auth: ChapAuth | None = None  # what a discovery session must prove
+    chap_algorithms: tuple[ChapAlgorithm, ...] = ALL_ALGORITHMS
+    throttled: str = ""  # set: this source failed too often; CHAP is refused with this reason
+    chap: ChapExchange | None = None  # once AuthMethod=CHAP is agreed
 
     def next_timer(self) -> float:
         """When the login runs out of time."""
@@ -139,23 +147,44 @@ class Login:
             raise LoginFailed(LoginStatus.INITIATOR_ERROR, str(e)) from e
         self.pending_text.clear()
 
+        if self.first:
+            self._identify(pairs)
+            self.first = False
         answers = self._answer(req, pairs)
-        first = self.first
-        self.first = False
-        if first:
-            self._check_identity()
         if not self.declared and (req.csg == Stage.OPERATIONAL or req.transit):
             answers += self._declarations()
             self.declared = True
 
-        if req.transit and req.nsg == Stage.FULL_FEATURE:
-            if self.params.session_type == "Normal" and self.params.auth_method not in ("None",):
-                raise LoginFailed(LoginStatus.AUTHENTICATION_FAILURE, "authentication required")
+        transit = req.transit and self._may_leave(req)
+        if transit and req.nsg == Stage.FULL_FEATURE:
             self.tsih = self.ctx.admit(self.isid, self.tsih, self.params)
             return LoginResult(self._response(req, data=encode_text(answers), transit=True), self.params)
-        if req.transit:
+        if transit:
             self.stage = Stage(req.nsg)  # the next request continues in the stage we agreed to
-        return LoginResult(self._response(req, data=encode_text(answers), transit=req.transit))
+        return LoginResult(self._response(req, data=encode_text(answers), transit=transit))
+
+    @property
+    def required(self) -> ChapAuth | None:
+        """The credentials this login must prove: the target's, or for a
+        discovery session the server's discovery ones (None: no CHAP)."""
+        if self.params.session_type == "Discovery":
+            return self.discovery_auth
+        return self.target.auth if self.target is not None else None
+
+    @property
+    def authenticated(self) -> bool:
+        return self.chap is not None and self.chap.done
+
+    def _may_leave(self, req: LoginRequest) -> bool:
+        """Whether the initiator may go on to the stage it asks for (§6.3):
+        not out of the security stage before CHAP is done (we answer T=0
+        and it goes on with CHAP), never past it without authenticating."""
+        if self.required is None or self.authenticated:
+            return True
+        if req.csg == Stage.SECURITY and self.chap is not None:
+            return False  # CHAP under way: stay in the security stage
+        raise LoginFailed(LoginStatus.AUTHENTICATION_FAILURE,
+                          f"{self.params.target_name or 'discovery'} requires CHAP, the initiator did not start it")
 
     def _check_first(self, req: LoginRequest) -> None:
         if req.version_min > 0:
@@ -171,12 +200,17 @@ class Login:
 
     def _answer(self, req: LoginRequest, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
         answers: list[tuple[str, str]] = []
+        chap_keys: dict[str, str] = {}
         for key, value in pairs:
             spec = KEYS.get(key)
             if spec is not None and spec.leading_only and self.tsih:
                 raise LoginFailed(LoginStatus.INITIATOR_ERROR, f"{key} on a non-leading connection")
-            if key == "AuthMethod" and req.csg != Stage.SECURITY:
-                raise LoginFailed(LoginStatus.INITIATOR_ERROR, "AuthMethod outside the security stage")
+            if key.startswith("CHAP_"):
+                chap_keys[key] = value
+                continue
+            if key == "AuthMethod":
+                answers.append((key, self._auth_method(req, value)))
+                continue
             if spec is not None and spec.normal_only and self._discovery(pairs):
                 answers.append((key, IRRELEVANT))
                 continue
@@ -189,17 +223,56 @@ class Login:
             if answer is None:
                 self.params.apply(key, value)
                 continue
-            if answer == REJECT and key == "AuthMethod":
-                raise LoginFailed(LoginStatus.AUTHENTICATION_FAILURE, f"no acceptable AuthMethod in {value!r}")
             if answer not in (REJECT, NOT_UNDERSTOOD, IRRELEVANT):
                 self.params.apply(key, answer)
             answers.append((key, answer))
+        if chap_keys:
+            answers += self._chap(req, chap_keys)
+        return answers
+
+    def _auth_method(self, req: LoginRequest, offer: str) -> str:
+        """§12: the first method in the initiator's list that the target
+        accepts: exactly CHAP when it has credentials, else None."""
+        if req.csg != Stage.SECURITY:
+            raise LoginFailed(LoginStatus.INITIATOR_ERROR, "AuthMethod outside the security stage")
+        required = self.required
+        ours = "CHAP" if required is not None else "None"
+        if ours not in (m.strip() for m in offer.split(",")):
+            raise LoginFailed(LoginStatus.AUTHENTICATION_FAILURE,
+                              f"{self.params.target_name or 'discovery'} requires AuthMethod={ours}, "
+                              f"the initiator offered {offer[:64]!r}")
+        self.params.auth_method = ours
+        if required is not None and self.chap is None:
+            self.chap = ChapExchange(required, self.chap_algorithms)
+        return ours
+
+    def _chap(self, req: LoginRequest, keys: dict[str, str]) -> list[tuple[str, str]]:
+        if self.chap is None or req.csg != Stage.SECURITY:
+            raise LoginFailed(LoginStatus.AUTHENTICATION_FAILURE, "CHAP keys without AuthMethod=CHAP agreed")
+        if self.throttled and "CHAP_R" in keys:
+            raise LoginFailed(LoginStatus.AUTHENTICATION_FAILURE, self.throttled)
+        try:
+            answers = self.chap.receive(keys)
+        except ChapError as e:
+            raise LoginFailed(LoginStatus.AUTHENTICATION_FAILURE, str(e)) from None
+        if self.chap.done:
+            self.params.chap_user = self.chap.auth.forward.user
         return answers
 
     def _discovery(self, pairs: list[tuple[str, str]]) -> bool:
         return dict(pairs).get("SessionType", self.params.session_type) == "Discovery"
 
-    def _check_identity(self) -> None:
+    def _identify(self, pairs: list[tuple[str, str]]) -> None:
+        """The first request names the initiator, the session type and the
+        target; they are settled before anything else so that the security
+        stage knows which credentials to ask for."""
+        for key, value in pairs:
+            if key in ("InitiatorName", "TargetName", "SessionType"):
+                try:
+                    negotiate(key, value, self.target_prefs)
+                except KeyValueError:
+                    raise LoginFailed(LoginStatus.INITIATOR_ERROR, f"bad value {key}={value!r}") from None
+                self.params.apply(key, value)
         p = self.params
         if not p.initiator_name:
             raise LoginFailed(LoginStatus.MISSING_PARAMETER, "no InitiatorName")

@@ -17,10 +17,12 @@ from dataclasses import dataclass
 
 from .connection import IscsiConnection
 from .events import EventSink, Events
+from .chap import ALL_ALGORITHMS, ChapAlgorithm, ChapAuth
 from .keys import SessionParams
 from .login import LOGIN_TIMEOUT, LoginFailed, LoginStatus
 from .session import DropReason, Keepalive, Session
 from .targets import Target
+from .throttle import LoginThrottle
 
 log = logging.getLogger("target.iscsi")
 
@@ -46,6 +48,13 @@ class TargetServer:
     off); ``login_timeout`` is how long a connection may take to reach Full
     Feature Phase.
 
+    Authentication is per target (``TargetSpec.auth``: CHAP, mutual CHAP or
+    none); ``discovery_auth`` is what a discovery session must prove (None:
+    discovery is open: it shows only names, never data), and
+    ``chap_algorithms`` the CHAP_A values accepted (§12.1.3; e.g. leave out
+    MD5 where every initiator does SHA-256). Failed logins are counted per
+    source address (:class:`~target.throttle.LoginThrottle`).
+
     ``on_event(what, fields)`` receives every event (``iscsi.login``,
     ``iscsi.session_dropped``, ``iscsi.reject``, ...); when it is given the
     target does not log them itself. Without it each is logged in logfmt on
@@ -55,7 +64,10 @@ class TargetServer:
     def __init__(self, targets: MutableMapping[str, Target] | Iterable[Target], portals: Iterable[Portal], *,
                  portal_group_tag: int = 1, window: int = 128, nop_interval: float = 15.0,
                  nop_timeout: float = 30.0, login_timeout: float = LOGIN_TIMEOUT,
-                 key_preferences: dict[str, str] | None = None, on_event: EventSink | None = None) -> None:
+                 key_preferences: dict[str, str] | None = None, on_event: EventSink | None = None,
+                 discovery_auth: ChapAuth | None = None,
+                 chap_algorithms: tuple[ChapAlgorithm, ...] = ALL_ALGORITHMS,
+                 throttle: LoginThrottle | None = None) -> None:
         self.targets: MutableMapping[str, Target] = (
             targets if isinstance(targets, Mapping) else {t.name: t for t in targets})
         self.portal_list = list(portals)
@@ -65,6 +77,9 @@ class TargetServer:
         self.nop_timeout = nop_timeout
         self.login_timeout = login_timeout
         self.key_preferences = key_preferences or {}
+        self.discovery_auth = discovery_auth
+        self.chap_algorithms = chap_algorithms
+        self.throttle = throttle or LoginThrottle()
         self.events = Events(on_event, log)
         self.sessions: dict[int, Session] = {}
         self.bound: dict[Session, IscsiConnection] = {}  # the connection each session runs on
@@ -197,12 +212,13 @@ class TargetServer:
 
     def _one_writer(self, conn: IscsiConnection, target: Target, params: SessionParams, isid: bytes) -> None:
         """A target that can be written has one session: two writers on one
-        disk would corrupt it. The same initiator logging in again replaces
+        disk would corrupt it. The same machine logging in again replaces
         its old session, whatever its ISID (iPXE abandons its session
-        without a Logout, and the OS then logs in from the iBFT); another
-        initiator is refused while it is in use."""
+        without a Logout, and the OS then logs in from the iBFT); anyone
+        else is refused while it is in use. With CHAP the machine is who
+        proved the secret, not just a name anyone can send."""
         for s in list(target.sessions):
-            if s.params.initiator_name != params.initiator_name:
+            if _who(s.params) != _who(params):
                 raise LoginFailed(LoginStatus.SERVICE_UNAVAILABLE,
                                   f"{target.name} is in use by {s.params.initiator_name} (one writer per disk)")
             if s.isid != isid:  # the same ISID is a reinstatement (§6.3.5), below
@@ -223,3 +239,9 @@ class TargetServer:
             if tsih not in self.sessions:
                 return tsih
 
+
+
+def _who(params: SessionParams) -> tuple[str, str]:
+    """Who a session is, for one writer per disk: the CHAP name it proved
+    and the initiator name it gave."""
+    return params.chap_user, params.initiator_name

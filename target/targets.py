@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .backend import Backend, RawBackend
+from .chap import ChapAuth
 from .qcow2 import MAGIC as QCOW2_MAGIC
 from .qcow2 import open_image
 from .scsi import Lun
@@ -59,8 +60,10 @@ class TargetSpec:
     iqn: str
     luns: tuple[LunSpec, ...]
     alias: str = ""
-    # None: any initiator may log in; the security issue adds CHAP and ACLs.
+    # None: any initiator name may log in (CHAP, below, is what proves who it is)
     allowed_initiators: frozenset[str] | None = None
+    # the CHAP an initiator must pass (and, mutual, the target's answer); None: AuthMethod=None
+    auth: ChapAuth | None = None
     vendor: str = DEFAULT_VENDOR
     product: str = DEFAULT_PRODUCT
     # one session at a time while it can be written (a machine's own disk):
@@ -95,6 +98,7 @@ class Target:
     allowed_initiators: frozenset[str] | None = None
     sessions: set[Session] = field(default_factory=set)
     single_writer: bool = False
+    auth: ChapAuth | None = None
 
     def allows(self, initiator_name: str) -> bool:
         return self.allowed_initiators is None or initiator_name in self.allowed_initiators
@@ -131,7 +135,8 @@ class Target:
             for lun in luns.values():
                 lun.backend.close()
             raise
-        return cls(spec.iqn, spec.alias, luns, spec.allowed_initiators, single_writer=spec.single_writer)
+        return cls(spec.iqn, spec.alias, luns, spec.allowed_initiators, single_writer=spec.single_writer,
+                   auth=spec.auth)
 
     def close(self) -> None:
         for lun in self.luns.values():

@@ -8,6 +8,7 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
+from target.chap import ChapAlgorithm, decode_binary, encode_binary, response
 from target.framing import DigestSettings, PduReader, frame
 from target.pdu import (
     DataOut,
@@ -70,13 +71,24 @@ class Client:
         self.itt += 1
         return self.itt
 
-    def login(self, target: str | None, **keys: str) -> LoginResponse:
+    def login(self, target: str | None, chap: tuple[str, bytes] | None = None, **keys: str) -> LoginResponse:
+        """Log in (with CHAP, MD5, when ``chap`` gives a name and secret)."""
         pairs = [("InitiatorName", self.initiator)]
         pairs += [("SessionType", "Discovery")] if target is None else [("TargetName", target)]
-        pairs += [("AuthMethod", "None")]
+        pairs += [("AuthMethod", "CHAP" if chap else "None")]
         r = self._login_step(pairs, Stage.SECURITY, Stage.OPERATIONAL)
         if r.status_class:
             return r
+        if chap is not None:
+            r = self._login_step([("CHAP_A", "5")], Stage.SECURITY, Stage.OPERATIONAL)
+            if r.status_class:
+                return r
+            got = dict(decode_text(r.data))
+            proof = response(ChapAlgorithm.MD5, int(got["CHAP_I"]), chap[1], decode_binary(got["CHAP_C"], "C"))
+            r = self._login_step([("CHAP_N", chap[0]), ("CHAP_R", encode_binary(proof))],
+                                 Stage.SECURITY, Stage.OPERATIONAL)
+            if r.status_class:
+                return r
         op = {"HeaderDigest": "None", "DataDigest": "None", "MaxRecvDataSegmentLength": "262144"}
         op.update(keys)
         r = self._login_step(list(op.items()), Stage.OPERATIONAL, Stage.FULL_FEATURE)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from target.chap import ChapAuth
 from target.keys import SessionParams
 from target.login import Login, LoginFailed, LoginStatus
 from target.pdu import LoginRequest, Stage
@@ -19,6 +20,7 @@ class FakeTarget:
     name: str
     alias: str = "disk"
     allowed: str | None = None
+    auth: ChapAuth | None = None
 
     def allows(self, initiator_name: str) -> bool:
         return self.allowed is None or initiator_name == self.allowed

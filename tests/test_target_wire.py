@@ -41,12 +41,13 @@ SIZE = 8 << 20
 
 
 class Running:
-    """A target server on its own loop thread; ``server_kw`` go to TargetServer."""
+    """A target server on its own loop thread; ``spec`` go to the
+    TargetSpec, ``server_kw`` to TargetServer."""
 
-    def __init__(self, image: Path, **server_kw: Any) -> None:
+    def __init__(self, image: Path, *, spec: dict[str, Any] | None = None, **server_kw: Any) -> None:
         self.port = free_port()
         self.loop = asyncio.new_event_loop()
-        target = Target.open(TargetSpec(IQN, (LunSpec(str(image)),), alias="wire"))
+        target = Target.open(TargetSpec(IQN, (LunSpec(str(image)),), alias="wire", **(spec or {})))
         server_kw.setdefault("nop_interval", 0)
         self.server = TargetServer([target], [Portal("127.0.0.1", self.port)], **server_kw)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
