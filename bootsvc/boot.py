@@ -62,9 +62,11 @@ class BootPlanner:
         profile = self.fleet.profile(machine)
         # A plain sanboot needs no script: iPXE boots the root-path itself. But
         # iPXE takes a proxyDHCP answer only with a boot file and next-server in
-        # it (iPXE src/net/udp/dhcp.c, dhcp_has_pxeopts), so a proxy names the script.
+        # it (iPXE src/net/udp/dhcp.c, dhcp_has_pxeopts), so a proxy names the script;
+        # and CHAP secrets go only in the script, which only the machine may fetch.
         proxy = cfg.dhcp is not None and cfg.dhcp.mode is Mode.PROXY
-        script = profile.boot is not BootMethod.SANBOOT or bool(profile.script) or proxy
+        chap = self.fleet.auth(machine) is not None
+        script = profile.boot is not BootMethod.SANBOOT or bool(profile.script) or proxy or chap
         return BootOptions(bootfile=self.script_url(machine, str(server)) if script else "",
                            next_server=server if script else None, root_path=root_path,
                            initiator_iqn=machine.initiator_iqn, ipxe_no_pxedhcp=True)
@@ -96,7 +98,7 @@ class BootPlanner:
         if root_path is None:
             return None
         return scripts.script(ScriptInputs(machine, self.fleet.profile(machine), server, root_path,
-                                           self.files_url(server)))
+                                           self.files_url(server), self.fleet.auth(machine)))
 
     # -- the scripts as files, for TFTP and HTTP -------------------------------------------
 

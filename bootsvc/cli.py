@@ -13,20 +13,54 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from target import BackendError, CheckReport, LunSpec, Portal, Target, TargetConfigError, TargetServer, TargetSpec
+from target import (
+    BackendError,
+    ChapAuth,
+    CheckReport,
+    LunSpec,
+    Portal,
+    Target,
+    TargetConfigError,
+    TargetServer,
+    TargetSpec,
+)
 
 from . import SCSI_PRODUCT, SCSI_VENDOR, isns_cli
 from . import config as config_mod
 from .address import HostPort
+from .credentials import check_pair, parse_chap
 from .demo import DEMO_BASE, DemoImageError, build_demo
 from .images import ImageError, ImageStore
 from .instance import PID_FILE
 from .service import Services
+from .yamlfile import Checker, ConfigError, load_yaml
 
 
 def default_iqn(image: Path) -> str:
     stem = "".join(c if c.isalnum() or c in ".-" else "-" for c in image.stem.lower()) or "disk"
     return f"iqn.2026-11.io.bootsvc:{stem}"
+
+
+def export_auth(args: argparse.Namespace) -> ChapAuth | None:
+    """``--chap-file FILE`` (YAML: ``chap: {user, secret}``, optionally
+    ``mutual_chap:``; a file, so the secret is not in ``ps`` or the shell's
+    history) or an explicit ``--auth none``; neither is an error."""
+    if args.chap_file is None:
+        if args.auth != "none":
+            raise ValueError("give --chap-file FILE (chap: {user: ..., secret: ...}, optional mutual_chap:) "
+                             "or --auth none to serve without authentication")
+        return None
+    path = Path(args.chap_file)
+    doc = load_yaml(path)
+    c = Checker(path)
+    c.unknown(doc, {"chap", "mutual_chap"}, "")
+    chap, mutual = parse_chap(c, doc, "chap", "chap-file"), parse_chap(c, doc, "mutual_chap", "chap-file")
+    check_pair(c, doc, "chap-file", chap, mutual)
+    if chap is None:
+        c.err(doc, "chap", "the file names no chap: {user: ..., secret: ...}")
+    c.raise_if_any()
+    assert chap is not None
+    return ChapAuth(chap, mutual)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -38,8 +72,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         portal = Portal(listen.host, listen.port)
         spec = TargetSpec(iqn=iqn, alias=args.alias or images[0].name, vendor=SCSI_VENDOR, product=SCSI_PRODUCT,
                           luns=tuple(LunSpec(str(p), read_only=args.read_only, block_size=args.block_size)
-                                     for p in images))
+                                     for p in images), auth=export_auth(args))
         target = Target.open(spec)
+    except ConfigError as e:
+        print("bootsvc export: " + "\n".join(e.problems), file=sys.stderr)
+        return 2
     except (ValueError, TargetConfigError, BackendError, OSError) as e:
         print(f"bootsvc export: {e}", file=sys.stderr)
         return 2
@@ -302,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--listen", default="0.0.0.0:3260", help="HOST:PORT to listen on (default 0.0.0.0:3260)")
     e.add_argument("--read-only", action="store_true", help="refuse writes (DATA PROTECT)")
     e.add_argument("--block-size", type=int, default=512, choices=(512, 4096), help="logical block size")
+    e.add_argument("--chap-file", metavar="FILE",
+                   help="YAML with chap: {user, secret} (and mutual_chap:) the initiator must prove")
+    e.add_argument("--auth", choices=("none",), help="none: serve without authentication (explicit opt-out)")
     e.add_argument("--nop-interval", type=float, default=15.0,
                    help="seconds of silence before pinging the initiator (0: never)")
     e.set_defaults(func=cmd_export)

@@ -15,7 +15,8 @@ from types import MappingProxyType
 from typing import Any
 
 from .address import HostPort
-from target import LunSpec, TargetConfigError, TargetSpec, check_iscsi_name
+from .credentials import check_pair, parse_chap
+from target import ChapAuth, LunSpec, TargetConfigError, TargetSpec, check_iscsi_name
 
 from . import SCSI_PRODUCT, SCSI_VENDOR
 from .dhcp.settings import DhcpSettings, load_dhcp
@@ -31,7 +32,7 @@ TOP_KEYS = {"state_dir", "domain", "iqn_prefix", "listen", "dhcp", "default_prof
 DNS_KEYS = {"ttl"}
 TFTP_KEYS = {"roots", "busy_poll_us"}
 LISTEN_KEYS = {"dhcp", "tftp", "http", "dns", "iscsi", "isns"}
-TARGET_KEYS = {"iqn", "alias", "luns", "initiators"}
+TARGET_KEYS = {"iqn", "alias", "luns", "initiators", "auth", "chap", "mutual_chap"}
 LUN_KEYS = {"path", "read_only", "block_size", "lun"}
 ISCSI_KEYS = {"nop_interval", "nop_timeout", "queue_depth", "portal_group_tag"}
 ISNS_KEYS = {"server", "registration_period", "default_dd", "control_nodes"}
@@ -324,7 +325,28 @@ def _target(c: Checker, doc: LineMap, i: int, t: Any, base: Path) -> TargetSpec 
         else:
             allowed = frozenset(initiators)
     return TargetSpec(iqn=iqn, luns=tuple(luns), alias=str(t.get("alias", "")), allowed_initiators=allowed,
-                      vendor=SCSI_VENDOR, product=SCSI_PRODUCT)
+                      vendor=SCSI_VENDOR, product=SCSI_PRODUCT, auth=_target_auth(c, t, where))
+
+
+def _target_auth(c: Checker, t: LineMap, where: str) -> ChapAuth | None:
+    """A config target's CHAP: ``chap:`` (and ``mutual_chap:``), or an
+    explicit ``auth: none``. Secure by default: one that says neither is an
+    error, not a disk anyone on the LAN may write."""
+    chap, mutual = parse_chap(c, t, "chap", where), parse_chap(c, t, "mutual_chap", where)
+    check_pair(c, t, where, chap, mutual)
+    auth = t.get("auth")
+    if auth not in (None, "none"):
+        c.err(t, f"{where}.auth", f"expected none (CHAP is set with chap: and mutual_chap:), got {auth!r}")
+    elif auth == "none" and (chap or mutual):
+        c.err(t, f"{where}.auth", "auth: none and chap: together")
+    elif mutual is not None and chap is None:
+        c.err(t, f"{where}.mutual_chap", "mutual_chap needs chap: too")
+    elif auth is None and chap is None and "chap" not in t:
+        c.err(t, f"{where}", "give chap: {user: ..., secret: ...} (and mutual_chap: for mutual CHAP), "
+                             "or auth: none to serve it without authentication")
+    if chap is None or (mutual is not None and mutual.secret == chap.secret):
+        return None
+    return ChapAuth(chap, mutual)
 
 
 def _lun(c: Checker, t: LineMap, lw: str, lun: Any, base: Path) -> LunSpec | None:

@@ -21,9 +21,10 @@ from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-from target import Backend, BackendError, Target, TargetConfigError, TargetSpec, open_backend
+from target import Backend, BackendError, ChapAuth, Target, TargetConfigError, TargetSpec, open_backend
 
 from .config import Config
+from .credentials import AuthMode, CredentialStore, chap_auth
 from .dhcp.leases import LeaseState, LeaseStore
 from .dhcp.responder import UnknownPolicy
 from .events import Bus, Event, Kind
@@ -92,6 +93,7 @@ class Fleet:
         self._fixed: dict[IPv4, str] | None = None
         self._reserved: frozenset[IPv4] | None = None
         self.store = ImageStore(cfg, self.machines, bus)
+        self.credentials = CredentialStore(cfg.state_dir)
         bus.subscribe(self.on_event)
 
     # -- start and stop --------------------------------------------------------------
@@ -132,6 +134,24 @@ class Fleet:
         """Whether the machine's disk is served and it may log in to it."""
         disk = self._disks.get(machine.mac)
         return disk is not None and 0 in disk.target.luns and disk.target.allows(machine.initiator_iqn)
+
+    def auth(self, machine: Machine) -> ChapAuth | None:
+        """The CHAP its disk asks of the machine (and its script hands it)."""
+        disk = self._disks.get(machine.mac)
+        return disk.spec.auth if disk is not None else None
+
+    def _auth_for(self, m: Machine) -> ChapAuth | None:
+        """The credentials of a machine's disk: its own from the config,
+        else its profile's, else the ones bootsvc made for it (kept in
+        state_dir; bootsvc/credentials.py)."""
+        profile = self.profile(m)
+        if profile.auth is AuthMode.NONE:
+            return None
+        forward, reverse = m.chap or profile.chap, m.mutual_chap or profile.mutual_chap
+        if forward is None or (profile.auth is AuthMode.MUTUAL and reverse is None):
+            made_forward, made_reverse = self.credentials.secrets_of(m)
+            forward, reverse = forward or made_forward, reverse or made_reverse
+        return chap_auth(profile.auth, forward, reverse)
 
     def reserved_ips(self) -> frozenset[IPv4]:
         """The machines' fixed IPs, kept out of the DHCP range."""
@@ -331,9 +351,9 @@ class Fleet:
         out = []
         for m in machines:
             try:
-                spec = self.store.prepare(m)
+                spec = replace(self.store.prepare(m), auth=self._auth_for(m))
                 out.append(Disk(m, self.profile(m), spec, Target.open(spec)))
-            except (ImageError, TargetConfigError, BackendError, OSError) as e:
+            except (ImageError, TargetConfigError, BackendError, OSError, ValueError) as e:
                 self.bus.emit(Kind.DISK_FAILED, mac=m.mac, hostname=m.hostname, target=m.target_iqn,
                               why=f"will not boot: {e}")
         return out

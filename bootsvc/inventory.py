@@ -8,11 +8,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from target import TargetConfigError, check_iscsi_name
+from target import ChapSecret, TargetConfigError, check_iscsi_name
 
+from .credentials import check_pair, parse_chap
 from .yamlfile import Checker, LineMap
 
-MACHINE_KEYS = {"hostname", "ip", "profile", "initiator", "target"}
+MACHINE_KEYS = {"hostname", "ip", "profile", "initiator", "target", "chap", "mutual_chap"}
 _MAC = re.compile(r"^[0-9a-f]{2}([:-][0-9a-f]{2}){5}$")
 _HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -25,6 +26,9 @@ class Machine:
     initiator_iqn: str
     target_iqn: str
     ip: ipaddress.IPv4Address | None = None
+    # CHAP credentials the config gives (None: the profile's, else made by bootsvc)
+    chap: ChapSecret | None = None
+    mutual_chap: ChapSecret | None = None
 
 
 def normalize_mac(text: str) -> str:
@@ -97,5 +101,7 @@ def _machine(c: Checker, m: LineMap, where: str, mac: str, iqn_prefix: str, prof
             check_iscsi_name(iqns[key])
         except TargetConfigError as e:
             c.err(m, f"{where}.{key}", str(e))
+    chap, mutual_chap = parse_chap(c, m, "chap", where), parse_chap(c, m, "mutual_chap", where)
+    check_pair(c, m, where, chap, mutual_chap)
     return Machine(mac=mac, hostname=hostname, profile=str(profile), initiator_iqn=iqns["initiator"],
-                   target_iqn=iqns["target"], ip=ip)
+                   target_iqn=iqns["target"], ip=ip, chap=chap, mutual_chap=mutual_chap)

@@ -8,11 +8,15 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from target import ChapSecret
+
+from .credentials import AuthMode, check_pair, parse_chap
 from .template import FIELDS, unknown_placeholders
 from .yamlfile import Checker, ConfigError, load_yaml
 
 SHIPPED = Path(__file__).resolve().parent.parent / "profiles"
-KEYS = {"description", "base", "overlay", "overlay_limit", "boot", "kernel", "initrd", "cmdline", "script"}
+KEYS = {"description", "base", "overlay", "overlay_limit", "boot", "kernel", "initrd", "cmdline", "script", "auth",
+        "chap", "mutual_chap"}
 
 
 class OverlayPolicy(str, Enum):
@@ -38,6 +42,9 @@ class Profile:
     cmdline: str = ""
     script: str = ""  # an iPXE script template replacing the generated one (its text)
     description: str = ""
+    auth: AuthMode = AuthMode.CHAP  # what its machines prove when they log in to their disks
+    chap: ChapSecret | None = None  # credentials shared by its machines (None: one pair per machine)
+    mutual_chap: ChapSecret | None = None
 
 
 def load_profile(path: Path) -> Profile:
@@ -57,6 +64,7 @@ def load_profile(path: Path) -> Profile:
 
     overlay = choice("overlay", OverlayPolicy, OverlayPolicy.PERSISTENT)
     boot = choice("boot", BootMethod, BootMethod.SANBOOT)
+    auth = choice("auth", AuthMode, AuthMode.CHAP)
     limit = c.size(doc, "overlay_limit", "overlay_limit")
     if boot is BootMethod.KERNEL and not doc.get("kernel"):
         c.err(doc, "kernel", "boot: kernel needs a kernel (and usually an initrd)")
@@ -70,11 +78,17 @@ def load_profile(path: Path) -> Profile:
         c.err(doc, "script", "expected an iPXE script (starting #!ipxe) or a file name")
     elif unknown := unknown_placeholders(script):
         c.err(doc, "script", f"unknown placeholder(s) {', '.join(unknown)} (known: {', '.join(FIELDS)})")
+    elif script and auth is not AuthMode.NONE and "{{chap}}" not in script.replace(" ", ""):
+        c.err(doc, "script", f"with auth: {auth.value} the script must set the machine's credentials: "
+                             "put {{chap}} before sanboot/sanhook (or say auth: none)")
+    chap, mutual_chap = parse_chap(c, doc, "chap", "profile"), parse_chap(c, doc, "mutual_chap", "profile")
+    check_pair(c, doc, "profile", chap, mutual_chap)
     c.raise_if_any()
     text = {k: str(doc.get(k, "") or "") for k in ("kernel", "initrd", "cmdline", "script", "description")}
     text["script"] = str(script)
     return Profile(name=path.stem, path=path, base=str(doc["base"]), overlay=OverlayPolicy(overlay),
-                   overlay_limit=limit, boot=BootMethod(boot), **text)
+                   overlay_limit=limit, boot=BootMethod(boot), auth=AuthMode(auth), chap=chap,
+                   mutual_chap=mutual_chap, **text)
 
 
 def load_profiles(directories: list[Path]) -> dict[str, Profile]:

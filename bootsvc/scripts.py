@@ -1,6 +1,14 @@
 """Per-machine iPXE scripts (DESIGN.md "The boot flow"): what a machine's
 iPXE runs, served as ``boot/<mac>.ipxe`` over TFTP and HTTP.
 
+With CHAP (the default) the script sets iPXE's ``username``/``password``
+(and ``reverse-username``/``reverse-password`` for mutual CHAP) before it
+logs in; iPXE logs in with them and writes them into the iBFT, from which
+the OS's initiator logs in again. That is why a machine with CHAP always
+gets a script, never a bare root-path in its DHCP answer: a DHCP answer
+may be broadcast to the whole segment, while the script is handed only to
+the machine's own address (bootsvc/boot.py).
+
 A ``sanboot`` profile boots the iSCSI disk itself; a ``kernel`` profile
 hooks the disk first (so iPXE describes it in the iBFT for the kernel's
 initramfs) and then loads a kernel and initrd. A profile's ``script``
@@ -12,6 +20,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+from target import ChapAuth
 
 from .inventory import Machine
 from .profiles import BootMethod, Profile
@@ -40,16 +50,28 @@ class ScriptInputs:
     server: str
     root_path: str
     files: str
+    auth: ChapAuth | None = None
 
     def values(self) -> dict[str, str]:
         m, p = self.machine, self.profile
         return {"hostname": m.hostname, "mac": m.mac, "profile": p.name, "server": self.server,
                 "root_path": self.root_path, "initiator_iqn": m.initiator_iqn, "target_iqn": m.target_iqn,
                 "kernel": self._url(p.kernel), "initrd": self._url(p.initrd), "cmdline": p.cmdline,
-                "files": self.files}
+                "files": self.files, "chap": "\n".join(chap_lines(self.auth))}
 
     def _url(self, name: str) -> str:
         return name if "://" in name or not name else f"{self.files}/{name.lstrip('/')}"
+
+
+def chap_lines(auth: ChapAuth | None) -> list[str]:
+    """iPXE settings for CHAP (iPXE src/net/tcp/iscsi.c reads them at login)."""
+    if auth is None:
+        return []
+    lines = [f"set username {auth.forward.user}", f"set password {auth.forward.secret.decode()}"]
+    if auth.reverse is not None:
+        lines += [f"set reverse-username {auth.reverse.user}",
+                  f"set reverse-password {auth.reverse.secret.decode()}"]
+    return lines
 
 
 def script(inputs: ScriptInputs) -> str:
@@ -60,6 +82,7 @@ def script(inputs: ScriptInputs) -> str:
         "#!ipxe",
         f"# bootsvc: {values['hostname']} ({values['mac']}), profile {values['profile']}",
         f"set initiator-iqn {values['initiator_iqn']}",
+        *chap_lines(inputs.auth),
         ":retry",
     ]
     if inputs.profile.boot is BootMethod.SANBOOT:

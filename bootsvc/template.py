@@ -7,7 +7,7 @@ import re
 
 PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
 FIELDS = ("hostname", "mac", "profile", "server", "root_path", "initiator_iqn", "target_iqn", "kernel", "initrd",
-          "cmdline", "files")
+          "cmdline", "files", "chap")
 
 
 def unknown_placeholders(template: str) -> list[str]:

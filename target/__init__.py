@@ -3,14 +3,16 @@
 Importable on its own: nothing here imports :mod:`bootsvc`. What an
 embedder needs is exported here::
 
-    from target import LunSpec, Portal, Target, TargetServer, TargetSpec
+    from target import ChapAuth, ChapSecret, LunSpec, Portal, Target, TargetServer, TargetSpec
 
-    target = Target.open(TargetSpec("iqn.2026-11.example:disk", (LunSpec("disk.qcow2"),)))
+    auth = ChapAuth(ChapSecret("node01", b"a-secret-of-12+"))  # or None: no CHAP
+    target = Target.open(TargetSpec("iqn.2026-11.example:disk", (LunSpec("disk.qcow2"),), auth=auth))
     server = TargetServer([target], [Portal("0.0.0.0")], on_event=print)
     await server.start()
 """
 
 from .backend import Backend, BackendError
+from .chap import ChapAlgorithm, ChapAuth, ChapSecret
 from .events import EventSink
 from .qcow2 import MAGIC as QCOW2_MAGIC
 from .qcow2 import Kind, Qcow2Backend, Qcow2Error, open_backing, open_image, resolve_backing
@@ -25,6 +27,9 @@ __all__ = [
     "QCOW2_MAGIC",
     "Backend",
     "BackendError",
+    "ChapAlgorithm",
+    "ChapAuth",
+    "ChapSecret",
     "CheckReport",
     "DropReason",
     "EventSink",

@@ -45,8 +45,12 @@ targets:
       - disk.img
       - {path: disk.img, read_only: true, block_size: 4096, lun: 5}
     initiators: [iqn.2026-11.example.lab:node01]
+    chap: {user: node01, secret: forward-secret-1}
+    mutual_chap: {user: bootsvc, secret: reverse-secret-2}
 """))
     assert [str(p) for p in cfg.iscsi.portals] == ["127.0.0.1:3260", "[::1]:3261"]
+    auth = cfg.targets[0].auth
+    assert auth is not None and auth.forward.secret == b"forward-secret-1" and auth.reverse is not None
     assert cfg.iscsi.nop_interval == 5
     t = cfg.targets[0]
     assert t.alias == "node01" and t.allowed_initiators == {"iqn.2026-11.example.lab:node01"}
@@ -264,3 +268,42 @@ dhcp:
     ]
     p = write(tmp_path, "listen:\n  dhcp: {interface: br0, address: 10.77.0.1}\n")
     assert problems(p) == f"{p}:1: dhcp: listen.dhcp is set: the dhcp section (subnet, range, ...) is needed"
+
+
+@pytest.mark.parametrize(("target", "why"), [
+    ("", "give chap: {user: ..., secret: ...}"),
+    ("chap: {user: u, secret: short}", "12 to 255 bytes"),
+    ("chap: {user: u, secret: same-secret-123}\n    mutual_chap: {user: t, secret: same-secret-123}",
+     "must differ"),
+    ("mutual_chap: {user: t, secret: reverse-secret-2}", "mutual_chap needs chap"),
+    ("auth: none\n    chap: {user: u, secret: forward-secret-1}", "auth: none and chap: together"),
+    ("auth: chap", "expected none"),
+    ("chap: {user: u, secret_file: nowhere.txt}", "cannot read"),
+])
+def test_config_targets_need_chap_or_auth_none(tmp_path: Path, target: str, why: str) -> None:
+    (tmp_path / "disk.img").write_bytes(bytes(1 << 20))
+    p = write(tmp_path, f"targets:\n  - iqn: iqn.2026-11.t:d\n    luns: [disk.img]\n    {target}\n")
+    assert why in problems(p)
+
+
+def test_secret_from_a_file_and_auth_none(tmp_path: Path) -> None:
+    (tmp_path / "disk.img").write_bytes(bytes(1 << 20))
+    (tmp_path / "s.txt").write_text("file-secret-123\n")
+    cfg = load(write(tmp_path, "targets:\n  - {iqn: iqn.2026-11.t:a, luns: [disk.img], chap: {user: u, secret_file: s.txt}}"
+                               "\n  - {iqn: iqn.2026-11.t:b, luns: [disk.img], auth: none}\n"))
+    a, b = cfg.targets
+    assert a.auth is not None and a.auth.forward.secret == b"file-secret-123" and b.auth is None
+
+
+def test_machine_credentials_in_the_config(tmp_path: Path) -> None:
+    machines = """
+default_profile: demo-linux
+machines:
+  "52:54:00:00:00:01": {hostname: pc1, chap: {user: pc1, secret: forward-secret-1}}
+  "52:54:00:00:00:02": {hostname: pc2, chap: {user: pc2, secret: pc2-secret-123},
+                        mutual_chap: {user: t, secret: %s}}
+"""
+    cfg = load(write(tmp_path, machines % "pc2-reverse-123"))
+    pc1 = cfg.machines["52:54:00:00:00:01"]
+    assert pc1.chap is not None and pc1.chap.user == "pc1" and pc1.mutual_chap is None
+    assert "00:02.mutual_chap: the mutual CHAP secret must differ" in problems(write(tmp_path, machines % "pc2-secret-123"))

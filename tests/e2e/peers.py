@@ -64,8 +64,11 @@ def bootsvc_command() -> list[str]:
 @contextlib.contextmanager
 def bootsvc_export(image: Path, iqn: str = "iqn.2026-11.test.bootsvc:disk", *extra: str,
                    log: Path | None = None) -> Iterator[Portal]:
-    """``bootsvc export IMAGE`` on a free loopback port; the image is LUN 0."""
+    """``bootsvc export IMAGE`` on a free loopback port; the image is LUN 0.
+    Without CHAP (``--auth none``) unless ``extra`` gives ``--chap-file``."""
     port = free_port()
+    if "--chap-file" not in extra:
+        extra = (*extra, "--auth", "none")
     out = open(log, "wb") if log else subprocess.DEVNULL
     proc = subprocess.Popen(
         [*bootsvc_command(), "export", str(image), "--iqn", iqn, "--listen", f"{LOOPBACK}:{port}", *extra],

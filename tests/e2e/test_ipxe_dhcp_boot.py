@@ -34,6 +34,7 @@ overlay: ephemeral
 script: |
   #!ipxe
   iseq ${net0/chip} undionly || chain tftp://${next-server}/undionly.kpxe
+  {{chap}}
   sanboot {{root_path}}
 """
 

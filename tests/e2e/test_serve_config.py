@@ -29,8 +29,10 @@ listen:
 targets:
   - iqn: iqn.2026-11.test:one
     luns: [a.img, {{path: b.img, read_only: true}}]
+    chap: {{user: one, secret: one-secret-123}}
   - iqn: iqn.2026-11.test:two
     luns: [b.img]
+    auth: none
 """)
     check = subprocess.run([sys.executable, "-m", "bootsvc", "check", "-c", str(cfg)], capture_output=True,
                            text=True)
@@ -42,11 +44,13 @@ targets:
         ls = subprocess.run(["iscsi-ls", "-s", f"iscsi://{LOOPBACK}:{port}"], capture_output=True, text=True,
                             timeout=30)
         assert "iqn.2026-11.test:one" in ls.stdout and "iqn.2026-11.test:two" in ls.stdout, ls.stdout
-        info = subprocess.run(["qemu-img", "info", f"iscsi://{LOOPBACK}:{port}/iqn.2026-11.test:one/1"],
-                              capture_output=True, text=True, timeout=30)
+        one = f"iscsi://one%one-secret-123@{LOOPBACK}:{port}/iqn.2026-11.test:one/1"
+        info = subprocess.run(["qemu-img", "info", one], capture_output=True, text=True, timeout=30)
         assert "2 MiB" in info.stdout, info.stdout + info.stderr
-        w = subprocess.run(["qemu-io", "-f", "raw", "-c", "write 0 4k",
-                            f"iscsi://{LOOPBACK}:{port}/iqn.2026-11.test:one/1"],
+        refused = subprocess.run(["qemu-img", "info", one.replace("one-secret-123", "not-the-secret")],
+                                 capture_output=True, text=True, timeout=30)
+        assert refused.returncode != 0
+        w = subprocess.run(["qemu-io", "-f", "raw", "-c", "write 0 4k", one],
                            capture_output=True, text=True, timeout=30)
         assert w.returncode != 0 or "failed" in (w.stdout + w.stderr).lower()
     finally:
@@ -144,7 +148,7 @@ def test_serve_tftp_from_config(tmp_path: Path) -> None:
     for path, state in ((cfg, "state"), (other, "other-state")):
         path.write_text(f"state_dir: {tmp_path / state}\nlisten:\n  tftp: {LOOPBACK}:{port}\n"
                         f"  iscsi: [{LOOPBACK}:{iscsi_port}]\n"
-                        f"tftp: {{roots: [root]}}\ntargets:\n  - {{iqn: iqn.2026-11.test:d, luns: [disk.img]}}\n")
+                        f"tftp: {{roots: [root]}}\ntargets:\n  - {{iqn: iqn.2026-11.test:d, luns: [disk.img], auth: none}}\n")
     log = tmp_path / "serve.log"
     with open(log, "wb") as err:
         proc = subprocess.Popen([sys.executable, "-m", "bootsvc", "serve", "-c", str(cfg)], stderr=err)
