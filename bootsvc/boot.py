@@ -67,8 +67,11 @@ class BootPlanner:
         proxy = cfg.dhcp is not None and cfg.dhcp.mode is Mode.PROXY
         chap = self.fleet.auth(machine) is not None
         script = profile.boot is not BootMethod.SANBOOT or bool(profile.script) or proxy or chap
+        # With a script the root-path stays out of the answer: iPXE would hook
+        # (log in to) a DHCP root-path before running the script, so before
+        # the script's CHAP settings (iPXE src/usr/autoboot.c, uriboot).
         return BootOptions(bootfile=self.script_url(machine, str(server)) if script else "",
-                           next_server=server if script else None, root_path=root_path,
+                           next_server=server if script else None, root_path="" if script else root_path,
                            initiator_iqn=machine.initiator_iqn, ipxe_no_pxedhcp=True)
 
     def root_path(self, machine: Machine, server: str) -> str | None:

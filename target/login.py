@@ -98,7 +98,8 @@ class Login:
     cid: int = 0
     cmdsn: int = 0
     first: bool = True
-    declared: bool = False  # our declarative keys were sent
+    named: bool = False  # TargetPortalGroupTag (and alias) were sent
+    declared: bool = False  # our MaxRecvDataSegmentLength was sent
     pending_text: bytearray = field(default_factory=bytearray)
     target: TargetInfo | None = None
     window: int = 1  # commands the session will accept, for MaxCmdSN at the switch to FFP
@@ -151,11 +152,8 @@ class Login:
             self._identify(pairs)
             self.first = False
         answers = self._answer(req, pairs)
-        if not self.declared and (req.csg == Stage.OPERATIONAL or req.transit):
-            answers += self._declarations()
-            self.declared = True
-
         transit = req.transit and self._may_leave(req)
+        answers += self._declarations(req, transit)
         if transit and req.nsg == Stage.FULL_FEATURE:
             self.tsih = self.ctx.admit(self.isid, self.tsih, self.params)
             return LoginResult(self._response(req, data=encode_text(answers), transit=True), self.params)
@@ -288,12 +286,22 @@ class Login:
                               f"{p.initiator_name} may not log in to {p.target_name}")
         self.target = target
 
-    def _declarations(self) -> list[tuple[str, str]]:
-        """Declarative keys the target states once (§13.9, §13.12)."""
-        out = [("TargetPortalGroupTag", str(self.ctx.portal_group_tag))]
-        if self.target is not None and self.target.alias:
-            out.append(("TargetAlias", self.target.alias))
-        out.append(("MaxRecvDataSegmentLength", str(self.params.target_max_recv)))
+    def _declarations(self, req: LoginRequest, transit: bool) -> list[tuple[str, str]]:
+        """Declarative keys the target states once: its portal group tag
+        (and alias) in its first response (§13.9), its
+        MaxRecvDataSegmentLength (§13.12) only in the operational stage or
+        on the step to Full Feature Phase: open-iscsi refuses operational
+        keys in a security-stage response ("can't accept ... in security
+        stage"), which a CHAP login has several of."""
+        out = []
+        if not self.named:
+            out.append(("TargetPortalGroupTag", str(self.ctx.portal_group_tag)))
+            if self.target is not None and self.target.alias:
+                out.append(("TargetAlias", self.target.alias))
+            self.named = True
+        if not self.declared and (req.csg == Stage.OPERATIONAL or (transit and req.nsg == Stage.FULL_FEATURE)):
+            out.append(("MaxRecvDataSegmentLength", str(self.params.target_max_recv)))
+            self.declared = True
         return out
 
     def _response(self, req: LoginRequest, data: bytes = b"", transit: bool = False,
