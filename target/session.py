@@ -196,6 +196,7 @@ class Session:
         self.executing: set[Task] = set()  # handed to the transport to run, not back yet
         self.text_reply: tuple[int, bytes] | None = None  # (TTT, rest) of a long Text Response
         self.text_request = bytearray()
+        self.text_request_ttt = RESERVED_TAG  # given to the last part of a continued request
         self.next_ttt = 1
         self.first_read_seen = False
         self.nexus = (params.initiator_name, isid, params.target_name)
@@ -742,22 +743,26 @@ class Session:
     # -- text and discovery -----------------------------------------------------
 
     def _text(self, req: TextRequest) -> None:
-        """§11.10: SendTargets and renegotiation, with long answers split
-        over several Text Responses (C bit, TTT)."""
+        """§11.10: SendTargets and renegotiation, with long requests taken in
+        parts (C bit; at most MAX_LOGIN_TEXT in all) and long answers split
+        over several Text Responses (§11.11: C bit, TTT)."""
         if req.ttt != RESERVED_TAG:
-            if self.text_reply is None or self.text_reply[0] != req.ttt:
+            if self.text_reply is not None and self.text_reply[0] == req.ttt:
+                self._send_text(req, self.text_reply[1])
+                return
+            if req.ttt != self.text_request_ttt:  # §11.10.4: a part of a request carries our TTT
                 raise ProtocolViolation(RejectReason.INVALID_PDU_FIELD, "Text Request with an unknown TTT")
-            self._send_text(req, self.text_reply[1])
-            return
         self.text_reply = None
         if len(self.text_request) + len(req.data) > MAX_LOGIN_TEXT:
             self._text_too_long(req)
             return
         self.text_request += req.data
         if req.cont:
-            self._send(TextResponse(final=False, itt=req.itt, lun=req.lun, ttt=self._ttt(),
+            self.text_request_ttt = self._ttt()
+            self._send(TextResponse(final=False, itt=req.itt, lun=req.lun, ttt=self.text_request_ttt,
                                     statsn=self._statsn(), expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn))
             return
+        self.text_request_ttt = RESERVED_TAG
         try:
             pairs = decode_text(self.text_request)
         except TextFormatError as e:
