@@ -46,12 +46,26 @@ class LoginGate:
         """Connections admitted and not yet logged in (or closed)."""
         return self.counts.total()
 
-    def admit(self, host: str) -> bool:
-        if self.waiting >= self.total or self.counts[host] >= self.per_source:
+    def admit(self, host: str) -> tuple[bool, str | None]:
+        """Whether a connection from ``host`` may wait to log in, and the
+        source whose oldest waiting connection must make room for it. When
+        all places are taken, a source with fewer waiting connections than
+        the busiest one takes a place from it: a flood from many addresses
+        then shares the places fairly instead of locking every newcomer out
+        until the login timeout."""
+        if self.counts[host] >= self.per_source:
             self.refused[host] += 1
-            return False
+            return False, None
+        victim = None
+        if self.waiting >= self.total:
+            victim, most = self.counts.most_common(1)[0]
+            if most <= self.counts[host] + 1:
+                self.refused[host] += 1
+                return False, None
+            self.release(victim)
+            self.refused[victim] += 1
         self.counts[host] += 1
-        return True
+        return True, victim
 
     def release(self, host: str) -> None:
         """A connection admitted from ``host`` logged in or closed."""

@@ -132,10 +132,16 @@ class TargetServer:
                 await asyncio.sleep(0.5)
                 continue
             host = address[0]
-            if not self.gate.admit(host):
+            admitted, evict = self.gate.admit(host)
+            if evict is not None:
+                self._evict(evict)
+            if not admitted:
                 self._refuse(sock)
                 continue
-            task = loop.create_task(self._serve_socket(sock, host))
+            conn = self._connection(sock, host)
+            if conn is None:
+                continue
+            task = loop.create_task(self._serve(conn))
             self.conn_tasks.add(task)
             task.add_done_callback(self.conn_tasks.discard)
 
@@ -144,8 +150,21 @@ class TargetServer:
         a reset (no TIME_WAIT kept for a flood) and report within a second."""
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
         sock.close()
+        self._schedule_report()
+
+    def _schedule_report(self) -> None:
         if self.refusal_report is None:
             self.refusal_report = asyncio.get_running_loop().call_later(REPORT_INTERVAL, self._report_refusals)
+
+    def _evict(self, host: str) -> None:
+        """Close the oldest connection from ``host`` still waiting to log in
+        (the gate has already given its place away)."""
+        for conn, source in self.unlogged.items():
+            if source == host:
+                del self.unlogged[conn]
+                conn.close()
+                break
+        self._schedule_report()
 
     def _report_refusals(self) -> None:
         """One event for every connection refused since the last report; the
@@ -157,7 +176,8 @@ class TargetServer:
             self.event("iscsi.connections_refused", logging.WARNING, peer=top, count=refused.total(),
                        sources=len(refused), waiting=self.gate.waiting,
                        why=f"over {self.gate.total} connections waiting to log in, "
-                           f"or {self.gate.per_source} from one address")
+                           f"or {self.gate.per_source} from one address (the busiest address's oldest "
+                           "one makes way for a quieter address)")
 
     def logged_in(self, conn: IscsiConnection) -> None:
         """``conn`` reached Full Feature Phase (or closed): it no longer
@@ -166,7 +186,9 @@ class TargetServer:
         if host is not None:
             self.gate.release(host)
 
-    async def _serve_socket(self, sock: socket.socket, host: str) -> None:
+    def _connection(self, sock: socket.socket, host: str) -> IscsiConnection | None:
+        """The connection for an accepted socket, counted as waiting to log in
+        from here on (so it can be evicted at once)."""
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -174,9 +196,12 @@ class TargetServer:
         except OSError:  # reset before we got to it
             self.gate.release(host)
             sock.close()
-            return
+            return None
         self.unlogged[conn] = host
         self.connections.add(conn)
+        return conn
+
+    async def _serve(self, conn: IscsiConnection) -> None:
         try:
             await conn.run()
         finally:
