@@ -383,7 +383,8 @@ class Session:
 
     def handle_timer(self, now: float) -> list[Action]:
         """Run what is due at ``now``: a Logout Response that waited long
-        enough, the keepalive ping (§11.19) or giving up on its answer."""
+        enough, the keepalive ping (§11.19) or giving up on its answer, the
+        end of an idle Discovery session."""
         if self.logout is not None and now >= self.logout.deadline:
             self._answer_logout()
         if self.keepalive.interval > 0 and not (self.closed or self.ending):
