@@ -159,8 +159,9 @@ def run(name: str, portal: Portal, connections: int, sources: int, hold: float) 
         login = good_login(portal)
     time.sleep(1.0)
     after = figures(portal.pid)
-    print(f"{name}: {connections} hostile connections from {sources} addresses ({opened} connected, {alive} still open after "
-          f"{hold:g} s, {time.monotonic() - started:.1f} s in all); good login during the attack: {login}")
+    print(f"{name}: {connections} hostile connections from {sources} addresses ({opened} connected, "
+          f"{alive} still open after {hold:g} s, {time.monotonic() - started:.1f} s in all); "
+          f"good login during the attack: {login}")
     for label, f in (("before", before), ("during", during), ("after", after)):
         print(f"  {label:7} RSS {f['VmRSS'] / 1024:8.1f} MiB  peak {f['VmHWM'] / 1024:8.1f} MiB  fds {f['fds']:5}")
 

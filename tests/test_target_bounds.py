@@ -252,7 +252,7 @@ def test_data_in_and_nop_in_split_at_the_initiators_limit(fast: Running, image: 
     data = bytearray()
     while True:
         r = c.recv()
-        assert isinstance(r, DataIn) and len(r.data) <= 4096
+        assert isinstance(r, DataIn) and r.itt == itt and len(r.data) <= 4096
         data += r.data
         if r.status_present:
             break
