@@ -88,6 +88,10 @@ class Kind(str, Enum):
     ISCSI_COMMAND_FAILED = "iscsi.command_failed"
     ISCSI_ACCEPT_FAILED = "iscsi.accept_failed"
     ISCSI_TASK_MANAGEMENT = "iscsi.task_management"
+    ISCSI_CONNECTIONS_REFUSED = "iscsi.connections_refused"  # over the cap of connections waiting to log in
+    ISCSI_PDU_TIMEOUT = "iscsi.pdu_timeout"  # a PDU began and did not end in time
+    ISCSI_IDLE_TIMEOUT = "iscsi.idle_timeout"  # a Discovery session that asked nothing for too long
+    ISCSI_TEXT_TOO_LONG = "iscsi.text_too_long"  # a Text Request continued past 64 KiB
     QCOW2_REPAIRED = "qcow2.repaired"
     QCOW2_SPACE_LOW = "qcow2.space_low"
     QCOW2_SPACE_EXHAUSTED = "qcow2.space_exhausted"

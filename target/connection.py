@@ -72,6 +72,10 @@ class IscsiConnection:
         self.running: set[asyncio.Task[None]] = set()  # commands and reads that had to wait
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
+        # when the PDU now arriving began (None between PDUs), and the reader's
+        # count of PDUs when that was noted: a PDU must end pdu_timeout after it began
+        self.pdu_began: float | None = None
+        self.pdus_seen = 0
 
     # -- output -----------------------------------------------------------------
 
@@ -268,6 +272,7 @@ class IscsiConnection:
         self.reader.digests.header = p.header_digest
         self.reader.digests.data = p.data_digest
         self.session.bind(Link(self.cid, self.peer, self.local_address), login.statsn, self.loop.time())
+        self.server.logged_in(self)
         self.server.event("iscsi.login", peer=self.peer, initiator=p.initiator_name, target=p.target_name,
                           session_type=p.session_type, tsih=login.tsih)
 
@@ -325,6 +330,7 @@ class IscsiConnection:
         self.sender.flush()
         if self.closing:
             return
+        self._watch_partial()
         self._arm()
         if self.sender.congested and self.reading:
             # stop taking commands until the initiator has read some data
@@ -362,14 +368,32 @@ class IscsiConnection:
 
     # -- the session's timer ----------------------------------------------------------
 
+    def _watch_partial(self) -> None:
+        """Note when the PDU now arriving began: on the first read with part
+        of it, which is also the read that completed the PDU before it."""
+        reader = self.reader
+        if not reader.partial:
+            self.pdu_began = None
+        elif self.pdu_began is None or reader.completed != self.pdus_seen:
+            self.pdu_began = self.loop.time()
+        self.pdus_seen = reader.completed
+
+    def _pdu_deadline(self) -> float | None:
+        if self.pdu_began is None or self.server.pdu_timeout <= 0:
+            return None
+        return self.pdu_began + self.server.pdu_timeout
+
     def _arm(self) -> None:
-        """Have the timer fire by the session's next deadline. Deadlines that
-        move later (every PDU pushes the keepalive back) leave the timer
-        alone: when it fires early the session just names the next one."""
+        """Have the timer fire by the next deadline: the session's, or the
+        end of the PDU now arriving. Deadlines that move later (every PDU
+        pushes the keepalive back) leave the timer alone: when it fires
+        early the session just names the next one."""
         session = self.session
-        when = session.next_timer() if session is not None else None
-        if when is None:
+        deadlines = [d for d in (session.next_timer() if session is not None else None, self._pdu_deadline())
+                     if d is not None]
+        if not deadlines:
             return
+        when = min(deadlines)
         if self.timer is not None:
             if self.timer_at <= when:
                 return
@@ -381,9 +405,23 @@ class IscsiConnection:
         self.timer = None
         if self.closing or self.session is None:
             return
-        self.perform(self.session.handle_timer(self.loop.time()))
+        now = self.loop.time()
+        deadline = self._pdu_deadline()
+        if deadline is not None and now >= deadline:
+            self._stalled()
+            return
+        self.perform(self.session.handle_timer(now))
         if not self.closing:
             self._arm()
+
+    def _stalled(self) -> None:
+        """A PDU began and did not end in time: the peer trickles it, or
+        announced a segment it never sends. Either way the stream is lost."""
+        self.server.event("iscsi.pdu_timeout", logging.WARNING, peer=self.peer,
+                          why=f"PDU incomplete {self.server.pdu_timeout:g} s after it began",
+                          pending=self.reader.pending)
+        self.end_reason = self.end_reason or DropReason.PDU_TIMEOUT
+        self._finish()
 
 
 class _LoginContext:

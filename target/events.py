@@ -9,6 +9,14 @@ peer=10.0.0.5:40112 initiator=iqn...``) on the component's logger.
 Field names are shared by all events: ``peer`` is the initiator's
 "host:port", ``initiator`` and ``target`` are iSCSI names, ``why`` says in
 words what went wrong and ``reason`` is a fixed keyword.
+
+Events of the resource bounds (:mod:`target.limits`):
+``iscsi.connections_refused`` (once a second at most: ``count`` refused,
+from ``sources`` addresses, ``peer`` the one refused most),
+``iscsi.pdu_timeout`` (a PDU began and did not end in time),
+``iscsi.idle_timeout`` (a Discovery session that asked nothing for too
+long) and ``iscsi.text_too_long`` (a Text Request continued past 64 KiB).
+A host application with a closed set of event kinds must add these.
 """
 
 from __future__ import annotations

@@ -66,6 +66,10 @@ class PduReader:
     264 MB), so the stream stays in sync. Segments beyond ``hard_limit``
     cannot be skipped safely (the sender is not speaking iSCSI) and raise
     :class:`PduFormatError`.
+
+    ``completed`` counts the PDUs taken off the stream (returned or refused)
+    and :attr:`partial` says whether one has begun and not ended, so the
+    transport can put a deadline on a PDU without this class keeping time.
     """
 
     def __init__(self, max_data: int = 8192, hard_limit: int = 1 << 24) -> None:
@@ -75,6 +79,7 @@ class PduReader:
         self.max_data = max_data
         self.hard_limit = hard_limit
         self.skip = 0  # bytes of an oversized PDU still to come, dropped as they arrive
+        self.completed = 0
 
     def feed(self, data: bytes | memoryview) -> None:
         if self.skip:
@@ -92,6 +97,11 @@ class PduReader:
     def pending(self) -> int:
         """Bytes received but not yet part of a returned PDU."""
         return len(self.buf) - self.pos
+
+    @property
+    def partial(self) -> bool:
+        """Part of a PDU is in (or, for one refused, still to come)."""
+        return bool(self.skip) or len(self.buf) > self.pos
 
     def pdus(self) -> Iterator[Pdu]:
         """Every complete PDU in the buffer; errors are raised in stream order
@@ -120,6 +130,7 @@ class PduReader:
         if len(buf) - pos < total:
             return None
         self.pos = pos + total
+        self.completed += 1
         end_bhs = pos + BHS_LEN
         bhs = bytes(buf[pos:end_bhs])
         ahs = bytes(buf[end_bhs:end_bhs + ahs_len]) if ahs_len else b""
@@ -153,6 +164,7 @@ class PduReader:
             raise DigestError("header digest mismatch", header=True, bhs=bhs)
         have = min(total, len(self.buf) - pos)
         self.pos = pos + have
+        self.completed += 1
         self.skip = total - have
         raise OversizedPdu(f"data segment of {data_len} bytes exceeds {self.max_data}", bhs)
 

@@ -12,19 +12,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import struct
 from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 
 from .connection import IscsiConnection
-from .events import EventSink, Events
 from .chap import ALL_ALGORITHMS, ChapAlgorithm, ChapAuth
+from .events import EventSink, Events
 from .keys import SessionParams
+from .limits import (
+    DISCOVERY_TIMEOUT,
+    MAX_UNLOGGED,
+    MAX_UNLOGGED_PER_SOURCE,
+    PDU_TIMEOUT,
+    REPORT_INTERVAL,
+    SESSION_WRITE_LIMIT,
+    LoginGate,
+)
 from .login import LOGIN_TIMEOUT, LoginFailed, LoginStatus
 from .session import DropReason, Keepalive, Session
 from .targets import Target
 from .throttle import LoginThrottle
 
 log = logging.getLogger("target.iscsi")
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends RST
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,15 @@ class TargetServer:
     MD5 where every initiator does SHA-256). Failed logins are counted per
     source address (:class:`~target.throttle.LoginThrottle`).
 
+    Bounds on what a peer may cost (:mod:`target.limits`): a PDU must be
+    complete ``pdu_timeout`` seconds after its first bytes; a Discovery
+    session that asks nothing for ``discovery_timeout`` seconds is ended;
+    at most ``max_unlogged`` connections, ``max_unlogged_per_source`` from
+    one address, may be waiting to log in (more are closed at accept and
+    reported once per second as ``iscsi.connections_refused``); a session
+    solicits at most ``session_write_limit`` bytes of write data ahead of
+    writing it. 0 turns a timeout off.
+
     ``on_event(what, fields)`` receives every event (``iscsi.login``,
     ``iscsi.session_dropped``, ``iscsi.reject``, ...); when it is given the
     target does not log them itself. Without it each is logged in logfmt on
@@ -67,7 +87,10 @@ class TargetServer:
                  key_preferences: dict[str, str] | None = None, on_event: EventSink | None = None,
                  discovery_auth: ChapAuth | None = None,
                  chap_algorithms: tuple[ChapAlgorithm, ...] = ALL_ALGORITHMS,
-                 throttle: LoginThrottle | None = None) -> None:
+                 throttle: LoginThrottle | None = None,
+                 pdu_timeout: float = PDU_TIMEOUT, discovery_timeout: float = DISCOVERY_TIMEOUT,
+                 max_unlogged: int = MAX_UNLOGGED, max_unlogged_per_source: int = MAX_UNLOGGED_PER_SOURCE,
+                 session_write_limit: int = SESSION_WRITE_LIMIT) -> None:
         self.targets: MutableMapping[str, Target] = (
             targets if isinstance(targets, Mapping) else {t.name: t for t in targets})
         self.portal_list = list(portals)
@@ -80,6 +103,12 @@ class TargetServer:
         self.discovery_auth = discovery_auth
         self.chap_algorithms = chap_algorithms
         self.throttle = throttle or LoginThrottle()
+        self.pdu_timeout = pdu_timeout
+        self.discovery_timeout = discovery_timeout
+        self.session_write_limit = session_write_limit
+        self.gate = LoginGate(max_unlogged, max_unlogged_per_source)
+        self.unlogged: dict[IscsiConnection, str] = {}  # connections the gate admitted, to their source
+        self.refusal_report: asyncio.TimerHandle | None = None
         self.events = Events(on_event, log)
         self.sessions: dict[int, Session] = {}
         self.bound: dict[Session, IscsiConnection] = {}  # the connection each session runs on
@@ -112,26 +141,92 @@ class TargetServer:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                sock, _ = await loop.sock_accept(listener)
+                sock, address = await loop.sock_accept(listener)
             except OSError as e:  # e.g. EMFILE: keep serving the sessions we have
                 self.event("iscsi.accept_failed", logging.WARNING, why=str(e))
                 await asyncio.sleep(0.5)
                 continue
-            task = loop.create_task(self._serve_socket(sock))
+            host = address[0]
+            admitted, evict = self.gate.admit(host)
+            if evict is not None:
+                self._evict(evict)
+            if not admitted:
+                self._refuse(sock)
+                continue
+            conn = self._connection(sock, host)
+            if conn is None:
+                continue
+            task = loop.create_task(self._serve(conn))
             self.conn_tasks.add(task)
             task.add_done_callback(self.conn_tasks.discard)
 
-    async def _serve_socket(self, sock: socket.socket) -> None:
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = IscsiConnection(self, sock)
+    def _refuse(self, sock: socket.socket) -> None:
+        """Over the cap of connections waiting to log in: close at once with
+        a reset (no TIME_WAIT kept for a flood) and report within a second."""
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+        sock.close()
+        self._schedule_report()
+
+    def _schedule_report(self) -> None:
+        if self.refusal_report is None:
+            self.refusal_report = asyncio.get_running_loop().call_later(REPORT_INTERVAL, self._report_refusals)
+
+    def _evict(self, host: str) -> None:
+        """Close the oldest connection from ``host`` still waiting to log in
+        (the gate has already given its place away)."""
+        for conn, source in self.unlogged.items():
+            if source == host:
+                del self.unlogged[conn]
+                conn.close()
+                break
+        self._schedule_report()
+
+    def _report_refusals(self) -> None:
+        """One event for every connection refused since the last report; the
+        source refused most often is its ``peer``."""
+        self.refusal_report = None
+        refused = self.gate.take_refused()
+        if refused:
+            (top, _), = refused.most_common(1)
+            self.event("iscsi.connections_refused", logging.WARNING, peer=top, count=refused.total(),
+                       sources=len(refused), waiting=self.gate.waiting,
+                       why=f"over {self.gate.total} connections waiting to log in, "
+                           f"or {self.gate.per_source} from one address (the busiest address's oldest "
+                           "one makes way for a quieter address)")
+
+    def logged_in(self, conn: IscsiConnection) -> None:
+        """``conn`` reached Full Feature Phase (or closed): it no longer
+        counts against the cap on connections waiting to log in."""
+        host = self.unlogged.pop(conn, None)
+        if host is not None:
+            self.gate.release(host)
+
+    def _connection(self, sock: socket.socket, host: str) -> IscsiConnection | None:
+        """The connection for an accepted socket, counted as waiting to log in
+        from here on (so it can be evicted at once)."""
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = IscsiConnection(self, sock)
+        except OSError:  # reset before we got to it
+            self.gate.release(host)
+            sock.close()
+            return None
+        self.unlogged[conn] = host
         self.connections.add(conn)
+        return conn
+
+    async def _serve(self, conn: IscsiConnection) -> None:
         try:
             await conn.run()
         finally:
             self.connections.discard(conn)
+            self.logged_in(conn)
 
     async def stop(self) -> None:
+        if self.refusal_report is not None:
+            self.refusal_report.cancel()
+            self._report_refusals()
         for t in self.accept_tasks:
             t.cancel()
         for sock in self.listeners:
@@ -202,7 +297,8 @@ class TargetServer:
                 self._drop(s, DropReason.REINSTATED)
         tsih = self._new_tsih()
         session = Session(self, params, isid, tsih, conn.login_cmdsn, target, window=self.window,
-                          keepalive=Keepalive(self.nop_interval, self.nop_timeout))
+                          keepalive=Keepalive(self.nop_interval, self.nop_timeout),
+                          discovery_timeout=self.discovery_timeout, write_limit=self.session_write_limit)
         self.sessions[tsih] = session
         self.bound[session] = conn
         if target is not None:

@@ -23,6 +23,8 @@ from typing import Protocol
 from .actions import Action, Close, Execute, Send
 from .backend import FileExtent, Segment, Zeros, segments_length
 from .keys import KeyValueError, SessionParams, negotiate
+from .limits import SESSION_WRITE_LIMIT
+from .login import MAX_LOGIN_TEXT
 from .pdu import (
     R2T,
     RESERVED_TAG,
@@ -73,6 +75,8 @@ class DropReason(enum.Enum):
     SERVER_STOP = "server_stop"
     PROTOCOL_ERROR = "protocol_error"
     TARGET_RESET = "target_reset"  # §11.5.1: TARGET COLD RESET drops every session
+    PDU_TIMEOUT = "pdu_timeout"  # a PDU began and did not end in time (target.limits)
+    IDLE_TIMEOUT = "idle_timeout"  # a Discovery session that asked nothing for too long
 
 
 class ServerContext(Protocol):
@@ -132,7 +136,10 @@ class Task:
     cmd: ScsiCommand
     lun: int
     cdb: bytes
+    # a write's Data-Out, grown as it arrives; never longer than ``wanted``
     buffer: bytearray | None = None
+    wanted: int = 0  # bytes of Data-Out kept: min(EDTL, what the CDB asks for)
+    credit: int = 0  # bytes of the session's write limit this task holds
     received: int = 0
     unsolicited_end: int = 0
     next_r2t_offset: int = 0
@@ -166,7 +173,8 @@ class Session:
     it led to, in the order they must be carried out."""
 
     def __init__(self, server: ServerContext, params: SessionParams, isid: bytes, tsih: int, cmdsn: int,
-                 target: Target | None, *, window: int = 128, keepalive: Keepalive = Keepalive()) -> None:
+                 target: Target | None, *, window: int = 128, keepalive: Keepalive = Keepalive(),
+                 discovery_timeout: float = 0.0, write_limit: int = SESSION_WRITE_LIMIT) -> None:
         self.server = server
         self.params = params
         self.isid = isid
@@ -175,6 +183,12 @@ class Session:
         self.expcmdsn = cmdsn
         self.window = window
         self.keepalive = keepalive
+        self.discovery_timeout = discovery_timeout  # 0: a Discovery session may idle forever
+        self.write_limit = write_limit
+        self.write_credit = 0  # bytes of write data solicited or buffered and not yet written
+        # writes still gathering their Data-Out, oldest first: the oldest may
+        # always solicit (so the limit cannot deadlock), the rest wait for credit
+        self.collecting: dict[Task, None] = {}
         self.statsn = 0
         self.link = Link(0, "", ("", 0))
         self.tasks: dict[int, Task] = {}
@@ -182,6 +196,7 @@ class Session:
         self.executing: set[Task] = set()  # handed to the transport to run, not back yet
         self.text_reply: tuple[int, bytes] | None = None  # (TTT, rest) of a long Text Response
         self.text_request = bytearray()
+        self.text_request_ttt = RESERVED_TAG  # given to the last part of a continued request
         self.next_ttt = 1
         self.first_read_seen = False
         self.nexus = (params.initiator_name, isid, params.target_name)
@@ -190,6 +205,7 @@ class Session:
         self.ending = False  # asked the transport to close: no more timers
         self.logout: _PendingLogout | None = None
         self.last_rx = 0.0
+        self.last_request = 0.0  # the last PDU other than a NOP-Out
         self.ping_ttt = 0
         self.ping_sent: float | None = None  # when the unanswered ping left
         self._out: list[Action] = []
@@ -226,11 +242,12 @@ class Session:
         """The session (new, or reinstated on a new connection, §6.3.5)
         enters Full Feature Phase on ``link``; the login left StatSN at
         ``statsn``. Tasks of an earlier connection are gone (ERL 0)."""
+        self.collecting.clear()
         for task in list(self.tasks.values()):
             self._abort(task)
         self.link = link
         self.statsn = statsn
-        self.last_rx = now
+        self.last_rx = self.last_request = now
         self.ping_sent = None
         self.logout = None
 
@@ -275,6 +292,8 @@ class Session:
 
     def _receive(self, pdu: Pdu, now: float) -> None:
         self.last_rx = now
+        if type(pdu) is not NopOut:
+            self.last_request = now
         try:
             if isinstance(pdu, DataOut):
                 self._data_out(pdu)
@@ -350,11 +369,22 @@ class Session:
                 when = self.last_rx + self.keepalive.interval
         if self.logout is not None and (when is None or self.logout.deadline < when):
             when = self.logout.deadline
+        idle_end = self._idle_end()
+        if idle_end is not None and (when is None or idle_end < when):
+            when = idle_end
         return when
+
+    def _idle_end(self) -> float | None:
+        """When a Discovery session that asks nothing more is ended: its
+        answers to our pings keep it alive but are no reason to keep it."""
+        if not self.discovery or self.discovery_timeout <= 0 or self.closed or self.ending:
+            return None
+        return self.last_request + self.discovery_timeout
 
     def handle_timer(self, now: float) -> list[Action]:
         """Run what is due at ``now``: a Logout Response that waited long
-        enough, the keepalive ping (§11.19) or giving up on its answer."""
+        enough, the keepalive ping (§11.19) or giving up on its answer, the
+        end of an idle Discovery session."""
         if self.logout is not None and now >= self.logout.deadline:
             self._answer_logout()
         if self.keepalive.interval > 0 and not (self.closed or self.ending):
@@ -365,6 +395,11 @@ class Session:
                     self._out.append(Close(DropReason.NOP_TIMEOUT, after_send=False))
             elif now >= self.last_rx + self.keepalive.interval:
                 self._ping(now)
+        idle_end = self._idle_end()
+        if idle_end is not None and now >= idle_end:
+            self.ending = True
+            self._event("iscsi.idle_timeout", why=f"no request for {self.discovery_timeout:g} s")
+            self._out.append(Close(DropReason.IDLE_TIMEOUT, after_send=False))
         return self._actions()
 
     # -- NOP ------------------------------------------------------------------
@@ -402,29 +437,75 @@ class Session:
         if data and not cmd.write:
             raise ProtocolViolation(RejectReason.PROTOCOL_ERROR, "data with a command that is not a write")
         task = Task(cmd, lun_from_field(cmd.lun), cmd.full_cdb)
-        if cmd.write and cmd.edtl > len(data):
-            task.buffer = bytearray(cmd.edtl)
-            task.buffer[: len(data)] = data
-            task.received = len(data)
-            if cmd.final or self.params.initial_r2t:
-                task.unsolicited_end = len(data)
-            else:
-                task.unsolicited_end = min(self.params.first_burst_length, cmd.edtl)
-            task.next_r2t_offset = task.unsolicited_end
-            task.outstanding = {}
-            self.tasks[cmd.itt] = task
-            self._send_r2ts(task)
-            return
         self.tasks[cmd.itt] = task
-        self._execute(task, memoryview(data) if cmd.write else None)
+        if not cmd.write:
+            self._execute(task, None)
+            return
+        wanted = self._wanted(task)
+        if cmd.final or self.params.initial_r2t:
+            unsolicited_end = len(data)
+        else:
+            unsolicited_end = min(self.params.first_burst_length, cmd.edtl)
+        if max(wanted, unsolicited_end) > len(data):
+            self._collect(task, data, wanted, unsolicited_end)
+        else:
+            self._execute(task, memoryview(data)[:wanted])
+
+    def _wanted(self, task: Task) -> int:
+        """§11.4.5.2: the Data-Out a write is given is what its CDB asks for,
+        whatever Expected Data Transfer Length announced (the residual
+        reports the difference); a command that fails before taking data
+        (no such LUN, an unknown opcode) is given none."""
+        lun = self.target.luns.get(task.lun) if self.target is not None else None
+        if lun is None or task.cdb[0] == REPORT_LUNS:
+            return 0
+        return min(task.cmd.edtl, lun.data_out_length(task.cdb))
+
+    def _collect(self, task: Task, data: bytes, wanted: int, unsolicited_end: int) -> None:
+        """Gather a write's Data-Out (§4.2.5): unsolicited data up to
+        ``unsolicited_end``, then R2Ts for the rest of ``wanted``. Only the
+        first ``wanted`` bytes are kept, in a buffer that grows as they
+        arrive; memory follows the data sent, never the length announced."""
+        task.wanted = wanted
+        task.buffer = bytearray(data[:wanted])
+        task.received = len(data)
+        task.unsolicited_end = unsolicited_end
+        task.next_r2t_offset = unsolicited_end
+        task.outstanding = {}
+        # unsolicited data is the initiator's to send: it takes credit unasked
+        self._take_credit(task, min(wanted, unsolicited_end))
+        self.collecting[task] = None
+        self._send_r2ts(task)
+
+    def _take_credit(self, task: Task, n: int) -> None:
+        task.credit += n
+        self.write_credit += n
+
+    def _release(self, task: Task) -> None:
+        """``task`` is over: its write data no longer counts against the
+        session's limit (writes waiting for it go on in :meth:`_resume_writes`)."""
+        self.collecting.pop(task, None)
+        self.write_credit -= task.credit
+        task.credit = 0
+
+    def _resume_writes(self) -> None:
+        """Credit was freed or the oldest write has its data: the writes
+        that waited may solicit theirs."""
+        for waiting in list(self.collecting):
+            self._send_r2ts(waiting)
 
     def _send_r2ts(self, task: Task) -> None:
-        """§4.2.5.2: solicit the rest, at most MaxOutstandingR2T at a time."""
+        """§4.2.5.2: solicit the rest, at most MaxOutstandingR2T at a time
+        and, but for the oldest write, within the session's write limit."""
         p = self.params
-        edtl = task.cmd.edtl
+        wanted = task.wanted
         assert task.outstanding is not None
-        while task.next_r2t_offset < edtl and len(task.outstanding) < p.max_outstanding_r2t:
-            length = min(p.max_burst_length, edtl - task.next_r2t_offset)
+        oldest = next(iter(self.collecting)) is task
+        while task.next_r2t_offset < wanted and len(task.outstanding) < p.max_outstanding_r2t:
+            length = min(p.max_burst_length, wanted - task.next_r2t_offset)
+            if not oldest and self.write_credit + length > self.write_limit:
+                break
+            self._take_credit(task, length)
             ttt = self._ttt()
             task.outstanding[ttt] = R2TState(task.next_r2t_offset, length)
             self._send(R2T(lun=task.cmd.lun, itt=task.itt, ttt=ttt, statsn=self.statsn,
@@ -458,14 +539,17 @@ class Session:
             raise SessionFailure(f"Data-Out DataSN {pdu.datasn}, expected {expected_datasn}")
         if end > task.cmd.edtl:
             raise ProtocolViolation(RejectReason.PROTOCOL_ERROR, "Data-Out beyond the expected length")
-        task.buffer[pdu.buffer_offset:end] = pdu.data
+        _keep(task, pdu.buffer_offset, pdu.data)
         task.received += n
         if r2t is not None:
             r2t.received += n
             if pdu.final or r2t.received >= r2t.length:
                 del task.outstanding[pdu.ttt]
                 self._send_r2ts(task)
-        if task.received >= task.cmd.edtl and not task.outstanding:
+        if (task.received >= max(task.wanted, task.unsolicited_end) and not task.outstanding
+                and task.next_r2t_offset >= task.wanted):
+            self.collecting.pop(task, None)
+            self._resume_writes()
             self._execute(task, memoryview(task.buffer))
 
     def _execute(self, task: Task, data_out: memoryview | None) -> None:
@@ -511,6 +595,9 @@ class Session:
             segments = result.data
         cmd = task.cmd
         self.tasks.pop(task.itt, None)
+        if task.buffer is not None:
+            self._release(task)
+            self._resume_writes()
         if self._read_in_one_pdu(cmd, result, segments):
             return
         edtl = cmd.edtl
@@ -588,6 +675,7 @@ class Session:
         """§11.5: answer once the affected tasks are gone (ERL 0, no task
         reassignment)."""
         response = self._tmf(req)
+        self._resume_writes()
         self._send(TaskMgmtResponse(response=response, itt=req.itt, statsn=self._statsn(),
                                     expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn))
         if req.function == TmfFunction.TARGET_COLD_RESET and response == TmfResponse.FUNCTION_COMPLETE:
@@ -651,23 +739,31 @@ class Session:
         task.aborted = True
         self.tasks.pop(task.itt, None)
         self.executing.discard(task)
+        self._release(task)
 
     # -- text and discovery -----------------------------------------------------
 
     def _text(self, req: TextRequest) -> None:
-        """§11.10: SendTargets and renegotiation, with long answers split
-        over several Text Responses (C bit, TTT)."""
+        """§11.10: SendTargets and renegotiation, with long requests taken in
+        parts (C bit; at most MAX_LOGIN_TEXT in all) and long answers split
+        over several Text Responses (§11.11: C bit, TTT)."""
         if req.ttt != RESERVED_TAG:
-            if self.text_reply is None or self.text_reply[0] != req.ttt:
+            if self.text_reply is not None and self.text_reply[0] == req.ttt:
+                self._send_text(req, self.text_reply[1])
+                return
+            if req.ttt != self.text_request_ttt:  # §11.10.4: a part of a request carries our TTT
                 raise ProtocolViolation(RejectReason.INVALID_PDU_FIELD, "Text Request with an unknown TTT")
-            self._send_text(req, self.text_reply[1])
-            return
         self.text_reply = None
+        if len(self.text_request) + len(req.data) > MAX_LOGIN_TEXT:
+            self._text_too_long(req)
+            return
         self.text_request += req.data
         if req.cont:
-            self._send(TextResponse(final=False, itt=req.itt, lun=req.lun, ttt=self._ttt(),
+            self.text_request_ttt = self._ttt()
+            self._send(TextResponse(final=False, itt=req.itt, lun=req.lun, ttt=self.text_request_ttt,
                                     statsn=self._statsn(), expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn))
             return
+        self.text_request_ttt = RESERVED_TAG
         try:
             pairs = decode_text(self.text_request)
         except TextFormatError as e:
@@ -688,6 +784,18 @@ class Session:
             elif reply is not None:
                 answer.append((key, reply))
         self._send_text(req, encode_text(answer))
+
+    def _text_too_long(self, req: TextRequest) -> None:
+        """A request continued (C bit) past the limit login text has too: the
+        peer would have us buffer without end. Reject it (§11.17.1, 0x0a:
+        out of resources for the long operation) and end the connection."""
+        self.text_request.clear()
+        self._event("iscsi.text_too_long", logging.WARNING, limit=MAX_LOGIN_TEXT,
+                    why=f"Text Request continued past {MAX_LOGIN_TEXT} bytes")
+        self._send(Reject(reason=RejectReason.LONG_OPERATION_REJECT, statsn=self._statsn(),
+                          expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn, data=req.encode_bhs()))
+        self.ending = True
+        self._out.append(Close(DropReason.PROTOCOL_ERROR))
 
     def _send_text(self, req: TextRequest, data: bytes) -> None:
         limit = self.params.initiator_max_recv
@@ -760,6 +868,20 @@ _TMF_HANDLERS: dict[int, Callable[[Session, TaskMgmtRequest, Target, int], TmfRe
     TmfFunction.CLEAR_ACA: Session._clear_aca,
     TmfFunction.TASK_REASSIGN: Session._reassign,
 }
+
+
+def _keep(task: Task, offset: int, data: bytes) -> None:
+    """Put the part of a Data-Out below ``task.wanted`` into the task's
+    buffer, growing it to fit; bytes past it are the initiator's excess
+    (an EDTL larger than the CDB asks for) and are dropped."""
+    buf = task.buffer
+    assert buf is not None
+    end = min(offset + len(data), task.wanted)
+    if end <= offset:
+        return
+    if len(buf) < offset:  # out of order (DataPDUInOrder=No): the gap fills in later
+        buf.extend(bytes(offset - len(buf)))
+    buf[offset:end] = memoryview(data)[:end - offset]
 
 
 class _Cursor:

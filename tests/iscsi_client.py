@@ -39,9 +39,11 @@ class Client:
     expstatsn: int = 0
     tsih: int = 0
     keys: dict[str, str] = field(default_factory=dict)
+    source: str | None = None  # the local address to connect from (another loopback address)
 
     def __post_init__(self) -> None:
-        self.sock = socket.create_connection((self.host, self.port), timeout=10)
+        self.sock = socket.create_connection((self.host, self.port), timeout=10,
+                                             source_address=(self.source, 0) if self.source else None)
         self.reader = PduReader(max_data=1 << 24)
 
     def close(self) -> None:

@@ -71,6 +71,9 @@ class MemLun:
         self.data[start:start + n] = data_out[:n]
         return ScsiResult(ScsiStatus.GOOD, data_out_length=n)
 
+    def data_out_length(self, cdb: bytes) -> int:
+        return struct.unpack_from(">H", cdb, 7)[0] * BLOCK if cdb[0] == 0x2A else 0
+
     def reset(self) -> None:
         self.resets += 1
 

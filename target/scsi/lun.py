@@ -127,6 +127,35 @@ class Lun:
         except SpaceExhausted:
             return _check(ScsiError(SPACE_ALLOCATION_FAILED))
 
+    def data_out_length(self, cdb: bytes) -> int:
+        """Bytes of Data-Out ``cdb`` asks for (SBC-3 §5, SPC-4 §6.11): what
+        the transport gathers, whatever length the initiator announced. 0
+        for a CDB that fails before it reads data (unknown opcode, a
+        transfer over MAXIMUM TRANSFER LENGTH, a malformed CDB)."""
+        rule = _DATA_OUT.get(cdb[0])
+        if rule is None:
+            return 0
+        try:
+            return rule(self, cdb)
+        except (ScsiError, IndexError):
+            return 0
+
+    def _blocks_out(self, cdb: bytes) -> int:
+        blocks = block_range(cdb).blocks
+        return 0 if blocks > self.limits.max_transfer else blocks << self.shift
+
+    def _verify_out(self, cdb: bytes) -> int:
+        bytchk = (cdb[1] >> 1) & 0x03
+        return {1: self._blocks_out(cdb), 3: self.block_size}.get(bytchk, 0)
+
+    def _compare_and_write_out(self, cdb: bytes) -> int:
+        blocks = cdb[13]
+        return 0 if blocks > self.limits.max_compare_and_write else 2 * blocks << self.shift
+
+    def _write_same_out(self, cdb: bytes) -> int:
+        ndob = cdb[0] == op.WRITE_SAME_16 and bool(cdb[1] & 0x01)
+        return 0 if ndob else self.block_size
+
     def reset(self) -> None:
         """LOGICAL UNIT RESET / target reset: every nexus gets a UNIT ATTENTION."""
         self.epoch += 1
@@ -186,6 +215,8 @@ class Lun:
         offset, length = self._range(r)
         if bytchk == 0 or not length:
             return ScsiResult(ScsiStatus.GOOD, data_out_length=0 if bytchk == 0 else length)
+        if bytchk == 1 and r.blocks > self.limits.max_transfer:
+            raise ScsiError(INVALID_FIELD_IN_CDB, field=7)
         wanted = length if bytchk == 1 else self.block_size
         data = bytes(data_out or b"")[:wanted]
         if len(data) < wanted:
@@ -455,6 +486,23 @@ _add(op.SERVICE_ACTION_IN_16, Lun._get_lba_status, (0x1F,) + (0xFF,) * 12 + (0, 
 _add(op.MAINTENANCE_IN, Lun._report_opcodes, (0x1F, 0x87, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x07),
      sa=op.SA_REPORT_SUPPORTED_OPCODES)
 
+
+def _parameter_list(offset: int, size: int) -> Callable[[Lun, bytes], int]:
+    """The Data-Out length of a command that carries a parameter list."""
+    return lambda lun, cdb: int.from_bytes(cdb[offset:offset + size], "big")
+
+
+# Data-Out each command asks for (Lun.data_out_length); commands not here take none
+_DATA_OUT: dict[int, Callable[[Lun, bytes], int]] = {
+    **dict.fromkeys((op.WRITE_6, op.WRITE_10, op.WRITE_12, op.WRITE_16, op.WRITE_VERIFY_10, op.WRITE_VERIFY_12,
+                     op.WRITE_VERIFY_16), Lun._blocks_out),
+    **dict.fromkeys((op.VERIFY_10, op.VERIFY_12, op.VERIFY_16), Lun._verify_out),
+    **dict.fromkeys((op.WRITE_SAME_10, op.WRITE_SAME_16), Lun._write_same_out),
+    op.COMPARE_AND_WRITE: Lun._compare_and_write_out,
+    op.UNMAP: _parameter_list(7, 2),
+    op.MODE_SELECT_6: _parameter_list(4, 1),
+    op.MODE_SELECT_10: _parameter_list(7, 2),
+}
 _SERVICE_ACTION_OPCODES = {opc for (opc, sa) in COMMANDS if sa is not None}
 _READS = frozenset((op.READ_6, op.READ_10, op.READ_12, op.READ_16))
 # REPORT LUNS is answered by the target, not a LUN; listed for REPORT SUPPORTED OPCODES

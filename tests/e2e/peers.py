@@ -52,6 +52,7 @@ class Portal:
     port: int
     iqn: str
     lun: int
+    pid: int = 0  # the serving process, for benchmarks that watch what it costs
 
     def url(self, lun: int | None = None) -> str:
         return f"iscsi://{LOOPBACK}:{self.port}/{self.iqn}/{self.lun if lun is None else lun}"
@@ -76,7 +77,7 @@ def bootsvc_export(image: Path, iqn: str = "iqn.2026-11.test.bootsvc:disk", *ext
     )
     try:
         wait_for_port(port, proc)
-        yield Portal(port, iqn, 0)
+        yield Portal(port, iqn, 0, proc.pid)
     finally:
         stop(proc)
         if log:
@@ -156,7 +157,7 @@ def tgt_export(image: Path, iqn: str = "iqn.2026-11.test.tgt:disk") -> Iterator[
         adm("--op", "new", "--mode", "target", "--tid", "1", "-T", iqn)
         adm("--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "-b", str(image))
         adm("--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL")
-        yield Portal(port, iqn, 1)
+        yield Portal(port, iqn, 1, proc.pid)
     finally:
         # tgtd refuses to delete the system while a target exists
         subprocess.run(["tgtadm", "-C", str(control), "--lld", "iscsi", "--op", "delete", "--mode", "target",

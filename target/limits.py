@@ -1,0 +1,78 @@
+"""How much a peer may make the target hold, and for how long.
+
+A peer that has not logged in, or that sends nothing useful, must not cost
+more than a bounded amount of memory, descriptors and time. The defaults
+live here; :class:`~target.server.TargetServer` takes each as a parameter
+(tests use short timeouts). Sans-I/O: :class:`LoginGate` counts, it never
+touches a socket or a clock.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+# A PDU whose first bytes arrived must be complete this soon: a peer that
+# trickles a data segment a byte at a time holds a connection and a buffer.
+PDU_TIMEOUT = 30.0
+# A Discovery session that asks nothing this long is ended: answering our
+# NOP-In pings alone would otherwise keep it forever.
+DISCOVERY_TIMEOUT = 60.0
+# Connections that have not reached Full Feature Phase, in all and per
+# source address: each costs a descriptor and a login state until the
+# login timeout, so a flood of half-open logins is refused at accept.
+MAX_UNLOGGED = 256
+MAX_UNLOGGED_PER_SOURCE = 16
+# Write data a session may have solicited and not yet written (R2Ts beyond
+# it wait for earlier writes to finish): 32 writes of 1 MiB.
+SESSION_WRITE_LIMIT = 32 << 20
+# Refused connections are reported at most this often, as one event.
+REPORT_INTERVAL = 1.0
+
+
+@dataclass
+class LoginGate:
+    """Admits connections that have not logged in yet, up to ``total`` in
+    all and ``per_source`` from one address; counts the ones it refused
+    until :meth:`take_refused` collects them for a report."""
+
+    total: int = MAX_UNLOGGED
+    per_source: int = MAX_UNLOGGED_PER_SOURCE
+    counts: Counter[str] = field(default_factory=Counter)
+    refused: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def waiting(self) -> int:
+        """Connections admitted and not yet logged in (or closed)."""
+        return self.counts.total()
+
+    def admit(self, host: str) -> tuple[bool, str | None]:
+        """Whether a connection from ``host`` may wait to log in, and the
+        source whose oldest waiting connection must make room for it. When
+        all places are taken, a source with fewer waiting connections than
+        the busiest one takes a place from it: a flood from many addresses
+        then shares the places fairly instead of locking every newcomer out
+        until the login timeout."""
+        if self.counts[host] >= self.per_source:
+            self.refused[host] += 1
+            return False, None
+        victim = None
+        if self.waiting >= self.total:
+            victim, most = self.counts.most_common(1)[0]
+            if most <= self.counts[host] + 1:
+                self.refused[host] += 1
+                return False, None
+            self.release(victim)
+            self.refused[victim] += 1
+        self.counts[host] += 1
+        return True, victim
+
+    def release(self, host: str) -> None:
+        """A connection admitted from ``host`` logged in or closed."""
+        self.counts[host] -= 1
+        if self.counts[host] <= 0:
+            del self.counts[host]
+
+    def take_refused(self) -> Counter[str]:
+        refused, self.refused = self.refused, Counter()
+        return refused
