@@ -30,7 +30,7 @@ from .database import Database, Dirty, PortalGroupKey
 from .errors import IsnsError
 from .events import OnEvent, ignore_event
 from .handlers import HANDLERS
-from .limits import DIRECT, Origin
+from .limits import DIRECT, Gate, Origin
 from .notifier import Notifier
 from .objects import DEFAULT_PERIOD, DiscoveryDomain, DiscoveryDomainSet, Entity, Node, PortalGroup
 from .protocol import Function, Status, Tag
@@ -89,6 +89,7 @@ class Registry:
         db = Database()
         control = set() if control_nodes is None else control_nodes  # the caller's set: it may change it later
         visibility = Visibility(db, control, default_dd_visible, open_dd_registration)
+        self._refusals = Gate()  # refusals of network requests told at most once a second per status
         self._ctx = Context(db, visibility, Notifier(db, visibility), on_event, default_period, min_esi_interval,
                             max_per_source=max_per_source, max_nodes=max_nodes)
 
@@ -123,9 +124,12 @@ class Registry:
         except IsnsError as e:
             fields: dict[str, object] = {"function": function.name, "source": source.value,
                                          "status": e.status.name, "why": str(e)}
-            if origin.host is not None:
-                fields["peer"] = origin.host
-            ctx.on_event("isns.refused", fields)
+            if origin.host is not None:  # a client can be refused at will: it must not flood the log
+                held_back = self._refusals.pass_(e.status.name, now)
+                if held_back is not None:
+                    ctx.on_event("isns.refused", {**fields, "peer": origin.host, "held_back": held_back})
+            else:
+                ctx.on_event("isns.refused", fields)
             return response(msg, e.status)
         finally:
             ctx.notifier.flush(now)
