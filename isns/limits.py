@@ -32,6 +32,7 @@ class Limits:
     open_messages: int = 4  # messages begun and not ended, per connection and per UDP sender
     message_bytes: int = 1 << 20  # their bytes together, per connection and per UDP sender
     reassembly_timeout: float = 30.0  # s from a message's first PDU to its last
+    tcp_bytes: int = 32 << 20  # bytes of messages begun over all TCP connections together
     udp_senders: int = 1024  # UDP senders with a message begun
     udp_bytes: int = 8 << 20  # their bytes together
 

@@ -20,7 +20,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 
-from .codec import (Heartbeat, IsnsFormatError, Message, Reassembler, address, display, encode_message,
+from .codec import (Header, Heartbeat, IsnsFormatError, Message, Reassembler, address, display, encode_message,
                     unpack_header)
 from .events import OnEvent, logfmt, peer_text
 from .limits import DIRECT, LOOPBACK, Connections, ControlAddresses, Gate, Limits, Network, Origin, UdpJoins
@@ -65,6 +65,7 @@ class IsnsServer:
         self._connections = Connections(limits)
         self._udp = UdpJoins(limits)
         self._gate = Gate()
+        self._tcp_held = 0  # bytes of messages begun over all TCP connections
         self._by_entity: dict[str, asyncio.Transport] = {}  # the last connection each entity used
         self._port_locks: dict[Address, asyncio.Lock] = {}  # per SCN/ESI port of a client
         self._tasks: set[asyncio.Task[None]] = set()
@@ -122,7 +123,7 @@ class IsnsServer:
 
     def held(self) -> int:
         """Bytes of messages begun and not ended, over TCP and UDP."""
-        return self._udp.held + sum(c.joined.held for c in self._clients.values())
+        return self._udp.held + self._tcp_held
 
     # -- requests -------------------------------------------------------------------
 
@@ -235,7 +236,7 @@ class IsnsServer:
                 self.limited("reassembly_timeout", None, "a UDP message not ended in time was dropped")
             kept = set(self._by_entity.values())
             for transport, conn in list(self._clients.items()):
-                if conn.joined.open and conn.joined.expire(now):
+                if conn.joined.open and conn.expire(now):
                     self.limited("reassembly_timeout", conn.peer, "a message not ended in time was dropped")
                 if now - conn.heard > limits.idle_timeout and transport not in kept:
                     self.limited("idle", conn.peer, f"silent for {limits.idle_timeout:g} s")
@@ -294,6 +295,28 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None and self.host:
             self.server._connections.release(self.host)
             self.server._disconnected(self.transport)
+            self.server._tcp_held -= self.joined.held
+
+    def _join(self, header: Header, payload: bytes, now: float) -> Message | None:
+        """The message ``payload`` ends, if it does, with every connection's
+        half-joined bytes together bounded too (Limits.tcp_bytes): each
+        connection's own bound times the connections allowed is more than
+        the server should hold."""
+        joined, server = self.joined, self.server
+        before = joined.held
+        try:
+            msg = joined.feed(header, payload, now)
+        finally:
+            server._tcp_held += joined.held - before
+        if joined.held > before and server._tcp_held > server.limits.tcp_bytes:
+            raise IsnsFormatError(f"messages begun over all connections past {server.limits.tcp_bytes} bytes")
+        return msg
+
+    def expire(self, now: float) -> int:
+        before = self.joined.held
+        dropped = self.joined.expire(now)
+        self.server._tcp_held += self.joined.held - before
+        return dropped
 
     # the client does not read its responses: stop reading its requests until
     # it does, as streams' drain() did
@@ -326,7 +349,7 @@ class _Connection(asyncio.Protocol):
                 end = pos + HEADER_SIZE + header.length
                 if len(data) < end:
                     break  # the rest of this PDU is still on its way
-                msg = self.joined.feed(header, data[pos + HEADER_SIZE:end], now)
+                msg = self._join(header, data[pos + HEADER_SIZE:end], now)
             except IsnsFormatError as e:
                 # the stream cannot be trusted past a bad PDU: say so if we can, then close
                 server.event("isns.malformed", {"peer": peer_text(self.peer), "why": str(e)})

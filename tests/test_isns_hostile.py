@@ -261,3 +261,18 @@ def test_the_registrar_survives_the_store(tmp_path: Path) -> None:
     assert (again.entities["e"].registrar, again.entities["e"].registrar_host) == (INIT, "10.0.0.7")
     assert again._ctx.db.registered_by[INIT] == 1
 
+
+
+def test_all_connections_together_hold_a_bounded_number_of_bytes() -> None:
+    """Each connection under its own bound, all of them over the server's:
+    the connection that would pass it is closed."""
+    with server(Limits(tcp_bytes=150_000)) as srv, connect(srv) as one, connect(srv) as two, \
+            connect(srv, ELSEWHERE) as three:
+        one.sendall(first_only(1, b"\0" * 60_000))
+        two.sendall(first_only(1, b"\0" * 60_000))
+        assert wait_for(lambda: srv.held() == 120_000)
+        three.sendall(first_only(1, b"\0" * 60_000))
+        assert closed(three)
+        assert not closed(one, 0.2) and wait_for(lambda: srv.held() == 120_000)
+        one.close()
+        assert wait_for(lambda: srv.held() == 60_000)
