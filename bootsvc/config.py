@@ -8,6 +8,7 @@ they are so one config file can grow with the product.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,7 +36,7 @@ LISTEN_KEYS = {"dhcp", "tftp", "http", "dns", "iscsi", "isns"}
 TARGET_KEYS = {"iqn", "alias", "luns", "initiators", "auth", "chap", "mutual_chap"}
 LUN_KEYS = {"path", "read_only", "block_size", "lun"}
 ISCSI_KEYS = {"nop_interval", "nop_timeout", "queue_depth", "portal_group_tag"}
-ISNS_KEYS = {"server", "registration_period", "default_dd", "control_nodes"}
+ISNS_KEYS = {"server", "registration_period", "default_dd", "control_nodes", "control_addresses"}
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,8 @@ class IsnsSettings:
     registration_period: int = 0  # seconds an entity stays without a refresh; 0: until deregistered
     default_dd_visible: bool = False  # nodes in no DD see each other (open-isns's default DD)
     control_nodes: tuple[str, ...] = ()  # iSCSI names allowed to manage DDs (isnsadm's SourceName)
+    # where those names are believed from, besides loopback and the server's own address
+    control_addresses: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     @property
     def target(self) -> HostPort | None:
@@ -261,7 +264,24 @@ def _isns(c: Checker, doc: LineMap, listen: Any) -> IsnsSettings:
             check_iscsi_name(str(name))
         except TargetConfigError as e:
             c.err(m, "isns.control_nodes", str(e))
-    return IsnsSettings(listen_at, server, period, default_dd == "visible", tuple(map(str, controls)))
+    return IsnsSettings(listen_at, server, period, default_dd == "visible", tuple(map(str, controls)),
+                        _control_addresses(c, m))
+
+
+def _control_addresses(c: Checker, m: LineMap) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """isns.control_addresses: IP addresses or networks (CIDR) a control
+    node's name is believed from (docs/security.md)."""
+    given = m.get("control_addresses", [])
+    if not isinstance(given, list):
+        c.err(m, "isns.control_addresses", "expected a list of IP addresses or networks")
+        return ()
+    networks = []
+    for value in given:
+        try:
+            networks.append(ipaddress.ip_network(str(value), strict=False))
+        except ValueError:
+            c.err(m, "isns.control_addresses", f"{value!r} is not an IP address or network")
+    return tuple(networks)
 
 
 def _listen(c: Checker, listen: Any, key: str, default_port: int) -> HostPort | None:

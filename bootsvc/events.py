@@ -111,6 +111,7 @@ class Kind(str, Enum):
     ISNS_SYNCED = "isns.synced"
     ISNS_EXPIRED = "isns.expired"
     ISNS_MALFORMED = "isns.malformed"
+    ISNS_LIMITED = "isns.limited"  # a client hit a bound (isns/limits.py); at most one per reason a second
     ISNS_ERROR = "isns.error"
     ISNS_STORE_FAILED = "isns.store_failed"
     ISNS_NOTICE_REFUSED = "isns.notice_refused"
@@ -131,7 +132,8 @@ _NAMES: dict[Kind | str, str] = {k: k.value for k in Kind}  # faster than .value
 WARNINGS = frozenset({Kind.FLEET_ADOPTION_CAPPED, Kind.BOOT_REFUSED, Kind.BOOT_SCRIPT_REFUSED, Kind.DISK_FAILED,
                       Kind.DISK_KEPT, Kind.TFTP_FAILED, Kind.ISCSI_STREAM_ERROR, Kind.ISCSI_HEADER_DIGEST_ERROR,
                       Kind.ISCSI_ACCEPT_FAILED, Kind.QCOW2_REPAIRED, Kind.QCOW2_SPACE_LOW,
-                      Kind.QCOW2_SPACE_EXHAUSTED, Kind.IMAGE_UNREADABLE, Kind.ISNS_ESI_LOST})
+                      Kind.QCOW2_SPACE_EXHAUSTED, Kind.IMAGE_UNREADABLE, Kind.ISNS_ESI_LOST,
+                      Kind.ISNS_LIMITED})
 # Kinds that mean a bug or a broken store: ERROR, with the traceback of the
 # exception being handled when the event is emitted.
 ERRORS = frozenset({Kind.DHCP_ERROR, Kind.ISNS_ERROR, Kind.ISNS_STORE_FAILED, Kind.ISCSI_COMMAND_FAILED})

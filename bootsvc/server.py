@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING
 
 from isns import IsnsServer, Registry, Store, StoreError
+from isns.limits import LOOPBACK
 from target import Portal, TargetServer
 
 from . import config as config_mod
@@ -113,7 +114,8 @@ class Server:
             except StoreError as e:
                 self.close()
                 raise ServeError(str(e)) from e
-            server = IsnsServer(registry, i.listen.host, i.listen.port, store=store, on_event=self.bus.sink("isns"))
+            server = IsnsServer(registry, i.listen.host, i.listen.port, store=store, on_event=self.bus.sink("isns"),
+                                control_addresses=(*LOOPBACK, *i.control_addresses))
 
             async def stop_isns() -> None:
                 await server.stop()

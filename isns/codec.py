@@ -11,6 +11,7 @@ operating attributes (§5.6.1); a response starts with a 4-byte status (§5.7).
 from __future__ import annotations
 
 import ipaddress
+import math
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -334,39 +335,81 @@ def encode_message(msg: Message, max_payload: int = MAX_PDU_PAYLOAD) -> list[byt
 class Reassembler:
     """Joins the PDUs of one connection into messages (§5.4): PDUs of a
     message share function and transaction ID and count sequence IDs up
-    from 0; a message ends at the PDU flagged LAST_PDU."""
+    from 0; a message ends at the PDU flagged LAST_PDU.
 
-    max_message: int = 1 << 20  # bytes one message may gather
-    _parts: dict[tuple[int, int], tuple[int, bytearray, int]] = field(default_factory=dict)
+    What a peer may leave half-joined is bounded, as each open message is
+    memory it chose to hold: at most ``max_open`` messages at once, their
+    bytes together at most ``max_message``, each kept ``max_age`` seconds
+    from its first PDU (``now`` is the caller's clock). Past a bound the
+    PDU is refused with :class:`IsnsFormatError`; an aged message is
+    dropped silently by the next ``feed`` or by ``expire``."""
 
-    def feed(self, header: Header, payload: bytes) -> Message | None:
+    max_message: int = 1 << 20  # bytes the open messages may gather together
+    max_open: int = 4  # messages begun and not yet ended (a client has one request out at a time)
+    max_age: float = math.inf  # seconds a message may take from its first PDU to its last
+    held: int = 0  # bytes held now in open messages
+    # by (function, transaction ID): next sequence ID, bytes so far, first PDU's flags, when it began
+    _parts: dict[tuple[int, int], tuple[int, bytearray, int, float]] = field(default_factory=dict)
+
+    def feed(self, header: Header, payload: bytes, now: float = 0.0) -> Message | None:
         if header.version != VERSION:
             raise IsnsFormatError(f"iSNSP version {header.version} (this server speaks {VERSION})")
         key = (header.function, header.xid)
         if header.flags & _FIRST_LAST == _FIRST_LAST and header.seq == 0:
             # a message in one PDU, as nearly all are: no joining (what the general path does with it)
             if self._parts:
-                self._parts.pop(key, None)
+                self._drop(key)
             if len(payload) > self.max_message:
                 raise IsnsFormatError(f"message longer than {self.max_message} bytes")
             return decode_message(header.function, header.xid, header.flags, bytes(payload))
+        if self._parts:
+            self.expire(now)
         if header.flags & _FIRST or key not in self._parts:
-            if header.seq != 0:
-                raise IsnsFormatError(f"PDU {header.seq} of a message whose first PDU was not seen")
-            self._parts[key] = (0, bytearray(), header.flags)
-        seq, data, flags = self._parts[key]
+            self._begin(key, header, now)
+        seq, data, flags, began = self._parts[key]
         if header.seq != seq:
-            del self._parts[key]
+            self._drop(key)
             raise IsnsFormatError(f"PDU sequence {header.seq} where {seq} was expected")
         data += payload
-        if len(data) > self.max_message:
-            del self._parts[key]
-            raise IsnsFormatError(f"message longer than {self.max_message} bytes")
+        self.held += len(payload)
+        if self.held > self.max_message:
+            self._drop(key)
+            raise IsnsFormatError(f"messages longer than {self.max_message} bytes together")
         if not header.flags & _LAST:
-            self._parts[key] = (seq + 1, data, flags)
+            self._parts[key] = (seq + 1, data, flags, began)
             return None
-        del self._parts[key]
+        self._drop(key)
         return decode_message(header.function, header.xid, flags, bytes(data))
+
+    def _begin(self, key: tuple[int, int], header: Header, now: float) -> None:
+        if header.seq != 0:
+            raise IsnsFormatError(f"PDU {header.seq} of a message whose first PDU was not seen")
+        self._drop(key)
+        if len(self._parts) >= self.max_open:
+            raise IsnsFormatError(f"more than {self.max_open} messages begun and not ended")
+        self._parts[key] = (0, bytearray(), header.flags, now)
+
+    def _drop(self, key: tuple[int, int]) -> None:
+        part = self._parts.pop(key, None)
+        if part is not None:
+            self.held -= len(part[1])
+
+    def expire(self, now: float) -> int:
+        """Drop the messages begun more than ``max_age`` seconds before
+        ``now``; how many were dropped."""
+        old = [key for key, part in self._parts.items() if now - part[3] > self.max_age]
+        for key in old:
+            self._drop(key)
+        return len(old)
+
+    @property
+    def open(self) -> int:
+        """Messages begun and not ended."""
+        return len(self._parts)
+
+    def oldest(self) -> float:
+        """When the oldest open message began (inf: none is open)."""
+        return min((part[3] for part in self._parts.values()), default=math.inf)
 
 
 def request(function: int, xid: int, source: Attr, keys: Iterable[Attr] = (), operating: Iterable[Attr] = (),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -33,6 +34,7 @@ class Database:
     # indexes, rebuilt by restart_indexes(): who owns each portal, who registered for SCNs
     portal_owner: dict[Address, str] = field(default_factory=dict)
     scn_nodes: set[str] = field(default_factory=set)
+    registered_by: Counter[str] = field(default_factory=Counter)  # entities per registering source
     _indexes: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def new_index(self) -> int:
@@ -45,6 +47,7 @@ class Database:
         self._indexes = itertools.count(highest + 1)
         self.portal_owner = {key: e.eid for e in self.entities.values() for key in e.portals}
         self.scn_nodes = {n.name for n in self.nodes.values() if n.scn_bitmap}
+        self.registered_by = Counter(e.registrar for e in self.entities.values())
 
     def _all_indexed(self) -> Iterator[Entity | Portal | Node | PortalGroup]:
         for e in self.entities.values():
@@ -112,6 +115,11 @@ class Database:
     # -- adding and removing ---------------------------------------------------------------
 
     def add_entity(self, entity: Entity) -> None:
+        old = self.entities.get(entity.eid)
+        if old is not entity:
+            if old is not None:
+                self._uncount(old)
+            self.registered_by[entity.registrar] += 1
         self.entities[entity.eid] = entity
         self.dirty.add(("entity", entity.eid))
 
@@ -157,4 +165,10 @@ class Database:
         for key in entity.portals:
             self.portal_owner.pop(key, None)
         del self.entities[entity.eid]
+        self._uncount(entity)
         self.dirty.add(("entity", entity.eid))
+
+    def _uncount(self, entity: Entity) -> None:
+        self.registered_by[entity.registrar] -= 1
+        if not self.registered_by[entity.registrar]:
+            del self.registered_by[entity.registrar]

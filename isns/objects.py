@@ -162,6 +162,10 @@ class Entity(_Listed):
     management_ip: ipaddress.IPv6Address | None = None
     portals: dict[tuple[ipaddress.IPv6Address, Port], Portal] = field(default_factory=dict)
     nodes: dict[str, Node] = field(default_factory=dict)
+    # who registered it, never listed: the source and the peer's address (None: a direct call),
+    # so a REPLACE from elsewhere cannot take it over (§5.6.5.1) and a source's count is known
+    registrar: str = ""
+    registrar_host: str | None = None
     _memo: Memo = _memo_field()
     _chosen: Chosen = _memo_field()
 

@@ -25,11 +25,12 @@ from typing import Generic, TypeVar
 
 from . import timers
 from .codec import Message, response
-from .context import MIN_ESI_INTERVAL, Context
+from .context import MAX_NODES, MAX_PER_SOURCE, MIN_ESI_INTERVAL, Context
 from .database import Database, Dirty, PortalGroupKey
 from .errors import IsnsError
 from .events import OnEvent, ignore_event
 from .handlers import HANDLERS
+from .limits import DIRECT, Gate, Origin
 from .notifier import Notifier
 from .objects import DEFAULT_PERIOD, DiscoveryDomain, DiscoveryDomainSet, Entity, Node, PortalGroup
 from .protocol import Function, Status, Tag
@@ -75,22 +76,29 @@ class Registry:
 
     def __init__(self, control_nodes: set[str] | None = None, default_dd_visible: bool = True,
                  open_dd_registration: bool = False, *, default_period: int = DEFAULT_PERIOD,
-                 min_esi_interval: int = MIN_ESI_INTERVAL, on_event: OnEvent = ignore_event) -> None:
+                 min_esi_interval: int = MIN_ESI_INTERVAL, on_event: OnEvent = ignore_event,
+                 max_per_source: int = MAX_PER_SOURCE, max_nodes: int = MAX_NODES) -> None:
         """``control_nodes``: the iSCSI names that see and may change
         everything; ``default_dd_visible``: nodes in no DD see each other;
         ``open_dd_registration``: any source may register DDs and DD sets;
         ``default_period``: the registration period (s) of entities that
         name none (0: never expire); ``min_esi_interval``: the shortest ESI
-        interval (s) granted."""
+        interval (s) granted; ``max_per_source``: the entities a source
+        other than a control node may register, and the portals in one of
+        them; ``max_nodes``: the nodes in one of them."""
         db = Database()
         control = set() if control_nodes is None else control_nodes  # the caller's set: it may change it later
         visibility = Visibility(db, control, default_dd_visible, open_dd_registration)
-        self._ctx = Context(db, visibility, Notifier(db, visibility), on_event, default_period, min_esi_interval)
+        self._refusals = Gate()  # refusals of network requests told at most once a second per status
+        self._ctx = Context(db, visibility, Notifier(db, visibility), on_event, default_period, min_esi_interval,
+                            max_per_source=max_per_source, max_nodes=max_nodes)
 
     # -- entry point ------------------------------------------------------------------
 
-    def handle(self, msg: Message, now: float) -> Message | None:
-        """The response to ``msg`` (None for messages that get none)."""
+    def handle(self, msg: Message, now: float, origin: Origin = DIRECT) -> Message | None:
+        """The response to ``msg`` (None for messages that get none);
+        ``origin``: where it came from (isns/limits.py), for control-node
+        rights and who registered an entity."""
         function = _FUNCTIONS.get(msg.function)  # as Function(...), without the enum machinery's call
         if function is None:
             return response(msg, Status.MESSAGE_NOT_SUPPORTED)
@@ -103,14 +111,25 @@ class Registry:
         if source is None or source.tag != Tag.ISCSI_NAME or not isinstance(source.value, str) or not source.value:
             return response(msg, Status.SOURCE_ABSENT)
         ctx = self._ctx
+        ctx.origin = origin
         node = ctx.db.nodes.get(source.value)
-        if node is not None:  # any request from an entity's node refreshes its registration (§6.2.6)
-            ctx.db.entities[node.entity].last_seen = now
         try:
+            if not origin.control and ctx.visibility.is_control(source.value):
+                # a control node's name alone is no credential: anyone can send it (§6.11.3)
+                raise IsnsError(Status.SOURCE_UNAUTHORIZED,
+                                f"control node {source.value} from {origin.host}, not a control address")
+            if node is not None:  # any request from an entity's node refreshes its registration (§6.2.6)
+                ctx.db.entities[node.entity].last_seen = now
             return handler(ctx, msg, source.value, now)
         except IsnsError as e:
-            ctx.on_event("isns.refused", {"function": function.name, "source": source.value,
-                                          "status": e.status.name, "why": str(e)})
+            fields: dict[str, object] = {"function": function.name, "source": source.value,
+                                         "status": e.status.name, "why": str(e)}
+            if origin.host is not None:  # a client can be refused at will: it must not flood the log
+                held_back = self._refusals.pass_(e.status.name, now)
+                if held_back is not None:
+                    ctx.on_event("isns.refused", {**fields, "peer": origin.host, "held_back": held_back})
+            else:
+                ctx.on_event("isns.refused", fields)
             return response(msg, e.status)
         finally:
             ctx.notifier.flush(now)
@@ -172,6 +191,8 @@ class Registry:
     on_event: _Part[OnEvent] = _Part()
     default_period: _Part[int] = _Part()
     min_esi_interval: _Part[int] = _Part()
+    max_per_source: _Part[int] = _Part()
+    max_nodes: _Part[int] = _Part()
     control_nodes: _Part[set[str]] = _Part("visibility")
     default_dd_visible: _Part[bool] = _Part("visibility")
     open_dd_registration: _Part[bool] = _Part("visibility")

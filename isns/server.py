@@ -16,12 +16,14 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
-from .codec import (Heartbeat, IsnsFormatError, Message, Reassembler, address, display, encode_message,
+from .codec import (Header, Heartbeat, IsnsFormatError, Message, Reassembler, address, display, encode_message,
                     unpack_header)
 from .events import OnEvent, logfmt, peer_text
+from .limits import DIRECT, LOOPBACK, Connections, ControlAddresses, Gate, Limits, Network, Origin, UdpJoins
 from .protocol import DEFAULT_PORT, HEADER_SIZE, RESPONSE, Function, Status, Tag, function_name
 from .registry import Registry
 from .scn import Address, Notice
@@ -31,17 +33,22 @@ log = logging.getLogger("isns.server")
 
 SEND_TIMEOUT = 5.0  # seconds for connecting to an SCN/ESI port and hearing its answer
 TIMER_CEILING = 30.0  # the timer wakes at least this often, so clock jumps are caught
+SWEEPS = 4  # looks for silent connections per idle (or reassembly) timeout
 
 
 class IsnsServer:
     def __init__(self, registry: Registry, host: str = "0.0.0.0", port: int = DEFAULT_PORT,
                  clock: Callable[[], float] = time.time, store: Store | None = None, udp: bool = True,
-                 heartbeat: tuple[str, int, int] | None = None, on_event: OnEvent | None = None) -> None:
+                 heartbeat: tuple[str, int, int] | None = None, on_event: OnEvent | None = None,
+                 limits: Limits = Limits(), control_addresses: Iterable[str | Network] = LOOPBACK) -> None:
         """``heartbeat``: (address, UDP port, interval s) to announce this
         server to. ``on_event(what, fields)``: told of what the server meets
         (isns/events.py), instead of its logging them; the events of a
         failure (isns.error, isns.store_failed) are told inside the
-        ``except`` block, so ``sys.exc_info()`` holds the exception."""
+        ``except`` block, so ``sys.exc_info()`` holds the exception.
+        ``limits``: what one client may cost (isns/limits.py);
+        ``control_addresses``: the networks a control node's name is
+        believed from, besides the server's own address."""
         self.registry = registry
         self.host = host
         self.port = port
@@ -52,7 +59,13 @@ class IsnsServer:
         self.on_event = on_event
         self._server: asyncio.Server | None = None
         self._datagrams: asyncio.DatagramTransport | None = None
-        self._clients: set[asyncio.Transport] = set()
+        self.limits = limits
+        self.control = ControlAddresses(control_addresses)
+        self._clients: dict[asyncio.Transport, _Connection] = {}
+        self._connections = Connections(limits)
+        self._udp = UdpJoins(limits)
+        self._gate = Gate()
+        self._tcp_held = 0  # bytes of messages begun over all TCP connections
         self._by_entity: dict[str, asyncio.Transport] = {}  # the last connection each entity used
         self._port_locks: dict[Address, asyncio.Lock] = {}  # per SCN/ESI port of a client
         self._tasks: set[asyncio.Task[None]] = set()
@@ -68,6 +81,8 @@ class IsnsServer:
             self._datagrams, _ = await loop.create_datagram_endpoint(lambda: _Datagrams(self),
                                                                      local_addr=(self.host, self.port))
         self._spawn(self._timer())
+        if min(self.limits.idle_timeout, self.limits.reassembly_timeout) < math.inf:
+            self._spawn(self._reap())
         if self.heartbeat is not None:
             self._spawn(self._announce(*self.heartbeat))
 
@@ -98,12 +113,24 @@ class IsnsServer:
         elif log.isEnabledFor(level):
             log.log(level, "%s", logfmt(what, fields), exc_info=level >= logging.ERROR)
 
+    def limited(self, reason: str, peer: object, why: str) -> None:
+        """A bound was hit (isns.limited): told at most once a second per
+        ``reason``, with how many were held back since the last."""
+        held_back = self._gate.pass_(reason, time.monotonic())
+        if held_back is not None:
+            self.event("isns.limited", {"peer": peer_text(peer), "reason": reason, "why": why,
+                                        "held_back": held_back}, logging.WARNING)
+
+    def held(self) -> int:
+        """Bytes of messages begun and not ended, over TCP and UDP."""
+        return self._udp.held + self._tcp_held
+
     # -- requests -------------------------------------------------------------------
 
-    def answer(self, msg: Message, peer: object) -> Message | None:
+    def answer(self, msg: Message, peer: object, origin: Origin = DIRECT) -> Message | None:
         """The registry's response, then the side effects: store, notices."""
         try:
-            reply = self.registry.handle(msg, self.clock())
+            reply = self.registry.handle(msg, self.clock(), origin)
         except Exception as e:  # a bug must not end the service: answer and keep serving
             self.event("isns.error", {"peer": peer_text(peer), "function": function_name(msg.function),
                                       "why": _why(e)}, logging.ERROR)
@@ -135,7 +162,7 @@ class IsnsServer:
             self._by_entity[node.entity] = transport
 
     def _disconnected(self, transport: asyncio.Transport) -> None:
-        self._clients.discard(transport)
+        self._clients.pop(transport, None)
         for eid in [e for e, t in self._by_entity.items() if t is transport]:
             del self._by_entity[eid]
 
@@ -194,6 +221,27 @@ class IsnsServer:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
 
+    async def _reap(self) -> None:
+        """Close TCP connections silent for ``idle_timeout`` (each holds a
+        descriptor and a slot), and drop the messages begun longer than
+        ``reassembly_timeout`` ago, over TCP and UDP. A connection an entity's SCNs and ESIs
+        go over stays while it does. A sweep, not a timer per connection:
+        a PDU only notes when it came."""
+        limits = self.limits
+        every = min(limits.idle_timeout, limits.reassembly_timeout) / SWEEPS
+        while True:
+            await asyncio.sleep(every)
+            now = time.monotonic()
+            if self._udp.senders and self._udp.expire(now):
+                self.limited("reassembly_timeout", None, "a UDP message not ended in time was dropped")
+            kept = set(self._by_entity.values())
+            for transport, conn in list(self._clients.items()):
+                if conn.joined.open and conn.expire(now):
+                    self.limited("reassembly_timeout", conn.peer, "a message not ended in time was dropped")
+                if now - conn.heard > limits.idle_timeout and transport not in kept:
+                    self.limited("idle", conn.peer, f"silent for {limits.idle_timeout:g} s")
+                    transport.close()
+
     async def _announce(self, host: str, port: int, interval: int) -> None:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, remote_addr=(host, port))
@@ -224,16 +272,51 @@ class _Connection(asyncio.Protocol):
         # one piece and is then cut from what was received without a copy
         self.pending = bytearray()
         self.needed = HEADER_SIZE
-        self.joined = Reassembler()
+        self.joined = server.limits.reassembler()
+        self.heard = time.monotonic()  # when data last came (IsnsServer._reap)
+        self.host = ""  # counted in the server's Connections under this address ("": not admitted)
+        self.origin = Origin()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.peer = transport.get_extra_info("peername")
-        self.server._clients.add(self.transport)  # type: ignore[arg-type]
+        host = str(self.peer[0]) if isinstance(self.peer, tuple) else str(self.peer)
+        refused = self.server._connections.admit(host)
+        if refused is not None:
+            self.server.limited("connections", self.peer, refused)
+            transport.close()
+            return
+        self.host = host
+        local = transport.get_extra_info("sockname")
+        self.origin = self.server.control.origin(host, str(local[0]) if isinstance(local, tuple) else None)
+        self.server._clients[self.transport] = self  # type: ignore[index]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.transport is not None:
+        if self.transport is not None and self.host:
+            self.server._connections.release(self.host)
             self.server._disconnected(self.transport)
+            self.server._tcp_held -= self.joined.held
+
+    def _join(self, header: Header, payload: bytes, now: float) -> Message | None:
+        """The message ``payload`` ends, if it does, with every connection's
+        half-joined bytes together bounded too (Limits.tcp_bytes): each
+        connection's own bound times the connections allowed is more than
+        the server should hold."""
+        joined, server = self.joined, self.server
+        before = joined.held
+        try:
+            msg = joined.feed(header, payload, now)
+        finally:
+            server._tcp_held += joined.held - before
+        if joined.held > before and server._tcp_held > server.limits.tcp_bytes:
+            raise IsnsFormatError(f"messages begun over all connections past {server.limits.tcp_bytes} bytes")
+        return msg
+
+    def expire(self, now: float) -> int:
+        before = self.joined.held
+        dropped = self.joined.expire(now)
+        self.server._tcp_held += self.joined.held - before
+        return dropped
 
     # the client does not read its responses: stop reading its requests until
     # it does, as streams' drain() did
@@ -248,6 +331,9 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         transport, server = self.transport, self.server
         assert transport is not None
+        if not self.host:
+            return  # refused at connection_made: closing
+        self.heard = now = time.monotonic()  # also the reassembler's clock
         if self.pending:
             self.pending += data
             if len(self.pending) < self.needed:
@@ -263,7 +349,7 @@ class _Connection(asyncio.Protocol):
                 end = pos + HEADER_SIZE + header.length
                 if len(data) < end:
                     break  # the rest of this PDU is still on its way
-                msg = self.joined.feed(header, data[pos + HEADER_SIZE:end])
+                msg = self._join(header, data[pos + HEADER_SIZE:end], now)
             except IsnsFormatError as e:
                 # the stream cannot be trusted past a bad PDU: say so if we can, then close
                 server.event("isns.malformed", {"peer": peer_text(self.peer), "why": str(e)})
@@ -279,8 +365,8 @@ class _Connection(asyncio.Protocol):
             if msg.is_response:
                 server._response(msg)  # to an SCN or ESI we sent over this connection
                 continue
-            server._remember_connection(msg, transport)
-            reply = server.answer(msg, self.peer)
+            reply = server.answer(msg, self.peer, self.origin)
+            server._remember_connection(msg, transport)  # after: a registration's node exists only now
             if reply is not None:
                 replies.extend(encode_message(reply))
         if pos < len(data):  # a PDU begun: its header, if whole, is the one parsed last
@@ -297,7 +383,7 @@ class _Datagrams(asyncio.DatagramProtocol):
     def __init__(self, server: IsnsServer) -> None:
         self.server = server
         self.transport: asyncio.DatagramTransport | None = None
-        self.joined: dict[object, Reassembler] = {}
+        self.local = None if server.host in ("", "0.0.0.0", "::") else server.host  # the server's own address
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -307,23 +393,21 @@ class _Datagrams(asyncio.DatagramProtocol):
             header = unpack_header(data)
             if len(data) < HEADER_SIZE + header.length:
                 raise IsnsFormatError("a datagram shorter than its PDU length")
-            if len(self.joined) > 1024:
-                self.joined.clear()  # bound the half-joined messages strangers may leave
-            msg = self.joined.setdefault(addr, Reassembler()).feed(header, data[HEADER_SIZE:HEADER_SIZE + header.length])
+            msg = self.server._udp.feed(addr, header, data[HEADER_SIZE:HEADER_SIZE + header.length],
+                                        time.monotonic())
         except IsnsFormatError as e:
             self.server.event("isns.malformed", {"peer": peer_text(addr), "why": str(e)})
-            self.joined.pop(addr, None)
+            self.server._udp.forget(addr)
             if len(data) >= 4 and not data[2] & 0x80 and self.transport is not None:
                 for pdu in encode_message(_format_error(data)):
                     self.transport.sendto(pdu, addr)
             return
         if msg is None:
             return
-        self.joined.pop(addr, None)
         if msg.is_response:
             self.server._response(msg)
             return
-        reply = self.server.answer(msg, addr)
+        reply = self.server.answer(msg, addr, self.server.control.origin(str(addr[0]), self.local))
         if reply is not None and self.transport is not None:
             for pdu in encode_message(reply):
                 self.transport.sendto(pdu, addr)

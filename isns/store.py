@@ -36,6 +36,7 @@ def entity_to_dict(entity: Entity, groups: list[PortalGroup]) -> dict[str, Any]:
     return {
         "eid": entity.eid, "index": entity.index, "protocol": entity.protocol, "period": entity.period,
         "registered": entity.registered, "last_seen": entity.last_seen,
+        "registrar": entity.registrar, "registrar_host": entity.registrar_host,
         "management_ip": None if entity.management_ip is None else str(entity.management_ip),
         "portals": [{"address": str(p.address), "port": _port(p.port), "index": p.index,
                      "symbolic_name": p.symbolic_name, "esi_interval": p.esi_interval,
@@ -49,7 +50,8 @@ def entity_to_dict(entity: Entity, groups: list[PortalGroup]) -> dict[str, Any]:
 
 def entity_from_dict(d: dict[str, Any]) -> tuple[Entity, list[PortalGroup]]:
     entity = Entity(d["eid"], d["index"], d["protocol"], d["period"], d["registered"], d["last_seen"],
-                    None if d["management_ip"] is None else ipaddress.IPv6Address(d["management_ip"]))
+                    None if d["management_ip"] is None else ipaddress.IPv6Address(d["management_ip"]),
+                    registrar=d.get("registrar", ""), registrar_host=d.get("registrar_host"))  # older stores: unknown
     for p in d["portals"]:
         port = _unport(p["port"])
         assert port is not None

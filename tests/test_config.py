@@ -307,3 +307,20 @@ machines:
     pc1 = cfg.machines["52:54:00:00:00:01"]
     assert pc1.chap is not None and pc1.chap.user == "pc1" and pc1.mutual_chap is None
     assert "00:02.mutual_chap: the mutual CHAP secret must differ" in problems(write(tmp_path, machines % "pc2-secret-123"))
+
+
+def test_isns_control_addresses(tmp_path: Path) -> None:
+    """isns.control_addresses: where a control node's name is believed
+    from besides loopback (docs/security.md); addresses and CIDRs."""
+    cfg = load(write(tmp_path, f"""
+state_dir: {tmp_path / 'state'}
+listen: {{isns: 127.0.0.1:3205}}
+isns: {{control_nodes: [iqn.2026-11.test:admin], control_addresses: [10.0.0.5, "fd00::/64", 192.168.1.0/24]}}
+"""))
+    assert cfg.isns.control_addresses == (ipaddress.ip_network("10.0.0.5/32"), ipaddress.ip_network("fd00::/64"),
+                                          ipaddress.ip_network("192.168.1.0/24"))
+    assert load(write(tmp_path, "listen: {isns: 127.0.0.1:3205}\n")).isns.control_addresses == ()
+    p = write(tmp_path, "listen: {isns: 127.0.0.1:3205}\nisns:\n  control_addresses: [10.0.0.300]\n")
+    assert f"{p}:3: isns.control_addresses: '10.0.0.300' is not an IP address or network" in problems(p)
+    p = write(tmp_path, "listen: {isns: 127.0.0.1:3205}\nisns:\n  control_addresses: 10.0.0.1\n")
+    assert "isns.control_addresses: expected a list of IP addresses or networks" in problems(p)

@@ -11,6 +11,7 @@ import pytest
 
 from isns.codec import Attr, Message, encode_message, request
 from isns.events import logfmt, peer_text
+from isns.limits import DIRECT, Origin
 from isns.protocol import HEADER_SIZE, Function, Status, Tag
 from isns.registry import Registry
 from isns.server import IsnsServer
@@ -66,7 +67,7 @@ def test_events_are_logged_in_logfmt_without_on_event(caplog: pytest.LogCaptureF
 
 def test_a_failing_registry_and_store_are_events(caplog: pytest.LogCaptureFixture) -> None:
     class Broken(Registry):
-        def handle(self, msg: Message, now: float) -> Message | None:
+        def handle(self, msg: Message, now: float, origin: Origin = DIRECT) -> Message | None:
             raise RuntimeError("a bug")
 
     class FullDisk:

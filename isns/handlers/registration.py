@@ -26,11 +26,13 @@ def dev_attr_reg(ctx: Context, msg: Message, source: str, now: float) -> Message
     objects = list(groups(operating))
     for kind, attrs in objects:
         _CHECKS[kind](ctx, attrs, entity)
+    _check_counts(ctx, source, entity, objects)
     if entity is not None:
         entity = _replaced(ctx, msg, source, entity, objects)
     if entity is None:
         entity = Entity(str(eid) if eid else f"isns:entity:{ctx.db.new_index()}", ctx.db.new_index(),
-                        period=ctx.default_period, registered=now)
+                        period=ctx.default_period, registered=now, registrar=source,
+                        registrar_host=ctx.origin.host)
     entity.last_seen = now
     ctx.db.add_entity(entity)
     added: list[Object] = [_PUTS[kind](ctx, entity, attrs) for kind, attrs in objects]
@@ -62,13 +64,18 @@ def _entity_named(ctx: Context, keys: list[Attr], operating: list[Attr]) -> Valu
 def _replaced(ctx: Context, msg: Message, source: str, entity: Entity, objects: Groups) -> Entity | None:
     """The existing entity a registration updates, or None when REPLACE
     drops it for a new one. A source replacing an entity with a
-    registration of itself may (tgt restarted with another first target,
-    keeping its EID: the host address); otherwise only the entity's own
-    nodes may change it."""
+    registration of itself may, from the address that registered the
+    entity (tgt restarted with another first target, keeping its EID: the
+    host address); otherwise only the entity's own nodes may change it. A
+    REPLACE from another address would hand a stranger the entity
+    (§5.6.5.1: the source must be authorized)."""
     replace = bool(msg.flags & Flags.REPLACE)
     claims = replace and any(kind == "node" and attrs[0].value == source for kind, attrs in objects)
-    if not claims:
+    if not claims or source in entity.nodes or ctx.visibility.is_control(source):
         ctx.visibility.check_may_change(source, entity)
+    elif entity.registrar_host != ctx.origin.host:
+        raise IsnsError(Status.SOURCE_UNAUTHORIZED, f"{source} may not replace entity {entity.eid}, registered "
+                                                    f"by {entity.registrar or 'another source'} from another address")
     if replace:
         ctx.drop_entity(entity, "replaced")
         return None
@@ -87,6 +94,9 @@ def _check_node(ctx: Context, attrs: list[Attr], entity: Entity | None) -> None:
     other = ctx.db.nodes.get(name)
     if not name:
         raise IsnsError(Status.INVALID_REGISTRATION, "an iSCSI node without a name")
+    if not ctx.origin.control and ctx.visibility.is_control(name):
+        # a node named as a control node would hear of every change (SCNs go to who may see them)
+        raise IsnsError(Status.SOURCE_UNAUTHORIZED, f"control node {name} registered from {ctx.origin.host}")
     if other is not None and (entity is None or other.entity != entity.eid):
         raise IsnsError(Status.INVALID_REGISTRATION, f"{name} belongs to entity {other.entity}")
 
@@ -102,6 +112,29 @@ def _check_portal(ctx: Context, attrs: list[Attr], entity: Entity | None) -> Non
 
 def _check_domain(ctx: Context, attrs: list[Attr], entity: Entity | None) -> None:
     raise IsnsError(Status.INVALID_REGISTRATION, "DDs and DD sets are registered with DDReg/DDSReg")
+
+
+def _check_counts(ctx: Context, source: str, entity: Entity | None, objects: Groups) -> None:
+    """A source other than a control node registers at most
+    ``max_per_source`` entities, each with at most that many portals and
+    ``max_nodes`` nodes: each is memory and store rows kept for as long as the
+    registration lasts, and a source name costs nothing to invent. RFC
+    4171 has no status for "too many"; Invalid Registration (§6.4) says
+    this registration was not taken."""
+    cap = ctx.max_per_source
+    if ctx.visibility.is_control(source):
+        return
+    if entity is None and ctx.db.registered_by[source] >= cap:
+        raise IsnsError(Status.INVALID_REGISTRATION, f"{source} registered {cap} entities already")
+    nodes, portals = (entity.nodes, entity.portals) if entity is not None else ({}, {})
+    for kind, held, cap in (("node", nodes, ctx.max_nodes), ("portal", portals, ctx.max_per_source)):
+        new = {_key(kind, attrs) for k, attrs in objects if k == kind} - held.keys()
+        if len(held) + len(new) > cap:
+            raise IsnsError(Status.INVALID_REGISTRATION, f"more than {cap} {kind}s in one entity")
+
+
+def _key(kind: str, attrs: list[Attr]) -> object:
+    return attrs[0].value if kind == "node" else portal_key(attrs)
 
 
 _CHECKS: dict[str, Callable[[Context, list[Attr], Entity | None], None]] = {
