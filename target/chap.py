@@ -161,10 +161,19 @@ class ChapExchange:
     algorithm: ChapAlgorithm | None = None
     ident: int = 0
     challenge: bytes = b""
+    answered: bool = False  # we proved the reverse secret (mutual CHAP)
 
     @property
     def done(self) -> bool:
         return self.step is Step.DONE
+
+    @property
+    def method(self) -> str:
+        """How the initiator authenticated, e.g. ``chap-md5`` or
+        ``mutual-chap-sha256`` (for the login event)."""
+        if not self.done or self.algorithm is None:
+            return "none"
+        return ("mutual-" if self.answered else "") + "chap-" + self.algorithm.name.lower().replace("_", "-")
 
     def receive(self, keys: dict[str, str]) -> list[tuple[str, str]]:
         if self.step is Step.ALGORITHM:
@@ -226,4 +235,5 @@ class ChapExchange:
         if hmac.compare_digest(theirs, self.challenge):
             raise ChapError("the initiator sent our own challenge back (reflection)")
         ours = response(self.algorithm, int(ident_text), reverse.secret, theirs)
+        self.answered = True
         return [("CHAP_N", reverse.user), ("CHAP_R", encode_binary(ours))]

@@ -274,7 +274,8 @@ class IscsiConnection:
         self.session.bind(Link(self.cid, self.peer, self.local_address), login.statsn, self.loop.time())
         self.server.logged_in(self)
         self.server.event("iscsi.login", peer=self.peer, initiator=p.initiator_name, target=p.target_name,
-                          session_type=p.session_type, tsih=login.tsih)
+                          session_type=p.session_type, tsih=login.tsih,
+                          auth=login.chap.method if login.chap is not None else "none")
 
     async def _full_feature(self) -> None:
         """Full Feature Phase is driven by a reader callback registered once:

@@ -123,8 +123,8 @@ def diagnose(t: Timeline) -> str:
     if last is Step.DHCP_OFFER:
         return f"offered an address but never acknowledged: the machine did not send a DHCP request{refused}"
     if last is Step.DHCP_ACK:
-        return ("got its boot options but never logged in to its target: check the root-path and the "
-                f"target's ACL{refused}")
+        return ("got its boot options but never logged in to its target: check the root-path, the "
+                f"target's ACL and the machine's CHAP credentials{refused}")
     if last is Step.TARGET_LOGIN:
         return f"logged in but never read its disk: the firmware gave up on the LUN{refused}"
     if last is Step.FIRST_READ:

@@ -14,6 +14,7 @@ machine whose own PXE client loads snponly.efi from bootsvc's TFTP."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ from bootsvc.demo.build import SYSTEMD_BOOT
 from bootsvc.demo.disk import Layout
 from bootsvc.vm import qemu
 from bootsvc.vm.run import Options, boot_address, run
-from bootsvc.vm.timeline import ORDER, Timeline
+from bootsvc.vm.timeline import ORDER, Timeline, diagnose
 from tests.e2e.conftest import need
 from tests.e2e.netns import can_make_namespaces, ip, namespaces
 from tests.e2e.peers import bootsvc_serve, stop
@@ -34,6 +35,13 @@ from tests.e2e.peers import bootsvc_serve, stop
 pytestmark = pytest.mark.e2e
 HOSTS = [f"node{i:02}" for i in range(1, 5)]
 KERNEL_HOST = "node05"  # profile demo-linux-kernel: iPXE loads the kernel itself
+MUTUAL_HOST = "node06"  # profile mutual: bootsvc proves its own secret back (reverse CHAP)
+WRONG_HOST = "node07"  # profile wrong-secret: its script gives iPXE a password that is not its own
+PROFILES = {
+    "mutual": "base: demo-linux.qcow2\nauth: mutual\n",
+    "wrong-secret": ("base: demo-linux.qcow2\nscript: |\n  #!ipxe\n  {{chap}}\n  set password not-my-secret-1\n"
+                     "  sanboot {{root_path}}\n"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +57,17 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> config.Config:
     if reason:
         pytest.skip(reason)
     work = tmp_path_factory.mktemp("demo")
+    (work / "profiles").mkdir()
+    for name, text in PROFILES.items():
+        (work / "profiles" / f"{name}.yaml").write_text(text)
     machines = "\n".join(f"  52:54:00:77:01:{i:02x}: {{hostname: {h}, ip: 10.215.0.{10 + i}, profile: {p}}}"
                          for i, (h, p) in enumerate([*((h, "demo-linux") for h in HOSTS),
-                                                     (KERNEL_HOST, "demo-linux-kernel")], 1))
+                                                     (KERNEL_HOST, "demo-linux-kernel"), (MUTUAL_HOST, "mutual"),
+                                                     (WRONG_HOST, "wrong-secret")], 1))
     path = work / "bootsvc.yaml"
     path.write_text(f"""
 state_dir: {work / 'state'}
+profiles_dir: {work / 'profiles'}
 iqn_prefix: iqn.2026-11.test.demo
 listen:
   dhcp: {{interface: bsv-demo0, address: 10.215.0.1}}
@@ -95,7 +108,7 @@ def check_booted(t: Timeline) -> None:
 
 def check_overlays(cfg: config.Config, hosts: list[str], work: Path) -> None:
     overlays = {h: cfg.overlays_dir / f"{h}.qcow2" for h in hosts}
-    initiators = {h: f"{cfg.iqn_prefix}:{h}" for h in [*HOSTS, KERNEL_HOST]}
+    initiators = {h: f"{cfg.iqn_prefix}:{h}" for h in [*HOSTS, KERNEL_HOST, MUTUAL_HOST]}
     for host, overlay in overlays.items():
         check = subprocess.run(["qemu-img", "check", str(overlay)], capture_output=True, text=True, timeout=60)
         assert check.returncode == 0 and "No errors" in check.stdout, check.stdout + check.stderr
@@ -107,10 +120,40 @@ def check_overlays(cfg: config.Config, hosts: list[str], work: Path) -> None:
 
 
 def test_one_vm_boots_linux_from_its_overlay(lab: config.Config, tmp_path: Path) -> None:
+    """... with CHAP on: iPXE logs in with the secret its script set (MD5,
+    all iPXE knows), Linux with the one iPXE wrote into the iBFT (SHA3-256:
+    the demo's initramfs offers the strongest first)."""
     timelines = run(lab, Options(count=1, accel="auto", timeout=240))
     check_booted(timelines[0])
     check_overlays(lab, HOSTS[:1], tmp_path)
+    served = (lab.state_dir / "vm" / "serve.log").read_text()
+    assert "auth=chap-md5" in served and "auth=chap-sha3-256" in served, served[-3000:]
+    secrets = lab.state_dir / "secrets" / "chap.json"
+    assert secrets.stat().st_mode & 0o777 == 0o600 and secrets.parent.stat().st_mode & 0o777 == 0o700
+    made = json.loads(secrets.read_text())["52:54:00:77:01:01"]["secret"]
+    assert made not in served  # never logged
     (lab.state_dir / "vm" / "serve.log").rename(tmp_path / "serve-1.log")
+
+
+def test_mutual_chap_vm_boots(lab: config.Config, tmp_path: Path) -> None:
+    mac = next(m.mac for m in lab.machines.values() if m.hostname == MUTUAL_HOST)
+    timelines = run(lab, Options(macs=(mac,), accel="auto", timeout=240))
+    check_booted(timelines[0])
+    served = (lab.state_dir / "vm" / "serve.log").read_text()
+    assert "auth=mutual-chap-md5" in served and "auth=mutual-chap-sha3-256" in served, served[-3000:]
+    check_overlays(lab, [MUTUAL_HOST], tmp_path)
+
+
+def test_a_wrong_secret_fails_with_a_clear_event(lab: config.Config) -> None:
+    mac = next(m.mac for m in lab.machines.values() if m.hostname == WRONG_HOST)
+    (t,) = run(lab, Options(macs=(mac,), accel="auto", timeout=40))
+    assert not t.booted
+    said = diagnose(t)
+    assert "never logged in" in said and "CHAP credentials" in said, said
+    # the first refusals say why; after five in a minute the source is throttled, and that is said too
+    assert "wrong CHAP response (secret)" in t.refusals[0], t.refusals
+    served = (lab.state_dir / "vm" / "serve.log").read_text()
+    assert f"initiator={lab.iqn_prefix}:{WRONG_HOST}" in served and "not-my-secret" not in served
 
 
 def test_four_vms_boot_at_once_each_from_its_own_overlay(lab: config.Config, tmp_path: Path) -> None:
