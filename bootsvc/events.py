@@ -70,6 +70,7 @@ class Kind(str, Enum):
     # the fleet (bootsvc/fleet.py)
     FLEET_RELOADED = "fleet.reloaded"
     FLEET_ADOPTION_CAPPED = "fleet.adoption_capped"  # dhcp.max_adopted machines made: no more
+    FLEET_ADOPTION_EXPIRED = "fleet.adoption_expired"  # an adopted machine never booted: forgotten, disk deleted
     # iSCSI (target/, through its event callback)
     ISCSI_LISTENING = "iscsi.listening"
     ISCSI_LOGIN = "iscsi.login"
@@ -133,13 +134,14 @@ WARNINGS = frozenset({Kind.FLEET_ADOPTION_CAPPED, Kind.BOOT_REFUSED, Kind.BOOT_S
                       Kind.DISK_KEPT, Kind.TFTP_FAILED, Kind.ISCSI_STREAM_ERROR, Kind.ISCSI_HEADER_DIGEST_ERROR,
                       Kind.ISCSI_ACCEPT_FAILED, Kind.QCOW2_REPAIRED, Kind.QCOW2_SPACE_LOW,
                       Kind.QCOW2_SPACE_EXHAUSTED, Kind.IMAGE_UNREADABLE, Kind.ISNS_ESI_LOST,
-                      Kind.ISNS_LIMITED})
+                      Kind.ISNS_LIMITED, Kind.ISCSI_CONNECTIONS_REFUSED})
 # Kinds that mean a bug or a broken store: ERROR, with the traceback of the
 # exception being handled when the event is emitted.
 ERRORS = frozenset({Kind.DHCP_ERROR, Kind.ISNS_ERROR, Kind.ISNS_STORE_FAILED, Kind.ISCSI_COMMAND_FAILED})
 # Kinds a client can cause at will (garbage on a port): DEBUG, so they cannot flood the log.
 NOISE = frozenset({Kind.DHCP_MALFORMED, Kind.TFTP_MALFORMED, Kind.HTTP_BAD_REQUEST, Kind.RA_SENT,
-                   Kind.RA_FAILED, Kind.DHCP_DROPPED, Kind.ISNS_MALFORMED})
+                   Kind.RA_FAILED, Kind.DHCP_DROPPED, Kind.ISNS_MALFORMED, Kind.ISCSI_PDU_TIMEOUT,
+                   Kind.ISCSI_TEXT_TOO_LONG})
 
 IDENTITIES = ("mac", "ip", "hostname", "initiator", "target", "peer")
 

@@ -77,6 +77,7 @@ class Fleet:
         self.bus = bus
         self.leases = leases
         self.targets: dict[str, Target] = {}
+        self._unbooted: dict[str, float] = {}  # adopted machines not logged in yet: MAC -> when adopted
         self._machines = self._inventory(cfg)
         self.machines: Mapping[str, Machine] = MappingProxyType(self._machines)
         self._disks: dict[str, Disk] = {}  # by MAC
@@ -206,6 +207,8 @@ class Fleet:
         about a machine joins its attempt; an unknown MAC seen under
         ``discover`` is recorded for the operator."""
         mac = event.mac or (self._initiators().get(event.initiator) if event.initiator else None)
+        if self._unbooted:
+            self._adoption_progress(event, mac)
         if mac is None or mac not in self._machines:
             if event.kind is Kind.DHCP_DISCOVERED and mac is not None and self.leases is not None:
                 self.leases.saw_unknown(mac, "discover", event.time, _text(event.fields.get("arch")))
@@ -302,8 +305,9 @@ class Fleet:
             else:
                 self._machines[mac] = disks[0].machine
                 self._install(disks[0])
+                self._unbooted[mac] = time.time()
                 if self.leases is not None:
-                    self.leases.saw_unknown(mac, "default", time.time())
+                    self.leases.saw_unknown(mac, "adopted", self._unbooted[mac])
                     self.leases.commit()
                 self.bus.emit(Kind.DHCP_ADOPTED, mac=mac, hostname=disks[0].machine.hostname,
                               target=disks[0].machine.target_iqn)
@@ -313,6 +317,44 @@ class Fleet:
             del self._adopting[mac]
             if not future.done():
                 future.set_result(None)
+
+    def _adoption_progress(self, event: Event, mac: str | None) -> None:
+        """An adopted machine that logs in to its disk has booted and is
+        kept; one that has not within ``dhcp.adopted_expiry`` seconds is
+        forgotten with its disk (a storm of random MACs leaves nothing
+        behind). Checked as events arrive: a quiet network holds nothing
+        that needs freeing."""
+        if mac is not None and mac in self._unbooted and event.kind is Kind.ISCSI_LOGIN:
+            del self._unbooted[mac]
+            if self.leases is not None:
+                self.leases.saw_unknown(mac, "default", event.time)
+                self.leases.commit()
+            return
+        expiry = self.cfg.dhcp.adopted_expiry if self.cfg.dhcp is not None else 0
+        if not expiry:
+            return
+        for old, since in list(self._unbooted.items()):
+            if event.time - since >= expiry:
+                self._forget_adopted(old, expiry)
+
+    def _forget_adopted(self, mac: str, expiry: int) -> None:
+        del self._unbooted[mac]
+        disk = self._disks.get(mac)
+        if disk is not None and disk.target.sessions:
+            return  # logged in after all (the login event was missed): keep it
+        machine = self._machines.pop(mac, None)
+        if disk is not None:
+            del self._disks[mac]
+            self.targets.pop(disk.target.name, None)
+            disk.target.close()
+            self.store.overlay_path(disk.machine.hostname).unlink(missing_ok=True)
+        self._fixed = self._reserved = self._by_initiator = None
+        self._attempts.pop(mac, None)
+        if self.leases is not None:
+            self.leases.forget_unknown(mac)
+            self.leases.commit()
+        self.bus.emit(Kind.FLEET_ADOPTION_EXPIRED, mac=mac, hostname=machine.hostname if machine else None,
+                      why=f"never logged in to its disk within {expiry} s of being adopted")
 
     def _adopted(self, mac: str) -> Machine | None:
         """The machine for a new MAC; None without a default profile or once
@@ -338,9 +380,11 @@ class Fleet:
         if self.leases is None or cfg.dhcp is None or cfg.dhcp.unknown is not UnknownPolicy.DEFAULT \
                 or cfg.default_profile is None:
             return machines
-        for mac, policy, *_ in self.leases.unknown_machines():
-            if policy == "default" and mac not in machines:
+        for mac, policy, first_seen, *_ in self.leases.unknown_machines():
+            if policy in ("default", "adopted") and mac not in machines:
                 machines[mac] = generated_machine(mac, cfg.iqn_prefix, cfg.default_profile)
+                if policy == "adopted":
+                    self._unbooted[mac] = first_seen
         return machines
 
     def _open_disks(self, machines: Iterable[Machine]) -> list[Disk]:

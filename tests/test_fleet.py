@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,49 @@ def test_adoption_runs_once_per_mac_and_survives_a_restart(tmp_path: Path) -> No
     again.open()
     try:
         assert again.machine(C) is not None and again.disk(C) is not None
+    finally:
+        again.close()
+        leases.close()
+
+
+def test_adopted_machines_that_never_boot_expire(tmp_path: Path) -> None:
+    """A storm of random MACs leaves nothing behind: an adopted machine that
+    does not log in to its disk within dhcp.adopted_expiry is forgotten, its
+    disk deleted and its slot under max_adopted freed; one that logged in stays,
+    across a restart too."""
+    extra = "dhcp:\n  subnet: 10.9.0.0/24\n  unknown_machines: default\n  max_adopted: 2\n" \
+        "  adopted_expiry: 60\nlisten: {dhcp: {address: 10.9.0.1}}\n"
+    cfg = load(lab(tmp_path, f"  {A}: {{hostname: a}}\n", extra=extra))
+    leases = LeaseStore(tmp_path / "leases.db")
+    bus = Bus()
+    events = recorded(bus)
+    fleet = Fleet(cfg, bus, leases)
+    fleet.open()
+    D, E = "52:54:00:00:00:04", "52:54:00:00:00:05"
+
+    async def main() -> None:
+        booted, idle = await fleet.adopt(C), await fleet.adopt(D)
+        assert booted is not None and idle is not None and await fleet.adopt(E) is None  # capped at 2
+        fleet.on_event(Event(Kind.ISCSI_LOGIN, time.time(), None, None, None, booted.initiator_iqn,
+                             booted.target_iqn, None, {}))
+        overlay = cfg.overlays_dir / f"{idle.hostname}.qcow2"
+        assert overlay.exists()
+        fleet.on_event(Event(Kind.DHCP_DISCOVERED, time.time() + 61, E, None, None, None, None, None, {}))
+        assert fleet.machine(D) is None and idle.target_iqn not in fleet.targets and not overlay.exists()
+        assert fleet.machine(C) is not None and booted.target_iqn in fleet.targets
+        assert await fleet.adopt(E) is not None  # the slot is free again
+
+    try:
+        asyncio.run(main())
+    finally:
+        fleet.close()
+    expired = [e for e in events if e.kind is Kind.FLEET_ADOPTION_EXPIRED]
+    assert [e.mac for e in expired] == [D] and "never logged in" in str(expired[0].fields["why"])
+    again = Fleet(cfg, Bus(), leases)  # after a restart: C (booted) and E (still within its time), not D
+    again.open()
+    try:
+        assert again.machine(C) is not None and again.machine(D) is None and again.machine(E) is not None
+        assert again._unbooted.keys() == {E}
     finally:
         again.close()
         leases.close()

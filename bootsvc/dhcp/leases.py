@@ -46,7 +46,8 @@ class LeaseStore:
         self.db.execute("CREATE TABLE IF NOT EXISTS leases (ip TEXT PRIMARY KEY, mac TEXT NOT NULL, "
                         "state TEXT NOT NULL, expires REAL NOT NULL, hostname TEXT NOT NULL DEFAULT '')")
         # machines not in the inventory that asked for an address (policy discover)
-        # or were given the default profile (policy default), for `bootsvc machines`
+        # or were given the default profile (policy adopted until they first log in
+        # to their disk, then default), for `bootsvc machines`
         self.db.execute("CREATE TABLE IF NOT EXISTS unknown_machines (mac TEXT PRIMARY KEY, policy TEXT NOT NULL, "
                         "first_seen REAL NOT NULL, last_seen REAL NOT NULL, arch TEXT NOT NULL DEFAULT '')")
         self.unwritten: list[tuple[str, tuple[object, ...]]] = []  # (SQL, parameters) until commit()
@@ -126,6 +127,9 @@ class LeaseStore:
             self.db.execute("BEGIN")
             for sql, params in writes:
                 self.db.execute(sql, params)
+
+    def forget_unknown(self, mac: str) -> None:
+        self.unwritten.append(("DELETE FROM unknown_machines WHERE mac = ?", (mac,)))
 
     def unknown_machines(self) -> list[tuple[str, str, float, float, str]]:
         """(mac, policy, first seen, last seen, client architecture), oldest first."""

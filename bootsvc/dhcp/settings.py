@@ -22,8 +22,9 @@ from .message import IPv4
 from .responder import Mode, Subnet, UnknownPolicy
 
 SUBNET_KEYS = {"subnet", "range", "router", "dns", "lease_time", "domain", "server"}
-DHCP_KEYS = {"mode", "unknown_machines", "max_adopted", "subnets", "ipv6_ra"} | SUBNET_KEYS
+DHCP_KEYS = {"mode", "unknown_machines", "max_adopted", "adopted_expiry", "subnets", "ipv6_ra"} | SUBNET_KEYS
 MAX_ADOPTED = 64  # unknown_machines: default makes at most this many machines (each has a disk)
+ADOPTED_EXPIRY = 600  # seconds an adopted machine has to log in to its disk before it is forgotten
 LISTEN_KEYS = {"interface", "address", "port", "proxy_port"}
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
 
@@ -52,6 +53,7 @@ class DhcpSettings:
     # server: in proxy mode the network is someone else's.
     ipv6_ra: bool = True
     max_adopted: int = MAX_ADOPTED
+    adopted_expiry: int = ADOPTED_EXPIRY  # 0: an adopted machine is kept even if it never boots
 
     def server_for(self, client: IPv4 | None) -> IPv4:
         """Our DHCP address as a client of that address reaches it."""
@@ -286,6 +288,8 @@ def load_dhcp(c: Checker, doc: LineMap, listen: Any, domain: str) -> DhcpSetting
     mode, unknown = policies
     ipv6_ra = _ipv6_ra(c, d, mode)
     max_adopted = c.integer(d, "max_adopted", "dhcp.max_adopted", MAX_ADOPTED, 100_000, "machines")
+    adopted_expiry = c.integer(d, "adopted_expiry", "dhcp.adopted_expiry", ADOPTED_EXPIRY, 365 * 86400,
+                               "seconds, 0: never")
     if not listeners or not subnets:
         return None
-    return DhcpSettings(tuple(subnets), tuple(listeners), mode, unknown, ipv6_ra, max_adopted)
+    return DhcpSettings(tuple(subnets), tuple(listeners), mode, unknown, ipv6_ra, max_adopted, adopted_expiry)

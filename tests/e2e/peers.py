@@ -7,6 +7,7 @@ is ended by the PID this module started it with.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -60,6 +61,13 @@ class Portal:
 
 def bootsvc_command() -> list[str]:
     return [sys.executable, "-m", "bootsvc"]
+
+
+def machine_chap(state_dir: Path, mac: str, initiator: str) -> str:
+    """QEMU iSCSI driver options (``,user=...,password=...``) with the CHAP
+    secret bootsvc made for the machine with ``mac`` (state_dir/secrets)."""
+    secret = json.loads((state_dir / "secrets" / "chap.json").read_text())[mac]["secret"]
+    return f",user={initiator},password={secret}"
 
 
 @contextlib.contextmanager

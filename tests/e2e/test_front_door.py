@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import need
-from tests.e2e.peers import LOOPBACK, bootsvc_command, bootsvc_serve, free_port, stop
+from tests.e2e.peers import LOOPBACK, bootsvc_command, bootsvc_serve, free_port, machine_chap, stop
 
 pytestmark = pytest.mark.e2e
 PREFIX = "iqn.2026-11.test.lab"
@@ -102,7 +102,7 @@ def test_scripts_dns_and_reload(tmp_path: Path) -> None:
 
         # pc1 logs in and stays logged in across the reload
         opts = (f"driver=iscsi,transport=tcp,portal={LOOPBACK}:{ports['iscsi']},target={PREFIX}:boot.pc1,lun=0,"
-                f"initiator-name={PREFIX}:pc1")
+                f"initiator-name={PREFIX}:pc1" + machine_chap(state, PC1, f"{PREFIX}:pc1"))
         holder = subprocess.Popen(["qemu-io", "--image-opts", opts], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True)
         assert holder.stdin is not None
@@ -131,8 +131,9 @@ def test_scripts_dns_and_reload(tmp_path: Path) -> None:
         assert dig(ports["dns"], "pc2.lab.test") == ""
         assert curl(f"{http}/{script_name(PC2)}", PC2_IP)[0] == "403"  # pc2 is gone: its address is nobody's
         assert curl(f"{http}/{script_name(PC3)}", "127.77.0.23")[0] == "200"
-        r = subprocess.run(["qemu-io", "--image-opts", "-c", "read -P 0xee 0 64k",
-                            opts.replace("boot.pc1", "boot.pc3").replace(":pc1", ":pc3")],
+        pc3 = (opts.split(",user=")[0].replace("boot.pc1", "boot.pc3").replace(":pc1", ":pc3")
+               + machine_chap(state, PC3, f"{PREFIX}:pc3"))
+        r = subprocess.run(["qemu-io", "--image-opts", "-c", "read -P 0xee 0 64k", pc3],
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0 and "verification failed" not in r.stdout, r.stdout + r.stderr
         out, _ = holder.communicate("read -P 0x11 0 64k\nquit\n", timeout=60)

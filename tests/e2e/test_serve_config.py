@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import need
-from tests.e2e.peers import LOOPBACK, free_port, stop, wait_for_port
+from tests.e2e.peers import LOOPBACK, free_port, machine_chap, stop, wait_for_port
 from tests.qcow2_oracle import assert_check_clean
 
 pytestmark = pytest.mark.e2e
@@ -67,10 +67,11 @@ def test_check_reports_file_line_key(tmp_path: Path) -> None:
     assert f"{cfg}:2: targets[0].iqn:" in r.stderr and "does not exist" in r.stderr
 
 
-def _io(port: int, target: str, initiator: str, *commands: str) -> subprocess.CompletedProcess[str]:
-    """qemu-io through QEMU's iSCSI driver, logging in as ``initiator``."""
+def _io(port: int, target: str, initiator: str, *commands: str, chap: str = "") -> subprocess.CompletedProcess[str]:
+    """qemu-io through QEMU's iSCSI driver, logging in as ``initiator``
+    (with ``chap``: QEMU's user=,password= options)."""
     opts = (f"driver=iscsi,transport=tcp,portal={LOOPBACK}:{port},target={target},lun=0,"
-            f"initiator-name={initiator}")
+            f"initiator-name={initiator}{chap}")
     args = [a for c in commands for a in ("-c", c)]
     return subprocess.run(["qemu-io", "--image-opts", *args, opts], capture_output=True, text=True, timeout=60)
 
@@ -107,14 +108,23 @@ machines:
         wait_for_port(port, proc)
         return proc
 
+    macs = {"keeper": "52:54:00:00:00:01", "kiosk": "52:54:00:00:00:02"}
+
+    def chap(host: str) -> str:
+        return machine_chap(state, macs[host], f"{prefix}:{host}")
+
     proc = serve()
     try:
         for host in ("keeper", "kiosk"):
-            w = _io(port, f"{prefix}:boot.{host}", f"{prefix}:{host}", "write -P 0x42 1M 1M", "flush")
+            # the machine's name alone is not enough: CHAP with its own secret is
+            bare = _io(port, f"{prefix}:boot.{host}", f"{prefix}:{host}", "read 0 4k")
+            assert bare.returncode != 0 and "Authentication failure" in bare.stderr, bare.stdout + bare.stderr
+            w = _io(port, f"{prefix}:boot.{host}", f"{prefix}:{host}", "write -P 0x42 1M 1M", "flush",
+                    chap=chap(host))
             assert w.returncode == 0 and "wrote" in w.stdout, w.stdout + w.stderr
-        stranger = _io(port, f"{prefix}:boot.keeper", f"{prefix}:kiosk", "read 0 4k")
+        stranger = _io(port, f"{prefix}:boot.keeper", f"{prefix}:kiosk", "read 0 4k", chap=chap("kiosk"))
         assert stranger.returncode != 0 or "failed" in (stranger.stdout + stranger.stderr).lower()
-        over = _io(port, f"{prefix}:boot.keeper", f"{prefix}:keeper", "write -P 0x43 2M 6M")
+        over = _io(port, f"{prefix}:boot.keeper", f"{prefix}:keeper", "write -P 0x43 2M 6M", chap=chap("keeper"))
         assert "failed" in (over.stdout + over.stderr).lower()  # past the 6 MiB limit: refused
         listing = subprocess.run([sys.executable, "-m", "bootsvc", "image", "-c", str(cfg), "list"],
                                  capture_output=True, text=True, timeout=30)
@@ -129,7 +139,7 @@ machines:
     proc = serve()
     try:
         for host, expect in (("keeper", "0x42"), ("kiosk", "0xee")):
-            r = _io(port, f"{prefix}:boot.{host}", f"{prefix}:{host}", f"read -P {expect} 1M 1M")
+            r = _io(port, f"{prefix}:boot.{host}", f"{prefix}:{host}", f"read -P {expect} 1M 1M", chap=chap(host))
             assert r.returncode == 0 and "pattern verification failed" not in r.stdout, host + r.stdout
     finally:
         stop(proc)
