@@ -17,7 +17,7 @@ from typing import Any
 
 from .address import HostPort
 from .credentials import check_pair, parse_chap
-from target import ChapAuth, LunSpec, TargetConfigError, TargetSpec, check_iscsi_name
+from target import ChapAlgorithm, ChapAuth, LunSpec, TargetConfigError, TargetSpec, check_iscsi_name
 
 from . import SCSI_PRODUCT, SCSI_VENDOR
 from .dhcp.settings import DhcpSettings, load_dhcp
@@ -35,7 +35,10 @@ TFTP_KEYS = {"roots", "busy_poll_us"}
 LISTEN_KEYS = {"dhcp", "tftp", "http", "dns", "iscsi", "isns"}
 TARGET_KEYS = {"iqn", "alias", "luns", "initiators", "auth", "chap", "mutual_chap"}
 LUN_KEYS = {"path", "read_only", "block_size", "lun"}
-ISCSI_KEYS = {"nop_interval", "nop_timeout", "queue_depth", "portal_group_tag"}
+ISCSI_KEYS = {"nop_interval", "nop_timeout", "queue_depth", "portal_group_tag"}  # numbers
+ISCSI_AUTH_KEYS = {"chap_algorithms", "discovery_chap", "discovery_mutual_chap"}
+CHAP_ALGORITHMS = {"sha3-256": ChapAlgorithm.SHA3_256, "sha256": ChapAlgorithm.SHA256, "sha1": ChapAlgorithm.SHA1,
+                   "md5": ChapAlgorithm.MD5}
 ISNS_KEYS = {"server", "registration_period", "default_dd", "control_nodes", "control_addresses"}
 
 
@@ -59,6 +62,9 @@ class IscsiSettings:
     nop_timeout: float = 30.0
     queue_depth: int = 128
     portal_group_tag: int = 1
+    # CHAP hashes accepted, in no order (the initiator's preference decides, RFC 7143 §12.1.3)
+    chap_algorithms: tuple[ChapAlgorithm, ...] = tuple(CHAP_ALGORITHMS.values())
+    discovery_auth: ChapAuth | None = None  # None: discovery sessions are open (they show names only)
 
 
 @dataclass(frozen=True)
@@ -227,7 +233,8 @@ def _iscsi(c: Checker, doc: LineMap) -> IscsiSettings:
     settings = IscsiSettings()
     if (im := doc.get("iscsi")) is None or (im := c.mapping(doc, "iscsi", im)) is None:
         return settings
-    c.unknown(im, ISCSI_KEYS, "iscsi.")
+    c.unknown(im, ISCSI_KEYS | ISCSI_AUTH_KEYS, "iscsi.")
+    settings = _iscsi_auth(c, im, settings)
     for key in ISCSI_KEYS:
         if key in im:
             value = im[key]
@@ -235,6 +242,26 @@ def _iscsi(c: Checker, doc: LineMap) -> IscsiSettings:
                 c.err(im, f"iscsi.{key}", f"expected a number >= 0, got {value!r}")
             else:
                 settings = replace(settings, **{key: type(getattr(settings, key))(value)})
+    return settings
+
+
+def _iscsi_auth(c: Checker, im: LineMap, settings: IscsiSettings) -> IscsiSettings:
+    """iscsi.chap_algorithms (e.g. [sha256, sha3-256] to refuse MD5, which
+    iPXE needs) and the CHAP a discovery session must pass."""
+    algorithms = im.get("chap_algorithms")
+    if algorithms is not None:
+        if not isinstance(algorithms, list) or not algorithms or \
+                not all(isinstance(a, str) and a.lower() in CHAP_ALGORITHMS for a in algorithms):
+            c.err(im, "iscsi.chap_algorithms", f"expected a list of {', '.join(CHAP_ALGORITHMS)}, got {algorithms!r}")
+        else:
+            settings = replace(settings, chap_algorithms=tuple(CHAP_ALGORITHMS[a.lower()] for a in algorithms))
+    chap = parse_chap(c, im, "discovery_chap", "iscsi")
+    mutual = parse_chap(c, im, "discovery_mutual_chap", "iscsi")
+    check_pair(c, im, "iscsi.discovery", chap, mutual)
+    if mutual is not None and chap is None:
+        c.err(im, "iscsi.discovery_mutual_chap", "needs iscsi.discovery_chap too")
+    elif chap is not None and (mutual is None or mutual.secret != chap.secret):
+        settings = replace(settings, discovery_auth=ChapAuth(chap, mutual))
     return settings
 
 

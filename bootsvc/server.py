@@ -59,7 +59,8 @@ class Server:
         self.iscsi = TargetServer(self.fleet.targets, [Portal(p.host, p.port) for p in s.portals],
                                   portal_group_tag=s.portal_group_tag, window=s.queue_depth,
                                   nop_interval=s.nop_interval, nop_timeout=s.nop_timeout,
-                                  on_event=self.bus.sink("iscsi"))
+                                  on_event=self.bus.sink("iscsi"), discovery_auth=s.discovery_auth,
+                                  chap_algorithms=s.chap_algorithms)
         self.planner = BootPlanner(self.fleet, self.bus.emit, s.portals[0].port if s.portals else 3260,
                                    cfg.http.port if cfg.http else None)
         self.files = FileSource(list(cfg.tftp.roots) if cfg.tftp else [], generate=self.planner.script_file)

@@ -324,3 +324,18 @@ isns: {{control_nodes: [iqn.2026-11.test:admin], control_addresses: [10.0.0.5, "
     assert f"{p}:3: isns.control_addresses: '10.0.0.300' is not an IP address or network" in problems(p)
     p = write(tmp_path, "listen: {isns: 127.0.0.1:3205}\nisns:\n  control_addresses: 10.0.0.1\n")
     assert "isns.control_addresses: expected a list of IP addresses or networks" in problems(p)
+
+
+def test_iscsi_chap_algorithms_and_discovery_chap(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, """
+iscsi:
+  chap_algorithms: [sha256, SHA3-256]
+  discovery_chap: {user: disco, secret: discovery-secret}
+"""))
+    assert [a.name for a in cfg.iscsi.chap_algorithms] == ["SHA256", "SHA3_256"]
+    assert cfg.iscsi.discovery_auth is not None and cfg.iscsi.discovery_auth.forward.user == "disco"
+    assert load(write(tmp_path, "iscsi: {nop_interval: 5}\n")).iscsi.discovery_auth is None
+    text = problems(write(tmp_path, "iscsi:\n  chap_algorithms: [md4]\n  discovery_mutual_chap: "
+                                    "{user: t, secret: reverse-secret-2}\n"))
+    assert "iscsi.chap_algorithms: expected a list of sha3-256, sha256, sha1, md5" in text
+    assert "iscsi.discovery_mutual_chap: needs iscsi.discovery_chap too" in text

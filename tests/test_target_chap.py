@@ -134,3 +134,24 @@ def test_one_writer_is_who_proved_the_secret(forward: Recorded) -> None:
     assert (r.status_class, r.status_detail) == (2, 1)
     for x in (a, b, c):
         x.close()
+
+
+def test_discovery_chap_with_iscsi_ls(image: Path) -> None:
+    r = Recorded(image, ChapAuth(FORWARD), discovery_auth=ChapAuth(ChapSecret("disco", b"discovery-secret")))
+    try:
+        def ls(creds: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(["iscsi-ls", "-i", INITIATOR, f"iscsi://{creds}127.0.0.1:{r.port}"],
+                                  capture_output=True, text=True, timeout=30)
+        assert IQN not in ls("").stdout
+        got = ls("disco%discovery-secret@")
+        assert got.returncode == 0 and IQN in got.stdout, got.stdout + got.stderr
+    finally:
+        r.stop()
+
+
+def test_iscsi_perf_with_chap(forward: Recorded) -> None:
+    """libiscsi's iscsi-perf (random 4 KiB reads for 2 s) with the secret in the URL."""
+    out = subprocess.run(["timeout", "-s", "KILL", "15", "iscsi-perf", "-i", INITIATOR, "-r", "-b", "8", "-t", "2",
+                          forward.url("node01%forward-secret-1@")], capture_output=True, text=True).stdout
+    assert "iops average" in out and "Authentication" not in out, out[-500:]
+    assert any(what == "iscsi.login" and f.get("auth") == "chap-md5" for what, f in forward.events)
