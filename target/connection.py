@@ -26,7 +26,7 @@ from .backend import Segment, materialize, segments_length
 from .eager import run_eager
 from .events import peer_text
 from .framing import DigestError, PduReader, crc32c_digest, frame, padding
-from .login import Login, LoginStatus
+from .login import LOGIN_MAX_DATA, Login, LoginStatus
 from .pagecache import resolve_cached, warm
 from .pdu import LoginRequest, Pdu, PduFormatError, Reject, RejectReason
 from .scsi import ScsiResult
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
     from .targets import Target
 
 
-LOGIN_MAX_DATA = 8192  # §13.12: the limit before MaxRecvDataSegmentLength is declared
 # Past this a data segment is not skipped but taken as proof that the peer
 # does not speak iSCSI (the field allows 16 MiB; we declare 256 KiB).
 FFP_HARD_LIMIT = 1 << 24

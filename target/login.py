@@ -22,6 +22,9 @@ from .text import TextFormatError, decode_text, encode_text
 
 # A peer that keeps the Continue bit set must not make us buffer without end.
 MAX_LOGIN_TEXT = 64 << 10
+# §13.12: what either side may send in one login PDU before it knows the
+# other's MaxRecvDataSegmentLength; a longer answer goes in pieces (C bit).
+LOGIN_MAX_DATA = 8192
 # A connection must reach Full Feature Phase this soon after it was accepted.
 LOGIN_TIMEOUT = 30.0
 
@@ -109,6 +112,8 @@ class Login:
     chap_algorithms: tuple[ChapAlgorithm, ...] = ALL_ALGORITHMS
     throttled: str = ""  # set: this source failed too often; CHAP is refused with this reason
     chap: ChapExchange | None = None  # once AuthMethod=CHAP is agreed
+    outgoing: bytes = b""  # the rest of an answer longer than LOGIN_MAX_DATA (§6.1: sent on empty requests)
+    held_transit: bool = False  # whether that answer ends in the step to the next stage
 
     def next_timer(self) -> float:
         """When the login runs out of time."""
@@ -134,6 +139,8 @@ class Login:
             raise LoginFailed(LoginStatus.INITIATOR_ERROR, f"CSG {req.csg} but the stage is {self.stage}")
         self._check_stages(req)
         self.stage = Stage(req.csg)
+        if self.outgoing:
+            return self._continue(req)
 
         self.pending_text += req.data
         if len(self.pending_text) > MAX_LOGIN_TEXT:
@@ -154,12 +161,30 @@ class Login:
         answers = self._answer(req, pairs)
         transit = req.transit and self._may_leave(req)
         answers += self._declarations(req, transit)
+        data = encode_text(answers)
+        if len(data) > LOGIN_MAX_DATA:
+            # e.g. hundreds of keys we answer NotUnderstood: never one PDU over the initiator's limit
+            self.outgoing, self.held_transit = data[LOGIN_MAX_DATA:], transit
+            return LoginResult(self._response(req, data=data[:LOGIN_MAX_DATA], cont=True))
+        return self._finish(req, data, transit)
+
+    def _continue(self, req: LoginRequest) -> LoginResult:
+        """§6.1: the initiator asks for the rest of our answer with empty
+        Login Requests; the last piece carries the stage transition."""
+        if req.data or req.cont:
+            raise LoginFailed(LoginStatus.INITIATOR_ERROR, "login text sent while the target's answer continues")
+        piece, self.outgoing = self.outgoing[:LOGIN_MAX_DATA], self.outgoing[LOGIN_MAX_DATA:]
+        if self.outgoing:
+            return LoginResult(self._response(req, data=piece, cont=True))
+        return self._finish(req, piece, self.held_transit and req.transit)
+
+    def _finish(self, req: LoginRequest, data: bytes, transit: bool) -> LoginResult:
         if transit and req.nsg == Stage.FULL_FEATURE:
             self.tsih = self.ctx.admit(self.isid, self.tsih, self.params)
-            return LoginResult(self._response(req, data=encode_text(answers), transit=True), self.params)
+            return LoginResult(self._response(req, data=data, transit=True), self.params)
         if transit:
             self.stage = Stage(req.nsg)  # the next request continues in the stage we agreed to
-        return LoginResult(self._response(req, data=encode_text(answers), transit=transit))
+        return LoginResult(self._response(req, data=data, transit=transit))
 
     @property
     def required(self) -> ChapAuth | None:
@@ -305,13 +330,13 @@ class Login:
         return out
 
     def _response(self, req: LoginRequest, data: bytes = b"", transit: bool = False,
-                  status: LoginStatus = LoginStatus.SUCCESS) -> LoginResponse:
+                  status: LoginStatus = LoginStatus.SUCCESS, cont: bool = False) -> LoginResponse:
         statsn = self.statsn
         self.statsn = (self.statsn + 1) & 0xFFFFFFFF
         final = transit and req.nsg == Stage.FULL_FEATURE and status == LoginStatus.SUCCESS
         maxcmdsn = (req.cmdsn + self.window - 1) & 0xFFFFFFFF if final else req.cmdsn
         return LoginResponse(
-            transit=transit and status == LoginStatus.SUCCESS,
+            transit=transit and status == LoginStatus.SUCCESS, cont=cont,
             csg=req.csg, nsg=req.nsg if transit else 0,
             version_max=0, version_active=0, isid=req.isid,
             tsih=self.tsih if final or req.tsih else 0,

@@ -176,3 +176,32 @@ def test_login_timer() -> None:
     login = Login(Ctx([FakeTarget(IQN_T)]), started=100.0, timeout=30.0)
     assert login.next_timer() == 130.0
     assert not login.handle_timer(129.9) and login.handle_timer(130.0)
+
+
+def test_a_long_answer_goes_in_pieces_within_8_kib() -> None:
+    """Hundreds of keys we answer NotUnderstood (once 109 KB in one PDU): the
+    answer leaves in pieces of at most 8 KiB with the C bit (§6.1), each
+    asked for by an empty request; the last one carries the transition."""
+    ctx = Ctx([FakeTarget(IQN_T)])
+    login = Login(ctx)
+    many = [(f"X-unknown-key-{i:04}", "v") for i in range(2000)]
+    r = login.receive(req([("InitiatorName", IQN_I), ("TargetName", IQN_T), *many], Stage.OPERATIONAL,
+                          Stage.FULL_FEATURE, transit=True))
+    pieces = [r.response]
+    while pieces[-1].cont:
+        assert not pieces[-1].transit and len(pieces[-1].data) <= 8192 and r.params is None
+        r = login.receive(req([], Stage.OPERATIONAL, Stage.FULL_FEATURE, transit=True))
+        pieces.append(r.response)
+    assert len(pieces) > 3 and pieces[-1].transit and r.params is not None and ctx.admitted
+    answers = dict(decode_text(b"".join(p.data for p in pieces)))
+    assert all(answers[k] == "NotUnderstood" for k, _ in many)
+
+
+def test_text_while_the_answer_continues_is_refused() -> None:
+    login = Login(Ctx([FakeTarget(IQN_T)]))
+    many = [(f"X-unknown-key-{i:04}", "v") for i in range(2000)]
+    r = login.receive(req([("InitiatorName", IQN_I), ("TargetName", IQN_T), *many], Stage.OPERATIONAL,
+                          Stage.FULL_FEATURE, transit=True))
+    assert r.response.cont
+    r = login.receive(req([("HeaderDigest", "None")], Stage.OPERATIONAL, Stage.FULL_FEATURE, transit=True))
+    assert r.failed and status(r.response) == LoginStatus.INITIATOR_ERROR
