@@ -122,10 +122,11 @@ def worker(job: tuple[int, int, str, int | None, float, float, int]) -> dict[str
 
 # ---------------------------------------------------------- /proc sampling
 
-def proc_cpu(pid: int) -> float:
-    """utime + stime of the process (all its threads), in seconds."""
+def proc_cpu(pid: int) -> tuple[float, float]:
+    """(utime, stime) of the process (all its threads), in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def proc_rss(pid: int) -> int:
@@ -225,13 +226,15 @@ def run_case(pool: multiprocessing.pool.Pool, case: Case, procs: int, seconds: f
     cpu0 = proc_cpu(case.pid)
     with RssSampler(case.pid) as rss:
         results = pool.map_async(worker, jobs).get(timeout=seconds + 60)
-    cpu = proc_cpu(case.pid) - cpu0
+    cpu1 = proc_cpu(case.pid)
+    user, system = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
     logins = sum(int(r["logins"]) for r in results)  # type: ignore[call-overload]
     errors = sum(int(r["errors"]) for r in results)  # type: ignore[call-overload]
     wall = max(float(r["elapsed"]) for r in results)  # type: ignore[arg-type]
     client_cpu = sum(float(r["cpu"]) for r in results)  # type: ignore[arg-type]
     return {"logins": logins, "errors": errors, "wall": wall, "rate": logins / wall if wall else 0.0,
-            "server_cpu_us": 1e6 * cpu / logins if logins else float("nan"),
+            "server_cpu_us": 1e6 * (user + system) / logins if logins else float("nan"),
+            "server_sys_us": 1e6 * system / logins if logins else float("nan"),
             "client_cpu_us": 1e6 * client_cpu / logins if logins else float("nan"),
             "rss_peak_kib": rss.peak, "rss_after_kib": proc_rss(case.pid),
             "first_error": next((r["first_error"] for r in results if r["first_error"]), "")}
@@ -301,6 +304,7 @@ def main() -> int:
                 res = run_case(pool, by_name[name], args.procs, args.seconds)
                 runs[name].append(res)
                 print(f"round {r} {name:15} {res['rate']:8.0f} logins/s  server {res['server_cpu_us']:6.0f} µs/login"
+                      f" ({res['server_sys_us']:.0f} system)"
                       f"  client {res['client_cpu_us']:6.0f} µs/login  RSS peak {res['rss_peak_kib']} KiB"
                       f"  errors {res['errors']} {res['first_error']}", file=sys.stderr, flush=True)
         inq = {}
@@ -320,13 +324,16 @@ def report(runs: dict[str, list[dict[str, object]]], inq: dict[str, float]) -> d
         return statistics.median(float(x[key]) for x in runs[name])  # type: ignore[arg-type]
 
     summary = {n: {"rate": med(n, "rate"), "server_cpu_us": med(n, "server_cpu_us"),
+                   "server_sys_us": med(n, "server_sys_us"),
                    "client_cpu_us": med(n, "client_cpu_us"), "rss_peak_kib": max(float(x["rss_peak_kib"])  # type: ignore[arg-type]
                                                                                  for x in runs[n])}
                for n in runs if runs[n]}
-    print(f"{'case':15} {'logins/s':>9} {'server µs/login':>16} {'client µs/login':>16} {'RSS peak':>10}"
+    print(f"{'case':15} {'logins/s':>9} {'server µs/login':>16} {'(system)':>9} {'client µs/login':>16}"
+          f" {'RSS peak':>10}"
           + (f" {'iscsi-inq/s':>11}" if inq else ""))
     for n, s in summary.items():
-        print(f"{n:15} {s['rate']:9.0f} {s['server_cpu_us']:16.0f} {s['client_cpu_us']:16.0f}"
+        print(f"{n:15} {s['rate']:9.0f} {s['server_cpu_us']:16.0f} {s['server_sys_us']:9.0f}"
+              f" {s['client_cpu_us']:16.0f}"
               f" {s['rss_peak_kib'] / 1024:7.1f} MiB" + (f" {inq[n]:11.1f}" if n in inq else
                                                            (f" {'-':>11}" if inq else "")))
     pairs = [("bootsvc-none", "tgt-none"), ("bootsvc-md5", "tgt-md5"), ("bootsvc-sha256", "tgt-md5")]
