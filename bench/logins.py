@@ -268,6 +268,28 @@ def inq_rate(case: Case, threads: int, seconds: float) -> float:
     return sum(counts) / (time.monotonic() - t0)
 
 
+def run_rounds(pool: multiprocessing.pool.Pool, cases: list[Case],
+               args: argparse.Namespace) -> dict[str, list[dict[str, object]]]:
+    """A warm-up of every case (dropped), then the rounds, every other one in reverse."""
+    for case in cases:  # every code path once before anything is measured
+        w = run_case(pool, case, args.procs, 0.5, limit=50)
+        if w["errors"]:
+            raise SystemExit(f"{case.name}: warm-up logins failed: {w['first_error']}")
+    if args.hold:
+        print("PIDs: " + ", ".join(f"{c.name}={c.pid}" for c in cases), file=sys.stderr, flush=True)
+        time.sleep(args.hold)
+    runs: dict[str, list[dict[str, object]]] = {c.name: [] for c in cases}
+    for r in range(args.rounds):
+        for case in cases if r % 2 == 0 else cases[::-1]:
+            res = run_case(pool, case, args.procs, args.seconds)
+            runs[case.name].append(res)
+            print(f"round {r} {case.name:15} {res['rate']:8.0f} logins/s  server {res['server_cpu_us']:6.0f} µs/login"
+                  f" ({res['server_sys_us']:.0f} system)  client {res['client_cpu_us']:6.0f} µs/login"
+                  f"  RSS peak {res['rss_peak_kib']} KiB  errors {res['errors']} {res['first_error']}",
+                  file=sys.stderr, flush=True)
+    return runs
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3, help="rounds; each runs every case, odd rounds in reverse")
@@ -291,22 +313,7 @@ def main() -> int:
             order = [n for n in order if n in args.only.split(",")]
         by_name = {c.name: c for c in cases}
         pool = stack.enter_context(multiprocessing.get_context("fork").Pool(args.procs))
-        for name in order:  # warm-up: every code path once, the figures dropped
-            w = run_case(pool, by_name[name], args.procs, 0.5, limit=50)
-            if w["errors"]:
-                raise SystemExit(f"{name}: warm-up logins failed: {w['first_error']}")
-        if args.hold:
-            print("PIDs: " + ", ".join(f"{c.name}={c.pid}" for c in cases), file=sys.stderr, flush=True)
-            time.sleep(args.hold)
-        runs: dict[str, list[dict[str, object]]] = {n: [] for n in order}
-        for r in range(args.rounds):
-            for name in order if r % 2 == 0 else order[::-1]:
-                res = run_case(pool, by_name[name], args.procs, args.seconds)
-                runs[name].append(res)
-                print(f"round {r} {name:15} {res['rate']:8.0f} logins/s  server {res['server_cpu_us']:6.0f} µs/login"
-                      f" ({res['server_sys_us']:.0f} system)"
-                      f"  client {res['client_cpu_us']:6.0f} µs/login  RSS peak {res['rss_peak_kib']} KiB"
-                      f"  errors {res['errors']} {res['first_error']}", file=sys.stderr, flush=True)
+        runs = run_rounds(pool, [by_name[n] for n in order], args)
         inq = {}
         if args.inq:
             for name in order:
@@ -323,10 +330,9 @@ def report(runs: dict[str, list[dict[str, object]]], inq: dict[str, float]) -> d
     def med(name: str, key: str) -> float:
         return statistics.median(float(x[key]) for x in runs[name])  # type: ignore[arg-type]
 
-    summary = {n: {"rate": med(n, "rate"), "server_cpu_us": med(n, "server_cpu_us"),
-                   "server_sys_us": med(n, "server_sys_us"),
-                   "client_cpu_us": med(n, "client_cpu_us"), "rss_peak_kib": max(float(x["rss_peak_kib"])  # type: ignore[arg-type]
-                                                                                 for x in runs[n])}
+    keys = ("rate", "server_cpu_us", "server_sys_us", "client_cpu_us")
+    summary = {n: {**{k: med(n, k) for k in keys},
+                   "rss_peak_kib": max(float(x["rss_peak_kib"]) for x in runs[n])}  # type: ignore[arg-type]
                for n in runs if runs[n]}
     print(f"{'case':15} {'logins/s':>9} {'server µs/login':>16} {'(system)':>9} {'client µs/login':>16}"
           f" {'RSS peak':>10}"
