@@ -73,8 +73,10 @@ class Client:
         self.itt += 1
         return self.itt
 
-    def login(self, target: str | None, chap: tuple[str, bytes] | None = None, **keys: str) -> LoginResponse:
-        """Log in (with CHAP, MD5, when ``chap`` gives a name and secret)."""
+    def login(self, target: str | None, chap: tuple[str, bytes] | None = None,
+              algorithm: ChapAlgorithm = ChapAlgorithm.MD5, **keys: str) -> LoginResponse:
+        """Log in (with CHAP when ``chap`` gives a name and secret, offering
+        only ``algorithm``: MD5 unless told)."""
         pairs = [("InitiatorName", self.initiator)]
         pairs += [("SessionType", "Discovery")] if target is None else [("TargetName", target)]
         pairs += [("AuthMethod", "CHAP" if chap else "None")]
@@ -82,11 +84,11 @@ class Client:
         if r.status_class:
             return r
         if chap is not None:
-            r = self._login_step([("CHAP_A", "5")], Stage.SECURITY, Stage.OPERATIONAL)
+            r = self._login_step([("CHAP_A", str(int(algorithm)))], Stage.SECURITY, Stage.OPERATIONAL)
             if r.status_class:
                 return r
             got = dict(decode_text(r.data))
-            proof = response(ChapAlgorithm.MD5, int(got["CHAP_I"]), chap[1], decode_binary(got["CHAP_C"], "C"))
+            proof = response(algorithm, int(got["CHAP_I"]), chap[1], decode_binary(got["CHAP_C"], "C"))
             r = self._login_step([("CHAP_N", chap[0]), ("CHAP_R", encode_binary(proof))],
                                  Stage.SECURITY, Stage.OPERATIONAL)
             if r.status_class:
