@@ -125,7 +125,17 @@ class IscsiConnection:
         self.closing = True
         self.end_reason = self.end_reason or reason
         self._stop_reading()
-        self.loop.create_task(self._close_when_drained())
+        self.loop.call_soon(self._close_if_drained)
+
+    def _close_if_drained(self) -> None:
+        """Usually the last PDU (a Logout Response) has already left by the
+        next turn of the loop: close at once, without a task (a task and a
+        timeout per logout were a fifth of a login's cost, bench/logins.py)."""
+        self.sender.flush()
+        if not self.sender.queue or self.sender.closed:
+            self.close()
+        else:
+            self.loop.create_task(self._close_when_drained())
 
     async def _close_when_drained(self) -> None:
         try:
