@@ -179,7 +179,9 @@ def cmd_machines(args: argparse.Namespace) -> int:
                 if mac in cfg.machines:
                     continue
                 name = generated_machine(mac, cfg.iqn_prefix, "").hostname
-                what = f"booting profile {cfg.default_profile} as {name}" if policy == "default" else "address only"
+                what = {"default": f"booting profile {cfg.default_profile} as {name}",
+                        "adopted": f"booting profile {cfg.default_profile} as {name} (not logged in yet: "
+                                   "forgotten after dhcp.adopted_expiry)"}.get(policy, "address only")
                 lease = leases.for_mac(mac) if leases else None
                 print(f"{mac:17}  {what}; first seen {time.strftime('%Y-%m-%d %H:%M', time.localtime(first))}, "
                       f"last {time.strftime('%Y-%m-%d %H:%M', time.localtime(last))}"
