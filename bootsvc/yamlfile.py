@@ -64,9 +64,14 @@ _Loader.add_implicit_resolver(
 def load_yaml(path: Path) -> LineMap:
     """The top-level mapping of a YAML file (empty for an empty file)."""
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as e:
         raise ConfigError([f"{path}:0: cannot read: {e.strerror}"]) from e
+    try:
+        text = raw.decode("utf-8")  # YAML is UTF-8 whatever the locale says
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError([f"{path}:{line}: not UTF-8 (byte {raw[e.start]:#04x})"]) from None
     try:
         doc = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:

@@ -264,3 +264,10 @@ dhcp:
     ]
     p = write(tmp_path, "listen:\n  dhcp: {interface: br0, address: 10.77.0.1}\n")
     assert problems(p) == f"{p}:1: dhcp: listen.dhcp is set: the dhcp section (subnet, range, ...) is needed"
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    # found by bench/fuzz.py: the bytes escaped load() as a UnicodeDecodeError
+    p = tmp_path / "bootsvc.yaml"
+    p.write_bytes(b"domain: lab\nmachines:\n  x: {hostname: caf\xe9}\n")
+    assert problems(p) == f"{p}:3: not UTF-8 (byte 0xe9)"
