@@ -32,6 +32,15 @@ class LineMap(dict[str, Any]):
 
 
 class _Loader(yaml.SafeLoader):
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, IndexError, AttributeError, OverflowError) as e:
+            # PyYAML's own constructors raise these for a tag they cannot
+            # read ("!!int ''", "!!float x", "!!timestamp 1"): a YAML error at the node
+            raise yaml.constructor.ConstructorError(None, None, f"cannot read {node.tag} {node.value!r}: {e}",
+                                                    node.start_mark) from None
+
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> LineMap:  # type: ignore[override]
         m = LineMap(super().construct_mapping(node, deep=True))
         m.line = node.start_mark.line + 1

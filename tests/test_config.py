@@ -271,3 +271,11 @@ def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
     p = tmp_path / "bootsvc.yaml"
     p.write_bytes(b"domain: lab\nmachines:\n  x: {hostname: caf\xe9}\n")
     assert problems(p) == f"{p}:3: not UTF-8 (byte 0xe9)"
+
+
+@pytest.mark.parametrize("text", ["domain: !!int ''\n", "a: 1\nb: !!float machines\n", "c: !!timestamp 1\n",
+                                  "!!float x: 1\n"])
+def test_a_tag_yaml_cannot_read_is_a_config_error(tmp_path: Path, text: str) -> None:
+    # found by bench/fuzz.py: PyYAML's constructors raised IndexError and ValueError through load()
+    p = write(tmp_path, text)
+    assert f"{p}:{text.count(chr(10))}: YAML: cannot read tag:yaml.org,2002:" in problems(p)
