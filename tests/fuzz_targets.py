@@ -349,7 +349,7 @@ def _tftp_seeds() -> list[bytes]:
         rrq(b"empty", b"tsize", b"0"), rrq(b"sub/../undionly.kpxe"), rrq(b"missing.efi"),
         b"\0\x02undionly.kpxe\0octet\0", b"\0\x01undionly.kpxe\0netascii\0",
         b"\0\x04\0\x01", b"\0\x04\0\x00", b"\0\x04\xff\xff", b"\0\x05\0\x01File not found\0",
-        b"\0\x03\0\x01" + bytes(512), b"\0\x06blksize\0512\0",
+        b"\0\x03\0\x01" + bytes(512), b"\0\x06blksize\x00512\x00",
     ]
 
 
