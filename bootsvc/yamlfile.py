@@ -31,6 +31,27 @@ class LineMap(dict[str, Any]):
         return m
 
 
+# values (scalars, lists, mappings) a config may hold once its aliases are
+# expanded: a thousand machines are some ten thousand
+MAX_VALUES = 100_000
+
+
+def _expanded_size(node: yaml.Node, seen: dict[int, int]) -> int:
+    """The values ``node`` stands for with every alias expanded; each node
+    measured once, so this is linear in the document, not in its expansion."""
+    known = seen.get(id(node))
+    if known is not None:
+        return known
+    seen[id(node)] = 1  # a recursive alias (&a [*a]) is measured as one value within itself
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(child, seen) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, seen) + _expanded_size(v, seen) for k, v in node.value)
+    seen[id(node)] = size = min(size, MAX_VALUES + 1)  # capped: the numbers stay small
+    return size
+
+
 class _Loader(yaml.SafeLoader):
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         try:
@@ -38,8 +59,17 @@ class _Loader(yaml.SafeLoader):
         except (ValueError, TypeError, IndexError, AttributeError, OverflowError) as e:
             # PyYAML's own constructors raise these for a tag they cannot
             # read ("!!int ''", "!!float x", "!!timestamp 1"): a YAML error at the node
-            raise yaml.constructor.ConstructorError(None, None, f"cannot read {node.tag} {node.value!r}: {e}",
+            raise yaml.constructor.ConstructorError(None, None, f"cannot read {node.tag}: {e}",
                                                     node.start_mark) from None
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        # aliases of aliases ("billion laughs") are cheap to write and
+        # expensive to print: error messages show values, and str() of
+        # such a value expands every alias
+        if _expanded_size(node, {}) > MAX_VALUES:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"aliases expand to more than {MAX_VALUES} values", node.start_mark)
+        return super().construct_document(node)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> LineMap:  # type: ignore[override]
         m = LineMap(super().construct_mapping(node, deep=True))
@@ -81,11 +111,16 @@ def load_yaml(path: Path) -> LineMap:
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
         raise ConfigError([f"{path}:{line}: not UTF-8 (byte {raw[e.start]:#04x})"]) from None
+    loader = _Loader(text)
     try:
-        doc = yaml.load(text, Loader=_Loader)
+        doc = loader.get_single_data()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise ConfigError([f"{path}:{mark.line + 1 if mark else 0}: YAML: {getattr(e, 'problem', e)}"]) from e
+    except RecursionError:  # PyYAML's composer recurses once per level of [ and {
+        raise ConfigError([f"{path}:{loader.get_mark().line + 1}: YAML: nested too deeply"]) from None
+    finally:
+        loader.dispose()
     if doc is None:
         return LineMap.empty()
     if not isinstance(doc, LineMap):

@@ -279,3 +279,24 @@ def test_a_tag_yaml_cannot_read_is_a_config_error(tmp_path: Path, text: str) -> 
     # found by bench/fuzz.py: PyYAML's constructors raised IndexError and ValueError through load()
     p = write(tmp_path, text)
     assert f"{p}:{text.count(chr(10))}: YAML: cannot read tag:yaml.org,2002:" in problems(p)
+
+
+def test_deep_nesting_is_a_config_error(tmp_path: Path) -> None:
+    # PyYAML's composer recursed past Python's limit: RecursionError escaped load()
+    p = write(tmp_path, "domain: lab\nmachines: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert problems(p) == f"{p}:2: YAML: nested too deeply"
+
+
+def test_aliases_that_expand_without_end_are_a_config_error(tmp_path: Path) -> None:
+    # "billion laughs": nine levels of ten aliases each is 10**9 values, whose
+    # repr in an error message ("expected a number, got [...]") never ended
+    levels = ["l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 9)]
+    p = write(tmp_path, "\n".join(levels) + "\niscsi: {nop_interval: *l8}\n")
+    assert "YAML: aliases expand to more than 100000 values" in problems(p)
+
+
+def test_aliases_within_bounds_still_work(tmp_path: Path) -> None:
+    p = write(tmp_path, "x-node: &node {profile: demo-linux}\nmachines:\n"
+                        "  52:54:00:77:00:11: {<<: *node, hostname: a}\n  52:54:00:77:00:12: {<<: *node, hostname: b}\n")
+    assert "x-node" in problems(p)  # an unknown top-level key, the merges themselves are fine
