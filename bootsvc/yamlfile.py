@@ -111,16 +111,17 @@ def load_yaml(path: Path) -> LineMap:
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
         raise ConfigError([f"{path}:{line}: not UTF-8 (byte {raw[e.start]:#04x})"]) from None
-    loader = _Loader(text)
     try:
-        doc = loader.get_single_data()
+        loader = _Loader(text)  # its reader refuses control characters already
+        try:
+            doc = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise ConfigError([f"{path}:{mark.line + 1 if mark else 0}: YAML: {getattr(e, 'problem', e)}"]) from e
     except RecursionError:  # PyYAML's composer recurses once per level of [ and {
         raise ConfigError([f"{path}:{loader.get_mark().line + 1}: YAML: nested too deeply"]) from None
-    finally:
-        loader.dispose()
     if doc is None:
         return LineMap.empty()
     if not isinstance(doc, LineMap):

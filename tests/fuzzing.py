@@ -114,8 +114,10 @@ class Mutator:
         data += self.rnd.choice(self.seeds)
 
     def _insert_token(self, data: bytearray) -> None:
+        """A token, now and then repeated many times: "[" a thousand times
+        is how a recursive parser is found out."""
         pos = self._pos(data)
-        data[pos:pos] = self.rnd.choice(self.tokens)
+        data[pos:pos] = self.rnd.choice(self.tokens) * self.rnd.choice((1, 1, 1, 1, 2, 16, 1000))
 
     def _overwrite_token(self, data: bytearray) -> None:
         token = self.rnd.choice(self.tokens)

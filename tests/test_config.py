@@ -300,3 +300,8 @@ def test_aliases_within_bounds_still_work(tmp_path: Path) -> None:
     p = write(tmp_path, "x-node: &node {profile: demo-linux}\nmachines:\n"
                         "  52:54:00:77:00:11: {<<: *node, hostname: a}\n  52:54:00:77:00:12: {<<: *node, hostname: b}\n")
     assert "x-node" in problems(p)  # an unknown top-level key, the merges themselves are fine
+
+
+def test_a_control_character_is_a_config_error(tmp_path: Path) -> None:
+    p = write(tmp_path, "domain: lab\x14\n")
+    assert problems(p).startswith(f"{p}:1: YAML: ")
