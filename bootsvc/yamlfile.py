@@ -117,6 +117,9 @@ def load_yaml(path: Path) -> LineMap:
             doc = loader.get_single_data()
         finally:
             loader.dispose()
+    except yaml.reader.ReaderError as e:  # no mark, a position in the text
+        line = text.count("\n", 0, e.position) + 1
+        raise ConfigError([f"{path}:{line}: YAML: character #x{e.character:04x} is not allowed"]) from e
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise ConfigError([f"{path}:{mark.line + 1 if mark else 0}: YAML: {getattr(e, 'problem', e)}"]) from e

@@ -303,5 +303,5 @@ def test_aliases_within_bounds_still_work(tmp_path: Path) -> None:
 
 
 def test_a_control_character_is_a_config_error(tmp_path: Path) -> None:
-    p = write(tmp_path, "domain: lab\x14\n")
-    assert problems(p).startswith(f"{p}:1: YAML: ")
+    p = write(tmp_path, "iqn_prefix: iqn.2026-11.lab\ndomain: lab\x14\n")
+    assert problems(p) == f"{p}:2: YAML: character #x0014 is not allowed"
