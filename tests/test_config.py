@@ -305,3 +305,14 @@ def test_aliases_within_bounds_still_work(tmp_path: Path) -> None:
 def test_a_control_character_is_a_config_error(tmp_path: Path) -> None:
     p = write(tmp_path, "iqn_prefix: iqn.2026-11.lab\ndomain: lab\x14\n")
     assert problems(p) == f"{p}:2: YAML: character #x0014 is not allowed"
+
+
+@pytest.mark.parametrize("name", ["d" * 300, "disk\\0.img"])
+def test_a_path_the_file_system_cannot_take_is_a_config_error(tmp_path: Path, name: str) -> None:
+    # found by bench/fuzz.py: Path.exists()/is_dir() raised OSError (name too long) or
+    # ValueError (NUL) out of load()
+    p = write(tmp_path, f'profiles_dir: "{name}"\nlisten: {{tftp: 127.0.0.1:69}}\ntftp: {{roots: ["{name}"]}}\n'
+                        f'targets:\n  - iqn: iqn.2026-11.lab:t\n    luns: ["{name}"]\n')
+    text = problems(p)
+    for key in ("profiles_dir", "tftp.roots", "targets[0].luns[0].path"):
+        assert f": {key}: " in text, text
