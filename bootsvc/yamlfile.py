@@ -31,6 +31,7 @@ class LineMap(dict[str, Any]):
         return m
 
 
+MAX_FLOW_DEPTH = 64
 # values (scalars, lists, mappings) a config may hold once its aliases are
 # expanded: a thousand machines are some ten thousand
 MAX_VALUES = 100_000
@@ -53,6 +54,15 @@ def _expanded_size(node: yaml.Node, seen: dict[int, int]) -> int:
 
 
 class _Loader(yaml.SafeLoader):
+    def fetch_flow_collection_start(self, TokenClass: type) -> None:  # noqa: N803 - PyYAML's name
+        # PyYAML's scanner keeps a possible simple key per open [ or { and
+        # walks them all at every token: 1,500 of them took a second, 64 KiB
+        # half an hour. A config nests a few levels.
+        if self.flow_level >= MAX_FLOW_DEPTH:
+            raise yaml.scanner.ScannerError(None, None, f"[ and {{ nested deeper than {MAX_FLOW_DEPTH}",
+                                            self.get_mark())
+        super().fetch_flow_collection_start(TokenClass)  # type: ignore[misc]
+
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         try:
             return super().construct_object(node, deep=deep)
