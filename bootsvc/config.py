@@ -9,6 +9,7 @@ they are so one config file can grow with the product.
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -199,7 +200,7 @@ def _profiles(c: Checker, doc: LineMap, base: Path) -> dict[str, Profile]:
     profile_dirs = [SHIPPED]
     if doc.get("profiles_dir"):
         profile_dirs.append(base / str(doc["profiles_dir"]))
-        if not profile_dirs[-1].is_dir():
+        if not os.path.isdir(profile_dirs[-1]):  # os.path's: False, not OSError, for a name too long
             c.err(doc, "profiles_dir", f"{profile_dirs[-1]} is not a directory")
     try:
         return load_profiles(profile_dirs)
@@ -337,7 +338,7 @@ def _tftp(c: Checker, doc: LineMap, listen: Any, base: Path, state_dir: Path) ->
         if (raw := t.get("roots")) is not None:  # absent: the defaults
             roots = [p if p.is_absolute() else base / p for p in map(Path, raw if isinstance(raw, list) else [raw])]
             for r in roots:
-                if not r.is_dir():
+                if not os.path.isdir(r):
                     c.err(t, "tftp.roots", f"{r} is not a directory")
         busy_poll_us = c.integer(t, "busy_poll_us", "tftp.busy_poll_us", busy_poll_us, 100_000,
                                  "microseconds, 0: off")
@@ -408,7 +409,7 @@ def _lun(c: Checker, t: LineMap, lw: str, lun: Any, base: Path) -> LunSpec | Non
     c.unknown(lun, LUN_KEYS, f"{lw}.")
     p = Path(str(lun["path"]))
     p = p if p.is_absolute() else base / p
-    if not p.exists():
+    if not os.path.exists(p):  # os.path's: False, not OSError or ValueError, for a name too long or with NUL
         c.err(lun, f"{lw}.path", f"{p} does not exist")
     bs = lun.get("block_size", 512)
     if bs not in (512, 4096):

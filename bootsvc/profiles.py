@@ -4,6 +4,7 @@ behaves (DESIGN.md "Naming and identities")."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -97,7 +98,7 @@ def load_profiles(directories: list[Path]) -> dict[str, Profile]:
     profiles: dict[str, Profile] = {}
     problems: list[str] = []
     for d in directories:
-        for path in sorted(d.glob("*.yaml")) if d.is_dir() else ():
+        for path in sorted(d.glob("*.yaml")) if os.path.isdir(d) else ():  # False, not OSError, for a name too long
             try:
                 profiles[path.stem] = load_profile(path)
             except ConfigError as e:

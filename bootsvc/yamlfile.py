@@ -31,7 +31,56 @@ class LineMap(dict[str, Any]):
         return m
 
 
+MAX_FLOW_DEPTH = 64
+# values (scalars, lists, mappings) a config may hold once its aliases are
+# expanded: a thousand machines are some ten thousand
+MAX_VALUES = 100_000
+
+
+def _expanded_size(node: yaml.Node, seen: dict[int, int]) -> int:
+    """The values ``node`` stands for with every alias expanded; each node
+    measured once, so this is linear in the document, not in its expansion."""
+    known = seen.get(id(node))
+    if known is not None:
+        return known
+    seen[id(node)] = 1  # a recursive alias (&a [*a]) is measured as one value within itself
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(child, seen) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, seen) + _expanded_size(v, seen) for k, v in node.value)
+    seen[id(node)] = size = min(size, MAX_VALUES + 1)  # capped: the numbers stay small
+    return size
+
+
 class _Loader(yaml.SafeLoader):
+    def fetch_flow_collection_start(self, TokenClass: type) -> None:  # noqa: N803 - PyYAML's name
+        # PyYAML's scanner keeps a possible simple key per open [ or { and
+        # walks them all at every token: 1,500 of them took a second, 64 KiB
+        # half an hour. A config nests a few levels.
+        if self.flow_level >= MAX_FLOW_DEPTH:
+            raise yaml.scanner.ScannerError(None, None, f"[ and {{ nested deeper than {MAX_FLOW_DEPTH}",
+                                            self.get_mark())
+        super().fetch_flow_collection_start(TokenClass)  # type: ignore[misc]
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, IndexError, AttributeError, OverflowError) as e:
+            # PyYAML's own constructors raise these for a tag they cannot
+            # read ("!!int ''", "!!float x", "!!timestamp 1"): a YAML error at the node
+            raise yaml.constructor.ConstructorError(None, None, f"cannot read {node.tag}: {e}",
+                                                    node.start_mark) from None
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        # aliases of aliases ("billion laughs") are cheap to write and
+        # expensive to print: error messages show values, and str() of
+        # such a value expands every alias
+        if _expanded_size(node, {}) > MAX_VALUES:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"aliases expand to more than {MAX_VALUES} values", node.start_mark)
+        return super().construct_document(node)
+
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> LineMap:  # type: ignore[override]
         m = LineMap(super().construct_mapping(node, deep=True))
         m.line = node.start_mark.line + 1
@@ -64,14 +113,28 @@ _Loader.add_implicit_resolver(
 def load_yaml(path: Path) -> LineMap:
     """The top-level mapping of a YAML file (empty for an empty file)."""
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as e:
         raise ConfigError([f"{path}:0: cannot read: {e.strerror}"]) from e
     try:
-        doc = yaml.load(text, Loader=_Loader)
+        text = raw.decode("utf-8")  # YAML is UTF-8 whatever the locale says
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError([f"{path}:{line}: not UTF-8 (byte {raw[e.start]:#04x})"]) from None
+    try:
+        loader = _Loader(text)  # its reader refuses control characters already
+        try:
+            doc = loader.get_single_data()
+        finally:
+            loader.dispose()
+    except yaml.reader.ReaderError as e:  # no mark, a position in the text
+        line = text.count("\n", 0, e.position) + 1
+        raise ConfigError([f"{path}:{line}: YAML: character #x{e.character:04x} is not allowed"]) from e
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise ConfigError([f"{path}:{mark.line + 1 if mark else 0}: YAML: {getattr(e, 'problem', e)}"]) from e
+    except RecursionError:  # PyYAML's composer recurses once per level of [ and {
+        raise ConfigError([f"{path}:{loader.get_mark().line + 1}: YAML: nested too deeply"]) from None
     if doc is None:
         return LineMap.empty()
     if not isinstance(doc, LineMap):

@@ -29,6 +29,7 @@ debs=(
     curl                # a real HTTP client
     vagrant vagrant-libvirt  # `vagrant validate` of vagrant/Vagrantfile (tests/test_vagrant.py)
     iproute2 procps
+    systemd             # systemd-analyze (verify and security of systemd/bootsvc.service), systemd-sysusers
 )
 missing=()
 for p in "${debs[@]}"; do

@@ -339,3 +339,66 @@ iscsi:
                                     "{user: t, secret: reverse-secret-2}\n"))
     assert "iscsi.chap_algorithms: expected a list of sha3-256, sha256, sha1, md5" in text
     assert "iscsi.discovery_mutual_chap: needs iscsi.discovery_chap too" in text
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    # found by bench/fuzz.py: the bytes escaped load() as a UnicodeDecodeError
+    p = tmp_path / "bootsvc.yaml"
+    p.write_bytes(b"domain: lab\nmachines:\n  x: {hostname: caf\xe9}\n")
+    assert problems(p) == f"{p}:3: not UTF-8 (byte 0xe9)"
+
+
+@pytest.mark.parametrize("text", ["domain: !!int ''\n", "a: 1\nb: !!float machines\n", "c: !!timestamp 1\n",
+                                  "!!float x: 1\n"])
+def test_a_tag_yaml_cannot_read_is_a_config_error(tmp_path: Path, text: str) -> None:
+    # found by bench/fuzz.py: PyYAML's constructors raised IndexError and ValueError through load()
+    p = write(tmp_path, text)
+    assert f"{p}:{text.count(chr(10))}: YAML: cannot read tag:yaml.org,2002:" in problems(p)
+
+
+def test_deep_nesting_is_a_config_error(tmp_path: Path) -> None:
+    # PyYAML's composer recursed past Python's limit: RecursionError escaped load()
+    p = write(tmp_path, "domain: lab\nmachines:\n" + "".join(" " * i + f"k{i}:\n" for i in range(1, 600)))
+    assert problems(p).startswith(f"{p}:") and problems(p).endswith(": YAML: nested too deeply")
+
+
+def test_deep_flow_nesting_is_refused_before_it_costs(tmp_path: Path) -> None:
+    # found by bench/fuzz.py: 1,511 "[" took PyYAML's scanner over a second (quadratic);
+    # 20,000 took minutes
+    p = write(tmp_path, "domain: lab\nmachines: " + "[" * 20000 + "]" * 20000 + "\n")
+    assert problems(p) == f"{p}:2: YAML: [ and {{ nested deeper than 64"
+    ok = write(tmp_path, "domain: lab\nx: " + "[" * 64 + "]" * 64 + "\n")
+    assert "nested" not in problems(ok)  # 64 deep is still read (x is then an unknown key)
+
+
+def test_aliases_that_expand_without_end_are_a_config_error(tmp_path: Path) -> None:
+    # "billion laughs": nine levels of ten aliases each is 10**9 values, whose
+    # repr in an error message ("expected a number, got [...]") never ended
+    levels = ["l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 9)]
+    p = write(tmp_path, "\n".join(levels) + "\niscsi: {nop_interval: *l8}\n")
+    assert "YAML: aliases expand to more than 100000 values" in problems(p)
+
+
+def test_aliases_within_bounds_still_work(tmp_path: Path) -> None:
+    p = write(tmp_path, "x-node: &node {profile: demo-linux}\nmachines:\n"
+                        "  52:54:00:77:00:11: {<<: *node, hostname: a}\n"
+                        "  52:54:00:77:00:12: {<<: *node, hostname: b}\n")
+    [problem] = problems(p).splitlines()  # the merged machines are fine: each has its profile
+    assert problem.startswith(f"{p}:1: x-node: unknown key")
+
+
+def test_a_control_character_is_a_config_error(tmp_path: Path) -> None:
+    p = write(tmp_path, "iqn_prefix: iqn.2026-11.lab\ndomain: lab\x14\n")
+    assert problems(p) == f"{p}:2: YAML: character #x0014 is not allowed"
+
+
+@pytest.mark.parametrize("name", ["d" * 300, "disk\\0.img"])
+def test_a_path_the_file_system_cannot_take_is_a_config_error(tmp_path: Path, name: str) -> None:
+    # found by bench/fuzz.py: Path.exists()/is_dir() raised OSError (name too long) or
+    # ValueError (NUL) out of load()
+    p = write(tmp_path, f'profiles_dir: "{name}"\nlisten: {{tftp: 127.0.0.1:69}}\ntftp: {{roots: ["{name}"]}}\n'
+                        f'targets:\n  - iqn: iqn.2026-11.lab:t\n    luns: ["{name}"]\n')
+    text = problems(p)
+    for key in ("profiles_dir", "tftp.roots", "targets[0].luns[0].path"):
+        assert f": {key}: " in text, text

@@ -67,6 +67,20 @@ def test_bad_packets_are_named() -> None:
             raise AssertionError(f"accepted: {why}")
 
 
+def test_an_address_option_of_several_addresses_is_a_format_error() -> None:
+    # found by bench/fuzz.py: option 50 of 8 bytes came from scapy as a tuple of two
+    # addresses and escaped decode as a TypeError
+    base = request(("message-type", "request"))[:-1]  # without "end"
+    for code, what in ((50, "option 50"), (54, "option 54")):
+        data = base + bytes([code, 8, 10, 77, 0, 11, 10, 77, 0, 12, 255])
+        try:
+            decode(data)
+        except DhcpFormatError as e:
+            assert what in str(e)
+        else:
+            raise AssertionError(f"accepted {what} of 8 bytes")
+
+
 @settings(max_examples=400)
 @given(st.binary(max_size=600), st.binary(max_size=80))
 def test_garbage_raises_only_format_errors(blob: bytes, options: bytes) -> None:

@@ -38,6 +38,14 @@ def test_parse_head() -> None:
         assert e.value.status == status, bad
 
 
+@pytest.mark.parametrize("length", ["\xb3", "\u0663", "+1", "-0", " 1"])
+def test_content_length_not_in_ascii_digits_is_a_bad_request(length: str) -> None:
+    # found by bench/fuzz.py: "\xb3" (superscript three) passed str.isdigit() and int() raised ValueError
+    with pytest.raises(HttpError) as e:
+        parse_head(f"POST / HTTP/1.1\r\nContent-Length: {length}".encode("latin-1", "replace"))
+    assert e.value.status == Status.BAD_REQUEST
+
+
 @settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=300))
 def test_parse_head_fuzz(head: bytes) -> None:

@@ -36,6 +36,15 @@ def test_file_names(tmp_path: Path) -> None:
             files.read(bad)
 
 
+def test_a_name_too_long_for_the_file_system_is_not_found(tmp_path: Path) -> None:
+    # found by bench/fuzz.py: is_file() raised OSError (ENAMETOOLONG), which the HTTP
+    # service's /files/ route does not catch
+    files = FileSource([tmp_path])
+    for name in ("x" * 300, "a/" + "y" * 5000):
+        with pytest.raises(FileNotFoundError):
+            files.path(name)
+
+
 def test_file_cache_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(files_mod, "CACHE_BYTES", 2500)
     for name in "abc":

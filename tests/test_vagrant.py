@@ -129,5 +129,9 @@ def test_provisioning_fits_the_unit_and_config() -> None:
     assert "ln -sf \"$venv/bin/bootsvc\" /usr/local/bin/bootsvc" in text
     assert "cfg=/etc/bootsvc/bootsvc.yaml" in text
     assert "scripts/install-deps.sh" in text and "build-demo" in text and "systemd/bootsvc.service" in text
+    # the unit's user exists before it starts, and can read the config and own the state
+    assert "systemd/bootsvc.sysusers" in text and "systemd-sysusers" in text
+    assert "User=bootsvc" in unit and "chown root:bootsvc \"$cfg.new\"" in text
+    assert text.index("build-demo") < text.index("chown -R bootsvc:bootsvc /var/lib/bootsvc")
     assert CONFIG.read_text().count("interface: eth1,") == 1
     assert 'path: "provision.sh"' in VAGRANTFILE.read_text()

@@ -28,14 +28,22 @@ if [ -z "$iface" ]; then
     ip -o -4 addr show >&2
     exit 1
 fi
-install -d /etc/bootsvc /var/lib/bootsvc
+# The service's user (systemd/bootsvc.sysusers); it reads the config
+# through its group, so the file can hold CHAP secrets (root:bootsvc 0640).
+install -m 0644 "$repo/systemd/bootsvc.sysusers" /etc/sysusers.d/bootsvc.conf
+systemd-sysusers /etc/sysusers.d/bootsvc.conf
+install -d -o root -g bootsvc -m 0750 /etc/bootsvc
+install -d -o bootsvc -g bootsvc -m 0750 /var/lib/bootsvc
 sed "s/interface: eth1,/interface: $iface,/" "$repo/vagrant/bootsvc.yaml" > "$cfg.new"
 grep -q "interface: $iface," "$cfg.new"
+chown root:bootsvc "$cfg.new"
+chmod 0640 "$cfg.new"
 mv "$cfg.new" "$cfg"
 bootsvc check -c "$cfg"
 
 # The demo base image (state_dir/images/demo-linux.qcow2); kept if built.
 bootsvc image -c "$cfg" build-demo
+chown -R bootsvc:bootsvc /var/lib/bootsvc  # built as root; the service writes its overlays beside it
 
 install -m 0644 "$repo/systemd/bootsvc.service" /etc/systemd/system/bootsvc.service
 systemctl daemon-reload

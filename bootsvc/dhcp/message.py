@@ -127,7 +127,7 @@ class Request:
 def _ip(value: Any, what: str) -> IPv4:
     try:
         return IPv4(value if isinstance(value, str) else bytes(value))
-    except (ValueError, ipaddress.AddressValueError):
+    except (ValueError, TypeError):  # TypeError: scapy gives a tuple of addresses for an option longer than 4 bytes
         raise DhcpFormatError(f"{what} is not an IPv4 address") from None
 
 

@@ -89,7 +89,8 @@ def parse_head(head: bytes) -> HttpRequest:
 
 
 def int_or_none(text: str) -> int | None:
-    return int(text) if text.isdigit() else None
+    # ASCII digits only (RFC 9110 §8.6): str.isdigit() also takes "\xb3" (³), which int() refuses
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 def response_head(status: Status, length: int, content_type: str = "text/plain; charset=utf-8",

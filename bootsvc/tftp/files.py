@@ -145,7 +145,7 @@ class FileSource:
             path = (root / name).resolve()
             if not path.is_relative_to(root):
                 raise PermissionError("the name leads outside the root")
-            if path.is_file():
+            if os.path.isfile(path):  # False, not OSError, for a name too long for the file system
                 return path
         raise FileNotFoundError(f"{name} not found")
 

@@ -5,6 +5,7 @@ reload, STOPPING=1 on SIGTERM."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -27,6 +28,35 @@ def test_unit_verifies(tmp_path: Path) -> None:
     unit.write_text(UNIT.read_text().replace("/usr/local/bin/bootsvc", "/bin/true"))
     r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+MAX_EXPOSURE = 4.0  # systemd-analyze security: 9.3 UNSAFE as full root, 1.6 sandboxed
+
+
+def test_unit_is_sandboxed(tmp_path: Path) -> None:
+    """`systemd-analyze security --offline` rates the unit's exposure at most
+    MAX_EXPOSURE, and --threshold makes it fail above (its exit status)."""
+    need("systemd-analyze")
+    unit = tmp_path / "bootsvc.service"
+    unit.write_text(UNIT.read_text())
+    r = subprocess.run(["systemd-analyze", "security", "--offline=yes", f"--threshold={MAX_EXPOSURE * 10:.0f}",
+                        "--no-pager", str(unit)], capture_output=True, text=True, timeout=60)
+    found = re.search(r"Overall exposure level for bootsvc.service: (\d+\.\d+)", r.stdout)
+    assert found is not None, r.stdout + r.stderr
+    assert float(found.group(1)) <= MAX_EXPOSURE, r.stdout
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_unit_capabilities_are_exactly_what_bootsvc_uses() -> None:
+    """Ports below 1024 and the raw ICMPv6 socket of router advertisements;
+    nothing more, and the bounding set equal to what the process is given."""
+    settings = dict(line.split("=", 1) for line in UNIT.read_text().splitlines() if "=" in line
+                    and not line.startswith("#"))
+    assert set(settings["CapabilityBoundingSet"].split()) == {"CAP_NET_BIND_SERVICE", "CAP_NET_RAW"}
+    assert settings["AmbientCapabilities"] == settings["CapabilityBoundingSet"]
+    assert settings["User"] == "bootsvc" and settings["StateDirectory"] == "bootsvc"
+    sysusers = (UNIT.parent / "bootsvc.sysusers").read_text()
+    assert re.search(r"^u bootsvc - .* /var/lib/bootsvc ", sysusers, re.M), sysusers
 
 
 def test_sd_notify(tmp_path: Path) -> None:
