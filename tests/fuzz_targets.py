@@ -41,6 +41,7 @@ from bootsvc.tftp.transfer import decode as tftp_decode
 from isns.codec import IsnsFormatError, Reassembler, encode_message, unpack_header
 from isns.protocol import HEADER_SIZE
 from isns.registry import Registry
+from target.chap import ChapAuth, ChapSecret
 from target.framing import DigestError, DigestSettings, PduReader, frame
 from target.keys import IRRELEVANT, NOT_UNDERSTOOD, REJECT, KeyValueError, SessionParams, negotiate
 from target.login import Login
@@ -183,6 +184,31 @@ def iscsi_login(data: bytes) -> None:
     login = Login(Ctx([FakeTarget(IQN_T), FakeTarget("iqn.2026-11.test:acl", allowed=IQN_I)]))
     reader = PduReader(max_data=8192, hard_limit=8192)
     _feed(data, reader, 1 << 20, _login_take(login))
+
+
+CHAP_AUTH = ChapAuth(ChapSecret("node01", b"forward-secret-1"), ChapSecret("bootsvc", b"reverse-secret-2"))
+
+
+def iscsi_chap(data: bytes) -> None:
+    """Login PDUs to a target that asks for mutual CHAP (target/chap.py
+    through Login.receive): the security stage, CHAP_A/I/C/N/R in any order
+    and shape. Documented errors: the reader's; every CHAP failure is a
+    Login Response with status 0201, never an exception."""
+    login = Login(Ctx([FakeTarget(IQN_T, auth=CHAP_AUTH)]))
+    reader = PduReader(max_data=8192, hard_limit=8192)
+    _feed(data, reader, 1 << 20, _login_take(login))
+
+
+def _chap_seeds() -> list[bytes]:
+    def req(pairs: list[tuple[str, str]]) -> bytes:
+        pdu = LoginRequest(transit=True, csg=Stage.SECURITY, nsg=Stage.OPERATIONAL, isid=ISID, itt=1, cmdsn=10,
+                           data=encode_text(pairs))
+        return b"".join(bytes(p) for p in frame(pdu, DigestSettings()))
+    first = req([("InitiatorName", IQN_I), ("TargetName", IQN_T), ("AuthMethod", "CHAP")])
+    algorithm = req([("CHAP_A", "7,5")])
+    answer = req([("CHAP_N", "node01"), ("CHAP_R", "0x" + "ab" * 32), ("CHAP_I", "7"),
+                   ("CHAP_C", "0b" + "QUJDREVGR0hJSktMTU5PUA==")])
+    return [first + algorithm + answer, first + algorithm, first, first + answer, algorithm + answer]
 
 
 def _login_seeds() -> list[bytes]:
@@ -503,6 +529,8 @@ HTTP_TOKENS = (b"\r\n", b": ", b" ", b"%", b"%00", b"%ff", b"%2e%2e", b"?", b"/"
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("iscsi_pdu", iscsi_pdu, _pdu_seeds),
     Target("iscsi_login", iscsi_login, _login_seeds, (b"=", b"\0", b",", b"Yes", b"No", b"0x", b"None")),
+    Target("iscsi_chap", iscsi_chap, _chap_seeds, (b"CHAP_A=", b"CHAP_I=", b"CHAP_C=0x", b"CHAP_C=0b", b"CHAP_R=0x",
+                                                   b"CHAP_N=", b"AuthMethod=", b"\0", b",", b"=")),
     Target("iscsi_text", iscsi_text, _text_seeds, (b"=", b"\0", b",", b"Yes", b"No", b"0x", b"None", b"\xff")),
     Target("isns", isns, _isns_seeds),
     Target("dhcp", dhcp, _dhcp_seeds),
