@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from target.chap import ChapAlgorithm  # noqa: E402
 from target.pdu import LogoutResponsePdu, Stage  # noqa: E402
-from tests.e2e.peers import LOOPBACK, bootsvc_export, free_port, stop, wait_for_port  # noqa: E402
+from tests.e2e.peers import LOOPBACK, bootsvc_export, end_tgtd, free_port, wait_for_port  # noqa: E402
 from tests.iscsi_client import Client  # noqa: E402
 
 USER = "benchuser"
@@ -204,15 +204,7 @@ def tgt_servers(image: Path) -> Iterator[list[Case]]:
         yield [Case("tgt-none", "tgt", port, iqns[1], 1, proc.pid, None),
                Case("tgt-md5", "tgt", port, iqns[2], 1, proc.pid, ChapAlgorithm.MD5)]
     finally:
-        for tid in iqns:
-            subprocess.run(["tgtadm", "-C", str(control), "--lld", "iscsi", "--op", "delete", "--mode", "target",
-                            "--tid", str(tid), "--force"], capture_output=True, timeout=30)
-        subprocess.run(["tgtadm", "-C", str(control), "--op", "delete", "--mode", "system"],
-                       capture_output=True, timeout=30)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            stop(proc)
+        end_tgtd(proc, control, iqns)
 
 
 # -------------------------------------------------------------------- runs

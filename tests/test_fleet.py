@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bootsvc.config import load
+from bootsvc.config import Config, load
 from bootsvc.dhcp.leases import LeaseStore
 from bootsvc.events import Bus, Event, Kind
 from bootsvc.fleet import Fleet
@@ -81,15 +81,22 @@ def test_renewal_follows_the_boot_rom_offer_and_spares_logged_in_disks(tmp_path:
     assert_check_clean(tmp_path / "state" / "overlays" / "a.qcow2")
 
 
-def test_adoption_runs_once_per_mac_and_survives_a_restart(tmp_path: Path) -> None:
-    extra = "dhcp:\n  subnet: 10.9.0.0/24\n  unknown_machines: default\n  max_adopted: 1\n" \
+def adopting(tmp_path: Path, dhcp: str) -> tuple[Config, LeaseStore, Fleet, list[Event]]:
+    """An open fleet with machine a, adopting unknown MACs (``dhcp``: more
+    keys of the dhcp section), its lease store and the events it sends."""
+    extra = f"dhcp:\n  subnet: 10.9.0.0/24\n  unknown_machines: default\n  {dhcp}\n" \
         "listen: {dhcp: {address: 10.9.0.1}}\n"
     cfg = load(lab(tmp_path, f"  {A}: {{hostname: a}}\n", extra=extra))
-    leases = LeaseStore(tmp_path / "leases.db")
     bus = Bus()
     events = recorded(bus)
-    fleet = Fleet(cfg, bus, leases)
+    fleet = Fleet(cfg, bus, LeaseStore(tmp_path / "leases.db"))
     fleet.open()
+    assert fleet.leases is not None
+    return cfg, fleet.leases, fleet, events
+
+
+def test_adoption_runs_once_per_mac_and_survives_a_restart(tmp_path: Path) -> None:
+    cfg, leases, fleet, events = adopting(tmp_path, "max_adopted: 1")
 
     async def main() -> None:
         first, second = await asyncio.gather(fleet.adopt(C), fleet.adopt(C))
@@ -118,14 +125,7 @@ def test_adopted_machines_that_never_boot_expire(tmp_path: Path) -> None:
     does not log in to its disk within dhcp.adopted_expiry is forgotten, its
     disk deleted and its slot under max_adopted freed; one that logged in stays,
     across a restart too."""
-    extra = "dhcp:\n  subnet: 10.9.0.0/24\n  unknown_machines: default\n  max_adopted: 2\n" \
-        "  adopted_expiry: 60\nlisten: {dhcp: {address: 10.9.0.1}}\n"
-    cfg = load(lab(tmp_path, f"  {A}: {{hostname: a}}\n", extra=extra))
-    leases = LeaseStore(tmp_path / "leases.db")
-    bus = Bus()
-    events = recorded(bus)
-    fleet = Fleet(cfg, bus, leases)
-    fleet.open()
+    cfg, leases, fleet, events = adopting(tmp_path, "max_adopted: 2\n  adopted_expiry: 60")
     D, E = "52:54:00:00:00:04", "52:54:00:00:00:05"
 
     async def main() -> None:

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,15 +167,21 @@ def tgt_export(image: Path, iqn: str = "iqn.2026-11.test.tgt:disk") -> Iterator[
         adm("--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL")
         yield Portal(port, iqn, 1, proc.pid)
     finally:
-        # tgtd refuses to delete the system while a target exists
+        end_tgtd(proc, control, (1,))
+
+
+def end_tgtd(proc: subprocess.Popen[bytes], control: int, tids: Iterable[int]) -> None:
+    """Stop a tgtd we started: it ignores SIGTERM while targets exist and
+    refuses to delete the system before them (ENVIRONMENT.md)."""
+    for tid in tids:
         subprocess.run(["tgtadm", "-C", str(control), "--lld", "iscsi", "--op", "delete", "--mode", "target",
-                        "--tid", "1", "--force"], capture_output=True, timeout=30)
-        subprocess.run(["tgtadm", "-C", str(control), "--op", "delete", "--mode", "system"],
-                       capture_output=True, timeout=30)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            stop(proc)
+                        "--tid", str(tid), "--force"], capture_output=True, timeout=30)
+    subprocess.run(["tgtadm", "-C", str(control), "--op", "delete", "--mode", "system"],
+                   capture_output=True, timeout=30)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        stop(proc)
 
 
 def isnsadm(work: Path, port: int, source: str, *args: str) -> tuple[int, str]:
