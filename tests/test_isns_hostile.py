@@ -8,7 +8,10 @@ server (on 127.0.0.1) trusts only 127.0.0.1 for control nodes."""
 
 from __future__ import annotations
 
+import re
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -276,3 +279,16 @@ def test_all_connections_together_hold_a_bounded_number_of_bytes() -> None:
         assert not closed(one, 0.2) and wait_for(lambda: srv.held() == 120_000)
         one.close()
         assert wait_for(lambda: srv.held() == 60_000)
+
+
+def test_rss_stays_bounded_under_a_first_not_last_flood() -> None:
+    """The server in a process of its own (bench/isns_hostile.py): 64
+    connections x 60 PDUs x 60,000 B flagged FIRST and never LAST (230 MB
+    sent; the code before the bounds kept all of it), then 50 UDP senders:
+    RSS grows by less than 64 MiB."""
+    bench = Path(__file__).resolve().parent.parent / "bench" / "isns_hostile.py"
+    out = subprocess.run([sys.executable, str(bench), "--connections", "64", "--pdus", "60", "--hosts", "8",
+                          "--settle", "1"], capture_output=True, text=True, timeout=120).stdout
+    growth = re.search(r"RSS before [\d.]+ MiB, after [\d.]+ MiB \(\+([\d.]+)\)", out)
+    assert growth is not None, out
+    assert float(growth.group(1)) < 64, out
