@@ -87,6 +87,7 @@ class Kind(str, Enum):
     ISCSI_REJECT = "iscsi.reject"
     ISCSI_CMDSN_DROPPED = "iscsi.cmdsn_dropped"
     ISCSI_COMMAND_FAILED = "iscsi.command_failed"
+    ISCSI_IO_ERROR = "iscsi.io_error"  # a command failed on the medium (the first of a session)
     ISCSI_ACCEPT_FAILED = "iscsi.accept_failed"
     ISCSI_TASK_MANAGEMENT = "iscsi.task_management"
     ISCSI_CONNECTIONS_REFUSED = "iscsi.connections_refused"  # over the cap of connections waiting to log in
@@ -134,7 +135,7 @@ WARNINGS = frozenset({Kind.FLEET_ADOPTION_CAPPED, Kind.BOOT_REFUSED, Kind.BOOT_S
                       Kind.DISK_KEPT, Kind.TFTP_FAILED, Kind.ISCSI_STREAM_ERROR, Kind.ISCSI_HEADER_DIGEST_ERROR,
                       Kind.ISCSI_ACCEPT_FAILED, Kind.QCOW2_REPAIRED, Kind.QCOW2_SPACE_LOW,
                       Kind.QCOW2_SPACE_EXHAUSTED, Kind.IMAGE_UNREADABLE, Kind.ISNS_ESI_LOST,
-                      Kind.ISNS_LIMITED, Kind.ISCSI_CONNECTIONS_REFUSED})
+                      Kind.ISNS_LIMITED, Kind.ISCSI_CONNECTIONS_REFUSED, Kind.ISCSI_IO_ERROR})
 # Kinds that mean a bug or a broken store: ERROR, with the traceback of the
 # exception being handled when the event is emitted.
 ERRORS = frozenset({Kind.DHCP_ERROR, Kind.ISNS_ERROR, Kind.ISNS_STORE_FAILED, Kind.ISCSI_COMMAND_FAILED})

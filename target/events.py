@@ -17,6 +17,11 @@ from ``sources`` addresses, ``peer`` the one refused most),
 ``iscsi.idle_timeout`` (a Discovery session that asked nothing for too
 long) and ``iscsi.text_too_long`` (a Text Request continued past 64 KiB).
 A host application with a closed set of event kinds must add these.
+
+``iscsi.logout`` and ``iscsi.session_dropped`` carry what the session
+moved: ``read_bytes``, ``written_bytes`` and ``io_errors`` (commands
+answered MEDIUM or HARDWARE ERROR); the first such command of a session
+is ``iscsi.io_error`` (``lun``, ``cdb`` its opcode, ``sense_key``).
 """
 
 from __future__ import annotations

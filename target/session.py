@@ -60,6 +60,16 @@ SERIAL_HALF = 1 << 31
 LOGOUT_TIMEOUT = 10.0
 
 
+MEDIUM_ERROR, HARDWARE_ERROR = 0x3, 0x4  # SPC-4 §4.5.6 sense keys
+
+
+def _sense_key(sense: bytes) -> int:
+    """The sense key of fixed (70h/71h) or descriptor (72h/73h) sense data (SPC-4 §4.5)."""
+    if len(sense) < 3:
+        return 0
+    return (sense[1] if sense[0] & 0x7F in (0x72, 0x73) else sense[2]) & 0x0F
+
+
 def sn_lt(a: int, b: int) -> bool:
     """Serial number arithmetic, RFC 1982 with SERIAL_BITS = 32 (§4.2.2.1)."""
     return a != b and ((b - a) & 0xFFFFFFFF) < SERIAL_HALF
@@ -186,6 +196,10 @@ class Session:
         self.discovery_timeout = discovery_timeout  # 0: a Discovery session may idle forever
         self.write_limit = write_limit
         self.write_credit = 0  # bytes of write data solicited or buffered and not yet written
+        # what the session moved, for its logout or drop event (a boot's bytes read and written)
+        self.bytes_read = 0
+        self.bytes_written = 0
+        self.io_errors = 0  # commands answered MEDIUM or HARDWARE ERROR
         # writes still gathering their Data-Out, oldest first: the oldest may
         # always solicit (so the limit cannot deadlock), the rest wait for credit
         self.collecting: dict[Task, None] = {}
@@ -258,7 +272,7 @@ class Session:
             return
         self.closed = True
         if not self.logged_out:
-            self._event("iscsi.session_dropped", reason=reason.value)
+            self._event("iscsi.session_dropped", reason=reason.value, **self._counts())
         for task in self.tasks.values():
             task.aborted = True
         self.tasks.clear()
@@ -307,6 +321,9 @@ class Session:
                 raise ProtocolViolation(RejectReason.PROTOCOL_ERROR, f"{type(pdu).__name__} from an initiator")
         except ProtocolViolation as e:
             self._reject(pdu.encode_bhs(), e.reason, str(e))
+
+    def _counts(self) -> dict[str, int]:
+        return {"read_bytes": self.bytes_read, "written_bytes": self.bytes_written, "io_errors": self.io_errors}
 
     def _event(self, what: str, level: int = logging.INFO, /, **fields: object) -> None:
         """An event about this session, with the identities it knows."""
@@ -609,6 +626,7 @@ class Session:
         underflow = wanted < edtl
         residual = abs(wanted - edtl)
         good = result.status == ScsiStatus.GOOD and not result.sense
+        self._count(task, good, min(wanted, edtl), result.sense)
         datasn = 0
         if segments and not cmd.write and min(wanted, edtl) > 0:
             datasn = self._send_data_in(task, segments, wanted, min(wanted, edtl),
@@ -624,6 +642,23 @@ class Session:
             statsn=self._statsn(), expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn, expdatasn=datasn,
             residual=residual if (overflow or underflow) else 0, data=data))
 
+    def _count(self, task: Task, good: bool, moved: int, sense: bytes) -> None:
+        """Bytes read and written; a command that failed on the medium is
+        an ``iscsi.io_error`` (the first of the session only: a dying disk
+        fails every command)."""
+        if good:
+            if task.cmd.write:
+                self.bytes_written += moved
+            else:
+                self.bytes_read += moved
+            return
+        key = _sense_key(sense)
+        if key in (MEDIUM_ERROR, HARDWARE_ERROR):
+            self.io_errors += 1
+            if self.io_errors == 1:
+                self._event("iscsi.io_error", logging.WARNING, lun=task.lun, cdb=task.cdb[:1].hex(),
+                            sense_key=key)
+
     def _read_in_one_pdu(self, cmd: ScsiCommand, result: ScsiResult, segments: Sequence[Segment]) -> bool:
         """The boot's hot path: a good READ whose data and status fit one
         Data-In (§11.7.4) is sent without the general splitting."""
@@ -632,6 +667,7 @@ class Session:
         n = segments_length(segments)
         if n != cmd.edtl or n > self.params.initiator_max_recv or n > self.params.max_burst_length:
             return False
+        self.bytes_read += n
         self._out.append(Send(DataIn(final=True, status_present=True, status=ScsiStatus.GOOD, lun=cmd.lun,
                                      itt=cmd.itt, statsn=self._statsn(), expcmdsn=self.expcmdsn,
                                      maxcmdsn=self.maxcmdsn), segments, n))
@@ -851,7 +887,7 @@ class Session:
                                      time2retain=self.params.default_time2retain))
         if response == LogoutResponse.SUCCESS:
             self.logged_out = self.ending = True
-            self._event("iscsi.logout")
+            self._event("iscsi.logout", **self._counts())
             self._out.append(Close())
 
 

@@ -396,7 +396,8 @@ def test_unanswered_ping_drops_the_session() -> None:
     assert "iscsi.nop_timeout" in i.server.names()
     i.session.close(DropReason.NOP_TIMEOUT)
     dropped = [f for w, f in i.server.events if w == "iscsi.session_dropped"]
-    assert dropped == [{"peer": "192.0.2.1:40000", "initiator": IQN_I, "target": IQN_T, "reason": "nop_timeout"}]
+    assert dropped == [{"peer": "192.0.2.1:40000", "initiator": IQN_I, "target": IQN_T, "reason": "nop_timeout",
+                        "read_bytes": 0, "written_bytes": 0, "io_errors": 0}]
     assert i.lun.lost == [i.session.nexus] and i.server.forgotten == [i.session]
 
 

@@ -14,9 +14,9 @@ import pytest
 
 from target import LunSpec, Target, TargetServer, TargetSpec
 from target.events import Events, logfmt, logfmt_value
-from target.pdu import NopIn, NopOut
-from tests.iscsi_client import INITIATOR
-from tests.test_target_wire import IQN, Running, image, logged_in  # noqa: F401 (image: a fixture)
+from target.pdu import NopIn, NopOut, ScsiResponse
+from tests.iscsi_client import INITIATOR, read10, write10
+from tests.test_target_wire import IQN, Running, image, logged_in, read_all  # noqa: F401 (image: a fixture)
 
 Event = tuple[str, dict[str, object]]
 
@@ -173,3 +173,17 @@ def test_a_login_that_never_finishes_times_out(image: Path, rec: Recorder) -> No
         c.close()
     finally:
         r.stop()
+
+
+def test_logout_says_what_the_session_moved(srv: Running, rec: Recorder) -> None:
+    """A boot's bytes read and written reach the recorder through the
+    session's logout (or drop) event."""
+    c = logged_in(srv, MaxRecvDataSegmentLength="8192")
+    read_all(c, c.command(read10(0, 8), read=4096))  # one Data-In: the hot path
+    read_all(c, c.command(read10(0, 256), read=128 << 10))  # split into many
+    itt = c.command(write10(8, 2), write=b"\x5a" * 1024, immediate_len=1024)
+    assert isinstance(c.recv(), ScsiResponse) and itt
+    c.logout()
+    c.recv()
+    logout = rec.wait_for("iscsi.logout")
+    assert (logout["read_bytes"], logout["written_bytes"], logout["io_errors"]) == (4096 + (128 << 10), 1024, 0)
