@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -154,42 +153,19 @@ def _serve(cfg: config_mod.Config) -> int:
 
 
 def cmd_machines(args: argparse.Namespace) -> int:
-    """The inventory with each machine's lease, and the unknown machines
-    DHCP has seen (policy discover) or adopted (policy default)."""
-    from .dhcp.leases import LeaseStore
-    from .inventory import generated_machine
+    """Every machine: its address, lease, latest boot and diagnosis."""
+    from . import machines_cli
 
     cfg = _load_config(args.config, "machines")
-    if cfg is None:
-        return 1
-    db = cfg.state_dir / "leases.db"
-    leases = LeaseStore(db) if db.exists() else None
-    now = time.time()
-    try:
-        print(f"{'MAC':17}  {'HOSTNAME':20} {'PROFILE':14} {'ADDRESS':15} LEASE")
-        for m in sorted(cfg.machines.values(), key=lambda m: m.hostname):
-            lease = leases.for_mac(m.mac) if leases else None
-            state = "fixed" if m.ip else (f"{lease.state.value}, {max(0, int(lease.expires - now))} s left"
-                                          if lease and lease.expires > now else "-")
-            print(f"{m.mac:17}  {m.hostname:20} {m.profile:14} {str(m.ip or (lease.ip if lease else '-')):15} {state}")
-        unknown = leases.unknown_machines() if leases else []
-        if unknown:
-            print("\nnot in the inventory (add them under machines: to adopt them for good):")
-            for mac, policy, first, last, arch in unknown:
-                if mac in cfg.machines:
-                    continue
-                name = generated_machine(mac, cfg.iqn_prefix, "").hostname
-                what = {"default": f"booting profile {cfg.default_profile} as {name}",
-                        "adopted": f"booting profile {cfg.default_profile} as {name} (not logged in yet: "
-                                   "forgotten after dhcp.adopted_expiry)"}.get(policy, "address only")
-                lease = leases.for_mac(mac) if leases else None
-                print(f"{mac:17}  {what}; first seen {time.strftime('%Y-%m-%d %H:%M', time.localtime(first))}, "
-                      f"last {time.strftime('%Y-%m-%d %H:%M', time.localtime(last))}"
-                      f"{', arch ' + arch if arch else ''}{', ' + str(lease.ip) if lease else ''}")
-    finally:
-        if leases:
-            leases.close()
-    return 0
+    return 1 if cfg is None else machines_cli.machines(cfg, args.json)
+
+
+def cmd_timeline(args: argparse.Namespace) -> int:
+    """A machine's latest boots, step by step, with the diagnosis."""
+    from . import machines_cli
+
+    cfg = _load_config(args.config, "timeline")
+    return 1 if cfg is None else machines_cli.timeline(cfg, args.machine, args.count, args.json)
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
@@ -355,7 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
         return cp
 
     with_config("serve", "run the configured services", cmd_serve)
-    with_config("machines", "the inventory, leases, and unknown machines DHCP has seen", cmd_machines)
+    mc = with_config("machines", "every machine: address, lease, last boot and its diagnosis", cmd_machines)
+    mc.add_argument("--json", action="store_true", help="as JSON")
+    tl = with_config("timeline", "a machine's latest boots, step by step, with the diagnosis", cmd_timeline)
+    tl.add_argument("machine", help="host name or MAC")
+    tl.add_argument("-n", "--count", type=int, default=1, help="how many of its latest boots (default 1)")
+    tl.add_argument("--json", action="store_true", help="as JSON")
     with_config("reload", "make the running serve re-read its config (like SIGHUP)", cmd_reload)
     im = with_config("image", "base images and per-machine overlays", cmd_image)
     isub = im.add_subparsers(dest="image_command", required=True)

@@ -30,7 +30,8 @@ from .yamlfile import Checker, ConfigError, LineMap, load_yaml
 __all__ = ["Config", "ConfigError", "IscsiSettings", "load"]
 
 TOP_KEYS = {"state_dir", "domain", "iqn_prefix", "listen", "dhcp", "default_profile", "profiles_dir",
-            "machines", "targets", "iscsi", "tftp", "dns", "isns"}
+            "machines", "targets", "iscsi", "tftp", "dns", "isns", "recorder"}
+RECORDER_KEYS = {"history", "stall"}
 DNS_KEYS = {"ttl"}
 TFTP_KEYS = {"roots", "busy_poll_us"}
 LISTEN_KEYS = {"dhcp", "tftp", "http", "dns", "iscsi", "isns"}
@@ -66,6 +67,15 @@ class IscsiSettings:
     # CHAP hashes accepted, in no order (the initiator's preference decides, RFC 7143 §12.1.3)
     chap_algorithms: tuple[ChapAlgorithm, ...] = tuple(CHAP_ALGORITHMS.values())
     discovery_auth: ChapAuth | None = None  # None: discovery sessions are open (they show names only)
+
+
+@dataclass(frozen=True)
+class RecorderSettings:
+    """The flight recorder (bootsvc/recorder): boots kept per machine, and
+    seconds without a step after which an unfinished boot has failed."""
+
+    history: int = 20
+    stall: int = 90
 
 
 @dataclass(frozen=True)
@@ -114,6 +124,11 @@ class Config:
     dns: HostPort | None = None  # listen.dns; None: off
     dns_ttl: int = 60
     isns: IsnsSettings = field(default_factory=IsnsSettings)
+    recorder: RecorderSettings = field(default_factory=RecorderSettings)
+
+    @property
+    def recorder_db(self) -> Path:
+        return self.state_dir / "recorder.db"
 
     @property
     def control_node(self) -> str:
@@ -172,9 +187,19 @@ def load(path: str | Path) -> Config:
         c.err(doc, "dhcp", "mode proxy needs listen.tftp or listen.http: iPXE takes a proxy's boot options "
               "only with a boot file, its iPXE script")
     isns = _isns(c, doc, listen)
+    recorder = _recorder(c, doc)
     c.raise_if_any()
     return Config(path, state_dir, iqn_prefix, domain, iscsi, targets, MappingProxyType(profiles),
-                  MappingProxyType(machines), default_profile, dhcp, tftp, http, dns, ttl, isns)
+                  MappingProxyType(machines), default_profile, dhcp, tftp, http, dns, ttl, isns, recorder)
+
+
+def _recorder(c: Checker, doc: LineMap) -> RecorderSettings:
+    section = doc.get("recorder")
+    if section is None or (m := c.mapping(doc, "recorder", section)) is None:
+        return RecorderSettings()
+    c.unknown(m, RECORDER_KEYS, "recorder.")
+    return RecorderSettings(c.integer(m, "history", "recorder.history", 20, 10_000, "boots per machine"),
+                            c.integer(m, "stall", "recorder.stall", 90, 86_400, "seconds"))
 
 
 def _targets(c: Checker, doc: LineMap, base: Path) -> tuple[TargetSpec, ...]:

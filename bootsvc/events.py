@@ -49,6 +49,8 @@ class Kind(str, Enum):
     # what a machine is told to boot (bootsvc/boot.py)
     BOOT_REFUSED = "boot.refused"
     BOOT_SCRIPT_REFUSED = "boot.script_refused"  # a machine's script asked for from another address
+    BOOT_BOOTED = "boot.booted"  # the flight recorder saw the OS read its root (with the boot's duration)
+    BOOT_FAILED = "boot.failed"  # a boot stalled: the recorder's diagnosis
     # TFTP and HTTP (bootsvc/tftp, bootsvc/http)
     TFTP_SENT = "tftp.sent"
     TFTP_FAILED = "tftp.failed"
@@ -131,7 +133,7 @@ _NAMES: dict[Kind | str, str] = {k: k.value for k in Kind}  # faster than .value
 
 # Kinds that say something went wrong for a machine or a client: logged as
 # warnings, so the default log level shows them. Routine ones are INFO.
-WARNINGS = frozenset({Kind.FLEET_ADOPTION_CAPPED, Kind.BOOT_REFUSED, Kind.BOOT_SCRIPT_REFUSED, Kind.DISK_FAILED,
+WARNINGS = frozenset({Kind.FLEET_ADOPTION_CAPPED, Kind.BOOT_REFUSED, Kind.BOOT_FAILED, Kind.BOOT_SCRIPT_REFUSED, Kind.DISK_FAILED,
                       Kind.DISK_KEPT, Kind.TFTP_FAILED, Kind.ISCSI_STREAM_ERROR, Kind.ISCSI_HEADER_DIGEST_ERROR,
                       Kind.ISCSI_ACCEPT_FAILED, Kind.QCOW2_REPAIRED, Kind.QCOW2_SPACE_LOW,
                       Kind.QCOW2_SPACE_EXHAUSTED, Kind.IMAGE_UNREADABLE, Kind.ISNS_ESI_LOST,

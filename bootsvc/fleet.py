@@ -18,7 +18,7 @@ import ipaddress
 import os
 import time
 from collections.abc import Awaitable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from target import Backend, BackendError, ChapAuth, Target, TargetConfigError, TargetSpec, open_backend
@@ -53,23 +53,8 @@ class Disk:
     renewing: bool = False  # a new overlay is being made for it
 
 
-@dataclass
-class Attempt:
-    """A machine's current boot, from its boot ROM's DHCP offer on: when
-    each kind of event about it was first seen. One per machine: earlier
-    attempts are in the event file."""
-
-    started: float
-    steps: dict[str, float] = field(default_factory=dict)  # event name -> first time in this attempt
-    last: str = ""  # the latest event's name
-
-    def saw(self, event: Event) -> None:
-        self.steps.setdefault(event.name, event.time)
-        self.last = event.name
-
-
 class Fleet:
-    """Every machine, its disk and current boot, and the one table of
+    """Every machine and its disk, and the one table of
     targets (``targets``, by IQN: the iSCSI server holds this very dict)."""
 
     def __init__(self, cfg: Config, bus: Bus, leases: LeaseStore | None = None) -> None:
@@ -82,7 +67,6 @@ class Fleet:
         self.machines: Mapping[str, Machine] = MappingProxyType(self._machines)
         self._disks: dict[str, Disk] = {}  # by MAC
         self._specs: dict[str, TargetSpec] = {}  # the config's own targets served, by IQN
-        self._attempts: dict[str, Attempt] = {}  # by MAC
         # proxy mode: the address another DHCP server gave a machine, and back
         self._proxied: dict[IPv4, str] = {}
         self._proxied_of: dict[str, IPv4] = {}
@@ -197,15 +181,27 @@ class Fleet:
 
     # -- events ------------------------------------------------------------------------
 
-    def attempt(self, mac: str) -> Attempt | None:
-        """The machine's current boot, if it started one since bootsvc started."""
-        return self._attempts.get(mac)
+    def mac_of(self, event: Event) -> str | None:
+        """The machine an event is about: its MAC, else the machine whose
+        initiator or target it names, else the machine at its address."""
+        if event.mac is not None:
+            return event.mac
+        if event.initiator is not None and (mac := self._initiators().get(event.initiator)) is not None:
+            return mac
+        if event.target is not None and (mac := self._targets_of().get(event.target)) is not None:
+            return mac
+        address = event.ip or (event.peer.rsplit(":", 1)[0] if event.peer and event.peer.count(":") == 1
+                               else event.peer)
+        return self.mac_at(address) if address else None
+
+    def _targets_of(self) -> dict[str, str]:
+        return {d.target.name: mac for mac, d in self._disks.items()}
 
     def on_event(self, event: Event) -> None:
         """The fleet's own subscription: a boot ROM's offer starts a new
-        boot (a new attempt; an ephemeral disk is made anew); every event
-        about a machine joins its attempt; an unknown MAC seen under
-        ``discover`` is recorded for the operator."""
+        boot (an ephemeral disk is made anew); an adopted machine's first
+        login keeps it; an unknown MAC seen under ``discover`` is recorded
+        for the operator. The boots themselves are the recorder's."""
         mac = event.mac or (self._initiators().get(event.initiator) if event.initiator else None)
         if self._unbooted:
             self._adoption_progress(event, mac)
@@ -215,13 +211,8 @@ class Fleet:
             return
         if event.fields.get("proxy") and event.ip is not None:
             self._proxy_address(mac, IPv4(event.ip))
-        if event.kind is Kind.DHCP_OFFER and not event.fields.get("ipxe"):
-            self._attempts[mac] = Attempt(event.time)
-            if mac in self._disks:
-                self._spawn(self.renew(mac))
-        attempt = self._attempts.get(mac)
-        if attempt is not None:
-            attempt.saw(event)
+        if event.kind is Kind.DHCP_OFFER and not event.fields.get("ipxe") and mac in self._disks:
+            self._spawn(self.renew(mac))  # a new boot (the recorder, bootsvc/recorder, keeps its steps)
 
     def _proxy_address(self, mac: str, ip: IPv4) -> None:
         """One address per machine: a machine given a new one loses the old."""
@@ -349,7 +340,6 @@ class Fleet:
             disk.target.close()
             self.store.overlay_path(disk.machine.hostname).unlink(missing_ok=True)
         self._fixed = self._reserved = self._by_initiator = None
-        self._attempts.pop(mac, None)
         if self.leases is not None:
             self.leases.forget_unknown(mac)
             self.leases.commit()

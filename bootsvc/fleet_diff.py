@@ -76,7 +76,7 @@ class ConfigDiff:
 # Sections a reload applies at once (the wiring retunes its services);
 # every other changed section needs a restart.
 SETTINGS = ("state_dir", "iqn_prefix", "domain", "default_profile", "iscsi", "dhcp", "tftp", "http", "dns",
-            "dns_ttl", "isns")
+            "dns_ttl", "isns", "recorder")
 # how the operator's config names them, where the attribute's name differs
 SHOWN = {"iscsi": "listen.iscsi/iscsi", "http": "listen.http", "dns": "listen.dns", "dns_ttl": "dns.ttl",
          "isns": "isns/listen.isns"}

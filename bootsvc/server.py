@@ -25,6 +25,7 @@ from .fleet import Fleet, FleetError
 from .fleet_diff import ConfigDiff
 from .http.service import HttpService
 from .isns_registration import IsnsRegistration
+from .recorder import BootStore, Recorder
 from .service import Report, Services
 from .tftp.files import FileSource
 from .tftp.service import TftpService
@@ -47,6 +48,7 @@ class Server:
         self.bus.subscribe(LogWriter())
         self.event_file = EventFile(cfg.state_dir / EVENT_FILE)
         self.bus.subscribe(self.event_file)
+        self.boots = BootStore(cfg.recorder_db, cfg.recorder.history)
         self.leases = LeaseStore(cfg.state_dir / "leases.db") if cfg.dhcp is not None else None
         self.fleet = Fleet(cfg, self.bus, self.leases)
         try:
@@ -54,6 +56,7 @@ class Server:
         except FleetError as e:
             self.close()
             raise ServeError(str(e)) from e
+        self.recorder = Recorder(self.fleet, self.bus, self.boots, stall=cfg.recorder.stall)
         s = cfg.iscsi
         # the iSCSI server reads the fleet's own table of targets
         self.iscsi = TargetServer(self.fleet.targets, [Portal(p.host, p.port) for p in s.portals],
@@ -70,8 +73,10 @@ class Server:
         self._build(cfg)
 
     def close(self) -> None:
-        """What outlives the services: the fleet's disks, the lease store, the event file."""
+        """What outlives the services: the fleet's disks, the lease store, the
+        event file and the recorder's store."""
         self.fleet.close()
+        self.boots.close()
         if self.leases is not None:
             self.leases.close()
         self.event_file.close()
@@ -79,6 +84,7 @@ class Server:
     # -- services ------------------------------------------------------------------
 
     def _build(self, cfg: config_mod.Config) -> None:
+        self.services.add("recorder", self.recorder.start, self.recorder.stop, str(cfg.recorder_db))
         if cfg.iscsi.portals:  # even with no target yet: a reload or an adopted machine may add some
             self.services.add("iscsi", self.iscsi.start, self.iscsi.stop,
                               f"{', '.join(map(str, cfg.iscsi.portals))} ({len(self.fleet.targets)} targets)")

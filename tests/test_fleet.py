@@ -217,22 +217,22 @@ def test_a_login_during_renewal_keeps_the_old_disk(tmp_path: Path) -> None:
     assert_check_clean(overlays / "a.qcow2")
 
 
-def test_each_machine_has_its_current_boot_attempt(tmp_path: Path) -> None:
-    clock = iter(range(100))
-    bus = Bus(clock=lambda: float(next(clock)))
-    fleet = Fleet(load(lab(tmp_path, f"  {A}: {{hostname: a}}\n  {B}: {{hostname: b}}\n")), bus)
-    a = fleet.machine(A)
-    assert a is not None and fleet.attempt(A) is None
-    bus.emit(Kind.DHCP_OFFER, mac=A, ipxe=False)  # t=0: the boot ROM: a new attempt
-    bus.emit(Kind.DHCP_ACK, mac=A, ipxe=True)  # t=1
-    bus.emit(Kind.ISCSI_LOGIN, initiator=a.initiator_iqn, target=a.target_iqn)  # t=2: found by its initiator
-    bus.emit(Kind.ISCSI_LOGIN, initiator="iqn.2026-11.x:stranger")  # t=3: nobody's
-    attempt = fleet.attempt(A)
-    assert attempt is not None and attempt.started == 0.0 and attempt.last == "iscsi.login"
-    assert attempt.steps == {"dhcp.offer": 0.0, "dhcp.ack": 1.0, "iscsi.login": 2.0}
-    bus.emit(Kind.DHCP_OFFER, mac=A, ipxe=False)  # t=4: it boots again
-    assert fleet.attempt(A).steps == {"dhcp.offer": 4.0}  # type: ignore[union-attr]
-    assert fleet.attempt(B) is None
+def test_events_are_joined_to_their_machine(tmp_path: Path) -> None:
+    """mac_of, which the flight recorder joins boots with: the event's MAC,
+    else its initiator's or target's machine, else the machine at its address."""
+    fleet = Fleet(load(lab(tmp_path, f"  {A}: {{hostname: a, ip: 10.9.0.5}}\n  {B}: {{hostname: b}}\n")), Bus())
+    fleet.open()
+    try:
+        a = fleet.machine(A)
+        assert a is not None
+        assert fleet.mac_of(Event(Kind.ISCSI_LOGIN, 0.0, initiator=a.initiator_iqn)) == A
+        assert fleet.mac_of(Event(Kind.ISCSI_LOGIN, 0.0, initiator="iqn.2026-11.x:win", target=a.target_iqn)) == A
+        assert fleet.mac_of(Event(Kind.TFTP_SENT, 0.0, peer="10.9.0.5")) == A
+        assert fleet.mac_of(Event(Kind.ISCSI_LOGIN, 0.0, peer="10.9.0.5:3333")) == A
+        assert fleet.mac_of(Event(Kind.DHCP_OFFER, 0.0, mac=B)) == B
+        assert fleet.mac_of(Event(Kind.ISCSI_LOGIN, 0.0, initiator="iqn.2026-11.x:stranger")) is None
+    finally:
+        fleet.close()
 
 
 def test_a_machine_is_known_at_its_addresses(tmp_path: Path) -> None:

@@ -78,7 +78,7 @@ def test_scripts_dns_and_reload(tmp_path: Path) -> None:
     cfg.write_text(config(state, ports, f"  {PC1}: {{hostname: pc1, profile: disk, ip: 127.77.0.21}}\n"
                                         f"  {PC2}: {{hostname: pc2, profile: linux, ip: 127.77.0.22}}\n"))
     log = tmp_path / "serve.log"
-    proc = bootsvc_serve(cfg, log, "ready: 4 of 4")
+    proc = bootsvc_serve(cfg, log, "ready: 5 of 5")
     holder = None
     try:
         http = f"http://{LOOPBACK}:{ports['http']}"

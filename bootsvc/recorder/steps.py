@@ -1,0 +1,117 @@
+"""The steps of a network boot, as the server sees them, and which event is
+which step (DESIGN.md "The boot flow").
+
+A PXE ROM asks DHCP (``rom-offer``, ``rom-ack``), fetches iPXE
+(``bootfile``), iPXE asks DHCP again (``ipxe-offer``, ``ipxe-ack``),
+fetches its script (``script``), logs in to the machine's disk
+(``login``) and reads it (``first-read``); the OS then logs in again from
+the iBFT (``os-login``) and reads its root (``os-read``). Everything else
+(a refusal, a missing file, a dropped session, a medium error) is a step
+too, so the diagnosis (bootsvc/recorder/diagnosis.py) reads one list.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import NamedTuple
+
+from ..events import Event, Kind
+from ..scripts import mac_of_script
+
+
+class Step(str, enum.Enum):
+    DROPPED = "dhcp-dropped"  # a DHCP request got no answer (unknown MAC, no subnet, ...)
+    ROM_OFFER = "rom-offer"  # the boot ROM was offered an address and iPXE
+    ROM_ACK = "rom-ack"
+    BOOTFILE = "bootfile"  # iPXE (or another file) fetched over TFTP/HTTP
+    FILE_MISSING = "file-missing"  # a fetch for a file that is not there
+    FETCH_FAILED = "fetch-failed"  # a transfer that started and did not finish
+    IPXE_OFFER = "ipxe-offer"  # iPXE's own DHCP
+    IPXE_ACK = "ipxe-ack"
+    BOOT_REFUSED = "boot-refused"  # bootsvc had nothing to hand it (no disk, no iPXE for its arch)
+    SCRIPT = "script"  # its iPXE script fetched
+    SCRIPT_REFUSED = "script-refused"  # asked from an address that is not the machine's
+    KERNEL = "kernel"  # a kernel or initrd fetched (boot: kernel profiles)
+    LOGIN = "login"  # the first iSCSI login of the attempt: iPXE's
+    LOGIN_FAILED = "login-failed"
+    FIRST_READ = "first-read"
+    OS_LOGIN = "os-login"  # a later login: the OS's, from the iBFT
+    OS_READ = "os-read"  # the OS reads its root: booted
+    IO_ERROR = "io-error"
+    SESSION_END = "session-end"  # a logout or a dropped session, with the bytes it moved
+    DISK_FAILED = "disk-failed"  # its disk could not be made
+
+
+class Seen(NamedTuple):
+    """One step of one boot: when, what, and what the event said of it."""
+
+    time: float
+    step: Step
+    detail: Mapping[str, object]
+
+
+# fields worth keeping per step (the rest of an event is in the event file)
+_KEEP = ("ip", "arch", "user_class", "proxy", "file", "path", "bytes", "seconds", "status", "why", "reason",
+         "peer", "auth", "read_bytes", "written_bytes", "io_errors", "sense_key", "lun", "tsih")
+_DHCP = {Kind.DHCP_OFFER: (Step.ROM_OFFER, Step.IPXE_OFFER), Kind.DHCP_ACK: (Step.ROM_ACK, Step.IPXE_ACK)}
+_DIRECT = {Kind.DHCP_DROPPED: Step.DROPPED, Kind.BOOT_REFUSED: Step.BOOT_REFUSED,
+           Kind.BOOT_SCRIPT_REFUSED: Step.SCRIPT_REFUSED, Kind.TFTP_NOT_FOUND: Step.FILE_MISSING,
+           Kind.TFTP_REFUSED: Step.FILE_MISSING, Kind.TFTP_FAILED: Step.FETCH_FAILED,
+           Kind.ISCSI_LOGIN_FAILED: Step.LOGIN_FAILED, Kind.ISCSI_IO_ERROR: Step.IO_ERROR,
+           Kind.ISCSI_LOGOUT: Step.SESSION_END, Kind.ISCSI_SESSION_DROPPED: Step.SESSION_END,
+           Kind.DISK_FAILED: Step.DISK_FAILED}
+KERNEL_HINTS = ("vmlinuz", "kernel", "initrd", "bzimage", "linux")
+_BOOT_PATHS = ("/boot/", "/files/")  # scripts, and kernels and files from tftp.roots (bootsvc/http)
+_BOOTFILES = (".efi", ".kpxe", ".pxe", ".ipxe")
+
+
+def step_of(event: Event, logins: int) -> Step | None:
+    """The step ``event`` is in a boot that has had ``logins`` iSCSI logins
+    so far; None for events that are no step of a boot."""
+    kind = event.kind
+    if kind in _DHCP:
+        rom, ipxe = _DHCP[kind]  # type: ignore[index]
+        return ipxe if event.fields.get("ipxe") else rom
+    if kind in _DIRECT:
+        return _DIRECT[kind]  # type: ignore[index]
+    if kind is Kind.TFTP_SENT:
+        return _fetched(str(event.fields.get("file", "")))
+    if kind is Kind.HTTP_REQUEST:
+        return _http(event)
+    if kind is Kind.ISCSI_LOGIN and event.fields.get("session_type", "Normal") == "Normal":
+        return Step.LOGIN if logins == 0 else Step.OS_LOGIN
+    if kind is Kind.ISCSI_FIRST_READ:
+        return Step.FIRST_READ if logins <= 1 else Step.OS_READ
+    return None
+
+
+def _http(event: Event) -> Step | None:
+    path = str(event.fields.get("path", ""))
+    status = event.fields.get("status")
+    if status == 404 and (path.startswith(_BOOT_PATHS) or path.endswith(_BOOTFILES)):
+        return Step.FILE_MISSING
+    if event.fields.get("failed"):
+        return Step.FETCH_FAILED
+    if status != 200 or not path.startswith(_BOOT_PATHS) and not path.endswith(_BOOTFILES):
+        return None  # /healthz, /metrics, the web page: no step of a boot
+    return _fetched(path.lstrip("/"))
+
+
+def _fetched(name: str) -> Step:
+    if mac_of_script(name) is not None:
+        return Step.SCRIPT
+    base = name.rsplit("/", 1)[-1].lower()
+    if any(hint in base for hint in KERNEL_HINTS):
+        return Step.KERNEL
+    return Step.BOOTFILE
+
+
+def detail_of(event: Event) -> dict[str, object]:
+    """The fields of ``event`` that say something about its step."""
+    out = {k: event.fields[k] for k in _KEEP if k in event.fields and event.fields[k] is not None}
+    if event.ip is not None:
+        out["ip"] = event.ip
+    if event.peer is not None:
+        out["peer"] = event.peer
+    return out

@@ -1,0 +1,203 @@
+"""The flight recorder without a network: events joined into boots, a boot
+ROM's offer starting a new one, ``boot.booted`` with the duration, a
+stalled boot's diagnosis and ``boot.failed``, the store surviving a
+restart and bounded per machine; and every diagnosis rule on the steps
+that lead to it. tests/e2e/test_demo_boot.py records real boots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bootsvc.events import Bus, Event, Kind
+from bootsvc.inventory import Machine
+from bootsvc.recorder import Boot, BootStore, Recorder, Seen, Step, diagnose
+from bootsvc.recorder.diagnosis import STALL
+
+A = Machine("52:54:00:00:00:0a", "pc-a", "p", "iqn.2026-11.t:pc-a", "iqn.2026-11.t:boot.pc-a")
+B = Machine("52:54:00:00:00:0b", "pc-b", "p", "iqn.2026-11.t:pc-b", "iqn.2026-11.t:boot.pc-b")
+
+
+class Fleet:
+    """The identities the recorder asks for, for two machines."""
+
+    def __init__(self) -> None:
+        self.by_mac = {m.mac: m for m in (A, B)}
+
+    def mac_of(self, event: Event) -> str | None:
+        if event.mac:
+            return event.mac
+        return next((m.mac for m in self.by_mac.values() if event.initiator == m.initiator_iqn), None)
+
+    def machine(self, mac: str) -> Machine | None:
+        return self.by_mac.get(mac)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Bus, Recorder, Clock, list[Event]]:
+    clock = Clock()
+    bus = Bus(clock=clock)
+    seen: list[Event] = []
+    bus.subscribe(seen.append)
+    rec = Recorder(Fleet(), bus, BootStore(tmp_path / "recorder.db"), clock=clock)
+    bus.subscribe(rec.on_event)
+    return bus, rec, clock, seen
+
+
+def boot_a(bus: Bus, clock: Clock, os_read: bool = True) -> None:
+    """A's whole sanboot, one step a second (iPXE, then the OS from the iBFT)."""
+    for kind, fields in [(Kind.DHCP_OFFER, {"mac": A.mac, "ipxe": False, "arch": 0}),
+                         (Kind.DHCP_ACK, {"mac": A.mac, "ipxe": False}),
+                         (Kind.TFTP_SENT, {"mac": A.mac, "file": "undionly.kpxe", "bytes": 70000}),
+                         (Kind.DHCP_OFFER, {"mac": A.mac, "ipxe": True}),
+                         (Kind.DHCP_ACK, {"mac": A.mac, "ipxe": True}),
+                         (Kind.HTTP_REQUEST, {"mac": A.mac, "path": "/boot/52-54-00-00-00-0a.ipxe", "status": 200}),
+                         (Kind.ISCSI_LOGIN, {"initiator": A.initiator_iqn, "auth": "chap-md5"}),
+                         (Kind.ISCSI_FIRST_READ, {"initiator": A.initiator_iqn}),
+                         (Kind.ISCSI_LOGIN, {"initiator": A.initiator_iqn, "auth": "chap-sha3-256"}),
+                         (Kind.ISCSI_SESSION_REPLACED, {"initiator": A.initiator_iqn}),
+                         (Kind.ISCSI_SESSION_DROPPED, {"initiator": A.initiator_iqn, "reason": "replaced",
+                                                       "read_bytes": 9 << 20, "written_bytes": 0}),
+                         *([(Kind.ISCSI_FIRST_READ, {"initiator": A.initiator_iqn})] if os_read else [])]:
+        clock.now += 1
+        bus.emit(kind, **fields)  # type: ignore[arg-type]
+
+
+def test_a_boot_is_joined_and_says_it_booted(setup: tuple[Bus, Recorder, Clock, list[Event]]) -> None:
+    bus, rec, clock, seen = setup
+    boot_a(bus, clock)
+    boot = rec.current[A.mac]
+    assert [s.step for s in boot.steps] == [
+        Step.ROM_OFFER, Step.ROM_ACK, Step.BOOTFILE, Step.IPXE_OFFER, Step.IPXE_ACK, Step.SCRIPT, Step.LOGIN,
+        Step.FIRST_READ, Step.OS_LOGIN, Step.SESSION_END, Step.OS_READ]
+    assert boot.duration == 11.0 and boot.moved() == (9 << 20, 0) and boot.hostname == "pc-a"
+    booted = [e for e in seen if e.kind is Kind.BOOT_BOOTED]
+    assert len(booted) == 1 and booted[0].fields["seconds"] == 11.0 and booted[0].hostname == "pc-a"
+    summary = rec.machines(clock.now)[0]
+    assert summary["state"] == "booted" and summary["diagnosis"] == "booted" and summary["read_bytes"] == 9 << 20
+
+
+def test_a_boot_rom_offer_starts_a_new_boot(setup: tuple[Bus, Recorder, Clock, list[Event]]) -> None:
+    bus, rec, clock, _ = setup
+    boot_a(bus, clock)
+    first = rec.current[A.mac].id
+    clock.now += 1
+    bus.emit(Kind.DHCP_OFFER, mac=A.mac, ipxe=False)
+    bus.emit(Kind.DHCP_OFFER, mac=A.mac, ipxe=False)  # a ROM asking twice is still that one boot
+    second = rec.current[A.mac]
+    assert second.id == first + 1 and [s.step for s in second.steps] == [Step.ROM_OFFER, Step.ROM_OFFER]
+
+
+def test_a_stalled_boot_fails_with_its_diagnosis(setup: tuple[Bus, Recorder, Clock, list[Event]]) -> None:
+    bus, rec, clock, seen = setup
+    boot_a(bus, clock, os_read=False)
+    rec.tick(clock.now + 10)
+    assert not [e for e in seen if e.kind is Kind.BOOT_FAILED]  # still running
+    assert rec.machines(clock.now + 10)[0]["diagnosis"] == "running: session-end"
+    rec.tick(clock.now + STALL + 1)
+    (failed,) = [e for e in seen if e.kind is Kind.BOOT_FAILED]
+    assert "the OS logged in but never read its disk" in str(failed.fields["diagnosis"])
+    rec.tick(clock.now + STALL + 50)
+    assert len([e for e in seen if e.kind is Kind.BOOT_FAILED]) == 1  # said once
+
+
+def test_the_store_survives_a_restart_and_keeps_a_bounded_history(tmp_path: Path) -> None:
+    clock = Clock()
+    bus = Bus(clock=clock)
+    store = BootStore(tmp_path / "recorder.db", history=3)
+    rec = Recorder(Fleet(), bus, store, clock=clock)
+    bus.subscribe(rec.on_event)
+    for _ in range(5):
+        boot_a(bus, clock)
+        rec.flush(clock.now)
+    bus.emit(Kind.DHCP_DROPPED, mac=B.mac, why="no subnet for its fixed IP")
+    rec.flush(clock.now)
+    store.close()
+    again = BootStore(tmp_path / "recorder.db", history=3)
+    boots = again.boots(A.mac)
+    assert len(boots) == 3 and boots[0].id == 5 and boots[0].duration == 11.0
+    assert [b.hostname for b in again.latest()] == ["pc-a", "pc-b"]
+    assert again.mac_of("pc-b") == B.mac and again.next_id() == 7
+    timeline = boots[0].timeline(clock.now)
+    assert timeline["steps"][0] == {"at": 0.0, "time": boots[0].started, "step": "rom-offer",
+                                    "detail": {"arch": 0}}
+    assert timeline["steps"][6]["detail"] == {"auth": "chap-md5"}
+
+
+def test_steps_per_boot_are_bounded() -> None:
+    boot = Boot(1, A.mac, "pc-a", 0.0)
+    for i in range(1000):
+        boot.add(Seen(float(i), Step.LOGIN_FAILED, {"why": "wrong CHAP response (secret)"}))
+    assert len(boot.steps) == 200 and boot.dropped_steps == 800
+
+
+def test_events_of_nobody_and_of_no_step_are_left_out(setup: tuple[Bus, Recorder, Clock, list[Event]]) -> None:
+    bus, rec, _, _ = setup
+    bus.emit(Kind.ISCSI_LOGIN, initiator="iqn.2026-11.x:stranger")
+    bus.emit(Kind.HTTP_REQUEST, mac=A.mac, path="/healthz", status=200)
+    bus.emit(Kind.ISNS_SYNCED, targets=3)
+    assert rec.current == {}
+
+
+# -- the rules, each on the steps that lead to it ---------------------------------------
+
+
+def steps(*names: Step | tuple[Step, dict[str, object]]) -> list[Seen]:
+    out = []
+    for i, item in enumerate(names):
+        step, detail = item if isinstance(item, tuple) else (item, {})
+        out.append(Seen(float(i), step, detail))
+    return out
+
+
+S = Step
+LATE = 10_000.0
+
+
+@pytest.mark.parametrize(("history", "said"), [
+    (steps(S.ROM_OFFER), "offered an address but never requested it: another DHCP server"),
+    (steps(S.ROM_OFFER, S.ROM_ACK), "no TFTP fetch after the DHCP ACK: check next-server and the firewall"),
+    (steps((S.ROM_OFFER, {"arch": 11}), S.ROM_ACK, (S.FILE_MISSING, {"file": "ipxe-arm64.efi"})),
+     "bootfile not found: it asked for ipxe-arm64.efi (client architecture 11)"),
+    (steps(S.ROM_OFFER, S.ROM_ACK, S.BOOTFILE, S.IPXE_ACK, S.BOOTFILE, S.IPXE_ACK, S.BOOTFILE),
+     "an iPXE chainload loop: iPXE was fetched 3 times"),
+    (steps(S.ROM_OFFER, S.ROM_ACK, S.BOOTFILE, S.IPXE_OFFER, S.IPXE_ACK),
+     "iPXE got its DHCP answer but never logged in"),
+    (steps(S.ROM_OFFER, S.ROM_ACK, S.BOOTFILE, S.IPXE_ACK, S.SCRIPT), "no iSCSI login after its script"),
+    (steps(S.IPXE_ACK, (S.SCRIPT_REFUSED, {"peer": "10.0.0.99"})), "its iPXE script was refused to 10.0.0.99"),
+    (steps(S.IPXE_ACK, S.SCRIPT, (S.LOGIN_FAILED, {"status": "AUTHENTICATION_FAILURE",
+                                                   "why": "wrong CHAP response (secret)"})),
+     "iSCSI login refused by CHAP: wrong CHAP response (secret)"),
+    (steps(S.SCRIPT, (S.LOGIN_FAILED, {"status": "AUTHORIZATION_FAILURE", "why": "x may not log in"})),
+     "iSCSI login refused by the target's ACL (initiator name): x may not log in"),
+    (steps(S.SCRIPT, S.LOGIN), "logged in but never read its disk: the firmware's boot order"),
+    (steps(S.SCRIPT, S.LOGIN, S.FIRST_READ, (S.IO_ERROR, {"sense_key": 3})), "READ errors on its disk (sense key 3)"),
+    (steps(S.SCRIPT, S.LOGIN, S.FIRST_READ, (S.SESSION_END, {"reason": "protocol_error", "read_bytes": 4096})),
+     "its session was dropped mid-boot (protocol_error) after 4096 bytes"),
+    (steps(S.SCRIPT, S.LOGIN, S.FIRST_READ, (S.SESSION_END, {"reason": "nop_timeout", "read_bytes": 30 << 20})),
+     "the kernel was loaded (30 MiB read) but the OS never logged in: its initramfs lacks iSCSI/iBFT"),
+    (steps(S.LOGIN, S.FIRST_READ, S.OS_LOGIN), "the OS logged in but never read its disk"),
+    (steps((S.DROPPED, {"why": "unknown MAC (unknown_machines: ignore)"})),
+     "DHCP got no answer: unknown MAC (unknown_machines: ignore)"),
+    (steps(S.ROM_OFFER, S.ROM_ACK, (S.BOOT_REFUSED, {"why": "its disk is not served"})),
+     "bootsvc had nothing to hand it: its disk is not served"),
+    (steps((S.DISK_FAILED, {"why": "will not boot: no base image"})), "its disk could not be made: will not boot"),
+])
+def test_each_rule(history: list[Seen], said: str) -> None:
+    assert said in diagnose(history, LATE)
+
+
+def test_a_login_after_a_refusal_is_not_a_refusal() -> None:
+    history = steps(S.SCRIPT, (S.LOGIN_FAILED, {"status": "AUTHENTICATION_FAILURE"}), S.LOGIN, S.FIRST_READ,
+                    S.OS_LOGIN, S.OS_READ)
+    assert diagnose(history, LATE) == "booted"
+    assert diagnose(steps(S.SCRIPT, S.LOGIN), 2.0) == "running: login"
