@@ -7,7 +7,7 @@ stack in it, starts 1 or N diskless QEMU VMs (bootsvc.vm.qemu: virtio NIC
 with its iPXE ROM, BIOS) at once and follows them until each printed the
 demo's success marker or failed. The stacks:
 
-- bootsvc: ``bootsvc -v serve`` (DHCP + iSCSI on a qcow2 overlay of the
+- bootsvc: ``bootsvc serve`` (DHCP + iSCSI on a qcow2 overlay of the
   demo base per machine), started exactly as ``bootsvc vm`` starts it.
 - reference: dnsmasq (DHCP only) giving iPXE the same options bootsvc
   gives it (fixed IP, hostname, root-path of the machine's own target,
@@ -156,7 +156,7 @@ class Stack:
 
 @contextlib.contextmanager
 def bootsvc_stack(lab: Lab, net: network.BootNetwork, rundir: Path) -> Iterator[Stack]:
-    """``bootsvc -v serve`` in the namespace, as ``bootsvc vm`` runs it
+    """``bootsvc serve`` in the namespace, as ``bootsvc vm`` runs it
     (``ip netns exec`` execs it: the PID is bootsvc's)."""
     events = run.FollowFile(lab.cfg.state_dir / EVENT_FILE, from_end=True)
     proc = run.start_serve(lab.cfg.path, rundir / "serve.log", net.prefix)

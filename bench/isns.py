@@ -19,7 +19,7 @@ Servers, both on loopback, fresh for every round (rounds alternate the
 order A B, B A, ...); default discovery domain off in both, so a node sees
 itself only:
 
-- default, as deployed: ``bootsvc -v serve`` with ``listen.isns`` (its
+- default, as deployed: ``bootsvc serve`` with ``listen.isns`` (its
   SQLite store, an event log line per change) against isnsd with a file
   database (``Database = DIR``, as Debian's isnsd.conf has it);
 - ``--memory``: bootsvc's IsnsServer without a store, in a process of its

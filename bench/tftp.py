@@ -116,7 +116,7 @@ def bootsvc(root: Path, work: Path, tree: Path | None = None,
     busy_poll = "" if busy_poll_us is None else f", busy_poll_us: {busy_poll_us}"
     cfg.write_text(f"state_dir: {work / 'state'}\nlisten:\n  tftp: {LOOPBACK}:{port}\n"
                    f"tftp: {{roots: [{root}]{busy_poll}}}\n")
-    # bootsvc_serve runs `bootsvc -v serve`: one event line per transfer (event=tftp.sent),
+    # bootsvc_serve runs `bootsvc serve`: one event line per transfer (event=tftp.sent),
     # nothing per block. `python -m bootsvc` imports the package from its working
     # directory first: that is how --baseline runs another checkout.
     here = os.getcwd()

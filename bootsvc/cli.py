@@ -305,12 +305,47 @@ def cmd_vm(args: argparse.Namespace) -> int:
     return 0 if timelines and all(t.booted for t in timelines) else 1
 
 
+# The loggers events are written on: bootsvc's LogWriter (bootsvc.<service>),
+# and target/ and isns/ when they run without a bus (``bootsvc export``).
+EVENT_LOGGERS = ("bootsvc", "target", "isns")
+
+
+def _verbosity(where: str) -> argparse.ArgumentParser:
+    """-v and -q, taken before the subcommand (``where`` "") and after it
+    ("_after"): a subcommand's parser parses into a namespace of its own
+    that then overwrites the top one, so each place counts in its own
+    attribute and main adds them up."""
+    v = argparse.ArgumentParser(add_help=False)
+    v.add_argument("-v", "--verbose", action="count", default=0, dest=f"verbose{where}",
+                   help="debug log lines too (-vv: also other libraries' debug)")
+    v.add_argument("-q", "--quiet", action="store_true", dest=f"quiet{where}",
+                   help="warnings and errors only, not one line per event")
+    return v
+
+
+def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
+    """One line per event by default (INFO on the event loggers), so the
+    journal of ``bootsvc serve`` shows every DHCP offer, TFTP transfer and
+    iSCSI login; other libraries stay at WARNING. Events a client can cause
+    at will are DEBUG (events.NOISE): only ``-v`` shows them."""
+    logging.basicConfig(level=logging.DEBUG if verbose >= 2 else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    for name in EVENT_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+    if os.environ.get("BOOTSVC_DEBUG"):
+        logging.getLogger().setLevel(logging.DEBUG)
+        for name in EVENT_LOGGERS:
+            logging.getLogger(name).setLevel(logging.DEBUG)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bootsvc", description="Network boot for diskless machines.")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more log lines (-vv: debug)")
+    verbosity = _verbosity("_after")
+    p = argparse.ArgumentParser(prog="bootsvc", description="Network boot for diskless machines.",
+                                parents=[_verbosity("")])
     sub = p.add_subparsers(dest="command", required=True)
 
-    e = sub.add_parser("export", help="serve disk images over iSCSI right now")
+    e = sub.add_parser("export", help="serve disk images over iSCSI right now", parents=[verbosity])
     e.add_argument("image", nargs="+", help="raw image file(s) or block device(s); each becomes a LUN")
     e.add_argument("--iqn", help="target name (default: iqn.2026-11.io.bootsvc:<image name>)")
     e.add_argument("--alias", help="TargetAlias shown to initiators")
@@ -325,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_export)
 
     def with_config(name: str, help: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
-        cp = sub.add_parser(name, help=help)
+        cp = sub.add_parser(name, help=help, parents=[verbosity])
         cp.add_argument("-c", "--config", required=True, help="bootsvc.yaml")
         cp.set_defaults(func=func)
         return cp
@@ -377,10 +412,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    level = logging.WARNING - 10 * args.verbose
-    logging.basicConfig(level=max(level, logging.DEBUG), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    if os.environ.get("BOOTSVC_DEBUG"):
-        logging.getLogger().setLevel(logging.DEBUG)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    verbose, quiet = args.verbose + args.verbose_after, args.quiet or args.quiet_after
+    if verbose and quiet:
+        parser.error("-q and -v contradict each other: give one")
+    setup_logging(verbose, quiet)
     return int(args.func(args))

@@ -41,7 +41,8 @@ class Kind(str, Enum):
     DHCP_DECLINE = "dhcp.decline"
     DHCP_DISCOVERED = "dhcp.discovered"  # unknown_machines: discover saw a new MAC
     DHCP_ADOPTED = "dhcp.adopted"  # unknown_machines: default made it a machine
-    DHCP_DROPPED = "dhcp.dropped"  # a request that gets no answer, and why
+    DHCP_DROPPED = "dhcp.dropped"  # a request that gets no answer, and why (the client's doing: DEBUG)
+    DHCP_UNANSWERED = "dhcp.unanswered"  # no answer because of the config (unknown MAC, fixed IP elsewhere)
     DHCP_MALFORMED = "dhcp.malformed"
     DHCP_ERROR = "dhcp.error"
     RA_SENT = "ra.sent"

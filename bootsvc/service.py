@@ -16,6 +16,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import NamedTuple
 
 from . import systemd
 
@@ -44,6 +45,19 @@ class Service:
         return f"{self.state.value}: {self.why}" if self.why else self.state.value
 
 
+class Health(NamedTuple):
+    """What ``/healthz`` tells a load balancer or a monitor."""
+
+    serving: bool  # every configured service serves
+    states: dict[str, str]  # name -> "serving", "failed: <why>", "not started", "stopped"
+
+    def text(self) -> str:
+        """``ok`` or ``degraded``, then one line per service (a failed one
+        with why), so the body alone says what is wrong."""
+        return "".join(f"{line}\n" for line in ["ok" if self.serving else "degraded",
+                                                 *(f"{name}: {state}" for name, state in self.states.items())])
+
+
 Reload = Callable[[], Awaitable[str]]  # re-read the config; returns a one-line summary
 Report = Callable[[str], None]
 
@@ -63,8 +77,8 @@ class Services:
             where: str = "") -> None:
         self.items.append(Service(name, start, stop, where))
 
-    def health(self) -> dict[str, str]:
-        return {s.name: s.health() for s in self.items}
+    def health(self) -> Health:
+        return Health(all(s.state is State.SERVING for s in self.items), {s.name: s.health() for s in self.items})
 
     async def start(self) -> list[Service]:
         running = []

@@ -35,6 +35,7 @@ from bootsvc.dns.zone import Zone
 from bootsvc.http.message import HttpError, parse_head, response_head
 from bootsvc.http.service import HttpService
 from bootsvc.scripts import mac_of_script
+from bootsvc.service import Health
 from bootsvc.tftp.files import FileSource
 from bootsvc.tftp.transfer import ReadTransfer, Request, TftpFormatError, parse_request
 from bootsvc.tftp.transfer import decode as tftp_decode
@@ -419,7 +420,7 @@ def _dns_seeds() -> list[bytes]:
 def _http() -> HttpService:
     def scripts(name: str, client: str, local: str) -> str | None:
         return "#!ipxe\nsanboot\n" if mac_of_script(name) == NODE.mac else None
-    return HttpService(_tftp_files(), scripts, lambda: {"dhcp": "running"})
+    return HttpService(_tftp_files(), scripts, lambda: Health(True, {"dhcp": "serving"}))
 
 
 def http(data: bytes) -> None:

@@ -5,12 +5,14 @@ proxy mode."""
 from __future__ import annotations
 
 import ipaddress
+import logging
 
 from scapy.layers.dhcp import BOOTP, DHCP
 
 from bootsvc.dhcp.leases import LeaseStore
 from bootsvc.dhcp.message import IPv4, MessageType, Option, Request, decode, encode
-from bootsvc.dhcp.responder import BootOptions, Machines, Mode, Responder, Subnet, UnknownPolicy
+from bootsvc.dhcp.responder import (UNANSWERED_BURST, UNANSWERED_RATE, BootOptions, Machines, Mode, Responder, Subnet,
+                                    UnknownPolicy)
 from bootsvc.events import Bus, Event, Kind
 from bootsvc.inventory import Machine
 
@@ -133,17 +135,66 @@ def test_unknown_machine_adopted_with_the_default_profile() -> None:
     assert [e.kind for e in events[-2:]] == [Kind.DHCP_DISCOVERED, Kind.DHCP_OFFER]
 
 
-def test_dropped_requests_are_said_once_a_minute_per_mac() -> None:
+def said(machine: Machine = NODE) -> tuple[Responder, list[Event]]:
+    """A responder knowing ``machine``, and the events it emits."""
     bus = Bus(clock=lambda: 0.0)
     events: list[Event] = []
     bus.subscribe(events.append)
-    r = responder(emit=bus.emit)
+    return Responder([SUBNET], Machines({machine.mac: machine}), LeaseStore(":memory:"), planner,
+                     emit=bus.emit), events
+
+
+def test_unanswered_unknown_machine_is_said_once_a_minute_per_mac() -> None:
+    """unknown_machines: ignore: the operator sees the MAC (INFO, not the
+    DEBUG of a client's own doing), once a minute however often it asks."""
+    r, events = said()
     stranger = "52:54:00:99:00:07"
     for t in (0, 5, 30, 61):
         assert r.handle(req("discover", stranger), IPv4("10.77.0.1"), t) is None
-    dropped = [e for e in events if e.kind is Kind.DHCP_DROPPED]
-    assert [(e.mac, e.fields["why"]) for e in dropped] == [(stranger, "unknown_machine")] * 2
+    assert [(e.kind, e.mac, e.fields["why"], e.fields["message"]) for e in events] == \
+        [(Kind.DHCP_UNANSWERED, stranger, "unknown_machine", "discover")] * 2
+    assert events[0].level == logging.INFO and "held_back" not in events[0].fields
     assert r.counters["dropped_unknown_machine"] == 4
+
+
+def test_unanswered_fixed_ip_outside_the_subnet() -> None:
+    """A machine whose fixed IP is on no subnet it asks from gets no offer;
+    the event names the IP, the machine and the subnet it asked from."""
+    elsewhere = Machine(mac="52:54:00:77:00:09", hostname="node09", profile="demo-linux",
+                        initiator_iqn="iqn.2026-11.t:node09", target_iqn="iqn.2026-11.t:boot.node09",
+                        ip=IPv4("192.0.2.9"))
+    r, events = said(elsewhere)
+    for t in (0, 4, 12):
+        assert r.handle(req("discover", elsewhere.mac, *PXE), IPv4("10.77.0.1"), t) is None
+    (e,) = events
+    assert e.kind is Kind.DHCP_UNANSWERED and e.fields["why"] == "fixed_ip_outside_subnet"
+    assert (e.mac, e.ip, e.hostname, str(e.fields["subnet"])) == (elsewhere.mac, "192.0.2.9", "node09",
+                                                                   "10.77.0.0/24")
+    assert r.counters["dropped_fixed_ip_outside_subnet"] == 3 and r.counters["dropped_no_address"] == 0
+
+
+def test_a_clients_own_drops_stay_debug() -> None:
+    """A flood over the rate is the client's doing: dhcp.dropped (NOISE)."""
+    r, events = said()
+    for i in range(40):
+        r.handle(req("discover", NODE.mac, *PXE), IPv4("10.77.0.1"), i * 0.1)
+    (dropped,) = [e for e in events if e.kind is not Kind.DHCP_OFFER]
+    assert dropped.kind is Kind.DHCP_DROPPED and dropped.fields["why"] == "rate_limited"
+    assert dropped.level == logging.DEBUG
+
+
+def test_a_storm_of_unknown_macs_is_bounded_over_all_macs() -> None:
+    """Made-up MACs each get their first request said; past a burst of
+    UNANSWERED_BURST the INFO events come at UNANSWERED_RATE a second, the
+    rest are DEBUG dhcp.dropped, and the next INFO one says how many."""
+    r, events = said()
+    for i in range(1000):  # 100 new MACs a second for 10 s
+        r.handle(req("discover", f"52:54:02:00:{i >> 8 & 255:02x}:{i & 255:02x}"), IPv4("10.77.0.1"), i * 0.01)
+    unanswered = [e for e in events if e.kind is Kind.DHCP_UNANSWERED]
+    assert UNANSWERED_BURST <= len(unanswered) <= UNANSWERED_BURST + 10 * UNANSWERED_RATE + 1
+    assert len(events) == 1000 and all(e.kind is Kind.DHCP_DROPPED for e in events if e not in unanswered)
+    held = [e.fields["held_back"] for e in unanswered if "held_back" in e.fields]
+    assert held and sum(held) == 1000 - len(unanswered) - r.unanswered.held  # type: ignore[arg-type]
 
 
 def test_lease_writes_wait_for_the_adapter_to_commit(tmp_path: object) -> None:

@@ -16,11 +16,13 @@ from hypothesis import strategies as st
 
 from bootsvc.http.message import HttpError, Status, parse_head
 from bootsvc.http.service import HttpService
+from bootsvc.service import Health
 from bootsvc.tftp.files import FileSource
 from tests.e2e.peers import LOOPBACK, free_port
 from tests.loop_thread import serving
 
 MAC = "52:54:00:12:34:56"
+HEALTHY = Health(True, {"dhcp": "serving"})
 
 
 def test_parse_head() -> None:
@@ -68,7 +70,7 @@ def http(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         return f"#!ipxe\necho {client} {local}\n" if name == "boot/52-54-00-12-34-56.ipxe" else None
 
     port = free_port()
-    service = HttpService(FileSource([root]), scripts, lambda: {"dhcp": "serving"}, LOOPBACK, port)
+    service = HttpService(FileSource([root]), scripts, lambda: HEALTHY, LOOPBACK, port)
     with serving(service.start, service.stop):
         yield port, root
 
@@ -97,6 +99,17 @@ def test_curl(http: tuple[int, Path], tmp_path: Path) -> None:
     assert curl("-X", "POST", "-o", "/dev/null", "-w", "%{http_code}", f"{base}/healthz").stdout == "405"
 
 
+@pytest.mark.skipif(not shutil.which("curl"), reason="needs curl")
+def test_healthz_is_503_naming_what_does_not_serve(tmp_path: Path) -> None:
+    """A service that failed to start: 503, and the body says which and why."""
+    health = Health(False, {"dhcp": "failed: Address already in use", "http": "serving"})
+    port = free_port()
+    service = HttpService(FileSource([tmp_path]), lambda *a: None, lambda: health, LOOPBACK, port)
+    with serving(service.start, service.stop):
+        r = curl("-w", "%{http_code}", f"http://{LOOPBACK}:{port}/healthz")
+    assert r.stdout == "degraded\ndhcp: failed: Address already in use\nhttp: serving\n503", r.stderr
+
+
 def test_garbage_then_still_serving(http: tuple[int, Path]) -> None:
     port, _ = http
     for junk in (b"\x00\xff" * 100 + b"\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n", b"A" * 70000, b"GET /healthz"):
@@ -117,7 +130,7 @@ def test_one_source_cannot_take_every_slot(tmp_path: Path) -> None:
     (tmp_path / "root").mkdir()
     port = free_port()
     service = HttpService(FileSource([tmp_path / "root"]), lambda name, client, local: "#!ipxe\n",
-                          lambda: {}, LOOPBACK, port)
+                          lambda: HEALTHY, LOOPBACK, port)
     service.listener.max_per_source = 8
     idle: list[socket.socket] = []
     with serving(service.start, service.stop):
@@ -142,7 +155,7 @@ def test_a_client_that_stops_reading_is_let_go(tmp_path: Path) -> None:
     (tmp_path / "root").mkdir()
     (tmp_path / "root" / "big").write_bytes(bytes(8 << 20))
     port = free_port()
-    service = HttpService(FileSource([tmp_path / "root"]), lambda *a: None, lambda: {}, LOOPBACK, port)
+    service = HttpService(FileSource([tmp_path / "root"]), lambda *a: None, lambda: HEALTHY, LOOPBACK, port)
     service.send_grace, service.send_floor = 0.5, 64 << 20  # 8 MiB: 0.625 s
     with serving(service.start, service.stop):
         with socket.socket() as s:

@@ -33,6 +33,12 @@ SEEN_INTERVAL = 60.0  # seconds between reports of the same unknown machine or d
 RATE_WINDOW = 10.0  # seconds over which a MAC's requests are counted
 RATE_MAX = 30  # requests a MAC may make in RATE_WINDOW (a PXE ROM then iPXE make 4-8, retries a few more)
 TRACKED = 8192  # MACs the per-MAC tables hold before the stale entries are let go
+# Why a request gets no answer because of the config rather than the client:
+# the operator is told (dhcp.unanswered, INFO) once a minute per MAC; every
+# other reason (a flood, another server's client) stays dhcp.dropped, DEBUG.
+UNANSWERED = frozenset({"unknown_machine", "fixed_ip_outside_subnet"})
+UNANSWERED_BURST = 60  # dhcp.unanswered said at once (a rack of unknown machines powered on together)
+UNANSWERED_RATE = 1.0  # and a second after that: a storm of made-up MACs is one line a second
 
 
 class Mode(str, Enum):
@@ -70,6 +76,29 @@ class BootOptions:
 
 
 V = TypeVar("V")
+
+
+@dataclass
+class Budget:
+    """A token bucket over all MACs: ``take(now)`` says whether one more
+    event may be said, ``burst`` at once and ``rate`` a second after;
+    ``held`` counts the ones it refused since the last it allowed."""
+
+    burst: float = UNANSWERED_BURST
+    rate: float = UNANSWERED_RATE
+    tokens: float = UNANSWERED_BURST
+    last: float | None = None
+    held: int = 0
+
+    def take(self, now: float) -> bool:
+        if self.last is not None:
+            self.tokens = min(self.burst, self.tokens + max(0.0, now - self.last) * self.rate)
+        self.last = now
+        if self.tokens < 1:
+            self.held += 1
+            return False
+        self.tokens -= 1
+        return True
 BootPlanner = Callable[[Request, "Machine | None", IPv4], "BootOptions | None"]
 
 
@@ -105,7 +134,8 @@ class Responder:
     emit: Emit = no_events
     counters: Counter[str] = field(default_factory=Counter)
     discovered: dict[str, float] = field(default_factory=dict)  # MAC -> last reported
-    dropped: dict[str, float] = field(default_factory=dict)  # MAC -> last dhcp.dropped event
+    dropped: dict[str, float] = field(default_factory=dict)  # MAC -> last dhcp.dropped or unanswered event
+    unanswered: Budget = field(default_factory=Budget)  # dhcp.unanswered events over all MACs
     adoptions: dict[str, float] = field(default_factory=dict)  # MAC -> last adoption asked for
     rates: dict[str, tuple[float, int]] = field(default_factory=dict)  # MAC -> (window start, requests in it)
     _now: float = 0.0
@@ -128,16 +158,27 @@ class Responder:
         _remember(self.adoptions, req.mac, now, lambda t: now - t > SEEN_INTERVAL)
         return True
 
-    def _drop(self, why: str, req: Request | None = None) -> None:
+    def _drop(self, why: str, req: Request | None = None, machine: Machine | None = None,
+              **fields: object) -> None:
         """No answer: counted, and said once a minute per MAC (a client
-        retransmits every few seconds)."""
+        retransmits every few seconds). Config reasons (UNANSWERED) are
+        dhcp.unanswered while the budget over all MACs lasts, with how many
+        it held back; past it they are dhcp.dropped like the others."""
         self.counters[f"dropped_{why}"] += 1
         if req is None:
             return
         last = self.dropped.get(req.mac)
-        if last is None or self._now - last > SEEN_INTERVAL:
-            _remember(self.dropped, req.mac, self._now, lambda t: self._now - t > SEEN_INTERVAL)
-            self.emit(Kind.DHCP_DROPPED, mac=req.mac, why=why, message=req.msg_type.name.lower())
+        if last is not None and self._now - last <= SEEN_INTERVAL:
+            return
+        _remember(self.dropped, req.mac, self._now, lambda t: self._now - t > SEEN_INTERVAL)
+        kind = Kind.DHCP_DROPPED
+        if why in UNANSWERED and self.unanswered.take(self._now):
+            kind = Kind.DHCP_UNANSWERED
+            fields["held_back"] = self.unanswered.held or None  # None: left out of the event
+            self.unanswered.held = 0
+        self.emit(kind, mac=req.mac, ip=machine.ip if machine else None,
+                  hostname=machine.hostname if machine else None, why=why, message=req.msg_type.name.lower(),
+                  **fields)
 
     def subnet_for(self, req: Request, received_on: IPv4 | None) -> Subnet | None:
         """The client's subnet (RFC 2131 §4.3.1): the relay's, else the
@@ -201,7 +242,7 @@ class Responder:
 
     def _address_for(self, req: Request, machine: Machine | None, subnet: Subnet, now: float) -> IPv4 | None:
         if machine is not None and machine.ip is not None:
-            return machine.ip if machine.ip in subnet.network else None  # outside: dropped as no_address
+            return machine.ip if machine.ip in subnet.network else None  # outside: fixed_ip_outside_subnet
         lease = self.leases.for_mac(req.mac)
         if lease is not None and lease.ip in subnet.network and lease.state is not LeaseState.DECLINED:
             return lease.ip
@@ -220,6 +261,8 @@ class Responder:
 
     def _discover(self, req: Request, machine: Machine | None, subnet: Subnet, now: float) -> Reply | None:
         ip = self._address_for(req, machine, subnet, now)
+        if ip is None and machine is not None and machine.ip is not None:
+            return self._drop("fixed_ip_outside_subnet", req, machine, subnet=subnet.network)
         if ip is None:
             return self._drop("no_address", req)
         if machine is None or machine.ip is None:

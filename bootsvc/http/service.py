@@ -4,8 +4,9 @@ http.server, whose threads would sit beside the loop): GET/HEAD of
 - ``/boot/<mac>.ipxe``: the machine's iPXE script (bootsvc/scripts.py);
 - ``/files/<name>``: boot files (kernels, initrds, iPXE binaries) from the
   same roots as TFTP, with the same refusals, sent with sendfile;
-- ``/healthz``: ``ok`` and the services running, for load balancers and
-  systemd watchdogs.
+- ``/healthz``: 200 ``ok`` when every configured service serves, else 503
+  ``degraded``; then each service's state (``tftp: failed: Address
+  already in use``), for load balancers and monitors.
 
 Later issues add the status page and metrics as more routes."""
 
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from ..events import Emit, Kind, no_events
 from ..scripts import mac_of_script
+from ..service import Health
 from ..streams import StreamListener
 from ..tftp.files import FileSource
 from .message import HttpError, HttpRequest, Status, parse_head, response_head
@@ -32,7 +34,7 @@ SEND_FLOOR = 1 << 20  # bytes per second a file must at least go out at: a clien
 CONTENT_TYPES = {".ipxe": "text/plain; charset=utf-8", ".efi": "application/efi", ".json": "application/json"}
 
 ScriptSource = Callable[[str, str, str], "str | None"]  # (name, client, local address) -> script or None
-Health = Callable[[], "dict[str, str]"]
+HealthSource = Callable[[], Health]
 MacAt = Callable[[str], "str | None"]
 
 
@@ -45,7 +47,7 @@ class Reply:
 
 
 class HttpService:
-    def __init__(self, files: FileSource, scripts: ScriptSource, health: Health, host: str = "0.0.0.0",
+    def __init__(self, files: FileSource, scripts: ScriptSource, health: HealthSource, host: str = "0.0.0.0",
                  port: int = 80, emit: Emit = no_events, mac_at: MacAt = lambda ip: None) -> None:
         self.files = files
         self.scripts = scripts
@@ -107,8 +109,8 @@ class HttpService:
             return Reply(Status.METHOD_NOT_ALLOWED, b"only GET and HEAD\n")
         path = req.path
         if path == "/healthz":
-            lines = [f"{name}: {state}" for name, state in self.health().items()]
-            return Reply(Status.OK, ("ok\n" + "".join(line + "\n" for line in lines)).encode())
+            health = self.health()
+            return Reply(Status.OK if health.serving else Status.SERVICE_UNAVAILABLE, health.text().encode())
         if path.startswith("/boot/"):
             try:
                 script = self.scripts(path[1:], client, local)

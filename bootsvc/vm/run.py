@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -129,11 +129,12 @@ def end_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
 
 
 def start_serve(config: Path, log: Path, prefix: tuple[str, ...] = (), ready: str = "ready:",
-                timeout: float = 60.0) -> subprocess.Popen[bytes]:
-    """``bootsvc -v serve -c CONFIG`` (inside a namespace: ``prefix``), its
-    log in ``log``, once ``ready`` shows there. The caller ends it."""
+                timeout: float = 60.0, argv: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+    """``bootsvc serve -c CONFIG`` (inside a namespace: ``prefix``; other
+    arguments to bootsvc: ``argv``), its log in ``log``, once ``ready``
+    shows there. The caller ends it."""
     with open(log, "wb") as err:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen([*prefix, sys.executable, "-m", "bootsvc", "-v", "serve", "-c", str(config)],
+        proc = subprocess.Popen([*prefix, sys.executable, "-m", "bootsvc", *(argv or ("serve", "-c", str(config)))],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.monotonic() + timeout
     while ready not in log.read_text(errors="replace"):

@@ -31,7 +31,7 @@ class Step(Enum):
 ORDER = list(Step)
 # what the server says when it will not boot a machine, or refuses it a step
 REFUSALS = frozenset({Kind.BOOT_REFUSED, Kind.ISCSI_LOGIN_FAILED, Kind.DHCP_NAK, Kind.DISK_FAILED,
-                      Kind.DHCP_DROPPED, Kind.TFTP_NOT_FOUND, Kind.TFTP_FAILED})
+                      Kind.DHCP_DROPPED, Kind.DHCP_UNANSWERED, Kind.TFTP_NOT_FOUND, Kind.TFTP_FAILED})
 STEPS = {Kind.DHCP_OFFER: Step.DHCP_OFFER, Kind.DHCP_ACK: Step.DHCP_ACK, Kind.ISCSI_FIRST_READ: Step.FIRST_READ}
 _CONSOLE = {"bootsvc-demo: initramfs": Step.KERNEL, "bootsvc-demo: iscsi-login": Step.OS_LOGIN,
             "bootsvc-demo: root-mounted": Step.ROOT}

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,11 +93,11 @@ def bootsvc_export(image: Path, iqn: str = "iqn.2026-11.test.bootsvc:disk", *ext
 
 
 def bootsvc_serve(cfg: Path, log: Path, ready: str, netns: str | None = None,
-                  timeout: float = 30.0) -> subprocess.Popen[bytes]:
-    """``bootsvc -v serve -c CFG`` (inside ``netns`` if given), its stderr in
-    ``log``, once ``ready`` shows there (`bootsvc vm`'s own starter). The
-    caller stops it."""
-    return start_serve(cfg, log, ("ip", "netns", "exec", netns) if netns else (), ready, timeout)
+                  timeout: float = 30.0, argv: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+    """``bootsvc serve -c CFG`` (inside ``netns`` if given; or bootsvc with
+    ``argv``), its stderr in ``log``, once ``ready`` shows there (`bootsvc
+    vm`'s own starter). The caller stops it."""
+    return start_serve(cfg, log, ("ip", "netns", "exec", netns) if netns else (), ready, timeout, argv)
 
 
 @contextlib.contextmanager

@@ -177,6 +177,29 @@ def test_serve_tftp_from_config(tmp_path: Path) -> None:
     assert "tftp serving" in log.read_text()
 
 
+def test_healthz_is_503_while_a_service_cannot_start(tmp_path: Path) -> None:
+    """TFTP's port is taken: HTTP serves, and /healthz says 503 and why;
+    a load balancer must not count this server as whole."""
+    import socket
+
+    from tests.e2e.peers import bootsvc_serve
+
+    need("curl")
+    http = free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind((LOOPBACK, 0))
+        cfg = tmp_path / "bootsvc.yaml"
+        cfg.write_text(f"state_dir: {tmp_path / 'state'}\nlisten:\n  tftp: {LOOPBACK}:{taken.getsockname()[1]}\n"
+                       f"  http: {LOOPBACK}:{http}\n")
+        proc = bootsvc_serve(cfg, tmp_path / "serve.log", "ready:")
+        try:
+            r = subprocess.run(["curl", "-sS", "--max-time", "10", "-w", "%{http_code}",
+                                f"http://{LOOPBACK}:{http}/healthz"], capture_output=True, text=True, timeout=20)
+        finally:
+            stop(proc)
+    assert r.stdout == "degraded\ntftp: failed: Address already in use\nhttp: serving\n503", r.stdout + r.stderr
+
+
 def test_one_serve_per_state_dir(tmp_path: Path) -> None:
     """A second `bootsvc serve` on the same state names the first's PID and
     exits touching nothing: the first keeps its pid file, so `bootsvc

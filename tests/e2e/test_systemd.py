@@ -10,12 +10,13 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import need
-from tests.e2e.peers import LOOPBACK, free_port, stop
+from tests.e2e.peers import LOOPBACK, bootsvc_serve, free_port, stop
 
 pytestmark = pytest.mark.e2e
 UNIT = Path(__file__).resolve().parents[2] / "systemd" / "bootsvc.service"
@@ -79,3 +80,28 @@ def test_sd_notify(tmp_path: Path) -> None:
             assert proc.wait(10) == 0
         finally:
             stop(proc)
+
+
+def test_unit_logs_one_line_per_event(tmp_path: Path) -> None:
+    """The unit's own command line, no -v: each event is one INFO line in
+    the journal (its stderr), and nothing else is said about it."""
+    exec_start = next(line.split("=", 1)[1] for line in UNIT.read_text().splitlines()
+                      if line.startswith("ExecStart="))
+    port = free_port()
+    cfg = tmp_path / "bootsvc.yaml"
+    cfg.write_text(f"state_dir: {tmp_path / 'state'}\nlisten:\n  http: {LOOPBACK}:{port}\n")
+    argv = exec_start.replace("/etc/bootsvc/bootsvc.yaml", str(cfg)).split()
+    assert argv[0] == "/usr/local/bin/bootsvc", exec_start
+    log = tmp_path / "serve.log"
+    proc = bootsvc_serve(cfg, log, "ready:", argv=argv[1:])
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=10) as s:
+            s.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+            assert s.recv(100).startswith(b"HTTP/1.1 200")
+        deadline = time.monotonic() + 10
+        while "event=http.request" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop(proc)
+    lines = [line for line in log.read_text().splitlines() if "/healthz" in line]
+    assert len(lines) == 1 and " INFO bootsvc.http event=http.request " in lines[0], log.read_text()
