@@ -45,19 +45,21 @@ def machine_rows(cfg: Config, leases: LeaseStore | None, boots: BootStore | None
                      "lease": "fixed" if m.ip else (lease.state.value if lease and lease.expires > now else None),
                      **_boot(latest.pop(m.mac, None), now, cfg)})
     for mac, policy, first, last, arch in leases.unknown_machines() if leases else []:
-        if mac in cfg.machines:
-            continue
-        lease = leases.for_mac(mac) if leases else None
-        adopted = policy in ("default", "adopted")
-        rows.append({"mac": mac, "hostname": generated_machine(mac, cfg.iqn_prefix, "").hostname if adopted else "",
-                     "profile": cfg.default_profile if adopted else None, "known": False, "policy": policy,
-                     "first_seen": first, "last_seen": last, "arch": arch or None,
-                     "address": str(lease.ip) if lease else None, "lease": lease.state.value if lease else None,
-                     **_boot(latest.pop(mac, None), now, cfg)})
+        if mac not in cfg.machines:
+            rows.append({**_unknown(cfg, leases, mac, policy), "first_seen": first, "last_seen": last,
+                         "arch": arch or None, **_boot(latest.pop(mac, None), now, cfg)})
     for boot in latest.values():  # recorded, but neither in the inventory nor seen by DHCP (proxy mode)
         rows.append({"mac": boot.mac, "hostname": boot.hostname, "profile": None, "known": False,
                      "address": None, "lease": None, **_boot(boot, now, cfg)})
     return rows
+
+
+def _unknown(cfg: Config, leases: LeaseStore | None, mac: str, policy: str) -> dict[str, Any]:
+    lease = leases.for_mac(mac) if leases else None
+    adopted = policy in ("default", "adopted")
+    return {"mac": mac, "hostname": generated_machine(mac, cfg.iqn_prefix, "").hostname if adopted else "",
+            "profile": cfg.default_profile if adopted else None, "known": False, "policy": policy,
+            "address": str(lease.ip) if lease else None, "lease": lease.state.value if lease else None}
 
 
 def _boot(boot: Boot | None, now: float, cfg: Config) -> dict[str, Any]:

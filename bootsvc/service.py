@@ -40,6 +40,10 @@ class Service:
     where: str = ""
     state: State = State.NOT_STARTED
     why: str = ""  # what stopped it from starting
+    # False for what only accompanies the network services (the flight
+    # recorder): not counted in "N of M serving", and alone it does not keep
+    # the process up
+    counted: bool = True
 
     def health(self) -> str:
         return f"{self.state.value}: {self.why}" if self.why else self.state.value
@@ -74,8 +78,8 @@ class Services:
     items: list[Service] = field(default_factory=list)
 
     def add(self, name: str, start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]],
-            where: str = "") -> None:
-        self.items.append(Service(name, start, stop, where))
+            where: str = "", counted: bool = True) -> None:
+        self.items.append(Service(name, start, stop, where, counted=counted))
 
     def health(self) -> Health:
         return Health(all(s.state is State.SERVING for s in self.items), {s.name: s.health() for s in self.items})
@@ -108,9 +112,12 @@ class Services:
     async def _main(self, reload: Reload | None) -> int:
         asyncio.get_running_loop().set_exception_handler(QuietExhaustion(self.report))
         running = await self.start()
-        if not running:
+        counted = [s for s in running if s.counted]
+        if not counted:
+            await self.stop(running)
             self.report("nothing could start")
             return 1
+        total = sum(1 for s in self.items if s.counted)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -125,8 +132,8 @@ class Services:
             if reload is not None:  # before READY: a SIGHUP right after it must find its handler
                 reloading = asyncio.Lock()  # two quick SIGHUPs: one reload after the other
                 loop.add_signal_handler(signal.SIGHUP, lambda: group.create_task(self._reload(reload, reloading)))
-            self.report(f"ready: {len(running)} of {len(self.items)} service(s) serving")
-            systemd.notify("READY=1", f"STATUS={len(running)} of {len(self.items)} services serving")
+            self.report(f"ready: {len(counted)} of {total} service(s) serving")
+            systemd.notify("READY=1", f"STATUS={len(counted)} of {total} services serving")
             await stop.wait()
             loop.remove_signal_handler(signal.SIGHUP)
         systemd.notify("STOPPING=1")

@@ -110,6 +110,24 @@ def test_a_stalled_boot_fails_with_its_diagnosis(setup: tuple[Bus, Recorder, Clo
     assert len([e for e in seen if e.kind is Kind.BOOT_FAILED]) == 1  # said once
 
 
+def test_a_machine_retrying_a_refused_login_is_one_failed_boot(
+        setup: tuple[Bus, Recorder, Clock, list[Event]]) -> None:
+    bus, rec, clock, seen = setup
+    bus.emit(Kind.DHCP_OFFER, mac=A.mac, ipxe=True)
+    for _ in range(10):  # iPXE's script retries every 5 s
+        clock.now += 5
+        bus.emit(Kind.ISCSI_LOGIN_FAILED, initiator=A.initiator_iqn, status="AUTHENTICATION_FAILURE",
+                 why="wrong CHAP response (secret)")
+        rec.tick(clock.now)
+    boot = rec.current[A.mac]
+    assert boot.id == 1 and len(boot.steps) == 11
+    (failed,) = [e for e in seen if e.kind is Kind.BOOT_FAILED]
+    assert failed.fields["diagnosis"] == "iSCSI login refused by CHAP: wrong CHAP response (secret)"
+    clock.now += 5
+    bus.emit(Kind.ISCSI_LOGIN, initiator=A.initiator_iqn)  # the secret fixed: a new boot
+    assert rec.current[A.mac].id == 2
+
+
 def test_the_store_survives_a_restart_and_keeps_a_bounded_history(tmp_path: Path) -> None:
     clock = Clock()
     bus = Bus(clock=clock)

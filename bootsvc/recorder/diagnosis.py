@@ -18,6 +18,12 @@ from .steps import Seen, Step
 
 STALL = 90.0  # seconds without a step after which an unfinished boot counts as failed
 LOOP = 3  # bootfile fetches in one boot without reaching the script or a login: a chainload loop
+# Steps that say the boot went wrong. A boot that ends in three of them (a
+# machine retrying a refused login every few seconds) or has nothing else
+# (a DHCP request the config leaves unanswered) has failed at once: it
+# never goes quiet long enough to stall.
+FAILURES = frozenset({Step.DROPPED, Step.BOOT_REFUSED, Step.FILE_MISSING, Step.FETCH_FAILED, Step.SCRIPT_REFUSED,
+                      Step.LOGIN_FAILED, Step.IO_ERROR, Step.DISK_FAILED})
 
 
 class State(str, enum.Enum):
@@ -29,9 +35,12 @@ class State(str, enum.Enum):
 def state(steps: Sequence[Seen], now: float, stall: float = STALL) -> State:
     if any(s.step is Step.OS_READ for s in steps):
         return State.BOOTED
-    if not steps or now - steps[-1].time < stall:
+    if not steps:
         return State.RUNNING
-    return State.FAILED
+    failing = [s.step in FAILURES for s in steps]
+    if failing[-1] and (all(failing[-3:]) and len(failing) >= 3 or all(failing)):
+        return State.FAILED
+    return State.RUNNING if now - steps[-1].time < stall else State.FAILED
 
 
 def diagnose(steps: Sequence[Seen], now: float, stall: float = STALL) -> str:

@@ -22,7 +22,7 @@ from typing import Protocol
 
 from ..events import Bus, Event, Kind
 from ..inventory import Machine
-from .diagnosis import STALL, State, diagnose
+from .diagnosis import FAILURES, STALL, State, diagnose
 from .steps import Seen, Step, detail_of, step_of
 from .store import Boot, BootStore
 
@@ -76,10 +76,14 @@ class Recorder:
     def _starts_anew(self, boot: Boot, step: Step, now: float) -> bool:
         """A boot ROM's offer is a new boot, unless the current one has not
         gone past its own offer yet (a ROM that asks twice); after a boot
-        ended, whatever comes next starts another."""
+        ended, whatever comes next starts another, but for more of the
+        failure it ended in (a machine retrying a refused login)."""
         if step is Step.ROM_OFFER:
             return any(s.step not in (Step.ROM_OFFER, Step.DROPPED) for s in boot.steps)
-        return boot.state(now, self.stall) is not State.RUNNING and step is not Step.SESSION_END
+        st = boot.state(now, self.stall)
+        if st is State.RUNNING or step is Step.SESSION_END:
+            return False
+        return not (st is State.FAILED and step in FAILURES)  # the same failure going on is the same boot
 
     def _new_boot(self, mac: str, event: Event) -> Boot:
         machine = self.fleet.machine(mac)

@@ -55,7 +55,7 @@ class Seen(NamedTuple):
 _KEEP = ("ip", "arch", "user_class", "proxy", "file", "path", "bytes", "seconds", "status", "why", "reason",
          "peer", "auth", "read_bytes", "written_bytes", "io_errors", "sense_key", "lun", "tsih")
 _DHCP = {Kind.DHCP_OFFER: (Step.ROM_OFFER, Step.IPXE_OFFER), Kind.DHCP_ACK: (Step.ROM_ACK, Step.IPXE_ACK)}
-_DIRECT = {Kind.DHCP_DROPPED: Step.DROPPED, Kind.BOOT_REFUSED: Step.BOOT_REFUSED,
+_DIRECT = {Kind.DHCP_DROPPED: Step.DROPPED, Kind.DHCP_UNANSWERED: Step.DROPPED, Kind.BOOT_REFUSED: Step.BOOT_REFUSED,
            Kind.BOOT_SCRIPT_REFUSED: Step.SCRIPT_REFUSED, Kind.TFTP_NOT_FOUND: Step.FILE_MISSING,
            Kind.TFTP_REFUSED: Step.FILE_MISSING, Kind.TFTP_FAILED: Step.FETCH_FAILED,
            Kind.ISCSI_LOGIN_FAILED: Step.LOGIN_FAILED, Kind.ISCSI_IO_ERROR: Step.IO_ERROR,

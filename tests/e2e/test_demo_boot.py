@@ -77,6 +77,7 @@ listen:
   isns: 127.0.0.1:3205
 dhcp:
   subnet: 10.215.0.0/24
+recorder: {{stall: 20}}  # a boot quiet for 20 s has failed (the wrong-secret VM runs 40 s)
 machines:
 {machines}
 """)
@@ -96,6 +97,14 @@ def record(cfg: config.Config, image: Path, work: Path) -> str:
     finally:
         raw.unlink()
     return "" if "not found" in r.stderr else r.stdout
+
+
+def recorded(cfg: config.Config, host: str) -> list[dict[str, object]]:
+    """``bootsvc timeline HOST --json``: the machine's latest boot as the flight recorder kept it."""
+    r = subprocess.run([sys.executable, "-m", "bootsvc", "timeline", "-c", str(cfg.path), host, "--json"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout)  # type: ignore[no-any-return]
 
 
 def check_booted(t: Timeline) -> None:
@@ -133,6 +142,13 @@ def test_one_vm_boots_linux_from_its_overlay(lab: config.Config, tmp_path: Path)
     made = json.loads(secrets.read_text())["52:54:00:77:01:01"]["secret"]
     assert made not in served  # never logged
     (lab.state_dir / "vm" / "serve.log").rename(tmp_path / "serve-1.log")
+    # the flight recorder kept the boot, readable with serve gone
+    (boot,) = recorded(lab, "node01")
+    steps = [s["step"] for s in boot["steps"]]
+    assert boot["state"] == "booted" and boot["diagnosis"] == "booted" and boot["duration"] > 0, boot
+    for step in ("ipxe-ack", "script", "login", "first-read", "os-login", "os-read"):
+        assert step in steps, steps
+    assert steps.index("login") < steps.index("os-login") < steps.index("os-read")
 
 
 def test_mutual_chap_vm_boots(lab: config.Config, tmp_path: Path) -> None:
@@ -152,6 +168,12 @@ def test_a_wrong_secret_fails_with_a_clear_event(lab: config.Config) -> None:
     assert "never logged in" in said and "CHAP credentials" in said, said
     # the first refusals say why; after five in a minute the source is throttled, and that is said too
     assert "wrong CHAP response (secret)" in t.refusals[0], t.refusals
+    (boot,) = recorded(lab, WRONG_HOST)
+    assert boot["state"] == "failed" and "iSCSI login refused by CHAP" in boot["diagnosis"], boot
+    table = json.loads(subprocess.run([sys.executable, "-m", "bootsvc", "machines", "-c", str(lab.path), "--json"],
+                                      capture_output=True, text=True, check=True, timeout=60).stdout)
+    row = next(r for r in table if r["hostname"] == WRONG_HOST)
+    assert row["state"] == "failed" and "refused by CHAP" in row["diagnosis"]
     served = (lab.state_dir / "vm" / "serve.log").read_text()
     assert f"initiator={lab.iqn_prefix}:{WRONG_HOST}" in served and "not-my-secret" not in served
 

@@ -78,7 +78,7 @@ def test_scripts_dns_and_reload(tmp_path: Path) -> None:
     cfg.write_text(config(state, ports, f"  {PC1}: {{hostname: pc1, profile: disk, ip: 127.77.0.21}}\n"
                                         f"  {PC2}: {{hostname: pc2, profile: linux, ip: 127.77.0.22}}\n"))
     log = tmp_path / "serve.log"
-    proc = bootsvc_serve(cfg, log, "ready: 5 of 5")
+    proc = bootsvc_serve(cfg, log, "ready: 4 of 4")
     holder = None
     try:
         http = f"http://{LOOPBACK}:{ports['http']}"
@@ -96,7 +96,7 @@ def test_scripts_dns_and_reload(tmp_path: Path) -> None:
                            capture_output=True, text=True, timeout=30)
         assert "only for the machine it names" in r.stdout + r.stderr and not got.read_bytes()
         wait_log(log, "event=boot.script_refused", 3)
-        assert curl(f"{http}/healthz")[1].startswith("ok\niscsi: serving")
+        assert curl(f"{http}/healthz")[1].startswith("ok\nrecorder: serving\niscsi: serving")
         assert dig(ports["dns"], "pc1.lab.test") == PC1_IP
         assert dig(ports["dns"], "pc2.lab.test") == PC2_IP
 

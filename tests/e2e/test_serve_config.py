@@ -197,7 +197,8 @@ def test_healthz_is_503_while_a_service_cannot_start(tmp_path: Path) -> None:
                                 f"http://{LOOPBACK}:{http}/healthz"], capture_output=True, text=True, timeout=20)
         finally:
             stop(proc)
-    assert r.stdout == "degraded\ntftp: failed: Address already in use\nhttp: serving\n503", r.stdout + r.stderr
+    assert r.stdout == "degraded\nrecorder: serving\ntftp: failed: Address already in use\nhttp: serving\n503", \
+        r.stdout + r.stderr
 
 
 def test_one_serve_per_state_dir(tmp_path: Path) -> None:

@@ -72,7 +72,7 @@ def test_sd_notify(tmp_path: Path) -> None:
                                 env={**os.environ, "NOTIFY_SOCKET": address}, stderr=subprocess.DEVNULL)
         try:
             first = sock.recv(4096).decode()
-            assert first.startswith("READY=1\nSTATUS=2 of 2 services serving"), first
+            assert first.startswith("READY=1\nSTATUS=1 of 1 services serving"), first
             proc.send_signal(signal.SIGHUP)
             assert sock.recv(4096) == b"RELOADING=1" and sock.recv(4096) == b"READY=1"
             proc.send_signal(signal.SIGTERM)
