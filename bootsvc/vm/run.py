@@ -26,6 +26,7 @@ from ..config import Config
 from ..events import EVENT_FILE, read_events
 from ..images import ImageStore
 from ..inventory import Machine, normalize_mac
+from ..recorder import BootStore
 from . import network, qemu
 from .timeline import ORDER, Recorder, Step, Timeline, diagnose
 
@@ -175,6 +176,27 @@ def print_table(timelines: list[Timeline], out: TextIO) -> None:
             print(f"  iSNS: DD boot-{t.machine.hostname} = {', '.join(t.isns_dd)}; target {state}", file=out)
 
 
+def print_recorded(cfg: Config, timelines: list[Timeline], out: TextIO) -> None:
+    """What the flight recorder of the serve that booted them kept (the
+    server's side: DHCP, fetches, logins, reads), one line per machine;
+    ``bootsvc timeline HOST`` shows it in full."""
+    if not cfg.recorder_db.exists():
+        return
+    store = BootStore(cfg.recorder_db)
+    try:
+        for t in timelines:
+            boots = store.boots(t.machine.mac, 1)
+            if not boots or boots[0].updated < t.started:
+                print(f"{t.machine.hostname} (flight recorder): nothing recorded for this run", file=out)
+                continue
+            s = boots[0].timeline(time.time(), cfg.recorder.stall)
+            took = f" in {s['duration']:.1f} s" if s["duration"] is not None else ""
+            steps = " ".join(f"{x['step']} {x['at']:.1f}" for x in s["steps"][:16])
+            print(f"{t.machine.hostname} (flight recorder): {s['diagnosis']}{took}; {steps}", file=out)
+    finally:
+        store.close()
+
+
 def run(cfg: Config, opts: Options, out: TextIO = sys.stdout) -> list[Timeline]:
     """Boot the machines and follow them until each has booted or failed,
     or ``opts.timeout`` seconds pass. Returns their timelines."""
@@ -216,6 +238,7 @@ def run(cfg: Config, opts: Options, out: TextIO = sys.stdout) -> list[Timeline]:
         net.close()
         if timelines:
             print_table(timelines, out)
+            print_recorded(cfg, timelines, out)
     return timelines
 
 

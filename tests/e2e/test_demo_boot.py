@@ -231,4 +231,5 @@ def test_attach_to_a_running_bootsvc(lab: config.Config, tmp_path: Path) -> None
             stop(server)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "node04: booted" in r.stdout and "node04: root after" in r.stdout, r.stdout
+    assert "node04 (flight recorder): booted in " in r.stdout, r.stdout
     assert "event=iscsi.login" in (tmp_path / "serve.log").read_text()
