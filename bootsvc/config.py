@@ -31,7 +31,7 @@ __all__ = ["Config", "ConfigError", "IscsiSettings", "load"]
 
 TOP_KEYS = {"state_dir", "domain", "iqn_prefix", "listen", "dhcp", "default_profile", "profiles_dir",
             "machines", "targets", "iscsi", "tftp", "dns", "isns", "recorder"}
-RECORDER_KEYS = {"history", "stall"}
+RECORDER_KEYS = {"enabled", "history", "stall"}
 DNS_KEYS = {"ttl"}
 TFTP_KEYS = {"roots", "busy_poll_us"}
 LISTEN_KEYS = {"dhcp", "tftp", "http", "dns", "iscsi", "isns"}
@@ -76,6 +76,7 @@ class RecorderSettings:
 
     history: int = 20
     stall: int = 90
+    enabled: bool = True  # false: no recorder (bench/recorder_cost.py measures what it costs)
 
 
 @dataclass(frozen=True)
@@ -198,8 +199,12 @@ def _recorder(c: Checker, doc: LineMap) -> RecorderSettings:
     if section is None or (m := c.mapping(doc, "recorder", section)) is None:
         return RecorderSettings()
     c.unknown(m, RECORDER_KEYS, "recorder.")
+    enabled = m.get("enabled", True)
+    if not isinstance(enabled, bool):
+        c.err(m, "recorder.enabled", f"expected true or false, got {enabled!r}")
+        enabled = True
     return RecorderSettings(c.integer(m, "history", "recorder.history", 20, 10_000, "boots per machine"),
-                            c.integer(m, "stall", "recorder.stall", 90, 86_400, "seconds"))
+                            c.integer(m, "stall", "recorder.stall", 90, 86_400, "seconds"), enabled)
 
 
 def _targets(c: Checker, doc: LineMap, base: Path) -> tuple[TargetSpec, ...]:

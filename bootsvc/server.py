@@ -84,7 +84,9 @@ class Server:
     # -- services ------------------------------------------------------------------
 
     def _build(self, cfg: config_mod.Config) -> None:
-        self.services.add("recorder", self.recorder.start, self.recorder.stop, str(cfg.recorder_db), counted=False)
+        if cfg.recorder.enabled:
+            self.services.add("recorder", self.recorder.start, self.recorder.stop, str(cfg.recorder_db),
+                              counted=False)
         if cfg.iscsi.portals:  # even with no target yet: a reload or an adopted machine may add some
             self.services.add("iscsi", self.iscsi.start, self.iscsi.stop,
                               f"{', '.join(map(str, cfg.iscsi.portals))} ({len(self.fleet.targets)} targets)")

@@ -1,5 +1,7 @@
-"""Where boots are kept: SQLite in state_dir/recorder.db, one row per boot
-with its steps as JSON, readable while ``bootsvc serve`` writes (WAL), so
+"""Where boots are kept: SQLite in state_dir/recorder.db, a row per boot
+and a row per step (only the steps added since the last save are
+written: a storm's boots are saved every second, and rewriting each whole
+boot every time grew with its length), readable while ``bootsvc serve`` writes (WAL), so
 ``bootsvc machines`` and ``bootsvc timeline`` work with serve running or
 not. Bounded: ``history`` boots per machine and ``MAX_BOOTS`` in all; the
 oldest go first."""
@@ -9,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,13 +21,17 @@ from .steps import Seen, Step
 
 HISTORY = 20  # boots kept per machine
 MAX_BOOTS = 20_000  # boots kept in all (a storm of random MACs must not fill the disk)
+SCHEMA_VERSION = 1
 MAX_STEPS = 200  # steps kept per boot: a machine retrying forever adds a count, not rows
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS boots (
     id INTEGER PRIMARY KEY, mac TEXT NOT NULL, hostname TEXT NOT NULL DEFAULT '',
     started REAL NOT NULL, updated REAL NOT NULL, state TEXT NOT NULL, diagnosis TEXT NOT NULL DEFAULT '',
     duration REAL, read_bytes INTEGER NOT NULL DEFAULT 0, written_bytes INTEGER NOT NULL DEFAULT 0,
-    dropped_steps INTEGER NOT NULL DEFAULT 0, steps TEXT NOT NULL)"""
+    dropped_steps INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS steps (boot INTEGER NOT NULL, seq INTEGER NOT NULL, time REAL NOT NULL,
+    step TEXT NOT NULL, detail TEXT NOT NULL, PRIMARY KEY (boot, seq));
+CREATE INDEX IF NOT EXISTS boots_by_mac ON boots (mac, started)"""
 
 
 @dataclass
@@ -40,6 +46,7 @@ class Boot:
     logins: int = 0
     dropped_steps: int = 0  # steps past MAX_STEPS, counted only
     diagnosis: str = ""  # set once the boot has failed (or "booted")
+    saved: int = 0  # steps already in the store
 
     @property
     def updated(self) -> float:
@@ -96,8 +103,11 @@ class BootStore:
         self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute(_SCHEMA)
-        self.db.execute("CREATE INDEX IF NOT EXISTS boots_by_mac ON boots (mac, started)")
+        if self.db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            # boots of a development build (steps kept as JSON in the boot's row): history, not data; gone
+            self.db.executescript("DROP TABLE IF EXISTS boots; DROP TABLE IF EXISTS steps;")
+            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        self.db.executescript(_SCHEMA)
 
     def next_id(self) -> int:
         with self._lock:
@@ -105,33 +115,49 @@ class BootStore:
         return int(row[0] or 0) + 1
 
     def save(self, boots: Iterable[Boot], now: float) -> None:
-        """Write these boots (new or changed) in one transaction, then prune."""
+        """Write these boots (new or changed) and their new steps in one
+        transaction, then prune."""
+        boots = list(boots)
         rows = [(b.id, b.mac, b.hostname, b.started, b.updated, b.state(now).value, b.diagnosis, b.duration,
-                 *b.moved(), b.dropped_steps, _encode(b.steps)) for b in boots]
+                 *b.moved(), b.dropped_steps) for b in boots]
+        steps = [(b.id, i, s.time, s.step.value, _encode(s.detail)) for b in boots
+                 for i, s in enumerate(b.steps[b.saved:], b.saved)]
         if not rows:
             return
         with self._lock, self.db:
             self.db.execute("BEGIN")
-            self.db.executemany("INSERT OR REPLACE INTO boots VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            self.db.executemany("INSERT OR REPLACE INTO boots VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+            self.db.executemany("INSERT OR REPLACE INTO steps VALUES (?,?,?,?,?)", steps)
             for mac in {r[1] for r in rows}:
                 self.db.execute("DELETE FROM boots WHERE mac = ? AND id NOT IN (SELECT id FROM boots WHERE mac = ? "
                                 "ORDER BY started DESC LIMIT ?)", (mac, mac, self.history))
             self.db.execute("DELETE FROM boots WHERE id NOT IN (SELECT id FROM boots ORDER BY started DESC "
                             "LIMIT ?)", (self.max_boots,))
+            self.db.execute("DELETE FROM steps WHERE boot NOT IN (SELECT id FROM boots)")
+        for b in boots:
+            b.saved = len(b.steps)
 
     def latest(self) -> list[Boot]:
         """Each machine's latest boot."""
-        with self._lock:
-            rows = self.db.execute("SELECT * FROM boots WHERE id IN (SELECT MAX(id) FROM boots GROUP BY mac) "
-                                   "ORDER BY hostname, mac").fetchall()
-        return [_boot(r) for r in rows]
+        return self._read("SELECT * FROM boots WHERE id IN (SELECT MAX(id) FROM boots GROUP BY mac) "
+                          "ORDER BY hostname, mac", ())
 
     def boots(self, mac: str, limit: int = HISTORY) -> list[Boot]:
         """A machine's boots, the latest first."""
+        return self._read("SELECT * FROM boots WHERE mac = ? ORDER BY started DESC, id DESC LIMIT ?", (mac, limit))
+
+    def _read(self, sql: str, args: tuple[object, ...]) -> list[Boot]:
         with self._lock:
-            rows = self.db.execute("SELECT * FROM boots WHERE mac = ? ORDER BY started DESC, id DESC LIMIT ?",
-                                   (mac, limit)).fetchall()
-        return [_boot(r) for r in rows]
+            boots = [_boot(r) for r in self.db.execute(sql, args).fetchall()]
+            for boot in boots:
+                for t, step, detail in self.db.execute("SELECT time, step, detail FROM steps WHERE boot = ? "
+                                                       "ORDER BY seq", (boot.id,)):
+                    try:
+                        boot.add(Seen(t, Step(step), json.loads(detail)))
+                    except ValueError:
+                        continue  # a step a newer bootsvc wrote: skipped, not fatal
+                boot.saved = len(boot.steps)
+        return boots
 
     def mac_of(self, host: str) -> str | None:
         """The MAC a host name was last recorded under."""
@@ -145,16 +171,10 @@ class BootStore:
             self.db.close()
 
 
-def _encode(steps: list[Seen]) -> str:
-    return json.dumps([[s.time, s.step.value, dict(s.detail)] for s in steps], separators=(",", ":"), default=str)
+def _encode(detail: Mapping[str, object]) -> str:
+    return json.dumps(dict(detail), separators=(",", ":"), default=str)
 
 
 def _boot(row: tuple[Any, ...]) -> Boot:
-    boot_id, mac, hostname, started, _updated, _state, diagnosis, _duration, _r, _w, dropped, steps = row
-    boot = Boot(boot_id, mac, hostname, started, dropped_steps=dropped, diagnosis=diagnosis)
-    for t, step, detail in json.loads(steps):
-        try:
-            boot.add(Seen(t, Step(step), detail))
-        except ValueError:
-            continue  # a step a newer bootsvc wrote: skipped, not fatal
-    return boot
+    boot_id, mac, hostname, started, _updated, _state, diagnosis, _duration, _r, _w, dropped = row
+    return Boot(boot_id, mac, hostname, started, dropped_steps=dropped, diagnosis=diagnosis)
