@@ -17,10 +17,11 @@ from types import MappingProxyType
 from typing import Any
 
 from .address import HostPort
-from .credentials import check_pair, parse_chap
+from .credentials import AuthMode, check_pair, parse_chap
 from target import ChapAlgorithm, ChapAuth, LunSpec, TargetConfigError, TargetSpec, check_iscsi_name
 
 from . import SCSI_PRODUCT, SCSI_VENDOR
+from .dhcp.responder import UnknownPolicy
 from .dhcp.settings import DhcpSettings, load_dhcp
 from .inventory import Machine, load_machines
 from .profiles import SHIPPED, Profile, load_profiles
@@ -189,9 +190,27 @@ def load(path: str | Path) -> Config:
               "only with a boot file, its iPXE script")
     isns = _isns(c, doc, listen)
     recorder = _recorder(c, doc)
+    if dhcp is not None and tftp is None and http is None:
+        _check_script_delivery(c, doc, machines, profiles,
+                               default_profile if dhcp.unknown is UnknownPolicy.DEFAULT else None)
     c.raise_if_any()
     return Config(path, state_dir, iqn_prefix, domain, iscsi, targets, MappingProxyType(profiles),
                   MappingProxyType(machines), default_profile, dhcp, tftp, http, dns, ttl, isns, recorder)
+
+
+def _check_script_delivery(c: Checker, doc: LineMap, machines: Mapping[str, Machine],
+                           profiles: Mapping[str, Profile], adopting: str | None) -> None:
+    """Machines with CHAP get their secret in their iPXE script: bootsvc
+    handing out boot options (DHCP) with neither HTTP nor TFTP to serve the
+    script would leave them unable to log in (iPXE is told a script URL)."""
+    chap = sorted(m.hostname for m in machines.values()
+                  if m.profile in profiles and profiles[m.profile].auth is not AuthMode.NONE)
+    if adopting in profiles and profiles[adopting].auth is not AuthMode.NONE:
+        chap.append("the machines unknown_machines: default adopts")
+    if chap:
+        c.err(doc, "listen", f"{len(chap)} machine(s) with CHAP ({', '.join(chap[:3])}{', ...' if len(chap) > 3 else ''})"
+                             " get their secret in an iPXE script, served over listen.http or listen.tftp: set one, "
+                             "or give their profile auth: none")
 
 
 def _recorder(c: Checker, doc: LineMap) -> RecorderSettings:

@@ -402,3 +402,20 @@ def test_a_path_the_file_system_cannot_take_is_a_config_error(tmp_path: Path, na
     text = problems(p)
     for key in ("profiles_dir", "tftp.roots", "targets[0].luns[0].path"):
         assert f": {key}: " in text, text
+
+
+def test_chap_machines_need_a_way_to_get_their_script(tmp_path: Path) -> None:
+    """With CHAP the secret travels in the machine's iPXE script: a config
+    that hands out boot options (DHCP) but serves no script is caught."""
+    base = """
+listen:
+  dhcp: {address: 10.9.0.1}
+dhcp: {subnet: 10.9.0.0/24}
+default_profile: demo-linux
+machines:
+  52:54:00:00:00:01: {hostname: pc1}
+"""
+    assert "get their secret in an iPXE script, served over listen.http or listen.tftp" in \
+        problems(write(tmp_path, base))
+    cfg = load(write(tmp_path, base.replace("  dhcp: {address: 10.9.0.1}", "  dhcp: {address: 10.9.0.1}\n  http: 10.9.0.1:8080")))
+    assert cfg.http is not None

@@ -85,7 +85,7 @@ def adopting(tmp_path: Path, dhcp: str) -> tuple[Config, LeaseStore, Fleet, list
     """An open fleet with machine a, adopting unknown MACs (``dhcp``: more
     keys of the dhcp section), its lease store and the events it sends."""
     extra = f"dhcp:\n  subnet: 10.9.0.0/24\n  unknown_machines: default\n  {dhcp}\n" \
-        "listen: {dhcp: {address: 10.9.0.1}}\n"
+        "listen: {dhcp: {address: 10.9.0.1}, http: 10.9.0.1:8080}\n"
     cfg = load(lab(tmp_path, f"  {A}: {{hostname: a}}\n", extra=extra))
     bus = Bus()
     events = recorded(bus)

@@ -72,7 +72,7 @@ def test_a_refused_boot_is_in_the_timeline() -> None:
 
 def write(tmp_path: Path, dhcp: bool = True) -> Path:
     p = tmp_path / "bootsvc.yaml"
-    listen = "listen:\n  dhcp: {interface: bsv-x0, address: 10.9.0.1}\n  iscsi: [10.9.0.1:3260]\n" \
+    listen = "listen:\n  dhcp: {interface: bsv-x0, address: 10.9.0.1}\n  iscsi: [10.9.0.1:3260]\n  http: 10.9.0.1:80\n" \
         "dhcp:\n  subnet: 10.9.0.0/24\n" if dhcp else ""
     p.write_text(f"state_dir: {tmp_path / 'state'}\n{listen}"
                  "machines:\n  52:54:00:77:00:11: {hostname: node01, profile: demo-linux}\n")

@@ -53,6 +53,7 @@ state_dir: {tmp_path / 'state'}
 domain: lab.test
 listen:
   dhcp: {{interface: bsv-s1, address: 10.213.0.1}}
+  http: 10.213.0.1:8080
 dhcp:
   subnet: 10.213.0.0/24
   range: [10.213.0.100, 10.213.0.110]
@@ -110,7 +111,7 @@ def test_perfdhcp_relay_load(tmp_path: Path, cap: int) -> None:
     (state / "images").mkdir(parents=True)
     (state / "images" / "base.raw").write_bytes(bytes(1 << 20))
     (tmp_path / "profiles").mkdir()
-    (tmp_path / "profiles" / "lab.yaml").write_text("base: base.raw\noverlay: ephemeral\n")
+    (tmp_path / "profiles" / "lab.yaml").write_text("base: base.raw\noverlay: ephemeral\nauth: none\n")
     cfg = tmp_path / "bootsvc.yaml"
     cfg.write_text(f"""
 state_dir: {state}
@@ -187,6 +188,7 @@ listen:
   dhcp:
     - {{interface: bsv-a0, address: 10.217.0.1}}
     - {{interface: bsv-b0, address: 10.218.0.1}}
+  http: 10.217.0.1:8080
 dhcp:
   lease_time: 10m
   unknown_machines: discover
@@ -201,7 +203,7 @@ machines:
         a = veth(srv, "bsv-a0", c1ns, "bsv-a1", KNOWN_MAC, "10.217.0.1/24")[1]
         b = veth(srv, "bsv-b0", c2ns, "bsv-b1", UNKNOWN_MAC, "10.218.0.1/24")[1]
         # (two DHCP sockets and, on each interface, the IPv6 router advertiser)
-        proc = bootsvc_serve(cfg, tmp_path / "serve.log", "4 of 4 service(s) serving", netns=srv)
+        proc = bootsvc_serve(cfg, tmp_path / "serve.log", "5 of 5 service(s) serving", netns=srv)
         try:
             first = udhcpc(a, tmp_path)
             assert (first.get("ip"), first.get("hostname"), first.get("router")) == (
@@ -257,6 +259,7 @@ def test_router_solicitation_answered_with_no_ipv6_here(tmp_path: Path) -> None:
 state_dir: {tmp_path / 'state'}
 listen:
   dhcp: {{interface: bsv-s1, address: 10.213.0.1}}
+  http: 10.213.0.1:8080
 dhcp:
   subnet: 10.213.0.0/24
   ipv6_ra: {str(ra).lower()}
