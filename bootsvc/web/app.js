@@ -50,13 +50,13 @@
     tr.dataset.mac = r.mac;
     if (isSelected(r)) tr.classList.add("selected");
     const cells = [
-      [r.hostname || "–", "host"], [r.mac, "mac"], [r.address || "–", "ip"], [null, "state"],
+      [r.hostname || "–", "host"], [r.mac, "mac"], [r.address || "–", "ip"], [null, "st"],
       [when(r.last_boot), "last"], [took(r.duration), "took"], [r.diagnosis || "–", "diagnosis"],
     ];
     cells.forEach(([text, cls], i) => {
       const td = el("td", text, cls);
       td.setAttribute("data-label", COLUMNS[i]);
-      if (cls === "state") td.appendChild(stateCell(r.state));
+      if (cls === "st") td.appendChild(stateCell(r.state));
       tr.appendChild(td);
     });
     tr.addEventListener("click", () => open(nameOf(r)));
