@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 from .config import Config
 from .dhcp.leases import LeaseStore
-from .inventory import generated_machine, normalize_mac
+from .inventory import Machine, generated_machine, normalize_mac
 from .recorder import Boot, BootStore
 
 
@@ -33,10 +33,13 @@ def _stores(cfg: Config) -> Iterator[tuple[LeaseStore | None, BootStore | None]]
             boots.close()
 
 
-def machine_rows(cfg: Config, leases: LeaseStore | None, boots: BootStore | None, now: float) -> list[dict[str, Any]]:
+def machine_rows(cfg: Config, leases: LeaseStore | None, latest_boots: Mapping[str, Boot],
+                 now: float) -> list[dict[str, Any]]:
     """One row per machine: the inventory's, then the MACs DHCP saw that
-    are not in it; each with its address, lease and latest boot."""
-    latest = {b.mac: b for b in boots.latest()} if boots is not None else {}
+    are not in it; each with its address, lease and latest boot (by MAC:
+    the store's, or in ``bootsvc serve`` the recorder's live ones; the
+    rows of ``GET /api/machines`` too)."""
+    latest = dict(latest_boots)
     rows = []
     for m in sorted(cfg.machines.values(), key=lambda m: m.hostname):
         lease = leases.for_mac(m.mac) if leases else None
@@ -64,10 +67,12 @@ def _unknown(cfg: Config, leases: LeaseStore | None, mac: str, policy: str) -> d
 
 def _boot(boot: Boot | None, now: float, cfg: Config) -> dict[str, Any]:
     if boot is None:
-        return {"state": None, "last_boot": None, "duration": None, "diagnosis": None}
+        return {"state": None, "last_boot": None, "duration": None, "diagnosis": None, "read_bytes": None,
+                "written_bytes": None, "boot": None, "updated": None, "last_step": None}
     s = boot.summary(now, cfg.recorder.stall)
     return {"state": s["state"], "last_boot": s["started"], "duration": s["duration"], "diagnosis": s["diagnosis"],
-            "read_bytes": s["read_bytes"], "written_bytes": s["written_bytes"]}
+            "read_bytes": s["read_bytes"], "written_bytes": s["written_bytes"], "boot": s["id"],
+            "updated": s["updated"], "last_step": s["last_step"]}
 
 
 def _when(t: float | None) -> str:
@@ -96,7 +101,7 @@ def print_machines(rows: list[dict[str, Any]]) -> None:
 def machines(cfg: Config, as_json: bool) -> int:
     now = time.time()
     with _stores(cfg) as (leases, boots):
-        rows = machine_rows(cfg, leases, boots, now)
+        rows = machine_rows(cfg, leases, {b.mac: b for b in boots.latest()} if boots else {}, now)
     if as_json:
         print(json.dumps(rows, indent=1))
     else:
@@ -104,13 +109,13 @@ def machines(cfg: Config, as_json: bool) -> int:
     return 0
 
 
-def find_mac(cfg: Config, boots: BootStore | None, who: str) -> str | None:
+def find_mac(machines: Iterable[Machine], boots: BootStore | None, who: str) -> str | None:
     """HOST or MAC -> MAC: the inventory's, else the store's."""
     try:
         return normalize_mac(who)
     except ValueError:
         pass
-    for m in cfg.machines.values():
+    for m in machines:
         if m.hostname == who.lower():
             return m.mac
     return boots.mac_of(who.lower()) if boots is not None else None
@@ -120,7 +125,7 @@ def timeline(cfg: Config, who: str, count: int, as_json: bool) -> int:
     """A machine's latest boots, each step with its time from the start."""
     now = time.time()
     with _stores(cfg) as (_, boots):
-        mac = find_mac(cfg, boots, who)
+        mac = find_mac(cfg.machines.values(), boots, who)
         found = boots.boots(mac, count) if boots is not None and mac is not None else []
     if as_json:
         print(json.dumps([b.timeline(now, cfg.recorder.stall) for b in found], indent=1))

@@ -25,10 +25,12 @@ from .fleet import Fleet, FleetError
 from .fleet_diff import ConfigDiff
 from .http.service import HttpService
 from .isns_registration import IsnsRegistration
+from .metrics import Metrics
 from .recorder import BootStore, Recorder
 from .service import Report, Services
 from .tftp.files import FileSource
 from .tftp.service import TftpService
+from .views import FleetViews
 
 if TYPE_CHECKING:  # scapy loads only when DHCP is on
     from .dhcp.responder import Responder
@@ -64,6 +66,9 @@ class Server:
                                   nop_interval=s.nop_interval, nop_timeout=s.nop_timeout,
                                   on_event=self.bus.sink("iscsi"), discovery_auth=s.discovery_auth,
                                   chap_algorithms=s.chap_algorithms)
+        # /metrics: counted from the bus; the sessions open now asked of the target server when scraped
+        self.metrics = Metrics(self.fleet, lambda: len(self.iscsi.sessions))
+        self.bus.subscribe(self.metrics)
         self.planner = BootPlanner(self.fleet, self.bus.emit, s.portals[0].port if s.portals else 3260,
                                    cfg.http.port if cfg.http else None)
         self.files = FileSource(list(cfg.tftp.roots) if cfg.tftp else [], generate=self.planner.script_file)
@@ -100,7 +105,9 @@ class Server:
                               f"{cfg.tftp.host}:{cfg.tftp.port} from {', '.join(map(str, cfg.tftp.roots))}")
         if cfg.http is not None:
             http = HttpService(self.files, self.planner.script_text, self.services.health, cfg.http.host,
-                               cfg.http.port, self.bus.emit, self.fleet.mac_at)
+                               cfg.http.port, self.bus.emit, self.fleet.mac_at,
+                               views=FleetViews(self.fleet, self.leases, self.recorder),
+                               metrics=self.metrics.exposition)
             self.services.add("http", http.start, http.stop, str(cfg.http))
         if cfg.dns is not None:
             server = cfg.dhcp.listeners[0].address if cfg.dhcp else None

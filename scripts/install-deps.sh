@@ -27,6 +27,7 @@ debs=(
     ndisc6              # rdisc6, a real IPv6 host soliciting routers
     bind9-dnsutils      # dig, a real DNS client
     curl                # a real HTTP client
+    chromium chromium-driver  # headless browser for the web page's test (selenium drives it)
     vagrant vagrant-libvirt  # `vagrant validate` of vagrant/Vagrantfile (tests/test_vagrant.py)
     iproute2 procps
     systemd             # systemd-analyze (verify and security of systemd/bootsvc.service), systemd-sysusers

@@ -106,6 +106,7 @@ def test_a_stalled_boot_fails_with_its_diagnosis(setup: tuple[Bus, Recorder, Clo
     rec.tick(clock.now + STALL + 1)
     (failed,) = [e for e in seen if e.kind is Kind.BOOT_FAILED]
     assert "the OS logged in but never read its disk" in str(failed.fields["diagnosis"])
+    assert failed.fields["rule"] == "no_os_read"  # the short class /metrics counts by
     rec.tick(clock.now + STALL + 50)
     assert len([e for e in seen if e.kind is Kind.BOOT_FAILED]) == 1  # said once
 
@@ -123,6 +124,7 @@ def test_a_machine_retrying_a_refused_login_is_one_failed_boot(
     assert boot.id == 1 and len(boot.steps) == 11
     (failed,) = [e for e in seen if e.kind is Kind.BOOT_FAILED]
     assert failed.fields["diagnosis"] == "iSCSI login refused by CHAP: wrong CHAP response (secret)"
+    assert failed.fields["rule"] == "login_refused"
     clock.now += 5
     bus.emit(Kind.ISCSI_LOGIN, initiator=A.initiator_iqn)  # the secret fixed: a new boot
     assert rec.current[A.mac].id == 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum
 from http import HTTPStatus
+from pathlib import Path
 from urllib.parse import unquote
 
 MAX_HEAD = 16 * 1024
@@ -31,6 +32,15 @@ class Status(IntEnum):
     @property
     def reason(self) -> str:
         return HTTPStatus(self).phrase
+
+
+@dataclass
+class Reply:
+    status: Status
+    body: bytes = b""
+    path: Path | None = None  # sent with sendfile instead of body
+    content_type: str = "text/plain; charset=utf-8"
+    headers: dict[str, str] | None = None  # more header fields (the web page's security policy)
 
 
 class HttpError(Exception):
@@ -95,8 +105,17 @@ def int_or_none(text: str) -> int | None:
 
 def response_head(status: Status, length: int, content_type: str = "text/plain; charset=utf-8",
                   keep_alive: bool = True, extra: dict[str, str] | None = None) -> bytes:
-    lines = [f"HTTP/1.1 {int(status)} {status.reason}", f"Content-Length: {length}",
-             f"Content-Type: {content_type}", "Cache-Control: no-store", "Server: bootsvc"]
+    return _head(status, [f"Content-Length: {length}", f"Content-Type: {content_type}"], keep_alive, extra)
+
+
+def stream_head(content_type: str, extra: dict[str, str] | None = None) -> bytes:
+    """The head of a reply without a length that ends when the connection
+    closes (a server-sent event stream, RFC 9112 §6.3 rule 8)."""
+    return _head(Status.OK, [f"Content-Type: {content_type}"], False, extra)
+
+
+def _head(status: Status, fields: list[str], keep_alive: bool, extra: dict[str, str] | None) -> bytes:
+    lines = [f"HTTP/1.1 {int(status)} {status.reason}", *fields, "Cache-Control: no-store", "Server: bootsvc"]
     if not keep_alive:
         lines.append("Connection: close")
     lines += [f"{k}: {v}" for k, v in (extra or {}).items()]

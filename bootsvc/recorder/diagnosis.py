@@ -45,16 +45,23 @@ def state(steps: Sequence[Seen], now: float, stall: float = STALL) -> State:
 
 def diagnose(steps: Sequence[Seen], now: float, stall: float = STALL) -> str:
     """One line: ``booted``, ``running: <last step>``, or why it failed."""
+    return diagnose_rule(steps, now, stall)[1]
+
+
+def diagnose_rule(steps: Sequence[Seen], now: float, stall: float = STALL) -> tuple[str, str]:
+    """The diagnosis and the name of the rule that made it (``booted``,
+    ``running``, a rule's function name, or ``stopped``): the short class
+    /metrics counts failures by, a bounded set unlike the line itself."""
     st = state(steps, now, stall)
     if st is State.BOOTED:
-        return "booted"
+        return "booted", "booted"
     if st is State.RUNNING:
-        return f"running: {steps[-1].step.value}" if steps else "running"
+        return "running", f"running: {steps[-1].step.value}" if steps else "running"
     for rule in RULES:
         said = rule(steps)
         if said:
-            return said
-    return f"stopped after {steps[-1].step.value}"
+            return rule.__name__, said
+    return "stopped", f"stopped after {steps[-1].step.value}"
 
 
 def _last(steps: Sequence[Seen], *wanted: Step) -> Seen | None:

@@ -22,7 +22,7 @@ from typing import Protocol
 
 from ..events import Bus, Event, Kind
 from ..inventory import Machine
-from .diagnosis import FAILURES, STALL, State, diagnose
+from .diagnosis import FAILURES, STALL, State, diagnose_rule
 from .steps import Seen, Step, detail_of, step_of
 from .store import Boot, BootStore
 
@@ -107,9 +107,9 @@ class Recorder:
         """Boots that stalled get their diagnosis (and ``boot.failed``)."""
         for boot in self.current.values():
             if not boot.diagnosis and boot.state(now, self.stall) is State.FAILED:
-                boot.diagnosis = diagnose(boot.steps, now, self.stall)
+                rule, boot.diagnosis = diagnose_rule(boot.steps, now, self.stall)
                 self.bus.emit(Kind.BOOT_FAILED, mac=boot.mac, hostname=boot.hostname or None,
-                              diagnosis=boot.diagnosis, boot=boot.id, last_step=boot.steps[-1].step.value)
+                              diagnosis=boot.diagnosis, rule=rule, boot=boot.id, last_step=boot.steps[-1].step.value)
                 self._changed(boot)
 
     def flush(self, now: float) -> None:
@@ -140,9 +140,12 @@ class Recorder:
 
     # -- what readers ask --------------------------------------------------------------
 
+    def latest(self) -> dict[str, Boot]:
+        """Each machine's latest boot by MAC: the live one, else the store's."""
+        live = {b.mac: b for b in list(self.current.values())}  # a copy: other threads' events add boots
+        return {**{b.mac: b for b in self.store.latest() if b.mac not in live}, **live}
+
     def machines(self, now: float) -> list[dict[str, object]]:
         """Each machine's latest boot: the live ones, then those only in the store."""
-        live = {b.mac: b for b in self.current.values()}
-        stored = [b for b in self.store.latest() if b.mac not in live]
-        boots = sorted([*live.values(), *stored], key=lambda b: (b.hostname or "~", b.mac))
+        boots = sorted(self.latest().values(), key=lambda b: (b.hostname or "~", b.mac))
         return [b.summary(now, self.stall) for b in boots]

@@ -1,0 +1,1 @@
+"""The web page of the flight recorder (index.html, app.js, style.css), served by bootsvc/http/api.py."""
