@@ -101,9 +101,13 @@ class Lab:
 def write_config(work: Path, vms: int, ra: bool) -> Path:
     """bootsvc's config: DHCP and iSCSI only (what dnsmasq + tgt do too)."""
     machines = "\n".join(f"  52:54:00:78:01:{i:02x}: {{hostname: node{i:02}, ip: {SUBNET[10 + i]}, "
-                         f"profile: demo-linux}}" for i in range(1, vms + 1))
+                         f"profile: bench}}" for i in range(1, vms + 1))
+    # no CHAP, like the reference stack (with CHAP iPXE would need a script over TFTP or HTTP)
+    (work / "profiles").mkdir(exist_ok=True)
+    (work / "profiles" / "bench.yaml").write_text("base: demo-linux.qcow2\nauth: none\n")
     path = work / "bootsvc.yaml"
     path.write_text(f"""state_dir: {work / 'state'}
+profiles_dir: {work / 'profiles'}
 iqn_prefix: iqn.2026-11.bench.boot
 listen:
   dhcp: {{interface: {BRIDGE}, address: {SERVER.ip}}}
