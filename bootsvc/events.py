@@ -102,6 +102,7 @@ class Kind(str, Enum):
     QCOW2_SPACE_EXHAUSTED = "qcow2.space_exhausted"
     # iSNS (isns/, through its event callbacks; bootsvc/isns_registration.py)
     ISNS_REGISTERED = "isns.registered"
+    ISNS_QUERIED = "isns.queried"  # a node asked what it may see (DevAttrQry): its discovery
     ISNS_DEREGISTERED = "isns.deregistered"
     ISNS_REFUSED = "isns.refused"
     ISNS_ENTITY_REMOVED = "isns.entity_removed"
@@ -145,7 +146,7 @@ ERRORS = frozenset({Kind.DHCP_ERROR, Kind.ISNS_ERROR, Kind.ISNS_STORE_FAILED, Ki
 # Kinds a client can cause at will (garbage on a port): DEBUG, so they cannot flood the log.
 NOISE = frozenset({Kind.DHCP_MALFORMED, Kind.TFTP_MALFORMED, Kind.HTTP_BAD_REQUEST, Kind.RA_SENT,
                    Kind.RA_FAILED, Kind.DHCP_DROPPED, Kind.ISNS_MALFORMED, Kind.ISCSI_PDU_TIMEOUT,
-                   Kind.ISCSI_TEXT_TOO_LONG})
+                   Kind.ISCSI_TEXT_TOO_LONG, Kind.ISNS_QUERIED})
 
 IDENTITIES = ("mac", "ip", "hostname", "initiator", "target", "peer")
 

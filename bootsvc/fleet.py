@@ -190,6 +190,9 @@ class Fleet:
             return mac
         if event.target is not None and (mac := self._targets_of().get(event.target)) is not None:
             return mac
+        source = event.fields.get("source")  # iSNS: the node a request came from
+        if isinstance(source, str) and (mac := self._initiators().get(source)) is not None:
+            return mac
         address = event.ip or (event.peer.rsplit(":", 1)[0] if event.peer and event.peer.count(":") == 1
                                else event.peer)
         return self.mac_at(address) if address else None

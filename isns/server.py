@@ -135,6 +135,12 @@ class IsnsServer:
             self.event("isns.error", {"peer": peer_text(peer), "function": function_name(msg.function),
                                       "why": _why(e)}, logging.ERROR)
             reply = Message(msg.function | RESPONSE, msg.xid, status=Status.INTERNAL_ERROR)
+        else:
+            if msg.function == Function.DEV_ATTR_QRY and reply is not None and msg.source is not None:
+                # a node asking what it may see (an initiator discovering its
+                # target): a step of its boot for a host's flight recorder
+                self.event("isns.queried", {"source": str(msg.source.value), "peer": peer_text(peer),
+                                            "status": int(reply.status)}, logging.DEBUG)
         self._after_change()
         return reply
 

@@ -221,3 +221,17 @@ def test_a_login_after_a_refusal_is_not_a_refusal() -> None:
                     S.OS_LOGIN, S.OS_READ)
     assert diagnose(history, LATE) == "booted"
     assert diagnose(steps(S.SCRIPT, S.LOGIN), 2.0) == "running: login"
+
+
+def test_isns_registration_and_queries_are_steps(setup: tuple[Bus, Recorder, Clock, list[Event]]) -> None:
+    bus, rec, clock, _ = setup
+
+    class BySource(Fleet):
+        def mac_of(self, event: Event) -> str | None:
+            return A.mac if event.fields.get("source") == A.initiator_iqn else super().mac_of(event)
+
+    rec.fleet = BySource()
+    bus.emit(Kind.DHCP_OFFER, mac=A.mac, ipxe=False)
+    bus.emit(Kind.ISNS_REGISTERED, source=A.initiator_iqn, entity="isns:entity:7", nodes=A.initiator_iqn)
+    bus.emit(Kind.ISNS_QUERIED, source=A.initiator_iqn, status=0)
+    assert [s.step for s in rec.current[A.mac].steps] == [Step.ROM_OFFER, Step.ISNS_REGISTERED, Step.ISNS_QUERY]

@@ -41,6 +41,8 @@ class Step(str, enum.Enum):
     IO_ERROR = "io-error"
     SESSION_END = "session-end"  # a logout or a dropped session, with the bytes it moved
     DISK_FAILED = "disk-failed"  # its disk could not be made
+    ISNS_REGISTERED = "isns-registered"  # the machine registered itself with iSNS (its OS's iscsid)
+    ISNS_QUERY = "isns-query"  # it asked iSNS for its targets (discovery)
 
 
 class Seen(NamedTuple):
@@ -53,14 +55,15 @@ class Seen(NamedTuple):
 
 # fields worth keeping per step (the rest of an event is in the event file)
 _KEEP = ("ip", "arch", "user_class", "proxy", "file", "path", "bytes", "seconds", "status", "why", "reason",
-         "peer", "auth", "read_bytes", "written_bytes", "io_errors", "sense_key", "lun", "tsih")
+         "peer", "auth", "read_bytes", "written_bytes", "io_errors", "sense_key", "lun", "tsih", "source", "entity")
 _DHCP = {Kind.DHCP_OFFER: (Step.ROM_OFFER, Step.IPXE_OFFER), Kind.DHCP_ACK: (Step.ROM_ACK, Step.IPXE_ACK)}
 _DIRECT = {Kind.DHCP_DROPPED: Step.DROPPED, Kind.DHCP_UNANSWERED: Step.DROPPED, Kind.BOOT_REFUSED: Step.BOOT_REFUSED,
            Kind.BOOT_SCRIPT_REFUSED: Step.SCRIPT_REFUSED, Kind.TFTP_NOT_FOUND: Step.FILE_MISSING,
            Kind.TFTP_REFUSED: Step.FILE_MISSING, Kind.TFTP_FAILED: Step.FETCH_FAILED,
            Kind.ISCSI_LOGIN_FAILED: Step.LOGIN_FAILED, Kind.ISCSI_IO_ERROR: Step.IO_ERROR,
            Kind.ISCSI_LOGOUT: Step.SESSION_END, Kind.ISCSI_SESSION_DROPPED: Step.SESSION_END,
-           Kind.DISK_FAILED: Step.DISK_FAILED}
+           Kind.DISK_FAILED: Step.DISK_FAILED, Kind.ISNS_REGISTERED: Step.ISNS_REGISTERED,
+           Kind.ISNS_QUERIED: Step.ISNS_QUERY}
 KERNEL_HINTS = ("vmlinuz", "kernel", "initrd", "bzimage", "linux")
 _BOOT_PATHS = ("/boot/", "/files/")  # scripts, and kernels and files from tftp.roots (bootsvc/http)
 _BOOTFILES = (".efi", ".kpxe", ".pxe", ".ipxe")
