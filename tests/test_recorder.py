@@ -188,6 +188,8 @@ LATE = 10_000.0
      "bootfile not found: it asked for ipxe-arm64.efi (client architecture 11)"),
     (steps(S.ROM_OFFER, S.ROM_ACK, S.BOOTFILE, S.IPXE_ACK, S.BOOTFILE, S.IPXE_ACK, S.BOOTFILE),
      "an iPXE chainload loop: iPXE was fetched 3 times"),
+    (steps(*[S.IPXE_OFFER, S.IPXE_ACK, S.SCRIPT, S.BOOTFILE] * 3),
+     "an iPXE chainload loop: iPXE was fetched 3 times, again after each of its 3 scripts"),
     (steps(S.ROM_OFFER, S.ROM_ACK, S.BOOTFILE, S.IPXE_OFFER, S.IPXE_ACK),
      "iPXE got its DHCP answer but never logged in"),
     (steps(S.ROM_OFFER, S.ROM_ACK, S.BOOTFILE, S.IPXE_ACK, S.SCRIPT), "no iSCSI login after its script"),
@@ -219,3 +221,24 @@ def test_a_login_after_a_refusal_is_not_a_refusal() -> None:
                     S.OS_LOGIN, S.OS_READ)
     assert diagnose(history, LATE) == "booted"
     assert diagnose(steps(S.SCRIPT, S.LOGIN), 2.0) == "running: login"
+
+
+def test_a_chainload_loop_fails_at_once_and_stays_one_boot(
+        setup: tuple[Bus, Recorder, Clock, list[Event]]) -> None:
+    """A script that chains iPXE again never goes quiet: the loop is a
+    failure as soon as it is seen, and its next rounds are the same boot."""
+    bus, rec, clock, seen = setup
+    for _ in range(6):
+        for kind, fields in [(Kind.DHCP_OFFER, {"mac": A.mac, "ipxe": True}),
+                             (Kind.DHCP_ACK, {"mac": A.mac, "ipxe": True}),
+                             (Kind.HTTP_REQUEST, {"mac": A.mac, "path": "/boot/52-54-00-00-00-0a.ipxe",
+                                                  "status": 200}),
+                             (Kind.TFTP_SENT, {"mac": A.mac, "file": "undionly.kpxe", "bytes": 70000})]:
+            clock.now += 1
+            bus.emit(kind, **fields)  # type: ignore[arg-type]
+        rec.tick(clock.now)
+    boot = rec.current[A.mac]
+    assert boot.id == 1 and len(boot.steps) == 24
+    (failed,) = [e for e in seen if e.kind is Kind.BOOT_FAILED]
+    assert "an iPXE chainload loop: iPXE was fetched 3 times" in str(failed.fields["diagnosis"])
+    assert rec.machines(clock.now)[0]["state"] == "failed"

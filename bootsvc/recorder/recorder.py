@@ -22,7 +22,7 @@ from typing import Protocol
 
 from ..events import Bus, Event, Kind
 from ..inventory import Machine
-from .diagnosis import FAILURES, STALL, State, diagnose
+from .diagnosis import FAILURES, LOOP_STEPS, STALL, State, diagnose, looping
 from .steps import Seen, Step, detail_of, step_of
 from .store import Boot, BootStore
 
@@ -83,7 +83,9 @@ class Recorder:
         st = boot.state(now, self.stall)
         if st is State.RUNNING or step is Step.SESSION_END:
             return False
-        return not (st is State.FAILED and step in FAILURES)  # the same failure going on is the same boot
+        if st is State.FAILED and (step in FAILURES or step in LOOP_STEPS and looping(boot.steps)):
+            return False  # the same failure going on (a refused login retried, a loop going round) is the same boot
+        return True
 
     def _new_boot(self, mac: str, event: Event) -> Boot:
         machine = self.fleet.machine(mac)
