@@ -13,6 +13,7 @@ import pytest
 from bootsvc.events import Bus, Event, Kind
 from bootsvc.inventory import Machine
 from bootsvc.recorder import Boot, BootStore, Recorder, Seen, Step, diagnose
+from bootsvc.recorder.steps import step_of
 from bootsvc.recorder.diagnosis import STALL
 
 A = Machine("52:54:00:00:00:0a", "pc-a", "p", "iqn.2026-11.t:pc-a", "iqn.2026-11.t:boot.pc-a")
@@ -242,3 +243,36 @@ def test_a_chainload_loop_fails_at_once_and_stays_one_boot(
     (failed,) = [e for e in seen if e.kind is Kind.BOOT_FAILED]
     assert "an iPXE chainload loop: iPXE was fetched 3 times" in str(failed.fields["diagnosis"])
     assert rec.machines(clock.now)[0]["state"] == "failed"
+
+
+def replay(*events: tuple[Kind, dict[str, object]]) -> list[Seen]:
+    """The steps the recorder makes of these events, in order."""
+    out: list[Seen] = []
+    for i, (kind, fields) in enumerate(events):
+        step = step_of(Event(kind, float(i), fields=dict(fields)), out)
+        if step is not None:
+            out.append(Seen(float(i), step, dict(fields)))
+    return out
+
+
+LOGIN, READ, IO, END = Kind.ISCSI_LOGIN, Kind.ISCSI_FIRST_READ, Kind.ISCSI_IO_ERROR, Kind.ISCSI_SESSION_DROPPED
+
+
+def test_ipxe_retrying_a_failed_sanboot_is_not_the_os() -> None:
+    """bootsvc's script retries a failed sanboot every few seconds with a
+    new login: after a READ error (or a LUN iPXE never read) that login is
+    iPXE's again, not the OS's, and its READ is no root being read."""
+    io = replay((LOGIN, {}), (READ, {}), (IO, {"sense_key": 3}), (END, {"reason": "connection_lost"}),
+                (LOGIN, {}), (READ, {}), (IO, {"sense_key": 3}))
+    assert [s.step for s in io] == [S.LOGIN, S.FIRST_READ, S.IO_ERROR, S.SESSION_END, S.LOGIN, S.FIRST_READ,
+                                    S.IO_ERROR]
+    assert "READ errors on its disk (sense key 3)" in diagnose(io, LATE)
+    lun = replay((LOGIN, {}), (END, {"reason": "connection_lost"}), (LOGIN, {}), (END, {}), (LOGIN, {}))
+    assert [s.step for s in lun] == [S.LOGIN, S.SESSION_END, S.LOGIN, S.SESSION_END, S.LOGIN]
+    assert "logged in but never read its disk" in diagnose(lun, LATE)
+    # the OS's login: iPXE read, then vanished (its session replaced or timed out later); a refusal between
+    for between in ([], [(Kind.ISCSI_LOGIN_FAILED, {"status": "AUTHENTICATION_FAILURE"})]):
+        ok = replay((LOGIN, {}), (READ, {}), *between, (LOGIN, {}), (END, {"reason": "replaced"}), (READ, {}))
+        assert [s.step for s in ok if s.step is not S.LOGIN_FAILED] == [S.LOGIN, S.FIRST_READ, S.OS_LOGIN,
+                                                                        S.SESSION_END, S.OS_READ]
+        assert diagnose(ok, LATE) == "booted"

@@ -61,7 +61,7 @@ class Recorder:
         if mac is None:
             return
         boot = self.current.get(mac)
-        step = step_of(event, boot.logins if boot is not None else 0)
+        step = step_of(event, boot.steps if boot is not None else ())
         if step is None:
             return
         if boot is None or self._starts_anew(boot, step, event.time):

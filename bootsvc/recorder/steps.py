@@ -13,7 +13,7 @@ too, so the diagnosis (bootsvc/recorder/diagnosis.py) reads one list.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 from ..events import Event, Kind
@@ -66,9 +66,9 @@ _BOOT_PATHS = ("/boot/", "/files/")  # scripts, and kernels and files from tftp.
 _BOOTFILES = (".efi", ".kpxe", ".pxe", ".ipxe")
 
 
-def step_of(event: Event, logins: int) -> Step | None:
-    """The step ``event`` is in a boot that has had ``logins`` iSCSI logins
-    so far; None for events that are no step of a boot."""
+def step_of(event: Event, before: Sequence[Seen] = ()) -> Step | None:
+    """The step ``event`` is in a boot whose steps so far are ``before``;
+    None for events that are no step of a boot."""
     kind = event.kind
     if kind in _DHCP:
         rom, ipxe = _DHCP[kind]  # type: ignore[index]
@@ -80,10 +80,29 @@ def step_of(event: Event, logins: int) -> Step | None:
     if kind is Kind.HTTP_REQUEST:
         return _http(event)
     if kind is Kind.ISCSI_LOGIN and event.fields.get("session_type", "Normal") == "Normal":
-        return Step.LOGIN if logins == 0 else Step.OS_LOGIN
+        return Step.OS_LOGIN if _handed_over(before) else Step.LOGIN
     if kind is Kind.ISCSI_FIRST_READ:
-        return Step.FIRST_READ if logins <= 1 else Step.OS_READ
+        last = next((s.step for s in reversed(before) if s.step in (Step.LOGIN, Step.OS_LOGIN)), None)
+        return Step.OS_READ if last is Step.OS_LOGIN else Step.FIRST_READ
     return None
+
+
+def _handed_over(before: Sequence[Seen]) -> bool:
+    """Whether a new login is the OS's (from the iBFT) rather than iPXE's
+    own again: only after iPXE's session read the disk without an error and
+    was not logged out. iPXE's script retries a failed sanboot (bootsvc/
+    scripts.py) with a new login after a READ error or a LUN it could not
+    use; the OS logs in while iPXE's vanished session is still open."""
+    for s in reversed(before):
+        if s.step is Step.IO_ERROR:
+            return False  # iPXE could not read: what follows is its retry
+        if s.step is Step.SESSION_END and s.detail.get("reason") in (None, "", "logout"):
+            return False  # iPXE closed its session itself (a Logout)
+        if s.step in (Step.FIRST_READ, Step.OS_READ):
+            return True
+        if s.step in (Step.LOGIN, Step.OS_LOGIN):
+            return False  # logged in and never read: iPXE gave up on the LUN
+    return False
 
 
 def _http(event: Event) -> Step | None:
