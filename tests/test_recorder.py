@@ -276,3 +276,21 @@ def test_ipxe_retrying_a_failed_sanboot_is_not_the_os() -> None:
         assert [s.step for s in ok if s.step is not S.LOGIN_FAILED] == [S.LOGIN, S.FIRST_READ, S.OS_LOGIN,
                                                                         S.SESSION_END, S.OS_READ]
         assert diagnose(ok, LATE) == "booted"
+
+
+def test_ipxe_reconnecting_before_the_kernel_is_not_the_os() -> None:
+    """A kernel profile: iPXE hooks the disk, fetches kernel and initrd,
+    drops its connection and logs in again (its own ISID kind, 80002723...)
+    to read the MBR before it boots; only open-iscsi's login (00023d...)
+    is the OS's."""
+    ipxe, os_ = {"isid": "800027230a1b"}, {"isid": "00023d000001"}
+    kernel = (Kind.HTTP_REQUEST, {"path": "/files/demo-linux/vmlinuz", "status": 200})
+    history = replay((LOGIN, ipxe), (READ, {}), kernel, (END, {"reason": "connection_lost"}),
+                     (LOGIN, {"isid": "800027230c2d"}), (READ, {}), (END, {"reason": "nop_timeout"}))
+    assert [s.step for s in history] == [S.LOGIN, S.FIRST_READ, S.KERNEL, S.SESSION_END, S.LOGIN, S.FIRST_READ,
+                                         S.SESSION_END]
+    said = diagnose(history, LATE)
+    assert said.startswith("the kernel was loaded but the OS never logged in: its initramfs lacks"), said
+    booted = replay((LOGIN, ipxe), (READ, {}), kernel, (END, {"reason": "connection_lost"}), (LOGIN, ipxe), (READ, {}),
+                    (LOGIN, os_), (READ, {}))
+    assert [s.step for s in booted][-2:] == [S.OS_LOGIN, S.OS_READ]

@@ -182,7 +182,7 @@ def no_os_login(steps: Sequence[Seen]) -> str:
     reason = str(end.detail.get("reason", "")) if end else ""
     if end is not None and reason not in ("", "replaced", "connection_lost", "nop_timeout") and read < (1 << 20):
         return f"its session was dropped mid-boot ({reason}) after {read} bytes"
-    loaded = f" ({read >> 20} MiB read)" if read else ""
+    loaded = f" ({read >> 20} MiB read)" if read >= (1 << 20) else ""
     return ("the kernel was loaded" + loaded + " but the OS never logged in: its initramfs lacks iSCSI/iBFT "
             "support, or the NIC was reset")
 

@@ -53,7 +53,7 @@ class Seen(NamedTuple):
 
 # fields worth keeping per step (the rest of an event is in the event file)
 _KEEP = ("ip", "arch", "user_class", "proxy", "file", "path", "bytes", "seconds", "status", "why", "reason",
-         "peer", "auth", "read_bytes", "written_bytes", "io_errors", "sense_key", "lun", "tsih")
+         "peer", "auth", "isid", "read_bytes", "written_bytes", "io_errors", "sense_key", "lun", "tsih")
 _DHCP = {Kind.DHCP_OFFER: (Step.ROM_OFFER, Step.IPXE_OFFER), Kind.DHCP_ACK: (Step.ROM_ACK, Step.IPXE_ACK)}
 _DIRECT = {Kind.DHCP_DROPPED: Step.DROPPED, Kind.DHCP_UNANSWERED: Step.DROPPED, Kind.BOOT_REFUSED: Step.BOOT_REFUSED,
            Kind.BOOT_SCRIPT_REFUSED: Step.SCRIPT_REFUSED, Kind.TFTP_NOT_FOUND: Step.FILE_MISSING,
@@ -80,19 +80,25 @@ def step_of(event: Event, before: Sequence[Seen] = ()) -> Step | None:
     if kind is Kind.HTTP_REQUEST:
         return _http(event)
     if kind is Kind.ISCSI_LOGIN and event.fields.get("session_type", "Normal") == "Normal":
-        return Step.OS_LOGIN if _handed_over(before) else Step.LOGIN
+        return Step.OS_LOGIN if _handed_over(before, str(event.fields.get("isid") or "")) else Step.LOGIN
     if kind is Kind.ISCSI_FIRST_READ:
         last = next((s.step for s in reversed(before) if s.step in (Step.LOGIN, Step.OS_LOGIN)), None)
         return Step.OS_READ if last is Step.OS_LOGIN else Step.FIRST_READ
     return None
 
 
-def _handed_over(before: Sequence[Seen]) -> bool:
+def _handed_over(before: Sequence[Seen], isid: str = "") -> bool:
     """Whether a new login is the OS's (from the iBFT) rather than iPXE's
-    own again: only after iPXE's session read the disk without an error and
-    was not logged out. iPXE's script retries a failed sanboot (bootsvc/
+    own again: not when its ISID names the same kind of initiator as the
+    boot's first login (iPXE reconnects before it boots a kernel, with
+    its own IANA-format ISID, 80002723..., where open-iscsi uses 00023d...),
+    and only after iPXE's session read the disk without an error and was
+    not logged out. iPXE's script retries a failed sanboot (bootsvc/
     scripts.py) with a new login after a READ error or a LUN it could not
     use; the OS logs in while iPXE's vanished session is still open."""
+    first = next((str(s.detail.get("isid") or "") for s in before if s.step is Step.LOGIN), "")
+    if _same_initiator_kind(isid, first):
+        return False
     for s in reversed(before):
         if s.step is Step.IO_ERROR:
             return False  # iPXE could not read: what follows is its retry
@@ -134,3 +140,14 @@ def detail_of(event: Event) -> dict[str, object]:
     if event.peer is not None:
         out["peer"] = event.peer
     return out
+
+
+def _same_initiator_kind(a: str, b: str) -> bool:
+    """Two ISIDs (hex) whose naming part (RFC 7143 §10.12.5: the type bits
+    and the OUI, else the first four bytes) is the same, so of one initiator
+    implementation. iPXE's is 80 00 27 23 (its "IANA" marker, which RFC 7143
+    reads as the random format, and Fen Systems' enterprise number) and a
+    16-bit qualifier; open-iscsi's is the OUI format 00 02 3d."""
+    if len(a) != 12 or len(b) != 12 or not all(c in "0123456789abcdef" for c in a + b):
+        return False
+    return a[:6] == b[:6] if int(a[0], 16) >> 2 == 0 else a[:8] == b[:8]
