@@ -280,13 +280,13 @@ def test_ipxe_retrying_a_failed_sanboot_is_not_the_os() -> None:
 
 def test_ipxe_reconnecting_before_the_kernel_is_not_the_os() -> None:
     """A kernel profile: iPXE hooks the disk, fetches kernel and initrd,
-    drops its connection and logs in again (its own ISID kind, 80002723...)
+    drops its connection and logs in again (its own ISID kind, 40002723...)
     to read the MBR before it boots; only open-iscsi's login (00023d...)
     is the OS's."""
-    ipxe, os_ = {"isid": "800027230a1b"}, {"isid": "00023d000001"}
+    ipxe, os_ = {"isid": "400027230a1b"}, {"isid": "00023d000001"}
     kernel = (Kind.HTTP_REQUEST, {"path": "/files/demo-linux/vmlinuz", "status": 200})
     history = replay((LOGIN, ipxe), (READ, {}), kernel, (END, {"reason": "connection_lost"}),
-                     (LOGIN, {"isid": "800027230c2d"}), (READ, {}), (END, {"reason": "nop_timeout"}))
+                     (LOGIN, {"isid": "400027230c2d"}), (READ, {}), (END, {"reason": "nop_timeout"}))
     assert [s.step for s in history] == [S.LOGIN, S.FIRST_READ, S.KERNEL, S.SESSION_END, S.LOGIN, S.FIRST_READ,
                                          S.SESSION_END]
     said = diagnose(history, LATE)
@@ -294,3 +294,23 @@ def test_ipxe_reconnecting_before_the_kernel_is_not_the_os() -> None:
     booted = replay((LOGIN, ipxe), (READ, {}), kernel, (END, {"reason": "connection_lost"}), (LOGIN, ipxe), (READ, {}),
                     (LOGIN, os_), (READ, {}))
     assert [s.step for s in booted][-2:] == [S.OS_LOGIN, S.OS_READ]
+
+
+def test_a_sanboot_retried_on_read_errors_fails_at_once_and_stays_one_boot(
+        setup: tuple[Bus, Recorder, Clock, list[Event]]) -> None:
+    """bootsvc's script retries a sanboot every 5 s: with READ errors each
+    time, the machine never goes quiet; the third error fails the boot, and
+    the retries after it are more of that boot."""
+    bus, rec, clock, seen = setup
+    bus.emit(Kind.DHCP_OFFER, mac=A.mac, ipxe=True)
+    for i in range(5):
+        for kind, fields in [(LOGIN, {"isid": f"40002723000{i}"}), (READ, {}), (IO, {"sense_key": 3}),
+                             (END, {"reason": "connection_lost", "io_errors": 11})]:
+            clock.now += 1
+            bus.emit(kind, initiator=A.initiator_iqn, **fields)  # type: ignore[arg-type]
+        rec.tick(clock.now)
+        clock.now += 5
+    boot = rec.current[A.mac]
+    assert boot.id == 1 and len(boot.steps) == 21 and not any(s.step is S.OS_LOGIN for s in boot.steps)
+    (failed,) = [e for e in seen if e.kind is Kind.BOOT_FAILED]
+    assert failed.fields["diagnosis"] == "READ errors on its disk (sense key 3): check the image (bootsvc image check)"

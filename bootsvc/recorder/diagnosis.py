@@ -21,6 +21,9 @@ LOOP = 3  # bootfile fetches in one boot without a login: a chainload loop
 # The steps a chainload loop goes round (iPXE's DHCP, its script, iPXE again):
 # more of them after the loop was seen belong to the same failed boot.
 LOOP_STEPS = frozenset({Step.BOOTFILE, Step.IPXE_OFFER, Step.IPXE_ACK, Step.SCRIPT, Step.KERNEL})
+# The steps of iPXE's script retrying a sanboot that fails on READ errors
+# (bootsvc/scripts.py: every few seconds, a new login each time).
+RETRY_STEPS = frozenset({Step.LOGIN, Step.FIRST_READ, Step.IO_ERROR, Step.SESSION_END})
 # Steps that say the boot went wrong. A boot that ends in three of them (a
 # machine retrying a refused login every few seconds) or has nothing else
 # (a DHCP request the config leaves unanswered) has failed at once: it
@@ -40,8 +43,8 @@ def state(steps: Sequence[Seen], now: float, stall: float = STALL) -> State:
         return State.BOOTED
     if not steps:
         return State.RUNNING
-    if looping(steps):
-        return State.FAILED  # a loop never goes quiet: it has failed once it is seen
+    if repeating(steps):
+        return State.FAILED  # a loop or a retry never goes quiet: it has failed once it is seen
     failing = [s.step in FAILURES for s in steps]
     if failing[-1] and (all(failing[-3:]) and len(failing) >= 3 or all(failing)):
         return State.FAILED
@@ -111,6 +114,17 @@ def looping(steps: Sequence[Seen]) -> bool:
     """iPXE fetched again and again without logging in: a chainload loop."""
     fetches = sum(1 for s in steps if s.step is Step.BOOTFILE)
     return fetches >= LOOP and not _has(steps, Step.LOGIN, Step.LOGIN_FAILED)
+
+
+def repeating(steps: Sequence[Seen]) -> frozenset[Step]:
+    """The steps a boot that has failed by going round in circles keeps
+    taking: a chainload loop's, or those of a retry that meets READ errors
+    again and again; none when it does not."""
+    if looping(steps):
+        return LOOP_STEPS
+    if sum(1 for s in steps if s.step is Step.IO_ERROR) >= LOOP and not _has(steps, Step.OS_LOGIN, Step.OS_READ):
+        return RETRY_STEPS
+    return frozenset()
 
 
 def chainload_loop(steps: Sequence[Seen]) -> str:

@@ -22,7 +22,7 @@ from typing import Protocol
 
 from ..events import Bus, Event, Kind
 from ..inventory import Machine
-from .diagnosis import FAILURES, LOOP_STEPS, STALL, State, diagnose, looping
+from .diagnosis import FAILURES, STALL, State, diagnose, repeating
 from .steps import Seen, Step, detail_of, step_of
 from .store import Boot, BootStore
 
@@ -83,8 +83,8 @@ class Recorder:
         st = boot.state(now, self.stall)
         if st is State.RUNNING or step is Step.SESSION_END:
             return False
-        if st is State.FAILED and (step in FAILURES or step in LOOP_STEPS and looping(boot.steps)):
-            return False  # the same failure going on (a refused login retried, a loop going round) is the same boot
+        if st is State.FAILED and (step in FAILURES or step in repeating(boot.steps)):
+            return False  # the same failure going on (a refused login or a READ retried, a loop) is the same boot
         return True
 
     def _new_boot(self, mac: str, event: Event) -> Boot:

@@ -91,7 +91,7 @@ def _handed_over(before: Sequence[Seen], isid: str = "") -> bool:
     """Whether a new login is the OS's (from the iBFT) rather than iPXE's
     own again: not when its ISID names the same kind of initiator as the
     boot's first login (iPXE reconnects before it boots a kernel, with
-    its own IANA-format ISID, 80002723..., where open-iscsi uses 00023d...),
+    its own enterprise-number ISID, 40002723..., where open-iscsi uses 00023d...),
     and only after iPXE's session read the disk without an error and was
     not logged out. iPXE's script retries a failed sanboot (bootsvc/
     scripts.py) with a new login after a READ error or a LUN it could not
@@ -145,9 +145,9 @@ def detail_of(event: Event) -> dict[str, object]:
 def _same_initiator_kind(a: str, b: str) -> bool:
     """Two ISIDs (hex) whose naming part (RFC 7143 §10.12.5: the type bits
     and the OUI, else the first four bytes) is the same, so of one initiator
-    implementation. iPXE's is 80 00 27 23 (its "IANA" marker, which RFC 7143
-    reads as the random format, and Fen Systems' enterprise number) and a
-    16-bit qualifier; open-iscsi's is the OUI format 00 02 3d."""
+    implementation. iPXE's is 40 00 27 23 (the enterprise-number format with
+    Fen Systems' number 10019) and a 16-bit qualifier; open-iscsi's is the
+    OUI format 00 02 3d."""
     if len(a) != 12 or len(b) != 12 or not all(c in "0123456789abcdef" for c in a + b):
         return False
     return a[:6] == b[:6] if int(a[0], 16) >> 2 == 0 else a[:8] == b[:8]
