@@ -3,9 +3,9 @@ injected into a real boot (QEMU machines through `bootsvc vm`, or kea's
 perfdhcp where a VM cannot make it) and the boot the recorder kept must be
 ``failed`` with the diagnosis that names the step and the cause.
 
-One lab, one demo image; every VM of it boots at once in one `bootsvc vm`
-run (a fault each), since most of them fail within iPXE and the stall is
-waited for once. The faults:
+One lab, one demo image; two `bootsvc vm` runs (one per firmware: the
+UEFI machines' own PXE, then every iPXE fault at once), since most faults
+fail within seconds and the stall is waited for once. The faults:
 
 - offered but never requested: perfdhcp -i (DISCOVER only) with the MAC of
   an inventory machine, relayed from a namespace on the boot bridge;
@@ -24,9 +24,9 @@ waited for once. The faults:
 - READ errors: a base image whose first cluster is a corrupt compressed
   cluster, with bootsvc's own script (it retries every 5 s);
 - kernel loaded but no OS login: a kernel profile whose initramfs only
-  powers off.
-Not here: a session dropped mid-boot (the target has no way to be told to
-drop one at a chosen moment that a test could time within iPXE's reads).
+  powers off;
+- session dropped mid-boot: iPXE hooks the disk and holds its session
+  (sanhook, then sleep); bootsvc serve is stopped under it (a third run).
 """
 
 from __future__ import annotations
@@ -51,7 +51,9 @@ from bootsvc import config
 from bootsvc.demo import build_demo
 from bootsvc.demo.build import SYSTEMD_BOOT
 from bootsvc.demo.cpio import CpioWriter
+from bootsvc.events import EVENT_FILE, Kind, read_events
 from bootsvc.vm import network, qemu
+from bootsvc.vm import run as vm_run
 from bootsvc.vm.run import Options, run
 from tests.e2e.conftest import need
 from tests.e2e.netns import can_make_namespaces, ip
@@ -62,7 +64,7 @@ STALL = 12  # the lab's recorder.stall: a boot quiet this long has failed
 PREFIX = "iqn.2026-11.test.demo"
 UNANSWERED = "10.215.0.250"  # inside the boot namespace, held by nobody
 RELAY = "10.215.0.3"  # perfdhcp's end of a veth on the boot bridge
-RUN_TIMEOUT = {"UEFI PXE": 35.0, "BIOS iPXE": 45.0}  # seconds each `bootsvc vm` run lets its VMs go
+RUN_TIMEOUT = {"UEFI PXE": 35.0, "BIOS iPXE": 45.0, "drop": 20.0}  # seconds each `bootsvc vm` run lets its VMs go
 
 
 def sanboot(root: str, initiator: str = "{{initiator_iqn}}") -> str:
@@ -84,6 +86,10 @@ FAULTS: dict[str, tuple[str, str, str, bool]] = {
     "f-nolun": ("nolun", sanboot("iscsi:{{server}}:::7:{{target_iqn}}"), "", False),
     "f-badread": ("badread", "", "", False),  # bootsvc's generated script, on a corrupt base
     "f-noos": ("noos", "", "", False),
+    # iPXE hooks the disk (reading its MBR) and holds the session; bootsvc serve is stopped under it
+    # (SIGTERM, as `bootsvc vm` ends it) a few seconds later, in a run of its own
+    "f-drop": ("drop", "#!ipxe\nset initiator-iqn {{initiator_iqn}}\n{{chap}}\nsanhook --drive 0x80 {{root_path}}\n"
+               "sleep 3600\n", "", False),
 }
 PROFILES = {
     "badread": "base: broken.qcow2\n",
@@ -199,6 +205,36 @@ def injected(cfg: config.Config, log: list[str]) -> Iterator[None]:
             subprocess.run(["ip", "netns", "del", client], capture_output=True, timeout=30)
 
 
+def stop_serve_after_first_read(cfg: config.Config, host: str, log: list[str], after: float = 2.0) -> None:
+    """Once ``host``'s iPXE has read its disk, SIGTERM the `bootsvc serve`
+    that `bootsvc vm` starts next (its own process, by PID)."""
+    started: list[subprocess.Popen[bytes]] = []
+    real = vm_run.start_serve
+
+    def start_serve(*args: object, **kw: object) -> subprocess.Popen[bytes]:
+        proc = real(*args, **kw)  # type: ignore[arg-type]
+        started.append(proc)
+        vm_run.start_serve = real  # once
+        return proc
+
+    def watch() -> None:
+        follow = vm_run.FollowFile(cfg.state_dir / EVENT_FILE, from_end=True)
+        initiator = f"{PREFIX}:{host}"
+        deadline = time.monotonic() + RUN_TIMEOUT["drop"]
+        while time.monotonic() < deadline:
+            if any(e.kind is Kind.ISCSI_FIRST_READ and e.initiator == initiator for e in read_events(follow.lines())):
+                time.sleep(after)
+                if started:
+                    vm_run.end_process(started[0])
+                    log.append(f"stopped bootsvc serve (PID {started[0].pid}) {after} s after {host}'s first READ")
+                return
+            time.sleep(0.2)
+        log.append(f"{host} never read its disk: serve not stopped")
+
+    vm_run.start_serve = start_serve  # type: ignore[assignment]
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def discover_only(cfg: config.Config, client: str, log: list[str]) -> None:
     """perfdhcp -i: DISCOVER, OFFER and no more, as f-offer."""
     serve_log = cfg.state_dir / "vm" / "serve.log"
@@ -267,14 +303,16 @@ machines:
     print(f"lab built in {time.monotonic() - started:.0f} s")
     log: list[str] = []
     started = time.monotonic()
-    bios = tuple(mac(h) for h in VMS if not FAULTS[h][3])
+    bios = tuple(mac(h) for h in VMS if not FAULTS[h][3] and h != "f-drop")
     uefi = tuple(mac(h) for h in VMS if FAULTS[h][3])
     (state / "vm").mkdir(parents=True, exist_ok=True)
     with injected(cfg, log):
         # one firmware per `bootsvc vm` run: the UEFI machines' own PXE first (with perfdhcp
         # and the firewall in that run's namespace), then every iPXE fault at once
         for what, macs, opts in (("UEFI PXE", uefi, {"firmware": qemu.Firmware.UEFI, "nic_rom": False}),
-                                 ("BIOS iPXE", bios, {})):
+                                 ("BIOS iPXE", bios, {}), ("drop", (mac("f-drop"),), {})):
+            if what == "drop":
+                stop_serve_after_first_read(cfg, "f-drop", log)
             (state / "vm" / "serve.log").unlink(missing_ok=True)
             out = io.StringIO()
             t0 = time.monotonic()
@@ -387,3 +425,14 @@ def test_every_fault_is_in_the_machine_table(lab: tuple[config.Config, list[str]
     assert set(FAULTS) <= set(rows), rows.keys()
     assert all(rows[h]["state"] == "failed" for h in FAULTS), {h: rows[h]["state"] for h in FAULTS}
     print(f"\nfaults injected and diagnosed in {took:.0f} s")
+
+
+def test_session_dropped_mid_boot(lab: tuple[config.Config, list[str], float]) -> None:
+    """sanhook reads the disk's first sectors (so "logged in but never
+    read" cannot come from it); the session iPXE then holds is dropped by
+    the target stopping, a few KiB into the boot."""
+    cfg, log, _ = lab
+    boot = failed(cfg, "f-drop")
+    steps = steps_of(boot)
+    assert boot["state"] == "failed" and steps[-3:] == ["login", "first-read", "session-end"], (boot, log)
+    assert "its session was dropped mid-boot (server_stop) after" in str(boot["diagnosis"]), boot
