@@ -268,8 +268,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[config.Confi
     for name, text, _, _ in FAULTS.values():
         if name != "demo-linux":
             (work / "profiles" / f"{name}.yaml").write_text(profile_yaml(name, text))
-    for name in PROFILES:
-        (work / "profiles" / f"{name}.yaml").write_text(PROFILES[name])
     bios_only = work / "ipxe-bios"  # iPXE for BIOS only: a UEFI PXE asking for snponly.efi finds nothing
     bios_only.mkdir()
     shutil.copy("/usr/lib/ipxe/undionly.kpxe", bios_only / "undionly.kpxe")
@@ -316,7 +314,8 @@ machines:
             (state / "vm" / "serve.log").unlink(missing_ok=True)
             out = io.StringIO()
             t0 = time.monotonic()
-            run(cfg, Options(macs=macs, accel="auto", timeout=RUN_TIMEOUT[what], **opts), out=out)  # type: ignore[arg-type]
+            opt = Options(macs=macs, accel="auto", timeout=RUN_TIMEOUT[what], **opts)  # type: ignore[arg-type]
+            run(cfg, opt, out=out)
             log.append(f"{what} run: {time.monotonic() - t0:.0f} s\n{out.getvalue()[-2500:]}")
             shutil.copy(state / "vm" / "serve.log", work / f"serve-{what.split()[0]}.log")
     print("\n".join(log))
