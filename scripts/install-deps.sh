@@ -23,6 +23,7 @@ debs=(
     tftpd-hpa           # reference TFTP server for bench/tftp.py
     dnsmasq-base        # reference DHCP server for bench/dhcp.py (no system service)
     kea-admin           # perfdhcp, DHCP load generator
+    nftables            # nft: tests/e2e/test_diagnosis.py firewalls a VM's TFTP inside its namespace
     isc-dhcp-client     # dhclient, a real DHCP client
     ndisc6              # rdisc6, a real IPv6 host soliciting routers
     bind9-dnsutils      # dig, a real DNS client

@@ -312,7 +312,7 @@ class IscsiConnection:
         self.session.bind(Link(self.cid, self.peer, self.local_address), login.statsn, self.loop.time())
         self.server.logged_in(self)
         self.server.event("iscsi.login", peer=self.peer, initiator=p.initiator_name, target=p.target_name,
-                          session_type=p.session_type, tsih=login.tsih,
+                          session_type=p.session_type, tsih=login.tsih, isid=login.isid.hex(),
                           auth=login.chap.method if login.chap is not None else "none")
 
     async def _full_feature(self) -> None:

@@ -13,6 +13,7 @@ import pytest
 from bootsvc.events import Bus, Event, Kind
 from bootsvc.inventory import Machine
 from bootsvc.recorder import Boot, BootStore, Recorder, Seen, Step, diagnose
+from bootsvc.recorder.steps import step_of
 from bootsvc.recorder.diagnosis import STALL
 
 A = Machine("52:54:00:00:00:0a", "pc-a", "p", "iqn.2026-11.t:pc-a", "iqn.2026-11.t:boot.pc-a")
@@ -190,6 +191,8 @@ LATE = 10_000.0
      "bootfile not found: it asked for ipxe-arm64.efi (client architecture 11)"),
     (steps(S.ROM_OFFER, S.ROM_ACK, S.BOOTFILE, S.IPXE_ACK, S.BOOTFILE, S.IPXE_ACK, S.BOOTFILE),
      "an iPXE chainload loop: iPXE was fetched 3 times"),
+    (steps(*[S.IPXE_OFFER, S.IPXE_ACK, S.SCRIPT, S.BOOTFILE] * 3),
+     "an iPXE chainload loop: iPXE was fetched 3 times, again after each of its 3 scripts"),
     (steps(S.ROM_OFFER, S.ROM_ACK, S.BOOTFILE, S.IPXE_OFFER, S.IPXE_ACK),
      "iPXE got its DHCP answer but never logged in"),
     (steps(S.ROM_OFFER, S.ROM_ACK, S.BOOTFILE, S.IPXE_ACK, S.SCRIPT), "no iSCSI login after its script"),
@@ -235,3 +238,95 @@ def test_isns_registration_and_queries_are_steps(setup: tuple[Bus, Recorder, Clo
     bus.emit(Kind.ISNS_REGISTERED, source=A.initiator_iqn, entity="isns:entity:7", nodes=A.initiator_iqn)
     bus.emit(Kind.ISNS_QUERIED, source=A.initiator_iqn, status=0)
     assert [s.step for s in rec.current[A.mac].steps] == [Step.ROM_OFFER, Step.ISNS_REGISTERED, Step.ISNS_QUERY]
+
+
+def test_a_chainload_loop_fails_at_once_and_stays_one_boot(
+        setup: tuple[Bus, Recorder, Clock, list[Event]]) -> None:
+    """A script that chains iPXE again never goes quiet: the loop is a
+    failure as soon as it is seen, and its next rounds are the same boot."""
+    bus, rec, clock, seen = setup
+    for _ in range(6):
+        for kind, fields in [(Kind.DHCP_OFFER, {"mac": A.mac, "ipxe": True}),
+                             (Kind.DHCP_ACK, {"mac": A.mac, "ipxe": True}),
+                             (Kind.HTTP_REQUEST, {"mac": A.mac, "path": "/boot/52-54-00-00-00-0a.ipxe",
+                                                  "status": 200}),
+                             (Kind.TFTP_SENT, {"mac": A.mac, "file": "undionly.kpxe", "bytes": 70000})]:
+            clock.now += 1
+            bus.emit(kind, **fields)  # type: ignore[arg-type]
+        rec.tick(clock.now)
+    boot = rec.current[A.mac]
+    assert boot.id == 1 and len(boot.steps) == 24
+    (failed,) = [e for e in seen if e.kind is Kind.BOOT_FAILED]
+    assert "an iPXE chainload loop: iPXE was fetched 3 times" in str(failed.fields["diagnosis"])
+    assert rec.machines(clock.now)[0]["state"] == "failed"
+
+
+def replay(*events: tuple[Kind, dict[str, object]]) -> list[Seen]:
+    """The steps the recorder makes of these events, in order."""
+    out: list[Seen] = []
+    for i, (kind, fields) in enumerate(events):
+        step = step_of(Event(kind, float(i), fields=dict(fields)), out)
+        if step is not None:
+            out.append(Seen(float(i), step, dict(fields)))
+    return out
+
+
+LOGIN, READ, IO, END = Kind.ISCSI_LOGIN, Kind.ISCSI_FIRST_READ, Kind.ISCSI_IO_ERROR, Kind.ISCSI_SESSION_DROPPED
+
+
+def test_ipxe_retrying_a_failed_sanboot_is_not_the_os() -> None:
+    """bootsvc's script retries a failed sanboot every few seconds with a
+    new login: after a READ error (or a LUN iPXE never read) that login is
+    iPXE's again, not the OS's, and its READ is no root being read."""
+    io = replay((LOGIN, {}), (READ, {}), (IO, {"sense_key": 3}), (END, {"reason": "connection_lost"}),
+                (LOGIN, {}), (READ, {}), (IO, {"sense_key": 3}))
+    assert [s.step for s in io] == [S.LOGIN, S.FIRST_READ, S.IO_ERROR, S.SESSION_END, S.LOGIN, S.FIRST_READ,
+                                    S.IO_ERROR]
+    assert "READ errors on its disk (sense key 3)" in diagnose(io, LATE)
+    lun = replay((LOGIN, {}), (END, {"reason": "connection_lost"}), (LOGIN, {}), (END, {}), (LOGIN, {}))
+    assert [s.step for s in lun] == [S.LOGIN, S.SESSION_END, S.LOGIN, S.SESSION_END, S.LOGIN]
+    assert "logged in but never read its disk" in diagnose(lun, LATE)
+    # the OS's login: iPXE read, then vanished (its session replaced or timed out later); a refusal between
+    for between in ([], [(Kind.ISCSI_LOGIN_FAILED, {"status": "AUTHENTICATION_FAILURE"})]):
+        ok = replay((LOGIN, {}), (READ, {}), *between, (LOGIN, {}), (END, {"reason": "replaced"}), (READ, {}))
+        assert [s.step for s in ok if s.step is not S.LOGIN_FAILED] == [S.LOGIN, S.FIRST_READ, S.OS_LOGIN,
+                                                                        S.SESSION_END, S.OS_READ]
+        assert diagnose(ok, LATE) == "booted"
+
+
+def test_ipxe_reconnecting_before_the_kernel_is_not_the_os() -> None:
+    """A kernel profile: iPXE hooks the disk, fetches kernel and initrd,
+    drops its connection and logs in again (its own ISID kind, 40002723...)
+    to read the MBR before it boots; only open-iscsi's login (00023d...)
+    is the OS's."""
+    ipxe, os_ = {"isid": "400027230a1b"}, {"isid": "00023d000001"}
+    kernel = (Kind.HTTP_REQUEST, {"path": "/files/demo-linux/vmlinuz", "status": 200})
+    history = replay((LOGIN, ipxe), (READ, {}), kernel, (END, {"reason": "connection_lost"}),
+                     (LOGIN, {"isid": "400027230c2d"}), (READ, {}), (END, {"reason": "nop_timeout"}))
+    assert [s.step for s in history] == [S.LOGIN, S.FIRST_READ, S.KERNEL, S.SESSION_END, S.LOGIN, S.FIRST_READ,
+                                         S.SESSION_END]
+    said = diagnose(history, LATE)
+    assert said.startswith("the kernel was loaded but the OS never logged in: its initramfs lacks"), said
+    booted = replay((LOGIN, ipxe), (READ, {}), kernel, (END, {"reason": "connection_lost"}), (LOGIN, ipxe), (READ, {}),
+                    (LOGIN, os_), (READ, {}))
+    assert [s.step for s in booted][-2:] == [S.OS_LOGIN, S.OS_READ]
+
+
+def test_a_sanboot_retried_on_read_errors_fails_at_once_and_stays_one_boot(
+        setup: tuple[Bus, Recorder, Clock, list[Event]]) -> None:
+    """bootsvc's script retries a sanboot every 5 s: with READ errors each
+    time, the machine never goes quiet; the third error fails the boot, and
+    the retries after it are more of that boot."""
+    bus, rec, clock, seen = setup
+    bus.emit(Kind.DHCP_OFFER, mac=A.mac, ipxe=True)
+    for i in range(5):
+        for kind, fields in [(LOGIN, {"isid": f"40002723000{i}"}), (READ, {}), (IO, {"sense_key": 3}),
+                             (END, {"reason": "connection_lost", "io_errors": 11})]:
+            clock.now += 1
+            bus.emit(kind, initiator=A.initiator_iqn, **fields)  # type: ignore[arg-type]
+        rec.tick(clock.now)
+        clock.now += 5
+    boot = rec.current[A.mac]
+    assert boot.id == 1 and len(boot.steps) == 21 and not any(s.step is S.OS_LOGIN for s in boot.steps)
+    (failed,) = [e for e in seen if e.kind is Kind.BOOT_FAILED]
+    assert failed.fields["diagnosis"] == "READ errors on its disk (sense key 3): check the image (bootsvc image check)"

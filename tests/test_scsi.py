@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from target.backend import RawBackend, materialize
+from target.backend import BackendError, MediumError, RawBackend, materialize
 from target.scsi import Lun, ScsiResult, ScsiStatus, no_such_lun, report_luns
 
 BLOCKS = 2048
@@ -132,3 +132,19 @@ def test_inquiry_names_the_embedders_product(tmp_path: Path) -> None:
         assert b"BOOTSVC " in t10
     finally:
         target.close()
+
+
+@pytest.mark.parametrize("error", [MediumError("EIO"), BackendError("bad compressed cluster")])
+def test_a_backend_that_cannot_read_answers_medium_error(lun: Lun, error: BackendError) -> None:
+    """An unreadable medium or image (a corrupt qcow2 cluster) is MEDIUM
+    ERROR / UNRECOVERED READ ERROR, on the READ hot path and after a unit
+    attention alike, not an exception the session turns into BUSY forever."""
+    async def failing(offset: int, length: int) -> object:
+        raise error
+    lun.backend.read = failing  # type: ignore[method-assign]
+    read10 = struct.pack(">BBIBHB", 0x28, 0, 0, 0, 1, 0)
+    for _ in range(2):  # the first command of the nexus takes the general path (unit attention), then the hot one
+        r = run(lun, read10)
+        if sense_of(r)[0] == 6:
+            continue
+        assert r.status == ScsiStatus.CHECK_CONDITION and sense_of(r) == (3, 0x11, 0), sense_of(r)

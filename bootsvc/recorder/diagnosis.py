@@ -17,7 +17,13 @@ from collections.abc import Callable, Sequence
 from .steps import Seen, Step
 
 STALL = 90.0  # seconds without a step after which an unfinished boot counts as failed
-LOOP = 3  # bootfile fetches in one boot without reaching the script or a login: a chainload loop
+LOOP = 3  # bootfile fetches in one boot without a login: a chainload loop
+# The steps a chainload loop goes round (iPXE's DHCP, its script, iPXE again):
+# more of them after the loop was seen belong to the same failed boot.
+LOOP_STEPS = frozenset({Step.BOOTFILE, Step.IPXE_OFFER, Step.IPXE_ACK, Step.SCRIPT, Step.KERNEL})
+# The steps of iPXE's script retrying a sanboot that fails on READ errors
+# (bootsvc/scripts.py: every few seconds, a new login each time).
+RETRY_STEPS = frozenset({Step.LOGIN, Step.FIRST_READ, Step.IO_ERROR, Step.SESSION_END})
 # Steps that say the boot went wrong. A boot that ends in three of them (a
 # machine retrying a refused login every few seconds) or has nothing else
 # (a DHCP request the config leaves unanswered) has failed at once: it
@@ -37,6 +43,8 @@ def state(steps: Sequence[Seen], now: float, stall: float = STALL) -> State:
         return State.BOOTED
     if not steps:
         return State.RUNNING
+    if repeating(steps):
+        return State.FAILED  # a loop or a retry never goes quiet: it has failed once it is seen
     failing = [s.step in FAILURES for s in steps]
     if failing[-1] and (all(failing[-3:]) and len(failing) >= 3 or all(failing)):
         return State.FAILED
@@ -109,10 +117,31 @@ def file_missing(steps: Sequence[Seen]) -> str:
     return f"bootfile not found: it asked for {name}{asked}; is it in tftp.roots?"
 
 
-def chainload_loop(steps: Sequence[Seen]) -> str:
+def looping(steps: Sequence[Seen]) -> bool:
+    """iPXE fetched again and again without logging in: a chainload loop."""
     fetches = sum(1 for s in steps if s.step is Step.BOOTFILE)
-    if fetches < LOOP or _has(steps, Step.SCRIPT, Step.LOGIN):
+    return fetches >= LOOP and not _has(steps, Step.LOGIN, Step.LOGIN_FAILED)
+
+
+def repeating(steps: Sequence[Seen]) -> frozenset[Step]:
+    """The steps a boot that has failed by going round in circles keeps
+    taking: a chainload loop's, or those of a retry that meets READ errors
+    again and again; none when it does not."""
+    if looping(steps):
+        return LOOP_STEPS
+    if sum(1 for s in steps if s.step is Step.IO_ERROR) >= LOOP and not _has(steps, Step.OS_LOGIN, Step.OS_READ):
+        return RETRY_STEPS
+    return frozenset()
+
+
+def chainload_loop(steps: Sequence[Seen]) -> str:
+    if not looping(steps):
         return ""
+    fetches = sum(1 for s in steps if s.step is Step.BOOTFILE)
+    scripts = sum(1 for s in steps if s.step is Step.SCRIPT)
+    if scripts:  # iPXE got its script each time, and the script loads iPXE again
+        return (f"an iPXE chainload loop: iPXE was fetched {fetches} times, again after each of its {scripts} "
+                "scripts (the profile's script chains iPXE instead of booting: check its chain/boot lines)")
     return (f"an iPXE chainload loop: iPXE was fetched {fetches} times and never got its script or "
             "root-path (iPXE's own DHCP request must get the script, not iPXE again)")
 
@@ -174,7 +203,7 @@ def no_os_login(steps: Sequence[Seen]) -> str:
     reason = str(end.detail.get("reason", "")) if end else ""
     if end is not None and reason not in ("", "replaced", "connection_lost", "nop_timeout") and read < (1 << 20):
         return f"its session was dropped mid-boot ({reason}) after {read} bytes"
-    loaded = f" ({read >> 20} MiB read)" if read else ""
+    loaded = f" ({read >> 20} MiB read)" if read >= (1 << 20) else ""
     return ("the kernel was loaded" + loaded + " but the OS never logged in: its initramfs lacks iSCSI/iBFT "
             "support, or the NIC was reset")
 

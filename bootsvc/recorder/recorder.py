@@ -22,7 +22,7 @@ from typing import Protocol
 
 from ..events import Bus, Event, Kind
 from ..inventory import Machine
-from .diagnosis import FAILURES, STALL, State, diagnose_rule
+from .diagnosis import FAILURES, STALL, State, diagnose_rule, repeating
 from .steps import Seen, Step, detail_of, step_of
 from .store import Boot, BootStore
 
@@ -61,7 +61,7 @@ class Recorder:
         if mac is None:
             return
         boot = self.current.get(mac)
-        step = step_of(event, boot.logins if boot is not None else 0)
+        step = step_of(event, boot.steps if boot is not None else ())
         if step is None:
             return
         if boot is None or self._starts_anew(boot, step, event.time):
@@ -83,7 +83,9 @@ class Recorder:
         st = boot.state(now, self.stall)
         if st is State.RUNNING or step is Step.SESSION_END:
             return False
-        return not (st is State.FAILED and step in FAILURES)  # the same failure going on is the same boot
+        if st is State.FAILED and (step in FAILURES or step in repeating(boot.steps)):
+            return False  # the same failure going on (a refused login or a READ retried, a loop) is the same boot
+        return True
 
     def _new_boot(self, mac: str, event: Event) -> Boot:
         machine = self.fleet.machine(mac)

@@ -13,7 +13,7 @@ too, so the diagnosis (bootsvc/recorder/diagnosis.py) reads one list.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 from ..events import Event, Kind
@@ -55,7 +55,8 @@ class Seen(NamedTuple):
 
 # fields worth keeping per step (the rest of an event is in the event file)
 _KEEP = ("ip", "arch", "user_class", "proxy", "file", "path", "bytes", "seconds", "status", "why", "reason",
-         "peer", "auth", "read_bytes", "written_bytes", "io_errors", "sense_key", "lun", "tsih", "source", "entity")
+         "peer", "auth", "isid", "read_bytes", "written_bytes", "io_errors", "sense_key", "lun", "tsih", "source",
+         "entity")
 _DHCP = {Kind.DHCP_OFFER: (Step.ROM_OFFER, Step.IPXE_OFFER), Kind.DHCP_ACK: (Step.ROM_ACK, Step.IPXE_ACK)}
 _DIRECT = {Kind.DHCP_DROPPED: Step.DROPPED, Kind.DHCP_UNANSWERED: Step.DROPPED, Kind.BOOT_REFUSED: Step.BOOT_REFUSED,
            Kind.BOOT_SCRIPT_REFUSED: Step.SCRIPT_REFUSED, Kind.TFTP_NOT_FOUND: Step.FILE_MISSING,
@@ -69,9 +70,9 @@ _BOOT_PATHS = ("/boot/", "/files/")  # scripts, and kernels and files from tftp.
 _BOOTFILES = (".efi", ".kpxe", ".pxe", ".ipxe")
 
 
-def step_of(event: Event, logins: int) -> Step | None:
-    """The step ``event`` is in a boot that has had ``logins`` iSCSI logins
-    so far; None for events that are no step of a boot."""
+def step_of(event: Event, before: Sequence[Seen] = ()) -> Step | None:
+    """The step ``event`` is in a boot whose steps so far are ``before``;
+    None for events that are no step of a boot."""
     kind = event.kind
     if kind in _DHCP:
         rom, ipxe = _DHCP[kind]  # type: ignore[index]
@@ -83,10 +84,35 @@ def step_of(event: Event, logins: int) -> Step | None:
     if kind is Kind.HTTP_REQUEST:
         return _http(event)
     if kind is Kind.ISCSI_LOGIN and event.fields.get("session_type", "Normal") == "Normal":
-        return Step.LOGIN if logins == 0 else Step.OS_LOGIN
+        return Step.OS_LOGIN if _handed_over(before, str(event.fields.get("isid") or "")) else Step.LOGIN
     if kind is Kind.ISCSI_FIRST_READ:
-        return Step.FIRST_READ if logins <= 1 else Step.OS_READ
+        last = next((s.step for s in reversed(before) if s.step in (Step.LOGIN, Step.OS_LOGIN)), None)
+        return Step.OS_READ if last is Step.OS_LOGIN else Step.FIRST_READ
     return None
+
+
+def _handed_over(before: Sequence[Seen], isid: str = "") -> bool:
+    """Whether a new login is the OS's (from the iBFT) rather than iPXE's
+    own again: not when its ISID names the same kind of initiator as the
+    boot's first login (iPXE reconnects before it boots a kernel, with
+    its own enterprise-number ISID, 40002723..., where open-iscsi uses 00023d...),
+    and only after iPXE's session read the disk without an error and was
+    not logged out. iPXE's script retries a failed sanboot (bootsvc/
+    scripts.py) with a new login after a READ error or a LUN it could not
+    use; the OS logs in while iPXE's vanished session is still open."""
+    first = next((str(s.detail.get("isid") or "") for s in before if s.step is Step.LOGIN), "")
+    if _same_initiator_kind(isid, first):
+        return False
+    for s in reversed(before):
+        if s.step is Step.IO_ERROR:
+            return False  # iPXE could not read: what follows is its retry
+        if s.step is Step.SESSION_END and s.detail.get("reason") in (None, "", "logout"):
+            return False  # iPXE closed its session itself (a Logout)
+        if s.step in (Step.FIRST_READ, Step.OS_READ):
+            return True
+        if s.step in (Step.LOGIN, Step.OS_LOGIN):
+            return False  # logged in and never read: iPXE gave up on the LUN
+    return False
 
 
 def _http(event: Event) -> Step | None:
@@ -118,3 +144,14 @@ def detail_of(event: Event) -> dict[str, object]:
     if event.peer is not None:
         out["peer"] = event.peer
     return out
+
+
+def _same_initiator_kind(a: str, b: str) -> bool:
+    """Two ISIDs (hex) whose naming part (RFC 7143 §10.12.5: the type bits
+    and the OUI, else the first four bytes) is the same, so of one initiator
+    implementation. iPXE's is 40 00 27 23 (the enterprise-number format with
+    Fen Systems' number 10019) and a 16-bit qualifier; open-iscsi's is the
+    OUI format 00 02 3d."""
+    if len(a) != 12 or len(b) != 12 or not all(c in "0123456789abcdef" for c in a + b):
+        return False
+    return a[:6] == b[:6] if int(a[0], 16) >> 2 == 0 else a[:8] == b[:8]

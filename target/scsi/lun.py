@@ -14,7 +14,7 @@ import struct
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 
-from ..backend import Backend, MediumError, Segment, SpaceExhausted
+from ..backend import Backend, BackendError, MediumError, Segment, SpaceExhausted
 from . import cdb as op
 from .cdb import BlockRange, block_range, cdb_length
 from .inquiry import DEFAULT_PRODUCT, DEFAULT_VENDOR, Identity, Limits, standard, vpd
@@ -105,6 +105,8 @@ class Lun:
                 return await self._read(cdb, data_out, transfer_length)
             except ScsiError as e:
                 return _check(e)
+            except BackendError:  # the medium or the image cannot be read (a corrupt cluster): MEDIUM ERROR
+                return _check(ScsiError(UNRECOVERED_READ_ERROR))
         try:
             if len(cdb) < cdb_length(opcode) and opcode >> 5 != 3:
                 raise ScsiError(INVALID_FIELD_IN_CDB, field=0)
@@ -126,6 +128,10 @@ class Lun:
             return _check(ScsiError(WRITE_ERROR if opcode not in _READS else UNRECOVERED_READ_ERROR))
         except SpaceExhausted:
             return _check(ScsiError(SPACE_ALLOCATION_FAILED))
+        except BackendError:
+            if opcode in _READS:  # as on the hot path: an unreadable image is an unrecovered read error
+                return _check(ScsiError(UNRECOVERED_READ_ERROR))
+            raise
 
     def data_out_length(self, cdb: bytes) -> int:
         """Bytes of Data-Out ``cdb`` asks for (SBC-3 §5, SPC-4 §6.11): what

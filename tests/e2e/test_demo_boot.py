@@ -198,6 +198,11 @@ def test_kernel_profile_boots_with_the_disk_hooked(lab: config.Config, tmp_path:
     for name in ("demo-linux/vmlinuz", "demo-linux/initrd.img"):
         assert f"path=/files/{name} status=200" in served, served[-3000:]
     check_overlays(lab, [KERNEL_HOST], tmp_path)
+    # iPXE logs in again before it boots the kernel: that login is iPXE's, the OS's comes after the kernel
+    (boot,) = recorded(lab, KERNEL_HOST)
+    steps = [s["step"] for s in boot["steps"]]
+    assert boot["state"] == "booted" and steps.count("os-login") >= 1, boot
+    assert max(i for i, s in enumerate(steps) if s == "kernel") < steps.index("os-login") < steps.index("os-read")
 
 
 @pytest.mark.parametrize("firmware_pxe", [False, True], ids=["nic-ipxe-rom", "firmware-pxe"])
