@@ -75,6 +75,7 @@ class Fleet:
         self._capped = False  # unknown MACs are refused: dhcp.max_adopted machines were made
         # made again when the machines change: initiator IQN -> MAC, fixed IP -> MAC, fixed IPs
         self._by_initiator: dict[str, str] | None = None
+        self._by_target: dict[str, str] | None = None  # a disk's target IQN -> its machine's MAC
         self._fixed: dict[IPv4, str] | None = None
         self._reserved: frozenset[IPv4] | None = None
         self.store = ImageStore(cfg, self.machines, bus)
@@ -103,6 +104,7 @@ class Fleet:
         self.targets.clear()
         self._disks.clear()
         self._specs.clear()
+        self._forget_indexes()
 
     # -- what services ask -------------------------------------------------------------
 
@@ -198,7 +200,15 @@ class Fleet:
         return self.mac_at(address) if address else None
 
     def _targets_of(self) -> dict[str, str]:
-        return {d.target.name: mac for mac, d in self._disks.items()}
+        if self._by_target is None:
+            self._by_target = {d.target.name: mac for mac, d in self._disks.items()}
+        return self._by_target
+
+    def _forget_indexes(self) -> None:
+        """The machines or their disks changed: the lookups made from them
+        are made again when next asked (not on every event: a stranger's
+        login flood asks for each of its events)."""
+        self._fixed = self._reserved = self._by_initiator = self._by_target = None
 
     def on_event(self, event: Event) -> None:
         """The fleet's own subscription: a boot ROM's offer starts a new
@@ -342,7 +352,7 @@ class Fleet:
             self.targets.pop(disk.target.name, None)
             disk.target.close()
             self.store.overlay_path(disk.machine.hostname).unlink(missing_ok=True)
-        self._fixed = self._reserved = self._by_initiator = None
+        self._forget_indexes()
         if self.leases is not None:
             self.leases.forget_unknown(mac)
             self.leases.commit()
@@ -398,7 +408,7 @@ class Fleet:
     def _install(self, disk: Disk) -> None:
         self._disks[disk.machine.mac] = disk
         self.targets[disk.target.name] = disk.target
-        self._fixed = self._reserved = self._by_initiator = None
+        self._forget_indexes()
 
     def _retire(self, target: Target) -> bool:
         """Stop serving a target; closed now unless logged in (False)."""
@@ -427,7 +437,7 @@ class Fleet:
         for mac, m in new_machines.items():
             if mac not in kept:
                 self._machines[mac] = m
-        self._fixed = self._reserved = self._by_initiator = None
+        self._forget_indexes()
         wanted_macs = [m for mac, m in new_machines.items() if mac not in self._disks]
         for disk in await asyncio.to_thread(self._open_disks, wanted_macs):
             self._install(disk)
@@ -453,6 +463,7 @@ class Fleet:
                 kept.add(mac)
                 continue
             del self._disks[mac]
+            self._forget_indexes()
         return kept
 
     def _reconfigure_targets(self, old: Config, new: Config) -> list[str]:
