@@ -5,9 +5,26 @@ from __future__ import annotations
 
 import pytest
 
+from bootsvc.demo.build import SYSTEMD_BOOT
+from bootsvc.vm import qemu
+from tests.e2e.netns import can_make_namespaces
 from tests.e2e.peers import have
 
 
 def need(*commands: str) -> None:
     if not have(*commands):
         pytest.skip(f"needs {' and '.join(commands)} (installed by scripts/install-deps.sh)")
+
+
+def need_vm_lab(firmware: qemu.Firmware) -> None:
+    """What booting the demo image in QEMU VMs on a private network needs:
+    systemd-boot for the image, network namespaces, QEMU with ``firmware``."""
+    if not SYSTEMD_BOOT.is_file():
+        pytest.skip(f"needs {SYSTEMD_BOOT} (systemd-boot-efi, installed by scripts/install-deps.sh)")
+    reason = can_make_namespaces()
+    try:
+        qemu.check(firmware)
+    except qemu.QemuError as e:
+        reason = str(e)
+    if reason:
+        pytest.skip(reason)

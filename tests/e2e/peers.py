@@ -63,11 +63,15 @@ def bootsvc_command() -> list[str]:
     return [sys.executable, "-m", "bootsvc"]
 
 
+def machine_secret(state_dir: Path, mac: str) -> str:
+    """The CHAP secret bootsvc made for the machine with ``mac`` (state_dir/secrets)."""
+    return str(json.loads((state_dir / "secrets" / "chap.json").read_text())[mac]["secret"])
+
+
 def machine_chap(state_dir: Path, mac: str, initiator: str) -> str:
-    """QEMU iSCSI driver options (``,user=...,password=...``) with the CHAP
-    secret bootsvc made for the machine with ``mac`` (state_dir/secrets)."""
-    secret = json.loads((state_dir / "secrets" / "chap.json").read_text())[mac]["secret"]
-    return f",user={initiator},password={secret}"
+    """QEMU iSCSI driver options (``,user=...,password=...``) with the
+    machine's CHAP secret."""
+    return f",user={initiator},password={machine_secret(state_dir, mac)}"
 
 
 @contextlib.contextmanager

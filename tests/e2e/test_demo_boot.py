@@ -23,14 +23,13 @@ import pytest
 
 from bootsvc import config
 from bootsvc.demo import RECORD, build_demo
-from bootsvc.demo.build import SYSTEMD_BOOT
 from bootsvc.demo.disk import Layout
 from bootsvc.vm import qemu
 from bootsvc.vm.run import Options, boot_address, run
 from bootsvc.vm.timeline import ORDER, Timeline, diagnose
-from tests.e2e.conftest import need
-from tests.e2e.netns import can_make_namespaces, ip, namespaces
-from tests.e2e.peers import bootsvc_serve, stop
+from tests.e2e.conftest import need, need_vm_lab
+from tests.e2e.netns import ip, namespaces
+from tests.e2e.peers import bootsvc_serve, machine_secret, stop
 
 pytestmark = pytest.mark.e2e
 HOSTS = [f"node{i:02}" for i in range(1, 5)]
@@ -47,15 +46,7 @@ PROFILES = {
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> config.Config:
     need("qemu-img", "debugfs", "iscsistart", "syslinux", "mcopy", "mkfs.vfat", "mke2fs")
-    if not SYSTEMD_BOOT.is_file():
-        pytest.skip(f"needs {SYSTEMD_BOOT} (systemd-boot-efi, installed by scripts/install-deps.sh)")
-    reason = can_make_namespaces()
-    try:
-        qemu.check(qemu.Firmware.BIOS)
-    except qemu.QemuError as e:
-        reason = str(e)
-    if reason:
-        pytest.skip(reason)
+    need_vm_lab(qemu.Firmware.BIOS)
     work = tmp_path_factory.mktemp("demo")
     (work / "profiles").mkdir()
     for name, text in PROFILES.items():
@@ -139,8 +130,7 @@ def test_one_vm_boots_linux_from_its_overlay(lab: config.Config, tmp_path: Path)
     assert "auth=chap-md5" in served and "auth=chap-sha3-256" in served, served[-3000:]
     secrets = lab.state_dir / "secrets" / "chap.json"
     assert secrets.stat().st_mode & 0o777 == 0o600 and secrets.parent.stat().st_mode & 0o777 == 0o700
-    made = json.loads(secrets.read_text())["52:54:00:77:01:01"]["secret"]
-    assert made not in served  # never logged
+    assert machine_secret(lab.state_dir, "52:54:00:77:01:01") not in served  # never logged
     (lab.state_dir / "vm" / "serve.log").rename(tmp_path / "serve-1.log")
     # the flight recorder kept the boot, readable with serve gone
     (boot,) = recorded(lab, "node01")

@@ -49,14 +49,13 @@ import pytest
 
 from bootsvc import config
 from bootsvc.demo import build_demo
-from bootsvc.demo.build import SYSTEMD_BOOT
 from bootsvc.demo.cpio import CpioWriter
 from bootsvc.events import EVENT_FILE, Kind, read_events
 from bootsvc.vm import network, qemu
 from bootsvc.vm import run as vm_run
 from bootsvc.vm.run import Options, run
-from tests.e2e.conftest import need
-from tests.e2e.netns import can_make_namespaces, ip
+from tests.e2e.conftest import need, need_vm_lab
+from tests.e2e.netns import ip
 from tests.e2e.peers import perfdhcp
 
 pytestmark = pytest.mark.e2e
@@ -252,17 +251,9 @@ def discover_only(cfg: config.Config, client: str, log: list[str]) -> None:
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[config.Config, list[str], float]]:
     need("qemu-img", "debugfs", "iscsistart", "syslinux", "mcopy", "mkfs.vfat", "mke2fs", "perfdhcp", "nft",
          "busybox")
-    if not SYSTEMD_BOOT.is_file():
-        pytest.skip(f"needs {SYSTEMD_BOOT} (systemd-boot-efi, installed by scripts/install-deps.sh)")
     if not static_busybox():
         pytest.skip("needs a statically linked busybox (Debian's busybox) for the fault initramfs")
-    reason = can_make_namespaces()
-    try:
-        qemu.check(qemu.Firmware.UEFI)
-    except qemu.QemuError as e:
-        reason = str(e)
-    if reason:
-        pytest.skip(reason)
+    need_vm_lab(qemu.Firmware.UEFI)
     work = tmp_path_factory.mktemp("faults")
     (work / "profiles").mkdir()
     for name, text, _, _ in FAULTS.values():

@@ -21,7 +21,7 @@ import pytest
 
 from target.pdu import DataIn, ScsiResponse
 from tests.e2e.conftest import need
-from tests.e2e.peers import LOOPBACK, bootsvc_serve, free_port, stop
+from tests.e2e.peers import LOOPBACK, bootsvc_serve, free_port, machine_secret, stop
 from tests.iscsi_client import Client, read10
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -82,7 +82,7 @@ def login_and_read(port: int, state: Path, isid: bytes) -> None:
     first block, leave (iPXE's session, by its ISID, then the OS's:
     the recorder tells them apart as it does on a real boot)."""
     initiator = f"{PREFIX}:pc1"
-    secret = json.loads((state / "secrets" / "chap.json").read_text())[PC1]["secret"]
+    secret = machine_secret(state, PC1)
     c = Client(LOOPBACK, port, initiator=initiator, source=PC1_IP, isid=isid)
     try:
         r = c.login(f"{PREFIX}:boot.pc1", chap=(initiator, secret.encode()))
