@@ -119,6 +119,12 @@ class Request:
         return self.vendor_class.startswith(b"PXEClient")
 
     @property
+    def firmware(self) -> bool:
+        """A boot firmware (PXE ROM, UEFI PXE or HTTP boot, iPXE), not an
+        OS's own DHCP client: its asking starts a new boot."""
+        return self.pxe or self.ipxe or self.vendor_class.startswith(b"HTTPClient")
+
+    @property
     def ipxe(self) -> bool:
         """iPXE itself (user class "iPXE" or its option 175): give it the boot
         target, not the iPXE binary again (no chain-load loop)."""

@@ -270,7 +270,7 @@ class Responder:
         reply = Reply(req, MessageType.OFFER, subnet.server, yiaddr=ip)
         self._options(reply, req, machine, subnet)
         self.emit(Kind.DHCP_OFFER, mac=req.mac, ip=ip, hostname=machine.hostname if machine else None,
-                  ipxe=req.ipxe, arch=req.arch, user_class=req.user_class.decode(errors="replace") or None)
+                  ipxe=req.ipxe, firmware=req.firmware, arch=req.arch, user_class=req.user_class.decode(errors="replace") or None)
         return reply
 
     def _nak(self, req: Request, subnet: Subnet, why: str) -> Reply:
@@ -374,7 +374,7 @@ class Responder:
         # the address another server gave the client (it asks from it, or is asking for it)
         held = req.ciaddr if req.ciaddr != ANY else req.requested_ip
         self.emit(Kind.DHCP_OFFER if kind is MessageType.OFFER else Kind.DHCP_ACK, mac=req.mac, ip=held,
-                  hostname=machine.hostname if machine else None, ipxe=req.ipxe, arch=req.arch,
+                  hostname=machine.hostname if machine else None, ipxe=req.ipxe, firmware=req.firmware, arch=req.arch,
                   user_class=req.user_class.decode(errors="replace") or None, proxy=True)
         return reply
 
