@@ -18,8 +18,8 @@ from typing import Any
 
 from .address import HostPort
 from .credentials import AuthMode, check_pair, parse_chap
-from target import ChapAlgorithm, ChapAuth, LunSpec, TargetConfigError, TargetSpec, check_iscsi_name
 from isns.policy import Policy
+from target import ChapAlgorithm, ChapAuth, LunSpec, TargetConfigError, TargetSpec, check_iscsi_name
 
 from . import SCSI_PRODUCT, SCSI_VENDOR
 from .dhcp.responder import UnknownPolicy
@@ -354,7 +354,7 @@ def _isns_policy(c: Checker, m: LineMap) -> Policy:
     try:
         return Policy(given)
     except ValueError:
-        c.err(m, "isns.policy", f"expected strict or open, got {given}")
+        c.err(m, "isns.policy", "expected strict or open" + (f", got {given}" if isinstance(given, str) else ""))
         return Policy.STRICT
 
 
