@@ -48,7 +48,7 @@ class Forwarding:
     def describe(self) -> str:
         if not self.upstreams:
             return "names outside the domain refused (no upstream)"
-        nets = ", ".join("loopback" if n in LOOPBACK else str(n) for n in self.allowed)
+        nets = ", ".join(dict.fromkeys("loopback" if n in LOOPBACK else str(n) for n in self.allowed))
         return f"forwarding to {', '.join(map(str, self.upstreams))} ({self.origin}) for {nets}"
 
 
