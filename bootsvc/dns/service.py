@@ -61,10 +61,13 @@ class DnsService(asyncio.DatagramProtocol):
             return
         reply = self._respond(data, addr[0], udp=True)
         if isinstance(reply, Outside):
-            task = asyncio.get_running_loop().create_task(self._forward_udp(reply, addr))
-            self.forwards.add(task)
-            task.add_done_callback(self.forwards.discard)
-        elif reply is not None and self.transport is not None:
+            if self._begin_forward(addr[0]):  # before a task is made: tasks are bounded too
+                task = asyncio.get_running_loop().create_task(self._forward_udp(reply, addr))
+                self.forwards.add(task)
+                task.add_done_callback(self.forwards.discard)
+                return
+            reply = self.zone.failed(reply)
+        if reply is not None and self.transport is not None:
             self.transport.sendto(reply, addr)
 
     def _respond(self, data: bytes, source: str, udp: bool) -> bytes | Outside | None:
@@ -83,19 +86,22 @@ class DnsService(asyncio.DatagramProtocol):
         if reply is not None and self.transport is not None:
             self.transport.sendto(fit(reply, udp_limit(outside.query)), addr)
 
-    async def _forward(self, outside: Outside, source: str, tcp: bool) -> bytes | None:
-        """The upstream's reply, or SERVFAIL when none answers or too many are waiting."""
+    def _begin_forward(self, source: str) -> bool:
+        """Whether a forward for ``source`` may start (then ``_forward`` ends it)."""
         if self.limits.begin_forward(source) is Verdict.BUSY:
             self._say(Kind.DNS_LIMITED, source, reason="in_flight", why="too many forwards waiting: SERVFAIL")
-            return self.zone.failed(outside)
+            return False
+        return True
+
+    async def _forward(self, outside: Outside, source: str, tcp: bool) -> bytes | None:
+        """The upstream's reply, or SERVFAIL when none answers in time."""
         try:
             reply = await self.forwarder.resolve(outside.data, tcp)
         finally:
             self.limits.end_forward(source)
         if reply is None:
             self._say(Kind.DNS_UPSTREAM_FAILED, source, name=str(outside.query.q.qname),
-                      upstreams=" ".join(map(str, self.forwarder.upstreams)),
-                      why=f"no answer within {self.forwarder.timeout:g} s: SERVFAIL")
+                      upstreams=" ".join(map(str, self.forwarder.upstreams)), why="no upstream answered: SERVFAIL")
             return self.zone.failed(outside)
         return reply
 
@@ -115,7 +121,8 @@ class DnsService(asyncio.DatagramProtocol):
                 query = await asyncio.wait_for(reader.readexactly(size), TCP_IDLE)
                 reply = self._respond(query, source, udp=False)
                 if isinstance(reply, Outside):
-                    reply = await self._forward(reply, source, tcp=True)
+                    reply = await self._forward(reply, source, tcp=True) if self._begin_forward(source) \
+                        else self.zone.failed(reply)
                 if reply is None:
                     return
                 writer.write(len(reply).to_bytes(2, "big") + reply)

@@ -226,21 +226,28 @@ BIG_TXT = tuple(ch * 250 for ch in "abcd")  # dnsmasq_dns's big.<domain> TXT: 1 
 
 
 @contextlib.contextmanager
-def dnsmasq_dns(work: Path, domain: str = "example.test", address: str = "192.0.2.7") -> Iterator[int]:
-    """dnsmasq as an upstream resolver on a free loopback port: every name
-    under ``domain`` is ``address``, ``big.<domain>`` has TXT records of
-    1 KiB in all (a reply UDP must truncate), anything else REFUSED (no
-    upstream of its own, no /etc/hosts). Yields the port; its log of
-    queries is work/dnsmasq-dns.log."""
+def dnsmasq_dns(work: Path, domain: str = "example.test", address: str = "192.0.2.7",
+                ns: str | None = None) -> Iterator[int]:
+    """dnsmasq as an upstream resolver on a free loopback port (of namespace
+    ``ns`` if given): every name under ``domain`` is ``address``,
+    ``big.<domain>`` has TXT records of 1 KiB in all (a reply UDP must
+    truncate), anything else REFUSED (no upstream of its own, no
+    /etc/hosts). Yields the port; its log of queries is work/dnsmasq-dns.log."""
     port = free_port()
     txt = [f"--txt-record=big.{domain},{t}" for t in BIG_TXT]
-    with open(work / "dnsmasq-dns.log", "wb") as log:
-        proc = subprocess.Popen(["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--pid-file=",
-                                 "--user=root", "--no-resolv", "--no-hosts", "--bind-interfaces",
-                                 f"--listen-address={LOOPBACK}", f"--port={port}", f"--address=/{domain}/{address}",
-                                 *txt, "--log-queries", "--log-facility=-"], stdout=log, stderr=subprocess.STDOUT)
+    log = work / "dnsmasq-dns.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([*(("ip", "netns", "exec", ns) if ns else ()), "dnsmasq", "--keep-in-foreground",
+                                 "--conf-file=/dev/null", "--pid-file=", "--user=root", "--no-resolv", "--no-hosts",
+                                 "--bind-interfaces", f"--listen-address={LOOPBACK}", f"--port={port}",
+                                 f"--address=/{domain}/{address}", *txt, "--log-queries", "--log-facility=-"],
+                                stdout=out, stderr=subprocess.STDOUT)
     try:
-        wait_for_port(port, proc, timeout=10)
+        deadline = time.monotonic() + 10
+        while "started, version" not in log.read_text(errors="replace"):  # said once its sockets are bound
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"dnsmasq did not start:\n{log.read_text(errors='replace')}")
+            time.sleep(0.05)
         yield port
     finally:
         stop(proc)
