@@ -83,6 +83,8 @@ def test_forward_and_allow_given(tmp_path: Path) -> None:
     assert f.allowed == (*settings.LOOPBACK, ipaddress.ip_network("10.77.0.0/24"),
                          ipaddress.ip_network("10.99.0.0/16"), ipaddress.ip_network("192.0.2.7/32"))
     assert f.allows("10.99.3.4") and f.allows("192.0.2.7") and not f.allows("192.0.2.8")
+    assert f.local == (ipaddress.ip_network("10.77.0.0/24"),)  # whose reverse names are never forwarded
+    assert f.is_local(ipaddress.IPv4Address("10.77.0.99")) and not f.is_local(ipaddress.IPv4Address("10.99.0.1"))
 
 
 def test_forwarding_is_off_without_listen_dns(tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ pytestmark = pytest.mark.skipif(not have("dig", "dnsmasq"), reason="needs dig (b
 HOSTS = {"pc1": ipaddress.IPv4Address("10.77.0.21")}
 OUTSIDER = "127.0.0.9"  # a second loopback address: a client outside the allowed networks
 ONLY_US = (ipaddress.ip_network("127.0.0.1/32"),)
+BOOT_NET = (ipaddress.ip_network("10.77.0.0/24"),)  # the DHCP subnet pc1 is in
 
 
 def zone() -> Zone:
@@ -55,7 +56,7 @@ def upstream(tmp_path: Path) -> Iterator[int]:
 
 def serve(upstreams: tuple[HostPort, ...], log: Path, **forwarder: float) -> Iterator[Served]:
     port = free_port()
-    service = DnsService(zone(), LOOPBACK, port, Forwarding(upstreams, ONLY_US))
+    service = DnsService(zone(), LOOPBACK, port, Forwarding(upstreams, ONLY_US, local=BOOT_NET))
     if forwarder:
         service.forwarder = Forwarder(upstreams, **forwarder)
     with serving(service.start, service.stop):
@@ -83,6 +84,18 @@ def test_outside_names_are_forwarded_for_allowed_clients(dns: Served, transport:
     assert "pc1.lab.example" not in dns.upstream_log.read_text()
     out = dig(dns.port, transport, "elsewhere.org", "A")  # the upstream's own REFUSED passes through
     assert "status: REFUSED" in out, out
+
+
+def test_reverse_names_of_the_boot_network_stay_here(dns: Served) -> None:
+    """RFC 6303: 10.77.0.99 is in the boot network and no machine's, so
+    NXDOMAIN from here; a machine's is its name; any other is forwarded."""
+    out = dig(dns.port, "-x", "10.77.0.99")
+    assert "status: NXDOMAIN" in out and " ra" in out, out
+    assert "pc1.lab.example." in dig(dns.port, "-x", "10.77.0.21")
+    dig(dns.port, "-x", "192.0.2.7")
+    queried = dns.upstream_log.read_text()
+    assert "7.2.0.192.in-addr.arpa" in queried and "in-addr" in queried and "99.0.77.10" not in queried
+    assert "status: REFUSED" in dig(dns.port, "-x", "10.77.0.99", source=OUTSIDER)
 
 
 def test_a_big_answer_is_truncated_over_udp_and_whole_over_tcp(dns: Served) -> None:

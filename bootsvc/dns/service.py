@@ -14,7 +14,7 @@ from ..streams import StreamListener
 from .forward import Forwarder, fit, udp_limit
 from .limits import Limits, Verdict
 from .settings import Forwarding
-from .zone import Outside, Zone
+from .zone import Outside, Zone, reverse_address
 
 TCP_IDLE = 10.0  # seconds a TCP client may wait between queries (RFC 7766 §6.2.3)
 SAID_EVERY = 1.0  # seconds between two events of one kind a client can cause at will
@@ -74,8 +74,11 @@ class DnsService(asyncio.DatagramProtocol):
         """The zone's reply; Outside for a query to forward for this client."""
         forwarded = bool(self.forwarding.upstreams) and self.forwarding.allows(source)
         reply = self.zone.respond(data, udp, recursion=forwarded)
-        if not isinstance(reply, Outside) or forwarded:
+        if not isinstance(reply, Outside):
             return reply
+        if forwarded:
+            local = self.forwarding.is_local(reverse_address(reply.query.q.qname))
+            return self.zone.unknown(reply) if local else reply
         if self.forwarding.upstreams:
             self._say(Kind.DNS_REFUSED, source, name=str(reply.query.q.qname),
                       why="not in the DHCP subnets, loopback or dns.allow")

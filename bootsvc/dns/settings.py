@@ -34,6 +34,10 @@ class Forwarding:
     upstreams: tuple[HostPort, ...] = ()
     allowed: tuple[Network, ...] = LOOPBACK
     origin: str = "dns.forward"  # where the upstreams came from, for the operator
+    local: tuple[Network, ...] = ()  # the DHCP subnets: their reverse names are never forwarded
+
+    def is_local(self, address: ipaddress.IPv4Address | None) -> bool:
+        return address is not None and any(address in n for n in self.local)
 
     def allows(self, source: str) -> bool:
         """Whether ``source`` (a client's address) may have names forwarded."""
@@ -140,8 +144,9 @@ def load_forwarding(c: Checker, section: LineMap | None, listen: HostPort | None
     machines may use it."""
     m = section if section is not None else LineMap.empty()
     upstreams, origin = _upstreams(c, m, listen)
-    allowed = (*LOOPBACK, *(s.network for s in subnets), *_allow(c, m))
-    return Forwarding(tuple(upstreams), tuple(dict.fromkeys(allowed)), origin)
+    local = tuple(s.network for s in subnets)
+    allowed = (*LOOPBACK, *local, *_allow(c, m))
+    return Forwarding(tuple(upstreams), tuple(dict.fromkeys(allowed)), origin, local)
 
 
 def notes(forwarding: Forwarding, listen: HostPort | None, subnets: tuple[Any, ...]) -> list[str]:

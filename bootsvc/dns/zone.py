@@ -86,6 +86,11 @@ class Zone:
         """REFUSED: not ours, and not forwarded for this client."""
         return self._pack(self._reply(outside.query, 0, RCODE.REFUSED, aa=0), outside.data, True)
 
+    def unknown(self, outside: Outside) -> bytes | None:
+        """NXDOMAIN for a reverse name of the boot network that is no
+        machine's: answered here, not asked of the world (RFC 6303 §3)."""
+        return self._pack(self._reply(outside.query, 1, RCODE.NXDOMAIN, aa=0), outside.data, True)
+
     def failed(self, outside: Outside) -> bytes | None:
         """SERVFAIL: forwarded, and no upstream answered (RFC 1035 §4.1.1)."""
         return self._pack(self._reply(outside.query, 1, RCODE.SERVFAIL, aa=0), outside.data, True)
@@ -145,7 +150,7 @@ class Zone:
             else:  # the name exists, not with this type (NODATA, RFC 2308 §2.2)
                 reply.add_auth(self._soa())
             return True
-        address = _reverse(qname)
+        address = reverse_address(qname)
         if address is not None:
             names = {a: h for h, a in hosts.items()}
             host = names.get(address)
@@ -162,7 +167,7 @@ class Zone:
                   rdata=SOA(self.ns, f"hostmaster.{self.domain}", (1, 3600, 600, 86400, self.ttl)))
 
 
-def _reverse(qname: DNSLabel) -> ipaddress.IPv4Address | None:
+def reverse_address(qname: DNSLabel) -> ipaddress.IPv4Address | None:
     """``4.3.2.1.in-addr.arpa`` -> 1.2.3.4 (RFC 1035 §3.5)."""
     labels = [bytes(x).decode("ascii", "replace") for x in qname.label]
     if len(labels) != 6 or [x.lower() for x in labels[4:]] != ["in-addr", "arpa"]:
