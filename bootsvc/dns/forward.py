@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import socket
 from collections.abc import Sequence
 
 from dnslib import QTYPE, DNSRecord
@@ -85,6 +86,10 @@ class _Exchange(asyncio.DatagramProtocol):
         if not self.reply.done():  # ICMP port unreachable: nobody there, try the next one now
             self.reply.set_exception(exc)
 
+    def expire(self) -> None:
+        if not self.reply.done():
+            self.reply.set_exception(asyncio.TimeoutError())
+
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.reply.done():
             self.reply.set_exception(exc or ConnectionError("closed"))
@@ -110,25 +115,35 @@ class Forwarder:
             if left <= 0:
                 break
             packet = secrets.token_bytes(2) + query[2:]
+            upstream, wait = self.upstreams[index], min(self.try_timeout, left)
             try:
-                reply = await asyncio.wait_for(self._ask(self.upstreams[index], packet, tcp),
-                                               min(self.try_timeout, left))
+                reply = await (asyncio.wait_for(self._ask_tcp(upstream, packet), wait) if tcp
+                               else self._ask_udp(upstream, packet, wait))
             except (OSError, EOFError, asyncio.TimeoutError, UpstreamError):
                 continue
             self.preferred = index
             return query[:2] + reply[2:]
         return None
 
-    async def _ask(self, upstream: HostPort, packet: bytes, tcp: bool) -> bytes:
-        if tcp:
-            return await self._ask_tcp(upstream, packet)
+    @staticmethod
+    async def _ask_udp(upstream: HostPort, packet: bytes, timeout: float) -> bytes:
+        """One query from a socket of its own; its own timer rather than
+        ``wait_for``, which makes a task per query."""
         loop = asyncio.get_running_loop()
-        transport, exchange = await loop.create_datagram_endpoint(lambda: _Exchange(packet),
-                                                                  remote_addr=(upstream.host, upstream.port))
+        sock = socket.socket(socket.AF_INET6 if ":" in upstream.host else socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.connect((upstream.host, upstream.port))  # numeric: no lookup, and only its datagrams come in
+            transport, exchange = await loop.create_datagram_endpoint(lambda: _Exchange(packet), sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        timer = loop.call_later(timeout, exchange.expire)
         try:
             transport.sendto(packet)
             return await exchange.reply
         finally:
+            timer.cancel()
             transport.close()
 
     @staticmethod
