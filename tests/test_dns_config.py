@@ -48,7 +48,7 @@ def test_default_is_resolv_conf_less_ourselves(tmp_path: Path, resolv_conf: Path
                            "nameserver fe80::1%eth0\nnameserver bogus\noptions edns0\n")
     cfg = load(write(tmp_path, "listen:\n  dns: 10.77.0.1:53\n" + DHCP))
     f = cfg.dns_forward
-    assert f.upstreams == (HostPort("192.0.2.53", 53), HostPort("fe80::1", 53)) and f.origin == str(resolv_conf)
+    assert f.upstreams == (HostPort("192.0.2.53", 53), HostPort("fe80::1%eth0", 53)) and f.origin == str(resolv_conf)
     assert f.allows("10.77.0.50") and f.allows("127.0.0.1") and not f.allows("192.0.2.1")
     # bootsvc on every address: loopback resolvers (systemd-resolved's 127.0.0.53) would be ourselves too
     resolv_conf.write_text("nameserver 127.0.0.53\nnameserver 192.0.2.53\n")

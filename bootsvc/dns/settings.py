@@ -68,7 +68,7 @@ def resolv_conf_nameservers(path: Path) -> list[HostPort]:
         words = line.split()
         if len(words) >= 2 and words[0] == "nameserver":
             try:
-                found.append(HostPort(str(ipaddress.ip_address(words[1].split("%", 1)[0])), 53))
+                found.append(HostPort(str(ipaddress.ip_address(words[1])), 53))  # a link-local keeps its %scope
             except ValueError:
                 continue
     return found
@@ -91,8 +91,7 @@ def is_self(upstream: HostPort, listen: HostPort | None) -> bool:
         return False
     if listen.host in ("0.0.0.0", "::", ""):
         return ipaddress.ip_address(upstream.host).is_loopback or _is_local(upstream.host)
-    return ipaddress.ip_address(upstream.host) == ipaddress.ip_address(listen.host) \
-        if _is_ip(listen.host) else False
+    return _is_ip(listen.host) and ipaddress.ip_address(upstream.host) == ipaddress.ip_address(listen.host)
 
 
 def _is_ip(text: str) -> bool:
