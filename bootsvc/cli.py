@@ -29,6 +29,7 @@ from . import config as config_mod
 from .address import HostPort
 from .credentials import check_pair, parse_chap
 from .demo import DEMO_BASE, DemoImageError, build_demo
+from .dns.settings import notes as dns_notes
 from .images import ImageError, ImageStore
 from .instance import PID_FILE
 from .service import Services
@@ -112,6 +113,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         if not base.is_file():
             print(f"{cfg.path}: warning: {m.hostname}: base image {base} (profile {m.profile}) does not exist yet",
                   file=sys.stderr)
+    for note in dns_notes(cfg.dns_forward, cfg.dns, cfg.dhcp.subnets if cfg.dhcp else ()):
+        print(f"{cfg.path}: {note}", file=sys.stderr)
     print(f"{cfg.path}: ok ({len(cfg.machines)} machine(s), {len(cfg.profiles)} profile(s), "
           f"{len(cfg.targets)} extra target(s) with {luns} LUN(s), "
           f"iSCSI on {', '.join(map(str, cfg.iscsi.portals)) or 'nothing'})")

@@ -24,6 +24,7 @@ from target import ChapAlgorithm, ChapAuth, LunSpec, TargetConfigError, TargetSp
 from . import SCSI_PRODUCT, SCSI_VENDOR
 from .dhcp.responder import UnknownPolicy
 from .dhcp.settings import DhcpSettings, load_dhcp
+from .dns.settings import FORWARD_KEYS, Forwarding, load_forwarding
 from .inventory import Machine, load_machines
 from .profiles import SHIPPED, Profile, load_profiles
 from .tftp import BUSY_POLL_US
@@ -34,7 +35,7 @@ __all__ = ["Config", "ConfigError", "IscsiSettings", "load"]
 TOP_KEYS = {"state_dir", "domain", "iqn_prefix", "listen", "dhcp", "default_profile", "profiles_dir",
             "machines", "targets", "iscsi", "tftp", "dns", "isns", "recorder"}
 RECORDER_KEYS = {"enabled", "history", "stall"}
-DNS_KEYS = {"ttl"}
+DNS_KEYS = {"ttl"} | FORWARD_KEYS
 TFTP_KEYS = {"roots", "busy_poll_us"}
 LISTEN_KEYS = {"dhcp", "tftp", "http", "dns", "iscsi", "isns"}
 TARGET_KEYS = {"iqn", "alias", "luns", "initiators", "auth", "chap", "mutual_chap"}
@@ -129,6 +130,7 @@ class Config:
     dns_ttl: int = 60
     isns: IsnsSettings = field(default_factory=IsnsSettings)
     recorder: RecorderSettings = field(default_factory=RecorderSettings)
+    dns_forward: Forwarding = field(default_factory=Forwarding)  # dns.forward, dns.allow
 
     @property
     def recorder_db(self) -> Path:
@@ -185,6 +187,7 @@ def load(path: str | Path) -> Config:
     http = _listen(c, listen, "http", 80)
     dns = _listen(c, listen, "dns", 53)
     ttl = _dns_ttl(c, doc)
+    forwarding = _dns_forward(c, doc, dns, dhcp)
     if dhcp is not None and dhcp.unknown.value == "default" and default_profile is None:
         c.err(doc, "dhcp", "unknown_machines: default needs default_profile (the profile such machines boot)")
     if dhcp is not None and dhcp.mode.value == "proxy" and tftp is None and http is None:
@@ -197,7 +200,8 @@ def load(path: str | Path) -> Config:
                                default_profile if dhcp.unknown is UnknownPolicy.DEFAULT else None)
     c.raise_if_any()
     return Config(path, state_dir, iqn_prefix, domain, iscsi, targets, MappingProxyType(profiles),
-                  MappingProxyType(machines), default_profile, dhcp, tftp, http, dns, ttl, isns, recorder)
+                  MappingProxyType(machines), default_profile, dhcp, tftp, http, dns, ttl, isns, recorder,
+                  forwarding)
 
 
 def _check_script_delivery(c: Checker, doc: LineMap, machines: Mapping[str, Machine],
@@ -266,6 +270,14 @@ def _dns_ttl(c: Checker, doc: LineMap) -> int:
         c.unknown(dm, DNS_KEYS, "dns.")
         ttl = c.integer(dm, "ttl", "dns.ttl", ttl, (1 << 31) - 1, "seconds")
     return ttl
+
+
+def _dns_forward(c: Checker, doc: LineMap, listen: HostPort | None, dhcp: DhcpSettings | None) -> Forwarding:
+    """dns.forward and dns.allow (bootsvc/dns/settings.py); off without listen.dns."""
+    section = doc.get("dns")
+    m = section if isinstance(section, LineMap) else None  # _dns_ttl says what else is wrong with it
+    forwarding = load_forwarding(c, m, listen, dhcp.subnets if dhcp else ())
+    return forwarding if listen is not None else Forwarding()
 
 
 def _portals(c: Checker, listen: LineMap) -> tuple[HostPort, ...]:

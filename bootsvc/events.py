@@ -60,6 +60,10 @@ class Kind(str, Enum):
     TFTP_MALFORMED = "tftp.malformed"
     HTTP_REQUEST = "http.request"
     HTTP_BAD_REQUEST = "http.bad_request"
+    # DNS (bootsvc/dns): each at most once a second
+    DNS_REFUSED = "dns.refused"  # a name outside the domain asked from outside the allowed networks
+    DNS_LIMITED = "dns.limited"  # a client over its query rate (dropped) or too many forwards waiting
+    DNS_UPSTREAM_FAILED = "dns.upstream_failed"  # no upstream resolver answered: SERVFAIL
     # disks (bootsvc/fleet.py, bootsvc/images.py)
     DISK_RENEWED = "disk.renewed"
     DISK_KEPT = "disk.kept"
@@ -139,7 +143,8 @@ WARNINGS = frozenset({Kind.FLEET_ADOPTION_CAPPED, Kind.BOOT_REFUSED, Kind.BOOT_F
                       Kind.DISK_KEPT, Kind.TFTP_FAILED, Kind.ISCSI_STREAM_ERROR, Kind.ISCSI_HEADER_DIGEST_ERROR,
                       Kind.ISCSI_ACCEPT_FAILED, Kind.QCOW2_REPAIRED, Kind.QCOW2_SPACE_LOW,
                       Kind.QCOW2_SPACE_EXHAUSTED, Kind.IMAGE_UNREADABLE, Kind.ISNS_ESI_LOST,
-                      Kind.ISNS_LIMITED, Kind.ISCSI_CONNECTIONS_REFUSED, Kind.ISCSI_IO_ERROR})
+                      Kind.ISNS_LIMITED, Kind.ISCSI_CONNECTIONS_REFUSED, Kind.ISCSI_IO_ERROR,
+                      Kind.DNS_LIMITED, Kind.DNS_UPSTREAM_FAILED})
 # Kinds that mean a bug or a broken store: ERROR, with the traceback of the
 # exception being handled when the event is emitted.
 ERRORS = frozenset({Kind.DHCP_ERROR, Kind.ISNS_ERROR, Kind.ISNS_STORE_FAILED, Kind.ISCSI_COMMAND_FAILED})

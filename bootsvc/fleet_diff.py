@@ -76,10 +76,10 @@ class ConfigDiff:
 # Sections a reload applies at once (the wiring retunes its services);
 # every other changed section needs a restart.
 SETTINGS = ("state_dir", "iqn_prefix", "domain", "default_profile", "iscsi", "dhcp", "tftp", "http", "dns",
-            "dns_ttl", "isns", "recorder")
+            "dns_ttl", "dns_forward", "isns", "recorder")
 # how the operator's config names them, where the attribute's name differs
 SHOWN = {"iscsi": "listen.iscsi/iscsi", "http": "listen.http", "dns": "listen.dns", "dns_ttl": "dns.ttl",
-         "isns": "isns/listen.isns"}
+         "dns_forward": "dns.forward/dns.allow", "isns": "isns/listen.isns"}
 
 
 def diff_configs(old: Config, new: Config, old_machines: Mapping[str, Machine],
@@ -103,9 +103,12 @@ def diff_configs(old: Config, new: Config, old_machines: Mapping[str, Machine],
 def applies_live(key: str, old: Config, new: Config) -> bool:
     """Whether a changed section takes effect without a restart: the
     default profile; DHCP subnets and the unknown-machine policy (not its
-    sockets or mode); TFTP roots and busy polling (not its address)."""
+    sockets or mode); TFTP roots and busy polling (not its address); DNS
+    forwarding (upstreams, allowed networks)."""
     if key == "default_profile":
         return True
+    if key == "dns_forward":  # handed to the DNS service, if it runs
+        return old.dns is not None and old.dns == new.dns
     if key == "dhcp":
         return old.dhcp is not None and new.dhcp is not None and \
             (old.dhcp.listeners, old.dhcp.mode, old.dhcp.ipv6_ra) == (new.dhcp.listeners, new.dhcp.mode,

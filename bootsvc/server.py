@@ -75,6 +75,7 @@ class Server:
         self.services = Services(report)
         self.responder: Responder | None = None
         self.tftp: TftpService | None = None
+        self.dns: DnsService | None = None
         self._build(cfg)
 
     def close(self) -> None:
@@ -111,9 +112,9 @@ class Server:
             self.services.add("http", http.start, http.stop, str(cfg.http))
         if cfg.dns is not None:
             server = cfg.dhcp.listeners[0].address if cfg.dhcp else None
-            dns = DnsService(Zone(cfg.domain, self.fleet.addresses, server, cfg.dns_ttl), cfg.dns.host,
-                             cfg.dns.port)
-            self.services.add("dns", dns.start, dns.stop, f"{cfg.dns} for {cfg.domain}")
+            dns = self.dns = DnsService(Zone(cfg.domain, self.fleet.addresses, server, cfg.dns_ttl), cfg.dns.host,
+                                        cfg.dns.port, cfg.dns_forward, self.bus.emit)
+            self.services.add("dns", dns.start, dns.stop, f"{cfg.dns} for {cfg.domain}; {cfg.dns_forward.describe()}")
 
     def _isns(self, cfg: config_mod.Config) -> None:
         """listen.isns: our own iSNS server, its database under state_dir;
@@ -204,3 +205,5 @@ class Server:
             self.files.set_roots(list(new.tftp.roots))
             if self.tftp is not None:
                 self.tftp.busy_poll = new.tftp.busy_poll
+        if "dns_forward" in diff.live and self.dns is not None:
+            self.dns.set_forwarding(new.dns_forward)

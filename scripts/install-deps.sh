@@ -21,7 +21,7 @@ debs=(
     busybox-static      # udhcpc, a real DHCP client for the DHCP tests
     tftp-hpa            # a real TFTP client
     tftpd-hpa           # reference TFTP server for bench/tftp.py
-    dnsmasq-base        # reference DHCP server for bench/dhcp.py (no system service)
+    dnsmasq-base        # reference DHCP server for bench/dhcp.py; upstream resolver in the DNS tests (no system service)
     kea-admin           # perfdhcp, DHCP load generator
     nftables            # nft: tests/e2e/test_diagnosis.py firewalls a VM's TFTP inside its namespace
     isc-dhcp-client     # dhclient, a real DHCP client

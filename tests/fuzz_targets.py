@@ -31,7 +31,8 @@ from bootsvc.dhcp.message import DhcpFormatError, IPv4
 from bootsvc.dhcp.message import decode as dhcp_decode
 from bootsvc.dhcp.message import encode as dhcp_encode
 from bootsvc.dhcp.responder import Machines, Mode, Responder, UnknownPolicy
-from bootsvc.dns.zone import Zone
+from bootsvc.dns.forward import fit, matches, udp_limit
+from bootsvc.dns.zone import Outside, Zone
 from bootsvc.http.message import HttpError, parse_head, response_head
 from bootsvc.http.service import HttpService
 from bootsvc.scripts import mac_of_script
@@ -390,14 +391,27 @@ def _zone() -> Zone:
 
 
 def dns(data: bytes) -> None:
-    """bootsvc/dns/zone.py Zone.answer (dnslib's parser and packer) over
-    UDP or TCP as the length's parity says; a reply must parse back.
+    """bootsvc/dns/zone.py Zone.respond (dnslib's parser and packer) over
+    UDP or TCP as the length's parity says, forwarding on or off as its
+    second bit says; a reply must parse back. A name outside the zone goes
+    through what forwarding does with it (bootsvc/dns/forward.py: its UDP
+    size, the check of a reply, the cut to that size) and is refused and
+    failed.
 
-    Documented errors: none; Zone.answer returns the reply (FORMERR for
-    what dnslib cannot parse) or None."""
-    reply = _zone().answer(data, udp=bool(len(data) & 1))
-    if reply is not None:
-        DNSRecord.parse(reply)
+    Documented errors: none; Zone.respond returns the reply (FORMERR for
+    what dnslib cannot parse), None or Outside."""
+    zone = _zone()
+    reply = zone.respond(data, udp=bool(len(data) & 1), recursion=bool(len(data) & 2))
+    if isinstance(reply, Outside):
+        limit = udp_limit(reply.query)
+        matches(data, data)
+        assert len(fit(data, limit)) <= max(limit, len(data))
+        replies = [zone.refused(reply), zone.failed(reply)]
+    else:
+        replies = [reply]
+    for one in replies:
+        if one is not None:
+            DNSRecord.parse(one)
 
 
 def _dns_seeds() -> list[bytes]:

@@ -220,3 +220,34 @@ def isnsd(work: Path, source: str, default_dd: bool, database: Path | None = Non
         yield port
     finally:
         stop(proc)
+
+
+BIG_TXT = tuple(ch * 250 for ch in "abcd")  # dnsmasq_dns's big.<domain> TXT: 1 KiB, more than UDP's 512
+
+
+@contextlib.contextmanager
+def dnsmasq_dns(work: Path, domain: str = "example.test", address: str = "192.0.2.7",
+                ns: str | None = None) -> Iterator[int]:
+    """dnsmasq as an upstream resolver on a free loopback port (of namespace
+    ``ns`` if given): every name under ``domain`` is ``address``,
+    ``big.<domain>`` has TXT records of 1 KiB in all (a reply UDP must
+    truncate), anything else REFUSED (no upstream of its own, no
+    /etc/hosts). Yields the port; its log of queries is work/dnsmasq-dns.log."""
+    port = free_port()
+    txt = [f"--txt-record=big.{domain},{t}" for t in BIG_TXT]
+    log = work / "dnsmasq-dns.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([*(("ip", "netns", "exec", ns) if ns else ()), "dnsmasq", "--keep-in-foreground",
+                                 "--conf-file=/dev/null", "--pid-file=", "--user=root", "--no-resolv", "--no-hosts",
+                                 "--bind-interfaces", f"--listen-address={LOOPBACK}", f"--port={port}",
+                                 f"--address=/{domain}/{address}", *txt, "--log-queries", "--log-facility=-"],
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while "started, version" not in log.read_text(errors="replace"):  # said once its sockets are bound
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"dnsmasq did not start:\n{log.read_text(errors='replace')}")
+            time.sleep(0.05)
+        yield port
+    finally:
+        stop(proc)
