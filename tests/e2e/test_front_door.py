@@ -33,6 +33,7 @@ listen:
   tftp: {LOOPBACK}:{ports['tftp']}
   http: {LOOPBACK}:{ports['http']}
   dns: {LOOPBACK}:{ports['dns']}
+dns: {{forward: false}}  # tests send nothing past loopback, a stray outside name included
 tftp: {{{tftp}}}
 machines:
 {machines}"""
