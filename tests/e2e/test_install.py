@@ -2,7 +2,9 @@
 every package and its data (the shipped profiles, the demo image's scripts,
 the web page), and installed in a fresh venv, run from / so nothing of the
 checkout is importable, `bootsvc check` loads the demo config with its
-shipped profiles and `bootsvc serve` serves the web page.
+shipped profiles and `bootsvc serve` serves the web page. `make install`
+runs for real, with what it writes to /etc, /opt and /usr kept in overlays
+of a mount namespace of its own: the user bootsvc runs the unit's command.
 
 The venv gets bootsvc's dependencies from the package index as pip is
 configured (its cache makes a second run quick): that also proves
@@ -22,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from bootsvc import __version__
+from tests.e2e.conftest import need
 from tests.e2e.peers import LOOPBACK, free_port, stop
 
 pytestmark = pytest.mark.e2e
@@ -40,13 +43,17 @@ def run(*argv: str | Path, timeout: float = 300, cwd: Path = Path("/")) -> subpr
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The wheel of a copy of the checkout (a build writes into its tree)."""
-    work = tmp_path_factory.mktemp("install")
-    src = work / "src"
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the checkout, as a fresh clone has it (a build writes into its tree)."""
+    src = tmp_path_factory.mktemp("install") / "src"
     shutil.copytree(ROOT, src, ignore=NOT_SOURCE, symlinks=True)
-    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", work / "dist", src)
-    (found,) = (work / "dist").glob("bootsvc-*.whl")
+    return src
+
+
+@pytest.fixture(scope="module")
+def wheel(source: Path) -> Path:
+    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", source.parent / "dist", source)
+    (found,) = (source.parent / "dist").glob("bootsvc-*.whl")
     return found
 
 
@@ -104,3 +111,43 @@ def test_installed_bootsvc_serves(venv: Path, tmp_path: Path) -> None:
     finally:
         stop(proc)
     assert proc.returncode == 0, log.read_text()
+
+
+# `make install` inside a mount namespace whose /etc, /opt and /usr are
+# overlays on the real ones (writes go to the test's folders and vanish with
+# the namespace), then what the service does with it, as its user.
+MAKE_INSTALL = """set -eu
+for d in etc opt usr; do
+    mkdir -p "$LAYERS/$d/upper" "$LAYERS/$d/work"
+    mount -t overlay overlay -o "lowerdir=/$d,upperdir=$LAYERS/$d/upper,workdir=$LAYERS/$d/work" "/$d"
+done
+make -C "$SRC" install
+printf 'state_dir: %s\\n' "$STATE" > /etc/bootsvc/bootsvc.yaml
+chown root:bootsvc /etc/bootsvc/bootsvc.yaml
+chmod 0640 /etc/bootsvc/bootsvc.yaml
+echo "link: $(readlink /usr/local/bin/bootsvc)"
+echo "user: $(getent passwd bootsvc)"
+runuser -u bootsvc -- /usr/local/bin/bootsvc --version
+runuser -u bootsvc -- /usr/local/bin/bootsvc check -c /etc/bootsvc/bootsvc.yaml
+systemd-analyze verify /etc/systemd/system/bootsvc.service
+ls /usr/share/doc/bootsvc
+"""
+
+
+def test_make_install(source: Path, tmp_path: Path) -> None:
+    need("unshare", "runuser", "systemd-sysusers", "systemd-analyze")
+    state = tmp_path / "state"
+    state.mkdir()
+    tmp_path.chmod(0o755)  # the user bootsvc reads its config's state_dir path
+    env = {**os.environ, "LAYERS": str(tmp_path / "layers"), "SRC": str(source), "STATE": str(state)}
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", MAKE_INSTALL], cwd="/",
+                       env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    out = r.stdout.splitlines()
+    assert "link: /opt/bootsvc/bin/bootsvc" in out
+    assert any(line.startswith("user: bootsvc:x:") and line.endswith(":/var/lib/bootsvc:/usr/sbin/nologin")
+               for line in out), out
+    assert f"bootsvc {__version__}" in out
+    assert any(line.startswith("/etc/bootsvc/bootsvc.yaml: ok (") for line in out), out
+    assert out[-2:] == ["LICENSE", "README.md"]
+    assert not Path("/opt/bootsvc").exists()  # the real / untouched
