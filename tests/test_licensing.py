@@ -32,6 +32,13 @@ def test_every_runtime_dependency_is_in_the_table() -> None:
         assert f"`{declared(name)}`" in rows[name], (name, declared(name), rows[name])
 
 
+def test_no_apache_only_library_in_the_program() -> None:
+    """prometheus-client (Apache-2.0) is test-only: nothing shipped imports it."""
+    for top in ("bootsvc", "isns", "target"):
+        for path in (ROOT / top).rglob("*.py"):
+            assert not re.search(r"^\s*(from|import)\s+prometheus_client\b", path.read_text(), re.M), path
+
+
 def test_the_licence_is_gpl_2_only() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["license"] == "GPL-2.0-only"
