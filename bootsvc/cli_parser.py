@@ -67,6 +67,8 @@ def command(sub: argparse._SubParsersAction, name: str, help: str,  # type: igno
 
 @dataclass(frozen=True)
 class GlobalOptions:
+    """What the global options say, wherever on the command line they were."""
+
     config: str | None
     verbose: int
     quiet: bool
