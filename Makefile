@@ -1,11 +1,18 @@
-# The README's two commands: `make demo` and `make test` (as root on Debian 12).
+# The README's two commands: `make demo` and `make test` (as root on Debian 12),
+# and `make install`: bootsvc as a systemd service (scripts/install.sh).
 VENV ?= .venv
 PY := $(VENV)/bin/python
+INSTALL_VENV ?= /opt/bootsvc
 
-.PHONY: deps test demo bench clean
+.PHONY: deps test demo bench clean install
 
 deps:
 	bash scripts/install-deps.sh $(VENV)
+
+# the runtime Debian packages, bootsvc in $(INSTALL_VENV), /usr/local/bin/bootsvc,
+# the systemd unit and its user; no test peers, nothing started
+install:
+	bash scripts/install.sh $(INSTALL_VENV)
 
 test: deps
 	bash scripts/run-tests.sh $(PY)

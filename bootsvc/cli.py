@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 
 from target import (
@@ -24,9 +25,10 @@ from target import (
     TargetSpec,
 )
 
-from . import SCSI_PRODUCT, SCSI_VENDOR, isns_cli
+from . import SCSI_PRODUCT, SCSI_VENDOR, __version__, isns_cli
 from . import config as config_mod
 from .address import HostPort
+from .cli_parser import CliParser, command
 from .credentials import check_pair, parse_chap
 from .demo import DEMO_BASE, DemoImageError, build_demo
 from .dns.settings import notes as dns_notes
@@ -313,19 +315,6 @@ def cmd_vm(args: argparse.Namespace) -> int:
 EVENT_LOGGERS = ("bootsvc", "target", "isns")
 
 
-def _verbosity(where: str) -> argparse.ArgumentParser:
-    """-v and -q, taken before the subcommand (``where`` "") and after it
-    ("_after"): a subcommand's parser parses into a namespace of its own
-    that then overwrites the top one, so each place counts in its own
-    attribute and main adds them up."""
-    v = argparse.ArgumentParser(add_help=False)
-    v.add_argument("-v", "--verbose", action="count", default=0, dest=f"verbose{where}",
-                   help="debug log lines too (-vv: also other libraries' debug)")
-    v.add_argument("-q", "--quiet", action="store_true", dest=f"quiet{where}",
-                   help="warnings and errors only, not one line per event")
-    return v
-
-
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
     """One line per event by default (INFO on the event loggers), so the
     journal of ``bootsvc serve`` shows every DHCP offer, TFTP transfer and
@@ -342,13 +331,23 @@ def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
             logging.getLogger(name).setLevel(logging.DEBUG)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    verbosity = _verbosity("_after")
-    p = argparse.ArgumentParser(prog="bootsvc", description="Network boot for diskless machines.",
-                                parents=[_verbosity("")])
+def version() -> str:
+    """The installed distribution's version; running from a checkout that
+    was never installed, the package's own (pyproject.toml reads it from
+    there, so both agree once installed)."""
+    try:
+        return metadata.version("bootsvc")
+    except metadata.PackageNotFoundError:
+        return __version__
+
+
+def build_parser() -> CliParser:
+    p = CliParser(prog="bootsvc", description="Network boot for diskless machines. The options -c, -v and -q "
+                  "go anywhere: before the command, after it or after its verb.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    e = sub.add_parser("export", help="serve disk images over iSCSI right now", parents=[verbosity])
+    e = command(sub, "export", "serve disk images over iSCSI right now", config=False)
     e.add_argument("image", nargs="+", help="raw image file(s) or block device(s); each becomes a LUN")
     e.add_argument("--iqn", help="target name (default: iqn.2026-11.io.bootsvc:<image name>)")
     e.add_argument("--alias", help="TargetAlias shown to initiators")
@@ -363,8 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_export)
 
     def with_config(name: str, help: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
-        cp = sub.add_parser(name, help=help, parents=[verbosity])
-        cp.add_argument("-c", "--config", required=True, help="bootsvc.yaml")
+        cp = command(sub, name, help)
         cp.set_defaults(func=func)
         return cp
 
@@ -417,8 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    verbose, quiet = args.verbose + args.verbose_after, args.quiet or args.quiet_after
-    if verbose and quiet:
-        parser.error("-q and -v contradict each other: give one")
-    setup_logging(verbose, quiet)
+    opts = parser.options(args)
+    args.config = opts.config
+    setup_logging(opts.verbose, opts.quiet)
     return int(args.func(args))

@@ -10,8 +10,9 @@ iSCSI sessions open now are asked of the target server when scraped.
 Every label set is bounded: a host label is only ever a fleet machine's
 name (anything else counts as ``_other``), a rule one of the recorder's
 rules, a status one HTTP status. A flood of random MACs cannot grow the
-registry. The registry is private (not prometheus_client's global one), so
-two servers in one process (tests) do not share counters. The cost on the
+registry. The registry is private (no global one), so two servers in one
+process (tests) do not share counters. The text format is bootsvc's own
+(bootsvc/prometheus.py: prometheus_client is Apache-2.0 only). The cost on the
 event path is a dict lookup and an increment.
 """
 
@@ -20,9 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-
 from .events import Event, Kind
+from .prometheus import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from .recorder.diagnosis import RULES
 from .recorder.recorder import Identities
 

@@ -15,7 +15,16 @@ from .credentials import AuthMode, check_pair, parse_chap
 from .template import FIELDS, unknown_placeholders
 from .yamlfile import Checker, ConfigError, load_yaml
 
-SHIPPED = Path(__file__).resolve().parent.parent / "profiles"
+
+def _shipped() -> Path:
+    """The shipped profiles: the package data of an installed wheel
+    (setup.py puts the repo's ``profiles/`` there), else, running from a
+    checkout or an editable install, the repo's ``profiles/`` itself."""
+    installed = Path(__file__).resolve().parent / "shipped_profiles"
+    return installed if installed.is_dir() else installed.parent.parent / "profiles"
+
+
+SHIPPED = _shipped()
 KEYS = {"description", "base", "overlay", "overlay_limit", "boot", "kernel", "initrd", "cmdline", "script", "auth",
         "chap", "mutual_chap"}
 

@@ -1,24 +1,24 @@
 #!/usr/bin/env bash
 # Installs every Debian package and Python package that bootsvc and its
-# tests use, on a fresh Debian 12 machine, as root. Idempotent: packages
-# already present are not fetched again.
+# tests use, on a fresh Debian 12 machine, as root (`make deps`, `make test`,
+# CI): bootsvc's own runtime packages (scripts/install-runtime.sh) and the
+# test peers below, then the development venv with bootsvc editable and its
+# test extras. Idempotent: packages already present are not fetched again.
 set -euo pipefail
 venv=${1:-.venv}
+# The test peers and tools (and what `bootsvc vm`, the demo lab, runs): the
+# one list to add a test's Debian package to. What bootsvc itself needs when
+# it runs goes in scripts/install-runtime.sh instead.
 debs=(
-    python3 python3-venv python3-pip
     libiscsi-bin        # iscsi-test-cu, iscsi-perf, iscsi-ls
-    qemu-utils          # qemu-img (check, compare)
     qemu-block-extra    # qemu-img's iscsi:// driver (libiscsi), not pulled in without recommends
     qemu-system-x86     # QEMU for iPXE sanboot and diskless boots
-    ipxe-qemu ipxe      # iPXE NIC ROMs and binaries
+    ipxe-qemu           # iPXE NIC ROMs (`bootsvc vm`)
     tgt                 # reference iSCSI target
     open-isns-utils     # isnsadm (iSNS peer in the tests)
     open-isns-server    # isnsd (bench/isns.py reference)
-    open-iscsi          # iscsiadm (iSNS discovery peer); iscsistart in the demo image
-    syslinux syslinux-common mtools dosfstools e2fsprogs  # build the demo image without mounting
-    ovmf systemd-boot-efi  # UEFI firmware for `bootsvc vm --uefi`; the demo image's UEFI loader
+    ovmf                # UEFI firmware for `bootsvc vm --uefi`
     nasm                # assembles the sanboot test's boot sector
-    busybox-static      # udhcpc, a real DHCP client for the DHCP tests
     tftp-hpa            # a real TFTP client
     tftpd-hpa           # reference TFTP server for bench/tftp.py
     dnsmasq-base        # reference DHCP server for bench/dhcp.py; upstream resolver in the DNS tests (no system service)
@@ -33,15 +33,7 @@ debs=(
     iproute2 procps
     systemd             # systemd-analyze (verify and security of systemd/bootsvc.service), systemd-sysusers
 )
-missing=()
-for p in "${debs[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update
-    apt-get install -y --no-install-recommends "${missing[@]}"
-fi
+bash "$(dirname "$0")/install-runtime.sh" "${debs[@]}"
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi

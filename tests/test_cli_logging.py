@@ -25,14 +25,17 @@ def restore_levels() -> Iterator[None]:
 
 
 def verbosity(*argv: str) -> tuple[int, bool]:
-    args = build_parser().parse_args([*argv])
-    return args.verbose + args.verbose_after, args.quiet or args.quiet_after
+    parser = build_parser()
+    opts = parser.options(parser.parse_args([*argv]))
+    return opts.verbose, opts.quiet
 
 
 def test_verbose_and_quiet_before_or_after_the_subcommand() -> None:
     assert verbosity("serve", "-c", "x") == (0, False)
     assert verbosity("-q", "serve", "-c", "x") == verbosity("serve", "-c", "x", "--quiet") == (0, True)
     assert verbosity("-v", "serve", "-c", "x", "-v") == verbosity("-vv", "export", "img", "--auth", "none") == (2, False)
+    assert verbosity("-v", "image", "-v", "list", "-v", "-c", "x") == (3, False)
+    assert verbosity("isns", "-c", "x", "dd", "add", "dd1", "-q") == (0, True)
 
 
 def test_quiet_and_verbose_together_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:

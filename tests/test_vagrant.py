@@ -117,8 +117,9 @@ def test_bootsvc_check_passes() -> None:
 
 
 def test_provisioning_fits_the_unit_and_config() -> None:
-    """provision.sh is valid bash, installs where systemd/bootsvc.service
-    looks, and its sed finds what it replaces in bootsvc.yaml."""
+    """provision.sh is valid bash, installs as `make install` does (where
+    systemd/bootsvc.service looks: tests/e2e/test_install.py runs it), and
+    its sed finds what it replaces in bootsvc.yaml."""
     script = LAB / "provision.sh"
     r = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
@@ -126,11 +127,11 @@ def test_provisioning_fits_the_unit_and_config() -> None:
     unit = UNIT.read_text()
     for path in ("/usr/local/bin/bootsvc", "/etc/bootsvc/bootsvc.yaml"):
         assert path in unit
-    assert "ln -sf \"$venv/bin/bootsvc\" /usr/local/bin/bootsvc" in text
+    assert 'bash scripts/install.sh "$venv"' in text and "venv=/opt/bootsvc" in text
     assert "cfg=/etc/bootsvc/bootsvc.yaml" in text
-    assert "scripts/install-deps.sh" in text and "build-demo" in text and "systemd/bootsvc.service" in text
-    # the unit's user exists before it starts, and can read the config and own the state
-    assert "systemd/bootsvc.sysusers" in text and "systemd-sysusers" in text
+    assert "build-demo" in text and "systemctl enable bootsvc" in text
+    # the unit's user exists before it starts (install.sh makes it), and can read the config and own the state
+    assert text.index("scripts/install.sh") < text.index("chown root:bootsvc")
     assert "User=bootsvc" in unit and "chown root:bootsvc \"$cfg.new\"" in text
     assert text.index("build-demo") < text.index("chown -R bootsvc:bootsvc /var/lib/bootsvc")
     assert CONFIG.read_text().count("interface: eth1,") == 1

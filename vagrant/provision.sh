@@ -10,16 +10,10 @@ venv=/opt/bootsvc
 cfg=/etc/bootsvc/bootsvc.yaml
 cd "$repo"
 
-# Debian and Python packages, the same as `make deps` (with the venv out of
-# the synced tree, which `vagrant rsync` would otherwise overwrite).
-bash scripts/install-deps.sh "$venv"
-ln -sf "$venv/bin/bootsvc" /usr/local/bin/bootsvc
-
-# install-deps.sh also brings the reference servers the tests compare
-# against; as services they would hold bootsvc's ports (3260, 69, 3205).
-for unit in tgt tftpd-hpa isnsd; do
-    systemctl disable --now "$unit" >/dev/null 2>&1 || true
-done
+# bootsvc as `make install` installs it: its runtime Debian packages, the
+# venv (out of the synced tree, which `vagrant rsync` would otherwise
+# overwrite), /usr/local/bin/bootsvc, the unit and the user bootsvc.
+bash scripts/install.sh "$venv"
 
 # The config, with the real name of the private NIC (eth1 in the file).
 iface=$(ip -o -4 addr show | awk -v ip="$server_ip" 'index($4, ip "/") == 1 { print $2; exit }')
@@ -28,11 +22,8 @@ if [ -z "$iface" ]; then
     ip -o -4 addr show >&2
     exit 1
 fi
-# The service's user (systemd/bootsvc.sysusers); it reads the config
-# through its group, so the file can hold CHAP secrets (root:bootsvc 0640).
-install -m 0644 "$repo/systemd/bootsvc.sysusers" /etc/sysusers.d/bootsvc.conf
-systemd-sysusers /etc/sysusers.d/bootsvc.conf
-install -d -o root -g bootsvc -m 0750 /etc/bootsvc
+# The service's user reads the config through its group, so the file can
+# hold CHAP secrets (root:bootsvc 0640).
 install -d -o bootsvc -g bootsvc -m 0750 /var/lib/bootsvc
 sed "s/interface: eth1,/interface: $iface,/" "$repo/vagrant/bootsvc.yaml" > "$cfg.new"
 grep -q "interface: $iface," "$cfg.new"
@@ -45,7 +36,6 @@ bootsvc check -c "$cfg"
 bootsvc image -c "$cfg" build-demo
 chown -R bootsvc:bootsvc /var/lib/bootsvc  # built as root; the service writes its overlays beside it
 
-install -m 0644 "$repo/systemd/bootsvc.service" /etc/systemd/system/bootsvc.service
 systemctl daemon-reload
 systemctl enable bootsvc
 systemctl restart bootsvc
