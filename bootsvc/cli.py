@@ -27,6 +27,7 @@ from target import (
 from . import SCSI_PRODUCT, SCSI_VENDOR, isns_cli
 from . import config as config_mod
 from .address import HostPort
+from .bootfile_check import bootfile_warnings
 from .credentials import check_pair, parse_chap
 from .demo import DEMO_BASE, DemoImageError, build_demo
 from .images import ImageError, ImageStore
@@ -112,6 +113,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         if not base.is_file():
             print(f"{cfg.path}: warning: {m.hostname}: base image {base} (profile {m.profile}) does not exist yet",
                   file=sys.stderr)
+    for warning in bootfile_warnings(cfg):
+        print(f"{cfg.path}: warning: {warning}", file=sys.stderr)
     print(f"{cfg.path}: ok ({len(cfg.machines)} machine(s), {len(cfg.profiles)} profile(s), "
           f"{len(cfg.targets)} extra target(s) with {luns} LUN(s), "
           f"iSCSI on {', '.join(map(str, cfg.iscsi.portals)) or 'nothing'})")

@@ -70,7 +70,7 @@ class Server:
         self.metrics = Metrics(self.fleet, lambda: len(self.iscsi.sessions))
         self.bus.subscribe(self.metrics)
         self.planner = BootPlanner(self.fleet, self.bus.emit, s.portals[0].port if s.portals else 3260,
-                                   cfg.http.port if cfg.http else None)
+                                   cfg.http.port if cfg.http else None, has_file=lambda name: self.files.has(name))
         self.files = FileSource(list(cfg.tftp.roots) if cfg.tftp else [], generate=self.planner.script_file)
         self.services = Services(report)
         self.responder: Responder | None = None

@@ -80,6 +80,7 @@ class ClientArch(IntEnum):
     EFI_BC = 9
     EFI_ARM32 = 10
     EFI_ARM64 = 11
+    EFI_IA32_HTTP = 15
     EFI_X64_HTTP = 16
     EFI_ARM64_HTTP = 19
 
@@ -116,6 +117,12 @@ class Request:
     def pxe(self) -> bool:
         """A PXE boot ROM or iPXE (option 60 starts with PXEClient)."""
         return self.vendor_class.startswith(b"PXEClient")
+
+    @property
+    def http(self) -> bool:
+        """A UEFI HTTP-boot client (option 60 starts with HTTPClient, UEFI
+        2.10 §24.7.2): it takes a boot file URL, not a TFTP name."""
+        return self.vendor_class.startswith(b"HTTPClient")
 
     @property
     def ipxe(self) -> bool:
