@@ -17,6 +17,7 @@ debs=(
     open-iscsi          # iscsiadm (iSNS discovery peer); iscsistart in the demo image
     syslinux syslinux-common mtools dosfstools e2fsprogs  # build the demo image without mounting
     ovmf systemd-boot-efi  # UEFI firmware for `bootsvc vm --uefi`; the demo image's UEFI loader
+    qemu-system-arm qemu-efi-aarch64  # an ARM64 UEFI VM (AAVMF) PXE-booting (tests/e2e/test_http_boot.py)
     nasm                # assembles the sanboot test's boot sector
     busybox-static      # udhcpc, a real DHCP client for the DHCP tests
     tftp-hpa            # a real TFTP client
