@@ -17,6 +17,7 @@ from target import Portal, TargetServer
 
 from . import config as config_mod
 from .boot import BootPlanner
+from .bootfile_check import bootfile_warnings
 from .dhcp.leases import LeaseStore
 from .dns.service import DnsService
 from .dns.zone import Zone
@@ -76,6 +77,8 @@ class Server:
         self.responder: Responder | None = None
         self.tftp: TftpService | None = None
         self._build(cfg)
+        for warning in bootfile_warnings(cfg):  # check's warnings: which firmware cannot boot, and why
+            report(f"warning: {warning}")
 
     def close(self) -> None:
         """What outlives the services: the fleet's disks, the lease store, the
