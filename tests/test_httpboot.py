@@ -13,6 +13,7 @@ from scapy.layers.dhcp import BOOTP, DHCP
 
 from bootsvc.boot import BootPlanner
 from bootsvc.bootfile_check import bootfile_warnings
+from bootsvc.cli import main
 from bootsvc.config import ConfigError, load
 from bootsvc.dhcp.bootfiles import DEFAULT_BOOTFILES, Firmware, firmware_of
 from bootsvc.dhcp.leases import LeaseStore
@@ -182,3 +183,11 @@ def test_check_warns_once_per_firmware_whose_file_is_missing(tmp_path: Path) -> 
     assert bootfile_warnings(load(path)) == []
     no_http = bootfile_warnings(load(write(tmp_path, http="")))
     assert any(w.startswith("listen.http is off: UEFI HTTP-boot clients") for w in no_http)
+
+
+def test_bootsvc_check_prints_the_warnings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, http="")
+    assert main(["check", "-c", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert f"{path}: warning: dhcp.bootfiles.efi-arm64: ipxe-arm64.efi is in none of the TFTP roots" in err
+    assert f"{path}: warning: listen.http is off" in err
