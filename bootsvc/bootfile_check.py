@@ -34,8 +34,8 @@ def bootfile_warnings(cfg: Config) -> list[str]:
         return []
     roots = list(cfg.tftp.roots) if cfg.tftp is not None else []
     files = FileSource(roots)
-    where = f"in none of the TFTP roots ({', '.join(map(str, roots))})" if roots else \
-        "not served: listen.tftp is off, so TFTP and HTTP's /files/ have no roots"
+    where = f"in none of the TFTP roots ({', '.join(map(str, roots))}), which TFTP and HTTP's /files/ serve" \
+        if roots else "not served: listen.tftp is off, so TFTP and HTTP's /files/ have no roots"
     warnings = []
     for firmware, name in cfg.dhcp.bootfiles.items():
         if not files.has(name):
