@@ -21,6 +21,7 @@ from bootsvc.dhcp.message import ClientArch, IPv4, MessageType, Request, decode,
 from bootsvc.dhcp.responder import Machines, Mode, Responder, Subnet
 from bootsvc.events import Bus, Event, Kind
 from bootsvc.inventory import Machine
+from bootsvc.recorder.steps import Step, step_of
 
 NODE = Machine(mac="52:54:00:77:00:01", hostname="node01", profile="demo-linux",
                initiator_iqn="iqn.2026-11.t:node01", target_iqn="iqn.2026-11.t:boot.node01", ip=IPv4("10.77.0.11"))
@@ -191,3 +192,14 @@ def test_bootsvc_check_prints_the_warnings(tmp_path: Path, capsys: pytest.Captur
     err = capsys.readouterr().err
     assert f"{path}: warning: dhcp.bootfiles.efi-arm64: ipxe-arm64.efi is in none of the TFTP roots" in err
     assert f"{path}: warning: listen.http is off" in err
+
+
+def test_uefi_http_boots_head_is_no_fetch_for_the_recorder() -> None:
+    """EDK2 sends HEAD, then GET, of its boot file: one fetch, so three
+    HTTP boots are not taken for a chainload loop."""
+    def request_event(method: str, status: int) -> Event:
+        return Event(Kind.HTTP_REQUEST, 0.0, NODE.mac, fields={"method": method, "path": "/files/snponly.efi",
+                                                                "status": status})
+    assert step_of(request_event("HEAD", 200)) is None
+    assert step_of(request_event("GET", 200)) is Step.BOOTFILE
+    assert step_of(request_event("HEAD", 404)) is Step.FILE_MISSING
