@@ -18,6 +18,7 @@ from typing import Any
 
 from .address import HostPort
 from .credentials import AuthMode, check_pair, parse_chap
+from isns.policy import Policy
 from target import ChapAlgorithm, ChapAuth, LunSpec, TargetConfigError, TargetSpec, check_iscsi_name
 
 from . import SCSI_PRODUCT, SCSI_VENDOR
@@ -42,7 +43,7 @@ ISCSI_KEYS = {"nop_interval", "nop_timeout", "queue_depth", "portal_group_tag"} 
 ISCSI_AUTH_KEYS = {"chap_algorithms", "discovery_chap", "discovery_mutual_chap"}
 CHAP_ALGORITHMS = {"sha3-256": ChapAlgorithm.SHA3_256, "sha256": ChapAlgorithm.SHA256, "sha1": ChapAlgorithm.SHA1,
                    "md5": ChapAlgorithm.MD5}
-ISNS_KEYS = {"server", "registration_period", "default_dd", "control_nodes", "control_addresses"}
+ISNS_KEYS = {"server", "registration_period", "default_dd", "control_nodes", "control_addresses", "policy"}
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ class IsnsSettings:
     control_nodes: tuple[str, ...] = ()  # iSCSI names allowed to manage DDs (isnsadm's SourceName)
     # where those names are believed from, besides loopback and the server's own address
     control_addresses: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    policy: Policy = Policy.STRICT  # who may change what (isns/policy.py, docs/security.md)
 
     @property
     def target(self) -> HostPort | None:
@@ -342,7 +344,18 @@ def _isns(c: Checker, doc: LineMap, listen: Any) -> IsnsSettings:
         except TargetConfigError as e:
             c.err(m, "isns.control_nodes", str(e))
     return IsnsSettings(listen_at, server, period, default_dd == "visible", tuple(map(str, controls)),
-                        _control_addresses(c, m))
+                        _control_addresses(c, m), _isns_policy(c, m))
+
+
+def _isns_policy(c: Checker, m: LineMap) -> Policy:
+    """isns.policy: strict (RFC 4171 §5.6.1, the default) or open (as
+    open-isns isnsd: any source changes any entity and DD)."""
+    given = m.get("policy", Policy.STRICT.value)
+    try:
+        return Policy(given)
+    except ValueError:
+        c.err(m, "isns.policy", "expected strict or open" + (f", got {given}" if isinstance(given, str) else ""))
+        return Policy.STRICT
 
 
 def _control_addresses(c: Checker, m: LineMap) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 
-from target import Backend, BackendError, ChapAuth, Target, TargetConfigError, TargetSpec, open_backend
+from target import Backend, BackendError, ChapAuth, Standby, Target, TargetConfigError, TargetSpec, open_backend
 
 from .config import Config
 from .credentials import AuthMode, CredentialStore, chap_auth
@@ -37,6 +37,11 @@ from .profiles import OverlayPolicy, Profile
 IPv4 = ipaddress.IPv4Address
 
 
+# seconds a replaced disk stays open: the sessions dropped for the new boot
+# may still have reads or writes on it in worker threads
+CLOSE_GRACE = 5.0
+
+
 class FleetError(Exception):
     """The fleet cannot start as configured (a config target cannot be opened)."""
 
@@ -49,7 +54,7 @@ class Disk:
     profile: Profile
     spec: TargetSpec
     target: Target
-    fresh: bool = True  # made for the coming boot: an ephemeral disk needs no renewal at that boot
+    fresh: bool = True  # nobody has logged in since it was made: the coming boot needs no renewal
     renewing: bool = False  # a new overlay is being made for it
 
 
@@ -66,6 +71,7 @@ class Fleet:
         self._machines = self._inventory(cfg)
         self.machines: Mapping[str, Machine] = MappingProxyType(self._machines)
         self._disks: dict[str, Disk] = {}  # by MAC
+        self._replaced: set[Backend] = set()  # renewed disks' old overlays, closed after CLOSE_GRACE
         self._specs: dict[str, TargetSpec] = {}  # the config's own targets served, by IQN
         # proxy mode: the address another DHCP server gave a machine, and back
         self._proxied: dict[IPv4, str] = {}
@@ -99,6 +105,11 @@ class Fleet:
             self._specs[spec.iqn] = spec
 
     def close(self) -> None:
+        for backend in self._replaced:
+            backend.close()
+        self._replaced.clear()
+        for disk in self._disks.values():
+            self._forget_standby(disk)
         for t in self.targets.values():
             t.close()
         self.targets.clear()
@@ -224,8 +235,15 @@ class Fleet:
             return
         if event.fields.get("proxy") and event.ip is not None:
             self._proxy_address(mac, IPv4(event.ip))
-        if event.kind is Kind.DHCP_OFFER and not event.fields.get("ipxe") and mac in self._disks:
-            self._spawn(self.renew(mac))  # a new boot (the recorder, bootsvc/recorder, keeps its steps)
+        disk = self._disks.get(mac)
+        if disk is None:
+            return
+        if event.kind is Kind.ISCSI_LOGIN:
+            disk.fresh = False  # this boot uses it: the next one gets a new one
+        elif event.kind is Kind.DHCP_OFFER and event.fields.get("firmware"):
+            # a boot firmware asking (PXE ROM, UEFI, iPXE; never an OS's own
+            # DHCP client) starts a new boot, in proxy mode as in authoritative
+            self._spawn(self.renew(mac))
 
     def _proxy_address(self, mac: str, ip: IPv4) -> None:
         """One address per machine: a machine given a new one loses the old."""
@@ -251,19 +269,18 @@ class Fleet:
     # -- machines' disks -----------------------------------------------------------------
 
     async def renew(self, mac: str) -> bool:
-        """A machine starts a new boot: an ephemeral overlay is made anew,
-        unless the machine still has a session open. True when renewed."""
+        """A machine starts a new boot: its ephemeral overlay is made anew.
+        If the last boot's sessions are still open (a reset machine does not
+        log out), the new overlay waits beside the served one and replaces
+        it when the new boot logs in (target.Standby): never under a session
+        that is still writing, and never for a forged DHCP packet alone, as
+        the login proves the machine. True when made."""
         disk = self._disks.get(mac)
         if disk is None or disk.profile.overlay is not OverlayPolicy.EPHEMERAL:
             return False
-        if disk.fresh:  # made for this very boot (at start or adoption): fresh already
-            disk.fresh = False
-            return False
+        if disk.fresh or disk.renewing or disk.target.standby is not None:
+            return False  # unused since made, or its renewal is under way
         m = disk.machine
-        if disk.target.sessions or disk.renewing:
-            why = "a renewal is under way" if disk.renewing else "sessions still logged in"
-            self.bus.emit(Kind.DISK_KEPT, mac=m.mac, hostname=m.hostname, why=why)
-            return False
         disk.renewing = True
         try:
             backend = await asyncio.to_thread(self._fresh_backend, disk)
@@ -272,19 +289,47 @@ class Fleet:
             return False
         finally:
             disk.renewing = False
-        fresh = self.store.renewal_path(m.hostname)
-        if disk.target.sessions:  # it logged in while the new overlay was made: its writes go on to the old one
+        if self._disks.get(mac) is not disk:  # forgotten (reload, expiry) meanwhile
             backend.close()
-            fresh.unlink(missing_ok=True)
-            self.bus.emit(Kind.DISK_KEPT, mac=m.mac, hostname=m.hostname, why="logged in while renewing")
+            self.store.renewal_path(m.hostname).unlink(missing_ok=True)
             return False
-        # on the loop, between two requests: no session can see a half-swapped disk
-        os.replace(fresh, self.store.overlay_path(m.hostname))
-        lun = disk.target.luns[0]
-        old, lun.backend = lun.backend, backend
-        old.close()
-        self.bus.emit(Kind.DISK_RENEWED, mac=m.mac, hostname=m.hostname, target=m.target_iqn)
+        disk.target.standby = Standby({0: backend}, lambda old: self._renewed(disk, old))
+        if disk.target.sessions:
+            self.bus.emit(Kind.DISK_KEPT, mac=m.mac, hostname=m.hostname,
+                          why="the last boot's sessions are still open: renewed at this boot's login")
+        else:
+            disk.target.swap_standby()
         return True
+
+    def _renewed(self, disk: Disk, old: list[Backend]) -> None:
+        """The new overlay is served: it takes the served one's name, and
+        the old one is closed once the dropped sessions' reads and writes
+        in worker threads are done with it."""
+        m = disk.machine
+        os.replace(self.store.renewal_path(m.hostname), self.store.overlay_path(m.hostname))
+        disk.fresh = True
+        for backend in old:
+            self._close_later(backend)
+        self.bus.emit(Kind.DISK_RENEWED, mac=m.mac, hostname=m.hostname, target=m.target_iqn)
+
+    def _forget_standby(self, disk: Disk) -> None:
+        """A disk no longer served takes its waiting renewal with it."""
+        if disk.target.standby is not None:
+            disk.target.standby.close()
+            disk.target.standby = None
+            self.store.renewal_path(disk.machine.hostname).unlink(missing_ok=True)
+
+    def _close_later(self, backend: Backend) -> None:
+        def close() -> None:
+            if backend in self._replaced:
+                self._replaced.discard(backend)
+                backend.close()
+
+        self._replaced.add(backend)
+        try:
+            asyncio.get_running_loop().call_later(CLOSE_GRACE, close)
+        except RuntimeError:  # no loop: nothing can still be using it
+            close()
 
     def _fresh_backend(self, disk: Disk) -> Backend:
         """In a thread: a new overlay beside the served one, opened."""
@@ -350,6 +395,7 @@ class Fleet:
         if disk is not None:
             del self._disks[mac]
             self.targets.pop(disk.target.name, None)
+            self._forget_standby(disk)
             disk.target.close()
             self.store.overlay_path(disk.machine.hostname).unlink(missing_ok=True)
         self._forget_indexes()

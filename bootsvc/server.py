@@ -126,7 +126,7 @@ class Server:
         if i.listen is not None:
             registry = Registry(control_nodes={cfg.control_node, *i.control_nodes},
                                 default_dd_visible=i.default_dd_visible, default_period=i.registration_period,
-                                on_event=self.bus.sink("isns"))
+                                on_event=self.bus.sink("isns"), policy=i.policy)
             try:
                 store = Store(cfg.state_dir / "isns.db")
                 store.load(registry, time.time())

@@ -33,12 +33,13 @@ from .handlers import HANDLERS
 from .limits import DIRECT, Gate, Origin
 from .notifier import Notifier
 from .objects import DEFAULT_PERIOD, DiscoveryDomain, DiscoveryDomainSet, Entity, Node, PortalGroup
+from .policy import Policy
 from .protocol import Function, Status, Tag
 from .scn import Address, Notice
 from .timers import ESI_RETRIES
 from .visibility import Visibility
 
-__all__ = ["ESI_RETRIES", "MIN_ESI_INTERVAL", "IsnsError", "Registry"]
+__all__ = ["ESI_RETRIES", "MIN_ESI_INTERVAL", "IsnsError", "Policy", "Registry"]
 
 T = TypeVar("T")
 
@@ -77,7 +78,8 @@ class Registry:
     def __init__(self, control_nodes: set[str] | None = None, default_dd_visible: bool = True,
                  open_dd_registration: bool = False, *, default_period: int = DEFAULT_PERIOD,
                  min_esi_interval: int = MIN_ESI_INTERVAL, on_event: OnEvent = ignore_event,
-                 max_per_source: int = MAX_PER_SOURCE, max_nodes: int = MAX_NODES) -> None:
+                 max_per_source: int = MAX_PER_SOURCE, max_nodes: int = MAX_NODES,
+                 policy: Policy = Policy.STRICT) -> None:
         """``control_nodes``: the iSCSI names that see and may change
         everything; ``default_dd_visible``: nodes in no DD see each other;
         ``open_dd_registration``: any source may register DDs and DD sets;
@@ -85,10 +87,11 @@ class Registry:
         name none (0: never expire); ``min_esi_interval``: the shortest ESI
         interval (s) granted; ``max_per_source``: the entities a source
         other than a control node may register, and the portals in one of
-        them; ``max_nodes``: the nodes in one of them."""
+        them; ``max_nodes``: the nodes in one of them; ``policy``: who may
+        change what (isns/policy.py)."""
         db = Database()
         control = set() if control_nodes is None else control_nodes  # the caller's set: it may change it later
-        visibility = Visibility(db, control, default_dd_visible, open_dd_registration)
+        visibility = Visibility(db, control, default_dd_visible, open_dd_registration, policy)
         self._refusals = Gate()  # refusals of network requests told at most once a second per status
         self._ctx = Context(db, visibility, Notifier(db, visibility), on_event, default_period, min_esi_interval,
                             max_per_source=max_per_source, max_nodes=max_nodes)
@@ -196,3 +199,4 @@ class Registry:
     control_nodes: _Part[set[str]] = _Part("visibility")
     default_dd_visible: _Part[bool] = _Part("visibility")
     open_dd_registration: _Part[bool] = _Part("visibility")
+    policy: _Part[Policy] = _Part("visibility")

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from .database import Database
 from .errors import IsnsError
 from .objects import DiscoveryDomain, DiscoveryDomainSet, Entity, Node, Object, Portal, PortalGroup
-from .protocol import Status
+from .policy import Policy
+from .protocol import NodeType, Status
 
 Seen = dict[str, bool]  # what one source was found to see in one request, by node name
 
@@ -26,6 +27,7 @@ class Visibility:
     control_nodes: set[str] = field(default_factory=set)
     default_dd_visible: bool = True
     open_dd_registration: bool = False
+    policy: Policy = Policy.STRICT
     # the active DDs of each member, rebuilt after a DD or DD set change
     # (forget()), so a query costs a lookup, not a walk over every DD
     _member_of: dict[str, list[DiscoveryDomain]] | None = None  # None: to be rebuilt
@@ -57,11 +59,20 @@ class Visibility:
         ``default_dd_visible``; control nodes see everything."""
         if source in self.control_nodes:  # is_control, asked for every object a query lists
             return True
+        if self.policy is Policy.OPEN and self._declared_control(source):
+            return True
         member_of = self._membership()
         mine = member_of.get(source)
         if mine:
             return any(name in dd.members for dd in mine)
         return name == source or (self.default_dd_visible and not member_of.get(name))
+
+    def _declared_control(self, source: str) -> bool:
+        """Is ``source`` registered with the Control type bit? open-isns
+        gives such a node the global scope (scope.c); strict believes
+        only the configured names."""
+        node = self.db.nodes.get(source)
+        return node is not None and bool(node.type & NodeType.CONTROL)
 
     def sees_in(self, source: str, name: str, seen: Seen | None) -> bool:
         """sees(), remembered in ``seen`` (see may_see)."""
@@ -92,12 +103,19 @@ class Visibility:
         return any(self.sees_in(source, m, seen) for m in obj.members)  # a DD: one of its members
 
     def check_may_change(self, source: str, entity: Entity) -> None:
-        """Refuse unless ``source`` is a control node or one of the entity's nodes."""
-        if self.is_control(source) or source in entity.nodes:
+        """Refuse unless ``source`` is a control node or one of the entity's
+        nodes (§5.6.1); under the open policy anyone may."""
+        if self.policy is Policy.OPEN or self.is_control(source) or source in entity.nodes:
             return
         raise IsnsError(Status.SOURCE_UNAUTHORIZED, f"{source} is not a node of entity {entity.eid}")
 
     def check_may_change_domains(self, source: str) -> None:
         """Refuse unless ``source`` may register and deregister DDs and DD sets."""
-        if not (self.open_dd_registration or self.is_control(source)):
+        if not (self.policy is Policy.OPEN or self.open_dd_registration or self.is_control(source)):
             raise IsnsError(Status.SOURCE_UNAUTHORIZED, f"{source} is not a control node")
+
+    def check_may_manage(self, source: str) -> None:
+        """Refuse unless ``source`` may register for management SCNs
+        (§6.4.4: control nodes only; under the open policy anyone)."""
+        if not (self.policy is Policy.OPEN or self.is_control(source)):
+            raise IsnsError(Status.SCN_REGISTRATION_REJECTED, "management SCNs are for control nodes")

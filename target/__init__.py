@@ -21,7 +21,7 @@ from .qcow2_check import check as check_image
 from .qcow2_create import create_image, set_backing
 from .server import Portal, TargetServer
 from .session import DropReason
-from .targets import LunSpec, Target, TargetConfigError, TargetSpec, check_iscsi_name, open_backend
+from .targets import LunSpec, Standby, Target, TargetConfigError, TargetSpec, check_iscsi_name, open_backend
 
 __all__ = [
     "QCOW2_MAGIC",
@@ -38,6 +38,7 @@ __all__ = [
     "Portal",
     "Qcow2Backend",
     "Qcow2Error",
+    "Standby",
     "Target",
     "TargetConfigError",
     "TargetServer",

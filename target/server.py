@@ -287,6 +287,10 @@ class TargetServer:
             conn.session = old
             return tsih
         target = self.targets.get(params.target_name) if params.session_type == "Normal" else None
+        # a session of the same initiator instance coming back is the same
+        # boot (§6.3.5 reinstatement); any other first session is a new one
+        reinstating = target is not None and any(
+            (s.isid, s.params.initiator_name) == (isid, params.initiator_name) for s in target.sessions)
         if target is not None and target.one_writer:
             self._one_writer(conn, target, params, isid)
         for s in list(self.sessions.values()):
@@ -295,6 +299,8 @@ class TargetServer:
                 self.event("iscsi.session_reinstated", peer=conn.peer, initiator=params.initiator_name,
                            target=params.target_name, tsih=s.tsih)
                 self._drop(s, DropReason.REINSTATED)
+        if target is not None and target.standby is not None and not reinstating and not target.sessions:
+            target.swap_standby()
         tsih = self._new_tsih()
         session = Session(self, params, isid, tsih, conn.login_cmdsn, target, window=self.window,
                           keepalive=Keepalive(self.nop_interval, self.nop_timeout),

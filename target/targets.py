@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .backend import Backend, RawBackend
@@ -91,6 +92,23 @@ def device_id(target_iqn: str, lun_id: int) -> bytes:
 
 
 @dataclass
+class Standby:
+    """Disks made ready for a target's next boot, while the last boot's
+    sessions may still be open (a machine reset without logging out):
+    they replace the LUNs' backends when that boot's first session is
+    admitted, which proves the machine is booting anew. ``swapped`` is
+    told the backends they replaced, once; the owner renames files,
+    reports, and closes them when the dropped sessions' work is done."""
+
+    backends: dict[int, Backend]
+    swapped: Callable[[list[Backend]], None]
+
+    def close(self) -> None:
+        for backend in self.backends.values():
+            backend.close()
+
+
+@dataclass
 class Target:
     name: str
     alias: str
@@ -99,6 +117,7 @@ class Target:
     sessions: set[Session] = field(default_factory=set)
     single_writer: bool = False
     auth: ChapAuth | None = None
+    standby: Standby | None = None  # swapped in at the next boot's first session
 
     def allows(self, initiator_name: str) -> bool:
         return self.allowed_initiators is None or initiator_name in self.allowed_initiators
@@ -141,6 +160,21 @@ class Target:
     def close(self) -> None:
         for lun in self.luns.values():
             lun.backend.close()
+        if self.standby is not None:
+            self.standby.close()
+            self.standby = None
+
+    def swap_standby(self) -> None:
+        """The standby disks become the LUNs' backends (on the loop, between
+        two requests: no session sees a half-swapped target)."""
+        standby, self.standby = self.standby, None
+        if standby is None:
+            return
+        old = []
+        for lun_id, backend in standby.backends.items():
+            old.append(self.luns[lun_id].backend)
+            self.luns[lun_id].backend = backend
+        standby.swapped(old)
 
 
 def lun_from_field(lun_field: int) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bootsvc.config import ConfigError, load
+from isns.policy import Policy
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -419,3 +420,14 @@ machines:
         problems(write(tmp_path, base))
     cfg = load(write(tmp_path, base.replace("  dhcp: {address: 10.9.0.1}", "  dhcp: {address: 10.9.0.1}\n  http: 10.9.0.1:8080")))
     assert cfg.http is not None
+
+
+def test_isns_policy(tmp_path: Path) -> None:
+    """isns.policy: strict (the default) or open (isns/policy.py)."""
+    assert load(write(tmp_path, "listen: {isns: 127.0.0.1:3205}\n")).isns.policy is Policy.STRICT
+    p = write(tmp_path, "listen: {isns: 127.0.0.1:3205}\nisns:\n  policy: open\n")
+    assert load(p).isns.policy is Policy.OPEN
+    p = write(tmp_path, "listen: {isns: 127.0.0.1:3205}\nisns:\n  default_dd: visible\n  policy: permissive\n")
+    assert f"{p}:4: isns.policy: expected strict or open, got permissive" in problems(p)
+    p = write(tmp_path, "listen: {isns: 127.0.0.1:3205}\nisns:\n  policy: [open]\n")
+    assert f"{p}:3: isns.policy: expected strict or open\n" in problems(p) + "\n"

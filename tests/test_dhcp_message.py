@@ -1,4 +1,4 @@
-"""The DHCP codec over scapy: requests decode with the options a boot
+"""The DHCP codec: requests decode with the options a boot
 server needs, replies encode so scapy (and clients) read them back, and
 garbage raises DhcpFormatError only."""
 
@@ -65,6 +65,19 @@ def test_bad_packets_are_named() -> None:
             assert why in str(e), (why, str(e))
         else:
             raise AssertionError(f"accepted: {why}")
+
+
+def test_a_repeated_option_is_one_option_concatenated() -> None:
+    # RFC 3396 §5: busybox udhcpc sends its own option 60 beside one given
+    # with -x 0x3c:..., and iPXE splits long options; the pieces are one value
+    r = decode(request(("message-type", "discover"), ("vendor_class_id", b"PXEClient:Arch:00007"),
+                       ("vendor_class_id", b":UNDI:003016"), ("hostname", b"no"), ("hostname", b"de01"),
+                       (93, b"\x00"), (93, b"\x07")))
+    assert r.vendor_class == b"PXEClient:Arch:00007:UNDI:003016" and r.pxe
+    assert (r.hostname, r.arch) == ("node01", 7)
+    long = b"x" * 300  # longer than one option can hold
+    r = decode(request(("message-type", "discover"), (77, long[:255]), (77, long[255:])))
+    assert r.user_class == long
 
 
 def test_an_address_option_of_several_addresses_is_a_format_error() -> None:

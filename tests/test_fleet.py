@@ -43,41 +43,57 @@ def recorded(bus: Bus) -> list[Event]:
     return events
 
 
-def test_renewal_follows_the_boot_rom_offer_and_spares_logged_in_disks(tmp_path: Path) -> None:
+def test_renewal_at_each_boot_waits_for_the_new_boots_login(tmp_path: Path) -> None:
     bus = Bus()
     events = recorded(bus)
     fleet = Fleet(load(lab(tmp_path, f"  {A}: {{hostname: a}}\n", "ephemeral")), bus)
     fleet.open()
+    gold = (tmp_path / "state" / "images" / "gold.raw").read_bytes()
+
+    async def settle(kind: Kind) -> None:
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if any(e.kind is kind for e in events):
+                return
 
     async def main() -> None:
         disk = fleet.disk(A)
         assert disk is not None
         lun = disk.target.luns[0]
-        bus.emit(Kind.DHCP_OFFER, mac=A, ipxe=False)  # the first boot: the disk was made for it
+        bus.emit(Kind.DHCP_OFFER, mac=A, ipxe=False, firmware=True)  # the first boot: the disk was made for it
         await asyncio.sleep(0.05)
+        bus.emit(Kind.ISCSI_LOGIN, mac=A)
         lun.backend.write_sync(0, b"\x55" * 512)  # type: ignore[attr-defined]
-        disk.target.sessions.add(object())  # type: ignore[arg-type]
-        assert not await fleet.renew(A)  # logged in: the disk stays
-        assert lun.backend.read_sync(0, 512) == b"\x55" * 512  # type: ignore[attr-defined]
-        disk.target.sessions.clear()
-        bus.emit(Kind.DHCP_OFFER, mac=A, ipxe=True)  # iPXE's own DHCP is the same boot
+        disk.target.sessions.add(object())  # type: ignore[arg-type]  # a reset machine never logged out
+        bus.emit(Kind.DHCP_OFFER, mac=A, firmware=False)  # its OS's own DHCP client: no new boot
         await asyncio.sleep(0.05)
-        assert lun.backend.read_sync(0, 512) == b"\x55" * 512  # type: ignore[attr-defined]
-        bus.emit(Kind.DHCP_OFFER, mac=A, ipxe=False)  # the next boot: fresh
-        for _ in range(100):
-            await asyncio.sleep(0.01)
-            if any(e.kind is Kind.DISK_RENEWED for e in events):
-                break
-        gold = (tmp_path / "state" / "images" / "gold.raw").read_bytes()
-        assert [e.kind for e in events if e.service == "disk"] == [Kind.DISK_KEPT, Kind.DISK_RENEWED], events
+        assert disk.target.standby is None
+        bus.emit(Kind.DHCP_OFFER, mac=A, ipxe=True, firmware=True)  # the next boot, the old session still open
+        await settle(Kind.DISK_KEPT)
+        assert disk.target.standby is not None
+        assert lun.backend.read_sync(0, 512) == b"\x55" * 512  # type: ignore[attr-defined]  # not under a session
+        bus.emit(Kind.DHCP_OFFER, mac=A, ipxe=True, firmware=True)  # iPXE chained: the same boot, no second disk
+        await asyncio.sleep(0.05)
+        disk.target.sessions.clear()
+        disk.target.swap_standby()  # what the target does when the new boot's first session is admitted
+        lun = disk.target.luns[0]
         assert lun.backend.read_sync(0, 512) == gold[:512]  # type: ignore[attr-defined]
+        bus.emit(Kind.ISCSI_LOGIN, mac=A)
+        lun.backend.write_sync(0, b"\x66" * 512)  # type: ignore[attr-defined]
+        bus.emit(Kind.DHCP_OFFER, mac=A, firmware=True)  # a reboot after a logout: renewed at once
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if [e.kind for e in events].count(Kind.DISK_RENEWED) == 2:
+                break
+        assert disk.target.luns[0].backend.read_sync(0, 512) == gold[:512]  # type: ignore[attr-defined]
 
     try:
         asyncio.run(main())
     finally:
         fleet.close()
-    kinds = [e.kind for e in events]
-    assert kinds.count(Kind.DISK_KEPT) == 1 and kinds.count(Kind.DISK_RENEWED) == 1
+    kinds = [e.kind for e in events if e.service == "disk"]
+    assert kinds == [Kind.DISK_KEPT, Kind.DISK_RENEWED, Kind.DISK_RENEWED], events
+    assert sorted(p.name for p in (tmp_path / "state" / "overlays").iterdir()) == ["a.qcow2"]
     assert_check_clean(tmp_path / "state" / "overlays" / "a.qcow2")
 
 
@@ -188,7 +204,8 @@ def test_reload_is_a_diff_and_logged_in_disks_stay(tmp_path: Path) -> None:
 
 def test_a_login_during_renewal_keeps_the_old_disk(tmp_path: Path) -> None:
     """The new overlay is made beside the served one; if the machine logs
-    in meanwhile, the new one is thrown away and its writes stay."""
+    in meanwhile, that boot keeps the disk and the new one waits for the
+    next boot; a fleet closed meanwhile leaves no waiting overlay behind."""
     bus = Bus()
     events = recorded(bus)
     fleet = Fleet(load(lab(tmp_path, f"  {A}: {{hostname: a}}\n", "ephemeral")), bus)
@@ -207,13 +224,13 @@ def test_a_login_during_renewal_keeps_the_old_disk(tmp_path: Path) -> None:
     lun = disk.target.luns[0]
     lun.backend.write_sync(0, b"\x77" * 512)  # type: ignore[attr-defined]
     try:
-        assert not asyncio.run(fleet.renew(A))
+        assert asyncio.run(fleet.renew(A)) and disk.target.standby is not None
         assert lun.backend.read_sync(0, 512) == b"\x77" * 512  # type: ignore[attr-defined]
     finally:
         fleet.close()
-    assert [e.fields.get("why") for e in events if e.kind is Kind.DISK_KEPT] == ["logged in while renewing"]
+    assert [e.kind for e in events if e.service == "disk"] == [Kind.DISK_KEPT]
     overlays = tmp_path / "state" / "overlays"
-    assert sorted(p.name for p in overlays.iterdir()) == ["a.qcow2"]  # the new one is gone
+    assert sorted(p.name for p in overlays.iterdir()) == ["a.qcow2"]  # the waiting one is gone
     assert_check_clean(overlays / "a.qcow2")
 
 

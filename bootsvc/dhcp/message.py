@@ -1,6 +1,7 @@
-"""DHCP messages as bootsvc reads and writes them, on top of scapy's BOOTP
-and DHCP layers (RFC 2131 §2 message format, RFC 2132 options, RFC 4578
-PXE client options). Decoding checks everything a responder relies on and
+"""DHCP messages as bootsvc reads and writes them (RFC 2131 §2 message
+format, RFC 2132 options, RFC 3396 long options, RFC 4578 PXE client
+options): requests read by a plain option walk, replies built with scapy's
+BOOTP and DHCP fields. Decoding checks everything a responder relies on and
 raises :class:`DhcpFormatError` naming the problem; nothing else escapes."""
 
 from __future__ import annotations
@@ -125,42 +126,36 @@ class Request:
         return self.vendor_class.startswith(b"HTTPClient")
 
     @property
+    def firmware(self) -> bool:
+        """A boot firmware (PXE ROM, UEFI PXE or HTTP boot, iPXE), not an
+        OS's own DHCP client: its asking starts a new boot."""
+        return self.pxe or self.ipxe or self.http
+
+    @property
     def ipxe(self) -> bool:
         """iPXE itself (user class "iPXE" or its option 175): give it the boot
         target, not the iPXE binary again (no chain-load loop)."""
         return b"iPXE" in self.user_class or self.ipxe_options is not None
 
 
-def _ip(value: Any, what: str) -> IPv4:
-    try:
-        return IPv4(value if isinstance(value, str) else bytes(value))
-    except (ValueError, TypeError):  # TypeError: scapy gives a tuple of addresses for an option longer than 4 bytes
-        raise DhcpFormatError(f"{what} is not an IPv4 address") from None
-
-
 def decode(data: bytes) -> Request:
     """A BOOTREQUEST from the wire (RFC 2131 §2, §4.1)."""
     _check_fixed(data)
-    # The fixed header by struct; the options, the part worth a library, by
-    # scapy's DHCP options field (what DHCP() would run, without building
-    # two Packet objects per datagram: this is the hot path under load).
     _op, _htype, _hlen, hops, xid, secs, flags, ciaddr, _yiaddr, _siaddr, giaddr, chaddr = \
         HEADER.unpack_from(data)
     opts = _options(data)
-    msg_type = _message_type(opts)
-    arch = _arch(opts)
     return Request(
-        xid=xid, mac=":".join(f"{b:02x}" for b in chaddr[:6]), msg_type=msg_type, flags=flags,
+        xid=xid, mac=":".join(f"{b:02x}" for b in chaddr[:6]), msg_type=_message_type(opts), flags=flags,
         secs=secs, hops=hops, ciaddr=IPv4(ciaddr), giaddr=IPv4(giaddr),
-        requested_ip=_optional_ip(opts, "requested_addr", "option 50"),
-        server_id=_optional_ip(opts, "server_id", "option 54"),
-        client_id=_bytes(opts.get("client_id", b"")),
-        hostname=_bytes(opts.get("hostname", b"")).decode("ascii", "replace"),
-        vendor_class=_bytes(opts.get("vendor_class_id", b"")),
-        user_class=_bytes(opts.get("user_class", b"")),
-        arch=arch, uuid=_bytes(opts.get("pxe_client_machine_identifier", b"")),
-        ipxe_options=_bytes(opts[175]) if 175 in opts else None,
-        param_request=tuple(opts.get("param_req_list", ()) or ()),
+        requested_ip=_optional_ip(opts, Option.REQUESTED_IP),
+        server_id=_optional_ip(opts, Option.SERVER_ID),
+        client_id=opts.get(Option.CLIENT_ID, b""),
+        hostname=opts.get(Option.HOSTNAME, b"").decode("ascii", "replace"),
+        vendor_class=opts.get(Option.VENDOR_CLASS, b""),
+        user_class=opts.get(Option.USER_CLASS, b""),
+        arch=_arch(opts), uuid=opts.get(Option.UUID, b""),
+        ipxe_options=opts.get(Option.IPXE_ENCAPSULATED),
+        param_request=tuple(opts.get(Option.PARAM_REQUEST, b"")),
         max_size=_max_size(opts),
     )
 
@@ -178,70 +173,74 @@ def _check_fixed(data: bytes) -> None:
         raise DhcpFormatError("no DHCP magic cookie")
 
 
-def _options(data: bytes) -> dict[Any, Any]:
-    """The options by scapy's name (or code), each at most once; overload
-    (RFC 2132 §9.3) is refused: sname and file are never read."""
-    try:
-        options = OPTIONS_FIELD.m2i(None, data[BOOTP_FIXED + 4:])
-    except Exception as e:  # scapy's dissectors raise what they like; the packet is what is wrong
-        raise DhcpFormatError(f"undecodable: {e}") from None
-    opts: dict[Any, Any] = {}
-    for item in options:
-        if item in ("end", "pad"):
+PAD, END = 0, 255
+
+
+def _options(data: bytes) -> dict[int, bytes]:
+    """The options field as code -> value. An option that appears more
+    than once is one option whose value is the pieces concatenated in
+    order (RFC 3396 §5: udhcpc sends its own option 60 beside a given
+    one). Overload (RFC 2132 §9.3) is refused: sname and file are never
+    read. A plain walk over code-length-value: the hot path under load."""
+    opts: dict[int, bytes] = {}
+    i, n = BOOTP_FIXED + 4, len(data)
+    while i < n:
+        code = data[i]
+        if code == END:
+            break
+        if code == PAD:
+            i += 1
             continue
-        if not isinstance(item, tuple) or len(item) < 2:
-            raise DhcpFormatError("an option runs past the end of the packet")
-        key = item[0]
-        if key in opts:
-            raise DhcpFormatError(f"option {key} appears twice")
-        opts[key] = item[1] if len(item) == 2 else item[1:]
-    if "dhcp-option-overload" in opts:
+        if i + 1 >= n or i + 2 + data[i + 1] > n:
+            raise DhcpFormatError(f"option {code} runs past the end of the packet")
+        value = data[i + 2:i + 2 + data[i + 1]]
+        opts[code] = opts[code] + value if code in opts else value
+        i += 2 + data[i + 1]
+    if Option.OVERLOAD in opts:
         raise DhcpFormatError("option overload (52) is not accepted")
     return opts
 
 
-def _message_type(opts: dict[Any, Any]) -> MessageType:
+def _message_type(opts: dict[int, bytes]) -> MessageType:
     """Option 53, one a client sends (RFC 2132 §9.6)."""
-    if "message-type" not in opts:
+    raw = opts.get(Option.MESSAGE_TYPE)
+    if raw is None:
         raise DhcpFormatError("no message type (option 53)")
+    if len(raw) != 1:
+        raise DhcpFormatError(f"message type (option 53) is {len(raw)} bytes, not 1")
     try:
-        msg_type = MessageType(opts["message-type"])
-    except (ValueError, TypeError):
-        raise DhcpFormatError(f"message type {opts['message-type']!r} is unknown") from None
+        msg_type = MessageType(raw[0])
+    except ValueError:
+        raise DhcpFormatError(f"message type {raw[0]} is unknown") from None
     if msg_type in (MessageType.OFFER, MessageType.ACK, MessageType.NAK):
         raise DhcpFormatError(f"{msg_type.name} is a server message")
     return msg_type
 
 
-def _arch(opts: dict[Any, Any]) -> int | None:
+def _arch(opts: dict[int, bytes]) -> int | None:
     """Option 93's first architecture (RFC 4578 §2.1: a list of 16-bit types)."""
-    arch = opts.get("pxe_client_architecture")
-    if arch is None:
+    raw = opts.get(Option.CLIENT_ARCH)
+    if raw is None:
         return None
-    raw = bytes(arch) if not isinstance(arch, int) else arch.to_bytes(2, "big")
     if len(raw) < 2:
         raise DhcpFormatError("option 93 is shorter than 2 bytes")
     return int.from_bytes(raw[:2], "big")
 
 
-def _max_size(opts: dict[Any, Any]) -> int:
-    """Option 57; below 576 (or not a number) it is 576 (RFC 2132 §9.10)."""
-    max_size = opts.get("max_dhcp_size", 576)
-    return max_size if isinstance(max_size, int) and max_size >= 576 else 576
+def _max_size(opts: dict[int, bytes]) -> int:
+    """Option 57; below 576 (or not 16 bits) it is 576 (RFC 2132 §9.10)."""
+    raw = opts.get(Option.MAX_SIZE, b"")
+    size = int.from_bytes(raw, "big") if len(raw) == 2 else 0
+    return size if size >= 576 else 576
 
 
-def _optional_ip(opts: dict[Any, Any], key: str, what: str) -> IPv4 | None:
-    return _ip(opts[key], what) if key in opts else None
-
-
-def _bytes(value: Any) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode()
-    if isinstance(value, (list, tuple)):
-        return b"".join(_bytes(v) for v in value)
-    return bytes(value) if not isinstance(value, int) else bytes([value & 0xFF])
+def _optional_ip(opts: dict[int, bytes], code: Option) -> IPv4 | None:
+    raw = opts.get(code)
+    if raw is None:
+        return None
+    if len(raw) != 4:
+        raise DhcpFormatError(f"option {int(code)} is not an IPv4 address ({len(raw)} bytes)")
+    return IPv4(raw)
 
 
 @dataclass

@@ -271,7 +271,7 @@ class Responder:
         reply = Reply(req, MessageType.OFFER, subnet.server, yiaddr=ip)
         self._options(reply, req, machine, subnet)
         self.emit(Kind.DHCP_OFFER, mac=req.mac, ip=ip, hostname=machine.hostname if machine else None,
-                  ipxe=req.ipxe, arch=req.arch, user_class=req.user_class.decode(errors="replace") or None)
+                  ipxe=req.ipxe, firmware=req.firmware, arch=req.arch, user_class=req.user_class.decode(errors="replace") or None)
         return reply
 
     def _nak(self, req: Request, subnet: Subnet, why: str) -> Reply:
@@ -334,7 +334,7 @@ class Responder:
         self._boot_options(reply, req, machine, subnet)
 
     def _boot_options(self, reply: Reply, req: Request, machine: Machine | None, subnet: Subnet) -> None:
-        if not (req.pxe or req.ipxe or req.http):
+        if not req.firmware:
             return
         if machine is None and self.unknown is not UnknownPolicy.DEFAULT:
             return
@@ -370,7 +370,7 @@ class Responder:
         HTTP-boot client takes a proxy's OFFER (no address, HTTPClient and
         a URI: EDK2's "ProxyIpUri" offer) beside the DHCP server's and
         requests only from that server, so only its DISCOVER is answered."""
-        if not req.pxe and not req.ipxe and not req.http:
+        if not req.firmware:
             return self._drop("proxy_not_pxe")
         if req.msg_type not in (MessageType.DISCOVER, MessageType.REQUEST, MessageType.INFORM):
             return None
@@ -384,7 +384,7 @@ class Responder:
         # the address another server gave the client (it asks from it, or is asking for it)
         held = req.ciaddr if req.ciaddr != ANY else req.requested_ip
         self.emit(Kind.DHCP_OFFER if kind is MessageType.OFFER else Kind.DHCP_ACK, mac=req.mac, ip=held,
-                  hostname=machine.hostname if machine else None, ipxe=req.ipxe, arch=req.arch,
+                  hostname=machine.hostname if machine else None, ipxe=req.ipxe, firmware=req.firmware, arch=req.arch,
                   user_class=req.user_class.decode(errors="replace") or None, proxy=True)
         return reply
 

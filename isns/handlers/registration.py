@@ -11,6 +11,7 @@ from ..context import Context
 from ..errors import IsnsError
 from ..keys import DELIMITER, REGISTRATION_KEY_TAGS, groups, portal_key, portal_text
 from ..objects import Entity, Node, Object, Portal, PortalGroup
+from ..policy import Policy
 from ..protocol import Flags, NodeType, ScnBits, Status, Tag
 
 Groups = list[tuple[str, list[Attr]]]  # operating attributes cut into objects (keys.groups)
@@ -21,7 +22,7 @@ def dev_attr_reg(ctx: Context, msg: Message, source: str, now: float) -> Message
     the operating attributes list. Everything is checked before anything
     changes; the response lists the entity and each object registered."""
     keys, operating = msg.split()
-    eid = _entity_named(ctx, keys, operating)
+    eid = _entity_named(ctx, keys, operating, source)
     entity = ctx.db.entities.get(str(eid)) if eid else None
     objects = list(groups(operating))
     for kind, attrs in objects:
@@ -48,16 +49,20 @@ def dev_attr_reg(ctx: Context, msg: Message, source: str, now: float) -> Message
     return response(msg, Status.SUCCESS, [Attr(Tag.ENTITY_IDENTIFIER, entity.eid), DELIMITER, *out])
 
 
-def _entity_named(ctx: Context, keys: list[Attr], operating: list[Attr]) -> Value | Port:
+def _entity_named(ctx: Context, keys: list[Attr], operating: list[Attr], source: str) -> Value | Port:
     """The EID a registration is for: the key's, else the entity of a node
-    or portal the key names, else the operating attributes' (None: a new
-    entity the server names)."""
+    or portal the key names, else the operating attributes', else under
+    the open policy the entity of the source's node (open-isns's "lazy
+    clients": isnsadm adds to its host's entity) (None: a new entity the
+    server names)."""
     eid = next((a.value for a in keys if a.tag == Tag.ENTITY_IDENTIFIER), None)
     if any(a.tag not in REGISTRATION_KEY_TAGS for a in keys):
         raise IsnsError(Status.INVALID_REGISTRATION, "the message key names no entity, node or portal")
     if eid is None:
         eid = ctx.db.entity_by_key(keys) or next(
             (a.value for a in operating if a.tag == Tag.ENTITY_IDENTIFIER and a.value), None)
+    if eid is None and ctx.visibility.policy is Policy.OPEN and source in ctx.db.nodes:
+        eid = ctx.db.nodes[source].entity
     return eid
 
 
@@ -68,11 +73,13 @@ def _replaced(ctx: Context, msg: Message, source: str, entity: Entity, objects: 
     entity (tgt restarted with another first target, keeping its EID: the
     host address); otherwise only the entity's own nodes may change it. A
     REPLACE from another address would hand a stranger the entity
-    (§5.6.5.1: the source must be authorized)."""
+    (§5.6.5.1: the source must be authorized). Under the open policy
+    anyone may (isns/policy.py)."""
     replace = bool(msg.flags & Flags.REPLACE)
     claims = replace and any(kind == "node" and attrs[0].value == source for kind, attrs in objects)
-    if not claims or source in entity.nodes or ctx.visibility.is_control(source):
-        ctx.visibility.check_may_change(source, entity)
+    vis = ctx.visibility
+    if not claims or source in entity.nodes or vis.is_control(source) or vis.policy is Policy.OPEN:
+        vis.check_may_change(source, entity)
     elif entity.registrar_host != ctx.origin.host:
         raise IsnsError(Status.SOURCE_UNAUTHORIZED, f"{source} may not replace entity {entity.eid}, registered "
                                                     f"by {entity.registrar or 'another source'} from another address")

@@ -33,8 +33,8 @@ def scn_reg(ctx: Context, msg: Message, source: str, now: float) -> Message:
     bitmap = first_int(operating, Tag.ISCSI_SCN_BITMAP)
     if bitmap is None:
         raise IsnsError(Status.SCN_REGISTRATION_REJECTED, "SCNReg needs an iSCSI SCN bitmap")
-    if bitmap & ScnBits.MANAGEMENT_REGISTRATION and not ctx.visibility.is_control(node.name):
-        raise IsnsError(Status.SCN_REGISTRATION_REJECTED, "management SCNs are for control nodes")
+    if bitmap & ScnBits.MANAGEMENT_REGISTRATION:
+        ctx.visibility.check_may_manage(node.name)
     node.scn_bitmap = bitmap
     ctx.db.scn_nodes.add(node.name)
     ctx.db.dirty.add(("entity", node.entity))

@@ -21,7 +21,7 @@ KNOWN_MAC = "52:54:00:77:00:01"
 UNKNOWN_MAC = "52:54:00:99:00:07"
 
 
-def udhcpc(link: Link, tmp: Path) -> dict[str, str]:
+def udhcpc(link: Link, tmp: Path, *extra: str) -> dict[str, str]:
     """What udhcpc was given ({} when no lease within its bounded tries)."""
     out = tmp / f"lease-{link.dev}"
     out.unlink(missing_ok=True)
@@ -29,7 +29,7 @@ def udhcpc(link: Link, tmp: Path) -> dict[str, str]:
     script.write_text(f'#!/bin/sh\n[ "$1" = bound ] && env > {out}.$$ && mv {out}.$$ {out}\nexit 0\n')
     script.chmod(0o755)
     link.run("busybox", "udhcpc", "-i", link.dev, "-n", "-q", "-f", "-t", "4", "-T", "1", "-A", "1",
-             "-s", str(script), "-x", "hostname:client", timeout=30)
+             "-s", str(script), "-x", "hostname:client", *extra, timeout=30)
     if not out.exists():
         return {}
     return dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
@@ -76,6 +76,10 @@ machines:
                    "s.setsockopt(socket.SOL_SOCKET,socket.SO_BROADCAST,1);"
                    "[s.sendto(os.urandom(n),('255.255.255.255',67)) for n in (1,50,300,600)]", timeout=30)
             assert udhcpc(c1, tmp_path).get("ip") == "10.213.0.11"
+            # udhcpc sends its own option 60 beside this one: two instances,
+            # one option (RFC 3396), answered, not dropped as malformed
+            vendor = "0x3c:" + b"PXEClient:Arch:00000".hex()
+            assert udhcpc(c1, tmp_path, "-x", vendor).get("ip") == "10.213.0.11"
         finally:
             stop(proc)
         assert proc.returncode == 0

@@ -89,9 +89,17 @@ machines:
                     seen = qemu.wait_for(console, ("BOOTSVC-SANBOOT-OK", "BOOTSVC-SANBOOT-FAIL"), 150)
                     out = console.read_text(errors="replace") if console.exists() else ""
                 elapsed = time.monotonic() - start
+                if mode != "chain":
+                    # the VM is gone without a Logout (its session stays open until
+                    # NOPs time out): the next boot still gets a fresh ephemeral disk
+                    with qemu.netboot_vm(tmp_path, ns, "bsv-tap0", MAC) as console:
+                        again = qemu.wait_for(console, ("BOOTSVC-SANBOOT-OK", "BOOTSVC-SANBOOT-FAIL"), 150)
             finally:
                 stop(server)
     served = log.read_text(errors="replace")
+    if mode != "chain":
+        assert again == "BOOTSVC-SANBOOT-OK", served[-3000:]
+        assert served.count("event=disk.renewed") == 1 and "event=disk.kept" in served, served[-3000:]
     print(f"\n{mode} DHCP -> iPXE -> sanboot of the overlay: marker after {elapsed:.1f} s")
     assert seen == "BOOTSVC-SANBOOT-OK" and text in out, f"console:\n{out[-1500:]}\nserver:\n{served[-3000:]}"
     assert "iqn.2026-11.test.lab:node01" in served  # logged in with the initiator name DHCP gave it
