@@ -8,29 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from . import scripts
-from .dhcp.message import ClientArch, IPv4, Request
+from .dhcp.bootfiles import DEFAULT_BOOTFILES, firmware_of
+from .dhcp.message import IPv4, Request
 from .dhcp.responder import BootOptions, Mode
 from .events import Emit, Kind, no_events
 from .fleet import Fleet
 from .inventory import Machine
 from .profiles import BootMethod
 from .scripts import ScriptInputs, mac_of_script
-
-# Debian's ipxe package names; undionly.kpxe chains through the PXE ROM's
-# UNDI driver, snponly.efi through the UEFI firmware's own network driver
-# (SNP), so it drives any NIC the firmware can. (Debian's ipxe.efi, with
-# iPXE's own drivers, is a symlink to /boot, outside the TFTP root.)
-BOOTFILES = {
-    ClientArch.BIOS: "undionly.kpxe",
-    ClientArch.EFI_IA32: "ipxe-i386.efi",
-    ClientArch.EFI_X64: "snponly.efi",
-    ClientArch.EFI_BC: "snponly.efi",
-    ClientArch.EFI_ARM64: "ipxe-arm64.efi",
-}
-
 
 ANY_ADDRESSES = ("", "0.0.0.0", "::")
 
@@ -43,16 +32,13 @@ class BootPlanner:
     emit: Emit = no_events
     iscsi_port: int = 3260
     http_port: int | None = None  # where the machines' scripts are served; None: over TFTP
-    bootfiles: dict[int, str] = field(default_factory=lambda: dict(BOOTFILES))
+    # whether TFTP and HTTP's /files/ serve a file (the FileSource's roots): a
+    # client is not sent the name of a file it would fail to fetch
+    has_file: Callable[[str], bool] = lambda name: True
 
     def __call__(self, req: Request, machine: Machine | None, server: IPv4) -> BootOptions | None:
         if not req.ipxe:
-            name = self.bootfiles.get(req.arch if req.arch is not None else ClientArch.BIOS)
-            if name is None:
-                self.emit(Kind.BOOT_REFUSED, mac=req.mac, arch=req.arch,
-                          why=f"no iPXE build for client architecture {req.arch}")
-                return None
-            return BootOptions(bootfile=name, next_server=server)
+            return self.ipxe_binary(req, server)
         if machine is None:
             return None
         root_path = self.root_path(machine, str(server))
@@ -73,6 +59,31 @@ class BootPlanner:
         return BootOptions(bootfile=self.script_url(machine, str(server)) if script else "",
                            next_server=server if script else None, root_path="" if script else root_path,
                            initiator_iqn=machine.initiator_iqn, ipxe_no_pxedhcp=True)
+
+    def ipxe_binary(self, req: Request, server: IPv4) -> BootOptions | None:
+        """What a PXE ROM or a UEFI HTTP-boot client loads: the iPXE binary
+        of its firmware (dhcp.bootfiles), by TFTP name or, for HTTP boot,
+        as a URL on our HTTP (UEFI 2.10 §24.7.2: option 67 is a URI).
+        None, with a refusal event, when there is none to send."""
+        firmware = firmware_of(req.arch)
+        if firmware is None:
+            self.emit(Kind.BOOT_REFUSED, mac=req.mac, arch=req.arch,
+                      why=f"no iPXE build for client architecture {req.arch}")
+            return None
+        d = self.fleet.cfg.dhcp
+        name = (d.bootfiles if d is not None else DEFAULT_BOOTFILES)[firmware]
+        if req.http and not self.http_port:
+            self.emit(Kind.BOOT_REFUSED, mac=req.mac, arch=req.arch, file=name,
+                      why="a UEFI HTTP-boot client needs listen.http, which is off")
+            return None
+        if not self.has_file(name):
+            self.emit(Kind.BOOT_REFUSED, mac=req.mac, arch=req.arch, file=name,
+                      why=f"{name} (dhcp.bootfiles.{firmware.value}) is in none of the TFTP roots; "
+                          f"see bootsvc check")
+            return None
+        if req.http:
+            return BootOptions(bootfile=f"http://{server}:{self.http_port}/files/{name}")
+        return BootOptions(bootfile=name, next_server=server)
 
     def root_path(self, machine: Machine, server: str) -> str | None:
         """The machine's iSCSI root-path (RFC 4173), only when its target and

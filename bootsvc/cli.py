@@ -28,6 +28,7 @@ from target import (
 from . import SCSI_PRODUCT, SCSI_VENDOR, __version__, isns_cli
 from . import config as config_mod
 from .address import HostPort
+from .bootfile_check import bootfile_warnings
 from .cli_parser import CliParser, command
 from .credentials import check_pair, parse_chap
 from .demo import DEMO_BASE, DemoImageError, build_demo
@@ -117,6 +118,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                   file=sys.stderr)
     for note in dns_notes(cfg.dns_forward, cfg.dns, cfg.dhcp.subnets if cfg.dhcp else ()):
         print(f"{cfg.path}: {note}", file=sys.stderr)
+    for warning in bootfile_warnings(cfg):
+        print(f"{cfg.path}: warning: {warning}", file=sys.stderr)
     print(f"{cfg.path}: ok ({len(cfg.machines)} machine(s), {len(cfg.profiles)} profile(s), "
           f"{len(cfg.targets)} extra target(s) with {luns} LUN(s), "
           f"iSCSI on {', '.join(map(str, cfg.iscsi.portals)) or 'nothing'})")

@@ -17,6 +17,7 @@ from target import Portal, TargetServer
 
 from . import config as config_mod
 from .boot import BootPlanner
+from .bootfile_check import bootfile_warnings
 from .dhcp.leases import LeaseStore
 from .dns.service import DnsService
 from .dns.zone import Zone
@@ -70,13 +71,15 @@ class Server:
         self.metrics = Metrics(self.fleet, lambda: len(self.iscsi.sessions))
         self.bus.subscribe(self.metrics)
         self.planner = BootPlanner(self.fleet, self.bus.emit, s.portals[0].port if s.portals else 3260,
-                                   cfg.http.port if cfg.http else None)
+                                   cfg.http.port if cfg.http else None, has_file=lambda name: self.files.has(name))
         self.files = FileSource(list(cfg.tftp.roots) if cfg.tftp else [], generate=self.planner.script_file)
         self.services = Services(report)
         self.responder: Responder | None = None
         self.tftp: TftpService | None = None
         self.dns: DnsService | None = None
         self._build(cfg)
+        for warning in bootfile_warnings(cfg):  # check's warnings: which firmware cannot boot, and why
+            report(f"warning: {warning}")
 
     def close(self) -> None:
         """What outlives the services: the fleet's disks, the lease store, the

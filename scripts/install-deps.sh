@@ -18,6 +18,7 @@ debs=(
     open-isns-utils     # isnsadm (iSNS peer in the tests)
     open-isns-server    # isnsd (bench/isns.py reference)
     ovmf                # UEFI firmware for `bootsvc vm --uefi`
+    qemu-system-arm qemu-efi-aarch64  # an ARM64 UEFI VM (AAVMF) PXE-booting (tests/e2e/test_http_boot.py)
     nasm                # assembles the sanboot test's boot sector
     tftp-hpa            # a real TFTP client
     tftpd-hpa           # reference TFTP server for bench/tftp.py

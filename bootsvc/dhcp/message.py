@@ -81,6 +81,7 @@ class ClientArch(IntEnum):
     EFI_BC = 9
     EFI_ARM32 = 10
     EFI_ARM64 = 11
+    EFI_IA32_HTTP = 15
     EFI_X64_HTTP = 16
     EFI_ARM64_HTTP = 19
 
@@ -119,10 +120,16 @@ class Request:
         return self.vendor_class.startswith(b"PXEClient")
 
     @property
+    def http(self) -> bool:
+        """A UEFI HTTP-boot client (option 60 starts with HTTPClient, UEFI
+        2.10 §24.7.2): it takes a boot file URL, not a TFTP name."""
+        return self.vendor_class.startswith(b"HTTPClient")
+
+    @property
     def firmware(self) -> bool:
         """A boot firmware (PXE ROM, UEFI PXE or HTTP boot, iPXE), not an
         OS's own DHCP client: its asking starts a new boot."""
-        return self.pxe or self.ipxe or self.vendor_class.startswith(b"HTTPClient")
+        return self.pxe or self.ipxe or self.http
 
     @property
     def ipxe(self) -> bool:

@@ -28,6 +28,7 @@ from .message import ANY, IPv4, MessageType, Option, Reply, Request
 # offer, asks port 4011 for its boot file and, with no answer there, says
 # "No valid offer received".
 PXE_USE_BOOTFILE = bytes([6, 1, 0x08, 255])
+HTTP_CLIENT = "HTTPClient"  # option 60 of a UEFI HTTP-boot client, echoed in our answer
 OFFER_HOLD = 60.0  # seconds an offered address waits for the client's REQUEST
 SEEN_INTERVAL = 60.0  # seconds between reports of the same unknown machine or dropped client
 RATE_WINDOW = 10.0  # seconds over which a MAC's requests are counted
@@ -333,7 +334,7 @@ class Responder:
         self._boot_options(reply, req, machine, subnet)
 
     def _boot_options(self, reply: Reply, req: Request, machine: Machine | None, subnet: Subnet) -> None:
-        if not (req.pxe or req.ipxe):
+        if not req.firmware:
             return
         if machine is None and self.unknown is not UnknownPolicy.DEFAULT:
             return
@@ -344,6 +345,10 @@ class Responder:
             reply.add(Option.VENDOR_CLASS, "PXEClient")
             if boot.bootfile:
                 reply.add(Option.VENDOR_SPECIFIC, PXE_USE_BOOTFILE)
+        elif req.http:
+            # UEFI 2.10 §24.7.2 (EDK2 HttpBootDhcp4.c): an offer counts as
+            # HTTP boot's only with option 60 "HTTPClient" and a URI in 67
+            reply.add(Option.VENDOR_CLASS, HTTP_CLIENT)
         if boot.bootfile:
             reply.bootfile = boot.bootfile
             reply.add(Option.BOOTFILE, boot.bootfile)
@@ -361,11 +366,16 @@ class Responder:
 
     def _proxy(self, req: Request, machine: Machine | None, subnet: Subnet) -> Reply | None:
         """proxyDHCP: PXE clients' DISCOVER gets an OFFER and their REQUEST
-        (to port 67 or 4011) an ACK, with boot options only."""
-        if not req.pxe and not req.ipxe:
+        (to port 67 or 4011) an ACK, with boot options only. A UEFI
+        HTTP-boot client takes a proxy's OFFER (no address, HTTPClient and
+        a URI: EDK2's "ProxyIpUri" offer) beside the DHCP server's and
+        requests only from that server, so only its DISCOVER is answered."""
+        if not req.firmware:
             return self._drop("proxy_not_pxe")
         if req.msg_type not in (MessageType.DISCOVER, MessageType.REQUEST, MessageType.INFORM):
             return None
+        if req.http and not req.pxe and not req.ipxe and req.msg_type is not MessageType.DISCOVER:
+            return self._drop("proxy_http_not_discover")
         kind = MessageType.OFFER if req.msg_type is MessageType.DISCOVER else MessageType.ACK
         reply = Reply(req, kind, subnet.server)
         self._boot_options(reply, req, machine, subnet)

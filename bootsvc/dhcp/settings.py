@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..yamlfile import Checker, LineMap
+from .bootfiles import DEFAULT_BOOTFILES, Firmware, load_bootfiles
 from .message import IPv4
 from .responder import Mode, Subnet, UnknownPolicy
 
 SUBNET_KEYS = {"subnet", "range", "router", "dns", "lease_time", "domain", "server"}
-DHCP_KEYS = {"mode", "unknown_machines", "max_adopted", "adopted_expiry", "subnets", "ipv6_ra"} | SUBNET_KEYS
+DHCP_KEYS = {"mode", "unknown_machines", "max_adopted", "adopted_expiry", "subnets", "ipv6_ra",
+             "bootfiles"} | SUBNET_KEYS
 MAX_ADOPTED = 64  # unknown_machines: default makes at most this many machines (each has a disk)
 ADOPTED_EXPIRY = 600  # seconds an adopted machine has to log in to its disk before it is forgotten
 LISTEN_KEYS = {"interface", "address", "port", "proxy_port"}
@@ -54,6 +57,7 @@ class DhcpSettings:
     ipv6_ra: bool = True
     max_adopted: int = MAX_ADOPTED
     adopted_expiry: int = ADOPTED_EXPIRY  # 0: an adopted machine is kept even if it never boots
+    bootfiles: Mapping[Firmware, str] = field(default_factory=lambda: DEFAULT_BOOTFILES)  # the iPXE binary each firmware is sent
 
     def server_for(self, client: IPv4 | None) -> IPv4:
         """Our DHCP address as a client of that address reaches it."""
@@ -290,6 +294,8 @@ def load_dhcp(c: Checker, doc: LineMap, listen: Any, domain: str) -> DhcpSetting
     max_adopted = c.integer(d, "max_adopted", "dhcp.max_adopted", MAX_ADOPTED, 100_000, "machines")
     adopted_expiry = c.integer(d, "adopted_expiry", "dhcp.adopted_expiry", ADOPTED_EXPIRY, 365 * 86400,
                                "seconds, 0: never")
+    bootfiles = load_bootfiles(c, d)
     if not listeners or not subnets:
         return None
-    return DhcpSettings(tuple(subnets), tuple(listeners), mode, unknown, ipv6_ra, max_adopted, adopted_expiry)
+    return DhcpSettings(tuple(subnets), tuple(listeners), mode, unknown, ipv6_ra, max_adopted, adopted_expiry,
+                        bootfiles)

@@ -122,6 +122,8 @@ def _http(event: Event) -> Step | None:
         return Step.FILE_MISSING
     if event.fields.get("failed"):
         return Step.FETCH_FAILED
+    if event.fields.get("method") == "HEAD":
+        return None  # UEFI HTTP boot asks a file's size first: fetched once, not twice (no chainload loop)
     if status != 200 or not path.startswith(_BOOT_PATHS) and not path.endswith(_BOOTFILES):
         return None  # /healthz, /metrics, the web page: no step of a boot
     return _fetched(path.lstrip("/"))

@@ -149,6 +149,14 @@ class FileSource:
                 return path
         raise FileNotFoundError(f"{name} not found")
 
+    def has(self, name: str) -> bool:
+        """Whether a root holds a file of this name (no generated files)."""
+        try:
+            self.path(name)
+        except (FileNotFoundError, PermissionError):
+            return False
+        return True
+
     def _load(self, path: Path) -> bytes | Filling:
         st = path.stat()
         cached = self._cache.get(path)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from bootsvc.vm import qemu as vmqemu
@@ -32,11 +33,11 @@ def available() -> str | None:
 
 
 @contextlib.contextmanager
-def _vm(log: Path, memory: int, *args: str, prefix: tuple[str, ...] = ()) -> Iterator[Path]:
+def _vm(log: Path, memory: int, *args: str, prefix: tuple[str, ...] = (), qemu: str = QEMU) -> Iterator[Path]:
     """QEMU with its serial console in ``log``, killed by its PID on exit."""
     accel = os.environ.get("BOOTSVC_ACCEL", "tcg")
     proc = subprocess.Popen(
-        [*prefix, QEMU, "-accel", accel, "-m", str(memory), "-display", "none", "-no-reboot",
+        [*prefix, qemu, "-accel", accel, "-m", str(memory), "-display", "none", "-no-reboot",
          "-serial", f"file:{log}", "-monitor", "none", *args],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -85,6 +86,50 @@ def netboot_vm(workdir: Path, ns: str, tap: str, mac: str) -> Iterator[Path]:
         if proc.poll() is None:
             proc.kill()
         proc.wait(10)
+
+
+@dataclass(frozen=True)
+class Uefi:
+    """A UEFI firmware of Debian's and the QEMU that runs it."""
+
+    qemu: str
+    code: Path
+    variables: Path
+    machine: tuple[str, ...] = ()
+
+    def missing(self) -> str | None:
+        if not shutil.which(self.qemu):
+            return f"{self.qemu} is not installed"
+        if not (self.code.exists() and self.variables.exists()):
+            return f"{self.code} is missing"
+        return None
+
+
+OVMF = Uefi(QEMU, vmqemu.OVMF_CODE, vmqemu.OVMF_VARS)  # Debian: ovmf
+# Debian: qemu-efi-aarch64 and qemu-system-arm; TCG (this host is x86), 64 MiB flash images
+AAVMF = Uefi("qemu-system-aarch64", Path("/usr/share/AAVMF/AAVMF_CODE.fd"), Path("/usr/share/AAVMF/AAVMF_VARS.fd"),
+             ("-M", "virt", "-cpu", "cortex-a57"))
+# OVMF's boot menu has PXEv4, PXEv6, HTTPv4 and HTTPv6 entries per NIC, in
+# that order; these fw_cfg knobs (OvmfPkg, PcdIPv4PXESupport) leave PXE out,
+# so the NIC boots over UEFI HTTP first
+NO_PXE = ("-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=no",
+          "-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=no")
+
+
+def uefi_netboot_vm(workdir: Path, ns: str, tap: str, mac: str, firmware: Uefi,
+                    *extra: str) -> contextlib.AbstractContextManager[Path]:
+    """A diskless UEFI VM in namespace ``ns`` on tap ``tap``, its NIC
+    without an option ROM: the firmware's own network boot (PXE, or HTTP
+    boot with NO_PXE in ``extra``) runs, as on a real machine. Yields the
+    console log."""
+    variables = workdir / f"vars-{mac.replace(':', '')}.fd"
+    shutil.copyfile(firmware.variables, variables)  # fresh boot variables each run
+    return _vm(workdir / f"console-{mac.replace(':', '')}.log", 256, *firmware.machine,
+               "-drive", f"if=pflash,format=raw,readonly=on,file={firmware.code}",
+               "-drive", f"if=pflash,format=raw,file={variables}",
+               "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
+               "-device", f"virtio-net-pci,netdev=n0,mac={mac},romfile=,bootindex=1", *extra,
+               prefix=("ip", "netns", "exec", ns), qemu=firmware.qemu)
 
 
 def wait_for(log: Path, markers: tuple[str, ...], timeout: float) -> str | None:
