@@ -29,6 +29,7 @@ from . import config as config_mod
 from .address import HostPort
 from .credentials import check_pair, parse_chap
 from .demo import DEMO_BASE, DemoImageError, build_demo
+from .host import HostError, HostNetwork
 from .images import ImageError, ImageStore
 from .instance import PID_FILE
 from .service import Services
@@ -85,9 +86,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     return services.run()
 
 
-def _load_config(path: str, command: str) -> config_mod.Config | None:
+def _load_config(path: str, command: str, host_checks: bool = False) -> config_mod.Config | None:
+    """The config, or None after printing its problems; ``host_checks``:
+    its listen interfaces and addresses must be this host's too."""
     try:
-        return config_mod.load(path)
+        host = HostNetwork.here() if host_checks else None
+    except HostError as e:
+        print(f"bootsvc {command}: {e}", file=sys.stderr)
+        return None
+    try:
+        return config_mod.load(path, host)
     except config_mod.ConfigError as e:
         for problem in e.problems:
             print(problem, file=sys.stderr)
@@ -102,29 +110,41 @@ def cmd_isns(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate a config file; print every problem as file:line: key: message."""
-    cfg = _load_config(args.config, "check")
+    cfg = _load_config(args.config, "check", host_checks=not args.elsewhere)
     if cfg is None:
         return 1
+    for warning in cfg.warnings:
+        print(warning, file=sys.stderr)
     luns = sum(len(t.luns) for t in cfg.targets)
-    store = ImageStore(cfg)
-    for m in cfg.machines.values():
-        base = store.base_path(store.profile(m).base)
-        if not base.is_file():
-            print(f"{cfg.path}: warning: {m.hostname}: base image {base} (profile {m.profile}) does not exist yet",
-                  file=sys.stderr)
+    _warn_missing_bases(cfg)
     print(f"{cfg.path}: ok ({len(cfg.machines)} machine(s), {len(cfg.profiles)} profile(s), "
           f"{len(cfg.targets)} extra target(s) with {luns} LUN(s), "
           f"iSCSI on {', '.join(map(str, cfg.iscsi.portals)) or 'nothing'})")
     return 0
 
 
+def _warn_missing_bases(cfg: config_mod.Config) -> None:
+    """One line per base image that is not there yet, however many machines use it."""
+    store = ImageStore(cfg)
+    users: dict[Path, list[str]] = {}
+    for m in cfg.machines.values():
+        users.setdefault(store.base_path(store.profile(m).base), []).append(m.profile)
+    for base, profiles in users.items():
+        if not base.is_file():
+            names = ", ".join(sorted(set(profiles)))
+            print(f"{cfg.path}: warning: base image {base} does not exist yet: {len(profiles)} machine(s) "
+                  f"use it (profile {names})", file=sys.stderr)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run every configured service in one process."""
     from .instance import AlreadyServing, InstanceLock
 
-    cfg = _load_config(args.config, "serve")
+    cfg = _load_config(args.config, "serve", host_checks=True)
     if cfg is None:
         return 1
+    for warning in cfg.warnings:
+        print(warning, file=sys.stderr)
     try:
         lock = InstanceLock(cfg.state_dir)  # before anything under state_dir is touched
     except (AlreadyServing, OSError) as e:
@@ -407,7 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
     vm.add_argument("--attach", action="store_true",
                     help="use the running bootsvc's bridge (listen.dhcp interface) instead of a private network")
     isns_cli.add_arguments(with_config("isns", "what the iSNS server holds; discovery domains by hand", cmd_isns))
-    with_config("check", "validate a config file", cmd_check)
+    ck = with_config("check", "validate a config file", cmd_check)
+    ck.add_argument("--elsewhere", action="store_true",
+                    help="the config is for another machine: skip checking that its listen interfaces and "
+                         "addresses exist on this host (serve always checks them)")
     return p
 
 
