@@ -414,7 +414,11 @@ def _tftp(c: Checker, doc: LineMap, listen: Any, base: Path, state_dir: Path) ->
     if section is not None and (t := c.mapping(doc, "tftp", section)) is not None:
         c.unknown(t, TFTP_KEYS, "tftp.")
         if (raw := t.get("roots")) is not None:  # absent: the defaults
-            roots = [p if p.is_absolute() else base / p for p in map(Path, raw if isinstance(raw, list) else [raw])]
+            given = raw if isinstance(raw, list) else [raw]
+            if not all(isinstance(r, str) for r in given):
+                c.err(t, "tftp.roots", "expected a directory or a list of directories")
+                given = []
+            roots = [p if p.is_absolute() else base / p for p in map(Path, given)]
             for r in roots:
                 if not os.path.isdir(r):
                     c.err(t, "tftp.roots", f"{r} is not a directory")
@@ -426,7 +430,7 @@ def _tftp(c: Checker, doc: LineMap, listen: Any, base: Path, state_dir: Path) ->
 def _target(c: Checker, doc: LineMap, i: int, t: Any, base: Path) -> TargetSpec | None:
     where = f"targets[{i}]"
     if not isinstance(t, LineMap):
-        c.err(doc, "targets", f"{where}: expected a mapping with iqn and luns")
+        c.at(doc.lines.get("targets", doc.line), where, "expected a mapping with iqn and luns")
         return None
     c.unknown(t, TARGET_KEYS, f"{where}.")
     iqn = str(t.get("iqn", ""))
@@ -482,7 +486,7 @@ def _lun(c: Checker, t: LineMap, lw: str, lun: Any, base: Path) -> LunSpec | Non
         lun = LineMap.empty(t.lines.get("luns", t.line))
         lun["path"] = lun_path
     if not isinstance(lun, LineMap) or "path" not in lun:
-        c.err(t, lw.rsplit("[", 1)[0], f"{lw}: expected a path or a mapping with path")
+        c.at(t.lines.get("luns", t.line), lw, "expected a path or a mapping with path")
         return None
     c.unknown(lun, LUN_KEYS, f"{lw}.")
     p = Path(str(lun["path"]))
@@ -490,7 +494,7 @@ def _lun(c: Checker, t: LineMap, lw: str, lun: Any, base: Path) -> LunSpec | Non
     if not os.path.exists(p):  # os.path's: False, not OSError or ValueError, for a name too long or with NUL
         c.err(lun, f"{lw}.path", f"{p} does not exist")
     bs = lun.get("block_size", 512)
-    if bs not in (512, 4096):
+    if not isinstance(bs, int) or isinstance(bs, bool) or bs not in (512, 4096):
         c.err(lun, f"{lw}.block_size", f"must be 512 or 4096, not {plain(bs)}")
     ro = lun.get("read_only", False)
     if not isinstance(ro, bool):
