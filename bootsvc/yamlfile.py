@@ -78,7 +78,7 @@ class _Loader(yaml.SafeLoader):
         if isinstance(parent, yaml.SequenceNode):
             self.path.append(f"[{index}]")
         elif isinstance(parent, yaml.MappingNode) and index is not None:  # a value: its key is index
-            self.path.append(str(index.value) if isinstance(index, yaml.ScalarNode) else "?")
+            self.path.append(plain(index.value) if isinstance(index, yaml.ScalarNode) else "?")
         else:  # the document, or a mapping's key
             self.path.append("")
         try:
