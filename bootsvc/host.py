@@ -85,7 +85,7 @@ def check_host(c: Checker, doc: LineMap, host: HostNetwork) -> None:
 
 def _check_address(c: Checker, where: LineMap, key: str, text: Any, host: HostNetwork) -> None:
     try:
-        address = ipaddress.ip_address(str(text))
+        address = ipaddress.ip_address(str(text).split("%")[0])  # fe80::1%eth0: the scope is not the address
     except ValueError:
         return  # a host name (resolved when bound) or already an error
     if not address.is_unspecified and not host.owns(address):
