@@ -162,7 +162,7 @@ def load(path: str | Path, host: HostNetwork | None = None) -> Config:
         check_host(c, doc, host)
 
     # relative to the config file, as every other path in it
-    state_dir = path.parent / str(doc.get("state_dir", "/var/lib/bootsvc"))
+    state_dir = path.parent / _text(c, doc, "state_dir", "/var/lib/bootsvc")
     iqn_prefix, domain = _names(c, doc)
     iscsi = _iscsi(c, doc)
     listen = doc.get("listen")
@@ -195,14 +195,24 @@ def load(path: str | Path, host: HostNetwork | None = None) -> Config:
                   tuple(c.warnings))
 
 
+def _text(c: Checker, doc: LineMap, key: str, default: str) -> str:
+    """A top-level word or path; an empty ``key:`` is a mistake, not the
+    text "None" (a state_dir named None beside the config)."""
+    value = doc.get(key, default)
+    if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value):
+        return str(value)
+    c.err(doc, key, f"expected text, got {plain(value) or 'nothing'}")
+    return default
+
+
 def _names(c: Checker, doc: LineMap) -> tuple[str, str]:
     """iqn_prefix and domain."""
-    iqn_prefix = str(doc.get("iqn_prefix", "iqn.2026-11.io.bootsvc"))
+    iqn_prefix = _text(c, doc, "iqn_prefix", "iqn.2026-11.io.bootsvc")
     try:
         check_iscsi_name(iqn_prefix)
     except TargetConfigError as e:
         c.err(doc, "iqn_prefix", str(e))
-    domain = str(doc.get("domain", "lab"))
+    domain = _text(c, doc, "domain", "lab")
     if (problem := domain_problem(domain)) is not None:
         c.err(doc, "domain", problem)
     return iqn_prefix, domain

@@ -31,13 +31,13 @@ REPR = re.compile(r"None|NoneType|<|Enum|Mode\.|Policy\.|\['|'\]|\bint\b|\bstr\b
 
 def line(text: str, needle: str, nth: int = 1) -> int:
     """The line (1-based) of the nth line of ``text`` holding ``needle``."""
-    found = [i for i, one in enumerate(text.splitlines(), 1) if needle in one and not one.startswith("state_dir:")]
+    found = [i for i, one in enumerate(text.splitlines(), 1) if needle in one and not one.startswith("state_dir: /")]
     return found[nth - 1]
 
 
 def write(tmp_path: Path, text: str) -> Path:
     p = tmp_path / "bootsvc.yaml"
-    p.write_text(f"state_dir: {tmp_path / 'state'}\n" + text)
+    p.write_text(("" if "state_dir:" in text else f"state_dir: {tmp_path / 'state'}\n") + text)
     return p
 
 
@@ -110,6 +110,8 @@ CASES = [
     ("roots not directories", "listen: {tftp: 127.0.0.1:69}\ntftp:\n  roots: [{a: 1}]\n", "tftp.roots", "roots",
      "expected a directory or a list of directories"),
     ("target not a mapping", "targets:\n  - 5\n", "targets[0]", "targets", "expected a mapping"),
+    ("empty state_dir", "domain: lab\nstate_dir:\n", "state_dir", "state_dir:", "expected text, got nothing"),
+    ("empty domain", "domain:\n", "domain", "domain", "expected text, got nothing"),
     ("port too big", "listen:\n  http: 127.0.0.1:99999\n", "listen.http", "99999", "99999 is not a port (1-65535)"),
     ("dhcp port float", DHCP.replace("address: 10.77.0.1}", "address: 10.77.0.1, port: 1.5}"),
      "listen.dhcp.port", "port: 1.5", "1.5 is not a port (1-65535)"),
