@@ -23,7 +23,7 @@ class HostPort:
         if port.isdigit() and host and not 0 < int(port) < 65536:
             raise ValueError(f"{text}: {port} is not a port (1-65535)")
         if not port.isdigit() or not host:
-            raise ValueError(f"{text} is not a {what} like HOST:PORT")
+            raise ValueError(f"{text} is not {'an' if what[0] in 'aeiou' else 'a'} {what} like HOST:PORT")
         return cls(host, int(port))
 
     def __str__(self) -> str:

@@ -174,7 +174,10 @@ def load(path: str | Path, host: HostNetwork | None = None) -> Config:
     seen = {t.iqn for t in targets}
     profiles = _profiles(c, doc, path.parent)
     default_profile = doc.get("default_profile")
-    if default_profile is not None and default_profile not in profiles:
+    if default_profile is not None and not isinstance(default_profile, str):
+        c.err(doc, "default_profile", f"expected a profile name, got {plain(default_profile)}")
+        default_profile = None
+    elif default_profile is not None and default_profile not in profiles:
         c.err(doc, "default_profile", f"no profile {plain(default_profile)} (have: {', '.join(sorted(profiles))})")
     machines = load_machines(c, doc, iqn_prefix, set(profiles), default_profile)
     for m in machines.values():
@@ -307,7 +310,7 @@ def _portals(c: Checker, listen: LineMap) -> tuple[HostPort, ...]:
     raw = listen.get("iscsi", [])
     for text_portal in raw if isinstance(raw, list) else [raw]:
         try:
-            portals.append(HostPort.parse(str(text_portal), default_port=3260, what="portal"))
+            portals.append(HostPort.parse(_host_port_text(text_portal), default_port=3260, what="portal"))
         except ValueError as e:
             c.err(listen, "listen.iscsi", str(e))
     return tuple(portals)
@@ -363,7 +366,7 @@ def _isns(c: Checker, doc: LineMap, listen: Any) -> IsnsSettings:
     server = None
     if m.get("server") is not None:
         try:
-            server = HostPort.parse(str(m["server"]), default_port=3205)
+            server = HostPort.parse(_host_port_text(m["server"]), default_port=3205)
         except ValueError as e:
             c.err(m, "isns.server", str(e))
     period = c.integer(m, "registration_period", "isns.registration_period", 0, (1 << 32) - 1,
@@ -405,10 +408,17 @@ def _listen(c: Checker, listen: Any, key: str, default_port: int) -> HostPort | 
     if not isinstance(listen, LineMap) or listen.get(key) is None:
         return None
     try:
-        return HostPort.parse(str(listen[key]), default_port=default_port)
+        return HostPort.parse(_host_port_text(listen[key]), default_port=default_port)
     except ValueError as e:
         c.err(listen, f"listen.{key}", str(e))
         return None
+
+
+def _host_port_text(value: Any) -> str:
+    """HOST[:PORT] as written; ValueError for a list or mapping (whose text is Python's)."""
+    if isinstance(value, (list, dict)):
+        raise ValueError(f"expected HOST:PORT, got {plain(value)}")
+    return str(value)
 
 
 def _tftp(c: Checker, doc: LineMap, listen: Any, base: Path, state_dir: Path) -> TftpSettings | None:
