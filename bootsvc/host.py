@@ -52,8 +52,16 @@ class HostNetwork:
         return address in self.addresses or address.is_loopback
 
     def some_addresses(self) -> str:
-        shown = sorted((a for a in self.addresses if not a.is_loopback and not a.is_link_local), key=str)
-        return ", ".join(map(str, shown[:8])) + (", ..." if len(shown) > 8 else "") or "none but loopback"
+        return _some(sorted(str(a) for a in self.addresses if not a.is_loopback and not a.is_link_local)) \
+            or "none but loopback"
+
+    def some_interfaces(self) -> str:
+        return _some(sorted(self.interfaces))
+
+
+def _some(names: list[str], shown: int = 8) -> str:
+    """The first few of many (a host with a thousand tap devices)."""
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
 def check_host(c: Checker, doc: LineMap, host: HostNetwork) -> None:
@@ -71,7 +79,7 @@ def check_host(c: Checker, doc: LineMap, host: HostNetwork) -> None:
             name = str(entry["interface"])
             if name not in host.interfaces:
                 c.err(entry, f"{where}.interface", f"{plain(name)}: no such network interface on this host "
-                      f"(it has: {', '.join(sorted(host.interfaces))}; {ELSEWHERE})")
+                      f"(it has: {host.some_interfaces()}; {ELSEWHERE})")
         _check_address(c, entry, f"{where}.address", entry.get("address"), host)
     for key, port in LISTEN_PORTS.items():
         values = listen.get(key)

@@ -253,5 +253,22 @@ def test_five_thousand_machines_check_in_seconds(tmp_path: Path, capsys: pytest.
     rc, p, err = check(tmp_path, config, capsys, "--elsewhere")
     elapsed = time.monotonic() - start
     assert rc == 0, err[:2000]
-    assert elapsed < 5, elapsed
+    # about 1.5 s here, as before this checks (PyYAML's scanner is most of it);
+    # the bound leaves room for a machine busy with other tests
+    assert elapsed < 10, elapsed
     assert len(err.splitlines()) == 1  # the one missing base, not 5,000 lines
+
+
+def test_host_network_reads_this_host() -> None:
+    import ipaddress
+
+    from bootsvc.host import HostNetwork
+
+    here = HostNetwork.here()
+    assert "lo" in here.interfaces
+    assert here.owns(ipaddress.ip_address("127.0.0.1")) and here.owns(ipaddress.ip_address("127.9.9.9"))
+    assert here.owns(ipaddress.ip_address("::1"))
+    assert not here.owns(ipaddress.ip_address("192.0.2.250"))
+    many = HostNetwork(frozenset(f"tap{i}" for i in range(100)), frozenset())
+    assert many.some_interfaces().endswith(", ...") and many.some_interfaces().count(",") == 8
+    assert many.some_addresses() == "none but loopback"
