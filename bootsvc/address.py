@@ -20,8 +20,10 @@ class HostPort:
             port = rest.lstrip(":") or str(default_port)
         else:
             host, _, port = text.rpartition(":") if text.count(":") == 1 else (text, "", str(default_port))
-        if not port.isdigit() or not 0 < int(port) < 65536 or not host:
-            raise ValueError(f"bad {what} {text!r}: expected HOST:PORT")
+        if port.isdigit() and host and not 0 < int(port) < 65536:
+            raise ValueError(f"{text}: {port} is not a port (1-65535)")
+        if not port.isdigit() or not host:
+            raise ValueError(f"{text} is not {'an' if what[0] in 'aeiou' else 'a'} {what} like HOST:PORT")
         return cls(host, int(port))
 
     def __str__(self) -> str:

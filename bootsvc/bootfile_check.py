@@ -29,9 +29,10 @@ WHO = {Firmware.BIOS: "BIOS", Firmware.EFI_IA32: "32-bit UEFI", Firmware.EFI_X64
 
 
 def bootfile_warnings(cfg: Config) -> list[str]:
-    """One line per firmware whose boot file is missing, and one when UEFI
-    HTTP-boot clients cannot be answered; none without DHCP (nobody is
-    told a boot file then)."""
+    """One line per firmware whose boot file is missing; none without DHCP
+    (nobody is told a boot file then). Without listen.http, UEFI HTTP-boot
+    clients are refused when they ask (a boot.refused event says why):
+    most sites have none, so every check does not warn about them."""
     if cfg.dhcp is None:
         return []
     roots = list(cfg.tftp.roots) if cfg.tftp is not None else []
@@ -45,7 +46,4 @@ def bootfile_warnings(cfg: Config) -> list[str]:
         if not files.has(name):
             warnings.append(f"dhcp.bootfiles.{firmware.value}: {name} is {where}: {WHO[firmware]} machines "
                             f"cannot boot (they get an address, no boot file). {HOW_TO_GET[firmware]}")
-    if cfg.http is None:
-        warnings.append("listen.http is off: UEFI HTTP-boot clients (option 60 HTTPClient) get no boot file, "
-                        "as they load iPXE from a URL on bootsvc's HTTP; set listen.http to boot them")
     return warnings

@@ -22,13 +22,15 @@ from isns.policy import Policy
 from target import ChapAlgorithm, ChapAuth, LunSpec, TargetConfigError, TargetSpec, check_iscsi_name
 
 from . import SCSI_PRODUCT, SCSI_VENDOR
-from .dhcp.responder import UnknownPolicy
-from .dhcp.settings import DhcpSettings, load_dhcp
+from .dhcp.responder import Mode, UnknownPolicy
+from .dhcp.settings import DhcpSettings, check_fixed_ips, load_dhcp
 from .dns.settings import FORWARD_KEYS, Forwarding, load_forwarding
+from .host import HostNetwork, check_host
 from .inventory import Machine, load_machines
+from .names import domain_problem
 from .profiles import SHIPPED, Profile, load_profiles
 from .tftp import BUSY_POLL_US
-from .yamlfile import Checker, ConfigError, LineMap, load_yaml
+from .yamlfile import Checker, ConfigError, LineMap, load_yaml, plain
 
 __all__ = ["Config", "ConfigError", "IscsiSettings", "load"]
 
@@ -41,6 +43,7 @@ LISTEN_KEYS = {"dhcp", "tftp", "http", "dns", "iscsi", "isns"}
 TARGET_KEYS = {"iqn", "alias", "luns", "initiators", "auth", "chap", "mutual_chap"}
 LUN_KEYS = {"path", "read_only", "block_size", "lun"}
 ISCSI_KEYS = {"nop_interval", "nop_timeout", "queue_depth", "portal_group_tag"}  # numbers
+ISCSI_COUNTS = {"queue_depth": "commands", "portal_group_tag": "the tag"}  # those that count
 ISCSI_AUTH_KEYS = {"chap_algorithms", "discovery_chap", "discovery_mutual_chap"}
 CHAP_ALGORITHMS = {"sha3-256": ChapAlgorithm.SHA3_256, "sha256": ChapAlgorithm.SHA256, "sha1": ChapAlgorithm.SHA1,
                    "md5": ChapAlgorithm.MD5}
@@ -131,6 +134,7 @@ class Config:
     isns: IsnsSettings = field(default_factory=IsnsSettings)
     recorder: RecorderSettings = field(default_factory=RecorderSettings)
     dns_forward: Forwarding = field(default_factory=Forwarding)  # dns.forward, dns.allow
+    warnings: tuple[str, ...] = field(default=(), compare=False)  # file:line: warning: key: message
 
     @property
     def recorder_db(self) -> Path:
@@ -151,21 +155,19 @@ class Config:
         return self.state_dir / "overlays"
 
 
-def load(path: str | Path) -> Config:
-    """Read and check a config file; raise ConfigError listing every problem."""
+def load(path: str | Path, host: HostNetwork | None = None) -> Config:
+    """Read and check a config file; raise ConfigError listing every problem.
+    With ``host``, the listen section must also fit that host (check_host)."""
     path = Path(path)
     doc = load_yaml(path)
     c = Checker(path)
     c.unknown(doc, TOP_KEYS, "")
+    if host is not None:
+        check_host(c, doc, host)
 
-    state_dir = Path(str(doc.get("state_dir", "/var/lib/bootsvc")))
-    iqn_prefix = str(doc.get("iqn_prefix", "iqn.2026-11.io.bootsvc"))
-    try:
-        check_iscsi_name(iqn_prefix)
-    except TargetConfigError as e:
-        c.err(doc, "iqn_prefix", str(e))
-    domain = str(doc.get("domain", "lab"))
-
+    # relative to the config file, as every other path in it
+    state_dir = path.parent / _text(c, doc, "state_dir", "/var/lib/bootsvc")
+    iqn_prefix, domain = _names(c, doc)
     iscsi = _iscsi(c, doc)
     listen = doc.get("listen")
     if listen is not None and (lm := c.mapping(doc, "listen", listen)) is not None:
@@ -176,32 +178,67 @@ def load(path: str | Path) -> Config:
     seen = {t.iqn for t in targets}
     profiles = _profiles(c, doc, path.parent)
     default_profile = doc.get("default_profile")
-    if default_profile is not None and default_profile not in profiles:
-        c.err(doc, "default_profile", f"no profile {default_profile!r} (have: {', '.join(sorted(profiles))})")
+    if default_profile is not None and not isinstance(default_profile, str):
+        c.err(doc, "default_profile", f"expected a profile name, got {plain(default_profile)}")
+        default_profile = None
+    elif default_profile is not None and default_profile not in profiles:
+        c.err(doc, "default_profile", f"no profile {plain(default_profile)} (have: {', '.join(sorted(profiles))})")
     machines = load_machines(c, doc, iqn_prefix, set(profiles), default_profile)
     for m in machines.values():
         if m.target_iqn in seen:
-            c.err(doc, "machines", f"{m.hostname}: target {m.target_iqn} is also in targets")
+            c.at(m.line, f"machines.{m.mac}.target", f"{m.target_iqn} is also in targets")
     dhcp = load_dhcp(c, doc, listen, domain)
     tftp = _tftp(c, doc, listen, path.parent, state_dir)
     http = _listen(c, listen, "http", 80)
     dns = _listen(c, listen, "dns", 53)
     ttl = _dns_ttl(c, doc)
     forwarding = _dns_forward(c, doc, dns, dhcp)
-    if dhcp is not None and dhcp.unknown.value == "default" and default_profile is None:
-        c.err(doc, "dhcp", "unknown_machines: default needs default_profile (the profile such machines boot)")
-    if dhcp is not None and dhcp.mode.value == "proxy" and tftp is None and http is None:
-        c.err(doc, "dhcp", "mode proxy needs listen.tftp or listen.http: iPXE takes a proxy's boot options "
-              "only with a boot file, its iPXE script")
+    if dhcp is not None:
+        _check_dhcp_fits(c, doc, dhcp, machines, profiles, default_profile, tftp is not None or http is not None)
     isns = _isns(c, doc, listen)
     recorder = _recorder(c, doc)
-    if dhcp is not None and tftp is None and http is None:
-        _check_script_delivery(c, doc, machines, profiles,
-                               default_profile if dhcp.unknown is UnknownPolicy.DEFAULT else None)
     c.raise_if_any()
     return Config(path, state_dir, iqn_prefix, domain, iscsi, targets, MappingProxyType(profiles),
                   MappingProxyType(machines), default_profile, dhcp, tftp, http, dns, ttl, isns, recorder,
-                  forwarding)
+                  forwarding, tuple(c.warnings))
+
+
+def _text(c: Checker, doc: LineMap, key: str, default: str) -> str:
+    """A top-level word or path; an empty ``key:`` is a mistake, not the
+    text "None" (a state_dir named None beside the config)."""
+    value = doc.get(key, default)
+    if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value):
+        return str(value)
+    c.err(doc, key, f"expected text, got {plain(value) or 'nothing'}")
+    return default
+
+
+def _names(c: Checker, doc: LineMap) -> tuple[str, str]:
+    """iqn_prefix and domain."""
+    iqn_prefix = _text(c, doc, "iqn_prefix", "iqn.2026-11.io.bootsvc")
+    try:
+        check_iscsi_name(iqn_prefix)
+    except TargetConfigError as e:
+        c.err(doc, "iqn_prefix", str(e))
+    domain = _text(c, doc, "domain", "lab")
+    if (problem := domain_problem(domain)) is not None:
+        c.err(doc, "domain", problem)
+    return iqn_prefix, domain
+
+
+def _check_dhcp_fits(c: Checker, doc: LineMap, dhcp: DhcpSettings, machines: Mapping[str, Machine],
+                     profiles: Mapping[str, Profile], default_profile: str | None, boot_files: bool) -> None:
+    """The DHCP settings against the rest: fixed addresses, the profile
+    unknown machines boot, and a way to hand out boot files and scripts."""
+    check_fixed_ips(c, dhcp, machines.values())
+    if dhcp.unknown is UnknownPolicy.DEFAULT and default_profile is None:
+        c.err(doc["dhcp"], "dhcp.unknown_machines", "default needs default_profile (the profile such machines boot)")
+    if dhcp.mode is Mode.PROXY and not boot_files:
+        c.err(doc["dhcp"], "dhcp.mode", "proxy needs listen.tftp or listen.http: iPXE takes a proxy's boot options "
+              "only with a boot file, its iPXE script")
+    if not boot_files:
+        _check_script_delivery(c, doc, machines, profiles,
+                               default_profile if dhcp.unknown is UnknownPolicy.DEFAULT else None)
 
 
 def _check_script_delivery(c: Checker, doc: LineMap, machines: Mapping[str, Machine],
@@ -226,7 +263,7 @@ def _recorder(c: Checker, doc: LineMap) -> RecorderSettings:
     c.unknown(m, RECORDER_KEYS, "recorder.")
     enabled = m.get("enabled", True)
     if not isinstance(enabled, bool):
-        c.err(m, "recorder.enabled", f"expected true or false, got {enabled!r}")
+        c.err(m, "recorder.enabled", f"expected true or false, got {plain(enabled)}")
         enabled = True
     return RecorderSettings(c.integer(m, "history", "recorder.history", 20, 10_000, "boots per machine"),
                             c.integer(m, "stall", "recorder.stall", 90, 86_400, "seconds"), enabled)
@@ -286,7 +323,7 @@ def _portals(c: Checker, listen: LineMap) -> tuple[HostPort, ...]:
     raw = listen.get("iscsi", [])
     for text_portal in raw if isinstance(raw, list) else [raw]:
         try:
-            portals.append(HostPort.parse(str(text_portal), default_port=3260, what="portal"))
+            portals.append(HostPort.parse(_host_port_text(text_portal), default_port=3260, what="portal"))
         except ValueError as e:
             c.err(listen, "listen.iscsi", str(e))
     return tuple(portals)
@@ -299,13 +336,17 @@ def _iscsi(c: Checker, doc: LineMap) -> IscsiSettings:
         return settings
     c.unknown(im, ISCSI_KEYS | ISCSI_AUTH_KEYS, "iscsi.")
     settings = _iscsi_auth(c, im, settings)
-    for key in ISCSI_KEYS:
-        if key in im:
-            value = im[key]
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                c.err(im, f"iscsi.{key}", f"expected a number >= 0, got {value!r}")
-            else:
-                settings = replace(settings, **{key: type(getattr(settings, key))(value)})
+    for key in ISCSI_KEYS & set(im):
+        default = getattr(settings, key)
+        if isinstance(default, int):  # a count: 1.5 commands is a mistake, not 1
+            settings = replace(settings, **{key: c.integer(im, key, f"iscsi.{key}", default, 65535,
+                                                           ISCSI_COUNTS[key])})
+            continue
+        value = im[key]
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            c.err(im, f"iscsi.{key}", f"expected a number of seconds >= 0, got {plain(value)}")
+        else:
+            settings = replace(settings, **{key: float(value)})
     return settings
 
 
@@ -316,7 +357,7 @@ def _iscsi_auth(c: Checker, im: LineMap, settings: IscsiSettings) -> IscsiSettin
     if algorithms is not None:
         if not isinstance(algorithms, list) or not algorithms or \
                 not all(isinstance(a, str) and a.lower() in CHAP_ALGORITHMS for a in algorithms):
-            c.err(im, "iscsi.chap_algorithms", f"expected a list of {', '.join(CHAP_ALGORITHMS)}, got {algorithms!r}")
+            c.err(im, "iscsi.chap_algorithms", f"expected a list of {', '.join(CHAP_ALGORITHMS)}, got {plain(algorithms)}")
         else:
             settings = replace(settings, chap_algorithms=tuple(CHAP_ALGORITHMS[a.lower()] for a in algorithms))
     chap = parse_chap(c, im, "discovery_chap", "iscsi")
@@ -338,14 +379,14 @@ def _isns(c: Checker, doc: LineMap, listen: Any) -> IsnsSettings:
     server = None
     if m.get("server") is not None:
         try:
-            server = HostPort.parse(str(m["server"]), default_port=3205)
+            server = HostPort.parse(_host_port_text(m["server"]), default_port=3205)
         except ValueError as e:
             c.err(m, "isns.server", str(e))
     period = c.integer(m, "registration_period", "isns.registration_period", 0, (1 << 32) - 1,
                        "seconds, 0: never expire")
     default_dd = m.get("default_dd", "hidden")
     if default_dd not in ("hidden", "visible"):
-        c.err(m, "isns.default_dd", f"expected hidden or visible, got {default_dd!r}")
+        c.err(m, "isns.default_dd", f"expected hidden or visible, got {plain(default_dd)}")
     controls = m.get("control_nodes", [])
     if not isinstance(controls, list):
         c.err(m, "isns.control_nodes", "expected a list of iSCSI names")
@@ -382,7 +423,7 @@ def _control_addresses(c: Checker, m: LineMap) -> tuple[ipaddress.IPv4Network | 
         try:
             networks.append(ipaddress.ip_network(str(value), strict=False))
         except ValueError:
-            c.err(m, "isns.control_addresses", f"{value!r} is not an IP address or network")
+            c.err(m, "isns.control_addresses", f"{plain(value)} is not an IP address or network")
     return tuple(networks)
 
 
@@ -391,10 +432,17 @@ def _listen(c: Checker, listen: Any, key: str, default_port: int) -> HostPort | 
     if not isinstance(listen, LineMap) or listen.get(key) is None:
         return None
     try:
-        return HostPort.parse(str(listen[key]), default_port=default_port)
+        return HostPort.parse(_host_port_text(listen[key]), default_port=default_port)
     except ValueError as e:
         c.err(listen, f"listen.{key}", str(e))
         return None
+
+
+def _host_port_text(value: Any) -> str:
+    """HOST[:PORT] as written; ValueError for a list or mapping (whose text is Python's)."""
+    if isinstance(value, (list, dict)):
+        raise ValueError(f"expected HOST:PORT, got {plain(value)}")
+    return str(value)
 
 
 def _tftp(c: Checker, doc: LineMap, listen: Any, base: Path, state_dir: Path) -> TftpSettings | None:
@@ -410,7 +458,11 @@ def _tftp(c: Checker, doc: LineMap, listen: Any, base: Path, state_dir: Path) ->
     if section is not None and (t := c.mapping(doc, "tftp", section)) is not None:
         c.unknown(t, TFTP_KEYS, "tftp.")
         if (raw := t.get("roots")) is not None:  # absent: the defaults
-            roots = [p if p.is_absolute() else base / p for p in map(Path, raw if isinstance(raw, list) else [raw])]
+            given = raw if isinstance(raw, list) else [raw]
+            if not all(isinstance(r, str) for r in given):
+                c.err(t, "tftp.roots", "expected a directory or a list of directories")
+                given = []
+            roots = [p if p.is_absolute() else base / p for p in map(Path, given)]
             for r in roots:
                 if not os.path.isdir(r):
                     c.err(t, "tftp.roots", f"{r} is not a directory")
@@ -422,7 +474,7 @@ def _tftp(c: Checker, doc: LineMap, listen: Any, base: Path, state_dir: Path) ->
 def _target(c: Checker, doc: LineMap, i: int, t: Any, base: Path) -> TargetSpec | None:
     where = f"targets[{i}]"
     if not isinstance(t, LineMap):
-        c.err(doc, "targets", f"{where}: expected a mapping with iqn and luns")
+        c.at(doc.lines.get("targets", doc.line), where, "expected a mapping with iqn and luns")
         return None
     c.unknown(t, TARGET_KEYS, f"{where}.")
     iqn = str(t.get("iqn", ""))
@@ -458,7 +510,7 @@ def _target_auth(c: Checker, t: LineMap, where: str) -> ChapAuth | None:
     check_pair(c, t, where, chap, mutual)
     auth = t.get("auth")
     if auth not in (None, "none"):
-        c.err(t, f"{where}.auth", f"expected none (CHAP is set with chap: and mutual_chap:), got {auth!r}")
+        c.err(t, f"{where}.auth", f"expected none (CHAP is set with chap: and mutual_chap:), got {plain(auth)}")
     elif auth == "none" and (chap or mutual):
         c.err(t, f"{where}.auth", "auth: none and chap: together")
     elif mutual is not None and chap is None:
@@ -478,7 +530,7 @@ def _lun(c: Checker, t: LineMap, lw: str, lun: Any, base: Path) -> LunSpec | Non
         lun = LineMap.empty(t.lines.get("luns", t.line))
         lun["path"] = lun_path
     if not isinstance(lun, LineMap) or "path" not in lun:
-        c.err(t, lw.rsplit("[", 1)[0], f"{lw}: expected a path or a mapping with path")
+        c.at(t.lines.get("luns", t.line), lw, "expected a path or a mapping with path")
         return None
     c.unknown(lun, LUN_KEYS, f"{lw}.")
     p = Path(str(lun["path"]))
@@ -486,12 +538,12 @@ def _lun(c: Checker, t: LineMap, lw: str, lun: Any, base: Path) -> LunSpec | Non
     if not os.path.exists(p):  # os.path's: False, not OSError or ValueError, for a name too long or with NUL
         c.err(lun, f"{lw}.path", f"{p} does not exist")
     bs = lun.get("block_size", 512)
-    if bs not in (512, 4096):
-        c.err(lun, f"{lw}.block_size", f"must be 512 or 4096, not {bs!r}")
+    if not isinstance(bs, int) or isinstance(bs, bool) or bs not in (512, 4096):
+        c.err(lun, f"{lw}.block_size", f"must be 512 or 4096, not {plain(bs)}")
     ro = lun.get("read_only", False)
     if not isinstance(ro, bool):
-        c.err(lun, f"{lw}.read_only", f"must be true or false, not {ro!r}")
+        c.err(lun, f"{lw}.read_only", f"must be true or false, not {plain(ro)}")
     lun_id = lun.get("lun")
-    if lun_id is not None and (not isinstance(lun_id, int) or not 0 <= lun_id < 16384):
-        c.err(lun, f"{lw}.lun", f"must be a LUN number 0..16383, not {lun_id!r}")
+    if lun_id is not None and (not isinstance(lun_id, int) or isinstance(lun_id, bool) or not 0 <= lun_id < 16384):
+        c.err(lun, f"{lw}.lun", f"must be a LUN number 0..16383, not {plain(lun_id)}")
     return LunSpec(str(p), read_only=bool(ro), block_size=int(bs) if bs in (512, 4096) else 512, lun_id=lun_id)

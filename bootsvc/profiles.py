@@ -13,7 +13,7 @@ from target import ChapSecret
 
 from .credentials import AuthMode, check_pair, parse_chap
 from .template import FIELDS, unknown_placeholders
-from .yamlfile import Checker, ConfigError, load_yaml
+from .yamlfile import Checker, ConfigError, load_yaml, plain
 
 
 def _shipped() -> Path:
@@ -68,8 +68,8 @@ def load_profile(path: Path) -> Profile:
         value = doc.get(key, default.value)
         try:
             return enum(value)
-        except ValueError:
-            c.err(doc, key, f"must be one of {', '.join(e.value for e in enum)}, not {value!r}")
+        except (ValueError, TypeError):  # TypeError: a list or mapping
+            c.err(doc, key, f"must be one of {', '.join(e.value for e in enum)}, not {plain(value)}")
             return default
 
     overlay = choice("overlay", OverlayPolicy, OverlayPolicy.PERSISTENT)

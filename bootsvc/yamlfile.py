@@ -35,6 +35,10 @@ MAX_FLOW_DEPTH = 64
 # values (scalars, lists, mappings) a config may hold once its aliases are
 # expanded: a thousand machines are some ten thousand
 MAX_VALUES = 100_000
+# a long scalar counts as one value per this many characters: a mapping
+# alias repeating a megabyte string is as big as the text it stands for
+SCALAR_UNIT = 256
+MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 def _expanded_size(node: yaml.Node, seen: dict[int, int]) -> int:
@@ -45,7 +49,9 @@ def _expanded_size(node: yaml.Node, seen: dict[int, int]) -> int:
         return known
     seen[id(node)] = 1  # a recursive alias (&a [*a]) is measured as one value within itself
     size = 1
-    if isinstance(node, yaml.SequenceNode):
+    if isinstance(node, yaml.ScalarNode):
+        size += len(node.value) // SCALAR_UNIT
+    elif isinstance(node, yaml.SequenceNode):
         size += sum(_expanded_size(child, seen) for child in node.value)
     elif isinstance(node, yaml.MappingNode):
         size += sum(_expanded_size(k, seen) + _expanded_size(v, seen) for k, v in node.value)
@@ -53,7 +59,66 @@ def _expanded_size(node: yaml.Node, seen: dict[int, int]) -> int:
     return size
 
 
+def key_path(parts: list[str]) -> str:
+    """``machines.52:54:00:00:00:01.ip``, ``tftp.roots[2]``: a place in the document."""
+    return "".join(p if p.startswith("[") or i == 0 else "." + p for i, p in enumerate(parts))
+
+
 class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, plus: every mapping remembers its keys' lines
+    (LineMap), and the composer, which still sees the text, reports keys
+    given twice and aliases standing for a scalar or a list (``problems``)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.path: list[str] = []  # the keys and [indices] leading to the node being composed
+        self.problems: list[tuple[int, str, str]] = []  # (line, key, message)
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        if isinstance(parent, yaml.SequenceNode):
+            self.path.append(f"[{index}]")
+        elif isinstance(parent, yaml.MappingNode) and index is not None:  # a value: its key is index
+            self.path.append(plain(index.value) if isinstance(index, yaml.ScalarNode) else "?")
+        else:  # the document, or a mapping's key
+            self.path.append("")
+        try:
+            return self._alias_refused() or super().compose_node(parent, index)
+        finally:
+            self.path.pop()
+
+    def _alias_refused(self) -> yaml.Node | None:
+        """An alias may repeat a mapping (``<<: *defaults``); one standing
+        for a scalar or a list is refused, and replaced by nothing, so the
+        document never grows: a few lines of aliases of aliases of a long
+        string ("billion laughs") would otherwise be gigabytes once read."""
+        if not self.check_event(yaml.AliasEvent):
+            return None
+        event = self.peek_event()
+        target = self.anchors.get(event.anchor)
+        if target is None or isinstance(target, yaml.MappingNode):
+            return None  # unknown anchors are PyYAML's error
+        self.get_event()
+        what = "a list" if isinstance(target, yaml.SequenceNode) else "a single value"
+        self.problems.append((event.start_mark.line + 1, key_path([p for p in self.path if p]),
+                              f"*{event.anchor} repeats {what}; write the value itself "
+                              "(an alias may only repeat a mapping)"))
+        return yaml.ScalarNode("tag:yaml.org,2002:null", "", event.start_mark, event.end_mark)
+
+    def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:
+        node = super().compose_mapping_node(anchor)
+        first: dict[str, int] = {}
+        for key, _ in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == MERGE_TAG:
+                continue
+            line = key.start_mark.line + 1
+            if key.value in first:
+                # PyYAML keeps the last silently: a machine would vanish, a listen block be replaced
+                self.problems.append((line, key_path([p for p in self.path if p] + [key.value]),
+                                      f"given twice (first at line {first[key.value]}); only one may stay"))
+            else:
+                first[key.value] = line
+        return node
+
     def fetch_flow_collection_start(self, TokenClass: type) -> None:  # noqa: N803 - PyYAML's name
         # PyYAML's scanner keeps a possible simple key per open [ or { and
         # walks them all at every token: 1,500 of them took a second, 64 KiB
@@ -124,7 +189,11 @@ def load_yaml(path: Path) -> LineMap:
     try:
         loader = _Loader(text)  # its reader refuses control characters already
         try:
-            doc = loader.get_single_data()
+            node = loader.get_single_node()
+            if loader.problems:
+                raise ConfigError([f"{path}:{line}: {key}: {message}"
+                                   for line, key, message in sorted(loader.problems)])
+            doc = None if node is None else loader.construct_document(node)
         finally:
             loader.dispose()
     except yaml.reader.ReaderError as e:  # no mark, a position in the text
@@ -142,20 +211,47 @@ def load_yaml(path: Path) -> LineMap:
     return doc
 
 
+def plain(value: Any, limit: int = 60) -> str:
+    """A config value as an operator wrote it, for a message: YAML's words
+    (true, nothing), not Python's (True, None, quotes), and never long."""
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class Checker:
-    """Collects problems of one file."""
+    """Collects problems (and warnings) of one file."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.problems: list[str] = []
+        self.warnings: list[str] = []
+
+    @staticmethod
+    def line_of(where: LineMap | None, key: str) -> int:
+        return where.lines.get(key.split(".")[-1], where.line) if isinstance(where, LineMap) else 0
 
     def err(self, where: LineMap | None, key: str, message: str) -> None:
-        line = where.lines.get(key.split(".")[-1], where.line) if isinstance(where, LineMap) else 0
+        self.at(self.line_of(where, key), key, message)
+
+    def at(self, line: int, key: str, message: str) -> None:
+        """A problem at a known line."""
         self.problems.append(f"{self.path}:{line}: {key}: {message}")
+
+    def warn(self, where: LineMap | None, key: str, message: str) -> None:
+        """Not wrong enough to refuse the config, worth saying."""
+        self.warnings.append(f"{self.path}:{self.line_of(where, key)}: warning: {key}: {message}")
 
     def mapping(self, parent: LineMap, key: str, value: Any) -> LineMap | None:
         if not isinstance(value, LineMap):
-            self.err(parent, key, f"expected a mapping, got {type(value).__name__}")
+            self.err(parent, key, f"expected a mapping, got {plain(value)}")
             return None
         return value
 
@@ -179,7 +275,7 @@ class Checker:
         says what it counts, for the error)."""
         value = m.get(key, default)
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= high:
-            self.err(m, where, f"expected {meaning} (0 ... {high}), got {value!r}")
+            self.err(m, where, f"expected a whole number ({meaning}, 0 ... {high}), got {plain(value)}")
             return default
         return value
 
@@ -195,11 +291,11 @@ def parse_size(value: Any) -> int:
     """Bytes from ``4096``, ``512M``, ``20G``, ``1.5TiB`` (powers of 1024, as qemu-img)."""
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
-    m = _SIZE.match(str(value))
+    m = _SIZE.match(str(value)) if isinstance(value, (str, int)) and not isinstance(value, bool) else None
     if not m:
-        raise ValueError(f"{value!r} is not a size (like 512M, 20G)")
+        raise ValueError(f"{plain(value)} is not a size (like 512M, 20G)")
     unit = m.group(2).upper()
     size = int(float(m.group(1)) * 1024 ** ("KMGTP".index(unit) + 1 if unit else 0))
     if size <= 0:
-        raise ValueError(f"{value!r} is not a positive size")
+        raise ValueError(f"{plain(value)} is not a positive size")
     return size

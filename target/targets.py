@@ -33,7 +33,8 @@ class TargetConfigError(ValueError):
 
 def check_iscsi_name(name: str) -> str:
     if len(name.encode()) > 223 or not _NAME_RE.match(name):
-        raise TargetConfigError(f"{name!r} is not an iSCSI name (iqn.YYYY-MM.domain:id, eui. or naa.)")
+        shown = name if len(name) <= 80 else name[:80] + "..."
+        raise TargetConfigError(f"{shown} is not an iSCSI name (iqn.YYYY-MM.domain:id, eui. or naa.)")
     return name
 
 

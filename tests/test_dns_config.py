@@ -102,11 +102,11 @@ dns:
 """)
     assert problems(p) == [
         f"{p}:6: dns.recurse: unknown key (expected one of: allow, forward, ttl)",
-        f"{p}:4: dns.forward: 'resolver.example' is not an IP address (a name would need DNS to find)",
-        f"{p}:4: dns.forward: bad resolver '192.0.2.53:99999': expected HOST:PORT",
+        f"{p}:4: dns.forward: resolver.example is not an IP address (a name would need DNS to find)",
+        f"{p}:4: dns.forward: 192.0.2.53:99999: 99999 is not a port (1-65535)",
         f"{p}:4: dns.forward: 127.0.0.1:5353 is bootsvc's own listen.dns: it would forward to itself",
-        f"{p}:5: dns.allow: '10.0.0.0/33' is not an address or network like 10.0.0.0/8",
-        f"{p}:5: dns.allow: 'everyone' is not an address or network like 10.0.0.0/8",
+        f"{p}:5: dns.allow: 10.0.0.0/33 is not an address or network like 10.0.0.0/8",
+        f"{p}:5: dns.allow: everyone is not an address or network like 10.0.0.0/8",
     ]
 
 

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..yamlfile import Checker, LineMap
+from ..inventory import Machine
+from ..names import domain_problem
+from ..yamlfile import Checker, LineMap, plain
 from .bootfiles import DEFAULT_BOOTFILES, Firmware, load_bootfiles
 from .message import IPv4
 from .responder import Mode, Subnet, UnknownPolicy
@@ -70,7 +72,7 @@ class DhcpSettings:
 def parse_duration(value: Any) -> int:
     m = _DURATION.match(str(value))
     if not m or int(m.group(1)) <= 0:
-        raise ValueError(f"{value!r} is not a duration (like 3600, 30m, 1h, 1d)")
+        raise ValueError(f"{plain(value)} is not a duration (like 3600, 30m, 1h, 1d)")
     return int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
 
 
@@ -80,7 +82,7 @@ def _ip(c: Checker, m: LineMap, key: str, where: str) -> IPv4 | None:
     try:
         return IPv4(str(m[key]))
     except ValueError:
-        c.err(m, where, f"{m[key]!r} is not an IPv4 address")
+        c.err(m, where, f"{plain(m[key])} is not an IPv4 address")
         return None
 
 
@@ -93,7 +95,7 @@ def _listener(c: Checker, ld: LineMap, where: str) -> Listener | None:
     for key, default in (("port", 67), ("proxy_port", 4011)):
         value = ld.get(key, default)
         if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 65536:
-            c.err(ld, f"{where}.{key}", f"{value!r} is not a port")
+            c.err(ld, f"{where}.{key}", f"{plain(value)} is not a port (1-65535)")
             value = default
         ports.append(value)
     if address is None:
@@ -129,10 +131,13 @@ def _inherited(d: LineMap, defaults: LineMap, key: str, fallback: Any = None) ->
 
 
 def _network(c: Checker, d: LineMap, where: str) -> ipaddress.IPv4Network | None:
+    if d.get("subnet") is None:
+        c.err(d, f"{where}.subnet", "missing: the network it serves, like 10.77.0.0/24")
+        return None
     try:
-        return ipaddress.IPv4Network(str(d.get("subnet", "")), strict=False)
+        return ipaddress.IPv4Network(str(d["subnet"]), strict=False)
     except ValueError:
-        c.err(d, f"{where}.subnet", f"{d.get('subnet')!r} is not a subnet like 10.77.0.0/24")
+        c.err(d, f"{where}.subnet", f"{plain(d['subnet'])} is not a subnet like 10.77.0.0/24")
         return None
 
 
@@ -148,7 +153,7 @@ def _range(c: Checker, d: LineMap, where: str, network: ipaddress.IPv4Network) -
     try:
         first, last = IPv4(str(rng[0])), IPv4(str(rng[1]))
     except ValueError:
-        c.err(d, f"{where}.range", f"{rng!r} are not IPv4 addresses")
+        c.err(d, f"{where}.range", f"{plain(rng[0])} and {plain(rng[1])} are not both IPv4 addresses")
     if first is not None and last is not None and not (first in network and last in network and first <= last):
         c.err(d, f"{where}.range", f"{first}..{last} is not an ascending range inside {network}")
     return first, last
@@ -162,7 +167,7 @@ def _dns(c: Checker, d: LineMap, defaults: LineMap, where: str) -> tuple[IPv4, .
         try:
             found.append(IPv4(str(x)))
         except ValueError:
-            c.err(m, f"{where}.dns", f"{x!r} is not an IPv4 address")
+            c.err(m, f"{where}.dns", f"{plain(x)} is not an IPv4 address")
     return tuple(found)
 
 
@@ -203,12 +208,45 @@ def _subnet(c: Checker, d: LineMap, defaults: LineMap, where: str, listeners: li
     first, last = _range(c, d, where, network)
     dns = _dns(c, d, defaults, where)
     lease_time = _lease_time(c, d, defaults, where)
-    router = _ip(c, _inherited(d, defaults, "router")[0], "router", f"{where}.router")
+    router_in, _ = _inherited(d, defaults, "router")
+    router = _ip(c, router_in, "router", f"{where}.router")
+    if router is not None and router not in network:
+        # option 3 names a gateway on the client's own link (RFC 2132 §3.5): one elsewhere is unreachable
+        c.err(router_in, f"{where}.router", f"{router} is outside the subnet {network}")
     server = _server(c, d, where, network, listeners)
     if server is None:
         return None
-    return Subnet(network, server, first, last, router, dns, str(_inherited(d, defaults, "domain", domain)[1]),
-                  lease_time)
+    return Subnet(network, server, first, last, router, dns, _domain(c, d, defaults, where, domain), lease_time)
+
+
+def _domain(c: Checker, d: LineMap, defaults: LineMap, where: str, domain: str) -> str:
+    """The subnet's domain (option 15), else the section's, else the config's (checked there)."""
+    m, value = _inherited(d, defaults, "domain", domain)
+    if "domain" in m and (problem := domain_problem(str(value))) is not None:
+        c.err(m, f"{where}.domain", problem)
+    return str(value)
+
+
+def check_fixed_ips(c: Checker, dhcp: DhcpSettings, machines: Iterable[Machine]) -> None:
+    """A machine's fixed address is one a client on a served subnet can
+    have: inside it, neither its network nor its broadcast address
+    (RFC 922), and not the server's own."""
+    servers = {one.address for one in dhcp.listeners} | {s.server for s in dhcp.subnets}
+    for m in machines:
+        if m.ip is None:
+            continue
+        subnet = next((s for s in dhcp.subnets if m.ip in s.network), None)
+        problem = None
+        if subnet is None:
+            problem = f"{m.ip} is in none of the dhcp subnets ({', '.join(str(s.network) for s in dhcp.subnets)})"
+        elif m.ip in servers:
+            problem = f"{m.ip} is the DHCP server's own address (listen.dhcp address or subnet server)"
+        elif subnet.network.prefixlen < 31 and m.ip in (subnet.network.network_address,
+                                                         subnet.network.broadcast_address):
+            which = "network" if m.ip == subnet.network.network_address else "broadcast"
+            problem = f"{m.ip} is the {which} address of {subnet.network}"
+        if problem is not None:
+            c.at(m.line_of("ip"), f"machines.{m.mac}.ip", problem)
 
 
 def _section(c: Checker, doc: LineMap) -> LineMap | None:
@@ -247,6 +285,13 @@ def _subnets(c: Checker, d: LineMap, listeners: list[Listener], domain: str) -> 
     return subnets
 
 
+def _subnet_maps(d: LineMap) -> list[tuple[LineMap, str]]:
+    """The mapping of each subnet as written, with its key."""
+    if not isinstance(d.get("subnets"), list):
+        return [(d, "dhcp")]
+    return [(sd, f"dhcp.subnets[{i}]") for i, sd in enumerate(d["subnets"]) if isinstance(sd, LineMap)]
+
+
 def _check_coverage(c: Checker, d: LineMap, listen: LineMap, listeners: list[Listener],
                     subnets: list[Subnet]) -> None:
     """No two subnets overlap; every listener's address is in one of them."""
@@ -259,19 +304,26 @@ def _check_coverage(c: Checker, d: LineMap, listen: LineMap, listeners: list[Lis
             c.err(listen, "listen.dhcp", f"{one.address} is in none of the dhcp subnets")
 
 
-def _policies(c: Checker, d: LineMap) -> tuple[Mode, UnknownPolicy] | None:
+def _choice(c: Checker, d: LineMap, key: str, kind: type[Mode] | type[UnknownPolicy], default: str) -> Any:
+    value = d.get(key, default)
     try:
-        return Mode(d.get("mode", "authoritative")), UnknownPolicy(d.get("unknown_machines", "ignore"))
-    except ValueError as e:
-        c.err(d, "dhcp.mode", f"{e} (mode: authoritative|proxy; unknown_machines: ignore|default|discover)")
+        return kind(value)
+    except (ValueError, TypeError):  # TypeError: a list or mapping
+        c.err(d, f"dhcp.{key}", f"expected {' or '.join(k.value for k in kind)}, got {plain(value)}")
         return None
+
+
+def _policies(c: Checker, d: LineMap) -> tuple[Mode, UnknownPolicy] | None:
+    mode = _choice(c, d, "mode", Mode, "authoritative")
+    unknown = _choice(c, d, "unknown_machines", UnknownPolicy, "ignore")
+    return None if mode is None or unknown is None else (mode, unknown)
 
 
 def _ipv6_ra(c: Checker, d: LineMap, mode: Mode) -> bool:
     """On by default where we are the DHCP server (DhcpSettings.ipv6_ra)."""
     ipv6_ra = d.get("ipv6_ra", mode is Mode.AUTHORITATIVE)
     if not isinstance(ipv6_ra, bool):
-        c.err(d, "dhcp.ipv6_ra", f"expected true or false, got {ipv6_ra!r}")
+        c.err(d, "dhcp.ipv6_ra", f"expected true or false, got {plain(ipv6_ra)}")
         return False
     return ipv6_ra
 
@@ -290,6 +342,11 @@ def load_dhcp(c: Checker, doc: LineMap, listen: Any, domain: str) -> DhcpSetting
     if policies is None:
         return None
     mode, unknown = policies
+    if mode is Mode.PROXY:
+        for sd, where in _subnet_maps(d):
+            if "range" in sd:
+                c.warn(sd, f"{where}.range", "proxy mode never hands out addresses: the range is not used "
+                                             "(the other DHCP server gives them)")
     ipv6_ra = _ipv6_ra(c, d, mode)
     max_adopted = c.integer(d, "max_adopted", "dhcp.max_adopted", MAX_ADOPTED, 100_000, "machines")
     adopted_expiry = c.integer(d, "adopted_expiry", "dhcp.adopted_expiry", ADOPTED_EXPIRY, 365 * 86400,

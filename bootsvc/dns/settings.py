@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..address import HostPort
-from ..yamlfile import Checker, LineMap
+from ..yamlfile import Checker, LineMap, plain
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 RESOLV_CONF = Path("/etc/resolv.conf")
@@ -114,7 +114,7 @@ def _upstreams(c: Checker, m: LineMap, listen: HostPort | None) -> tuple[list[Ho
         try:
             upstream = HostPort.parse(str(text), default_port=53, what="resolver")
             if not _is_ip(upstream.host):
-                raise ValueError(f"{text!r} is not an IP address (a name would need DNS to find)")
+                raise ValueError(f"{text} is not an IP address (a name would need DNS to find)")
         except ValueError as e:
             c.err(m, "dns.forward", str(e))
             continue
@@ -132,7 +132,7 @@ def _allow(c: Checker, m: LineMap) -> list[Network]:
         try:
             found.append(ipaddress.ip_network(str(text), strict=False))
         except ValueError:
-            c.err(m, "dns.allow", f"{text!r} is not an address or network like 10.0.0.0/8")
+            c.err(m, "dns.allow", f"{plain(text)} is not an address or network like 10.0.0.0/8")
     return found
 
 
