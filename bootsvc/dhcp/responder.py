@@ -268,10 +268,13 @@ class Responder:
             return self._drop("no_address", req)
         if machine is None or machine.ip is None:
             self.leases.put(Lease(ip, req.mac, LeaseState.OFFERED, now + OFFER_HOLD, req.hostname))
+        # the offer first: what the boot planner then refuses (no iPXE for its
+        # firmware, no disk) belongs to the boot this offer starts
+        self.emit(Kind.DHCP_OFFER, mac=req.mac, ip=ip, hostname=machine.hostname if machine else None,
+                  ipxe=req.ipxe, firmware=req.firmware, arch=req.arch,
+                  user_class=req.user_class.decode(errors="replace") or None)
         reply = Reply(req, MessageType.OFFER, subnet.server, yiaddr=ip)
         self._options(reply, req, machine, subnet)
-        self.emit(Kind.DHCP_OFFER, mac=req.mac, ip=ip, hostname=machine.hostname if machine else None,
-                  ipxe=req.ipxe, firmware=req.firmware, arch=req.arch, user_class=req.user_class.decode(errors="replace") or None)
         return reply
 
     def _nak(self, req: Request, subnet: Subnet, why: str) -> Reply:
@@ -299,10 +302,10 @@ class Responder:
             return self._nak(req, subnet, f"{wanted} is not yours")
         if machine is None or machine.ip is None:
             self.leases.put(Lease(ip, req.mac, LeaseState.BOUND, now + subnet.lease_time, req.hostname))
-        reply = Reply(req, MessageType.ACK, subnet.server, yiaddr=ip)
-        self._options(reply, req, machine, subnet)
         self.emit(Kind.DHCP_ACK, mac=req.mac, ip=ip, hostname=machine.hostname if machine else req.hostname,
                   ipxe=req.ipxe, arch=req.arch, user_class=req.user_class.decode(errors="replace") or None)
+        reply = Reply(req, MessageType.ACK, subnet.server, yiaddr=ip)
+        self._options(reply, req, machine, subnet)
         return reply
 
     def _decline(self, req: Request, subnet: Subnet, now: float) -> None:

@@ -3,16 +3,17 @@ injected into a real boot (QEMU machines through `bootsvc vm`, or kea's
 perfdhcp where a VM cannot make it) and the boot the recorder kept must be
 ``failed`` with the diagnosis that names the step and the cause.
 
-One lab, one demo image; two `bootsvc vm` runs (one per firmware: the
-UEFI machines' own PXE, then every iPXE fault at once), since most faults
-fail within seconds and the stall is waited for once. The faults:
+One lab, one demo image; a few `bootsvc vm` runs (the UEFI machines' own
+PXE, the same once iPXE for UEFI is gone, every iPXE fault at once, and a
+session dropped), since most faults fail within seconds and the stall is
+waited for once. The faults:
 
 - offered but never requested: perfdhcp -i (DISCOVER only) with the MAC of
   an inventory machine, relayed from a namespace on the boot bridge;
 - no TFTP after the ACK: a UEFI machine's own PXE (no NIC ROM) with UDP 69
   from its address dropped by nftables inside the boot namespace;
-- bootfile not found: a UEFI machine's own PXE asks for snponly.efi, and
-  the lab's tftp.roots hold only undionly.kpxe;
+- no iPXE for its firmware: a UEFI machine's own PXE once snponly.efi is
+  gone from the lab's tftp.roots (bootsvc offers it no file, and says why);
 - an iPXE chainload loop: a script that chains undionly.kpxe again;
 - no iSCSI login after the script: sanboot of a portal nobody answers
   (10.215.0.250, inside the boot namespace);
@@ -63,7 +64,7 @@ STALL = 12  # the lab's recorder.stall: a boot quiet this long has failed
 PREFIX = "iqn.2026-11.test.demo"
 UNANSWERED = "10.215.0.250"  # inside the boot namespace, held by nobody
 RELAY = "10.215.0.3"  # perfdhcp's end of a veth on the boot bridge
-RUN_TIMEOUT = {"UEFI PXE": 35.0, "BIOS iPXE": 45.0, "drop": 20.0}  # seconds each `bootsvc vm` run lets its VMs go
+RUN_TIMEOUT = {"UEFI PXE": 35.0, "UEFI nofile": 20.0, "BIOS iPXE": 45.0, "drop": 20.0}  # seconds each `bootsvc vm` run lets its VMs go
 
 
 def sanboot(root: str, initiator: str = "{{initiator_iqn}}") -> str:
@@ -259,9 +260,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[config.Confi
     for name, text, _, _ in FAULTS.values():
         if name != "demo-linux":
             (work / "profiles" / f"{name}.yaml").write_text(profile_yaml(name, text))
-    bios_only = work / "ipxe-bios"  # iPXE for BIOS only: a UEFI PXE asking for snponly.efi finds nothing
-    bios_only.mkdir()
-    shutil.copy("/usr/lib/ipxe/undionly.kpxe", bios_only / "undionly.kpxe")
+    ipxe = work / "ipxe"  # snponly.efi goes before f-nofile's run: bootsvc then has no iPXE for it
+    ipxe.mkdir()
+    for name in ("undionly.kpxe", "snponly.efi"):
+        shutil.copy(f"/usr/lib/ipxe/{name}", ipxe / name)
     state = work / "state"
     (state / "boot").mkdir(parents=True)
     machines = "\n".join(f"  {mac(h)}: {{hostname: {h}, ip: {address(h)}, profile: {p}{extra}}}"
@@ -279,7 +281,7 @@ listen:
 dhcp:
   subnet: 10.215.0.0/24
 tftp:
-  roots: [{bios_only}, {state / 'boot'}]
+  roots: [{ipxe}, {state / 'boot'}]
 recorder: {{stall: {STALL}}}
 machines:
 {machines}
@@ -293,15 +295,18 @@ machines:
     log: list[str] = []
     started = time.monotonic()
     bios = tuple(mac(h) for h in VMS if not FAULTS[h][3] and h != "f-drop")
-    uefi = tuple(mac(h) for h in VMS if FAULTS[h][3])
+    uefi = tuple(mac(h) for h in VMS if FAULTS[h][3] and h != "f-nofile")
     (state / "vm").mkdir(parents=True, exist_ok=True)
     with injected(cfg, log):
         # one firmware per `bootsvc vm` run: the UEFI machines' own PXE first (with perfdhcp
         # and the firewall in that run's namespace), then every iPXE fault at once
-        for what, macs, opts in (("UEFI PXE", uefi, {"firmware": qemu.Firmware.UEFI, "nic_rom": False}),
+        uefi_pxe = {"firmware": qemu.Firmware.UEFI, "nic_rom": False}
+        for what, macs, opts in (("UEFI PXE", uefi, uefi_pxe), ("UEFI nofile", (mac("f-nofile"),), uefi_pxe),
                                  ("BIOS iPXE", bios, {}), ("drop", (mac("f-drop"),), {})):
             if what == "drop":
                 stop_serve_after_first_read(cfg, "f-drop", log)
+            if what == "UEFI nofile":
+                (ipxe / "snponly.efi").unlink()
             (state / "vm" / "serve.log").unlink(missing_ok=True)
             out = io.StringIO()
             t0 = time.monotonic()
@@ -345,8 +350,9 @@ def test_no_tftp_after_the_ack(lab: tuple[config.Config, list[str], float]) -> N
 def test_bootfile_not_found(lab: tuple[config.Config, list[str], float]) -> None:
     cfg, log, _ = lab
     boot = failed(cfg, "f-nofile")
-    assert boot["state"] == "failed" and "file-missing" in steps_of(boot), (boot, log)
-    assert "bootfile not found: it asked for snponly.efi (client architecture 7)" in str(boot["diagnosis"]), boot
+    # bootsvc offers no file it does not have: the firmware is told nothing to load, and why is recorded
+    assert boot["state"] == "failed" and "boot-refused" in steps_of(boot), (boot, log)
+    assert "snponly.efi (dhcp.bootfiles.efi-x64) is in none of the TFTP roots" in str(boot["diagnosis"]), boot
 
 
 def test_a_script_that_chains_ipxe_again_is_a_chainload_loop(lab: tuple[config.Config, list[str], float]) -> None:
