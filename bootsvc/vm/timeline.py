@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from ..debian import MARKER_OK as DEBIAN_OK
 from ..demo import MARKER_FAIL, MARKER_OK
 from ..events import Event, Kind
 from ..inventory import Machine
@@ -96,7 +97,7 @@ class Recorder:
     @staticmethod
     def console_line(t: Timeline, line: str, when: float) -> Step | None:
         """A line of a machine's serial console, seen at ``when``."""
-        if MARKER_OK in line:
+        if MARKER_OK in line or DEBIAN_OK in line:
             return Step.BOOTED if t.reach(Step.BOOTED, when) else None
         if MARKER_FAIL in line:
             t.failure = line.split(MARKER_FAIL, 1)[1].strip()
