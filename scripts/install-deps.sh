@@ -16,6 +16,7 @@ debs=(
     open-isns-server    # isnsd (bench/isns.py reference)
     open-iscsi          # iscsiadm (iSNS discovery peer); iscsistart in the demo image
     syslinux syslinux-common mtools dosfstools e2fsprogs  # build the demo image without mounting
+    debootstrap         # `bootsvc image build-debian`: the Debian 12 base image
     ovmf systemd-boot-efi  # UEFI firmware for `bootsvc vm --uefi`; the demo image's UEFI loader
     nasm                # assembles the sanboot test's boot sector
     busybox-static      # udhcpc, a real DHCP client for the DHCP tests

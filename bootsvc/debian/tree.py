@@ -33,6 +33,9 @@ INITRAMFS_CONF = """\
 BUSYBOX=y
 MODULES=netboot
 """
+# netboot leaves SCSI disks out (it was made for NFS roots): the iSCSI
+# LUN is one; listed here, initramfs-tools also loads it before local-top
+INITRAMFS_MODULES = "# bootsvc: the iSCSI root disk is a SCSI disk\nsd_mod\n"
 FSTAB = f"LABEL={ROOT_LABEL} / ext4 defaults,errors=remount-ro 0 1\n"
 INTERFACES = """\
 # bootsvc: only loopback here. The boot NIC carries the iSCSI root disk; its
@@ -143,6 +146,7 @@ def configure(root: Path, apt_sources: str) -> None:
     initramfs is made again (it reads the iSCSI and initramfs settings)."""
     _write(root, "etc/iscsi/iscsi.initramfs", ISCSI_INITRAMFS)
     _write(root, "etc/initramfs-tools/conf.d/bootsvc", INITRAMFS_CONF)
+    _write(root, "etc/initramfs-tools/modules", INITRAMFS_MODULES)
     _write(root, "etc/fstab", FSTAB)
     _write(root, "etc/network/interfaces", INTERFACES)
     if apt_sources:

@@ -35,7 +35,10 @@ REFUSALS = frozenset({Kind.BOOT_REFUSED, Kind.ISCSI_LOGIN_FAILED, Kind.DHCP_NAK,
                       Kind.DHCP_DROPPED, Kind.DHCP_UNANSWERED, Kind.TFTP_NOT_FOUND, Kind.TFTP_FAILED})
 STEPS = {Kind.DHCP_OFFER: Step.DHCP_OFFER, Kind.DHCP_ACK: Step.DHCP_ACK, Kind.ISCSI_FIRST_READ: Step.FIRST_READ}
 _CONSOLE = {"bootsvc-demo: initramfs": Step.KERNEL, "bootsvc-demo: iscsi-login": Step.OS_LOGIN,
-            "bootsvc-demo: root-mounted": Step.ROOT}
+            "bootsvc-demo: root-mounted": Step.ROOT,
+            # Debian's kernel (not quiet) and open-iscsi's iscsistart in its initramfs
+            "Run /init as init process": Step.KERNEL, "through [iface: default] is operational now": Step.OS_LOGIN,
+            "EXT4-fs (sda2): mounted filesystem": Step.ROOT}
 
 
 @dataclass
