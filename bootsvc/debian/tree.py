@@ -49,7 +49,9 @@ source /etc/network/interfaces.d/*
 
 MARKER_SCRIPT = f"""\
 #!/bin/sh
-# bootsvc: one line on the console once multi-user.target is reached
+# bootsvc: one line on the console once multi-user.target is reached; what
+# the first boot made (machine ID, SSH host keys) is on the disk before it
+sync
 initiator=$(cat /sys/class/iscsi_session/session*/initiatorname 2>/dev/null | head -n 1)
 [ -n "$initiator" ] || initiator=$(cat /sys/firmware/ibft/initiator/initiator-name 2>/dev/null)
 echo "{MARKER_OK} host=$(hostname) initiator=${{initiator:-none}}" > /dev/console
@@ -111,6 +113,9 @@ Before=ssh.service
 [Service]
 Type=oneshot
 ExecStart=/usr/bin/ssh-keygen -A
+# on the iSCSI disk now, not in 30 s: a machine reset before then would
+# make new keys at its next boot
+ExecStartPost=/bin/sync
 
 [Install]
 WantedBy=multi-user.target ssh.service
