@@ -187,3 +187,15 @@ def test_cli_error_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert main(["image", "-c", str(tmp_path / "bootsvc.yaml"), "build-debian", "mine.qcow2"]) == 1
     assert capsys.readouterr().err == ("bootsvc image build-debian: debootstrap is not installed: "
                                        "apt install debootstrap\n")
+
+
+def test_a_step_that_hangs_is_ended(tmp_path: Path) -> None:
+    said: list[str] = []
+    with pytest.raises(DebianImageError, match="sh took more than 0 s"):
+        build._stream(["sh", "-c", "echo started; sleep 30"], said.append, 0.5)
+    assert said == ["  started"]
+
+
+def test_a_failing_step_shows_its_last_lines() -> None:
+    with pytest.raises(DebianImageError, match=r"(?s)status 3.*E: no such suite"):
+        build._stream(["sh", "-c", "echo 'E: no such suite'; exit 3"], lambda s: None, 30)

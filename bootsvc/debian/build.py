@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -45,20 +47,35 @@ def _stream(cmd: list[str], say: Callable[[str], None], timeout: float) -> None:
     """Run ``cmd``, passing its output lines on (progress); its last lines
     go into the error when it fails or takes longer than ``timeout`` s."""
     tail: deque[str] = deque(maxlen=15)
-    deadline = time.monotonic() + timeout
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                text=True, errors="replace")
+                                text=True, errors="replace", start_new_session=True)
     except FileNotFoundError as e:
         raise DebianImageError(f"{cmd[0]} is not installed") from e
     assert proc.stdout is not None
-    with proc:
-        for line in proc.stdout:
-            tail.append(line.rstrip())
-            say(f"  {line.rstrip()}")
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise DebianImageError(f"{cmd[0]} took more than {timeout:.0f} s")
+    # a silent hang ends too: the watchdog kills it and what it started
+    # (its own process group: they hold the output pipe open)
+    timed_out = threading.Event()
+
+    def kill() -> None:
+        timed_out.set()
+        os.killpg(proc.pid, signal.SIGKILL)
+
+    watchdog = threading.Timer(timeout, kill)
+    watchdog.start()
+    try:
+        with proc:
+            try:
+                for line in proc.stdout:
+                    tail.append(line.rstrip())
+                    say(f"  {line.rstrip()}")
+            except BaseException:  # Ctrl-C: it is in its own session, so end it here
+                os.killpg(proc.pid, signal.SIGKILL)
+                raise
+    finally:
+        watchdog.cancel()
+    if timed_out.is_set():
+        raise DebianImageError(f"{cmd[0]} took more than {timeout:.0f} s")
     if proc.returncode != 0:
         raise DebianImageError(f"{' '.join(cmd[:2])} ... failed (status {proc.returncode}):\n  "
                                + "\n  ".join(tail))
