@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bootsvc import config
 from bootsvc.cli import main
@@ -199,3 +200,14 @@ def test_a_step_that_hangs_is_ended(tmp_path: Path) -> None:
 def test_a_failing_step_shows_its_last_lines() -> None:
     with pytest.raises(DebianImageError, match=r"(?s)status 3.*E: no such suite"):
         build._stream(["sh", "-c", "echo 'E: no such suite'; exit 3"], lambda s: None, 30)
+
+
+def test_shipped_profiles_boot_the_built_image() -> None:
+    """profiles/debian12*.yaml name what build-debian makes: its base, and
+    for boot: kernel its kernel files and command line."""
+    profiles = Path(__file__).resolve().parent.parent / "profiles"
+    sanboot = yaml.safe_load((profiles / "debian12.yaml").read_text())
+    kernel = yaml.safe_load((profiles / "debian12-kernel.yaml").read_text())
+    assert sanboot["base"] == kernel["base"] == build.DEBIAN_BASE and sanboot["boot"] == "sanboot"
+    assert (kernel["kernel"], kernel["initrd"]) == ("debian12/vmlinuz", "debian12/initrd.img")
+    assert kernel["cmdline"] == tree.KERNEL_ARGS
