@@ -29,9 +29,12 @@ KERNEL_ARGS = f"root=LABEL={ROOT_LABEL} console=ttyS0,115200 panic=-1"
 ISCSI_INITRAMFS = "ISCSI_AUTO=true\n"
 INITRAMFS_CONF = """\
 # bootsvc: busybox lets open-iscsi's script add the iBFT's default route;
-# netboot keeps the initramfs to the network, iSCSI and disk modules
+# netboot keeps the initramfs to the network, iSCSI and disk modules;
+# FSTYPE: the root's type, which the fsck hook cannot look up in a chroot
+# (root=LABEL= names no device there), so e2fsck checks it before mounting
 BUSYBOX=y
 MODULES=netboot
+FSTYPE=ext4
 """
 # netboot leaves SCSI disks out (it was made for NFS roots): the iSCSI
 # LUN is one; listed here, initramfs-tools also loads it before local-top
