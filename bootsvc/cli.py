@@ -31,13 +31,14 @@ from .address import HostPort
 from .bootfile_check import bootfile_warnings
 from .cli_parser import CliParser, command
 from .credentials import check_pair, parse_chap
+from .debian import DEBIAN_BASE, DebianImageError, build_debian
 from .demo import DEMO_BASE, DemoImageError, build_demo
 from .dns.settings import notes as dns_notes
 from .host import HostError, HostNetwork
 from .images import ImageError, ImageStore
 from .instance import PID_FILE
 from .service import Services
-from .yamlfile import Checker, ConfigError, load_yaml
+from .yamlfile import Checker, ConfigError, load_yaml, parse_size
 
 
 def default_iqn(image: Path) -> str:
@@ -270,6 +271,23 @@ def _image_build_demo(store: ImageStore, args: argparse.Namespace) -> int:
     return 0
 
 
+def _image_build_debian(store: ImageStore, args: argparse.Namespace) -> int:
+    packages = tuple(p for group in args.packages for p in group.replace(",", " ").split())
+    try:
+        build_debian(store.cfg, args.name, packages=packages, size=args.size, force=args.force, uri=args.mirror)
+    except DebianImageError as e:
+        print(f"bootsvc image build-debian: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _size_arg(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).replace(repr(text), text)) from None
+
+
 def _check_state(r: CheckReport) -> str:
     """One image's check outcome in a few words."""
     if not r.corruptions and not r.leaks:
@@ -296,6 +314,7 @@ IMAGE_COMMANDS: dict[str, Callable[[ImageStore, argparse.Namespace], int]] = {
     "commit": _image_commit,
     "rebase": _image_rebase,
     "build-demo": _image_build_demo,
+    "build-debian": _image_build_debian,
     "check": _image_check,
 }
 
@@ -415,6 +434,13 @@ def build_parser() -> CliParser:
     ibd.add_argument("--name", default=DEMO_BASE, help=f"base image file name (default {DEMO_BASE})")
     ibd.add_argument("--force", action="store_true", help="build it again even if it exists")
     ibd.add_argument("--kernel-deb", type=Path, help="a Debian cloud kernel .deb to use instead of downloading one")
+    ideb = isub.add_parser("build-debian", help="build a Debian 12 base image that boots diskless with systemd")
+    ideb.add_argument("name", nargs="?", default=DEBIAN_BASE, help=f"base image file name (default {DEBIAN_BASE})")
+    ideb.add_argument("--packages", action="append", default=[], metavar="PKG,...",
+                      help="more Debian packages to install (comma or space separated, repeatable)")
+    ideb.add_argument("--size", type=_size_arg, default="4G", help="disk size (default 4G)")
+    ideb.add_argument("--force", action="store_true", help="build it again even if it exists")
+    ideb.add_argument("--mirror", help="Debian mirror URI (default: the host's apt sources for bookworm)")
     ick = isub.add_parser("check", help="check overlays like qemu-img check")
     ick.add_argument("host", nargs="*", help="default: every overlay")
     ick.add_argument("--repair", action="store_true", help="fix leaked clusters")

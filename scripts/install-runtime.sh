@@ -15,6 +15,7 @@ runtime=(
     systemd-boot-efi    # its UEFI loader
     busybox-static      # its initramfs (and udhcpc, a real DHCP client for the DHCP tests)
     open-iscsi          # iscsistart in its initramfs (and iscsiadm, the tests' iSNS discovery peer)
+    debootstrap         # `bootsvc image build-debian`: the Debian 12 base image
 )
 missing=()
 for p in "${runtime[@]}" "$@"; do

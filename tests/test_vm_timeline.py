@@ -44,6 +44,22 @@ def test_events_and_console_lines_make_the_timeline() -> None:
     assert (t.at[Step.DHCP_OFFER], t.at[Step.DHCP_ACK], t.at[Step.BOOTED]) == (2.5, 3.0, 10)
 
 
+def test_debian_console_lines_make_the_timeline() -> None:
+    """What Debian's kernel, open-iscsi's iscsistart and the marker unit of
+    `bootsvc image build-debian` print, as seen on a real boot's console."""
+    t = Timeline(NODE, T0)
+    r = Recorder([t])
+    assert r.console_line(t, "[    5.559881] Run /init as init process", T0 + 20) is Step.KERNEL
+    assert r.console_line(t, "iscsistart: Connection1:0 to [target: iqn.2026-11.t:boot.node01, portal: "
+                             "10.0.0.1,3260] through [iface: default] is operational now", T0 + 25) is Step.OS_LOGIN
+    assert r.console_line(t, "[   15.920320] EXT4-fs (sda2): mounted filesystem with ordered data mode. "
+                             "Quota mode: none.", T0 + 30) is Step.ROOT
+    assert r.console_line(t, "[   26.250072] EXT4-fs (sda2): re-mounted. Quota mode: none.", T0 + 40) is None
+    assert r.console_line(t, "node01 login: BOOTSVC-DEBIAN-OK host=node01 initiator=iqn.2026-11.t:node01",
+                          T0 + 70) is Step.BOOTED
+    assert t.booted and diagnose(t) == "booted"
+
+
 def test_diagnosis_names_where_it_stopped() -> None:
     t = Timeline(NODE, T0)
     r = Recorder([t])

@@ -15,6 +15,7 @@ from ..images import ImageError, ImageStore
 from .disk import Layout, build_disk
 from .initramfs import build_initramfs, build_root_tree
 from .kernel import fetch_deb, unpack
+from .loader import boot_files, publish_kernel
 from .tools import BuildError
 
 DEMO_BASE = "demo-linux.qcow2"  # what profiles/demo-linux.yaml boots
@@ -24,17 +25,6 @@ RECORD = "/var/lib/bootsvc-demo/boots"  # the file each boot appends to, on the 
 # quiet: the serial console carries the demo's own progress lines, and
 # under TCG every console line costs time; panic=-1 ends a failed boot
 KERNEL_ARGS = "console=ttyS0,115200 quiet panic=-1"
-SYSTEMD_BOOT = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")  # systemd-boot-efi
-LOADER_CONF = "default demo.conf\ntimeout 0\n"
-LOADER_ENTRY = f"title bootsvc demo\nlinux /vmlinuz\ninitrd /initrd.img\noptions {KERNEL_ARGS}\n"
-SYSLINUX_CFG = f"""DEFAULT demo
-PROMPT 0
-TIMEOUT 0
-LABEL demo
-  KERNEL /vmlinuz
-  INITRD /initrd.img
-  APPEND {KERNEL_ARGS}
-"""
 
 
 class DemoImageError(Exception):
@@ -71,19 +61,11 @@ def build_demo(cfg: Config, name: str = DEMO_BASE, force: bool = False, kernel_d
         step(2, f"unpacking {deb.name}")
         kernel = unpack(deb, cache / "kernel" / deb.stem)
         shutil.rmtree(work, ignore_errors=True)
-        (work / "boot").mkdir(parents=True)
+        work.mkdir(parents=True)
         step(3, f"initramfs: busybox, iscsistart, modules of {kernel.release}")
-        boot = {"initrd.img": work / "boot" / "initrd.img", "syslinux.cfg": work / "boot" / "syslinux.cfg",
-                "loader/loader.conf": work / "boot" / "loader.conf",
-                "loader/entries/demo.conf": work / "boot" / "demo.conf", "vmlinuz": kernel.vmlinuz}
-        boot["initrd.img"].write_bytes(build_initramfs(kernel))
-        boot["syslinux.cfg"].write_text(SYSLINUX_CFG)
-        boot["loader/loader.conf"].write_text(LOADER_CONF)
-        boot["loader/entries/demo.conf"].write_text(LOADER_ENTRY)
-        if SYSTEMD_BOOT.is_file():
-            boot["EFI/BOOT/BOOTX64.EFI"] = SYSTEMD_BOOT
-        else:
-            say(f"  ({SYSTEMD_BOOT} is missing: install systemd-boot-efi for UEFI machines; BIOS only)")
+        initrd = work / "initrd.img"
+        initrd.write_bytes(build_initramfs(kernel))
+        boot = boot_files(work / "boot", kernel.vmlinuz, initrd, KERNEL_ARGS, "demo", say)
         step(4, "root file system")
         build_root_tree(work / "root")
         step(5, "disk: MBR, FAT boot partition with SYSLINUX and systemd-boot, ext4 root")
@@ -91,12 +73,7 @@ def build_demo(cfg: Config, name: str = DEMO_BASE, force: bool = False, kernel_d
         build_disk(raw, Layout(), boot, work / "root")
         step(6, f"storing it as {dest}, its kernel and initramfs in {boot_dir(cfg, name)}")
         store.add_base(raw, name, replace=force)
-        # for profiles with boot: kernel (profiles/demo-linux-kernel.yaml),
-        # served from state_dir/boot, a default TFTP/HTTP root
-        files = boot_dir(cfg, name)
-        files.mkdir(parents=True, exist_ok=True)
-        for f in ("vmlinuz", "initrd.img"):
-            shutil.copyfile(boot[f], files / f)
+        publish_kernel(boot, boot_dir(cfg, name))
     except (BuildError, ImageError, OSError) as e:
         raise DemoImageError(str(e)) from e
     finally:

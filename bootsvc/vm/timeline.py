@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from ..debian import MARKER_OK as DEBIAN_OK
 from ..demo import MARKER_FAIL, MARKER_OK
 from ..events import Event, Kind
 from ..inventory import Machine
@@ -34,7 +35,10 @@ REFUSALS = frozenset({Kind.BOOT_REFUSED, Kind.ISCSI_LOGIN_FAILED, Kind.DHCP_NAK,
                       Kind.DHCP_DROPPED, Kind.DHCP_UNANSWERED, Kind.TFTP_NOT_FOUND, Kind.TFTP_FAILED})
 STEPS = {Kind.DHCP_OFFER: Step.DHCP_OFFER, Kind.DHCP_ACK: Step.DHCP_ACK, Kind.ISCSI_FIRST_READ: Step.FIRST_READ}
 _CONSOLE = {"bootsvc-demo: initramfs": Step.KERNEL, "bootsvc-demo: iscsi-login": Step.OS_LOGIN,
-            "bootsvc-demo: root-mounted": Step.ROOT}
+            "bootsvc-demo: root-mounted": Step.ROOT,
+            # Debian's kernel (not quiet) and open-iscsi's iscsistart in its initramfs
+            "Run /init as init process": Step.KERNEL, "through [iface: default] is operational now": Step.OS_LOGIN,
+            "EXT4-fs (sda2): mounted filesystem": Step.ROOT}
 
 
 @dataclass
@@ -96,7 +100,7 @@ class Recorder:
     @staticmethod
     def console_line(t: Timeline, line: str, when: float) -> Step | None:
         """A line of a machine's serial console, seen at ``when``."""
-        if MARKER_OK in line:
+        if MARKER_OK in line or DEBIAN_OK in line:
             return Step.BOOTED if t.reach(Step.BOOTED, when) else None
         if MARKER_FAIL in line:
             t.failure = line.split(MARKER_FAIL, 1)[1].strip()

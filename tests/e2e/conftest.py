@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bootsvc.demo.build import SYSTEMD_BOOT
+from bootsvc.demo.loader import SYSTEMD_BOOT
 from bootsvc.vm import qemu
 from tests.e2e.netns import can_make_namespaces
 from tests.e2e.peers import have
