@@ -60,3 +60,20 @@ def can_make_namespaces() -> str | None:
         return f"cannot create network namespaces: {r.stderr.strip()}"
     subprocess.run(["ip", "netns", "del", probe], capture_output=True, timeout=30)
     return None
+
+
+def boot_bridge(ns: str, other: str, net: str) -> None:
+    """A bridge bsv-br0 in ``ns`` (bootsvc's side, ``net``.1/24) with a VM's
+    tap bsv-tap0, and a veth to ``other`` (``net``.2: another DHCP server,
+    as dnsmasq beside a proxy)."""
+    ip("-n", ns, "link", "add", "bsv-br0", "type", "bridge")
+    ip("-n", ns, "addr", "add", f"{net}.1/24", "dev", "bsv-br0")
+    ip("-n", ns, "link", "set", "bsv-br0", "up")
+    ip("-n", ns, "tuntap", "add", "dev", "bsv-tap0", "mode", "tap")
+    ip("-n", ns, "link", "set", "bsv-tap0", "master", "bsv-br0")
+    ip("-n", ns, "link", "set", "bsv-tap0", "up")
+    ip("link", "add", "bsv-up0", "netns", ns, "type", "veth", "peer", "name", "bsv-dh0", "netns", other)
+    ip("-n", ns, "link", "set", "bsv-up0", "master", "bsv-br0")
+    ip("-n", ns, "link", "set", "bsv-up0", "up")
+    ip("-n", other, "addr", "add", f"{net}.2/24", "dev", "bsv-dh0")
+    ip("-n", other, "link", "set", "bsv-dh0", "up")

@@ -20,7 +20,7 @@ import pytest
 
 from tests.e2e import qemu
 from tests.e2e.conftest import need
-from tests.e2e.netns import can_make_namespaces, ip, namespaces
+from tests.e2e.netns import boot_bridge, can_make_namespaces, namespaces
 from tests.e2e.peers import bootsvc_serve, dnsmasq_dhcp, stop
 
 pytestmark = pytest.mark.e2e
@@ -55,22 +55,6 @@ dhcp:
     return cfg
 
 
-def boot_network(ns: str, other: str) -> None:
-    """A bridge in ``ns`` (bootsvc's side) with the VM's tap, and a veth to
-    ``other`` (10.215.0.2, where dnsmasq runs in proxy mode)."""
-    ip("-n", ns, "link", "add", "bsv-br0", "type", "bridge")
-    ip("-n", ns, "addr", "add", "10.215.0.1/24", "dev", "bsv-br0")
-    ip("-n", ns, "link", "set", "bsv-br0", "up")
-    ip("-n", ns, "tuntap", "add", "dev", "bsv-tap0", "mode", "tap")
-    ip("-n", ns, "link", "set", "bsv-tap0", "master", "bsv-br0")
-    ip("-n", ns, "link", "set", "bsv-tap0", "up")
-    ip("link", "add", "bsv-up0", "netns", ns, "type", "veth", "peer", "name", "bsv-dh0", "netns", other)
-    ip("-n", ns, "link", "set", "bsv-up0", "master", "bsv-br0")
-    ip("-n", ns, "link", "set", "bsv-up0", "up")
-    ip("-n", other, "addr", "add", "10.215.0.2/24", "dev", "bsv-dh0")
-    ip("-n", other, "link", "set", "bsv-dh0", "up")
-
-
 def events(log: Path, kind: str) -> list[str]:
     return [line for line in log.read_text(errors="replace").splitlines() if f"event={kind} " in line]
 
@@ -84,7 +68,7 @@ def test_ovmf_http_boot_loads_ipxe_from_bootsvc_http(tmp_path: Path, mode: str) 
     cfg = config(tmp_path, mode)
     log = tmp_path / "serve.log"
     with namespaces("hboot", "hdhcp") as (ns, other):
-        boot_network(ns, other)
+        boot_bridge(ns, other, "10.215.0")
         with dnsmasq_dhcp(other, "bsv-dh0", "10.215.0.100,10.215.0.150,255.255.255.0,1h", tmp_path) \
                 if mode == "proxy" else contextlib.nullcontext():
             server = bootsvc_serve(cfg, log, "ready:", netns=ns)
@@ -120,7 +104,7 @@ def test_arm64_uefi_pxe_fetches_its_configured_bootfile(tmp_path: Path) -> None:
     cfg = config(tmp_path, "authoritative", f"  bootfiles: {{efi-arm64: arm64/snponly.efi}}\ntftp: {{roots: [{root}]}}\n")
     log = tmp_path / "serve.log"
     with namespaces("aboot", "adhcp") as (ns, other):
-        boot_network(ns, other)
+        boot_bridge(ns, other, "10.215.0")
         server = bootsvc_serve(cfg, log, "ready:", netns=ns)
         try:
             start = time.monotonic()

@@ -21,7 +21,7 @@ import pytest
 from tests.e2e import qemu
 from tests.e2e.bootdisk import build
 from tests.e2e.conftest import need
-from tests.e2e.netns import can_make_namespaces, ip, namespaces
+from tests.e2e.netns import boot_bridge, can_make_namespaces, namespaces
 from tests.e2e.peers import bootsvc_serve, dnsmasq_dhcp, stop
 
 pytestmark = pytest.mark.e2e
@@ -68,17 +68,7 @@ machines:
   {MAC}: {{hostname: node01, profile: disk{fixed_ip}}}
 """)
     with namespaces("boot", "dhcp") as (ns, other):
-        ip("-n", ns, "link", "add", "bsv-br0", "type", "bridge")
-        ip("-n", ns, "addr", "add", "10.214.0.1/24", "dev", "bsv-br0")
-        ip("-n", ns, "link", "set", "bsv-br0", "up")
-        ip("-n", ns, "tuntap", "add", "dev", "bsv-tap0", "mode", "tap")
-        ip("-n", ns, "link", "set", "bsv-tap0", "master", "bsv-br0")
-        ip("-n", ns, "link", "set", "bsv-tap0", "up")
-        ip("link", "add", "bsv-up0", "netns", ns, "type", "veth", "peer", "name", "bsv-dh0", "netns", other)
-        ip("-n", ns, "link", "set", "bsv-up0", "master", "bsv-br0")
-        ip("-n", ns, "link", "set", "bsv-up0", "up")
-        ip("-n", other, "addr", "add", "10.214.0.2/24", "dev", "bsv-dh0")
-        ip("-n", other, "link", "set", "bsv-dh0", "up")
+        boot_bridge(ns, other, "10.214.0")
         log = tmp_path / "serve.log"
         with dnsmasq_dhcp(other, "bsv-dh0", "10.214.0.100,10.214.0.150,255.255.255.0,1h", tmp_path, "--log-dhcp") \
                 if mode == "proxy" else contextlib.nullcontext():
