@@ -444,8 +444,10 @@ class Fleet:
         out = []
         for m in machines:
             try:
+                made = not self.store.overlay_path(m.hostname).exists()
                 spec = replace(self.store.prepare(m), auth=self._auth_for(m))
-                out.append(Disk(m, self.profile(m), spec, Target.open(spec)))
+                # an overlay kept from before (a restart) may have been booted: the next boot renews it
+                out.append(Disk(m, self.profile(m), spec, Target.open(spec), fresh=made))
             except (ImageError, TargetConfigError, BackendError, OSError, ValueError) as e:
                 self.bus.emit(Kind.DISK_FAILED, mac=m.mac, hostname=m.hostname, target=m.target_iqn,
                               why=f"will not boot: {e}")

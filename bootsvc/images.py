@@ -31,7 +31,7 @@ from . import SCSI_PRODUCT, SCSI_VENDOR
 from .config import Config
 from .events import Bus, Kind, logging_bus
 from .inventory import Machine
-from .profiles import OverlayPolicy, Profile
+from .profiles import Profile
 
 CHUNK = 1 << 20
 ZERO_CHUNK = bytes(CHUNK)
@@ -157,12 +157,14 @@ class ImageStore:
         return self.create_overlay(machine, replace=True)
 
     def prepare(self, machine: Machine) -> TargetSpec:
-        """The boot target of a machine, its overlay made if missing (and
-        made anew for an ephemeral profile)."""
+        """The boot target of a machine, its overlay made if missing. An
+        ephemeral overlay that is there is kept too: a server restart is no
+        new boot, and a running machine keeps its disk (the fleet renews it
+        when the machine next boots)."""
         profile = self.profile(machine)
         path = self.overlay_path(machine.hostname)
-        if profile.overlay is OverlayPolicy.EPHEMERAL or not path.exists():
-            self.create_overlay(machine, replace=path.exists())
+        if not path.exists():
+            self.create_overlay(machine)
         return TargetSpec(iqn=machine.target_iqn, alias=f"{machine.hostname} boot disk", vendor=SCSI_VENDOR,
                           product=SCSI_PRODUCT,
                           luns=(LunSpec(str(path), limit=profile.overlay_limit),),

@@ -202,6 +202,32 @@ def test_reload_is_a_diff_and_logged_in_disks_stay(tmp_path: Path) -> None:
         fleet.close()
 
 
+def test_a_restart_keeps_a_running_machines_ephemeral_disk(tmp_path: Path) -> None:
+    """A server restart is no new boot: the machine still running on its
+    ephemeral overlay keeps it; its next boot gets a fresh one."""
+    cfg = load(lab(tmp_path, f"  {A}: {{hostname: a}}\n", "ephemeral"))
+    fleet = Fleet(cfg, Bus())
+    fleet.open()
+    disk = fleet.disk(A)
+    assert disk is not None and disk.fresh
+    disk.target.luns[0].backend.write_sync(0, b"\x55" * 512)  # type: ignore[attr-defined]
+    fleet.close()
+    bus = Bus()
+    events = recorded(bus)
+    fleet = Fleet(cfg, bus)
+    fleet.open()
+    try:
+        disk = fleet.disk(A)
+        assert disk is not None and not disk.fresh
+        assert disk.target.luns[0].backend.read_sync(0, 512) == b"\x55" * 512  # type: ignore[attr-defined]
+        assert asyncio.run(fleet.renew(A))  # its next boot
+        gold = (tmp_path / "state" / "images" / "gold.raw").read_bytes()
+        assert disk.target.luns[0].backend.read_sync(0, 512) == gold[:512]  # type: ignore[attr-defined]
+    finally:
+        fleet.close()
+    assert [e.kind for e in events if e.service == "disk"] == [Kind.DISK_RENEWED]
+
+
 def test_a_login_during_renewal_keeps_the_old_disk(tmp_path: Path) -> None:
     """The new overlay is made beside the served one; if the machine logs
     in meanwhile, that boot keeps the disk and the new one waits for the
