@@ -340,7 +340,7 @@ def cmd_vm(args: argparse.Namespace) -> int:
         return 1
     opts = run.Options(count=args.count, macs=tuple(args.mac), accel=args.accel, timeout=args.timeout,
                        firmware=qemu.Firmware.UEFI if args.uefi else qemu.Firmware.BIOS, attach=args.attach,
-                       nic_rom=not args.firmware_pxe)
+                       nic_rom=not args.firmware_pxe, uefi_macs=tuple(args.uefi_mac))
     try:
         timelines = run.run(cfg, opts)
     except (run.VmError, network.NetworkError, qemu.QemuError) as e:
@@ -449,6 +449,8 @@ def build_parser() -> CliParser:
     vm.add_argument("--count", type=int, default=1, help="boot the first N machines by hostname (default 1)")
     vm.add_argument("--mac", action="append", default=[], help="boot this machine (repeatable)")
     vm.add_argument("--uefi", action="store_true", help="UEFI firmware (OVMF) instead of BIOS")
+    vm.add_argument("--uefi-mac", action="append", default=[],
+                    help="boot this machine on UEFI, the others per --uefi (repeatable; mixes firmware in one run)")
     vm.add_argument("--firmware-pxe", action="store_true",
                     help="with --uefi: no iPXE ROM on the NIC; UEFI's own PXE loads iPXE from TFTP, like a real machine")
     vm.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto",

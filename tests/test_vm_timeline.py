@@ -110,3 +110,21 @@ def test_clear_errors_before_anything_starts(tmp_path: Path, capsys: object) -> 
     assert "bootsvc image -c" in err and "build-demo" in err
     assert "--firmware-pxe needs --uefi" in err
     assert "has no listen.dhcp with an interface" in err
+
+
+def test_one_run_mixes_bios_and_uefi(tmp_path: Path) -> None:
+    """``--uefi-mac``: that machine boots on UEFI, the others per
+    ``--uefi``, all in one run."""
+    from bootsvc.vm import qemu
+    from bootsvc.vm.run import Options, pick_machines
+    path = tmp_path / "bootsvc.yaml"
+    path.write_text(f"state_dir: {tmp_path / 'state'}\nmachines:\n"
+                    "  52:54:00:77:00:11: {hostname: node01, profile: demo-linux}\n"
+                    "  52:54:00:77:00:12: {hostname: node02, profile: demo-linux}\n")
+    cfg = config.load(path)
+    opts = Options(macs=("52:54:00:77:00:11",), uefi_macs=("52-54-00-77-00-12", "52:54:00:77:00:11"))
+    assert [m.hostname for m in pick_machines(cfg, opts)] == ["node01", "node02"]
+    assert opts.firmware_of("52:54:00:77:00:12") is qemu.Firmware.UEFI
+    assert opts.firmwares() == {qemu.Firmware.BIOS, qemu.Firmware.UEFI}
+    assert Options().firmwares() == {qemu.Firmware.BIOS}
+    assert Options(uefi_macs=("52:54:00:77:00:12",)).firmware_of("52:54:00:77:00:11") is qemu.Firmware.BIOS

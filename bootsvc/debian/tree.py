@@ -22,6 +22,7 @@ from pathlib import Path
 from ..demo.disk import ROOT_LABEL
 
 MARKER_OK = "BOOTSVC-DEBIAN-OK"
+BOOT_LOG = "/var/lib/bootsvc/boots"  # one line per boot reaching multi-user: "<boot_id> <hostname>"
 # console: the serial line is the machine's console and login;
 # panic=-1: a failed boot ends the VM instead of hanging
 KERNEL_ARGS = f"root=LABEL={ROOT_LABEL} console=ttyS0,115200 panic=-1"
@@ -53,7 +54,11 @@ source /etc/network/interfaces.d/*
 MARKER_SCRIPT = f"""\
 #!/bin/sh
 # bootsvc: one line on the console once multi-user.target is reached; what
-# the first boot made (machine ID, SSH host keys) is on the disk before it
+# the first boot made (machine ID, SSH host keys) is on the disk before it.
+# Each boot adds a line to BOOT_LOG: the overlay's own record of the boots it
+# has seen (read from the host with debugfs; an ephemeral overlay holds one)
+mkdir -p {BOOT_LOG.rsplit("/", 1)[0]}
+echo "$(cat /proc/sys/kernel/random/boot_id) $(hostname)" >> {BOOT_LOG}
 sync
 initiator=$(cat /sys/class/iscsi_session/session*/initiatorname 2>/dev/null | head -n 1)
 [ -n "$initiator" ] || initiator=$(cat /sys/firmware/ibft/initiator/initiator-name 2>/dev/null)

@@ -45,13 +45,23 @@ class Options:
     attach: bool = False
     memory_mib: int = 256
     nic_rom: bool = True  # False: UEFI's own PXE loads iPXE over TFTP
+    # these machines boot on UEFI whatever ``firmware`` says, so one run
+    # boots BIOS and UEFI machines at once (they are booted as if in ``macs``)
+    uefi_macs: tuple[str, ...] = ()
+
+    def firmware_of(self, mac: str) -> qemu.Firmware:
+        uefi = {normalize_mac(m) for m in self.uefi_macs}
+        return qemu.Firmware.UEFI if mac in uefi else self.firmware
+
+    def firmwares(self) -> set[qemu.Firmware]:
+        return {self.firmware} | ({qemu.Firmware.UEFI} if self.uefi_macs else set())
 
 
 def pick_machines(cfg: Config, opts: Options) -> list[Machine]:
     """The machines named by MAC, else the first ``count`` by hostname."""
-    if opts.macs:
+    if opts.macs or opts.uefi_macs:
         out = []
-        for text in opts.macs:
+        for text in dict.fromkeys((*opts.macs, *opts.uefi_macs)):
             mac = normalize_mac(text)
             if mac not in cfg.machines:
                 raise VmError(f"{mac} is not in the inventory of {cfg.path}")
@@ -205,7 +215,8 @@ def run(cfg: Config, opts: Options, out: TextIO = sys.stdout) -> list[Timeline]:
         raise VmError("--firmware-pxe needs --uefi: SeaBIOS has no PXE client of its own, only the NIC's ROM")
     bridge, address = boot_address(cfg)
     check_images(cfg, machines)
-    qemu.check(opts.firmware)
+    for firmware in opts.firmwares():
+        qemu.check(firmware)
     accel = qemu.pick_accel(opts.accel)
     rundir = cfg.state_dir / "vm"
     rundir.mkdir(parents=True, exist_ok=True)
@@ -222,11 +233,12 @@ def run(cfg: Config, opts: Options, out: TextIO = sys.stdout) -> list[Timeline]:
                       file=out)
                 server = start_serve(cfg.path, serve_log, net.prefix)
             vms = [qemu.Machine(m.hostname, m.mac, net.add_tap(), rundir / f"{m.hostname}.console",
-                                opts.firmware, accel, opts.memory_mib, opts.nic_rom) for m in machines]
+                                opts.firmware_of(m.mac), accel, opts.memory_mib, opts.nic_rom) for m in machines]
             for vm, m in zip(vms, machines):
                 timelines.append(Timeline(m, time.time()))
                 procs.append(vm.start(net.prefix))
-            print(f"started {len(vms)} VM(s) ({opts.firmware.value}, {accel}); consoles in {rundir}", file=out)
+            firmware = ", ".join(sorted({vm.firmware.value for vm in vms}))
+            print(f"started {len(vms)} VM(s) ({firmware}, {accel}); consoles in {rundir}", file=out)
             _follow(timelines, procs, events, vms, opts.timeout, out)
             if cfg.isns.target is not None:
                 _isns_view(cfg, net, timelines)
