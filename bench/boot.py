@@ -39,7 +39,15 @@ Boot-runs alternate A B B A (bootsvc, reference, reference, bootsvc, ...)
 for each VM count; the table gives medians and bootsvc/reference per
 metric (lower is better, goal <= 1.0).
 
-    .venv/bin/python bench/boot.py [--rounds 2] [--vms 1,4] [--no-ra] [--json out.json]
+Per bootsvc boot also the bytes its iSCSI sessions read (the read_bytes
+of bootsvc's iscsi.logout / iscsi.session_dropped events; tgt has no such
+counter).
+
+``--base IMAGE`` boots that base instead of the demo, e.g. the Debian 12
+base of ``bootsvc image build-debian`` (its marker counts as booted; it
+needs ``--timeout`` of several minutes for 4 VMs under TCG).
+
+    .venv/bin/python bench/boot.py [--rounds 2] [--vms 1,4] [--no-ra] [--base IMAGE] [--json out.json]
 """
 
 from __future__ import annotations
@@ -67,7 +75,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bootsvc import config  # noqa: E402
 from bootsvc.demo import build_demo  # noqa: E402
-from bootsvc.events import EVENT_FILE, read_events  # noqa: E402
+from bootsvc.events import EVENT_FILE, Kind, read_events  # noqa: E402
 from bootsvc.inventory import Machine  # noqa: E402
 from bootsvc.vm import network, qemu, run  # noqa: E402
 from bootsvc.vm.timeline import Recorder, Step, Timeline  # noqa: E402
@@ -98,13 +106,13 @@ class Lab:
     ra: bool  # both stacks answer router solicitations
 
 
-def write_config(work: Path, vms: int, ra: bool) -> Path:
+def write_config(work: Path, vms: int, ra: bool, base: Path | None = None) -> Path:
     """bootsvc's config: DHCP and iSCSI only (what dnsmasq + tgt do too)."""
     machines = "\n".join(f"  52:54:00:78:01:{i:02x}: {{hostname: node{i:02}, ip: {SUBNET[10 + i]}, "
                          f"profile: bench}}" for i in range(1, vms + 1))
     # no CHAP, like the reference stack (with CHAP iPXE would need a script over TFTP or HTTP)
     (work / "profiles").mkdir(exist_ok=True)
-    (work / "profiles" / "bench.yaml").write_text("base: demo-linux.qcow2\nauth: none\n")
+    (work / "profiles" / "bench.yaml").write_text(f"base: {base or 'demo-linux.qcow2'}\nauth: none\n")
     path = work / "bootsvc.yaml"
     path.write_text(f"""state_dir: {work / 'state'}
 profiles_dir: {work / 'profiles'}
@@ -121,9 +129,11 @@ machines:
     return path
 
 
-def make_lab(work: Path, vms: int, accel: str, ra: bool) -> Lab:
-    cfg = config.load(write_config(work, vms, ra))
-    base = build_demo(cfg, say=lambda line: print(f"  {line}", flush=True))
+def make_lab(work: Path, vms: int, accel: str, ra: bool, base: Path | None = None) -> Lab:
+    """``base``: boot this image (absolute path), else build the demo."""
+    cfg = config.load(write_config(work, vms, ra, base))
+    if base is None:
+        base = build_demo(cfg, say=lambda line: print(f"  {line}", flush=True))
     raws = {}
     for m in machines(cfg, vms):
         # outside the timed part: tgt needs a raw file, a copy per machine
@@ -488,6 +498,7 @@ class Boot:
     failure: str | None
     log_ack: float | None = None  # bootsvc's own log, a cross-check of the capture
     log_read: float | None = None
+    read_mib: float | None = None  # what its iSCSI sessions read (bootsvc's events)
 
     def metric(self, name: str) -> float | None:
         return {"dhcp-ack": self.dhcp_ack, "first-read": self.first_read, "booted": self.booted}[name]
@@ -560,10 +571,13 @@ def boot_run(lab: Lab, stack: str, count: int, rnd: int, rundir: Path, timeout: 
         for p in procs:
             run.end_process(p, grace=2.0)
         net.close()
+    read: dict[str, int] = {}
     if events is not None:
         recorder = Recorder(timelines)
         for e in read_events(events.lines()):
             recorder.event(e)
+            if e.kind in (Kind.ISCSI_LOGOUT, Kind.ISCSI_SESSION_DROPPED) and e.initiator:
+                read[e.initiator] = read.get(e.initiator, 0) + int(str(e.fields.get("read_bytes", 0)))
     acks, reads = dhcp_acks(frames), first_reads(frames)
 
     def since(t: Timeline, when: float | None) -> float | None:
@@ -572,7 +586,8 @@ def boot_run(lab: Lab, stack: str, count: int, rnd: int, rundir: Path, timeout: 
     return Run(stack, count, rnd, cpu, [
         Boot(t.machine.hostname, since(t, acks.get(t.machine.mac)), since(t, reads.get(str(t.machine.ip))),
              t.at.get(Step.BOOTED), None if t.booted else t.failure, t.at.get(Step.DHCP_ACK),
-             t.at.get(Step.FIRST_READ)) for t in timelines])
+             t.at.get(Step.FIRST_READ), read[t.machine.initiator_iqn] / 2**20 if t.machine.initiator_iqn in read
+             else None) for t in timelines])
 
 
 def describe(r: Run) -> str:
@@ -580,7 +595,8 @@ def describe(r: Run) -> str:
         return f"{v:5.1f}" if v is not None else "    -"
     parts = []
     for b in r.boots:
-        check = f" (log {s(b.log_ack).strip()}/{s(b.log_read).strip()})" if r.stack == "bootsvc" else ""
+        check = f" (log {s(b.log_ack).strip()}/{s(b.log_read).strip()}, read {s(b.read_mib).strip()} MiB)" \
+            if r.stack == "bootsvc" else ""
         fail = f" FAILED: {b.failure}" if b.failure else ""
         parts.append(f"{b.host} ack {s(b.dhcp_ack)} read {s(b.first_read)} booted {s(b.booted)}{check}{fail}")
     return f"server CPU {r.server_cpu:5.2f} s; " + "; ".join(parts)
@@ -642,6 +658,7 @@ def main() -> int:
     ap.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
     ap.add_argument("--timeout", type=float, default=400, help="seconds one boot-run may take")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (consoles, logs)")
+    ap.add_argument("--base", type=Path, help="boot this base image (e.g. the Debian base) instead of the demo")
     ap.add_argument("--json")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -659,8 +676,9 @@ def main() -> int:
     runs: list[Run] = []
     try:
         with run.sigterm_as_interrupt():
-            print(f"work directory {work}; building the demo image and {max(counts)} raw copies", flush=True)
-            lab = make_lab(work, max(counts), accel, not args.no_ra)
+            image = args.base or "the demo image"
+            print(f"work directory {work}; {image} and {max(counts)} raw copies", flush=True)
+            lab = make_lab(work, max(counts), accel, not args.no_ra, args.base and args.base.resolve())
             print(f"{accel}, IPv6 RA from both stacks: {lab.ra}", flush=True)
             for n in counts:
                 for r in range(args.rounds):
@@ -676,6 +694,11 @@ def main() -> int:
             subprocess.run(["rm", "-rf", str(work)], check=False, timeout=120)
     table = rows(runs, counts)
     print_table(table)
+    for n in counts:
+        mib = [b.read_mib for r in runs if r.vms == n and r.stack == "bootsvc" for b in r.boots
+               if b.read_mib is not None and not b.failure]
+        if mib:
+            print(f"{n} VM(s): bootsvc's iSCSI sessions read {statistics.median(mib):.1f} MiB per boot (median)")
     failed = [(r, b) for r in runs for b in r.boots if b.failure]
     if failed:
         print(f"{len(failed)} of {sum(len(r.boots) for r in runs)} boots failed (left out of the medians): "
