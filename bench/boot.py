@@ -576,8 +576,9 @@ def boot_run(lab: Lab, stack: str, count: int, rnd: int, rundir: Path, timeout: 
         recorder = Recorder(timelines)
         for e in read_events(events.lines()):
             recorder.event(e)
-            if e.kind in (Kind.ISCSI_LOGOUT, Kind.ISCSI_SESSION_DROPPED) and e.initiator:
-                read[e.initiator] = read.get(e.initiator, 0) + int(str(e.fields.get("read_bytes", 0)))
+            moved = e.fields.get("read_bytes")
+            if e.kind in (Kind.ISCSI_LOGOUT, Kind.ISCSI_SESSION_DROPPED) and e.initiator and isinstance(moved, int):
+                read[e.initiator] = read.get(e.initiator, 0) + moved
     acks, reads = dhcp_acks(frames), first_reads(frames)
 
     def since(t: Timeline, when: float | None) -> float | None:
@@ -663,6 +664,9 @@ def main() -> int:
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench/boot.py: needs root (network namespaces, tap devices)", file=sys.stderr)
+        return 2
+    if args.base is not None and not args.base.is_file():
+        print(f"bench/boot.py: --base {args.base} is not a file", file=sys.stderr)
         return 2
     counts = [int(c) for c in args.vms.split(",")]
     if max(counts) > MAX_VMS:
