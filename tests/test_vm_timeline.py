@@ -99,6 +99,7 @@ def write(tmp_path: Path, dhcp: bool = True) -> Path:
 def test_clear_errors_before_anything_starts(tmp_path: Path, capsys: object) -> None:
     cfg = write(tmp_path)
     assert main(["vm", "-c", str(cfg), "--mac", "52:54:00:00:00:99"]) == 1
+    assert main(["vm", "-c", str(cfg), "--uefi-mac", "zz"]) == 1
     assert main(["vm", "-c", str(cfg), "--count", "2"]) == 1
     assert main(["vm", "-c", str(cfg)]) == 1  # no base image yet
     assert main(["vm", "-c", str(cfg), "--firmware-pxe"]) == 1  # BIOS has no PXE of its own
@@ -106,6 +107,7 @@ def test_clear_errors_before_anything_starts(tmp_path: Path, capsys: object) -> 
     assert main(["vm", "-c", str(write(tmp_path / "x", dhcp=False))]) == 1
     err = capsys.readouterr().err  # type: ignore[attr-defined]
     assert "52:54:00:00:00:99 is not in the inventory" in err
+    assert "zz is not a MAC address" in err
     assert "--count 2 but" in err and "has 1 machine(s)" in err
     assert "bootsvc image -c" in err and "build-demo" in err
     assert "--firmware-pxe needs --uefi" in err

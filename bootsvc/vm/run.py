@@ -62,7 +62,10 @@ def pick_machines(cfg: Config, opts: Options) -> list[Machine]:
     if opts.macs or opts.uefi_macs:
         out = []
         for text in dict.fromkeys((*opts.macs, *opts.uefi_macs)):
-            mac = normalize_mac(text)
+            try:
+                mac = normalize_mac(text)
+            except ValueError as e:
+                raise VmError(str(e)) from None
             if mac not in cfg.machines:
                 raise VmError(f"{mac} is not in the inventory of {cfg.path}")
             out.append(cfg.machines[mac])
