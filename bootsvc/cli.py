@@ -35,6 +35,7 @@ from .debian import DEBIAN_BASE, DebianImageError, build_debian
 from .demo import DEMO_BASE, DemoImageError, build_demo
 from .dns.settings import notes as dns_notes
 from .host import HostError, HostNetwork
+from .image_import import import_image
 from .images import ImageError, ImageStore
 from .instance import PID_FILE
 from .service import Services
@@ -281,6 +282,11 @@ def _image_build_debian(store: ImageStore, args: argparse.Namespace) -> int:
     return 0
 
 
+def _image_import(store: ImageStore, args: argparse.Namespace) -> int:
+    print(import_image(store, args.file, args.name, force=args.force, show_progress=sys.stdout.isatty()))
+    return 0
+
+
 def _size_arg(text: str) -> int:
     try:
         return parse_size(text)
@@ -315,6 +321,7 @@ IMAGE_COMMANDS: dict[str, Callable[[ImageStore, argparse.Namespace], int]] = {
     "rebase": _image_rebase,
     "build-demo": _image_build_demo,
     "build-debian": _image_build_debian,
+    "import": _image_import,
     "check": _image_check,
 }
 
@@ -441,6 +448,11 @@ def build_parser() -> CliParser:
     ideb.add_argument("--size", type=_size_arg, default="4G", help="disk size (default 4G)")
     ideb.add_argument("--force", action="store_true", help="build it again even if it exists")
     ideb.add_argument("--mirror", help="Debian mirror URI (default: the host's apt sources for bookworm)")
+    iim = isub.add_parser("import", help="make a base image from a raw, qcow2, vmdk or vdi disk (docs/images.md)")
+    iim.add_argument("file", type=Path, help="the disk image; a backing chain is merged into the base")
+    iim.add_argument("name", nargs="?", help="file name in state_dir/images (.qcow2: qcow2, else raw; "
+                     "default: the file's name as .qcow2)")
+    iim.add_argument("--force", action="store_true", help="replace a base of that name no image depends on")
     ick = isub.add_parser("check", help="check overlays like qemu-img check")
     ick.add_argument("host", nargs="*", help="default: every overlay")
     ick.add_argument("--repair", action="store_true", help="fix leaked clusters")
