@@ -275,7 +275,8 @@ def _image_build_demo(store: ImageStore, args: argparse.Namespace) -> int:
 def _image_build_debian(store: ImageStore, args: argparse.Namespace) -> int:
     packages = tuple(p for group in args.packages for p in group.replace(",", " ").split())
     try:
-        build_debian(store.cfg, args.name, packages=packages, size=args.size, force=args.force, uri=args.mirror)
+        build_debian(store.cfg, args.name, packages=packages, size=args.size, force=args.force, uri=args.mirror,
+                     root_password_file=args.root_password_file, ssh_key=args.ssh_key)
     except DebianImageError as e:
         print(f"bootsvc image build-debian: {e}", file=sys.stderr)
         return 1
@@ -448,6 +449,9 @@ def build_parser() -> CliParser:
     ideb.add_argument("--size", type=_size_arg, default="4G", help="disk size (default 4G)")
     ideb.add_argument("--force", action="store_true", help="build it again even if it exists")
     ideb.add_argument("--mirror", help="Debian mirror URI (default: the host's apt sources for bookworm)")
+    ideb.add_argument("--root-password-file", type=Path, metavar="FILE",
+                      help="root's password on the first line (serial console login; default: root is locked)")
+    ideb.add_argument("--ssh-key", type=Path, metavar="FILE", help="SSH public key(s) root may log in with")
     iim = isub.add_parser("import", help="make a base image from a raw, qcow2, vmdk or vdi disk (docs/images.md)")
     iim.add_argument("file", type=Path, help="the disk image; a backing chain is merged into the base")
     iim.add_argument("name", nargs="?", help="file name in state_dir/images (.qcow2: qcow2, else raw; "
