@@ -143,7 +143,9 @@ def _warn_missing_bases(cfg: config_mod.Config) -> None:
         if not base.is_file():
             names = ", ".join(sorted(set(profiles)))
             print(f"{cfg.path}: warning: base image {base} does not exist yet: {len(profiles)} machine(s) "
-                  f"use it (profile {names})", file=sys.stderr)
+                  f"use it (profile {names}); make it with `bootsvc image import FILE {base.name}` (its OS must "
+                  f"log in to its root disk from the iBFT: docs/images.md), build-debian or build-demo",
+                  file=sys.stderr)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

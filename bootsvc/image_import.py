@@ -130,4 +130,7 @@ def import_image(store: ImageStore, path: Path, name: str | None = None, force: 
         if r.returncode != 0:
             raise ImageError(f"qemu-img could not convert {path}: {_qemu_img_said(r)}")
 
-    return store.add_base_file(dest, convert)
+    store.add_base_file(dest, convert)
+    say(f"  its OS must log in to its root disk from the iBFT to boot diskless (docs/images.md); "
+        f"try it with `bootsvc vm -c {store.cfg.path}` on a machine whose profile names base {dest.name}")
+    return dest
