@@ -19,6 +19,7 @@ from pathlib import Path
 from .images import ImageError, ImageStore
 
 IMPORTABLE = ("raw", "qcow2", "vmdk", "vdi")
+SUFFIXES = (".raw", ".img", ".qcow2", ".qcow", ".vmdk", ".vdi")  # left out of a default base name
 INFO_TIMEOUT = 120.0  # seconds; it reads headers only
 CONVERT_TIMEOUT = 4 * 3600.0  # seconds; a large disk over slow storage
 SECTOR = 512
@@ -102,10 +103,11 @@ def probe(path: Path) -> Source:
 
 
 def base_name(path: Path, name: str | None) -> str:
-    """The base's file name: NAME, or the file's own name as .qcow2."""
+    """The base's file name: NAME, or the file's own name as .qcow2
+    (``ubuntu-22.04.img`` -> ``ubuntu-22.04.qcow2``)."""
     if name is None:
-        return f"{path.name.split('.')[0] or 'imported'}.qcow2"
-    if not name or "/" in name or name.startswith(".") or name in ("..",):
+        name = f"{path.stem if path.suffix.lower() in SUFFIXES else path.name}.qcow2"
+    if not name or "/" in name or name.startswith("."):
         raise ImageError(f"{name!r} is not a base image name: give a file name in state_dir/images, "
                          "without / and not starting with a dot")
     return name

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bootsvc.cli import main
-from bootsvc.image_import import import_image, probe
+from bootsvc.image_import import base_name, import_image, probe
 from bootsvc.images import ImageError, ImageStore
 from target import open_backing
 from tests.qcow2_oracle import assert_check_clean, assert_same, qemu_img
@@ -100,7 +100,16 @@ def test_refusals(store: ImageStore, disk: Path, tmp_path: Path) -> None:
     for name in ("../escape.qcow2", "sub/x.qcow2", ".hidden.qcow2", ""):
         with pytest.raises(ImageError, match="is not a base image name"):
             import_image(store, disk, name, say=quiet)
+    with pytest.raises(ImageError, match="'.hidden.qcow2' is not a base image name"):
+        import_image(store, disk.rename(tmp_path / ".hidden.raw"), say=quiet)
     assert sorted(p.name for p in store.images_dir.iterdir()) == ["gold.raw"]
+
+
+def test_default_names() -> None:
+    assert base_name(Path("/srv/ubuntu-22.04-cloudimg.img"), None) == "ubuntu-22.04-cloudimg.qcow2"
+    assert base_name(Path("web.VMDK"), None) == "web.qcow2"
+    assert base_name(Path("disk-2024.11"), None) == "disk-2024.11.qcow2"
+    assert base_name(Path("x.vdi"), "mine.raw") == "mine.raw"
 
 
 def test_replacing_a_base(store: ImageStore, disk: Path, tmp_path: Path) -> None:
