@@ -286,7 +286,7 @@ class ImageStore:
         """A new base ``dest`` (from ``new_base_path``) whose file
         ``make(tmp)`` writes, e.g. a qemu-img conversion; on disk before
         it appears under its name."""
-        with self.base_file(dest) as tmp:
+        with self._base_file(dest) as tmp:
             make(tmp)
             fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
             try:
@@ -297,14 +297,18 @@ class ImageStore:
         return dest
 
     @contextmanager
-    def base_file(self, dest: Path) -> Iterator[Path]:
+    def _base_file(self, dest: Path) -> Iterator[Path]:
         """A temporary file beside ``dest`` for the block to fill; it becomes
         the read-only base ``dest`` only once the block completes (removed
-        if it fails), so a half-written base is never seen."""
+        if it fails), so a half-written base is never seen. A base it
+        replaces is checked again at the end: an overlay made on it while
+        the new one was written would otherwise see its disk change."""
         self.images_dir.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
         try:
             yield tmp
+            if dest.exists():
+                self.refuse_if_used(dest)
             os.chmod(tmp, 0o444)
             os.rename(tmp, dest)
         except BaseException:
@@ -319,7 +323,7 @@ class ImageStore:
 
     def _write_base(self, img: Backend, dest: Path, what: str) -> None:
         """``img``'s contents as a new read-only base at ``dest``."""
-        with self.base_file(dest) as tmp:
+        with self._base_file(dest) as tmp:
             if dest.suffix == ".qcow2":
                 create_image(tmp, size=img.size, overwrite=True)
                 with self._open(tmp, writable=True) as out:

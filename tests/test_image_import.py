@@ -132,3 +132,17 @@ def test_cli(store: ImageStore, disk: Path, tmp_path: Path, capsys: pytest.Captu
     assert main(["image", "-c", cfg, "import", str(disk), "new.qcow2"]) == 1
     assert capsys.readouterr().err == (f"bootsvc image import: {store.images_dir / 'new.qcow2'} exists; "
                                        "pick another name or remove it first\n")
+
+
+def test_an_overlay_made_during_a_forced_import_keeps_its_base(store: ImageStore, disk: Path) -> None:
+    """The dependents are asked again before the new base takes the name."""
+    gold = (store.images_dir / "gold.raw").read_bytes()
+
+    def overlay_meanwhile(line: str) -> None:
+        if line.startswith("importing"):
+            store.create("b")
+
+    with pytest.raises(ImageError, match="refusing to modify base gold.raw: 1 image.*b"):
+        import_image(store, disk, "gold.raw", force=True, say=overlay_meanwhile)
+    assert (store.images_dir / "gold.raw").read_bytes() == gold
+    assert sorted(p.name for p in store.images_dir.iterdir()) == ["gold.raw"]
