@@ -11,6 +11,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .backend import Backend, RawBackend
@@ -45,6 +46,9 @@ class LunSpec:
     block_size: int = 512
     lun_id: int | None = None  # None: the next free number
     limit: int | None = None  # qcow2: bytes the image may allocate (thin provisioning limit)
+    # where persistent reservations with APTPL are kept across restarts (a
+    # JSON file the owner names); None: APTPL is refused (PTPL_C 0)
+    reservations: str | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,7 @@ class Target:
                     device_id=device_id(spec.iqn, lun_id),
                     read_only=ls.read_only or backend.read_only,
                     vendor=spec.vendor, product=spec.product,
+                    reservations=Path(ls.reservations) if ls.reservations else None,
                 )
                 next_id = lun_id + 1
         except BaseException:

@@ -249,8 +249,9 @@ class Reservations:
             key = 0 if self.type.all_registrants else self.keys.get(self.holder, 0)
             return struct.pack(">IIQ4xxBxx", self.generation, 16, key, self.type)
         if service_action == PrIn.REPORT_CAPABILITIES:
-            # CRH 0, SIP_C 0, ATP_C 0, PTPL_C 1; TMV 1, ALLOW COMMANDS 0, PTPL_A
-            return struct.pack(">HBBHxx", 8, 0x01, 0x80 | (0x01 if self.aptpl else 0), _TYPE_MASK)
+            # CRH 0, SIP_C 0, ATP_C 0, PTPL_C; TMV 1, ALLOW COMMANDS 0, PTPL_A
+            return struct.pack(">HBBHxx", 8, 0x01 if self.path is not None else 0,
+                               0x80 | (0x01 if self.aptpl else 0), _TYPE_MASK)
         if service_action == PrIn.READ_FULL_STATUS:
             return self._full_status()
         raise ScsiError(INVALID_FIELD_IN_CDB, field=1)
@@ -276,6 +277,8 @@ class Reservations:
             raise ScsiError(INVALID_FIELD_IN_PARAMETER_LIST, field=20, bit=3, in_cdb=False)
         if params.all_tg_pt:  # ATP_C 0: one target port
             raise ScsiError(INVALID_FIELD_IN_PARAMETER_LIST, field=20, bit=2, in_cdb=False)
+        if params.aptpl and self.path is None:  # PTPL_C 0: nowhere to keep it
+            raise ScsiError(INVALID_FIELD_IN_PARAMETER_LIST, field=20, bit=0, in_cdb=False)
         if service_action == PrOut.REGISTER:
             self._register(nexus, params, ignore_key=False)
         elif service_action == PrOut.REGISTER_AND_IGNORE_EXISTING_KEY:
