@@ -280,6 +280,20 @@ class Lun:
             await self.backend.write(offset, data[length:], fua=bool(cdb[1] & 0x08))
         return ScsiResult(ScsiStatus.GOOD, data_out_length=2 * length)
 
+    async def _orwrite(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
+        """ORWRITE(16) (SBC-3 §5.9): every bit set in the Data-Out is set on
+        the medium, atomically with respect to COMPARE AND WRITE and other
+        ORWRITEs on this LUN."""
+        r, offset, length = self._transfer(cdb)
+        data = bytes(data_out or b"")[:length]
+        if not length or len(data) < length:
+            return ScsiResult(ScsiStatus.GOOD, data_out_length=length)
+        async with self.backend.exclusive:
+            medium = await self.backend.read_bytes(offset, length)
+            merged = (int.from_bytes(medium, "big") | int.from_bytes(data, "big")).to_bytes(length, "big")
+            await self.backend.write(offset, memoryview(merged), fua=r.fua)
+        return ScsiResult(ScsiStatus.GOOD, data_out_length=length)
+
     async def _write_same(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
         """WRITE SAME (SBC-3 §5.42/43): UNMAP with zeros deallocates, zeros
         make a hole, anything else is written block by block."""
@@ -401,6 +415,15 @@ class Lun:
             pos += nblocks
         data = struct.pack(">I4x", len(descriptors) + 4) + descriptors
         return _alloc(data, alloc)
+
+    async def _read_defect_data(self, cdb: bytes, data_out: memoryview | None,
+                                transfer_length: int) -> ScsiResult:
+        """READ DEFECT DATA (10)/(12) (SBC-3 §5.19, §5.20): an image has no
+        defects, so every list asked for is valid and empty, in the format
+        asked for."""
+        if cdb[0] == op.READ_DEFECT_DATA_10:
+            return _alloc(bytes([0, cdb[2] & 0x1F, 0, 0]), int.from_bytes(cdb[7:9], "big"))
+        return _alloc(bytes([0, cdb[1] & 0x1F]) + bytes(6), int.from_bytes(cdb[6:10], "big"))
 
     async def _mode_sense(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
         """MODE SENSE (6)/(10) (SPC-4 §6.11, §6.12)."""
@@ -528,12 +551,15 @@ _add(op.MODE_SENSE_10, Lun._mode_sense, (0x18, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0xFF, 
 _add(op.READ_16, Lun._read, _RW16)
 _add(op.COMPARE_AND_WRITE, Lun._compare_and_write, _RW16[:9] + (0, 0, 0, 0xFF, 0x1F, 0x07), writes=True)
 _add(op.WRITE_16, Lun._write, _RW16, writes=True)
+_add(op.ORWRITE_16, Lun._orwrite, _RW16, writes=True)
 _add(op.WRITE_VERIFY_16, Lun._write, (0xF2,) + _RW16[1:], writes=True)
 _add(op.VERIFY_16, Lun._verify, (0xF6,) + _RW16[1:])
 _add(op.PREFETCH_16, Lun._prefetch, (0x02,) + _RW16[1:])
 _add(op.SYNCHRONIZE_CACHE_16, Lun._sync_cache, (0x02,) + _RW16[1:], access=Access.WRITE)
 _add(op.WRITE_SAME_16, Lun._write_same, (0xF9,) + _RW16[1:], writes=True)
 _add(op.READ_12, Lun._read, _RW12)
+_add(op.READ_DEFECT_DATA_10, Lun._read_defect_data, (0, 0x1F, 0, 0, 0, 0, 0xFF, 0xFF, 0x07))
+_add(op.READ_DEFECT_DATA_12, Lun._read_defect_data, (0x1F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x07))
 _add(op.WRITE_12, Lun._write, _RW12, writes=True)
 _add(op.WRITE_VERIFY_12, Lun._write, (0xF2,) + _RW12[1:], writes=True)
 _add(op.VERIFY_12, Lun._verify, (0xF6,) + _RW12[1:])
@@ -558,7 +584,7 @@ def _parameter_list(offset: int, size: int) -> Callable[[Lun, bytes], int]:
 # Data-Out each command asks for (Lun.data_out_length); commands not here take none
 _DATA_OUT: dict[int, Callable[[Lun, bytes], int]] = {
     **dict.fromkeys((op.WRITE_6, op.WRITE_10, op.WRITE_12, op.WRITE_16, op.WRITE_VERIFY_10, op.WRITE_VERIFY_12,
-                     op.WRITE_VERIFY_16), Lun._blocks_out),
+                     op.WRITE_VERIFY_16, op.ORWRITE_16), Lun._blocks_out),
     **dict.fromkeys((op.VERIFY_10, op.VERIFY_12, op.VERIFY_16), Lun._verify_out),
     **dict.fromkeys((op.WRITE_SAME_10, op.WRITE_SAME_16), Lun._write_same_out),
     op.COMPARE_AND_WRITE: Lun._compare_and_write_out,
