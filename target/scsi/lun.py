@@ -37,6 +37,7 @@ from .sense import (
     UNRECOVERED_READ_ERROR,
     WRITE_ERROR,
     WRITE_PROTECTED,
+    Asc,
     ScsiError,
     ScsiStatus,
     fixed_sense,
@@ -120,19 +121,10 @@ class Lun:
         try:
             if len(cdb) < cdb_length(opcode) and opcode >> 5 != 3:
                 raise ScsiError(INVALID_FIELD_IN_CDB, field=0)
-            seen = self.seen.setdefault(nexus, self.epoch)
-            if seen != self.epoch and opcode not in (op.INQUIRY, op.REPORT_LUNS, op.REQUEST_SENSE):
-                self.seen[nexus] = self.epoch
-                return _check(ScsiError(LUN_RESET_OCCURRED))
-            attention = self.pr.attention(nexus) if self.pr.attentions and opcode not in _NO_ATTENTION else None
+            attention = self._attention(opcode, nexus)
             if attention is not None:
                 return _check(ScsiError(attention))
-            command = _lookup(cdb)
-            if command is None:
-                raise ScsiError(INVALID_OPCODE, field=0)
-            self.pr.check(nexus, command.access)
-            if command.writes and self.read_only:
-                raise ScsiError(WRITE_PROTECTED)
+            command = self._admit(cdb, nexus)
             if opcode == op.REQUEST_SENSE:
                 self.seen[nexus] = self.epoch
             return await command.handler(self, cdb, data_out, nexus if command.with_nexus else transfer_length)
@@ -148,6 +140,29 @@ class Lun:
             if opcode in _READS:  # as on the hot path: an unreadable image is an unrecovered read error
                 return _check(ScsiError(UNRECOVERED_READ_ERROR))
             raise
+
+    def _attention(self, opcode: int, nexus: Hashable) -> Asc | None:
+        """The unit attention this command reports instead of running
+        (SAM-5 §5.14): a reset's first, then a reservation change's."""
+        seen = self.seen.setdefault(nexus, self.epoch)
+        if opcode in _NO_ATTENTION:
+            return None
+        if seen != self.epoch:
+            self.seen[nexus] = self.epoch
+            return LUN_RESET_OCCURRED
+        return self.pr.attention(nexus) if self.pr.attentions else None
+
+    def _admit(self, cdb: bytes, nexus: Hashable) -> Command:
+        """The command a CDB names, if this LUN may run it now for
+        ``nexus``: a known one, no reservation conflict, not a write to a
+        read-only LUN."""
+        command = _lookup(cdb)
+        if command is None:
+            raise ScsiError(INVALID_OPCODE, field=0)
+        self.pr.check(nexus, command.access)
+        if command.writes and self.read_only:
+            raise ScsiError(WRITE_PROTECTED)
+        return command
 
     def data_out_length(self, cdb: bytes) -> int:
         """Bytes of Data-Out ``cdb`` asks for (SBC-3 §5, SPC-4 §6.11): what
