@@ -426,3 +426,13 @@ def test_parse_prout_register_and_move_lengths() -> None:
         1, 2, unreg=True, transport_id=tid)
     with pytest.raises(ScsiError):
         parse_prout(PrOut.REGISTER_AND_MOVE, move_body(1, 2, tid)[:-4])
+
+
+def test_preempting_a_registrants_only_holder_tells_only_the_preempted(lun: Lun) -> None:
+    register(lun, A, 0xA)
+    register(lun, B, 0xB)
+    register(lun, C, 0xC)
+    prout(lun, A, PrOut.RESERVE, key=0xA, pr_type=PrType.WRITE_EXCLUSIVE_REGISTRANTS_ONLY)
+    assert prout(lun, B, PrOut.PREEMPT, key=0xB, sa_key=0xA, pr_type=PrType.WRITE_EXCLUSIVE).status == GOOD
+    assert sense(run(lun, A, TUR)) == (6, 0x2A, 0x05)
+    assert run(lun, B, TUR).status == GOOD and run(lun, C, TUR).status == GOOD

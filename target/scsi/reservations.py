@@ -318,10 +318,11 @@ class Reservations:
         self.aptpl = params.aptpl
         self.generation += 1
 
-    def _unregister(self, nexus: Nexus) -> None:
+    def _unregister(self, nexus: Nexus, tell: bool = True) -> None:
         """Removing a registration also ends a reservation it held
         (SPC-4 §5.12.11.2): with the last registrant for the all-registrants
-        types, telling the others of a registrants-only one (§5.12.11.2)."""
+        types, telling the others of a registrants-only one (§5.12.11.2)
+        unless ``tell`` is off (a PREEMPT, which tells them otherwise)."""
         del self.keys[nexus]
         if self.type is None:
             return
@@ -329,7 +330,7 @@ class Reservations:
             if not self.keys:
                 self._drop_reservation()
         elif self.holder == nexus:
-            if self.type.registrants_hold:
+            if self.type.registrants_hold and tell:
                 self._tell(self.keys, RESERVATIONS_RELEASED)
             self._drop_reservation()
 
@@ -387,7 +388,7 @@ class Reservations:
 
     def _remove(self, nexus: Nexus, victims: list[Nexus]) -> None:
         for victim in victims:
-            self._unregister(victim)
+            self._unregister(victim, tell=False)
             if victim != nexus:
                 self._tell((victim,), REGISTRATIONS_PREEMPTED)
 
