@@ -112,9 +112,9 @@ class ImageStore:
         p = Path(name)
         return p if p.is_absolute() else self.images_dir / p
 
-    def reservations_path(self, target_iqn: str, lun: int = 0) -> Path:
-        """Where a LUN keeps persistent reservations made with APTPL."""
-        return self.cfg.state_dir / "reservations" / target_iqn.replace("/", "%2F") / f"{lun}.json"
+    def reservations_dir(self, target_iqn: str) -> Path:
+        """Where a target's LUNs keep persistent reservations made with APTPL."""
+        return self.cfg.state_dir / "reservations" / target_iqn.replace("/", "%2F")
 
     def overlay_path(self, hostname: str) -> Path:
         return self.overlays_dir / f"{hostname}.qcow2"
@@ -171,8 +171,8 @@ class ImageStore:
             self.create_overlay(machine)
         return TargetSpec(iqn=machine.target_iqn, alias=f"{machine.hostname} boot disk", vendor=SCSI_VENDOR,
                           product=SCSI_PRODUCT,
-                          luns=(LunSpec(str(path), limit=profile.overlay_limit,
-                                        reservations=str(self.reservations_path(machine.target_iqn))),),
+                          luns=(LunSpec(str(path), limit=profile.overlay_limit),),
+                          reservations=str(self.reservations_dir(machine.target_iqn)),
                           allowed_initiators=frozenset({machine.initiator_iqn}), single_writer=True)
 
     def overlays(self) -> list[OverlayInfo]:

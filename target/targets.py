@@ -46,9 +46,6 @@ class LunSpec:
     block_size: int = 512
     lun_id: int | None = None  # None: the next free number
     limit: int | None = None  # qcow2: bytes the image may allocate (thin provisioning limit)
-    # where persistent reservations with APTPL are kept across restarts (a
-    # JSON file the owner names); None: APTPL is refused (PTPL_C 0)
-    reservations: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +72,10 @@ class TargetSpec:
     # one session at a time while it can be written (a machine's own disk):
     # the same initiator logging in again replaces it, any other is refused
     single_writer: bool = False
+    # a directory where each LUN keeps persistent reservations made with
+    # APTPL across restarts (<lun>.json; SPC-4 §5.12.5); None: APTPL is
+    # refused (PTPL_C 0)
+    reservations: str | None = None
 
 
 def open_backend(spec: LunSpec) -> Backend:
@@ -153,7 +154,7 @@ class Target:
                     device_id=device_id(spec.iqn, lun_id),
                     read_only=ls.read_only or backend.read_only,
                     vendor=spec.vendor, product=spec.product,
-                    reservations=Path(ls.reservations) if ls.reservations else None,
+                    reservations=Path(spec.reservations) / f"{lun_id}.json" if spec.reservations else None,
                 )
                 next_id = lun_id + 1
         except BaseException:

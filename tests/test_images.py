@@ -99,8 +99,8 @@ def test_a_machine_disk_keeps_reservations_under_state_dir(store: ImageStore, tm
     """APTPL (SPC-4 §5.12.5): the target gets a path per LUN from its owner;
     a restart (a new Target from the same spec) finds the registrations."""
     spec = store.prepare(store.machine("a"))
-    path = Path(spec.luns[0].reservations or "")
-    assert path.parent.parent == tmp_path / "state" / "reservations" and path.name == "0.json"
+    path = Path(spec.reservations or "") / "0.json"
+    assert path.parent.parent == tmp_path / "state" / "reservations"
     nexus = ("iqn.2026-11.test:a", bytes(6), spec.iqn)
     register = struct.pack(">BBB2xIB", 0x5F, 0x06, 0, 24, 0)
     body = struct.pack(">QQ4xBx2x", 0, 0x1234, 0x01)  # APTPL
