@@ -436,3 +436,13 @@ def test_preempting_a_registrants_only_holder_tells_only_the_preempted(lun: Lun)
     assert prout(lun, B, PrOut.PREEMPT, key=0xB, sa_key=0xA, pr_type=PrType.WRITE_EXCLUSIVE).status == GOOD
     assert sense(run(lun, A, TUR)) == (6, 0x2A, 0x05)
     assert run(lun, B, TUR).status == GOOD and run(lun, C, TUR).status == GOOD
+
+
+def test_preempt_names_the_preempted_for_the_transport(lun: Lun) -> None:
+    register(lun, A, 0xA)
+    register(lun, B, 0xB)
+    prout(lun, A, PrOut.RESERVE, key=0xA, pr_type=PrType.EXCLUSIVE_ACCESS)
+    assert prout(lun, B, PrOut.PREEMPT_AND_ABORT, key=0xB, sa_key=0xA, pr_type=1).status == GOOD
+    assert lun.pr.preempted == {A}
+    assert prout(lun, B, PrOut.RELEASE, key=0xB, pr_type=1).status == GOOD
+    assert lun.pr.preempted == frozenset()

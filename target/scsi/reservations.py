@@ -176,6 +176,9 @@ class Reservations:
         self.aptpl = False
         self.spc2_holder: Nexus | None = None  # RESERVE(6) holder
         self.attentions: dict[Nexus, list[Asc]] = {}
+        # the nexuses the last PERSISTENT RESERVE OUT preempted: a PREEMPT
+        # AND ABORT's transport aborts their tasks (SPC-4 §5.12.11.4.5)
+        self.preempted: frozenset[Nexus] = frozenset()
         self.load()
 
     @property
@@ -271,6 +274,7 @@ class Reservations:
             known: frozenset[Nexus] = frozenset()) -> None:
         """One PERSISTENT RESERVE OUT. ``known``: the nexuses the target has,
         to find a REGISTER AND MOVE destination given by initiator name."""
+        self.preempted = frozenset()
         if self.spc2_holder is not None and self.spc2_holder != nexus:
             raise ReservationConflict  # SPC-4 annex B
         if params.spec_i_pt:  # SIP_C 0 (REPORT CAPABILITIES)
@@ -366,9 +370,8 @@ class Reservations:
         self.generation += 1
 
     def _preempt(self, nexus: Nexus, scope_type: int, sa_key: int) -> None:
-        """PREEMPT / PREEMPT AND ABORT (SPC-4 §5.12.11.4). The tasks of a
-        preempted nexus are not aborted here: the LUN runs each command to
-        its end before the next one starts."""
+        """PREEMPT / PREEMPT AND ABORT (SPC-4 §5.12.11.4). The tasks of
+        the preempted nexuses (``preempted``) are the transport's to abort."""
         if self.type is not None and self.type.all_registrants and sa_key == 0:
             pr_type = _checked_type(scope_type)
             self._remove(nexus, [n for n in self.keys if n != nexus])
@@ -387,6 +390,7 @@ class Reservations:
         self.generation += 1
 
     def _remove(self, nexus: Nexus, victims: list[Nexus]) -> None:
+        self.preempted = frozenset(victims) - {nexus}
         for victim in victims:
             self._unregister(victim, tell=False)
             if victim != nexus:
