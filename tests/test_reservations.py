@@ -446,3 +446,12 @@ def test_preempt_names_the_preempted_for_the_transport(lun: Lun) -> None:
     assert lun.pr.preempted == {A}
     assert prout(lun, B, PrOut.RELEASE, key=0xB, pr_type=1).status == GOOD
     assert lun.pr.preempted == frozenset()
+
+
+def test_request_sense_reports_and_clears_a_reservation_attention(lun: Lun) -> None:
+    register(lun, A, 0xA)
+    register(lun, B, 0xB)
+    prout(lun, A, PrOut.CLEAR, key=0xA)
+    r = run(lun, B, bytes([0x03, 0, 0, 0, 18, 0]))
+    assert r.status == GOOD and materialize(r.data)[12:14] == b"\x2a\x03"
+    assert run(lun, B, TUR).status == GOOD

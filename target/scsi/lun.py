@@ -472,10 +472,13 @@ class Lun:
             raise ScsiError(INVALID_FIELD_IN_CDB, field=1, bit=0)
         return ScsiResult(ScsiStatus.GOOD, data_out_length=plen)
 
-    async def _request_sense(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
+    async def _request_sense(self, cdb: bytes, data_out: memoryview | None, nexus: Hashable) -> ScsiResult:
+        """REQUEST SENSE (SPC-4 §6.39): a pending reservation unit
+        attention is reported here, and so cleared."""
         if cdb[1] & 0x01:  # DESC: we only speak fixed format
             raise ScsiError(INVALID_FIELD_IN_CDB, field=1, bit=0)
-        return _alloc(fixed_sense(NO_SENSE), cdb[4])
+        attention = self.pr.attention(nexus) if self.pr.attentions else None
+        return _alloc(fixed_sense(attention or NO_SENSE), cdb[4])
 
     async def _good(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
         return GOOD
@@ -541,7 +544,7 @@ def _add(opcode: int, handler: Handler, usage: tuple[int, ...], writes: bool = F
 
 
 _add(op.TEST_UNIT_READY, Lun._good, (0, 0, 0, 0, 0x07), access=Access.INFO)
-_add(op.REQUEST_SENSE, Lun._request_sense, (0x01, 0, 0, 0xFF, 0x07), access=Access.ANY)
+_add(op.REQUEST_SENSE, Lun._request_sense, (0x01, 0, 0, 0xFF, 0x07), access=Access.ANY, with_nexus=True)
 _add(op.READ_6, Lun._read, (0x1F, 0xFF, 0xFF, 0xFF, 0x07))
 _add(op.WRITE_6, Lun._write, (0x1F, 0xFF, 0xFF, 0xFF, 0x07), writes=True)
 _add(op.INQUIRY, Lun._inquiry, (0x01, 0xFF, 0xFF, 0xFF, 0x07), access=Access.ANY)
