@@ -112,6 +112,10 @@ class ImageStore:
         p = Path(name)
         return p if p.is_absolute() else self.images_dir / p
 
+    def reservations_dir(self, target_iqn: str) -> Path:
+        """Where a target's LUNs keep persistent reservations made with APTPL."""
+        return self.cfg.state_dir / "reservations" / target_iqn.replace("/", "%2F")
+
     def overlay_path(self, hostname: str) -> Path:
         return self.overlays_dir / f"{hostname}.qcow2"
 
@@ -168,6 +172,7 @@ class ImageStore:
         return TargetSpec(iqn=machine.target_iqn, alias=f"{machine.hostname} boot disk", vendor=SCSI_VENDOR,
                           product=SCSI_PRODUCT,
                           luns=(LunSpec(str(path), limit=profile.overlay_limit),),
+                          reservations=str(self.reservations_dir(machine.target_iqn)),
                           allowed_initiators=frozenset({machine.initiator_iqn}), single_writer=True)
 
     def overlays(self) -> list[OverlayInfo]:
