@@ -170,6 +170,7 @@ def build_debian(cfg: Config, name: str = DEBIAN_BASE, packages: tuple[str, ...]
         debootstrap(root, cache / "debs", uri, wanted, say)
         step(2, "configuring: iBFT login in the initramfs, root by label, console, first-boot identity")
         tree.configure(root, mirror.image_sources(sources, SUITE))
+        tree.configure_restart(root)  # iSCSI waits out a restart of bootsvc
         step(3, "initramfs with open-iscsi's iBFT login")
         make_initramfs(root, say)
         tree.forget_identity(root)
