@@ -173,32 +173,12 @@ def configure(root: Path, apt_sources: str) -> None:
 # kernel session's recovery_tmo). Debian's default, 120 s, would turn a slow
 # upgrade into I/O errors on the root disk and a read-only root; a day rides
 # out any restart and still ends, where a negative value would wait forever.
+# iscsid.conf reaches the root session too: iscsistart made it in the
+# initramfs with the built-in 120 s, and Debian's iscsid, taking it over
+# after boot, logs in again with the settings of iscsid.conf (verified on a
+# booted machine: recovery_tmo 86400 in sysfs).
 REPLACEMENT_TIMEOUT = 86400
 ISCSID_SETTINGS = {"node.session.timeo.replacement_timeout": str(REPLACEMENT_TIMEOUT)}
-ISCSI_RECOVERY_SCRIPT = f"""\
-#!/bin/sh
-# bootsvc: the root session was made by iscsistart in the initramfs, with
-# open-iscsi's built-in 120 s replacement timeout, and iscsid adopts it as it
-# is; iscsid.conf only reaches sessions iscsid makes. Written to sysfs, the
-# kernel keeps this value for the session across every later re-login.
-for s in /sys/class/iscsi_session/session*; do
-    [ -w "$s/recovery_tmo" ] && echo {REPLACEMENT_TIMEOUT} > "$s/recovery_tmo"
-    echo "${{s##*/}}: recovery_tmo=$(cat "$s/recovery_tmo" 2>/dev/null)"
-done
-exit 0
-"""
-ISCSI_RECOVERY_UNIT = """\
-[Unit]
-Description=bootsvc: the root disk's iSCSI session waits out a restart of its target
-After=iscsid.service open-iscsi.service
-
-[Service]
-Type=oneshot
-ExecStart=/usr/local/sbin/bootsvc-iscsi-recovery
-
-[Install]
-WantedBy=multi-user.target
-"""
 
 
 def set_iscsid_conf(root: Path, settings: dict[str, str] = ISCSID_SETTINGS) -> None:
@@ -216,13 +196,10 @@ def set_iscsid_conf(root: Path, settings: dict[str, str] = ISCSID_SETTINGS) -> N
 
 
 def configure_restart(root: Path) -> None:
-    """The root disk rides out a restart of bootsvc: iscsid's own sessions
-    and the one it adopts from the initramfs wait REPLACEMENT_TIMEOUT
-    seconds for the target to come back, queueing I/O."""
+    """The root disk rides out a restart of bootsvc: its session waits
+    REPLACEMENT_TIMEOUT seconds for the target to come back, queueing I/O;
+    and the test-only tick unit."""
     set_iscsid_conf(root)
-    _write(root, "usr/local/sbin/bootsvc-iscsi-recovery", ISCSI_RECOVERY_SCRIPT, 0o755)
-    _write(root, "etc/systemd/system/bootsvc-iscsi-recovery.service", ISCSI_RECOVERY_UNIT)
-    _enable(root, "bootsvc-iscsi-recovery.service", ISCSI_RECOVERY_UNIT)
     _write(root, "usr/local/sbin/bootsvc-tick", TICK_SCRIPT, 0o755)
     _write(root, "etc/systemd/system/bootsvc-tick.service", TICK_UNIT)
     _enable(root, "bootsvc-tick.service", TICK_UNIT)
@@ -236,7 +213,8 @@ TICK_MARKER = "BOOTSVC-TICK"
 TICK_FILE = "/var/lib/bootsvc-ticks"
 TICK_SCRIPT = f"""\
 #!/bin/sh
-# bootsvc (tests): a synced write a second, then its number on the console
+# bootsvc (tests): the root session's replacement timeout as the kernel has
+# it, then a synced write a second and its number on the console
 for s in /sys/class/iscsi_session/session*; do
     echo "BOOTSVC-ISCSI ${{s##*/}} recovery_tmo=$(cat "$s/recovery_tmo")" > /dev/console
 done
@@ -251,7 +229,7 @@ TICK_UNIT = """\
 [Unit]
 Description=bootsvc (tests): a synced write every second, counted on the console
 ConditionKernelCommandLine=bootsvc.tick
-After=multi-user.target bootsvc-iscsi-recovery.service
+After=multi-user.target
 
 [Service]
 ExecStart=/usr/local/sbin/bootsvc-tick
