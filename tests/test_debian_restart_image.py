@@ -28,9 +28,9 @@ def test_iscsid_conf_line_is_replaced_in_place(tmp_path: Path) -> None:
 def test_iscsid_conf_commented_or_missing_key(tmp_path: Path) -> None:
     conf = tmp_path / "etc/iscsi/iscsid.conf"
     conf.parent.mkdir(parents=True)
-    conf.write_text(f"#{KEY} = 120\n")
+    conf.write_text(f"#{KEY} = 120\n{KEY} = 120\n")  # an example commented out, then the setting
     tree.set_iscsid_conf(tmp_path, {KEY: "7", "node.conn[0].timeo.noop_out_interval": "5"})
-    assert conf.read_text() == f"{KEY} = 7\nnode.conn[0].timeo.noop_out_interval = 5\n"
+    assert conf.read_text() == f"{KEY} = 7\n{KEY} = 7\nnode.conn[0].timeo.noop_out_interval = 5\n"
     conf.unlink()
     tree.set_iscsid_conf(tmp_path, {KEY: "7"})  # no file: one is made
     assert conf.read_text() == f"{KEY} = 7\n"

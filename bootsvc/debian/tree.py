@@ -183,15 +183,18 @@ ISCSID_SETTINGS = {"node.session.timeo.replacement_timeout": str(REPLACEMENT_TIM
 
 def set_iscsid_conf(root: Path, settings: dict[str, str] = ISCSID_SETTINGS) -> None:
     """Each ``key = value`` of ``settings`` in the tree's iscsid.conf, in
-    place of the line that sets (or comments out) that key, else appended."""
+    place of every line that sets (or comments out) that key, else
+    appended: the later of two lines wins in iscsid.conf, so none is left
+    with another value."""
     conf = root / "etc/iscsi/iscsid.conf"
     lines = conf.read_text().splitlines() if conf.is_file() else []
-    todo = dict(settings)
+    seen = set()
     for i, line in enumerate(lines):
         key = line.lstrip("# \t").split("=", 1)[0].strip()
-        if "=" in line and key in todo:
-            lines[i] = f"{key} = {todo.pop(key)}"
-    lines += [f"{k} = {v}" for k, v in todo.items()]
+        if "=" in line and key in settings:
+            lines[i] = f"{key} = {settings[key]}"
+            seen.add(key)
+    lines += [f"{k} = {v}" for k, v in settings.items() if k not in seen]
     _write(root, "etc/iscsi/iscsid.conf", "\n".join(lines) + "\n", 0o600)
 
 
