@@ -176,6 +176,7 @@ def build_debian(cfg: Config, name: str = DEBIAN_BASE, packages: tuple[str, ...]
         tree.configure(root, mirror.image_sources(sources, SUITE))
         login.apply(root)
         say(f"  {login.describe()}")
+        tree.configure_restart(root)  # iSCSI waits out a restart of bootsvc
         step(3, "initramfs with open-iscsi's iBFT login")
         make_initramfs(root, say)
         tree.forget_identity(root)
