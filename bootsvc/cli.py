@@ -35,6 +35,7 @@ from .debian import DEBIAN_BASE, DebianImageError, build_debian
 from .demo import DEMO_BASE, DemoImageError, build_demo
 from .dns.settings import notes as dns_notes
 from .host import HostError, HostNetwork
+from .image_import import import_image
 from .images import ImageError, ImageStore
 from .instance import PID_FILE
 from .service import Services
@@ -142,7 +143,9 @@ def _warn_missing_bases(cfg: config_mod.Config) -> None:
         if not base.is_file():
             names = ", ".join(sorted(set(profiles)))
             print(f"{cfg.path}: warning: base image {base} does not exist yet: {len(profiles)} machine(s) "
-                  f"use it (profile {names})", file=sys.stderr)
+                  f"use it (profile {names}); make it with `bootsvc image import FILE {base.name}` (its OS must "
+                  f"log in to its root disk from the iBFT: docs/images.md), build-debian or build-demo",
+                  file=sys.stderr)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -274,10 +277,16 @@ def _image_build_demo(store: ImageStore, args: argparse.Namespace) -> int:
 def _image_build_debian(store: ImageStore, args: argparse.Namespace) -> int:
     packages = tuple(p for group in args.packages for p in group.replace(",", " ").split())
     try:
-        build_debian(store.cfg, args.name, packages=packages, size=args.size, force=args.force, uri=args.mirror)
+        build_debian(store.cfg, args.name, packages=packages, size=args.size, force=args.force, uri=args.mirror,
+                     root_password_file=args.root_password_file, ssh_key=args.ssh_key)
     except DebianImageError as e:
         print(f"bootsvc image build-debian: {e}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _image_import(store: ImageStore, args: argparse.Namespace) -> int:
+    print(import_image(store, args.file, args.name, force=args.force, show_progress=sys.stdout.isatty()))
     return 0
 
 
@@ -315,6 +324,7 @@ IMAGE_COMMANDS: dict[str, Callable[[ImageStore, argparse.Namespace], int]] = {
     "rebase": _image_rebase,
     "build-demo": _image_build_demo,
     "build-debian": _image_build_debian,
+    "import": _image_import,
     "check": _image_check,
 }
 
@@ -441,6 +451,14 @@ def build_parser() -> CliParser:
     ideb.add_argument("--size", type=_size_arg, default="4G", help="disk size (default 4G)")
     ideb.add_argument("--force", action="store_true", help="build it again even if it exists")
     ideb.add_argument("--mirror", help="Debian mirror URI (default: the host's apt sources for bookworm)")
+    ideb.add_argument("--root-password-file", type=Path, metavar="FILE",
+                      help="root's password on the first line (serial console login; default: root is locked)")
+    ideb.add_argument("--ssh-key", type=Path, metavar="FILE", help="SSH public key(s) root may log in with")
+    iim = isub.add_parser("import", help="make a base image from a raw, qcow2, vmdk or vdi disk (docs/images.md)")
+    iim.add_argument("file", type=Path, help="the disk image; a backing chain is merged into the base")
+    iim.add_argument("name", nargs="?", help="file name in state_dir/images (.qcow2: qcow2, else raw; "
+                     "default: the file's name as .qcow2)")
+    iim.add_argument("--force", action="store_true", help="replace a base of that name no image depends on")
     ick = isub.add_parser("check", help="check overlays like qemu-img check")
     ick.add_argument("host", nargs="*", help="default: every overlay")
     ick.add_argument("--repair", action="store_true", help="fix leaked clusters")

@@ -98,7 +98,7 @@ class Fleet:
             self._install(disk)
         for spec in self.cfg.targets:
             try:
-                self.targets[spec.iqn] = Target.open(spec)
+                self.targets[spec.iqn] = Target.open(self._with_reservations(spec))
             except (TargetConfigError, BackendError, OSError) as e:
                 self.close()
                 raise FleetError(str(e)) from e
@@ -530,11 +530,15 @@ class Fleet:
             if iqn in self._specs:
                 continue
             try:
-                self.targets[iqn] = Target.open(spec)
+                self.targets[iqn] = Target.open(self._with_reservations(spec))
                 self._specs[iqn] = spec
             except (TargetConfigError, BackendError, OSError) as e:
                 self.bus.emit(Kind.DISK_FAILED, target=iqn, why=f"not served: {e}")
         return kept
+
+    def _with_reservations(self, spec: TargetSpec) -> TargetSpec:
+        """A config target as served: its LUNs keep APTPL reservations under state_dir."""
+        return replace(spec, reservations=str(self.store.reservations_dir(spec.iqn)))
 
 
 def _text(value: object) -> str:

@@ -112,6 +112,10 @@ class ImageStore:
         p = Path(name)
         return p if p.is_absolute() else self.images_dir / p
 
+    def reservations_dir(self, target_iqn: str) -> Path:
+        """Where a target's LUNs keep persistent reservations made with APTPL."""
+        return self.cfg.state_dir / "reservations" / target_iqn.replace("/", "%2F")
+
     def overlay_path(self, hostname: str) -> Path:
         return self.overlays_dir / f"{hostname}.qcow2"
 
@@ -168,6 +172,7 @@ class ImageStore:
         return TargetSpec(iqn=machine.target_iqn, alias=f"{machine.hostname} boot disk", vendor=SCSI_VENDOR,
                           product=SCSI_PRODUCT,
                           luns=(LunSpec(str(path), limit=profile.overlay_limit),),
+                          reservations=str(self.reservations_dir(machine.target_iqn)),
                           allowed_initiators=frozenset({machine.initiator_iqn}), single_writer=True)
 
     def overlays(self) -> list[OverlayInfo]:
@@ -250,10 +255,7 @@ class ImageStore:
         merged with its base): raw, or qcow2 when the name ends in .qcow2.
         It is made read-only; overlays can then be based on it."""
         source = self._source(host)
-        dest = self.base_path(new_base)
-        if dest.exists():
-            self.refuse_if_used(dest)
-            raise ImageError(f"{dest} exists; pick another name or remove it first")
+        dest = self.new_base_path(new_base)
         with self._open(source) as img:
             self._write_base(img, dest, f"commit {host}")
         self.bus.emit(Kind.IMAGE_COMMITTED, hostname=host, base=str(dest))
@@ -262,11 +264,7 @@ class ImageStore:
     def add_base(self, raw: Path, name: str, replace: bool = False) -> Path:
         """Store the raw disk ``raw`` as base ``name`` (qcow2 when the name
         ends in .qcow2). Replacing a base is refused while overlays use it."""
-        dest = self.base_path(name)
-        if dest.exists():
-            self.refuse_if_used(dest)
-            if not replace:
-                raise ImageError(f"{dest} exists; pick another name or remove it first")
+        dest = self.new_base_path(name, replace)
         try:
             img = open_backing(str(raw), "raw", 0)
         except BackendError as e:
@@ -278,6 +276,50 @@ class ImageStore:
         self.bus.emit(Kind.IMAGE_BASE_ADDED, base=str(dest))
         return dest
 
+    def new_base_path(self, name: str, replace: bool = False) -> Path:
+        """Where base ``name`` goes, once it is known it may be written
+        there: a base that exists is replaced only with ``replace`` and
+        never while images depend on it. Asked before the work, not after."""
+        dest = self.base_path(name)
+        if dest.exists():
+            self.refuse_if_used(dest)
+            if not replace:
+                raise ImageError(f"{dest} exists; pick another name or remove it first")
+        return dest
+
+    def add_base_file(self, dest: Path, make: Callable[[Path], object]) -> Path:
+        """A new base ``dest`` (from ``new_base_path``) whose file
+        ``make(tmp)`` writes, e.g. a qemu-img conversion; on disk before
+        it appears under its name."""
+        with self._base_file(dest) as tmp:
+            make(tmp)
+            fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self.bus.emit(Kind.IMAGE_BASE_ADDED, base=str(dest))
+        return dest
+
+    @contextmanager
+    def _base_file(self, dest: Path) -> Iterator[Path]:
+        """A temporary file beside ``dest`` for the block to fill; it becomes
+        the read-only base ``dest`` only once the block completes (removed
+        if it fails), so a half-written base is never seen. A base it
+        replaces is checked again at the end: an overlay made on it while
+        the new one was written would otherwise see its disk change."""
+        self.images_dir.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        try:
+            yield tmp
+            if dest.exists():
+                self.refuse_if_used(dest)
+            os.chmod(tmp, 0o444)
+            os.rename(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
     def refuse_if_used(self, base: Path) -> None:
         users = self.dependents(base)
         if users:
@@ -285,11 +327,8 @@ class ImageStore:
                              f"({', '.join(users)})")
 
     def _write_base(self, img: Backend, dest: Path, what: str) -> None:
-        """``img``'s contents as a new read-only base at ``dest``, which
-        appears only once complete."""
-        self.images_dir.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-        try:
+        """``img``'s contents as a new read-only base at ``dest``."""
+        with self._base_file(dest) as tmp:
             if dest.suffix == ".qcow2":
                 create_image(tmp, size=img.size, overwrite=True)
                 with self._open(tmp, writable=True) as out:
@@ -299,11 +338,6 @@ class ImageStore:
                     f.truncate(img.size)
                     _copy(img, lambda off, data: os.pwrite(f.fileno(), data, off), what)
                     os.fsync(f.fileno())
-            os.chmod(tmp, 0o444)
-            os.rename(tmp, dest)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
 
     def rebase(self, host: str, new_base: str) -> None:
         """Put a machine's overlay on another base without changing what the

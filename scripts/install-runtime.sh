@@ -16,6 +16,7 @@ runtime=(
     busybox-static      # its initramfs (and udhcpc, a real DHCP client for the DHCP tests)
     open-iscsi          # iscsistart in its initramfs (and iscsiadm, the tests' iSNS discovery peer)
     debootstrap         # `bootsvc image build-debian`: the Debian 12 base image
+    openssl             # build-debian --root-password-file: `openssl passwd -6` hashes root's password
 )
 missing=()
 for p in "${runtime[@]}" "$@"; do

@@ -51,6 +51,8 @@ from .pdu import (
     TmfResponse,
 )
 from .scsi import ScsiResult, ScsiStatus, no_such_lun, report_luns
+from .scsi.cdb import PERSISTENT_RESERVE_OUT
+from .scsi.reservations import PrOut
 from .targets import Target, lun_from_field
 from .text import TextFormatError, decode_text, encode_text
 
@@ -596,9 +598,24 @@ class Session:
             self.executing.discard(task)
             if not task.aborted:
                 self._respond(task, result, segments)
+                if (result.status == ScsiStatus.GOOD and task.cdb[0] == PERSISTENT_RESERVE_OUT
+                        and task.cdb[1] & 0x1F == PrOut.PREEMPT_AND_ABORT):
+                    self._abort_preempted(task.lun)
             if self.logout is not None and not self.executing:
                 self._answer_logout()
         return self._actions()
+
+    def _abort_preempted(self, lun_id: int) -> None:
+        """PREEMPT AND ABORT (SPC-4 §5.12.11.4.5): the tasks the preempted
+        I_T nexuses have on the LUN end without status, as for ABORT TASK SET."""
+        target = self.target
+        lun = target.luns.get(lun_id) if target is not None else None
+        if target is None or lun is None:
+            return
+        for s in list(target.sessions):
+            if s.nexus in lun.pr.preempted:
+                for task in [t for t in s.tasks.values() if t.lun == lun_id]:
+                    s._abort(task)
 
     def command_failed(self, task: Task, error: BaseException) -> list[Action]:
         """``task`` raised instead of returning a result: a bug or an

@@ -11,6 +11,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .backend import Backend, RawBackend
@@ -71,6 +72,10 @@ class TargetSpec:
     # one session at a time while it can be written (a machine's own disk):
     # the same initiator logging in again replaces it, any other is refused
     single_writer: bool = False
+    # a directory where each LUN keeps persistent reservations made with
+    # APTPL across restarts (<lun>.json; SPC-4 §5.12.5); None: APTPL is
+    # refused (PTPL_C 0)
+    reservations: str | None = None
 
 
 def open_backend(spec: LunSpec) -> Backend:
@@ -149,6 +154,7 @@ class Target:
                     device_id=device_id(spec.iqn, lun_id),
                     read_only=ls.read_only or backend.read_only,
                     vendor=spec.vendor, product=spec.product,
+                    reservations=Path(spec.reservations) / f"{lun_id}.json" if spec.reservations else None,
                 )
                 next_id = lun_id + 1
         except BaseException:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import random
+import struct
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +51,9 @@ from target.login import Login
 from target.pdu import (LoginRequest, Pdu, PduFormatError, ScsiCommand, Stage, iter_ahs, NopOut, TextRequest,
                         DataOut, LogoutRequest, TaskMgmtRequest)
 from target.text import TextFormatError, decode_text, encode_text
+from target.scsi.reservations import (PrIn, PrOut, ReservationConflict, Reservations, parse_prout,
+                                      transport_id)
+from target.scsi.sense import ScsiError
 from tests.isns_replay import ADMIN, random_message
 from tests.test_dhcp_responder import IPXE, NODE, PXE, SUBNET, planner
 from tests.test_login import IQN_I, IQN_T, ISID, Ctx, FakeTarget
@@ -61,6 +65,53 @@ class Target:
     run: Callable[[bytes], None]
     seeds: Callable[[], list[bytes]]
     tokens: tuple[bytes, ...] = ()  # words of the format, for the mutator
+
+
+# -- SCSI: persistent reservation parameter lists -------------------------------------
+
+_PR_NEXUSES = (("iqn.2026-11.io.bootsvc.fuzz:a", bytes(6), "iqn.2026-11.io.bootsvc.fuzz:t"),
+               ("iqn.2026-11.io.bootsvc.fuzz:b", bytes([0x80, 0, 0, 0, 0, 1]), "iqn.2026-11.io.bootsvc.fuzz:t"))
+
+
+def scsi_prout(data: bytes) -> None:
+    """target/scsi/reservations.py: a run of PERSISTENT RESERVE OUT commands
+    (parse_prout, Reservations.out) from two I_T nexuses, each followed by
+    every PERSISTENT RESERVE IN. A command is 4 header bytes (bit 7 of the
+    first: which nexus; low 3 bits: the service action; the second: SCOPE
+    and TYPE; then the parameter list length) and its parameter list.
+    Documented errors: ``ScsiError`` (CHECK CONDITION) and
+    ``ReservationConflict``, as target/scsi/lun.py answers them."""
+    pr = Reservations()
+    pos = 0
+    while pos + 4 <= len(data):
+        nexus = _PR_NEXUSES[data[pos] >> 7]
+        sa, scope_type, plen = data[pos] & 0x07, data[pos + 1], int.from_bytes(data[pos + 2:pos + 4], "big")
+        params_bytes = data[pos + 4:pos + 4 + plen]
+        pos += 4 + plen
+        try:
+            pr.out(nexus, sa, scope_type, parse_prout(sa, params_bytes), known=frozenset(_PR_NEXUSES))
+        except (ScsiError, ReservationConflict):
+            pass
+        for action in PrIn:
+            pr.read(action)
+        assert pr.type is None or pr.type.all_registrants or pr.holder in pr.keys, "a holder must be registered"
+
+
+def _prout_seeds() -> list[bytes]:
+    def cmd(who: int, sa: int, pr_type: int, key: int, sa_key: int, flags: int = 0, tail: bytes = b"") -> bytes:
+        body = struct.pack(">QQ4xBx2x", key, sa_key, flags) if sa != PrOut.REGISTER_AND_MOVE else (
+            struct.pack(">QQxBxxI", key, sa_key, flags, len(tail)) + tail)
+        return bytes([who << 7 | sa, pr_type]) + len(body).to_bytes(2, "big") + body
+
+    move_to = transport_id(_PR_NEXUSES[1])
+    return [
+        cmd(0, PrOut.REGISTER_AND_IGNORE_EXISTING_KEY, 0, 0, 1) + cmd(1, PrOut.REGISTER, 0, 0, 2)
+        + cmd(0, PrOut.RESERVE, 1, 1, 0) + cmd(1, PrOut.PREEMPT, 3, 2, 1) + cmd(1, PrOut.RELEASE, 3, 2, 0),
+        cmd(0, PrOut.REGISTER, 0, 0, 7) + cmd(0, PrOut.RESERVE, 8, 7, 0) + cmd(1, PrOut.REGISTER, 0, 0, 9)
+        + cmd(1, PrOut.PREEMPT_AND_ABORT, 5, 9, 0) + cmd(0, PrOut.CLEAR, 0, 7, 0),
+        cmd(0, PrOut.REGISTER, 0, 0, 5) + cmd(0, PrOut.RESERVE, 3, 5, 0)
+        + cmd(0, PrOut.REGISTER_AND_MOVE, 3, 5, 6, 0x02, move_to) + cmd(1, PrOut.RELEASE, 3, 6, 0),
+    ]
 
 
 # -- iSCSI: PDU framing and decoding -------------------------------------------------
@@ -553,4 +604,5 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("dns", dns, _dns_seeds),
     Target("http", http, _http_seeds, HTTP_TOKENS),
     Target("config", config, _config_seeds, CONFIG_TOKENS),
+    Target("scsi_prout", scsi_prout, _prout_seeds, (b",i,0x", b"iqn.", b"\0", b"\x45", b"\x05")),
 )}

@@ -203,7 +203,9 @@ def test_a_missing_base_is_warned_once_per_base(tmp_path: Path, capsys: pytest.C
     assert rc == 0
     [warning] = [one for one in err.splitlines() if "warning" in one]
     assert warning == (f"{p}: warning: base image {tmp_path / 'state' / 'images' / 'demo-linux.qcow2'} does not "
-                       "exist yet: 50 machine(s) use it (profile demo-linux)")
+                       "exist yet: 50 machine(s) use it (profile demo-linux); make it with `bootsvc image import "
+                       "FILE demo-linux.qcow2` (its OS must log in to its root disk from the iBFT: docs/images.md), "
+                       "build-debian or build-demo")
 
 
 def test_state_dir_is_relative_to_the_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,7 +12,8 @@ import yaml
 
 from bootsvc import config
 from bootsvc.cli import main
-from bootsvc.debian import DebianImageError, build_debian, build, mirror, tree
+from bootsvc.debian import DebianImageError, build_debian, build, login, mirror, tree
+from bootsvc.debian.login import RootLogin
 
 DEB822 = """\
 Types: deb deb-src
@@ -211,3 +212,80 @@ def test_shipped_profiles_boot_the_built_image() -> None:
     assert sanboot["base"] == kernel["base"] == build.DEBIAN_BASE and sanboot["boot"] == "sanboot"
     assert (kernel["kernel"], kernel["initrd"]) == ("debian12/vmlinuz", "debian12/initrd.img")
     assert kernel["cmdline"] == tree.KERNEL_ARGS
+
+
+SHADOW = "root:*:20792:0:99999:7:::\ndaemon:*:20792:0:99999:7:::\n"
+PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBn4Q2uE0k3v1rN7w8Jxk8Hc0vM1aC9t3bEo9nDqzYkS me@laptop"
+
+
+def _login_tree(root: Path) -> None:
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/shadow").write_text(SHADOW)
+    (root / "etc/shadow").chmod(0o640)
+
+
+def test_root_is_locked_by_default(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    _login_tree(root)
+    RootLogin.from_files().apply(root)
+    assert (root / "etc/shadow").read_text() == SHADOW
+    assert not (root / "root/.ssh/authorized_keys").exists()
+    assert RootLogin().describe() == "root is locked (no password, no SSH key)"
+
+
+def test_root_password_and_key_go_into_the_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "root"
+    _login_tree(root)
+    (tmp_path / "pw").write_text("s3cret pass\n")
+    (tmp_path / "key.pub").write_text(f"# my laptop\n{PUBLIC_KEY}\n\n")
+    argv: list[list[str]] = []
+    real_run = login.subprocess.run
+
+    def run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+        argv.append(cmd)
+        return real_run(cmd, **kw)  # type: ignore[call-overload, no-any-return]
+
+    monkeypatch.setattr(login.subprocess, "run", run)
+    wanted = RootLogin.from_files(tmp_path / "pw", tmp_path / "key.pub")
+    assert argv and not any("s3cret" in word for cmd in argv for word in cmd)  # stdin only, never argv
+    wanted.apply(root)
+    shadow = (root / "etc/shadow").read_text().splitlines()
+    hashed = shadow[0].split(":")[1]
+    assert hashed.startswith("$6$") and "s3cret" not in hashed and shadow[1] == SHADOW.splitlines()[1]
+    assert (root / "etc/shadow").stat().st_mode & 0o777 == 0o640
+    salt = hashed.split("$")[2]  # the same password and salt give the same hash: it is that password's
+    again = subprocess.run(["openssl", "passwd", "-6", "-salt", salt, "-stdin"], input="s3cret pass\n",
+                           capture_output=True, text=True, timeout=30).stdout.strip()
+    assert again == hashed
+    keys = root / "root/.ssh/authorized_keys"
+    assert keys.read_text() == PUBLIC_KEY + "\n" and keys.stat().st_mode & 0o777 == 0o600
+    assert (root / "root/.ssh").stat().st_mode & 0o777 == 0o700
+    assert wanted.describe() == "root logs in with: password on the serial console and SSH key"
+    RootLogin().apply(root)  # a later build of the cached tree without them locks root again
+    assert (root / "etc/shadow").read_text() == SHADOW and not keys.exists()
+
+
+@pytest.mark.parametrize("password, key, why", [
+    ("", None, "root password file .*pw is empty"),
+    (None, "-----BEGIN OPENSSH PRIVATE KEY-----\nb3Blbn\n-----END OPENSSH PRIVATE KEY-----\n",
+     r"key is a private key: give its public key \(.*key.pub\)"),
+    (None, "hello world\n", r"key:1 is not an SSH public key"),
+    (None, "# nothing\n", "holds no SSH public key"),
+])
+def test_bad_login_files(tmp_path: Path, password: str | None, key: str | None, why: str) -> None:
+    if password is not None:
+        (tmp_path / "pw").write_text(password)
+    if key is not None:
+        (tmp_path / "key").write_text(key)
+    with pytest.raises(login.LoginError, match=why):
+        RootLogin.from_files(tmp_path / "pw" if password is not None else None,
+                             tmp_path / "key" if key is not None else None)
+
+
+def test_cli_login_file_errors_come_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before the host's tools are even looked at (no minutes lost)."""
+    _cfg(tmp_path)
+    assert main(["image", "-c", str(tmp_path / "bootsvc.yaml"), "build-debian",
+                 "--root-password-file", str(tmp_path / "missing")]) == 1
+    assert capsys.readouterr().err == (f"bootsvc image build-debian: root password file {tmp_path / 'missing'} "
+                                       "does not exist\n")

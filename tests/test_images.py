@@ -3,9 +3,11 @@ refusals that protect bases and overlays in use; qemu-img judges."""
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import shutil
+import struct
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ import pytest
 from bootsvc.config import load
 from bootsvc.images import ImageError, ImageStore
 from target.qcow2 import open_image
+from target.targets import Target
 from tests.qcow2_oracle import assert_check_clean, assert_same, qemu_img
 
 pytestmark = pytest.mark.skipif(not shutil.which("qemu-img"), reason="needs qemu-img (qemu-utils)")
@@ -90,3 +93,21 @@ def test_check_and_repair(store: ImageStore) -> None:
     assert report.leaks_fixed == 1
     assert store.check(["a"])[0].clean
     assert_check_clean(a)
+
+
+def test_a_machine_disk_keeps_reservations_under_state_dir(store: ImageStore, tmp_path: Path) -> None:
+    """APTPL (SPC-4 §5.12.5): the target gets a path per LUN from its owner;
+    a restart (a new Target from the same spec) finds the registrations."""
+    spec = store.prepare(store.machine("a"))
+    path = Path(spec.reservations or "") / "0.json"
+    assert path.parent.parent == tmp_path / "state" / "reservations"
+    nexus = ("iqn.2026-11.test:a", bytes(6), spec.iqn)
+    register = struct.pack(">BBB2xIB", 0x5F, 0x06, 0, 24, 0)
+    body = struct.pack(">QQ4xBx2x", 0, 0x1234, 0x01)  # APTPL
+    target = Target.open(spec)
+    result = asyncio.run(target.luns[0].execute(register, memoryview(body), nexus, 24))
+    target.close()
+    assert result.status == 0 and path.exists()
+    again = Target.open(spec)
+    assert again.luns[0].pr.keys == {nexus: 0x1234}
+    again.close()

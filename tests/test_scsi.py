@@ -148,3 +148,23 @@ def test_a_backend_that_cannot_read_answers_medium_error(lun: Lun, error: Backen
         if sense_of(r)[0] == 6:
             continue
         assert r.status == ScsiStatus.CHECK_CONDITION and sense_of(r) == (3, 0x11, 0), sense_of(r)
+
+
+def test_orwrite_sets_bits(lun: Lun) -> None:
+    block = bytes([0x0F]) * 512
+    assert run(lun, struct.pack(">BBQIBB", 0x8A, 0, 3, 1, 0, 0), block, 512).status == ScsiStatus.GOOD
+    r = run(lun, struct.pack(">BBQIBB", 0x8B, 0, 3, 1, 0, 0), bytes([0xF0, 0x01]) * 256, 512)
+    assert r.status == ScsiStatus.GOOD and r.data_out_length == 512
+    got = data_of(run(lun, struct.pack(">BBQIBB", 0x88, 0, 3, 1, 0, 0)))
+    assert got == bytes([0xFF, 0x0F]) * 256
+
+
+def test_orwrite_refuses_protection_and_the_end_of_the_medium(lun: Lun) -> None:
+    assert sense_of(run(lun, struct.pack(">BBQIBB", 0x8B, 0x20, 0, 1, 0, 0), bytes(512), 512)) == (5, 0x24, 0)
+    assert sense_of(run(lun, struct.pack(">BBQIBB", 0x8B, 0, BLOCKS, 1, 0, 0), bytes(512), 512)) == (5, 0x21, 0)
+
+
+def test_read_defect_data_is_an_empty_list(lun: Lun) -> None:
+    assert data_of(run(lun, bytes([0x37, 0, 0x18, 0, 0, 0, 0, 0, 32, 0]))) == bytes([0, 0x18, 0, 0])
+    assert data_of(run(lun, bytes([0xB7, 0x0D]) + bytes(4) + (32).to_bytes(4, "big") + bytes(2))) == \
+        bytes([0, 0x0D]) + bytes(6)

@@ -10,6 +10,7 @@ import logging
 import struct
 from collections.abc import Coroutine, Hashable, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import hypothesis.strategies as st
@@ -576,3 +577,17 @@ def test_the_core_has_no_io_imports() -> None:
         names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         names |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and not n.level}
         assert not names & {"asyncio", "socket", "time", "selectors", "threading"}, (path, names)
+
+
+def test_preempt_and_abort_ends_the_preempted_nexus_tasks() -> None:
+    """SPC-4 §5.12.11.4.5: after a PREEMPT AND ABORT the LUN names the
+    preempted I_T nexuses; their tasks on that LUN end without status."""
+    i = Initiator(InitialR2T="Yes", ImmediateData="No")
+    i.command(write10(0, 16), write=bytes(8192))
+    assert i.session.tasks
+    i.lun.pr = SimpleNamespace(preempted=frozenset({("someone else", bytes(6), IQN_T)}))  # type: ignore[attr-defined]
+    i.session._abort_preempted(0)
+    assert i.session.tasks
+    i.lun.pr = SimpleNamespace(preempted=frozenset({i.session.nexus}))  # type: ignore[attr-defined]
+    i.session._abort_preempted(0)
+    assert not i.session.tasks

@@ -24,6 +24,7 @@ from ..demo.loader import boot_files, publish_kernel
 from ..demo.tools import BuildError
 from ..images import ImageError, ImageStore
 from . import mirror, tree
+from .login import LoginError, RootLogin
 
 DEBIAN_BASE = "debian12.qcow2"  # what profiles/debian12.yaml boots
 SUITE = "bookworm"
@@ -141,9 +142,11 @@ def kernel_files(root: Path) -> tuple[Path, Path]:
 
 
 def build_debian(cfg: Config, name: str = DEBIAN_BASE, packages: tuple[str, ...] = (), size: int = DEFAULT_SIZE,
-                 force: bool = False, uri: str | None = None, say: Callable[[str], None] = print) -> Path:
+                 force: bool = False, uri: str | None = None, say: Callable[[str], None] = print,
+                 root_password_file: Path | None = None, ssh_key: Path | None = None) -> Path:
     """The Debian base image, built unless it is there already (``force``:
-    build it again; refused while overlays depend on it)."""
+    build it again; refused while overlays depend on it). Root is locked
+    unless a password file or an SSH public key file is given (login.py)."""
     store = ImageStore(cfg)
     dest = store.base_path(name)
     if dest.exists() and not force:
@@ -162,6 +165,7 @@ def build_debian(cfg: Config, name: str = DEBIAN_BASE, packages: tuple[str, ...]
     try:
         if dest.exists():
             store.refuse_if_used(dest)  # before minutes of work, not after
+        login = RootLogin.from_files(root_password_file, ssh_key)
         check_host()
         sources = mirror.host_sources()
         uri = uri or mirror.mirror_for(sources, SUITE)
@@ -170,6 +174,9 @@ def build_debian(cfg: Config, name: str = DEBIAN_BASE, packages: tuple[str, ...]
         debootstrap(root, cache / "debs", uri, wanted, say)
         step(2, "configuring: iBFT login in the initramfs, root by label, console, first-boot identity")
         tree.configure(root, mirror.image_sources(sources, SUITE))
+        login.apply(root)
+        say(f"  {login.describe()}")
+        tree.configure_restart(root)  # iSCSI waits out a restart of bootsvc
         step(3, "initramfs with open-iscsi's iBFT login")
         make_initramfs(root, say)
         tree.forget_identity(root)
@@ -184,7 +191,7 @@ def build_debian(cfg: Config, name: str = DEBIAN_BASE, packages: tuple[str, ...]
         store.add_base(raw, name, replace=force)
         step(6, f"kernel and initramfs for boot: kernel profiles in {boot_dir(cfg, name)}")
         publish_kernel(boot, boot_dir(cfg, name))
-    except (mirror.MirrorError, BuildError, ImageError, OSError) as e:
+    except (mirror.MirrorError, LoginError, BuildError, ImageError, OSError) as e:
         raise DebianImageError(str(e)) from e
     finally:
         shutil.rmtree(work, ignore_errors=True)

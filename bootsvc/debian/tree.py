@@ -172,6 +172,81 @@ def configure(root: Path, apt_sources: str) -> None:
         _enable(root, unit, text)
 
 
+# -- riding out a restart of bootsvc (an upgrade) ---------------------------
+# How long open-iscsi queues a machine's I/O while the target is away before
+# failing it to the file system (open-iscsi's replacement_timeout, the
+# kernel session's recovery_tmo). Debian's default, 120 s, would turn a slow
+# upgrade into I/O errors on the root disk and a read-only root; a day rides
+# out any restart and still ends, where a negative value would wait forever.
+# iscsid.conf reaches the root session too: iscsistart made it in the
+# initramfs with the built-in 120 s, and Debian's iscsid, taking it over
+# after boot, logs in again with the settings of iscsid.conf (verified on a
+# booted machine: recovery_tmo 86400 in sysfs).
+REPLACEMENT_TIMEOUT = 86400
+ISCSID_SETTINGS = {"node.session.timeo.replacement_timeout": str(REPLACEMENT_TIMEOUT)}
+
+
+def set_iscsid_conf(root: Path, settings: dict[str, str] = ISCSID_SETTINGS) -> None:
+    """Each ``key = value`` of ``settings`` in the tree's iscsid.conf, in
+    place of every line that sets (or comments out) that key, else
+    appended: the later of two lines wins in iscsid.conf, so none is left
+    with another value."""
+    conf = root / "etc/iscsi/iscsid.conf"
+    lines = conf.read_text().splitlines() if conf.is_file() else []
+    seen = set()
+    for i, line in enumerate(lines):
+        key = line.lstrip("# \t").split("=", 1)[0].strip()
+        if "=" in line and key in settings:
+            lines[i] = f"{key} = {settings[key]}"
+            seen.add(key)
+    lines += [f"{k} = {v}" for k, v in settings.items() if k not in seen]
+    _write(root, "etc/iscsi/iscsid.conf", "\n".join(lines) + "\n", 0o600)
+
+
+def configure_restart(root: Path) -> None:
+    """The root disk rides out a restart of bootsvc: its session waits
+    REPLACEMENT_TIMEOUT seconds for the target to come back, queueing I/O;
+    and the test-only tick unit."""
+    set_iscsid_conf(root)
+    _write(root, "usr/local/sbin/bootsvc-tick", TICK_SCRIPT, 0o755)
+    _write(root, "etc/systemd/system/bootsvc-tick.service", TICK_UNIT)
+    _enable(root, "bootsvc-tick.service", TICK_UNIT)
+
+
+# Tests only (kernel command line ``bootsvc.tick``): once multi-user.target
+# is reached, append a counter to a file, fsync it and then say it on the
+# console, every second, so a test sees when I/O pauses and which writes
+# the machine knows reached its disk.
+TICK_MARKER = "BOOTSVC-TICK"
+TICK_FILE = "/var/lib/bootsvc-ticks"
+TICK_SCRIPT = f"""\
+#!/bin/sh
+# bootsvc (tests): the root session's replacement timeout as the kernel has
+# it, then a synced write a second and its number on the console
+for s in /sys/class/iscsi_session/session*; do
+    echo "BOOTSVC-ISCSI ${{s##*/}} recovery_tmo=$(cat "$s/recovery_tmo")" > /dev/console
+done
+n=0
+while [ $n -lt 100000 ]; do
+    n=$((n + 1))
+    echo $n >> {TICK_FILE} && sync {TICK_FILE} && echo "{TICK_MARKER} $n" > /dev/console
+    sleep 1
+done
+"""
+TICK_UNIT = """\
+[Unit]
+Description=bootsvc (tests): a synced write every second, counted on the console
+ConditionKernelCommandLine=bootsvc.tick
+After=multi-user.target
+
+[Service]
+ExecStart=/usr/local/sbin/bootsvc-tick
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
 def forget_identity(root: Path) -> None:
     """What would make every machine of the base the same one: the
     machine ID, SSH host keys, hostname, the build host's resolv.conf and

@@ -13,12 +13,15 @@ from __future__ import annotations
 import struct
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from ..backend import Backend, BackendError, MediumError, Segment, SpaceExhausted
 from . import cdb as op
 from .cdb import BlockRange, block_range, cdb_length
 from .inquiry import DEFAULT_PRODUCT, DEFAULT_VENDOR, Identity, Limits, standard, vpd
 from .mode import PC_SAVED, block_descriptor, pages
+from .reservations import Access, PrIn, PrOut, ReservationConflict, Reservations, parse_prout
 from .sense import (
     INVALID_FIELD_IN_CDB,
     INVALID_FIELD_IN_PARAMETER_LIST,
@@ -34,6 +37,7 @@ from .sense import (
     UNRECOVERED_READ_ERROR,
     WRITE_ERROR,
     WRITE_PROTECTED,
+    Asc,
     ScsiError,
     ScsiStatus,
     fixed_sense,
@@ -49,8 +53,11 @@ class ScsiResult:
 
 
 GOOD = ScsiResult(ScsiStatus.GOOD)
+CONFLICT = ScsiResult(ScsiStatus.RESERVATION_CONFLICT)
 
-Handler = Callable[["Lun", bytes, "memoryview | None", int], Awaitable[ScsiResult]]
+# the last argument is the transfer length, or the I_T nexus for a command
+# that needs it (Command.with_nexus)
+Handler = Callable[["Lun", bytes, "memoryview | None", Any], Awaitable[ScsiResult]]
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,8 @@ class Command:
     usage: bytes
     writes: bool = False  # refused on a read-only LUN
     service_action: int | None = None
+    access: Access = Access.READ  # how it meets a reservation
+    with_nexus: bool = False
 
 
 def _check(result: ScsiError) -> ScsiResult:
@@ -75,7 +84,7 @@ def _alloc(data: bytes, length: int) -> ScsiResult:
 class Lun:
     def __init__(self, backend: Backend, lun_id: int = 0, block_size: int = 512, serial: str = "0",
                  device_id: bytes = b"", vendor: str = DEFAULT_VENDOR, product: str = DEFAULT_PRODUCT,
-                 revision: str = "0001", read_only: bool = False) -> None:
+                 revision: str = "0001", read_only: bool = False, reservations: Path | None = None) -> None:
         self.backend = backend
         self.lun_id = lun_id
         self.block_size = block_size
@@ -93,6 +102,8 @@ class Lun:
         # seen the current epoch gets one UNIT ATTENTION (SAM-5 §5.14).
         self.epoch = 0
         self.seen: dict[Hashable, int] = {}
+        # ``reservations``: where APTPL state is kept (the owner's choice)
+        self.pr = Reservations(reservations)
 
     # -- the entry point --------------------------------------------------------
 
@@ -100,7 +111,7 @@ class Lun:
                       transfer_length: int) -> ScsiResult:
         opcode = cdb[0]
         # READ is the boot's hot path: dispatch it before anything else
-        if opcode in _READS and self.seen.get(nexus) == self.epoch:
+        if opcode in _READS and self.seen.get(nexus) == self.epoch and not self.pr.engaged:
             try:
                 return await self._read(cdb, data_out, transfer_length)
             except ScsiError as e:
@@ -110,20 +121,17 @@ class Lun:
         try:
             if len(cdb) < cdb_length(opcode) and opcode >> 5 != 3:
                 raise ScsiError(INVALID_FIELD_IN_CDB, field=0)
-            seen = self.seen.setdefault(nexus, self.epoch)
-            if seen != self.epoch and opcode not in (op.INQUIRY, op.REPORT_LUNS, op.REQUEST_SENSE):
-                self.seen[nexus] = self.epoch
-                return _check(ScsiError(LUN_RESET_OCCURRED))
-            command = _lookup(cdb)
-            if command is None:
-                raise ScsiError(INVALID_OPCODE, field=0)
-            if command.writes and self.read_only:
-                raise ScsiError(WRITE_PROTECTED)
+            attention = self._attention(opcode, nexus)
+            if attention is not None:
+                return _check(ScsiError(attention))
+            command = self._admit(cdb, nexus)
             if opcode == op.REQUEST_SENSE:
                 self.seen[nexus] = self.epoch
-            return await command.handler(self, cdb, data_out, transfer_length)
+            return await command.handler(self, cdb, data_out, nexus if command.with_nexus else transfer_length)
         except ScsiError as e:
             return _check(e)
+        except ReservationConflict:
+            return CONFLICT
         except MediumError:
             return _check(ScsiError(WRITE_ERROR if opcode not in _READS else UNRECOVERED_READ_ERROR))
         except SpaceExhausted:
@@ -132,6 +140,29 @@ class Lun:
             if opcode in _READS:  # as on the hot path: an unreadable image is an unrecovered read error
                 return _check(ScsiError(UNRECOVERED_READ_ERROR))
             raise
+
+    def _attention(self, opcode: int, nexus: Hashable) -> Asc | None:
+        """The unit attention this command reports instead of running
+        (SAM-5 §5.14): a reset's first, then a reservation change's."""
+        seen = self.seen.setdefault(nexus, self.epoch)
+        if opcode in _NO_ATTENTION:
+            return None
+        if seen != self.epoch:
+            self.seen[nexus] = self.epoch
+            return LUN_RESET_OCCURRED
+        return self.pr.attention(nexus) if self.pr.attentions else None
+
+    def _admit(self, cdb: bytes, nexus: Hashable) -> Command:
+        """The command a CDB names, if this LUN may run it now for
+        ``nexus``: a known one, no reservation conflict, not a write to a
+        read-only LUN."""
+        command = _lookup(cdb)
+        if command is None:
+            raise ScsiError(INVALID_OPCODE, field=0)
+        self.pr.check(nexus, command.access)
+        if command.writes and self.read_only:
+            raise ScsiError(WRITE_PROTECTED)
+        return command
 
     def data_out_length(self, cdb: bytes) -> int:
         """Bytes of Data-Out ``cdb`` asks for (SBC-3 §5, SPC-4 §6.11): what
@@ -163,11 +194,14 @@ class Lun:
         return 0 if ndob else self.block_size
 
     def reset(self) -> None:
-        """LOGICAL UNIT RESET / target reset: every nexus gets a UNIT ATTENTION."""
+        """LOGICAL UNIT RESET / target reset: every nexus gets a UNIT
+        ATTENTION, and a RESERVE(6) ends."""
         self.epoch += 1
+        self.pr.reset()
 
     def nexus_lost(self, nexus: Hashable) -> None:
         self.seen.pop(nexus, None)
+        self.pr.nexus_lost(nexus)
 
     # -- helpers ------------------------------------------------------------------
 
@@ -260,6 +294,20 @@ class Lun:
             await self._compare(offset, data[:length])
             await self.backend.write(offset, data[length:], fua=bool(cdb[1] & 0x08))
         return ScsiResult(ScsiStatus.GOOD, data_out_length=2 * length)
+
+    async def _orwrite(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
+        """ORWRITE(16) (SBC-3 §5.9): every bit set in the Data-Out is set on
+        the medium, atomically with respect to COMPARE AND WRITE and other
+        ORWRITEs on this LUN."""
+        r, offset, length = self._transfer(cdb)
+        data = bytes(data_out or b"")[:length]
+        if not length or len(data) < length:
+            return ScsiResult(ScsiStatus.GOOD, data_out_length=length)
+        async with self.backend.exclusive:
+            medium = await self.backend.read_bytes(offset, length)
+            merged = (int.from_bytes(medium, "big") | int.from_bytes(data, "big")).to_bytes(length, "big")
+            await self.backend.write(offset, memoryview(merged), fua=r.fua)
+        return ScsiResult(ScsiStatus.GOOD, data_out_length=length)
 
     async def _write_same(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
         """WRITE SAME (SBC-3 §5.42/43): UNMAP with zeros deallocates, zeros
@@ -383,6 +431,15 @@ class Lun:
         data = struct.pack(">I4x", len(descriptors) + 4) + descriptors
         return _alloc(data, alloc)
 
+    async def _read_defect_data(self, cdb: bytes, data_out: memoryview | None,
+                                transfer_length: int) -> ScsiResult:
+        """READ DEFECT DATA (10)/(12) (SBC-3 §5.19, §5.20): an image has no
+        defects, so every list asked for is valid and empty, in the format
+        asked for."""
+        if cdb[0] == op.READ_DEFECT_DATA_10:
+            return _alloc(bytes([0, cdb[2] & 0x1F, 0, 0]), int.from_bytes(cdb[7:9], "big"))
+        return _alloc(bytes([0, cdb[1] & 0x1F]) + bytes(6), int.from_bytes(cdb[6:10], "big"))
+
     async def _mode_sense(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
         """MODE SENSE (6)/(10) (SPC-4 §6.11, §6.12)."""
         ten = cdb[0] == op.MODE_SENSE_10
@@ -415,10 +472,13 @@ class Lun:
             raise ScsiError(INVALID_FIELD_IN_CDB, field=1, bit=0)
         return ScsiResult(ScsiStatus.GOOD, data_out_length=plen)
 
-    async def _request_sense(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
+    async def _request_sense(self, cdb: bytes, data_out: memoryview | None, nexus: Hashable) -> ScsiResult:
+        """REQUEST SENSE (SPC-4 §6.39): a pending reservation unit
+        attention is reported here, and so cleared."""
         if cdb[1] & 0x01:  # DESC: we only speak fixed format
             raise ScsiError(INVALID_FIELD_IN_CDB, field=1, bit=0)
-        return _alloc(fixed_sense(NO_SENSE), cdb[4])
+        attention = self.pr.attention(nexus) if self.pr.attentions else None
+        return _alloc(fixed_sense(attention or NO_SENSE), cdb[4])
 
     async def _good(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
         return GOOD
@@ -426,6 +486,34 @@ class Lun:
     async def _start_stop(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
         if cdb[4] & 0x02 and cdb[4] & 0x01 == 0:  # LOEJ without START: a fixed disk does not eject
             raise ScsiError(INVALID_FIELD_IN_CDB, field=4, bit=1)
+        return GOOD
+
+    # -- reservations (SPC-4 §5.12, annex B) -------------------------------------
+
+    async def _pr_in(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
+        """PERSISTENT RESERVE IN (SPC-4 §6.15)."""
+        return _alloc(self.pr.read(cdb[1] & 0x1F), int.from_bytes(cdb[7:9], "big"))
+
+    async def _pr_out(self, cdb: bytes, data_out: memoryview | None, nexus: Hashable) -> ScsiResult:
+        """PERSISTENT RESERVE OUT (SPC-4 §6.16)."""
+        plen = int.from_bytes(cdb[5:9], "big")
+        data = bytes(data_out or b"")[:plen]
+        if len(data) < plen:
+            raise ScsiError(PARAMETER_LIST_LENGTH_ERROR)
+        params = parse_prout(cdb[1] & 0x1F, data)
+        self.pr.out(nexus, cdb[1] & 0x1F, cdb[2], params, known=frozenset(self.seen))
+        return ScsiResult(ScsiStatus.GOOD, data_out_length=plen)
+
+    async def _reserve6(self, cdb: bytes, data_out: memoryview | None, nexus: Hashable) -> ScsiResult:
+        """RESERVE(6) (SPC-2 §7.21): the whole LUN, no third-party or extents."""
+        if cdb[1] & 0x01:  # obsolete extent reservations
+            raise ScsiError(INVALID_FIELD_IN_CDB, field=1, bit=0)
+        self.pr.reserve6(nexus)
+        return GOOD
+
+    async def _release6(self, cdb: bytes, data_out: memoryview | None, nexus: Hashable) -> ScsiResult:
+        """RELEASE(6) (SPC-2 §7.17)."""
+        self.pr.release6(nexus)
         return GOOD
 
     async def _report_opcodes(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
@@ -449,48 +537,61 @@ COMMANDS: dict[tuple[int, int | None], Command] = {}
 
 
 def _add(opcode: int, handler: Handler, usage: tuple[int, ...], writes: bool = False,
-         sa: int | None = None) -> None:
-    COMMANDS[(opcode, sa)] = Command(handler, _usage(opcode, *usage), writes, sa)
+         sa: int | None = None, access: Access | None = None, with_nexus: bool = False) -> None:
+    if access is None:
+        access = Access.WRITE if writes else Access.READ
+    COMMANDS[(opcode, sa)] = Command(handler, _usage(opcode, *usage), writes, sa, access, with_nexus)
 
 
-_add(op.TEST_UNIT_READY, Lun._good, (0, 0, 0, 0, 0x07))
-_add(op.REQUEST_SENSE, Lun._request_sense, (0x01, 0, 0, 0xFF, 0x07))
+_add(op.TEST_UNIT_READY, Lun._good, (0, 0, 0, 0, 0x07), access=Access.INFO)
+_add(op.REQUEST_SENSE, Lun._request_sense, (0x01, 0, 0, 0xFF, 0x07), access=Access.ANY, with_nexus=True)
 _add(op.READ_6, Lun._read, (0x1F, 0xFF, 0xFF, 0xFF, 0x07))
 _add(op.WRITE_6, Lun._write, (0x1F, 0xFF, 0xFF, 0xFF, 0x07), writes=True)
-_add(op.INQUIRY, Lun._inquiry, (0x01, 0xFF, 0xFF, 0xFF, 0x07))
-_add(op.MODE_SELECT_6, Lun._mode_select, (0x11, 0, 0, 0xFF, 0x07))
+_add(op.INQUIRY, Lun._inquiry, (0x01, 0xFF, 0xFF, 0xFF, 0x07), access=Access.ANY)
+_add(op.MODE_SELECT_6, Lun._mode_select, (0x11, 0, 0, 0xFF, 0x07), access=Access.WRITE)
+_add(op.RESERVE_6, Lun._reserve6, (0x01, 0, 0, 0, 0x07), access=Access.PR, with_nexus=True)
+_add(op.RELEASE_6, Lun._release6, (0, 0, 0, 0, 0x07), access=Access.RELEASE6, with_nexus=True)
 _add(op.MODE_SENSE_6, Lun._mode_sense, (0x08, 0xFF, 0xFF, 0xFF, 0x07))
-_add(op.START_STOP_UNIT, Lun._start_stop, (0x01, 0, 0x0F, 0xF7, 0x07))
-_add(op.PREVENT_ALLOW, Lun._good, (0, 0, 0, 0x03, 0x07))
-_add(op.READ_CAPACITY_10, Lun._read_capacity_10, (0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0x01, 0x07))
+_add(op.START_STOP_UNIT, Lun._start_stop, (0x01, 0, 0x0F, 0xF7, 0x07), access=Access.WRITE)
+_add(op.PREVENT_ALLOW, Lun._good, (0, 0, 0, 0x03, 0x07), access=Access.WRITE)
+_add(op.READ_CAPACITY_10, Lun._read_capacity_10, (0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0x01, 0x07),
+     access=Access.INFO)
 _add(op.READ_10, Lun._read, _RW10)
 _add(op.WRITE_10, Lun._write, _RW10, writes=True)
 _add(op.WRITE_VERIFY_10, Lun._write, (0xF2,) + _RW10[1:], writes=True)
 _add(op.VERIFY_10, Lun._verify, (0xF6,) + _RW10[1:])
 _add(op.PREFETCH_10, Lun._prefetch, (0x02,) + _RW10[1:])
-_add(op.SYNCHRONIZE_CACHE_10, Lun._sync_cache, (0x02,) + _RW10[1:])
+_add(op.SYNCHRONIZE_CACHE_10, Lun._sync_cache, (0x02,) + _RW10[1:], access=Access.WRITE)
 _add(op.WRITE_SAME_10, Lun._write_same, (0xF8,) + _RW10[1:], writes=True)
 _add(op.UNMAP, Lun._unmap, (0x01, 0, 0, 0, 0, 0x1F, 0xFF, 0xFF, 0x07), writes=True)
-_add(op.MODE_SELECT_10, Lun._mode_select, (0x11, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x07))
+_add(op.MODE_SELECT_10, Lun._mode_select, (0x11, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x07), access=Access.WRITE)
 _add(op.MODE_SENSE_10, Lun._mode_sense, (0x18, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0x07))
 _add(op.READ_16, Lun._read, _RW16)
 _add(op.COMPARE_AND_WRITE, Lun._compare_and_write, _RW16[:9] + (0, 0, 0, 0xFF, 0x1F, 0x07), writes=True)
 _add(op.WRITE_16, Lun._write, _RW16, writes=True)
+_add(op.ORWRITE_16, Lun._orwrite, _RW16, writes=True)
 _add(op.WRITE_VERIFY_16, Lun._write, (0xF2,) + _RW16[1:], writes=True)
 _add(op.VERIFY_16, Lun._verify, (0xF6,) + _RW16[1:])
 _add(op.PREFETCH_16, Lun._prefetch, (0x02,) + _RW16[1:])
-_add(op.SYNCHRONIZE_CACHE_16, Lun._sync_cache, (0x02,) + _RW16[1:])
+_add(op.SYNCHRONIZE_CACHE_16, Lun._sync_cache, (0x02,) + _RW16[1:], access=Access.WRITE)
 _add(op.WRITE_SAME_16, Lun._write_same, (0xF9,) + _RW16[1:], writes=True)
 _add(op.READ_12, Lun._read, _RW12)
+_add(op.READ_DEFECT_DATA_10, Lun._read_defect_data, (0, 0x1F, 0, 0, 0, 0, 0xFF, 0xFF, 0x07))
+_add(op.READ_DEFECT_DATA_12, Lun._read_defect_data, (0x1F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x07))
 _add(op.WRITE_12, Lun._write, _RW12, writes=True)
 _add(op.WRITE_VERIFY_12, Lun._write, (0xF2,) + _RW12[1:], writes=True)
 _add(op.VERIFY_12, Lun._verify, (0xF6,) + _RW12[1:])
 _add(op.SERVICE_ACTION_IN_16, Lun._read_capacity_16, (0x1F,) + (0,) * 8 + (0xFF,) * 4 + (0, 0x07),
-     sa=op.SA_READ_CAPACITY_16)
+     sa=op.SA_READ_CAPACITY_16, access=Access.INFO)
 _add(op.SERVICE_ACTION_IN_16, Lun._get_lba_status, (0x1F,) + (0xFF,) * 12 + (0, 0x07),
      sa=op.SA_GET_LBA_STATUS)
 _add(op.MAINTENANCE_IN, Lun._report_opcodes, (0x1F, 0x87, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x07),
-     sa=op.SA_REPORT_SUPPORTED_OPCODES)
+     sa=op.SA_REPORT_SUPPORTED_OPCODES, access=Access.ANY)
+for _sa in PrIn:
+    _add(op.PERSISTENT_RESERVE_IN, Lun._pr_in, (0x1F, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x07), sa=_sa, access=Access.PR)
+for _sa in PrOut:
+    _add(op.PERSISTENT_RESERVE_OUT, Lun._pr_out, (0x1F, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x07), sa=_sa,
+         access=Access.PR, with_nexus=True)
 
 
 def _parameter_list(offset: int, size: int) -> Callable[[Lun, bytes], int]:
@@ -501,16 +602,21 @@ def _parameter_list(offset: int, size: int) -> Callable[[Lun, bytes], int]:
 # Data-Out each command asks for (Lun.data_out_length); commands not here take none
 _DATA_OUT: dict[int, Callable[[Lun, bytes], int]] = {
     **dict.fromkeys((op.WRITE_6, op.WRITE_10, op.WRITE_12, op.WRITE_16, op.WRITE_VERIFY_10, op.WRITE_VERIFY_12,
-                     op.WRITE_VERIFY_16), Lun._blocks_out),
+                     op.WRITE_VERIFY_16, op.ORWRITE_16), Lun._blocks_out),
     **dict.fromkeys((op.VERIFY_10, op.VERIFY_12, op.VERIFY_16), Lun._verify_out),
     **dict.fromkeys((op.WRITE_SAME_10, op.WRITE_SAME_16), Lun._write_same_out),
     op.COMPARE_AND_WRITE: Lun._compare_and_write_out,
     op.UNMAP: _parameter_list(7, 2),
     op.MODE_SELECT_6: _parameter_list(4, 1),
     op.MODE_SELECT_10: _parameter_list(7, 2),
+    op.PERSISTENT_RESERVE_OUT: _parameter_list(5, 4),
 }
 _SERVICE_ACTION_OPCODES = {opc for (opc, sa) in COMMANDS if sa is not None}
 _READS = frozenset((op.READ_6, op.READ_10, op.READ_12, op.READ_16))
+# commands that do not report a pending unit attention (SAM-5 §5.14)
+_NO_ATTENTION = frozenset((op.INQUIRY, op.REPORT_LUNS, op.REQUEST_SENSE))
+# unknown service actions of these are a bad field, not an unknown command (SPC-4 §6.15.1, §6.16.1)
+_FIELD_SA_OPCODES = frozenset((op.PERSISTENT_RESERVE_IN, op.PERSISTENT_RESERVE_OUT))
 # REPORT LUNS is answered by the target, not a LUN; listed for REPORT SUPPORTED OPCODES
 _TARGET_COMMANDS = {(op.REPORT_LUNS, None): _usage(op.REPORT_LUNS, 0, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x07)}
 
@@ -518,7 +624,10 @@ _TARGET_COMMANDS = {(op.REPORT_LUNS, None): _usage(op.REPORT_LUNS, 0, 0xFF, 0, 0
 def _lookup(cdb: bytes) -> Command | None:
     opcode = cdb[0]
     if opcode in _SERVICE_ACTION_OPCODES:
-        return COMMANDS.get((opcode, cdb[1] & 0x1F))
+        command = COMMANDS.get((opcode, cdb[1] & 0x1F))
+        if command is None and opcode in _FIELD_SA_OPCODES:
+            raise ScsiError(INVALID_FIELD_IN_CDB, field=1, bit=4)
+        return command
     return COMMANDS.get((opcode, None))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -28,12 +29,13 @@ STATE = Path(os.environ.get("BOOTSVC_DEBIAN_STATE", "/var/tmp/bootsvc-e2e-debian
 IDENTITY = ("/etc/machine-id", "/etc/ssh/ssh_host_ed25519_key.pub", "/etc/iscsi/initiatorname.iscsi")
 
 
-def need_debian_base() -> None:
-    """Skip (with the reason) unless the base is built or may be built."""
+def need_debian_base(*commands: str) -> None:
+    """Skip (with the reason) unless the base is built or may be built, or
+    a command (these and the build's) is missing."""
     if not (STATE / "images" / DEBIAN_BASE).exists() and os.environ.get("BOOTSVC_DEBIAN_E2E") != "1":
         pytest.skip(f"the Debian base is not built in {STATE}: BOOTSVC_DEBIAN_E2E=1 builds it "
                     "(downloads about 150 MB, takes minutes; kept for later runs)")
-    need("debootstrap", "qemu-img", "debugfs", "syslinux", "mcopy", "mkfs.vfat", "mke2fs")
+    need("debootstrap", "qemu-img", "debugfs", "syslinux", "mcopy", "mkfs.vfat", "mke2fs", *commands)
     need_vm_lab(qemu.Firmware.BIOS)
 
 
@@ -65,7 +67,10 @@ machines:
 
 def build_base(cfg: config.Config) -> None:
     """The base in STATE: reused while the builder's code is the one that
-    built it, else made again from the cached tree."""
+    built it, else made again from the cached tree. Every overlay in STATE
+    goes first: each test run boots fresh machines, and a rebuild refuses a
+    base that overlays still use."""
+    shutil.rmtree(cfg.overlays_dir, ignore_errors=True)
     stamp = STATE / "cache" / "debian" / "e2e-recipe"
     recipe = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(Path(debian.__file__).parent.glob("*.py"))))
     fresh = stamp.is_file() and stamp.read_text() == recipe.hexdigest()

@@ -49,8 +49,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> config.Config:
     (work / "profiles" / "debian12-ephemeral.yaml").write_text(EPHEMERAL_PROFILE)
     cfg = lab_config(work / "bootsvc.yaml", 216, HOSTS, {EPHEMERAL: "debian12-ephemeral"},
                      extra=f"profiles_dir: {work / 'profiles'}")
-    for host in HOSTS.values():  # every run boots fresh machines
-        (cfg.overlays_dir / f"{host}.qcow2").unlink(missing_ok=True)
     build_base(cfg)
     return cfg
 
