@@ -78,8 +78,9 @@ def _io(port: int, target: str, initiator: str, *commands: str, chap: str = "") 
 
 def test_machines_boot_from_their_overlays(tmp_path: Path) -> None:
     """Each machine gets a target on its own overlay that only its initiator
-    may log in to; persistent overlays keep writes across restarts,
-    ephemeral ones start fresh, the base never changes."""
+    may log in to; overlays keep writes across a server restart (an
+    ephemeral one too: a restart is no new boot; its next boot, or `image
+    reset`, starts it fresh), the base never changes."""
     need("qemu-io", "qemu-img")
     state = tmp_path / "state"
     (state / "images").mkdir(parents=True)
@@ -136,13 +137,18 @@ machines:
         stop(proc)
     for host in ("keeper", "kiosk"):
         assert_check_clean(state / "overlays" / f"{host}.qcow2")
-    proc = serve()
-    try:
-        for host, expect in (("keeper", "0x42"), ("kiosk", "0xee")):
-            r = _io(port, f"{prefix}:boot.{host}", f"{prefix}:{host}", f"read -P {expect} 1M 1M", chap=chap(host))
-            assert r.returncode == 0 and "pattern verification failed" not in r.stdout, host + r.stdout
-    finally:
-        stop(proc)
+    for expect in ({"keeper": "0x42", "kiosk": "0x42"}, {"keeper": "0x42", "kiosk": "0xee"}):
+        proc = serve()
+        try:
+            for host, pattern in expect.items():
+                r = _io(port, f"{prefix}:boot.{host}", f"{prefix}:{host}", f"read -P {pattern} 1M 1M",
+                        chap=chap(host))
+                assert r.returncode == 0 and "pattern verification failed" not in r.stdout, host + r.stdout
+        finally:
+            stop(proc)
+        reset = subprocess.run([sys.executable, "-m", "bootsvc", "image", "-c", str(cfg), "reset", "kiosk"],
+                               capture_output=True, text=True, timeout=30)
+        assert reset.returncode == 0, reset.stderr
     assert base.read_bytes() == b"\xee" * (8 << 20)
 
 
