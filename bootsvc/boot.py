@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import scripts
-from .dhcp.bootfiles import DEFAULT_BOOTFILES, firmware_of
+from .dhcp.bootfiles import DEFAULT_BOOTFILES, HOW_TO_GET, firmware_of
 from .dhcp.message import IPv4, Request
 from .dhcp.responder import BootOptions, Mode
 from .events import Emit, Kind, no_events
@@ -78,8 +78,8 @@ class BootPlanner:
             return None
         if not self.has_file(name):
             self.emit(Kind.BOOT_REFUSED, mac=req.mac, arch=req.arch, file=name,
-                      why=f"{name} (dhcp.bootfiles.{firmware.value}) is in none of the TFTP roots; "
-                          f"see bootsvc check")
+                      why=f"{name} (dhcp.bootfiles.{firmware.value}) is in none of the TFTP roots. "
+                          f"{HOW_TO_GET[firmware]}")
             return None
         if req.http:
             return BootOptions(bootfile=f"http://{server}:{self.http_port}/files/{name}")

@@ -7,25 +7,9 @@ needs no ARM64 iPXE."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from .config import Config
-from .dhcp.bootfiles import DEFAULT_BOOTFILES, Firmware
+from .dhcp.bootfiles import DEFAULT_BOOTFILES, HOW_TO_GET, NOT_IN_DEBIAN, WHO
 from .tftp.files import FileSource
-
-_DEBIAN_IPXE = "Debian: apt install ipxe, which puts it in /usr/lib/ipxe (a TFTP root by default)"
-_BUILD = ("Debian's ipxe package has no {what} build: build iPXE's {target} (https://ipxe.org/download) "
-          "or take it from another distribution, put it in a TFTP root and set dhcp.bootfiles.{key} to its name")
-HOW_TO_GET: Mapping[Firmware, str] = {
-    Firmware.BIOS: _DEBIAN_IPXE,
-    Firmware.EFI_X64: _DEBIAN_IPXE,
-    Firmware.EFI_IA32: _BUILD.format(what="32-bit UEFI", target="bin-i386-efi/snponly.efi", key="efi-ia32"),
-    Firmware.EFI_ARM64: _BUILD.format(what="ARM64", target="bin-arm64-efi/snponly.efi", key="efi-arm64"),
-}
-# firmware Debian's ipxe has no build for: a warning only once the config names a file
-NOT_IN_DEBIAN = frozenset({Firmware.EFI_IA32, Firmware.EFI_ARM64})
-WHO = {Firmware.BIOS: "BIOS", Firmware.EFI_IA32: "32-bit UEFI", Firmware.EFI_X64: "64-bit UEFI",
-       Firmware.EFI_ARM64: "ARM64 UEFI"}
 
 
 def bootfile_warnings(cfg: Config) -> list[str]:

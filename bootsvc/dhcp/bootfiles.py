@@ -85,3 +85,18 @@ def load_bootfiles(c: Checker, d: LineMap) -> Mapping[Firmware, str]:
             continue
         found[Firmware(key)] = name
     return MappingProxyType(found)
+
+
+_DEBIAN_IPXE = "Debian: apt install ipxe, which puts it in /usr/lib/ipxe (a TFTP root by default)"
+_BUILD = ("Debian's ipxe package has no {what} build: build iPXE's {target} from its source "
+          "or take it from another distribution, put it in a TFTP root and set dhcp.bootfiles.{key} to its name")
+HOW_TO_GET: Mapping[Firmware, str] = {  # said by check and by a refusal at boot time
+    Firmware.BIOS: _DEBIAN_IPXE,
+    Firmware.EFI_X64: _DEBIAN_IPXE,
+    Firmware.EFI_IA32: _BUILD.format(what="32-bit UEFI", target="bin-i386-efi/snponly.efi", key="efi-ia32"),
+    Firmware.EFI_ARM64: _BUILD.format(what="ARM64", target="bin-arm64-efi/snponly.efi", key="efi-arm64"),
+}
+# firmware Debian's ipxe has no build for: `bootsvc check` warns only once the config names a file
+NOT_IN_DEBIAN = frozenset({Firmware.EFI_IA32, Firmware.EFI_ARM64})
+WHO = {Firmware.BIOS: "BIOS", Firmware.EFI_IA32: "32-bit UEFI", Firmware.EFI_X64: "64-bit UEFI",
+       Firmware.EFI_ARM64: "ARM64 UEFI"}
