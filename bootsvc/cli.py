@@ -119,18 +119,24 @@ def cmd_check(args: argparse.Namespace) -> int:
     cfg = _load_config(args.config, "check", host_checks=not args.elsewhere)
     if cfg is None:
         return 1
-    for warning in cfg.warnings:
-        print(warning, file=sys.stderr)
+    _print_warnings(cfg)
     luns = sum(len(t.luns) for t in cfg.targets)
     _warn_missing_bases(cfg)
     for note in dns_notes(cfg.dns_forward, cfg.dns, cfg.dhcp.subnets if cfg.dhcp else ()):
         print(f"{cfg.path}: {note}", file=sys.stderr)
-    for warning in bootfile_warnings(cfg):
-        print(f"{cfg.path}: warning: {warning}", file=sys.stderr)
     print(f"{cfg.path}: ok ({len(cfg.machines)} machine(s), {len(cfg.profiles)} profile(s), "
           f"{len(cfg.targets)} extra target(s) with {luns} LUN(s), "
           f"iSCSI on {', '.join(map(str, cfg.iscsi.portals)) or 'nothing'})")
     return 0
+
+
+def _print_warnings(cfg: config_mod.Config) -> None:
+    """What check and serve both say of a config that loads: its own
+    warnings, and each firmware whose boot file the TFTP roots lack."""
+    for warning in cfg.warnings:
+        print(warning, file=sys.stderr)
+    for warning in bootfile_warnings(cfg):
+        print(f"{cfg.path}: warning: {warning}", file=sys.stderr)
 
 
 def _warn_missing_bases(cfg: config_mod.Config) -> None:
@@ -155,8 +161,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load_config(args.config, "serve", host_checks=True)
     if cfg is None:
         return 1
-    for warning in cfg.warnings:
-        print(warning, file=sys.stderr)
+    _print_warnings(cfg)
     try:
         lock = InstanceLock(cfg.state_dir)  # before anything under state_dir is touched
     except (AlreadyServing, OSError) as e:

@@ -17,7 +17,6 @@ from target import Portal, TargetServer
 
 from . import config as config_mod
 from .boot import BootPlanner
-from .bootfile_check import bootfile_warnings
 from .dhcp.leases import LeaseStore
 from .dns.service import DnsService
 from .dns.zone import Zone
@@ -78,8 +77,6 @@ class Server:
         self.tftp: TftpService | None = None
         self.dns: DnsService | None = None
         self._build(cfg)
-        for warning in bootfile_warnings(cfg):  # check's warnings: which firmware cannot boot, and why
-            report(f"warning: {warning}")
 
     def close(self) -> None:
         """What outlives the services: the fleet's disks, the lease store, the
