@@ -14,10 +14,11 @@ event loop in a thread; only the swap into the tables happens on the loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import os
 import time
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 
@@ -76,6 +77,8 @@ class Fleet:
         # proxy mode: the address another DHCP server gave a machine, and back
         self._proxied: dict[IPv4, str] = {}
         self._proxied_of: dict[str, IPv4] = {}
+        # the address each machine's last login came from (reserved_ips)
+        self._logged_in: dict[IPv4, str] = {}
         self._adopting: dict[str, asyncio.Future[Machine | None]] = {}
         self._tasks: set[asyncio.Task[object]] = set()
         self._capped = False  # unknown MACs are refused: dhcp.max_adopted machines were made
@@ -151,11 +154,30 @@ class Fleet:
             forward, reverse = forward or made_forward, reverse or made_reverse
         return chap_auth(profile.auth, forward, reverse)
 
-    def reserved_ips(self) -> frozenset[IPv4]:
-        """The machines' fixed IPs, kept out of the DHCP range."""
+    def reserved_ips(self) -> Container[IPv4]:
+        """What no new DHCP client may have: the machines' fixed IPs, and
+        the address of every machine logged in to its disk. A diskless OS
+        keeps the address its boot firmware leased (the iBFT NIC is static:
+        docs/debian-image.md) and may never renew it, so its lease can run
+        out while the machine runs; handing that address to another client
+        would cut the machine off its root disk."""
         self._fixed_ips()
         assert self._reserved is not None
-        return self._reserved
+        return _AnyOf(self._reserved, self._session_holds)
+
+    def _session_holds(self, ip: IPv4) -> bool:
+        """Whether a live session to a machine's disk comes from ``ip``. The
+        login event recorded the address; the disk's target says whether a
+        session from it is still there (so no end event needs following)."""
+        got = self._logged_in.get(ip)
+        if got is None:
+            return False
+        disk = self._disks.get(got)
+        host = str(ip)
+        if disk is not None and any(s.link.peer.rsplit(":", 1)[0] == host for s in disk.target.sessions):
+            return True
+        del self._logged_in[ip]
+        return False
 
     def _fixed_ips(self) -> dict[IPv4, str]:
         if self._fixed is None:
@@ -175,7 +197,7 @@ class Fleet:
         if mac is None and self.leases is not None:
             lease = self.leases.holder(ip, time.time())
             mac = lease.mac if lease is not None and lease.state is not LeaseState.DECLINED else None
-        return mac or self._proxied.get(ip)
+        return mac or self._proxied.get(ip) or (self._logged_in.get(ip) if self._session_holds(ip) else None)
 
     def addresses(self) -> dict[str, IPv4]:
         """Every machine's address for DNS: its fixed IP, else its lease."""
@@ -240,10 +262,17 @@ class Fleet:
             return
         if event.kind is Kind.ISCSI_LOGIN:
             disk.fresh = False  # this boot uses it: the next one gets a new one
+            self._note_login(mac, event.peer)
         elif event.kind is Kind.DHCP_OFFER and event.fields.get("firmware"):
             # a boot firmware asking (PXE ROM, UEFI, iPXE; never an OS's own
             # DHCP client) starts a new boot, in proxy mode as in authoritative
             self._spawn(self.renew(mac))
+
+    def _note_login(self, mac: str, peer: str | None) -> None:
+        """Remember the IPv4 address a machine logged in from (reserved_ips)."""
+        if peer and peer.count(":") == 1:
+            with contextlib.suppress(ValueError):
+                self._logged_in[IPv4(peer.rsplit(":", 1)[0])] = mac
 
     def _proxy_address(self, mac: str, ip: IPv4) -> None:
         """One address per machine: a machine given a new one loses the old."""
@@ -539,6 +568,17 @@ class Fleet:
     def _with_reservations(self, spec: TargetSpec) -> TargetSpec:
         """A config target as served: its LUNs keep APTPL reservations under state_dir."""
         return replace(spec, reservations=str(self.store.reservations_dir(spec.iqn)))
+
+
+@dataclass(frozen=True)
+class _AnyOf:
+    """Fixed addresses, or one a test says is taken: a union without a copy."""
+
+    fixed: frozenset[IPv4]
+    taken: Callable[[IPv4], bool]
+
+    def __contains__(self, item: object) -> bool:
+        return item in self.fixed or (isinstance(item, IPv4) and self.taken(item))
 
 
 def _text(value: object) -> str:
