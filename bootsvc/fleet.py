@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import os
 import time
 from collections.abc import Awaitable, Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -320,7 +319,7 @@ class Fleet:
             disk.renewing = False
         if self._disks.get(mac) is not disk:  # forgotten (reload, expiry) meanwhile
             backend.close()
-            self.store.renewal_path(m.hostname).unlink(missing_ok=True)
+            self.store.drop_renewal(m)
             return False
         disk.target.standby = Standby({0: backend}, lambda old: self._renewed(disk, old))
         if disk.target.sessions:
@@ -335,7 +334,7 @@ class Fleet:
         the old one is closed once the dropped sessions' reads and writes
         in worker threads are done with it."""
         m = disk.machine
-        os.replace(self.store.renewal_path(m.hostname), self.store.overlay_path(m.hostname))
+        self.store.keep_renewal(m)
         disk.fresh = True
         for backend in old:
             self._close_later(backend)
@@ -346,7 +345,7 @@ class Fleet:
         if disk.target.standby is not None:
             disk.target.standby.close()
             disk.target.standby = None
-            self.store.renewal_path(disk.machine.hostname).unlink(missing_ok=True)
+            self.store.drop_renewal(disk.machine)
 
     def _close_later(self, backend: Backend) -> None:
         def close() -> None:
@@ -361,9 +360,8 @@ class Fleet:
             close()
 
     def _fresh_backend(self, disk: Disk) -> Backend:
-        """In a thread: a new overlay beside the served one, opened."""
-        path = self.store.create_overlay(disk.machine, replace=True, aside=True)
-        return open_backend(replace(disk.spec.luns[0], path=str(path)))
+        """In a thread: a new disk beside the served one, opened."""
+        return open_backend(self.store.make_renewal(disk.machine, disk.spec.luns[0]))
 
     async def adopt(self, mac: str) -> Machine | None:
         """unknown_machines: default: the MAC becomes a machine with the
@@ -426,7 +424,7 @@ class Fleet:
             self.targets.pop(disk.target.name, None)
             self._forget_standby(disk)
             disk.target.close()
-            self.store.overlay_path(disk.machine.hostname).unlink(missing_ok=True)
+            self.store.remove_disk(disk.machine)
         self._forget_indexes()
         if self.leases is not None:
             self.leases.forget_unknown(mac)
@@ -473,8 +471,8 @@ class Fleet:
         out = []
         for m in machines:
             try:
-                made = not self.store.overlay_path(m.hostname).exists()
-                spec = replace(self.store.prepare(m), auth=self._auth_for(m))
+                spec, made = self.store.prepared(m)
+                spec = replace(spec, auth=self._auth_for(m))
                 # an overlay kept from before (a restart) may have been booted: the next boot renews it
                 out.append(Disk(m, self.profile(m), spec, Target.open(spec), fresh=made))
             except (ImageError, TargetConfigError, BackendError, OSError, ValueError) as e:
