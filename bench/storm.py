@@ -30,7 +30,11 @@ the server's CPU seconds (user + system of its processes, all threads)
 per machine; then bootsvc/reference for each (goal: all boot, throughput
 >= 1.0, CPU per machine <= 1.0).
 
-    python3 bench/storm.py [--machines 100,500] [--rounds 2] [--mib 20] [--workers 2] [--json out.json]
+    python3 bench/storm.py [--machines 100,500] [--rounds 2] [--mib 20] [--workers 2] [--stacks bootsvc,reference]
+                           [--json out.json]
+
+bootsvc runs as ``python -m bootsvc`` from the current directory: run the
+benchmark from another checkout's directory to measure that checkout.
 """
 
 from __future__ import annotations
@@ -246,14 +250,18 @@ def main() -> int:
     ap.add_argument("--mib", type=int, default=20, help="MiB each machine reads (at most 48)")
     ap.add_argument("--workers", type=int, default=2, help="client processes")
     ap.add_argument("--deadline", type=float, default=300, help="seconds a storm may take")
+    ap.add_argument("--stacks", default=",".join(STACKS), help="which stacks to run (a lone one prints no ratio)")
     ap.add_argument("--json")
     args = ap.parse_args()
+    stacks = tuple(s for s in STACKS if s in args.stacks.split(","))
     if os.geteuid() != 0:
         print("bench/storm.py: needs root (network namespaces)", file=sys.stderr)
         return 2
     sizes = [int(n) for n in args.machines.split(",")]
-    if not all(1 <= n <= 2000 for n in sizes) or not 1 <= args.mib <= 48 or not 1 <= args.workers <= 16:
-        print("bench/storm.py: --machines 1-2000 each, --mib 1-48, --workers 1-16", file=sys.stderr)
+    if not all(1 <= n <= 2000 for n in sizes) or not 1 <= args.mib <= 48 or not 1 <= args.workers <= 16 \
+            or not stacks:
+        print("bench/storm.py: --machines 1-2000 each, --mib 1-48, --workers 1-16, --stacks bootsvc,reference",
+              file=sys.stderr)
         return 2
     runs: list[Storm] = []
     with tempfile.TemporaryDirectory() as tmp, namespaces("ssrv", "scli") as (srv, cli):
@@ -270,9 +278,9 @@ def main() -> int:
             ip("-n", ns, "link", "set", dev, "up")
         for n in sizes:
             for rnd in range(args.rounds):
-                for stack in (STACKS if rnd % 2 == 0 else STACKS[::-1]):
+                for stack in (stacks if rnd % 2 == 0 else stacks[::-1]):
                     runs.append(one_round(srv, cli, stack, everyone[:n], images, work, args))
-    table = summary(runs, sizes)
+    table = summary(runs, sizes) if stacks == STACKS else {}
     if args.json:
         Path(args.json).write_text(json.dumps({"runs": [r.__dict__ for r in runs], "summary": table}, indent=2))
     return 0 if all(r.booted == r.n for r in runs) else 1

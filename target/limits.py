@@ -53,18 +53,33 @@ class LoginGate:
         the busiest one takes a place from it: a flood from many addresses
         then shares the places fairly instead of locking every newcomer out
         until the login timeout."""
-        if self.counts[host] >= self.per_source:
+        admitted, victim = self._decide(host)
+        if not admitted:
             self.refused[host] += 1
             return False, None
-        victim = None
-        if self.waiting >= self.total:
-            victim, most = self.counts.most_common(1)[0]
-            if most <= self.counts[host] + 1:
-                self.refused[host] += 1
-                return False, None
+        if victim is not None:
             self.release(victim)
             self.refused[victim] += 1
         self.counts[host] += 1
+        return True, victim
+
+    def crowded(self, host: str) -> bool:
+        """Whether ``host``, with no connection waiting yet, finds every place
+        taken by sources no busier than one connection each: many machines
+        logging in at once (a boot storm), not a flood from a few places.
+        The server then waits for a place instead of refusing: each of those
+        connections logs in or times out soon."""
+        return host not in self.counts and not self._decide(host)[0]
+
+    def _decide(self, host: str) -> tuple[bool, str | None]:
+        """(admitted, the source to take a place from), changing nothing."""
+        if self.counts[host] >= self.per_source:
+            return False, None
+        if self.waiting < self.total:
+            return True, None
+        victim, most = self.counts.most_common(1)[0]
+        if most <= self.counts[host] + 1:
+            return False, None
         return True, victim
 
     def release(self, host: str) -> None:

@@ -10,6 +10,7 @@ callback so a host application can build timelines and metrics from them
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import struct
@@ -108,6 +109,7 @@ class TargetServer:
         self.session_write_limit = session_write_limit
         self.gate = LoginGate(max_unlogged, max_unlogged_per_source)
         self.unlogged: dict[IscsiConnection, str] = {}  # connections the gate admitted, to their source
+        self.place_freed = asyncio.Event()  # a connection waiting to log in logged in or went
         self.refusal_report: asyncio.TimerHandle | None = None
         self.events = Events(on_event, log)
         self.sessions: dict[int, Session] = {}
@@ -147,6 +149,8 @@ class TargetServer:
                 await asyncio.sleep(0.5)
                 continue
             host = address[0]
+            if self.gate.crowded(host):
+                await self._place_for(host)
             admitted, evict = self.gate.admit(host)
             if evict is not None:
                 self._evict(evict)
@@ -159,6 +163,20 @@ class TargetServer:
             task = loop.create_task(self._serve(conn))
             self.conn_tasks.add(task)
             task.add_done_callback(self.conn_tasks.discard)
+
+    async def _place_for(self, host: str) -> None:
+        """Every place for a connection waiting to log in is taken, one or
+        so per address: many machines booting at once. Wait until one logs
+        in or goes (at most the login timeout) instead of resetting this
+        one, as an initiator takes a reset for a failed boot. Nothing more
+        is accepted meanwhile: the kernel's listen backlog and the
+        initiators' SYN retries hold the rest of the storm."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.login_timeout
+        while self.gate.crowded(host) and loop.time() < deadline:
+            self.place_freed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.place_freed.wait(), deadline - loop.time())
 
     def _refuse(self, sock: socket.socket) -> None:
         """Over the cap of connections waiting to log in: close at once with
@@ -200,6 +218,7 @@ class TargetServer:
         host = self.unlogged.pop(conn, None)
         if host is not None:
             self.gate.release(host)
+            self.place_freed.set()
 
     def _connection(self, sock: socket.socket, host: str) -> IscsiConnection | None:
         """The connection for an accepted socket, counted as waiting to log in
@@ -210,6 +229,7 @@ class TargetServer:
             conn = IscsiConnection(self, sock)
         except OSError:  # reset before we got to it
             self.gate.release(host)
+            self.place_freed.set()
             sock.close()
             return None
         self.unlogged[conn] = host

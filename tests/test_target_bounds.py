@@ -577,3 +577,25 @@ def test_rss_write_announcing_1_gib(proc: TargetProcess, image: Path) -> None:
         assert isinstance(resp, ScsiResponse) and resp.status == 0 and resp.residual == GiB - 512
     c.close()
     assert image.read_bytes()[10 * 512:12 * 512] == bytes([itts[0]]) * 512 + bytes([itts[1]]) * 512
+
+
+def test_a_boot_storm_waits_for_a_place_instead_of_being_reset(fast: Running, rec: Recorder) -> None:
+    """8 places, taken by 8 addresses with one connection each (machines
+    booting at once): a ninth machine is not reset, it waits until one of
+    them logs in or goes, then logs in itself; nothing is reported
+    refused. A second connection from an address already waiting is still
+    refused at once when no busier address can make room."""
+    held = [s for i in range(8) if (s := connect_from(f"127.0.0.{2 + i}", fast.port))]
+    assert len(held) == 8
+    time.sleep(0.2)
+    late = Client("127.0.0.1", fast.port, source="127.0.0.20")  # accepted by the kernel, not yet by us
+    assert not closed_within(late.sock, 0.5)
+    second = connect_from("127.0.0.2", fast.port)  # in the listen backlog behind the late one
+    held.pop().close()  # one of the storm goes: its place is the late one's
+    assert closed_within(second, 2)  # .2 already waits and nobody is busier: refused as before
+    assert late.login(IQN).status_class == 0
+    time.sleep(1.2)
+    assert [f["count"] for name, f in rec.events if name == "iscsi.connections_refused"] == [1]
+    for s in held:
+        s.close()
+    late.close()
