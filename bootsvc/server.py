@@ -61,8 +61,8 @@ class Server:
         self.recorder = Recorder(self.fleet, self.bus, self.boots, stall=cfg.recorder.stall)
         s = cfg.iscsi
         # the iSCSI server reads the fleet's own table of targets
-        self.iscsi = TargetServer(self.fleet.targets, [Portal(p.host, p.port) for p in s.portals],
-                                  portal_group_tag=s.portal_group_tag, window=s.queue_depth,
+        self.iscsi = TargetServer(self.fleet.targets, [Portal(p.host, p.port, p.tpgt) for p in s.portals],
+                                  window=s.queue_depth,
                                   nop_interval=s.nop_interval, nop_timeout=s.nop_timeout,
                                   on_event=self.bus.sink("iscsi"), discovery_auth=s.discovery_auth,
                                   chap_algorithms=s.chap_algorithms)

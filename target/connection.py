@@ -68,6 +68,7 @@ class IscsiConnection:
         self.peer_host: str = sock.getpeername()[0]  # failed logins are counted per address
         self.login: Login | None = None
         self.local_address: tuple[str, int] = sock.getsockname()[:2]
+        self.portal_group_tag = 1  # of the portal it came in on: the server sets it at accept
         self.running: set[asyncio.Task[None]] = set()  # commands and reads that had to wait
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
@@ -468,7 +469,7 @@ class _LoginContext:
 
     def __init__(self, conn: IscsiConnection) -> None:
         self.conn = conn
-        self.portal_group_tag = conn.server.portal_group_tag
+        self.portal_group_tag = conn.portal_group_tag
 
     def find_target(self, name: str) -> Target | None:
         return self.conn.server.targets.get(name)
