@@ -1,0 +1,179 @@
+"""Multipath against real peers: ``bootsvc serve`` with one target on two
+portals (127.0.0.1 and 127.0.0.2, one portal group each, from the config's
+listen.iscsi list), and
+
+- libiscsi's MultipathIO family given both paths, with tgt (both portals in
+  its portal group 1) run beside it as the reference;
+- two sessions of one initiator through the two portals with I/O in flight
+  on both, one path's TCP connection reset by the client mid-command: the
+  other path carries on, and what was written through one path reads back
+  through the other (docs/multipath.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from target.pdu import DataIn, ScsiResponse
+from tests.e2e import compliance
+from tests.e2e.conftest import need
+from tests.e2e.peers import Portal, free_port, stop, tgt_export, wait_for_port
+from tests.iscsi_client import Client, read10, write10
+
+pytestmark = pytest.mark.e2e
+
+HOSTS = ("127.0.0.1", "127.0.0.2")
+IQN = "iqn.2026-11.test.bootsvc:paths"
+SIZE = 64 << 20
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends RST, as a dead link's peer would see
+
+
+def _image(tmp_path: Path, name: str) -> Path:
+    """A fresh zeroed image: MultipathIO.CompareAndWrite expects block 256
+    (one past what it clears with WRITE SAME) to be zero, so it only
+    passes on a disk it has not run on before."""
+    img = tmp_path / f"{name}.img"
+    subprocess.run(["truncate", "-s", str(SIZE), str(img)], check=True)
+    return img
+
+
+@contextlib.contextmanager
+def serve_two_portals(tmp_path: Path, image: Path) -> Iterator[Portal]:
+    """``bootsvc serve`` of ``image`` as LUN 0 of IQN on both loopback
+    addresses, one port; its log in tmp_path/serve.log."""
+    port = free_port()
+    cfg = tmp_path / "bootsvc.yaml"
+    cfg.write_text(f"""
+state_dir: {tmp_path / "state"}
+listen:
+  iscsi: [{HOSTS[0]}:{port}, {HOSTS[1]}:{port}]
+targets:
+  - iqn: {IQN}
+    luns: [{image}]
+    auth: none
+""")
+    check = subprocess.run([sys.executable, "-m", "bootsvc", "check", "-c", str(cfg)], capture_output=True,
+                           text=True, timeout=60)
+    assert check.returncode == 0 and f"{HOSTS[1]}:{port}" in check.stdout, check.stdout + check.stderr
+    with open(tmp_path / "serve.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "bootsvc", "serve", "-c", str(cfg)],
+                                stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, proc)
+        yield Portal(port, IQN, 0, proc.pid)
+    finally:
+        stop(proc)
+
+
+def test_libiscsi_multipathio_two_paths(tmp_path: Path) -> None:
+    need("iscsi-test-cu", "tgtd", "tgtadm")
+    with tgt_export(_image(tmp_path, "tgt"), more_hosts=HOSTS[1:]) as portal:
+        reference = compliance.run(portal.url(), "ALL.MultipathIO.*", 300, multipath=portal.url(host=HOSTS[1]))
+    with serve_two_portals(tmp_path, _image(tmp_path, "bootsvc")) as portal:
+        ours = compliance.run(portal.url(), "ALL.MultipathIO.*", 300, multipath=portal.url(host=HOSTS[1]))
+    print(f"\ntgt:     {compliance.counts(reference)} {reference}\nbootsvc: {compliance.counts(ours)} {ours}")
+    assert len(ours) == 4 and set(ours.values()) == {"passed"}, ours
+    assert compliance.counts(ours)["passed"] >= compliance.counts(reference)["passed"]
+
+
+class OnePath:
+    """One path: a session through one portal, with commands in flight."""
+
+    def __init__(self, host: str, port: int, isid: int) -> None:
+        self.client = Client(host, port, isid=isid.to_bytes(6, "big"))
+        r = self.client.login(IQN)
+        assert r.status_class == 0 and r.transit, r
+        assert self.client.keys["TargetPortalGroupTag"] == str(HOSTS.index(host) + 1)
+        self.waiting: dict[int, bytearray] = {}
+
+    def write(self, lba: int, data: bytes) -> None:
+        itt = self.client.command(write10(lba, len(data) // 512), write=data, immediate_len=len(data))
+        self.waiting[itt] = bytearray()
+
+    def read(self, lba: int, blocks: int) -> int:
+        itt = self.client.command(read10(lba, blocks), read=blocks * 512)
+        self.waiting[itt] = bytearray()
+        return itt
+
+    def complete(self) -> dict[int, bytes]:
+        """Wait for every command sent (each PDU within the client's 10 s);
+        each must end GOOD. Returns the data read, by ITT."""
+        done: dict[int, bytes] = {}
+        for _ in range(10 * len(self.waiting) + 10):  # PDUs: bounded however the data is split
+            if not self.waiting:
+                return done
+            pdu = self.client.recv()
+            assert pdu is not None, "the target closed a path that was not cut"
+            if isinstance(pdu, DataIn):
+                self.waiting[pdu.itt] += pdu.data
+                status = pdu.status if pdu.status_present else None
+            else:
+                assert isinstance(pdu, ScsiResponse), pdu
+                status = pdu.status
+            if status is not None:
+                assert status == 0, f"ITT {pdu.itt}: status {status}"
+                done[pdu.itt] = bytes(self.waiting.pop(pdu.itt))
+        raise AssertionError(f"commands never completed: {sorted(self.waiting)}")
+
+    def cut(self) -> None:
+        """The link dies under the session: reset, commands still in flight."""
+        self.client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+        self.client.close()
+
+
+ROUNDS, CUT_AT = 40, 15
+BLOCKS = 8  # 4 KiB a write
+
+
+def test_one_path_cut_during_io_the_other_carries_on(tmp_path: Path) -> None:
+    """Round i: each path writes its own 4 KiB block and reads the block the
+    other path wrote in round i-1 (completed, so it must be there),
+    everything in flight at once. At CUT_AT path A is reset with a write
+    and a read outstanding; B goes on alone, its reads of A's blocks still
+    right. A new session through A's portal then reads every block B wrote."""
+    a_lba, b_lba = 0, 4096  # each path's own region, in blocks
+    written: dict[int, bytes] = {}
+    with serve_two_portals(tmp_path, _image(tmp_path, "disk")) as portal:
+        a = OnePath(HOSTS[0], portal.port, 0x400000000001)
+        b = OnePath(HOSTS[1], portal.port, 0x400000000002)
+        peers = [f"peer={p.client.sock.getsockname()[0]}:{p.client.sock.getsockname()[1]}" for p in (a, b)]
+        for i in range(ROUNDS):
+            mine = [(b, b_lba + i * BLOCKS, b_lba + (i - 1) * BLOCKS, a_lba + (i - 1) * BLOCKS)]
+            if i <= CUT_AT:
+                mine.append((a, a_lba + i * BLOCKS, a_lba + (i - 1) * BLOCKS, b_lba + (i - 1) * BLOCKS))
+            checks = {}
+            for path, lba, _, other in mine:
+                written[lba] = os.urandom(BLOCKS * 512)
+                path.write(lba, written[lba])
+                if i and other in written:
+                    checks[(path, path.read(other, BLOCKS))] = written[other]
+            if i == CUT_AT:
+                a.cut()
+                del written[a_lba + i * BLOCKS]  # in flight when cut: it may or may not have landed
+                a.waiting.clear()
+            for path in (a, b) if i < CUT_AT else (b,):
+                got = path.complete()
+                for (p, itt), expected in checks.items():
+                    if p is path:
+                        assert got[itt] == expected, f"round {i}: stale data through the other path"
+        b.client.logout()
+        again = OnePath(HOSTS[0], portal.port, 0x400000000001)
+        for lba, data in written.items():
+            again.read(lba, BLOCKS)
+            assert next(iter(again.complete().values())) == data, f"LBA {lba} through path A after the cut"
+        again.client.logout()
+    log = (tmp_path / "serve.log").read_text().splitlines()
+    logins = [line for line in log if "event=iscsi.login" in line]
+    assert [("portal_group=1" in line, "portal_group=2" in line) for line in logins] == [
+        (True, False), (False, True), (True, False)]
+    dropped = [line for line in log if "event=iscsi.session_dropped" in line]
+    assert len(dropped) == 1 and peers[0] in dropped[0] and "reason=connection_lost" in dropped[0], dropped
