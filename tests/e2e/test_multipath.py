@@ -4,6 +4,8 @@ listen.iscsi list), and
 
 - libiscsi's MultipathIO family given both paths, with tgt (both portals in
   its portal group 1) run beside it as the reference;
+- iSNS: every portal registered, and the target's Portal Group objects
+  (RFC 4171 §6.5) with each portal's tag, as open-isns's isnsadm reads them;
 - two sessions of one initiator through the two portals with I/O in flight
   on both, one path's TCP connection reset by the client mid-command: the
   other path carries on, and what was written through one path reads back
@@ -18,6 +20,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,13 +29,15 @@ import pytest
 from target.pdu import DataIn, ScsiResponse
 from tests.e2e import compliance
 from tests.e2e.conftest import need
-from tests.e2e.peers import Portal, free_port, stop, tgt_export, wait_for_port
+from tests.e2e.peers import Portal, free_port, isnsadm, stop, tgt_export, wait_for_port
+from tests.e2e.test_isns_tgt import isns_objects, of_kind
 from tests.iscsi_client import Client, read10, write10
 
 pytestmark = pytest.mark.e2e
 
 HOSTS = ("127.0.0.1", "127.0.0.2")
 IQN = "iqn.2026-11.test.bootsvc:paths"
+ADMIN = "iqn.2026-11.test.bootsvc:admin"
 SIZE = 64 << 20
 _RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends RST, as a dead link's peer would see
 
@@ -47,16 +52,18 @@ def _image(tmp_path: Path, name: str) -> Path:
 
 
 @contextlib.contextmanager
-def serve_two_portals(tmp_path: Path, image: Path) -> Iterator[Portal]:
+def serve_two_portals(tmp_path: Path, image: Path, isns: int | None = None) -> Iterator[Portal]:
     """``bootsvc serve`` of ``image`` as LUN 0 of IQN on both loopback
-    addresses, one port; its log in tmp_path/serve.log."""
+    addresses, one port; its log in tmp_path/serve.log. ``isns``: the port
+    of its iSNS server too (ADMIN its control node)."""
     port = free_port()
     cfg = tmp_path / "bootsvc.yaml"
+    isns_config = (f"  isns: {HOSTS[0]}:{isns}\nisns: {{control_nodes: [{ADMIN}]}}\n" if isns else "")
     cfg.write_text(f"""
 state_dir: {tmp_path / "state"}
 listen:
   iscsi: [{HOSTS[0]}:{port}, {HOSTS[1]}:{port}]
-targets:
+{isns_config}targets:
   - iqn: {IQN}
     luns: [{image}]
     auth: none
@@ -83,6 +90,28 @@ def test_libiscsi_multipathio_two_paths(tmp_path: Path) -> None:
     print(f"\ntgt:     {compliance.counts(reference)} {reference}\nbootsvc: {compliance.counts(ours)} {ours}")
     assert len(ours) == 4 and set(ours.values()) == {"passed"}, ours
     assert compliance.counts(ours)["passed"] >= compliance.counts(reference)["passed"]
+
+
+def test_isns_has_every_portal_and_its_group(tmp_path: Path) -> None:
+    need("isnsadm")
+    isns = free_port()
+    with serve_two_portals(tmp_path, _image(tmp_path, "disk"), isns) as portal:
+        wait_for_port(isns)
+        deadline = time.monotonic() + 20
+        while "event=isns.synced" not in (tmp_path / "serve.log").read_text():  # bounded: 20 s
+            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            time.sleep(0.1)
+        rc, out = isnsadm(tmp_path, isns, ADMIN, "--list", "portals")
+        assert rc == 0, out
+        portals = [p for _, p in isns_objects(out) if "Portal IP address" in p]
+        assert sorted((p["Portal IP address"], p["Portal TCP/UDP port"]) for p in portals) == [
+            (h, f"{portal.port}/tcp") for h in HOSTS], out
+        rc, out = isnsadm(tmp_path, isns, ADMIN, "--query", f"iscsi-name={IQN}")
+        assert rc == 0, out
+        groups = [g for g in of_kind(isns_objects(out), "iSCSI Portal Group") if g["Portal group name"] == IQN]
+        assert sorted((g["Portal group name"], g["Portal group address"], g["Portal group port"],
+                       g["Portal group tag"]) for g in groups) == [
+            (IQN, h, f"{portal.port}/tcp", str(tag)) for tag, h in enumerate(HOSTS, 1)], out
 
 
 class OnePath:
