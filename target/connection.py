@@ -314,7 +314,8 @@ class IscsiConnection:
         self.server.logged_in(self)
         self.server.event("iscsi.login", peer=self.peer, initiator=p.initiator_name, target=p.target_name,
                           session_type=p.session_type, tsih=login.tsih, isid=login.isid.hex(),
-                          portal_group=self.portal_group_tag, auth=login.chap.method if login.chap is not None else "none")
+                          portal_group=self.portal_group_tag,
+                          auth=login.chap.method if login.chap is not None else "none")
 
     async def _full_feature(self) -> None:
         """Full Feature Phase is driven by a reader callback registered once:

@@ -41,7 +41,7 @@ _RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends RST
 @dataclass(frozen=True)
 class Portal:
     """An address the target listens on, in target portal group ``tpgt``
-    (RFC 7143 §4.1; 0: the server numbers it, see :class:`TargetServer`)."""
+    (RFC 7143 §4.4.1; 0: the server numbers it, see :class:`TargetServer`)."""
 
     host: str
     port: int = 3260
