@@ -4,6 +4,7 @@ listen.iscsi list), and
 
 - libiscsi's MultipathIO family given both paths, with tgt (both portals in
   its portal group 1) run beside it as the reference;
+- libiscsi's iscsi-inq decoding VPD page 83h through each portal;
 - iSNS: every portal registered, and the target's Portal Group objects
   (RFC 4171 §6.5) with each portal's tag, as open-isns's isnsadm reads them;
 - two sessions of one initiator through the two portals with I/O in flight
@@ -90,6 +91,28 @@ def test_libiscsi_multipathio_two_paths(tmp_path: Path) -> None:
     print(f"\ntgt:     {compliance.counts(reference)} {reference}\nbootsvc: {compliance.counts(ours)} {ours}")
     assert len(ours) == 4 and set(ours.values()) == {"passed"}, ours
     assert compliance.counts(ours)["passed"] >= compliance.counts(reference)["passed"]
+
+
+def test_iscsi_inq_decodes_each_paths_designators(tmp_path: Path) -> None:
+    """libiscsi's own decoder (iscsi-inq) on VPD page 83h through each
+    portal: the logical unit's designators the same, the target port's
+    name each path's own; standard INQUIRY says TPGS 1 (implicit ALUA)."""
+    need("iscsi-inq")
+    pages = []
+    with serve_two_portals(tmp_path, _image(tmp_path, "disk")) as portal:
+        for host in HOSTS:
+            r = subprocess.run(["iscsi-inq", "-e", "1", "-c", "131", portal.url(host=host)], capture_output=True,
+                               timeout=30)
+            assert r.returncode == 0, r.stderr
+            pages.append(r.stdout.split(b"DEVICE DESIGNATOR #")[1:])
+            r = subprocess.run(["iscsi-inq", portal.url(host=host)], capture_output=True, text=True, timeout=30)
+            assert "TPGS:1" in r.stdout.splitlines(), r.stdout
+    lu = [[d.split(b"\n", 1)[1] for d in page if b"LOGICAL_UNIT" in d] for page in pages]
+    assert len(lu[0]) == 2 and lu[0] == lu[1]  # NAA and T10 vendor id, byte for byte
+    for tag, page in enumerate(pages, 1):
+        assert any(b"Association:(1) TARGET_PORT" in d and f"Designator:[{IQN},t,0x{tag:04x}]".encode() in d
+                   for d in page), page
+        assert sum(b"RELATIVE_TARGET_PORT" in d or b"TARGET_PORT_GROUP" in d for d in page) == 2, page
 
 
 def test_isns_has_every_portal_and_its_group(tmp_path: Path) -> None:
