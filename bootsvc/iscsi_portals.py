@@ -28,6 +28,13 @@ class IscsiPortal(HostPort):
     tpgt: int = 1
 
 
+def describe(portals: Sequence[IscsiPortal]) -> str:
+    """The portals for the operator; their groups once there are several."""
+    if len(portals) < 2:
+        return ", ".join(map(str, portals))
+    return ", ".join(f"{p} (portal group {p.tpgt})" for p in portals)
+
+
 class PortalError(ValueError):
     """A listen.iscsi entry that cannot be served, in words for the operator."""
 

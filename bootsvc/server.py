@@ -24,6 +24,7 @@ from .events import EVENT_FILE, Bus, EventFile, LogWriter
 from .fleet import Fleet, FleetError
 from .fleet_diff import ConfigDiff
 from .http.service import HttpService
+from .iscsi_portals import describe as describe_portals
 from .isns_registration import IsnsRegistration
 from .metrics import Metrics
 from .recorder import BootStore, Recorder
@@ -95,7 +96,7 @@ class Server:
                               counted=False)
         if cfg.iscsi.portals:  # even with no target yet: a reload or an adopted machine may add some
             self.services.add("iscsi", self.iscsi.start, self.iscsi.stop,
-                              f"{', '.join(map(str, cfg.iscsi.portals))} ({len(self.fleet.targets)} targets)")
+                              f"{describe_portals(cfg.iscsi.portals)} ({len(self.fleet.targets)} targets)")
         self._isns(cfg)
         if cfg.dhcp is not None:
             self._dhcp(cfg)

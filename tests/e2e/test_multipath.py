@@ -71,7 +71,7 @@ listen:
 """)
     check = subprocess.run([sys.executable, "-m", "bootsvc", "check", "-c", str(cfg)], capture_output=True,
                            text=True, timeout=60)
-    assert check.returncode == 0 and f"{HOSTS[1]}:{port}" in check.stdout, check.stdout + check.stderr
+    assert check.returncode == 0 and f"{HOSTS[1]}:{port} (portal group 2)" in check.stdout, check.stdout + check.stderr
     with open(tmp_path / "serve.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "bootsvc", "serve", "-c", str(cfg)],
                                 stdout=log, stderr=subprocess.STDOUT)
