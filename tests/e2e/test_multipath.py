@@ -9,7 +9,7 @@ listen.iscsi list), and
   (RFC 4171 §6.5) with each portal's tag, as open-isns's isnsadm reads them;
 - two sessions of one initiator through the two portals with I/O in flight
   on both, one path's TCP connection reset by the client mid-command: the
-  other path carries on, and what was written through one path reads back
+  other path carries on (cut from either end), and what was written through one path reads back
   through the other (docs/multipath.md).
 """
 
@@ -176,9 +176,18 @@ class OnePath:
                 done[pdu.itt] = bytes(self.waiting.pop(pdu.itt))
         raise AssertionError(f"commands never completed: {sorted(self.waiting)}")
 
-    def cut(self) -> None:
-        """The link dies under the session: reset, commands still in flight."""
-        self.client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+    def cut(self, side: str) -> None:
+        """The link dies under the session, commands still in flight: the
+        initiator resets it, or the target's socket is destroyed under
+        bootsvc (``ss -K``: the kernel aborts it and resets the peer)."""
+        if side == "initiator":
+            self.client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+        else:
+            host, port = self.client.sock.getsockname()[:2]
+            server_port = self.client.sock.getpeername()[1]
+            r = subprocess.run(["ss", "-K", "-t", "dst", host, "sport", "=", f":{server_port}",
+                                "dport", "=", f":{port}"], capture_output=True, text=True, timeout=10)
+            assert r.returncode == 0 and f":{port}" in r.stdout, r.stdout + r.stderr
         self.client.close()
 
 
@@ -186,11 +195,13 @@ ROUNDS, CUT_AT = 40, 15
 BLOCKS = 8  # 4 KiB a write
 
 
-def test_one_path_cut_during_io_the_other_carries_on(tmp_path: Path) -> None:
+@pytest.mark.parametrize("side", ["initiator", "target"])
+def test_one_path_cut_during_io_the_other_carries_on(tmp_path: Path, side: str) -> None:
     """Round i: each path writes its own 4 KiB block and reads the block the
     other path wrote in round i-1 (completed, so it must be there),
     everything in flight at once. At CUT_AT path A is reset with a write
-    and a read outstanding; B goes on alone, its reads of A's blocks still
+    and a read outstanding, by the initiator or under the target; B goes on
+    alone, its reads of A's blocks still
     right. A new session through A's portal then reads every block B wrote."""
     a_lba, b_lba = 0, 4096  # each path's own region, in blocks
     written: dict[int, bytes] = {}
@@ -209,7 +220,7 @@ def test_one_path_cut_during_io_the_other_carries_on(tmp_path: Path) -> None:
                 if i and other in written:
                     checks[(path, path.read(other, BLOCKS))] = written[other]
             if i == CUT_AT:
-                a.cut()
+                a.cut(side)
                 del written[a_lba + i * BLOCKS]  # in flight when cut: it may or may not have landed
                 a.waiting.clear()
             for path in (a, b) if i < CUT_AT else (b,):
