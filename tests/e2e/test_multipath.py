@@ -201,8 +201,8 @@ def test_one_path_cut_during_io_the_other_carries_on(tmp_path: Path, side: str) 
     other path wrote in round i-1 (completed, so it must be there),
     everything in flight at once. At CUT_AT path A is reset with a write
     and a read outstanding, by the initiator or under the target; B goes on
-    alone, its reads of A's blocks still
-    right. A new session through A's portal then reads every block B wrote."""
+    alone, its reads of A's blocks still right. A new session through A's
+    portal then reads every block B wrote."""
     a_lba, b_lba = 0, 4096  # each path's own region, in blocks
     written: dict[int, bytes] = {}
     with serve_two_portals(tmp_path, _image(tmp_path, "disk")) as portal:
