@@ -1,7 +1,8 @@
 """What bootsvc tells an iSNS server (RFC 4171), through isns.client: its
 iSCSI portals and every target it serves, as one network entity (§6.2),
 each target on each portal in that portal's group (Portal Group objects,
-§6.5: the TPGT an initiator logging in there is given), and
+§6.5: the TPGT an initiator logging in there is given; the control node
+with a NULL tag, reached at none), and
 per machine a discovery domain ``boot-<hostname>`` holding the machine's
 initiator and its boot target (§6.11.2), so an initiator asking iSNS finds
 exactly its own disk.
@@ -54,6 +55,9 @@ def wanted(cfg: Config, machines: Iterable[Machine], targets: Mapping[str, str])
         for host in _announced(cfg, p):
             portals.append(PortalSpec(host, p.port))
             groups += [PortalGroupSpec(name, host, p.port, p.tpgt) for name in sorted(targets)]
+            # the control node is no iSCSI node of the portal: a NULL tag, or the
+            # server would relate it with tag 1 (§3.4)
+            groups.append(PortalGroupSpec(cfg.control_node, host, p.port, None))
     nodes = [NodeSpec(cfg.control_node, NodeType.CONTROL, "bootsvc")]
     nodes += [NodeSpec(name, NodeType.TARGET, alias or None) for name, alias in sorted(targets.items())]
     dds = {f"{DD_PREFIX}{m.hostname}": (m.initiator_iqn, m.target_iqn)

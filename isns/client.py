@@ -114,13 +114,14 @@ class PortalSpec:
 class PortalGroupSpec:
     """A portal group (§6.5): node ``name`` is reached at portal
     ``address``:``port`` in the iSCSI target portal group ``tag`` (what the
-    initiator gets as TargetPortalGroupTag). Without any, a server relates
-    every node and portal of an entity with tag 1."""
+    initiator gets as TargetPortalGroupTag); a NULL tag (None) says it is
+    not reached there (§3.4). Without any, a server relates every node and
+    portal of an entity with tag 1."""
 
     name: str
     address: str
     port: int
-    tag: int
+    tag: int | None
 
 
 @dataclass(frozen=True)
