@@ -37,6 +37,7 @@ from .dns.settings import notes as dns_notes
 from .host import HostError, HostNetwork
 from .image_import import import_image
 from .images import ImageError, ImageStore
+from .iscsi_portals import describe as describe_portals
 from .instance import PID_FILE
 from .service import Services
 from .yamlfile import Checker, ConfigError, load_yaml, parse_size
@@ -126,7 +127,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"{cfg.path}: {note}", file=sys.stderr)
     print(f"{cfg.path}: ok ({len(cfg.machines)} machine(s), {len(cfg.profiles)} profile(s), "
           f"{len(cfg.targets)} extra target(s) with {luns} LUN(s), "
-          f"iSCSI on {', '.join(map(str, cfg.iscsi.portals)) or 'nothing'})")
+          f"iSCSI on {describe_portals(cfg.iscsi.portals) or 'nothing'})")
     return 0
 
 

@@ -26,6 +26,7 @@ from .dhcp.responder import Mode, UnknownPolicy
 from .dhcp.settings import DhcpSettings, check_fixed_ips, load_dhcp
 from .dns.settings import FORWARD_KEYS, Forwarding, load_forwarding
 from .host import HostNetwork, check_host
+from .iscsi_portals import IscsiPortal, parse_portals
 from .inventory import Machine, load_machines
 from .names import domain_problem
 from .profiles import SHIPPED, Profile, load_profiles
@@ -65,7 +66,7 @@ class TftpSettings:
 
 @dataclass(frozen=True)
 class IscsiSettings:
-    portals: tuple[HostPort, ...] = ()
+    portals: tuple[IscsiPortal, ...] = ()
     nop_interval: float = 15.0
     nop_timeout: float = 30.0
     queue_depth: int = 128
@@ -172,7 +173,7 @@ def load(path: str | Path, host: HostNetwork | None = None) -> Config:
     listen = doc.get("listen")
     if listen is not None and (lm := c.mapping(doc, "listen", listen)) is not None:
         c.unknown(lm, LISTEN_KEYS, "listen.")
-        iscsi = replace(iscsi, portals=_portals(c, lm))
+        iscsi = replace(iscsi, portals=_portals(c, lm, iscsi.portal_group_tag))
 
     targets = _targets(c, doc, path.parent)
     seen = {t.iqn for t in targets}
@@ -317,15 +318,19 @@ def _dns_forward(c: Checker, doc: LineMap, listen: HostPort | None, dhcp: DhcpSe
     return forwarding if listen is not None else Forwarding()
 
 
-def _portals(c: Checker, listen: LineMap) -> tuple[HostPort, ...]:
-    """listen.iscsi: one portal or a list of them."""
-    portals = []
+def _portals(c: Checker, listen: LineMap, first_tag: int) -> tuple[IscsiPortal, ...]:
+    """listen.iscsi: one portal or a list of them, each in a portal group
+    (bootsvc/iscsi_portals.py)."""
+    texts = []
     raw = listen.get("iscsi", [])
     for text_portal in raw if isinstance(raw, list) else [raw]:
         try:
-            portals.append(HostPort.parse(_host_port_text(text_portal), default_port=3260, what="portal"))
+            texts.append(_host_port_text(text_portal))
         except ValueError as e:
             c.err(listen, "listen.iscsi", str(e))
+    portals, problems = parse_portals(texts, max(first_tag, 1))
+    for problem in problems:
+        c.err(listen, "listen.iscsi", problem)
     return tuple(portals)
 
 
@@ -341,6 +346,8 @@ def _iscsi(c: Checker, doc: LineMap) -> IscsiSettings:
         if isinstance(default, int):  # a count: 1.5 commands is a mistake, not 1
             settings = replace(settings, **{key: c.integer(im, key, f"iscsi.{key}", default, 65535,
                                                            ISCSI_COUNTS[key])})
+            if key == "portal_group_tag" and settings.portal_group_tag == 0:
+                c.err(im, "iscsi.portal_group_tag", "must be 1 or more (SCSI reserves target port 0)")
             continue
         value = im[key]
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:

@@ -1,5 +1,8 @@
 """What bootsvc tells an iSNS server (RFC 4171), through isns.client: its
-iSCSI portals and every target it serves, as one network entity (§6.2), and
+iSCSI portals and every target it serves, as one network entity (§6.2),
+each target on each portal in that portal's group (Portal Group objects,
+§6.5: the TPGT an initiator logging in there is given; the control node
+with a NULL tag, reached at none), and
 per machine a discovery domain ``boot-<hostname>`` holding the machine's
 initiator and its boot target (§6.11.2), so an initiator asking iSNS finds
 exactly its own disk.
@@ -19,7 +22,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from isns import AsyncIsnsClient, IsnsClientError, NodeSpec, NodeType, PortalSpec
+from isns import AsyncIsnsClient, IsnsClientError, NodeSpec, NodeType, PortalGroupSpec, PortalSpec
 from .address import HostPort
 
 from .config import Config
@@ -41,19 +44,25 @@ class Wanted:
     portals: tuple[PortalSpec, ...]
     nodes: tuple[NodeSpec, ...]
     dds: dict[str, tuple[str, ...]]  # DD name -> members
+    groups: tuple[PortalGroupSpec, ...] = ()
 
 
 def wanted(cfg: Config, machines: Iterable[Machine], targets: Mapping[str, str]) -> Wanted:
     """``targets``: iSCSI name -> alias of every target served."""
     portals = []
+    groups = []
     for p in cfg.iscsi.portals:
         for host in _announced(cfg, p):
             portals.append(PortalSpec(host, p.port))
+            groups += [PortalGroupSpec(name, host, p.port, p.tpgt) for name in sorted(targets)]
+            # the control node is no iSCSI node of the portal: a NULL tag, or the
+            # server would relate it with tag 1 (§3.4)
+            groups.append(PortalGroupSpec(cfg.control_node, host, p.port, None))
     nodes = [NodeSpec(cfg.control_node, NodeType.CONTROL, "bootsvc")]
     nodes += [NodeSpec(name, NodeType.TARGET, alias or None) for name, alias in sorted(targets.items())]
     dds = {f"{DD_PREFIX}{m.hostname}": (m.initiator_iqn, m.target_iqn)
            for m in machines if m.target_iqn in targets}
-    return Wanted(tuple(portals), tuple(nodes), dds)
+    return Wanted(tuple(portals), tuple(nodes), dds, tuple(groups))
 
 
 def _announced(cfg: Config, portal: HostPort) -> list[str]:
@@ -127,7 +136,7 @@ class IsnsRegistration:
         serves goes."""
         want = self.what()
         async with self._client() as c:
-            await c.register(self.entity, want.nodes, want.portals)
+            await c.register(self.entity, want.nodes, want.portals, groups=want.groups)
             names = {n.name for n in want.nodes}
             for gone in sorted(self._registered_nodes - names):
                 await c.deregister_node(gone)

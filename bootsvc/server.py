@@ -24,6 +24,7 @@ from .events import EVENT_FILE, Bus, EventFile, LogWriter
 from .fleet import Fleet, FleetError
 from .fleet_diff import ConfigDiff
 from .http.service import HttpService
+from .iscsi_portals import describe as describe_portals
 from .isns_registration import IsnsRegistration
 from .metrics import Metrics
 from .recorder import BootStore, Recorder
@@ -61,8 +62,8 @@ class Server:
         self.recorder = Recorder(self.fleet, self.bus, self.boots, stall=cfg.recorder.stall)
         s = cfg.iscsi
         # the iSCSI server reads the fleet's own table of targets
-        self.iscsi = TargetServer(self.fleet.targets, [Portal(p.host, p.port) for p in s.portals],
-                                  portal_group_tag=s.portal_group_tag, window=s.queue_depth,
+        self.iscsi = TargetServer(self.fleet.targets, [Portal(p.host, p.port, p.tpgt) for p in s.portals],
+                                  window=s.queue_depth,
                                   nop_interval=s.nop_interval, nop_timeout=s.nop_timeout,
                                   on_event=self.bus.sink("iscsi"), discovery_auth=s.discovery_auth,
                                   chap_algorithms=s.chap_algorithms)
@@ -95,7 +96,7 @@ class Server:
                               counted=False)
         if cfg.iscsi.portals:  # even with no target yet: a reload or an adopted machine may add some
             self.services.add("iscsi", self.iscsi.start, self.iscsi.stop,
-                              f"{', '.join(map(str, cfg.iscsi.portals))} ({len(self.fleet.targets)} targets)")
+                              f"{describe_portals(cfg.iscsi.portals)} ({len(self.fleet.targets)} targets)")
         self._isns(cfg)
         if cfg.dhcp is not None:
             self._dhcp(cfg)

@@ -4,11 +4,11 @@ The server side: a :class:`Registry` (the database and what each request
 does to it, without sockets) served by an :class:`IsnsServer` (asyncio, TCP
 and UDP), kept across restarts by a :class:`Store` (SQLite). The client
 side: :class:`IsnsClient` (blocking) and :class:`AsyncIsnsClient`, which
-register :class:`NodeSpec` and :class:`PortalSpec` and read objects back as
+register :class:`NodeSpec`, :class:`PortalSpec` and :class:`PortalGroupSpec` and read objects back as
 :data:`Objs`.
 """
 
-from .client import AsyncIsnsClient, IsnsClient, IsnsClientError, NodeSpec, Objs, PortalSpec
+from .client import AsyncIsnsClient, IsnsClient, IsnsClientError, NodeSpec, Objs, PortalGroupSpec, PortalSpec
 from .events import OnEvent
 from .protocol import NodeType
 from .registry import Registry
@@ -16,4 +16,4 @@ from .server import IsnsServer
 from .store import Store, StoreError
 
 __all__ = ["AsyncIsnsClient", "IsnsClient", "IsnsClientError", "IsnsServer", "NodeSpec", "NodeType", "Objs",
-           "OnEvent", "PortalSpec", "Registry", "Store", "StoreError"]
+           "OnEvent", "PortalGroupSpec", "PortalSpec", "Registry", "Store", "StoreError"]

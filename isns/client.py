@@ -111,6 +111,20 @@ class PortalSpec:
 
 
 @dataclass(frozen=True)
+class PortalGroupSpec:
+    """A portal group (§6.5): node ``name`` is reached at portal
+    ``address``:``port`` in the iSCSI target portal group ``tag`` (what the
+    initiator gets as TargetPortalGroupTag); a NULL tag (None) says it is
+    not reached there (§3.4). Without any, a server relates every node and
+    portal of an entity with tag 1."""
+
+    name: str
+    address: str
+    port: int
+    tag: int | None
+
+
+@dataclass(frozen=True)
 class Call:
     """One request before it gets a transaction ID."""
 
@@ -176,12 +190,13 @@ def _check(msg: Message, *ok: Status) -> Message:
 
 
 def _register(entity: str | None, nodes: Iterable[NodeSpec], portals: Iterable[PortalSpec], replace: bool,
-              period: int | None) -> _Op[str]:
+              period: int | None, groups: Iterable[PortalGroupSpec] = ()) -> _Op[str]:
     """DevAttrReg (§5.6.5.1). The key is the entity; without an EID it is
     a zero-length EID and the server names the new entity, as isnsadm does.
     Operating attributes: the entity's own, then each portal starting at
-    its address and each node at its name: servers cut the list into
-    objects where a key attribute begins one."""
+    its address, each node at its name and each portal group at its node
+    name, after the portals and nodes it relates: servers cut the list
+    into objects where a key attribute begins one."""
     eid = Attr(Tag.ENTITY_IDENTIFIER, entity)
     operating: list[Attr] = [eid, Attr(Tag.ENTITY_PROTOCOL, int(EntityProtocol.ISCSI))]
     if period is not None:
@@ -196,6 +211,9 @@ def _register(entity: str | None, nodes: Iterable[NodeSpec], portals: Iterable[P
         operating += [Attr(Tag.ISCSI_NAME, n.name), Attr(Tag.ISCSI_NODE_TYPE, int(n.type))]
         if n.alias is not None:
             operating.append(Attr(Tag.ISCSI_ALIAS, n.alias))
+    for g in groups:
+        operating += [Attr(Tag.PG_ISCSI_NAME, g.name), Attr(Tag.PG_PORTAL_IP_ADDR, address(g.address)),
+                      Attr(Tag.PG_PORTAL_PORT, Port(g.port)), Attr(Tag.PG_TAG, g.tag)]
     flags = Flags.REPLACE if replace else Flags(0)
     reply = _check((yield Call(Function.DEV_ATTR_REG, (eid,), tuple(operating), flags)))
     # the response names the entity first (its key, then the registered objects: §5.7.5.1)
@@ -378,10 +396,11 @@ class IsnsClient(_Base):
     # the operations (see the generators above for what each sends)
 
     def register(self, entity: str | None, nodes: Iterable[NodeSpec] = (), portals: Iterable[PortalSpec] = (),
-                 replace: bool = False, period: int | None = None) -> str:
+                 replace: bool = False, period: int | None = None,
+                 groups: Iterable[PortalGroupSpec] = ()) -> str:
         """Register (or update, or with ``replace`` replace) an entity with
-        its nodes and portals; returns its entity identifier."""
-        return self._run(_register(entity, nodes, portals, replace, period))
+        its nodes, portals and portal groups; returns its entity identifier."""
+        return self._run(_register(entity, nodes, portals, replace, period, groups))
 
     def deregister_entity(self, eid: str) -> None:
         self._run(_deregister(_entity(eid)))
@@ -512,8 +531,9 @@ class AsyncIsnsClient(_Base):
             return result
 
     async def register(self, entity: str | None, nodes: Iterable[NodeSpec] = (),
-                       portals: Iterable[PortalSpec] = (), replace: bool = False, period: int | None = None) -> str:
-        return await self._run(_register(entity, nodes, portals, replace, period))
+                       portals: Iterable[PortalSpec] = (), replace: bool = False, period: int | None = None,
+                       groups: Iterable[PortalGroupSpec] = ()) -> str:
+        return await self._run(_register(entity, nodes, portals, replace, period, groups))
 
     async def deregister_entity(self, eid: str) -> None:
         await self._run(_deregister(_entity(eid)))

@@ -68,6 +68,7 @@ class IscsiConnection:
         self.peer_host: str = sock.getpeername()[0]  # failed logins are counted per address
         self.login: Login | None = None
         self.local_address: tuple[str, int] = sock.getsockname()[:2]
+        self.portal_group_tag = 1  # of the portal it came in on: the server sets it at accept
         self.running: set[asyncio.Task[None]] = set()  # commands and reads that had to wait
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
@@ -313,6 +314,7 @@ class IscsiConnection:
         self.server.logged_in(self)
         self.server.event("iscsi.login", peer=self.peer, initiator=p.initiator_name, target=p.target_name,
                           session_type=p.session_type, tsih=login.tsih, isid=login.isid.hex(),
+                          portal_group=self.portal_group_tag,
                           auth=login.chap.method if login.chap is not None else "none")
 
     async def _full_feature(self) -> None:
@@ -468,7 +470,7 @@ class _LoginContext:
 
     def __init__(self, conn: IscsiConnection) -> None:
         self.conn = conn
-        self.portal_group_tag = conn.server.portal_group_tag
+        self.portal_group_tag = conn.portal_group_tag
 
     def find_target(self, name: str) -> Target | None:
         return self.conn.server.targets.get(name)

@@ -119,9 +119,11 @@ class SessionParams:
     initiator_max_recv: int = key("MaxRecvDataSegmentLength", Rule.DECLARATIVE, 8192, lo=512, hi=MAX_24)
     # what we told the initiator we accept (our own declaration, not an offer)
     target_max_recv: int = 262144
-    initiator_name: str = key("InitiatorName", Rule.DECLARATIVE, "", leading_only=True)
+    # InitiatorName and TargetName come in the first request of every
+    # connection, not only the leading one (§13.5.1, §13.4)
+    initiator_name: str = key("InitiatorName", Rule.DECLARATIVE, "")
     initiator_alias: str = key("InitiatorAlias", Rule.DECLARATIVE, "")
-    target_name: str = key("TargetName", Rule.DECLARATIVE, "", leading_only=True)
+    target_name: str = key("TargetName", Rule.DECLARATIVE, "")
     session_type: str = key("SessionType", Rule.DECLARATIVE, "Normal", leading_only=True,
                             values=("Normal", "Discovery"))
     auth_method: str = key("AuthMethod", Rule.LIST, "None", ours="None")

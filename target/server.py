@@ -41,8 +41,12 @@ _RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends RST
 
 @dataclass(frozen=True)
 class Portal:
+    """An address the target listens on, in target portal group ``tpgt``
+    (RFC 7143 §4.4.1; 0: the server numbers it, see :class:`TargetServer`)."""
+
     host: str
     port: int = 3260
+    tpgt: int = 0
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
@@ -55,6 +59,12 @@ class TargetServer:
     reference so the embedder owns the one table of targets (add or remove
     entries while serving; logins look names up at login time), or an
     iterable of targets made into such a mapping here.
+
+    Each portal is in the target portal group its ``tpgt`` names; a portal
+    that names none is put in group ``portal_group_tag`` + its index, so
+    by default every portal is its own group: its own SCSI target port,
+    its own path (:mod:`target.scsi.ports`). A session belongs to the
+    group it logged in through (§4.4.1: its SSID is ISID and TPGT).
 
     ``nop_interval``/``nop_timeout`` set the keepalive (§11.19, 0 turns it
     off); ``login_timeout`` is how long a connection may take to reach Full
@@ -94,8 +104,8 @@ class TargetServer:
                  session_write_limit: int = SESSION_WRITE_LIMIT) -> None:
         self.targets: MutableMapping[str, Target] = (
             targets if isinstance(targets, Mapping) else {t.name: t for t in targets})
-        self.portal_list = list(portals)
-        self.portal_group_tag = portal_group_tag
+        self.portal_list = [p if p.tpgt else Portal(p.host, p.port, portal_group_tag + i)
+                            for i, p in enumerate(portals)]
         self.window = window
         self.nop_interval = nop_interval
         self.nop_timeout = nop_timeout
@@ -136,10 +146,10 @@ class TargetServer:
             sock.listen(128)
             sock.setblocking(False)
             self.listeners.append(sock)
-            self.accept_tasks.append(loop.create_task(self._accept_loop(sock)))
+            self.accept_tasks.append(loop.create_task(self._accept_loop(sock, portal.tpgt)))
             self.event("iscsi.listening", portal=str(portal))
 
-    async def _accept_loop(self, listener: socket.socket) -> None:
+    async def _accept_loop(self, listener: socket.socket, tpgt: int) -> None:
         loop = asyncio.get_running_loop()
         while True:
             try:
@@ -160,6 +170,7 @@ class TargetServer:
             conn = self._connection(sock, host)
             if conn is None:
                 continue
+            conn.portal_group_tag = tpgt
             task = loop.create_task(self._serve(conn))
             self.conn_tasks.add(task)
             task.add_done_callback(self.conn_tasks.discard)
@@ -269,14 +280,19 @@ class TargetServer:
         return [t for t in self.targets.values() if t.allows(initiator_name)]
 
     def portals(self, local: tuple[str, int]) -> list[str]:
-        """TargetAddress values: each portal, wildcard ones as the address
-        the initiator reached us on."""
+        """TargetAddress values (§13.8, appendix C): each portal with its
+        group tag, wildcard ones as the address the initiator reached us on."""
         out = []
         for p in self.portal_list:
             host = local[0] if p.host in ("0.0.0.0", "::") else p.host
             addr = f"[{host}]:{p.port}" if ":" in host else f"{host}:{p.port}"
-            out.append(f"{addr},{self.portal_group_tag}")
+            out.append(f"{addr},{p.tpgt}")
         return out
+
+    @property
+    def port_groups(self) -> tuple[int, ...]:
+        """The target portal group tags, each once, in order."""
+        return tuple(dict.fromkeys(p.tpgt for p in self.portal_list))
 
     def forget(self, session: Session) -> None:
         if self.sessions.get(session.tsih) is session:
@@ -291,31 +307,23 @@ class TargetServer:
     def admit(self, conn: IscsiConnection, isid: bytes, tsih: int, params: SessionParams) -> int:
         """Create the session for a login entering Full Feature Phase, or
         reinstate one (§6.3.5): a new leading login with the ISID of a live
-        session between the same initiator and target replaces it."""
+        session between the same initiator and target, through the same
+        portal group, replaces it. Through another group it is another
+        session (§4.4.1: a session is ISID plus TPGT), another path."""
+        tpgt = conn.portal_group_tag
         if tsih:
-            old = self.sessions.get(tsih)
-            if old is None:
-                raise LoginFailed(LoginStatus.SESSION_DOES_NOT_EXIST, f"no session with TSIH {tsih}")
-            if old.link.cid != conn.cid:
-                raise LoginFailed(LoginStatus.TOO_MANY_CONNECTIONS, "MaxConnections=1")
-            # connection reinstatement at ERL 0: the session moves to the new
-            # connection (Session.bind drops the old connection's tasks)
-            old_conn = self.bound.get(old)
-            self.bound[old] = conn
-            if old_conn is not None:
-                old_conn.close()
-            conn.session = old
-            return tsih
+            return self._reconnect(conn, isid, tsih, params)
         target = self.targets.get(params.target_name) if params.session_type == "Normal" else None
+        nexus = (isid, params.initiator_name, tpgt)
         # a session of the same initiator instance coming back is the same
         # boot (§6.3.5 reinstatement); any other first session is a new one
         reinstating = target is not None and any(
-            (s.isid, s.params.initiator_name) == (isid, params.initiator_name) for s in target.sessions)
+            (s.isid, s.params.initiator_name, s.portal_group_tag) == nexus for s in target.sessions)
         if target is not None and target.one_writer:
             self._one_writer(conn, target, params, isid)
         for s in list(self.sessions.values()):
-            if (s.isid, s.params.initiator_name, s.params.target_name) == (
-                    isid, params.initiator_name, params.target_name):
+            if (s.isid, s.params.initiator_name, s.portal_group_tag) == nexus \
+                    and s.params.target_name == params.target_name:
                 self.event("iscsi.session_reinstated", peer=conn.peer, initiator=params.initiator_name,
                            target=params.target_name, tsih=s.tsih)
                 self._drop(s, DropReason.REINSTATED)
@@ -324,7 +332,8 @@ class TargetServer:
         tsih = self._new_tsih()
         session = Session(self, params, isid, tsih, conn.login_cmdsn, target, window=self.window,
                           keepalive=Keepalive(self.nop_interval, self.nop_timeout),
-                          discovery_timeout=self.discovery_timeout, write_limit=self.session_write_limit)
+                          discovery_timeout=self.discovery_timeout, write_limit=self.session_write_limit,
+                          portal_group_tag=tpgt)
         self.sessions[tsih] = session
         self.bound[session] = conn
         if target is not None:
@@ -332,18 +341,41 @@ class TargetServer:
         conn.session = session
         return tsih
 
+    def _reconnect(self, conn: IscsiConnection, isid: bytes, tsih: int, params: SessionParams) -> int:
+        """A login naming a session's TSIH: connection reinstatement at ERL
+        0, the session moving to the new connection (Session.bind drops the
+        old connection's tasks). A session is its ISID and TSIH between one
+        initiator and target, in one portal group (§4.4.1): named through
+        another group, or by anyone else, no such session exists."""
+        old = self.sessions.get(tsih)
+        if old is None or (old.isid, old.params.initiator_name, old.params.target_name, old.portal_group_tag) != (
+                isid, params.initiator_name, params.target_name, conn.portal_group_tag):
+            raise LoginFailed(LoginStatus.SESSION_DOES_NOT_EXIST,
+                              f"no session with TSIH {tsih} in portal group {conn.portal_group_tag}")
+        if old.link.cid != conn.cid:
+            raise LoginFailed(LoginStatus.TOO_MANY_CONNECTIONS, "MaxConnections=1")
+        old_conn = self.bound.get(old)
+        self.bound[old] = conn
+        if old_conn is not None:
+            old_conn.close()
+        conn.session = old
+        return tsih
+
     def _one_writer(self, conn: IscsiConnection, target: Target, params: SessionParams, isid: bytes) -> None:
-        """A target that can be written has one session: two writers on one
-        disk would corrupt it. The same machine logging in again replaces
-        its old session, whatever its ISID (iPXE abandons its session
-        without a Logout, and the OS then logs in from the iBFT); anyone
-        else is refused while it is in use. With CHAP the machine is who
-        proved the secret, not just a name anyone can send."""
+        """A target that can be written has one writer: two on one disk
+        would corrupt it. The same machine logging in again through the
+        same portal group replaces its old session, whatever its ISID (iPXE
+        abandons its session without a Logout, and the OS then logs in from
+        the iBFT); its sessions through other groups stay (multipath: one
+        writer on several paths); anyone else is refused while it is in
+        use. With CHAP the machine is who proved the secret, not just a
+        name anyone can send."""
         for s in list(target.sessions):
             if _who(s.params) != _who(params):
                 raise LoginFailed(LoginStatus.SERVICE_UNAVAILABLE,
                                   f"{target.name} is in use by {s.params.initiator_name} (one writer per disk)")
-            if s.isid != isid:  # the same ISID is a reinstatement (§6.3.5), below
+            # the same ISID is a reinstatement (§6.3.5), in admit
+            if s.isid != isid and s.portal_group_tag == conn.portal_group_tag:
                 self.event("iscsi.session_replaced", peer=conn.peer, initiator=params.initiator_name,
                            target=target.name, tsih=s.tsih)
                 self._drop(s, DropReason.REPLACED)

@@ -50,8 +50,9 @@ from .pdu import (
     TmfFunction,
     TmfResponse,
 )
-from .scsi import ScsiResult, ScsiStatus, no_such_lun, report_luns
+from .scsi import ScsiResult, ScsiStatus, no_such_lun, report_luns, target_port_groups
 from .scsi.cdb import PERSISTENT_RESERVE_OUT
+from .scsi.ports import MAINTENANCE_IN, is_report_target_port_groups
 from .scsi.reservations import PrOut
 from .targets import Target, lun_from_field
 from .text import TextFormatError, decode_text, encode_text
@@ -97,6 +98,12 @@ class ServerContext(Protocol):
     def visible_targets(self, initiator_name: str) -> list[Target]: ...
 
     def portals(self, local: tuple[str, int]) -> list[str]: ...
+
+    @property
+    def port_groups(self) -> tuple[int, ...]:
+        """Every target portal group tag: the target ports REPORT TARGET
+        PORT GROUPS lists (:mod:`target.scsi.ports`)."""
+        ...
 
     def forget(self, session: Session) -> None: ...
 
@@ -186,7 +193,8 @@ class Session:
 
     def __init__(self, server: ServerContext, params: SessionParams, isid: bytes, tsih: int, cmdsn: int,
                  target: Target | None, *, window: int = 128, keepalive: Keepalive = Keepalive(),
-                 discovery_timeout: float = 0.0, write_limit: int = SESSION_WRITE_LIMIT) -> None:
+                 discovery_timeout: float = 0.0, write_limit: int = SESSION_WRITE_LIMIT,
+                 portal_group_tag: int = 1) -> None:
         self.server = server
         self.params = params
         self.isid = isid
@@ -215,7 +223,9 @@ class Session:
         self.text_request_ttt = RESERVED_TAG  # given to the last part of a continued request
         self.next_ttt = 1
         self.first_read_seen = False
-        self.nexus = (params.initiator_name, isid, params.target_name)
+        # the I_T nexus: the initiator port and the target port, a portal group (§4.4.1)
+        self.portal_group_tag = portal_group_tag
+        self.nexus = (params.initiator_name, isid, params.target_name, portal_group_tag)
         self.closed = False
         self.logged_out = False
         self.ending = False  # asked the transport to close: no more timers
@@ -578,6 +588,9 @@ class Session:
         lun = target.luns.get(task.lun)
         if cdb[0] == REPORT_LUNS:
             self._respond(task, report_luns(sorted(target.luns), cdb))
+            return
+        if cdb[0] == MAINTENANCE_IN and lun is not None and is_report_target_port_groups(cdb):
+            self._respond(task, target_port_groups(self.server.port_groups, cdb))
             return
         if lun is None:
             self._respond(task, no_such_lun(cdb))

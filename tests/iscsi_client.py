@@ -77,6 +77,7 @@ class Client:
               algorithm: ChapAlgorithm = ChapAlgorithm.MD5, **keys: str) -> LoginResponse:
         """Log in (with CHAP when ``chap`` gives a name and secret, offering
         only ``algorithm``: MD5 unless told)."""
+        self.keys = {}
         pairs = [("InitiatorName", self.initiator)]
         pairs += [("SessionType", "Discovery")] if target is None else [("TargetName", target)]
         pairs += [("AuthMethod", "CHAP" if chap else "None")]
@@ -96,7 +97,6 @@ class Client:
         op = {"HeaderDigest": "None", "DataDigest": "None", "MaxRecvDataSegmentLength": "262144"}
         op.update(keys)
         r = self._login_step(list(op.items()), Stage.OPERATIONAL, Stage.FULL_FEATURE)
-        self.keys = dict(decode_text(r.data))
         self.tsih = r.tsih
         return r
 
@@ -106,6 +106,7 @@ class Client:
                                data=encode_text(pairs)))
         r = self.recv()
         assert isinstance(r, LoginResponse), r
+        self.keys.update(decode_text(r.data))  # every key the target sent in the whole login
         return r
 
     def command(self, cdb: bytes, *, read: int = 0, write: bytes = b"", immediate_len: int = 0,

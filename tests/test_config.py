@@ -50,6 +50,7 @@ targets:
     mutual_chap: {user: bootsvc, secret: reverse-secret-2}
 """))
     assert [str(p) for p in cfg.iscsi.portals] == ["127.0.0.1:3260", "[::1]:3261"]
+    assert [p.tpgt for p in cfg.iscsi.portals] == [1, 2]  # one portal group each
     auth = cfg.targets[0].auth
     assert auth is not None and auth.forward.secret == b"forward-secret-1" and auth.reverse is not None
     assert cfg.iscsi.nop_interval == 5
@@ -431,3 +432,23 @@ def test_isns_policy(tmp_path: Path) -> None:
     assert f"{p}:4: isns.policy: expected strict or open, got permissive" in problems(p)
     p = write(tmp_path, "listen: {isns: 127.0.0.1:3205}\nisns:\n  policy: [open]\n")
     assert f"{p}:3: isns.policy: expected strict or open\n" in problems(p) + "\n"
+
+
+def test_portal_groups(tmp_path: Path) -> None:
+    """listen.iscsi: tags written as SendTargets prints them put portals in
+    groups; without them each portal is a group, numbered from
+    iscsi.portal_group_tag."""
+    cfg = load(write(tmp_path, """
+listen:
+  iscsi:
+    - 127.0.0.1:3260,7
+    - 127.0.0.2,7
+    - "[::1]:3261,9"
+"""))
+    assert [(str(p), p.tpgt) for p in cfg.iscsi.portals] == [
+        ("127.0.0.1:3260", 7), ("127.0.0.2:3260", 7), ("[::1]:3261", 9)]
+    cfg = load(write(tmp_path, """
+listen: {iscsi: [127.0.0.1, 127.0.0.2]}
+iscsi: {portal_group_tag: 10}
+"""))
+    assert [p.tpgt for p in cfg.iscsi.portals] == [10, 11]

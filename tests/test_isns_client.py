@@ -29,6 +29,7 @@ from isns.client import (
     IsnsClientError,
     IsnsProtocolError,
     NodeSpec,
+    PortalGroupSpec,
     PortalSpec,
     objects,
 )
@@ -84,6 +85,25 @@ def setup_admin(port: int) -> IsnsClient:
     admin = client(port, ADMIN)
     assert admin.register("admin", [NodeSpec(ADMIN, NodeType.CONTROL)]) == "admin"
     return admin
+
+
+def test_portal_groups_registered(server: tuple[str, int]) -> None:
+    """A multipath target (§6.5): one node on two portals, each portal its
+    own portal group; what an initiator's query gets back is each portal
+    with its tag."""
+    _, port = server
+    with setup_admin(port) as admin, client(port, TARGET1) as target:
+        target.register("storage", [NodeSpec(TARGET1, NodeType.TARGET)],
+                        [PortalSpec("127.0.0.1", 3260), PortalSpec("127.0.0.2", 3260)],
+                        groups=[PortalGroupSpec(TARGET1, "127.0.0.1", 3260, 1),
+                                PortalGroupSpec(TARGET1, "127.0.0.2", 3260, 2)])
+        target.register("storage", [NodeSpec(TARGET2, NodeType.CONTROL)],
+                        groups=[PortalGroupSpec(TARGET2, "127.0.0.1", 3260, None)])
+        pgs = [g for g in admin.list("pg") if g["PG_ISCSI_NAME"] in (TARGET1, TARGET2)]
+        assert sorted((g["PG_ISCSI_NAME"], g["PG_PORTAL_IP_ADDR"], g["PG_PORTAL_PORT"], g.get("PG_TAG"))
+                      for g in pgs) == [(TARGET1, "127.0.0.1", Port(3260), 1), (TARGET1, "127.0.0.2", Port(3260), 2),
+                                        (TARGET2, "127.0.0.1", Port(3260), None),
+                                        (TARGET2, "127.0.0.2", Port(3260), 1)]  # the server's default
 
 
 def test_register_query_list_deregister(server: tuple[str, int]) -> None:

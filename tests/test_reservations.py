@@ -393,6 +393,28 @@ def test_aptpl_round_trip(tmp_path: Path) -> None:
     assert keys(Lun(RawBackend(disk), reservations=path)) == (0, [])
 
 
+def test_aptpl_keeps_the_target_port(tmp_path: Path) -> None:
+    """An iSCSI nexus names its portal group (docs/multipath.md): the same
+    initiator port through two groups is two registrations, kept apart
+    across a restart; a file from before portal groups still loads."""
+    path = tmp_path / "0.json"
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(1 << 20))
+    path_1, path_2 = (*A, 1), (*A, 2)
+    first = Lun(RawBackend(disk), reservations=path)
+    assert prout(first, path_1, PrOut.REGISTER, sa_key=0xA1, flags=0x01).status == GOOD
+    assert prout(first, path_2, PrOut.REGISTER, sa_key=0xA2, flags=0x01).status == GOOD
+    again = Reservations(path)
+    again.load()
+    assert again.keys == {path_1: 0xA1, path_2: 0xA2}
+    rows = json.loads(path.read_text())["registrations"]
+    path.write_text(json.dumps({"generation": 1, "registrations": [row[:4] for row in rows[:1]],
+                                "holder": None, "type": None}))
+    old = Reservations(path)
+    old.load()
+    assert old.keys == {A: 0xA1}
+
+
 @pytest.mark.parametrize("text", ["", "{", "[]", '{"generation": 1}', '{"generation": 1, "registrations": [["a"]],'
                                   ' "holder": null, "type": null}', '{"generation": 1, "registrations": [],'
                                   ' "holder": null, "type": 99}'])

@@ -38,12 +38,15 @@ class Limits:
 
 def standard(ident: Identity) -> bytes:
     """Standard INQUIRY data (SPC-4 §6.6.2): a direct-access block device,
-    SPC-4, HiSup, response format 2, command queuing."""
+    SPC-4, HiSup, response format 2, implicit ALUA (TPGS 01b: REPORT TARGET
+    PORT GROUPS answers, every path active/optimized; see
+    :mod:`target.scsi.ports`), command queuing."""
     body = bytearray(74)
     body[0] = 0x00
     body[2] = 0x06
     body[3] = 0x12  # HiSup | response data format 2
     body[4] = len(body) - 5
+    body[5] = 0x10  # TPGS 01b
     body[7] = 0x02  # CmdQue
     body[8:16] = ident.vendor.encode()[:8].ljust(8)
     body[16:32] = ident.product.encode()[:16].ljust(16)
@@ -65,8 +68,10 @@ def naa_id(device_id: bytes) -> bytes:
     return bytes(b)
 
 
-def vpd(code: int, ident: Identity, limits: Limits, lbprz: bool) -> bytes | None:
-    """The VPD page ``code``, or None when it is not supported."""
+def vpd(code: int, ident: Identity, limits: Limits, lbprz: bool, port: bytes = b"") -> bytes | None:
+    """The VPD page ``code``, or None when it is not supported. ``port``:
+    the designators of the path asking (:func:`target.scsi.ports.port_designators`),
+    after the logical unit's own, which are the same on every path."""
     if code == 0x00:
         return _page(0x00, bytes(SUPPORTED_VPD))
     if code == 0x80:
@@ -77,6 +82,7 @@ def vpd(code: int, ident: Identity, limits: Limits, lbprz: bool) -> bytes | None
         designators = (
             bytes([0x01, 0x03, 0x00, len(naa)]) + naa  # binary, LU, NAA
             + bytes([0x02, 0x01, 0x00, len(t10)]) + t10  # ASCII, LU, T10 vendor id
+            + port
         )
         return _page(0x83, designators)
     if code == 0xB0:

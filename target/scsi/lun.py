@@ -21,6 +21,7 @@ from . import cdb as op
 from .cdb import BlockRange, block_range, cdb_length
 from .inquiry import DEFAULT_PRODUCT, DEFAULT_VENDOR, Identity, Limits, standard, vpd
 from .mode import PC_SAVED, block_descriptor, pages
+from .ports import MAINTENANCE_IN, SA_REPORT_TARGET_PORT_GROUPS, port_designators, report_target_port_groups
 from .reservations import Access, PrIn, PrOut, ReservationConflict, Reservations, parse_prout
 from .sense import (
     INVALID_FIELD_IN_CDB,
@@ -383,7 +384,7 @@ class Lun:
 
     # -- information ------------------------------------------------------------
 
-    async def _inquiry(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
+    async def _inquiry(self, cdb: bytes, data_out: memoryview | None, nexus: Hashable) -> ScsiResult:
         evpd = cdb[1] & 0x01
         page = cdb[2]
         alloc = int.from_bytes(cdb[3:5], "big")
@@ -393,7 +394,7 @@ class Lun:
             if page:
                 raise ScsiError(INVALID_FIELD_IN_CDB, field=2)
             return _alloc(self.inquiry_data, alloc)
-        data = vpd(page, self.identity, self.limits, lbprz=True)
+        data = vpd(page, self.identity, self.limits, lbprz=True, port=port_designators(nexus))
         if data is None:
             raise ScsiError(INVALID_FIELD_IN_CDB, field=2)
         return _alloc(data, alloc)
@@ -547,7 +548,7 @@ _add(op.TEST_UNIT_READY, Lun._good, (0, 0, 0, 0, 0x07), access=Access.INFO)
 _add(op.REQUEST_SENSE, Lun._request_sense, (0x01, 0, 0, 0xFF, 0x07), access=Access.ANY, with_nexus=True)
 _add(op.READ_6, Lun._read, (0x1F, 0xFF, 0xFF, 0xFF, 0x07))
 _add(op.WRITE_6, Lun._write, (0x1F, 0xFF, 0xFF, 0xFF, 0x07), writes=True)
-_add(op.INQUIRY, Lun._inquiry, (0x01, 0xFF, 0xFF, 0xFF, 0x07), access=Access.ANY)
+_add(op.INQUIRY, Lun._inquiry, (0x01, 0xFF, 0xFF, 0xFF, 0x07), access=Access.ANY, with_nexus=True)
 _add(op.MODE_SELECT_6, Lun._mode_select, (0x11, 0, 0, 0xFF, 0x07), access=Access.WRITE)
 _add(op.RESERVE_6, Lun._reserve6, (0x01, 0, 0, 0, 0x07), access=Access.PR, with_nexus=True)
 _add(op.RELEASE_6, Lun._release6, (0, 0, 0, 0, 0x07), access=Access.RELEASE6, with_nexus=True)
@@ -617,8 +618,13 @@ _READS = frozenset((op.READ_6, op.READ_10, op.READ_12, op.READ_16))
 _NO_ATTENTION = frozenset((op.INQUIRY, op.REPORT_LUNS, op.REQUEST_SENSE))
 # unknown service actions of these are a bad field, not an unknown command (SPC-4 §6.15.1, §6.16.1)
 _FIELD_SA_OPCODES = frozenset((op.PERSISTENT_RESERVE_IN, op.PERSISTENT_RESERVE_OUT))
-# REPORT LUNS is answered by the target, not a LUN; listed for REPORT SUPPORTED OPCODES
-_TARGET_COMMANDS = {(op.REPORT_LUNS, None): _usage(op.REPORT_LUNS, 0, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x07)}
+# REPORT LUNS and REPORT TARGET PORT GROUPS are answered by the target, not
+# a LUN (they list the target's LUNs and ports); listed for REPORT SUPPORTED OPCODES
+_TARGET_COMMANDS = {
+    (op.REPORT_LUNS, None): _usage(op.REPORT_LUNS, 0, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x07),
+    (MAINTENANCE_IN, SA_REPORT_TARGET_PORT_GROUPS): _usage(
+        MAINTENANCE_IN, 0xFF, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x07),
+}
 
 
 def _lookup(cdb: bytes) -> Command | None:
@@ -682,6 +688,16 @@ def report_luns(lun_ids: Sequence[int], cdb: bytes) -> ScsiResult:
     return _alloc(len(entries).to_bytes(4, "big") + bytes(4) + entries, alloc)
 
 
+def target_port_groups(groups: Sequence[int], cdb: bytes) -> ScsiResult:
+    """REPORT TARGET PORT GROUPS (SPC-4 §6.36) of a target reached through
+    the portal groups ``groups`` (:mod:`target.scsi.ports`)."""
+    try:
+        data = report_target_port_groups(groups, cdb)
+    except ScsiError as e:
+        return _check(e)
+    return _alloc(data, int.from_bytes(cdb[6:10], "big"))
+
+
 def no_such_lun(cdb: bytes) -> ScsiResult:
     """A command to a LUN that does not exist (SPC-4 §4.6.4): INQUIRY says
     "no device here", REQUEST SENSE reports it, the rest fail."""
@@ -695,4 +711,4 @@ def no_such_lun(cdb: bytes) -> ScsiResult:
     return _check(ScsiError(LUN_NOT_SUPPORTED))
 
 
-__all__ = ["Lun", "ScsiResult", "no_such_lun", "report_luns", "report_supported_opcodes"]
+__all__ = ["Lun", "ScsiResult", "no_such_lun", "report_luns", "report_supported_opcodes", "target_port_groups"]

@@ -7,8 +7,10 @@ answers data or raises (:class:`ReservationConflict`, ``ScsiError``); the
 only I/O is the optional APTPL file its owner names, written atomically.
 
 An I_T nexus here is whatever the transport hands the LUN; for iSCSI it is
-``(initiator name, ISID, target name)`` (RFC 7143 §4.4.1: the initiator port
-is the name plus ISID), which TransportIDs (SPC-4 §7.6.4.6) are made of.
+``(initiator name, ISID, target name, TPGT)`` (RFC 7143 §4.4.1: the
+initiator port is the name plus ISID, which TransportIDs (SPC-4 §7.6.4.6)
+are made of; the target port is the target's portal group). A nexus of the
+first three alone (before portal groups) is read the same way.
 """
 
 from __future__ import annotations
@@ -126,8 +128,8 @@ def parse_prout(service_action: int, data: bytes) -> ProutParams:
 def iscsi_port(nexus: Nexus) -> tuple[str, bytes, str]:
     """(initiator name, ISID, target name) of an iSCSI nexus; anything else
     (an embedder's own nexus value) is named by its text."""
-    if isinstance(nexus, tuple) and len(nexus) == 3:
-        name, isid, target = nexus
+    if isinstance(nexus, tuple) and len(nexus) in (3, 4):
+        name, isid, target = nexus[:3]
         return str(name), bytes(isid), str(target)
     return str(nexus), b"", ""
 
@@ -402,7 +404,7 @@ class Reservations:
             raise ReservationConflict
         if params.sa_key == 0:
             raise ScsiError(INVALID_FIELD_IN_PARAMETER_LIST, field=8, in_cdb=False)
-        destination = _destination(params.transport_id, iscsi_port(nexus)[2], known)
+        destination = _destination(params.transport_id, nexus, known)
         if destination == nexus:
             raise ScsiError(INVALID_FIELD_IN_PARAMETER_LIST, field=24, in_cdb=False)
         self.keys[destination] = params.sa_key
@@ -423,7 +425,7 @@ class Reservations:
             self.path.unlink(missing_ok=True)
             return
         state = {"generation": self.generation,
-                 "registrations": [[*_port_json(n), k] for n, k in self.keys.items()],
+                 "registrations": [_registration_json(n, k) for n, k in self.keys.items()],
                  "holder": _port_json(self.holder) if self.holder is not None else None,
                  "type": self.type}
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -441,7 +443,7 @@ class Reservations:
             return
         try:
             state = json.loads(self.path.read_text())
-            keys = {_port_from_json(r[:3]): int(r[3]) for r in state["registrations"]}
+            keys = {_port_from_json(r[:3] + r[4:5]): int(r[3]) for r in state["registrations"]}
             holder = _port_from_json(state["holder"]) if state["holder"] is not None else None
             pr_type = PrType(state["type"]) if state["type"] is not None else None
             generation = int(state["generation"])
@@ -473,22 +475,33 @@ def _checked_type(scope_type: int) -> PrType:
         raise ScsiError(INVALID_FIELD_IN_CDB, field=2, bit=0) from None
 
 
-def _destination(data: bytes, target: str, known: frozenset[Nexus]) -> Nexus:
+def _destination(data: bytes, nexus: Nexus, known: frozenset[Nexus]) -> Nexus:
+    """The I_T nexus REGISTER AND MOVE names: the TransportID's initiator
+    port through the target port ``nexus`` came in on."""
     name, isid = parse_transport_id(data)
+    target_port = nexus[2:] if isinstance(nexus, tuple) else ("",)
     if isid is not None:
-        return (name, isid, target)
-    ports = sorted((n for n in known if iscsi_port(n)[0] == name and iscsi_port(n)[2] == target),
-                   key=lambda n: iscsi_port(n)[1])
+        return (name, isid, *target_port)
+    ports = sorted((n for n in known if iscsi_port(n)[0] == name and isinstance(n, tuple)
+                    and n[2:] == target_port), key=lambda n: iscsi_port(n)[1])
     if not ports:
         raise ScsiError(INVALID_FIELD_IN_PARAMETER_LIST, field=24, in_cdb=False)
     return ports[0]
 
 
-def _port_json(nexus: Nexus) -> list[str]:
+def _port_json(nexus: Nexus) -> list[str | int]:
     name, isid, target = iscsi_port(nexus)
-    return [name, isid.hex(), target]
+    tpgt = list(nexus[3:4]) if isinstance(nexus, tuple) else []
+    return [name, isid.hex(), target, *tpgt]
 
 
-def _port_from_json(row: list[str]) -> Nexus:
-    name, isid, target = row
-    return (str(name), bytes.fromhex(isid), str(target))
+def _registration_json(nexus: Nexus, key: int) -> list[str | int]:
+    """[name, ISID, target, key, TPGT]: the key stays fourth, where files
+    written before portal groups have it."""
+    port = _port_json(nexus)
+    return [*port[:3], key, *port[3:]]
+
+
+def _port_from_json(row: list[str | int]) -> Nexus:
+    name, isid, target, *tpgt = row
+    return (str(name), bytes.fromhex(str(isid)), str(target), *(int(t) for t in tpgt[:1]))

@@ -65,9 +65,11 @@ def parse(output: str) -> dict[str, str]:
     return results
 
 
-def run(url: str, pattern: str = "ALL.*", timeout: float = 600) -> dict[str, str]:
-    proc = subprocess.run(["iscsi-test-cu", "--dataloss", "-t", pattern, url], capture_output=True, text=True,
-                          timeout=timeout)
+def run(url: str, pattern: str = "ALL.*", timeout: float = 600, multipath: str | None = None) -> dict[str, str]:
+    """``multipath``: a second URL of the same LUN through another portal
+    (iscsi-test-cu's second device; the MultipathIO family skips without it)."""
+    proc = subprocess.run(["iscsi-test-cu", "--dataloss", "-t", pattern, url, *([multipath] if multipath else [])],
+                          capture_output=True, text=True, timeout=timeout)
     return parse(proc.stdout)
 
 

@@ -55,8 +55,8 @@ class Portal:
     lun: int
     pid: int = 0  # the serving process, for benchmarks that watch what it costs
 
-    def url(self, lun: int | None = None) -> str:
-        return f"iscsi://{LOOPBACK}:{self.port}/{self.iqn}/{self.lun if lun is None else lun}"
+    def url(self, lun: int | None = None, host: str = LOOPBACK) -> str:
+        return f"iscsi://{host}:{self.port}/{self.iqn}/{self.lun if lun is None else lun}"
 
 
 def bootsvc_command() -> list[str]:
@@ -146,8 +146,10 @@ def have(*commands: str) -> bool:
 
 
 @contextlib.contextmanager
-def tgt_export(image: Path, iqn: str = "iqn.2026-11.test.tgt:disk") -> Iterator[Portal]:
-    """tgtd serving ``image`` as LUN 1 (tgt keeps LUN 0 for its controller).
+def tgt_export(image: Path, iqn: str = "iqn.2026-11.test.tgt:disk", more_hosts: Sequence[str] = ()) -> Iterator[Portal]:
+    """tgtd serving ``image`` as LUN 1 (tgt keeps LUN 0 for its controller);
+    ``more_hosts``: other loopback addresses it listens on, the same port
+    (tgt puts every portal in portal group 1).
 
     tgtd ignores SIGTERM while targets exist, so it is stopped through its
     own control port (ENVIRONMENT.md), then by PID if it lingers."""
@@ -166,6 +168,8 @@ def tgt_export(image: Path, iqn: str = "iqn.2026-11.test.tgt:disk") -> Iterator[
 
     try:
         wait_for_port(port, proc)
+        for host in more_hosts:
+            adm("--op", "new", "--mode", "portal", "--param", f"portal={host}:{port}")
         adm("--op", "new", "--mode", "target", "--tid", "1", "-T", iqn)
         adm("--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "-b", str(image))
         adm("--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL")
