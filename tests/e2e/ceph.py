@@ -4,6 +4,7 @@ its Python bindings are missing (scripts/install-deps.sh installs both)."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 
 import pytest
@@ -19,8 +20,8 @@ def need_ceph() -> None:
         pytest.skip(f"needs {', '.join(missing)} (ceph-mon, ceph-mgr, ceph-osd, ceph-common; "
                     "installed by scripts/install-deps.sh)")
     try:
-        import rados  # noqa: F401
-        import rbd  # noqa: F401
+        for module in ("rados", "rbd"):
+            importlib.import_module(module)
     except ImportError:
         pytest.skip("needs python3-rados and python3-rbd importable from this venv "
                     "(scripts/link-ceph-bindings.sh VENV)")
