@@ -77,6 +77,11 @@ mgr data = {dir}/$name
 osd data = {dir}/$name
 crash dir = {dir}/crash
 mgr initial modules =
+
+[client]
+# many clients (bootsvc, tgt, rbd, ceph) run as client.admin at once
+admin socket = {dir}/run/$name.$pid.asok
+log file = {dir}/log/$name.$pid.log
 """
 
 
