@@ -119,7 +119,7 @@ class _Clusters:
                     if cluster is not None:
                         cluster.shutdown()
                     where = conf or "the default ceph.conf"
-                    raise BackendError(f"cannot connect to the Ceph cluster of {where}: {_reason(e)}") from e
+                    raise BackendError(f"cannot connect to the Ceph cluster of {where}: {plain_reason(e)}") from e
                 entry = self._open[(conf, user)] = [cluster, 0]
             entry[1] += 1
             return entry[0]
@@ -138,7 +138,7 @@ class _Clusters:
 CLUSTERS = _Clusters()
 
 
-def _reason(e: BaseException) -> str:
+def plain_reason(e: BaseException) -> str:
     """librados/librbd exceptions as one plain sentence."""
     code = getattr(e, "errno", None)
     if isinstance(code, int) and code:
@@ -217,7 +217,7 @@ class RbdBackend(Backend):
         try:
             start(oncomplete)
         except Exception as e:  # refused before it started (closed image, bad range)
-            raise MediumError(f"rbd:{self.spec.name}: {what} failed: {_reason(e)}") from e
+            raise MediumError(f"rbd:{self.spec.name}: {what} failed: {plain_reason(e)}") from e
         ret, value = await future
         if ret < 0:
             raise _io_error(self.spec.name, what, -ret)
@@ -235,7 +235,7 @@ class RbdBackend(Backend):
             data: bytes = self._image.read(offset, length)
         except Exception as e:
             raise MediumError(f"rbd:{self.spec.name}: read of {length} bytes at {offset} failed: "
-                              f"{_reason(e)}") from e
+                              f"{plain_reason(e)}") from e
         return data + bytes(length - len(data))
 
     async def write(self, offset: int, data: bytes | memoryview, fua: bool = False) -> None:
@@ -295,7 +295,7 @@ def _open_reason(e: BaseException) -> str:
         return "no such pool or namespace"
     if name in ("PermissionError", "PermissionDeniedError"):
         return "permission denied (the Ceph user may not open it)"
-    return _reason(e)
+    return plain_reason(e)
 
 
 def _io_error(name: str, what: str, code: int) -> BackendError:

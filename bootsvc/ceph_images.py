@@ -1,0 +1,238 @@
+"""Bases and machine disks in a Ceph RBD pool (issue 22's image store, its
+first part: the pool operations, not yet wired to ``bootsvc image`` or the
+fleet).
+
+A base is an RBD image with one protected snapshot, :data:`BASE_SNAP`; a
+machine's disk is a clone of that snapshot (copy-on-write, made in O(1)
+whatever the base's size). A base with clones is never written or removed:
+Ceph itself refuses to unprotect a snapshot with children. Every call here
+blocks on the cluster: the fleet runs them off the event loop.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from target.backend import BackendError
+from target.rbd import CLUSTERS, PREFIX, bindings, plain_reason
+
+BASE_SNAP = "base"
+COPY_CHUNK = 4 << 20  # one RBD object (the default object size)
+
+
+class CephImageError(Exception):
+    """A pool operation that cannot be done; the message says why, plainly."""
+
+
+@dataclass(frozen=True)
+class BaseInfo:
+    name: str
+    size: int
+    clones: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DiskInfo:
+    name: str
+    base: str | None  # None: not a clone (flattened, or made otherwise)
+    size: int
+    allocated: int  # bytes the clone holds itself (written since it was made)
+
+
+class RbdPool:
+    """One pool of one cluster; ``close`` (or ``with``) releases it."""
+
+    def __init__(self, pool: str, conf: str | None = None, user: str | None = None) -> None:
+        _, self._rbd = bindings()
+        self.pool, self.conf, self.user = pool, conf, user
+        try:
+            self._cluster = CLUSTERS.acquire(conf, user)
+        except BackendError as e:
+            raise CephImageError(str(e)) from e
+        try:
+            self._ioctx = self._cluster.open_ioctx(pool)
+        except Exception as e:
+            CLUSTERS.release(self._cluster)
+            if getattr(e, "errno", None) in (errno.ENOENT, -errno.ENOENT):
+                raise CephImageError(f"no pool {pool} in the cluster (ceph osd pool create {pool}; "
+                                     f"rbd pool init {pool})") from e
+            raise CephImageError(f"cannot open pool {pool}: {plain_reason(e)}") from e
+
+    def __enter__(self) -> RbdPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._ioctx is not None:
+            self._ioctx.close()
+            self._ioctx = None
+            CLUSTERS.release(self._cluster)
+
+    def lun_path(self, image: str) -> str:
+        """The ``rbd:`` name a LUN serves ``image`` by (target/rbd.py)."""
+        path = f"{PREFIX}{self.pool}/{image}"
+        if self.conf:
+            path += f":conf={self.conf}"
+        if self.user:
+            path += f":id={self.user}"
+        return path
+
+    @contextmanager
+    def _image(self, name: str, snapshot: str | None = None, read_only: bool = False) -> Iterator[Any]:
+        try:
+            img = self._rbd.Image(self._ioctx, name, snapshot=snapshot, read_only=read_only)
+        except self._rbd.ImageNotFound as e:
+            raise CephImageError(f"no image {name} in pool {self.pool}") from e
+        try:
+            yield img
+        finally:
+            img.close()
+
+    def exists(self, name: str) -> bool:
+        return name in self._rbd.RBD().list(self._ioctx)
+
+    # -- bases ------------------------------------------------------------------
+
+    def add_base(self, name: str, size: int, read: Callable[[int, int], bytes], replace: bool = False) -> None:
+        """A base of ``size`` bytes filled from ``read(offset, length)``
+        (zero chunks are left unwritten: the image stays thin), then
+        snapshotted and protected. ``replace``: an unused base of that name
+        goes first; one with clones is refused."""
+        if self.exists(name):
+            if not replace:
+                raise CephImageError(f"base {name} already exists in pool {self.pool}")
+            self.remove_base(name)
+        self._call(f"create {name}", lambda: self._rbd.RBD().create(self._ioctx, name, size))
+        try:
+            with self._image(name) as img:
+                for offset in range(0, size, COPY_CHUNK):
+                    data = read(offset, min(COPY_CHUNK, size - offset))
+                    if data.count(0) != len(data):
+                        img.write(data, offset)
+                img.flush()
+                img.create_snap(BASE_SNAP)
+                img.protect_snap(BASE_SNAP)
+        except BaseException:
+            self._remove_image(name)
+            raise
+
+    def bases(self) -> list[BaseInfo]:
+        out = []
+        for name in sorted(self._rbd.RBD().list(self._ioctx)):
+            with self._image(name, read_only=True) as img:
+                if not any(s["name"] == BASE_SNAP for s in img.list_snaps()):
+                    continue
+                img.set_snap(BASE_SNAP)
+                clones = tuple(sorted(c[1] for c in img.list_children()))
+                out.append(BaseInfo(name, img.size(), clones))
+        return out
+
+    def remove_base(self, name: str) -> None:
+        """A base without clones goes; one with clones is refused, by name."""
+        with self._image(name) as img:
+            if any(s["name"] == BASE_SNAP for s in img.list_snaps()):
+                img.set_snap(BASE_SNAP)
+                children = sorted(c[1] for c in img.list_children())
+                if children:
+                    raise CephImageError(f"base {name} has {len(children)} clone(s) ({', '.join(children[:3])}"
+                                         f"{', ...' if len(children) > 3 else ''}): remove or commit them first")
+                img.set_snap(None)
+                if img.is_protected_snap(BASE_SNAP):
+                    img.unprotect_snap(BASE_SNAP)
+                img.remove_snap(BASE_SNAP)
+        self._remove_image(name)
+
+    # -- machine disks ----------------------------------------------------------
+
+    def clone(self, base: str, disk: str, replace: bool = False) -> None:
+        """``disk`` as a fresh clone of ``base``; ``replace``: the old one
+        goes first (refused while a client has it open)."""
+        if self.exists(disk):
+            if not replace:
+                raise CephImageError(f"disk {disk} already exists in pool {self.pool}")
+            self.remove_disk(disk)
+        if not self.exists(base):
+            raise CephImageError(f"no base {base} in pool {self.pool}")
+        self._call(f"clone {base} as {disk}", lambda: self._rbd.RBD().clone(
+            self._ioctx, base, BASE_SNAP, self._ioctx, disk))
+
+    def renew(self, base: str, disk: str) -> None:
+        """A fresh clone made aside and renamed over ``disk`` (an ephemeral
+        disk at a new boot): ``disk`` is never missing for long."""
+        aside = f".{disk}.renewal"
+        self.clone(base, aside, replace=True)
+        if self.exists(disk):
+            self.remove_disk(disk)
+        self._call(f"rename {aside} to {disk}", lambda: self._rbd.RBD().rename(self._ioctx, aside, disk))
+
+    def remove_disk(self, disk: str) -> None:
+        self._remove_image(disk)
+
+    def disks(self) -> list[DiskInfo]:
+        """Every clone and plain image that is not a base, with the bytes
+        each holds itself."""
+        out = []
+        for name in sorted(self._rbd.RBD().list(self._ioctx)):
+            with self._image(name, read_only=True) as img:
+                if any(s["name"] == BASE_SNAP for s in img.list_snaps()):
+                    continue
+                try:
+                    parent = img.get_parent_image_spec()["image_name"]
+                except self._rbd.ImageNotFound:
+                    parent = None
+                out.append(DiskInfo(name, parent, img.size(), _allocated(img)))
+        return out
+
+    def commit(self, disk: str, new_base: str) -> None:
+        """A new base with ``disk``'s contents (its base's data included),
+        snapshotted and protected; ``disk`` stays as it is."""
+        if self.exists(new_base):
+            raise CephImageError(f"base {new_base} already exists in pool {self.pool}")
+        with self._image(disk, read_only=True) as img:
+            self._call(f"copy {disk} to {new_base}", lambda: img.copy(self._ioctx, new_base))
+        try:
+            with self._image(new_base) as img:
+                img.create_snap(BASE_SNAP)
+                img.protect_snap(BASE_SNAP)
+        except BaseException:
+            self._remove_image(new_base)
+            raise
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _remove_image(self, name: str) -> None:
+        def remove() -> None:
+            try:
+                self._rbd.RBD().remove(self._ioctx, name)
+            except self._rbd.ImageNotFound:
+                pass
+        self._call(f"remove {name}", remove)
+
+    def _call(self, what: str, fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        except self._rbd.ImageBusy as e:
+            raise CephImageError(f"cannot {what}: the image is open in another client (a server serving it)") from e
+        except self._rbd.ImageHasSnapshots as e:
+            raise CephImageError(f"cannot {what}: it has snapshots") from e
+        except self._rbd.Error as e:
+            raise CephImageError(f"cannot {what}: {plain_reason(e)}") from e
+
+
+def _allocated(img: Any) -> int:
+    """Bytes of ``img`` itself (not its parent's) that hold data."""
+    total = 0
+
+    def count(offset: int, length: int, exists: bool) -> None:
+        nonlocal total
+        if exists:
+            total += length
+
+    img.diff_iterate(0, img.size(), None, count, include_parent=False)
+    return total
