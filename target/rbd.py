@@ -33,6 +33,7 @@ PREFIX = "rbd:"
 MISSING_BINDINGS = "storage backend ceph needs python3-rbd: apt install python3-rbd"
 CONNECT_TIMEOUT = 10  # seconds librados waits for the monitors before an open fails
 ZERO_CHUNK = 1 << 30  # write_zeroes/discard requests are split below librbd's int-sized lengths
+STATUS_WINDOW = 1 << 30  # GET LBA STATUS looks this far ahead (one descriptor is enough for it)
 
 # librbd's errors that mean "no room", which SCSI reports as a space allocation failure
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -265,6 +266,22 @@ class RbdBackend(Backend):
                                lambda done, p=pos, n=n: self._image.aio_write_zeroes(p, n, done))
             pos += n
 
+    async def block_status(self, offset: int) -> tuple[bool, int]:
+        """GET LBA STATUS: librbd's allocation map (its own data and its
+        parent's), asked off the loop since diff_iterate blocks."""
+        return await asyncio.get_running_loop().run_in_executor(None, self._block_status, offset)
+
+    def _block_status(self, offset: int) -> tuple[bool, int]:
+        window = min(self.size - offset, STATUS_WINDOW)
+        extents: list[tuple[int, int]] = []
+        try:
+            self._image.diff_iterate(offset, window, None, lambda o, n, exists: exists and extents.append((o, n)),
+                                     include_parent=True, whole_object=False)
+        except Exception as e:
+            raise MediumError(f"rbd:{self.spec.name}: allocation map at {offset} unreadable: "
+                              f"{plain_reason(e)}") from e
+        return _first_run(offset, window, sorted(extents))
+
     def close(self) -> None:
         if self._image is not None:
             self._image.close()
@@ -285,6 +302,19 @@ def _as_bytes(data: bytes | memoryview) -> bytes:
     if isinstance(data.obj, bytes) and data.nbytes == len(data.obj) and data.contiguous:
         return data.obj
     return bytes(data)
+
+
+def _first_run(offset: int, window: int, extents: list[tuple[int, int]]) -> tuple[bool, int]:
+    """(mapped, length) of the run starting at ``offset``, from the sorted
+    allocated extents of ``window`` bytes there."""
+    if not extents or extents[0][0] > offset:
+        return False, (extents[0][0] - offset) if extents else window
+    end = offset
+    for start, length in extents:
+        if start > end:
+            break
+        end = max(end, start + length)
+    return True, min(end, offset + window) - offset
 
 
 def _open_reason(e: BaseException) -> str:

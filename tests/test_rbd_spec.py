@@ -97,3 +97,14 @@ def test_completions_from_other_threads_arrive_in_batches() -> None:
 
     results = asyncio.run(main())
     assert [r for r, _ in results] == list(range(199))
+
+
+@pytest.mark.parametrize("extents, status", [
+    ([], (False, 1000)),
+    ([(300, 100)], (False, 200)),
+    ([(100, 50), (150, 50), (260, 10)], (True, 100)),
+    ([(0, 150), (100, 5000)], (True, 1000)),  # clipped to the window
+])
+def test_allocation_runs(extents: list[tuple[int, int]], status: tuple[bool, int]) -> None:
+    from target.rbd import _first_run
+    assert _first_run(100, 1000, extents) == status

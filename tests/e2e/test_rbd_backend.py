@@ -104,6 +104,12 @@ def test_discard_and_zeroes_hide_the_base(clone: str) -> None:
             want[4 * MIB:8 * MIB] = bytes(4 * MIB)
             want[2 * MIB + 4096:2 * MIB + 12288] = bytes(8192)
             assert got == bytes(want)
+            # GET LBA STATUS: the base's data counts as mapped, untouched space does not
+            assert await b.block_status(0) == (True, 8 * MIB)
+            assert await b.block_status(8 * MIB) == (False, SIZE - 8 * MIB)
+            await b.write(20 * MIB, b"w" * 4096)
+            assert await b.block_status(8 * MIB) == (False, 12 * MIB)
+            assert await b.block_status(20 * MIB) == (True, 4096)
         finally:
             b.close()
 
