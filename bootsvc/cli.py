@@ -24,6 +24,7 @@ from target import (
     TargetServer,
     TargetSpec,
 )
+from target.rbd import is_rbd, parse_spec
 
 from . import SCSI_PRODUCT, SCSI_VENDOR, __version__, isns_cli
 from . import config as config_mod
@@ -45,6 +46,17 @@ from .yamlfile import Checker, ConfigError, load_yaml, parse_size
 def default_iqn(image: Path) -> str:
     stem = "".join(c if c.isalnum() or c in ".-" else "-" for c in image.stem.lower()) or "disk"
     return f"iqn.2026-11.io.bootsvc:{stem}"
+
+
+def export_name(image: str) -> Path:
+    """What names an export by default: its file, or an rbd: LUN's image
+    (target/rbd.py), not the options after it."""
+    if is_rbd(image):
+        try:
+            return Path(parse_spec(image).image)
+        except BackendError:
+            pass  # Target.open says what is wrong with the name
+    return Path(image)
 
 
 def export_auth(args: argparse.Namespace) -> ChapAuth | None:
@@ -71,14 +83,14 @@ def export_auth(args: argparse.Namespace) -> ChapAuth | None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Serve one or more images as LUNs of one target, now."""
-    images = [Path(p) for p in args.image]
-    iqn = args.iqn or default_iqn(images[0])
+    first = export_name(args.image[0])
+    iqn = args.iqn or default_iqn(first)
     try:
         listen = HostPort.parse(args.listen, default_port=3260, what="portal")
         portal = Portal(listen.host, listen.port)
-        spec = TargetSpec(iqn=iqn, alias=args.alias or images[0].name, vendor=SCSI_VENDOR, product=SCSI_PRODUCT,
-                          luns=tuple(LunSpec(str(p), read_only=args.read_only, block_size=args.block_size)
-                                     for p in images), auth=export_auth(args))
+        spec = TargetSpec(iqn=iqn, alias=args.alias or first.name, vendor=SCSI_VENDOR, product=SCSI_PRODUCT,
+                          luns=tuple(LunSpec(p, read_only=args.read_only, block_size=args.block_size)
+                                     for p in args.image), auth=export_auth(args))
         target = Target.open(spec)
     except ConfigError as e:
         print("bootsvc export: " + "\n".join(e.problems), file=sys.stderr)
@@ -88,7 +100,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 2
     server = TargetServer([target], [portal], nop_interval=args.nop_interval)
     services = Services()
-    services.add("iscsi", server.start, server.stop, where=f"{portal} ({iqn}, {len(images)} LUN)")
+    services.add("iscsi", server.start, server.stop, where=f"{portal} ({iqn}, {len(args.image)} LUN)")
     return services.run()
 
 

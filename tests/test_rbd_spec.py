@@ -108,3 +108,12 @@ def test_completions_from_other_threads_arrive_in_batches() -> None:
 def test_allocation_runs(extents: list[tuple[int, int]], status: tuple[bool, int]) -> None:
     from target.rbd import _first_run
     assert _first_run(100, 1000, extents) == status
+
+
+def test_an_rbd_export_is_named_after_its_image() -> None:
+    from pathlib import Path
+
+    from bootsvc.cli import default_iqn, export_name
+    assert export_name("rbd:disks/ns/node01@gold:conf=/etc/ceph/ceph.conf:id=boot") == Path("node01")
+    assert default_iqn(export_name("rbd:disks/node01:conf=/x/ceph.conf")) == "iqn.2026-11.io.bootsvc:node01"
+    assert export_name("rbd:bad") == Path("rbd:bad") and export_name("a/disk.img") == Path("a/disk.img")
