@@ -146,8 +146,11 @@ def have(*commands: str) -> bool:
 
 
 @contextlib.contextmanager
-def tgt_export(image: Path, iqn: str = "iqn.2026-11.test.tgt:disk") -> Iterator[Portal]:
-    """tgtd serving ``image`` as LUN 1 (tgt keeps LUN 0 for its controller).
+def tgt_export(image: Path | str, iqn: str = "iqn.2026-11.test.tgt:disk",
+               backing: Sequence[str] = ()) -> Iterator[Portal]:
+    """tgtd serving ``image`` as LUN 1 (tgt keeps LUN 0 for its controller);
+    ``backing``: tgtadm options for another backing store, e.g. ``("--bstype",
+    "rbd", "--bsopts", "conf=...")`` with ``image`` POOL/IMAGE (tgt-rbd).
 
     tgtd ignores SIGTERM while targets exist, so it is stopped through its
     own control port (ENVIRONMENT.md), then by PID if it lingers."""
@@ -167,7 +170,7 @@ def tgt_export(image: Path, iqn: str = "iqn.2026-11.test.tgt:disk") -> Iterator[
     try:
         wait_for_port(port, proc)
         adm("--op", "new", "--mode", "target", "--tid", "1", "-T", iqn)
-        adm("--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "-b", str(image))
+        adm("--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "-b", str(image), *backing)
         adm("--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL")
         yield Portal(port, iqn, 1, proc.pid)
     finally:
