@@ -67,7 +67,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -79,6 +79,7 @@ from bootsvc.events import EVENT_FILE, Kind, read_events  # noqa: E402
 from bootsvc.inventory import Machine  # noqa: E402
 from bootsvc.vm import network, qemu, run  # noqa: E402
 from bootsvc.vm.timeline import Recorder, Step, Timeline  # noqa: E402
+from bench import reference  # noqa: E402
 
 SUBNET = ipaddress.IPv4Network("10.217.0.0/24")
 SERVER = ipaddress.IPv4Interface("10.217.0.1/24")
@@ -180,95 +181,25 @@ def bootsvc_stack(lab: Lab, net: network.BootNetwork, rundir: Path) -> Iterator[
         run.end_process(proc)
 
 
-def dnsmasq_args(lab: Lab, rundir: Path) -> list[str]:
-    """dnsmasq as the boot network's DHCP server with the options bootsvc
-    gives iPXE (bootsvc/boot.py, bootsvc/dhcp/responder.py): a fixed
-    address, hostname and domain per MAC; for iPXE (user class "iPXE")
-    option 60 PXEClient, the root-path of the machine's own target (LUN 1
-    on tgt), its initiator name (203) and 175.176 = 1. No router, no DNS
-    (bootsvc's config gives neither), no ping before an offer
-    (ENVIRONMENT.md). dnsmasq adds option 28 and next-server on its own."""
-    args = ["dnsmasq", "--no-daemon", "--port=0", "--no-ping", "--user=root", "--bind-interfaces",
-            f"--interface={BRIDGE}", "--no-resolv", "--no-hosts", "--log-facility=-",
-            f"--dhcp-range={SUBNET[0]},static,{SUBNET.netmask},1h", f"--dhcp-leasefile={rundir / 'leases'}",
-            f"--pid-file={rundir / 'dnsmasq.pid'}", f"--domain={lab.cfg.domain}", "--dhcp-userclass=set:ipxe,iPXE",
-            "--dhcp-option=3", "--dhcp-option=tag:ipxe,60,PXEClient", "--dhcp-option=tag:ipxe,encap:175,176,1b"]
-    for i, m in enumerate(lab.cfg.machines.values()):
-        tag = f"m{i}"
-        args += [f"--dhcp-host={m.mac},set:{tag},{m.ip},{m.hostname}",
-                 f"--dhcp-option=tag:{tag},tag:ipxe,17,iscsi:{SERVER.ip}::{ISCSI_PORT}:1:{m.target_iqn}",
-                 f"--dhcp-option=tag:{tag},tag:ipxe,203,{m.initiator_iqn}"]
-    if lab.ra:
-        # an RA with no M/O flags ends iPXE's IPv6 wait, as bootsvc's does;
-        # router lifetime 0 like bootsvc's (not a default router)
-        args += ["--enable-ra", f"--dhcp-range={IPV6_PREFIX},ra-only,64", f"--ra-param={BRIDGE},0,0"]
-    return args
-
-
-def wait_for(what: str, ok: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path,
-             timeout: float = 30.0) -> None:
-    """Poll ``ok()`` until true; fail if ``proc`` exits or time runs out."""
-    deadline = time.monotonic() + timeout
-    while not ok():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not start; {log}:\n{log.read_text(errors='replace')[-2000:]}")
-        time.sleep(0.1)
+def ref_machines(lab: Lab) -> list[reference.RefMachine]:
+    return [reference.RefMachine(m.mac, str(m.ip), m.hostname, m.target_iqn, m.initiator_iqn, lab.raws[m.mac])
+            for m in lab.cfg.machines.values()]
 
 
 @contextlib.contextmanager
 def dnsmasq(lab: Lab, net: network.BootNetwork, rundir: Path) -> Iterator[int]:
-    log = rundir / "dnsmasq.log"
+    args = reference.dnsmasq_args(BRIDGE, str(SERVER.ip), SUBNET, lab.cfg.domain, ref_machines(lab), rundir)
     if lab.ra:
+        # an RA with no M/O flags ends iPXE's IPv6 wait, as bootsvc's does;
+        # router lifetime 0 like bootsvc's (not a default router)
         network.ip("-n", net.ns or "", "addr", "add", f"{IPV6_PREFIX}1/64", "dev", BRIDGE, "nodad")
-    with open(log, "wb") as err:
-        proc = subprocess.Popen([*net.prefix, *dnsmasq_args(lab, rundir)], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=err)
-    try:
-        wait_for("dnsmasq", lambda: "DHCP, static leases" in log.read_text(errors="replace"), proc, log)
-        yield proc.pid
-    finally:
-        run.end_process(proc)
+        args += ["--enable-ra", f"--dhcp-range={IPV6_PREFIX},ra-only,64", f"--ra-param={BRIDGE},0,0"]
+    with reference.dnsmasq(net.prefix, args, rundir) as pid:
+        yield pid
 
 
-@contextlib.contextmanager
-def tgtd(lab: Lab, net: network.BootNetwork, rundir: Path) -> Iterator[int]:
-    """tgtd with a target per machine: its raw copy as LUN 1 (tgt keeps
-    LUN 0 for its controller), only its initiator name allowed. Stopped
-    through its control socket, as it ignores SIGTERM (ENVIRONMENT.md)."""
-    control = 20000 + os.getpid() % 10000  # its socket is /var/run/tgtd/socket.<control>
-    os.makedirs("/var/run/tgtd", exist_ok=True)
-    log = rundir / "tgtd.log"
-    with open(log, "wb") as err:
-        proc = subprocess.Popen([*net.prefix, "tgtd", "-f", "-C", str(control), "--iscsi",
-                                 f"portal={SERVER.ip}:{ISCSI_PORT}"], stdin=subprocess.DEVNULL,
-                                stdout=err, stderr=subprocess.STDOUT)
-
-    def adm(*args: str, check: bool = True) -> bool:
-        r = subprocess.run([*net.prefix, "tgtadm", "-C", str(control), "--lld", "iscsi", *args],
-                           check=False, capture_output=True, text=True, timeout=30)
-        if check and r.returncode != 0:
-            raise RuntimeError(f"tgtadm {' '.join(args)}: {r.stderr.strip()}")
-        return r.returncode == 0
-
-    ms = list(lab.cfg.machines.values())
-    try:
-        wait_for("tgtd", lambda: adm("--op", "show", "--mode", "system", check=False), proc, log)
-        for tid, m in enumerate(ms, 1):
-            adm("--op", "new", "--mode", "target", "--tid", str(tid), "-T", m.target_iqn)
-            adm("--op", "new", "--mode", "logicalunit", "--tid", str(tid), "--lun", "1", "-b", str(lab.raws[m.mac]))
-            adm("--op", "bind", "--mode", "target", "--tid", str(tid), "-Q", m.initiator_iqn)
-        yield proc.pid
-    finally:
-        for tid in range(1, len(ms) + 1):
-            adm("--op", "delete", "--mode", "target", "--tid", str(tid), "--force", check=False)
-        adm("--op", "delete", "--mode", "system", check=False)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            run.end_process(proc)
-        for leftover in (f"/var/run/tgtd/socket.{control}", f"/var/run/tgtd/socket.{control}.lock"):
-            with contextlib.suppress(OSError):
-                os.unlink(leftover)  # tgtd leaves its control socket behind
+def tgtd(lab: Lab, net: network.BootNetwork, rundir: Path) -> contextlib.AbstractContextManager[int]:
+    return reference.tgtd(net.prefix, f"{SERVER.ip}:{ISCSI_PORT}", ref_machines(lab), rundir)
 
 
 @contextlib.contextmanager

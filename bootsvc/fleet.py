@@ -14,10 +14,10 @@ event loop in a thread; only the swap into the tables happens on the loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
-import os
 import time
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 
@@ -76,6 +76,8 @@ class Fleet:
         # proxy mode: the address another DHCP server gave a machine, and back
         self._proxied: dict[IPv4, str] = {}
         self._proxied_of: dict[str, IPv4] = {}
+        # the address each machine's last login came from (reserved_ips)
+        self._logged_in: dict[IPv4, str] = {}
         self._adopting: dict[str, asyncio.Future[Machine | None]] = {}
         self._tasks: set[asyncio.Task[object]] = set()
         self._capped = False  # unknown MACs are refused: dhcp.max_adopted machines were made
@@ -151,11 +153,30 @@ class Fleet:
             forward, reverse = forward or made_forward, reverse or made_reverse
         return chap_auth(profile.auth, forward, reverse)
 
-    def reserved_ips(self) -> frozenset[IPv4]:
-        """The machines' fixed IPs, kept out of the DHCP range."""
+    def reserved_ips(self) -> Container[IPv4]:
+        """What no new DHCP client may have: the machines' fixed IPs, and
+        the address of every machine logged in to its disk. A diskless OS
+        keeps the address its boot firmware leased (the iBFT NIC is static:
+        docs/debian-image.md) and may never renew it, so its lease can run
+        out while the machine runs; handing that address to another client
+        would cut the machine off its root disk."""
         self._fixed_ips()
         assert self._reserved is not None
-        return self._reserved
+        return _AnyOf(self._reserved, self._session_holds)
+
+    def _session_holds(self, ip: IPv4) -> bool:
+        """Whether a live session to a machine's disk comes from ``ip``. The
+        login event recorded the address; the disk's target says whether a
+        session from it is still there (so no end event needs following)."""
+        got = self._logged_in.get(ip)
+        if got is None:
+            return False
+        disk = self._disks.get(got)
+        host = str(ip)
+        if disk is not None and any(s.link.peer.rsplit(":", 1)[0] == host for s in disk.target.sessions):
+            return True
+        del self._logged_in[ip]
+        return False
 
     def _fixed_ips(self) -> dict[IPv4, str]:
         if self._fixed is None:
@@ -175,7 +196,7 @@ class Fleet:
         if mac is None and self.leases is not None:
             lease = self.leases.holder(ip, time.time())
             mac = lease.mac if lease is not None and lease.state is not LeaseState.DECLINED else None
-        return mac or self._proxied.get(ip)
+        return mac or self._proxied.get(ip) or (self._logged_in.get(ip) if self._session_holds(ip) else None)
 
     def addresses(self) -> dict[str, IPv4]:
         """Every machine's address for DNS: its fixed IP, else its lease."""
@@ -240,10 +261,17 @@ class Fleet:
             return
         if event.kind is Kind.ISCSI_LOGIN:
             disk.fresh = False  # this boot uses it: the next one gets a new one
+            self._note_login(mac, event.peer)
         elif event.kind is Kind.DHCP_OFFER and event.fields.get("firmware"):
             # a boot firmware asking (PXE ROM, UEFI, iPXE; never an OS's own
             # DHCP client) starts a new boot, in proxy mode as in authoritative
             self._spawn(self.renew(mac))
+
+    def _note_login(self, mac: str, peer: str | None) -> None:
+        """Remember the IPv4 address a machine logged in from (reserved_ips)."""
+        if peer and peer.count(":") == 1:
+            with contextlib.suppress(ValueError):
+                self._logged_in[IPv4(peer.rsplit(":", 1)[0])] = mac
 
     def _proxy_address(self, mac: str, ip: IPv4) -> None:
         """One address per machine: a machine given a new one loses the old."""
@@ -291,7 +319,7 @@ class Fleet:
             disk.renewing = False
         if self._disks.get(mac) is not disk:  # forgotten (reload, expiry) meanwhile
             backend.close()
-            self.store.renewal_path(m.hostname).unlink(missing_ok=True)
+            self.store.drop_renewal(m)
             return False
         disk.target.standby = Standby({0: backend}, lambda old: self._renewed(disk, old))
         if disk.target.sessions:
@@ -306,7 +334,7 @@ class Fleet:
         the old one is closed once the dropped sessions' reads and writes
         in worker threads are done with it."""
         m = disk.machine
-        os.replace(self.store.renewal_path(m.hostname), self.store.overlay_path(m.hostname))
+        self.store.keep_renewal(m)
         disk.fresh = True
         for backend in old:
             self._close_later(backend)
@@ -317,7 +345,7 @@ class Fleet:
         if disk.target.standby is not None:
             disk.target.standby.close()
             disk.target.standby = None
-            self.store.renewal_path(disk.machine.hostname).unlink(missing_ok=True)
+            self.store.drop_renewal(disk.machine)
 
     def _close_later(self, backend: Backend) -> None:
         def close() -> None:
@@ -332,9 +360,8 @@ class Fleet:
             close()
 
     def _fresh_backend(self, disk: Disk) -> Backend:
-        """In a thread: a new overlay beside the served one, opened."""
-        path = self.store.create_overlay(disk.machine, replace=True, aside=True)
-        return open_backend(replace(disk.spec.luns[0], path=str(path)))
+        """In a thread: a new disk beside the served one, opened."""
+        return open_backend(self.store.make_renewal(disk.machine, disk.spec.luns[0]))
 
     async def adopt(self, mac: str) -> Machine | None:
         """unknown_machines: default: the MAC becomes a machine with the
@@ -397,7 +424,7 @@ class Fleet:
             self.targets.pop(disk.target.name, None)
             self._forget_standby(disk)
             disk.target.close()
-            self.store.overlay_path(disk.machine.hostname).unlink(missing_ok=True)
+            self.store.remove_disk(disk.machine)
         self._forget_indexes()
         if self.leases is not None:
             self.leases.forget_unknown(mac)
@@ -444,8 +471,8 @@ class Fleet:
         out = []
         for m in machines:
             try:
-                made = not self.store.overlay_path(m.hostname).exists()
-                spec = replace(self.store.prepare(m), auth=self._auth_for(m))
+                spec, made = self.store.prepared(m)
+                spec = replace(spec, auth=self._auth_for(m))
                 # an overlay kept from before (a restart) may have been booted: the next boot renews it
                 out.append(Disk(m, self.profile(m), spec, Target.open(spec), fresh=made))
             except (ImageError, TargetConfigError, BackendError, OSError, ValueError) as e:
@@ -539,6 +566,17 @@ class Fleet:
     def _with_reservations(self, spec: TargetSpec) -> TargetSpec:
         """A config target as served: its LUNs keep APTPL reservations under state_dir."""
         return replace(spec, reservations=str(self.store.reservations_dir(spec.iqn)))
+
+
+@dataclass(frozen=True)
+class _AnyOf:
+    """Fixed addresses, or one a test says is taken: a union without a copy."""
+
+    fixed: frozenset[IPv4]
+    taken: Callable[[IPv4], bool]
+
+    def __contains__(self, item: object) -> bool:
+        return item in self.fixed or (isinstance(item, IPv4) and self.taken(item))
 
 
 def _text(value: object) -> str:

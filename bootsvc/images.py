@@ -12,6 +12,7 @@ overlays depend on it.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -161,19 +162,45 @@ class ImageStore:
         return self.create_overlay(machine, replace=True)
 
     def prepare(self, machine: Machine) -> TargetSpec:
-        """The boot target of a machine, its overlay made if missing. An
-        ephemeral overlay that is there is kept too: a server restart is no
-        new boot, and a running machine keeps its disk (the fleet renews it
-        when the machine next boots)."""
+        """The boot target of a machine, its overlay made if missing."""
+        return self.prepared(machine)[0]
+
+    def prepared(self, machine: Machine) -> tuple[TargetSpec, bool]:
+        """The boot target of a machine, and whether its overlay was made
+        just now. An ephemeral overlay that is there is kept: a server
+        restart is no new boot, and a running machine keeps its disk (the
+        fleet renews it when the machine next boots)."""
         profile = self.profile(machine)
         path = self.overlay_path(machine.hostname)
-        if not path.exists():
+        made = not path.exists()
+        if made:
             self.create_overlay(machine)
         return TargetSpec(iqn=machine.target_iqn, alias=f"{machine.hostname} boot disk", vendor=SCSI_VENDOR,
                           product=SCSI_PRODUCT,
                           luns=(LunSpec(str(path), limit=profile.overlay_limit),),
                           reservations=str(self.reservations_dir(machine.target_iqn)),
-                          allowed_initiators=frozenset({machine.initiator_iqn}), single_writer=True)
+                          allowed_initiators=frozenset({machine.initiator_iqn}), single_writer=True), made
+
+    # -- a running machine's renewal: made aside, then swapped in or thrown away -------
+
+    def make_renewal(self, machine: Machine, lun: LunSpec) -> LunSpec:
+        """A fresh disk beside the machine's served one (``lun``), to be
+        served in its place: the fleet opens it and later calls
+        ``keep_renewal`` or ``drop_renewal``."""
+        path = self.create_overlay(machine, replace=True, aside=True)
+        return dataclasses.replace(lun, path=str(path))
+
+    def keep_renewal(self, machine: Machine) -> None:
+        """The renewal is served now: it becomes the machine's disk."""
+        os.replace(self.renewal_path(machine.hostname), self.overlay_path(machine.hostname))
+
+    def remove_disk(self, machine: Machine) -> None:
+        """A machine given up (an adopted one that never booted): its disk goes."""
+        self.overlay_path(machine.hostname).unlink(missing_ok=True)
+
+    def drop_renewal(self, machine: Machine) -> None:
+        """The renewal is not wanted (the machine is no longer served)."""
+        self.renewal_path(machine.hostname).unlink(missing_ok=True)
 
     def overlays(self) -> list[OverlayInfo]:
         out = []

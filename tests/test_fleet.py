@@ -9,6 +9,7 @@ import asyncio
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -297,3 +298,43 @@ def test_a_machine_is_known_at_its_addresses(tmp_path: Path) -> None:
     assert (fleet.mac_at("192.168.1.50"), fleet.mac_at("192.168.1.51")) == (None, B)
     bus.emit(Kind.DHCP_ACK, mac="52:54:00:99:99:99", ip="192.168.1.52", proxy=True)  # not a machine
     assert fleet.mac_at("192.168.1.52") is None
+
+
+def test_a_running_machines_address_is_not_given_away(tmp_path: Path) -> None:
+    """A diskless OS never renews the lease its boot firmware got: while
+    the machine is logged in to its disk from that address, the address
+    stays out of the pool even after the lease ran out; once the session
+    is gone it is free again."""
+    from bootsvc.dhcp.leases import Lease, LeaseState
+    from bootsvc.dhcp.message import IPv4
+    leases = LeaseStore(":memory:")
+    bus = Bus()
+    fleet = Fleet(load(lab(tmp_path, f"  {A}: {{hostname: a, ip: 10.9.0.11}}\n  {B}: {{hostname: b}}\n")), bus,
+                  leases)
+    fleet.open()
+    try:
+        ip = IPv4("10.9.0.100")
+        leases.put(Lease(ip, B, LeaseState.BOUND, 1000.0))  # ran out long ago
+        disk = fleet.disk(B)
+        assert disk is not None
+        disk.target.sessions.add(_Session(_Link("10.9.0.100:51000")))  # type: ignore[arg-type]
+        bus.emit(Kind.ISCSI_LOGIN, mac=B, peer="10.9.0.100:51000")
+        taken = fleet.reserved_ips()
+        assert IPv4("10.9.0.11") in taken and ip in taken and IPv4("10.9.0.101") not in taken
+        assert leases.free_address(ip, IPv4("10.9.0.101"), 2000.0, taken) == IPv4("10.9.0.101")
+        assert fleet.mac_at("10.9.0.100") == B  # its script and events are still its own
+        disk.target.sessions.clear()  # the machine is gone
+        assert ip not in fleet.reserved_ips()
+        assert fleet.mac_at("10.9.0.100") is None
+    finally:
+        fleet.close()
+
+
+@dataclass(frozen=True)
+class _Link:
+    peer: str
+
+
+@dataclass(frozen=True)
+class _Session:
+    link: _Link

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import sqlite3
+from collections.abc import Container
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -92,7 +93,7 @@ class LeaseStore:
         lease = self.by_ip.get(ip)
         return lease if lease is not None and lease.expires > now else None
 
-    def free_address(self, first: IPv4, last: IPv4, now: float, taken: set[IPv4]) -> IPv4 | None:
+    def free_address(self, first: IPv4, last: IPv4, now: float, taken: Container[IPv4]) -> IPv4 | None:
         """An address of first..last that nobody holds and nothing reserves
         (expired leases count as free). The search goes on from where the
         last one ended, round the range: one step per new client instead of

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol, TypeVar
@@ -108,7 +108,9 @@ class Directory(Protocol):
 
     def machine(self, mac: str) -> Machine | None: ...
 
-    def reserved_ips(self) -> frozenset[IPv4]: ...
+    def reserved_ips(self) -> Container[IPv4]:
+        """Addresses no new client may have though no lease holds them."""
+        ...
 
 
 @dataclass
