@@ -1,6 +1,7 @@
-"""Bases and machine disks in a Ceph RBD pool (issue 22's image store, its
-first part: the pool operations, not yet wired to ``bootsvc image`` or the
-fleet).
+"""Bases and machine disks in a Ceph RBD pool (issue 22's image store):
+:class:`RbdPool`, the pool operations, and :class:`CephImageStore`, the
+fleet's image store on them (``storage: {backend: ceph}``; ``bootsvc image``
+does not manage a pool yet).
 
 A base is an RBD image with one protected snapshot, :data:`BASE_SNAP`; a
 machine's disk is a clone of that snapshot (copy-on-write, made in O(1)
@@ -11,14 +12,23 @@ blocks on the cluster: the fleet runs them off the event loop.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from target import LunSpec, TargetSpec
 from target.backend import BackendError
 from target.rbd import CLUSTERS, PREFIX, bindings, plain_reason
+
+from .config import Config
+from .events import Bus, Kind
+from .images import ImageError, ImageStore
+from .inventory import Machine
 
 BASE_SNAP = "base"
 COPY_CHUNK = 4 << 20  # one RBD object (the default object size)
@@ -94,8 +104,15 @@ class RbdPool:
         finally:
             img.close()
 
+    def names(self) -> list[str]:
+        return list(self._rbd.RBD().list(self._ioctx))
+
     def exists(self, name: str) -> bool:
-        return name in self._rbd.RBD().list(self._ioctx)
+        return name in self.names()
+
+    def rename(self, name: str, new: str) -> None:
+        """Also while a client has it open (it keeps the image, by id)."""
+        self._call(f"rename {name} to {new}", lambda: self._rbd.RBD().rename(self._ioctx, name, new))
 
     # -- bases ------------------------------------------------------------------
 
@@ -169,7 +186,7 @@ class RbdPool:
         self.clone(base, aside, replace=True)
         if self.exists(disk):
             self.remove_disk(disk)
-        self._call(f"rename {aside} to {disk}", lambda: self._rbd.RBD().rename(self._ioctx, aside, disk))
+        self.rename(aside, disk)
 
     def remove_disk(self, disk: str) -> None:
         self._remove_image(disk)
@@ -236,3 +253,90 @@ def _allocated(img: Any) -> int:
 
     img.diff_iterate(0, img.size(), None, count, include_parent=False)
     return total
+
+
+class CephImageStore(ImageStore):
+    """The fleet's image store on the storage section's pool: a machine's
+    disk is the clone named after its hostname, of the base named after its
+    profile's base file without the extension (``base: demo-linux.qcow2``:
+    RBD image ``demo-linux``, snapshot ``base``). Machines' reservations
+    stay under state_dir, as with files."""
+
+    def __init__(self, cfg: Config, machines: Mapping[str, Machine] | None = None, bus: Bus | None = None) -> None:
+        super().__init__(cfg, machines, bus)
+        self._pool: RbdPool | None = None
+
+    @property
+    def pool(self) -> RbdPool:
+        """Opened on first use and kept: every call would reconnect otherwise."""
+        if self._pool is None:
+            s = self.cfg.storage
+            with _as_image_error():
+                self._pool = RbdPool(s.pool, s.conf, s.user)
+        return self._pool
+
+    def base_image(self, machine: Machine) -> str:
+        return Path(self.profile(machine).base).stem
+
+    @staticmethod
+    def renewal_name(hostname: str) -> str:
+        return f".{hostname}.renewal"
+
+    def create_overlay(self, machine: Machine, replace: bool = False,  # type: ignore[override]
+                       aside: bool = False) -> str:
+        """A fresh clone for the machine (``aside``: its renewal); the
+        ``rbd:`` name that serves it."""
+        name = self.renewal_name(machine.hostname) if aside else machine.hostname
+        base = self.base_image(machine)
+        with _as_image_error():
+            self.pool.clone(base, name, replace=replace or aside)
+        self.bus.emit(Kind.IMAGE_OVERLAY_CREATED, mac=machine.mac, hostname=machine.hostname,
+                      base=f"{PREFIX}{self.pool.pool}/{base}@{BASE_SNAP}")
+        return self.pool.lun_path(name)
+
+    def prepared(self, machine: Machine) -> tuple[TargetSpec, bool]:
+        with _as_image_error():
+            made = not self.pool.exists(machine.hostname)
+        if made:
+            self.create_overlay(machine)
+        return self.boot_spec(machine, LunSpec(self.pool.lun_path(machine.hostname))), made
+
+    def make_renewal(self, machine: Machine, lun: LunSpec) -> LunSpec:
+        return dataclasses.replace(lun, path=self.create_overlay(machine, replace=True, aside=True))
+
+    def keep_renewal(self, machine: Machine) -> None:
+        """The served disk may still be open (the dropped sessions' last
+        requests): it is renamed aside and removed once closed, at the
+        next renewal or removal."""
+        host = machine.hostname
+        with _as_image_error():
+            if self.pool.exists(host):
+                self.pool.rename(host, f".{host}.old.{time.time_ns()}")
+            self.pool.rename(self.renewal_name(host), host)
+        self._remove_old(host)
+
+    def drop_renewal(self, machine: Machine) -> None:
+        with _as_image_error():
+            self.pool.remove_disk(self.renewal_name(machine.hostname))
+
+    def remove_disk(self, machine: Machine) -> None:
+        with _as_image_error():
+            self.pool.remove_disk(machine.hostname)
+        self._remove_old(machine.hostname)
+
+    def _remove_old(self, host: str) -> None:
+        for name in self.pool.names():
+            if name.startswith(f".{host}.old."):
+                try:
+                    self.pool.remove_disk(name)
+                except CephImageError:
+                    pass  # still open: removed next time
+
+
+@contextmanager
+def _as_image_error() -> Iterator[None]:
+    """The fleet reports ImageError as a disk failure with its message."""
+    try:
+        yield
+    except CephImageError as e:
+        raise ImageError(str(e)) from e

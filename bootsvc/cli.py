@@ -40,6 +40,7 @@ from .image_import import import_image
 from .images import ImageError, ImageStore
 from .instance import PID_FILE
 from .service import Services
+from .storage_config import StorageBackend
 from .yamlfile import Checker, ConfigError, load_yaml, parse_size
 
 
@@ -350,6 +351,10 @@ def cmd_image(args: argparse.Namespace) -> int:
     """Bases and per-machine overlays under state_dir."""
     cfg = _load_config(args.config, "image")
     if cfg is None:
+        return 1
+    if cfg.storage.backend is StorageBackend.CEPH:
+        print(f"bootsvc image {args.image_command}: not yet for storage backend ceph: manage the pool's bases "
+              "and clones with rbd (docs/scale-out.md)", file=sys.stderr)
         return 1
     store = ImageStore(cfg)
     try:

@@ -210,10 +210,10 @@ def load(path: str | Path, host: HostNetwork | None = None) -> Config:
 def _storage(c: Checker, doc: LineMap, base: Path) -> StorageSettings:
     storage = load_storage(c, doc, base)
     if storage.backend is StorageBackend.CEPH:
-        # the image store on Ceph (bases, clones per machine) is the next step
-        # of issue 22; until then only targets' rbd: LUNs use the cluster
-        c.warn(doc["storage"], "storage.backend", "ceph: machines' disks are still files under state_dir; "
-               "targets' LUNs may name rbd:POOL/IMAGE")
+        # machines boot from clones in the pool (bootsvc/ceph_images.py), but
+        # `bootsvc image` does not manage a pool yet (issue 22)
+        c.warn(doc["storage"], "storage.backend", "ceph: make bases with rbd (an image and its protected "
+               "snapshot 'base', docs/scale-out.md); bootsvc image does not manage the pool yet")
     return storage
 
 
