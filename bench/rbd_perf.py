@@ -60,7 +60,7 @@ def main() -> int:
         cluster.rbd("snap", "protect", f"{POOL}/base@gold")
         cluster.rbd("clone", f"{POOL}/base@gold", f"{POOL}/disk")
         exports = {
-            "bootsvc": lambda: bootsvc_export(f"rbd:{POOL}/disk:conf={cluster.conf}"),  # type: ignore[arg-type]
+            "bootsvc": lambda: bootsvc_export(f"rbd:{POOL}/disk:conf={cluster.conf}"),
             "tgt": lambda: tgt_export(f"{POOL}/disk", backing=("--bstype", "rbd", "--bsopts",
                                                                 f"conf={cluster.conf}")),
         }

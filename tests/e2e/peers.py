@@ -75,7 +75,7 @@ def machine_chap(state_dir: Path, mac: str, initiator: str) -> str:
 
 
 @contextlib.contextmanager
-def bootsvc_export(image: Path, iqn: str = "iqn.2026-11.test.bootsvc:disk", *extra: str,
+def bootsvc_export(image: Path | str, iqn: str = "iqn.2026-11.test.bootsvc:disk", *extra: str,
                    log: Path | None = None) -> Iterator[Portal]:
     """``bootsvc export IMAGE`` on a free loopback port; the image is LUN 0.
     Without CHAP (``--auth none``) unless ``extra`` gives ``--chap-file``."""

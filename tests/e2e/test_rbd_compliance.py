@@ -31,7 +31,7 @@ def test_rbd_lun_passes_what_a_file_lun_passes(ceph_cluster: Cluster, tmp_path: 
         reference = run(portal.url())
     assert reference, "iscsi-test-cu produced no results"
     rbd_lun = f"rbd:{POOL}/compliance:conf={ceph_cluster.conf}"
-    with bootsvc_export(rbd_lun, log=tmp_path / "rbd.log") as portal:  # type: ignore[arg-type]
+    with bootsvc_export(rbd_lun, log=tmp_path / "rbd.log") as portal:
         ours = run(portal.url())
     print(f"\nfile: all {counts(reference)}, applicable {counts(applicable(reference))}")
     print(f"rbd:  all {counts(ours)}, applicable {counts(applicable(ours))}")
