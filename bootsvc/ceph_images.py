@@ -34,8 +34,9 @@ BASE_SNAP = "base"
 COPY_CHUNK = 4 << 20  # one RBD object (the default object size)
 
 
-class CephImageError(Exception):
-    """A pool operation that cannot be done; the message says why, plainly."""
+class CephImageError(ImageError):
+    """A pool operation that cannot be done; the message says why, plainly
+    (an ImageError: the fleet reports it as a disk failure, the CLI prints it)."""
 
 
 @dataclass(frozen=True)
@@ -271,8 +272,7 @@ class CephImageStore(ImageStore):
         """Opened on first use and kept: every call would reconnect otherwise."""
         if self._pool is None:
             s = self.cfg.storage
-            with _as_image_error():
-                self._pool = RbdPool(s.pool, s.conf, s.user)
+            self._pool = RbdPool(s.pool, s.conf, s.user)
         return self._pool
 
     def base_image(self, machine: Machine) -> str:
@@ -288,15 +288,13 @@ class CephImageStore(ImageStore):
         ``rbd:`` name that serves it."""
         name = self.renewal_name(machine.hostname) if aside else machine.hostname
         base = self.base_image(machine)
-        with _as_image_error():
-            self.pool.clone(base, name, replace=replace or aside)
+        self.pool.clone(base, name, replace=replace or aside)
         self.bus.emit(Kind.IMAGE_OVERLAY_CREATED, mac=machine.mac, hostname=machine.hostname,
                       base=f"{PREFIX}{self.pool.pool}/{base}@{BASE_SNAP}")
         return self.pool.lun_path(name)
 
     def prepared(self, machine: Machine) -> tuple[TargetSpec, bool]:
-        with _as_image_error():
-            made = not self.pool.exists(machine.hostname)
+        made = not self.pool.exists(machine.hostname)
         if made:
             self.create_overlay(machine)
         return self.boot_spec(machine, LunSpec(self.pool.lun_path(machine.hostname))), made
@@ -309,19 +307,16 @@ class CephImageStore(ImageStore):
         requests): it is renamed aside and removed once closed, at the
         next renewal or removal."""
         host = machine.hostname
-        with _as_image_error():
-            if self.pool.exists(host):
-                self.pool.rename(host, f".{host}.old.{time.time_ns()}")
-            self.pool.rename(self.renewal_name(host), host)
+        if self.pool.exists(host):
+            self.pool.rename(host, f".{host}.old.{time.time_ns()}")
+        self.pool.rename(self.renewal_name(host), host)
         self._remove_old(host)
 
     def drop_renewal(self, machine: Machine) -> None:
-        with _as_image_error():
-            self.pool.remove_disk(self.renewal_name(machine.hostname))
+        self.pool.remove_disk(self.renewal_name(machine.hostname))
 
     def remove_disk(self, machine: Machine) -> None:
-        with _as_image_error():
-            self.pool.remove_disk(machine.hostname)
+        self.pool.remove_disk(machine.hostname)
         self._remove_old(machine.hostname)
 
     def _remove_old(self, host: str) -> None:
@@ -331,12 +326,3 @@ class CephImageStore(ImageStore):
                     self.pool.remove_disk(name)
                 except CephImageError:
                     pass  # still open: removed next time
-
-
-@contextmanager
-def _as_image_error() -> Iterator[None]:
-    """The fleet reports ImageError as a disk failure with its message."""
-    try:
-        yield
-    except CephImageError as e:
-        raise ImageError(str(e)) from e

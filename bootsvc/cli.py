@@ -37,7 +37,8 @@ from .demo import DEMO_BASE, DemoImageError, build_demo
 from .dns.settings import notes as dns_notes
 from .host import HostError, HostNetwork
 from .image_import import import_image
-from .images import ImageError, ImageStore
+from .ceph_images import CephImageStore
+from .images import ImageError, ImageStore, image_store
 from .instance import PID_FILE
 from .service import Services
 from .storage_config import StorageBackend
@@ -261,6 +262,20 @@ def _image_list(store: ImageStore, args: argparse.Namespace) -> int:
     return 0
 
 
+def _ceph_list(store: ImageStore, args: argparse.Namespace) -> int:
+    """``image list`` on a pool: bases with their clones, every disk with
+    what it holds itself."""
+    assert isinstance(store, CephImageStore)
+    pool = store.pool
+    print(f"bases in pool {pool.pool}:")
+    for b in pool.bases():
+        print(f"  {b.name:24} {human(b.size):>10}  cloned by {', '.join(b.clones) or 'nothing'}")
+    print(f"disks in pool {pool.pool}:")
+    for d in pool.disks():
+        print(f"  {d.name:24} {human(d.allocated):>10} allocated, disk {human(d.size)}, base {d.base or '-'}")
+    return 0
+
+
 def _image_create(store: ImageStore, args: argparse.Namespace) -> int:
     for host in args.host:
         print(store.create(host, replace=args.force))
@@ -345,6 +360,10 @@ IMAGE_COMMANDS: dict[str, Callable[[ImageStore, argparse.Namespace], int]] = {
     "import": _image_import,
     "check": _image_check,
 }
+# what `bootsvc image` does on a Ceph pool so far (bootsvc/ceph_images.py)
+CEPH_IMAGE_COMMANDS: dict[str, Callable[[ImageStore, argparse.Namespace], int]] = {
+    "list": _ceph_list, "create": _image_create, "reset": _image_reset,
+}
 
 
 def cmd_image(args: argparse.Namespace) -> int:
@@ -352,13 +371,14 @@ def cmd_image(args: argparse.Namespace) -> int:
     cfg = _load_config(args.config, "image")
     if cfg is None:
         return 1
-    if cfg.storage.backend is StorageBackend.CEPH:
+    ceph = cfg.storage.backend is StorageBackend.CEPH
+    if ceph and args.image_command not in CEPH_IMAGE_COMMANDS:
         print(f"bootsvc image {args.image_command}: not yet for storage backend ceph: manage the pool's bases "
-              "and clones with rbd (docs/scale-out.md)", file=sys.stderr)
+              "with rbd (docs/scale-out.md)", file=sys.stderr)
         return 1
-    store = ImageStore(cfg)
+    store = image_store(cfg)
     try:
-        return IMAGE_COMMANDS[args.image_command](store, args)
+        return (CEPH_IMAGE_COMMANDS if ceph else IMAGE_COMMANDS)[args.image_command](store, args)
     except ImageError as e:
         print(f"bootsvc image {args.image_command}: {e}", file=sys.stderr)
         return 1

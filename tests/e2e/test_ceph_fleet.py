@@ -116,3 +116,19 @@ def test_serve_gives_each_machine_its_clone(ceph_cluster: Cluster, tmp_path: Pat
             finally:
                 b.close()
         assert {b.name: b.clones for b in pool.bases()}[base] == tuple(sorted(hosts))
+
+    def image(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "bootsvc", "image", "-c", str(cfg), *argv],
+                              capture_output=True, text=True, timeout=60)
+
+    listing = image("list")
+    assert listing.returncode == 0 and f"bases in pool {POOL}:" in listing.stdout, listing.stderr
+    keeper, kiosk = hosts
+    assert any(line.split()[0] == keeper and "MiB allocated" in line and f"base {base}" in line
+               for line in listing.stdout.splitlines()), listing.stdout
+    reset = image("reset", kiosk)
+    assert reset.returncode == 0 and reset.stdout.strip() == f"rbd:{POOL}/{kiosk}:conf={ceph_cluster.conf}"
+    with RbdPool(POOL, str(ceph_cluster.conf)) as pool:
+        assert {d.name: d.allocated for d in pool.disks()}[kiosk] == 0
+    refused = image("commit", keeper, "new-gold")
+    assert refused.returncode == 1 and "not yet for storage backend ceph" in refused.stderr
