@@ -24,6 +24,7 @@ from target import (
     TargetServer,
     TargetSpec,
 )
+from target.rbd import is_rbd, parse_spec
 
 from . import SCSI_PRODUCT, SCSI_VENDOR, __version__, isns_cli
 from . import config as config_mod
@@ -36,16 +37,29 @@ from .demo import DEMO_BASE, DemoImageError, build_demo
 from .dns.settings import notes as dns_notes
 from .host import HostError, HostNetwork
 from .image_import import import_image
-from .images import ImageError, ImageStore
+from .ceph_images import CephImageStore
+from .images import ImageError, ImageStore, image_store
 from .iscsi_portals import describe as describe_portals
 from .instance import PID_FILE
 from .service import Services
+from .storage_config import StorageBackend
 from .yamlfile import Checker, ConfigError, load_yaml, parse_size
 
 
 def default_iqn(image: Path) -> str:
     stem = "".join(c if c.isalnum() or c in ".-" else "-" for c in image.stem.lower()) or "disk"
     return f"iqn.2026-11.io.bootsvc:{stem}"
+
+
+def export_name(image: str) -> Path:
+    """What names an export by default: its file, or an rbd: LUN's image
+    (target/rbd.py), not the options after it."""
+    if is_rbd(image):
+        try:
+            return Path(parse_spec(image).image)
+        except BackendError:
+            pass  # Target.open says what is wrong with the name
+    return Path(image)
 
 
 def export_auth(args: argparse.Namespace) -> ChapAuth | None:
@@ -72,14 +86,14 @@ def export_auth(args: argparse.Namespace) -> ChapAuth | None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Serve one or more images as LUNs of one target, now."""
-    images = [Path(p) for p in args.image]
-    iqn = args.iqn or default_iqn(images[0])
+    first = export_name(args.image[0])
+    iqn = args.iqn or default_iqn(first)
     try:
         listen = HostPort.parse(args.listen, default_port=3260, what="portal")
         portal = Portal(listen.host, listen.port)
-        spec = TargetSpec(iqn=iqn, alias=args.alias or images[0].name, vendor=SCSI_VENDOR, product=SCSI_PRODUCT,
-                          luns=tuple(LunSpec(str(p), read_only=args.read_only, block_size=args.block_size)
-                                     for p in images), auth=export_auth(args))
+        spec = TargetSpec(iqn=iqn, alias=args.alias or first.name, vendor=SCSI_VENDOR, product=SCSI_PRODUCT,
+                          luns=tuple(LunSpec(p, read_only=args.read_only, block_size=args.block_size)
+                                     for p in args.image), auth=export_auth(args))
         target = Target.open(spec)
     except ConfigError as e:
         print("bootsvc export: " + "\n".join(e.problems), file=sys.stderr)
@@ -89,7 +103,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 2
     server = TargetServer([target], [portal], nop_interval=args.nop_interval)
     services = Services()
-    services.add("iscsi", server.start, server.stop, where=f"{portal} ({iqn}, {len(images)} LUN)")
+    services.add("iscsi", server.start, server.stop, where=f"{portal} ({iqn}, {len(args.image)} LUN)")
     return services.run()
 
 
@@ -249,6 +263,20 @@ def _image_list(store: ImageStore, args: argparse.Namespace) -> int:
     return 0
 
 
+def _ceph_list(store: ImageStore, args: argparse.Namespace) -> int:
+    """``image list`` on a pool: bases with their clones, every disk with
+    what it holds itself."""
+    assert isinstance(store, CephImageStore)
+    pool = store.pool
+    print(f"bases in pool {pool.pool}:")
+    for b in pool.bases():
+        print(f"  {b.name:24} {human(b.size):>10}  cloned by {', '.join(b.clones) or 'nothing'}")
+    print(f"disks in pool {pool.pool}:")
+    for d in pool.disks():
+        print(f"  {d.name:24} {human(d.allocated):>10} allocated, disk {human(d.size)}, base {d.base or '-'}")
+    return 0
+
+
 def _image_create(store: ImageStore, args: argparse.Namespace) -> int:
     for host in args.host:
         print(store.create(host, replace=args.force))
@@ -333,6 +361,10 @@ IMAGE_COMMANDS: dict[str, Callable[[ImageStore, argparse.Namespace], int]] = {
     "import": _image_import,
     "check": _image_check,
 }
+# what `bootsvc image` does on a Ceph pool so far (bootsvc/ceph_images.py)
+CEPH_IMAGE_COMMANDS: dict[str, Callable[[ImageStore, argparse.Namespace], int]] = {
+    "list": _ceph_list, "create": _image_create, "reset": _image_reset,
+}
 
 
 def cmd_image(args: argparse.Namespace) -> int:
@@ -340,9 +372,14 @@ def cmd_image(args: argparse.Namespace) -> int:
     cfg = _load_config(args.config, "image")
     if cfg is None:
         return 1
-    store = ImageStore(cfg)
+    ceph = cfg.storage.backend is StorageBackend.CEPH
+    if ceph and args.image_command not in CEPH_IMAGE_COMMANDS:
+        print(f"bootsvc image {args.image_command}: not yet for storage backend ceph: manage the pool's bases "
+              "with rbd (docs/scale-out.md)", file=sys.stderr)
+        return 1
+    store = image_store(cfg)
     try:
-        return IMAGE_COMMANDS[args.image_command](store, args)
+        return (CEPH_IMAGE_COMMANDS if ceph else IMAGE_COMMANDS)[args.image_command](store, args)
     except ImageError as e:
         print(f"bootsvc image {args.image_command}: {e}", file=sys.stderr)
         return 1

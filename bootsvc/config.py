@@ -20,6 +20,7 @@ from .address import HostPort
 from .credentials import AuthMode, check_pair, parse_chap
 from isns.policy import Policy
 from target import ChapAlgorithm, ChapAuth, LunSpec, TargetConfigError, TargetSpec, check_iscsi_name
+from target.rbd import is_rbd
 
 from . import SCSI_PRODUCT, SCSI_VENDOR
 from .dhcp.responder import Mode, UnknownPolicy
@@ -30,13 +31,14 @@ from .iscsi_portals import IscsiPortal, parse_portals
 from .inventory import Machine, load_machines
 from .names import domain_problem
 from .profiles import SHIPPED, Profile, load_profiles
+from .storage_config import StorageBackend, StorageSettings, check_rbd_lun, load_storage, with_storage_defaults
 from .tftp import BUSY_POLL_US
 from .yamlfile import Checker, ConfigError, LineMap, load_yaml, plain
 
 __all__ = ["Config", "ConfigError", "IscsiSettings", "load"]
 
 TOP_KEYS = {"state_dir", "domain", "iqn_prefix", "listen", "dhcp", "default_profile", "profiles_dir",
-            "machines", "targets", "iscsi", "tftp", "dns", "isns", "recorder"}
+            "machines", "targets", "iscsi", "tftp", "dns", "isns", "recorder", "storage"}
 RECORDER_KEYS = {"enabled", "history", "stall"}
 DNS_KEYS = {"ttl"} | FORWARD_KEYS
 TFTP_KEYS = {"roots", "busy_poll_us"}
@@ -136,6 +138,7 @@ class Config:
     recorder: RecorderSettings = field(default_factory=RecorderSettings)
     dns_forward: Forwarding = field(default_factory=Forwarding)  # dns.forward, dns.allow
     warnings: tuple[str, ...] = field(default=(), compare=False)  # file:line: warning: key: message
+    storage: StorageSettings = field(default_factory=StorageSettings)  # storage: (bootsvc/storage_config.py)
 
     @property
     def recorder_db(self) -> Path:
@@ -175,7 +178,8 @@ def load(path: str | Path, host: HostNetwork | None = None) -> Config:
         c.unknown(lm, LISTEN_KEYS, "listen.")
         iscsi = replace(iscsi, portals=_portals(c, lm, iscsi.portal_group_tag))
 
-    targets = _targets(c, doc, path.parent)
+    storage = _storage(c, doc, path.parent)
+    targets = with_storage_defaults(_targets(c, doc, path.parent), storage)
     seen = {t.iqn for t in targets}
     profiles = _profiles(c, doc, path.parent)
     default_profile = doc.get("default_profile")
@@ -201,7 +205,17 @@ def load(path: str | Path, host: HostNetwork | None = None) -> Config:
     c.raise_if_any()
     return Config(path, state_dir, iqn_prefix, domain, iscsi, targets, MappingProxyType(profiles),
                   MappingProxyType(machines), default_profile, dhcp, tftp, http, dns, ttl, isns, recorder,
-                  forwarding, tuple(c.warnings))
+                  forwarding, tuple(c.warnings), storage=storage)
+
+
+def _storage(c: Checker, doc: LineMap, base: Path) -> StorageSettings:
+    storage = load_storage(c, doc, base)
+    if storage.backend is StorageBackend.CEPH:
+        # machines boot from clones in the pool (bootsvc/ceph_images.py), but
+        # `bootsvc image` does not manage a pool yet (issue 22)
+        c.warn(doc["storage"], "storage.backend", "ceph: make bases with rbd (an image and its protected "
+               "snapshot 'base', docs/scale-out.md); bootsvc image does not manage the pool yet")
+    return storage
 
 
 def _text(c: Checker, doc: LineMap, key: str, default: str) -> str:
@@ -540,10 +554,14 @@ def _lun(c: Checker, t: LineMap, lw: str, lun: Any, base: Path) -> LunSpec | Non
         c.at(t.lines.get("luns", t.line), lw, "expected a path or a mapping with path")
         return None
     c.unknown(lun, LUN_KEYS, f"{lw}.")
-    p = Path(str(lun["path"]))
-    p = p if p.is_absolute() else base / p
-    if not os.path.exists(p):  # os.path's: False, not OSError or ValueError, for a name too long or with NUL
-        c.err(lun, f"{lw}.path", f"{p} does not exist")
+    path = str(lun["path"])
+    if is_rbd(path):  # an RBD image, not a file (target/rbd.py)
+        check_rbd_lun(c, lun, f"{lw}.path", path)
+    else:
+        p = Path(path)
+        path = str(p if p.is_absolute() else base / p)
+        if not os.path.exists(path):  # os.path's: False, not OSError or ValueError, for a name too long or with NUL
+            c.err(lun, f"{lw}.path", f"{path} does not exist")
     bs = lun.get("block_size", 512)
     if not isinstance(bs, int) or isinstance(bs, bool) or bs not in (512, 4096):
         c.err(lun, f"{lw}.block_size", f"must be 512 or 4096, not {plain(bs)}")
@@ -553,4 +571,4 @@ def _lun(c: Checker, t: LineMap, lw: str, lun: Any, base: Path) -> LunSpec | Non
     lun_id = lun.get("lun")
     if lun_id is not None and (not isinstance(lun_id, int) or isinstance(lun_id, bool) or not 0 <= lun_id < 16384):
         c.err(lun, f"{lw}.lun", f"must be a LUN number 0..16383, not {plain(lun_id)}")
-    return LunSpec(str(p), read_only=bool(ro), block_size=int(bs) if bs in (512, 4096) else 512, lun_id=lun_id)
+    return LunSpec(path, read_only=bool(ro), block_size=int(bs) if bs in (512, 4096) else 512, lun_id=lun_id)

@@ -29,7 +29,7 @@ from .dhcp.leases import LeaseState, LeaseStore
 from .dhcp.responder import UnknownPolicy
 from .events import Bus, Event, Kind
 from .fleet_diff import ConfigDiff, diff_configs
-from .images import ImageError, ImageStore
+from .images import ImageError, image_store
 from .inventory import Machine, generated_machine
 from .isns_registration import Wanted, wanted
 from .profiles import OverlayPolicy, Profile
@@ -86,7 +86,7 @@ class Fleet:
         self._by_target: dict[str, str] | None = None  # a disk's target IQN -> its machine's MAC
         self._fixed: dict[IPv4, str] | None = None
         self._reserved: frozenset[IPv4] | None = None
-        self.store = ImageStore(cfg, self.machines, bus)
+        self.store = image_store(cfg, self.machines, bus)
         self.credentials = CredentialStore(cfg.state_dir)
         bus.subscribe(self.on_event)
 
@@ -504,7 +504,7 @@ class Fleet:
         diff = diff_configs(self.cfg, new, self._served_machines(), new_machines)
         old_cfg = self.cfg
         self.cfg = new
-        self.store = ImageStore(new, self.machines, self.bus)
+        self.store = image_store(new, self.machines, self.bus)
         kept = self._drop_machines(diff.machines.removed + diff.machines.changed)
         for mac in diff.machines.removed:
             if mac not in kept:

@@ -33,6 +33,7 @@ from .config import Config
 from .events import Bus, Kind, logging_bus
 from .inventory import Machine
 from .profiles import Profile
+from .storage_config import StorageBackend
 
 CHUNK = 1 << 20
 ZERO_CHUNK = bytes(CHUNK)
@@ -175,11 +176,14 @@ class ImageStore:
         made = not path.exists()
         if made:
             self.create_overlay(machine)
+        return self.boot_spec(machine, LunSpec(str(path), limit=profile.overlay_limit)), made
+
+    def boot_spec(self, machine: Machine, disk: LunSpec) -> TargetSpec:
+        """A machine's boot target serving ``disk``: only its initiator, one writer."""
         return TargetSpec(iqn=machine.target_iqn, alias=f"{machine.hostname} boot disk", vendor=SCSI_VENDOR,
-                          product=SCSI_PRODUCT,
-                          luns=(LunSpec(str(path), limit=profile.overlay_limit),),
+                          product=SCSI_PRODUCT, luns=(disk,),
                           reservations=str(self.reservations_dir(machine.target_iqn)),
-                          allowed_initiators=frozenset({machine.initiator_iqn}), single_writer=True), made
+                          allowed_initiators=frozenset({machine.initiator_iqn}), single_writer=True)
 
     # -- a running machine's renewal: made aside, then swapped in or thrown away -------
 
@@ -422,3 +426,11 @@ def _copy(img: Backend, write: Callable[[int, bytes], object], what: str) -> Non
             if data != ZERO_CHUNK[:n]:
                 write(pos, data)
             bar.update(n)
+
+
+def image_store(cfg: Config, machines: Mapping[str, Machine] | None = None, bus: Bus | None = None) -> ImageStore:
+    """The store of the config's storage backend: files, or an RBD pool."""
+    if cfg.storage.backend is StorageBackend.CEPH:
+        from .ceph_images import CephImageStore  # it builds on ImageStore, above
+        return CephImageStore(cfg, machines, bus)
+    return ImageStore(cfg, machines, bus)

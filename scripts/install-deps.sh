@@ -33,10 +33,25 @@ debs=(
     vagrant vagrant-libvirt  # `vagrant validate` of vagrant/Vagrantfile (tests/test_vagrant.py)
     iproute2 procps
     systemd             # systemd-analyze (verify and security of systemd/bootsvc.service), systemd-sysusers
+    ceph-mon ceph-mgr ceph-osd ceph-common  # the tests' throw-away Ceph cluster (tests/ceph_cluster.py)
+    python3-rados python3-rbd  # librbd from Python: the ceph storage backend (linked into the venv below)
+    tgt-rbd             # tgt's rbd backing store, the reference for the RBD-backed LUN
 )
 bash "$(dirname "$0")/install-runtime.sh" "${debs[@]}"
+# The Ceph packages enable units for a host cluster; the tests start their own
+# daemons, so none of those may run or start at boot here.
+ceph_units=$(systemctl list-unit-files 'ceph*' 'rbdmap*' --state=enabled --no-legend --no-pager 2>/dev/null \
+             | awk '{print $1}')
+if [ -n "$ceph_units" ]; then
+    if [ -d /run/systemd/system ]; then
+        systemctl disable --now $ceph_units
+    else
+        systemctl disable $ceph_units
+    fi
+fi
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip
 "$venv/bin/python" -m pip install -q -e ".[test]"
+bash "$(dirname "$0")/link-ceph-bindings.sh" "$venv"

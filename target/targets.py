@@ -18,6 +18,7 @@ from .backend import Backend, RawBackend
 from .chap import ChapAuth
 from .qcow2 import MAGIC as QCOW2_MAGIC
 from .qcow2 import open_image
+from .rbd import is_rbd, open_rbd
 from .scsi import Lun
 from .scsi.inquiry import DEFAULT_PRODUCT, DEFAULT_VENDOR
 
@@ -79,7 +80,10 @@ class TargetSpec:
 
 
 def open_backend(spec: LunSpec) -> Backend:
-    """The backend for a LUN file: qcow2 by its magic, else raw."""
+    """The backend for a LUN: an RBD image by its ``rbd:`` name, else a
+    file, qcow2 by its magic, else raw."""
+    if is_rbd(spec.path):
+        return open_rbd(spec.path, read_only=spec.read_only)
     try:
         with open(spec.path, "rb") as f:
             magic = f.read(4)

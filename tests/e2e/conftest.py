@@ -7,8 +7,11 @@ import pytest
 
 from bootsvc.demo.loader import SYSTEMD_BOOT
 from bootsvc.vm import qemu
+from tests.e2e.ceph import ceph_cluster
 from tests.e2e.netns import can_make_namespaces
 from tests.e2e.peers import have
+
+__all__ = ["ceph_cluster", "need", "need_vm_lab"]  # ceph_cluster: a fixture for every e2e test module
 
 
 def need(*commands: str) -> None:

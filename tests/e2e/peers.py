@@ -75,7 +75,7 @@ def machine_chap(state_dir: Path, mac: str, initiator: str) -> str:
 
 
 @contextlib.contextmanager
-def bootsvc_export(image: Path, iqn: str = "iqn.2026-11.test.bootsvc:disk", *extra: str,
+def bootsvc_export(image: Path | str, iqn: str = "iqn.2026-11.test.bootsvc:disk", *extra: str,
                    log: Path | None = None) -> Iterator[Portal]:
     """``bootsvc export IMAGE`` on a free loopback port; the image is LUN 0.
     Without CHAP (``--auth none``) unless ``extra`` gives ``--chap-file``."""
@@ -146,10 +146,13 @@ def have(*commands: str) -> bool:
 
 
 @contextlib.contextmanager
-def tgt_export(image: Path, iqn: str = "iqn.2026-11.test.tgt:disk", more_hosts: Sequence[str] = ()) -> Iterator[Portal]:
+def tgt_export(image: Path | str, iqn: str = "iqn.2026-11.test.tgt:disk", more_hosts: Sequence[str] = (),
+               backing: Sequence[str] = ()) -> Iterator[Portal]:
     """tgtd serving ``image`` as LUN 1 (tgt keeps LUN 0 for its controller);
     ``more_hosts``: other loopback addresses it listens on, the same port
-    (tgt puts every portal in portal group 1).
+    (tgt puts every portal in portal group 1); ``backing``: tgtadm options
+    for another backing store, e.g. ``("--bstype", "rbd", "--bsopts",
+    "conf=...")`` with ``image`` POOL/IMAGE (tgt-rbd).
 
     tgtd ignores SIGTERM while targets exist, so it is stopped through its
     own control port (ENVIRONMENT.md), then by PID if it lingers."""
@@ -171,7 +174,7 @@ def tgt_export(image: Path, iqn: str = "iqn.2026-11.test.tgt:disk", more_hosts: 
         for host in more_hosts:
             adm("--op", "new", "--mode", "portal", "--param", f"portal={host}:{port}")
         adm("--op", "new", "--mode", "target", "--tid", "1", "-T", iqn)
-        adm("--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "-b", str(image))
+        adm("--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "-b", str(image), *backing)
         adm("--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL")
         yield Portal(port, iqn, 1, proc.pid)
     finally:

@@ -1,0 +1,134 @@
+"""Machines booting from RBD clones (storage: {backend: ceph}): the fleet's
+image store on a real pool (bootsvc/ceph_images.py CephImageStore), and
+`bootsvc serve` giving each machine its own clone over iSCSI with CHAP."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from bootsvc.ceph_images import CephImageStore, RbdPool
+from bootsvc.config import load
+from bootsvc.images import image_store
+from target.rbd import open_rbd
+from target.targets import Target, open_backend
+from tests.ceph_cluster import Cluster
+from tests.e2e.ceph import POOL
+from tests.e2e.conftest import need
+from tests.e2e.peers import LOOPBACK, free_port, machine_chap, stop, wait_for_port
+
+pytestmark = pytest.mark.e2e
+
+MIB = 1 << 20
+PREFIX = "iqn.2026-11.test.lab"
+
+
+def _config(tmp_path: Path, cluster: Cluster, base: str, hosts: dict[str, str], port: int = 0) -> Path:
+    """A config whose machines (hostname: profile) boot from clones of ``base``."""
+    (tmp_path / "profiles").mkdir(exist_ok=True)
+    (tmp_path / "profiles" / "keep.yaml").write_text(f"base: {base}.raw\noverlay: persistent\n")
+    (tmp_path / "profiles" / "fresh.yaml").write_text(f"base: {base}.raw\noverlay: ephemeral\n")
+    machines = "".join(f"  52:54:00:00:00:{i:02x}: {{hostname: {h}, profile: {p}}}\n"
+                       for i, (h, p) in enumerate(hosts.items(), 1))
+    listen = f"listen:\n  iscsi: [{LOOPBACK}:{port}]\n" if port else ""
+    cfg = tmp_path / "bootsvc.yaml"
+    cfg.write_text(f"state_dir: {tmp_path / 'state'}\niqn_prefix: {PREFIX}\nprofiles_dir: profiles\n{listen}"
+                   f"storage: {{backend: ceph, pool: {POOL}, conf: {cluster.conf}}}\nmachines:\n{machines}")
+    return cfg
+
+
+def _base(cluster: Cluster) -> str:
+    name = f"gold-{uuid.uuid4().hex[:6]}"
+    with RbdPool(POOL, str(cluster.conf)) as pool:
+        pool.add_base(name, 16 * MIB, lambda offset, n: b"\xee" * n)
+    return name
+
+
+def test_the_store_makes_renews_and_removes_clones(ceph_cluster: Cluster, tmp_path: Path) -> None:
+    base = _base(ceph_cluster)
+    host = f"pc-{uuid.uuid4().hex[:6]}"
+    store = image_store(load(_config(tmp_path, ceph_cluster, base, {host: "fresh"})))
+    assert isinstance(store, CephImageStore)
+    machine = next(iter(store.machines.values()))
+    spec, made = store.prepared(machine)
+    assert made and spec.luns[0].path == f"rbd:{POOL}/{host}:conf={ceph_cluster.conf}"
+    assert spec.allowed_initiators == {f"{PREFIX}:{host}"} and spec.single_writer
+    assert not store.prepared(machine)[1]  # there already: kept (a restart is no new boot)
+    target = Target.open(spec)
+    served = target.luns[0].backend
+
+    async def write() -> None:
+        await served.write(0, b"\x42" * MIB, fua=True)
+    asyncio.run(write())
+    # a new boot: a fresh clone made aside, served, then given the disk's name
+    renewal = open_backend(store.make_renewal(machine, spec.luns[0]))
+    assert renewal.read_sync(0, 4096) == b"\xee" * 4096
+    store.keep_renewal(machine)  # the old disk is still open here
+    now = open_rbd(spec.luns[0].path)
+    assert now.read_sync(0, 4096) == b"\xee" * 4096
+    now.close()
+    with RbdPool(POOL, str(ceph_cluster.conf)) as pool:
+        olds = [n for n in pool.names() if n.startswith(f".{host}.old.")]
+        assert len(olds) == 1  # kept while open
+        target.close()
+        renewal.close()
+        store.remove_disk(machine)
+        assert not [n for n in pool.names() if host in n]
+        store.drop_renewal(machine)  # none there: nothing to do
+        pool.remove_base(base)
+
+
+def test_serve_gives_each_machine_its_clone(ceph_cluster: Cluster, tmp_path: Path) -> None:
+    need("qemu-io")
+    base = _base(ceph_cluster)
+    tag = uuid.uuid4().hex[:6]
+    hosts = {f"keeper-{tag}": "keep", f"kiosk-{tag}": "fresh"}
+    port = free_port()
+    cfg = _config(tmp_path, ceph_cluster, base, hosts, port)
+    check = subprocess.run([sys.executable, "-m", "bootsvc", "check", "-c", str(cfg)], capture_output=True,
+                           text=True, timeout=60)
+    assert check.returncode == 0, check.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "bootsvc", "serve", "-c", str(cfg)], stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, proc)
+        for i, host in enumerate(hosts, 1):
+            chap = machine_chap(tmp_path / "state", f"52:54:00:00:00:{i:02x}", f"{PREFIX}:{host}")
+            opts = (f"driver=iscsi,transport=tcp,portal={LOOPBACK}:{port},target={PREFIX}:boot.{host},lun=0,"
+                    f"initiator-name={PREFIX}:{host}{chap}")
+            io = subprocess.run(["qemu-io", "--image-opts", "-c", "read -P 0xee 0 1M", "-c", "write -P 0x42 1M 1M",
+                                 "-c", "flush", opts], capture_output=True, text=True, timeout=60)
+            assert io.returncode == 0 and "wrote" in io.stdout and "verification failed" not in io.stdout, \
+                io.stdout + io.stderr
+    finally:
+        stop(proc)
+    with RbdPool(POOL, str(ceph_cluster.conf)) as pool:
+        disks = {d.name: d for d in pool.disks()}
+        for host in hosts:
+            assert disks[host].base == base and disks[host].allocated >= MIB
+            b = open_rbd(pool.lun_path(host))
+            try:
+                assert b.read_sync(MIB, 4096) == b"\x42" * 4096  # written through bootsvc, in the clone
+            finally:
+                b.close()
+        assert {b.name: b.clones for b in pool.bases()}[base] == tuple(sorted(hosts))
+
+    def image(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "bootsvc", "image", "-c", str(cfg), *argv],
+                              capture_output=True, text=True, timeout=60)
+
+    listing = image("list")
+    assert listing.returncode == 0 and f"bases in pool {POOL}:" in listing.stdout, listing.stderr
+    keeper, kiosk = hosts
+    assert any(line.split()[0] == keeper and "MiB allocated" in line and f"base {base}" in line
+               for line in listing.stdout.splitlines()), listing.stdout
+    reset = image("reset", kiosk)
+    assert reset.returncode == 0 and reset.stdout.strip() == f"rbd:{POOL}/{kiosk}:conf={ceph_cluster.conf}"
+    with RbdPool(POOL, str(ceph_cluster.conf)) as pool:
+        assert {d.name: d.allocated for d in pool.disks()}[kiosk] == 0
+    refused = image("commit", keeper, "new-gold")
+    assert refused.returncode == 1 and "not yet for storage backend ceph" in refused.stderr

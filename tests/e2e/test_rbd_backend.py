@@ -1,0 +1,156 @@
+"""The RBD backend against a real one-node Ceph cluster (tests/ceph_cluster.py):
+a machine's disk as a clone of a protected snapshot, read, written,
+discarded and flushed through librbd's asynchronous calls."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from target.backend import BackendError
+from target.rbd import RbdBackend, open_rbd
+from target.targets import LunSpec, Target, TargetSpec
+from tests.ceph_cluster import Cluster
+from tests.e2e.ceph import POOL
+
+pytestmark = pytest.mark.e2e
+
+MIB = 1 << 20
+SIZE = 64 * MIB
+
+
+def _pattern(n: int, seed: int) -> bytes:
+    return bytes((i * 7 + seed) & 0xFF for i in range(256)) * (n // 256)
+
+
+@pytest.fixture
+def clone(ceph_cluster: Cluster) -> Iterator[str]:
+    """``rbd:`` name of a clone of a base whose first 8 MiB hold a pattern."""
+    import rados
+    import rbd
+
+    base, child = f"base-{uuid.uuid4().hex[:8]}", f"m-{uuid.uuid4().hex[:8]}"
+    with rados.Rados(conffile=str(ceph_cluster.conf)) as cluster, cluster.open_ioctx(POOL) as ioctx:
+        rbd.RBD().create(ioctx, base, SIZE)
+        with rbd.Image(ioctx, base) as img:
+            img.write(_pattern(8 * MIB, 1), 0)
+            img.create_snap("gold")
+            img.protect_snap("gold")
+        rbd.RBD().clone(ioctx, base, "gold", ioctx, child)
+    yield f"rbd:{POOL}/{child}:conf={ceph_cluster.conf}"
+
+
+def _run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+async def _read(b: RbdBackend, offset: int, length: int) -> bytes:
+    return b"".join(bytes(s) for s in await b.read(offset, length))  # type: ignore[arg-type]
+
+
+def test_clone_reads_its_base_and_keeps_its_own_writes(clone: str) -> None:
+    parent = _pattern(8 * MIB, 1)
+
+    async def main() -> None:
+        b = open_rbd(clone)
+        try:
+            assert b.size == SIZE and not b.read_only
+            assert await _read(b, 0, MIB) == parent[:MIB]
+            assert await _read(b, 8 * MIB, 4096) == bytes(4096)  # beyond the base's data
+            mine = _pattern(64 * 1024, 9)
+            await b.write(4096, memoryview(mine)[:8192])
+            await b.write(MIB, mine, fua=True)
+            await b.flush()
+            got = await _read(b, 0, 2 * MIB)
+            want = bytearray(parent[:2 * MIB])
+            want[4096:4096 + 8192] = mine[:8192]
+            want[MIB:MIB + len(mine)] = mine
+            assert got == bytes(want)
+            assert b.read_sync(MIB, 512) == mine[:512]
+            # many requests in flight at once complete, each with its own data
+            writes = [b.write(16 * MIB + i * 4096, bytes([i]) * 4096) for i in range(64)]
+            await asyncio.gather(*writes)
+            reads = await asyncio.gather(*(_read(b, 16 * MIB + i * 4096, 4096) for i in range(64)))
+            assert reads == [bytes([i]) * 4096 for i in range(64)]
+        finally:
+            b.close()
+        # what was written is in the image, for another client
+        again = open_rbd(clone)
+        try:
+            assert await _read(again, MIB, len(mine)) == mine
+        finally:
+            again.close()
+
+    _run(main())
+
+
+def test_discard_and_zeroes_hide_the_base(clone: str) -> None:
+    parent = _pattern(8 * MIB, 1)
+
+    async def main() -> None:
+        b = open_rbd(clone)
+        try:
+            await b.discard(512, 1024)  # part of an object: zeroed, not skipped
+            await b.discard(4 * MIB, 4 * MIB)  # a whole object
+            await b.write_zeroes(2 * MIB + 4096, 8192)
+            got = await _read(b, 0, 8 * MIB)
+            want = bytearray(parent)
+            want[512:1536] = bytes(1024)
+            want[4 * MIB:8 * MIB] = bytes(4 * MIB)
+            want[2 * MIB + 4096:2 * MIB + 12288] = bytes(8192)
+            assert got == bytes(want)
+            # GET LBA STATUS: the base's data counts as mapped, untouched space does not
+            assert await b.block_status(0) == (True, 8 * MIB)
+            assert await b.block_status(8 * MIB) == (False, SIZE - 8 * MIB)
+            await b.write(20 * MIB, b"w" * 4096)
+            assert await b.block_status(8 * MIB) == (False, 12 * MIB)
+            assert await b.block_status(20 * MIB) == (True, 4096)
+        finally:
+            b.close()
+
+    _run(main())
+
+
+def test_a_snapshot_is_read_only_and_reads_the_base(ceph_cluster: Cluster, clone: str) -> None:
+    import rbd
+
+    name = clone.split(":")[1].split("/")[1]
+    import rados
+    with rados.Rados(conffile=str(ceph_cluster.conf)) as cluster, cluster.open_ioctx(POOL) as ioctx:
+        with rbd.Image(ioctx, name) as img:
+            base = img.parent_info()[1]
+    b = open_rbd(f"rbd:{POOL}/{base}@gold:conf={ceph_cluster.conf}")
+    try:
+        assert b.read_only
+        assert b.read_sync(0, 4096) == _pattern(4096, 1)
+    finally:
+        b.close()
+
+
+def test_a_target_serves_an_rbd_lun(clone: str) -> None:
+    target = Target.open(TargetSpec("iqn.2026-11.test:rbd", (LunSpec(clone),)))
+    try:
+        lun = target.luns[0]
+        assert lun.blocks * lun.block_size == SIZE and not lun.read_only
+    finally:
+        target.close()
+
+
+def test_open_errors_say_what_is_wrong(ceph_cluster: Cluster, tmp_path: Path) -> None:
+    conf = ceph_cluster.conf
+    cases = {
+        f"rbd:{POOL}/missing:conf={conf}": f"cannot open rbd:{POOL}/missing: no such image",
+        f"rbd:nopool/x:conf={conf}": "cannot open rbd:nopool/x: no such pool or namespace",
+        f"rbd:{POOL}/x:conf={tmp_path}/none.conf": f"cannot connect to the Ceph cluster of {tmp_path}/none.conf: "
+                                                  "no such file or directory",
+    }
+    for name, message in cases.items():
+        with pytest.raises(BackendError) as e:
+            open_rbd(name)
+        assert str(e.value) == message
+    assert os.path.exists(conf)
