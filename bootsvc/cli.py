@@ -95,6 +95,11 @@ def cmd_export(args: argparse.Namespace) -> int:
                           luns=tuple(LunSpec(p, read_only=args.read_only, block_size=args.block_size)
                                      for p in args.image), auth=export_auth(args))
         target = Target.open(spec)
+        try:
+            target.claim()  # an image on shared storage: this server's alone, or a clear refusal
+        except BaseException:
+            target.close()
+            raise
     except ConfigError as e:
         print("bootsvc export: " + "\n".join(e.problems), file=sys.stderr)
         return 2

@@ -68,6 +68,8 @@ class Kind(str, Enum):
     DISK_RENEWED = "disk.renewed"
     DISK_KEPT = "disk.kept"
     DISK_FAILED = "disk.failed"  # a machine's disk could not be made or opened: it will not boot
+    DISK_CLAIMED = "disk.claimed"  # shared storage: this server took the disk's lock (it serves it alone)
+    DISK_ELSEWHERE = "disk.elsewhere"  # shared storage: another server holds the disk: not served here
     IMAGE_OVERLAY_CREATED = "image.overlay_created"
     IMAGE_UNREADABLE = "image.unreadable"
     IMAGE_COMMITTED = "image.committed"
@@ -140,6 +142,7 @@ _NAMES: dict[Kind | str, str] = {k: k.value for k in Kind}  # faster than .value
 # Kinds that say something went wrong for a machine or a client: logged as
 # warnings, so the default log level shows them. Routine ones are INFO.
 WARNINGS = frozenset({Kind.FLEET_ADOPTION_CAPPED, Kind.BOOT_REFUSED, Kind.BOOT_FAILED, Kind.BOOT_SCRIPT_REFUSED, Kind.DISK_FAILED,
+                      Kind.DISK_ELSEWHERE,
                       Kind.DISK_KEPT, Kind.TFTP_FAILED, Kind.ISCSI_STREAM_ERROR, Kind.ISCSI_HEADER_DIGEST_ERROR,
                       Kind.ISCSI_ACCEPT_FAILED, Kind.QCOW2_REPAIRED, Kind.QCOW2_SPACE_LOW,
                       Kind.QCOW2_SPACE_EXHAUSTED, Kind.IMAGE_UNREADABLE, Kind.ISNS_ESI_LOST,

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from target import Backend, BackendError, ChapAuth, Standby, Target, TargetConfigError, TargetSpec, open_backend
+from target.backend import DiskElsewhere
 
 from .config import Config
 from .credentials import AuthMode, CredentialStore, chap_auth
@@ -56,6 +57,7 @@ class Disk:
     target: Target
     fresh: bool = True  # nobody has logged in since it was made: the coming boot needs no renewal
     renewing: bool = False  # a new overlay is being made for it
+    claiming: bool = False  # its lock on shared storage is being taken (Fleet.claim)
 
 
 class Fleet:
@@ -100,7 +102,7 @@ class Fleet:
             self._install(disk)
         for spec in self.cfg.targets:
             try:
-                self.targets[spec.iqn] = Target.open(self._with_reservations(spec))
+                self.targets[spec.iqn] = _open_claimed(self._with_reservations(spec))
             except (TargetConfigError, BackendError, OSError) as e:
                 self.close()
                 raise FleetError(str(e)) from e
@@ -265,7 +267,7 @@ class Fleet:
         elif event.kind is Kind.DHCP_OFFER and event.fields.get("firmware"):
             # a boot firmware asking (PXE ROM, UEFI, iPXE; never an OS's own
             # DHCP client) starts a new boot, in proxy mode as in authoritative
-            self._spawn(self.renew(mac))
+            self._spawn(self._boot_starts(mac))
 
     def _note_login(self, mac: str, peer: str | None) -> None:
         """Remember the IPv4 address a machine logged in from (reserved_ips)."""
@@ -295,6 +297,41 @@ class Fleet:
         task.add_done_callback(self._tasks.discard)
 
     # -- machines' disks -----------------------------------------------------------------
+
+    async def _boot_starts(self, mac: str) -> None:
+        """A new boot: the disk is claimed first (shared storage), then an
+        ephemeral one renewed; a disk another server holds is not touched."""
+        if await self.claim(mac):
+            await self.renew(mac)
+
+    async def claim(self, mac: str) -> bool:
+        """Claim a machine's disk on shared storage for this server (RBD's
+        lock, taken off the loop), when the machine turns to this server:
+        its boot firmware's DHCP here (a login claims it too:
+        IscsiConnection._claim_for). Not at start: a second server beside
+        the first must not take every disk.
+        A disk held by another server is not served here: ``disk.elsewhere``
+        says by whom. True when it is this server's now."""
+        disk = self._disks.get(mac)
+        if disk is None or disk.target.claimed:
+            return disk is not None
+        if disk.claiming:
+            return False
+        disk.claiming = True
+        m = disk.machine
+        try:
+            await asyncio.to_thread(disk.target.claim)
+        except DiskElsewhere as e:
+            self.bus.emit(Kind.DISK_ELSEWHERE, mac=m.mac, hostname=m.hostname, target=m.target_iqn, why=str(e))
+            return False
+        except (BackendError, OSError) as e:
+            self.bus.emit(Kind.DISK_FAILED, mac=m.mac, hostname=m.hostname, target=m.target_iqn,
+                          why=f"not claimed: {e}")
+            return False
+        finally:
+            disk.claiming = False
+        self.bus.emit(Kind.DISK_CLAIMED, mac=m.mac, hostname=m.hostname, target=m.target_iqn)
+        return True
 
     async def renew(self, mac: str) -> bool:
         """A machine starts a new boot: its ephemeral overlay is made anew.
@@ -360,8 +397,15 @@ class Fleet:
             close()
 
     def _fresh_backend(self, disk: Disk) -> Backend:
-        """In a thread: a new disk beside the served one, opened."""
-        return open_backend(self.store.make_renewal(disk.machine, disk.spec.luns[0]))
+        """In a thread: a new disk beside the served one, opened (and
+        claimed: nobody else can know it yet)."""
+        backend = open_backend(self.store.make_renewal(disk.machine, disk.spec.luns[0]))
+        try:
+            backend.claim()
+        except BaseException:
+            backend.close()
+            raise
+        return backend
 
     async def adopt(self, mac: str) -> Machine | None:
         """unknown_machines: default: the MAC becomes a machine with the
@@ -557,7 +601,7 @@ class Fleet:
             if iqn in self._specs:
                 continue
             try:
-                self.targets[iqn] = Target.open(self._with_reservations(spec))
+                self.targets[iqn] = _open_claimed(self._with_reservations(spec))
                 self._specs[iqn] = spec
             except (TargetConfigError, BackendError, OSError) as e:
                 self.bus.emit(Kind.DISK_FAILED, target=iqn, why=f"not served: {e}")
@@ -566,6 +610,18 @@ class Fleet:
     def _with_reservations(self, spec: TargetSpec) -> TargetSpec:
         """A config target as served: its LUNs keep APTPL reservations under state_dir."""
         return replace(spec, reservations=str(self.store.reservations_dir(spec.iqn)))
+
+
+def _open_claimed(spec: TargetSpec) -> Target:
+    """A config target, claimed at once (shared storage): the config names
+    it for this server, unlike a machine's disk, claimed when it boots."""
+    target = Target.open(spec)
+    try:
+        target.claim()
+    except BaseException:
+        target.close()
+        raise
+    return target
 
 
 @dataclass(frozen=True)

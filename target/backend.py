@@ -35,6 +35,10 @@ class SpaceExhausted(BackendError):
     """A write needs space the backend may not use (thin provisioning limit)."""
 
 
+class DiskElsewhere(BackendError):
+    """A disk on shared storage is held by another server (its lock)."""
+
+
 @dataclass(frozen=True, slots=True)
 class FileExtent:
     """``length`` bytes at ``offset`` of the open file ``fd``, sendable as is."""
@@ -148,8 +152,19 @@ class Backend(abc.ABC):
         segments = await self.read(offset, length)
         return await asyncio.get_running_loop().run_in_executor(None, materialize, segments)
 
+    @property
+    def claimed(self) -> bool:
+        """Whether this server may serve the disk now: always for a file;
+        a disk on storage other servers reach must be claimed first."""
+        return True
+
+    def claim(self) -> None:
+        """Take the disk for this server alone (RBD: its exclusive lock),
+        so that no two servers write it. Blocking: call it off the event
+        loop. Raises :class:`DiskElsewhere` while another server holds it."""
+
     def close(self) -> None:
-        """Release the backend's files; further calls are errors."""
+        """Release the backend's files (and a claim); further calls are errors."""
 
 
 @functools.cache

@@ -28,10 +28,11 @@ from .events import peer_text
 from .framing import DigestError, PduReader, crc32c_digest, frame, padding
 from .login import LOGIN_MAX_DATA, Login, LoginStatus
 from .pagecache import resolve_cached, warm
-from .pdu import LoginRequest, Pdu, PduFormatError, Reject, RejectReason
+from .pdu import LoginRequest, Pdu, PduFormatError, Reject, RejectReason, Stage
 from .scsi import ScsiResult
 from .sender import Sender
 from .session import DropReason, Link, Session, SessionFailure, Task
+from .text import TextFormatError, decode_text
 
 if TYPE_CHECKING:
     from .keys import SessionParams
@@ -291,6 +292,8 @@ class IscsiConnection:
                 return
             self.cid = pdu.cid
             self.login_cmdsn = pdu.cmdsn
+            if pdu.transit and pdu.nsg == Stage.FULL_FEATURE:
+                await self._claim_for(login, pdu)
             result = login.receive(pdu)
             self.emit(result.response)
             if result.failed:
@@ -303,6 +306,18 @@ class IscsiConnection:
             if result.params is not None:
                 self._enter_full_feature(login, result.params)
                 return
+
+    async def _claim_for(self, login: Login, pdu: LoginRequest) -> None:
+        """Before a login may step into Full Feature Phase: a disk on shared
+        storage not yet this server's is claimed (RBD's lock, off the loop),
+        once the initiator has proved who it is (no stranger makes this
+        server take a disk). If another server holds it, admission refuses
+        the login and says who (Target.claim_error)."""
+        target = self.server.targets.get(login.params.target_name or _named_target(login, pdu))
+        if target is None or target.claimed or login.params.session_type == "Discovery" \
+                or (target.auth is not None and not login.authenticated):
+            return
+        await self.loop.run_in_executor(None, target.try_claim)
 
     def _enter_full_feature(self, login: Login, p: SessionParams) -> None:
         assert self.session is not None
@@ -463,6 +478,18 @@ class IscsiConnection:
                           pending=self.reader.pending)
         self.end_reason = self.end_reason or DropReason.PDU_TIMEOUT
         self._finish()
+
+
+def _named_target(login: Login, pdu: LoginRequest) -> str:
+    """The TargetName of a login's first request, before the login has read
+    it (a login may step from its first request straight to Full Feature
+    Phase); "" if there is none or the text is bad (the login says so)."""
+    if not login.first:
+        return ""
+    try:
+        return dict(decode_text(bytes(login.pending_text) + bytes(pdu.data))).get("TargetName", "")
+    except TextFormatError:
+        return ""
 
 
 class _LoginContext:

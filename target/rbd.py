@@ -19,21 +19,24 @@ else works without them (docs/scale-out.md says how a venv gets them).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
+import socket
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from .backend import Backend, BackendError, MediumError, Segment, SpaceExhausted
+from .backend import Backend, BackendError, DiskElsewhere, MediumError, Segment, SpaceExhausted
 
 PREFIX = "rbd:"
 MISSING_BINDINGS = "storage backend ceph needs python3-rbd: apt install python3-rbd"
 CONNECT_TIMEOUT = 10  # seconds librados waits for the monitors before an open fails
 ZERO_CHUNK = 1 << 30  # write_zeroes/discard requests are split below librbd's int-sized lengths
 STATUS_WINDOW = 1 << 30  # GET LBA STATUS looks this far ahead (one descriptor is enough for it)
+HOLDER_KEY = "bootsvc.holder"  # image metadata: which server holds its lock, for the others to say
 
 # librbd's errors that mean "no room", which SCSI reports as a space allocation failure
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -198,6 +201,41 @@ class RbdBackend(Backend):
             self.close()
             raise BackendError(f"rbd:{spec.name} is empty")
         self._bridges: dict[asyncio.AbstractEventLoop, _Bridge] = {}
+        self._claimed = self.read_only  # a read-only view writes nothing: nothing to lock
+
+    @property
+    def claimed(self) -> bool:
+        return self._claimed
+
+    def claim(self) -> None:
+        """librbd's exclusive lock, taken explicitly: by default librbd
+        passes the lock to whichever client writes next (cooperative), so
+        two servers could both write a disk; a lock acquired with
+        ``lock_acquire`` stays until released (``close``) and other
+        clients' writes fail. A holder that died loses it once its watch
+        times out. The holder's name is left in the image's metadata for
+        the other servers' refusal to say who."""
+        if self._claimed:
+            return
+        _, rbd = bindings()
+        try:
+            self._image.lock_acquire(rbd.RBD_LOCK_MODE_EXCLUSIVE)
+        except rbd.ReadOnlyImage as e:
+            raise DiskElsewhere(f"rbd:{self.spec.name} is in use by another server ({self._holder()})") from e
+        except Exception as e:
+            raise BackendError(f"rbd:{self.spec.name}: cannot take its lock: {plain_reason(e)}") from e
+        self._claimed = True
+        with contextlib.suppress(Exception):  # a name for others' messages only
+            self._image.metadata_set(HOLDER_KEY, f"bootsvc on {socket.gethostname()}, pid {os.getpid()}")
+
+    def _holder(self) -> str:
+        """Who holds the lock, as the holder wrote it (and librbd's owner)."""
+        name = owners = ""
+        with contextlib.suppress(Exception):
+            name = self._image.metadata_get(HOLDER_KEY)
+        with contextlib.suppress(Exception):
+            owners = ", ".join(o["owner"] for o in self._image.lock_get_owners())
+        return " ".join(filter(None, (name, f"client {owners}" if owners else ""))) or "unknown"
 
     def _bridge(self) -> _Bridge:
         loop = asyncio.get_running_loop()

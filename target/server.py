@@ -319,6 +319,10 @@ class TargetServer:
         # boot (§6.3.5 reinstatement); any other first session is a new one
         reinstating = target is not None and any(
             (s.isid, s.params.initiator_name, s.portal_group_tag) == nexus for s in target.sessions)
+        if target is not None and not target.claimed:
+            # shared storage: the connection tried to claim the disk (IscsiConnection._claim_for)
+            raise LoginFailed(LoginStatus.SERVICE_UNAVAILABLE,
+                              target.claim_error or f"{target.name}'s disk is not this server's (shared storage)")
         if target is not None and target.one_writer:
             self._one_writer(conn, target, params, isid)
         for s in list(self.sessions.values()):

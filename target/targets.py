@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .backend import Backend, RawBackend
+from .backend import Backend, BackendError, RawBackend
 from .chap import ChapAuth
 from .qcow2 import MAGIC as QCOW2_MAGIC
 from .qcow2 import open_image
@@ -128,9 +128,29 @@ class Target:
     single_writer: bool = False
     auth: ChapAuth | None = None
     standby: Standby | None = None  # swapped in at the next boot's first session
+    claim_error: str = ""  # why the last claim of its disks failed (shared storage)
 
     def allows(self, initiator_name: str) -> bool:
         return self.allowed_initiators is None or initiator_name in self.allowed_initiators
+
+    @property
+    def claimed(self) -> bool:
+        """Whether every LUN's disk is this server's to serve (shared
+        storage: claimed; see :meth:`Backend.claim`)."""
+        return all(lun.backend.claimed for lun in self.luns.values())
+
+    def claim(self) -> None:
+        """Claim every LUN's disk (blocking: off the event loop)."""
+        for lun in self.luns.values():
+            lun.backend.claim()
+        self.claim_error = ""
+
+    def try_claim(self) -> None:
+        """:meth:`claim`, keeping why it failed in ``claim_error`` (a login's refusal says it)."""
+        try:
+            self.claim()
+        except BackendError as e:
+            self.claim_error = str(e)
 
     @property
     def one_writer(self) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 from bootsvc.ceph_images import CephImageStore, RbdPool
 from bootsvc.config import load
+from bootsvc.events import EVENT_FILE
 from bootsvc.images import image_store
 from target.rbd import open_rbd
 from target.targets import Target, open_backend
@@ -33,6 +35,7 @@ def _config(tmp_path: Path, cluster: Cluster, base: str, hosts: dict[str, str], 
     (tmp_path / "profiles").mkdir(exist_ok=True)
     (tmp_path / "profiles" / "keep.yaml").write_text(f"base: {base}.raw\noverlay: persistent\n")
     (tmp_path / "profiles" / "fresh.yaml").write_text(f"base: {base}.raw\noverlay: ephemeral\n")
+    (tmp_path / "profiles" / "open.yaml").write_text(f"base: {base}.raw\noverlay: persistent\nauth: none\n")
     machines = "".join(f"  52:54:00:00:00:{i:02x}: {{hostname: {h}, profile: {p}}}\n"
                        for i, (h, p) in enumerate(hosts.items(), 1))
     listen = f"listen:\n  iscsi: [{LOOPBACK}:{port}]\n" if port else ""
@@ -132,3 +135,53 @@ def test_serve_gives_each_machine_its_clone(ceph_cluster: Cluster, tmp_path: Pat
         assert {d.name: d.allocated for d in pool.disks()}[kiosk] == 0
     refused = image("commit", keeper, "new-gold")
     assert refused.returncode == 1 and "not yet for storage backend ceph" in refused.stderr
+
+
+def _qemu_io(port: int, host: str, *commands: str, tries: int = 20) -> subprocess.CompletedProcess[str]:
+    """qemu-io on the machine's disk through a server, again every 0.5 s
+    while the login is refused (the first server's lock goes as it stops)."""
+    opts = (f"driver=iscsi,transport=tcp,portal={LOOPBACK}:{port},target={PREFIX}:boot.{host},lun=0,"
+            f"initiator-name={PREFIX}:{host}")
+    argv = ["qemu-io", "--image-opts", *(x for c in commands for x in ("-c", c)), opts]
+    for _ in range(tries):
+        io = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        if io.returncode == 0 and "verification failed" not in io.stdout:
+            return io
+        time.sleep(0.5)
+    return io
+
+
+def test_a_disk_is_served_by_one_server_at_a_time(ceph_cluster: Cluster, tmp_path: Path) -> None:
+    """Two servers, one pool, one machine in both configs: the first one the
+    machine turns to claims its disk (RBD's lock); the other refuses it and
+    says who holds it; once the first stops, the other serves the same
+    contents."""
+    need("qemu-io")
+    base = _base(ceph_cluster)
+    host = f"roam-{uuid.uuid4().hex[:6]}"
+    servers = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        port = free_port()
+        servers.append((port, _config(tmp_path / name, ceph_cluster, base, {host: "open"}, port)))
+    (port_a, cfg_a), (port_b, cfg_b) = servers
+    a = subprocess.Popen([sys.executable, "-m", "bootsvc", "serve", "-c", str(cfg_a)], stderr=subprocess.DEVNULL)
+    b = None
+    try:
+        wait_for_port(port_a, a)
+        wrote = _qemu_io(port_a, host, "write -P 0x41 1M 1M", "flush", tries=1)  # a login claims the disk
+        assert wrote.returncode == 0 and "wrote" in wrote.stdout, \
+            wrote.stdout + wrote.stderr + (tmp_path / "a" / "state" / EVENT_FILE).read_text()[-3000:]
+        b = subprocess.Popen([sys.executable, "-m", "bootsvc", "serve", "-c", str(cfg_b)], stderr=subprocess.DEVNULL)
+        wait_for_port(port_b, b)
+        refused = _qemu_io(port_b, host, "read 0 4k", tries=4)
+        assert refused.returncode != 0
+        events = (tmp_path / "b" / "state" / EVENT_FILE).read_text()
+        assert "in use by another server" in events and f"pid {a.pid}" in events, events[-2000:]
+        stop(a)  # the lock goes with it
+        moved = _qemu_io(port_b, host, "read -P 0x41 1M 1M", "write -P 0x42 2M 4k")
+        assert moved.returncode == 0 and "read 1048576" in moved.stdout, moved.stdout + moved.stderr
+    finally:
+        stop(a)
+        if b is not None:
+            stop(b)
