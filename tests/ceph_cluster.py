@@ -42,7 +42,10 @@ STOP_TIMEOUT = 10.0
 
 # Why each setting: the cluster is one OSD on loopback, throw-away, and must
 # be usable in seconds. ``paxos propose interval`` (1 s by default) delays
-# every map change, so every admin command would take a second.
+# every map change, so every admin command would take a second. ``osd client
+# watch timeout`` (30 s by default) is how long a killed client keeps an
+# image's exclusive lock before librbd breaks it for the next one: the
+# failover test waits it out.
 CONF = """\
 [global]
 fsid = {fsid}
@@ -66,6 +69,7 @@ paxos propose interval = 0.05
 osd objectstore = memstore
 memstore device bytes = {memstore_bytes}
 osd fast shutdown = true
+osd client watch timeout = 10
 run dir = {dir}/run
 admin socket = {dir}/run/$name.asok
 log file = {dir}/log/$name.log

@@ -155,7 +155,8 @@ def test_a_disk_is_served_by_one_server_at_a_time(ceph_cluster: Cluster, tmp_pat
     """Two servers, one pool, one machine in both configs: the first one the
     machine turns to claims its disk (RBD's lock); the other refuses it and
     says who holds it; once the first stops, the other serves the same
-    contents."""
+    contents; and when that one is killed, the first takes the disk back
+    once Ceph has noticed the holder is gone."""
     need("qemu-io")
     base = _base(ceph_cluster)
     host = f"roam-{uuid.uuid4().hex[:6]}"
@@ -181,6 +182,17 @@ def test_a_disk_is_served_by_one_server_at_a_time(ceph_cluster: Cluster, tmp_pat
         stop(a)  # the lock goes with it
         moved = _qemu_io(port_b, host, "read -P 0x41 1M 1M", "write -P 0x42 2M 4k")
         assert moved.returncode == 0 and "read 1048576" in moved.stdout, moved.stdout + moved.stderr
+        # B dies holding the disk: its lock outlives it until its watch times out (10 s in
+        # the test cluster), then A, started again, takes the disk over with B's write in it
+        b.kill()
+        b.wait(10)
+        a = subprocess.Popen([sys.executable, "-m", "bootsvc", "serve", "-c", str(cfg_a)],
+                             stderr=subprocess.DEVNULL)
+        wait_for_port(port_a, a)
+        started = time.monotonic()
+        back = _qemu_io(port_a, host, "read -P 0x42 2M 4k", tries=60)
+        assert back.returncode == 0, back.stdout + back.stderr
+        assert time.monotonic() - started < 25
     finally:
         stop(a)
         if b is not None:
