@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from target import LunSpec, TargetSpec
+from target import LunSpec, TargetSpec, open_backend
 from target.backend import BackendError
 from target.rbd import CLUSTERS, PREFIX, bindings, plain_reason
 
@@ -292,6 +292,27 @@ class CephImageStore(ImageStore):
         self.bus.emit(Kind.IMAGE_OVERLAY_CREATED, mac=machine.mac, hostname=machine.hostname,
                       base=f"{PREFIX}{self.pool.pool}/{base}@{BASE_SNAP}")
         return self.pool.lun_path(name)
+
+    def publish_base(self, base: Path, replace: bool = False) -> str:
+        """The base file (built or imported into state_dir/images, kept as
+        the local copy) copied into the pool as the base machines clone:
+        RBD image named after the file without its extension, snapshot
+        ``base``, protected. One that is there is kept unless ``replace``
+        (refused while clones use it)."""
+        name = base.stem
+        where = f"{PREFIX}{self.pool.pool}/{name}@{BASE_SNAP}"
+        if self.pool.exists(name) and not replace:
+            return where
+        try:
+            img = open_backend(LunSpec(str(base), read_only=True))
+        except BackendError as e:
+            raise CephImageError(str(e)) from e
+        try:
+            self.pool.add_base(name, img.size, img.read_sync, replace=replace)
+        finally:
+            img.close()
+        self.bus.emit(Kind.IMAGE_BASE_ADDED, base=where)
+        return where
 
     def prepared(self, machine: Machine) -> tuple[TargetSpec, bool]:
         made = not self.pool.exists(machine.hostname)

@@ -306,26 +306,38 @@ def _image_rebase(store: ImageStore, args: argparse.Namespace) -> int:
 
 def _image_build_demo(store: ImageStore, args: argparse.Namespace) -> int:
     try:
-        build_demo(store.cfg, args.name, force=args.force, kernel_deb=args.kernel_deb)
+        base = build_demo(store.cfg, args.name, force=args.force, kernel_deb=args.kernel_deb)
     except DemoImageError as e:
         print(f"bootsvc image build-demo: {e}", file=sys.stderr)
         return 1
+    _published(store, base, args.force)
     return 0
+
+
+def _published(store: ImageStore, base: Path, replace: bool) -> None:
+    """A base made in state_dir/images, put where machines find it (a Ceph pool: copied there)."""
+    where = store.publish_base(base, replace)
+    if where != str(base):
+        print(f"{base} is base {where}")
 
 
 def _image_build_debian(store: ImageStore, args: argparse.Namespace) -> int:
     packages = tuple(p for group in args.packages for p in group.replace(",", " ").split())
     try:
-        build_debian(store.cfg, args.name, packages=packages, size=args.size, force=args.force, uri=args.mirror,
-                     root_password_file=args.root_password_file, ssh_key=args.ssh_key)
+        base = build_debian(store.cfg, args.name, packages=packages, size=args.size, force=args.force,
+                            uri=args.mirror, root_password_file=args.root_password_file, ssh_key=args.ssh_key)
     except DebianImageError as e:
         print(f"bootsvc image build-debian: {e}", file=sys.stderr)
         return 1
+    _published(store, base, args.force)
     return 0
 
 
 def _image_import(store: ImageStore, args: argparse.Namespace) -> int:
-    print(import_image(store, args.file, args.name, force=args.force, show_progress=sys.stdout.isatty()))
+    base = import_image(ImageStore(store.cfg), args.file, args.name, force=args.force,
+                        show_progress=sys.stdout.isatty())
+    print(base)
+    _published(store, base, args.force)
     return 0
 
 
@@ -369,6 +381,8 @@ IMAGE_COMMANDS: dict[str, Callable[[ImageStore, argparse.Namespace], int]] = {
 # what `bootsvc image` does on a Ceph pool so far (bootsvc/ceph_images.py)
 CEPH_IMAGE_COMMANDS: dict[str, Callable[[ImageStore, argparse.Namespace], int]] = {
     "list": _ceph_list, "create": _image_create, "reset": _image_reset,
+    # built or imported into state_dir/images as with files, then copied into the pool
+    "build-demo": _image_build_demo, "build-debian": _image_build_debian, "import": _image_import,
 }
 
 

@@ -31,7 +31,7 @@ from .iscsi_portals import IscsiPortal, parse_portals
 from .inventory import Machine, load_machines
 from .names import domain_problem
 from .profiles import SHIPPED, Profile, load_profiles
-from .storage_config import StorageBackend, StorageSettings, check_rbd_lun, load_storage, with_storage_defaults
+from .storage_config import StorageSettings, check_rbd_lun, load_storage, with_storage_defaults
 from .tftp import BUSY_POLL_US
 from .yamlfile import Checker, ConfigError, LineMap, load_yaml, plain
 
@@ -209,13 +209,7 @@ def load(path: str | Path, host: HostNetwork | None = None) -> Config:
 
 
 def _storage(c: Checker, doc: LineMap, base: Path) -> StorageSettings:
-    storage = load_storage(c, doc, base)
-    if storage.backend is StorageBackend.CEPH:
-        # machines boot from clones in the pool (bootsvc/ceph_images.py), but
-        # `bootsvc image` does not manage a pool yet (issue 22)
-        c.warn(doc["storage"], "storage.backend", "ceph: make bases with rbd (an image and its protected "
-               "snapshot 'base', docs/scale-out.md); bootsvc image does not manage the pool yet")
-    return storage
+    return load_storage(c, doc, base)
 
 
 def _text(c: Checker, doc: LineMap, key: str, default: str) -> str:

@@ -318,6 +318,12 @@ class ImageStore:
                 raise ImageError(f"{dest} exists; pick another name or remove it first")
         return dest
 
+    def publish_base(self, base: Path, replace: bool = False) -> str:
+        """Where machines find a base just built or imported into
+        state_dir/images: here, the file itself (a store on shared storage
+        copies it there: CephImageStore)."""
+        return str(base)
+
     def add_base_file(self, dest: Path, make: Callable[[Path], object]) -> Path:
         """A new base ``dest`` (from ``new_base_path``) whose file
         ``make(tmp)`` writes, e.g. a qemu-img conversion; on disk before

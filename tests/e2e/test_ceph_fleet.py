@@ -197,3 +197,33 @@ def test_a_disk_is_served_by_one_server_at_a_time(ceph_cluster: Cluster, tmp_pat
         stop(a)
         if b is not None:
             stop(b)
+
+
+def test_image_import_puts_the_base_in_the_pool(ceph_cluster: Cluster, tmp_path: Path) -> None:
+    """`bootsvc image import` on a Ceph config: the disk goes to
+    state_dir/images as with files, then into the pool as the base machines
+    clone; a base there is kept without --force and, with clones, also with it."""
+    name = f"imported-{uuid.uuid4().hex[:6]}"
+    raw = tmp_path / "disk.raw"
+    with open(raw, "wb") as f:
+        f.write(b"\x33" * 510 + b"\x55\xaa")  # a boot sector, so import takes it for a disk
+        f.truncate(8 * MIB)
+    cfg = _config(tmp_path, ceph_cluster, name, {f"pc-{name}": "keep"})
+
+    def image(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "bootsvc", "image", "-c", str(cfg), *argv],
+                              capture_output=True, text=True, timeout=120)
+
+    first = image("import", str(raw), f"{name}.raw")
+    assert first.returncode == 0, first.stderr
+    assert f"is base rbd:{POOL}/{name}@base" in first.stdout and (tmp_path / "state" / "images" / f"{name}.raw").exists()
+    store = image_store(load(cfg))
+    machine = next(iter(store.machines.values()))
+    spec, made = store.prepared(machine)  # the machine's clone of the imported base
+    disk = open_rbd(spec.luns[0].path)
+    try:
+        assert made and disk.read_sync(0, 512) == b"\x33" * 510 + b"\x55\xaa"
+    finally:
+        disk.close()
+    again = image("import", "--force", str(raw), f"{name}.raw")
+    assert again.returncode == 1 and "clone" in again.stderr, again.stdout + again.stderr
