@@ -212,8 +212,10 @@ class Fleet:
 
     def isns_wanted(self) -> Wanted:
         """What bootsvc should have registered in iSNS: its targets and a
-        DD per machine whose disk is served."""
-        return wanted(self.cfg, self._machines.values(), {name: t.alias for name, t in self.targets.items()})
+        DD per machine whose disk is served; on shared storage only the
+        disks this server holds are registered at its portals."""
+        return wanted(self.cfg, self._machines.values(),
+                      {name: t.alias for name, t in self.targets.items() if t.claimed}, self.targets)
 
     # -- events ------------------------------------------------------------------------
 

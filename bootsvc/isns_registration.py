@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from isns import AsyncIsnsClient, IsnsClientError, NodeSpec, NodeType, PortalGroupSpec, PortalSpec
@@ -47,8 +47,14 @@ class Wanted:
     groups: tuple[PortalGroupSpec, ...] = ()
 
 
-def wanted(cfg: Config, machines: Iterable[Machine], targets: Mapping[str, str]) -> Wanted:
-    """``targets``: iSCSI name -> alias of every target served."""
+def wanted(cfg: Config, machines: Iterable[Machine], targets: Mapping[str, str],
+           served: Collection[str] | None = None) -> Wanted:
+    """``targets``: iSCSI name -> alias of every target registered at our
+    portals; ``served``: every target this server has (default: those),
+    whose machines get their DD. On shared storage a machine's target is
+    registered only by the server holding its disk, so iSNS says which
+    portal serves which machine; its DD is everyone's (the same members)."""
+    served = targets if served is None else served
     portals = []
     groups = []
     for p in cfg.iscsi.portals:
@@ -61,7 +67,7 @@ def wanted(cfg: Config, machines: Iterable[Machine], targets: Mapping[str, str])
     nodes = [NodeSpec(cfg.control_node, NodeType.CONTROL, "bootsvc")]
     nodes += [NodeSpec(name, NodeType.TARGET, alias or None) for name, alias in sorted(targets.items())]
     dds = {f"{DD_PREFIX}{m.hostname}": (m.initiator_iqn, m.target_iqn)
-           for m in machines if m.target_iqn in targets}
+           for m in machines if m.target_iqn in served}
     return Wanted(tuple(portals), tuple(nodes), dds, tuple(groups))
 
 
@@ -99,7 +105,7 @@ class IsnsRegistration:
         self._task = asyncio.ensure_future(self._run())
 
     def _on_event(self, event: Event) -> None:
-        if event.kind in (Kind.FLEET_RELOADED, Kind.DHCP_ADOPTED, Kind.FLEET_ADOPTION_EXPIRED):
+        if event.kind in (Kind.FLEET_RELOADED, Kind.DHCP_ADOPTED, Kind.FLEET_ADOPTION_EXPIRED, Kind.DISK_CLAIMED):
             self._wake.set()  # register again now
 
     async def stop(self) -> None:

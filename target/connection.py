@@ -318,6 +318,8 @@ class IscsiConnection:
                 or (target.auth is not None and not login.authenticated):
             return
         await self.loop.run_in_executor(None, target.try_claim)
+        if target.claimed:  # its iSNS registration follows (bootsvc/isns_registration.py)
+            self.server.event("disk.claimed", target=target.name, peer=self.peer)
 
     def _enter_full_feature(self, login: Login, p: SessionParams) -> None:
         assert self.session is not None
