@@ -4,9 +4,13 @@
 Both serve the same page-cached image; libiscsi's iscsi-perf runs sequential
 1 MiB reads at queue depth 16 and random 4 KiB reads at queue depth 32
 against each, in interleaved rounds (A B B A ...: the machine is noisy), and
-the medians and ratios are printed. Every run is bounded in time.
+the medians and ratios are printed with their spread: each side's lowest
+and highest round, and the ratio of each round's pair (bootsvc / tgt run
+back to back), lowest, median and highest. The load average is printed at
+the start and the end, since other work on the machine moves the figures.
+Every run is bounded in time.
 
-    python3 bench/iscsi_perf.py [--rounds 3] [--seconds 8] [--json out.json]
+    python3 bench/iscsi_perf.py [--rounds 6] [--seconds 6] [--json out.json]
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -57,15 +62,38 @@ def warm(path: Path) -> None:
             pass
 
 
+def _load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def _summarize(name: str, by: dict[str, list[tuple[int, int]]]) -> dict[str, object]:
+    """Medians, each side's rounds and the ratio of each round's pair:
+    MB/s for sequential, IOPS for random."""
+    key = 1 if name.startswith("seq") else 0
+    rounds = {who: [v[key] for v in vals] for who, vals in by.items()}
+    med = {who: statistics.median(v) for who, v in rounds.items()}
+    pairs = [b / t for t, b in zip(rounds["tgt"], rounds["bootsvc"]) if t]
+    return {"unit": "MB/s" if key else "IOPS", **{w: {"median": m, "rounds": rounds[w]} for w, m in med.items()},
+            "ratio": med["bootsvc"] / med["tgt"] if med["tgt"] else float("nan"), "pair_ratios": pairs}
+
+
+def _spread(side: dict[str, object], unit: str) -> str:
+    rounds = side["rounds"]
+    assert isinstance(rounds, list)
+    return f"{side['median']:.0f} ({min(rounds)}-{max(rounds)}) {unit}"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=3, help="A B B A pairs per workload")
-    ap.add_argument("--seconds", type=int, default=8, help="length of each iscsi-perf run")
+    ap.add_argument("--rounds", type=int, default=6, help="A B B A pairs per workload")
+    ap.add_argument("--seconds", type=int, default=6, help="length of each iscsi-perf run")
     ap.add_argument("--size", type=int, default=1 << 30, help="image size in bytes")
     ap.add_argument("--only", choices=sorted(WORKLOADS), help="run one workload")
     ap.add_argument("--json", type=Path, help="write the raw figures here")
     args = ap.parse_args()
     chosen = [args.only] if args.only else list(WORKLOADS)
+    load_start = _load()
+    print(f"load average {load_start} at the start", file=sys.stderr)
     results: dict[str, dict[str, list[tuple[int, int]]]] = {w: {"tgt": [], "bootsvc": []} for w in chosen}
     with tempfile.TemporaryDirectory() as d:
         img = Path(d) / "bench.img"
@@ -81,17 +109,17 @@ def main() -> int:
                         warm(img)
                         results[name][who].append(iscsi_perf(urls[who], wargs, args.seconds))
                         print(f"{name} round {r} {who}: {results[name][who][-1]}", file=sys.stderr)
-    print(f"{'workload':16} {'tgt':>14} {'bootsvc':>14} {'ratio':>6}")
-    summary = {}
-    for name, by in results.items():
-        key = 1 if name.startswith("seq") else 0  # MB/s for sequential, IOPS for random
-        unit = "MB/s" if key else "IOPS"
-        med = {who: statistics.median(v[key] for v in vals) for who, vals in by.items()}
-        ratio = med["bootsvc"] / med["tgt"] if med["tgt"] else float("nan")
-        summary[name] = {"unit": unit, **med, "ratio": ratio}
-        print(f"{name:16} {med['tgt']:>9.0f} {unit:4} {med['bootsvc']:>9.0f} {unit:4} {ratio:6.2f}")
+    load_end = _load()
+    print(f"load average {load_start} at the start, {load_end} at the end")
+    print(f"{'workload':16} {'tgt median (min-max)':>28} {'bootsvc median (min-max)':>28} {'ratio':>6} "
+          f"{'pair ratios min-max':>20}")
+    summary = {name: _summarize(name, by) for name, by in results.items()}
+    for name, row in summary.items():
+        print(f"{name:16} {_spread(row['tgt'], row['unit']):>28} {_spread(row['bootsvc'], row['unit']):>28} "
+              f"{row['ratio']:6.2f} {min(row['pair_ratios']):9.2f}-{max(row['pair_ratios']):<.2f}")
     if args.json:
-        args.json.write_text(json.dumps({"summary": summary, "runs": results}, indent=1))
+        args.json.write_text(json.dumps({"summary": summary, "runs": results, "load": [load_start, load_end]},
+                                        indent=1))
     return 0
 
 
