@@ -133,7 +133,7 @@ class IscsiConnection:
         next turn of the loop: close at once, without a task (a task and a
         timeout per logout were a fifth of a login's cost, bench/logins.py)."""
         self.sender.flush()
-        if self.sender.empty or self.sender.closed:
+        if not self.sender.queue or self.sender.closed:
             self.close()
         else:
             self.loop.create_task(self._close_when_drained())
@@ -310,8 +310,6 @@ class IscsiConnection:
         self.reader.digests.header = p.header_digest
         self.reader.digests.data = p.data_digest
         self.session.bind(Link(self.cid, self.peer, self.local_address), login.statsn, self.loop.time())
-        if not self.session.discovery:
-            self.sender.offload()
         self.server.logged_in(self)
         self.server.event("iscsi.login", peer=self.peer, initiator=p.initiator_name, target=p.target_name,
                           session_type=p.session_type, tsih=login.tsih, isid=login.isid.hex(),
