@@ -108,8 +108,12 @@ class IscsiConnection:
                 task = action.task
                 if not task.aborted:  # e.g. by an ABORT TASK in the same batch of PDUs
                     session = cast(Session, self.session)
-                    run_eager(action.lun.execute(task.cdb, action.data_out, session.nexus, task.cmd.edtl),
-                              partial(self._executed, session, task), self.running)
+                    result = action.lun.read_now(task.cdb, session.nexus)
+                    if result is not None:
+                        self._executed(session, task, result, None)
+                    else:
+                        run_eager(action.lun.execute(task.cdb, action.data_out, session.nexus, task.cmd.edtl),
+                                  partial(self._executed, session, task), self.running)
             elif type(action) is Close:
                 self._close(action)
 
