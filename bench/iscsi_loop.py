@@ -9,8 +9,9 @@ running: batches of ``--depth`` READ(10) commands are fed to the connection
 as its reader callback would, it answers them (preadv, sendmsg: the kernel's
 share counts too), the responses are drained by this script on the other
 end outside the measured time. For small reads (a batch's responses must
-fit the socket buffer; large reads are bench/iscsi_perf.py's). Printed: microseconds of loop-thread CPU per
-READ, lowest and median of ``--reps`` repetitions.
+fit the socket buffer; large reads are bench/iscsi_perf.py's). Printed:
+microseconds of loop-thread CPU per READ, lowest and median of ``--reps``
+repetitions.
 
     python3 bench/iscsi_loop.py [--blocks 8] [--depth 32] [--batches 300] [--reps 7] [--overlay]
 
@@ -128,7 +129,8 @@ def main() -> int:
             create_image(Path(d) / "overlay.qcow2", backing=image.name, backing_format="raw")
             image = Path(d) / "overlay.qcow2"
         per_read = asyncio.run(measure(args, image))
-    print(f"{'overlay ' if args.overlay else ''}READ of {args.blocks * 512} bytes, {args.depth} per batch: loop-thread CPU per READ "
+    what = f"{'overlay ' if args.overlay else ''}READ of {args.blocks * 512} bytes, {args.depth} per batch"
+    print(f"{what}: loop-thread CPU per READ "
           f"{min(per_read):.2f} us lowest, {statistics.median(per_read):.2f} us median "
           f"({' '.join(f'{x:.2f}' for x in per_read)}); load average {os.getloadavg()[0]:.1f}")
     return 0
