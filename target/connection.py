@@ -353,7 +353,7 @@ class IscsiConnection:
         into = reader.receive_buffer()
         try:
             if into is None:
-                data = self.sock.recv(RECV_SIZE)
+                data = self.sock.recv(reader.read_size(RECV_SIZE))
                 n = len(data)
             else:
                 n = self.sock.recv_into(into)

@@ -91,6 +91,7 @@ class PduReader:
         self.skip = 0  # bytes of an oversized PDU still to come, dropped as they arrive
         self.completed = 0
         self.direct: _Direct | None = None  # the large data segment arriving, if any
+        self.after_direct = False  # the last PDU had a large segment: another is likely next
 
     def receive_buffer(self) -> memoryview | None:
         """Where the transport should receive next: the unfilled part of a
@@ -99,6 +100,15 @@ class PduReader:
         if d is None or d.filled == len(d.buf):
             return None
         return memoryview(d.buf)[d.filled:]
+
+    def read_size(self, most: int) -> int:
+        """How much the transport should read into :meth:`feed` next:
+        ``most``, but only a header right after a large segment, since the
+        next PDU is likely large too (Data-Out of a long write) and its
+        segment should go to its own buffer, not through the stream buffer."""
+        if self.after_direct and len(self.buf) == self.pos:
+            return BHS_LEN + (4 if self.digests.header else 0)
+        return most
 
     def received(self, n: int) -> None:
         """``n`` bytes were received into :meth:`receive_buffer`."""
@@ -165,6 +175,7 @@ class PduReader:
             return None
         self.pos = pos + total
         self.completed += 1
+        self.after_direct = False
         end_bhs = pos + BHS_LEN
         bhs = bytes(buf[pos:end_bhs])
         ahs = bytes(buf[end_bhs:end_bhs + ahs_len]) if ahs_len else b""
@@ -210,6 +221,7 @@ class PduReader:
             return None
         self.direct = None
         self.completed += 1
+        self.after_direct = True
         data = memoryview(d.buf)[:d.data_len]
         padded = d.data_len + (-d.data_len % 4)
         if len(d.buf) > padded and crc32c_digest(data, padding(d.data_len)) != bytes(d.buf[padded:]):

@@ -104,13 +104,32 @@ def test_large_segment_is_received_into_its_own_buffer(hd: bool, dd: bool, chunk
             target[:n] = stream[pos:pos + n]
             reader.received(n)
         else:
-            n = min(chunk, len(stream) - pos)
+            n = min(reader.read_size(chunk), len(stream) - pos)
             reader.feed(stream[pos:pos + n])
         pos += n
         out += list(reader.pdus())
         assert len(reader.buf) <= chunk + BHS_LEN + 8  # the large segment never sits in the stream buffer
     assert out == pdus
     assert not reader.partial and reader.completed == 4
+
+
+def test_after_a_large_segment_only_a_header_is_read() -> None:
+    """The next PDU of a long write is likely large too: reading just its
+    header keeps its segment out of the stream buffer (no copy out of it)."""
+    reader = PduReader(max_data=1 << 24)
+    big = encode(NopOut(itt=1, data=bytes(DIRECT_MIN)))
+    assert reader.read_size(1 << 18) == 1 << 18
+    reader.feed(big[:1000])  # the header and the start of the segment: the rest goes direct
+    assert reader.next_pdu() is None
+    reader.feed(big[1000:])
+    assert reader.next_pdu() is not None
+    assert reader.read_size(1 << 18) == BHS_LEN
+    reader.digests.header = True
+    assert reader.read_size(1 << 18) == BHS_LEN + 4
+    reader.digests.header = False
+    reader.feed(encode(NopOut(itt=2)))
+    assert reader.next_pdu() == NopOut(itt=2)
+    assert reader.read_size(1 << 18) == 1 << 18
 
 
 def test_large_segment_data_digest_is_checked() -> None:
