@@ -108,6 +108,12 @@ class Backend(abc.ABC):
     async def read(self, offset: int, length: int) -> Sequence[Segment]:
         """The data at ``offset``; segments add up to exactly ``length``."""
 
+    def read_now(self, offset: int, length: int) -> Sequence[Segment] | None:
+        """What :meth:`read` would return, when that is known without
+        waiting (nothing to look up on disk first), else None: the caller
+        then awaits :meth:`read`. Default: never known."""
+        return None
+
     @abc.abstractmethod
     def read_sync(self, offset: int, length: int) -> bytes:
         """Blocking read as bytes, for threads (copy-on-write) and tools."""
@@ -205,6 +211,9 @@ class RawBackend(Backend):
         self._io = IoThread(f"raw {os.path.basename(self.path)}")
 
     async def read(self, offset: int, length: int) -> Sequence[Segment]:
+        return (FileExtent(self.fd, offset, length),)
+
+    def read_now(self, offset: int, length: int) -> Sequence[Segment]:
         return (FileExtent(self.fd, offset, length),)
 
     def read_sync(self, offset: int, length: int) -> bytes:

@@ -110,8 +110,12 @@ class IscsiConnection:
                 task = action.task
                 if not task.aborted:  # e.g. by an ABORT TASK in the same batch of PDUs
                     session = cast(Session, self.session)
-                    run_eager(action.lun.execute(task.cdb, action.data_out, session.nexus, task.cmd.edtl),
-                              partial(self._executed, session, task), self.running)
+                    result = action.lun.read_now(task.cdb, session.nexus)
+                    if result is not None:
+                        self._executed(session, task, result, None)
+                    else:
+                        run_eager(action.lun.execute(task.cdb, action.data_out, session.nexus, task.cmd.edtl),
+                                  partial(self._executed, session, task), self.running)
             elif type(action) is Close:
                 self._close(action)
 
@@ -363,17 +367,27 @@ class IscsiConnection:
             self.reading = False
 
     def _on_readable(self) -> None:
+        reader = self.reader
+        # a large data segment is received straight into its own buffer
+        into = reader.receive_buffer()
         try:
-            data = self.sock.recv(RECV_SIZE)
+            if into is None:
+                data = self.sock.recv(reader.read_size(RECV_SIZE))
+                n = len(data)
+            else:
+                n = self.sock.recv_into(into)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
             self._finish(e)
             return
-        if not data:
+        if not n:
             self._finish()
             return
-        self.reader.feed(data)
+        if into is None:
+            reader.feed(data)
+        else:
+            reader.received(n)
         self._process()
 
     def _process(self) -> None:

@@ -19,6 +19,10 @@ from .pdu import BHS_LEN, Pdu, PduFormatError, RejectReason, decode
 # A data segment is at most 2**24-1 bytes by its field width; anything larger
 # than what we told the initiator it may send is refused (§13.12).
 _PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
+# Data segments from this size on are received straight into a buffer of
+# their own (``recv_into``, §13.12 allows up to 16 MiB): the stream buffer
+# neither grows to hold them nor is copied out of.
+DIRECT_MIN = 64 << 10
 
 
 def crc32c_digest(*parts: bytes | memoryview) -> bytes:
@@ -67,6 +71,12 @@ class PduReader:
     cannot be skipped safely (the sender is not speaking iSCSI) and raise
     :class:`PduFormatError`.
 
+    A data segment of :data:`DIRECT_MIN` bytes or more is not gathered in
+    the stream buffer: once its header is in, :meth:`receive_buffer` names
+    the buffer of its own (segment, padding and digest) that the transport
+    receives into (then :meth:`received`); the PDU carries a view of it.
+    One large segment at a time, never more than ``max_data``.
+
     ``completed`` counts the PDUs taken off the stream (returned or refused)
     and :attr:`partial` says whether one has begun and not ended, so the
     transport can put a deadline on a PDU without this class keeping time.
@@ -80,8 +90,38 @@ class PduReader:
         self.hard_limit = hard_limit
         self.skip = 0  # bytes of an oversized PDU still to come, dropped as they arrive
         self.completed = 0
+        self.direct: _Direct | None = None  # the large data segment arriving, if any
+        self.after_direct = False  # the last PDU had a large segment: another is likely next
+
+    def receive_buffer(self) -> memoryview | None:
+        """Where the transport should receive next: the unfilled part of a
+        large data segment's own buffer, or None (then :meth:`feed`)."""
+        d = self.direct
+        if d is None or d.filled == len(d.buf):
+            return None
+        return memoryview(d.buf)[d.filled:]
+
+    def read_size(self, most: int) -> int:
+        """How much the transport should read into :meth:`feed` next:
+        ``most``, but only a header right after a large segment, since the
+        next PDU is likely large too (Data-Out of a long write) and its
+        segment should go to its own buffer, not through the stream buffer."""
+        if self.after_direct and len(self.buf) == self.pos:
+            return BHS_LEN + (4 if self.digests.header else 0)
+        return most
+
+    def received(self, n: int) -> None:
+        """``n`` bytes were received into :meth:`receive_buffer`."""
+        assert self.direct is not None
+        self.direct.filled += n
 
     def feed(self, data: bytes | memoryview) -> None:
+        d = self.direct
+        if d is not None and d.filled < len(d.buf):
+            n = min(len(data), len(d.buf) - d.filled)
+            d.buf[d.filled:d.filled + n] = data[:n]
+            d.filled += n
+            data = data[n:]
         if self.skip:
             dropped = min(self.skip, len(data))
             self.skip -= dropped
@@ -96,12 +136,12 @@ class PduReader:
     @property
     def pending(self) -> int:
         """Bytes received but not yet part of a returned PDU."""
-        return len(self.buf) - self.pos
+        return len(self.buf) - self.pos + (self.direct.filled if self.direct is not None else 0)
 
     @property
     def partial(self) -> bool:
         """Part of a PDU is in (or, for one refused, still to come)."""
-        return bool(self.skip) or len(self.buf) > self.pos
+        return bool(self.skip) or len(self.buf) > self.pos or self.direct is not None
 
     def pdus(self) -> Iterator[Pdu]:
         """Every complete PDU in the buffer; errors are raised in stream order
@@ -113,6 +153,8 @@ class PduReader:
             yield pdu
 
     def next_pdu(self) -> Pdu | None:
+        if self.direct is not None:
+            return self._direct_pdu()
         buf = self.buf
         pos = self.pos
         if len(buf) - pos < BHS_LEN:
@@ -128,9 +170,12 @@ class PduReader:
         if data_len > self.max_data:
             return self._oversized(data_len, total, ahs_len, hd)
         if len(buf) - pos < total:
+            if data_len >= DIRECT_MIN:
+                self._go_direct(ahs_len, hd, data_len, padded + dd)
             return None
         self.pos = pos + total
         self.completed += 1
+        self.after_direct = False
         end_bhs = pos + BHS_LEN
         bhs = bytes(buf[pos:end_bhs])
         ahs = bytes(buf[end_bhs:end_bhs + ahs_len]) if ahs_len else b""
@@ -151,6 +196,42 @@ class PduReader:
             raise
 
 
+    def _go_direct(self, ahs_len: int, hd: int, data_len: int, size: int) -> None:
+        """A large segment's header is in: what follows goes to a buffer of
+        its own, starting with what the stream buffer already holds of it."""
+        pos = self.pos
+        head = BHS_LEN + ahs_len + hd
+        if len(self.buf) - pos < head:
+            return
+        bhs = bytes(self.buf[pos:pos + BHS_LEN])
+        ahs = bytes(self.buf[pos + BHS_LEN:pos + BHS_LEN + ahs_len])
+        if hd and crc32c_digest(bhs, ahs) != bytes(self.buf[pos + head - hd:pos + head]):
+            self.pos = pos + head
+            self.completed += 1
+            raise DigestError("header digest mismatch", header=True, bhs=bhs)
+        d = self.direct = _Direct(bhs, ahs, data_len, bytearray(size))
+        d.filled = len(self.buf) - pos - head
+        d.buf[:d.filled] = memoryview(self.buf)[pos + head:]
+        self.pos = len(self.buf)
+
+    def _direct_pdu(self) -> Pdu | None:
+        d = self.direct
+        assert d is not None
+        if d.filled < len(d.buf):
+            return None
+        self.direct = None
+        self.completed += 1
+        self.after_direct = True
+        data = memoryview(d.buf)[:d.data_len]
+        padded = d.data_len + (-d.data_len % 4)
+        if len(d.buf) > padded and crc32c_digest(data, padding(d.data_len)) != bytes(d.buf[padded:]):
+            raise DigestError("data digest mismatch", header=False, bhs=d.bhs)
+        try:
+            return decode(d.bhs, d.ahs, d.buf if len(d.buf) == d.data_len else data)
+        except PduFormatError as e:
+            e.bhs = d.bhs
+            raise
+
     def _oversized(self, data_len: int, total: int, ahs_len: int, hd: int) -> None:
         """A segment over the declared limit: refused from its header (once
         the header and its digest are in), the rest dropped, not kept."""
@@ -167,6 +248,18 @@ class PduReader:
         self.completed += 1
         self.skip = total - have
         raise OversizedPdu(f"data segment of {data_len} bytes exceeds {self.max_data}", bhs)
+
+
+@dataclass(eq=False)
+class _Direct:
+    """A large data segment being received into its own buffer: the
+    segment, its padding and its data digest, ``filled`` bytes so far."""
+
+    bhs: bytes
+    ahs: bytes
+    data_len: int
+    buf: bytearray
+    filled: int = 0
 
 
 def frame(pdu: Pdu, digests: DigestSettings, data_length: int | None = None) -> list[bytes | memoryview]:

@@ -102,8 +102,13 @@ class SessionParams:
     initial_r2t: bool = key("InitialR2T", Rule.BOOL_OR, True, ours="No", leading_only=True, normal_only=True)
     immediate_data: bool = key("ImmediateData", Rule.BOOL_AND, True, ours="Yes", leading_only=True,
                                normal_only=True)
-    max_burst_length: int = key("MaxBurstLength", Rule.MIN, 262144, ours=1 << 20, lo=512, hi=MAX_24,
+    # §13.13: a READ of up to 16 MiB is one Data-In sequence, a write's R2T up
+    # to as much (the session's write limit still bounds what is solicited)
+    max_burst_length: int = key("MaxBurstLength", Rule.MIN, 262144, ours=MAX_24, lo=512, hi=MAX_24,
                                 leading_only=True, normal_only=True)
+    # §13.14: unsolicited data cannot be refused, so every command in the
+    # CmdSN window may bring this much: kept at 256 KiB unless the operator
+    # says otherwise (key preferences)
     first_burst_length: int = key("FirstBurstLength", Rule.MIN, 65536, ours=1 << 18, lo=512, hi=MAX_24,
                                   leading_only=True, normal_only=True)
     default_time2wait: int = key("DefaultTime2Wait", Rule.MAX, 2, ours=2, lo=0, hi=3600, leading_only=True)
@@ -117,7 +122,8 @@ class SessionParams:
     error_recovery_level: int = key("ErrorRecoveryLevel", Rule.MIN, 0, ours=0, lo=0, hi=2, leading_only=True)
     # what the initiator said it can receive: our Data-In/Text PDUs stay below it
     initiator_max_recv: int = key("MaxRecvDataSegmentLength", Rule.DECLARATIVE, 8192, lo=512, hi=MAX_24)
-    # what we told the initiator we accept (our own declaration, not an offer)
+    # what we told the initiator we accept (our own declaration, not an offer;
+    # see :func:`declared_max_recv`)
     target_max_recv: int = 262144
     # InitiatorName and TargetName come in the first request of every
     # connection, not only the leading one (§13.5.1, §13.4)
@@ -160,6 +166,17 @@ KEYS: dict[str, KeySpec] = {
         *_ANSWER_ONLY,
     )
 }
+
+
+def declared_max_recv(prefs: dict[str, str]) -> int:
+    """Our MaxRecvDataSegmentLength (§13.12): the default, or the operator's
+    preference up to 2**24-1. It takes effect in Full Feature Phase only (the
+    login phase accepts 8 KiB), and is what one connection may make us hold
+    for one PDU."""
+    value = prefs.get("MaxRecvDataSegmentLength")
+    if value is None:
+        return SessionParams.target_max_recv
+    return _in_range(KEYS["MaxRecvDataSegmentLength"], value)
 
 
 # -- one answer per rule (§6.2) ------------------------------------------------

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .chap import ALL_ALGORITHMS, ChapAlgorithm, ChapAuth, ChapError, ChapExchange
-from .keys import IRRELEVANT, KEYS, NOT_UNDERSTOOD, REJECT, KeyValueError, Rule, SessionParams, negotiate
+from .keys import (IRRELEVANT, KEYS, NOT_UNDERSTOOD, REJECT, KeyValueError, Rule, SessionParams, declared_max_recv,
+                   negotiate)
 from .pdu import LoginRequest, LoginResponse, Stage
 from .text import TextFormatError, decode_text, encode_text
 
@@ -114,6 +115,9 @@ class Login:
     chap: ChapExchange | None = None  # once AuthMethod=CHAP is agreed
     outgoing: bytes = b""  # the rest of an answer longer than LOGIN_MAX_DATA (§6.1: sent on empty requests)
     held_transit: bool = False  # whether that answer ends in the step to the next stage
+
+    def __post_init__(self) -> None:
+        self.params.target_max_recv = declared_max_recv(self.target_prefs)
 
     def next_timer(self) -> float:
         """When the login runs out of time."""

@@ -433,20 +433,33 @@ class Qcow2Backend(Backend):
 
     # -- reading ------------------------------------------------------------------
 
-    async def read(self, offset: int, length: int) -> Sequence[Segment]:
+    def read_now(self, offset: int, length: int) -> Sequence[Segment] | None:
+        """The common small read: one cluster whose table is cached, data
+        here or in a backing file that answers at once too."""
         cs = self.cluster_size
         in_cluster = offset & (cs - 1)
-        if in_cluster + length <= cs:  # one cluster whose table is cached: the common small read
-            l1_index = offset >> (self.cluster_bits + self.l2_bits)
-            l2_offset = self.l1[l1_index] & L1_OFFSET_MASK if l1_index < len(self.l1) else 0
-            table = self.l2_cache.get(l2_offset) if l2_offset else None
-            if table is not None or not l2_offset:
-                entry = table[(offset >> self.cluster_bits) & ((1 << self.l2_bits) - 1)] if table else 0
-                if entry & (L2_COMPRESSED | L2_ZERO) == 0:
-                    host = entry & L2_OFFSET_MASK
-                    if host:
-                        return (FileExtent(self.fd, host + in_cluster, length),)
-                    return await self._backing_read(offset, length)
+        if in_cluster + length > cs:
+            return None
+        l1_index = offset >> (self.cluster_bits + self.l2_bits)
+        l2_offset = self.l1[l1_index] & L1_OFFSET_MASK if l1_index < len(self.l1) else 0
+        table = self.l2_cache.get(l2_offset) if l2_offset else None
+        if table is None and l2_offset:
+            return None
+        entry = table[(offset >> self.cluster_bits) & ((1 << self.l2_bits) - 1)] if table else 0
+        if entry & (L2_COMPRESSED | L2_ZERO):
+            return None
+        host = entry & L2_OFFSET_MASK
+        if host:
+            return (FileExtent(self.fd, host + in_cluster, length),)
+        b = self.backing
+        if b is None or offset >= b.size:
+            return (Zeros(length),)
+        return b.read_now(offset, length) if offset + length <= b.size else None
+
+    async def read(self, offset: int, length: int) -> Sequence[Segment]:
+        now = self.read_now(offset, length)
+        if now is not None:
+            return now
         if self._missing_tables(offset, length):  # metadata from disk: on the image's thread
             await self._run(self._load_tables, offset, length)
         out: list[Segment] = []
@@ -460,7 +473,7 @@ class Qcow2Backend(Backend):
                     _append(out, seg)
             else:
                 data = await self._run(self._decompress, where)
-                start = pos & (cs - 1)
+                start = pos & (self.cluster_size - 1)
                 _append(out, data[start:start + n])
         return out
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from .connection import IscsiConnection
 from .chap import ALL_ALGORITHMS, ChapAlgorithm, ChapAuth
 from .events import EventSink, Events
-from .keys import SessionParams
+from .keys import SessionParams, declared_max_recv
 from .limits import (
     DISCOVERY_TIMEOUT,
     MAX_UNLOGGED,
@@ -111,6 +111,7 @@ class TargetServer:
         self.nop_timeout = nop_timeout
         self.login_timeout = login_timeout
         self.key_preferences = key_preferences or {}
+        declared_max_recv(self.key_preferences)  # a value out of range is refused here, not at each login
         self.discovery_auth = discovery_auth
         self.chap_algorithms = chap_algorithms
         self.throttle = throttle or LoginThrottle()

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from target.framing import DigestError, OversizedPdu, PduReader, crc32c_digest, frame
+from target.framing import DIRECT_MIN, DigestError, OversizedPdu, PduReader, crc32c_digest, frame
 from target.pdu import (
     BHS_LEN,
     PDU_CLASSES,
@@ -81,6 +81,69 @@ def test_garbage_raises_only_codec_errors(blob: bytes, digests: bool) -> None:
                 break
     except (PduFormatError, DigestError):
         pass
+
+
+@pytest.mark.parametrize("hd,dd", [(False, False), (True, True)])
+@pytest.mark.parametrize("chunk", [1000, 65536, 1 << 20])
+@pytest.mark.parametrize("into", [False, True])
+def test_large_segment_is_received_into_its_own_buffer(hd: bool, dd: bool, chunk: int, into: bool) -> None:
+    """A segment of DIRECT_MIN or more (§13.12: up to 2**24-1) is not
+    gathered in the stream buffer: the transport receives into the buffer
+    the reader names, or feeds as usual; the PDUs around it are unharmed."""
+    reader = PduReader(max_data=1 << 24)
+    reader.digests.header, reader.digests.data = hd, dd
+    big = NopOut(itt=1, data=bytes(range(256)) * ((2 * DIRECT_MIN + 3) // 256) + b"xyz")
+    pdus = [NopOut(itt=0, data=b"before"), big, NopOut(itt=2, data=b"after"), big]
+    stream = memoryview(b"".join(bytes(p) for pdu in pdus for p in frame(pdu, reader.digests)))
+    out: list[Pdu] = []
+    pos = 0
+    while pos < len(stream):
+        target = reader.receive_buffer() if into else None
+        if target is not None:
+            n = min(chunk, len(target), len(stream) - pos)
+            target[:n] = stream[pos:pos + n]
+            reader.received(n)
+        else:
+            n = min(reader.read_size(chunk), len(stream) - pos)
+            reader.feed(stream[pos:pos + n])
+        pos += n
+        out += list(reader.pdus())
+        assert len(reader.buf) <= chunk + BHS_LEN + 8  # the large segment never sits in the stream buffer
+    assert out == pdus
+    assert not reader.partial and reader.completed == 4
+
+
+def test_after_a_large_segment_only_a_header_is_read() -> None:
+    """The next PDU of a long write is likely large too: reading just its
+    header keeps its segment out of the stream buffer (no copy out of it)."""
+    reader = PduReader(max_data=1 << 24)
+    big = encode(NopOut(itt=1, data=bytes(DIRECT_MIN)))
+    assert reader.read_size(1 << 18) == 1 << 18
+    reader.feed(big[:1000])  # the header and the start of the segment: the rest goes direct
+    assert reader.next_pdu() is None
+    reader.feed(big[1000:])
+    assert reader.next_pdu() is not None
+    assert reader.read_size(1 << 18) == BHS_LEN
+    reader.digests.header = True
+    assert reader.read_size(1 << 18) == BHS_LEN + 4
+    reader.digests.header = False
+    reader.feed(encode(NopOut(itt=2)))
+    assert reader.next_pdu() == NopOut(itt=2)
+    assert reader.read_size(1 << 18) == 1 << 18
+
+
+def test_large_segment_data_digest_is_checked() -> None:
+    reader = PduReader(max_data=1 << 24)
+    reader.digests.data = True
+    raw = bytearray(b"".join(bytes(p) for p in frame(NopOut(itt=1, data=bytes(DIRECT_MIN)), reader.digests)))
+    raw[-1] ^= 1
+    reader.feed(bytes(raw[:100]))
+    assert reader.next_pdu() is None and reader.receive_buffer() is not None
+    reader.feed(bytes(raw[100:]) + encode(NopOut(itt=2)))
+    with pytest.raises(DigestError) as e:
+        reader.next_pdu()
+    assert not e.value.header
+    assert reader.next_pdu() == NopOut(itt=2)
 
 
 def test_unknown_opcode_is_consumed_and_reported() -> None:

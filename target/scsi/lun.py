@@ -108,11 +108,30 @@ class Lun:
 
     # -- the entry point --------------------------------------------------------
 
+    def read_now(self, cdb: bytes, nexus: Hashable) -> ScsiResult | None:
+        """A plain READ answered without waiting for anything (the backend
+        knows its extents, e.g. a raw image), or None: then :meth:`execute`.
+        The boot's hot path without a coroutine per command."""
+        if not self._plain_read(cdb[0], nexus):
+            return None
+        try:
+            _, offset, length = self._transfer(cdb)
+        except ScsiError as e:
+            return _check(e)
+        if not length:
+            return GOOD
+        segments = self.backend.read_now(offset, length)
+        return None if segments is None else ScsiResult(ScsiStatus.GOOD, segments)
+
+    def _plain_read(self, opcode: int, nexus: Hashable) -> bool:
+        """A READ with no unit attention to report and no reservation to check."""
+        return opcode in _READS and self.seen.get(nexus) == self.epoch and not self.pr.engaged
+
     async def execute(self, cdb: bytes, data_out: memoryview | None, nexus: Hashable,
                       transfer_length: int) -> ScsiResult:
         opcode = cdb[0]
         # READ is the boot's hot path: dispatch it before anything else
-        if opcode in _READS and self.seen.get(nexus) == self.epoch and not self.pr.engaged:
+        if self._plain_read(opcode, nexus):
             try:
                 return await self._read(cdb, data_out, transfer_length)
             except ScsiError as e:
