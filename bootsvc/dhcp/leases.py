@@ -2,18 +2,20 @@
 (RFC 2131 §4.3.1: a server should keep giving a client the address it had).
 
 All reads come from an in-memory copy. Changes are kept as a list of
-writes until ``commit()``: the responder decides without I/O, and its
-adapter (bootsvc/dhcp/service.py) commits what one request changed before
-the answer leaves (RFC 2131 §4.3.1: an address is recorded before it is
-acknowledged), in one transaction, in WAL mode without an fsync per lease
-(a crash loses at most the last changes, and clients then simply get the
-same free address offered again).
+writes until they are written: the responder decides without I/O, and its
+adapter (bootsvc/dhcp/service.py, bootsvc/dhcp/group_commit.py) writes
+what a batch of requests changed, in one transaction made durable by one
+fsync (SQLite WAL, ``synchronous=FULL``), before their ACKs leave (RFC 2131
+§4.3.1: an address is recorded before it is acknowledged). ``take()``
+hands the pending writes over and ``write()`` may run in another thread:
+one lock keeps the connection to one user at a time.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import sqlite3
+import threading
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -36,13 +38,18 @@ class Lease:
     hostname: str = ""
 
 
+Writes = list[tuple[str, tuple[object, ...]]]  # (SQL, parameters), in the order they were decided
+
+
 class LeaseStore:
     def __init__(self, path: Path | str) -> None:
         if isinstance(path, Path):
             path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
+        # FULL: every commit's WAL frames are fsynced before it returns, so a
+        # written lease survives a power cut (NORMAL only at checkpoints)
+        self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("CREATE TABLE IF NOT EXISTS leases (ip TEXT PRIMARY KEY, mac TEXT NOT NULL, "
                         "state TEXT NOT NULL, expires REAL NOT NULL, hostname TEXT NOT NULL DEFAULT '')")
         # machines not in the inventory that asked for an address (policy discover)
@@ -50,7 +57,8 @@ class LeaseStore:
         # to their disk, then default), for `bootsvc machines`
         self.db.execute("CREATE TABLE IF NOT EXISTS unknown_machines (mac TEXT PRIMARY KEY, policy TEXT NOT NULL, "
                         "first_seen REAL NOT NULL, last_seen REAL NOT NULL, arch TEXT NOT NULL DEFAULT '')")
-        self.unwritten: list[tuple[str, tuple[object, ...]]] = []  # (SQL, parameters) until commit()
+        self.unwritten: Writes = []  # (SQL, parameters) until taken and written
+        self._lock = threading.Lock()  # the connection: the loop's thread and a group commit's
         self.by_ip: dict[IPv4, Lease] = {}
         self.by_mac: dict[str, Lease] = {}
         self._cursor: dict[tuple[int, int], int] = {}  # (first, last) -> where the next search starts
@@ -115,18 +123,25 @@ class LeaseStore:
                                "policy = excluded.policy, last_seen = excluded.last_seen, arch = excluded.arch",
                                (mac, policy, now, now, arch)))
 
-    def commit(self) -> None:
-        """Write the changes made since the last commit, in one transaction."""
-        if not self.unwritten:
-            return
+    def take(self) -> Writes:
+        """The changes made since the last take, for :meth:`write`; the
+        caller owns them now (the store forgets them)."""
         writes, self.unwritten = self.unwritten, []
-        if len(writes) == 1:  # the common case (one lease per request): a statement is its own transaction
-            self.db.execute(*writes[0])
+        return writes
+
+    def write(self, writes: Writes) -> None:
+        """``writes`` in one transaction, durable when this returns (one
+        fsync, however many leases); may run in a thread of its own."""
+        if not writes:
             return
-        with self.db:  # BEGIN ... COMMIT, or ROLLBACK on an error
+        with self._lock, self.db:  # BEGIN ... COMMIT, or ROLLBACK on an error
             self.db.execute("BEGIN")
             for sql, params in writes:
                 self.db.execute(sql, params)
+
+    def commit(self) -> None:
+        """Write the changes made since the last take, now, in this thread."""
+        self.write(self.take())
 
     def forget_unknown(self, mac: str) -> None:
         self.unwritten.append(("DELETE FROM unknown_machines WHERE mac = ?", (mac,)))
@@ -134,9 +149,11 @@ class LeaseStore:
     def unknown_machines(self) -> list[tuple[str, str, float, float, str]]:
         """(mac, policy, first seen, last seen, client architecture), oldest first."""
         self.commit()
-        return list(self.db.execute("SELECT mac, policy, first_seen, last_seen, arch FROM unknown_machines "
-                                    "ORDER BY first_seen"))
+        with self._lock:
+            return list(self.db.execute("SELECT mac, policy, first_seen, last_seen, arch FROM unknown_machines "
+                                        "ORDER BY first_seen"))
 
     def close(self) -> None:
         self.commit()
-        self.db.close()
+        with self._lock:
+            self.db.close()
