@@ -6,10 +6,12 @@ raises :class:`DhcpFormatError` naming the problem; nothing else escapes."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import NamedTuple
 
 MAGIC_COOKIE = b"\x63\x82\x53\x63"
 BOOTP_FIXED = 236  # op .. file, before the magic cookie (RFC 2131 §2)
@@ -82,9 +84,10 @@ class ClientArch(IntEnum):
     EFI_ARM64_HTTP = 19
 
 
-@dataclass(frozen=True)
-class Request:
-    """A client's BOOTREQUEST with the options a boot server looks at."""
+class Request(NamedTuple):
+    """A client's BOOTREQUEST with the options a boot server looks at. A
+    named tuple, not a frozen dataclass: as immutable, and made in a
+    fraction of the time on every packet's path."""
 
     xid: int
     mac: str  # lowercase colon form
@@ -141,8 +144,8 @@ def decode(data: bytes) -> Request:
         HEADER.unpack_from(data)
     opts = _options(data)
     return Request(
-        xid=xid, mac=":".join(f"{b:02x}" for b in chaddr[:6]), msg_type=_message_type(opts), flags=flags,
-        secs=secs, hops=hops, ciaddr=IPv4(ciaddr), giaddr=IPv4(giaddr),
+        xid=xid, mac=chaddr[:6].hex(":"), msg_type=_message_type(opts), flags=flags,
+        secs=secs, hops=hops, ciaddr=_address(ciaddr), giaddr=_address(giaddr),
         requested_ip=_optional_ip(opts, Option.REQUESTED_IP),
         server_id=_optional_ip(opts, Option.SERVER_ID),
         client_id=opts.get(Option.CLIENT_ID, b""),
@@ -154,6 +157,13 @@ def decode(data: bytes) -> Request:
         param_request=tuple(opts.get(Option.PARAM_REQUEST, b"")),
         max_size=_max_size(opts),
     )
+
+
+@functools.lru_cache(maxsize=1024)
+def _address(packed: bytes) -> IPv4:
+    """An address field: the same few (0.0.0.0, the relays) on most
+    packets, made once each."""
+    return IPv4(packed)
 
 
 def _check_fixed(data: bytes) -> None:
@@ -197,6 +207,9 @@ def _options(data: bytes) -> dict[int, bytes]:
     return opts
 
 
+_MESSAGE_TYPES = {int(t): t for t in MessageType}
+
+
 def _message_type(opts: dict[int, bytes]) -> MessageType:
     """Option 53, one a client sends (RFC 2132 §9.6)."""
     raw = opts.get(Option.MESSAGE_TYPE)
@@ -204,10 +217,9 @@ def _message_type(opts: dict[int, bytes]) -> MessageType:
         raise DhcpFormatError("no message type (option 53)")
     if len(raw) != 1:
         raise DhcpFormatError(f"message type (option 53) is {len(raw)} bytes, not 1")
-    try:
-        msg_type = MessageType(raw[0])
-    except ValueError:
-        raise DhcpFormatError(f"message type {raw[0]} is unknown") from None
+    msg_type = _MESSAGE_TYPES.get(raw[0])
+    if msg_type is None:
+        raise DhcpFormatError(f"message type {raw[0]} is unknown")
     if msg_type in (MessageType.OFFER, MessageType.ACK, MessageType.NAK):
         raise DhcpFormatError(f"{msg_type.name} is a server message")
     return msg_type
@@ -236,7 +248,7 @@ def _optional_ip(opts: dict[int, bytes], code: Option) -> IPv4 | None:
         return None
     if len(raw) != 4:
         raise DhcpFormatError(f"option {int(code)} is not an IPv4 address ({len(raw)} bytes)")
-    return IPv4(raw)
+    return _address(raw)
 
 
 @dataclass
@@ -251,18 +263,25 @@ class Reply:
     bootfile: str = ""
     options: list[tuple[int, bytes]] = field(default_factory=list)
 
-    def add(self, code: int, value: bytes | str | IPv4 | int | list[IPv4], width: int = 4) -> None:
-        if isinstance(value, IPv4):
-            raw = value.packed
-        elif isinstance(value, list):
-            raw = b"".join(v.packed for v in value)
-        elif isinstance(value, str):
-            raw = value.encode()
-        elif isinstance(value, int):
-            raw = value.to_bytes(width, "big")
-        else:
-            raw = value
-        self.options.append((code, raw))
+    def add(self, code: int, value: OptionValue, width: int = 4) -> None:
+        self.options.append((code, option_bytes(value, width)))
+
+
+OptionValue = bytes | str | IPv4 | int | list[IPv4]
+
+
+def option_bytes(value: OptionValue, width: int = 4) -> bytes:
+    """An option's value on the wire (RFC 2132): addresses packed, text
+    encoded, numbers big-endian in ``width`` bytes."""
+    if isinstance(value, IPv4):
+        return value.packed
+    if isinstance(value, list):
+        return b"".join(v.packed for v in value)
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, int):
+        return value.to_bytes(width, "big")
+    return value
 
 
 REPLY_HEADER = struct.Struct("!BBBBIHH4s4s4s4s16s64s128s4s")  # op .. file and the magic cookie (RFC 2131 §2)

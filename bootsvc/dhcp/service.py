@@ -11,6 +11,7 @@ written together and its ACKs leave once they are durable
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -155,9 +156,9 @@ class DhcpService:
         if self.reply_to_source:
             return addr
         if req.giaddr != ANY:
-            return (str(req.giaddr), SERVER_PORT)
+            return (_text(req.giaddr), SERVER_PORT)
         if req.ciaddr != ANY and reply is not MessageType.NAK:
-            return (str(req.ciaddr), CLIENT_PORT)
+            return (_text(req.ciaddr), CLIENT_PORT)
         # No ARP entry for an address the client does not have yet:
         # broadcast, which every client accepts (RFC 2131 §4.1).
         return ("255.255.255.255", CLIENT_PORT)
@@ -189,6 +190,12 @@ class DhcpService:
         if self._sock is not None:
             self._sock.close()
             self._sock = self.transport = None
+
+
+@functools.lru_cache(maxsize=1024)
+def _text(address: IPv4) -> str:
+    """An address as sendto wants it: the same relays on most packets."""
+    return str(address)
 
 
 # counter names by message type, made once (not an f-string per packet)
