@@ -25,7 +25,7 @@ delays (min/avg/max per exchange, DISCOVER-OFFER and REQUEST-ACK) are
 printed. Server CPU is from /proc (user + system of the server process).
 
     python3 bench/dhcp.py [--seconds 5] [--rounds 1] [--servers dnsmasq,kea,bootsvc]
-                          [--rates 250,500,...] [--json out.json]
+                          [--rates 250,500,...] [--log info|warn] [--json out.json]
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def dora(server: str, pid: int, ns: str, rate: int, seconds: float) -> Step:
 
 
 @contextlib.contextmanager
-def dnsmasq(ns: str, work: Path) -> Iterator[int]:
+def dnsmasq(ns: str, work: Path, log: str) -> Iterator[int]:
     with dnsmasq_dhcp(ns, "bsv-s0", f"{FIRST},{LAST},255.255.0.0,1h", work, "--dhcp-lease-max=100000"):
         yield pid_with(f"--dhcp-leasefile={work / 'dnsmasq.leases'}")
 
@@ -121,16 +121,21 @@ def pid_with(arg: str) -> int:
     return 0
 
 
-def kea_config(work: Path) -> dict[str, object]:
+LOG = {"info": "INFO", "warn": "WARN"}  # --log: Kea's severity; bootsvc's default, or -q
+
+
+def kea_config(work: Path, log: str) -> dict[str, object]:
     """kea-dhcp4's configuration: the same subnet and pool, memfile leases
-    persisted to a fresh CSV, warnings only in its log (no line per lease)."""
+    persisted to a fresh CSV, its log at ``log`` (at INFO it logs a line
+    per lease offered and per lease allocated, as bootsvc logs its
+    dhcp.offer and dhcp.ack events)."""
     return {"Dhcp4": {
         "interfaces-config": {"interfaces": ["bsv-s0"], "dhcp-socket-type": "udp"},
         "lease-database": {"type": "memfile", "persist": True, "name": str(work / "kea-leases4.csv"),
                            "lfc-interval": 0},
         "valid-lifetime": 3600,
         "subnet4": [{"id": 1, "subnet": "10.215.0.0/16", "pools": [{"pool": f"{FIRST} - {LAST}"}]}],
-        "loggers": [{"name": "kea-dhcp4", "severity": "WARN",
+        "loggers": [{"name": "kea-dhcp4", "severity": LOG[log],
                      "output_options": [{"output": str(work / "kea.log")}]}],
     }}
 
@@ -142,11 +147,11 @@ def listening(ns: str, port: int) -> bool:
 
 
 @contextlib.contextmanager
-def kea(ns: str, work: Path) -> Iterator[int]:
+def kea(ns: str, work: Path, log: str) -> Iterator[int]:
     for name in ("kea-leases4.csv", "kea-leases4.csv2", "kea.log"):
         (work / name).unlink(missing_ok=True)
     cfg = work / "kea-dhcp4.json"
-    cfg.write_text(json.dumps(kea_config(work), indent=1))
+    cfg.write_text(json.dumps(kea_config(work, log), indent=1))
     # its pid and lock files in the work directory, not /run/kea
     env = {**os.environ, "KEA_PIDFILE_DIR": str(work), "KEA_LOCKFILE_DIR": str(work)}
     with open(work / "kea.out", "wb") as out:
@@ -164,7 +169,7 @@ def kea(ns: str, work: Path) -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def bootsvc(ns: str, work: Path) -> Iterator[int]:
+def bootsvc(ns: str, work: Path, log: str) -> Iterator[int]:
     state = work / "state"
     subprocess.run(["rm", "-rf", str(state)], check=True)
     cfg = work / "bootsvc.yaml"
@@ -177,29 +182,31 @@ dhcp:
   range: [{FIRST}, {LAST}]
   unknown_machines: discover
 """)
-    proc = bootsvc_serve(cfg, work / "serve.log", "ready:", netns=ns)
+    quiet = ("-q",) if log == "warn" else ()
+    proc = bootsvc_serve(cfg, work / "serve.log", "ready:", netns=ns, argv=("serve", "-c", str(cfg), *quiet))
     try:
         yield proc.pid
     finally:
         stop(proc)
 
 
-STARTERS: dict[str, Callable[[str, Path], contextlib.AbstractContextManager[int]]] = {
+STARTERS: dict[str, Callable[[str, Path, str], contextlib.AbstractContextManager[int]]] = {
     "dnsmasq": dnsmasq, "kea": kea, "bootsvc": bootsvc}
 
 
-def step(name: str, ns_server: str, ns_client: str, work: Path, rate: int, seconds: float) -> Step:
-    with STARTERS[name](ns_server, work) as pid:  # fresh leases for every step
+def step(name: str, ns_server: str, ns_client: str, work: Path, rate: int, seconds: float, log: str) -> Step:
+    with STARTERS[name](ns_server, work, log) as pid:  # fresh leases for every step
         result = dora(name, pid, ns_client, rate, seconds)
     print(result.line(), flush=True)
     return result
 
 
-def climb(name: str, ns_server: str, ns_client: str, work: Path, rates: list[int], seconds: float) -> Step | None:
+def climb(name: str, ns_server: str, ns_client: str, work: Path, rates: list[int], seconds: float,
+          log: str) -> Step | None:
     """The step at the highest rate before the first one over MAX_LOST."""
     best = None
     for rate in rates:
-        result = step(name, ns_server, ns_client, work, rate, seconds)
+        result = step(name, ns_server, ns_client, work, rate, seconds, log)
         if result.lost > MAX_LOST:
             break
         best = result
@@ -217,6 +224,9 @@ def main() -> int:
     ap.add_argument("--servers", default=",".join(SERVERS))
     ap.add_argument("--rates", default=",".join(map(str, RATES)))
     ap.add_argument("--latency-rate", type=int, help="the rate for the latency runs (default: half bootsvc's best)")
+    ap.add_argument("--log", choices=sorted(LOG), default="info",
+                    help="info: Kea and bootsvc log a line per lease (both servers' default); warn: neither does "
+                         "(Kea at WARN, bootsvc -q); dnsmasq runs the same either way")
     ap.add_argument("--json")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -240,12 +250,12 @@ def main() -> int:
         for r in range(args.rounds):
             print(f"round {r + 1}, load {os.getloadavg()[0]:.2f}", flush=True)
             for name in servers if r % 2 == 0 else servers[::-1]:
-                top = climb(name, srv, cli, work, rates, args.seconds)
+                top = climb(name, srv, cli, work, rates, args.seconds, args.log)
                 best[name].append(top.rate if top else 0)
         medians = {s: statistics.median(v) for s, v in best.items()}
         half = args.latency_rate or int(medians.get("bootsvc", max(medians.values())) // 2)
         print(f"latency at {half}/s, load {os.getloadavg()[0]:.2f}", flush=True)
-        steps = [step(name, srv, cli, work, half, args.seconds) for name in servers] if half else []
+        steps = [step(name, srv, cli, work, half, args.seconds, args.log) for name in servers] if half else []
     print("highest DORA/s with <1 % lost (median of rounds; each round): "
           + ", ".join(f"{s} {medians[s]:.0f} {best[s]}" for s in servers))
     if "bootsvc" in medians:

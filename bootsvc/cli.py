@@ -382,6 +382,10 @@ def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     for name in EVENT_LOGGERS:
         logging.getLogger(name).setLevel(level)
+    # what no format of ours shows is not gathered for every line (the logging
+    # module's documented switches): a DHCP exchange logs two or three lines
+    logging._srcfile = None  # type: ignore[attr-defined]  # the caller's file, line and function
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     if os.environ.get("BOOTSVC_DEBUG"):
         logging.getLogger().setLevel(logging.DEBUG)
         for name in EVENT_LOGGERS:

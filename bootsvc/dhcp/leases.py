@@ -14,6 +14,7 @@ one lock keeps the connection to one user at a time.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -38,7 +39,26 @@ class Lease:
     hostname: str = ""
 
 
-Writes = list[tuple[str, tuple[object, ...]]]  # (SQL, parameters), in the order they were decided
+@dataclass(frozen=True)
+class Statement:
+    """One kind of write, made for many rows in one SQL statement: a group
+    commit's thread then runs a few statements, not one per lease (each
+    statement gives the GIL up and waits to get it back)."""
+
+    template: str  # the SQL with {rows} where the rows go
+    row: str  # one row's placeholders
+
+    def sql(self, rows: int) -> str:
+        return self.template.format(rows=", ".join([self.row] * rows))
+
+
+PUT = Statement("INSERT OR REPLACE INTO leases VALUES {rows}", "(?, ?, ?, ?, ?)")
+DROP = Statement("DELETE FROM leases WHERE ip IN ({rows})", "?")
+SEEN = Statement("INSERT INTO unknown_machines VALUES {rows} ON CONFLICT(mac) DO UPDATE SET "
+                 "policy = excluded.policy, last_seen = excluded.last_seen, arch = excluded.arch", "(?, ?, ?, ?, ?)")
+FORGET = Statement("DELETE FROM unknown_machines WHERE mac IN ({rows})", "?")
+ROWS = 500  # rows per statement at most (SQLite takes up to 32766 parameters)
+Writes = list[tuple[Statement, tuple[object, ...]]]  # in the order they were decided
 
 
 class LeaseStore:
@@ -57,7 +77,7 @@ class LeaseStore:
         # to their disk, then default), for `bootsvc machines`
         self.db.execute("CREATE TABLE IF NOT EXISTS unknown_machines (mac TEXT PRIMARY KEY, policy TEXT NOT NULL, "
                         "first_seen REAL NOT NULL, last_seen REAL NOT NULL, arch TEXT NOT NULL DEFAULT '')")
-        self.unwritten: Writes = []  # (SQL, parameters) until taken and written
+        self.unwritten: Writes = []  # until taken and written
         self._lock = threading.Lock()  # the connection: the loop's thread and a group commit's
         self.by_ip: dict[IPv4, Lease] = {}
         self.by_mac: dict[str, Lease] = {}
@@ -82,12 +102,11 @@ class LeaseStore:
         # An offer lives a minute in memory only: after a restart the client
         # simply gets the same address offered again. Half the writes per DORA.
         if lease.state is not LeaseState.OFFERED:
-            self.unwritten.append(("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)",
-                                   (str(lease.ip), lease.mac, lease.state.value, lease.expires, lease.hostname)))
+            self.unwritten.append((PUT, (str(lease.ip), lease.mac, lease.state.value, lease.expires, lease.hostname)))
         self._remember(lease)
 
     def drop(self, lease: Lease) -> None:
-        self.unwritten.append(("DELETE FROM leases WHERE ip = ?", (str(lease.ip),)))
+        self.unwritten.append((DROP, (str(lease.ip),)))
         self.by_ip.pop(lease.ip, None)
         if self.by_mac.get(lease.mac) == lease:
             del self.by_mac[lease.mac]
@@ -119,9 +138,7 @@ class LeaseStore:
         return sorted((le for le in self.by_ip.values() if le.expires > now), key=lambda le: le.ip)
 
     def saw_unknown(self, mac: str, policy: str, now: float, arch: str = "") -> None:
-        self.unwritten.append(("INSERT INTO unknown_machines VALUES (?, ?, ?, ?, ?) ON CONFLICT(mac) DO UPDATE SET "
-                               "policy = excluded.policy, last_seen = excluded.last_seen, arch = excluded.arch",
-                               (mac, policy, now, now, arch)))
+        self.unwritten.append((SEEN, (mac, policy, now, now, arch)))
 
     def take(self) -> Writes:
         """The changes made since the last take, for :meth:`write`; the
@@ -136,15 +153,20 @@ class LeaseStore:
             return
         with self._lock, self.db:  # BEGIN ... COMMIT, or ROLLBACK on an error
             self.db.execute("BEGIN")
-            for sql, params in writes:
-                self.db.execute(sql, params)
+            # consecutive writes of one kind as one statement: the order holds
+            # (SQLite applies a statement's rows one after another)
+            for statement, run in itertools.groupby(writes, key=lambda w: w[0]):
+                rows = [params for _, params in run]
+                for i in range(0, len(rows), ROWS):
+                    chunk = rows[i:i + ROWS]
+                    self.db.execute(statement.sql(len(chunk)), [p for row in chunk for p in row])
 
     def commit(self) -> None:
         """Write the changes made since the last take, now, in this thread."""
         self.write(self.take())
 
     def forget_unknown(self, mac: str) -> None:
-        self.unwritten.append(("DELETE FROM unknown_machines WHERE mac = ?", (mac,)))
+        self.unwritten.append((FORGET, (mac,)))
 
     def unknown_machines(self) -> list[tuple[str, str, float, float, str]]:
         """(mac, policy, first seen, last seen, client architecture), oldest first."""
