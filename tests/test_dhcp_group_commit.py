@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from bootsvc.dhcp.group_commit import WRITE_LATER
 from bootsvc.dhcp.leases import LeaseStore
 from bootsvc.dhcp.message import IPv4, MessageType
 from bootsvc.dhcp.responder import Machines, Responder, Subnet, UnknownPolicy
@@ -195,3 +196,24 @@ def test_without_a_loop_the_commit_is_written_in_place(tmp_path: Path, batch: in
     assert len(sock.acks()) == batch and all(ip in durable for _, ip, durable in sock.acks())
     assert svc.commits.commits == 1
     leases.close()
+
+
+def test_writes_no_ack_waits_for_join_a_later_group(tmp_path: Path) -> None:
+    """An unknown MAC seen (policy discover) promises the client nothing:
+    its write is no fsync of its own per batch, but it is on disk soon."""
+    svc, sock, leases = service(tmp_path)
+
+    async def run() -> None:
+        svc.commits.start(asyncio.get_running_loop())
+        for n in range(1, 4):
+            leases.saw_unknown(f"52:54:00:00:00:{n:02x}", "discover", float(n))
+            svc.received([(request(n, MessageType.DISCOVER), RELAY)])
+        assert svc.commits.commits == 0 and len(sock.sent) == 3  # the offers went, nothing written yet
+        await asyncio.sleep(WRITE_LATER * 4)
+        await settle(svc)
+        assert svc.commits.commits == 1  # the three in one group
+        await svc.commits.stop()
+
+    asyncio.run(run())
+    with sqlite3.connect(tmp_path / "leases.db") as other:
+        assert other.execute("SELECT COUNT(*) FROM unknown_machines").fetchone() == (3,)

@@ -5,10 +5,10 @@ before it acknowledges), with one fsync for many leases.
 The responder decides in memory; the lease store collects the writes.
 A DHCP service hands each batch's ACKs to :meth:`GroupCommit.send_after`
 and calls :meth:`GroupCommit.flush` at the end of the batch. If no commit
-is under way, the writes pending then are taken and written in a thread of
-their own (``LeaseStore.write``: one transaction, one fsync) while the
-loop goes on reading and deciding; when it is done, the ACKs held for it
-are sent. Whatever was decided meanwhile waits for the next commit, which
+is under way, the writes pending then are taken and written by a thread of
+its own (``LeaseStore.write``: one transaction, one fsync) while the loop
+goes on reading and deciding; when it is done, the ACKs held for it are
+sent. Whatever was decided meanwhile waits for the next commit, which
 takes all of it at once: the slower the disk, the bigger the group. If
 the write fails (or the process dies first), the held ACKs are never sent
 and the clients ask again.
@@ -25,7 +25,8 @@ offered again).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import queue
+import threading
 import weakref
 from collections.abc import Callable
 
@@ -40,24 +41,31 @@ Failed = Callable[[BaseException, int], None]  # a write failed: why, how many A
 Held = list[tuple[Send, list[Datagram]]]
 
 
+WRITE_LATER = 0.05  # seconds a write no ACK waits for may wait to join the next group
+
+
 class GroupCommit:
     def __init__(self, leases: LeaseStore) -> None:
         self.leases = leases
         self.held: Held = []  # ACKs decided since the running commit began, with their socket
         self.failed: Failed = lambda error, acks: None  # told of a write that failed
         self.loop: asyncio.AbstractEventLoop | None = None  # None: write in the caller's thread
-        self._writer: concurrent.futures.ThreadPoolExecutor | None = None
-        self._users = 0
-        self._running: asyncio.Future[None] | None = None
         self.commits = 0  # transactions written (each one fsync)
         self.grouped = 0  # writes in them
+        self._users = 0
+        self._queue: queue.SimpleQueue[Writes | None] = queue.SimpleQueue()  # to the writer thread
+        self._writer: threading.Thread | None = None
+        self._running: tuple[int, Held] | None = None  # the commit under way: its writes, its ACKs
+        self._later: asyncio.TimerHandle | None = None  # a commit for writes no ACK waits for
+        self._idle: asyncio.Future[None] | None = None  # stop() waiting for the running commit
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """A service starts: commit in a thread beside ``loop`` from now on."""
         self._users += 1
         self.loop = loop
         if self._writer is None:
-            self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dhcp-commit")
+            self._writer = threading.Thread(target=self._write_all, name="dhcp-commit", daemon=True)
+            self._writer.start()
 
     def send_after(self, send: Send, acks: list[Datagram]) -> None:
         """``send(acks)`` once everything decided until now is durable."""
@@ -65,20 +73,48 @@ class GroupCommit:
             self.held.append((send, acks))
 
     def flush(self) -> None:
-        """The end of a batch: start a commit unless one is under way (the
-        next one starts when it ends)."""
+        """The end of a batch: a commit for the ACKs held, unless one is
+        under way (the next one starts when it ends). Writes no ACK waits
+        for (an unknown MAC seen, an offer let go) join the next group, or
+        are written WRITE_LATER on: no fsync of their own per batch."""
         if self._running is not None:
             return
+        if self.held or self.loop is None:
+            self._commit()
+        elif self.leases.unwritten and self._later is None:
+            self._later = self.loop.call_later(WRITE_LATER, self._due)
+
+    def _due(self) -> None:
+        self._later = None
+        if self._running is None:
+            self._commit()
+
+    def _commit(self) -> None:
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
         writes, held = self.leases.take(), self.held
         self.held = []
         if not writes:
             _send(held)  # nothing of theirs to wait for
-            return
-        if self.loop is None or self._writer is None:
+        elif self.loop is None or self._writer is None:
             self._write_now(writes, held)
-            return
-        self._running = self.loop.run_in_executor(self._writer, self.leases.write, writes)
-        self._running.add_done_callback(lambda done: self._written(done, len(writes), held))
+        else:
+            self._running = (len(writes), held)
+            self._queue.put(writes)
+
+    def _write_all(self) -> None:
+        """The writer thread: each group in one transaction (the GIL is
+        free while SQLite writes and fsyncs), then back to the loop."""
+        while (writes := self._queue.get()) is not None:
+            error: BaseException | None = None
+            try:
+                self.leases.write(writes)
+            except Exception as e:  # a failing store: said on the loop, no ACK sent
+                error = e
+            loop = self.loop
+            if loop is not None:
+                loop.call_soon_threadsafe(self._written, error)
 
     def _write_now(self, writes: Writes, held: Held) -> None:
         try:
@@ -89,15 +125,18 @@ class GroupCommit:
         self._count(len(writes))
         _send(held)
 
-    def _written(self, done: asyncio.Future[None], writes: int, held: Held) -> None:
+    def _written(self, error: BaseException | None) -> None:
+        assert self._running is not None
+        writes, held = self._running
         self._running = None
-        error = done.exception() if not done.cancelled() else asyncio.CancelledError()
         if error is not None:
             self._fail(held, error)
         else:
             self._count(writes)
             _send(held)
         self.flush()  # what was decided meanwhile: the next group
+        if self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
 
     def _fail(self, held: Held, error: BaseException) -> None:
         self.failed(error, sum(len(acks) for _, acks in held))
@@ -109,16 +148,18 @@ class GroupCommit:
     async def stop(self) -> None:
         """A service stops: the running commit ends (its ACKs are sent) and,
         after the last service, what is left is written here and the thread
-        goes."""
-        while self._running is not None:  # its callback may start the next group
-            await asyncio.wait([self._running])
+        ends."""
+        while self._running is not None and self.loop is not None:  # its end may start the next group
+            self._idle = self.loop.create_future()
+            await self._idle
         self._users = max(0, self._users - 1)
         if self._users:
             return
         self.loop = None
-        self.flush()
+        self._commit()
         if self._writer is not None:
-            self._writer.shutdown(wait=True)
+            self._queue.put(None)
+            self._writer.join(timeout=30)
             self._writer = None
 
 
