@@ -110,13 +110,16 @@ def test_a_failed_write_sends_no_ack(tmp_path: Path) -> None:
     events: list[tuple[object, dict[str, object]]] = []
     svc.responder.emit = lambda kind, **f: events.append((kind, f))  # type: ignore[assignment]
 
-    def broken(writes: object) -> None:
+    finish = leases.finish
+
+    def broken() -> None:
+        finish()  # (the transaction ends)
         raise sqlite3.OperationalError("disk I/O error")
 
     async def run() -> None:
         svc.commits.start(asyncio.get_running_loop())
         svc.received([(request(1, MessageType.DISCOVER), RELAY)])
-        leases.write = broken  # type: ignore[method-assign]
+        leases.finish = broken  # type: ignore[method-assign]
         svc.received([(request(1, MessageType.REQUEST, offered(leases, 1)), RELAY)])
         await settle(svc)
         await svc.commits.stop()
@@ -133,16 +136,16 @@ def test_an_ack_waits_for_a_slow_disk(tmp_path: Path) -> None:
     sent; once it returns, the ACK goes."""
     svc, sock, leases = service(tmp_path)
     gate = threading.Event()
-    write = leases.write
+    finish = leases.finish
 
-    def slow(writes: list[tuple[str, tuple[object, ...]]]) -> None:
+    def slow() -> None:
         assert gate.wait(10)
-        write(writes)
+        finish()
 
     async def run() -> None:
         svc.commits.start(asyncio.get_running_loop())
         svc.received([(request(1, MessageType.DISCOVER), RELAY)])
-        leases.write = slow  # type: ignore[method-assign]
+        leases.finish = slow  # type: ignore[method-assign]
         svc.received([(request(1, MessageType.REQUEST, offered(leases, 1)), RELAY)])
         await asyncio.sleep(0.2)
         assert not sock.acks()
@@ -160,7 +163,7 @@ sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
 from test_dhcp_group_commit import *
 import os
 
-def killed(writes):
+def killed():
     sys.stdout.write("decided\\n"); sys.stdout.flush()
     os._exit(9)  # the process dies after deciding, before the commit
 
@@ -169,7 +172,7 @@ async def run():
     sock.sendto = lambda data, addr: (sys.stdout.write(f"sent {{data[OPTIONS_AT + 2]}}\\n"), sys.stdout.flush())
     svc.commits.start(asyncio.get_running_loop())
     svc.received([(request(1, MessageType.DISCOVER), RELAY)])
-    leases.write = killed
+    leases.finish = killed
     svc.received([(request(1, MessageType.REQUEST, offered(leases, 1)), RELAY)])
     await asyncio.sleep(5)
 

@@ -53,7 +53,7 @@ class GroupCommit:
         self.commits = 0  # transactions written (each one fsync)
         self.grouped = 0  # writes in them
         self._users = 0
-        self._queue: queue.SimpleQueue[Writes | None] = queue.SimpleQueue()  # to the writer thread
+        self._queue: queue.SimpleQueue[bool] = queue.SimpleQueue()  # to the writer thread: COMMIT, or end
         self._writer: threading.Thread | None = None
         self._running: tuple[int, Held] | None = None  # the commit under way: its writes, its ACKs
         self._later: asyncio.TimerHandle | None = None  # a commit for writes no ACK waits for
@@ -100,16 +100,21 @@ class GroupCommit:
         elif self.loop is None or self._writer is None:
             self._write_now(writes, held)
         else:
+            try:
+                self.leases.begin(writes)  # the statements here, without I/O to wait for
+            except Exception as e:  # a failing store: no ACK for what it did not keep
+                self._fail(held, e)
+                return
             self._running = (len(writes), held)
-            self._queue.put(writes)
+            self._queue.put(True)  # the COMMIT (the fsync) there
 
     def _write_all(self) -> None:
-        """The writer thread: each group in one transaction (the GIL is
-        free while SQLite writes and fsyncs), then back to the loop."""
-        while (writes := self._queue.get()) is not None:
+        """The writer thread: each group's COMMIT (the GIL is free while
+        SQLite writes and fsyncs), then back to the loop."""
+        while self._queue.get():
             error: BaseException | None = None
             try:
-                self.leases.write(writes)
+                self.leases.finish()
             except Exception as e:  # a failing store: said on the loop, no ACK sent
                 error = e
             loop = self.loop
@@ -158,7 +163,7 @@ class GroupCommit:
         self.loop = None
         self._commit()
         if self._writer is not None:
-            self._queue.put(None)
+            self._queue.put(False)
             self._writer.join(timeout=30)
             self._writer = None
 

@@ -148,10 +148,19 @@ class LeaseStore:
 
     def write(self, writes: Writes) -> None:
         """``writes`` in one transaction, durable when this returns (one
-        fsync, however many leases); may run in a thread of its own."""
-        if not writes:
-            return
-        with self._lock, self.db:  # BEGIN ... COMMIT, or ROLLBACK on an error
+        fsync, however many leases)."""
+        if writes:
+            self.begin(writes)
+            self.finish()
+
+    def begin(self, writes: Writes) -> None:
+        """The first half of :meth:`write`, in the caller's thread: the
+        statements of a transaction left open (no fsync; the pages stay in
+        memory), the store held until :meth:`finish` ends it, which may run
+        in another thread (a group commit's: there the GIL is given up once,
+        for the whole COMMIT, instead of once per statement)."""
+        self._lock.acquire()
+        try:
             self.db.execute("BEGIN")
             # consecutive writes of one kind as one statement: the order holds
             # (SQLite applies a statement's rows one after another)
@@ -160,6 +169,25 @@ class LeaseStore:
                 for i in range(0, len(rows), ROWS):
                     chunk = rows[i:i + ROWS]
                     self.db.execute(statement.sql(len(chunk)), [p for row in chunk for p in row])
+        except BaseException:
+            self._end("ROLLBACK")
+            raise
+
+    def finish(self) -> None:
+        """COMMIT what :meth:`begin` left open: durable when this returns
+        (WAL, synchronous=FULL: one fsync); ROLLBACK if it fails."""
+        self._end("COMMIT")
+
+    def _end(self, how: str) -> None:
+        try:
+            if self.db.in_transaction:
+                self.db.execute(how)
+        except BaseException:
+            if how == "COMMIT" and self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
+        finally:
+            self._lock.release()
 
     def commit(self) -> None:
         """Write the changes made since the last take, now, in this thread."""
