@@ -267,6 +267,8 @@ _BARE = re.compile(r'[^\s"=\\]+')
 def quote(value: object) -> str:
     """A logfmt value: bare when it can be, else double-quoted with ``"``
     and ``\\`` escaped, so values with spaces survive a round trip."""
+    if value is True or value is False:
+        return "True" if value else "False"  # the flags most events carry: no conversion, no match
     text = str(_plain(value)) if not isinstance(value, str) else value
     if _BARE.fullmatch(text):
         return text
@@ -275,7 +277,12 @@ def quote(value: object) -> str:
 
 
 def logfmt(event: Event) -> str:
-    return " ".join([f"event={event.name}", *(f"{k}={quote(v)}" for k, v in event.items())])
+    parts = [f"event={event.name}"]
+    for key, value in zip(IDENTITIES, event[2:8]):  # the identities, as Event.items() gives them
+        if value is not None:
+            parts.append(f"{key}={quote(value)}")
+    parts.extend(f"{k}={quote(v)}" for k, v in event.fields.items())
+    return " ".join(parts)
 
 
 _PAIR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|[^\s"]*)')
