@@ -179,7 +179,7 @@ class DhcpService:
         """The lease store could not write a group: its ACKs are not sent."""
         self.responder.counters["errors"] += 1
         self.responder.counters["acks_not_sent"] += acks
-        self.responder.emit(Kind.DHCP_ERROR, why=f"lease store write failed, {acks} ACKs not sent: {error!r}")
+        self.responder.emit(Kind.DHCP_ERROR, why=f"the lease store could not write ({error}): {acks} ACKs not sent")
 
     async def stop(self) -> None:
         for task in list(self._adopting):
