@@ -220,3 +220,14 @@ def test_writes_no_ack_waits_for_join_a_later_group(tmp_path: Path) -> None:
     asyncio.run(run())
     with sqlite3.connect(tmp_path / "leases.db") as other:
         assert other.execute("SELECT COUNT(*) FROM unknown_machines").fetchone() == (3,)
+
+
+def test_the_services_of_one_store_share_one_group_commit(tmp_path: Path) -> None:
+    """Port 67 and the proxyDHCP port answer from one lease store: an ACK
+    of either waits for the commit holding its lease, whoever started it."""
+    svc, _, leases = service(tmp_path)
+    other = DhcpService(svc.responder, SUBNET.server, port=4011, reply_to_source=True)
+    assert other.commits is svc.commits
+    assert DhcpService(Responder([SUBNET], Machines({}), LeaseStore(":memory:"), lambda *a: None),
+                       SUBNET.server).commits is not svc.commits
+    leases.close()

@@ -5,13 +5,16 @@ before it acknowledges), with one fsync for many leases.
 The responder decides in memory; the lease store collects the writes.
 A DHCP service hands each batch's ACKs to :meth:`GroupCommit.send_after`
 and calls :meth:`GroupCommit.flush` at the end of the batch. If no commit
-is under way, the writes pending then are taken and written by a thread of
-its own (``LeaseStore.write``: one transaction, one fsync) while the loop
-goes on reading and deciding; when it is done, the ACKs held for it are
-sent. Whatever was decided meanwhile waits for the next commit, which
-takes all of it at once: the slower the disk, the bigger the group. If
-the write fails (or the process dies first), the held ACKs are never sent
-and the clients ask again.
+is under way, the writes pending then become one transaction, its
+statements run on the loop (``LeaseStore.begin``: pages in memory, no I/O
+to wait for) and its COMMIT, the one fsync, in a thread of its own
+(``LeaseStore.finish``) while the loop goes on reading and deciding; when
+it is done, the ACKs held for it are sent. Whatever was decided meanwhile
+waits for the next commit, which takes all of it at once: the slower the
+disk, the bigger the group. If the write fails (or the process dies
+first), the held ACKs are never sent and the clients ask again. Writes
+no ACK waits for (an unknown MAC seen) join the next group, or are written
+WRITE_LATER on.
 
 There is one group commit per lease store (:func:`group_commit`), shared
 by the services that decide with it (port 67 and the proxyDHCP port): an
@@ -173,15 +176,16 @@ def _send(held: Held) -> None:
         send(acks)
 
 
-_GROUPS: weakref.WeakKeyDictionary[LeaseStore, GroupCommit] = weakref.WeakKeyDictionary()
+# by the store's id: a group holds its store, so while it lives the id is its store's
+_GROUPS: weakref.WeakValueDictionary[int, GroupCommit] = weakref.WeakValueDictionary()
 
 
 def group_commit(leases: LeaseStore, failed: Failed) -> GroupCommit:
     """The one group commit of ``leases``, telling ``failed`` of a write
     that fails (the services of one store share one responder: one report
     is enough)."""
-    group = _GROUPS.get(leases)
-    if group is None:
-        group = _GROUPS[leases] = GroupCommit(leases)
+    group = _GROUPS.get(id(leases))
+    if group is None or group.leases is not leases:
+        group = _GROUPS[id(leases)] = GroupCommit(leases)
     group.failed = failed
     return group
