@@ -25,7 +25,7 @@ delays (min/avg/max per exchange, DISCOVER-OFFER and REQUEST-ACK) are
 printed. Server CPU is from /proc (user + system of the server process).
 
     python3 bench/dhcp.py [--seconds 5] [--rounds 1] [--servers dnsmasq,kea,bootsvc]
-                          [--rates 250,500,...] [--log info|warn] [--json out.json]
+                          [--rates 250,500,...] [--log info|warn] [--baseline TREE] [--json out.json]
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.e2e.netns import ip, namespaces  # noqa: E402
+from bootsvc.vm.run import start_serve  # noqa: E402
 from tests.e2e.peers import bootsvc_serve, dnsmasq_dhcp, perfdhcp, stop  # noqa: E402
 
 RATES = (500, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 5000, 6000, 7000, 8000, 10000, 12000)
@@ -77,7 +78,8 @@ class Step:
         lat = "  ".join(f"{ex} {mn:.2f}/{avg:.2f}/{mx:.1f} ms" for ex, (mn, avg, mx) in self.delays.items())
         return (f"  {self.server:8} offered {self.rate:5}/s: {self.done:6} of {self.started:6} DORA done "
                 f"({self.lost:6.2%} lost), {self.done / self.seconds:7.0f}/s, "
-                f"CPU {self.cpu / self.seconds:4.0%}  min/avg/max {lat}")
+                f"CPU {self.cpu / self.seconds:4.0%} ({self.cpu / max(self.done, 1) * 1e6:4.0f} us/DORA)  "
+                f"min/avg/max {lat}")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -168,8 +170,19 @@ def kea(ns: str, work: Path, log: str) -> Iterator[int]:
         stop(proc)
 
 
+BASELINE: list[Path] = []  # --baseline: another checkout, run as the server "before"
+
+
 @contextlib.contextmanager
-def bootsvc(ns: str, work: Path, log: str) -> Iterator[int]:
+def before(ns: str, work: Path, log: str) -> Iterator[int]:
+    """bootsvc from the --baseline checkout (``python -m bootsvc`` in its
+    directory imports that tree's bootsvc), same config."""
+    with bootsvc(ns, work, log, BASELINE[0]) as pid:
+        yield pid
+
+
+@contextlib.contextmanager
+def bootsvc(ns: str, work: Path, log: str, tree: Path | None = None) -> Iterator[int]:
     state = work / "state"
     subprocess.run(["rm", "-rf", str(state)], check=True)
     cfg = work / "bootsvc.yaml"
@@ -183,7 +196,12 @@ dhcp:
   unknown_machines: discover
 """)
     quiet = ("-q",) if log == "warn" else ()
-    proc = bootsvc_serve(cfg, work / "serve.log", "ready:", netns=ns, argv=("serve", "-c", str(cfg), *quiet))
+    argv = ("serve", "-c", str(cfg), *quiet)
+    if tree is None:
+        proc = bootsvc_serve(cfg, work / "serve.log", "ready:", netns=ns, argv=argv)
+    else:
+        proc = start_serve(cfg, work / "serve.log", ("ip", "netns", "exec", ns, "env", "-C", str(tree)), "ready:",
+                           30.0, argv)
     try:
         yield proc.pid
     finally:
@@ -191,7 +209,7 @@ dhcp:
 
 
 STARTERS: dict[str, Callable[[str, Path, str], contextlib.AbstractContextManager[int]]] = {
-    "dnsmasq": dnsmasq, "kea": kea, "bootsvc": bootsvc}
+    "dnsmasq": dnsmasq, "kea": kea, "bootsvc": bootsvc, "before": before}
 
 
 def step(name: str, ns_server: str, ns_client: str, work: Path, rate: int, seconds: float, log: str) -> Step:
@@ -227,12 +245,16 @@ def main() -> int:
     ap.add_argument("--log", choices=sorted(LOG), default="info",
                     help="info: Kea and bootsvc log a line per lease (both servers' default); warn: neither does "
                          "(Kea at WARN, bootsvc -q); dnsmasq runs the same either way")
+    ap.add_argument("--baseline", type=Path,
+                    help="another checkout of bootsvc, run as a fourth server named \"before\" (A/B in one run)")
     ap.add_argument("--json")
     args = ap.parse_args()
+    if args.baseline:
+        BASELINE.append(args.baseline.resolve())
     if os.geteuid() != 0:
         print("bench/dhcp.py: needs root (network namespaces)", file=sys.stderr)
         return 2
-    servers = args.servers.split(",")
+    servers = args.servers.split(",") + (["before"] if args.baseline else [])
     unknown = [s for s in servers if s not in STARTERS]
     if unknown:
         print(f"bench/dhcp.py: unknown server {unknown[0]} (known: {', '.join(SERVERS)})", file=sys.stderr)
