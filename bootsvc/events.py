@@ -207,8 +207,14 @@ class Event(NamedTuple):
         yield from self.fields.items()
 
     def record(self) -> dict[str, object]:
-        """The event as one flat mapping, as the event file holds it."""
-        return {"time": round(self.time, 6), "kind": self.name, **self.identities(), **self.fields}
+        """The event as one flat mapping, as the event file holds it (built
+        in place: on every event's path)."""
+        out: dict[str, object] = {"time": round(self.time, 6), "kind": self.name}
+        for key, value in zip(IDENTITIES, self[2:8]):
+            if value is not None:
+                out[key] = value
+        out.update(self.fields)
+        return out
 
     def json_line(self) -> bytes:
         # orjson: on every event's path it is ten times faster than json
@@ -264,6 +270,8 @@ _BARE = re.compile(r'[^\s"=\\]+')
 def quote(value: object) -> str:
     """A logfmt value: bare when it can be, else double-quoted with ``"``
     and ``\\`` escaped, so values with spaces survive a round trip."""
+    if value is True or value is False:
+        return "True" if value else "False"  # the flags most events carry: no conversion, no match
     text = str(_plain(value)) if not isinstance(value, str) else value
     if _BARE.fullmatch(text):
         return text
@@ -272,7 +280,12 @@ def quote(value: object) -> str:
 
 
 def logfmt(event: Event) -> str:
-    return " ".join([f"event={event.name}", *(f"{k}={quote(v)}" for k, v in event.items())])
+    parts = [f"event={event.name}"]
+    for key, value in zip(IDENTITIES, event[2:8]):  # the identities, as Event.items() gives them
+        if value is not None:
+            parts.append(f"{key}={quote(value)}")
+    parts.extend(f"{k}={quote(v)}" for k, v in event.fields.items())
+    return " ".join(parts)
 
 
 _PAIR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|[^\s"]*)')

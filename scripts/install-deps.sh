@@ -24,6 +24,7 @@ debs=(
     tftpd-hpa           # reference TFTP server for bench/tftp.py
     dnsmasq-base        # reference DHCP server for bench/dhcp.py; upstream resolver in the DNS tests (no system service)
     kea-admin           # perfdhcp, DHCP load generator
+    kea-dhcp4-server    # kea-dhcp4, second reference DHCP server for bench/dhcp.py (its service masked below)
     nftables            # nft: tests/e2e/test_diagnosis.py firewalls a VM's TFTP inside its namespace
     isc-dhcp-client     # dhclient, a real DHCP client
     ndisc6              # rdisc6, a real IPv6 host soliciting routers
@@ -37,6 +38,14 @@ debs=(
     python3-rados python3-rbd  # librbd from Python: the ceph storage backend (linked into the venv below)
     tgt-rbd             # tgt's rbd backing store, the reference for the RBD-backed LUN
 )
+# bench/dhcp.py starts kea-dhcp4 itself inside a network namespace: the
+# package's system service is masked before the install (what `systemctl
+# mask` does, also without a running systemd), so it never starts or takes
+# port 67 on the host.
+if [ ! -e /etc/systemd/system/kea-dhcp4-server.service ]; then
+    mkdir -p /etc/systemd/system
+    ln -s /dev/null /etc/systemd/system/kea-dhcp4-server.service
+fi
 bash "$(dirname "$0")/install-runtime.sh" "${debs[@]}"
 # The Ceph packages enable units for a host cluster; the tests start their own
 # daemons, so none of those may run or start at boot here.

@@ -3,6 +3,7 @@ declined and held addresses stay out of the pool until they expire."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from bootsvc.dhcp.leases import IPv4, Lease, LeaseState, LeaseStore
@@ -47,3 +48,30 @@ def test_free_address_wraps_round_the_range() -> None:
     assert got == POOL[:3] and store.free_address(POOL[0], POOL[2], 1000.0, taken=set()) is None
     store.drop(store.by_ip[POOL[1]])
     assert store.free_address(POOL[0], POOL[2], 1000.0, taken=set()) == POOL[1]
+
+
+def test_a_group_of_writes_is_applied_in_order(tmp_path: Path) -> None:
+    """Writes of one kind in a row become one statement of many rows
+    (LeaseStore.write); the result is that of applying them one by one."""
+    store = LeaseStore(tmp_path / "leases.db")
+    macs = [f"aa:00:00:00:00:{i:02x}" for i in range(1, 4)]
+    store.put(Lease(POOL[0], macs[0], LeaseState.BOUND, 2000.0))
+    store.put(Lease(POOL[1], macs[1], LeaseState.BOUND, 2000.0))
+    store.put(Lease(POOL[1], macs[1], LeaseState.BOUND, 3000.0, "again"))  # the same address twice in a row
+    store.put(Lease(POOL[2], macs[0], LeaseState.BOUND, 2000.0))  # moved: a drop between two puts
+    store.saw_unknown(macs[2], "discover", 10.0)
+    store.saw_unknown(macs[2], "adopted", 20.0, "7")  # the same MAC twice in one statement
+    store.saw_unknown(macs[1], "discover", 30.0)
+    store.forget_unknown(macs[1])
+    assert len(store.unwritten) == 9
+    store.close()
+    rows = sorted(store_rows(tmp_path / "leases.db"))
+    assert rows == [(str(POOL[1]), macs[1], "bound", 3000.0, "again"), (str(POOL[2]), macs[0], "bound", 2000.0, "")]
+    reopened = LeaseStore(tmp_path / "leases.db")
+    assert reopened.unknown_machines() == [(macs[2], "adopted", 10.0, 20.0, "7")]
+    reopened.close()
+
+
+def store_rows(db: Path) -> list[tuple[object, ...]]:
+    with sqlite3.connect(db) as other:
+        return list(other.execute("SELECT ip, mac, state, expires, hostname FROM leases"))

@@ -20,7 +20,7 @@ from typing import Protocol, TypeVar
 from ..events import Emit, Kind, no_events
 from ..inventory import Machine
 from .leases import Lease, LeaseState, LeaseStore
-from .message import ANY, IPv4, MessageType, Option, Reply, Request
+from .message import ANY, IPv4, MessageType, Option, OptionValue, Reply, Request, option_bytes
 
 # PXE 2.1 §2.4.6 vendor option 43: PXE_DISCOVERY_CONTROL (6) = bit 3, "the
 # boot file in this offer is the one: no boot server discovery". Without
@@ -77,6 +77,7 @@ class BootOptions:
 
 
 V = TypeVar("V")
+Options = list[tuple[int, bytes]]  # (code, value) as Reply.options holds them
 
 
 @dataclass
@@ -142,11 +143,16 @@ class Responder:
     adoptions: dict[str, float] = field(default_factory=dict)  # MAC -> last adoption asked for
     rates: dict[str, tuple[float, int]] = field(default_factory=dict)  # MAC -> (window start, requests in it)
     _now: float = 0.0
+    # made once instead of per packet; emptied when the subnets change
+    _subnet_of: dict[IPv4, Subnet | None] = field(default_factory=dict)  # address -> its subnet
+    _subnet_options: dict[tuple[int, bool], tuple[Options, Options]] = field(default_factory=dict)
 
     def retune(self, subnets: list[Subnet], unknown: UnknownPolicy) -> None:
         """A reload changed the subnets or the unknown-machine policy."""
         self.subnets = subnets
         self.unknown = unknown
+        self._subnet_of.clear()
+        self._subnet_options.clear()
 
     def wants_adoption(self, req: Request, now: float) -> bool:
         """unknown_machines: default and a MAC the fleet does not know: the
@@ -190,9 +196,13 @@ class Responder:
                       received_on):
             if probe is None:
                 continue
-            for s in self.subnets:
-                if probe in s.network:
-                    return s
+            try:
+                found = self._subnet_of[probe]
+            except KeyError:
+                found = next((s for s in self.subnets if probe in s.network), None)
+                _remember(self._subnet_of, probe, found, lambda s: True)  # type: ignore[arg-type]
+            if found is not None:
+                return found
         return None
 
     def _flooding(self, mac: str, now: float) -> bool:
@@ -323,20 +333,33 @@ class Responder:
 
     def _options(self, reply: Reply, req: Request, machine: Machine | None, subnet: Subnet,
                  lease_time: bool = True) -> None:
-        reply.add(Option.SUBNET_MASK, subnet.network.netmask)
-        if subnet.router is not None:
-            reply.add(Option.ROUTER, subnet.router)
-        if subnet.dns:
-            reply.add(Option.DNS, list(subnet.dns))
-        if subnet.domain:
-            reply.add(Option.DOMAIN, subnet.domain)
+        head, tail = self._options_of(subnet, lease_time)
+        reply.options.extend(head)
         if machine is not None:
             reply.add(Option.HOSTNAME, machine.hostname)
-        if lease_time:
-            reply.add(Option.LEASE_TIME, subnet.lease_time)
-            reply.add(Option.RENEWAL_TIME, subnet.lease_time // 2)
-            reply.add(Option.REBINDING_TIME, subnet.lease_time * 7 // 8)
+        reply.options.extend(tail)
         self._boot_options(reply, req, machine, subnet)
+
+    def _options_of(self, subnet: Subnet, lease_time: bool) -> tuple[Options, Options]:
+        """A subnet's options (RFC 2132 §3.3, §3.5, §3.8, §3.17, §9.2,
+        §9.11, §9.12) encoded once: before the host name, and after it."""
+        key = (id(subnet), lease_time)  # the cache is emptied when the subnets change
+        cached = self._subnet_options.get(key)
+        if cached is None:
+            head: list[tuple[int, OptionValue]] = [(Option.SUBNET_MASK, subnet.network.netmask)]
+            if subnet.router is not None:
+                head.append((Option.ROUTER, subnet.router))
+            if subnet.dns:
+                head.append((Option.DNS, list(subnet.dns)))
+            if subnet.domain:
+                head.append((Option.DOMAIN, subnet.domain))
+            tail: list[tuple[int, OptionValue]] = []
+            if lease_time:
+                tail = [(Option.LEASE_TIME, subnet.lease_time), (Option.RENEWAL_TIME, subnet.lease_time // 2),
+                        (Option.REBINDING_TIME, subnet.lease_time * 7 // 8)]
+            cached = self._subnet_options[key] = ([(c, option_bytes(v)) for c, v in head],
+                                                  [(c, option_bytes(v)) for c, v in tail])
+        return cached
 
     def _boot_options(self, reply: Reply, req: Request, machine: Machine | None, subnet: Subnet) -> None:
         if not req.firmware:

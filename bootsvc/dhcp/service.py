@@ -1,17 +1,25 @@
 """DHCP on a UDP socket in the shared asyncio loop (no sniffing, no raw
 sockets): port 67 bound to one interface, replies sent as RFC 2131 §4.1
 says: to the relay when there is one, to the client's address when it has
-one, else broadcast on the interface."""
+one, else broadcast on the interface.
+
+The socket is read in batches: every datagram waiting when it becomes
+readable (up to BATCH), each decided in memory; then the batch's leases are
+written together and its ACKs leave once they are durable
+(bootsvc/dhcp/group_commit.py). One wake-up, one fsync, many clients."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from ..events import Kind
 from ..inventory import Machine
+from .group_commit import Address, Datagram, group_commit
 from .message import ANY, DhcpFormatError, IPv4, MessageType, Request, decode, encode
 from .responder import Responder
 
@@ -20,10 +28,18 @@ CLIENT_PORT = 68
 RECEIVE_BUFFER = 4 << 20  # bytes (the kernel caps it at net.core.rmem_max)
 PXE_PORT = 4011  # proxyDHCP requests and boot server discovery (PXE spec §2.2.5)
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
+BATCH = 256  # datagrams read per wake-up before the loop serves others
+MAX_DATAGRAM = 1500  # a DHCP request bigger than an Ethernet frame is not one we answer
 Adopt = Callable[[str], Awaitable[Machine | None]]  # unknown_machines: default (bootsvc/fleet.py)
 
 
-class DhcpService(asyncio.DatagramProtocol):
+class Sender(Protocol):
+    """Where replies go: the socket (or a test's stand-in)."""
+
+    def sendto(self, data: bytes, address: Address, /) -> object: ...
+
+
+class DhcpService:
     def __init__(self, responder: Responder, address: IPv4, interface: str | None = None,
                  port: int = SERVER_PORT, clock: Callable[[], float] = time.time,
                  reply_to_source: bool = False, adopt: Adopt | None = None) -> None:
@@ -36,7 +52,9 @@ class DhcpService(asyncio.DatagramProtocol):
         self.interface = interface
         self.port = port
         self.clock = clock
-        self.transport: asyncio.DatagramTransport | None = None
+        self.transport: Sender | None = None
+        self.commits = group_commit(responder.leases, self._write_failed)
+        self._sock: socket.socket | None = None
 
     async def start(self) -> None:
         """Bind and serve; an OSError (port taken, no such interface) is the
@@ -55,60 +73,132 @@ class DhcpService(asyncio.DatagramProtocol):
             sock.close()
             raise
         loop = asyncio.get_running_loop()
-        await loop.create_datagram_endpoint(lambda: self, sock=sock)
+        self._sock = self.transport = sock
+        self.commits.start(loop)
+        loop.add_reader(sock.fileno(), self._readable)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def _readable(self) -> None:
+        """Every datagram waiting (up to BATCH), then their answers."""
+        assert self._sock is not None
+        batch = []
+        recvfrom = self._sock.recvfrom
+        for _ in range(BATCH):
+            try:
+                batch.append(recvfrom(MAX_DATAGRAM))
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:  # e.g. an ICMP error queued on the socket: not fatal
+                self.responder.counters["receive_errors"] += 1
+                self.responder.emit(Kind.DHCP_ERROR, why=f"receive failed: {e.strerror or e}")
+                break
+        self.received(batch)
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        """One datagram, as a batch of its own."""
+        self.received([(data, addr)])
+
+    def received(self, batch: list[Datagram]) -> None:
+        """Decide every request of ``batch``; the replies go at once, the
+        ACKs after the batch's leases are durable."""
+        acks: list[Datagram] = []
+        now = self.clock()
+        for data, addr in batch:
+            req = self._decode(data, addr)
+            if req is None:
+                continue
+            if self.adopt is not None and self.responder.wants_adoption(req, now):
+                # making the new machine's disk is slow work: off the loop, then the answer
+                task = asyncio.get_running_loop().create_task(self._adopt_then_answer(req, addr))
+                self._adopting.add(task)
+                task.add_done_callback(self._adopting.discard)
+                continue
+            self._answer(req, addr, now, acks)
+        self.commits.send_after(self._send, acks)
+        self.commits.flush()
+
+    def _decode(self, data: bytes, addr: Address) -> Request | None:
         counters = self.responder.counters
         try:
             req = decode(data)
         except DhcpFormatError as e:
             counters["dropped_malformed"] += 1
             self.responder.emit(Kind.DHCP_MALFORMED, peer=f"{addr[0]}:{addr[1]}", why=str(e))
-            return
-        counters[f"received_{req.msg_type.name.lower()}"] += 1
-        now = self.clock()
-        if self.adopt is not None and self.responder.wants_adoption(req, now):
-            # making the new machine's disk is slow work: off the loop, then the answer
-            task = asyncio.get_running_loop().create_task(self._adopt_then_answer(req, addr))
-            self._adopting.add(task)
-            task.add_done_callback(self._adopting.discard)
-            return
-        self._answer(req, addr, now)
+            return None
+        counters[RECEIVED[req.msg_type]] += 1
+        return req
 
-    async def _adopt_then_answer(self, req: Request, addr: tuple[str, int]) -> None:
+    async def _adopt_then_answer(self, req: Request, addr: Address) -> None:
         assert self.adopt is not None
         await self.adopt(req.mac)
-        self._answer(req, addr, self.clock())
+        acks: list[Datagram] = []
+        self._answer(req, addr, self.clock(), acks)
+        self.commits.send_after(self._send, acks)
+        self.commits.flush()
 
-    def _answer(self, req: Request, addr: tuple[str, int], now: float) -> None:
-        counters = self.responder.counters
+    def _answer(self, req: Request, addr: Address, now: float, acks: list[Datagram]) -> None:
+        """The reply to ``req``: sent now, or added to ``acks`` (an ACK waits
+        for the group commit)."""
         try:
             reply = self.responder.handle(req, self.address, now)
-            self.responder.leases.commit()  # what the answer promises is recorded before it leaves
-        except Exception as e:  # a bug or a failing lease store must not end the service: count it, keep serving
-            counters["errors"] += 1
+            if reply is None:
+                return
+            datagram = (encode(reply), self._destination(req, addr, reply.msg_type))
+        except Exception as e:  # a bug must not end the service: count it, keep serving
+            self.responder.counters["errors"] += 1
             self.responder.emit(Kind.DHCP_ERROR, mac=req.mac, why=repr(e))  # logged with its traceback
             return
-        if reply is None or self.transport is None:
-            return
-        if self.reply_to_source:
-            dest = addr
-        elif req.giaddr != ANY:
-            dest = (str(req.giaddr), SERVER_PORT)
-        elif req.ciaddr != ANY and reply.msg_type is not MessageType.NAK:
-            dest = (str(req.ciaddr), CLIENT_PORT)
+        if reply.msg_type is MessageType.ACK:
+            acks.append(datagram)
         else:
-            # No ARP entry for an address the client does not have yet:
-            # broadcast, which every client accepts (RFC 2131 §4.1).
-            dest = ("255.255.255.255", CLIENT_PORT)
-        self.transport.sendto(encode(reply), dest)
-        counters[f"sent_{reply.msg_type.name.lower()}"] += 1
+            self._send([datagram])
+
+    def _destination(self, req: Request, addr: Address, reply: MessageType) -> Address:
+        if self.reply_to_source:
+            return addr
+        if req.giaddr != ANY:
+            return (_text(req.giaddr), SERVER_PORT)
+        if req.ciaddr != ANY and reply is not MessageType.NAK:
+            return (_text(req.ciaddr), CLIENT_PORT)
+        # No ARP entry for an address the client does not have yet:
+        # broadcast, which every client accepts (RFC 2131 §4.1).
+        return ("255.255.255.255", CLIENT_PORT)
+
+    def _send(self, datagrams: list[Datagram]) -> None:
+        counters = self.responder.counters
+        if self.transport is None:
+            return
+        for data, dest in datagrams:
+            try:
+                self.transport.sendto(data, dest)
+            except OSError:  # a full send buffer or a vanished route: the client asks again
+                counters["send_failed"] += 1
+                continue
+            counters[SENT[data[OPTIONS_AT + 2]]] += 1
+
+    def _write_failed(self, error: BaseException, acks: int) -> None:
+        """The lease store could not write a group: its ACKs are not sent."""
+        self.responder.counters["errors"] += 1
+        self.responder.counters["acks_not_sent"] += acks
+        self.responder.emit(Kind.DHCP_ERROR, why=f"the lease store could not write ({error}): {acks} ACKs not sent")
 
     async def stop(self) -> None:
         for task in list(self._adopting):
             task.cancel()
-        if self.transport is not None:
-            self.transport.close()
+        if self._sock is not None:
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+        await self.commits.stop()  # the ACKs of leases being written still leave
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = self.transport = None
+
+
+@functools.lru_cache(maxsize=1024)
+def _text(address: IPv4) -> str:
+    """An address as sendto wants it: the same relays on most packets."""
+    return str(address)
+
+
+# counter names by message type, made once (not an f-string per packet)
+RECEIVED = {t: f"received_{t.name.lower()}" for t in MessageType}
+SENT = {int(t): f"sent_{t.name.lower()}" for t in MessageType}
+OPTIONS_AT = 240  # encode() puts the message type (option 53) first after the cookie

@@ -57,6 +57,7 @@ class Seen(NamedTuple):
 _KEEP = ("ip", "arch", "user_class", "proxy", "file", "path", "bytes", "seconds", "status", "why", "reason",
          "peer", "auth", "isid", "read_bytes", "written_bytes", "io_errors", "sense_key", "lun", "tsih", "source",
          "entity")
+_KEPT = frozenset(_KEEP)
 _DHCP = {Kind.DHCP_OFFER: (Step.ROM_OFFER, Step.IPXE_OFFER), Kind.DHCP_ACK: (Step.ROM_ACK, Step.IPXE_ACK)}
 _DIRECT = {Kind.DHCP_DROPPED: Step.DROPPED, Kind.DHCP_UNANSWERED: Step.DROPPED, Kind.BOOT_REFUSED: Step.BOOT_REFUSED,
            Kind.BOOT_SCRIPT_REFUSED: Step.SCRIPT_REFUSED, Kind.TFTP_NOT_FOUND: Step.FILE_MISSING,
@@ -140,7 +141,8 @@ def _fetched(name: str) -> Step:
 
 def detail_of(event: Event) -> dict[str, object]:
     """The fields of ``event`` that say something about its step."""
-    out = {k: event.fields[k] for k in _KEEP if k in event.fields and event.fields[k] is not None}
+    # the event's few fields looked up in the set, not the set's many in the fields: on every event's path
+    out = {k: v for k, v in event.fields.items() if k in _KEPT and v is not None}
     if event.ip is not None:
         out["ip"] = event.ip
     if event.peer is not None:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from .diagnosis import STALL, State, diagnose, state
 from .steps import Seen, Step
 
@@ -128,9 +130,12 @@ class BootStore:
             self.db.execute("BEGIN")
             self.db.executemany("INSERT OR REPLACE INTO boots VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
             self.db.executemany("INSERT OR REPLACE INTO steps VALUES (?,?,?,?,?)", steps)
-            for mac in {r[1] for r in rows}:
-                self.db.execute("DELETE FROM boots WHERE mac = ? AND id NOT IN (SELECT id FROM boots WHERE mac = ? "
-                                "ORDER BY started DESC LIMIT ?)", (mac, mac, self.history))
+            # each saved machine keeps its latest `history` boots: one statement for all of
+            # them (a storm saves thousands of machines a second; a statement each was most of it)
+            self.db.execute("DELETE FROM boots WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER "
+                            "(PARTITION BY mac ORDER BY started DESC) AS n FROM boots WHERE mac IN "
+                            "(SELECT value FROM json_each(?))) WHERE n > ?)",
+                            (json.dumps(sorted({r[1] for r in rows})), self.history))
             self.db.execute("DELETE FROM boots WHERE id NOT IN (SELECT id FROM boots ORDER BY started DESC "
                             "LIMIT ?)", (self.max_boots,))
             self.db.execute("DELETE FROM steps WHERE boot NOT IN (SELECT id FROM boots)")
@@ -172,7 +177,13 @@ class BootStore:
 
 
 def _encode(detail: Mapping[str, object]) -> str:
-    return json.dumps(dict(detail), separators=(",", ":"), default=str)
+    """A step's detail as compact JSON; orjson (a storm saves thousands of
+    steps a second: a tenth of json's time), json for what it refuses."""
+    plain = detail if type(detail) is dict else dict(detail)
+    try:
+        return orjson.dumps(plain, default=str).decode()
+    except TypeError:  # an int beyond 64 bits
+        return json.dumps(plain, separators=(",", ":"), default=str)
 
 
 def _boot(row: tuple[Any, ...]) -> Boot:
