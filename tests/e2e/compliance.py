@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.e2e.peers import bootsvc_export
+
 # The families that apply to a disk target without copy offload or
 # multipath (later issues): everything the issues name and the other SBC/SPC
 # families a plain disk is expected to answer, persistent reservations and
@@ -116,3 +118,12 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def file_lun_results(tmp: Path) -> dict[str, str]:
+    """The suite on ``bootsvc export`` of a fresh sparse 1 GiB raw file in
+    ``tmp``: what other LUNs (an overlay, an RBD clone) are held to."""
+    image = tmp / "bootsvc.img"
+    subprocess.run(["truncate", "-s", "1G", str(image)], check=True)
+    with bootsvc_export(image, log=tmp / "bootsvc.log") as portal:
+        return run(portal.url())

@@ -8,10 +8,21 @@ import pytest
 from bootsvc.demo.loader import SYSTEMD_BOOT
 from bootsvc.vm import qemu
 from tests.e2e.ceph import ceph_cluster
+from tests.e2e.compliance import file_lun_results
 from tests.e2e.netns import can_make_namespaces
 from tests.e2e.peers import have
 
-__all__ = ["ceph_cluster", "need", "need_vm_lab"]  # ceph_cluster: a fixture for every e2e test module
+__all__ = ["ceph_cluster", "file_lun_compliance", "need", "need_vm_lab"]  # fixtures for every e2e test module
+
+
+@pytest.fixture(scope="session")
+def file_lun_compliance(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """libiscsi's suite on bootsvc serving a raw file, run once per session
+    for every test that compares with it (about 40 s a run)."""
+    need("iscsi-test-cu")
+    results = file_lun_results(tmp_path_factory.mktemp("compliance-file"))
+    assert results, "iscsi-test-cu produced no results"
+    return results
 
 
 def need(*commands: str) -> None:

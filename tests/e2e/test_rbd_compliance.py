@@ -5,7 +5,6 @@ in the families that apply to a disk, the RBD LUN must pass too."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,17 +18,14 @@ from tests.e2e.peers import bootsvc_export
 pytestmark = pytest.mark.e2e
 
 
-def test_rbd_lun_passes_what_a_file_lun_passes(ceph_cluster: Cluster, tmp_path: Path) -> None:
+def test_rbd_lun_passes_what_a_file_lun_passes(ceph_cluster: Cluster, tmp_path: Path,
+                                               file_lun_compliance: dict[str, str]) -> None:
     need("iscsi-test-cu")
     ceph_cluster.rbd("create", "--size", "1G", f"{POOL}/compliance-base")
     ceph_cluster.rbd("snap", "create", f"{POOL}/compliance-base@gold")
     ceph_cluster.rbd("snap", "protect", f"{POOL}/compliance-base@gold")
     ceph_cluster.rbd("clone", f"{POOL}/compliance-base@gold", f"{POOL}/compliance")
-    image = tmp_path / "file.img"
-    subprocess.run(["truncate", "-s", "1G", str(image)], check=True)
-    with bootsvc_export(image, log=tmp_path / "file.log") as portal:
-        reference = run(portal.url())
-    assert reference, "iscsi-test-cu produced no results"
+    reference = file_lun_compliance  # the file LUN's run (tests/e2e/conftest.py), shared
     rbd_lun = f"rbd:{POOL}/compliance:conf={ceph_cluster.conf}"
     with bootsvc_export(rbd_lun, log=tmp_path / "rbd.log") as portal:
         ours = run(portal.url())
