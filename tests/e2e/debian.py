@@ -1,16 +1,9 @@
-"""What the Debian e2e tests share: the Debian base, built (or reused) in
-STATE, and reading a machine's boot from its console and its overlay.
-
-The build downloads about 150 MB and takes minutes, so it is kept in STATE
-(downloads, the debootstrapped tree, the base) between runs; the tests run
-only when that build exists or BOOTSVC_DEBIAN_E2E=1 asks for it (CI
-machines are fresh: they skip). The base is made again from the cached tree
-(under a minute) when bootsvc/debian/*.py changed since it was built."""
+"""What the Debian e2e tests share: the Debian base, built in STATE in the
+background while the rest of the session runs (tests/e2e/debian_build.py),
+and reading a machine's boot from its console and its overlay."""
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 import shutil
 import subprocess
@@ -18,25 +11,26 @@ from pathlib import Path
 
 import pytest
 
-from bootsvc import config, debian
-from bootsvc.debian import DEBIAN_BASE, MARKER_OK, build_debian
+from bootsvc import config
+from bootsvc.debian import MARKER_OK
 from bootsvc.debian.build import BOOT_SIZE
 from bootsvc.demo.disk import Layout
 from bootsvc.vm import qemu
+from tests.e2e import debian_build
 from tests.e2e.conftest import need, need_vm_lab
+from tests.e2e.debian_build import STATE
 
-STATE = Path(os.environ.get("BOOTSVC_DEBIAN_STATE", "/var/tmp/bootsvc-e2e-debian"))
 IDENTITY = ("/etc/machine-id", "/etc/ssh/ssh_host_ed25519_key.pub", "/etc/iscsi/initiatorname.iscsi")
 
 
 def need_debian_base(*commands: str) -> None:
-    """Skip (with the reason) unless the base is built or may be built, or
-    a command (these and the build's) is missing."""
-    if not (STATE / "images" / DEBIAN_BASE).exists() and os.environ.get("BOOTSVC_DEBIAN_E2E") != "1":
-        pytest.skip(f"the Debian base is not built in {STATE}: BOOTSVC_DEBIAN_E2E=1 builds it "
-                    "(downloads about 150 MB, takes minutes; kept for later runs)")
-    need("debootstrap", "qemu-img", "debugfs", "syslinux", "mcopy", "mkfs.vfat", "mke2fs", *commands)
+    """Skip (with the reason) when BOOTSVC_DEBIAN_E2E=0 or a command (these
+    and the build's) is missing; else wait for the base's build."""
+    if not debian_build.ENABLED:
+        pytest.skip("BOOTSVC_DEBIAN_E2E=0 turns the Debian tests off")
+    need(*debian_build.COMMANDS, "debugfs", *commands)
     need_vm_lab(qemu.Firmware.BIOS)
+    debian_build.wait()
 
 
 def lab_config(path: Path, net: int, machines: dict[str, str], profiles: dict[str, str] | None = None,
@@ -65,17 +59,9 @@ machines:
     return config.load(path)
 
 
-def build_base(cfg: config.Config) -> None:
-    """The base in STATE: reused while the builder's code is the one that
-    built it, else made again from the cached tree. Every overlay in STATE
-    goes first: each test run boots fresh machines, and a rebuild refuses a
-    base that overlays still use."""
+def fresh_overlays(cfg: config.Config) -> None:
+    """No overlay in STATE: each test run boots fresh machines."""
     shutil.rmtree(cfg.overlays_dir, ignore_errors=True)
-    stamp = STATE / "cache" / "debian" / "e2e-recipe"
-    recipe = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(Path(debian.__file__).parent.glob("*.py"))))
-    fresh = stamp.is_file() and stamp.read_text() == recipe.hexdigest()
-    build_debian(cfg, force=not fresh, say=print)
-    stamp.write_text(recipe.hexdigest())
 
 
 def marker(cfg: config.Config, host: str) -> str:

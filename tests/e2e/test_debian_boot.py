@@ -13,8 +13,9 @@ is in its own overlay only. A second run reboots deb01 and deb03 at once:
 deb01's persistent overlay keeps its first boot's line and identity,
 deb03's ephemeral overlay was made anew (its first line and identity gone).
 
-The base is built once and kept (tests/e2e/debian.py); without it the
-tests skip unless BOOTSVC_DEBIAN_E2E=1."""
+The base is built in the background while the rest of the session runs,
+and kept for later runs (tests/e2e/debian_build.py); BOOTSVC_DEBIAN_E2E=0
+skips these tests."""
 
 from __future__ import annotations
 
@@ -30,9 +31,11 @@ from bootsvc.vm import qemu
 from bootsvc.vm.run import Options, run
 from bootsvc.vm.timeline import ORDER, Step
 from tests.e2e.conftest import need_vm_lab
-from tests.e2e.debian import IDENTITY, build_base, check_overlay, lab_config, marker, need_debian_base, root_files
+from tests.e2e.debian import IDENTITY, check_overlay, fresh_overlays, lab_config, marker, need_debian_base, root_files
+from tests.e2e.debian_build import TEST_TIMEOUT
 
-pytestmark = pytest.mark.e2e
+# the first test waits for what is left of the base's build
+pytestmark = [pytest.mark.e2e, pytest.mark.debian, pytest.mark.timeout(TEST_TIMEOUT)]
 BIOS, UEFI, EPHEMERAL = "52:54:00:79:00:11", "52:54:00:79:00:12", "52:54:00:79:00:13"
 HOSTS = {BIOS: "deb01", UEFI: "deb02", EPHEMERAL: "deb03"}
 FILES = (*IDENTITY, BOOT_LOG)
@@ -49,7 +52,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> config.Config:
     (work / "profiles" / "debian12-ephemeral.yaml").write_text(EPHEMERAL_PROFILE)
     cfg = lab_config(work / "bootsvc.yaml", 216, HOSTS, {EPHEMERAL: "debian12-ephemeral"},
                      extra=f"profiles_dir: {work / 'profiles'}")
-    build_base(cfg)
+    fresh_overlays(cfg)
     return cfg
 
 
