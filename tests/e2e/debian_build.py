@@ -26,6 +26,7 @@ from pathlib import Path
 
 from bootsvc import config, debian
 from bootsvc.debian import build_debian
+from bootsvc.vm.run import sigterm_as_interrupt
 
 STATE = Path(os.environ.get("BOOTSVC_DEBIAN_STATE", "/var/tmp/bootsvc-e2e-debian"))
 # BOOTSVC_DEBIAN_E2E=0: skip the Debian tests (and their build), e.g. offline
@@ -36,6 +37,7 @@ TEST_TIMEOUT = 600 + TIMEOUT  # a Debian test's, with its wait for the build
 # below the VMs and servers of the tests it overlaps, whose timeouts are
 # tighter; a build has no deadline but TIMEOUT
 NICE = 5
+STOP_GRACE = 30.0  # seconds
 # what the build runs besides Python (the tests' own needs are checked by need())
 COMMANDS = ("debootstrap", "chroot", "qemu-img", "syslinux", "mcopy", "mkfs.vfat", "mke2fs")
 
@@ -118,12 +120,19 @@ def wait() -> None:
 
 
 def stop() -> None:
-    """End the build if it still runs (the session ends before its tests)."""
+    """End the build if it still runs (the session ends before its tests):
+    SIGTERM first, which the build takes as Ctrl-C, ending debootstrap (in
+    a session of its own) and unmounting what it mounted; SIGKILL after
+    STOP_GRACE seconds."""
     if _build is None or _build.proc.poll() is not None:
         return
     _build.ended = time.monotonic()
-    os.killpg(_build.proc.pid, signal.SIGKILL)
-    _build.proc.wait(30)
+    _build.proc.terminate()
+    try:
+        _build.proc.wait(STOP_GRACE)
+    except subprocess.TimeoutExpired:
+        os.killpg(_build.proc.pid, signal.SIGKILL)
+        _build.proc.wait(30)
 
 
 def summary() -> str | None:
@@ -135,7 +144,8 @@ def main() -> None:
     STATE.mkdir(parents=True, exist_ok=True)
     path = STATE / "e2e-build.yaml"
     path.write_text(f"state_dir: {STATE}\n")
-    build_base(config.load(path))
+    with sigterm_as_interrupt():  # stop(): the build cleans up as after Ctrl-C
+        build_base(config.load(path))
 
 
 if __name__ == "__main__":
