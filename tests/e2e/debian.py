@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ def need_debian_base(*commands: str) -> None:
     and the build's) is missing; else wait for the base's build."""
     if not debian_build.ENABLED:
         pytest.skip("BOOTSVC_DEBIAN_E2E=0 turns the Debian tests off")
-    need(*debian_build.COMMANDS, "debugfs", *commands)
+    need(*debian_build.COMMANDS, "debugfs", "e2fsck", *commands)
     need_vm_lab(qemu.Firmware.BIOS)
     debian_build.wait()
 
@@ -72,19 +73,37 @@ def marker(cfg: config.Config, host: str) -> str:
     return found[-1]
 
 
+def wait_marker(cfg: config.Config, host: str, timeout: float = 60.0) -> str:
+    """marker(), once ``host``'s console has one (a running machine)."""
+    deadline = time.monotonic() + timeout
+    while MARKER_OK not in (cfg.state_dir / "vm" / f"{host}.console").read_text(errors="replace"):
+        if time.monotonic() > deadline:
+            break  # marker() says what the console holds
+        time.sleep(0.5)
+    return marker(cfg, host)
+
+
 def root_files(image: Path, work: Path, *paths: str) -> dict[str, str]:
-    """Files of ``image``'s root partition ('' when absent), read with
-    qemu-img and debugfs: tools that are not bootsvc's."""
-    raw = work / f"{image.stem}.raw"
-    subprocess.run(["qemu-img", "convert", "-O", "raw", str(image), str(raw)], check=True, timeout=300)
-    root = f"{raw}?offset={Layout(boot_size=BOOT_SIZE).root.start}"
+    """Files of ``image``'s root file system ('' when absent) as a machine
+    would find them at its next mount: e2fsck replays the ext4 journal
+    first (an fsync'd write may sit only in the journal when a machine
+    stops). Read with qemu-img (the root partition alone), e2fsck and
+    debugfs: tools that are not bootsvc's."""
+    root = work / f"{image.stem}.root"
+    start = Layout(boot_size=BOOT_SIZE).root.start
+    subprocess.run(["qemu-img", "convert", "-O", "raw", "--image-opts",
+                    f"driver=raw,offset={start},file.driver=qcow2,file.file.filename={image}", str(root)],
+                   check=True, timeout=300)
     out = {}
     try:
+        fsck = subprocess.run(["e2fsck", "-fy", str(root)], capture_output=True, text=True, timeout=300)
+        assert fsck.returncode in (0, 1), fsck.stdout + fsck.stderr  # 1: the journal replayed
         for path in paths:
-            r = subprocess.run(["debugfs", "-R", f"cat {path}", root], capture_output=True, text=True, timeout=60)
+            r = subprocess.run(["debugfs", "-R", f"cat {path}", str(root)], capture_output=True, text=True,
+                               timeout=60)
             out[path] = "" if "not found" in r.stderr else r.stdout
     finally:
-        raw.unlink()
+        root.unlink(missing_ok=True)
     return out
 
 

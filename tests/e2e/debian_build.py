@@ -20,8 +20,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bootsvc import config, debian
@@ -57,20 +58,29 @@ def build_base(cfg: config.Config) -> None:
 
 @dataclass
 class Build:
-    """The background build: its process, when it started and ended, and
-    how long the tests waited for it."""
+    """The background build: its process, when it started and ended (a
+    thread notes it), whether the session stopped it, and how long the
+    tests waited for it."""
 
     proc: subprocess.Popen[bytes]
-    started: float
+    started: float = field(default_factory=time.monotonic)
     ended: float | None = None
+    stopped: bool = False
     waited: float = 0.0
 
+    def __post_init__(self) -> None:
+        threading.Thread(target=self._note_end, daemon=True).start()
+
+    def _note_end(self) -> None:
+        self.proc.wait()
+        self.ended = time.monotonic()
+
     def summary(self) -> str:
-        took = (self.ended or time.monotonic()) - self.started
-        if self.proc.poll() is None:
-            return f"the Debian base's build ({LOG}) was ended, unfinished, after {took:.0f} s"
-        return (f"the Debian base's build ({LOG}): {took:.0f} s in the background, status "
-                f"{self.proc.returncode}; the Debian tests waited {self.waited:.0f} s for it")
+        took = f"{(self.ended or time.monotonic()) - self.started:.0f} s"
+        if self.stopped:
+            return f"the Debian base's build ({LOG}) was ended unfinished after {took}"
+        return (f"the Debian base's build ({LOG}): {took} in the background, status {self.proc.returncode}; "
+                f"the Debian tests waited {self.waited:.0f} s for it")
 
 
 _build: Build | None = None
@@ -94,7 +104,7 @@ def start() -> None:
         proc = subprocess.Popen(["nice", "-n", str(NICE), sys.executable, "-u", "-m", "tests.e2e.debian_build"],
                                 cwd=root, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-    _build = Build(proc, time.monotonic())
+    _build = Build(proc)
 
 
 def wait() -> None:
@@ -111,8 +121,6 @@ def wait() -> None:
         status = None
     finally:
         _build.waited += time.monotonic() - t0
-    if _build.ended is None:
-        _build.ended = time.monotonic()
     if status != 0:
         tail = "\n".join(LOG.read_text(errors="replace").splitlines()[-30:])
         what = f"took more than {TIMEOUT:.0f} s" if status is None else f"failed (status {status})"
@@ -126,7 +134,7 @@ def stop() -> None:
     STOP_GRACE seconds."""
     if _build is None or _build.proc.poll() is not None:
         return
-    _build.ended = time.monotonic()
+    _build.stopped = True
     _build.proc.terminate()
     try:
         _build.proc.wait(STOP_GRACE)
