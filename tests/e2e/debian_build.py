@@ -14,6 +14,7 @@ when bootsvc/debian/*.py changed since it was built."""
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import shutil
@@ -39,6 +40,7 @@ TEST_TIMEOUT = 600 + TIMEOUT  # a Debian test's, with its wait for the build
 # tighter; a build has no deadline but TIMEOUT
 NICE = 5
 STOP_GRACE = 30.0  # seconds
+PR_SET_PDEATHSIG = 1  # prctl(2), linux/prctl.h
 # what the build runs besides Python (the tests' own needs are checked by need())
 COMMANDS = ("debootstrap", "chroot", "qemu-img", "syslinux", "mcopy", "mkfs.vfat", "mke2fs")
 
@@ -92,6 +94,13 @@ def can_build() -> bool:
     return ENABLED and os.geteuid() == 0 and all(shutil.which(c) for c in COMMANDS)
 
 
+def _term_with_parent() -> None:
+    """In the build's process before it runs: SIGTERM when pytest ends
+    without its session's end (killed), so no orphaned debootstrap goes on.
+    prctl(2) PR_SET_PDEATHSIG."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
 def start() -> None:
     """Start the build unless it runs already or cannot run here."""
     global _build
@@ -103,7 +112,7 @@ def start() -> None:
         # its own session: stop() ends it and what it started (debootstrap, dpkg)
         proc = subprocess.Popen(["nice", "-n", str(NICE), sys.executable, "-u", "-m", "tests.e2e.debian_build"],
                                 cwd=root, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_term_with_parent)
     _build = Build(proc)
 
 
