@@ -7,6 +7,7 @@ import pytest
 
 from bootsvc.demo.loader import SYSTEMD_BOOT
 from bootsvc.vm import qemu
+from tests.e2e import debian_build
 from tests.e2e.ceph import ceph_cluster
 from tests.e2e.compliance import file_lun_results
 from tests.e2e.netns import can_make_namespaces
@@ -42,3 +43,30 @@ def need_vm_lab(firmware: qemu.Firmware) -> None:
         reason = str(e)
     if reason:
         pytest.skip(reason)
+
+
+# The Debian tests (marked ``debian``) boot a base that takes minutes to
+# build on a fresh machine: they run last, and their build starts as soon
+# as they are collected, so it overlaps the rest of the session
+# (tests/e2e/debian_build.py).
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "debian: boots the Debian base that tests/e2e/debian_build.py builds")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.get_closest_marker("debian") is not None)  # stable: order kept otherwise
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if not session.config.option.collectonly and any(item.get_closest_marker("debian") for item in session.items):
+        debian_build.start()
+
+
+def pytest_sessionfinish() -> None:
+    debian_build.stop()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    said = debian_build.summary()
+    if said:
+        terminalreporter.write_line(said)

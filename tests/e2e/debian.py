@@ -1,42 +1,37 @@
-"""What the Debian e2e tests share: the Debian base, built (or reused) in
-STATE, and reading a machine's boot from its console and its overlay.
-
-The build downloads about 150 MB and takes minutes, so it is kept in STATE
-(downloads, the debootstrapped tree, the base) between runs; the tests run
-only when that build exists or BOOTSVC_DEBIAN_E2E=1 asks for it (CI
-machines are fresh: they skip). The base is made again from the cached tree
-(under a minute) when bootsvc/debian/*.py changed since it was built."""
+"""What the Debian e2e tests share: the Debian base, built in STATE in the
+background while the rest of the session runs (tests/e2e/debian_build.py),
+and reading a machine's boot from its console and its overlay."""
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from bootsvc import config, debian
-from bootsvc.debian import DEBIAN_BASE, MARKER_OK, build_debian
+from bootsvc import config
+from bootsvc.debian import MARKER_OK
 from bootsvc.debian.build import BOOT_SIZE
 from bootsvc.demo.disk import Layout
 from bootsvc.vm import qemu
+from tests.e2e import debian_build
 from tests.e2e.conftest import need, need_vm_lab
+from tests.e2e.debian_build import STATE
 
-STATE = Path(os.environ.get("BOOTSVC_DEBIAN_STATE", "/var/tmp/bootsvc-e2e-debian"))
 IDENTITY = ("/etc/machine-id", "/etc/ssh/ssh_host_ed25519_key.pub", "/etc/iscsi/initiatorname.iscsi")
 
 
 def need_debian_base(*commands: str) -> None:
-    """Skip (with the reason) unless the base is built or may be built, or
-    a command (these and the build's) is missing."""
-    if not (STATE / "images" / DEBIAN_BASE).exists() and os.environ.get("BOOTSVC_DEBIAN_E2E") != "1":
-        pytest.skip(f"the Debian base is not built in {STATE}: BOOTSVC_DEBIAN_E2E=1 builds it "
-                    "(downloads about 150 MB, takes minutes; kept for later runs)")
-    need("debootstrap", "qemu-img", "debugfs", "syslinux", "mcopy", "mkfs.vfat", "mke2fs", *commands)
+    """Skip (with the reason) when BOOTSVC_DEBIAN_E2E=0 or a command (these
+    and the build's) is missing; else wait for the base's build."""
+    if not debian_build.ENABLED:
+        pytest.skip("BOOTSVC_DEBIAN_E2E=0 turns the Debian tests off")
+    need(*debian_build.COMMANDS, "debugfs", "e2fsck", *commands)
     need_vm_lab(qemu.Firmware.BIOS)
+    debian_build.wait()
 
 
 def lab_config(path: Path, net: int, machines: dict[str, str], profiles: dict[str, str] | None = None,
@@ -65,17 +60,9 @@ machines:
     return config.load(path)
 
 
-def build_base(cfg: config.Config) -> None:
-    """The base in STATE: reused while the builder's code is the one that
-    built it, else made again from the cached tree. Every overlay in STATE
-    goes first: each test run boots fresh machines, and a rebuild refuses a
-    base that overlays still use."""
+def fresh_overlays(cfg: config.Config) -> None:
+    """No overlay in STATE: each test run boots fresh machines."""
     shutil.rmtree(cfg.overlays_dir, ignore_errors=True)
-    stamp = STATE / "cache" / "debian" / "e2e-recipe"
-    recipe = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(Path(debian.__file__).parent.glob("*.py"))))
-    fresh = stamp.is_file() and stamp.read_text() == recipe.hexdigest()
-    build_debian(cfg, force=not fresh, say=print)
-    stamp.write_text(recipe.hexdigest())
 
 
 def marker(cfg: config.Config, host: str) -> str:
@@ -86,19 +73,37 @@ def marker(cfg: config.Config, host: str) -> str:
     return found[-1]
 
 
+def wait_marker(cfg: config.Config, host: str, timeout: float = 60.0) -> str:
+    """marker(), once ``host``'s console has one (a running machine)."""
+    deadline = time.monotonic() + timeout
+    while MARKER_OK not in (cfg.state_dir / "vm" / f"{host}.console").read_text(errors="replace"):
+        if time.monotonic() > deadline:
+            break  # marker() says what the console holds
+        time.sleep(0.5)
+    return marker(cfg, host)
+
+
 def root_files(image: Path, work: Path, *paths: str) -> dict[str, str]:
-    """Files of ``image``'s root partition ('' when absent), read with
-    qemu-img and debugfs: tools that are not bootsvc's."""
-    raw = work / f"{image.stem}.raw"
-    subprocess.run(["qemu-img", "convert", "-O", "raw", str(image), str(raw)], check=True, timeout=300)
-    root = f"{raw}?offset={Layout(boot_size=BOOT_SIZE).root.start}"
+    """Files of ``image``'s root file system ('' when absent) as a machine
+    would find them at its next mount: e2fsck replays the ext4 journal
+    first (an fsync'd write may sit only in the journal when a machine
+    stops). Read with qemu-img (the root partition alone), e2fsck and
+    debugfs: tools that are not bootsvc's."""
+    root = work / f"{image.stem}.root"
+    start = Layout(boot_size=BOOT_SIZE).root.start
+    subprocess.run(["qemu-img", "convert", "-O", "raw", "--image-opts",
+                    f"driver=raw,offset={start},file.driver=qcow2,file.file.filename={image}", str(root)],
+                   check=True, timeout=300)
     out = {}
     try:
+        fsck = subprocess.run(["e2fsck", "-fy", str(root)], capture_output=True, text=True, timeout=300)
+        assert fsck.returncode in (0, 1), fsck.stdout + fsck.stderr  # 1: the journal replayed
         for path in paths:
-            r = subprocess.run(["debugfs", "-R", f"cat {path}", root], capture_output=True, text=True, timeout=60)
+            r = subprocess.run(["debugfs", "-R", f"cat {path}", str(root)], capture_output=True, text=True,
+                               timeout=60)
             out[path] = "" if "not found" in r.stderr else r.stdout
     finally:
-        raw.unlink()
+        root.unlink(missing_ok=True)
     return out
 
 
