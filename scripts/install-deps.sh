@@ -49,8 +49,9 @@ fi
 bash "$(dirname "$0")/install-runtime.sh" "${debs[@]}"
 # The Ceph packages enable units for a host cluster; the tests start their own
 # daemons, so none of those may run or start at boot here.
+# (no systemd, e.g. in a container: systemctl fails and there is nothing to disable)
 ceph_units=$(systemctl list-unit-files 'ceph*' 'rbdmap*' --state=enabled --no-legend --no-pager 2>/dev/null \
-             | awk '{print $1}')
+             | awk '{print $1}' || true)
 if [ -n "$ceph_units" ]; then
     if [ -d /run/systemd/system ]; then
         systemctl disable --now $ceph_units
