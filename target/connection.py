@@ -15,6 +15,7 @@ Nothing protocol-specific lives here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from collections.abc import Coroutine, Sequence
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 FFP_HARD_LIMIT = 1 << 24
 RECV_SIZE = 1 << 18
 DRAIN_TIMEOUT = 30.0  # a closing connection waits this long for the initiator to take its last PDUs
+CLAIM_TIMEOUT = 10.0  # seconds a login waits for its disk's lock on shared storage (Target.claim)
 
 
 class IscsiConnection:
@@ -321,7 +323,10 @@ class IscsiConnection:
         if target is None or target.claimed or login.params.session_type == "Discovery" \
                 or (target.auth is not None and not login.authenticated):
             return
-        await self.loop.run_in_executor(None, target.try_claim)
+        # bounded: a cluster that does not answer must not hold the login
+        # (the claim's thread finishes on its own; admission then refuses)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.loop.run_in_executor(None, target.try_claim), CLAIM_TIMEOUT)
         if target.claimed:  # its iSNS registration follows (bootsvc/isns_registration.py)
             self.server.event("disk.claimed", target=target.name, peer=self.peer)
 
