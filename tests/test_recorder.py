@@ -330,3 +330,26 @@ def test_a_sanboot_retried_on_read_errors_fails_at_once_and_stays_one_boot(
     assert boot.id == 1 and len(boot.steps) == 21 and not any(s.step is S.OS_LOGIN for s in boot.steps)
     (failed,) = [e for e in seen if e.kind is Kind.BOOT_FAILED]
     assert failed.fields["diagnosis"] == "READ errors on its disk (sense key 3): check the image (bootsvc image check)"
+
+
+def test_a_step_added_while_a_save_runs_is_saved_by_the_next(tmp_path: Path) -> None:
+    """The recorder saves from a worker thread while the loop adds steps:
+    a step added during a save is written by the next save, not lost."""
+    from bootsvc.recorder.store import Boot, BootStore
+    from bootsvc.recorder.steps import Seen, Step
+    store = BootStore(tmp_path / "r.db")
+    boot = Boot(1, "52:54:00:00:00:01", "a", 100.0)
+    boot.add(Seen(100.0, Step.ROM_OFFER, {}))
+
+    class Growing(list):  # type: ignore[type-arg]
+        """The step list gains a step while the save reads it (as the loop would)."""
+        def __getitem__(self, key):  # type: ignore[no-untyped-def]
+            got = super().__getitem__(key)
+            if isinstance(key, slice) and len(self) == 1:
+                self.append(Seen(101.0, Step.ROM_ACK, {}))
+            return got
+
+    boot.steps = Growing(boot.steps)
+    store.save([boot], 102.0)
+    store.save([boot], 103.0)
+    assert [s.step for s in store.boots(boot.mac)[0].steps] == [Step.ROM_OFFER, Step.ROM_ACK]

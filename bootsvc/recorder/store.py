@@ -120,10 +120,14 @@ class BootStore:
         """Write these boots (new or changed) and their new steps in one
         transaction, then prune."""
         boots = list(boots)
+        # the steps as they are now: the recorder saves from a worker thread
+        # while the loop goes on adding steps, and one added meanwhile must
+        # be left for the next save, not marked saved unwritten
+        counts = [len(b.steps) for b in boots]
         rows = [(b.id, b.mac, b.hostname, b.started, b.updated, b.state(now).value, b.diagnosis, b.duration,
                  *b.moved(), b.dropped_steps) for b in boots]
-        steps = [(b.id, i, s.time, s.step.value, _encode(s.detail)) for b in boots
-                 for i, s in enumerate(b.steps[b.saved:], b.saved)]
+        steps = [(b.id, i, s.time, s.step.value, _encode(s.detail)) for b, n in zip(boots, counts)
+                 for i, s in enumerate(b.steps[b.saved:n], b.saved)]
         if not rows:
             return
         with self._lock, self.db:
@@ -139,8 +143,8 @@ class BootStore:
             self.db.execute("DELETE FROM boots WHERE id NOT IN (SELECT id FROM boots ORDER BY started DESC "
                             "LIMIT ?)", (self.max_boots,))
             self.db.execute("DELETE FROM steps WHERE boot NOT IN (SELECT id FROM boots)")
-        for b in boots:
-            b.saved = len(b.steps)
+        for b, n in zip(boots, counts):
+            b.saved = n
 
     def latest(self) -> list[Boot]:
         """Each machine's latest boot."""
