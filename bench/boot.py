@@ -79,7 +79,7 @@ from bootsvc.events import EVENT_FILE, Kind, read_events  # noqa: E402
 from bootsvc.inventory import Machine  # noqa: E402
 from bootsvc.vm import network, qemu, run  # noqa: E402
 from bootsvc.vm.timeline import Recorder, Step, Timeline  # noqa: E402
-from bench import reference  # noqa: E402
+from bench import procstat, reference  # noqa: E402
 
 SUBNET = ipaddress.IPv4Network("10.217.0.0/24")
 SERVER = ipaddress.IPv4Interface("10.217.0.1/24")
@@ -161,12 +161,7 @@ class Stack:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time its processes (all their threads) used so far."""
-        total = 0
-        for pid in self.pids:
-            with contextlib.suppress(OSError):
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])  # utime, stime (stat fields 14, 15)
-        return total / os.sysconf("SC_CLK_TCK")
+        return procstat.cpu_seconds(*self.pids)
 
 
 @contextlib.contextmanager

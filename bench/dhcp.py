@@ -46,6 +46,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.procstat import cpu_seconds  # noqa: E402
 from tests.e2e.netns import ip, namespaces  # noqa: E402
 from bootsvc.vm.run import start_serve  # noqa: E402
 from tests.e2e.peers import bootsvc_serve, dnsmasq_dhcp, perfdhcp, stop  # noqa: E402
@@ -56,7 +57,6 @@ FIRST, LAST = "10.215.1.0", "10.215.200.255"
 CLIENTS = 40000  # distinct MACs perfdhcp cycles through (fewer than the 51200 addresses)
 MAX_LOST = 0.01
 SERVERS = ("dnsmasq", "kea", "bootsvc")
-TICKS = os.sysconf("SC_CLK_TCK")
 _DELAY = re.compile(r"(min|avg|max) delay: ([\d.]+) ms")
 
 
@@ -80,14 +80,6 @@ class Step:
                 f"({self.lost:6.2%} lost), {self.done / self.seconds:7.0f}/s, "
                 f"CPU {self.cpu / self.seconds:4.0%} ({self.cpu / max(self.done, 1) * 1e6:4.0f} us/DORA)  "
                 f"min/avg/max {lat}")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of ``pid`` (proc(5) stat fields 14 and 15)."""
-    with contextlib.suppress(OSError):
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICKS
-    return 0.0
 
 
 def dora(server: str, pid: int, ns: str, rate: int, seconds: float) -> Step:

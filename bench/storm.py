@@ -56,6 +56,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import reference  # noqa: E402
+from bench.procstat import cpu_seconds  # noqa: E402
 from tests.e2e.netns import ip, namespaces  # noqa: E402
 from tests.e2e.peers import bootsvc_serve, stop  # noqa: E402
 
@@ -95,16 +96,6 @@ def make_base(work: Path, mib: int) -> tuple[Path, Path]:
 
 
 # -- the two stacks ---------------------------------------------------------------------
-
-
-def cpu_seconds(pids: tuple[int, ...]) -> float:
-    """User + system CPU time of these processes (all threads) so far."""
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime (stat fields 14, 15)
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager
@@ -177,7 +168,7 @@ def storm(ns: str, stack: str, pids: tuple[int, ...], ms: list[Machine], workers
             line = p.stdout.readline()  # type: ignore[union-attr]
             if line.strip() != "ready":
                 raise RuntimeError(f"storm worker did not start: {line!r}")
-        cpu0 = cpu_seconds(pids)
+        cpu0 = cpu_seconds(*pids)
         for p in procs:
             p.stdin.write("go\n")  # type: ignore[union-attr]
             p.stdin.flush()  # type: ignore[union-attr]
@@ -185,7 +176,7 @@ def storm(ns: str, stack: str, pids: tuple[int, ...], ms: list[Machine], workers
         for p in procs:
             out, _ = p.communicate(timeout=deadline + 30)
             results += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-        cpu = cpu_seconds(pids) - cpu0
+        cpu = cpu_seconds(*pids) - cpu0
     finally:
         for p in procs:
             if p.poll() is None:
