@@ -23,11 +23,14 @@ if TYPE_CHECKING:
 class Send:
     """Send ``pdu``. Its data segment is ``segments`` (``length`` bytes when
     the sender knows, else the segments are counted), or ``pdu.data`` when
-    there are no segments. File extents go out zero-copy."""
+    there are no segments. File extents go out zero-copy. ``cid`` names
+    the connection of the session it leaves on (§5.1 allegiance; None: the
+    one the session's input came on)."""
 
     pdu: Pdu
     segments: Sequence[Segment] | None = None
     length: int | None = None
+    cid: int | None = None
 
 
 @dataclass(slots=True)
@@ -44,10 +47,13 @@ class Execute:
 @dataclass(slots=True)
 class Close:
     """End the connection: at once, or once everything queued is sent.
-    ``reason`` says why, when the session is lost with it."""
+    ``reason`` says why, when the session is lost with it. ``cid`` names
+    the one connection to end (MC/S); None ends every connection of the
+    session (a Logout that closes the session, a target cold reset)."""
 
     reason: DropReason | None = None
     after_send: bool = True
+    cid: int | None = None
 
 
 Action: TypeAlias = Send | Execute | Close

@@ -107,7 +107,10 @@ class IscsiConnection:
         now; the rest continue as tasks."""
         for action in actions:
             if type(action) is Send:
-                self.emit(action.pdu, action.segments, action.length)
+                if action.cid == self.cid or action.cid is None:
+                    self.emit(action.pdu, action.segments, action.length)
+                else:  # MC/S: a task allegiant to another connection of the session (§5.1)
+                    self.server.route(cast(Session, self.session), [action])
             elif type(action) is Execute:
                 task = action.task
                 if not task.aborted:  # e.g. by an ABORT TASK in the same batch of PDUs
@@ -119,9 +122,12 @@ class IscsiConnection:
                         run_eager(action.lun.execute(task.cdb, action.data_out, session.nexus, task.cmd.edtl),
                                   partial(self._executed, session, task), self.running)
             elif type(action) is Close:
-                self._close(action)
+                if action.cid == self.cid:
+                    self.end(action)
+                else:  # the whole session (None), or another of its connections
+                    self.server.route(cast(Session, self.session), [action])
 
-    def _close(self, action: Close) -> None:
+    def end(self, action: Close) -> None:
         if action.after_send:
             self.close_after_send(action.reason)
         else:
@@ -213,10 +219,13 @@ class IscsiConnection:
         finally:
             self.close()
             self._stop_reading()  # before the descriptor is closed and its number reused
-            for t in list(self.running):
-                t.cancel()
-            if self.session is not None and self.server.bound.get(self.session) is self:
-                self.session.close(self.end_reason or DropReason.CONNECTION_LOST)
+            session = self.session
+            if session is not None and self.server.unbind(session, self):
+                self.server.connection_ended(session, self.cid, self.end_reason or DropReason.CONNECTION_LOST)
+            if session is None or session.closed:
+                # at ERL 2 a command of a failed connection runs on: its task may be reassigned
+                for t in list(self.running):
+                    t.cancel()
             self.sock.close()
 
     def _login_failed(self, why: str, **fields: object) -> None:
@@ -336,7 +345,8 @@ class IscsiConnection:
         self.reader.hard_limit = FFP_HARD_LIMIT
         self.reader.digests.header = p.header_digest
         self.reader.digests.data = p.data_digest
-        self.session.bind(Link(self.cid, self.peer, self.local_address), login.statsn, self.loop.time())
+        self.session.bind(Link(self.cid, self.peer, self.local_address), login.statsn, self.loop.time(),
+                          p.initiator_max_recv)
         self.server.logged_in(self)
         self.server.event("iscsi.login", peer=self.peer, initiator=p.initiator_name, target=p.target_name,
                           session_type=p.session_type, tsih=login.tsih, isid=login.isid.hex(),
@@ -418,7 +428,7 @@ class IscsiConnection:
         perform = self.perform
         while not self.closing:
             try:
-                perform(session.receive_all(reader.pdus(), now))
+                perform(session.receive_all(reader.pdus(), now, self.cid))
                 break
             except DigestError as e:
                 if e.header:  # §7.8: the header cannot be trusted, so neither can the framing
@@ -426,12 +436,12 @@ class IscsiConnection:
                     self.end_reason = self.end_reason or DropReason.PROTOCOL_ERROR
                     self._finish()
                     return
-                perform(session.reject(e.bhs, RejectReason.DATA_DIGEST_ERROR, str(e)))
+                perform(session.reject(e.bhs, RejectReason.DATA_DIGEST_ERROR, str(e), self.cid))
             except PduFormatError as e:
                 if not e.bhs:
                     self._finish(e)
                     return
-                perform(session.reject(e.bhs, e.reason, str(e)))
+                perform(session.reject(e.bhs, e.reason, str(e), self.cid))
             except SessionFailure as e:
                 self._finish(e)
                 return

@@ -76,6 +76,8 @@ class KeySpec:
 
 
 MAX_24 = (1 << 24) - 1
+MAX_CONNECTIONS = 8  # the target's MaxConnections (§13.2) unless the operator says otherwise
+MAX_ERROR_RECOVERY_LEVEL = 2  # the highest ErrorRecoveryLevel the target agrees to (§13.20)
 _METADATA = "iscsi_key"
 
 
@@ -97,8 +99,10 @@ class SessionParams:
 
     header_digest: bool = key("HeaderDigest", Rule.LIST, False, ours="None,CRC32C", parse=_is_crc32c)
     data_digest: bool = key("DataDigest", Rule.LIST, False, ours="None,CRC32C", parse=_is_crc32c)
-    max_connections: int = key("MaxConnections", Rule.MIN, 1, ours=1, lo=1, hi=65535, leading_only=True,
-                               normal_only=True)
+    # §13.2: connections one session may have (MC/S, target.allegiance); an
+    # operator bounds it with the key preference MaxConnections
+    max_connections: int = key("MaxConnections", Rule.MIN, 1, ours=MAX_CONNECTIONS, lo=1, hi=65535,
+                               leading_only=True, normal_only=True)
     initial_r2t: bool = key("InitialR2T", Rule.BOOL_OR, True, ours="No", leading_only=True, normal_only=True)
     immediate_data: bool = key("ImmediateData", Rule.BOOL_AND, True, ours="Yes", leading_only=True,
                                normal_only=True)
@@ -112,14 +116,19 @@ class SessionParams:
     first_burst_length: int = key("FirstBurstLength", Rule.MIN, 65536, ours=1 << 18, lo=512, hi=MAX_24,
                                   leading_only=True, normal_only=True)
     default_time2wait: int = key("DefaultTime2Wait", Rule.MAX, 2, ours=2, lo=0, hi=3600, leading_only=True)
-    default_time2retain: int = key("DefaultTime2Retain", Rule.MIN, 20, ours=0, lo=0, hi=3600, leading_only=True)
+    # §13.16: how long an ERL 2 session keeps a failed connection's tasks
+    # for reassignment (nothing is kept below ERL 2, whatever is agreed)
+    default_time2retain: int = key("DefaultTime2Retain", Rule.MIN, 20, ours=20, lo=0, hi=3600, leading_only=True)
     max_outstanding_r2t: int = key("MaxOutstandingR2T", Rule.MIN, 1, ours=16, lo=1, hi=65535, leading_only=True,
                                    normal_only=True)
     data_pdu_in_order: bool = key("DataPDUInOrder", Rule.BOOL_OR, True, ours="Yes", leading_only=True,
                                   normal_only=True)
     data_sequence_in_order: bool = key("DataSequenceInOrder", Rule.BOOL_OR, True, ours="Yes", leading_only=True,
                                        normal_only=True)
-    error_recovery_level: int = key("ErrorRecoveryLevel", Rule.MIN, 0, ours=0, lo=0, hi=2, leading_only=True)
+    # §13.20: the initiator's choice up to the target's most; ERL 2 is
+    # connection recovery (target.allegiance); Debian's initiators ask 0
+    error_recovery_level: int = key("ErrorRecoveryLevel", Rule.MIN, 0, ours=MAX_ERROR_RECOVERY_LEVEL, lo=0, hi=2,
+                                    leading_only=True)
     # what the initiator said it can receive: our Data-In/Text PDUs stay below it
     initiator_max_recv: int = key("MaxRecvDataSegmentLength", Rule.DECLARATIVE, 8192, lo=512, hi=MAX_24)
     # what we told the initiator we accept (our own declaration, not an offer;

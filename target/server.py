@@ -17,6 +17,7 @@ import struct
 from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 
+from .actions import Action, Close, Execute
 from .connection import IscsiConnection
 from .chap import ALL_ALGORITHMS, ChapAlgorithm, ChapAuth
 from .events import EventSink, Events
@@ -124,7 +125,8 @@ class TargetServer:
         self.refusal_report: asyncio.TimerHandle | None = None
         self.events = Events(on_event, log)
         self.sessions: dict[int, Session] = {}
-        self.bound: dict[Session, IscsiConnection] = {}  # the connection each session runs on
+        # the connections each session runs on, by CID (MC/S: several)
+        self.bound: dict[Session, dict[int, IscsiConnection]] = {}
         self.next_tsih = 1
         self.listeners: list[socket.socket] = []
         self.accept_tasks: list[asyncio.Task[None]] = []
@@ -269,6 +271,8 @@ class TargetServer:
             conn.close(DropReason.SERVER_STOP)
         if self.conn_tasks:
             await asyncio.wait(list(self.conn_tasks), timeout=5)
+        for session in list(self.sessions.values()):  # ERL 2: kept for reassignment with no connection
+            session.close(DropReason.SERVER_STOP)
         for t in self.targets.values():
             t.close()
 
@@ -301,9 +305,57 @@ class TargetServer:
         self.bound.pop(session, None)
 
     def drop_after_send(self, session: Session, reason: DropReason) -> None:
-        conn = self.bound.get(session)
-        if conn is not None:
+        for conn in list(self.bound.get(session, {}).values()):
             conn.close_after_send(reason)
+
+    def route(self, session: Session, actions: list[Action]) -> None:
+        """Carry out a session's actions on the connections they name (MC/S:
+        a task's PDUs go out on its own connection, §5.1); a Close without
+        a CID ends every connection of the session. Actions for a
+        connection that is gone are dropped with it."""
+        conns = self.bound.get(session, {})
+        for action in actions:
+            if type(action) is Close and action.cid is None:
+                for conn in list(conns.values()):
+                    conn.end(action)
+                continue
+            cid = action.cid if type(action) is not Execute else None
+            conn = conns.get(cid) if cid is not None else next(iter(conns.values()), None)
+            if conn is not None:
+                conn.perform([action])
+
+    def unbind(self, session: Session, conn: IscsiConnection) -> bool:
+        """``conn`` ended: whether it was still one of ``session``'s (not
+        replaced by a login with its CID, §6.3.4)."""
+        conns = self.bound.get(session)
+        if conns is None or conns.get(conn.cid) is not conn:
+            return False
+        del conns[conn.cid]
+        return True
+
+    def connection_ended(self, session: Session, cid: int, reason: DropReason) -> None:
+        """One of ``session``'s connections is gone: the session decides
+        what becomes of its tasks (target.allegiance). At ERL 2 it may
+        outlive its last connection for Time2Retain: a timer here then
+        ends it if nobody comes back."""
+        loop = asyncio.get_running_loop()
+        self.route(session, session.connection_lost(cid, reason, loop.time()))
+        if not session.closed and not self.bound.get(session):
+            self._retain(session)
+
+    def _retain(self, session: Session) -> None:
+        when = session.next_timer()
+        if when is None:
+            session.close(DropReason.CONNECTION_LOST)
+            return
+        asyncio.get_running_loop().call_at(when, self._retention_due, session)
+
+    def _retention_due(self, session: Session) -> None:
+        if session.closed or self.bound.get(session):
+            return  # ended, or a connection came back and drives its timers
+        session.handle_timer(asyncio.get_running_loop().time())  # nowhere to send anything
+        if not session.closed:
+            self._retain(session)
 
     def admit(self, conn: IscsiConnection, isid: bytes, tsih: int, params: SessionParams) -> int:
         """Create the session for a login entering Full Feature Phase, or
@@ -340,27 +392,36 @@ class TargetServer:
                           discovery_timeout=self.discovery_timeout, write_limit=self.session_write_limit,
                           portal_group_tag=tpgt)
         self.sessions[tsih] = session
-        self.bound[session] = conn
+        self.bound[session] = {conn.cid: conn}
         if target is not None:
             target.sessions.add(session)
         conn.session = session
         return tsih
 
     def _reconnect(self, conn: IscsiConnection, isid: bytes, tsih: int, params: SessionParams) -> int:
-        """A login naming a session's TSIH: connection reinstatement at ERL
-        0, the session moving to the new connection (Session.bind drops the
-        old connection's tasks). A session is its ISID and TSIH between one
-        initiator and target, in one portal group (§4.4.1): named through
-        another group, or by anyone else, no such session exists."""
+        """A login naming a session's TSIH (§5.3.4): with the CID of one of
+        its connections, connection reinstatement (§6.3.4: Session.bind ends
+        the old one's tasks, or at ERL 2 keeps them for reassignment); with
+        a new CID, one more connection (MC/S), up to MaxConnections. A
+        session is its ISID and TSIH between one initiator and target, in
+        one portal group (§4.4.1): named through another group, or by
+        anyone else, no such session exists; nor for someone who proved
+        another CHAP name than the session's."""
         old = self.sessions.get(tsih)
-        if old is None or (old.isid, old.params.initiator_name, old.params.target_name, old.portal_group_tag) != (
+        if old is None or old.closed or (old.isid, old.params.initiator_name, old.params.target_name,
+                                         old.portal_group_tag) != (
                 isid, params.initiator_name, params.target_name, conn.portal_group_tag):
             raise LoginFailed(LoginStatus.SESSION_DOES_NOT_EXIST,
                               f"no session with TSIH {tsih} in portal group {conn.portal_group_tag}")
-        if old.link.cid != conn.cid:
-            raise LoginFailed(LoginStatus.TOO_MANY_CONNECTIONS, "MaxConnections=1")
-        old_conn = self.bound.get(old)
-        self.bound[old] = conn
+        if params.chap_user != old.params.chap_user:
+            raise LoginFailed(LoginStatus.AUTHORIZATION_FAILURE,
+                              f"CHAP name {params.chap_user!r} is not the session's")
+        if conn.cid not in old.conns and len(old.conns) >= old.params.max_connections:
+            raise LoginFailed(LoginStatus.TOO_MANY_CONNECTIONS,
+                              f"MaxConnections={old.params.max_connections} reached")
+        conns = self.bound.setdefault(old, {})
+        old_conn = conns.get(conn.cid)
+        conns[conn.cid] = conn
         if old_conn is not None:
             old_conn.close()
         conn.session = old
@@ -386,8 +447,7 @@ class TargetServer:
                 self._drop(s, DropReason.REPLACED)
 
     def _drop(self, session: Session, reason: DropReason) -> None:
-        old_conn = self.bound.get(session)
-        if old_conn is not None:
+        for old_conn in list(self.bound.get(session, {}).values()):
             old_conn.close(reason)
         session.close(reason)
 

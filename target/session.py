@@ -1,6 +1,7 @@
 """Full Feature Phase of an iSCSI session (RFC 7143 §3.2, §4, §11), sans I/O.
 
-One :class:`Session` per logged-in initiator (ERL 0, one connection). It
+One :class:`Session` per logged-in initiator, on one or more connections
+(MC/S; each one's state in :mod:`target.allegiance`). It
 takes decoded PDUs and the time (:meth:`Session.receive`) and returns
 :mod:`~target.actions` for its transport to carry out: PDUs to send, SCSI
 commands to run, the connection to close. It covers CmdSN windowing
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .actions import Action, Close, Execute, Send
+from .allegiance import ConnectionState, Retained
 from .backend import FileExtent, Segment, Zeros, segments_length
 from .keys import KeyValueError, SessionParams, negotiate
 from .limits import SESSION_WRITE_LIMIT
@@ -138,6 +140,7 @@ class _PendingLogout:
     req: LogoutRequest
     response: LogoutResponse
     deadline: float
+    conn: ConnectionState  # the connection the answer goes out on
 
 
 @dataclass
@@ -168,6 +171,7 @@ class Task:
     r2tsn: int = 0
     unsolicited_datasn: int = 0
     aborted: bool = False
+    conn: ConnectionState | None = None  # the connection it is allegiant to (§5.1)
 
     @property
     def itt(self) -> int:
@@ -213,15 +217,23 @@ class Session:
         # writes still gathering their Data-Out, oldest first: the oldest may
         # always solicit (so the limit cannot deadlock), the rest wait for credit
         self.collecting: dict[Task, None] = {}
-        self.statsn = 0
-        self.link = Link(0, "", ("", 0))
+        # the connection the input at hand came on; every live one by CID, and
+        # (ERL 2) the failed ones whose tasks wait for reassignment (§7.2)
+        self.conn = ConnectionState(Link(0, "", ("", 0)), max_recv=params.initiator_max_recv)
+        self.conns: dict[int, ConnectionState] = {}
+        self.failed: list[ConnectionState] = []
+        self.erl2 = params.error_recovery_level >= 2
+        self.now = 0.0  # the time of the latest entry point that was told it
         self.tasks: dict[int, Task] = {}
-        self.pending: dict[int, Pdu] = {}  # commands ahead of ExpCmdSN
+        # commands ahead of ExpCmdSN, with the connection each came on (§4.2.2.1:
+        # one window for the whole session, whichever connection they take)
+        self.pending: dict[int, tuple[Pdu, ConnectionState]] = {}
         self.executing: set[Task] = set()  # handed to the transport to run, not back yet
         self.text_reply: tuple[int, bytes] | None = None  # (TTT, rest) of a long Text Response
         self.text_request = bytearray()
         self.text_request_ttt = RESERVED_TAG  # given to the last part of a continued request
         self.next_ttt = 1
+        self.reassigned: Task | Retained | None = None  # by the TASK REASSIGN at hand
         self.first_read_seen = False
         # the I_T nexus: the initiator port and the target port, a portal group (§4.4.1)
         self.portal_group_tag = portal_group_tag
@@ -230,10 +242,8 @@ class Session:
         self.logged_out = False
         self.ending = False  # asked the transport to close: no more timers
         self.logout: _PendingLogout | None = None
-        self.last_rx = 0.0
         self.last_request = 0.0  # the last PDU other than a NOP-Out
         self.ping_ttt = 0
-        self.ping_sent: float | None = None  # when the unanswered ping left
         self._out: list[Action] = []
 
     # -- identity and bookkeeping ---------------------------------------------
@@ -246,9 +256,23 @@ class Session:
     def maxcmdsn(self) -> int:
         return (self.expcmdsn + self.window - 1) & 0xFFFFFFFF
 
+    @property
+    def statsn(self) -> int:
+        """StatSN of the connection at hand (§4.2.2.2: one per connection)."""
+        return self.conn.statsn
+
+    @statsn.setter
+    def statsn(self, value: int) -> None:
+        self.conn.statsn = value
+
+    @property
+    def link(self) -> Link:
+        return self.conn.link
+
     def _statsn(self) -> int:
-        sn = self.statsn
-        self.statsn = (sn + 1) & 0xFFFFFFFF
+        conn = self.conn
+        sn = conn.statsn
+        conn.statsn = (sn + 1) & 0xFFFFFFFF
         return sn
 
     def _ttt(self) -> int:
@@ -262,20 +286,67 @@ class Session:
         return out
 
     def _send(self, pdu: Pdu) -> None:
-        self._out.append(Send(pdu))
+        self._out.append(Send(pdu, None, None, self.conn.cid))
 
-    def bind(self, link: Link, statsn: int, now: float) -> None:
-        """The session (new, or reinstated on a new connection, §6.3.5)
-        enters Full Feature Phase on ``link``; the login left StatSN at
-        ``statsn``. Tasks of an earlier connection are gone (ERL 0)."""
-        self.collecting.clear()
-        for task in list(self.tasks.values()):
+    def bind(self, link: Link, statsn: int, now: float, max_recv: int | None = None) -> None:
+        """A connection enters Full Feature Phase on ``link``: the session's
+        first, one more (MC/S, §5.3.4), or one that reinstates the live
+        connection of its CID (§6.3.4: that one's tasks end, or at ERL 2
+        wait for reassignment). The login left StatSN at ``statsn``;
+        ``max_recv`` is the initiator's MaxRecvDataSegmentLength on it."""
+        self.now = now
+        old = self.conns.get(link.cid)
+        if old is not None:
+            self._drop_connection(old, keep=self.erl2)
+            if self.logout is not None and self.logout.conn is old:
+                self.logout = None
+        state = ConnectionState(link, statsn, max_recv or self.params.initiator_max_recv, last_rx=now)
+        self.conns[link.cid] = state
+        self.conn = state
+        self.last_request = now
+
+    def _drop_connection(self, state: ConnectionState, keep: bool) -> None:
+        """``state``'s connection is no longer part of the session. Its tasks
+        end (§4.2.2.3 implicit termination) unless ``keep`` (ERL 2): then
+        they wait Time2Wait + Time2Retain for a TASK REASSIGN (§7.2.2)."""
+        if self.conns.get(state.cid) is state:
+            del self.conns[state.cid]
+        if keep:
+            state.fail(self.now + self.params.default_time2wait + self.params.default_time2retain)
+            self.failed.append(state)
+            self._event("iscsi.connection_failed", cid=state.cid, kept=len(self._allegiant(state))
+                        + len(state.retained), retain_s=self.params.default_time2wait
+                        + self.params.default_time2retain)
+            return
+        state.fail(None)
+        self._end_tasks_of(state)
+
+    def _allegiant(self, state: ConnectionState) -> list[Task]:
+        return [t for t in self.tasks.values() if t.conn is state]
+
+    def _end_tasks_of(self, state: ConnectionState) -> None:
+        """Terminate the tasks allegiant to ``state`` without telling the
+        initiator (§4.2.2.3); commands of it still waiting in the CmdSN
+        window are skipped when their turn comes."""
+        tasks = self._allegiant(state)
+        for task in tasks:
             self._abort(task)
-        self.link = link
-        self.statsn = statsn
-        self.last_rx = self.last_request = now
-        self.ping_sent = None
-        self.logout = None
+        state.retained.clear()
+        if tasks:
+            self._resume_writes()
+
+    def connection_lost(self, cid: int, reason: DropReason, now: float) -> list[Action]:
+        """The connection ``cid`` ended without a Logout (or after one).
+        Below ERL 2 its tasks end and the session carries on over the
+        others; it fails with its last connection (§6.3.6). At ERL 2 the
+        tasks wait for reassignment, the session with them."""
+        self.now = now
+        state = self.conns.get(cid)
+        if state is not None:
+            self._drop_connection(state, keep=self.erl2 and not self.logged_out)
+        if not self.conns and not (self.failed and self.erl2):
+            self.close(reason)
+        return self._actions()
 
     def close(self, reason: DropReason) -> None:
         """The session ends: abort its tasks, tell the LUNs the nexus is gone.
@@ -289,6 +360,9 @@ class Session:
             task.aborted = True
         self.tasks.clear()
         self.executing.clear()
+        for conn in self.failed:
+            conn.retained.clear()
+        self.failed.clear()
         if self.target is not None:
             self.target.sessions.discard(self)
             for lun in self.target.luns.values():
@@ -297,27 +371,47 @@ class Session:
 
     # -- dispatch -------------------------------------------------------------
 
-    def receive(self, pdu: Pdu, now: float) -> list[Action]:
-        """Handle one PDU from the initiator, received at ``now``.
+    def _on(self, cid: int | None) -> bool:
+        """Make the connection ``cid`` (None: the one at hand) the one input
+        comes on; False if it is no longer part of the session."""
+        if cid is None:
+            return True
+        state = self.conns.get(cid)
+        if state is None:
+            return False
+        self.conn = state
+        return True
+
+    def receive(self, pdu: Pdu, now: float, cid: int | None = None) -> list[Action]:
+        """Handle one PDU from the initiator, received at ``now`` on the
+        connection ``cid`` (None: the session's only one).
 
         Raises :class:`SessionFailure` for errors only a new session recovers
         from; the transport then drops the connection."""
-        self._receive(pdu, now)
+        if self._on(cid):
+            self._receive(pdu, now)
         return self._actions()
 
-    def receive_all(self, pdus: Iterable[Pdu], now: float) -> list[Action]:
+    def receive_all(self, pdus: Iterable[Pdu], now: float, cid: int | None = None) -> list[Action]:
         """Handle PDUs that arrived together, up to the one after which the
         session asked to close; one list of actions for the whole batch.
         If ``pdus`` raises (a PDU the transport could not decode), the
         actions so far come with those of the next call."""
+        if not self._on(cid):
+            return []
+        conn = self.conn
         for pdu in pdus:
             self._receive(pdu, now)
-            if self.ending:
+            if self.ending or conn.ending:
                 break
         return self._actions()
 
     def _receive(self, pdu: Pdu, now: float) -> None:
-        self.last_rx = now
+        self.now = now
+        conn = self.conn
+        conn.last_rx = now
+        if conn.retained:
+            conn.acknowledged(pdu.expstatsn)  # type: ignore[attr-defined]
         if type(pdu) is not NopOut:
             self.last_request = now
         try:
@@ -339,12 +433,13 @@ class Session:
 
     def _event(self, what: str, level: int = logging.INFO, /, **fields: object) -> None:
         """An event about this session, with the identities it knows."""
-        self.server.event(what, level, peer=self.link.peer, initiator=self.params.initiator_name,
+        self.server.event(what, level, peer=self.conn.link.peer, initiator=self.params.initiator_name,
                           target=self.params.target_name, **fields)
 
-    def reject(self, bhs: bytes, reason: RejectReason, why: str) -> list[Action]:
+    def reject(self, bhs: bytes, reason: RejectReason, why: str, cid: int | None = None) -> list[Action]:
         """Reject a PDU the transport could not decode (§11.17)."""
-        self._reject(bhs, reason, why)
+        if self._on(cid):
+            self._reject(bhs, reason, why)
         return self._actions()
 
     def _reject(self, bhs: bytes, reason: RejectReason, why: str) -> None:
@@ -363,13 +458,26 @@ class Session:
             self.expcmdsn = (sn + 1) & 0xFFFFFFFF
             self._deliver(pdu, now)
             while self.expcmdsn in self.pending:
-                nxt = self.pending.pop(self.expcmdsn)
-                self.expcmdsn = (self.expcmdsn + 1) & 0xFFFFFFFF
-                self._deliver(nxt, now)
+                self._deliver_waiting(self.pending.pop(self.expcmdsn), now)
         elif sn_lt(self.expcmdsn, sn) and not sn_lt(self.maxcmdsn, sn) and sn not in self.pending:
-            self.pending[sn] = pdu
+            self.pending[sn] = (pdu, self.conn)
         else:  # outside the window, or a duplicate within it: no answer (§4.2.2.1)
             self._event("iscsi.cmdsn_dropped", cmdsn=sn, expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn)
+
+    def _deliver_waiting(self, waiting: tuple[Pdu, ConnectionState], now: float) -> None:
+        """A command that waited for its CmdSN, on the connection it came on;
+        if that one has gone meanwhile, the command went with it (§4.2.2.3)."""
+        self.expcmdsn = (self.expcmdsn + 1) & 0xFFFFFFFF
+        pdu, conn = waiting
+        if not conn.alive:
+            self._event("iscsi.cmdsn_skipped", cmdsn=self.expcmdsn - 1 & 0xFFFFFFFF, cid=conn.cid)
+            return
+        here = self.conn
+        self.conn = conn
+        try:
+            self._deliver(pdu, now)
+        finally:
+            self.conn = here
 
     def _deliver(self, pdu: Pdu, now: float) -> None:
         try:
@@ -392,10 +500,18 @@ class Session:
         """When :meth:`handle_timer` has something to do next, or None."""
         when = None
         if self.keepalive.interval > 0 and not (self.closed or self.ending):
-            if self.ping_sent is not None:
-                when = self.ping_sent + self.keepalive.timeout
-            else:
-                when = self.last_rx + self.keepalive.interval
+            for conn in self.conns.values():
+                if conn.ending:
+                    continue
+                if conn.ping_sent is not None:
+                    due = conn.ping_sent + self.keepalive.timeout
+                else:
+                    due = conn.last_rx + self.keepalive.interval
+                if when is None or due < when:
+                    when = due
+        for conn in self.failed:
+            if conn.retain_until is not None and (when is None or conn.retain_until < when):
+                when = conn.retain_until
         if self.logout is not None and (when is None or self.logout.deadline < when):
             when = self.logout.deadline
         idle_end = self._idle_end()
@@ -414,32 +530,61 @@ class Session:
         """Run what is due at ``now``: a Logout Response that waited long
         enough, the keepalive ping (§11.19) or giving up on its answer, the
         end of an idle Discovery session."""
+        self.now = now
         if self.logout is not None and now >= self.logout.deadline:
             self._answer_logout()
         if self.keepalive.interval > 0 and not (self.closed or self.ending):
-            if self.ping_sent is not None:
-                if now >= self.ping_sent + self.keepalive.timeout:
-                    self.ending = True
-                    self._event("iscsi.nop_timeout")
-                    self._out.append(Close(DropReason.NOP_TIMEOUT, after_send=False))
-            elif now >= self.last_rx + self.keepalive.interval:
-                self._ping(now)
+            for conn in list(self.conns.values()):
+                if not conn.ending:
+                    self.conn = conn
+                    self._keepalive(conn, now)
         idle_end = self._idle_end()
         if idle_end is not None and now >= idle_end:
-            self.ending = True
             self._event("iscsi.idle_timeout", why=f"no request for {self.discovery_timeout:g} s")
-            self._out.append(Close(DropReason.IDLE_TIMEOUT, after_send=False))
+            self._close_connection(DropReason.IDLE_TIMEOUT, after_send=False)
+        if self.failed:
+            self._expire(now)
         return self._actions()
+
+    def _keepalive(self, conn: ConnectionState, now: float) -> None:
+        """§11.19 on one connection: ping it when idle, end it when the
+        answer does not come."""
+        if conn.ping_sent is not None:
+            if now >= conn.ping_sent + self.keepalive.timeout:
+                self._event("iscsi.nop_timeout")
+                self._close_connection(DropReason.NOP_TIMEOUT, after_send=False)
+        elif now >= conn.last_rx + self.keepalive.interval:
+            self._ping(now)
+
+    def _close_connection(self, reason: DropReason, after_send: bool = True) -> None:
+        """End the connection at hand; the session ends with its last one."""
+        conn = self.conn
+        conn.ending = True
+        if all(c.ending for c in self.conns.values()):
+            self.ending = True
+        self._out.append(Close(reason, after_send, conn.cid))
+
+    def _expire(self, now: float) -> None:
+        """ERL 2: the tasks of a failed connection that no TASK REASSIGN
+        claimed within Time2Wait + Time2Retain are dropped (§13.16); a
+        session left with no connection then ends."""
+        for conn in [c for c in self.failed if c.retain_until is not None and now >= c.retain_until]:
+            self.failed.remove(conn)
+            dropped = len(self._allegiant(conn)) + len(conn.retained)
+            self._end_tasks_of(conn)
+            self._event("iscsi.tasks_expired", cid=conn.cid, tasks=dropped)
+        if not self.conns and not self.failed:
+            self.close(DropReason.CONNECTION_LOST)
 
     # -- NOP ------------------------------------------------------------------
 
     def _nop_out(self, pdu: NopOut) -> None:
         """§11.18: answer pings; a NOP-Out with ITT 0xffffffff answers ours."""
         if pdu.itt == RESERVED_TAG:
-            if pdu.ttt == self.ping_ttt:
-                self.ping_sent = None
+            if pdu.ttt == self.conn.ping_ttt:
+                self.conn.ping_sent = None
             return
-        data = bytes(pdu.data)[: self.params.initiator_max_recv]
+        data = bytes(pdu.data)[: self.conn.max_recv]
         self._send(NopIn(lun=pdu.lun, itt=pdu.itt, ttt=RESERVED_TAG, statsn=self._statsn(),
                          expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn, data=data))
 
@@ -447,7 +592,8 @@ class Session:
         """A NOP-In that asks the initiator for a NOP-Out (§11.19); StatSN is
         not advanced because no status is carried."""
         self.ping_ttt = (self.ping_ttt % 0xFFFF) + 1 | 0x80000000
-        self.ping_sent = now
+        self.conn.ping_ttt = self.ping_ttt
+        self.conn.ping_sent = now
         self._send(NopIn(ttt=self.ping_ttt, itt=RESERVED_TAG, statsn=self.statsn,
                          expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn))
 
@@ -465,7 +611,7 @@ class Session:
             raise ProtocolViolation(RejectReason.PROTOCOL_ERROR, "more immediate data than allowed")
         if data and not cmd.write:
             raise ProtocolViolation(RejectReason.PROTOCOL_ERROR, "data with a command that is not a write")
-        task = Task(cmd, lun_from_field(cmd.lun), cmd.full_cdb)
+        task = Task(cmd, lun_from_field(cmd.lun), cmd.full_cdb, conn=self.conn)
         self.tasks[cmd.itt] = task
         if not cmd.write:
             self._execute(task, None)
@@ -529,6 +675,9 @@ class Session:
         p = self.params
         wanted = task.wanted
         assert task.outstanding is not None
+        conn = task.conn or self.conn
+        if not conn.alive:
+            return  # ERL 2: solicited again once the task is reassigned
         oldest = next(iter(self.collecting)) is task
         while task.next_r2t_offset < wanted and len(task.outstanding) < p.max_outstanding_r2t:
             length = min(p.max_burst_length, wanted - task.next_r2t_offset)
@@ -537,9 +686,10 @@ class Session:
             self._take_credit(task, length)
             ttt = self._ttt()
             task.outstanding[ttt] = R2TState(task.next_r2t_offset, length)
-            self._send(R2T(lun=task.cmd.lun, itt=task.itt, ttt=ttt, statsn=self.statsn,
-                           expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn, r2tsn=task.r2tsn,
-                           buffer_offset=task.next_r2t_offset, desired_length=length))
+            self._out.append(Send(R2T(lun=task.cmd.lun, itt=task.itt, ttt=ttt, statsn=conn.statsn,
+                                      expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn, r2tsn=task.r2tsn,
+                                      buffer_offset=task.next_r2t_offset, desired_length=length),
+                                  None, None, conn.cid))
             task.r2tsn += 1
             task.next_r2t_offset += length
 
@@ -547,6 +697,10 @@ class Session:
         task = self.tasks.get(pdu.itt)
         if task is None or task.buffer is None or task.outstanding is None:
             raise ProtocolViolation(RejectReason.INVALID_PDU_FIELD, f"Data-Out for unknown ITT {pdu.itt:#x}")
+        if task.conn is not self.conn:
+            # §5.1: a task's Data-Out comes on the connection its command came on
+            raise ProtocolViolation(RejectReason.PROTOCOL_ERROR,
+                                    f"Data-Out for ITT {pdu.itt:#x} on another connection than its command")
         n = len(pdu.data)
         end = pdu.buffer_offset + n
         if pdu.ttt == RESERVED_TAG:
@@ -609,7 +763,13 @@ class Session:
         bytes for a data digest)."""
         if task in self.executing:
             self.executing.discard(task)
-            if not task.aborted:
+            conn = task.conn or self.conn
+            if task.aborted:
+                pass
+            elif not conn.alive:
+                self._hold(task, conn, result, segments)
+            else:
+                self.conn = conn  # §5.1: data and status go where the command came from
                 self._respond(task, result, segments)
                 if (result.status == ScsiStatus.GOOD and task.cdb[0] == PERSISTENT_RESERVE_OUT
                         and task.cdb[1] & 0x1F == PrOut.PREEMPT_AND_ABORT):
@@ -617,6 +777,16 @@ class Session:
             if self.logout is not None and not self.executing:
                 self._answer_logout()
         return self._actions()
+
+    def _hold(self, task: Task, conn: ConnectionState, result: ScsiResult,
+              segments: Sequence[Segment] | None) -> None:
+        """ERL 2: ``task`` completed while its connection was down; its
+        data and status wait for a TASK REASSIGN (§7.2.2)."""
+        self.tasks.pop(task.itt, None)
+        if task.buffer is not None:
+            self._release(task)
+            self._resume_writes()
+        conn.retained[task.itt] = Retained(task, result, segments, None)
 
     def _abort_preempted(self, lun_id: int) -> None:
         """PREEMPT AND ABORT (SPC-4 §5.12.11.4.5): the tasks the preempted
@@ -637,7 +807,14 @@ class Session:
         return self.command_done(task, ScsiResult(ScsiStatus.BUSY))
 
     def _respond(self, task: Task, result: ScsiResult, segments: Sequence[Segment] | None = None) -> None:
-        """Data-In PDUs then status (§11.7, §11.4), residuals per §11.4.5."""
+        """Data-In PDUs then status (§11.7, §11.4), residuals per §11.4.5;
+        at ERL 2 kept until the initiator acknowledges the status."""
+        self._respond_now(task, result, segments)
+        if self.erl2:
+            conn = self.conn
+            conn.retained[task.itt] = Retained(task, result, segments, (conn.statsn - 1) & 0xFFFFFFFF)
+
+    def _respond_now(self, task: Task, result: ScsiResult, segments: Sequence[Segment] | None = None) -> None:
         if segments is None:
             segments = result.data
         cmd = task.cmd
@@ -695,12 +872,12 @@ class Session:
         if not segments or cmd.write or result.status != ScsiStatus.GOOD or result.sense:
             return False
         n = segments_length(segments)
-        if n != cmd.edtl or n > self.params.initiator_max_recv or n > self.params.max_burst_length:
+        if n != cmd.edtl or n > self.conn.max_recv or n > self.params.max_burst_length:
             return False
         self.bytes_read += n
         self._out.append(Send(DataIn(final=True, status_present=True, status=ScsiStatus.GOOD, lun=cmd.lun,
                                      itt=cmd.itt, statsn=self._statsn(), expcmdsn=self.expcmdsn,
-                                     maxcmdsn=self.maxcmdsn), segments, n))
+                                     maxcmdsn=self.maxcmdsn), segments, n, self.conn.cid))
         return True
 
     def _send_data_in(self, task: Task, segments: Sequence[Segment], total: int, length: int,
@@ -708,7 +885,8 @@ class Session:
         """Split ``length`` bytes of ``segments`` into Data-In PDUs no larger
         than the initiator's MaxRecvDataSegmentLength, sequences no longer
         than MaxBurstLength (F bit at each end, §11.7.1); returns the count."""
-        mrdsl = self.params.initiator_max_recv
+        mrdsl = self.conn.max_recv
+        cid = self.conn.cid
         burst = self.params.max_burst_length
         cmd = task.cmd
         # the common case, one PDU carrying all the data, needs no slicing
@@ -730,7 +908,7 @@ class Session:
             else:
                 pdu = DataIn(final=end_of_burst, itt=cmd.itt, lun=cmd.lun, statsn=self.statsn,
                              expcmdsn=expcmdsn, maxcmdsn=maxcmdsn, datasn=datasn, buffer_offset=offset)
-            out.append(Send(pdu, pieces, length if parts is None else None))
+            out.append(Send(pdu, pieces, length if parts is None else None, cid))
             offset += n
             datasn += 1
         return datasn
@@ -740,10 +918,13 @@ class Session:
     def _task_management(self, req: TaskMgmtRequest) -> None:
         """§11.5: answer once the affected tasks are gone (ERL 0, no task
         reassignment)."""
+        self.reassigned = None
         response = self._tmf(req)
         self._resume_writes()
         self._send(TaskMgmtResponse(response=response, itt=req.itt, statsn=self._statsn(),
                                     expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn))
+        if self.reassigned is not None:
+            self._resume_reassigned(self.reassigned, req.expdatasn)
         if req.function == TmfFunction.TARGET_COLD_RESET and response == TmfResponse.FUNCTION_COMPLETE:
             # §11.5.1: a cold reset also ends every connection to the target
             for s in list(self.target.sessions if self.target else ()):
@@ -799,7 +980,51 @@ class Session:
         return TmfResponse.FUNCTION_COMPLETE  # no ACA is ever established (NACA is refused)
 
     def _reassign(self, req: TaskMgmtRequest, target: Target, lun_id: int) -> TmfResponse:
-        return TmfResponse.REASSIGNMENT_NOT_SUPPORTED  # ERL 0 (§11.5.1)
+        """§11.5.1 TASK REASSIGN (ERL 2 only): the task ``rtt``, allegiant
+        to a connection that failed or was logged out for recovery, is
+        moved to the connection this request came on; what it still owes
+        follows the response (:meth:`_resume_reassigned`)."""
+        if not self.erl2:
+            return TmfResponse.REASSIGNMENT_NOT_SUPPORTED
+        task = self.tasks.get(req.rtt)
+        if task is not None:
+            if task.conn is not None and task.conn.alive:
+                return TmfResponse.TASK_STILL_ALLEGIANT  # §11.6.1: log the connection out first
+            self.reassigned = task
+            return TmfResponse.FUNCTION_COMPLETE
+        for conn in self.failed:
+            kept = conn.retained.pop(req.rtt, None)
+            if kept is not None:
+                self.reassigned = kept
+                return TmfResponse.FUNCTION_COMPLETE
+        if any(req.rtt in c.retained for c in self.conns.values()):
+            return TmfResponse.TASK_STILL_ALLEGIANT
+        return TmfResponse.TASK_DOES_NOT_EXIST
+
+    def _resume_reassigned(self, moved: Task | Retained, expdatasn: int) -> None:
+        """§7.2.2: a reassigned task carries on here. One that completed
+        sends its Data-In again (from ExpDataSN) and its status; a write
+        still gathering data solicits again what it has not been sent
+        (R2Ts from the start: Data-Out may have been lost with the
+        connection); one still running answers here when done."""
+        self._event("iscsi.task_reassigned", itt=moved.task.itt if isinstance(moved, Retained) else moved.itt)
+        if isinstance(moved, Retained):
+            moved.task.conn = self.conn
+            start = len(self._out)
+            self._respond(moved.task, moved.result, moved.segments)
+            self._out[start:] = [a for a in self._out[start:] if not (
+                isinstance(a, Send) and isinstance(a.pdu, DataIn) and not a.pdu.status_present
+                and a.pdu.datasn < expdatasn)]
+            return
+        task = moved
+        task.conn = self.conn
+        if task.buffer is not None and task in self.collecting:
+            self._release(task)
+            task.buffer = bytearray()
+            task.received = task.unsolicited_end = task.next_r2t_offset = 0
+            task.outstanding = {}
+            self.collecting[task] = None
+            self._send_r2ts(task)
 
     def _abort(self, task: Task) -> None:
         task.aborted = True
@@ -847,6 +1072,7 @@ class Session:
                 reply = "Reject"
             if key == "MaxRecvDataSegmentLength" and reply is None:
                 self.params.apply(key, value)
+                self.conn.max_recv = self.params.initiator_max_recv
             elif reply is not None:
                 answer.append((key, reply))
         self._send_text(req, encode_text(answer))
@@ -860,11 +1086,10 @@ class Session:
                     why=f"Text Request continued past {MAX_LOGIN_TEXT} bytes")
         self._send(Reject(reason=RejectReason.LONG_OPERATION_REJECT, statsn=self._statsn(),
                           expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn, data=req.encode_bhs()))
-        self.ending = True
-        self._out.append(Close(DropReason.PROTOCOL_ERROR))
+        self._close_connection(DropReason.PROTOCOL_ERROR)
 
     def _send_text(self, req: TextRequest, data: bytes) -> None:
-        limit = self.params.initiator_max_recv
+        limit = self.conn.max_recv
         more = len(data) > limit
         if more:
             ttt = self._ttt()
@@ -889,36 +1114,58 @@ class Session:
         out: list[tuple[str, str]] = []
         for t in chosen:
             out.append(("TargetName", t.name))
-            out += [("TargetAddress", a) for a in self.server.portals(self.link.local_address)]
+            out += [("TargetAddress", a) for a in self.server.portals(self.conn.link.local_address)]
         return out
 
     # -- logout -----------------------------------------------------------------
 
     def _logout(self, req: LogoutRequest, now: float) -> None:
         """§11.14: answer once the commands in flight have completed (or
-        LOGOUT_TIMEOUT has passed)."""
-        if req.reason == LogoutReason.REMOVE_FOR_RECOVERY:
+        LOGOUT_TIMEOUT has passed). Reason 0 closes the session, 1 one
+        connection (this one or, from here, another: §11.14.1), 2 removes
+        one for recovery, its tasks kept for reassignment (ERL 2 only)."""
+        if req.reason == LogoutReason.REMOVE_FOR_RECOVERY and not self.erl2:
             response = LogoutResponse.RECOVERY_NOT_SUPPORTED
-        elif req.reason == LogoutReason.CLOSE_CONNECTION and req.cid != self.link.cid:
+        elif req.reason != LogoutReason.CLOSE_SESSION and self._named_connection(req.cid) is None:
             response = LogoutResponse.CID_NOT_FOUND
         else:
             response = LogoutResponse.SUCCESS
-        self.logout = _PendingLogout(req, response, now + LOGOUT_TIMEOUT)
+        self.logout = _PendingLogout(req, response, now + LOGOUT_TIMEOUT, self.conn)
         if not self.executing:
             self._answer_logout()
 
+    def _named_connection(self, cid: int) -> ConnectionState | None:
+        """The connection a Logout names: a live one, or (ERL 2) a failed
+        one whose state is still kept (§11.14.1: its clean-up)."""
+        return self.conns.get(cid) or next((c for c in self.failed if c.cid == cid), None)
+
     def _answer_logout(self) -> None:
         assert self.logout is not None
-        req, response = self.logout.req, self.logout.response
+        req, response, self.conn = self.logout.req, self.logout.response, self.logout.conn
         self.logout = None
+        if not self.conn.alive:
+            return  # the connection to answer on has gone meanwhile
         self._send(LogoutResponsePdu(response=response, itt=req.itt, statsn=self._statsn(),
                                      expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn,
                                      time2wait=self.params.default_time2wait,
                                      time2retain=self.params.default_time2retain))
-        if response == LogoutResponse.SUCCESS:
+        if response != LogoutResponse.SUCCESS:
+            return
+        named = self._named_connection(req.cid)
+        if req.reason == LogoutReason.CLOSE_SESSION or (
+                req.reason == LogoutReason.CLOSE_CONNECTION and list(self.conns.values()) == [named]):
             self.logged_out = self.ending = True
             self._event("iscsi.logout", **self._counts())
             self._out.append(Close())
+            return
+        assert named is not None
+        self._event("iscsi.connection_logout", cid=named.cid, reason=int(req.reason))
+        if named in self.failed:  # clean-up of a failed connection's state
+            self.failed.remove(named)
+            self._end_tasks_of(named)
+            return
+        self._drop_connection(named, keep=req.reason == LogoutReason.REMOVE_FOR_RECOVERY)
+        self._out.append(Close(None, True, named.cid))
 
 
 # functions that address one LUN, which must exist (§11.5.1)

@@ -393,7 +393,7 @@ def test_unanswered_ping_drops_the_session() -> None:
     i.tick(16.0)  # the ping leaves at 15 s
     assert i.tick(28.0) == [] and not i.closed
     i.tick(2.0)
-    assert i.closed == [Close(DropReason.NOP_TIMEOUT, after_send=False)]
+    assert i.closed == [Close(DropReason.NOP_TIMEOUT, after_send=False, cid=0)]
     assert "iscsi.nop_timeout" in i.server.names()
     i.session.close(DropReason.NOP_TIMEOUT)
     dropped = [f for w, f in i.server.events if w == "iscsi.session_dropped"]

@@ -42,10 +42,13 @@ def test_text_garbage_raises_only_text_errors(raw: bytes) -> None:
     ("MaxBurstLength", "65536", "65536"),
     ("FirstBurstLength", "0x10000", "65536"),
     ("DefaultTime2Wait", "0", "2"),  # max
-    ("DefaultTime2Retain", "20", "0"),  # min
+    ("DefaultTime2Retain", "20", "20"),  # min
+    ("DefaultTime2Retain", "0", "0"),
     ("MaxOutstandingR2T", "1", "1"),
-    ("ErrorRecoveryLevel", "2", "0"),
-    ("MaxConnections", "8", "1"),
+    ("ErrorRecoveryLevel", "2", "2"),  # min with the target's most
+    ("ErrorRecoveryLevel", "0", "0"),  # what every Debian initiator asks
+    ("MaxConnections", "16", "8"),
+    ("MaxConnections", "1", "1"),
     ("OFMarker", "Yes", "No"),
     ("IFMarkInt", "2048~8192", "Irrelevant"),
     ("X-com.example.Thing", "1", "NotUnderstood"),
