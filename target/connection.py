@@ -418,7 +418,7 @@ class IscsiConnection:
         if self.closing:
             return
         self._watch_partial()
-        self._arm()
+        self.arm()
         if self.sender.congested and self.reading:
             # stop taking commands until the initiator has read some data
             self._stop_reading()
@@ -470,7 +470,7 @@ class IscsiConnection:
             return None
         return self.pdu_began + self.server.pdu_timeout
 
-    def _arm(self) -> None:
+    def arm(self) -> None:
         """Have the timer fire by the next deadline: the session's, or the
         end of the PDU now arriving. Deadlines that move later (every PDU
         pushes the keepalive back) leave the timer alone: when it fires
@@ -499,7 +499,7 @@ class IscsiConnection:
             return
         self.perform(self.session.handle_timer(now))
         if not self.closing:
-            self._arm()
+            self.arm()
 
     def _stalled(self) -> None:
         """A PDU began and did not end in time: the peer trickles it, or

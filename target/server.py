@@ -340,8 +340,12 @@ class TargetServer:
         ends it if nobody comes back."""
         loop = asyncio.get_running_loop()
         self.route(session, session.connection_lost(cid, reason, loop.time()))
-        if not session.closed and not self.bound.get(session):
+        if session.closed:
+            return
+        if not self.bound.get(session):
             self._retain(session)
+        for conn in self.bound[session].values():
+            conn.arm()  # its timer now also serves the failed connection's deadline
 
     def _retain(self, session: Session) -> None:
         when = session.next_timer()

@@ -233,7 +233,8 @@ class Session:
         self.text_request = bytearray()
         self.text_request_ttt = RESERVED_TAG  # given to the last part of a continued request
         self.next_ttt = 1
-        self.reassigned: Task | Retained | None = None  # by the TASK REASSIGN at hand
+        # by the TASK REASSIGN at hand: the task, and the connection it leaves
+        self.reassigned: tuple[Task | Retained, ConnectionState] | None = None
         self.first_read_seen = False
         # the I_T nexus: the initiator port and the target port, a portal group (§4.4.1)
         self.portal_group_tag = portal_group_tag
@@ -389,6 +390,8 @@ class Session:
         Raises :class:`SessionFailure` for errors only a new session recovers
         from; the transport then drops the connection."""
         if self._on(cid):
+            if self.failed:
+                self._expire(now)
             self._receive(pdu, now)
         return self._actions()
 
@@ -399,6 +402,8 @@ class Session:
         actions so far come with those of the next call."""
         if not self._on(cid):
             return []
+        if self.failed:
+            self._expire(now)  # before a TASK REASSIGN could claim a task past its time
         conn = self.conn
         for pdu in pdus:
             self._receive(pdu, now)
@@ -924,7 +929,9 @@ class Session:
         self._send(TaskMgmtResponse(response=response, itt=req.itt, statsn=self._statsn(),
                                     expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn))
         if self.reassigned is not None:
-            self._resume_reassigned(self.reassigned, req.expdatasn)
+            moved, old = self.reassigned
+            # DataSN counts PDUs: it names the same data only if they are as long here
+            self._resume_reassigned(moved, req.expdatasn if old.max_recv == self.conn.max_recv else 0)
         if req.function == TmfFunction.TARGET_COLD_RESET and response == TmfResponse.FUNCTION_COMPLETE:
             # §11.5.1: a cold reset also ends every connection to the target
             for s in list(self.target.sessions if self.target else ()):
@@ -990,12 +997,12 @@ class Session:
         if task is not None:
             if task.conn is not None and task.conn.alive:
                 return TmfResponse.TASK_STILL_ALLEGIANT  # §11.6.1: log the connection out first
-            self.reassigned = task
+            self.reassigned = (task, task.conn or self.conn)
             return TmfResponse.FUNCTION_COMPLETE
         for conn in self.failed:
             kept = conn.retained.pop(req.rtt, None)
             if kept is not None:
-                self.reassigned = kept
+                self.reassigned = (kept, conn)
                 return TmfResponse.FUNCTION_COMPLETE
         if any(req.rtt in c.retained for c in self.conns.values()):
             return TmfResponse.TASK_STILL_ALLEGIANT

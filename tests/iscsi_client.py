@@ -18,6 +18,7 @@ from target.pdu import (
     Pdu,
     ScsiCommand,
     Stage,
+    TaskMgmtRequest,
     TextRequest,
     encode,
 )
@@ -40,6 +41,9 @@ class Client:
     tsih: int = 0
     keys: dict[str, str] = field(default_factory=dict)
     source: str | None = None  # the local address to connect from (another loopback address)
+    cid: int = 0
+    # MC/S: the connections of one session share CmdSN and ITTs (§4.2.2.1)
+    group: list[Client] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.sock = socket.create_connection((self.host, self.port), timeout=10,
@@ -71,7 +75,28 @@ class Client:
 
     def next_itt(self) -> int:
         self.itt += 1
+        self._share()
         return self.itt
+
+    def _share(self) -> None:
+        for other in self.group:
+            other.cmdsn, other.itt = self.cmdsn, self.itt
+
+    def another(self, cid: int, **kw: object) -> Client:
+        """A new connection (CID ``cid``) for this client's session, not yet
+        logged in: :meth:`login` on it adds it to the session (§5.3.4)."""
+        other = Client(self.host, self.port, isid=self.isid, initiator=self.initiator, cid=cid, **kw)  # type: ignore[arg-type]
+        other.tsih, other.cmdsn, other.itt = self.tsih, self.cmdsn, self.itt
+        if not self.group:
+            self.group.append(self)
+        self.group.append(other)
+        other.group = self.group
+        return other
+
+    def kill(self) -> None:
+        """Drop the connection as a failed link would: a reset, no Logout."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
 
     def login(self, target: str | None, chap: tuple[str, bytes] | None = None,
               algorithm: ChapAlgorithm = ChapAlgorithm.MD5, **keys: str) -> LoginResponse:
@@ -102,7 +127,7 @@ class Client:
 
     def _login_step(self, pairs: list[tuple[str, str]], csg: int, nsg: int) -> LoginResponse:
         self.send(LoginRequest(immediate=True, transit=True, csg=csg, nsg=nsg, isid=self.isid, tsih=self.tsih,
-                               itt=self.next_itt(), cmdsn=self.cmdsn, expstatsn=self.expstatsn,
+                               itt=self.next_itt(), cid=self.cid, cmdsn=self.cmdsn, expstatsn=self.expstatsn,
                                data=encode_text(pairs)))
         r = self.recv()
         assert isinstance(r, LoginResponse), r
@@ -118,6 +143,7 @@ class Client:
                               edtl=read or len(write), cmdsn=self.cmdsn, expstatsn=self.expstatsn,
                               cdb=cdb.ljust(16, b"\0"), data=write[:immediate_len]))
         self.cmdsn += 1
+        self._share()
         return itt
 
     def data_out(self, itt: int, ttt: int, offset: int, data: bytes, final: bool = True, datasn: int = 0) -> None:
@@ -128,9 +154,22 @@ class Client:
         self.send(TextRequest(itt=self.next_itt(), cmdsn=self.cmdsn, expstatsn=self.expstatsn,
                               data=encode_text(pairs)))
         self.cmdsn += 1
+        self._share()
 
-    def logout(self) -> None:
-        self.send(LogoutRequest(immediate=True, itt=self.next_itt(), cmdsn=self.cmdsn, expstatsn=self.expstatsn))
+    def logout(self, reason: int = 0, cid: int | None = None) -> None:
+        """Logout (§11.14): reason 0 closes the session, 1 the connection
+        ``cid`` (this one unless told), 2 removes it for recovery."""
+        self.send(LogoutRequest(immediate=True, reason=reason, itt=self.next_itt(),
+                                cid=self.cid if cid is None else cid, cmdsn=self.cmdsn, expstatsn=self.expstatsn))
+
+    def task_management(self, function: int, rtt: int = 0xFFFFFFFF, *, refcmdsn: int = 0, expdatasn: int = 0,
+                        lun: int = 0) -> int:
+        """An immediate Task Management Function Request (§11.5); its ITT."""
+        itt = self.next_itt()
+        self.send(TaskMgmtRequest(immediate=True, function=function, lun=lun << 48, itt=itt, rtt=rtt,
+                                  cmdsn=self.cmdsn, expstatsn=self.expstatsn, refcmdsn=refcmdsn,
+                                  expdatasn=expdatasn))
+        return itt
 
 
 def read10(lba: int, blocks: int) -> bytes:
