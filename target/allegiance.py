@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .backend import Segment
+from .limits import MAX_RETAINED
 
 if TYPE_CHECKING:
     from .scsi import ScsiResult
@@ -64,6 +65,14 @@ class ConnectionState:
     @property
     def cid(self) -> int:
         return self.link.cid
+
+    def keep(self, itt: int, kept: Retained) -> None:
+        """Keep ``kept`` for a reassignment, forgetting the oldest past
+        :data:`~target.limits.MAX_RETAINED`."""
+        self.retained.pop(itt, None)  # an ITT used again: the newest counts
+        self.retained[itt] = kept
+        if len(self.retained) > MAX_RETAINED:
+            del self.retained[next(iter(self.retained))]
 
     def acknowledged(self, expstatsn: int) -> None:
         """§4.2.2.2: the initiator has every status below ``expstatsn`` on

@@ -26,6 +26,12 @@ MAX_UNLOGGED_PER_SOURCE = 16
 # Write data a session may have solicited and not yet written (R2Ts beyond
 # it wait for earlier writes to finish): 32 writes of 1 MiB.
 SESSION_WRITE_LIMIT = 32 << 20
+# ERL 2 (target.allegiance): responses one connection keeps until the
+# initiator's ExpStatSN acknowledges them, the oldest forgotten past it, so
+# an initiator that never acknowledges cannot make the target keep without
+# end; failed connections a session keeps for reassignment are bounded by
+# its MaxConnections the same way.
+MAX_RETAINED = 512
 # Refused connections are reported at most this often, as one event.
 REPORT_INTERVAL = 1.0
 

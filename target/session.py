@@ -315,6 +315,9 @@ class Session:
         if keep:
             state.fail(self.now + self.params.default_time2wait + self.params.default_time2retain)
             self.failed.append(state)
+            if len(self.failed) > self.params.max_connections:  # bounded, as what each one keeps
+                oldest = self.failed.pop(0)
+                self._end_tasks_of(oldest)
             self._event("iscsi.connection_failed", cid=state.cid, kept=len(self._allegiant(state))
                         + len(state.retained), retain_s=self.params.default_time2wait
                         + self.params.default_time2retain)
@@ -791,7 +794,7 @@ class Session:
         if task.buffer is not None:
             self._release(task)
             self._resume_writes()
-        conn.retained[task.itt] = Retained(task, result, segments, None)
+        conn.keep(task.itt, Retained(task, result, segments, None))
 
     def _abort_preempted(self, lun_id: int) -> None:
         """PREEMPT AND ABORT (SPC-4 §5.12.11.4.5): the tasks the preempted
@@ -817,7 +820,7 @@ class Session:
         self._respond_now(task, result, segments)
         if self.erl2:
             conn = self.conn
-            conn.retained[task.itt] = Retained(task, result, segments, (conn.statsn - 1) & 0xFFFFFFFF)
+            conn.keep(task.itt, Retained(task, result, segments, (conn.statsn - 1) & 0xFFFFFFFF))
 
     def _respond_now(self, task: Task, result: ScsiResult, segments: Sequence[Segment] | None = None) -> None:
         if segments is None:

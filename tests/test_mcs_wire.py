@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from target.chap import ChapAuth, ChapSecret
 from target.login import LoginStatus
 from target.pdu import (
     R2T,
@@ -378,3 +379,21 @@ def test_erl2_tasks_are_dropped_after_time2retain(srv: Running) -> None:
     d = Client("127.0.0.1", srv.port, cid=1)
     d.tsih = a.tsih
     assert login_status(d.login(IQN)) == LoginStatus.SESSION_DOES_NOT_EXIST
+
+
+def test_every_added_connection_proves_chap_again(image: Path) -> None:
+    secret = ChapSecret("node01", b"forward-secret-1")
+    srv = Running(image, spec={"auth": ChapAuth(secret)})
+    try:
+        a = srv.client()
+        assert a.login(IQN, chap=(secret.user, secret.secret), MaxConnections="2").status_class == 0
+        # §5.3.4: each connection authenticates; no CHAP, or a wrong secret, and it is not added
+        assert login_status(a.another(1).login(IQN)) == LoginStatus.AUTHENTICATION_FAILURE
+        assert login_status(a.another(1).login(IQN, chap=(secret.user, b"not-the-secret!!"))) \
+            == LoginStatus.AUTHENTICATION_FAILURE
+        b = a.another(1)
+        assert b.login(IQN, chap=(secret.user, secret.secret)).status_class == 0
+        data, status = read_all(b, b.command(read10(3, 1), read=BLOCK))
+        assert status == 0 and data == image.read_bytes()[3 * BLOCK:4 * BLOCK]
+    finally:
+        srv.stop()
