@@ -1,0 +1,76 @@
+"""The sans-I/O session with several connections (target/session.py,
+target/allegiance.py): each action names its connection, StatSN and the
+keepalive are per connection, a connection lost below ERL 2 takes only its
+own tasks. Real sockets: tests/test_mcs_wire.py."""
+
+from __future__ import annotations
+
+from target.actions import Close, Execute, Send
+from target.pdu import DataIn, NopIn, NopOut, ScsiCommand
+from target.session import DropReason, Keepalive, Link
+from tests.test_session_core import Initiator, read10, run_now
+
+PEER = ("192.0.2.2", 3260)
+
+
+def two_connections(**keys: str) -> Initiator:
+    i = Initiator(Keepalive(15.0, 30.0), MaxConnections="2", **keys)
+    i.session.bind(Link(1, "192.0.2.1:40001", PEER), 9000, i.now, 8192)
+    return i
+
+
+def command_on(i: Initiator, cid: int, lba: int) -> list[Send]:
+    itt = i.next_itt()
+    pdu = ScsiCommand(final=True, read=True, itt=itt, edtl=512, cmdsn=i.cmdsn, cdb=read10(lba, 1))
+    i.cmdsn += 1
+    out = []
+    for a in i.session.receive(pdu, i.now, cid):
+        if isinstance(a, Execute):
+            result = run_now(a.lun.execute(a.task.cdb, a.data_out, i.session.nexus, a.task.cmd.edtl))
+            out += [x for x in i.session.command_done(a.task, result) if isinstance(x, Send)]
+        elif isinstance(a, Send):
+            out.append(a)
+    return out
+
+
+def test_answers_go_out_on_the_connection_the_command_came_on_with_its_statsn() -> None:
+    i = two_connections()
+    a = command_on(i, 0, 1)
+    b = command_on(i, 1, 2)
+    c = command_on(i, 0, 3)
+    assert [s.cid for s in a + b + c] == [0, 1, 0]
+    assert all(isinstance(s.pdu, DataIn) for s in a + b + c)
+    assert b[0].pdu.statsn == 9000  # connection 1's own count
+    assert c[0].pdu.statsn == a[0].pdu.statsn + 1
+
+
+def test_each_connection_is_pinged_and_dropped_alone() -> None:
+    i = two_connections()
+    i.now += 10
+    i.session.receive(NopOut(immediate=True, itt=0xFFFFFFFF, ttt=0xFFFFFFFF, cmdsn=i.cmdsn), i.now, 1)
+    i.now += 6  # connection 0 silent 16 s, connection 1 6 s
+    pings = [a for a in i.session.handle_timer(i.now) if isinstance(a, Send)]
+    assert [(type(a.pdu), a.cid) for a in pings] == [(NopIn, 0)]
+    i.now += 31
+    out = i.session.handle_timer(i.now)
+    closes = [a for a in out if isinstance(a, Close)]
+    assert Close(DropReason.NOP_TIMEOUT, after_send=False, cid=0) in closes
+    assert not i.session.ending  # the session has another connection
+
+
+def test_below_erl2_a_lost_connection_takes_only_its_tasks() -> None:
+    i = two_connections()
+    i.hold = True
+    itt0 = i.next_itt()
+    i.do(i.session.receive(ScsiCommand(final=True, read=True, itt=itt0, edtl=512, cmdsn=i.cmdsn,
+                                       cdb=read10(0, 1)), i.now, 0))
+    i.cmdsn += 1
+    itt1 = i.next_itt()
+    i.do(i.session.receive(ScsiCommand(final=True, read=True, itt=itt1, edtl=512, cmdsn=i.cmdsn,
+                                       cdb=read10(1, 1)), i.now, 1))
+    i.cmdsn += 1
+    assert set(i.session.tasks) == {itt0, itt1}
+    i.session.connection_lost(0, DropReason.CONNECTION_LOST, i.now)
+    assert set(i.session.tasks) == {itt1} and not i.session.closed
+    i.session.connection_lost(1, DropReason.CONNECTION_LOST, i.now)
+    assert i.session.closed
