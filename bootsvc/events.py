@@ -103,6 +103,13 @@ class Kind(str, Enum):
     ISCSI_PDU_TIMEOUT = "iscsi.pdu_timeout"  # a PDU began and did not end in time
     ISCSI_IDLE_TIMEOUT = "iscsi.idle_timeout"  # a Discovery session that asked nothing for too long
     ISCSI_TEXT_TOO_LONG = "iscsi.text_too_long"  # a Text Request continued past 64 KiB
+    # MC/S and ERL 2 (target/allegiance.py, docs/iscsi-recovery.md)
+    ISCSI_CONNECTION_ADDED = "iscsi.connection_added"  # a login joined a session with a new CID
+    ISCSI_CONNECTION_LOGOUT = "iscsi.connection_logout"  # one connection logged out, the session goes on
+    ISCSI_CONNECTION_FAILED = "iscsi.connection_failed"  # ERL 2: its tasks wait for TASK REASSIGN
+    ISCSI_TASK_REASSIGNED = "iscsi.task_reassigned"
+    ISCSI_TASKS_EXPIRED = "iscsi.tasks_expired"  # ERL 2: not reassigned within Time2Wait + Time2Retain
+    ISCSI_CMDSN_SKIPPED = "iscsi.cmdsn_skipped"  # a command waiting for its CmdSN lost its connection
     QCOW2_REPAIRED = "qcow2.repaired"
     QCOW2_SPACE_LOW = "qcow2.space_low"
     QCOW2_SPACE_EXHAUSTED = "qcow2.space_exhausted"

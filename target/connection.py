@@ -62,6 +62,7 @@ class IscsiConnection:
         # rather than wait for megabytes of garbage to arrive
         self.reader = PduReader(max_data=LOGIN_MAX_DATA, hard_limit=LOGIN_MAX_DATA)
         self.cid = 0
+        self.joined = False  # the login added this connection to a session that had others (MC/S)
         self.login_cmdsn = 0
         self.session: Session | None = None
         self.closing = False
@@ -348,6 +349,12 @@ class IscsiConnection:
         self.session.bind(Link(self.cid, self.peer, self.local_address), login.statsn, self.loop.time(),
                           p.initiator_max_recv)
         self.server.logged_in(self)
+        if self.joined:
+            # MC/S: not a new login of the machine, one more connection of its session
+            self.server.event("iscsi.connection_added", peer=self.peer, initiator=p.initiator_name,
+                              target=p.target_name, tsih=login.tsih, cid=self.cid,
+                              connections=len(self.session.conns))
+            return
         self.server.event("iscsi.login", peer=self.peer, initiator=p.initiator_name, target=p.target_name,
                           session_type=p.session_type, tsih=login.tsih, isid=login.isid.hex(),
                           portal_group=self.portal_group_tag,

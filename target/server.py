@@ -424,6 +424,7 @@ class TargetServer:
             raise LoginFailed(LoginStatus.TOO_MANY_CONNECTIONS,
                               f"MaxConnections={old.params.max_connections} reached")
         conns = self.bound.setdefault(old, {})
+        conn.joined = conn.cid not in old.conns and bool(old.conns)
         old_conn = conns.get(conn.cid)
         conns[conn.cid] = conn
         if old_conn is not None:

@@ -397,3 +397,21 @@ def test_every_added_connection_proves_chap_again(image: Path) -> None:
         assert status == 0 and data == image.read_bytes()[3 * BLOCK:4 * BLOCK]
     finally:
         srv.stop()
+
+
+def test_an_added_connection_is_reported_as_such_not_as_a_login(image: Path) -> None:
+    events: list[tuple[str, dict[str, object]]] = []
+    srv = Running(image, on_event=lambda what, fields: events.append((what, fields)))
+    try:
+        a, b = session(srv, 2)
+        b.logout(reason=1)
+        assert isinstance(b.recv(), LogoutResponsePdu)
+        expect_closed(b)
+        names = [w for w, _ in events]
+        assert names.count("iscsi.login") == 1  # the machine logged in once (the recorder's boot steps)
+        added = next(f for w, f in events if w == "iscsi.connection_added")
+        assert added["cid"] == 1 and added["tsih"] == a.tsih and added["connections"] == 2
+        assert next(f for w, f in events if w == "iscsi.connection_logout")["cid"] == 1
+        assert "iscsi.logout" not in names and "iscsi.session_dropped" not in names
+    finally:
+        srv.stop()
