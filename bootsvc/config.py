@@ -45,8 +45,13 @@ TFTP_KEYS = {"roots", "busy_poll_us"}
 LISTEN_KEYS = {"dhcp", "tftp", "http", "dns", "iscsi", "isns"}
 TARGET_KEYS = {"iqn", "alias", "luns", "initiators", "auth", "chap", "mutual_chap"}
 LUN_KEYS = {"path", "read_only", "block_size", "lun"}
-ISCSI_KEYS = {"nop_interval", "nop_timeout", "queue_depth", "portal_group_tag"}  # numbers
-ISCSI_COUNTS = {"queue_depth": "commands", "portal_group_tag": "the tag"}  # those that count
+ISCSI_KEYS = {"nop_interval", "nop_timeout", "queue_depth", "portal_group_tag", "max_connections",
+              "error_recovery_level"}  # numbers
+ISCSI_COUNTS = {"queue_depth": "commands", "portal_group_tag": "the tag", "max_connections": "connections",
+                "error_recovery_level": "the level"}  # those that count
+ISCSI_HIGHEST = {"error_recovery_level": 2}  # counts whose bound is not 65535 (RFC 7143 §13.20)
+ISCSI_NOT_ZERO = {"portal_group_tag": "must be 1 or more (SCSI reserves target port 0)",
+                  "max_connections": "must be 1 or more (a session has at least one connection)"}
 ISCSI_AUTH_KEYS = {"chap_algorithms", "discovery_chap", "discovery_mutual_chap"}
 CHAP_ALGORITHMS = {"sha3-256": ChapAlgorithm.SHA3_256, "sha256": ChapAlgorithm.SHA256, "sha1": ChapAlgorithm.SHA1,
                    "md5": ChapAlgorithm.MD5}
@@ -73,6 +78,10 @@ class IscsiSettings:
     nop_timeout: float = 30.0
     queue_depth: int = 128
     portal_group_tag: int = 1
+    # MC/S and connection recovery: the most an initiator is granted (it gets
+    # less if it asks less: Debian's initiators ask 1 connection and ERL 0)
+    max_connections: int = 8
+    error_recovery_level: int = 2
     # CHAP hashes accepted, in no order (the initiator's preference decides, RFC 7143 §12.1.3)
     chap_algorithms: tuple[ChapAlgorithm, ...] = tuple(CHAP_ALGORITHMS.values())
     discovery_auth: ChapAuth | None = None  # None: discovery sessions are open (they show names only)
@@ -352,10 +361,10 @@ def _iscsi(c: Checker, doc: LineMap) -> IscsiSettings:
     for key in ISCSI_KEYS & set(im):
         default = getattr(settings, key)
         if isinstance(default, int):  # a count: 1.5 commands is a mistake, not 1
-            settings = replace(settings, **{key: c.integer(im, key, f"iscsi.{key}", default, 65535,
-                                                           ISCSI_COUNTS[key])})
-            if key == "portal_group_tag" and settings.portal_group_tag == 0:
-                c.err(im, "iscsi.portal_group_tag", "must be 1 or more (SCSI reserves target port 0)")
+            settings = replace(settings, **{key: c.integer(im, key, f"iscsi.{key}", default,
+                                                           ISCSI_HIGHEST.get(key, 65535), ISCSI_COUNTS[key])})
+            if key in ISCSI_NOT_ZERO and getattr(settings, key) == 0:
+                c.err(im, f"iscsi.{key}", ISCSI_NOT_ZERO[key])
             continue
         value = im[key]
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:

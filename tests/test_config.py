@@ -452,3 +452,18 @@ listen: {iscsi: [127.0.0.1, 127.0.0.2]}
 iscsi: {portal_group_tag: 10}
 """))
     assert [p.tpgt for p in cfg.iscsi.portals] == [10, 11]
+
+
+def test_iscsi_connections_and_error_recovery_bounds(tmp_path: Path) -> None:
+    """iscsi.max_connections and iscsi.error_recovery_level bound what an
+    initiator is granted (docs/iscsi-recovery.md)."""
+    from bootsvc.server import iscsi_key_preferences
+    cfg = load(write(tmp_path, "iscsi: {max_connections: 2, error_recovery_level: 0}\n"))
+    assert iscsi_key_preferences(cfg.iscsi) == {"MaxConnections": "2", "ErrorRecoveryLevel": "0"}
+    assert iscsi_key_preferences(load(write(tmp_path, "domain: lab\n")).iscsi) == {
+        "MaxConnections": "8", "ErrorRecoveryLevel": "2"}
+    for bad, why in (("max_connections: 0", "at least one connection"), ("error_recovery_level: 3", "0 ... 2"),
+                     ("max_connections: 1.5", "whole number")):
+        with pytest.raises(ConfigError) as e:
+            load(write(tmp_path, f"iscsi: {{{bad}}}\n"))
+        assert why in str(e.value) and "iscsi." + bad.split(":")[0] in str(e.value)
