@@ -23,7 +23,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 from .actions import Action, Close, Execute, Send
-from .backend import Segment, materialize, segments_length
+from .backend import FileExtent, Segment, Zeros, materialize, segments_length
 from .eager import run_eager
 from .events import peer_text
 from .framing import DigestError, PduReader, crc32c_digest, frame, padding
@@ -92,6 +92,10 @@ class IscsiConnection:
             self.sender.send(frame(pdu, digests))
             return
         n = segments_length(segments) if length is None else length
+        if digests.data and any(isinstance(seg, (FileExtent, Zeros)) for seg in segments):
+            # ERL 2: a task that ran on a connection without data digests
+            # answers on this one (reassigned): the digest needs the bytes
+            segments = (materialize(segments),)
         items = frame(pdu, digests, data_length=n)
         items += segments
         pad = padding(n)

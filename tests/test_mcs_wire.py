@@ -415,3 +415,18 @@ def test_an_added_connection_is_reported_as_such_not_as_a_login(image: Path) -> 
         assert "iscsi.logout" not in names and "iscsi.session_dropped" not in names
     finally:
         srv.stop()
+
+
+def test_erl2_reassigned_to_a_connection_with_digests(srv: Running, image: Path) -> None:
+    """Digests are per connection (§13.1): a read answered on a connection
+    without them (file data sent zero-copy) is resent with a data digest."""
+    a = srv.client()
+    assert a.login(IQN, MaxConnections="2", ErrorRecoveryLevel="2").status_class == 0
+    itt = a.command(read10(64, 128), read=128 * BLOCK)
+    assert isinstance(a.recv(), DataIn)
+    a.kill()
+    b = a.another(1)
+    assert b.login(IQN, HeaderDigest="CRC32C", DataDigest="CRC32C").status_class == 0
+    b.reader.digests.header = b.reader.digests.data = True
+    assert reassign(b, itt).response == TmfResponse.FUNCTION_COMPLETE
+    assert read_all(b, itt) == (image.read_bytes()[64 * BLOCK:192 * BLOCK], 0)

@@ -5,6 +5,9 @@ own tasks. Real sockets: tests/test_mcs_wire.py."""
 
 from __future__ import annotations
 
+import hypothesis.strategies as st
+from hypothesis import given, settings
+
 from target.actions import Close, Execute, Send
 from target.pdu import DataIn, NopIn, NopOut, ScsiCommand
 from target.session import DropReason, Keepalive, Link
@@ -74,3 +77,29 @@ def test_below_erl2_a_lost_connection_takes_only_its_tasks() -> None:
     assert set(i.session.tasks) == {itt1} and not i.session.closed
     i.session.connection_lost(1, DropReason.CONNECTION_LOST, i.now)
     assert i.session.closed
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 2), min_size=1, max_size=8).flatmap(
+    lambda cids: st.tuples(st.just(cids), st.permutations(range(len(cids))))))
+def test_commands_run_in_cmdsn_order_and_answer_on_their_connection(case: tuple[list[int], list[int]]) -> None:
+    """§4.2.2.1 across connections: whatever order the commands of three
+    connections arrive in, they run in CmdSN order, and each one's answer
+    leaves on the connection it came on (§5.1)."""
+    cids, arrival = case
+    i = two_connections()
+    i.session.bind(Link(2, "192.0.2.1:40002", PEER), 7000, i.now, 8192)
+    first = i.cmdsn
+    ran: list[int] = []
+    answered: dict[int, int | None] = {}
+    for n in arrival:
+        pdu = ScsiCommand(final=True, read=True, itt=100 + n, edtl=512, cmdsn=first + n, cdb=read10(n, 1))
+        for a in i.session.receive(pdu, i.now, cids[n]):
+            if isinstance(a, Execute):
+                ran.append(a.task.itt - 100)
+                result = run_now(a.lun.execute(a.task.cdb, a.data_out, i.session.nexus, a.task.cmd.edtl))
+                for s in i.session.command_done(a.task, result):
+                    if isinstance(s, Send):
+                        answered[s.pdu.itt - 100] = s.cid  # type: ignore[attr-defined]
+    assert ran == list(range(len(cids)))
+    assert answered == dict(enumerate(cids))
