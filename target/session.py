@@ -419,7 +419,9 @@ class Session:
         conn = self.conn
         conn.last_rx = now
         if conn.retained:
-            conn.acknowledged(pdu.expstatsn)  # type: ignore[attr-defined]
+            expstatsn = getattr(pdu, "expstatsn", None)  # not in the target's PDUs a peer may send
+            if expstatsn is not None:
+                conn.acknowledged(expstatsn)
         if type(pdu) is not NopOut:
             self.last_request = now
         try:

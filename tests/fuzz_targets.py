@@ -48,6 +48,7 @@ from target.chap import ChapAuth, ChapSecret
 from target.framing import DigestError, DigestSettings, PduReader, frame
 from target.keys import IRRELEVANT, NOT_UNDERSTOOD, REJECT, KeyValueError, SessionParams, negotiate
 from target.login import Login
+from target.session import DropReason
 from target.pdu import (LoginRequest, Pdu, PduFormatError, ScsiCommand, Stage, iter_ahs, NopOut, TextRequest,
                         DataOut, LogoutRequest, TaskMgmtRequest)
 from target.text import TextFormatError, decode_text, encode_text
@@ -196,6 +197,76 @@ def _pdu_seeds() -> list[bytes]:
         seeds += [bytes([flags]) + s for s in stream]
         seeds.append(bytes([flags]) + b"".join(stream))
     return seeds
+
+
+# -- iSCSI: a session on two connections (MC/S, ERL 2) --------------------------------
+
+
+def iscsi_session(data: bytes) -> None:
+    """Full Feature Phase PDUs through target/session.py on a session with
+    two connections at ErrorRecoveryLevel 2 (target/allegiance.py): each
+    PDU goes to the connection its CmdSN's low bit names; a PDU whose ITT
+    ends in 0xEE ends its connection first (a failure: tasks kept for
+    TASK REASSIGN), 0xEF reinstates it; commands complete at once.
+
+    Documented errors: the reader's (PduFormatError, DigestError) and
+    SessionFailure (the connection ends: the transport's job)."""
+    from target.session import Link, SessionFailure
+    from tests.test_session_core import Initiator
+    i = Initiator(ErrorRecoveryLevel="2", MaxConnections="2")
+    s = i.session
+    s.bind(Link(1, "192.0.2.1:40001", ("192.0.2.2", 3260)), 77, i.now, 8192)
+
+    def take(pdu: Pdu) -> bool:
+        i.now += 1.0
+        cid = getattr(pdu, "cmdsn", 0) & 1
+        itt = getattr(pdu, "itt", 0) & 0xFF
+        if itt == 0xEE:
+            _perform(i, s.connection_lost(cid, DropReason.CONNECTION_LOST, i.now))
+        elif itt == 0xEF:
+            s.bind(Link(cid, "192.0.2.1:40009", ("192.0.2.2", 3260)), 5, i.now, 512)
+        try:
+            _perform(i, s.receive(pdu, i.now, cid))
+        except SessionFailure:
+            return False
+        _perform(i, s.handle_timer(i.now))
+        return not s.closed
+    if data:
+        reader = PduReader(max_data=262144, hard_limit=1 << 20)
+        _feed(data, reader, 1 << 20, take)
+
+
+def _perform(i: object, actions: list[object]) -> None:
+    """Commands complete at once: a read with zeros, a write as written."""
+    from target.actions import Execute
+    from target.scsi import ScsiResult, ScsiStatus
+    session = i.session  # type: ignore[attr-defined]
+    for a in actions:
+        if isinstance(a, Execute):
+            cmd = a.task.cmd
+            result = ScsiResult(ScsiStatus.GOOD, (bytes(min(cmd.edtl, 65536)),) if cmd.read else (),
+                                data_out_length=len(a.data_out) if a.data_out is not None else None)
+            _perform(i, session.command_done(a.task, result))
+
+
+def _session_seeds() -> list[bytes]:
+    cdb10 = bytes([0x28, 0, 0, 0, 0, 8, 0, 0, 16, 0])
+    w10 = bytes([0x2A, 0, 0, 0, 0, 8, 0, 0, 4, 0])
+    pdus: list[Pdu] = [
+        ScsiCommand(read=True, itt=2, edtl=8192, cmdsn=2, cdb=cdb10 + bytes(6)),
+        ScsiCommand(read=True, itt=3, edtl=8192, cmdsn=1, cdb=cdb10 + bytes(6)),
+        ScsiCommand(write=True, itt=4, edtl=2048, cmdsn=3, cdb=w10 + bytes(6)),
+        DataOut(final=True, itt=4, ttt=1, buffer_offset=0, data=bytes(2048)),
+        NopOut(itt=0x1EE, cmdsn=4, immediate=True),
+        TaskMgmtRequest(function=14, itt=6, rtt=2, cmdsn=4, immediate=True),
+        TaskMgmtRequest(function=14, itt=7, rtt=4, cmdsn=5, immediate=True),
+        NopOut(itt=0x2EF, cmdsn=5, immediate=True),
+        LogoutRequest(itt=8, reason=2, cid=0, cmdsn=5, immediate=True),
+        LogoutRequest(itt=9, reason=1, cid=1, cmdsn=4, immediate=True),
+        LogoutRequest(itt=10, reason=0, cmdsn=5),
+    ]
+    stream = [b"".join(bytes(p) for p in frame(pdu, DigestSettings())) for pdu in pdus]
+    return [*stream, b"".join(stream)]
 
 
 # -- iSCSI: login and text keys ------------------------------------------------------
@@ -594,6 +665,7 @@ HTTP_TOKENS = (b"\r\n", b": ", b" ", b"%", b"%00", b"%ff", b"%2e%2e", b"?", b"/"
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("iscsi_pdu", iscsi_pdu, _pdu_seeds),
+    Target("iscsi_session", iscsi_session, _session_seeds),
     Target("iscsi_login", iscsi_login, _login_seeds, (b"=", b"\0", b",", b"Yes", b"No", b"0x", b"None")),
     Target("iscsi_chap", iscsi_chap, _chap_seeds, (b"CHAP_A=", b"CHAP_I=", b"CHAP_C=0x", b"CHAP_C=0b", b"CHAP_R=0x",
                                                    b"CHAP_N=", b"AuthMethod=", b"\0", b",", b"=")),
