@@ -223,6 +223,8 @@ class Session:
         self.conns: dict[int, ConnectionState] = {}
         self.failed: list[ConnectionState] = []
         self.erl2 = params.error_recovery_level >= 2
+        if self.erl2:  # chosen once: the ERL 0 hot path pays nothing for what ERL 2 keeps
+            self._respond = self._respond_kept  # type: ignore[method-assign]
         self.now = 0.0  # the time of the latest entry point that was told it
         self.tasks: dict[int, Task] = {}
         # commands ahead of ExpCmdSN, with the connection each came on (§4.2.2.1:
@@ -393,6 +395,7 @@ class Session:
         Raises :class:`SessionFailure` for errors only a new session recovers
         from; the transport then drops the connection."""
         if self._on(cid):
+            self.now = now
             if self.failed:
                 self._expire(now)
             self._receive(pdu, now)
@@ -405,6 +408,7 @@ class Session:
         actions so far come with those of the next call."""
         if not self._on(cid):
             return []
+        self.now = now
         if self.failed:
             self._expire(now)  # before a TASK REASSIGN could claim a task past its time
         conn = self.conn
@@ -415,7 +419,6 @@ class Session:
         return self._actions()
 
     def _receive(self, pdu: Pdu, now: float) -> None:
-        self.now = now
         conn = self.conn
         conn.last_rx = now
         if conn.retained:
@@ -776,11 +779,11 @@ class Session:
             conn = task.conn or self.conn
             if task.aborted:
                 pass
-            elif not conn.alive:
-                self._hold(task, conn, result, segments)
-            else:
+            elif conn.alive:
                 self.conn = conn  # §5.1: data and status go where the command came from
                 self._respond(task, result, segments)
+            else:
+                self._hold(task, conn, result, segments)
                 if (result.status == ScsiStatus.GOOD and task.cdb[0] == PERSISTENT_RESERVE_OUT
                         and task.cdb[1] & 0x1F == PrOut.PREEMPT_AND_ABORT):
                     self._abort_preempted(task.lun)
@@ -816,15 +819,15 @@ class Session:
         self._event("iscsi.command_failed", logging.ERROR, cdb=task.cdb.hex(), why=repr(error))
         return self.command_done(task, ScsiResult(ScsiStatus.BUSY))
 
-    def _respond(self, task: Task, result: ScsiResult, segments: Sequence[Segment] | None = None) -> None:
-        """Data-In PDUs then status (§11.7, §11.4), residuals per §11.4.5;
-        at ERL 2 kept until the initiator acknowledges the status."""
-        self._respond_now(task, result, segments)
-        if self.erl2:
-            conn = self.conn
-            conn.keep(task.itt, Retained(task, result, segments, (conn.statsn - 1) & 0xFFFFFFFF))
+    def _respond_kept(self, task: Task, result: ScsiResult, segments: Sequence[Segment] | None = None) -> None:
+        """:meth:`_respond` at ERL 2: the response is kept until the
+        initiator acknowledges its status (target.allegiance)."""
+        Session._respond(self, task, result, segments)
+        conn = self.conn
+        conn.keep(task.itt, Retained(task, result, segments, (conn.statsn - 1) & 0xFFFFFFFF))
 
-    def _respond_now(self, task: Task, result: ScsiResult, segments: Sequence[Segment] | None = None) -> None:
+    def _respond(self, task: Task, result: ScsiResult, segments: Sequence[Segment] | None = None) -> None:
+        """Data-In PDUs then status (§11.7, §11.4), residuals per §11.4.5."""
         if segments is None:
             segments = result.data
         cmd = task.cmd
