@@ -1034,12 +1034,27 @@ class Session:
         task = moved
         task.conn = self.conn
         if task.buffer is not None and task in self.collecting:
-            self._release(task)
-            task.buffer = bytearray()
-            task.received = task.unsolicited_end = task.next_r2t_offset = 0
-            task.outstanding = {}
-            self.collecting[task] = None
-            self._send_r2ts(task)
+            self._solicit_again(task)
+
+    def _solicit_again(self, task: Task) -> None:
+        """A write reassigned while gathering its Data-Out: R2Ts for what
+        did not arrive. With data in order (DataPDUInOrder and
+        DataSequenceInOrder, what the target agrees to) what arrived is a
+        prefix and the R2Ts start past it; otherwise from offset 0."""
+        p = self.params
+        start = min(task.received, task.wanted) if p.data_pdu_in_order and p.data_sequence_in_order else 0
+        buffer = task.buffer
+        assert buffer is not None
+        del buffer[start:]
+        self._release(task)
+        task.received = task.unsolicited_end = task.next_r2t_offset = start
+        task.outstanding = {}
+        self._take_credit(task, start)
+        if start >= task.wanted:  # it had everything: the connection failed before it ran
+            self._execute(task, memoryview(buffer))
+            return
+        self.collecting[task] = None
+        self._send_r2ts(task)
 
     def _abort(self, task: Task) -> None:
         task.aborted = True

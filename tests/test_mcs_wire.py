@@ -22,6 +22,8 @@ from target.pdu import (
     R2T,
     DataIn,
     LogoutResponsePdu,
+    NopIn,
+    NopOut,
     Reject,
     RejectReason,
     ScsiResponse,
@@ -281,12 +283,18 @@ def reassign(c: Client, rtt: int, expdatasn: int = 0) -> TaskMgmtResponse:
 def test_erl2_tasks_of_a_killed_connection_are_reassigned(srv: Running, image: Path) -> None:
     a, b = session(srv, 2, **ERL2)
     assert a.keys["ErrorRecoveryLevel"] == "2"
-    # on a: a read whose answer is never taken, and a write half sent
+    # on a: a read whose answer is never taken, and a write a third sent
     read_itt = a.command(read10(1000, 256), read=256 * BLOCK)
-    payload = os.urandom(128 << 10)
+    payload = os.urandom(192 << 10)
     write_itt = a.command(write10(3000, len(payload) // BLOCK), write=payload)
+    unseen = a.expstatsn  # the read's answer is lost with the connection: never acknowledged
     while not isinstance(pdu := a.recv(), R2T):  # both commands reached the target
         assert isinstance(pdu, DataIn) and pdu.itt == read_itt
+    assert pdu.buffer_offset == 0 and pdu.desired_length == 64 << 10
+    a.expstatsn = unseen
+    a.data_out(write_itt, pdu.ttt, 0, payload[:64 << 10])
+    second = a.recv()  # the target has the first 64 KiB
+    assert isinstance(second, R2T) and second.buffer_offset == 64 << 10
     a.kill()
     # on b: both tasks move here; the read is sent again, the write asks again for its data
     r = reassign(b, read_itt)
@@ -294,7 +302,7 @@ def test_erl2_tasks_of_a_killed_connection_are_reassigned(srv: Running, image: P
     assert read_all(b, read_itt) == (image.read_bytes()[1000 * BLOCK:1256 * BLOCK], 0)
     r = reassign(b, write_itt)
     assert r.response == TmfResponse.FUNCTION_COMPLETE
-    done = 0
+    done, offsets = 0, []
     while True:
         pdu = b.recv()
         if isinstance(pdu, ScsiResponse):
@@ -304,7 +312,8 @@ def test_erl2_tasks_of_a_killed_connection_are_reassigned(srv: Running, image: P
         b.data_out(write_itt, pdu.ttt, pdu.buffer_offset,
                    payload[pdu.buffer_offset:pdu.buffer_offset + pdu.desired_length])
         done += pdu.desired_length
-    assert done == len(payload)
+        offsets.append(pdu.buffer_offset)
+    assert offsets[0] == 64 << 10 and done == len(payload) - (64 << 10)  # only what had not arrived
     data, status = read_all(b, b.command(read10(3000, len(payload) // BLOCK), read=len(payload)))
     assert status == 0 and data == payload == image.read_bytes()[3000 * BLOCK:3000 * BLOCK + len(payload)]
 
@@ -430,3 +439,15 @@ def test_erl2_reassigned_to_a_connection_with_digests(srv: Running, image: Path)
     b.reader.digests.header = b.reader.digests.data = True
     assert reassign(b, itt).response == TmfResponse.FUNCTION_COMPLETE
     assert read_all(b, itt) == (image.read_bytes()[64 * BLOCK:192 * BLOCK], 0)
+
+
+def test_erl2_a_status_the_initiator_acknowledged_is_not_kept(srv: Running, image: Path) -> None:
+    """§4.2.2.2: ExpStatSN acknowledges every status below it; the target
+    keeps nothing of those for a reassignment."""
+    a, b = session(srv, 2, ErrorRecoveryLevel="2")
+    itt = a.command(read10(0, 8), read=8 * BLOCK)
+    assert read_all(a, itt)[1] == 0
+    a.send(NopOut(immediate=True, itt=a.next_itt(), ttt=0xFFFFFFFF, cmdsn=a.cmdsn, expstatsn=a.expstatsn))
+    assert isinstance(a.recv(), NopIn)  # the acknowledgement has arrived
+    a.kill()
+    assert reassign(b, itt).response == TmfResponse.TASK_DOES_NOT_EXIST
