@@ -31,6 +31,7 @@ from .iscsi_portals import IscsiPortal, parse_portals
 from .inventory import Machine, load_machines
 from .names import domain_problem
 from .profiles import SHIPPED, Profile, load_profiles
+from .server_name import default_server_name, parse_server_name
 from .storage_config import StorageSettings, check_rbd_lun, load_storage, with_storage_defaults
 from .tftp import BUSY_POLL_US
 from .yamlfile import Checker, ConfigError, LineMap, load_yaml, plain
@@ -50,7 +51,7 @@ ISCSI_COUNTS = {"queue_depth": "commands", "portal_group_tag": "the tag"}  # tho
 ISCSI_AUTH_KEYS = {"chap_algorithms", "discovery_chap", "discovery_mutual_chap"}
 CHAP_ALGORITHMS = {"sha3-256": ChapAlgorithm.SHA3_256, "sha256": ChapAlgorithm.SHA256, "sha1": ChapAlgorithm.SHA1,
                    "md5": ChapAlgorithm.MD5}
-ISNS_KEYS = {"server", "registration_period", "default_dd", "control_nodes", "control_addresses", "policy"}
+ISNS_KEYS = {"server", "registration_period", "default_dd", "control_nodes", "control_addresses", "policy", "name"}
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ class IsnsSettings:
     # where those names are believed from, besides loopback and the server's own address
     control_addresses: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     policy: Policy = Policy.STRICT  # who may change what (isns/policy.py, docs/security.md)
+    name: str | None = None  # this server's name (bootsvc/server_name.py); None: the default
 
     @property
     def target(self) -> HostPort | None:
@@ -147,8 +149,13 @@ class Config:
     @property
     def control_node(self) -> str:
         """bootsvc's own iSCSI name at the iSNS server: it registers the
-        targets and manages the machines' DDs."""
-        return f"{self.iqn_prefix}:bootsvc"
+        targets and manages the machines' DDs; one per server (isns.name),
+        so that servers sharing an iSNS server keep their own entities."""
+        return f"{self.iqn_prefix}:bootsvc.{self.server_name}"
+
+    @property
+    def server_name(self) -> str:
+        return self.isns.name or default_server_name(self.state_dir)
 
     @property
     def images_dir(self) -> Path:
@@ -412,7 +419,7 @@ def _isns(c: Checker, doc: LineMap, listen: Any) -> IsnsSettings:
         except TargetConfigError as e:
             c.err(m, "isns.control_nodes", str(e))
     return IsnsSettings(listen_at, server, period, default_dd == "visible", tuple(map(str, controls)),
-                        _control_addresses(c, m), _isns_policy(c, m))
+                        _control_addresses(c, m), _isns_policy(c, m), parse_server_name(c, m))
 
 
 def _isns_policy(c: Checker, m: LineMap) -> Policy:
