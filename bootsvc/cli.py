@@ -42,6 +42,7 @@ from .ceph_images import CephImageStore
 from .images import ImageError, ImageStore, image_store
 from .iscsi_portals import describe as describe_portals
 from .instance import PID_FILE
+from .server_name import isns_identity
 from .service import Services
 from .storage_config import StorageBackend
 from .yamlfile import Checker, ConfigError, load_yaml, parse_size
@@ -145,6 +146,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     _warn_missing_bases(cfg)
     for note in dns_notes(cfg.dns_forward, cfg.dns, cfg.dhcp.subnets if cfg.dhcp else ()):
         print(f"{cfg.path}: {note}", file=sys.stderr)
+    if cfg.isns.target is not None and cfg.iscsi.portals:
+        print(f"{cfg.path}: note: {isns_identity(cfg)}", file=sys.stderr)
     print(f"{cfg.path}: ok ({len(cfg.machines)} machine(s), {len(cfg.profiles)} profile(s), "
           f"{len(cfg.targets)} extra target(s) with {luns} LUN(s), "
           f"iSCSI on {describe_portals(cfg.iscsi.portals) or 'nothing'})")

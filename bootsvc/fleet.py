@@ -25,7 +25,7 @@ from target import Backend, BackendError, ChapAuth, Standby, Target, TargetConfi
 from target.backend import DiskElsewhere
 
 from .config import Config
-from .credentials import AuthMode, CredentialStore, chap_auth
+from .credentials import AuthMode, chap_auth, credential_store
 from .dhcp.leases import LeaseState, LeaseStore
 from .dhcp.responder import UnknownPolicy
 from .events import Bus, Event, Kind
@@ -89,7 +89,7 @@ class Fleet:
         self._fixed: dict[IPv4, str] | None = None
         self._reserved: frozenset[IPv4] | None = None
         self.store = image_store(cfg, self.machines, bus)
-        self.credentials = CredentialStore(cfg.state_dir)
+        self.credentials = credential_store(cfg)
         bus.subscribe(self.on_event)
 
     # -- start and stop --------------------------------------------------------------
@@ -145,7 +145,7 @@ class Fleet:
     def _auth_for(self, m: Machine) -> ChapAuth | None:
         """The credentials of a machine's disk: its own from the config,
         else its profile's, else the ones bootsvc made for it (kept in
-        state_dir; bootsvc/credentials.py)."""
+        state_dir, or on Ceph in the pool; bootsvc/credentials.py)."""
         profile = self.profile(m)
         if profile.auth is AuthMode.NONE:
             return None

@@ -17,8 +17,12 @@ import hashlib
 import re
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .yamlfile import Checker, LineMap, plain
+
+if TYPE_CHECKING:
+    from .config import Config
 
 DEFAULT_STATE_DIR = Path("/var/lib/bootsvc")
 MAX_NAME = 63  # one DNS label: the name usually is the host's
@@ -60,3 +64,10 @@ def parse_server_name(c: Checker, m: LineMap) -> str | None:
     except ValueError as e:
         c.err(m, "isns.name", str(e))
         return None
+
+
+def isns_identity(cfg: Config) -> str:
+    """What ``bootsvc check`` says of the server's iSNS identity."""
+    how = "isns.name" if cfg.isns.name else "the default from the host name (isns.name sets it)"
+    return (f"iSNS: this server registers as entity and control node {cfg.control_node}, {how}; "
+            f"every server registering with {cfg.isns.target} needs a name of its own")

@@ -40,3 +40,11 @@ def test_a_bad_name_is_a_config_error(tmp_path: Path, name: str) -> None:
         load(_config(tmp_path, f"isns:\n  name: {name}\n"))
     text = str(e.value)
     assert "bootsvc.yaml:4" in text and "isns.name" in text and "Traceback" not in text, text
+
+
+def test_check_says_who_the_server_registers_as(tmp_path: Path) -> None:
+    from bootsvc.server_name import isns_identity
+    c = load(_config(tmp_path, "listen:\n  iscsi: [127.0.0.1:3260]\nisns:\n  server: 127.0.0.1\n  name: boot-a\n"))
+    assert isns_identity(c) == ("iSNS: this server registers as entity and control node "
+                                "iqn.2026-12.test:bootsvc.boot-a, isns.name; every server registering with "
+                                "127.0.0.1:3205 needs a name of its own")

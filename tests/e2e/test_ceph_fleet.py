@@ -20,9 +20,9 @@ from bootsvc.images import image_store
 from target.rbd import open_rbd
 from target.targets import Target, open_backend
 from tests.ceph_cluster import Cluster
-from tests.e2e.ceph import POOL
+from tests.e2e.ceph import POOL, pool_machine_chap
 from tests.e2e.conftest import need
-from tests.e2e.peers import LOOPBACK, free_port, machine_chap, stop, wait_for_port
+from tests.e2e.peers import LOOPBACK, free_port, stop, wait_for_port
 
 pytestmark = pytest.mark.e2e
 
@@ -100,7 +100,7 @@ def test_serve_gives_each_machine_its_clone(ceph_cluster: Cluster, tmp_path: Pat
     try:
         wait_for_port(port, proc)
         for i, host in enumerate(hosts, 1):
-            chap = machine_chap(tmp_path / "state", f"52:54:00:00:00:{i:02x}", f"{PREFIX}:{host}")
+            chap = pool_machine_chap(ceph_cluster, f"52:54:00:00:00:{i:02x}", f"{PREFIX}:{host}")
             opts = (f"driver=iscsi,transport=tcp,portal={LOOPBACK}:{port},target={PREFIX}:boot.{host},lun=0,"
                     f"initiator-name={PREFIX}:{host}{chap}")
             io = subprocess.run(["qemu-io", "--image-opts", "-c", "read -P 0xee 0 1M", "-c", "write -P 0x42 1M 1M",
