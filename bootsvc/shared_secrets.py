@@ -147,7 +147,7 @@ class SharedCredentialStore:
             raise SharedSecretError(f"cannot {what} in pool {self.pool}: {plain_reason(e)}") from e
         if not finished.wait(self.timeout):
             raise SharedSecretError(f"cannot {what} in pool {self.pool}: the cluster did not answer "
-                                    f"within {self.timeout:.0f} s")
+                                    f"within {self.timeout:g} s")
         return int(completion.get_return_value())
 
     def _io(self) -> Any:
