@@ -113,7 +113,7 @@ class IsnsRegistration:
         self._task = asyncio.ensure_future(self._run())
 
     def _on_event(self, event: Event) -> None:
-        if event.kind in WAKE or event.kind.value.startswith(DISK_EVENTS):
+        if event.kind in WAKE or str(getattr(event.kind, "value", event.kind)).startswith(DISK_EVENTS):
             # register again now: the machines changed, or on shared storage
             # the disks this server holds (a claim, a release)
             self._wake.set()
@@ -170,12 +170,12 @@ class IsnsRegistration:
         want = self.what()
         async with self._client() as c:
             names = {n.name for n in want.nodes}
-            # a target this server no longer serves (removed, or its disk let go
-            # to another server): the entity is registered anew, replaced, so
-            # that its portal groups go too (isnsd keeps a deregistered node's
-            # portal groups, and would show the old portal beside the new one)
-            # (and at the first registration: a server killed before it could
-            # deregister left its old entity behind)
+            # the entity is registered anew, replaced, at this process's first
+            # registration (a server killed before it could deregister left its
+            # old entity behind) and when a target went (removed, or its disk
+            # let go to another server): so that its portal groups go too
+            # (isnsd keeps a deregistered node's portal groups, and would show
+            # the old portal beside the new one)
             await self._register(c, want, self._registered_nodes is None or bool(self._registered_nodes - names))
             self._registered_nodes = names
             have = {str(d.get("DD_SYMBOLIC_NAME")): d for d in await c.list("dd")}

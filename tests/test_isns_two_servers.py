@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from bootsvc.config import Config, load
-from bootsvc.events import Bus, Kind
+from bootsvc.events import Bus, Event, Kind
 from bootsvc.isns_registration import IsnsRegistration, Wanted, wanted
 from bootsvc.address import HostPort
 from isns.client import IsnsClient, NodeSpec
@@ -149,11 +149,13 @@ def test_two_servers_register_side_by_side_and_a_disk_moves(tmp_path: Path, iscs
 def test_a_disk_event_registers_again() -> None:
     """A claim or a release of a disk on shared storage wakes the registration."""
     reg = IsnsRegistration(HostPort(LOOPBACK, 1), f"{PREFIX}:bootsvc.x", lambda: Wanted((), (), {}), Bus())
-    from bootsvc.events import Event
     for kind in (Kind.DISK_CLAIMED, Kind.FLEET_RELOADED):
         reg._wake.clear()
-        reg._on_event(Event(kind, 0.0, {}))
+        reg._on_event(Event(kind, 0.0))
         assert reg._wake.is_set()
     reg._wake.clear()
-    reg._on_event(Event(Kind.ISNS_SYNCED, 0.0, {}))
+    reg._on_event(Event(Kind.ISNS_SYNCED, 0.0))
+    reg._on_event(Event("target.something_new", 0.0))  # an embedded package's event bootsvc does not know
     assert not reg._wake.is_set()
+    reg._on_event(Event("disk.released", 0.0))  # a release, whatever its Kind will be
+    assert reg._wake.is_set()
