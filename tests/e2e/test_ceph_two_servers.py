@@ -155,6 +155,12 @@ def test_two_servers_share_the_machine_secret_and_iSNS_follows_the_disk(
         _wait(lambda: "server-a" in _entities(tmp_path, isns_port) and "server-b" in _entities(tmp_path, isns_port),
               "both servers' entities")
         assert _found_portals(tmp_path, isns_port, host) in ("", "rc 1"), "registered before any claim"
+        rc, portals = isnsadm(tmp_path, isns_port, f"{PREFIX}:bootsvc.server-a", "--list", "portals")
+        assert rc == 0 and f"{iscsi_a}/tcp" in portals and f"{iscsi_b}/tcp" in portals, portals
+
+        # CHAP is asked: a wrong secret is refused
+        wrong = _inq(iscsi_a, host, "x" * len(secret))
+        assert wrong.returncode != 0, wrong.stdout
 
         # the machine logs in to A: A holds the disk, iSNS gives A's portal only
         inq = _inq(iscsi_a, host, secret)
