@@ -119,7 +119,9 @@ class SessionParams:
                                   normal_only=True)
     data_sequence_in_order: bool = key("DataSequenceInOrder", Rule.BOOL_OR, True, ours="Yes", leading_only=True,
                                        normal_only=True)
-    error_recovery_level: int = key("ErrorRecoveryLevel", Rule.MIN, 0, ours=0, lo=0, hi=2, leading_only=True)
+    # §7.1.4.1: up to 1 (SNACK, digest error recovery: target/recovery.py)
+    # unless the operator's key preferences say less
+    error_recovery_level: int = key("ErrorRecoveryLevel", Rule.MIN, 0, ours=1, lo=0, hi=2, leading_only=True)
     # what the initiator said it can receive: our Data-In/Text PDUs stay below it
     initiator_max_recv: int = key("MaxRecvDataSegmentLength", Rule.DECLARATIVE, 8192, lo=512, hi=MAX_24)
     # what we told the initiator we accept (our own declaration, not an offer;
