@@ -92,22 +92,26 @@ def snack_run(begrun: int, runlength: int, count: int, floor: int = 0, what: str
 _NUMBERED = (ScsiResponse, TaskMgmtResponse, TextResponse, LogoutResponsePdu, Reject)
 
 
-def numbered_response(pdu: Pdu) -> Pdu | None:
-    """The response to keep for ``pdu`` if it carries a new StatSN (§4.2.2.2),
-    else None. The status a Data-In carried (§11.7.4) is kept as the SCSI
-    Response that says the same (no data to hold on to); a NOP-In is
-    numbered only when it answers a NOP-Out (our pings are not, §11.19)."""
+def is_numbered(pdu: Pdu) -> bool:
+    """Whether ``pdu`` carries a new StatSN (§4.2.2.2): a Data-In only with
+    its status (§11.7.4), a NOP-In only when it answers a NOP-Out (our
+    pings are not numbered, §11.19)."""
     cls = type(pdu)
     if cls is DataIn:
-        assert isinstance(pdu, DataIn)
-        if not pdu.status_present:
-            return None
+        return pdu.status_present  # type: ignore[attr-defined,no-any-return]
+    if cls is NopIn:
+        return pdu.itt != RESERVED_TAG  # type: ignore[attr-defined,no-any-return]
+    return cls in _NUMBERED
+
+
+def as_response(pdu: Pdu) -> Pdu:
+    """What a Status SNACK gets for a kept response: the status a Data-In
+    carried goes as the SCSI Response that says the same (its data is not
+    kept); everything else as it was."""
+    if isinstance(pdu, DataIn):
         return ScsiResponse(overflow=pdu.overflow, underflow=pdu.underflow, status=pdu.status, itt=pdu.itt,
                             statsn=pdu.statsn, expdatasn=pdu.datasn + 1, residual=pdu.residual)
-    if cls is NopIn:
-        assert isinstance(pdu, NopIn)
-        return pdu if pdu.itt != RESERVED_TAG else None
-    return pdu if cls in _NUMBERED else None
+    return pdu
 
 
 class StatusStore:
@@ -132,7 +136,7 @@ class StatusStore:
         if self.newest is not None and not sn_lt(self.newest, statsn):
             return
         self.newest = statsn
-        size = BHS_LEN + len(pdu.data)
+        size = BHS_LEN + len(pdu.data)  # a Data-In's data is not here: only its header is kept
         self.kept[statsn] = (pdu, size)
         self.bytes += size
         while len(self.kept) > self.limit_count or self.bytes > self.limit_bytes:
@@ -168,7 +172,7 @@ class StatusStore:
             if kept is None:
                 raise SnackError(RejectReason.SNACK_REJECT,
                                  f"Status SNACK for StatSN {sn}: no longer kept (at most {self.limit_count})")
-            out.append(kept[0])
+            out.append(as_response(kept[0]))
         return out
 
 
@@ -270,10 +274,8 @@ class Recovery:
     def sent(self, actions: Iterable[Action]) -> None:
         """Note the numbered responses among ``actions`` about to be sent."""
         for action in actions:
-            if type(action) is Send:
-                kept = numbered_response(action.pdu)
-                if kept is not None:
-                    self.statuses.keep(kept, kept.statsn)  # type: ignore[attr-defined]
+            if type(action) is Send and is_numbered(action.pdu):
+                self.statuses.keep(action.pdu, action.pdu.statsn)  # type: ignore[attr-defined]
 
     def acknowledge(self, expstatsn: int, next_statsn: int) -> None:
         """An initiator PDU carried ``expstatsn``; one beyond what was sent

@@ -27,7 +27,6 @@ from .limits import SESSION_WRITE_LIMIT
 from .login import MAX_LOGIN_TEXT
 from .pdu import (
     R2T,
-    decode,
     RESERVED_TAG,
     DataIn,
     DataOut,
@@ -51,6 +50,7 @@ from .pdu import (
     TextResponse,
     TmfFunction,
     TmfResponse,
+    decode,
 )
 from .recovery import ReadRecord, Recovery, SnackError, SnackType, sn_lt, snack_run
 from .scsi import ScsiResult, ScsiStatus, no_such_lun, report_luns, target_port_groups
@@ -744,14 +744,9 @@ class Session:
         if segments and not cmd.write and min(wanted, edtl) > 0:
             p = self.params
             # the status StatSN, taken by the last Data-In or the SCSI Response after them
-            read = ReadRecord(cmd, wanted, min(wanted, edtl), 0, p.initiator_max_recv, p.max_burst_length,
-                              self.statsn, result.status, good, overflow, underflow,
-                              residual if (overflow or underflow) else 0)
-            if self.recovery is not None and read.length > read.burst:
-                read.ttt = self._ttt()  # §11.7.2: DataACK asked at each burst's end
-            datasn = read.count = self._send_data_in(segments, read)
-            if self.recovery is not None:
-                self.recovery.reads.keep(read)
+            datasn = self._send_read(segments, ReadRecord(
+                cmd, wanted, min(wanted, edtl), 0, p.initiator_max_recv, p.max_burst_length, self.statsn,
+                result.status, good, overflow, underflow, residual if (overflow or underflow) else 0))
             if good:
                 return
         elif cmd.write:
@@ -797,6 +792,17 @@ class Session:
             self.recovery.reads.keep(ReadRecord(cmd, n, n, 1, self.params.initiator_max_recv,
                                                 self.params.max_burst_length, statsn, ScsiStatus.GOOD))
         return True
+
+    def _send_read(self, segments: Sequence[Segment], read: ReadRecord) -> int:
+        """A read's Data-In; from ERL 1 kept (without data) for Data SNACKs,
+        with DataACK asked at each burst's end of a long one (§11.7.2)."""
+        if self.recovery is None:
+            return self._send_data_in(segments, read)
+        if read.length > read.burst:
+            read.ttt = self._ttt()
+        read.count = self._send_data_in(segments, read)
+        self.recovery.reads.keep(read)
+        return read.count
 
     def _send_data_in(self, segments: Sequence[Segment], read: ReadRecord, only: range | None = None,
                       again: bool = False) -> int:

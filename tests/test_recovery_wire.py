@@ -138,7 +138,6 @@ def test_corrupt_data_out_is_asked_again_by_r2t(srv: Running, image: Path) -> No
     itt = c.command(write10(200, 64), write=payload)
     r2t = c.recv()
     assert isinstance(r2t, R2T) and r2t.desired_length == len(payload)
-
     for k in range(4):
         chunk = payload[k * 8192:(k + 1) * 8192]
         pdu = DataOut(final=k == 3, itt=itt, ttt=r2t.ttt, buffer_offset=k * 8192, datasn=k,
@@ -160,7 +159,6 @@ def test_corrupt_data_out_is_asked_again_by_r2t(srv: Running, image: Path) -> No
 def test_corrupt_immediate_data_is_rejected_and_retried(srv: Running, image: Path) -> None:
     c = digests_on(srv, ImmediateData="Yes")
     payload = os.urandom(4096)
-
     cmd = ScsiCommand(final=True, write=True, itt=c.next_itt(), edtl=len(payload), cmdsn=c.cmdsn,
                       expstatsn=c.expstatsn, cdb=write10(300, 8).ljust(16, b"\0"), data=payload)
     c.send_corrupt(cmd)
