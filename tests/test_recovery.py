@@ -236,3 +236,20 @@ def test_any_snack_is_answered_or_rejected(pdus: list[SnackRequest]) -> None:
             assert isinstance(out, (DataIn, R2T, ScsiResponse, Reject)) or out.statsn  # type: ignore[attr-defined]
     itt, out = i.command(read10(1, 1), read=BLOCK)
     assert isinstance(out[-1], DataIn) and out[-1].status_present and out[-1].itt == itt
+
+
+def test_lost_unsolicited_data_is_asked_again() -> None:
+    i = Initiator(**ERL1)  # InitialR2T=No, FirstBurstLength 4 KiB, ImmediateData
+    payload = bytes(range(256)) * 16  # 4 KiB, all of it unsolicited
+    itt, out = i.command(write10(8, 8), write=payload, immediate=1024, final=False)
+    assert out == []
+    bad = DataOut(final=False, itt=itt, ttt=RESERVED, buffer_offset=1024, datasn=0, data=payload[1024:2048])
+    out = i.do(i.session.data_digest_error(bad.encode_bhs(), "data digest mismatch"))
+    assert isinstance(out[0], Reject) and isinstance(out[1], R2T)
+    assert (out[1].buffer_offset, out[1].desired_length, out[1].r2tsn) == (1024, 1024, 0)
+    assert i.send(DataOut(final=True, itt=itt, ttt=RESERVED, buffer_offset=2048, datasn=1,
+                          data=payload[2048:])) == []
+    out = i.send(DataOut(final=True, itt=itt, ttt=out[1].ttt, buffer_offset=1024, datasn=0,
+                         data=payload[1024:2048]))
+    assert isinstance(out[0], ScsiResponse) and out[0].status == 0
+    assert bytes(i.lun.data[8 * BLOCK:16 * BLOCK]) == payload

@@ -189,3 +189,28 @@ def test_header_digest_error_closes_at_erl0(srv: Running, image: Path) -> None:
     c.send_corrupt(NopOut(immediate=True, itt=7, cmdsn=c.cmdsn, expstatsn=c.expstatsn), header=True)
     assert c.recv(timeout=5) is None
     still_serves(srv, image)
+
+
+@pytest.mark.parametrize("chunk", [8192, 128 << 10])  # the second goes through the reader's own-buffer path
+def test_data_out_lost_to_a_header_digest_error_is_asked_again(srv: Running, image: Path, chunk: int) -> None:
+    """The header of the second Data-Out fails its digest: it is discarded
+    whole, the third shows a DataSN gap, and a recovery R2T asks for the
+    bytes in between (§7.4)."""
+    c = digests_on(srv, InitialR2T="Yes", ImmediateData="No", MaxBurstLength=str(4 * chunk))
+    payload = os.urandom(4 * chunk)
+    itt = c.command(write10(1000, len(payload) // 512), write=payload)
+    r2t = c.recv()
+    assert isinstance(r2t, R2T) and r2t.desired_length == len(payload)
+    for k in range(4):
+        pdu = DataOut(final=k == 3, itt=itt, ttt=r2t.ttt, buffer_offset=k * chunk, datasn=k,
+                      expstatsn=c.expstatsn, data=payload[k * chunk:(k + 1) * chunk])
+        if k == 1:
+            c.send_corrupt(pdu, header=True)
+        else:
+            c.send(pdu)
+    recovery = c.recv()
+    assert isinstance(recovery, R2T) and (recovery.buffer_offset, recovery.desired_length) == (chunk, chunk)
+    c.data_out(itt, recovery.ttt, chunk, payload[chunk:2 * chunk])
+    resp = c.recv()
+    assert isinstance(resp, ScsiResponse) and resp.status == 0
+    assert image.read_bytes()[1000 * 512:1000 * 512 + len(payload)] == payload
