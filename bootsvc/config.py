@@ -20,6 +20,7 @@ from .address import HostPort
 from .credentials import AuthMode, check_pair, parse_chap
 from isns.policy import Policy
 from target import ChapAlgorithm, ChapAuth, LunSpec, TargetConfigError, TargetSpec, check_iscsi_name
+from target.keys import MAX_ERROR_RECOVERY_LEVEL
 from target.rbd import is_rbd
 
 from . import SCSI_PRODUCT, SCSI_VENDOR
@@ -50,7 +51,6 @@ ISCSI_COUNTS = {"queue_depth": "commands", "portal_group_tag": "the tag"}  # tho
 ISCSI_AUTH_KEYS = {"chap_algorithms", "discovery_chap", "discovery_mutual_chap"}
 # the highest ErrorRecoveryLevel the target agrees to (RFC 7143 §7.1.4.1, target/recovery.py)
 ISCSI_RECOVERY_KEYS = {"error_recovery_level"}
-MAX_ERROR_RECOVERY_LEVEL = 1
 CHAP_ALGORITHMS = {"sha3-256": ChapAlgorithm.SHA3_256, "sha256": ChapAlgorithm.SHA256, "sha1": ChapAlgorithm.SHA1,
                    "md5": ChapAlgorithm.MD5}
 ISNS_KEYS = {"server", "registration_period", "default_dd", "control_nodes", "control_addresses", "policy"}
