@@ -61,8 +61,10 @@ def test_level_negotiated(srv: Running) -> None:
     assert isinstance(r, Reject) and r.reason == RejectReason.SNACK_REJECT
 
 
-def test_lost_data_in_is_sent_again_identical(srv: Running, image: Path) -> None:
-    c = logged_in(srv, MaxRecvDataSegmentLength="8192", **ERL1)
+@pytest.mark.parametrize("digests", [False, True])  # with a data digest the data is read as bytes, not sent by file
+def test_lost_data_in_is_sent_again_identical(srv: Running, image: Path, digests: bool) -> None:
+    c = digests_on(srv, MaxRecvDataSegmentLength="8192") if digests else \
+        logged_in(srv, MaxRecvDataSegmentLength="8192", **ERL1)
     itt = c.command(read10(0, 128), read=64 << 10)
     pdus = data_ins(c, itt)
     assert len(pdus) == 8
