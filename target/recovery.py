@@ -125,7 +125,6 @@ class StatusStore:
         self.bytes = 0
         self.newest: int | None = None  # the last StatSN kept
         self.acked = 0  # the initiator's ExpStatSN: StatSNs below it are acknowledged
-        self.dropped_to: int | None = None  # StatSNs below this were dropped for room, not acknowledged
 
     def __len__(self) -> int:
         return len(self.kept)
@@ -140,9 +139,7 @@ class StatusStore:
         self.kept[statsn] = (pdu, size)
         self.bytes += size
         while len(self.kept) > self.limit_count or self.bytes > self.limit_bytes:
-            sn, (_, n) = self.kept.popitem(last=False)
-            self.bytes -= n
-            self.dropped_to = (sn + 1) & 0xFFFFFFFF
+            self.bytes -= self.kept.popitem(last=False)[1][1]
 
     def acknowledge(self, expstatsn: int) -> None:
         """The initiator has every response below ``expstatsn``."""
@@ -159,15 +156,18 @@ class StatusStore:
         """The responses a Status SNACK names (§11.16.1: BegRun is a StatSN,
         RunLength 0 means every one from BegRun); ``next_statsn`` is the
         StatSN the next response would get."""
-        sent = (next_statsn - self.acked) & 0xFFFFFFFF
-        first = (begrun - self.acked) & 0xFFFFFFFF
         if sn_lt(begrun, self.acked):
             raise SnackError(RejectReason.PROTOCOL_ERROR,
                              f"Status SNACK for StatSN {begrun}, acknowledged already (ExpStatSN {self.acked})")
-        numbers = snack_run(first, runlength, sent, what="StatSN")
+        left = (next_statsn - begrun) & 0xFFFFFFFF  # sent from BegRun on
+        if not sn_lt(begrun, next_statsn) or runlength > left:
+            last = begrun + (runlength or 1) - 1
+            raise SnackError(RejectReason.PROTOCOL_ERROR,
+                             f"Status SNACK for StatSN {begrun}..{last & 0xFFFFFFFF}, the last sent is "
+                             f"{(next_statsn - 1) & 0xFFFFFFFF}")
         out = []
-        for k in numbers:
-            sn = (self.acked + k) & 0xFFFFFFFF
+        for k in range(runlength or left):
+            sn = (begrun + k) & 0xFFFFFFFF
             kept = self.kept.get(sn)
             if kept is None:
                 raise SnackError(RejectReason.SNACK_REJECT,

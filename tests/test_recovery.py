@@ -205,6 +205,13 @@ def test_status_store_is_bounded() -> None:
         assert e.reason == RejectReason.SNACK_REJECT
     else:
         raise AssertionError("a dropped response cannot be sent again")
+    for begrun, runlength in ((12, 2), (13, 0), (9, 1)):  # past the last sent, not sent, acknowledged
+        try:
+            store.resend(begrun, runlength, 13)
+        except SnackError as e:
+            assert e.reason == RejectReason.PROTOCOL_ERROR and "StatSN" in str(e)
+        else:
+            raise AssertionError(f"Status SNACK {begrun}+{runlength} must be refused")
     small = StatusStore(count=100, nbytes=200)
     for sn in range(5):
         small.keep(ScsiResponse(statsn=sn, data=bytes(60)), sn)
