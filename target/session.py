@@ -379,8 +379,8 @@ class Session:
             if isinstance(pdu, DataOut):
                 try:
                     self._data_out(pdu, lost=int.from_bytes(bhs[5:8], "big"))
-                except ProtocolViolation as e:
-                    self._reject(bhs, e.reason, str(e))
+                except ProtocolViolation:
+                    pass  # not a Data-Out the session waits for: rejected once already, that is all
         return self._actions()
 
     def _reject(self, bhs: bytes, reason: RejectReason, why: str) -> None:

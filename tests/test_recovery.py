@@ -260,3 +260,10 @@ def test_lost_unsolicited_data_is_asked_again() -> None:
                          data=payload[1024:2048]))
     assert isinstance(out[0], ScsiResponse) and out[0].status == 0
     assert bytes(i.lun.data[8 * BLOCK:16 * BLOCK]) == payload
+
+
+def test_corrupt_data_out_for_no_task_is_rejected_once() -> None:
+    i = Initiator(**ERL1)
+    bad = DataOut(itt=0x99, ttt=5, buffer_offset=0, datasn=0, data=bytes(512))
+    out = i.do(i.session.data_digest_error(bad.encode_bhs(), "data digest mismatch"))
+    assert len(out) == 1 and isinstance(out[0], Reject) and out[0].reason == RejectReason.DATA_DIGEST_ERROR
