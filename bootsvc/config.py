@@ -20,6 +20,7 @@ from .address import HostPort
 from .credentials import AuthMode, check_pair, parse_chap
 from isns.policy import Policy
 from target import ChapAlgorithm, ChapAuth, LunSpec, TargetConfigError, TargetSpec, check_iscsi_name
+from target.keys import MAX_ERROR_RECOVERY_LEVEL
 from target.rbd import is_rbd
 
 from . import SCSI_PRODUCT, SCSI_VENDOR
@@ -49,6 +50,8 @@ LUN_KEYS = {"path", "read_only", "block_size", "lun"}
 ISCSI_KEYS = {"nop_interval", "nop_timeout", "queue_depth", "portal_group_tag"}  # numbers
 ISCSI_COUNTS = {"queue_depth": "commands", "portal_group_tag": "the tag"}  # those that count
 ISCSI_AUTH_KEYS = {"chap_algorithms", "discovery_chap", "discovery_mutual_chap"}
+# the highest ErrorRecoveryLevel the target agrees to (RFC 7143 §7.1.4.1, target/recovery.py)
+ISCSI_RECOVERY_KEYS = {"error_recovery_level"}
 CHAP_ALGORITHMS = {"sha3-256": ChapAlgorithm.SHA3_256, "sha256": ChapAlgorithm.SHA256, "sha1": ChapAlgorithm.SHA1,
                    "md5": ChapAlgorithm.MD5}
 ISNS_KEYS = {"server", "registration_period", "default_dd", "control_nodes", "control_addresses", "policy", "name"}
@@ -77,6 +80,12 @@ class IscsiSettings:
     # CHAP hashes accepted, in no order (the initiator's preference decides, RFC 7143 §12.1.3)
     chap_algorithms: tuple[ChapAlgorithm, ...] = tuple(CHAP_ALGORITHMS.values())
     discovery_auth: ChapAuth | None = None  # None: discovery sessions are open (they show names only)
+    error_recovery_level: int = MAX_ERROR_RECOVERY_LEVEL  # the most a session gets: min(initiator's, this)
+
+    @property
+    def key_preferences(self) -> dict[str, str]:
+        """What the target offers in negotiation where it differs from target/keys.py."""
+        return {"ErrorRecoveryLevel": str(self.error_recovery_level)}
 
 
 @dataclass(frozen=True)
@@ -354,8 +363,9 @@ def _iscsi(c: Checker, doc: LineMap) -> IscsiSettings:
     settings = IscsiSettings()
     if (im := doc.get("iscsi")) is None or (im := c.mapping(doc, "iscsi", im)) is None:
         return settings
-    c.unknown(im, ISCSI_KEYS | ISCSI_AUTH_KEYS, "iscsi.")
+    c.unknown(im, ISCSI_KEYS | ISCSI_AUTH_KEYS | ISCSI_RECOVERY_KEYS, "iscsi.")
     settings = _iscsi_auth(c, im, settings)
+    settings = _iscsi_recovery(c, im, settings)
     for key in ISCSI_KEYS & set(im):
         default = getattr(settings, key)
         if isinstance(default, int):  # a count: 1.5 commands is a mistake, not 1
@@ -370,6 +380,15 @@ def _iscsi(c: Checker, doc: LineMap) -> IscsiSettings:
         else:
             settings = replace(settings, **{key: float(value)})
     return settings
+
+
+def _iscsi_recovery(c: Checker, im: LineMap, settings: IscsiSettings) -> IscsiSettings:
+    """iscsi.error_recovery_level: 0 turns SNACK and digest error recovery off."""
+    if "error_recovery_level" not in im:
+        return settings
+    level = c.integer(im, "error_recovery_level", "iscsi.error_recovery_level", settings.error_recovery_level,
+                      MAX_ERROR_RECOVERY_LEVEL, "an ErrorRecoveryLevel")
+    return replace(settings, error_recovery_level=level)
 
 
 def _iscsi_auth(c: Checker, im: LineMap, settings: IscsiSettings) -> IscsiSettings:

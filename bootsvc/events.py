@@ -103,6 +103,7 @@ class Kind(str, Enum):
     ISCSI_PDU_TIMEOUT = "iscsi.pdu_timeout"  # a PDU began and did not end in time
     ISCSI_IDLE_TIMEOUT = "iscsi.idle_timeout"  # a Discovery session that asked nothing for too long
     ISCSI_TEXT_TOO_LONG = "iscsi.text_too_long"  # a Text Request continued past 64 KiB
+    ISCSI_RECOVERY_R2T = "iscsi.recovery_r2t"  # ERL >= 1: Data-Out lost, asked again (target/recovery.py)
     QCOW2_REPAIRED = "qcow2.repaired"
     QCOW2_SPACE_LOW = "qcow2.space_low"
     QCOW2_SPACE_EXHAUSTED = "qcow2.space_exhausted"

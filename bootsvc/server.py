@@ -66,7 +66,7 @@ class Server:
                                   window=s.queue_depth,
                                   nop_interval=s.nop_interval, nop_timeout=s.nop_timeout,
                                   on_event=self.bus.sink("iscsi"), discovery_auth=s.discovery_auth,
-                                  chap_algorithms=s.chap_algorithms)
+                                  chap_algorithms=s.chap_algorithms, key_preferences=s.key_preferences)
         # /metrics: counted from the bus; the sessions open now asked of the target server when scraped
         self.metrics = Metrics(self.fleet, lambda: len(self.iscsi.sessions))
         self.bus.subscribe(self.metrics)

@@ -76,6 +76,7 @@ class KeySpec:
 
 
 MAX_24 = (1 << 24) - 1
+MAX_ERROR_RECOVERY_LEVEL = 1  # the highest ErrorRecoveryLevel the target agrees to (§13.20, target/recovery.py)
 _METADATA = "iscsi_key"
 
 
@@ -119,7 +120,9 @@ class SessionParams:
                                   normal_only=True)
     data_sequence_in_order: bool = key("DataSequenceInOrder", Rule.BOOL_OR, True, ours="Yes", leading_only=True,
                                        normal_only=True)
-    error_recovery_level: int = key("ErrorRecoveryLevel", Rule.MIN, 0, ours=0, lo=0, hi=2, leading_only=True)
+    # §7.1.4.1: SNACK and digest error recovery unless the operator's key preferences say less
+    error_recovery_level: int = key("ErrorRecoveryLevel", Rule.MIN, 0, ours=MAX_ERROR_RECOVERY_LEVEL, lo=0, hi=2,
+                                    leading_only=True)
     # what the initiator said it can receive: our Data-In/Text PDUs stay below it
     initiator_max_recv: int = key("MaxRecvDataSegmentLength", Rule.DECLARATIVE, 8192, lo=512, hi=MAX_24)
     # what we told the initiator we accept (our own declaration, not an offer;

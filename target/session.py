@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from .actions import Action, Close, Execute, Send
@@ -38,6 +38,7 @@ from .pdu import (
     NopIn,
     NopOut,
     Pdu,
+    PduFormatError,
     Reject,
     RejectReason,
     ScsiCommand,
@@ -49,7 +50,9 @@ from .pdu import (
     TextResponse,
     TmfFunction,
     TmfResponse,
+    decode,
 )
+from .recovery import ReadRecord, Recovery, SnackError, SnackType, sn_lt, snack_run
 from .scsi import ScsiResult, ScsiStatus, no_such_lun, report_luns, target_port_groups
 from .scsi.cdb import PERSISTENT_RESERVE_OUT
 from .scsi.ports import MAINTENANCE_IN, is_report_target_port_groups
@@ -58,7 +61,6 @@ from .targets import Target, lun_from_field
 from .text import TextFormatError, decode_text, encode_text
 
 REPORT_LUNS = 0xA0
-SERIAL_HALF = 1 << 31
 # §11.14: a Logout Response waits for the commands in flight, this long at most
 LOGOUT_TIMEOUT = 10.0
 
@@ -71,11 +73,6 @@ def _sense_key(sense: bytes) -> int:
     if len(sense) < 3:
         return 0
     return (sense[1] if sense[0] & 0x7F in (0x72, 0x73) else sense[2]) & 0x0F
-
-
-def sn_lt(a: int, b: int) -> bool:
-    """Serial number arithmetic, RFC 1982 with SERIAL_BITS = 32 (§4.2.2.1)."""
-    return a != b and ((b - a) & 0xFFFFFFFF) < SERIAL_HALF
 
 
 class DropReason(enum.Enum):
@@ -146,6 +143,8 @@ class R2TState:
     length: int
     received: int = 0
     datasn: int = 0  # the DataSN the next Data-Out of this sequence must carry
+    r2tsn: int = 0  # the R2TSN it went with: an R2T SNACK names it (§11.16.1)
+    end: int = -1  # ERL >= 1: where the next Data-Out should begin (a gap is lost data)
 
 
 @dataclass(slots=True, eq=False)
@@ -167,11 +166,25 @@ class Task:
     outstanding: dict[int, R2TState] | None = None
     r2tsn: int = 0
     unsolicited_datasn: int = 0
+    unsolicited_next: int = 0  # ERL >= 1: where the next unsolicited Data-Out should begin
     aborted: bool = False
 
     @property
     def itt(self) -> int:
         return self.cmd.itt
+
+
+@dataclass(slots=True, eq=False)
+class Resend(Task):
+    """A read run again for a Data SNACK or an R-Data SNACK (§11.16): its
+    Data-In go out again as ``record`` says, only DataSNs in ``run`` (all
+    of them, cut anew, when ``snack_tag`` is set: R-Data). ``snack`` is the
+    SNACK's header, for a Reject if the data cannot be read again."""
+
+    record: ReadRecord | None = None
+    run: range | None = None
+    snack_tag: int = 0
+    snack: bytes = b""
 
 
 class SessionFailure(Exception):
@@ -234,6 +247,8 @@ class Session:
         self.last_request = 0.0  # the last PDU other than a NOP-Out
         self.ping_ttt = 0
         self.ping_sent: float | None = None  # when the unanswered ping left
+        # ErrorRecoveryLevel >= 1: what the connection keeps for SNACKs (target/recovery.py)
+        self.recovery: Recovery | None = None
         self._out: list[Action] = []
 
     # -- identity and bookkeeping ---------------------------------------------
@@ -259,6 +274,8 @@ class Session:
     def _actions(self) -> list[Action]:
         out = self._out
         self._out = []
+        if self.recovery is not None:
+            self.recovery.sent(out)
         return out
 
     def _send(self, pdu: Pdu) -> None:
@@ -273,6 +290,8 @@ class Session:
             self._abort(task)
         self.link = link
         self.statsn = statsn
+        # §7.1.4.1: from ERL 1 the connection keeps responses and reads for SNACKs
+        self.recovery = Recovery(statsn) if self.params.error_recovery_level >= 1 else None
         self.last_rx = self.last_request = now
         self.ping_sent = None
         self.logout = None
@@ -320,13 +339,15 @@ class Session:
         self.last_rx = now
         if type(pdu) is not NopOut:
             self.last_request = now
+        if self.recovery is not None:
+            self.recovery.acknowledge(getattr(pdu, "expstatsn", self.recovery.statuses.acked), self.statsn)
         try:
             if isinstance(pdu, DataOut):
                 self._data_out(pdu)
             elif isinstance(pdu, (ScsiCommand, NopOut, TaskMgmtRequest, TextRequest, LogoutRequest)):
                 self._ordered(pdu, now)
             elif isinstance(pdu, SnackRequest):
-                raise ProtocolViolation(RejectReason.SNACK_REJECT, "SNACK at ErrorRecoveryLevel 0")
+                self._snack(pdu)
             elif isinstance(pdu, LoginRequest):
                 raise ProtocolViolation(RejectReason.PROTOCOL_ERROR, "Login Request in Full Feature Phase")
             else:
@@ -345,6 +366,21 @@ class Session:
     def reject(self, bhs: bytes, reason: RejectReason, why: str) -> list[Action]:
         """Reject a PDU the transport could not decode (§11.17)."""
         self._reject(bhs, reason, why)
+        return self._actions()
+
+    def data_digest_error(self, bhs: bytes, why: str) -> list[Action]:
+        """A PDU whose data failed its digest (§7.8): it is rejected. From
+        ERL 1 a Data-Out's place in its sequence still counts and its data
+        is asked for again with a recovery R2T (§7.4); a command with
+        immediate data is retried by the initiator."""
+        self._reject(bhs, RejectReason.DATA_DIGEST_ERROR, why)
+        if self.recovery is not None:
+            pdu = _header_only(bhs)
+            if isinstance(pdu, DataOut):
+                try:
+                    self._data_out(pdu, lost=int.from_bytes(bhs[5:8], "big"))
+                except ProtocolViolation:
+                    pass  # not a Data-Out the session waits for: rejected once already, that is all
         return self._actions()
 
     def _reject(self, bhs: bytes, reason: RejectReason, why: str) -> None:
@@ -500,6 +536,7 @@ class Session:
         task.received = len(data)
         task.unsolicited_end = unsolicited_end
         task.next_r2t_offset = unsolicited_end
+        task.unsolicited_next = len(data)
         task.outstanding = {}
         # unsolicited data is the initiator's to send: it takes credit unasked
         self._take_credit(task, min(wanted, unsolicited_end))
@@ -536,18 +573,22 @@ class Session:
                 break
             self._take_credit(task, length)
             ttt = self._ttt()
-            task.outstanding[ttt] = R2TState(task.next_r2t_offset, length)
+            task.outstanding[ttt] = R2TState(task.next_r2t_offset, length, r2tsn=task.r2tsn,
+                                             end=task.next_r2t_offset)
             self._send(R2T(lun=task.cmd.lun, itt=task.itt, ttt=ttt, statsn=self.statsn,
                            expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn, r2tsn=task.r2tsn,
                            buffer_offset=task.next_r2t_offset, desired_length=length))
             task.r2tsn += 1
             task.next_r2t_offset += length
 
-    def _data_out(self, pdu: DataOut) -> None:
+    def _data_out(self, pdu: DataOut, lost: int = 0) -> None:
+        """A Data-Out (§11.7). ``lost`` is the length of one whose data failed
+        its digest (ERL >= 1, §7.8): it keeps its place in the sequence and
+        its bytes are asked for again with a recovery R2T."""
         task = self.tasks.get(pdu.itt)
         if task is None or task.buffer is None or task.outstanding is None:
             raise ProtocolViolation(RejectReason.INVALID_PDU_FIELD, f"Data-Out for unknown ITT {pdu.itt:#x}")
-        n = len(pdu.data)
+        n = lost or len(pdu.data)
         end = pdu.buffer_offset + n
         if pdu.ttt == RESERVED_TAG:
             if end > task.unsolicited_end:
@@ -564,22 +605,62 @@ class Session:
             expected_datasn = r2t.datasn
             r2t.datasn += 1
         if pdu.datasn != expected_datasn:
-            # §7.1.4: a sequence error; without SNACK (ERL 0) only a new session recovers
-            raise SessionFailure(f"Data-Out DataSN {pdu.datasn}, expected {expected_datasn}")
+            self._datasn_gap(task, r2t, pdu, expected_datasn)
         if end > task.cmd.edtl:
             raise ProtocolViolation(RejectReason.PROTOCOL_ERROR, "Data-Out beyond the expected length")
-        _keep(task, pdu.buffer_offset, pdu.data)
-        task.received += n
+        if lost:
+            self._recovery_r2t(task, pdu.buffer_offset, n)
+        else:
+            _keep(task, pdu.buffer_offset, pdu.data)
+            task.received += n
         if r2t is not None:
             r2t.received += n
+            r2t.end = end
             if pdu.final or r2t.received >= r2t.length:
                 del task.outstanding[pdu.ttt]
                 self._send_r2ts(task)
+        else:
+            task.unsolicited_next = end
         if (task.received >= max(task.wanted, task.unsolicited_end) and not task.outstanding
                 and task.next_r2t_offset >= task.wanted):
             self.collecting.pop(task, None)
             self._resume_writes()
             self._execute(task, memoryview(task.buffer))
+
+    def _datasn_gap(self, task: Task, r2t: R2TState | None, pdu: DataOut, expected: int) -> None:
+        """A Data-Out out of sequence (§7.1.4). At ERL 0 only a new session
+        recovers. From ERL 1 the Data-Outs skipped were lost (a digest error
+        the framing dropped): a recovery R2T asks for the bytes between the
+        last one received and this one (§7.4; DataPDUInOrder is Yes)."""
+        if self.recovery is None:
+            raise SessionFailure(f"Data-Out DataSN {pdu.datasn}, expected {expected}")
+        start = task.unsolicited_next if r2t is None else r2t.end
+        if not sn_lt(expected, pdu.datasn) or pdu.buffer_offset <= start:
+            raise ProtocolViolation(RejectReason.PROTOCOL_ERROR,
+                                    f"Data-Out DataSN {pdu.datasn} at offset {pdu.buffer_offset}, expected "
+                                    f"DataSN {expected} after offset {start}")
+        if r2t is None:
+            task.unsolicited_datasn = (pdu.datasn + 1) & 0xFFFFFFFF
+        else:
+            r2t.datasn = (pdu.datasn + 1) & 0xFFFFFFFF
+            r2t.received += pdu.buffer_offset - start
+        self._recovery_r2t(task, start, pdu.buffer_offset - start)
+
+    def _recovery_r2t(self, task: Task, offset: int, length: int) -> None:
+        """§7.4: ask again for ``length`` bytes at ``offset`` that were lost,
+        in R2Ts of at most MaxBurstLength. Their write credit was taken when
+        the data was first solicited (or sent unasked)."""
+        assert task.outstanding is not None
+        self._event("iscsi.recovery_r2t", logging.WARNING, itt=task.itt, offset=offset, length=length)
+        end = offset + length
+        while offset < end:
+            n = min(self.params.max_burst_length, end - offset)
+            ttt = self._ttt()
+            task.outstanding[ttt] = R2TState(offset, n, r2tsn=task.r2tsn, end=offset)
+            self._send(R2T(lun=task.cmd.lun, itt=task.itt, ttt=ttt, statsn=self.statsn, expcmdsn=self.expcmdsn,
+                           maxcmdsn=self.maxcmdsn, r2tsn=task.r2tsn, buffer_offset=offset, desired_length=n))
+            task.r2tsn += 1
+            offset += n
 
     def _execute(self, task: Task, data_out: memoryview | None) -> None:
         cdb = task.cdb
@@ -609,7 +690,9 @@ class Session:
         bytes for a data digest)."""
         if task in self.executing:
             self.executing.discard(task)
-            if not task.aborted:
+            if type(task) is Resend:
+                self._resend_data(task, result, segments)
+            elif not task.aborted:
                 self._respond(task, result, segments)
                 if (result.status == ScsiStatus.GOOD and task.cdb[0] == PERSISTENT_RESERVE_OUT
                         and task.cdb[1] & 0x1F == PrOut.PREEMPT_AND_ABORT):
@@ -659,8 +742,11 @@ class Session:
         self._count(task, good, min(wanted, edtl), result.sense)
         datasn = 0
         if segments and not cmd.write and min(wanted, edtl) > 0:
-            datasn = self._send_data_in(task, segments, wanted, min(wanted, edtl),
-                                        result.status if good else None, overflow, underflow, residual)
+            p = self.params
+            # the status StatSN, taken by the last Data-In or the SCSI Response after them
+            datasn = self._send_read(segments, ReadRecord(
+                cmd, wanted, min(wanted, edtl), 0, p.initiator_max_recv, p.max_burst_length, self.statsn,
+                result.status, good, overflow, underflow, residual if (overflow or underflow) else 0))
             if good:
                 return
         elif cmd.write:
@@ -698,42 +784,161 @@ class Session:
         if n != cmd.edtl or n > self.params.initiator_max_recv or n > self.params.max_burst_length:
             return False
         self.bytes_read += n
+        statsn = self._statsn()
         self._out.append(Send(DataIn(final=True, status_present=True, status=ScsiStatus.GOOD, lun=cmd.lun,
-                                     itt=cmd.itt, statsn=self._statsn(), expcmdsn=self.expcmdsn,
+                                     itt=cmd.itt, statsn=statsn, expcmdsn=self.expcmdsn,
                                      maxcmdsn=self.maxcmdsn), segments, n))
+        if self.recovery is not None:
+            self.recovery.reads.keep(ReadRecord(cmd, n, n, 1, self.params.initiator_max_recv,
+                                                self.params.max_burst_length, statsn, ScsiStatus.GOOD))
         return True
 
-    def _send_data_in(self, task: Task, segments: Sequence[Segment], total: int, length: int,
-                      status: int | None, overflow: bool, underflow: bool, residual: int) -> int:
-        """Split ``length`` bytes of ``segments`` into Data-In PDUs no larger
-        than the initiator's MaxRecvDataSegmentLength, sequences no longer
-        than MaxBurstLength (F bit at each end, §11.7.1); returns the count."""
-        mrdsl = self.params.initiator_max_recv
-        burst = self.params.max_burst_length
-        cmd = task.cmd
+    def _send_read(self, segments: Sequence[Segment], read: ReadRecord) -> int:
+        """A read's Data-In; from ERL 1 kept (without data) for Data SNACKs,
+        with DataACK asked at each burst's end of a long one (§11.7.2)."""
+        if self.recovery is None:
+            return self._send_data_in(segments, read)
+        if read.length > read.burst:
+            read.ttt = self._ttt()
+        read.count = self._send_data_in(segments, read)
+        self.recovery.reads.keep(read)
+        return read.count
+
+    def _send_data_in(self, segments: Sequence[Segment], read: ReadRecord, only: range | None = None,
+                      again: bool = False) -> int:
+        """Split ``read.length`` bytes of ``segments`` into Data-In PDUs no
+        larger than ``read.mrdsl``, sequences no longer than ``read.burst``
+        (F bit at each end, §11.7.1), the last with the status if
+        ``read.with_status``; returns the count. Sent ``again`` (a SNACK),
+        only DataSNs in ``only`` go, and StatSN does not move."""
+        mrdsl, burst, length, cmd = read.mrdsl, read.burst, read.length, read.cmd
         # the common case, one PDU carrying all the data, needs no slicing
-        parts = None if length <= min(mrdsl, burst) and total == length else _Cursor(segments)
+        parts = None if length <= min(mrdsl, burst) and read.total == length else _Cursor(segments)
         offset = 0
         datasn = 0
         expcmdsn, maxcmdsn = self.expcmdsn, self.maxcmdsn
+        statsn = read.statsn
+        ack_ttt = read.ttt  # RESERVED_TAG unless DataACK is asked (ERL >= 1)
         out = self._out
         while offset < length:
             n = min(mrdsl, length - offset, burst - offset % burst)
             last = offset + n >= length
             end_of_burst = last or (offset + n) % burst == 0
             pieces = segments if parts is None else parts.take(n)
-            if last and status is not None:
-                pdu = DataIn(final=True, status_present=True, status=status, overflow=overflow,
-                             underflow=underflow, residual=residual if (overflow or underflow) else 0,
-                             lun=cmd.lun, itt=cmd.itt, statsn=self._statsn(), expcmdsn=expcmdsn,
-                             maxcmdsn=maxcmdsn, datasn=datasn, buffer_offset=offset)
+            if only is not None and datasn not in only:
+                pass
+            elif last and read.with_status:
+                if not again:
+                    self._statsn()
+                pdu = DataIn(final=True, status_present=True, status=read.status, overflow=read.overflow,
+                             underflow=read.underflow, residual=read.residual, lun=cmd.lun, itt=cmd.itt,
+                             statsn=statsn, expcmdsn=expcmdsn, maxcmdsn=maxcmdsn, datasn=datasn,
+                             buffer_offset=offset)
+                out.append(Send(pdu, pieces, length if parts is None else None))
             else:
-                pdu = DataIn(final=end_of_burst, itt=cmd.itt, lun=cmd.lun, statsn=self.statsn,
-                             expcmdsn=expcmdsn, maxcmdsn=maxcmdsn, datasn=datasn, buffer_offset=offset)
-            out.append(Send(pdu, pieces, length if parts is None else None))
+                ack = end_of_burst and ack_ttt != RESERVED_TAG
+                pdu = DataIn(final=end_of_burst, ack=ack, itt=cmd.itt, lun=cmd.lun, statsn=statsn,
+                             ttt=ack_ttt if ack else RESERVED_TAG, expcmdsn=expcmdsn, maxcmdsn=maxcmdsn,
+                             datasn=datasn, buffer_offset=offset)
+                out.append(Send(pdu, pieces, length if parts is None else None))
             offset += n
             datasn += 1
         return datasn
+
+    # -- SNACK (ERL >= 1) -----------------------------------------------------------
+
+    def _snack(self, pdu: SnackRequest) -> None:
+        """§11.16: the initiator asks again for what it lost, or acknowledges
+        Data-In. At ERL 0 there is no SNACK (§7.1.4.1)."""
+        if self.recovery is None:
+            raise ProtocolViolation(RejectReason.SNACK_REJECT, "SNACK at ErrorRecoveryLevel 0")
+        handler = _SNACK_HANDLERS.get(pdu.type)
+        try:
+            if handler is None:
+                raise SnackError(RejectReason.PROTOCOL_ERROR, f"SNACK of unknown type {pdu.type}")
+            handler(self, pdu, self.recovery)
+        except SnackError as e:
+            raise ProtocolViolation(e.reason, str(e)) from e
+
+    def _data_snack(self, pdu: SnackRequest, recovery: Recovery) -> None:
+        """Data/R2T SNACK: R2Ts of a write still gathering its data, by
+        R2TSN; else Data-In of a read, by DataSN, read again from the LUN."""
+        task = self.tasks.get(pdu.itt)
+        if task is not None and task.outstanding is not None:
+            self._r2t_snack(task, pdu)
+            return
+        read = recovery.reads.find(pdu.itt)
+        self._read_again(read, snack_run(pdu.begrun, pdu.runlength, read.count, read.acked), 0, pdu)
+
+    def _r2t_snack(self, task: Task, pdu: SnackRequest) -> None:
+        """R2Ts named by R2TSN go again as they were; those already
+        answered in full are not asked again (their data is here)."""
+        assert task.outstanding is not None
+        run = snack_run(pdu.begrun, pdu.runlength, task.r2tsn, what="R2TSN")
+        for ttt, r2t in task.outstanding.items():
+            if r2t.r2tsn not in run:
+                continue
+            if r2t.received:
+                raise SnackError(RejectReason.PROTOCOL_ERROR,
+                                 f"R2T SNACK for R2TSN {r2t.r2tsn}, whose data is arriving")
+            self._send(R2T(lun=task.cmd.lun, itt=task.itt, ttt=ttt, statsn=self.statsn, expcmdsn=self.expcmdsn,
+                           maxcmdsn=self.maxcmdsn, r2tsn=r2t.r2tsn, buffer_offset=r2t.offset,
+                           desired_length=r2t.length))
+
+    def _rdata_snack(self, pdu: SnackRequest, recovery: Recovery) -> None:
+        """R-Data SNACK (§11.16.1, §7.4.1): every Data-In again, cut for the
+        initiator's MaxRecvDataSegmentLength now, then a SCSI Response with
+        the SNACK Tag and the status's StatSN (§11.4)."""
+        read = recovery.reads.find(pdu.itt)
+        if pdu.ttt in (0, RESERVED_TAG) or pdu.begrun or pdu.runlength:
+            raise SnackError(RejectReason.PROTOCOL_ERROR, "R-Data SNACK without a SNACK Tag, or with a run")
+        if read.acked or read.status != ScsiStatus.GOOD or not read.with_status:
+            raise SnackError(RejectReason.SNACK_REJECT,
+                             "R-Data SNACK for a read with acknowledged data or without GOOD status")
+        self._read_again(read, None, pdu.ttt, pdu)
+
+    def _read_again(self, read: ReadRecord, run: range | None, snack_tag: int, pdu: SnackRequest) -> None:
+        """Run the read again on its LUN (the data is not kept); the Data-In
+        go in :meth:`_resend_data`."""
+        target = self.target
+        lun_id = lun_from_field(read.cmd.lun)
+        lun = target.luns.get(lun_id) if target is not None else None
+        if lun is None:
+            raise SnackError(RejectReason.SNACK_REJECT, f"Data SNACK for ITT {read.itt:#x}: its LUN is gone")
+        task = Resend(read.cmd, lun_id, read.cmd.full_cdb, record=read, run=run, snack_tag=snack_tag,
+                      snack=pdu.encode_bhs())
+        self.executing.add(task)
+        self._out.append(Execute(task, lun, None))
+
+    def _resend_data(self, task: Resend, result: ScsiResult, segments: Sequence[Segment] | None) -> None:
+        read = task.record
+        assert read is not None
+        if segments is None:
+            segments = result.data
+        if result.status != read.status or segments_length(segments) < read.total or self.closed:
+            self._reject(task.snack, RejectReason.SNACK_REJECT, "the data could not be read again")
+            return
+        if not task.snack_tag:
+            self._send_data_in(segments, read, task.run, again=True)
+            return
+        again = replace(read, mrdsl=self.params.initiator_max_recv, with_status=False)
+        again.count = self._send_data_in(segments, again, again=True)
+        self._send(ScsiResponse(overflow=read.overflow, underflow=read.underflow, status=read.status,
+                                itt=read.itt, snack_tag=task.snack_tag, statsn=read.statsn,
+                                expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn, expdatasn=again.count,
+                                residual=read.residual))
+        if self.recovery is not None:
+            self.recovery.reads.keep(replace(again, with_status=True))
+
+    def _status_snack(self, pdu: SnackRequest, recovery: Recovery) -> None:
+        """Status SNACK: numbered responses again, by StatSN."""
+        for response in recovery.status_snack(pdu.begrun, pdu.runlength, self.statsn, self.expcmdsn,
+                                              self.maxcmdsn):
+            self._send(response)
+
+    def _data_ack(self, pdu: SnackRequest, recovery: Recovery) -> None:
+        """DataACK SNACK (§11.16.1): Data-In below BegRun arrived; no answer."""
+        recovery.reads.data_ack(pdu.ttt, pdu.begrun)
 
     # -- task management --------------------------------------------------------
 
@@ -934,6 +1139,22 @@ _TMF_HANDLERS: dict[int, Callable[[Session, TaskMgmtRequest, Target, int], TmfRe
     TmfFunction.CLEAR_ACA: Session._clear_aca,
     TmfFunction.TASK_REASSIGN: Session._reassign,
 }
+
+
+_SNACK_HANDLERS: dict[int, Callable[[Session, SnackRequest, Recovery], None]] = {
+    SnackType.DATA_R2T: Session._data_snack,
+    SnackType.STATUS: Session._status_snack,
+    SnackType.DATA_ACK: Session._data_ack,
+    SnackType.R_DATA: Session._rdata_snack,
+}
+
+
+def _header_only(bhs: bytes) -> Pdu | None:
+    """The PDU a header describes, its data left out (a data digest failed)."""
+    try:
+        return decode(bhs)
+    except PduFormatError:
+        return None
 
 
 def _keep(task: Task, offset: int, data: bytes) -> None:

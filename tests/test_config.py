@@ -452,3 +452,12 @@ listen: {iscsi: [127.0.0.1, 127.0.0.2]}
 iscsi: {portal_group_tag: 10}
 """))
     assert [p.tpgt for p in cfg.iscsi.portals] == [10, 11]
+
+
+def test_iscsi_error_recovery_level(tmp_path: Path) -> None:
+    """iscsi.error_recovery_level: the most the target agrees to (1 unless told)."""
+    assert load(write(tmp_path, "iscsi: {nop_interval: 5}\n")).iscsi.key_preferences == {"ErrorRecoveryLevel": "1"}
+    cfg = load(write(tmp_path, "iscsi: {error_recovery_level: 0}\n"))
+    assert cfg.iscsi.error_recovery_level == 0 and cfg.iscsi.key_preferences == {"ErrorRecoveryLevel": "0"}
+    text = problems(write(tmp_path, "iscsi:\n  error_recovery_level: 3\n"))
+    assert "iscsi.error_recovery_level: expected a whole number (an ErrorRecoveryLevel, 0 ... 1), got 3" in text

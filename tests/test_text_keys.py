@@ -44,7 +44,7 @@ def test_text_garbage_raises_only_text_errors(raw: bytes) -> None:
     ("DefaultTime2Wait", "0", "2"),  # max
     ("DefaultTime2Retain", "20", "0"),  # min
     ("MaxOutstandingR2T", "1", "1"),
-    ("ErrorRecoveryLevel", "2", "0"),
+    ("ErrorRecoveryLevel", "2", "1"),
     ("MaxConnections", "8", "1"),
     ("OFMarker", "Yes", "No"),
     ("IFMarkInt", "2048~8192", "Irrelevant"),
