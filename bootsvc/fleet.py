@@ -18,6 +18,7 @@ import contextlib
 import ipaddress
 import time
 from collections.abc import Awaitable, Callable, Container, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 
@@ -41,6 +42,13 @@ IPv4 = ipaddress.IPv4Address
 # seconds a replaced disk stays open: the sessions dropped for the new boot
 # may still have reads or writes on it in worker threads
 CLOSE_GRACE = 5.0
+# seconds a stopping fleet waits for a renewed disk to be given its name
+# (two renames: on a Ceph pool, two round trips to the cluster)
+RENAME_TIMEOUT = 30.0
+# the renames: submitted from the event loop, run here, waited for at close
+# (a task would be cancelled by a shutdown before it ran, leaving a served
+# renewal without its name)
+_RENAMES = ThreadPoolExecutor(max_workers=4, thread_name_prefix="disk-rename")
 
 
 class FleetError(Exception):
@@ -74,6 +82,8 @@ class Fleet:
         self.machines: Mapping[str, Machine] = MappingProxyType(self._machines)
         self._disks: dict[str, Disk] = {}  # by MAC
         self._replaced: set[Backend] = set()  # renewed disks' old overlays, closed after CLOSE_GRACE
+        # a renewal being given its disk's name: its machine and the renames, by MAC
+        self._naming: dict[str, tuple[Machine, Future[None]]] = {}
         self._specs: dict[str, TargetSpec] = {}  # the config's own targets served, by IQN
         # proxy mode: the address another DHCP server gave a machine, and back
         self._proxied: dict[IPv4, str] = {}
@@ -109,6 +119,8 @@ class Fleet:
             self._specs[spec.iqn] = spec
 
     def close(self) -> None:
+        for mac in list(self._naming):
+            self._settle_name(mac)
         for backend in self._replaced:
             backend.close()
         self._replaced.clear()
@@ -350,6 +362,7 @@ class Fleet:
         m = disk.machine
         disk.renewing = True
         try:
+            await self._named_first(mac)
             backend = await asyncio.to_thread(self._fresh_backend, disk)
         except (ImageError, BackendError, TargetConfigError, OSError) as e:
             self.bus.emit(Kind.DISK_FAILED, mac=m.mac, hostname=m.hostname, why=f"not renewed: {e}")
@@ -371,13 +384,52 @@ class Fleet:
     def _renewed(self, disk: Disk, old: list[Backend]) -> None:
         """The new overlay is served: it takes the served one's name, and
         the old one is closed once the dropped sessions' reads and writes
-        in worker threads are done with it."""
+        in worker threads are done with it. The renames (round trips to a
+        Ceph cluster) run in a worker thread, submitted now: the next
+        renewal and ``close`` wait for them."""
         m = disk.machine
-        self.store.keep_renewal(m)
+        future = _RENAMES.submit(self.store.keep_renewal, m)
+        self._naming[m.mac] = m, future
+        with contextlib.suppress(RuntimeError):  # no loop (a unit test): close reports a failure
+            loop = asyncio.get_running_loop()
+            future.add_done_callback(lambda f: _on_loop(loop, self._named, m, f))
         disk.fresh = True
         for backend in old:
             self._close_later(backend)
         self.bus.emit(Kind.DISK_RENEWED, mac=m.mac, hostname=m.hostname, target=m.target_iqn)
+
+    def _named(self, m: Machine, future: Future[None]) -> None:
+        """On the loop: a renewal has its disk's name (or failed to get it)."""
+        if self._naming.get(m.mac, (m, None))[1] is future:
+            del self._naming[m.mac]
+            self._report_naming(m, future)
+
+    def _settle_name(self, mac: str) -> None:
+        """Wait (blocking, bounded) for a machine's pending renames."""
+        if mac not in self._naming:
+            return
+        m, future = self._naming.pop(mac)
+        try:
+            future.result(RENAME_TIMEOUT)
+        except TimeoutError:
+            self.bus.emit(Kind.DISK_FAILED, mac=mac, hostname=m.hostname,
+                          why=f"its renewal was not given its name within {RENAME_TIMEOUT:.0f} s")
+            return
+        except Exception:  # reported below, from the future
+            pass
+        self._report_naming(m, future)
+
+    def _report_naming(self, m: Machine, future: Future[None]) -> None:
+        e = future.exception()
+        if e is not None:
+            self.bus.emit(Kind.DISK_FAILED, mac=m.mac, hostname=m.hostname,
+                          why=f"its renewal was not given its name: {e}")
+
+    async def _named_first(self, mac: str) -> None:
+        """The last renewal's renames are done (the next renewal reuses its name)."""
+        if mac in self._naming:
+            with contextlib.suppress(Exception):
+                await asyncio.wrap_future(self._naming[mac][1])
 
     def _forget_standby(self, disk: Disk) -> None:
         """A disk no longer served takes its waiting renewal with it."""
@@ -470,6 +522,7 @@ class Fleet:
             self.targets.pop(disk.target.name, None)
             self._forget_standby(disk)
             disk.target.close()
+            self._settle_name(mac)
             self.store.remove_disk(disk.machine)
         self._forget_indexes()
         if self.leases is not None:
@@ -612,6 +665,12 @@ class Fleet:
     def _with_reservations(self, spec: TargetSpec) -> TargetSpec:
         """A config target as served: its LUNs keep APTPL reservations under state_dir."""
         return replace(spec, reservations=str(self.store.reservations_dir(spec.iqn)))
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., object], *args: object) -> None:
+    """``fn(*args)`` on ``loop`` from a worker thread, unless the loop is closed."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(fn, *args)
 
 
 def _open_claimed(spec: TargetSpec) -> Target:
