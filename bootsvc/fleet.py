@@ -19,7 +19,7 @@ import ipaddress
 import time
 from collections.abc import Awaitable, Callable, Container, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from target import Backend, BackendError, ChapAuth, Standby, Target, TargetConfigError, TargetSpec, open_backend
@@ -35,6 +35,7 @@ from .images import ImageError, image_store
 from .inventory import Machine, generated_machine
 from .isns_registration import Wanted, wanted
 from .profiles import OverlayPolicy, Profile
+from .storage_config import StorageBackend
 
 IPv4 = ipaddress.IPv4Address
 
@@ -65,7 +66,9 @@ class Disk:
     target: Target
     fresh: bool = True  # nobody has logged in since it was made: the coming boot needs no renewal
     renewing: bool = False  # a new overlay is being made for it
-    claiming: bool = False  # its lock on shared storage is being taken (Fleet.claim)
+    # shared storage: its claim taken or released one at a time (Fleet.claim, Fleet._release)
+    claim_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    idle: asyncio.TimerHandle | None = None  # its release, once its last session ended
 
 
 class Fleet:
@@ -125,6 +128,7 @@ class Fleet:
             backend.close()
         self._replaced.clear()
         for disk in self._disks.values():
+            self._not_idle(disk)
             self._forget_standby(disk)
         for t in self.targets.values():
             t.close()
@@ -278,6 +282,9 @@ class Fleet:
         if event.kind is Kind.ISCSI_LOGIN:
             disk.fresh = False  # this boot uses it: the next one gets a new one
             self._note_login(mac, event.peer)
+            self._not_idle(disk)
+        elif event.kind in (Kind.ISCSI_LOGOUT, Kind.ISCSI_SESSION_DROPPED):
+            self._idle_later(mac, disk)
         elif event.kind is Kind.DHCP_OFFER and event.fields.get("firmware"):
             # a boot firmware asking (PXE ROM, UEFI, iPXE; never an OS's own
             # DHCP client) starts a new boot, in proxy mode as in authoritative
@@ -327,11 +334,18 @@ class Fleet:
         A disk held by another server is not served here: ``disk.elsewhere``
         says by whom. True when it is this server's now."""
         disk = self._disks.get(mac)
-        if disk is None or disk.target.claimed:
-            return disk is not None
-        if disk.claiming:
+        if disk is None:
             return False
-        disk.claiming = True
+        async with disk.claim_lock:
+            claimed = await self._claim(disk)
+        if claimed and not disk.target.sessions:
+            self._idle_later(mac, disk)  # a boot that never logs in here does not keep it
+        return claimed
+
+    async def _claim(self, disk: Disk) -> bool:
+        """Claim (holding the disk's claim_lock); the events say what came of it."""
+        if disk.target.claimed:
+            return True
         m = disk.machine
         try:
             await asyncio.to_thread(disk.target.claim)
@@ -342,10 +356,61 @@ class Fleet:
             self.bus.emit(Kind.DISK_FAILED, mac=m.mac, hostname=m.hostname, target=m.target_iqn,
                           why=f"not claimed: {e}")
             return False
-        finally:
-            disk.claiming = False
         self.bus.emit(Kind.DISK_CLAIMED, mac=m.mac, hostname=m.hostname, target=m.target_iqn)
         return True
+
+    # -- releasing a disk the machine stopped using (shared storage) -------------------
+
+    def _idle_later(self, mac: str, disk: Disk) -> None:
+        """The machine's last session may have ended: its disk is released
+        ``storage.release_after`` seconds from now if no session is there
+        then (a reconnect, a reinstatement or a reboot in between keeps it)."""
+        if self.cfg.storage.backend is not StorageBackend.CEPH:
+            return  # a file is this server's alone: nothing to release
+        self._not_idle(disk)
+        with contextlib.suppress(RuntimeError):  # no loop (a unit test feeding events): nothing to time
+            disk.idle = asyncio.get_running_loop().call_later(
+                max(1.0, self.cfg.storage.release_after), lambda: self._spawn(self._release(mac, disk)))
+
+    @staticmethod
+    def _not_idle(disk: Disk) -> None:
+        if disk.idle is not None:
+            disk.idle.cancel()
+            disk.idle = None
+
+    def _unused(self, mac: str, disk: Disk) -> bool:
+        return self._disks.get(mac) is disk and not disk.target.sessions and disk.target.claimed \
+            and not disk.renewing
+
+    async def _release(self, mac: str, disk: Disk) -> None:
+        """Give up a disk no session uses (its lock, off the loop), so that
+        the machine's next boot may be served by another server; its
+        renewal waiting for that boot goes too (made again here if the boot
+        comes here). A login that came in while the release ran (its claim
+        found the disk still claimed) claims it again at once."""
+        disk.idle = None
+        async with disk.claim_lock:
+            if not self._unused(mac, disk):
+                return
+            m = disk.machine
+            standby, disk.target.standby = disk.target.standby, None
+
+            def give_up() -> None:  # in a thread: round trips to the cluster
+                if standby is not None:
+                    standby.close()
+                    self.store.drop_renewal(m)
+                disk.target.release()
+            try:
+                await asyncio.to_thread(give_up)
+            except (BackendError, ImageError, OSError) as e:
+                self.bus.emit(Kind.DISK_FAILED, mac=m.mac, hostname=m.hostname, target=m.target_iqn,
+                              why=f"not released: {e}")
+                return
+            if disk.target.sessions:
+                await self._claim(disk)
+                return
+        self.bus.emit(Kind.DISK_RELEASED, mac=m.mac, hostname=m.hostname, target=m.target_iqn,
+                      why=f"no session for {self.cfg.storage.release_after} s")
 
     async def renew(self, mac: str) -> bool:
         """A machine starts a new boot: its ephemeral overlay is made anew.

@@ -105,7 +105,8 @@ class IsnsRegistration:
         self._task = asyncio.ensure_future(self._run())
 
     def _on_event(self, event: Event) -> None:
-        if event.kind in (Kind.FLEET_RELOADED, Kind.DHCP_ADOPTED, Kind.FLEET_ADOPTION_EXPIRED, Kind.DISK_CLAIMED):
+        if event.kind in (Kind.FLEET_RELOADED, Kind.DHCP_ADOPTED, Kind.FLEET_ADOPTION_EXPIRED, Kind.DISK_CLAIMED,
+                          Kind.DISK_RELEASED):
             self._wake.set()  # register again now
 
     async def stop(self) -> None:

@@ -30,7 +30,8 @@ MIB = 1 << 20
 PREFIX = "iqn.2026-11.test.lab"
 
 
-def _config(tmp_path: Path, cluster: Cluster, base: str, hosts: dict[str, str], port: int = 0) -> Path:
+def _config(tmp_path: Path, cluster: Cluster, base: str, hosts: dict[str, str], port: int = 0,
+            storage: str = "") -> Path:
     """A config whose machines (hostname: profile) boot from clones of ``base``."""
     (tmp_path / "profiles").mkdir(exist_ok=True)
     (tmp_path / "profiles" / "keep.yaml").write_text(f"base: {base}.raw\noverlay: persistent\n")
@@ -41,7 +42,7 @@ def _config(tmp_path: Path, cluster: Cluster, base: str, hosts: dict[str, str], 
     listen = f"listen:\n  iscsi: [{LOOPBACK}:{port}]\n" if port else ""
     cfg = tmp_path / "bootsvc.yaml"
     cfg.write_text(f"state_dir: {tmp_path / 'state'}\niqn_prefix: {PREFIX}\nprofiles_dir: profiles\n{listen}"
-                   f"storage: {{backend: ceph, pool: {POOL}, conf: {cluster.conf}}}\nmachines:\n{machines}")
+                   f"storage: {{backend: ceph, pool: {POOL}, conf: {cluster.conf}{storage}}}\nmachines:\n{machines}")
     return cfg
 
 
@@ -199,6 +200,45 @@ def test_a_disk_is_served_by_one_server_at_a_time(ceph_cluster: Cluster, tmp_pat
         stop(a)
         if b is not None:
             stop(b)
+
+
+def test_a_disk_the_machine_stopped_using_is_released(ceph_cluster: Cluster, tmp_path: Path) -> None:
+    """Two servers stay up: the machine logs in to A and out again; after
+    storage.release_after (1 s here) A gives the disk up (disk.released)
+    and B serves it with A's write in it, A still running; the machine
+    coming back to A later is served there again once B let go."""
+    need("qemu-io")
+    base = _base(ceph_cluster)
+    host = f"move-{uuid.uuid4().hex[:6]}"
+    servers = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        port = free_port()
+        servers.append((port, _config(tmp_path / name, ceph_cluster, base, {host: "open"}, port,
+                                      storage=", release_after: 1")))
+    (port_a, cfg_a), (port_b, cfg_b) = servers
+    a = subprocess.Popen([sys.executable, "-m", "bootsvc", "serve", "-c", str(cfg_a)], stderr=subprocess.DEVNULL)
+    b = subprocess.Popen([sys.executable, "-m", "bootsvc", "serve", "-c", str(cfg_b)], stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port_a, a)
+        wait_for_port(port_b, b)
+        wrote = _qemu_io(port_a, host, "write -P 0x51 1M 1M", "flush", tries=1)
+        assert wrote.returncode == 0 and "wrote" in wrote.stdout, wrote.stdout + wrote.stderr
+        ended = time.monotonic()
+        moved = _qemu_io(port_b, host, "read -P 0x51 1M 1M", "write -P 0x52 2M 4k", tries=20)
+        took = time.monotonic() - ended
+        events_a = (tmp_path / "a" / "state" / EVENT_FILE).read_text()
+        assert moved.returncode == 0 and "read 1048576" in moved.stdout, moved.stdout + moved.stderr + events_a[-3000:]
+        assert a.poll() is None and "\"kind\":\"disk.released\"" in events_a and "no session for 1 s" in events_a
+        assert 1.0 <= took < 10
+        back = _qemu_io(port_a, host, "read -P 0x52 2M 4k", tries=20)  # B lets go in turn
+        assert back.returncode == 0, back.stdout + back.stderr
+        events_b = (tmp_path / "b" / "state" / EVENT_FILE).read_text()
+        assert "\"kind\":\"disk.released\"" in events_b
+        print(f"\nserved by B {took:.1f} s after the machine left A (release_after 1 s)")
+    finally:
+        stop(a)
+        stop(b)
 
 
 def test_image_import_puts_the_base_in_the_pool(ceph_cluster: Cluster, tmp_path: Path) -> None:
