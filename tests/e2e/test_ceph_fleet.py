@@ -15,8 +15,10 @@ import pytest
 
 from bootsvc.ceph_images import CephImageStore, RbdPool
 from bootsvc.config import load
-from bootsvc.events import EVENT_FILE
+from bootsvc.events import EVENT_FILE, Bus
+from bootsvc.fleet import Fleet
 from bootsvc.images import image_store
+from bootsvc.inventory import Machine
 from target.rbd import open_rbd
 from target.targets import Target, open_backend
 from tests.ceph_cluster import Cluster
@@ -239,6 +241,50 @@ def test_a_disk_the_machine_stopped_using_is_released(ceph_cluster: Cluster, tmp
     finally:
         stop(a)
         stop(b)
+
+
+def test_a_shutdown_during_a_renewals_renames_leaves_it_named(ceph_cluster: Cluster, tmp_path: Path) -> None:
+    """An ephemeral disk renewed on the pool: the renames that give the
+    served renewal the disk's name run in a worker thread; the event loop
+    ending while they run (a slow cluster) leaves the disk named once the
+    fleet is closed, holding what was written to the served renewal."""
+    base = _base(ceph_cluster)
+    host = f"eph-{uuid.uuid4().hex[:6]}"
+    fleet = Fleet(load(_config(tmp_path, ceph_cluster, base, {host: "fresh"})), Bus())
+    fleet.open()
+    mac = next(iter(fleet.machines))
+    disk = fleet.disk(mac)
+    assert disk is not None
+    disk.fresh = False  # booted: its next boot renews it
+    keep = fleet.store.keep_renewal
+
+    def slow_keep(machine: Machine) -> None:
+        time.sleep(0.5)
+        keep(machine)
+
+    fleet.store.keep_renewal = slow_keep  # type: ignore[method-assign]
+    try:
+        assert asyncio.run(fleet.renew(mac))
+        served = disk.target.luns[0].backend
+
+        async def write() -> None:
+            await served.write(0, b"\x61" * 4096, fua=True)
+        asyncio.run(write())
+        with RbdPool(POOL, str(ceph_cluster.conf)) as pool:
+            assert pool.exists(f".{host}.renewal")  # not named yet
+    finally:
+        fleet.close()
+    with RbdPool(POOL, str(ceph_cluster.conf)) as pool:
+        assert not pool.exists(f".{host}.renewal")
+        b = open_rbd(pool.lun_path(host))
+        try:
+            assert b.read_sync(0, 4096) == b"\x61" * 4096
+        finally:
+            b.close()
+        for name in pool.names():
+            if host in name:
+                pool.remove_disk(name)
+        pool.remove_base(base)
 
 
 def test_image_import_puts_the_base_in_the_pool(ceph_cluster: Cluster, tmp_path: Path) -> None:
