@@ -343,9 +343,9 @@ class RbdPool:
                     protected = base.is_protected_snap(spec["snap_name"])
             return DiskState(name, parent, protected, self.users(img), _allocated(img))
 
-    def protect(self, base: str) -> None:
+    def protect(self, base: str, snapshot: str = BASE_SNAP) -> None:
         with self._image(base) as img:
-            self._call(f"protect {base}@{BASE_SNAP}", lambda: img.protect_snap(BASE_SNAP))
+            self._call(f"protect {base}@{snapshot}", lambda: img.protect_snap(snapshot))
 
     def break_dead_locks(self, name: str) -> list[str]:
         """The lock owners of ``name`` whose client no longer watches it
@@ -588,9 +588,12 @@ class CephImageStore(ImageStore):
     def _check_disk(self, m: Machine, names: list[str], named: bool, repair: bool) -> CheckReport:
         host = m.hostname
         report = CheckReport(f"{PREFIX}{self.pool.pool}/{host}", cluster_size=1, leak_kind="stale item(s)")
+        leftovers = sorted(n for n in names if (f := _LEFTOVER.fullmatch(n)) and f["host"] == host)
         if host not in names:
             (report.corruptions if named else report.notes).append(
                 f"no disk in the pool{'' if named else ' yet (made when a server first serves the machine)'}")
+            # a renewal or rebase stopped between its renames: its data is there, left alone
+            report.notes.extend(f"{n} is there: rename it to {host} with rbd rename to keep it" for n in leftovers)
             return report
         state = self.pool.state(host)
         report.clusters_used = state.allocated
@@ -603,11 +606,11 @@ class CephImageStore(ImageStore):
             elif base != self.base_image(m):
                 report.notes.append(f"a clone of {base}, not of its profile's base {self.base_image(m)} (rebased)")
             if not state.protected:
-                _stale(report, f"{base}@{snap} is not protected", repair, lambda: self.pool.protect(base))
+                _stale(report, f"{base}@{snap} is not protected", repair, lambda: self.pool.protect(base, snap))
         for owner in state.users.dead_holders:
             _stale(report, f"locked by client {owner}, which is gone", repair,
                    lambda: self.pool.break_dead_locks(host))
-        for name in sorted(n for n in names if (f := _LEFTOVER.fullmatch(n)) and f["host"] == host):
+        for name in leftovers:
             if self.pool.state(name).users.busy:
                 report.notes.append(f"{name}: in use by a server (its next boot's disk)")
                 continue
