@@ -522,7 +522,12 @@ class CephImageStore(ImageStore):
     def prepared(self, machine: Machine) -> tuple[TargetSpec, bool]:
         made = not self.pool.exists(machine.hostname)
         if made:
-            self.create_overlay(machine)
+            try:
+                self.create_overlay(machine)
+            except CephImageError:
+                if not self.pool.exists(machine.hostname):
+                    raise
+                made = False  # another server, starting too, made it meanwhile: the same disk
         return self.boot_spec(machine, LunSpec(self.pool.lun_path(machine.hostname))), made
 
     def make_renewal(self, machine: Machine, lun: LunSpec) -> LunSpec:
