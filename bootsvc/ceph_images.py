@@ -291,6 +291,7 @@ class RbdPool:
             if not replace:
                 raise CephImageError(f"base {new_base} already exists in pool {self.pool}; "
                                      "pick another name or replace it (--force)")
+            self._base_snapshot(new_base)  # never a machine's disk
             self._refuse_clones(new_base)
         aside = f".{new_base}.commit"
         self._remove_base_quietly(aside)  # a commit that died midway
@@ -327,7 +328,10 @@ class RbdPool:
                 self._remove_image(aside)
                 raise
             self.rename(aside, disk)
-        self._remove_image(gone)
+        try:
+            self._remove_image(gone)
+        except CephImageError:
+            pass  # done all the same; image check --repair removes it
         return written
 
     def state(self, name: str) -> DiskState:

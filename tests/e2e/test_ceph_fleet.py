@@ -204,6 +204,17 @@ def test_a_disk_is_served_by_one_server_at_a_time(ceph_cluster: Cluster, tmp_pat
             stop(b)
 
 
+def _event_file(server: Path, kind: str) -> str:
+    """A server's event file once it holds ``kind`` (at most 5 s): the
+    event follows the release, which the other server's login may overtake."""
+    for _ in range(50):
+        events = (server / "state" / EVENT_FILE).read_text()
+        if f'"kind":"{kind}"' in events:
+            break
+        time.sleep(0.1)
+    return events
+
+
 def test_a_disk_the_machine_stopped_using_is_released(ceph_cluster: Cluster, tmp_path: Path) -> None:
     """Two servers stay up: the machine logs in to A and out again; after
     storage.release_after (1 s here) A gives the disk up (disk.released)
@@ -229,17 +240,13 @@ def test_a_disk_the_machine_stopped_using_is_released(ceph_cluster: Cluster, tmp
         ended = time.monotonic()
         moved = _qemu_io(port_b, host, "read -P 0x51 1M 1M", "write -P 0x52 2M 4k", tries=20)
         took = time.monotonic() - ended
-        events_a = (tmp_path / "a" / "state" / EVENT_FILE).read_text()
+        events_a = _event_file(tmp_path / "a", "disk.released")
         assert moved.returncode == 0 and "read 1048576" in moved.stdout, moved.stdout + moved.stderr + events_a[-3000:]
         assert a.poll() is None and "\"kind\":\"disk.released\"" in events_a and "no session for 1 s" in events_a
         assert 1.0 <= took < 10
         back = _qemu_io(port_a, host, "read -P 0x52 2M 4k", tries=20)  # B lets go in turn
         assert back.returncode == 0, back.stdout + back.stderr
-        for _ in range(50):  # the event follows the release, which A's login may overtake
-            events_b = (tmp_path / "b" / "state" / EVENT_FILE).read_text()
-            if "\"kind\":\"disk.released\"" in events_b:
-                break
-            time.sleep(0.1)
+        events_b = _event_file(tmp_path / "b", "disk.released")
         assert "\"kind\":\"disk.released\"" in events_b, events_b[-2000:]
         print(f"\nserved by B {took:.1f} s after the machine left A (release_after 1 s)")
     finally:

@@ -97,6 +97,12 @@ def test_commit_rebase_and_check_on_the_pool(ceph_cluster: Cluster, tmp_path: Pa
         again = image("commit", host, f"new-{tag}.raw")
         assert again.returncode == 1 and "already exists" in again.stderr and "--force" in again.stderr
         assert image("commit", "--force", host, f"new-{tag}.raw").returncode == 0
+        pool.clone(gold, other)  # a base is never committed over a machine's disk
+        try:
+            disk_named = image("commit", "--force", host, f"{other}.raw")
+            assert disk_named.returncode == 1 and f"{other} in pool {POOL} is not a base" in disk_named.stderr
+        finally:
+            pool.remove_disk(other)
         pool.clone(f"new-{tag}", f"user-{tag}")
         used = image("commit", "--force", host, f"new-{tag}.raw")
         assert used.returncode == 1 and f"1 clone(s) use it (user-{tag})" in used.stderr, used.stderr
