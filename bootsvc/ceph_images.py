@@ -146,6 +146,10 @@ class RbdPool:
     def names(self) -> list[str]:
         return list(self._rbd.RBD().list(self._ioctx))
 
+    def size(self, name: str) -> int:
+        with self._image(name, read_only=True) as img:
+            return int(img.size())
+
     def exists(self, name: str) -> bool:
         return name in self.names()
 
@@ -440,6 +444,7 @@ def _copy_differences(old: Any, new: Any, progress: Callable[[int], object]) -> 
         new.resize(size)
     block = old.stat()["obj_size"]
     blocks = sorted(_mapped_blocks(old, block) | _mapped_blocks(new, block))
+    progress(max(0, size - len(blocks) * block))  # the blocks skipped
     written = 0
     for index in blocks:
         offset = index * block
@@ -578,7 +583,7 @@ class CephImageStore(ImageStore):
         extension) with its contents kept (RbdPool.rebase); refused while a
         server has the disk."""
         disk, name = self._disk(host), Path(new_base).stem
-        with progress(0, f"rebase {host}") as bar:
+        with progress(self.pool.size(disk), f"rebase {host}") as bar:
             written = self.pool.rebase(disk, name, bar.update)
         self.bus.emit(Kind.IMAGE_REBASED, hostname=host, base=f"{PREFIX}{self.pool.pool}/{name}@{BASE_SNAP}",
                       bytes=written)
