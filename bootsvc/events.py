@@ -70,6 +70,7 @@ class Kind(str, Enum):
     DISK_FAILED = "disk.failed"  # a machine's disk could not be made or opened: it will not boot
     DISK_CLAIMED = "disk.claimed"  # shared storage: this server took the disk's lock (it serves it alone)
     DISK_ELSEWHERE = "disk.elsewhere"  # shared storage: another server holds the disk: not served here
+    DISK_RELEASED = "disk.released"  # shared storage: the machine stopped using it: another server may take it
     IMAGE_OVERLAY_CREATED = "image.overlay_created"
     IMAGE_UNREADABLE = "image.unreadable"
     IMAGE_COMMITTED = "image.committed"
