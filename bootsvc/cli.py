@@ -42,6 +42,7 @@ from .ceph_images import CephImageStore
 from .images import ImageError, ImageStore, image_store
 from .iscsi_portals import describe as describe_portals
 from .instance import PID_FILE
+from .server_name import isns_identity
 from .service import Services
 from .storage_config import StorageBackend
 from .yamlfile import Checker, ConfigError, load_yaml, parse_size
@@ -145,6 +146,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     _warn_missing_bases(cfg)
     for note in dns_notes(cfg.dns_forward, cfg.dns, cfg.dhcp.subnets if cfg.dhcp else ()):
         print(f"{cfg.path}: {note}", file=sys.stderr)
+    if cfg.isns.target is not None and cfg.iscsi.portals:
+        print(f"{cfg.path}: note: {isns_identity(cfg)}", file=sys.stderr)
     print(f"{cfg.path}: ok ({len(cfg.machines)} machine(s), {len(cfg.profiles)} profile(s), "
           f"{len(cfg.targets)} extra target(s) with {luns} LUN(s), "
           f"iSCSI on {describe_portals(cfg.iscsi.portals) or 'nothing'})")
@@ -295,7 +298,7 @@ def _image_reset(store: ImageStore, args: argparse.Namespace) -> int:
 
 
 def _image_commit(store: ImageStore, args: argparse.Namespace) -> int:
-    print(store.commit(args.host, args.new_base))
+    print(store.commit(args.host, args.new_base, replace=args.force))
     return 0
 
 
@@ -354,7 +357,7 @@ def _check_state(r: CheckReport) -> str:
     if not r.corruptions and not r.leaks:
         return "clean"
     repaired = f", {r.leaks_fixed} repaired" if r.leaks_fixed else ""
-    return f"{len(r.corruptions)} error(s), {r.leaks} leaked cluster(s){repaired}"
+    return f"{len(r.corruptions)} error(s), {r.leaks} {r.leak_kind}{repaired}"
 
 
 def _image_check(store: ImageStore, args: argparse.Namespace) -> int:
@@ -362,7 +365,7 @@ def _image_check(store: ImageStore, args: argparse.Namespace) -> int:
     bad = 0
     for r in store.check(args.host, repair=args.repair):
         print(f"{r.image}: {_check_state(r)}; {human(r.clusters_used * r.cluster_size)} in use")
-        for c in r.corruptions:
+        for c in r.corruptions + r.notes:
             print(f"  {c}")
         bad += bool(r.corruptions) or r.leaks > r.leaks_fixed
     return 2 if bad else 0
@@ -379,12 +382,10 @@ IMAGE_COMMANDS: dict[str, Callable[[ImageStore, argparse.Namespace], int]] = {
     "import": _image_import,
     "check": _image_check,
 }
-# what `bootsvc image` does on a Ceph pool so far (bootsvc/ceph_images.py)
-CEPH_IMAGE_COMMANDS: dict[str, Callable[[ImageStore, argparse.Namespace], int]] = {
-    "list": _ceph_list, "create": _image_create, "reset": _image_reset,
-    # built or imported into state_dir/images as with files, then copied into the pool
-    "build-demo": _image_build_demo, "build-debian": _image_build_debian, "import": _image_import,
-}
+# on a Ceph pool (bootsvc/ceph_images.py) the same commands; bases are built
+# or imported into state_dir/images as with files, then copied into the pool
+CEPH_IMAGE_COMMANDS: dict[str, Callable[[ImageStore, argparse.Namespace], int]] = IMAGE_COMMANDS | {
+    "list": _ceph_list}
 
 
 def cmd_image(args: argparse.Namespace) -> int:
@@ -393,10 +394,6 @@ def cmd_image(args: argparse.Namespace) -> int:
     if cfg is None:
         return 1
     ceph = cfg.storage.backend is StorageBackend.CEPH
-    if ceph and args.image_command not in CEPH_IMAGE_COMMANDS:
-        print(f"bootsvc image {args.image_command}: not yet for storage backend ceph: manage the pool's bases "
-              "with rbd (docs/scale-out.md)", file=sys.stderr)
-        return 1
     store = image_store(cfg)
     try:
         return (CEPH_IMAGE_COMMANDS if ceph else IMAGE_COMMANDS)[args.image_command](store, args)
@@ -527,7 +524,9 @@ def build_parser() -> CliParser:
     ir.add_argument("host")
     icm = isub.add_parser("commit", help="make a new base image from what a machine sees now")
     icm.add_argument("host")
-    icm.add_argument("new_base", help="file name in state_dir/images (.qcow2: qcow2, else raw)")
+    icm.add_argument("new_base", help="file name in state_dir/images (.qcow2: qcow2, else raw); "
+                     "on Ceph the base image of that name without its extension")
+    icm.add_argument("--force", action="store_true", help="replace a base of that name no image depends on")
     irb = isub.add_parser("rebase", help="move a machine's overlay to another base, keeping its contents")
     irb.add_argument("host")
     irb.add_argument("base", help="file name in state_dir/images")
@@ -552,7 +551,8 @@ def build_parser() -> CliParser:
     iim.add_argument("--force", action="store_true", help="replace a base of that name no image depends on")
     ick = isub.add_parser("check", help="check overlays like qemu-img check")
     ick.add_argument("host", nargs="*", help="default: every overlay")
-    ick.add_argument("--repair", action="store_true", help="fix leaked clusters")
+    ick.add_argument("--repair", action="store_true",
+                     help="fix leaked clusters (Ceph: remove stale renewals, break locks of clients gone)")
 
     vm = with_config("vm", "boot inventory machines as diskless QEMU VMs and show each boot's timeline", cmd_vm)
     vm.add_argument("--count", type=int, default=1, help="boot the first N machines by hostname (default 1)")

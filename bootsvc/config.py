@@ -20,6 +20,7 @@ from .address import HostPort
 from .credentials import AuthMode, check_pair, parse_chap
 from isns.policy import Policy
 from target import ChapAlgorithm, ChapAuth, LunSpec, TargetConfigError, TargetSpec, check_iscsi_name
+from target.keys import MAX_CONNECTIONS, MAX_ERROR_RECOVERY_LEVEL
 from target.rbd import is_rbd
 
 from . import SCSI_PRODUCT, SCSI_VENDOR
@@ -31,6 +32,7 @@ from .iscsi_portals import IscsiPortal, parse_portals
 from .inventory import Machine, load_machines
 from .names import domain_problem
 from .profiles import SHIPPED, Profile, load_profiles
+from .server_name import default_server_name, parse_server_name
 from .storage_config import StorageSettings, check_rbd_lun, load_storage, with_storage_defaults
 from .tftp import BUSY_POLL_US
 from .yamlfile import Checker, ConfigError, LineMap, load_yaml, plain
@@ -48,14 +50,16 @@ LUN_KEYS = {"path", "read_only", "block_size", "lun"}
 ISCSI_KEYS = {"nop_interval", "nop_timeout", "queue_depth", "portal_group_tag", "max_connections",
               "error_recovery_level"}  # numbers
 ISCSI_COUNTS = {"queue_depth": "commands", "portal_group_tag": "the tag", "max_connections": "connections",
-                "error_recovery_level": "the level"}  # those that count
-ISCSI_HIGHEST = {"error_recovery_level": 2}  # counts whose bound is not 65535 (RFC 7143 §13.20)
+                "error_recovery_level": "an ErrorRecoveryLevel"}  # those that count
+# counts whose bound is not 65535: the highest ErrorRecoveryLevel the target
+# agrees to (RFC 7143 §13.20; target/recovery.py, target/allegiance.py)
+ISCSI_HIGHEST = {"error_recovery_level": MAX_ERROR_RECOVERY_LEVEL}
 ISCSI_NOT_ZERO = {"portal_group_tag": "must be 1 or more (SCSI reserves target port 0)",
                   "max_connections": "must be 1 or more (a session has at least one connection)"}
 ISCSI_AUTH_KEYS = {"chap_algorithms", "discovery_chap", "discovery_mutual_chap"}
 CHAP_ALGORITHMS = {"sha3-256": ChapAlgorithm.SHA3_256, "sha256": ChapAlgorithm.SHA256, "sha1": ChapAlgorithm.SHA1,
                    "md5": ChapAlgorithm.MD5}
-ISNS_KEYS = {"server", "registration_period", "default_dd", "control_nodes", "control_addresses", "policy"}
+ISNS_KEYS = {"server", "registration_period", "default_dd", "control_nodes", "control_addresses", "policy", "name"}
 
 
 @dataclass(frozen=True)
@@ -78,13 +82,20 @@ class IscsiSettings:
     nop_timeout: float = 30.0
     queue_depth: int = 128
     portal_group_tag: int = 1
-    # MC/S and connection recovery: the most an initiator is granted (it gets
-    # less if it asks less: Debian's initiators ask 1 connection and ERL 0)
-    max_connections: int = 8
-    error_recovery_level: int = 2
+    # MC/S and error recovery: the most an initiator is granted, min(initiator's,
+    # this) (Debian's initiators ask 1 connection and ERL 0); error_recovery_level
+    # 0 turns SNACK, digest error recovery and connection recovery off
+    max_connections: int = MAX_CONNECTIONS
+    error_recovery_level: int = MAX_ERROR_RECOVERY_LEVEL
     # CHAP hashes accepted, in no order (the initiator's preference decides, RFC 7143 §12.1.3)
     chap_algorithms: tuple[ChapAlgorithm, ...] = tuple(CHAP_ALGORITHMS.values())
     discovery_auth: ChapAuth | None = None  # None: discovery sessions are open (they show names only)
+
+    @property
+    def key_preferences(self) -> dict[str, str]:
+        """The login keys the config bounds (RFC 7143 §13.2 MaxConnections,
+        §13.20 ErrorRecoveryLevel): the target offers at most these."""
+        return {"MaxConnections": str(self.max_connections), "ErrorRecoveryLevel": str(self.error_recovery_level)}
 
 
 @dataclass(frozen=True)
@@ -111,6 +122,7 @@ class IsnsSettings:
     # where those names are believed from, besides loopback and the server's own address
     control_addresses: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     policy: Policy = Policy.STRICT  # who may change what (isns/policy.py, docs/security.md)
+    name: str | None = None  # this server's name (bootsvc/server_name.py); None: the default
 
     @property
     def target(self) -> HostPort | None:
@@ -156,8 +168,13 @@ class Config:
     @property
     def control_node(self) -> str:
         """bootsvc's own iSCSI name at the iSNS server: it registers the
-        targets and manages the machines' DDs."""
-        return f"{self.iqn_prefix}:bootsvc"
+        targets and manages the machines' DDs; one per server (isns.name),
+        so that servers sharing an iSNS server keep their own entities."""
+        return f"{self.iqn_prefix}:bootsvc.{self.server_name}"
+
+    @property
+    def server_name(self) -> str:
+        return self.isns.name or default_server_name(self.state_dir)
 
     @property
     def images_dir(self) -> Path:
@@ -421,7 +438,7 @@ def _isns(c: Checker, doc: LineMap, listen: Any) -> IsnsSettings:
         except TargetConfigError as e:
             c.err(m, "isns.control_nodes", str(e))
     return IsnsSettings(listen_at, server, period, default_dd == "visible", tuple(map(str, controls)),
-                        _control_addresses(c, m), _isns_policy(c, m))
+                        _control_addresses(c, m), _isns_policy(c, m), parse_server_name(c, m))
 
 
 def _isns_policy(c: Checker, m: LineMap) -> Policy:

@@ -6,7 +6,8 @@ otherwise). A machine's credentials come from its config entry
 (``chap:``/``mutual_chap:``), else its profile's, else they are made on the
 machine's first use and kept in ``state_dir/secrets/chap.json``: mode 0600
 in a 0700 directory, written by rename so a crash never leaves half a file,
-and never logged. The forward name is the machine's initiator IQN, the
+and never logged. With ``storage: {backend: ceph}`` they are kept in the
+pool instead, shared by every server on it (bootsvc/shared_secrets.py). The forward name is the machine's initiator IQN, the
 reverse name its target IQN; each secret is 16 characters (96 random bits),
 the most Windows' initiator takes.
 
@@ -24,13 +25,14 @@ import os
 import secrets
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from target import ChapAuth, ChapSecret
 
 from .yamlfile import Checker, LineMap
 
 if TYPE_CHECKING:
+    from .config import Config
     from .inventory import Machine
 
 SECRET_CHARACTERS = 16
@@ -94,6 +96,23 @@ def chap_auth(mode: AuthMode, forward: ChapSecret | None, reverse: ChapSecret | 
     return ChapAuth(forward, reverse if mode is AuthMode.MUTUAL else None)
 
 
+class Credentials(Protocol):
+    """Where the fleet gets the credentials bootsvc makes for a machine."""
+
+    def secrets_of(self, machine: Machine) -> tuple[ChapSecret, ChapSecret]:
+        """The machine's forward and reverse secrets, made and kept on first use."""
+
+
+def credential_store(cfg: Config) -> Credentials:
+    """state_dir's file; on Ceph the pool, which every server on it shares
+    (a machine moved to another server keeps its secret: bootsvc/shared_secrets.py)."""
+    from .storage_config import StorageBackend
+    if cfg.storage.backend is StorageBackend.CEPH:
+        from .shared_secrets import SharedCredentialStore
+        return SharedCredentialStore(cfg.storage.pool, cfg.storage.conf, cfg.storage.user)
+    return CredentialStore(cfg.state_dir)
+
+
 class CredentialStore:
     """The credentials bootsvc made for machines, by MAC, in one 0600 file."""
 
@@ -108,7 +127,7 @@ class CredentialStore:
             entries = self._load()
             entry = entries.get(machine.mac)
             if entry is None:
-                entry = {"hostname": machine.hostname, "secret": _new_secret(), "reverse_secret": _new_secret()}
+                entry = new_entry(machine.hostname)
                 entries[machine.mac] = entry
                 self._save(entries)
         return (ChapSecret(machine.initiator_iqn, entry["secret"].encode()),
@@ -135,6 +154,11 @@ class CredentialStore:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
+
+
+def new_entry(hostname: str) -> dict[str, str]:
+    """A machine's new secrets, as both stores keep them."""
+    return {"hostname": hostname, "secret": _new_secret(), "reverse_secret": _new_secret()}
 
 
 def _new_secret() -> str:

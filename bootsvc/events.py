@@ -70,6 +70,7 @@ class Kind(str, Enum):
     DISK_FAILED = "disk.failed"  # a machine's disk could not be made or opened: it will not boot
     DISK_CLAIMED = "disk.claimed"  # shared storage: this server took the disk's lock (it serves it alone)
     DISK_ELSEWHERE = "disk.elsewhere"  # shared storage: another server holds the disk: not served here
+    DISK_RELEASED = "disk.released"  # shared storage: the machine stopped using it: another server may take it
     IMAGE_OVERLAY_CREATED = "image.overlay_created"
     IMAGE_UNREADABLE = "image.unreadable"
     IMAGE_COMMITTED = "image.committed"
@@ -110,6 +111,7 @@ class Kind(str, Enum):
     ISCSI_TASK_REASSIGNED = "iscsi.task_reassigned"
     ISCSI_TASKS_EXPIRED = "iscsi.tasks_expired"  # ERL 2: not reassigned within Time2Wait + Time2Retain
     ISCSI_CMDSN_SKIPPED = "iscsi.cmdsn_skipped"  # a command waiting for its CmdSN lost its connection
+    ISCSI_RECOVERY_R2T = "iscsi.recovery_r2t"  # ERL >= 1: Data-Out lost, asked again (target/recovery.py)
     QCOW2_REPAIRED = "qcow2.repaired"
     QCOW2_SPACE_LOW = "qcow2.space_low"
     QCOW2_SPACE_EXHAUSTED = "qcow2.space_exhausted"

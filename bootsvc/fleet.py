@@ -18,14 +18,15 @@ import contextlib
 import ipaddress
 import time
 from collections.abc import Awaitable, Callable, Container, Iterable, Mapping
-from dataclasses import dataclass, replace
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from target import Backend, BackendError, ChapAuth, Standby, Target, TargetConfigError, TargetSpec, open_backend
 from target.backend import DiskElsewhere
 
 from .config import Config
-from .credentials import AuthMode, CredentialStore, chap_auth
+from .credentials import AuthMode, chap_auth, credential_store
 from .dhcp.leases import LeaseState, LeaseStore
 from .dhcp.responder import UnknownPolicy
 from .events import Bus, Event, Kind
@@ -34,6 +35,7 @@ from .images import ImageError, image_store
 from .inventory import Machine, generated_machine
 from .isns_registration import Wanted, wanted
 from .profiles import OverlayPolicy, Profile
+from .storage_config import StorageBackend
 
 IPv4 = ipaddress.IPv4Address
 
@@ -41,6 +43,13 @@ IPv4 = ipaddress.IPv4Address
 # seconds a replaced disk stays open: the sessions dropped for the new boot
 # may still have reads or writes on it in worker threads
 CLOSE_GRACE = 5.0
+# seconds a stopping fleet waits for a renewed disk to be given its name
+# (two renames: on a Ceph pool, two round trips to the cluster)
+RENAME_TIMEOUT = 30.0
+# the renames: submitted from the event loop, run here, waited for at close
+# (a task would be cancelled by a shutdown before it ran, leaving a served
+# renewal without its name)
+_RENAMES = ThreadPoolExecutor(max_workers=4, thread_name_prefix="disk-rename")
 
 
 class FleetError(Exception):
@@ -57,7 +66,9 @@ class Disk:
     target: Target
     fresh: bool = True  # nobody has logged in since it was made: the coming boot needs no renewal
     renewing: bool = False  # a new overlay is being made for it
-    claiming: bool = False  # its lock on shared storage is being taken (Fleet.claim)
+    # shared storage: its claim taken or released one at a time (Fleet.claim, Fleet._release)
+    claim_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    idle: asyncio.TimerHandle | None = None  # its release, once its last session ended
 
 
 class Fleet:
@@ -74,6 +85,8 @@ class Fleet:
         self.machines: Mapping[str, Machine] = MappingProxyType(self._machines)
         self._disks: dict[str, Disk] = {}  # by MAC
         self._replaced: set[Backend] = set()  # renewed disks' old overlays, closed after CLOSE_GRACE
+        # a renewal being given its disk's name: its machine and the renames, by MAC
+        self._naming: dict[str, tuple[Machine, Future[None]]] = {}
         self._specs: dict[str, TargetSpec] = {}  # the config's own targets served, by IQN
         # proxy mode: the address another DHCP server gave a machine, and back
         self._proxied: dict[IPv4, str] = {}
@@ -89,7 +102,7 @@ class Fleet:
         self._fixed: dict[IPv4, str] | None = None
         self._reserved: frozenset[IPv4] | None = None
         self.store = image_store(cfg, self.machines, bus)
-        self.credentials = CredentialStore(cfg.state_dir)
+        self.credentials = credential_store(cfg)
         bus.subscribe(self.on_event)
 
     # -- start and stop --------------------------------------------------------------
@@ -109,10 +122,13 @@ class Fleet:
             self._specs[spec.iqn] = spec
 
     def close(self) -> None:
+        for mac in list(self._naming):
+            self._settle_name(mac)
         for backend in self._replaced:
             backend.close()
         self._replaced.clear()
         for disk in self._disks.values():
+            self._not_idle(disk)
             self._forget_standby(disk)
         for t in self.targets.values():
             t.close()
@@ -145,7 +161,7 @@ class Fleet:
     def _auth_for(self, m: Machine) -> ChapAuth | None:
         """The credentials of a machine's disk: its own from the config,
         else its profile's, else the ones bootsvc made for it (kept in
-        state_dir; bootsvc/credentials.py)."""
+        state_dir, or on Ceph in the pool; bootsvc/credentials.py)."""
         profile = self.profile(m)
         if profile.auth is AuthMode.NONE:
             return None
@@ -266,6 +282,9 @@ class Fleet:
         if event.kind is Kind.ISCSI_LOGIN:
             disk.fresh = False  # this boot uses it: the next one gets a new one
             self._note_login(mac, event.peer)
+            self._not_idle(disk)
+        elif event.kind in (Kind.ISCSI_LOGOUT, Kind.ISCSI_SESSION_DROPPED):
+            self._idle_later(mac, disk)
         elif event.kind is Kind.DHCP_OFFER and event.fields.get("firmware"):
             # a boot firmware asking (PXE ROM, UEFI, iPXE; never an OS's own
             # DHCP client) starts a new boot, in proxy mode as in authoritative
@@ -315,11 +334,18 @@ class Fleet:
         A disk held by another server is not served here: ``disk.elsewhere``
         says by whom. True when it is this server's now."""
         disk = self._disks.get(mac)
-        if disk is None or disk.target.claimed:
-            return disk is not None
-        if disk.claiming:
+        if disk is None:
             return False
-        disk.claiming = True
+        async with disk.claim_lock:
+            claimed = await self._claim(disk)
+        if claimed and not disk.target.sessions:
+            self._idle_later(mac, disk)  # a boot that never logs in here does not keep it
+        return claimed
+
+    async def _claim(self, disk: Disk) -> bool:
+        """Claim (holding the disk's claim_lock); the events say what came of it."""
+        if disk.target.claimed:
+            return True
         m = disk.machine
         try:
             await asyncio.to_thread(disk.target.claim)
@@ -330,10 +356,61 @@ class Fleet:
             self.bus.emit(Kind.DISK_FAILED, mac=m.mac, hostname=m.hostname, target=m.target_iqn,
                           why=f"not claimed: {e}")
             return False
-        finally:
-            disk.claiming = False
         self.bus.emit(Kind.DISK_CLAIMED, mac=m.mac, hostname=m.hostname, target=m.target_iqn)
         return True
+
+    # -- releasing a disk the machine stopped using (shared storage) -------------------
+
+    def _idle_later(self, mac: str, disk: Disk) -> None:
+        """The machine's last session may have ended: its disk is released
+        ``storage.release_after`` seconds from now if no session is there
+        then (a reconnect, a reinstatement or a reboot in between keeps it)."""
+        if self.cfg.storage.backend is not StorageBackend.CEPH:
+            return  # a file is this server's alone: nothing to release
+        self._not_idle(disk)
+        with contextlib.suppress(RuntimeError):  # no loop (a unit test feeding events): nothing to time
+            disk.idle = asyncio.get_running_loop().call_later(
+                max(1.0, self.cfg.storage.release_after), lambda: self._spawn(self._release(mac, disk)))
+
+    @staticmethod
+    def _not_idle(disk: Disk) -> None:
+        if disk.idle is not None:
+            disk.idle.cancel()
+            disk.idle = None
+
+    def _unused(self, mac: str, disk: Disk) -> bool:
+        return self._disks.get(mac) is disk and not disk.target.sessions and disk.target.claimed \
+            and not disk.renewing
+
+    async def _release(self, mac: str, disk: Disk) -> None:
+        """Give up a disk no session uses (its lock, off the loop), so that
+        the machine's next boot may be served by another server; its
+        renewal waiting for that boot goes too (made again here if the boot
+        comes here). A login that came in while the release ran (its claim
+        found the disk still claimed) claims it again at once."""
+        disk.idle = None
+        async with disk.claim_lock:
+            if not self._unused(mac, disk):
+                return
+            m = disk.machine
+            standby, disk.target.standby = disk.target.standby, None
+
+            def give_up() -> None:  # in a thread: round trips to the cluster
+                if standby is not None:
+                    standby.close()
+                    self.store.drop_renewal(m)
+                disk.target.release()
+            try:
+                await asyncio.to_thread(give_up)
+            except (BackendError, ImageError, OSError) as e:
+                self.bus.emit(Kind.DISK_FAILED, mac=m.mac, hostname=m.hostname, target=m.target_iqn,
+                              why=f"not released: {e}")
+                return
+            if disk.target.sessions:
+                await self._claim(disk)
+                return
+        self.bus.emit(Kind.DISK_RELEASED, mac=m.mac, hostname=m.hostname, target=m.target_iqn,
+                      why=f"no session for {self.cfg.storage.release_after} s")
 
     async def renew(self, mac: str) -> bool:
         """A machine starts a new boot: its ephemeral overlay is made anew.
@@ -350,6 +427,7 @@ class Fleet:
         m = disk.machine
         disk.renewing = True
         try:
+            await self._named_first(mac)
             backend = await asyncio.to_thread(self._fresh_backend, disk)
         except (ImageError, BackendError, TargetConfigError, OSError) as e:
             self.bus.emit(Kind.DISK_FAILED, mac=m.mac, hostname=m.hostname, why=f"not renewed: {e}")
@@ -371,13 +449,52 @@ class Fleet:
     def _renewed(self, disk: Disk, old: list[Backend]) -> None:
         """The new overlay is served: it takes the served one's name, and
         the old one is closed once the dropped sessions' reads and writes
-        in worker threads are done with it."""
+        in worker threads are done with it. The renames (round trips to a
+        Ceph cluster) run in a worker thread, submitted now: the next
+        renewal and ``close`` wait for them."""
         m = disk.machine
-        self.store.keep_renewal(m)
+        future = _RENAMES.submit(self.store.keep_renewal, m)
+        self._naming[m.mac] = m, future
+        with contextlib.suppress(RuntimeError):  # no loop (a unit test): close reports a failure
+            loop = asyncio.get_running_loop()
+            future.add_done_callback(lambda f: _on_loop(loop, self._named, m, f))
         disk.fresh = True
         for backend in old:
             self._close_later(backend)
         self.bus.emit(Kind.DISK_RENEWED, mac=m.mac, hostname=m.hostname, target=m.target_iqn)
+
+    def _named(self, m: Machine, future: Future[None]) -> None:
+        """On the loop: a renewal has its disk's name (or failed to get it)."""
+        if self._naming.get(m.mac, (m, None))[1] is future:
+            del self._naming[m.mac]
+            self._report_naming(m, future)
+
+    def _settle_name(self, mac: str) -> None:
+        """Wait (blocking, bounded) for a machine's pending renames."""
+        if mac not in self._naming:
+            return
+        m, future = self._naming.pop(mac)
+        try:
+            future.result(RENAME_TIMEOUT)
+        except TimeoutError:
+            self.bus.emit(Kind.DISK_FAILED, mac=mac, hostname=m.hostname,
+                          why=f"its renewal was not given its name within {RENAME_TIMEOUT:.0f} s")
+            return
+        except Exception:  # reported below, from the future
+            pass
+        self._report_naming(m, future)
+
+    def _report_naming(self, m: Machine, future: Future[None]) -> None:
+        e = future.exception()
+        if e is not None:
+            self.bus.emit(Kind.DISK_FAILED, mac=m.mac, hostname=m.hostname,
+                          why=f"its renewal was not given its name: {e}")
+
+    async def _named_first(self, mac: str) -> None:
+        """The last renewal's renames are done (the next renewal reuses its name)."""
+        if mac in self._naming:
+            with contextlib.suppress(Exception):
+                await asyncio.wrap_future(self._naming[mac][1])
 
     def _forget_standby(self, disk: Disk) -> None:
         """A disk no longer served takes its waiting renewal with it."""
@@ -470,6 +587,7 @@ class Fleet:
             self.targets.pop(disk.target.name, None)
             self._forget_standby(disk)
             disk.target.close()
+            self._settle_name(mac)
             self.store.remove_disk(disk.machine)
         self._forget_indexes()
         if self.leases is not None:
@@ -612,6 +730,12 @@ class Fleet:
     def _with_reservations(self, spec: TargetSpec) -> TargetSpec:
         """A config target as served: its LUNs keep APTPL reservations under state_dir."""
         return replace(spec, reservations=str(self.store.reservations_dir(spec.iqn)))
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., object], *args: object) -> None:
+    """``fn(*args)`` on ``loop`` from a worker thread, unless the loop is closed."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(fn, *args)
 
 
 def _open_claimed(spec: TargetSpec) -> Target:

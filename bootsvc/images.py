@@ -281,12 +281,13 @@ class ImageStore:
                 img.close()
         return out
 
-    def commit(self, host: str, new_base: str) -> Path:
+    def commit(self, host: str, new_base: str, replace: bool = False) -> Path | str:
         """A new base image holding what the machine sees now (its overlay
         merged with its base): raw, or qcow2 when the name ends in .qcow2.
-        It is made read-only; overlays can then be based on it."""
+        It is made read-only; overlays can then be based on it. ``replace``:
+        a base of that name no image depends on is replaced."""
         source = self._source(host)
-        dest = self.new_base_path(new_base)
+        dest = self.new_base_path(new_base, replace)
         with self._open(source) as img:
             self._write_base(img, dest, f"commit {host}")
         self.bus.emit(Kind.IMAGE_COMMITTED, hostname=host, base=str(dest))

@@ -1,11 +1,15 @@
 """What bootsvc tells an iSNS server (RFC 4171), through isns.client: its
-iSCSI portals and every target it serves, as one network entity (§6.2),
+iSCSI portals and every target it serves, as one network entity (§6.2)
+named after its control node ``<iqn_prefix>:bootsvc.<isns.name>``, so
+several servers register side by side (bootsvc/server_name.py),
 each target on each portal in that portal's group (Portal Group objects,
 §6.5: the TPGT an initiator logging in there is given; the control node
 with a NULL tag, reached at none), and
 per machine a discovery domain ``boot-<hostname>`` holding the machine's
 initiator and its boot target (§6.11.2), so an initiator asking iSNS finds
-exactly its own disk.
+exactly its own disk. A DD is removed only by the server that
+registered it, once it no longer has the machine: two servers with
+different machine lists do not remove each other's DDs.
 
 It registers at start, again when the config changes (reload, an adopted
 machine) and every ``REFRESH`` seconds (so a server that restarted without
@@ -23,6 +27,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from isns import AsyncIsnsClient, IsnsClientError, NodeSpec, NodeType, PortalGroupSpec, PortalSpec
+from isns.protocol import Status
 from .address import HostPort
 
 from .config import Config
@@ -35,6 +40,8 @@ REFRESH = 300.0  # seconds between re-registrations
 RETRY = 10.0  # seconds before trying an unreachable server again
 DD_PREFIX = "boot-"  # the DDs bootsvc owns: one per machine
 WILDCARDS = ("", "0.0.0.0", "::")
+WAKE = frozenset({Kind.FLEET_RELOADED, Kind.DHCP_ADOPTED, Kind.FLEET_ADOPTION_EXPIRED})
+DISK_EVENTS = "disk."  # disk.claimed, and whatever says a disk was let go
 
 
 @dataclass(frozen=True)
@@ -95,7 +102,8 @@ class IsnsRegistration:
         self.report = report
         self.refresh = refresh
         self.entity = source  # one entity, named after bootsvc's own iSCSI name
-        self._registered_nodes: set[str] = set()
+        self._registered_nodes: set[str] | None = None  # None: nothing registered by this process yet
+        self._registered_dds: set[str] = set()  # the machines' DDs this server keeps
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._down = False
@@ -105,8 +113,10 @@ class IsnsRegistration:
         self._task = asyncio.ensure_future(self._run())
 
     def _on_event(self, event: Event) -> None:
-        if event.kind in (Kind.FLEET_RELOADED, Kind.DHCP_ADOPTED, Kind.FLEET_ADOPTION_EXPIRED, Kind.DISK_CLAIMED):
-            self._wake.set()  # register again now
+        if event.kind in WAKE or str(getattr(event.kind, "value", event.kind)).startswith(DISK_EVENTS):
+            # register again now: the machines changed, or on shared storage
+            # the disks this server holds (a claim, a release)
+            self._wake.set()
 
     async def stop(self) -> None:
         self.bus.unsubscribe(self._on_event)
@@ -136,16 +146,37 @@ class IsnsRegistration:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
 
+    async def _register(self, c: AsyncIsnsClient, want: Wanted, replace: bool) -> None:
+        """Register the entity; a target still registered by another server
+        (one killed while it held the disk, whose lock Ceph has since
+        broken for us) is taken from it: a node is in one entity only
+        (RFC 4171 §6.1), and this server holds the disk now."""
+        try:
+            await c.register(self.entity, want.nodes, want.portals, groups=want.groups, replace=replace)
+            return
+        except IsnsClientError as e:
+            if e.status is not Status.INVALID_REGISTRATION:
+                raise
+        for node in want.nodes:
+            if node.type is NodeType.TARGET:
+                with contextlib.suppress(IsnsClientError):  # not registered anywhere: nothing to take
+                    await c.deregister_node(node.name)
+        await c.register(self.entity, want.nodes, want.portals, groups=want.groups, replace=True)
+
     async def sync(self) -> None:
         """Bring the server in line with the config: portals and targets,
         then the machines' DDs; what bootsvc registered before and no longer
         serves goes."""
         want = self.what()
         async with self._client() as c:
-            await c.register(self.entity, want.nodes, want.portals, groups=want.groups)
             names = {n.name for n in want.nodes}
-            for gone in sorted(self._registered_nodes - names):
-                await c.deregister_node(gone)
+            # the entity is registered anew, replaced, at this process's first
+            # registration (a server killed before it could deregister left its
+            # old entity behind) and when a target went (removed, or its disk
+            # let go to another server): so that its portal groups go too
+            # (isnsd keeps a deregistered node's portal groups, and would show
+            # the old portal beside the new one)
+            await self._register(c, want, self._registered_nodes is None or bool(self._registered_nodes - names))
             self._registered_nodes = names
             have = {str(d.get("DD_SYMBOLIC_NAME")): d for d in await c.list("dd")}
             for name, members in want.dds.items():
@@ -160,9 +191,12 @@ class IsnsRegistration:
                 missing = [m for m in members if m not in current]
                 if missing:
                     await c.dd_add_members(int(dd["DD_ID"]), missing)
-            for name, dd in have.items():
-                if name.startswith(DD_PREFIX) and name not in want.dds:
+            # only the DDs this server registered and no longer wants: another
+            # server on the same iSNS server keeps the DDs of its own machines
+            for name in sorted(self._registered_dds - set(want.dds)):
+                if (dd := have.get(name)) is not None:
                     await c.dd_deregister(int(dd["DD_ID"]))
+            self._registered_dds = set(want.dds)
         if self._down:
             self.report(f"iSNS server {self.server}: registered again")
         self._down = False

@@ -66,7 +66,7 @@ class Server:
                                   window=s.queue_depth,
                                   nop_interval=s.nop_interval, nop_timeout=s.nop_timeout,
                                   on_event=self.bus.sink("iscsi"), discovery_auth=s.discovery_auth,
-                                  chap_algorithms=s.chap_algorithms, key_preferences=iscsi_key_preferences(s))
+                                  chap_algorithms=s.chap_algorithms, key_preferences=s.key_preferences)
         # /metrics: counted from the bus; the sessions open now asked of the target server when scraped
         self.metrics = Metrics(self.fleet, lambda: len(self.iscsi.sessions))
         self.bus.subscribe(self.metrics)
@@ -208,9 +208,3 @@ class Server:
                 self.tftp.busy_poll = new.tftp.busy_poll
         if "dns_forward" in diff.live and self.dns is not None:
             self.dns.set_forwarding(new.dns_forward)
-
-
-def iscsi_key_preferences(s: config_mod.IscsiSettings) -> dict[str, str]:
-    """The login keys the config bounds (RFC 7143 §13.2 MaxConnections,
-    §13.20 ErrorRecoveryLevel): the target offers at most these."""
-    return {"MaxConnections": str(s.max_connections), "ErrorRecoveryLevel": str(s.error_recovery_level)}

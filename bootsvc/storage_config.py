@@ -1,6 +1,6 @@
 """The config's ``storage`` section: where machines' disks live.
 
-    storage: {backend: ceph, pool: NAME, conf: /etc/ceph/ceph.conf, user: NAME}
+    storage: {backend: ceph, pool: NAME, conf: /etc/ceph/ceph.conf, user: NAME, release_after: 20}
 
 ``backend: file`` (the default) keeps disks as files under state_dir;
 ``ceph`` names an RBD pool (docs/scale-out.md). The Ceph settings are also
@@ -22,8 +22,13 @@ from target.rbd import MISSING_BINDINGS, is_rbd, parse_spec
 
 from .yamlfile import Checker, LineMap, plain
 
-STORAGE_KEYS = {"backend", "pool", "conf", "user"}
-CEPH_KEYS = {"pool", "conf", "user"}
+STORAGE_KEYS = {"backend", "pool", "conf", "user", "release_after"}
+CEPH_KEYS = {"pool", "conf", "user", "release_after"}
+# seconds a machine's disk stays claimed after its last session ended (a
+# reconnect or a reboot within it keeps the claim), like iSCSI's
+# DefaultTime2Retain (RFC 7143 §13.16, default 20)
+RELEASE_AFTER = 20
+RELEASE_AFTER_MAX = 86400
 DEFAULT_CONF = "/etc/ceph/ceph.conf"
 # Ceph refuses these in a pool name, and rbd: LUN names use them as separators
 _POOL_FORBIDDEN = set("/@: \t")
@@ -40,6 +45,7 @@ class StorageSettings:
     pool: str = ""
     conf: str = DEFAULT_CONF
     user: str | None = None  # None: librados' own default (client.admin)
+    release_after: int = RELEASE_AFTER
 
 
 def load_storage(c: Checker, doc: LineMap, base: Path) -> StorageSettings:
@@ -60,7 +66,9 @@ def load_storage(c: Checker, doc: LineMap, base: Path) -> StorageSettings:
         return StorageSettings()
     if importlib.util.find_spec("rbd") is None:
         c.err(m, "storage.backend", MISSING_BINDINGS)
-    return StorageSettings(backend, _pool(c, m), _conf(c, m, base), _user(c, m))
+    return StorageSettings(backend, _pool(c, m), _conf(c, m, base), _user(c, m),
+                           c.integer(m, "release_after", "storage.release_after", RELEASE_AFTER, RELEASE_AFTER_MAX,
+                                     "seconds a disk stays claimed after its machine's last session"))
 
 
 def _word(c: Checker, m: LineMap, key: str) -> str | None:

@@ -9,6 +9,11 @@ keepalive ping. A task is *allegiant* to the connection its command came on
 (§5.1): its R2Ts, Data-In and status go out there. The CmdSN window stays
 session-wide (:class:`~target.session.Session`).
 
+From ErrorRecoveryLevel 1 a connection keeps, in
+:attr:`ConnectionState.recovery` (:class:`~target.recovery.Recovery`), its
+numbered responses by StatSN and how its reads' Data-In were cut, for the
+SNACKs that may come on it (§7.3, §7.4).
+
 At ErrorRecoveryLevel 2 a connection that fails (or is logged out for
 recovery, or reinstated) keeps its tasks for Time2Wait + Time2Retain
 (:attr:`ConnectionState.retain_until`): the initiator reassigns each one to a
@@ -16,6 +21,11 @@ live connection with TASK REASSIGN (§11.5.1). Responses a task completed and
 the initiator has not acknowledged (ExpStatSN) are kept in
 :attr:`ConnectionState.retained`, so that a reassigned task's status and
 Data-In can be sent again. Nothing here is kept below ERL 2.
+
+Both are released by the same acknowledgement, the ExpStatSN the initiator
+sends on the connection (:meth:`ConnectionState.acknowledged`); they are not
+one store because they answer different requests on different connections
+(docs/iscsi-recovery.md, "What is kept, and why twice").
 """
 
 from __future__ import annotations
@@ -26,12 +36,11 @@ from typing import TYPE_CHECKING
 
 from .backend import Segment
 from .limits import MAX_RETAINED
+from .recovery import Recovery, sn_lt
 
 if TYPE_CHECKING:
     from .scsi import ScsiResult
     from .session import Link, Task
-
-_SERIAL_HALF = 1 << 31
 
 
 @dataclass(slots=True)
@@ -61,6 +70,8 @@ class ConnectionState:
     retain_until: float | None = None  # ERL 2, once failed: when its tasks are dropped (§13.16)
     # ERL 2: responses not yet acknowledged by ExpStatSN, by ITT, oldest first
     retained: dict[int, Retained] = field(default_factory=dict)
+    # ERL >= 1: responses by StatSN and reads' layouts, for SNACKs on this connection
+    recovery: Recovery | None = None
 
     @property
     def cid(self) -> int:
@@ -76,11 +87,17 @@ class ConnectionState:
 
     def acknowledged(self, expstatsn: int) -> None:
         """§4.2.2.2: the initiator has every status below ``expstatsn`` on
-        this connection; those responses need not be kept any longer."""
+        this connection; those responses need not be kept any longer, for a
+        SNACK (ERL 1) or a TASK REASSIGN (ERL 2). An ExpStatSN beyond the
+        StatSN sent is not believed."""
+        if sn_lt(self.statsn, expstatsn):
+            return
+        if self.recovery is not None:
+            self.recovery.acknowledge(expstatsn, self.statsn)
         retained = self.retained
         while retained:
             itt, kept = next(iter(retained.items()))
-            if kept.statsn is None or not _before(kept.statsn, expstatsn):
+            if kept.statsn is None or not sn_lt(kept.statsn, expstatsn):
                 return
             del retained[itt]
 
@@ -91,10 +108,6 @@ class ConnectionState:
         self.ending = True
         self.ping_sent = None
         self.retain_until = retain_until
+        self.recovery = None  # no SNACK can come on it any more (a reinstatement is a new connection)
         if retain_until is None:
             self.retained.clear()
-
-
-def _before(a: int, b: int) -> bool:
-    """``a`` < ``b`` in 32-bit serial number arithmetic (RFC 1982, §4.2.2.1)."""
-    return a != b and ((b - a) & 0xFFFFFFFF) < _SERIAL_HALF

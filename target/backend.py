@@ -169,6 +169,11 @@ class Backend(abc.ABC):
         so that no two servers write it. Blocking: call it off the event
         loop. Raises :class:`DiskElsewhere` while another server holds it."""
 
+    def release(self) -> None:
+        """Give the claim up while staying open (the machine stopped using
+        the disk): another server may claim it; :meth:`claim` takes it
+        again. Blocking: call it off the event loop."""
+
     def close(self) -> None:
         """Release the backend's files (and a claim); further calls are errors."""
 

@@ -81,6 +81,7 @@ class IscsiConnection:
         # count of PDUs when that was noted: a PDU must end pdu_timeout after it began
         self.pdu_began: float | None = None
         self.pdus_seen = 0
+        self.header_error_at = -2  # the reader's PDU count at the last header digest error
 
     # -- output -----------------------------------------------------------------
 
@@ -442,12 +443,13 @@ class IscsiConnection:
                 perform(session.receive_all(reader.pdus(), now, self.cid))
                 break
             except DigestError as e:
-                if e.header:  # §7.8: the header cannot be trusted, so neither can the framing
-                    self.server.event("iscsi.header_digest_error", logging.WARNING, peer=self.peer)
+                if e.header:
+                    if self._header_digest_error(session, e, reader.completed):
+                        continue
                     self.end_reason = self.end_reason or DropReason.PROTOCOL_ERROR
                     self._finish()
                     return
-                perform(session.reject(e.bhs, RejectReason.DATA_DIGEST_ERROR, str(e), self.cid))
+                perform(session.data_digest_error(e.bhs, str(e), self.cid))
             except PduFormatError as e:
                 if not e.bhs:
                     self._finish(e)
@@ -456,6 +458,19 @@ class IscsiConnection:
             except SessionFailure as e:
                 self._finish(e)
                 return
+
+    def _header_digest_error(self, session: Session, e: DigestError, completed: int) -> bool:
+        """§7.8: a header that failed its digest cannot be trusted, nor its
+        length, so neither can the framing. At ERL 0 the connection ends.
+        From ERL 1 the PDU is discarded as far as its length said, and the
+        stream taken to be in step unless the next header fails too (there
+        are no markers to find the next PDU by, §7.8): True to carry on."""
+        carry_on = (session.params.error_recovery_level >= 1 and e.skipped
+                    and self.header_error_at != completed - 1)
+        self.header_error_at = completed
+        self.server.event("iscsi.header_digest_error", logging.WARNING, peer=self.peer,
+                          action="discarded" if carry_on else "closed")
+        return carry_on
 
     async def _resume_when_drained(self) -> None:
         await self.sender.drain()

@@ -38,12 +38,16 @@ def padding(length: int) -> bytes:
 
 
 class DigestError(Exception):
-    """A digest did not match; ``header`` tells which one (§7.8)."""
+    """A digest did not match; ``header`` tells which one (§7.8).
+    ``skipped``: the PDU's bytes, as far as its header said, were consumed
+    (the stream is in step if the header's length was right); False when
+    the reader stopped at the bad header."""
 
-    def __init__(self, message: str, header: bool, bhs: bytes) -> None:
+    def __init__(self, message: str, header: bool, bhs: bytes, skipped: bool = True) -> None:
         super().__init__(message)
         self.header = header
         self.bhs = bhs
+        self.skipped = skipped
 
 
 class OversizedPdu(PduFormatError):
@@ -206,7 +210,10 @@ class PduReader:
         bhs = bytes(self.buf[pos:pos + BHS_LEN])
         ahs = bytes(self.buf[pos + BHS_LEN:pos + BHS_LEN + ahs_len])
         if hd and crc32c_digest(bhs, ahs) != bytes(self.buf[pos + head - hd:pos + head]):
-            self.pos = pos + head
+            # the segment the header announced is dropped as it arrives
+            have = min(size, len(self.buf) - pos - head)
+            self.pos = pos + head + have
+            self.skip = size - have
             self.completed += 1
             raise DigestError("header digest mismatch", header=True, bhs=bhs)
         d = self.direct = _Direct(bhs, ahs, data_len, bytearray(size))
@@ -242,7 +249,7 @@ class PduReader:
         bhs = bytes(self.buf[pos:pos + BHS_LEN])
         if hd and crc32c_digest(bhs, bytes(self.buf[pos + BHS_LEN:pos + BHS_LEN + ahs_len])) != \
                 bytes(self.buf[pos + head - hd:pos + head]):
-            raise DigestError("header digest mismatch", header=True, bhs=bhs)
+            raise DigestError("header digest mismatch", header=True, bhs=bhs, skipped=False)
         have = min(total, len(self.buf) - pos)
         self.pos = pos + have
         self.completed += 1

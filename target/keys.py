@@ -77,7 +77,9 @@ class KeySpec:
 
 MAX_24 = (1 << 24) - 1
 MAX_CONNECTIONS = 8  # the target's MaxConnections (§13.2) unless the operator says otherwise
-MAX_ERROR_RECOVERY_LEVEL = 2  # the highest ErrorRecoveryLevel the target agrees to (§13.20)
+# the highest ErrorRecoveryLevel the target agrees to (§13.20): 1 SNACK and
+# digest error recovery (target/recovery.py), 2 connection recovery (target/allegiance.py)
+MAX_ERROR_RECOVERY_LEVEL = 2
 _METADATA = "iscsi_key"
 
 
@@ -125,8 +127,10 @@ class SessionParams:
                                   normal_only=True)
     data_sequence_in_order: bool = key("DataSequenceInOrder", Rule.BOOL_OR, True, ours="Yes", leading_only=True,
                                        normal_only=True)
-    # §13.20: the initiator's choice up to the target's most; ERL 2 is
-    # connection recovery (target.allegiance); Debian's initiators ask 0
+    # §13.20: the initiator's choice up to the target's most (unless the
+    # operator's key preferences say less); ERL 1 is SNACK and digest error
+    # recovery (§7.1.4.1, target.recovery), ERL 2 connection recovery
+    # (target.allegiance); Debian's initiators ask 0
     error_recovery_level: int = key("ErrorRecoveryLevel", Rule.MIN, 0, ours=MAX_ERROR_RECOVERY_LEVEL, lo=0, hi=2,
                                     leading_only=True)
     # what the initiator said it can receive: our Data-In/Text PDUs stay below it

@@ -97,3 +97,14 @@ class LoginGate:
     def take_refused(self) -> Counter[str]:
         refused, self.refused = self.refused, Counter()
         return refused
+
+# ErrorRecoveryLevel >= 1 (target/recovery.py): responses kept for a Status
+# SNACK until the initiator's ExpStatSN acknowledges them, at most this many
+# and this many bytes per connection (the oldest go first: a SNACK for one
+# gets a Reject). A response is a header and at most a little data (sense,
+# Text), so the count binds first; the bytes stop large Text answers piling up.
+RETAINED_STATUSES = 1024
+RETAINED_STATUS_BYTES = 1 << 20
+# Reads whose Data-In a Data SNACK may ask again, per connection: no data is
+# kept (it is read again from the LUN), only the command and its layout.
+RETAINED_READS = 1024

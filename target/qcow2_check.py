@@ -26,6 +26,10 @@ class CheckReport:
     leaks_fixed: int = 0
     clusters_used: int = 0
     cluster_size: int = 0
+    # how a leak is counted in the report, and what else was found (a
+    # disk in a Ceph pool: stale items, each described; bootsvc/ceph_images.py)
+    leak_kind: str = "leaked cluster(s)"
+    notes: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:

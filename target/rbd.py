@@ -202,6 +202,9 @@ class RbdBackend(Backend):
             raise BackendError(f"rbd:{spec.name} is empty")
         self._bridges: dict[asyncio.AbstractEventLoop, _Bridge] = {}
         self._claimed = self.read_only  # a read-only view writes nothing: nothing to lock
+        # claim and release one at a time: a login's claim and the fleet's
+        # release of an idle disk may run in two threads at once
+        self._claiming = threading.Lock()
 
     @property
     def claimed(self) -> bool:
@@ -215,6 +218,10 @@ class RbdBackend(Backend):
         clients' writes fail. A holder that died loses it once its watch
         times out. The holder's name is left in the image's metadata for
         the other servers' refusal to say who."""
+        with self._claiming:
+            self._claim()
+
+    def _claim(self) -> None:
         if self._claimed:
             return
         _, rbd = bindings()
@@ -227,6 +234,21 @@ class RbdBackend(Backend):
         self._claimed = True
         with contextlib.suppress(Exception):  # a name for others' messages only
             self._image.metadata_set(HOLDER_KEY, f"bootsvc on {socket.gethostname()}, pid {os.getpid()}")
+
+    def release(self) -> None:
+        """The lock given up, the image kept open: the next server the
+        machine turns to may claim it (this one's writes now take the lock
+        back only through :meth:`claim`)."""
+        with self._claiming:
+            if not self._claimed or self.read_only:
+                return
+            self._claimed = False
+            with contextlib.suppress(Exception):
+                self._image.metadata_remove(HOLDER_KEY)
+            try:
+                self._image.lock_release()
+            except Exception as e:
+                raise BackendError(f"rbd:{self.spec.name}: cannot release its lock: {plain_reason(e)}") from e
 
     def _holder(self) -> str:
         """Who holds the lock, as the holder wrote it (and librbd's owner)."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from .actions import Action, Close, Execute, Send
@@ -40,6 +40,7 @@ from .pdu import (
     NopIn,
     NopOut,
     Pdu,
+    PduFormatError,
     Reject,
     RejectReason,
     ScsiCommand,
@@ -51,7 +52,9 @@ from .pdu import (
     TextResponse,
     TmfFunction,
     TmfResponse,
+    decode,
 )
+from .recovery import ReadRecord, Recovery, SnackError, SnackType, is_numbered, sn_lt, snack_run
 from .scsi import ScsiResult, ScsiStatus, no_such_lun, report_luns, target_port_groups
 from .scsi.cdb import PERSISTENT_RESERVE_OUT
 from .scsi.ports import MAINTENANCE_IN, is_report_target_port_groups
@@ -60,7 +63,6 @@ from .targets import Target, lun_from_field
 from .text import TextFormatError, decode_text, encode_text
 
 REPORT_LUNS = 0xA0
-SERIAL_HALF = 1 << 31
 # §11.14: a Logout Response waits for the commands in flight, this long at most
 LOGOUT_TIMEOUT = 10.0
 
@@ -73,11 +75,6 @@ def _sense_key(sense: bytes) -> int:
     if len(sense) < 3:
         return 0
     return (sense[1] if sense[0] & 0x7F in (0x72, 0x73) else sense[2]) & 0x0F
-
-
-def sn_lt(a: int, b: int) -> bool:
-    """Serial number arithmetic, RFC 1982 with SERIAL_BITS = 32 (§4.2.2.1)."""
-    return a != b and ((b - a) & 0xFFFFFFFF) < SERIAL_HALF
 
 
 class DropReason(enum.Enum):
@@ -149,6 +146,8 @@ class R2TState:
     length: int
     received: int = 0
     datasn: int = 0  # the DataSN the next Data-Out of this sequence must carry
+    r2tsn: int = 0  # the R2TSN it went with: an R2T SNACK names it (§11.16.1)
+    end: int = -1  # ERL >= 1: where the next Data-Out should begin (a gap is lost data)
 
 
 @dataclass(slots=True, eq=False)
@@ -170,12 +169,26 @@ class Task:
     outstanding: dict[int, R2TState] | None = None
     r2tsn: int = 0
     unsolicited_datasn: int = 0
+    unsolicited_next: int = 0  # ERL >= 1: where the next unsolicited Data-Out should begin
     aborted: bool = False
     conn: ConnectionState | None = None  # the connection it is allegiant to (§5.1)
 
     @property
     def itt(self) -> int:
         return self.cmd.itt
+
+
+@dataclass(slots=True, eq=False)
+class Resend(Task):
+    """A read run again for a Data SNACK or an R-Data SNACK (§11.16): its
+    Data-In go out again as ``record`` says, only DataSNs in ``run`` (all
+    of them, cut anew, when ``snack_tag`` is set: R-Data). ``snack`` is the
+    SNACK's header, for a Reject if the data cannot be read again."""
+
+    record: ReadRecord | None = None
+    run: range | None = None
+    snack_tag: int = 0
+    snack: bytes = b""
 
 
 class SessionFailure(Exception):
@@ -222,6 +235,7 @@ class Session:
         self.conn = ConnectionState(Link(0, "", ("", 0)), max_recv=params.initiator_max_recv)
         self.conns: dict[int, ConnectionState] = {}
         self.failed: list[ConnectionState] = []
+        self.erl1 = params.error_recovery_level >= 1  # SNACK, digest errors (target/recovery.py)
         self.erl2 = params.error_recovery_level >= 2
         if self.erl2:  # chosen once: the ERL 0 hot path pays nothing for what ERL 2 keeps
             self._respond = self._respond_kept  # type: ignore[method-assign]
@@ -283,10 +297,27 @@ class Session:
         self.next_ttt = (ttt + 1) % RESERVED_TAG or 1
         return ttt
 
+    @property
+    def recovery(self) -> Recovery | None:
+        """What the connection at hand keeps for SNACKs (ERL >= 1, target/recovery.py)."""
+        return self.conn.recovery
+
     def _actions(self) -> list[Action]:
         out = self._out
         self._out = []
+        if self.erl1 and out:
+            self._keep_sent(out)
         return out
+
+    def _keep_sent(self, out: list[Action]) -> None:
+        """ERL >= 1: each numbered response is kept for a Status SNACK by the
+        connection it goes out on (StatSN is per connection, §4.2.2.2)."""
+        conns = self.conns
+        for action in out:
+            if type(action) is Send and is_numbered(action.pdu):
+                conn = conns.get(action.cid)  # type: ignore[arg-type]
+                if conn is not None and conn.recovery is not None:
+                    conn.recovery.statuses.keep(action.pdu, action.pdu.statsn)  # type: ignore[attr-defined]
 
     def _send(self, pdu: Pdu) -> None:
         self._out.append(Send(pdu, None, None, self.conn.cid))
@@ -303,7 +334,9 @@ class Session:
             self._drop_connection(old, keep=self.erl2)
             if self.logout is not None and self.logout.conn is old:
                 self.logout = None
-        state = ConnectionState(link, statsn, max_recv or self.params.initiator_max_recv, last_rx=now)
+        # §7.1.4.1: from ERL 1 the connection keeps responses and reads for SNACKs
+        state = ConnectionState(link, statsn, max_recv or self.params.initiator_max_recv, last_rx=now,
+                                recovery=Recovery(statsn) if self.erl1 else None)
         self.conns[link.cid] = state
         self.conn = state
         self.last_request = now
@@ -421,7 +454,7 @@ class Session:
     def _receive(self, pdu: Pdu, now: float) -> None:
         conn = self.conn
         conn.last_rx = now
-        if conn.retained:
+        if conn.retained or conn.recovery is not None:  # ERL >= 1: responses kept until acknowledged
             expstatsn = getattr(pdu, "expstatsn", None)  # not in the target's PDUs a peer may send
             if expstatsn is not None:
                 conn.acknowledged(expstatsn)
@@ -433,7 +466,7 @@ class Session:
             elif isinstance(pdu, (ScsiCommand, NopOut, TaskMgmtRequest, TextRequest, LogoutRequest)):
                 self._ordered(pdu, now)
             elif isinstance(pdu, SnackRequest):
-                raise ProtocolViolation(RejectReason.SNACK_REJECT, "SNACK at ErrorRecoveryLevel 0")
+                self._snack(pdu)
             elif isinstance(pdu, LoginRequest):
                 raise ProtocolViolation(RejectReason.PROTOCOL_ERROR, "Login Request in Full Feature Phase")
             else:
@@ -453,6 +486,24 @@ class Session:
         """Reject a PDU the transport could not decode (§11.17)."""
         if self._on(cid):
             self._reject(bhs, reason, why)
+        return self._actions()
+
+    def data_digest_error(self, bhs: bytes, why: str, cid: int | None = None) -> list[Action]:
+        """A PDU whose data failed its digest (§7.8) on the connection
+        ``cid``: it is rejected. From ERL 1 a Data-Out's place in its
+        sequence still counts and its data is asked for again with a
+        recovery R2T (§7.4); a command with immediate data is retried by the
+        initiator."""
+        if not self._on(cid):
+            return self._actions()
+        self._reject(bhs, RejectReason.DATA_DIGEST_ERROR, why)
+        if self.conn.recovery is not None:
+            pdu = _header_only(bhs)
+            if isinstance(pdu, DataOut):
+                try:
+                    self._data_out(pdu, lost=int.from_bytes(bhs[5:8], "big"))
+                except ProtocolViolation:
+                    pass  # not a Data-Out the session waits for: rejected once already, that is all
         return self._actions()
 
     def _reject(self, bhs: bytes, reason: RejectReason, why: str) -> None:
@@ -659,6 +710,7 @@ class Session:
         task.received = len(data)
         task.unsolicited_end = unsolicited_end
         task.next_r2t_offset = unsolicited_end
+        task.unsolicited_next = len(data)
         task.outstanding = {}
         # unsolicited data is the initiator's to send: it takes credit unasked
         self._take_credit(task, min(wanted, unsolicited_end))
@@ -698,7 +750,8 @@ class Session:
                 break
             self._take_credit(task, length)
             ttt = self._ttt()
-            task.outstanding[ttt] = R2TState(task.next_r2t_offset, length)
+            task.outstanding[ttt] = R2TState(task.next_r2t_offset, length, r2tsn=task.r2tsn,
+                                             end=task.next_r2t_offset)
             self._out.append(Send(R2T(lun=task.cmd.lun, itt=task.itt, ttt=ttt, statsn=conn.statsn,
                                       expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn, r2tsn=task.r2tsn,
                                       buffer_offset=task.next_r2t_offset, desired_length=length),
@@ -706,7 +759,10 @@ class Session:
             task.r2tsn += 1
             task.next_r2t_offset += length
 
-    def _data_out(self, pdu: DataOut) -> None:
+    def _data_out(self, pdu: DataOut, lost: int = 0) -> None:
+        """A Data-Out (§11.7). ``lost`` is the length of one whose data failed
+        its digest (ERL >= 1, §7.8): it keeps its place in the sequence and
+        its bytes are asked for again with a recovery R2T."""
         task = self.tasks.get(pdu.itt)
         if task is None or task.buffer is None or task.outstanding is None:
             raise ProtocolViolation(RejectReason.INVALID_PDU_FIELD, f"Data-Out for unknown ITT {pdu.itt:#x}")
@@ -714,7 +770,7 @@ class Session:
             # §5.1: a task's Data-Out comes on the connection its command came on
             raise ProtocolViolation(RejectReason.PROTOCOL_ERROR,
                                     f"Data-Out for ITT {pdu.itt:#x} on another connection than its command")
-        n = len(pdu.data)
+        n = lost or len(pdu.data)
         end = pdu.buffer_offset + n
         if pdu.ttt == RESERVED_TAG:
             if end > task.unsolicited_end:
@@ -731,22 +787,63 @@ class Session:
             expected_datasn = r2t.datasn
             r2t.datasn += 1
         if pdu.datasn != expected_datasn:
-            # §7.1.4: a sequence error; without SNACK (ERL 0) only a new session recovers
-            raise SessionFailure(f"Data-Out DataSN {pdu.datasn}, expected {expected_datasn}")
+            self._datasn_gap(task, r2t, pdu, expected_datasn)
         if end > task.cmd.edtl:
             raise ProtocolViolation(RejectReason.PROTOCOL_ERROR, "Data-Out beyond the expected length")
-        _keep(task, pdu.buffer_offset, pdu.data)
-        task.received += n
+        if lost:
+            self._recovery_r2t(task, pdu.buffer_offset, n)
+        else:
+            _keep(task, pdu.buffer_offset, pdu.data)
+            task.received += n
         if r2t is not None:
             r2t.received += n
+            r2t.end = end
             if pdu.final or r2t.received >= r2t.length:
                 del task.outstanding[pdu.ttt]
                 self._send_r2ts(task)
+        else:
+            task.unsolicited_next = end
         if (task.received >= max(task.wanted, task.unsolicited_end) and not task.outstanding
                 and task.next_r2t_offset >= task.wanted):
             self.collecting.pop(task, None)
             self._resume_writes()
             self._execute(task, memoryview(task.buffer))
+
+    def _datasn_gap(self, task: Task, r2t: R2TState | None, pdu: DataOut, expected: int) -> None:
+        """A Data-Out out of sequence (§7.1.4). At ERL 0 only a new session
+        recovers. From ERL 1 the Data-Outs skipped were lost (a digest error
+        the framing dropped): a recovery R2T asks for the bytes between the
+        last one received and this one (§7.4; DataPDUInOrder is Yes)."""
+        if self.conn.recovery is None:
+            raise SessionFailure(f"Data-Out DataSN {pdu.datasn}, expected {expected}")
+        start = task.unsolicited_next if r2t is None else r2t.end
+        if not sn_lt(expected, pdu.datasn) or pdu.buffer_offset <= start:
+            raise ProtocolViolation(RejectReason.PROTOCOL_ERROR,
+                                    f"Data-Out DataSN {pdu.datasn} at offset {pdu.buffer_offset}, expected "
+                                    f"DataSN {expected} after offset {start}")
+        if r2t is None:
+            task.unsolicited_datasn = (pdu.datasn + 1) & 0xFFFFFFFF
+        else:
+            r2t.datasn = (pdu.datasn + 1) & 0xFFFFFFFF
+            r2t.received += pdu.buffer_offset - start
+        self._recovery_r2t(task, start, pdu.buffer_offset - start)
+
+    def _recovery_r2t(self, task: Task, offset: int, length: int) -> None:
+        """§7.4: ask again for ``length`` bytes at ``offset`` that were lost,
+        in R2Ts of at most MaxBurstLength. Their write credit was taken when
+        the data was first solicited (or sent unasked)."""
+        assert task.outstanding is not None
+        self._event("iscsi.recovery_r2t", logging.WARNING, itt=task.itt, offset=offset, length=length)
+        end = offset + length
+        while offset < end:
+            n = min(self.params.max_burst_length, end - offset)
+            ttt = self._ttt()
+            task.outstanding[ttt] = R2TState(offset, n, r2tsn=task.r2tsn, end=offset)
+            # on the connection at hand: the Data-Out it answers came on it (allegiance, §5.1)
+            self._send(R2T(lun=task.cmd.lun, itt=task.itt, ttt=ttt, statsn=self.statsn, expcmdsn=self.expcmdsn,
+                           maxcmdsn=self.maxcmdsn, r2tsn=task.r2tsn, buffer_offset=offset, desired_length=n))
+            task.r2tsn += 1
+            offset += n
 
     def _execute(self, task: Task, data_out: memoryview | None) -> None:
         cdb = task.cdb
@@ -776,14 +873,15 @@ class Session:
         bytes for a data digest)."""
         if task in self.executing:
             self.executing.discard(task)
-            conn = task.conn or self.conn
-            if task.aborted:
-                pass
-            elif conn.alive:
-                self.conn = conn  # §5.1: data and status go where the command came from
-                self._respond(task, result, segments)
-            else:
-                self._hold(task, conn, result, segments)
+            if type(task) is Resend:
+                self._resend_data(task, result, segments)
+            elif not task.aborted:
+                conn = task.conn or self.conn
+                if conn.alive:
+                    self.conn = conn  # §5.1: data and status go where the command came from
+                    self._respond(task, result, segments)
+                else:
+                    self._hold(task, conn, result, segments)
                 if (result.status == ScsiStatus.GOOD and task.cdb[0] == PERSISTENT_RESERVE_OUT
                         and task.cdb[1] & 0x1F == PrOut.PREEMPT_AND_ABORT):
                     self._abort_preempted(task.lun)
@@ -849,8 +947,10 @@ class Session:
         self._count(task, good, min(wanted, edtl), result.sense)
         datasn = 0
         if segments and not cmd.write and min(wanted, edtl) > 0:
-            datasn = self._send_data_in(task, segments, wanted, min(wanted, edtl),
-                                        result.status if good else None, overflow, underflow, residual)
+            # the status StatSN, taken by the last Data-In or the SCSI Response after them
+            datasn = self._send_read(segments, ReadRecord(
+                cmd, wanted, min(wanted, edtl), 0, self.conn.max_recv, self.params.max_burst_length, self.statsn,
+                result.status, good, overflow, underflow, residual if (overflow or underflow) else 0))
             if good:
                 return
         elif cmd.write:
@@ -888,43 +988,177 @@ class Session:
         if n != cmd.edtl or n > self.conn.max_recv or n > self.params.max_burst_length:
             return False
         self.bytes_read += n
+        statsn = self._statsn()
         self._out.append(Send(DataIn(final=True, status_present=True, status=ScsiStatus.GOOD, lun=cmd.lun,
-                                     itt=cmd.itt, statsn=self._statsn(), expcmdsn=self.expcmdsn,
+                                     itt=cmd.itt, statsn=statsn, expcmdsn=self.expcmdsn,
                                      maxcmdsn=self.maxcmdsn), segments, n, self.conn.cid))
+        recovery = self.conn.recovery
+        if recovery is not None:
+            recovery.reads.keep(ReadRecord(cmd, n, n, 1, self.conn.max_recv, self.params.max_burst_length,
+                                           statsn, ScsiStatus.GOOD))
         return True
 
-    def _send_data_in(self, task: Task, segments: Sequence[Segment], total: int, length: int,
-                      status: int | None, overflow: bool, underflow: bool, residual: int) -> int:
-        """Split ``length`` bytes of ``segments`` into Data-In PDUs no larger
-        than the initiator's MaxRecvDataSegmentLength, sequences no longer
-        than MaxBurstLength (F bit at each end, §11.7.1); returns the count."""
-        mrdsl = self.conn.max_recv
+    def _send_read(self, segments: Sequence[Segment], read: ReadRecord) -> int:
+        """A read's Data-In; from ERL 1 kept (without data) for Data SNACKs
+        by the connection they go out on, with DataACK asked at each burst's
+        end of a long one (§11.7.2)."""
+        recovery = self.conn.recovery
+        if recovery is None:
+            return self._send_data_in(segments, read)
+        if read.length > read.burst:
+            read.ttt = self._ttt()
+        read.count = self._send_data_in(segments, read)
+        recovery.reads.keep(read)
+        return read.count
+
+    def _send_data_in(self, segments: Sequence[Segment], read: ReadRecord, only: range | None = None,
+                      again: bool = False) -> int:
+        """Split ``read.length`` bytes of ``segments`` into Data-In PDUs no
+        larger than ``read.mrdsl`` (the initiator's MaxRecvDataSegmentLength
+        on the connection at hand), sequences no longer than ``read.burst``
+        (F bit at each end, §11.7.1), the last with the status if
+        ``read.with_status``; returns the count. They go on the connection
+        at hand. Sent ``again`` (a SNACK), only DataSNs in ``only`` go, and
+        StatSN does not move."""
+        mrdsl, burst, length, cmd = read.mrdsl, read.burst, read.length, read.cmd
         cid = self.conn.cid
-        burst = self.params.max_burst_length
-        cmd = task.cmd
         # the common case, one PDU carrying all the data, needs no slicing
-        parts = None if length <= min(mrdsl, burst) and total == length else _Cursor(segments)
+        parts = None if length <= min(mrdsl, burst) and read.total == length else _Cursor(segments)
         offset = 0
         datasn = 0
         expcmdsn, maxcmdsn = self.expcmdsn, self.maxcmdsn
+        statsn = read.statsn
+        ack_ttt = read.ttt  # RESERVED_TAG unless DataACK is asked (ERL >= 1)
         out = self._out
         while offset < length:
             n = min(mrdsl, length - offset, burst - offset % burst)
             last = offset + n >= length
             end_of_burst = last or (offset + n) % burst == 0
             pieces = segments if parts is None else parts.take(n)
-            if last and status is not None:
-                pdu = DataIn(final=True, status_present=True, status=status, overflow=overflow,
-                             underflow=underflow, residual=residual if (overflow or underflow) else 0,
-                             lun=cmd.lun, itt=cmd.itt, statsn=self._statsn(), expcmdsn=expcmdsn,
-                             maxcmdsn=maxcmdsn, datasn=datasn, buffer_offset=offset)
+            if only is not None and datasn not in only:
+                pass
+            elif last and read.with_status:
+                if not again:
+                    self._statsn()
+                pdu = DataIn(final=True, status_present=True, status=read.status, overflow=read.overflow,
+                             underflow=read.underflow, residual=read.residual, lun=cmd.lun, itt=cmd.itt,
+                             statsn=statsn, expcmdsn=expcmdsn, maxcmdsn=maxcmdsn, datasn=datasn,
+                             buffer_offset=offset)
+                out.append(Send(pdu, pieces, length if parts is None else None, cid))
             else:
-                pdu = DataIn(final=end_of_burst, itt=cmd.itt, lun=cmd.lun, statsn=self.statsn,
-                             expcmdsn=expcmdsn, maxcmdsn=maxcmdsn, datasn=datasn, buffer_offset=offset)
-            out.append(Send(pdu, pieces, length if parts is None else None, cid))
+                ack = end_of_burst and ack_ttt != RESERVED_TAG
+                pdu = DataIn(final=end_of_burst, ack=ack, itt=cmd.itt, lun=cmd.lun, statsn=statsn,
+                             ttt=ack_ttt if ack else RESERVED_TAG, expcmdsn=expcmdsn, maxcmdsn=maxcmdsn,
+                             datasn=datasn, buffer_offset=offset)
+                out.append(Send(pdu, pieces, length if parts is None else None, cid))
             offset += n
             datasn += 1
         return datasn
+
+    # -- SNACK (ERL >= 1) -----------------------------------------------------------
+
+    def _snack(self, pdu: SnackRequest) -> None:
+        """§11.16: the initiator asks again for what it lost, or acknowledges
+        Data-In. At ERL 0 there is no SNACK (§7.1.4.1). A SNACK names what
+        went on its own connection: StatSN, the reads kept and R2Ts are the
+        connection's (§4.2.2.2, §5.1)."""
+        recovery = self.conn.recovery
+        if recovery is None:
+            raise ProtocolViolation(RejectReason.SNACK_REJECT, "SNACK at ErrorRecoveryLevel 0")
+        handler = _SNACK_HANDLERS.get(pdu.type)
+        try:
+            if handler is None:
+                raise SnackError(RejectReason.PROTOCOL_ERROR, f"SNACK of unknown type {pdu.type}")
+            handler(self, pdu, recovery)
+        except SnackError as e:
+            raise ProtocolViolation(e.reason, str(e)) from e
+
+    def _data_snack(self, pdu: SnackRequest, recovery: Recovery) -> None:
+        """Data/R2T SNACK: R2Ts of a write still gathering its data, by
+        R2TSN; else Data-In of a read, by DataSN, read again from the LUN."""
+        task = self.tasks.get(pdu.itt)
+        if task is not None and task.outstanding is not None:
+            self._r2t_snack(task, pdu)
+            return
+        read = recovery.reads.find(pdu.itt)
+        self._read_again(read, snack_run(pdu.begrun, pdu.runlength, read.count, read.acked), 0, pdu)
+
+    def _r2t_snack(self, task: Task, pdu: SnackRequest) -> None:
+        """R2Ts named by R2TSN go again as they were; those already
+        answered in full are not asked again (their data is here)."""
+        assert task.outstanding is not None
+        if task.conn is not self.conn:
+            raise SnackError(RejectReason.PROTOCOL_ERROR,
+                             f"R2T SNACK for ITT {task.itt:#x} on another connection than its command")
+        run = snack_run(pdu.begrun, pdu.runlength, task.r2tsn, what="R2TSN")
+        for ttt, r2t in task.outstanding.items():
+            if r2t.r2tsn not in run:
+                continue
+            if r2t.received:
+                raise SnackError(RejectReason.PROTOCOL_ERROR,
+                                 f"R2T SNACK for R2TSN {r2t.r2tsn}, whose data is arriving")
+            self._send(R2T(lun=task.cmd.lun, itt=task.itt, ttt=ttt, statsn=self.statsn, expcmdsn=self.expcmdsn,
+                           maxcmdsn=self.maxcmdsn, r2tsn=r2t.r2tsn, buffer_offset=r2t.offset,
+                           desired_length=r2t.length))
+
+    def _rdata_snack(self, pdu: SnackRequest, recovery: Recovery) -> None:
+        """R-Data SNACK (§11.16.1, §7.4.1): every Data-In again, cut for the
+        initiator's MaxRecvDataSegmentLength now, then a SCSI Response with
+        the SNACK Tag and the status's StatSN (§11.4)."""
+        read = recovery.reads.find(pdu.itt)
+        if pdu.ttt in (0, RESERVED_TAG) or pdu.begrun or pdu.runlength:
+            raise SnackError(RejectReason.PROTOCOL_ERROR, "R-Data SNACK without a SNACK Tag, or with a run")
+        if read.acked or read.status != ScsiStatus.GOOD or not read.with_status:
+            raise SnackError(RejectReason.SNACK_REJECT,
+                             "R-Data SNACK for a read with acknowledged data or without GOOD status")
+        self._read_again(read, None, pdu.ttt, pdu)
+
+    def _read_again(self, read: ReadRecord, run: range | None, snack_tag: int, pdu: SnackRequest) -> None:
+        """Run the read again on its LUN (the data is not kept); the Data-In
+        go in :meth:`_resend_data`."""
+        target = self.target
+        lun_id = lun_from_field(read.cmd.lun)
+        lun = target.luns.get(lun_id) if target is not None else None
+        if lun is None:
+            raise SnackError(RejectReason.SNACK_REJECT, f"Data SNACK for ITT {read.itt:#x}: its LUN is gone")
+        # the Data-In go again on the connection the SNACK came on (the read's: its store found it)
+        task = Resend(read.cmd, lun_id, read.cmd.full_cdb, conn=self.conn, record=read, run=run,
+                      snack_tag=snack_tag, snack=pdu.encode_bhs())
+        self.executing.add(task)
+        self._out.append(Execute(task, lun, None))
+
+    def _resend_data(self, task: Resend, result: ScsiResult, segments: Sequence[Segment] | None) -> None:
+        read, conn = task.record, task.conn
+        assert read is not None and conn is not None
+        if not conn.alive or self.closed:
+            return  # the connection the SNACK came on has gone, with what it kept
+        self.conn = conn
+        if segments is None:
+            segments = result.data
+        if result.status != read.status or segments_length(segments) < read.total:
+            self._reject(task.snack, RejectReason.SNACK_REJECT, "the data could not be read again")
+            return
+        if not task.snack_tag:
+            self._send_data_in(segments, read, task.run, again=True)
+            return
+        again = replace(read, mrdsl=conn.max_recv, with_status=False)
+        again.count = self._send_data_in(segments, again, again=True)
+        self._send(ScsiResponse(overflow=read.overflow, underflow=read.underflow, status=read.status,
+                                itt=read.itt, snack_tag=task.snack_tag, statsn=read.statsn,
+                                expcmdsn=self.expcmdsn, maxcmdsn=self.maxcmdsn, expdatasn=again.count,
+                                residual=read.residual))
+        if conn.recovery is not None:
+            conn.recovery.reads.keep(replace(again, with_status=True))
+
+    def _status_snack(self, pdu: SnackRequest, recovery: Recovery) -> None:
+        """Status SNACK: numbered responses again, by StatSN."""
+        for response in recovery.status_snack(pdu.begrun, pdu.runlength, self.statsn, self.expcmdsn,
+                                              self.maxcmdsn):
+            self._send(response)
+
+    def _data_ack(self, pdu: SnackRequest, recovery: Recovery) -> None:
+        """DataACK SNACK (§11.16.1): Data-In below BegRun arrived; no answer."""
+        recovery.reads.data_ack(pdu.ttt, pdu.begrun)
 
     # -- task management --------------------------------------------------------
 
@@ -1040,14 +1274,19 @@ class Session:
         """A write reassigned while gathering its Data-Out: R2Ts for what
         did not arrive. With data in order (DataPDUInOrder and
         DataSequenceInOrder, what the target agrees to) what arrived is a
-        prefix and the R2Ts start past it; otherwise from offset 0."""
+        prefix and the R2Ts start past it, or at the first hole an ERL 1
+        recovery R2T was still asking to fill; otherwise from offset 0."""
         p = self.params
-        start = min(task.received, task.wanted) if p.data_pdu_in_order and p.data_sequence_in_order else 0
+        start = 0
+        if p.data_pdu_in_order and p.data_sequence_in_order:
+            assert task.outstanding is not None
+            start = min(task.received, task.wanted,
+                        *(r2t.offset + r2t.received for r2t in task.outstanding.values()))
         buffer = task.buffer
         assert buffer is not None
         del buffer[start:]
         self._release(task)
-        task.received = task.unsolicited_end = task.next_r2t_offset = start
+        task.received = task.unsolicited_end = task.next_r2t_offset = task.unsolicited_next = start
         task.outstanding = {}
         self._take_credit(task, start)
         if start >= task.wanted:  # it had everything: the connection failed before it ran
@@ -1211,6 +1450,22 @@ _TMF_HANDLERS: dict[int, Callable[[Session, TaskMgmtRequest, Target, int], TmfRe
     TmfFunction.CLEAR_ACA: Session._clear_aca,
     TmfFunction.TASK_REASSIGN: Session._reassign,
 }
+
+
+_SNACK_HANDLERS: dict[int, Callable[[Session, SnackRequest, Recovery], None]] = {
+    SnackType.DATA_R2T: Session._data_snack,
+    SnackType.STATUS: Session._status_snack,
+    SnackType.DATA_ACK: Session._data_ack,
+    SnackType.R_DATA: Session._rdata_snack,
+}
+
+
+def _header_only(bhs: bytes) -> Pdu | None:
+    """The PDU a header describes, its data left out (a data digest failed)."""
+    try:
+        return decode(bhs)
+    except PduFormatError:
+        return None
 
 
 def _keep(task: Task, offset: int, data: bytes) -> None:

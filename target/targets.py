@@ -145,6 +145,11 @@ class Target:
             lun.backend.claim()
         self.claim_error = ""
 
+    def release(self) -> None:
+        """Give up every LUN's claim (blocking: off the event loop)."""
+        for lun in self.luns.values():
+            lun.backend.release()
+
     def try_claim(self) -> None:
         """:meth:`claim`, keeping why it failed in ``claim_error`` (a login's refusal says it)."""
         try:

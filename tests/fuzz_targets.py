@@ -48,9 +48,10 @@ from target.chap import ChapAuth, ChapSecret
 from target.framing import DigestError, DigestSettings, PduReader, frame
 from target.keys import IRRELEVANT, NOT_UNDERSTOOD, REJECT, KeyValueError, SessionParams, negotiate
 from target.login import Login
-from target.session import DropReason
 from target.pdu import (LoginRequest, Pdu, PduFormatError, ScsiCommand, Stage, iter_ahs, NopOut, TextRequest,
-                        DataOut, LogoutRequest, TaskMgmtRequest)
+                        DataOut, LogoutRequest, TaskMgmtRequest, SnackRequest, TmfFunction)
+from target.recovery import SnackType
+from target.session import DropReason, SessionFailure
 from target.text import TextFormatError, decode_text, encode_text
 from target.scsi.reservations import (PrIn, PrOut, ReservationConflict, Reservations, parse_prout,
                                       transport_id)
@@ -58,6 +59,7 @@ from target.scsi.sense import ScsiError
 from tests.isns_replay import ADMIN, random_message
 from tests.test_dhcp_responder import IPXE, NODE, PXE, SUBNET, planner
 from tests.test_login import IQN_I, IQN_T, ISID, Ctx, FakeTarget
+from tests.test_session_core import BLOCK, Initiator, read10, write10
 
 
 @dataclass(frozen=True)
@@ -211,8 +213,7 @@ def iscsi_session(data: bytes) -> None:
 
     Documented errors: the reader's (PduFormatError, DigestError) and
     SessionFailure (the connection ends: the transport's job)."""
-    from target.session import Link, SessionFailure
-    from tests.test_session_core import Initiator
+    from target.session import Link
     i = Initiator(ErrorRecoveryLevel="2", MaxConnections="2")
     s = i.session
     s.bind(Link(1, "192.0.2.1:40001", ("192.0.2.2", 3260)), 77, i.now, 8192)
@@ -257,9 +258,14 @@ def _session_seeds() -> list[bytes]:
         ScsiCommand(read=True, itt=3, edtl=8192, cmdsn=1, cdb=cdb10 + bytes(6)),
         ScsiCommand(write=True, itt=4, edtl=2048, cmdsn=3, cdb=w10 + bytes(6)),
         DataOut(final=True, itt=4, ttt=1, buffer_offset=0, data=bytes(2048)),
+        # ERL 1's SNACKs (no CmdSN: on connection 0, where ITT 2's read went; each connection keeps its own)
+        SnackRequest(type=SnackType.DATA_R2T, itt=2, begrun=0, runlength=1),
+        SnackRequest(type=SnackType.STATUS, begrun=77, runlength=0),
+        SnackRequest(type=SnackType.R_DATA, itt=2, ttt=9),
+        SnackRequest(type=SnackType.DATA_R2T, itt=3, begrun=0),
         NopOut(itt=0x1EE, cmdsn=4, immediate=True),
-        TaskMgmtRequest(function=14, itt=6, rtt=2, cmdsn=4, immediate=True),
-        TaskMgmtRequest(function=14, itt=7, rtt=4, cmdsn=5, immediate=True),
+        TaskMgmtRequest(function=TmfFunction.TASK_REASSIGN, itt=6, rtt=2, cmdsn=4, immediate=True),
+        TaskMgmtRequest(function=TmfFunction.TASK_REASSIGN, itt=7, rtt=4, cmdsn=5, immediate=True),
         NopOut(itt=0x2EF, cmdsn=5, immediate=True),
         LogoutRequest(itt=8, reason=2, cid=0, cmdsn=5, immediate=True),
         LogoutRequest(itt=9, reason=1, cid=1, cmdsn=4, immediate=True),
@@ -267,6 +273,67 @@ def _session_seeds() -> list[bytes]:
     ]
     stream = [b"".join(bytes(p) for p in frame(pdu, DigestSettings())) for pdu in pdus]
     return [*stream, b"".join(stream)]
+
+
+# -- iSCSI: error recovery (ERL 1) ----------------------------------------------------
+
+
+def _recovering_session() -> Initiator:
+    """A session at ErrorRecoveryLevel 1 with a long read done (kept for
+    SNACKs, DataACK asked), a short one, and a write waiting for its data."""
+    i = Initiator(InitialR2T="Yes", ImmediateData="No", ErrorRecoveryLevel="1")
+    i.command(read10(0, 64), read=64 * BLOCK)  # ITT 1: 4 Data-In, DataACK TTT 1
+    i.command(read10(0, 1), read=BLOCK)  # ITT 2
+    i.command(write10(0, 16), write=bytes(8192))  # ITT 3: R2T TTT 2
+    return i
+
+
+def iscsi_recovery(data: bytes) -> None:
+    """A PDU stream (SNACKs, Data-Outs, whatever the mutator makes of them)
+    into a session at ERL 1, with header and data digests on, handled as
+    target/connection.py does: a data digest error goes to
+    Session.data_digest_error, a header digest error is discarded.
+
+    Documented errors: the reader's, and SessionFailure (the connection
+    ends); every bad SNACK or Data-Out is a Reject."""
+    i = _recovering_session()
+    reader = PduReader(max_data=8192, hard_limit=1 << 20)
+    reader.digests = DigestSettings(header=True, data=True)
+    reader.feed(data)
+    for _ in range(64):
+        try:
+            for pdu in reader.pdus():
+                i.send(pdu)
+            return
+        except DigestError as e:
+            if e.header and not e.skipped:
+                return
+            if not e.header:
+                i.do(i.session.data_digest_error(e.bhs, str(e)))
+        except PduFormatError as e:
+            if not e.bhs:
+                return
+            i.do(i.session.reject(e.bhs, e.reason, str(e)))
+        except SessionFailure:
+            return
+
+
+def _recovery_seeds() -> list[bytes]:
+    digests = DigestSettings(header=True, data=True)
+    pdus: list[Pdu] = [
+        SnackRequest(type=SnackType.DATA_R2T, itt=1, begrun=1, runlength=2),
+        SnackRequest(type=SnackType.DATA_R2T, itt=3, begrun=0),
+        SnackRequest(type=SnackType.STATUS, begrun=502, runlength=0),
+        SnackRequest(type=SnackType.DATA_ACK, ttt=1, begrun=2),
+        SnackRequest(type=SnackType.R_DATA, itt=1, ttt=9),
+        DataOut(itt=3, ttt=2, buffer_offset=0, datasn=0, data=bytes(2048)),
+        DataOut(final=True, itt=3, ttt=2, buffer_offset=4096, datasn=2, data=bytes(4096)),
+        NopOut(itt=9, expstatsn=505, data=b"ping"),
+    ]
+    stream = [b"".join(bytes(p) for p in frame(pdu, digests)) for pdu in pdus]
+    bad = bytearray(stream[5])
+    bad[-1] ^= 0xFF  # the Data-Out's data digest
+    return [*stream, b"".join(stream), stream[5] + stream[6], bytes(bad) + stream[6]]
 
 
 # -- iSCSI: login and text keys ------------------------------------------------------
@@ -669,6 +736,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("iscsi_login", iscsi_login, _login_seeds, (b"=", b"\0", b",", b"Yes", b"No", b"0x", b"None")),
     Target("iscsi_chap", iscsi_chap, _chap_seeds, (b"CHAP_A=", b"CHAP_I=", b"CHAP_C=0x", b"CHAP_C=0b", b"CHAP_R=0x",
                                                    b"CHAP_N=", b"AuthMethod=", b"\0", b",", b"=")),
+    Target("iscsi_recovery", iscsi_recovery, _recovery_seeds),
     Target("iscsi_text", iscsi_text, _text_seeds, (b"=", b"\0", b",", b"Yes", b"No", b"0x", b"None", b"\xff")),
     Target("isns", isns, _isns_seeds),
     Target("dhcp", dhcp, _dhcp_seeds),

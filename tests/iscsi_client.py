@@ -11,12 +11,15 @@ from dataclasses import dataclass, field
 from target.chap import ChapAlgorithm, decode_binary, encode_binary, response
 from target.framing import DigestSettings, PduReader, frame
 from target.pdu import (
+    R2T,
+    DataIn,
     DataOut,
     LoginRequest,
     LoginResponse,
     LogoutRequest,
     Pdu,
     ScsiCommand,
+    SnackRequest,
     Stage,
     TaskMgmtRequest,
     TextRequest,
@@ -59,13 +62,23 @@ class Client:
     def send(self, pdu: Pdu) -> None:
         self.sock.sendall(b"".join(bytes(p) for p in frame(pdu, self.reader.digests)))
 
+    def send_corrupt(self, pdu: Pdu, header: bool = False) -> None:
+        """Send ``pdu`` with its data digest (or, ``header``, its header
+        digest) wrong: digests must be on."""
+        pieces = [bytearray(p) for p in frame(pdu, self.reader.digests)]
+        bad = pieces[0] if header else pieces[-1]
+        bad[-1] ^= 0xFF
+        self.sock.sendall(b"".join(pieces))
+
     def recv(self, timeout: float = 10.0) -> Pdu | None:
         """The next PDU, or None when the target closed the connection."""
         self.sock.settimeout(timeout)
         while True:
             pdu = self.reader.next_pdu()
             if pdu is not None:
-                if hasattr(pdu, "statsn"):
+                # a Data-In without status or an R2T carries no StatSN of its own (§11.7.4, §11.8)
+                if hasattr(pdu, "statsn") and not (isinstance(pdu, (DataIn, R2T)) and not getattr(
+                        pdu, "status_present", False)):
                     self.expstatsn = (pdu.statsn + 1) & 0xFFFFFFFF  # type: ignore[attr-defined]
                 return pdu
             data = self.sock.recv(1 << 20)
@@ -149,6 +162,12 @@ class Client:
     def data_out(self, itt: int, ttt: int, offset: int, data: bytes, final: bool = True, datasn: int = 0) -> None:
         self.send(DataOut(final=final, itt=itt, ttt=ttt, buffer_offset=offset, datasn=datasn,
                           expstatsn=self.expstatsn, data=data))
+
+    def snack(self, type: int, itt: int = 0xFFFFFFFF, ttt: int = 0xFFFFFFFF, begrun: int = 0,
+              runlength: int = 0, lun: int = 0) -> None:
+        """A SNACK Request (RFC 7143 §11.16), ERL >= 1."""
+        self.send(SnackRequest(type=type, itt=itt, ttt=ttt, begrun=begrun, runlength=runlength, lun=lun,
+                               expstatsn=self.expstatsn))
 
     def text(self, pairs: list[tuple[str, str]]) -> None:
         self.send(TextRequest(itt=self.next_itt(), cmdsn=self.cmdsn, expstatsn=self.expstatsn,

@@ -457,13 +457,24 @@ iscsi: {portal_group_tag: 10}
 def test_iscsi_connections_and_error_recovery_bounds(tmp_path: Path) -> None:
     """iscsi.max_connections and iscsi.error_recovery_level bound what an
     initiator is granted (docs/iscsi-recovery.md)."""
-    from bootsvc.server import iscsi_key_preferences
     cfg = load(write(tmp_path, "iscsi: {max_connections: 2, error_recovery_level: 0}\n"))
-    assert iscsi_key_preferences(cfg.iscsi) == {"MaxConnections": "2", "ErrorRecoveryLevel": "0"}
-    assert iscsi_key_preferences(load(write(tmp_path, "domain: lab\n")).iscsi) == {
+    assert cfg.iscsi.key_preferences == {"MaxConnections": "2", "ErrorRecoveryLevel": "0"}
+    assert load(write(tmp_path, "domain: lab\n")).iscsi.key_preferences == {
         "MaxConnections": "8", "ErrorRecoveryLevel": "2"}
     for bad, why in (("max_connections: 0", "at least one connection"), ("error_recovery_level: 3", "0 ... 2"),
                      ("max_connections: 1.5", "whole number")):
         with pytest.raises(ConfigError) as e:
             load(write(tmp_path, f"iscsi: {{{bad}}}\n"))
         assert why in str(e.value) and "iscsi." + bad.split(":")[0] in str(e.value)
+
+
+def test_iscsi_error_recovery_level(tmp_path: Path) -> None:
+    """iscsi.error_recovery_level: the most the target agrees to (2 unless told)."""
+    cfg = load(write(tmp_path, "iscsi: {nop_interval: 5}\n"))
+    assert cfg.iscsi.error_recovery_level == 2 and cfg.iscsi.key_preferences["ErrorRecoveryLevel"] == "2"
+    for level in (0, 1):
+        cfg = load(write(tmp_path, f"iscsi: {{error_recovery_level: {level}}}\n"))
+        assert cfg.iscsi.error_recovery_level == level and cfg.iscsi.key_preferences["ErrorRecoveryLevel"] == str(level)
+    text = problems(write(tmp_path, "iscsi:\n  error_recovery_level: 3\n"))
+    assert "iscsi.error_recovery_level: expected a whole number (an ErrorRecoveryLevel, 0 ... 2), got 3" in text
+    assert text.count("iscsi.error_recovery_level") == 1  # one key, checked once

@@ -338,3 +338,53 @@ class _Link:
 @dataclass(frozen=True)
 class _Session:
     link: _Link
+
+
+def test_a_shutdown_during_a_renewals_renames_leaves_it_named(tmp_path: Path) -> None:
+    """The renames that give a served renewal its disk's name run in a
+    worker thread (on Ceph, round trips to the cluster); the event loop
+    ending right after the swap (asyncio.run cancelling what is left) must
+    not leave the served disk without its name: close waits for them. A
+    second renewal meanwhile waits for the first's renames too."""
+    bus = Bus()
+    events = recorded(bus)
+    fleet = Fleet(load(lab(tmp_path, f"  {A}: {{hostname: a}}\n", "ephemeral")), bus)
+    fleet.open()
+    keep = fleet.store.keep_renewal
+    calls: list[float] = []
+
+    def slow_keep(machine: object) -> None:
+        time.sleep(0.3)  # a slow cluster
+        keep(machine)  # type: ignore[arg-type]
+        calls.append(time.monotonic())
+
+    fleet.store.keep_renewal = slow_keep  # type: ignore[method-assign]
+    overlays = tmp_path / "state" / "overlays"
+    gold = (tmp_path / "state" / "images" / "gold.raw").read_bytes()
+    disk = fleet.disk(A)
+    assert disk is not None
+    disk.fresh = False
+    try:
+        async def twice() -> None:
+            assert await fleet.renew(A)
+            assert (overlays / ".a.renewal.qcow2").exists()  # served, not named yet: the loop went on
+            disk.fresh = False  # logged in: its next boot renews again, once the renames are done
+            assert await fleet.renew(A)
+            assert len(calls) == 1
+        asyncio.run(twice())
+        assert len(calls) == 1  # the second one's renames still running as the loop ended
+        disk.target.luns[0].backend.write_sync(0, b"\x99" * 512)  # type: ignore[attr-defined]
+    finally:
+        fleet.close()
+    assert len(calls) == 2
+    assert sorted(p.name for p in overlays.iterdir()) == ["a.qcow2"]
+    assert_check_clean(overlays / "a.qcow2")
+    served = Fleet(load(tmp_path / "bootsvc.yaml"), Bus())
+    served.open()
+    try:
+        again = served.disk(A)
+        assert again is not None  # the disk last served, under its name
+        assert again.target.luns[0].backend.read_sync(0, 1024) == b"\x99" * 512 + gold[512:1024]  # type: ignore[attr-defined]
+    finally:
+        served.close()
+    assert [e.kind for e in events if e.service == "disk"] == [Kind.DISK_RENEWED, Kind.DISK_RENEWED]

@@ -451,3 +451,65 @@ def test_erl2_a_status_the_initiator_acknowledged_is_not_kept(srv: Running, imag
     assert isinstance(a.recv(), NopIn)  # the acknowledgement has arrived
     a.kill()
     assert reassign(b, itt).response == TmfResponse.TASK_DOES_NOT_EXIST
+
+
+# -- ERL 1's SNACK on a session of several connections ----------------------------------
+
+
+def test_snacks_on_two_connections(srv: Running, image: Path) -> None:
+    """ERL 2 includes ERL 1 (docs/iscsi-recovery.md): what a connection
+    keeps for SNACKs is its own. A Data SNACK on connection 2 for a read
+    issued there resends identical bytes there (cut to connection 2's
+    MaxRecvDataSegmentLength); a Status SNACK on connection 1 is answered
+    while connection 2 is busy with a long read; neither connection can
+    ask for what the other sent."""
+    from target.recovery import SnackType
+    disk = image.read_bytes()
+    a = srv.client()
+    assert a.login(IQN, MaxConnections="2", ErrorRecoveryLevel="2").status_class == 0
+    assert a.keys["ErrorRecoveryLevel"] == "2" and a.keys["MaxConnections"] == "2"
+    b = a.another(1)
+    assert b.login(IQN, MaxRecvDataSegmentLength="8192").status_class == 0
+
+    # connection 1: a read whose status the initiator "loses" (not acknowledged)
+    itt_a = a.command(read10(0, 1), read=BLOCK)
+    status_a = a.recv()
+    assert isinstance(status_a, DataIn) and status_a.itt == itt_a and status_a.status_present
+    a.expstatsn = status_a.statsn
+
+    # connection 2: a read of 8 Data-In (8 KiB each), DataSN 3 and 5 "lost"
+    itt_b = b.command(read10(256, 128), read=64 << 10)
+    pdus: list[DataIn] = []
+    while not (pdus and pdus[-1].status_present):
+        pdu = b.recv()
+        assert isinstance(pdu, DataIn) and pdu.itt == itt_b, pdu
+        pdus.append(pdu)
+    assert [p.datasn for p in pdus] == list(range(8))
+    b.expstatsn = pdus[-1].statsn  # §11.16: data missing, so its status is not acknowledged
+
+    # connection 2 busy: a 4 MiB read in flight, not read yet
+    busy = b.command(read10(4096, 8192), read=4 << 20)
+    # Status SNACK on connection 1: answered there, with connection 1's StatSN
+    a.snack(SnackType.STATUS, begrun=status_a.statsn, runlength=1)
+    again = a.recv()
+    assert isinstance(again, ScsiResponse) and again.itt == itt_a and again.statsn == status_a.statsn
+    assert again.status == 0
+    # connection 1 cannot ask for connection 2's read: not in its store
+    a.snack(SnackType.DATA_R2T, itt=itt_b, begrun=3, runlength=1)
+    r = a.recv()
+    assert isinstance(r, Reject) and r.reason == RejectReason.PROTOCOL_ERROR
+
+    data, status = read_all(b, busy)
+    assert status == 0 and data == disk[4096 * BLOCK:(4096 + 8192) * BLOCK]
+    b.expstatsn = pdus[-1].statsn  # read_all acknowledged the busy read's status, which acknowledges itt_b's
+    for sn in (3, 5):
+        b.snack(SnackType.DATA_R2T, itt=itt_b, begrun=sn, runlength=1)
+        resent = b.recv()
+        assert isinstance(resent, DataIn) and resent.itt == itt_b and resent.datasn == sn
+        assert resent.buffer_offset == sn * 8192 and bytes(resent.data) == bytes(pdus[sn].data)
+        assert bytes(resent.data) == disk[256 * BLOCK + sn * 8192:256 * BLOCK + (sn + 1) * 8192]
+    assert silent(a, 0.3)  # nothing of connection 2's went to connection 1
+    # and the session goes on on both
+    for c, lba in ((a, 10), (b, 20)):
+        data, status = read_all(c, c.command(read10(lba, 8), read=8 * BLOCK))
+        assert status == 0 and data == disk[lba * BLOCK:(lba + 8) * BLOCK]

@@ -103,3 +103,66 @@ def test_commands_run_in_cmdsn_order_and_answer_on_their_connection(case: tuple[
                         answered[s.pdu.itt - 100] = s.cid  # type: ignore[attr-defined]
     assert ran == list(range(len(cids)))
     assert answered == dict(enumerate(cids))
+
+
+def test_preempt_and_abort_aborts_the_preempted_tasks_on_a_live_connection() -> None:
+    """A PERSISTENT RESERVE OUT PREEMPT AND ABORT answered on its (live)
+    connection still aborts the preempted nexuses' tasks (SPC-4
+    §5.12.11.4.5), as before MC/S, not only when it completes while its
+    connection is down."""
+    from target.scsi import ScsiResult, ScsiStatus
+    from target.session import Task
+    i = two_connections(ErrorRecoveryLevel="2")
+    s = i.session
+    called: list[int] = []
+    s._abort_preempted = called.append  # type: ignore[method-assign]
+    cdb = bytes([0x5F, 0x05, 0x01]) + bytes(13)  # PERSISTENT RESERVE OUT, PREEMPT AND ABORT
+    cmd = ScsiCommand(final=True, write=True, itt=0x77, edtl=24, cmdsn=i.cmdsn, cdb=cdb)
+    task = Task(cmd, 0, cdb, conn=s.conns[1])
+    s.tasks[cmd.itt] = task
+    s.executing.add(task)
+    sends = [a for a in s.command_done(task, ScsiResult(ScsiStatus.GOOD)) if isinstance(a, Send)]
+    assert called == [0] and [a.cid for a in sends] == [1]
+
+
+def test_erl2_reassigned_write_with_an_erl1_hole_is_asked_from_the_hole() -> None:
+    """ERL 2 includes ERL 1: a write whose middle Data-Out was lost to a
+    data digest error (its recovery R2T not answered yet) has a hole, not
+    a prefix; reassigned after its connection failed, it is asked again
+    from the hole, and the data ends up whole on the disk."""
+    from target.pdu import R2T, DataOut, ScsiResponse, TaskMgmtRequest, TaskMgmtResponse, TmfFunction
+    from tests.test_session_core import write10
+    i = two_connections(ErrorRecoveryLevel="2", InitialR2T="Yes", ImmediateData="No")
+    s = i.session
+    payload = bytes(range(256)) * 64  # 16 KiB
+    itt = i.next_itt()
+    out = s.receive(ScsiCommand(final=True, write=True, itt=itt, edtl=len(payload), cmdsn=i.cmdsn,
+                                cdb=write10(8, 32)), i.now, 1)
+    i.cmdsn += 1
+    r2t = next(a.pdu for a in out if isinstance(a, Send) and isinstance(a.pdu, R2T))
+    assert (r2t.buffer_offset, r2t.desired_length) == (0, 16384)
+
+    def data_out(datasn: int, offset: int) -> DataOut:
+        return DataOut(itt=itt, ttt=r2t.ttt, datasn=datasn, buffer_offset=offset,
+                       data=payload[offset:offset + 4096])
+    s.receive(data_out(0, 0), i.now, 1)
+    lost = s.data_digest_error(data_out(1, 4096).encode_bhs(), "data digest", 1)
+    recovery = [a.pdu for a in lost if isinstance(a, Send) and isinstance(a.pdu, R2T)]
+    assert [(p.buffer_offset, p.desired_length) for p in recovery] == [(4096, 4096)]
+    s.receive(data_out(2, 8192), i.now, 1)
+    s.connection_lost(1, DropReason.CONNECTION_LOST, i.now)  # before the recovery R2T was answered
+    out = s.receive(TaskMgmtRequest(immediate=True, function=TmfFunction.TASK_REASSIGN, itt=i.next_itt(), rtt=itt, cmdsn=i.cmdsn),
+                    i.now, 0)
+    pdus = [a.pdu for a in out if isinstance(a, Send)]
+    assert isinstance(pdus[0], TaskMgmtResponse) and pdus[0].response == 0
+    again = [p for p in pdus if isinstance(p, R2T)]
+    assert [(p.buffer_offset, p.desired_length) for p in again] == [(4096, 12288)]  # from the hole, not 8192
+    out = s.receive(DataOut(final=True, itt=itt, ttt=again[0].ttt, datasn=0, buffer_offset=4096,
+                            data=payload[4096:]), i.now, 0)
+    done = []
+    for a in out:
+        if isinstance(a, Execute):
+            result = run_now(a.lun.execute(a.task.cdb, a.data_out, s.nexus, a.task.cmd.edtl))
+            done += [x.pdu for x in s.command_done(a.task, result) if isinstance(x, Send)]
+    assert isinstance(done[-1], ScsiResponse) and done[-1].status == 0
+    assert bytes(i.lun.data[8 * 512:8 * 512 + len(payload)]) == payload

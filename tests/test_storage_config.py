@@ -51,6 +51,9 @@ def test_ceph_settings_and_rbd_luns_use_them(tmp_path: Path, bindings: None) -> 
     assert [lun.path for lun in cfg.targets[0].luns] == [
         f"rbd:disks/node01:conf={tmp_path / 'ceph.conf'}:id=boot", "rbd:other/x:conf=/c.conf:id=me"]
     assert not cfg.warnings  # bases go into the pool with bootsvc image (build-demo, build-debian, import)
+    assert cfg.storage.release_after == 20  # like iSCSI's DefaultTime2Retain
+    again = load(cfg_file(tmp_path, "storage: {backend: ceph, pool: disks, conf: ceph.conf, release_after: 3}\n"))
+    assert again.storage.release_after == 3
 
 
 def test_an_rbd_lun_without_a_storage_section_is_kept_as_written(tmp_path: Path) -> None:
@@ -68,6 +71,11 @@ def test_an_rbd_lun_without_a_storage_section_is_kept_as_written(tmp_path: Path)
     ("storage: {backend: ceph, pool: p, conf: ceph.conf, user: 'client.'}", "storage.user: client. is not a Ceph"),
     ("storage: {backend: ceph, pool: p, conf: ceph.conf, size: 1}", "storage.size: unknown key"),
     ("storage: ceph", ":1: storage: expected a mapping, got ceph"),
+    ("storage: {backend: ceph, pool: p, conf: ceph.conf, release_after: -1}",
+     ":1: storage.release_after: expected a whole number (seconds a disk stays claimed after its machine's last "
+     "session, 0 ... 86400), got -1"),
+    ("storage: {backend: ceph, pool: p, conf: ceph.conf, release_after: 1.5}", "release_after: expected a whole"),
+    ("storage: {backend: file, release_after: 5}", ":1: storage.release_after: only with backend: ceph"),
 ])
 def test_mistakes(tmp_path: Path, bindings: None, section: str, problem: str) -> None:
     assert problem in problems(cfg_file(tmp_path, section + "\n"))

@@ -46,6 +46,7 @@ def test_text_garbage_raises_only_text_errors(raw: bytes) -> None:
     ("DefaultTime2Retain", "0", "0"),
     ("MaxOutstandingR2T", "1", "1"),
     ("ErrorRecoveryLevel", "2", "2"),  # min with the target's most
+    ("ErrorRecoveryLevel", "1", "1"),
     ("ErrorRecoveryLevel", "0", "0"),  # what every Debian initiator asks
     ("MaxConnections", "16", "8"),
     ("MaxConnections", "1", "1"),

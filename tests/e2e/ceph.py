@@ -5,6 +5,8 @@ its Python bindings are missing (scripts/install-deps.sh installs both)."""
 from __future__ import annotations
 
 import importlib
+import json
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -40,3 +42,13 @@ def ceph_cluster() -> Iterator[Cluster]:
         pytest.fail(f"the test Ceph cluster did not start: {e}")
     yield cluster
     cluster.stop()
+
+
+def pool_machine_chap(cluster: Cluster, mac: str, initiator: str) -> str:
+    """QEMU iSCSI driver options (``,user=...,password=...``) with the CHAP
+    secret bootsvc made for the machine on Ceph storage: in the pool, not
+    in state_dir (bootsvc/shared_secrets.py), read with the `rados` tool."""
+    from bootsvc.shared_secrets import object_name
+    got = subprocess.run(["rados", "-c", str(cluster.conf), "-p", POOL, "get", object_name(mac), "-"],
+                         capture_output=True, text=True, timeout=30, check=True)
+    return f",user={initiator},password={json.loads(got.stdout)['secret']}"

@@ -15,14 +15,16 @@ import pytest
 
 from bootsvc.ceph_images import CephImageStore, RbdPool
 from bootsvc.config import load
-from bootsvc.events import EVENT_FILE
+from bootsvc.events import EVENT_FILE, Bus
+from bootsvc.fleet import Fleet
 from bootsvc.images import image_store
+from bootsvc.inventory import Machine
 from target.rbd import open_rbd
 from target.targets import Target, open_backend
 from tests.ceph_cluster import Cluster
-from tests.e2e.ceph import POOL
+from tests.e2e.ceph import POOL, pool_machine_chap
 from tests.e2e.conftest import need
-from tests.e2e.peers import LOOPBACK, free_port, machine_chap, stop, wait_for_port
+from tests.e2e.peers import LOOPBACK, free_port, stop, wait_for_port
 
 pytestmark = pytest.mark.e2e
 
@@ -30,7 +32,8 @@ MIB = 1 << 20
 PREFIX = "iqn.2026-11.test.lab"
 
 
-def _config(tmp_path: Path, cluster: Cluster, base: str, hosts: dict[str, str], port: int = 0) -> Path:
+def _config(tmp_path: Path, cluster: Cluster, base: str, hosts: dict[str, str], port: int = 0,
+            storage: str = "") -> Path:
     """A config whose machines (hostname: profile) boot from clones of ``base``."""
     (tmp_path / "profiles").mkdir(exist_ok=True)
     (tmp_path / "profiles" / "keep.yaml").write_text(f"base: {base}.raw\noverlay: persistent\n")
@@ -41,7 +44,7 @@ def _config(tmp_path: Path, cluster: Cluster, base: str, hosts: dict[str, str], 
     listen = f"listen:\n  iscsi: [{LOOPBACK}:{port}]\n" if port else ""
     cfg = tmp_path / "bootsvc.yaml"
     cfg.write_text(f"state_dir: {tmp_path / 'state'}\niqn_prefix: {PREFIX}\nprofiles_dir: profiles\n{listen}"
-                   f"storage: {{backend: ceph, pool: {POOL}, conf: {cluster.conf}}}\nmachines:\n{machines}")
+                   f"storage: {{backend: ceph, pool: {POOL}, conf: {cluster.conf}{storage}}}\nmachines:\n{machines}")
     return cfg
 
 
@@ -100,7 +103,7 @@ def test_serve_gives_each_machine_its_clone(ceph_cluster: Cluster, tmp_path: Pat
     try:
         wait_for_port(port, proc)
         for i, host in enumerate(hosts, 1):
-            chap = machine_chap(tmp_path / "state", f"52:54:00:00:00:{i:02x}", f"{PREFIX}:{host}")
+            chap = pool_machine_chap(ceph_cluster, f"52:54:00:00:00:{i:02x}", f"{PREFIX}:{host}")
             opts = (f"driver=iscsi,transport=tcp,portal={LOOPBACK}:{port},target={PREFIX}:boot.{host},lun=0,"
                     f"initiator-name={PREFIX}:{host}{chap}")
             io = subprocess.run(["qemu-io", "--image-opts", "-c", "read -P 0xee 0 1M", "-c", "write -P 0x42 1M 1M",
@@ -133,8 +136,10 @@ def test_serve_gives_each_machine_its_clone(ceph_cluster: Cluster, tmp_path: Pat
     assert reset.returncode == 0 and reset.stdout.strip() == f"rbd:{POOL}/{kiosk}:conf={ceph_cluster.conf}"
     with RbdPool(POOL, str(ceph_cluster.conf)) as pool:
         assert {d.name: d.allocated for d in pool.disks()}[kiosk] == 0
-    refused = image("commit", keeper, "new-gold")
-    assert refused.returncode == 1 and "not yet for storage backend ceph" in refused.stderr
+    committed = image("commit", keeper, "new-gold")  # the server stopped: the disk is free
+    assert committed.returncode == 0 and committed.stdout.strip() == f"rbd:{POOL}/new-gold@base", committed.stderr
+    with RbdPool(POOL, str(ceph_cluster.conf)) as pool:
+        pool.remove_base("new-gold")
 
 
 def _qemu_io(port: int, host: str, *commands: str, tries: int = 20) -> subprocess.CompletedProcess[str]:
@@ -197,6 +202,100 @@ def test_a_disk_is_served_by_one_server_at_a_time(ceph_cluster: Cluster, tmp_pat
         stop(a)
         if b is not None:
             stop(b)
+
+
+def _event_file(server: Path, kind: str) -> str:
+    """A server's event file once it holds ``kind`` (at most 5 s): the
+    event follows the release, which the other server's login may overtake."""
+    for _ in range(50):
+        events = (server / "state" / EVENT_FILE).read_text()
+        if f'"kind":"{kind}"' in events:
+            break
+        time.sleep(0.1)
+    return events
+
+
+def test_a_disk_the_machine_stopped_using_is_released(ceph_cluster: Cluster, tmp_path: Path) -> None:
+    """Two servers stay up: the machine logs in to A and out again; after
+    storage.release_after (1 s here) A gives the disk up (disk.released)
+    and B serves it with A's write in it, A still running; the machine
+    coming back to A later is served there again once B let go."""
+    need("qemu-io")
+    base = _base(ceph_cluster)
+    host = f"move-{uuid.uuid4().hex[:6]}"
+    servers = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        port = free_port()
+        servers.append((port, _config(tmp_path / name, ceph_cluster, base, {host: "open"}, port,
+                                      storage=", release_after: 1")))
+    (port_a, cfg_a), (port_b, cfg_b) = servers
+    a = subprocess.Popen([sys.executable, "-m", "bootsvc", "serve", "-c", str(cfg_a)], stderr=subprocess.DEVNULL)
+    b = subprocess.Popen([sys.executable, "-m", "bootsvc", "serve", "-c", str(cfg_b)], stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port_a, a)
+        wait_for_port(port_b, b)
+        wrote = _qemu_io(port_a, host, "write -P 0x51 1M 1M", "flush", tries=1)
+        assert wrote.returncode == 0 and "wrote" in wrote.stdout, wrote.stdout + wrote.stderr
+        ended = time.monotonic()
+        moved = _qemu_io(port_b, host, "read -P 0x51 1M 1M", "write -P 0x52 2M 4k", tries=20)
+        took = time.monotonic() - ended
+        events_a = _event_file(tmp_path / "a", "disk.released")
+        assert moved.returncode == 0 and "read 1048576" in moved.stdout, moved.stdout + moved.stderr + events_a[-3000:]
+        assert a.poll() is None and "\"kind\":\"disk.released\"" in events_a and "no session for 1 s" in events_a
+        assert 1.0 <= took < 10
+        back = _qemu_io(port_a, host, "read -P 0x52 2M 4k", tries=20)  # B lets go in turn
+        assert back.returncode == 0, back.stdout + back.stderr
+        events_b = _event_file(tmp_path / "b", "disk.released")
+        assert "\"kind\":\"disk.released\"" in events_b, events_b[-2000:]
+        print(f"\nserved by B {took:.1f} s after the machine left A (release_after 1 s)")
+    finally:
+        stop(a)
+        stop(b)
+
+
+def test_a_shutdown_during_a_renewals_renames_leaves_it_named(ceph_cluster: Cluster, tmp_path: Path) -> None:
+    """An ephemeral disk renewed on the pool: the renames that give the
+    served renewal the disk's name run in a worker thread; the event loop
+    ending while they run (a slow cluster) leaves the disk named once the
+    fleet is closed, holding what was written to the served renewal."""
+    base = _base(ceph_cluster)
+    host = f"eph-{uuid.uuid4().hex[:6]}"
+    fleet = Fleet(load(_config(tmp_path, ceph_cluster, base, {host: "fresh"})), Bus())
+    fleet.open()
+    mac = next(iter(fleet.machines))
+    disk = fleet.disk(mac)
+    assert disk is not None
+    disk.fresh = False  # booted: its next boot renews it
+    keep = fleet.store.keep_renewal
+
+    def slow_keep(machine: Machine) -> None:
+        time.sleep(0.5)
+        keep(machine)
+
+    fleet.store.keep_renewal = slow_keep  # type: ignore[method-assign]
+    try:
+        assert asyncio.run(fleet.renew(mac))
+        served = disk.target.luns[0].backend
+
+        async def write() -> None:
+            await served.write(0, b"\x61" * 4096, fua=True)
+        asyncio.run(write())
+        with RbdPool(POOL, str(ceph_cluster.conf)) as pool:
+            assert pool.exists(f".{host}.renewal")  # not named yet
+    finally:
+        fleet.close()
+    with RbdPool(POOL, str(ceph_cluster.conf)) as pool:
+        assert not pool.exists(f".{host}.renewal")
+        b = open_rbd(pool.lun_path(host))
+        try:
+            assert b.read_sync(0, 4096) == b"\x61" * 4096
+        finally:
+            b.close()
+        for name in pool.names():
+            if host in name:
+                pool.remove_disk(name)
+        pool.remove_base(base)
 
 
 def test_image_import_puts_the_base_in_the_pool(ceph_cluster: Cluster, tmp_path: Path) -> None:
