@@ -121,6 +121,9 @@ class Cluster:
 
     dir: Path | None = None
     memstore_bytes: int = 4 << 30
+    # run everything in this network namespace (``ip netns exec NS``): its
+    # 127.0.0.1 is then the namespace's, where a server under test runs
+    netns: str | None = None
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _made_dir: bool = False
 
@@ -184,9 +187,19 @@ class Cluster:
         self._daemon("ceph-osd", "-i", osd_id)
         self._wait_osd_up()
 
+    @property
+    def prefix(self) -> tuple[str, ...]:
+        """What runs a command where the cluster is (its namespace, if any)."""
+        return ("ip", "netns", "exec", self.netns) if self.netns else ()
+
+    @property
+    def pids(self) -> tuple[int, ...]:
+        """The daemons' process ids (``ip netns exec`` becomes the daemon)."""
+        return tuple(p.pid for p in self.procs)
+
     def _run(self, *cmd: str, timeout: float = 30.0) -> str:
         try:
-            r = subprocess.run([*cmd, "-c", str(self.conf)], capture_output=True, text=True, timeout=timeout)
+            r = subprocess.run([*self.prefix, *cmd, "-c", str(self.conf)], capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired as e:
             raise ClusterError(f"{' '.join(cmd)} took more than {timeout:.0f} s") from e
         if r.returncode != 0:
@@ -195,7 +208,7 @@ class Cluster:
 
     def _daemon(self, *cmd: str) -> None:
         # -f: stays in the foreground, so the process id is ours to stop
-        self.procs.append(subprocess.Popen([*cmd, "-f", "-c", str(self.conf)], stdin=subprocess.DEVNULL,
+        self.procs.append(subprocess.Popen([*self.prefix, *cmd, "-f", "-c", str(self.conf)], stdin=subprocess.DEVNULL,
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
     def _wait_osd_up(self) -> None:
