@@ -146,6 +146,10 @@ class Cluster:
     def rbd(self, *args: str, timeout: float = 30.0) -> str:
         return self._run("rbd", *args, timeout=timeout)
 
+    def run_python(self, *args: str, timeout: float = 300.0) -> str:
+        """This Python (``sys.executable``) with ``args``, where the cluster is."""
+        return self._run(sys.executable, *args, conf=False, timeout=timeout)
+
     def create_pool(self, name: str, pgs: int = 8) -> None:
         """An RBD pool (``rbd pool init`` tags it for rbd)."""
         self.ceph("osd", "pool", "create", name, str(pgs))
@@ -197,9 +201,10 @@ class Cluster:
         """The daemons' process ids (``ip netns exec`` becomes the daemon)."""
         return tuple(p.pid for p in self.procs)
 
-    def _run(self, *cmd: str, timeout: float = 30.0) -> str:
+    def _run(self, *cmd: str, timeout: float = 30.0, conf: bool = True) -> str:
         try:
-            r = subprocess.run([*self.prefix, *cmd, "-c", str(self.conf)], capture_output=True, text=True, timeout=timeout)
+            r = subprocess.run([*self.prefix, *cmd, *(("-c", str(self.conf)) if conf else ())], capture_output=True,
+                               text=True, timeout=timeout)
         except subprocess.TimeoutExpired as e:
             raise ClusterError(f"{' '.join(cmd)} took more than {timeout:.0f} s") from e
         if r.returncode != 0:
