@@ -164,11 +164,12 @@ class _Bridge:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self._ready: collections.deque[tuple[asyncio.Future[Any], Any]] = collections.deque()
+        self._ready: collections.deque[tuple[asyncio.Future[Any], int, Any]] = collections.deque()
         self._scheduled = False
 
-    def complete(self, future: asyncio.Future[Any], result: Any) -> None:
-        self._ready.append((future, result))
+    def complete(self, future: asyncio.Future[Any], ret: int, value: Any) -> None:
+        """On librbd's thread: ``future`` gets (ret, value) on the loop."""
+        self._ready.append((future, ret, value))
         if not self._scheduled:  # two threads may both schedule: one drain then finds nothing
             self._scheduled = True
             try:
@@ -182,9 +183,9 @@ class _Bridge:
         self._scheduled = False
         ready = self._ready
         while ready:
-            future, result = ready.popleft()
+            future, ret, value = ready.popleft()
             if not future.done():  # a cancelled waiter
-                future.set_result(result)
+                future.set_result((ret, value))
 
 
 class RbdBackend(Backend):
@@ -260,7 +261,7 @@ class RbdBackend(Backend):
         future: asyncio.Future[Any] = bridge.loop.create_future()
 
         def oncomplete(completion: Any, *value: Any) -> None:
-            bridge.complete(future, (completion.get_return_value(), value[0] if value else None))
+            bridge.complete(future, completion.get_return_value(), value[0] if value else None)
 
         try:
             start(oncomplete)
@@ -361,7 +362,7 @@ class _ReadDone:
         self.bridge, self.future = bridge, future
 
     def __call__(self, completion: Any, data: bytes | None) -> None:
-        self.bridge.complete(self.future, (completion.get_return_value(), data))
+        self.bridge.complete(self.future, completion.get_return_value(), data)
 
 
 def _as_bytes(data: bytes | memoryview) -> bytes:
