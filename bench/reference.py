@@ -35,7 +35,7 @@ class RefMachine:
     hostname: str
     target_iqn: str
     initiator_iqn: str
-    disk: Path  # a raw image: tgt reads no qcow2
+    disk: Path | str  # a raw image (tgt reads no qcow2), or what ``backing`` names (tgt-rbd: POOL/IMAGE)
 
 
 def wait_for(what: str, ok: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path,
@@ -80,10 +80,12 @@ def dnsmasq(prefix: Sequence[str], args: list[str], rundir: Path) -> Iterator[in
 
 
 @contextlib.contextmanager
-def tgtd(prefix: Sequence[str], portal: str, machines: Sequence[RefMachine], rundir: Path) -> Iterator[int]:
+def tgtd(prefix: Sequence[str], portal: str, machines: Sequence[RefMachine], rundir: Path,
+         backing: Sequence[str] = ()) -> Iterator[int]:
     """tgtd on ``portal`` (address:port) with a target per machine; its PID.
-    Stopped through its control socket, as it ignores SIGTERM while
-    targets exist (ENVIRONMENT.md)."""
+    ``backing``: tgtadm options for another backing store than files
+    (``--bstype rbd ...``). Stopped through its control socket, as it
+    ignores SIGTERM while targets exist (ENVIRONMENT.md)."""
     control = 20000 + os.getpid() % 10000  # its socket is /var/run/tgtd/socket.<control>
     os.makedirs("/var/run/tgtd", exist_ok=True)
     log = rundir / "tgtd.log"
@@ -102,7 +104,8 @@ def tgtd(prefix: Sequence[str], portal: str, machines: Sequence[RefMachine], run
         wait_for("tgtd", lambda: adm("--op", "show", "--mode", "system", check=False), proc, log)
         for tid, m in enumerate(machines, 1):
             adm("--op", "new", "--mode", "target", "--tid", str(tid), "-T", m.target_iqn)
-            adm("--op", "new", "--mode", "logicalunit", "--tid", str(tid), "--lun", "1", "-b", str(m.disk))
+            adm("--op", "new", "--mode", "logicalunit", "--tid", str(tid), "--lun", "1", "-b", str(m.disk),
+                *backing)
             adm("--op", "bind", "--mode", "target", "--tid", str(tid), "-Q", m.initiator_iqn)
         yield proc.pid
     finally:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from .actions import Action, Close, Execute, Send
 from .backend import FileExtent, Segment, Zeros, materialize, segments_length
-from .eager import run_eager
+from .eager import Cancellable, run_eager
 from .events import peer_text
 from .framing import DigestError, PduReader, crc32c_digest, frame, padding
 from .login import LOGIN_MAX_DATA, Login, LoginStatus
@@ -73,7 +73,7 @@ class IscsiConnection:
         self.login: Login | None = None
         self.local_address: tuple[str, int] = sock.getsockname()[:2]
         self.portal_group_tag = 1  # of the portal it came in on: the server sets it at accept
-        self.running: set[asyncio.Task[None]] = set()  # commands and reads that had to wait
+        self.running: set[Cancellable] = set()  # commands and reads that had to wait
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
         self.wake: asyncio.Future[None] | None = None  # the login phase waits for input on it

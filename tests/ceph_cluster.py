@@ -121,6 +121,9 @@ class Cluster:
 
     dir: Path | None = None
     memstore_bytes: int = 4 << 30
+    # run everything in this network namespace (``ip netns exec NS``): its
+    # 127.0.0.1 is then the namespace's, where a server under test runs
+    netns: str | None = None
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _made_dir: bool = False
 
@@ -142,6 +145,10 @@ class Cluster:
 
     def rbd(self, *args: str, timeout: float = 30.0) -> str:
         return self._run("rbd", *args, timeout=timeout)
+
+    def run_python(self, *args: str, timeout: float = 300.0) -> str:
+        """This Python (``sys.executable``) with ``args``, where the cluster is."""
+        return self._run(sys.executable, *args, conf=False, timeout=timeout)
 
     def create_pool(self, name: str, pgs: int = 8) -> None:
         """An RBD pool (``rbd pool init`` tags it for rbd)."""
@@ -184,9 +191,20 @@ class Cluster:
         self._daemon("ceph-osd", "-i", osd_id)
         self._wait_osd_up()
 
-    def _run(self, *cmd: str, timeout: float = 30.0) -> str:
+    @property
+    def prefix(self) -> tuple[str, ...]:
+        """What runs a command where the cluster is (its namespace, if any)."""
+        return ("ip", "netns", "exec", self.netns) if self.netns else ()
+
+    @property
+    def pids(self) -> tuple[int, ...]:
+        """The daemons' process ids (``ip netns exec`` becomes the daemon)."""
+        return tuple(p.pid for p in self.procs)
+
+    def _run(self, *cmd: str, timeout: float = 30.0, conf: bool = True) -> str:
         try:
-            r = subprocess.run([*cmd, "-c", str(self.conf)], capture_output=True, text=True, timeout=timeout)
+            r = subprocess.run([*self.prefix, *cmd, *(("-c", str(self.conf)) if conf else ())], capture_output=True,
+                               text=True, timeout=timeout)
         except subprocess.TimeoutExpired as e:
             raise ClusterError(f"{' '.join(cmd)} took more than {timeout:.0f} s") from e
         if r.returncode != 0:
@@ -195,7 +213,7 @@ class Cluster:
 
     def _daemon(self, *cmd: str) -> None:
         # -f: stays in the foreground, so the process id is ours to stop
-        self.procs.append(subprocess.Popen([*cmd, "-f", "-c", str(self.conf)], stdin=subprocess.DEVNULL,
+        self.procs.append(subprocess.Popen([*self.prefix, *cmd, "-f", "-c", str(self.conf)], stdin=subprocess.DEVNULL,
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
     def _wait_osd_up(self) -> None:

@@ -22,12 +22,12 @@ from pathlib import Path
 import pytest
 
 from bootsvc import config
-from bootsvc.demo import RECORD, build_demo
-from bootsvc.demo.disk import Layout
+from bootsvc.demo import build_demo
 from bootsvc.vm import qemu
 from bootsvc.vm.run import Options, boot_address, run
-from bootsvc.vm.timeline import ORDER, Timeline, diagnose
+from bootsvc.vm.timeline import ORDER, diagnose
 from tests.e2e.conftest import need, need_vm_lab
+from tests.e2e.demo_checks import check_booted, record, recorded
 from tests.e2e.netns import ip, namespaces
 from tests.e2e.peers import bootsvc_serve, machine_secret, stop
 
@@ -77,46 +77,17 @@ machines:
     return cfg
 
 
-def record(cfg: config.Config, image: Path, work: Path) -> str:
-    """The demo's record file in ``image``'s root partition ('' if absent),
-    read through qemu-img and debugfs."""
-    raw = work / f"{image.stem}.raw"
-    subprocess.run(["qemu-img", "convert", "-O", "raw", str(image), str(raw)], check=True, timeout=120)
-    try:
-        r = subprocess.run(["debugfs", "-R", f"cat {RECORD}", f"{raw}?offset={Layout().root.start}"],
-                           capture_output=True, text=True, timeout=60)
-    finally:
-        raw.unlink()
-    return "" if "not found" in r.stderr else r.stdout
-
-
-def recorded(cfg: config.Config, host: str) -> list[dict[str, object]]:
-    """``bootsvc timeline HOST --json``: the machine's latest boot as the flight recorder kept it."""
-    r = subprocess.run([sys.executable, "-m", "bootsvc", "timeline", "-c", str(cfg.path), host, "--json"],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return json.loads(r.stdout)  # type: ignore[no-any-return]
-
-
-def check_booted(t: Timeline) -> None:
-    steps = [t.at[s] for s in ORDER if s in t.at]
-    assert t.booted and len(steps) == len(ORDER), f"{t.machine.hostname}: {t.failure} (reached {t.at})"
-    assert steps == sorted(steps), f"{t.machine.hostname}: steps out of order: {t.at}"
-    assert t.isns_dd is not None and set(t.isns_dd) == {t.machine.initiator_iqn, t.machine.target_iqn}
-    assert t.isns_target
-
-
 def check_overlays(cfg: config.Config, hosts: list[str], work: Path) -> None:
     overlays = {h: cfg.overlays_dir / f"{h}.qcow2" for h in hosts}
     initiators = {h: f"{cfg.iqn_prefix}:{h}" for h in [*HOSTS, KERNEL_HOST, MUTUAL_HOST]}
     for host, overlay in overlays.items():
         check = subprocess.run(["qemu-img", "check", str(overlay)], capture_output=True, text=True, timeout=60)
         assert check.returncode == 0 and "No errors" in check.stdout, check.stdout + check.stderr
-        lines = record(cfg, overlay, work).splitlines()
+        lines = record(overlay, work).splitlines()
         assert lines, f"{host} wrote nothing into its overlay"
         for line in lines:  # its own boots only, none of another machine's
             assert f"initiator={initiators[host]} " in line, (host, lines)
-    assert record(cfg, cfg.images_dir / "demo-linux.qcow2", work) == ""  # the base is untouched
+    assert record(cfg.images_dir / "demo-linux.qcow2", work) == ""  # the base is untouched
 
 
 def test_one_vm_boots_linux_from_its_overlay(lab: config.Config, tmp_path: Path) -> None:
