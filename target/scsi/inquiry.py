@@ -40,13 +40,14 @@ def standard(ident: Identity) -> bytes:
     """Standard INQUIRY data (SPC-4 §6.6.2): a direct-access block device,
     SPC-4, HiSup, response format 2, implicit ALUA (TPGS 01b: REPORT TARGET
     PORT GROUPS answers, every path active/optimized; see
-    :mod:`target.scsi.ports`), command queuing."""
+    :mod:`target.scsi.ports`), a copy manager (3PC: EXTENDED COPY, see
+    :mod:`target.scsi.xcopy`), command queuing."""
     body = bytearray(74)
     body[0] = 0x00
     body[2] = 0x06
     body[3] = 0x12  # HiSup | response data format 2
     body[4] = len(body) - 5
-    body[5] = 0x10  # TPGS 01b
+    body[5] = 0x10 | 0x08  # TPGS 01b, 3PC
     body[7] = 0x02  # CmdQue
     body[8:16] = ident.vendor.encode()[:8].ljust(8)
     body[16:32] = ident.product.encode()[:16].ljust(16)

@@ -19,7 +19,7 @@ from typing import Any
 from ..backend import Backend, BackendError, MediumError, Segment, SpaceExhausted
 from . import cdb as op
 from .cdb import BlockRange, block_range, cdb_length
-from .inquiry import DEFAULT_PRODUCT, DEFAULT_VENDOR, Identity, Limits, standard, vpd
+from .inquiry import DEFAULT_PRODUCT, DEFAULT_VENDOR, Identity, Limits, naa_id, standard, vpd
 from .mode import PC_SAVED, block_descriptor, pages
 from .ports import MAINTENANCE_IN, SA_REPORT_TARGET_PORT_GROUPS, port_designators, report_target_port_groups
 from .reservations import Access, PrIn, PrOut, ReservationConflict, Reservations, parse_prout
@@ -32,6 +32,7 @@ from .sense import (
     LUN_RESET_OCCURRED,
     MISCOMPARE_DURING_VERIFY,
     NO_SENSE,
+    OPERATION_IN_PROGRESS,
     PARAMETER_LIST_LENGTH_ERROR,
     SAVING_PARAMETERS_NOT_SUPPORTED,
     SPACE_ALLOCATION_FAILED,
@@ -42,6 +43,23 @@ from .sense import (
     ScsiError,
     ScsiStatus,
     fixed_sense,
+)
+from .xcopy import (
+    EXTENDED_COPY,
+    LIMITS as COPY_LIMITS,
+    RECEIVE_COPY_RESULTS,
+    SA_EXTENDED_COPY_LID1,
+    CopyList,
+    CopyStatus,
+    ListIdUsage,
+    RcrAction,
+    check_cdb as check_copy_cdb,
+    copy_segment,
+    copy_status_for,
+    not_reachable,
+    operating_parameters,
+    parse_copy_list,
+    segment_failed,
 )
 
 
@@ -105,6 +123,11 @@ class Lun:
         self.seen: dict[Hashable, int] = {}
         # ``reservations``: where APTPL state is kept (the owner's choice)
         self.pr = Reservations(reservations)
+        # EXTENDED COPY: the LUN a CSCD's NAA designator names, among those
+        # the issuing I_T nexus may reach (the owner sets it: its target's
+        # LUNs); on its own a LUN reaches only itself
+        self.copy_targets: Callable[[bytes], Lun | None] = self._only_self
+        self.copies: dict[Hashable, dict[int, CopyStatus]] = {}  # per nexus, by list id
 
     # -- the entry point --------------------------------------------------------
 
@@ -221,6 +244,7 @@ class Lun:
 
     def nexus_lost(self, nexus: Hashable) -> None:
         self.seen.pop(nexus, None)
+        self.copies.pop(nexus, None)
         self.pr.nexus_lost(nexus)
 
     # -- helpers ------------------------------------------------------------------
@@ -539,6 +563,80 @@ class Lun:
     async def _report_opcodes(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
         return report_supported_opcodes(cdb)
 
+    # -- third-party copy (SPC-4 §5.17) -------------------------------------------
+
+    def _only_self(self, designator: bytes) -> Lun | None:
+        return self if designator == naa_id(self.identity.device_id) else None
+
+    async def _extended_copy(self, cdb: bytes, data_out: memoryview | None, nexus: Hashable) -> ScsiResult:
+        """EXTENDED COPY (LID1) (SPC-4 §6.3): every segment is checked
+        (copy targets reachable, ranges within them, reservations, write
+        protection) before any block moves; then the segments are copied
+        in order through the backends."""
+        plen = check_copy_cdb(cdb)
+        if not plen:  # §6.3.1: not an error, nothing to copy
+            return GOOD
+        data = bytes(data_out or b"")[:plen]
+        if len(data) < plen:
+            raise ScsiError(PARAMETER_LIST_LENGTH_ERROR)
+        copy = parse_copy_list(data)
+        statuses = self.copies.setdefault(nexus, {})
+        running = statuses.get(copy.list_id)
+        if copy.usage is not ListIdUsage.NONE and running is not None and not running.done:
+            raise ScsiError(OPERATION_IN_PROGRESS)
+        plan = self._copy_plan(copy, nexus)
+        status = CopyStatus()
+        if copy.usage is not ListIdUsage.NONE:
+            statuses[copy.list_id] = status
+        try:
+            for source, destination, src_offset, dst_offset, length in plan:
+                await copy_segment(source.backend, destination.backend, src_offset, dst_offset, length, status)
+                status.segments += 1
+        except BaseException:
+            status.failed = True
+            raise
+        finally:
+            status.done = True
+            if copy.usage is ListIdUsage.NO_HOLD and statuses.get(copy.list_id) is status:
+                del statuses[copy.list_id]
+        return ScsiResult(ScsiStatus.GOOD, data_out_length=plen)
+
+    def _copy_plan(self, copy: CopyList, nexus: Hashable) -> list[tuple[Lun, Lun, int, int, int]]:
+        """(source, destination, source offset, destination offset, bytes)
+        per segment, or the error that aborts the copy (SPC-4 §5.17.4)."""
+        luns = []
+        for target in copy.targets:
+            lun = self.copy_targets(target.designator) if target.designator else None
+            if lun is None:
+                raise not_reachable()
+            if target.block_size != lun.block_size:
+                raise segment_failed()
+            luns.append(lun)
+        plan = []
+        for seg in copy.segments:
+            if max(seg.source, seg.destination) >= len(luns):
+                raise not_reachable()
+            source, destination = luns[seg.source], luns[seg.destination]
+            if (seg.source_lba + seg.blocks > source.blocks
+                    or seg.destination_lba + seg.blocks > destination.blocks):
+                raise segment_failed()
+            source.pr.check(nexus, Access.READ)
+            destination.pr.check(nexus, Access.WRITE)
+            if destination.read_only:
+                raise ScsiError(WRITE_PROTECTED)
+            plan.append((source, destination, seg.source_lba << source.shift,
+                         seg.destination_lba << destination.shift, seg.blocks << source.shift))
+        return plan
+
+    async def _receive_copy_results(self, cdb: bytes, data_out: memoryview | None,
+                                    nexus: Hashable) -> ScsiResult:
+        """RECEIVE COPY RESULTS (SPC-4 §6.18): OPERATING PARAMETERS, or
+        the COPY STATUS of this I_T nexus's list id."""
+        alloc = int.from_bytes(cdb[10:14], "big")
+        if cdb[1] & 0x1F == RcrAction.OPERATING_PARAMETERS:
+            return _alloc(operating_parameters(COPY_LIMITS, self.block_size), alloc)
+        return _alloc(copy_status_for(self.copies.get(nexus, {}), cdb[2]), alloc)
+
 
 # -- the command table ------------------------------------------------------------
 
@@ -607,6 +705,11 @@ _add(op.SERVICE_ACTION_IN_16, Lun._get_lba_status, (0x1F,) + (0xFF,) * 12 + (0, 
      sa=op.SA_GET_LBA_STATUS)
 _add(op.MAINTENANCE_IN, Lun._report_opcodes, (0x1F, 0x87, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x07),
      sa=op.SA_REPORT_SUPPORTED_OPCODES, access=Access.ANY)
+_add(EXTENDED_COPY, Lun._extended_copy, (0x1F,) + (0,) * 8 + (0xFF,) * 4 + (0, 0x07), sa=SA_EXTENDED_COPY_LID1,
+     with_nexus=True)
+for _sa in RcrAction:
+    _add(RECEIVE_COPY_RESULTS, Lun._receive_copy_results, (0x1F, 0xFF) + (0,) * 7 + (0xFF,) * 4 + (0, 0x07),
+         sa=_sa, access=Access.ANY, with_nexus=True)
 for _sa in PrIn:
     _add(op.PERSISTENT_RESERVE_IN, Lun._pr_in, (0x1F, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x07), sa=_sa, access=Access.PR)
 for _sa in PrOut:
@@ -630,13 +733,15 @@ _DATA_OUT: dict[int, Callable[[Lun, bytes], int]] = {
     op.MODE_SELECT_6: _parameter_list(4, 1),
     op.MODE_SELECT_10: _parameter_list(7, 2),
     op.PERSISTENT_RESERVE_OUT: _parameter_list(5, 4),
+    EXTENDED_COPY: lambda lun, cdb: check_copy_cdb(cdb),
 }
 _SERVICE_ACTION_OPCODES = {opc for (opc, sa) in COMMANDS if sa is not None}
 _READS = frozenset((op.READ_6, op.READ_10, op.READ_12, op.READ_16))
 # commands that do not report a pending unit attention (SAM-5 §5.14)
 _NO_ATTENTION = frozenset((op.INQUIRY, op.REPORT_LUNS, op.REQUEST_SENSE))
 # unknown service actions of these are a bad field, not an unknown command (SPC-4 §6.15.1, §6.16.1)
-_FIELD_SA_OPCODES = frozenset((op.PERSISTENT_RESERVE_IN, op.PERSISTENT_RESERVE_OUT))
+_FIELD_SA_OPCODES = frozenset((op.PERSISTENT_RESERVE_IN, op.PERSISTENT_RESERVE_OUT, EXTENDED_COPY,
+                               RECEIVE_COPY_RESULTS))
 # REPORT LUNS and REPORT TARGET PORT GROUPS are answered by the target, not
 # a LUN (they list the target's LUNs and ports); listed for REPORT SUPPORTED OPCODES
 _TARGET_COMMANDS = {
