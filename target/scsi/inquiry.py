@@ -97,6 +97,9 @@ def vpd(code: int, ident: Identity, limits: Limits, lbprz: bool, port: bytes = b
     if code == 0xB1:
         body = bytearray(0x3C)
         body[1] = 0x01  # medium rotation rate 1: non-rotating
+        # WABEREQ, WACEREQ 01b: reads after a BLOCK / CRYPTOGRAPHIC ERASE
+        # SANITIZE succeed (they return zeros; SBC-4 §6.6.2)
+        body[3] = 0x40 | 0x10
         return _page(0xB1, bytes(body))
     if code == 0xB2:
         # LBPU, LBPWS, LBPWS10 (+LBPRZ); provisioning type 2: thin (SBC-3 §6.5.4)

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from ..backend import Backend, BackendError, MediumError, Segment, SpaceExhausted
+from . import sanitize as wipe
 from . import cdb as op
 from .cdb import BlockRange, block_range, cdb_length
 from .inquiry import DEFAULT_PRODUCT, DEFAULT_VENDOR, Identity, Limits, naa_id, standard, vpd
-from .mode import PC_SAVED, block_descriptor, pages
+from .mode import PC_SAVED, block_descriptor, pages, selected_swp
 from .ports import MAINTENANCE_IN, SA_REPORT_TARGET_PORT_GROUPS, port_designators, report_target_port_groups
 from .reservations import Access, PrIn, PrOut, ReservationConflict, Reservations, parse_prout
 from .sense import (
@@ -34,6 +35,8 @@ from .sense import (
     NO_SENSE,
     OPERATION_IN_PROGRESS,
     PARAMETER_LIST_LENGTH_ERROR,
+    SANITIZE_FAILED,
+    SANITIZE_IN_PROGRESS,
     SAVING_PARAMETERS_NOT_SUPPORTED,
     SPACE_ALLOCATION_FAILED,
     UNRECOVERED_READ_ERROR,
@@ -110,6 +113,7 @@ class Lun:
         self.shift = block_size.bit_length() - 1
         self.blocks = backend.size // block_size
         self.read_only = read_only or backend.read_only
+        self.software_write_protect = False  # SWP of the control mode page (SPC-4 §7.5.8)
         self.identity = Identity(vendor, product, revision, serial, device_id or bytes(16))
         max_xfer = (32 << 20) // block_size
         # libiscsi's BlockLimits test holds MAXIMUM UNMAP LBA COUNT to 1M blocks
@@ -128,6 +132,8 @@ class Lun:
         # LUNs); on its own a LUN reaches only itself
         self.copy_targets: Callable[[bytes], Lun | None] = self._only_self
         self.copies: dict[Hashable, dict[int, CopyStatus]] = {}  # per nexus, by list id
+        self.sanitize: wipe.SanitizeState | None = None  # running or failed (SBC-3 §4.11)
+        self.sanitize_rate = wipe.RATE
 
     # -- the entry point --------------------------------------------------------
 
@@ -148,7 +154,8 @@ class Lun:
 
     def _plain_read(self, opcode: int, nexus: Hashable) -> bool:
         """A READ with no unit attention to report and no reservation to check."""
-        return opcode in _READS and self.seen.get(nexus) == self.epoch and not self.pr.engaged
+        return (opcode in _READS and self.seen.get(nexus) == self.epoch and not self.pr.engaged
+                and self.sanitize is None)
 
     async def execute(self, cdb: bytes, data_out: memoryview | None, nexus: Hashable,
                       transfer_length: int) -> ScsiResult:
@@ -167,6 +174,8 @@ class Lun:
             attention = self._attention(opcode, nexus)
             if attention is not None:
                 return _check(ScsiError(attention))
+            if self.sanitize is not None and opcode not in _DURING_SANITIZE:
+                self._sanitize_gate(opcode)
             command = self._admit(cdb, nexus)
             if opcode == op.REQUEST_SENSE:
                 self.seen[nexus] = self.epoch
@@ -195,6 +204,15 @@ class Lun:
             return LUN_RESET_OCCURRED
         return self.pr.attention(nexus) if self.pr.attentions else None
 
+    def _sanitize_gate(self, opcode: int) -> None:
+        """SBC-3 §4.11: while a sanitize runs, NOT READY; after one failed,
+        MEDIUM ERROR until a sanitize succeeds or EXIT FAILURE MODE."""
+        assert self.sanitize is not None
+        if self.sanitize.running:
+            raise ScsiError(SANITIZE_IN_PROGRESS)
+        if opcode != wipe.SANITIZE:
+            raise ScsiError(SANITIZE_FAILED)
+
     def _admit(self, cdb: bytes, nexus: Hashable) -> Command:
         """The command a CDB names, if this LUN may run it now for
         ``nexus``: a known one, no reservation conflict, not a write to a
@@ -203,9 +221,13 @@ class Lun:
         if command is None:
             raise ScsiError(INVALID_OPCODE, field=0)
         self.pr.check(nexus, command.access)
-        if command.writes and self.read_only:
+        if command.writes and self.write_protected:
             raise ScsiError(WRITE_PROTECTED)
         return command
+
+    @property
+    def write_protected(self) -> bool:
+        return self.read_only or self.software_write_protect
 
     def data_out_length(self, cdb: bytes) -> int:
         """Bytes of Data-Out ``cdb`` asks for (SBC-3 §5, SPC-4 §6.11): what
@@ -496,11 +518,11 @@ class Lun:
             raise ScsiError(SAVING_PARAMETERS_NOT_SUPPORTED)
         if subpage not in (0x00, 0xFF) or (subpage == 0xFF and code != 0x3F):
             raise ScsiError(INVALID_FIELD_IN_CDB, field=3)
-        body = pages(code, pc)
+        body = pages(code, pc, self.software_write_protect)
         if body is None:
             raise ScsiError(INVALID_FIELD_IN_CDB, field=2)
         blockdesc = b"" if dbd else block_descriptor(self.blocks, self.block_size)
-        device_specific = (0x80 if self.read_only else 0) | 0x10  # WP, DPOFUA
+        device_specific = (0x80 if self.write_protected else 0) | 0x10  # WP, DPOFUA
         if ten:
             header = struct.pack(">HBBBBH", 6 + len(blockdesc) + len(body), 0, device_specific, 0, 0,
                                  len(blockdesc))
@@ -509,11 +531,19 @@ class Lun:
         return _alloc(header + blockdesc + body, alloc)
 
     async def _mode_select(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
-        """MODE SELECT: nothing is changeable; an empty list is accepted, and
-        a list that only restates the current values too."""
-        plen = int.from_bytes(cdb[7:9], "big") if cdb[0] == op.MODE_SELECT_10 else cdb[4]
+        """MODE SELECT (SPC-4 §6.9, §6.10): the control page's SWP is the one
+        changeable field; anything else in the list restates the current
+        values and is accepted as such."""
+        ten = cdb[0] == op.MODE_SELECT_10
+        plen = int.from_bytes(cdb[7:9], "big") if ten else cdb[4]
         if cdb[1] & 0x01:  # SP: saving is not supported
             raise ScsiError(INVALID_FIELD_IN_CDB, field=1, bit=0)
+        data = bytes(data_out or b"")[:plen]
+        if len(data) < plen:
+            raise ScsiError(PARAMETER_LIST_LENGTH_ERROR)
+        swp = selected_swp(data, ten)
+        if swp is not None:
+            self.software_write_protect = swp
         return ScsiResult(ScsiStatus.GOOD, data_out_length=plen)
 
     async def _request_sense(self, cdb: bytes, data_out: memoryview | None, nexus: Hashable) -> ScsiResult:
@@ -562,6 +592,44 @@ class Lun:
 
     async def _report_opcodes(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
         return report_supported_opcodes(cdb)
+
+    # -- SANITIZE (SBC-3 §5.30) -----------------------------------------------------
+
+    async def _sanitize(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
+        """SANITIZE (SBC-3 §5.30, :mod:`target.scsi.sanitize`): the
+        operation runs as a task of its own; without IMMED the command ends
+        with it."""
+        request = wipe.parse_cdb(cdb, self.block_size)
+        plen = request.parameter_length
+        if request.action is wipe.SanitizeAction.EXIT_FAILURE_MODE:
+            self.sanitize = None  # (none runs: the gate lets SANITIZE through only after a failure)
+            return GOOD
+        size = self.blocks << self.shift
+        if request.action is wipe.SanitizeAction.OVERWRITE:
+            data = bytes(data_out or b"")[:plen]
+            if len(data) < plen:
+                raise ScsiError(PARAMETER_LIST_LENGTH_ERROR)
+            job = wipe.parse_overwrite(data, self.block_size)
+            work = wipe.overwrite(self.backend, size, job, self.block_size, self.sanitize_rate)
+        else:
+            work = wipe.erase(self.backend, size)
+        state = wipe.SanitizeState()
+        self.sanitize = state
+        state.task = wipe.start(self._sanitizing(state, work))
+        if not request.immediate:
+            await wipe.wait(state.task)
+            if state.failed:
+                raise ScsiError(SANITIZE_FAILED)
+        return ScsiResult(ScsiStatus.GOOD, data_out_length=plen)
+
+    async def _sanitizing(self, state: wipe.SanitizeState, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except BackendError:
+            state.failed = True  # failure mode: self.sanitize stays
+            return
+        if self.sanitize is state:
+            self.sanitize = None
 
     # -- third-party copy (SPC-4 §5.17) -------------------------------------------
 
@@ -622,7 +690,7 @@ class Lun:
                 raise segment_failed()
             source.pr.check(nexus, Access.READ)
             destination.pr.check(nexus, Access.WRITE)
-            if destination.read_only:
+            if destination.write_protected:
                 raise ScsiError(WRITE_PROTECTED)
             plan.append((source, destination, seg.source_lba << source.shift,
                          seg.destination_lba << destination.shift, seg.blocks << source.shift))
@@ -705,6 +773,8 @@ _add(op.SERVICE_ACTION_IN_16, Lun._get_lba_status, (0x1F,) + (0xFF,) * 12 + (0, 
      sa=op.SA_GET_LBA_STATUS)
 _add(op.MAINTENANCE_IN, Lun._report_opcodes, (0x1F, 0x87, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x07),
      sa=op.SA_REPORT_SUPPORTED_OPCODES, access=Access.ANY)
+for _sa in wipe.SanitizeAction:
+    _add(wipe.SANITIZE, Lun._sanitize, (0xBF, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x07), writes=True, sa=_sa)
 _add(EXTENDED_COPY, Lun._extended_copy, (0x1F,) + (0,) * 8 + (0xFF,) * 4 + (0, 0x07), sa=SA_EXTENDED_COPY_LID1,
      with_nexus=True)
 for _sa in RcrAction:
@@ -734,6 +804,7 @@ _DATA_OUT: dict[int, Callable[[Lun, bytes], int]] = {
     op.MODE_SELECT_10: _parameter_list(7, 2),
     op.PERSISTENT_RESERVE_OUT: _parameter_list(5, 4),
     EXTENDED_COPY: lambda lun, cdb: check_copy_cdb(cdb),
+    wipe.SANITIZE: _parameter_list(7, 2),
 }
 _SERVICE_ACTION_OPCODES = {opc for (opc, sa) in COMMANDS if sa is not None}
 _READS = frozenset((op.READ_6, op.READ_10, op.READ_12, op.READ_16))
@@ -741,7 +812,9 @@ _READS = frozenset((op.READ_6, op.READ_10, op.READ_12, op.READ_16))
 _NO_ATTENTION = frozenset((op.INQUIRY, op.REPORT_LUNS, op.REQUEST_SENSE))
 # unknown service actions of these are a bad field, not an unknown command (SPC-4 §6.15.1, §6.16.1)
 _FIELD_SA_OPCODES = frozenset((op.PERSISTENT_RESERVE_IN, op.PERSISTENT_RESERVE_OUT, EXTENDED_COPY,
-                               RECEIVE_COPY_RESULTS))
+                               RECEIVE_COPY_RESULTS, wipe.SANITIZE))
+# what a logical unit answers while a sanitize runs (SBC-3 §4.11.1)
+_DURING_SANITIZE = frozenset((op.INQUIRY, op.REPORT_LUNS, op.REQUEST_SENSE))
 # REPORT LUNS and REPORT TARGET PORT GROUPS are answered by the target, not
 # a LUN (they list the target's LUNs and ports); listed for REPORT SUPPORTED OPCODES
 _TARGET_COMMANDS = {
