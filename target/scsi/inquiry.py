@@ -34,6 +34,10 @@ class Limits:
     max_write_same: int
     max_compare_and_write: int
     optimal_granularity: int
+    # WRITE ATOMIC (SBC-4 §4.29): the longest atomic write, and the LBA
+    # multiple it must start at (0: no atomic writes)
+    max_atomic: int = 0
+    atomic_alignment: int = 0
 
 
 def standard(ident: Identity) -> bytes:
@@ -93,6 +97,9 @@ def vpd(code: int, ident: Identity, limits: Limits, lbprz: bool, port: bytes = b
                          limits.max_transfer, limits.max_transfer, limits.max_unmap_lbas,
                          limits.max_unmap_descriptors, 1, 0)
         struct.pack_into(">Q", body, 32, limits.max_write_same)
+        # MAXIMUM ATOMIC TRANSFER LENGTH, ATOMIC ALIGNMENT, ATOMIC TRANSFER
+        # LENGTH GRANULARITY 0: any length up to the maximum (SBC-4 §6.6.4)
+        struct.pack_into(">III", body, 40, limits.max_atomic, limits.atomic_alignment, 0)
         return _page(0xB0, bytes(body))
     if code == 0xB1:
         body = bytearray(0x3C)

@@ -119,7 +119,9 @@ class Lun:
         # libiscsi's BlockLimits test holds MAXIMUM UNMAP LBA COUNT to 1M blocks
         self.limits = Limits(max_transfer=max_xfer, max_unmap_lbas=min((1 << 30) // block_size, 1 << 20),
                              max_unmap_descriptors=256, max_write_same=max(1, self.blocks),
-                             max_compare_and_write=255, optimal_granularity=max(1, 4096 // block_size))
+                             max_compare_and_write=255, optimal_granularity=max(1, 4096 // block_size),
+                             max_atomic=min(backend.atomic_unit // block_size, max_xfer),
+                             atomic_alignment=backend.atomic_unit // block_size)
         self.inquiry_data = standard(self.identity)
         # Unit attentions: every reset bumps the epoch; a nexus that has not
         # seen the current epoch gets one UNIT ATTENTION (SAM-5 §5.14).
@@ -309,6 +311,34 @@ class Lun:
         if usable:
             await self.backend.write(offset, data[:usable], fua=r.fua)
         return ScsiResult(ScsiStatus.GOOD, data_out_length=length)
+
+    async def _write_atomic(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
+        """WRITE ATOMIC(16) (SBC-4 §5.48, §4.29): all of it or none, even
+        across a crash, which the backend promises for writes inside one
+        aligned unit (VPD B0h: the maximum and the alignment). Not
+        supported on a LUN whose backend cannot promise it."""
+        if not self.limits.max_atomic:
+            raise ScsiError(INVALID_OPCODE, field=0)
+        r = BlockRange(int.from_bytes(cdb[2:10], "big"), int.from_bytes(cdb[12:14], "big"), cdb[1])
+        self._no_protection(r)
+        if cdb[10] or cdb[11]:  # ATOMIC BOUNDARY: only in WRITE ATOMIC(32)
+            raise ScsiError(INVALID_FIELD_IN_CDB, field=10)
+        offset, length = self._range(r)
+        if r.blocks > self.limits.max_atomic:
+            raise ScsiError(INVALID_FIELD_IN_CDB, field=12)
+        if r.lba % self.limits.atomic_alignment:
+            raise ScsiError(INVALID_FIELD_IN_CDB, field=2)
+        if not length:
+            return GOOD
+        data = data_out if data_out is not None else memoryview(b"")
+        if len(data) < length:  # all or nothing: a part of the data is not written
+            raise ScsiError(INVALID_FIELD_IN_CDB, field=12)
+        await self.backend.write_atomic(offset, data[:length], fua=r.fua)
+        return ScsiResult(ScsiStatus.GOOD, data_out_length=length)
+
+    def _write_atomic_out(self, cdb: bytes) -> int:
+        blocks = int.from_bytes(cdb[12:14], "big")
+        return 0 if blocks > self.limits.max_atomic else blocks << self.shift
 
     async def _verify(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
         """VERIFY (SBC-3 §5.26): BYTCHK 0 checks nothing we could fail,
@@ -591,7 +621,8 @@ class Lun:
         return GOOD
 
     async def _report_opcodes(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
-        return report_supported_opcodes(cdb)
+        absent = frozenset() if self.limits.max_atomic else _ATOMIC_WRITES
+        return report_supported_opcodes(cdb, absent)
 
     # -- SANITIZE (SBC-3 §5.30) -----------------------------------------------------
 
@@ -757,6 +788,7 @@ _add(op.COMPARE_AND_WRITE, Lun._compare_and_write, _RW16[:9] + (0, 0, 0, 0xFF, 0
 _add(op.WRITE_16, Lun._write, _RW16, writes=True)
 _add(op.ORWRITE_16, Lun._orwrite, _RW16, writes=True)
 _add(op.WRITE_VERIFY_16, Lun._write, (0xF2,) + _RW16[1:], writes=True)
+_add(op.WRITE_ATOMIC_16, Lun._write_atomic, (0xF8,) + (0xFF,) * 8 + (0, 0, 0xFF, 0xFF, 0x1F, 0x07), writes=True)
 _add(op.VERIFY_16, Lun._verify, (0xF6,) + _RW16[1:])
 _add(op.PREFETCH_16, Lun._prefetch, (0x02,) + _RW16[1:])
 _add(op.SYNCHRONIZE_CACHE_16, Lun._sync_cache, (0x02,) + _RW16[1:], access=Access.WRITE)
@@ -799,6 +831,7 @@ _DATA_OUT: dict[int, Callable[[Lun, bytes], int]] = {
     **dict.fromkeys((op.VERIFY_10, op.VERIFY_12, op.VERIFY_16), Lun._verify_out),
     **dict.fromkeys((op.WRITE_SAME_10, op.WRITE_SAME_16), Lun._write_same_out),
     op.COMPARE_AND_WRITE: Lun._compare_and_write_out,
+    op.WRITE_ATOMIC_16: Lun._write_atomic_out,
     op.UNMAP: _parameter_list(7, 2),
     op.MODE_SELECT_6: _parameter_list(4, 1),
     op.MODE_SELECT_10: _parameter_list(7, 2),
@@ -808,6 +841,7 @@ _DATA_OUT: dict[int, Callable[[Lun, bytes], int]] = {
 }
 _SERVICE_ACTION_OPCODES = {opc for (opc, sa) in COMMANDS if sa is not None}
 _READS = frozenset((op.READ_6, op.READ_10, op.READ_12, op.READ_16))
+_ATOMIC_WRITES: frozenset[tuple[int, int | None]] = frozenset({(op.WRITE_ATOMIC_16, None)})
 # commands that do not report a pending unit attention (SAM-5 §5.14)
 _NO_ATTENTION = frozenset((op.INQUIRY, op.REPORT_LUNS, op.REQUEST_SENSE))
 # unknown service actions of these are a bad field, not an unknown command (SPC-4 §6.15.1, §6.16.1)
@@ -837,12 +871,13 @@ def _lookup(cdb: bytes) -> Command | None:
 _TIMEOUTS = bytes([0, 10, 0, 0]) + (0).to_bytes(4, "big") + (30).to_bytes(4, "big")
 
 
-def report_supported_opcodes(cdb: bytes) -> ScsiResult:
-    """REPORT SUPPORTED OPERATION CODES (SPC-4 §6.35)."""
+def report_supported_opcodes(cdb: bytes, absent: frozenset[tuple[int, int | None]] = frozenset()) -> ScsiResult:
+    """REPORT SUPPORTED OPERATION CODES (SPC-4 §6.35); ``absent``: commands
+    of the table this LUN does not support (its backend cannot)."""
     options = cdb[2] & 0x07
     rctd = bool(cdb[2] & 0x80)
     alloc = int.from_bytes(cdb[6:10], "big")
-    usages = {k: c.usage for k, c in COMMANDS.items()} | _TARGET_COMMANDS
+    usages = {k: c.usage for k, c in COMMANDS.items() if k not in absent} | _TARGET_COMMANDS
     if options == 0:
         out = bytearray()
         for (opcode, sa), usage in sorted(usages.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
