@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import sanitizer
 from ..backend import Backend, BackendError, MediumError, Segment, SpaceExhausted
-from . import sanitize as wipe
 from . import cdb as op
+from . import sanitize as wipe
 from .cdb import BlockRange, block_range, cdb_length
 from .inquiry import DEFAULT_PRODUCT, DEFAULT_VENDOR, Identity, Limits, naa_id, standard, vpd
 from .mode import PC_SAVED, block_descriptor, pages, selected_swp
@@ -512,18 +513,33 @@ class Lun:
         return _alloc(bytes(data), alloc)
 
     async def _get_lba_status(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
-        """GET LBA STATUS (SBC-3 §5.6): mapped or deallocated, from the backend."""
+        """GET LBA STATUS (SBC-3 §5.6): mapped or deallocated, from the
+        backend, neighbouring extents of one status in one descriptor (a
+        qcow2 image answers per cluster; an erased disk is one extent). At
+        most :data:`_STATUS_STEPS` backend answers per command: the last
+        descriptor then ends early, which the initiator continues from."""
         lba = int.from_bytes(cdb[2:10], "big")
         alloc = int.from_bytes(cdb[10:14], "big")
         if lba >= self.blocks:
             raise ScsiError(LBA_OUT_OF_RANGE)
-        descriptors = b""
+        room = min(64, -(-(max(alloc, 24) - 8) // 16))  # descriptors that (start to) fit
+        extents: list[list[int]] = []  # [lba, blocks, deallocated]
         pos = lba
-        while pos < self.blocks and len(descriptors) < 16 * 64 and 8 + len(descriptors) < max(alloc, 24):
+        for _ in range(_STATUS_STEPS):
+            if pos >= self.blocks:
+                break
             mapped, nbytes = await self.backend.block_status(pos << self.shift)
-            nblocks = max(1, min(nbytes >> self.shift, self.blocks - pos, 0xFFFFFFFF))
-            descriptors += struct.pack(">QIB3x", pos, nblocks, 0 if mapped else 1)
+            nblocks = max(1, min(nbytes >> self.shift, self.blocks - pos))
+            last = extents[-1] if extents else None
+            if last is not None and last[2] == (not mapped) and last[1] + nblocks <= 0xFFFFFFFF:
+                last[1] += nblocks
+            elif len(extents) < room:
+                extents.append([pos, min(nblocks, 0xFFFFFFFF), int(not mapped)])
+                nblocks = extents[-1][1]
+            else:
+                break
             pos += nblocks
+        descriptors = b"".join(struct.pack(">QIB3x", *e) for e in extents)
         data = struct.pack(">I4x", len(descriptors) + 4) + descriptors
         return _alloc(data, alloc)
 
@@ -641,14 +657,15 @@ class Lun:
             if len(data) < plen:
                 raise ScsiError(PARAMETER_LIST_LENGTH_ERROR)
             job = wipe.parse_overwrite(data, self.block_size)
-            work = wipe.overwrite(self.backend, size, job, self.block_size, self.sanitize_rate)
+            work = sanitizer.overwrite(self.backend, size, job, self.block_size, self.sanitize_rate)
         else:
-            work = wipe.erase(self.backend, size)
+            work = sanitizer.erase(self.backend, size)
         state = wipe.SanitizeState()
         self.sanitize = state
-        state.task = wipe.start(self._sanitizing(state, work))
+        task = sanitizer.start(self._sanitizing(state, work))
+        state.task = task
         if not request.immediate:
-            await wipe.wait(state.task)
+            await sanitizer.wait(task)
             if state.failed:
                 raise ScsiError(SANITIZE_FAILED)
         return ScsiResult(ScsiStatus.GOOD, data_out_length=plen)
@@ -841,6 +858,7 @@ _DATA_OUT: dict[int, Callable[[Lun, bytes], int]] = {
 }
 _SERVICE_ACTION_OPCODES = {opc for (opc, sa) in COMMANDS if sa is not None}
 _READS = frozenset((op.READ_6, op.READ_10, op.READ_12, op.READ_16))
+_STATUS_STEPS = 1 << 16  # backend answers one GET LBA STATUS may ask for
 _ATOMIC_WRITES: frozenset[tuple[int, int | None]] = frozenset({(op.WRITE_ATOMIC_16, None)})
 # commands that do not report a pending unit attention (SAM-5 §5.14)
 _NO_ATTENTION = frozenset((op.INQUIRY, op.REPORT_LUNS, op.REQUEST_SENSE))

@@ -1,7 +1,8 @@
 """SANITIZE (SBC-3 r36 §5.30, §4.11): the CDB and OVERWRITE parameter
-list decoded without I/O, and the sanitize operation itself, which runs
-on as the logical unit's own task: an ABORT TASK, a reset or a dropped
-connection does not stop it (SBC-3 §4.11.1), and until it ends every
+list decoded without I/O, and the state of a logical unit's sanitize
+operation, which runs as a task of its own (:mod:`target.sanitizer`): an
+ABORT TASK, a reset or a dropped connection does not stop it (SBC-3
+§4.11.1), and until it ends every
 command but INQUIRY, REPORT LUNS and REQUEST SENSE gets NOT READY,
 SANITIZE IN PROGRESS.
 
@@ -19,18 +20,16 @@ writes stay in the overlay):
 
 An overwrite writes at most :data:`RATE` bytes a second: the disk it
 wipes shares its storage with the other machines' disks, whose boots must
-not stall behind it.
+not stall behind it. The operation itself runs on the I/O side
+(:mod:`target.sanitizer`); this module stays free of the event loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
-from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
-from ..backend import Backend
 from .sense import INVALID_FIELD_IN_CDB, INVALID_FIELD_IN_PARAMETER_LIST, ScsiError
 
 SANITIZE = 0x48
@@ -107,27 +106,10 @@ def pattern_block(pattern: bytes, block_size: int, inverted: bool = False) -> by
     return bytes(b ^ 0xFF for b in block) if inverted else block
 
 
-async def overwrite(backend: Backend, size: int, job: Overwrite, block_size: int, rate: int = RATE) -> None:
-    """Every block of ``backend`` overwritten ``job.passes`` times, at most
-    ``rate`` bytes a second, :data:`CHUNK` bytes in memory."""
-    loop = asyncio.get_running_loop()
-    start, written = loop.time(), 0
-    for n in range(job.passes):
-        chunk = memoryview(pattern_block(job.pattern, block_size, job.invert and n % 2 == 1) * (CHUNK // block_size))
-        for pos in range(0, size, len(chunk)):
-            step = min(len(chunk), size - pos)
-            await backend.write(pos, chunk[:step])
-            written += step
-            ahead = start + written / rate - loop.time()
-            if ahead > 0:
-                await asyncio.sleep(ahead)
-    await backend.flush()
+class Job(Protocol):
+    """The running operation (an asyncio task, on the I/O side)."""
 
-
-async def erase(backend: Backend, size: int) -> None:
-    """BLOCK ERASE / CRYPTOGRAPHIC ERASE: the whole medium deallocated."""
-    await backend.discard(0, size)
-    await backend.flush()
+    def done(self) -> bool: ...
 
 
 @dataclass
@@ -136,7 +118,7 @@ class SanitizeState:
     unit stays in failure mode until a sanitize succeeds or EXIT FAILURE
     MODE, SBC-3 §4.11.2)."""
 
-    task: asyncio.Task[None] | None = None
+    task: Job | None = None
     failed: bool = False
 
     @property
@@ -144,16 +126,5 @@ class SanitizeState:
         return self.task is not None and not self.task.done()
 
 
-def start(work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-    """The operation as a task of its own, so that cancelling the command
-    that waits for it (its connection dropped) leaves it running."""
-    return asyncio.get_running_loop().create_task(work)
-
-
-async def wait(task: asyncio.Task[None]) -> None:
-    """Wait for the operation; a cancelled wait does not cancel it."""
-    await asyncio.shield(task)
-
-
-__all__ = ["RATE", "SANITIZE", "Overwrite", "SanitizeAction", "SanitizeRequest", "SanitizeState", "erase",
-           "overwrite", "parse_cdb", "parse_overwrite", "pattern_block", "start", "wait"]
+__all__ = ["CHUNK", "RATE", "SANITIZE", "Job", "Overwrite", "SanitizeAction", "SanitizeRequest", "SanitizeState",
+           "parse_cdb", "parse_overwrite", "pattern_block"]
