@@ -126,6 +126,17 @@ class Backend(abc.ABC):
     async def flush(self) -> None:
         """Make every completed write durable (SYNCHRONIZE CACHE)."""
 
+    # Bytes a write may span and still be all or nothing at any crash (WRITE
+    # ATOMIC, SBC-4 §4.29), at an offset that is a multiple of it; 0 where
+    # the backend cannot promise that (a raw file: the file system may tear
+    # a write anywhere past one sector).
+    atomic_unit: int = 0
+
+    async def write_atomic(self, offset: int, data: bytes | memoryview, fua: bool = False) -> None:
+        """Write ``data`` (within one aligned :attr:`atomic_unit`) so that
+        after a crash the range holds either all old or all new data."""
+        raise BackendError("this disk cannot write atomically")
+
     async def discard(self, offset: int, length: int) -> None:
         """Deallocate the range (UNMAP); reads return zeros afterwards."""
         await self.write_zeroes(offset, length)

@@ -203,6 +203,7 @@ class Refcounts:
         disk: lower their refcounts and let the allocator reuse them."""
         if not self.pending_free:
             return
+        emptied: list[int] = []
         for cluster in self.pending_free:
             block = self._block_for(cluster)
             i = cluster % self.per_block
@@ -211,11 +212,26 @@ class Refcounts:
                 if not block[i]:
                     self.used -= 1
                     heapq.heappush(self.free, cluster)
-                    # give the space back to the host file system too
-                    punch_hole(self.fd, cluster << self.cluster_bits, self.cluster_size)
+                    emptied.append(cluster)
             self.dirty_blocks.add(cluster // self.per_block)
         self.pending_free.clear()
+        # give the space back to the host file system too, one call per run
+        # of neighbouring clusters (a wiped disk frees thousands at once, and
+        # a hole punched per cluster took seconds)
+        for first, count in _runs(sorted(emptied)):
+            punch_hole(self.fd, first << self.cluster_bits, count << self.cluster_bits)
         self.write_blocks()
 
     def dirty(self) -> bool:
         return bool(self.dirty_blocks or self.dirty_entries or self.pending_free)
+
+
+def _runs(clusters: list[int]) -> list[tuple[int, int]]:
+    """(first, count) of each run of consecutive numbers in sorted ``clusters``."""
+    runs: list[tuple[int, int]] = []
+    for c in clusters:
+        if runs and runs[-1][0] + runs[-1][1] == c:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        elif not runs or runs[-1][0] + runs[-1][1] < c:
+            runs.append((c, 1))
+    return runs

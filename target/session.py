@@ -257,6 +257,7 @@ class Session:
         self.nexus = (params.initiator_name, isid, params.target_name, portal_group_tag)
         self.closed = False
         self.logged_out = False
+        self.nexus_ended = False
         self.ending = False  # asked the transport to close: no more timers
         self.logout: _PendingLogout | None = None
         self.last_request = 0.0  # the last PDU other than a NOP-Out
@@ -404,9 +405,16 @@ class Session:
         self.failed.clear()
         if self.target is not None:
             self.target.sessions.discard(self)
+        self._nexus_ended()
+        self.server.forget(self)
+
+    def _nexus_ended(self) -> None:
+        """Tell the LUNs this I_T nexus is gone (its RESERVE(6), its unit
+        attentions, its held copy status), once."""
+        if self.target is not None and not self.nexus_ended:
+            self.nexus_ended = True
             for lun in self.target.luns.values():
                 lun.nexus_lost(self.nexus)
-        self.server.forget(self)
 
     # -- dispatch -------------------------------------------------------------
 
@@ -1425,6 +1433,11 @@ class Session:
                 req.reason == LogoutReason.CLOSE_CONNECTION and list(self.conns.values()) == [named]):
             self.logged_out = self.ending = True
             self._event("iscsi.logout", **self._counts())
+            if req.reason == LogoutReason.CLOSE_SESSION:
+                # the session, and so the I_T nexus, ends with this response
+                # (§11.14): the initiator's next command through another
+                # session may arrive before this connection's close does
+                self._nexus_ended()
             self._out.append(Close())
             return
         assert named is not None

@@ -20,6 +20,7 @@ from .qcow2 import MAGIC as QCOW2_MAGIC
 from .qcow2 import open_image
 from .rbd import is_rbd, open_rbd
 from .scsi import Lun
+from .scsi.inquiry import naa_id
 from .scsi.inquiry import DEFAULT_PRODUCT, DEFAULT_VENDOR
 
 if TYPE_CHECKING:
@@ -190,6 +191,7 @@ class Target:
             for lun in luns.values():
                 lun.backend.close()
             raise
+        _copy_within(luns)
         return cls(spec.iqn, spec.alias, luns, spec.allowed_initiators, single_writer=spec.single_writer,
                    auth=spec.auth)
 
@@ -211,6 +213,15 @@ class Target:
             old.append(self.luns[lun_id].backend)
             self.luns[lun_id].backend = backend
         standby.swapped(old)
+
+
+def _copy_within(luns: dict[int, Lun]) -> None:
+    """An EXTENDED COPY through one of ``luns`` may name any of them as
+    source or destination (by its VPD 83h NAA designator): the LUNs the
+    issuing I_T nexus reaches through this target, and no other target's."""
+    by_name = {naa_id(lun.identity.device_id): lun for lun in luns.values()}
+    for lun in luns.values():
+        lun.copy_targets = by_name.get
 
 
 def lun_from_field(lun_field: int) -> int:

@@ -34,19 +34,24 @@ class Limits:
     max_write_same: int
     max_compare_and_write: int
     optimal_granularity: int
+    # WRITE ATOMIC (SBC-4 §4.29): the longest atomic write, and the LBA
+    # multiple it must start at (0: no atomic writes)
+    max_atomic: int = 0
+    atomic_alignment: int = 0
 
 
 def standard(ident: Identity) -> bytes:
     """Standard INQUIRY data (SPC-4 §6.6.2): a direct-access block device,
     SPC-4, HiSup, response format 2, implicit ALUA (TPGS 01b: REPORT TARGET
     PORT GROUPS answers, every path active/optimized; see
-    :mod:`target.scsi.ports`), command queuing."""
+    :mod:`target.scsi.ports`), a copy manager (3PC: EXTENDED COPY, see
+    :mod:`target.scsi.xcopy`), command queuing."""
     body = bytearray(74)
     body[0] = 0x00
     body[2] = 0x06
     body[3] = 0x12  # HiSup | response data format 2
     body[4] = len(body) - 5
-    body[5] = 0x10  # TPGS 01b
+    body[5] = 0x10 | 0x08  # TPGS 01b, 3PC
     body[7] = 0x02  # CmdQue
     body[8:16] = ident.vendor.encode()[:8].ljust(8)
     body[16:32] = ident.product.encode()[:16].ljust(16)
@@ -92,10 +97,16 @@ def vpd(code: int, ident: Identity, limits: Limits, lbprz: bool, port: bytes = b
                          limits.max_transfer, limits.max_transfer, limits.max_unmap_lbas,
                          limits.max_unmap_descriptors, 1, 0)
         struct.pack_into(">Q", body, 32, limits.max_write_same)
+        # MAXIMUM ATOMIC TRANSFER LENGTH, ATOMIC ALIGNMENT, ATOMIC TRANSFER
+        # LENGTH GRANULARITY 0: any length up to the maximum (SBC-4 §6.6.4)
+        struct.pack_into(">III", body, 40, limits.max_atomic, limits.atomic_alignment, 0)
         return _page(0xB0, bytes(body))
     if code == 0xB1:
         body = bytearray(0x3C)
         body[1] = 0x01  # medium rotation rate 1: non-rotating
+        # WABEREQ, WACEREQ 01b: reads after a BLOCK / CRYPTOGRAPHIC ERASE
+        # SANITIZE succeed (they return zeros; SBC-4 §6.6.2)
+        body[3] = 0x40 | 0x10
         return _page(0xB1, bytes(body))
     if code == 0xB2:
         # LBPU, LBPWS, LBPWS10 (+LBPRZ); provisioning type 2: thin (SBC-3 §6.5.4)

@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import sanitizer
 from ..backend import Backend, BackendError, MediumError, Segment, SpaceExhausted
 from . import cdb as op
+from . import sanitize as wipe
 from .cdb import BlockRange, block_range, cdb_length
-from .inquiry import DEFAULT_PRODUCT, DEFAULT_VENDOR, Identity, Limits, standard, vpd
-from .mode import PC_SAVED, block_descriptor, pages
+from .inquiry import DEFAULT_PRODUCT, DEFAULT_VENDOR, Identity, Limits, naa_id, standard, vpd
+from .mode import PC_SAVED, block_descriptor, pages, selected_swp
 from .ports import MAINTENANCE_IN, SA_REPORT_TARGET_PORT_GROUPS, port_designators, report_target_port_groups
 from .reservations import Access, PrIn, PrOut, ReservationConflict, Reservations, parse_prout
 from .sense import (
@@ -32,7 +34,10 @@ from .sense import (
     LUN_RESET_OCCURRED,
     MISCOMPARE_DURING_VERIFY,
     NO_SENSE,
+    OPERATION_IN_PROGRESS,
     PARAMETER_LIST_LENGTH_ERROR,
+    SANITIZE_FAILED,
+    SANITIZE_IN_PROGRESS,
     SAVING_PARAMETERS_NOT_SUPPORTED,
     SPACE_ALLOCATION_FAILED,
     UNRECOVERED_READ_ERROR,
@@ -42,6 +47,23 @@ from .sense import (
     ScsiError,
     ScsiStatus,
     fixed_sense,
+)
+from .xcopy import (
+    EXTENDED_COPY,
+    LIMITS as COPY_LIMITS,
+    RECEIVE_COPY_RESULTS,
+    SA_EXTENDED_COPY_LID1,
+    CopyList,
+    CopyStatus,
+    ListIdUsage,
+    RcrAction,
+    check_cdb as check_copy_cdb,
+    copy_segment,
+    copy_status_for,
+    not_reachable,
+    operating_parameters,
+    parse_copy_list,
+    segment_failed,
 )
 
 
@@ -92,12 +114,15 @@ class Lun:
         self.shift = block_size.bit_length() - 1
         self.blocks = backend.size // block_size
         self.read_only = read_only or backend.read_only
+        self.software_write_protect = False  # SWP of the control mode page (SPC-4 §7.5.8)
         self.identity = Identity(vendor, product, revision, serial, device_id or bytes(16))
         max_xfer = (32 << 20) // block_size
         # libiscsi's BlockLimits test holds MAXIMUM UNMAP LBA COUNT to 1M blocks
         self.limits = Limits(max_transfer=max_xfer, max_unmap_lbas=min((1 << 30) // block_size, 1 << 20),
                              max_unmap_descriptors=256, max_write_same=max(1, self.blocks),
-                             max_compare_and_write=255, optimal_granularity=max(1, 4096 // block_size))
+                             max_compare_and_write=255, optimal_granularity=max(1, 4096 // block_size),
+                             max_atomic=min(backend.atomic_unit // block_size, max_xfer),
+                             atomic_alignment=backend.atomic_unit // block_size)
         self.inquiry_data = standard(self.identity)
         # Unit attentions: every reset bumps the epoch; a nexus that has not
         # seen the current epoch gets one UNIT ATTENTION (SAM-5 §5.14).
@@ -105,6 +130,13 @@ class Lun:
         self.seen: dict[Hashable, int] = {}
         # ``reservations``: where APTPL state is kept (the owner's choice)
         self.pr = Reservations(reservations)
+        # EXTENDED COPY: the LUN a CSCD's NAA designator names, among those
+        # the issuing I_T nexus may reach (the owner sets it: its target's
+        # LUNs); on its own a LUN reaches only itself
+        self.copy_targets: Callable[[bytes], Lun | None] = self._only_self
+        self.copies: dict[Hashable, dict[int, CopyStatus]] = {}  # per nexus, by list id
+        self.sanitize: wipe.SanitizeState | None = None  # running or failed (SBC-3 §4.11)
+        self.sanitize_rate = wipe.RATE
 
     # -- the entry point --------------------------------------------------------
 
@@ -125,7 +157,8 @@ class Lun:
 
     def _plain_read(self, opcode: int, nexus: Hashable) -> bool:
         """A READ with no unit attention to report and no reservation to check."""
-        return opcode in _READS and self.seen.get(nexus) == self.epoch and not self.pr.engaged
+        return (opcode in _READS and self.seen.get(nexus) == self.epoch and not self.pr.engaged
+                and self.sanitize is None)
 
     async def execute(self, cdb: bytes, data_out: memoryview | None, nexus: Hashable,
                       transfer_length: int) -> ScsiResult:
@@ -144,6 +177,8 @@ class Lun:
             attention = self._attention(opcode, nexus)
             if attention is not None:
                 return _check(ScsiError(attention))
+            if self.sanitize is not None and opcode not in _DURING_SANITIZE:
+                self._sanitize_gate(opcode)
             command = self._admit(cdb, nexus)
             if opcode == op.REQUEST_SENSE:
                 self.seen[nexus] = self.epoch
@@ -172,6 +207,15 @@ class Lun:
             return LUN_RESET_OCCURRED
         return self.pr.attention(nexus) if self.pr.attentions else None
 
+    def _sanitize_gate(self, opcode: int) -> None:
+        """SBC-3 §4.11: while a sanitize runs, NOT READY; after one failed,
+        MEDIUM ERROR until a sanitize succeeds or EXIT FAILURE MODE."""
+        assert self.sanitize is not None
+        if self.sanitize.running:
+            raise ScsiError(SANITIZE_IN_PROGRESS)
+        if opcode != wipe.SANITIZE:
+            raise ScsiError(SANITIZE_FAILED)
+
     def _admit(self, cdb: bytes, nexus: Hashable) -> Command:
         """The command a CDB names, if this LUN may run it now for
         ``nexus``: a known one, no reservation conflict, not a write to a
@@ -180,9 +224,13 @@ class Lun:
         if command is None:
             raise ScsiError(INVALID_OPCODE, field=0)
         self.pr.check(nexus, command.access)
-        if command.writes and self.read_only:
+        if command.writes and self.write_protected:
             raise ScsiError(WRITE_PROTECTED)
         return command
+
+    @property
+    def write_protected(self) -> bool:
+        return self.read_only or self.software_write_protect
 
     def data_out_length(self, cdb: bytes) -> int:
         """Bytes of Data-Out ``cdb`` asks for (SBC-3 §5, SPC-4 §6.11): what
@@ -221,6 +269,7 @@ class Lun:
 
     def nexus_lost(self, nexus: Hashable) -> None:
         self.seen.pop(nexus, None)
+        self.copies.pop(nexus, None)
         self.pr.nexus_lost(nexus)
 
     # -- helpers ------------------------------------------------------------------
@@ -263,6 +312,34 @@ class Lun:
         if usable:
             await self.backend.write(offset, data[:usable], fua=r.fua)
         return ScsiResult(ScsiStatus.GOOD, data_out_length=length)
+
+    async def _write_atomic(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
+        """WRITE ATOMIC(16) (SBC-4 §5.48, §4.29): all of it or none, even
+        across a crash, which the backend promises for writes inside one
+        aligned unit (VPD B0h: the maximum and the alignment). Not
+        supported on a LUN whose backend cannot promise it."""
+        if not self.limits.max_atomic:
+            raise ScsiError(INVALID_OPCODE, field=0)
+        r = BlockRange(int.from_bytes(cdb[2:10], "big"), int.from_bytes(cdb[12:14], "big"), cdb[1])
+        self._no_protection(r)
+        if cdb[10] or cdb[11]:  # ATOMIC BOUNDARY: only in WRITE ATOMIC(32)
+            raise ScsiError(INVALID_FIELD_IN_CDB, field=10)
+        offset, length = self._range(r)
+        if r.blocks > self.limits.max_atomic:
+            raise ScsiError(INVALID_FIELD_IN_CDB, field=12)
+        if r.lba % self.limits.atomic_alignment:
+            raise ScsiError(INVALID_FIELD_IN_CDB, field=2)
+        if not length:
+            return GOOD
+        data = data_out if data_out is not None else memoryview(b"")
+        if len(data) < length:  # all or nothing: a part of the data is not written
+            raise ScsiError(INVALID_FIELD_IN_CDB, field=12)
+        await self.backend.write_atomic(offset, data[:length], fua=r.fua)
+        return ScsiResult(ScsiStatus.GOOD, data_out_length=length)
+
+    def _write_atomic_out(self, cdb: bytes) -> int:
+        blocks = int.from_bytes(cdb[12:14], "big")
+        return 0 if blocks > self.limits.max_atomic else blocks << self.shift
 
     async def _verify(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
         """VERIFY (SBC-3 §5.26): BYTCHK 0 checks nothing we could fail,
@@ -436,18 +513,33 @@ class Lun:
         return _alloc(bytes(data), alloc)
 
     async def _get_lba_status(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
-        """GET LBA STATUS (SBC-3 §5.6): mapped or deallocated, from the backend."""
+        """GET LBA STATUS (SBC-3 §5.6): mapped or deallocated, from the
+        backend, neighbouring extents of one status in one descriptor (a
+        qcow2 image answers per cluster; an erased disk is one extent). At
+        most :data:`_STATUS_STEPS` backend answers per command: the last
+        descriptor then ends early, which the initiator continues from."""
         lba = int.from_bytes(cdb[2:10], "big")
         alloc = int.from_bytes(cdb[10:14], "big")
         if lba >= self.blocks:
             raise ScsiError(LBA_OUT_OF_RANGE)
-        descriptors = b""
+        room = min(64, -(-(max(alloc, 24) - 8) // 16))  # descriptors that (start to) fit
+        extents: list[list[int]] = []  # [lba, blocks, deallocated]
         pos = lba
-        while pos < self.blocks and len(descriptors) < 16 * 64 and 8 + len(descriptors) < max(alloc, 24):
+        for _ in range(_STATUS_STEPS):
+            if pos >= self.blocks:
+                break
             mapped, nbytes = await self.backend.block_status(pos << self.shift)
-            nblocks = max(1, min(nbytes >> self.shift, self.blocks - pos, 0xFFFFFFFF))
-            descriptors += struct.pack(">QIB3x", pos, nblocks, 0 if mapped else 1)
+            nblocks = max(1, min(nbytes >> self.shift, self.blocks - pos))
+            last = extents[-1] if extents else None
+            if last is not None and last[2] == (not mapped) and last[1] + nblocks <= 0xFFFFFFFF:
+                last[1] += nblocks
+            elif len(extents) < room:
+                extents.append([pos, min(nblocks, 0xFFFFFFFF), int(not mapped)])
+                nblocks = extents[-1][1]
+            else:
+                break
             pos += nblocks
+        descriptors = b"".join(struct.pack(">QIB3x", *e) for e in extents)
         data = struct.pack(">I4x", len(descriptors) + 4) + descriptors
         return _alloc(data, alloc)
 
@@ -472,11 +564,11 @@ class Lun:
             raise ScsiError(SAVING_PARAMETERS_NOT_SUPPORTED)
         if subpage not in (0x00, 0xFF) or (subpage == 0xFF and code != 0x3F):
             raise ScsiError(INVALID_FIELD_IN_CDB, field=3)
-        body = pages(code, pc)
+        body = pages(code, pc, self.software_write_protect)
         if body is None:
             raise ScsiError(INVALID_FIELD_IN_CDB, field=2)
         blockdesc = b"" if dbd else block_descriptor(self.blocks, self.block_size)
-        device_specific = (0x80 if self.read_only else 0) | 0x10  # WP, DPOFUA
+        device_specific = (0x80 if self.write_protected else 0) | 0x10  # WP, DPOFUA
         if ten:
             header = struct.pack(">HBBBBH", 6 + len(blockdesc) + len(body), 0, device_specific, 0, 0,
                                  len(blockdesc))
@@ -485,11 +577,19 @@ class Lun:
         return _alloc(header + blockdesc + body, alloc)
 
     async def _mode_select(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
-        """MODE SELECT: nothing is changeable; an empty list is accepted, and
-        a list that only restates the current values too."""
-        plen = int.from_bytes(cdb[7:9], "big") if cdb[0] == op.MODE_SELECT_10 else cdb[4]
+        """MODE SELECT (SPC-4 §6.9, §6.10): the control page's SWP is the one
+        changeable field; anything else in the list restates the current
+        values and is accepted as such."""
+        ten = cdb[0] == op.MODE_SELECT_10
+        plen = int.from_bytes(cdb[7:9], "big") if ten else cdb[4]
         if cdb[1] & 0x01:  # SP: saving is not supported
             raise ScsiError(INVALID_FIELD_IN_CDB, field=1, bit=0)
+        data = bytes(data_out or b"")[:plen]
+        if len(data) < plen:
+            raise ScsiError(PARAMETER_LIST_LENGTH_ERROR)
+        swp = selected_swp(data, ten)
+        if swp is not None:
+            self.software_write_protect = swp
         return ScsiResult(ScsiStatus.GOOD, data_out_length=plen)
 
     async def _request_sense(self, cdb: bytes, data_out: memoryview | None, nexus: Hashable) -> ScsiResult:
@@ -537,7 +637,121 @@ class Lun:
         return GOOD
 
     async def _report_opcodes(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
-        return report_supported_opcodes(cdb)
+        absent = frozenset() if self.limits.max_atomic else _ATOMIC_WRITES
+        return report_supported_opcodes(cdb, absent)
+
+    # -- SANITIZE (SBC-3 §5.30) -----------------------------------------------------
+
+    async def _sanitize(self, cdb: bytes, data_out: memoryview | None, transfer_length: int) -> ScsiResult:
+        """SANITIZE (SBC-3 §5.30, :mod:`target.scsi.sanitize`): the
+        operation runs as a task of its own; without IMMED the command ends
+        with it."""
+        request = wipe.parse_cdb(cdb, self.block_size)
+        plen = request.parameter_length
+        if request.action is wipe.SanitizeAction.EXIT_FAILURE_MODE:
+            self.sanitize = None  # (none runs: the gate lets SANITIZE through only after a failure)
+            return GOOD
+        size = self.blocks << self.shift
+        if request.action is wipe.SanitizeAction.OVERWRITE:
+            data = bytes(data_out or b"")[:plen]
+            if len(data) < plen:
+                raise ScsiError(PARAMETER_LIST_LENGTH_ERROR)
+            job = wipe.parse_overwrite(data, self.block_size)
+            work = sanitizer.overwrite(self.backend, size, job, self.block_size, self.sanitize_rate)
+        else:
+            work = sanitizer.erase(self.backend, size)
+        state = wipe.SanitizeState()
+        self.sanitize = state
+        task = sanitizer.start(self._sanitizing(state, work))
+        state.task = task
+        if not request.immediate:
+            await sanitizer.wait(task)
+            if state.failed:
+                raise ScsiError(SANITIZE_FAILED)
+        return ScsiResult(ScsiStatus.GOOD, data_out_length=plen)
+
+    async def _sanitizing(self, state: wipe.SanitizeState, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except BackendError:
+            state.failed = True  # failure mode: self.sanitize stays
+            return
+        if self.sanitize is state:
+            self.sanitize = None
+
+    # -- third-party copy (SPC-4 §5.17) -------------------------------------------
+
+    def _only_self(self, designator: bytes) -> Lun | None:
+        return self if designator == naa_id(self.identity.device_id) else None
+
+    async def _extended_copy(self, cdb: bytes, data_out: memoryview | None, nexus: Hashable) -> ScsiResult:
+        """EXTENDED COPY (LID1) (SPC-4 §6.3): every segment is checked
+        (copy targets reachable, ranges within them, reservations, write
+        protection) before any block moves; then the segments are copied
+        in order through the backends."""
+        plen = check_copy_cdb(cdb)
+        if not plen:  # §6.3.1: not an error, nothing to copy
+            return GOOD
+        data = bytes(data_out or b"")[:plen]
+        if len(data) < plen:
+            raise ScsiError(PARAMETER_LIST_LENGTH_ERROR)
+        copy = parse_copy_list(data)
+        statuses = self.copies.setdefault(nexus, {})
+        running = statuses.get(copy.list_id)
+        if copy.usage is not ListIdUsage.NONE and running is not None and not running.done:
+            raise ScsiError(OPERATION_IN_PROGRESS)
+        plan = self._copy_plan(copy, nexus)
+        status = CopyStatus()
+        if copy.usage is not ListIdUsage.NONE:
+            statuses[copy.list_id] = status
+        try:
+            for source, destination, src_offset, dst_offset, length in plan:
+                await copy_segment(source.backend, destination.backend, src_offset, dst_offset, length, status)
+                status.segments += 1
+        except BaseException:
+            status.failed = True
+            raise
+        finally:
+            status.done = True
+            if copy.usage is ListIdUsage.NO_HOLD and statuses.get(copy.list_id) is status:
+                del statuses[copy.list_id]
+        return ScsiResult(ScsiStatus.GOOD, data_out_length=plen)
+
+    def _copy_plan(self, copy: CopyList, nexus: Hashable) -> list[tuple[Lun, Lun, int, int, int]]:
+        """(source, destination, source offset, destination offset, bytes)
+        per segment, or the error that aborts the copy (SPC-4 §5.17.4)."""
+        luns = []
+        for target in copy.targets:
+            lun = self.copy_targets(target.designator) if target.designator else None
+            if lun is None:
+                raise not_reachable()
+            if target.block_size != lun.block_size:
+                raise segment_failed()
+            luns.append(lun)
+        plan = []
+        for seg in copy.segments:
+            if max(seg.source, seg.destination) >= len(luns):
+                raise not_reachable()
+            source, destination = luns[seg.source], luns[seg.destination]
+            if (seg.source_lba + seg.blocks > source.blocks
+                    or seg.destination_lba + seg.blocks > destination.blocks):
+                raise segment_failed()
+            source.pr.check(nexus, Access.READ)
+            destination.pr.check(nexus, Access.WRITE)
+            if destination.write_protected:
+                raise ScsiError(WRITE_PROTECTED)
+            plan.append((source, destination, seg.source_lba << source.shift,
+                         seg.destination_lba << destination.shift, seg.blocks << source.shift))
+        return plan
+
+    async def _receive_copy_results(self, cdb: bytes, data_out: memoryview | None,
+                                    nexus: Hashable) -> ScsiResult:
+        """RECEIVE COPY RESULTS (SPC-4 §6.18): OPERATING PARAMETERS, or
+        the COPY STATUS of this I_T nexus's list id."""
+        alloc = int.from_bytes(cdb[10:14], "big")
+        if cdb[1] & 0x1F == RcrAction.OPERATING_PARAMETERS:
+            return _alloc(operating_parameters(COPY_LIMITS, self.block_size), alloc)
+        return _alloc(copy_status_for(self.copies.get(nexus, {}), cdb[2]), alloc)
 
 
 # -- the command table ------------------------------------------------------------
@@ -591,6 +805,7 @@ _add(op.COMPARE_AND_WRITE, Lun._compare_and_write, _RW16[:9] + (0, 0, 0, 0xFF, 0
 _add(op.WRITE_16, Lun._write, _RW16, writes=True)
 _add(op.ORWRITE_16, Lun._orwrite, _RW16, writes=True)
 _add(op.WRITE_VERIFY_16, Lun._write, (0xF2,) + _RW16[1:], writes=True)
+_add(op.WRITE_ATOMIC_16, Lun._write_atomic, (0xF8,) + (0xFF,) * 8 + (0, 0, 0xFF, 0xFF, 0x1F, 0x07), writes=True)
 _add(op.VERIFY_16, Lun._verify, (0xF6,) + _RW16[1:])
 _add(op.PREFETCH_16, Lun._prefetch, (0x02,) + _RW16[1:])
 _add(op.SYNCHRONIZE_CACHE_16, Lun._sync_cache, (0x02,) + _RW16[1:], access=Access.WRITE)
@@ -607,6 +822,13 @@ _add(op.SERVICE_ACTION_IN_16, Lun._get_lba_status, (0x1F,) + (0xFF,) * 12 + (0, 
      sa=op.SA_GET_LBA_STATUS)
 _add(op.MAINTENANCE_IN, Lun._report_opcodes, (0x1F, 0x87, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x07),
      sa=op.SA_REPORT_SUPPORTED_OPCODES, access=Access.ANY)
+for _sa in wipe.SanitizeAction:
+    _add(wipe.SANITIZE, Lun._sanitize, (0xBF, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x07), writes=True, sa=_sa)
+_add(EXTENDED_COPY, Lun._extended_copy, (0x1F,) + (0,) * 8 + (0xFF,) * 4 + (0, 0x07), sa=SA_EXTENDED_COPY_LID1,
+     with_nexus=True)
+for _sa in RcrAction:
+    _add(RECEIVE_COPY_RESULTS, Lun._receive_copy_results, (0x1F, 0xFF) + (0,) * 7 + (0xFF,) * 4 + (0, 0x07),
+         sa=_sa, access=Access.ANY, with_nexus=True)
 for _sa in PrIn:
     _add(op.PERSISTENT_RESERVE_IN, Lun._pr_in, (0x1F, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x07), sa=_sa, access=Access.PR)
 for _sa in PrOut:
@@ -626,17 +848,25 @@ _DATA_OUT: dict[int, Callable[[Lun, bytes], int]] = {
     **dict.fromkeys((op.VERIFY_10, op.VERIFY_12, op.VERIFY_16), Lun._verify_out),
     **dict.fromkeys((op.WRITE_SAME_10, op.WRITE_SAME_16), Lun._write_same_out),
     op.COMPARE_AND_WRITE: Lun._compare_and_write_out,
+    op.WRITE_ATOMIC_16: Lun._write_atomic_out,
     op.UNMAP: _parameter_list(7, 2),
     op.MODE_SELECT_6: _parameter_list(4, 1),
     op.MODE_SELECT_10: _parameter_list(7, 2),
     op.PERSISTENT_RESERVE_OUT: _parameter_list(5, 4),
+    EXTENDED_COPY: lambda lun, cdb: check_copy_cdb(cdb),
+    wipe.SANITIZE: _parameter_list(7, 2),
 }
 _SERVICE_ACTION_OPCODES = {opc for (opc, sa) in COMMANDS if sa is not None}
 _READS = frozenset((op.READ_6, op.READ_10, op.READ_12, op.READ_16))
+_STATUS_STEPS = 1 << 16  # backend answers one GET LBA STATUS may ask for
+_ATOMIC_WRITES: frozenset[tuple[int, int | None]] = frozenset({(op.WRITE_ATOMIC_16, None)})
 # commands that do not report a pending unit attention (SAM-5 §5.14)
 _NO_ATTENTION = frozenset((op.INQUIRY, op.REPORT_LUNS, op.REQUEST_SENSE))
 # unknown service actions of these are a bad field, not an unknown command (SPC-4 §6.15.1, §6.16.1)
-_FIELD_SA_OPCODES = frozenset((op.PERSISTENT_RESERVE_IN, op.PERSISTENT_RESERVE_OUT))
+_FIELD_SA_OPCODES = frozenset((op.PERSISTENT_RESERVE_IN, op.PERSISTENT_RESERVE_OUT, EXTENDED_COPY,
+                               RECEIVE_COPY_RESULTS, wipe.SANITIZE))
+# what a logical unit answers while a sanitize runs (SBC-3 §4.11.1)
+_DURING_SANITIZE = frozenset((op.INQUIRY, op.REPORT_LUNS, op.REQUEST_SENSE))
 # REPORT LUNS and REPORT TARGET PORT GROUPS are answered by the target, not
 # a LUN (they list the target's LUNs and ports); listed for REPORT SUPPORTED OPCODES
 _TARGET_COMMANDS = {
@@ -659,12 +889,13 @@ def _lookup(cdb: bytes) -> Command | None:
 _TIMEOUTS = bytes([0, 10, 0, 0]) + (0).to_bytes(4, "big") + (30).to_bytes(4, "big")
 
 
-def report_supported_opcodes(cdb: bytes) -> ScsiResult:
-    """REPORT SUPPORTED OPERATION CODES (SPC-4 §6.35)."""
+def report_supported_opcodes(cdb: bytes, absent: frozenset[tuple[int, int | None]] = frozenset()) -> ScsiResult:
+    """REPORT SUPPORTED OPERATION CODES (SPC-4 §6.35); ``absent``: commands
+    of the table this LUN does not support (its backend cannot)."""
     options = cdb[2] & 0x07
     rctd = bool(cdb[2] & 0x80)
     alloc = int.from_bytes(cdb[6:10], "big")
-    usages = {k: c.usage for k, c in COMMANDS.items()} | _TARGET_COMMANDS
+    usages = {k: c.usage for k, c in COMMANDS.items() if k not in absent} | _TARGET_COMMANDS
     if options == 0:
         out = bytearray()
         for (opcode, sa), usage in sorted(usages.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
