@@ -28,7 +28,7 @@ def test_rbd_lun_passes_what_a_file_lun_passes(ceph_cluster: Cluster, tmp_path: 
     reference = file_lun_compliance  # the file LUN's run (tests/e2e/conftest.py), shared
     rbd_lun = f"rbd:{POOL}/compliance:conf={ceph_cluster.conf}"
     with bootsvc_export(rbd_lun, log=tmp_path / "rbd.log") as portal:
-        ours = run(portal.url())
+        ours = run(portal.url(), sanitize=False)  # as the file LUN's run
     print(f"\nfile: all {counts(reference)}, applicable {counts(applicable(reference))}")
     print(f"rbd:  all {counts(ours)}, applicable {counts(applicable(ours))}")
     missing = [f for f in FAMILIES if not any(k.startswith(f + ".") for k in ours)]
