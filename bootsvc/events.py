@@ -45,6 +45,7 @@ class Kind(str, Enum):
     DHCP_UNANSWERED = "dhcp.unanswered"  # no answer because of the config (unknown MAC, fixed IP elsewhere)
     DHCP_MALFORMED = "dhcp.malformed"
     DHCP_ERROR = "dhcp.error"
+    DHCP_ACK_WITHHELD = "dhcp.ack_withheld"  # an ACK decided but not sent: its lease could not be written
     RA_SENT = "ra.sent"
     RA_FAILED = "ra.failed"
     # what a machine is told to boot (bootsvc/boot.py)
@@ -141,7 +142,7 @@ _NAMES: dict[Kind | str, str] = {k: k.value for k in Kind}  # faster than .value
 
 # Kinds that say something went wrong for a machine or a client: logged as
 # warnings, so the default log level shows them. Routine ones are INFO.
-WARNINGS = frozenset({Kind.FLEET_ADOPTION_CAPPED, Kind.BOOT_REFUSED, Kind.BOOT_FAILED, Kind.BOOT_SCRIPT_REFUSED, Kind.DISK_FAILED,
+WARNINGS = frozenset({Kind.FLEET_ADOPTION_CAPPED, Kind.DHCP_ACK_WITHHELD, Kind.BOOT_REFUSED, Kind.BOOT_FAILED, Kind.BOOT_SCRIPT_REFUSED, Kind.DISK_FAILED,
                       Kind.DISK_ELSEWHERE,
                       Kind.DISK_KEPT, Kind.TFTP_FAILED, Kind.ISCSI_STREAM_ERROR, Kind.ISCSI_HEADER_DIGEST_ERROR,
                       Kind.ISCSI_ACCEPT_FAILED, Kind.QCOW2_REPAIRED, Kind.QCOW2_SPACE_LOW,

@@ -129,6 +129,29 @@ def test_a_failed_write_sends_no_ack(tmp_path: Path) -> None:
     assert svc.responder.counters["acks_not_sent"] == 1
     why = [f["why"] for kind, f in events if getattr(kind, "value", "") == "dhcp.error"]
     assert why and "1 ACKs not sent" in str(why[0]) and "disk I/O error" in str(why[0])
+    # no dhcp.ack for the ACK kept back, but the client's own dhcp.ack_withheld
+    said = {getattr(kind, "value", ""): f for kind, f in events}
+    assert "dhcp.ack" not in said
+    assert said["dhcp.ack_withheld"]["mac"] == "52:54:00:00:00:01"
+    assert "disk I/O error" in str(said["dhcp.ack_withheld"]["why"])
+
+
+def test_dhcp_ack_is_said_once_the_ack_has_left(tmp_path: Path) -> None:
+    """The event follows the commit and the send, never the decision."""
+    svc, sock, leases = service(tmp_path)
+    said: list[tuple[str, int]] = []  # (event, ACKs on the socket then)
+    svc.responder.emit = lambda kind, **f: said.append((kind.value, len(sock.acks())))  # type: ignore[assignment]
+
+    async def run() -> None:
+        svc.commits.start(asyncio.get_running_loop())
+        svc.received([(request(n, MessageType.DISCOVER), RELAY) for n in (1, 2)])
+        svc.received([(request(n, MessageType.REQUEST, offered(leases, n)), RELAY) for n in (1, 2)])
+        assert not [e for e, _ in said if e == "dhcp.ack"]  # decided, not yet durable: not said
+        await settle(svc)
+        await svc.commits.stop()
+
+    asyncio.run(run())
+    assert [(e, n) for e, n in said if e == "dhcp.ack"] == [("dhcp.ack", 1), ("dhcp.ack", 2)]
 
 
 def test_an_ack_waits_for_a_slow_disk(tmp_path: Path) -> None:

@@ -36,12 +36,14 @@ from collections.abc import Callable
 from .leases import LeaseStore, Writes
 
 Address = tuple[str, int]
-Datagram = tuple[bytes, Address]  # a reply's bytes and where it goes
+Datagram = tuple[bytes, Address]  # a datagram's bytes, and where it comes from or goes
 
 
-Send = Callable[[list[Datagram]], None]  # a service's socket
-Failed = Callable[[BaseException, int], None]  # a write failed: why, how many ACKs were not sent
-Held = list[tuple[Send, list[Datagram]]]
+# an ACK held: its bytes, where it goes, and the fields of the event said once it has left
+Ack = tuple[bytes, Address, "dict[str, object] | None"]
+Send = Callable[[list[Ack]], None]  # a service's socket
+Failed = Callable[[BaseException, list[Ack]], None]  # a write failed: why, and the ACKs not sent
+Held = list[tuple[Send, list[Ack]]]
 
 
 WRITE_LATER = 0.05  # seconds a write no ACK waits for may wait to join the next group
@@ -70,7 +72,7 @@ class GroupCommit:
             self._writer = threading.Thread(target=self._write_all, name="dhcp-commit", daemon=True)
             self._writer.start()
 
-    def send_after(self, send: Send, acks: list[Datagram]) -> None:
+    def send_after(self, send: Send, acks: list[Ack]) -> None:
         """``send(acks)`` once everything decided until now is durable."""
         if acks:
             self.held.append((send, acks))
@@ -147,7 +149,7 @@ class GroupCommit:
             self._idle.set_result(None)
 
     def _fail(self, held: Held, error: BaseException) -> None:
-        self.failed(error, sum(len(acks) for _, acks in held))
+        self.failed(error, [ack for _, acks in held for ack in acks])
 
     def _count(self, writes: int) -> None:
         self.commits += 1
