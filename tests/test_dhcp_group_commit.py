@@ -1,5 +1,5 @@
 """The DHCP group commit (bootsvc/dhcp/group_commit.py): a lease is on
-disk (in the SQLite file, read through a connection of its own) before its
+disk (in the lease journal, read by a store of its own) before its
 ACK is handed to the socket; a batch's leases are one transaction; a write
 that fails, or a process killed between the decision and the commit, sends
 no ACK; OFFERs do not wait."""
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bootsvc.dhcp.group_commit import WRITE_LATER
-from bootsvc.dhcp.leases import LeaseStore
+from bootsvc.dhcp.leases import LeaseState, LeaseStore
 from bootsvc.dhcp.message import IPv4, MessageType
 from bootsvc.dhcp.responder import Machines, Responder, Subnet, UnknownPolicy
 from bootsvc.dhcp.service import OPTIONS_AT, DhcpService
@@ -40,9 +40,13 @@ def request(n: int, msg: MessageType, ip: IPv4 | None = None) -> bytes:
 
 
 def on_disk(db: Path) -> set[str]:
-    """The bound leases in the file, as another process would read them."""
-    with sqlite3.connect(db) as other:
-        return {ip for ip, in other.execute("SELECT ip FROM leases WHERE state = 'bound'")}
+    """The bound leases on disk (the SQLite file and the lease journal), as
+    another process would read them."""
+    other = LeaseStore(db)
+    try:
+        return {str(ip) for ip, lease in other.by_ip.items() if lease.state is LeaseState.BOUND}
+    finally:
+        other.close()
 
 
 class Socket:
@@ -241,8 +245,10 @@ def test_writes_no_ack_waits_for_join_a_later_group(tmp_path: Path) -> None:
         await svc.commits.stop()
 
     asyncio.run(run())
-    with sqlite3.connect(tmp_path / "leases.db") as other:
-        assert other.execute("SELECT COUNT(*) FROM unknown_machines").fetchone() == (3,)
+    other = LeaseStore(tmp_path / "leases.db")  # as another process reads them
+    assert len(other.unknown_machines()) == 3
+    other.close()
+    leases.close()
 
 
 def test_the_services_of_one_store_share_one_group_commit(tmp_path: Path) -> None:
