@@ -42,6 +42,7 @@ from .ceph_images import CephImageStore
 from .images import ImageError, ImageStore, image_store
 from .iscsi_portals import describe as describe_portals
 from .instance import PID_FILE
+from .log_handler import LoopBatchedHandler
 from .service import Services
 from .storage_config import StorageBackend
 from .yamlfile import Checker, ConfigError, load_yaml, parse_size
@@ -458,8 +459,14 @@ def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
     at will are DEBUG (events.NOISE): only ``-v`` shows them."""
     logging.basicConfig(level=logging.DEBUG if verbose >= 2 else logging.WARNING, stream=sys.stderr,
                         format=LOG_FORMAT)
-    for handler in logging.getLogger().handlers:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
         if isinstance(handler.formatter, logging.Formatter) and handler.formatter._fmt == LOG_FORMAT:
+            if type(handler) is logging.StreamHandler:
+                # basicConfig's: lines of one loop iteration in one write (bootsvc/log_handler.py)
+                root.removeHandler(handler)
+                handler = LoopBatchedHandler(handler.stream)
+                root.addHandler(handler)
             handler.setFormatter(_Formatter(LOG_FORMAT))
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     for name in EVENT_LOGGERS:
