@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -42,7 +41,7 @@ from .ceph_images import CephImageStore
 from .images import ImageError, ImageStore, image_store
 from .iscsi_portals import describe as describe_portals
 from .instance import PID_FILE
-from .log_handler import LoopBatchedHandler
+from .log_handler import LOG_FORMAT, LoopBatchedHandler, SecondFormatter
 from .service import Services
 from .storage_config import StorageBackend
 from .yamlfile import Checker, ConfigError, load_yaml, parse_size
@@ -431,27 +430,6 @@ def cmd_vm(args: argparse.Namespace) -> int:
 EVENT_LOGGERS = ("bootsvc", "target", "isns")
 
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
-
-
-class _Formatter(logging.Formatter):
-    """logging's own format, the date and time made once a second (a DHCP
-    storm logs thousands of lines a second, each formatted the same up to
-    the milliseconds)."""
-
-    _second = -1
-    _text = ""
-
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        if datefmt is not None:
-            return super().formatTime(record, datefmt)
-        second = int(record.created)
-        if second != self._second:
-            self._text = time.strftime(self.default_time_format, self.converter(record.created))
-            self._second = second
-        return self.default_msec_format % (self._text, record.msecs)  # type: ignore[operator]
-
-
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
     """One line per event by default (INFO on the event loggers), so the
     journal of ``bootsvc serve`` shows every DHCP offer, TFTP transfer and
@@ -467,7 +445,7 @@ def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
                 root.removeHandler(handler)
                 handler = LoopBatchedHandler(handler.stream)
                 root.addHandler(handler)
-            handler.setFormatter(_Formatter(LOG_FORMAT))
+            handler.setFormatter(SecondFormatter(LOG_FORMAT))
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     for name in EVENT_LOGGERS:
         logging.getLogger(name).setLevel(level)

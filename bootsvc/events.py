@@ -27,6 +27,8 @@ from typing import NamedTuple, Protocol
 
 import orjson
 
+from .log_handler import say
+
 log = logging.getLogger("bootsvc.events")
 
 
@@ -378,7 +380,11 @@ class LogWriter:
             found = self._by_kind[event.kind] = (logging.getLogger(f"bootsvc.{event.service}"), event.level)
         logger, level = found
         if logger.isEnabledFor(level):
-            logger.log(level, "%s", logfmt(event), exc_info=level >= logging.ERROR and sys.exc_info()[0] is not None)
+            text = logfmt(event)
+            traceback = level >= logging.ERROR and sys.exc_info()[0] is not None
+            # serve's own handler alone: the line without a LogRecord (bootsvc/log_handler.py)
+            if traceback or not say(logger, level, text):
+                logger.log(level, "%s", text, exc_info=traceback)
 
 
 EVENT_FILE = "events.jsonl"

@@ -72,3 +72,32 @@ def test_without_a_loop_each_line_goes_at_once_and_a_stopped_loop_holds_nothing(
     asyncio.run(again())  # a line of a later loop is not stuck behind the old loop's due write
     assert stream.writes[-1] == "new loop\n"
     handler.flush()
+
+
+def test_an_event_line_said_directly_is_the_line_logging_writes(tmp_path: object) -> None:
+    """say(): without a LogRecord, the same text as logging's own path."""
+    import re
+
+    from bootsvc.log_handler import LOG_FORMAT, SecondFormatter, say
+
+    stream = Stream()
+    log = logging.getLogger("test.log_handler.say")
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    handler = LoopBatchedHandler(stream)  # type: ignore[arg-type]
+    handler.setFormatter(SecondFormatter(LOG_FORMAT))
+    log.addHandler(handler)
+    assert say(log, logging.WARNING, "event=dhcp.ack mac=52:54:00:00:00:01")
+    log.warning("%s", "event=dhcp.ack mac=52:54:00:00:00:01")
+    direct, usual = stream.writes
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
+    assert re.fullmatch(stamp + r"WARNING test\.log_handler\.say event=dhcp\.ack mac=52:54:00:00:00:01\n", direct)
+    assert direct[23:] == usual[23:]  # past the time, the same bytes
+    # a second handler (a test's capture) or a filter: logging's own path
+    other = logging.Handler()
+    log.addHandler(other)
+    assert not say(log, logging.WARNING, "x")
+    log.removeHandler(other)
+    log.addFilter(lambda record: True)
+    assert not say(log, logging.WARNING, "x")
+    log.removeHandler(handler)
