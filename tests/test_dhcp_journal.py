@@ -83,7 +83,7 @@ def test_a_full_journal_is_folded_in_the_background(tmp_path: Path, monkeypatch:
     store._folding.join(10)
     assert store.fold_error is None
     folded = sqlite_ips(db)
-    assert folded and len(folded) < 40  # the older part in SQLite, the newest still only in the journal
+    assert folded  # the older part in SQLite (the newest may still be only in the journal)
     assert not store.journal.older.exists()  # type: ignore[union-attr]
     reader = LeaseStore(db)
     assert set(reader.by_ip) == set(POOL[:40])

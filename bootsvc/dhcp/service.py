@@ -113,7 +113,7 @@ class DhcpService:
                 task.add_done_callback(self._adopting.discard)
                 continue
             self._answer(req, addr, now, acks)
-        self.commits.send_after(self._send_acks, acks)
+        self.commits.send_after(self, acks)
         self.commits.flush()
 
     def _decode(self, data: bytes, addr: Address) -> Request | None:
@@ -132,7 +132,7 @@ class DhcpService:
         await self.adopt(req.mac)
         acks: list[Ack] = []
         self._answer(req, addr, self.clock(), acks)
-        self.commits.send_after(self._send_acks, acks)
+        self.commits.send_after(self, acks)
         self.commits.flush()
 
     def _answer(self, req: Request, addr: Address, now: float, acks: list[Ack]) -> None:
@@ -175,13 +175,33 @@ class DhcpService:
         self.responder.counters[SENT[data[OPTIONS_AT + 2]]] += 1
         return True
 
-    def _send_acks(self, acks: list[Ack]) -> None:
-        """A group's ACKs, their leases durable: sent, and each one that
-        left said (dhcp.ack) only now, so no event tells of an ACK that a
-        failed write kept back."""
-        emit = self.responder.emit
-        for data, dest, said in acks:
-            if self._send_one(data, dest) and said is not None:
+    def send_acks(self, acks: list[Ack]) -> list[bool]:
+        """A group's ACKs, their leases durable, to the socket (called in the
+        group commit's thread): which ones it took. Counted and said on the
+        loop (:meth:`acks_sent`)."""
+        transport = self.transport
+        sent = []
+        for data, dest, _ in acks:
+            try:
+                if transport is None:
+                    raise OSError("closed")
+                transport.sendto(data, dest)
+                sent.append(True)
+            except OSError:  # a full send buffer or a vanished route: the client asks again
+                sent.append(False)
+        return sent
+
+    def acks_sent(self, acks: list[Ack], sent: list[bool]) -> None:
+        """Each ACK that left is counted and said (dhcp.ack) only now, after
+        its lease was written, so no event tells of an ACK that a failed
+        write kept back."""
+        counters, emit = self.responder.counters, self.responder.emit
+        for (_, _, said), taken in zip(acks, sent):
+            if not taken:
+                counters["send_failed"] += 1
+                continue
+            counters["sent_ack"] += 1
+            if said is not None:
                 emit(Kind.DHCP_ACK, **said)  # type: ignore[arg-type]
 
     def _write_failed(self, error: BaseException, acks: list[Ack]) -> None:
