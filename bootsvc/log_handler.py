@@ -9,7 +9,8 @@ three event lines per exchange; docs/benchmarks.md, DHCP).
 - :func:`say`: an event's line straight to that handler when it is the
   only place the line would go (no filters, no other handler): the same
   text logging's own path gives, without a LogRecord and the handler
-  chain, which cost an exchange about half its CPU under load.
+  chain: 12 % of an exchange's instructions through serve's wiring
+  (bench/dhcp_cost.py --serve --batch 16: 0.893 to 0.782 M).
 """
 
 from __future__ import annotations
