@@ -26,6 +26,7 @@ printed. Server CPU is from /proc (user + system of the server process).
 
     python3 bench/dhcp.py [--seconds 5] [--rounds 1] [--servers dnsmasq,kea,bootsvc]
                           [--rates 250,500,...] [--log info|warn] [--baseline TREE] [--json out.json]
+                          [--latency-rate N] [--latency-rounds N]
 """
 
 from __future__ import annotations
@@ -234,6 +235,8 @@ def main() -> int:
     ap.add_argument("--servers", default=",".join(SERVERS))
     ap.add_argument("--rates", default=",".join(map(str, RATES)))
     ap.add_argument("--latency-rate", type=int, help="the rate for the latency runs (default: half bootsvc's best)")
+    ap.add_argument("--latency-rounds", type=int, default=1,
+                    help="latency runs per server, in alternating order (the spread on a shared machine)")
     ap.add_argument("--log", choices=sorted(LOG), default="info",
                     help="info: Kea and bootsvc log a line per lease (both servers' default); warn: neither does "
                          "(Kea at WARN, bootsvc -q); dnsmasq runs the same either way")
@@ -269,7 +272,9 @@ def main() -> int:
         medians = {s: statistics.median(v) for s, v in best.items()}
         half = args.latency_rate or int(medians.get("bootsvc", max(medians.values())) // 2)
         print(f"latency at {half}/s, load {os.getloadavg()[0]:.2f}", flush=True)
-        steps = [step(name, srv, cli, work, half, args.seconds, args.log) for name in servers] if half else []
+        steps = [step(name, srv, cli, work, half, args.seconds, args.log)
+                 for r in range(args.latency_rounds) for name in (servers if r % 2 == 0 else servers[::-1])] \
+            if half else []
     print("highest DORA/s with <1 % lost (median of rounds; each round): "
           + ", ".join(f"{s} {medians[s]:.0f} {best[s]}" for s in servers))
     if "bootsvc" in medians:

@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -42,6 +41,7 @@ from .ceph_images import CephImageStore
 from .images import ImageError, ImageStore, image_store
 from .iscsi_portals import describe as describe_portals
 from .instance import PID_FILE
+from .log_handler import LOG_FORMAT, LoopBatchedHandler, SecondFormatter
 from .server_name import isns_identity
 from .service import Services
 from .storage_config import StorageBackend
@@ -427,27 +427,6 @@ def cmd_vm(args: argparse.Namespace) -> int:
 EVENT_LOGGERS = ("bootsvc", "target", "isns")
 
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
-
-
-class _Formatter(logging.Formatter):
-    """logging's own format, the date and time made once a second (a DHCP
-    storm logs thousands of lines a second, each formatted the same up to
-    the milliseconds)."""
-
-    _second = -1
-    _text = ""
-
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        if datefmt is not None:
-            return super().formatTime(record, datefmt)
-        second = int(record.created)
-        if second != self._second:
-            self._text = time.strftime(self.default_time_format, self.converter(record.created))
-            self._second = second
-        return self.default_msec_format % (self._text, record.msecs)  # type: ignore[operator]
-
-
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
     """One line per event by default (INFO on the event loggers), so the
     journal of ``bootsvc serve`` shows every DHCP offer, TFTP transfer and
@@ -455,9 +434,15 @@ def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
     at will are DEBUG (events.NOISE): only ``-v`` shows them."""
     logging.basicConfig(level=logging.DEBUG if verbose >= 2 else logging.WARNING, stream=sys.stderr,
                         format=LOG_FORMAT)
-    for handler in logging.getLogger().handlers:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
         if isinstance(handler.formatter, logging.Formatter) and handler.formatter._fmt == LOG_FORMAT:
-            handler.setFormatter(_Formatter(LOG_FORMAT))
+            if type(handler) is logging.StreamHandler:
+                # basicConfig's: lines of one loop iteration in one write (bootsvc/log_handler.py)
+                root.removeHandler(handler)
+                handler = LoopBatchedHandler(handler.stream)
+                root.addHandler(handler)
+            handler.setFormatter(SecondFormatter(LOG_FORMAT))
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     for name in EVENT_LOGGERS:
         logging.getLogger(name).setLevel(level)

@@ -27,6 +27,8 @@ from typing import NamedTuple, Protocol
 
 import orjson
 
+from .log_handler import say
+
 log = logging.getLogger("bootsvc.events")
 
 
@@ -45,6 +47,7 @@ class Kind(str, Enum):
     DHCP_UNANSWERED = "dhcp.unanswered"  # no answer because of the config (unknown MAC, fixed IP elsewhere)
     DHCP_MALFORMED = "dhcp.malformed"
     DHCP_ERROR = "dhcp.error"
+    DHCP_ACK_WITHHELD = "dhcp.ack_withheld"  # an ACK decided but not sent: its lease could not be written
     RA_SENT = "ra.sent"
     RA_FAILED = "ra.failed"
     # what a machine is told to boot (bootsvc/boot.py)
@@ -150,7 +153,7 @@ _NAMES: dict[Kind | str, str] = {k: k.value for k in Kind}  # faster than .value
 
 # Kinds that say something went wrong for a machine or a client: logged as
 # warnings, so the default log level shows them. Routine ones are INFO.
-WARNINGS = frozenset({Kind.FLEET_ADOPTION_CAPPED, Kind.BOOT_REFUSED, Kind.BOOT_FAILED, Kind.BOOT_SCRIPT_REFUSED, Kind.DISK_FAILED,
+WARNINGS = frozenset({Kind.FLEET_ADOPTION_CAPPED, Kind.DHCP_ACK_WITHHELD, Kind.BOOT_REFUSED, Kind.BOOT_FAILED, Kind.BOOT_SCRIPT_REFUSED, Kind.DISK_FAILED,
                       Kind.DISK_ELSEWHERE,
                       Kind.DISK_KEPT, Kind.TFTP_FAILED, Kind.ISCSI_STREAM_ERROR, Kind.ISCSI_HEADER_DIGEST_ERROR,
                       Kind.ISCSI_ACCEPT_FAILED, Kind.QCOW2_REPAIRED, Kind.QCOW2_SPACE_LOW,
@@ -386,7 +389,11 @@ class LogWriter:
             found = self._by_kind[event.kind] = (logging.getLogger(f"bootsvc.{event.service}"), event.level)
         logger, level = found
         if logger.isEnabledFor(level):
-            logger.log(level, "%s", logfmt(event), exc_info=level >= logging.ERROR and sys.exc_info()[0] is not None)
+            text = logfmt(event)
+            traceback = level >= logging.ERROR and sys.exc_info()[0] is not None
+            # serve's own handler alone: the line without a LogRecord (bootsvc/log_handler.py)
+            if traceback or not say(logger, level, text):
+                logger.log(level, "%s", text, exc_info=traceback)
 
 
 EVENT_FILE = "events.jsonl"

@@ -603,7 +603,9 @@ class Fleet:
         profile, d = self.cfg.default_profile, self.cfg.dhcp
         if profile is None:
             return None
-        made = sum(1 for m in self._machines if m not in self.cfg.machines)
+        # the ones being made count too (their disks are made off the loop,
+        # meanwhile other MACs ask): else a burst of MACs overshoots the cap
+        made = sum(1 for m in self._machines if m not in self.cfg.machines) + len(self._adopting) - 1
         if d is not None and made >= d.max_adopted:
             if not self._capped:  # said once, at the moment the cap is reached; each MAC is a debug line
                 self.bus.emit(Kind.FLEET_ADOPTION_CAPPED, machines=made, why="dhcp.max_adopted reached")

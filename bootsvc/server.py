@@ -8,6 +8,7 @@ difference; settings the services can take at once are handed to them.
 
 from __future__ import annotations
 
+import gc
 import time
 from typing import TYPE_CHECKING
 
@@ -176,6 +177,12 @@ class Server:
     # -- run and reload ------------------------------------------------------------------
 
     def run(self) -> int:
+        # What start-up made (modules, config, the fleet) lives as long as
+        # the process: kept out of the collector's full passes, which then
+        # scan only what serving makes. Measured on the DHCP path: the
+        # longest pause of the loop from 43 to 15 ms (docs/benchmarks.md).
+        gc.collect()
+        gc.freeze()
         try:
             return self.services.run(self.reload)
         finally:

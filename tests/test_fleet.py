@@ -137,6 +137,24 @@ def test_adoption_runs_once_per_mac_and_survives_a_restart(tmp_path: Path) -> No
         leases.close()
 
 
+def test_adoptions_under_way_count_against_the_cap(tmp_path: Path) -> None:
+    """MACs that ask while other MACs' disks are still being made: no more
+    than dhcp.max_adopted machines in all (a burst overshot it by the
+    adoptions under way: 42 of 40 in tests/e2e/test_dhcp_clients.py)."""
+    cfg, leases, fleet, events = adopting(tmp_path, "max_adopted: 2")
+
+    async def main() -> list[object]:
+        return await asyncio.gather(*(fleet.adopt(f"52:54:00:00:01:{n:02x}") for n in range(5)))
+
+    try:
+        made = asyncio.run(main())
+    finally:
+        fleet.close()
+        leases.close()
+    assert sum(m is not None for m in made) == 2
+    assert [e.kind for e in events].count(Kind.DHCP_ADOPTED) == 2
+
+
 def test_adopted_machines_that_never_boot_expire(tmp_path: Path) -> None:
     """A storm of random MACs leaves nothing behind: an adopted machine that
     does not log in to its disk within dhcp.adopted_expiry is forgotten, its

@@ -353,3 +353,28 @@ def test_a_step_added_while_a_save_runs_is_saved_by_the_next(tmp_path: Path) -> 
     store.save([boot], 102.0)
     store.save([boot], 103.0)
     assert [s.step for s in store.boots(boot.mac)[0].steps] == [Step.ROM_OFFER, Step.ROM_ACK]
+
+
+def test_a_tick_looks_only_at_boots_that_changed_or_went_quiet(
+        setup: tuple[Bus, Recorder, Clock, list[Event]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A storm's thousands of boots are not all walked every second on the
+    loop: only those with a new step, and those whose last step has just
+    grown older than the stall time."""
+    bus, rec, clock, seen = setup
+    for n in range(50):
+        bus.emit(Kind.DHCP_OFFER, mac=f"52:54:00:00:01:{n:02x}", ipxe=False, firmware=True)
+    looked: list[int] = []
+    state = Boot.state
+    monkeypatch.setattr(Boot, "state", lambda self, *a: (looked.append(self.id), state(self, *a))[1])
+    rec.tick(clock.now + 1)
+    assert len(looked) == 50  # each changed since the last tick
+    looked.clear()
+    rec.tick(clock.now + 2)
+    assert looked == []  # nothing changed, nothing went quiet
+    bus.emit(Kind.DHCP_OFFER, mac="52:54:00:00:01:00", ipxe=False, firmware=True)  # one asks again
+    rec.tick(clock.now + 3)
+    assert len(looked) == 1
+    looked.clear()
+    rec.tick(clock.now + STALL + 1)  # the 50 went quiet: each looked at, each fails once
+    assert len(looked) >= 49
+    assert len([e for e in seen if e.kind is Kind.BOOT_FAILED]) == 50

@@ -1,26 +1,38 @@
-"""DHCP leases in SQLite under state_dir, so they survive a restart
-(RFC 2131 §4.3.1: a server should keep giving a client the address it had).
+"""DHCP leases under state_dir, so they survive a restart (RFC 2131
+§4.3.1: a server should keep giving a client the address it had).
 
 All reads come from an in-memory copy. Changes are kept as a list of
 writes until they are written: the responder decides without I/O, and its
 adapter (bootsvc/dhcp/service.py, bootsvc/dhcp/group_commit.py) writes
-what a batch of requests changed, in one transaction made durable by one
-fsync (SQLite WAL, ``synchronous=FULL``), before their ACKs leave (RFC 2131
-§4.3.1: an address is recorded before it is acknowledged). ``take()``
-hands the pending writes over and ``write()`` may run in another thread:
-one lock keeps the connection to one user at a time.
+what a batch of requests changed as one group made durable by one
+fdatasync, before their ACKs leave (RFC 2131 §4.3.1: an address is
+recorded before it is acknowledged). The group is appended to the lease
+journal (bootsvc/dhcp/journal.py), which is folded into the SQLite file
+(``leases.db``) in the background when it grows, and at start and stop.
+``take()`` hands the pending writes over and ``write()`` may run in another
+thread: one lock keeps the store to one writer at a time.
+
+One process owns the files (``bootsvc serve``: an flock on
+``leases.db.lock``); another that opens them meanwhile (``bootsvc
+machines``) reads the SQLite file and the journal and writes nothing.
+A store on ``":memory:"`` (tests) writes SQLite transactions, no journal.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import ipaddress
 import itertools
+import os
 import sqlite3
 import threading
 from collections.abc import Container
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+
+from .journal import COMPACT_AT, Journal, groups
 
 IPv4 = ipaddress.IPv4Address
 
@@ -46,6 +58,7 @@ class Statement:
     commit's thread then runs a few statements, not one per lease (each
     statement gives the GIL up and waits to get it back)."""
 
+    name: str  # in the lease journal
     template: str  # the SQL with {rows} where the rows go
     row: str  # one row's placeholders
 
@@ -53,39 +66,92 @@ class Statement:
         return self.template.format(rows=", ".join([self.row] * rows))
 
 
-PUT = Statement("INSERT OR REPLACE INTO leases VALUES {rows}", "(?, ?, ?, ?, ?)")
-DROP = Statement("DELETE FROM leases WHERE ip IN ({rows})", "?")
-SEEN = Statement("INSERT INTO unknown_machines VALUES {rows} ON CONFLICT(mac) DO UPDATE SET "
+PUT = Statement("put", "INSERT OR REPLACE INTO leases VALUES {rows}", "(?, ?, ?, ?, ?)")
+DROP = Statement("drop", "DELETE FROM leases WHERE ip IN ({rows})", "?")
+SEEN = Statement("seen", "INSERT INTO unknown_machines VALUES {rows} ON CONFLICT(mac) DO UPDATE SET "
                  "policy = excluded.policy, last_seen = excluded.last_seen, arch = excluded.arch", "(?, ?, ?, ?, ?)")
-FORGET = Statement("DELETE FROM unknown_machines WHERE mac IN ({rows})", "?")
+FORGET = Statement("forget", "DELETE FROM unknown_machines WHERE mac IN ({rows})", "?")
+STATEMENTS = {s.name: s for s in (PUT, DROP, SEEN, FORGET)}
 ROWS = 500  # rows per statement at most (SQLite takes up to 32766 parameters)
 Writes = list[tuple[Statement, tuple[object, ...]]]  # in the order they were decided
+Unknown = tuple[str, str, float, float, str]  # mac, policy, first seen, last seen, client architecture
 
 
 class LeaseStore:
     def __init__(self, path: Path | str) -> None:
         if isinstance(path, Path):
             path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        # FULL: every commit's WAL frames are fsynced before it returns, so a
-        # written lease survives a power cut (NORMAL only at checkpoints)
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS leases (ip TEXT PRIMARY KEY, mac TEXT NOT NULL, "
-                        "state TEXT NOT NULL, expires REAL NOT NULL, hostname TEXT NOT NULL DEFAULT '')")
-        # machines not in the inventory that asked for an address (policy discover)
-        # or were given the default profile (policy adopted until they first log in
-        # to their disk, then default), for `bootsvc machines`
-        self.db.execute("CREATE TABLE IF NOT EXISTS unknown_machines (mac TEXT PRIMARY KEY, policy TEXT NOT NULL, "
-                        "first_seen REAL NOT NULL, last_seen REAL NOT NULL, arch TEXT NOT NULL DEFAULT '')")
+        self.db = _connect(str(path))
         self.unwritten: Writes = []  # until taken and written
-        self._lock = threading.Lock()  # the connection: the loop's thread and a group commit's
+        self._lock = threading.Lock()  # the writer: the loop's thread or a group commit's
         self.by_ip: dict[IPv4, Lease] = {}
         self.by_mac: dict[str, Lease] = {}
+        self.unknown: dict[str, Unknown] = {}  # by MAC, the unknown machines seen
         self._cursor: dict[tuple[int, int], int] = {}  # (first, last) -> where the next search starts
+        self.journal: Journal | None = None  # None: writes are SQLite transactions (":memory:", a reader)
+        self.reader = False  # another process owns the files: nothing is written
+        self.fold_error: str | None = None  # why the journal could not be folded into SQLite, if it failed
+        self._encoded = b""  # the group begin() made, for finish()
+        self._folding: threading.Thread | None = None
+        self._lock_fd = -1
         for ip, mac, state, expires, hostname in self.db.execute("SELECT ip, mac, state, expires, hostname "
                                                                  "FROM leases"):
             self._remember(Lease(IPv4(ip), mac, LeaseState(state), expires, hostname))
+        for row in self.db.execute("SELECT mac, policy, first_seen, last_seen, arch FROM unknown_machines"):
+            self.unknown[row[0]] = row
+        if str(path) != ":memory:":
+            self._open_journal(Path(path))
+
+    def _open_journal(self, path: Path) -> None:
+        """The journal's writes since the last fold, into memory; the
+        owner then folds them into SQLite and starts a fresh journal."""
+        name = path.with_name(path.name + ".log")
+        self._lock_fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.reader = True  # bootsvc serve has it: read what it wrote, write nothing
+        older = name.with_name(name.name + ".1")
+        for file in (older, name):
+            for group in groups(file, STATEMENTS):
+                for statement, row in group:
+                    self._replay(statement, row)
+        if not self.reader:
+            for file in (older, name):
+                self._fold(self.db, file)
+            self.journal = Journal(name)
+
+    def _replay(self, statement: str, row: tuple[object, ...]) -> None:
+        """One journal write, applied to the in-memory copy as SQLite applies it."""
+        if statement == PUT.name:
+            ip, mac, state, expires, hostname = row
+            self._remember(Lease(IPv4(str(ip)), str(mac), LeaseState(state), float(expires),  # type: ignore[arg-type]
+                                 str(hostname)))
+        elif statement == DROP.name:
+            lease = self.by_ip.pop(IPv4(str(row[0])), None)
+            if lease is not None and self.by_mac.get(lease.mac) == lease:
+                del self.by_mac[lease.mac]
+        elif statement == SEEN.name:
+            self._seen(*row)  # type: ignore[arg-type]
+        elif statement == FORGET.name:
+            self.unknown.pop(str(row[0]), None)
+
+    @staticmethod
+    def _fold(db: sqlite3.Connection, file: Path) -> None:
+        """A journal file's complete groups into SQLite, in one durable
+        transaction, then the file removed (a crash between the two: the
+        next start applies it again, to the same result)."""
+        writes = [(STATEMENTS[name], row) for group in groups(file, STATEMENTS) for name, row in group]
+        if writes:
+            db.execute("BEGIN")
+            try:
+                _execute(db, writes)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        file.unlink(missing_ok=True)
 
     def _remember(self, lease: Lease) -> None:
         old = self.by_ip.get(lease.ip)
@@ -94,6 +160,10 @@ class LeaseStore:
         self.by_ip[lease.ip] = lease
         if lease.state is not LeaseState.DECLINED:
             self.by_mac[lease.mac] = lease
+
+    def _seen(self, mac: str, policy: str, first: float, last: float, arch: str) -> None:
+        old = self.unknown.get(mac)
+        self.unknown[mac] = (mac, policy, old[2] if old is not None else first, last, arch)
 
     def put(self, lease: Lease) -> None:
         """Record a lease; the client's other lease (if any) is dropped."""
@@ -140,6 +210,7 @@ class LeaseStore:
 
     def saw_unknown(self, mac: str, policy: str, now: float, arch: str = "") -> None:
         self.unwritten.append((SEEN, (mac, policy, now, now, arch)))
+        self._seen(mac, policy, now, now, arch)
 
     def take(self) -> Writes:
         """The changes made since the last take, for :meth:`write`; the
@@ -148,36 +219,67 @@ class LeaseStore:
         return writes
 
     def write(self, writes: Writes) -> None:
-        """``writes`` in one transaction, durable when this returns (one
-        fsync, however many leases)."""
+        """``writes`` in one group, durable when this returns (one
+        fdatasync, however many leases)."""
         if writes:
             self.begin(writes)
             self.finish()
 
     def begin(self, writes: Writes) -> None:
         """The first half of :meth:`write`, in the caller's thread: the
-        statements of a transaction left open (no fsync; the pages stay in
-        memory), the store held until :meth:`finish` ends it, which may run
-        in another thread (a group commit's: there the GIL is given up once,
-        for the whole COMMIT, instead of once per statement)."""
+        group made ready (the journal's bytes; or, without a journal, the
+        statements of a transaction left open), the store held until
+        :meth:`finish` makes it durable, which may run in another thread (a
+        group commit's: there the GIL is given up for the whole fdatasync)."""
+        if self.reader:
+            raise RuntimeError("the leases are another bootsvc serve's: this process only reads them")
         self._lock.acquire()
         try:
+            if self.journal is not None:
+                self._encoded = self.journal.encode([(statement.name, row) for statement, row in writes])
+                return
             self.db.execute("BEGIN")
-            # consecutive writes of one kind as one statement: the order holds
-            # (SQLite applies a statement's rows one after another)
-            for statement, run in itertools.groupby(writes, key=lambda w: w[0]):
-                rows = [params for _, params in run]
-                for i in range(0, len(rows), ROWS):
-                    chunk = rows[i:i + ROWS]
-                    self.db.execute(statement.sql(len(chunk)), [p for row in chunk for p in row])
+            _execute(self.db, writes)
         except BaseException:
             self._end("ROLLBACK")
             raise
 
     def finish(self) -> None:
-        """COMMIT what :meth:`begin` left open: durable when this returns
-        (WAL, synchronous=FULL: one fsync); ROLLBACK if it fails."""
-        self._end("COMMIT")
+        """Make durable what :meth:`begin` made ready: the journal's one
+        append and fdatasync (or the transaction's COMMIT); nothing of it
+        kept if that fails."""
+        if self.journal is None:
+            self._end("COMMIT")
+            return
+        try:
+            self.journal.append(self._encoded)
+        finally:
+            self._encoded = b""
+            self._lock.release()
+        if self.journal.size > COMPACT_AT:
+            self._fold_later()
+
+    def _fold_later(self) -> None:
+        """The full journal renamed and folded into SQLite by a thread of
+        its own (with its own connection), while groups go on to a fresh one."""
+        if self.journal is None or (self._folding is not None and self._folding.is_alive()):
+            return
+        if not self.journal.rotate():
+            return
+        self._folding = threading.Thread(target=self._fold_older, name="lease-fold", daemon=True)
+        self._folding.start()
+
+    def _fold_older(self) -> None:
+        assert self.journal is not None
+        try:
+            db = _connect(str(self.journal.path.with_name(self.journal.path.name[:-len(".log")])))
+            try:
+                self._fold(db, self.journal.older)
+            finally:
+                db.close()
+            self.fold_error = None
+        except (OSError, sqlite3.Error) as e:  # kept in the journal; the next start folds it
+            self.fold_error = str(e)
 
     def _end(self, how: str) -> None:
         try:
@@ -196,15 +298,54 @@ class LeaseStore:
 
     def forget_unknown(self, mac: str) -> None:
         self.unwritten.append((FORGET, (mac,)))
+        self.unknown.pop(mac, None)
 
-    def unknown_machines(self) -> list[tuple[str, str, float, float, str]]:
+    def unknown_machines(self) -> list[Unknown]:
         """(mac, policy, first seen, last seen, client architecture), oldest first."""
-        self.commit()
-        with self._lock:
-            return list(self.db.execute("SELECT mac, policy, first_seen, last_seen, arch FROM unknown_machines "
-                                        "ORDER BY first_seen"))
+        return sorted(self.unknown.values(), key=lambda row: row[2])
 
     def close(self) -> None:
-        self.commit()
+        """Write what is pending; the owner folds the journal into SQLite,
+        so a stopped server leaves one complete file."""
+        if not self.reader:
+            self.commit()
+        if self._folding is not None:
+            self._folding.join(timeout=60)
         with self._lock:
+            if self.journal is not None:
+                self.journal.close()
+                with contextlib.suppress(OSError, sqlite3.Error):  # left in the journal: the next start folds it
+                    for file in (self.journal.older, self.journal.path):
+                        self._fold(self.db, file)
+                self.journal = None
             self.db.close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+    db.execute("PRAGMA journal_mode=WAL")
+    # FULL: every commit's WAL frames are fsynced before it returns, so a
+    # folded journal (or, without one, a written lease) survives a power cut
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE IF NOT EXISTS leases (ip TEXT PRIMARY KEY, mac TEXT NOT NULL, "
+               "state TEXT NOT NULL, expires REAL NOT NULL, hostname TEXT NOT NULL DEFAULT '')")
+    # machines not in the inventory that asked for an address (policy discover)
+    # or were given the default profile (policy adopted until they first log in
+    # to their disk, then default), for `bootsvc machines`
+    db.execute("CREATE TABLE IF NOT EXISTS unknown_machines (mac TEXT PRIMARY KEY, policy TEXT NOT NULL, "
+               "first_seen REAL NOT NULL, last_seen REAL NOT NULL, arch TEXT NOT NULL DEFAULT '')")
+    return db
+
+
+def _execute(db: sqlite3.Connection, writes: Writes) -> None:
+    """``writes`` in the open transaction: consecutive writes of one kind
+    as one statement (the order holds: SQLite applies a statement's rows
+    one after another)."""
+    for statement, run in itertools.groupby(writes, key=lambda w: w[0]):
+        rows = [params for _, params in run]
+        for i in range(0, len(rows), ROWS):
+            chunk = rows[i:i + ROWS]
+            db.execute(statement.sql(len(chunk)), [p for row in chunk for p in row])

@@ -262,6 +262,9 @@ class Reply:
     siaddr: IPv4 = ANY  # next-server (TFTP)
     bootfile: str = ""
     options: list[tuple[int, bytes]] = field(default_factory=list)
+    # the fields of the event the server says once this reply has left (an
+    # ACK's dhcp.ack: only after its lease is durable, bootsvc/dhcp/service.py)
+    said: dict[str, object] | None = None
 
     def add(self, code: int, value: OptionValue, width: int = 4) -> None:
         self.options.append((code, option_bytes(value, width)))

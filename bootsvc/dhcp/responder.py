@@ -314,9 +314,11 @@ class Responder:
             return self._nak(req, subnet, f"{wanted} is not yours")
         if machine is None or machine.ip is None:
             self.leases.put(Lease(ip, req.mac, LeaseState.BOUND, now + subnet.lease_time, req.hostname))
-        self.emit(Kind.DHCP_ACK, mac=req.mac, ip=ip, hostname=machine.hostname if machine else req.hostname,
-                  ipxe=req.ipxe, arch=req.arch, user_class=req.user_class.decode(errors="replace") or None)
         reply = Reply(req, MessageType.ACK, subnet.server, yiaddr=ip)
+        # dhcp.ack is said by the service once the ACK has left, after the
+        # lease is durable: a failed write says dhcp.ack_withheld instead
+        reply.said = {"mac": req.mac, "ip": ip, "hostname": machine.hostname if machine else req.hostname,
+                      "ipxe": req.ipxe, "arch": req.arch, "user_class": req.user_class.decode(errors="replace") or None}
         self._options(reply, req, machine, subnet)
         return reply
 
@@ -411,9 +413,13 @@ class Responder:
             return self._drop("proxy_nothing_to_boot", req)
         # the address another server gave the client (it asks from it, or is asking for it)
         held = req.ciaddr if req.ciaddr != ANY else req.requested_ip
-        self.emit(Kind.DHCP_OFFER if kind is MessageType.OFFER else Kind.DHCP_ACK, mac=req.mac, ip=held,
-                  hostname=machine.hostname if machine else None, ipxe=req.ipxe, firmware=req.firmware, arch=req.arch,
-                  user_class=req.user_class.decode(errors="replace") or None, proxy=True)
+        said: dict[str, object] = {"mac": req.mac, "ip": held, "hostname": machine.hostname if machine else None,
+                                   "ipxe": req.ipxe, "firmware": req.firmware, "arch": req.arch,
+                                   "user_class": req.user_class.decode(errors="replace") or None, "proxy": True}
+        if kind is MessageType.ACK:
+            reply.said = said  # an ACK leaves after the group commit: said then, as the address ACKs are
+        else:
+            self.emit(Kind.DHCP_OFFER, **said)  # type: ignore[arg-type]
         return reply
 
 

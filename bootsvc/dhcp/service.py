@@ -19,7 +19,7 @@ from typing import Protocol
 
 from ..events import Kind
 from ..inventory import Machine
-from .group_commit import Address, Datagram, group_commit
+from .group_commit import Ack, Address, Datagram, group_commit
 from .message import ANY, DhcpFormatError, IPv4, MessageType, Request, decode, encode
 from .responder import Responder
 
@@ -100,7 +100,7 @@ class DhcpService:
     def received(self, batch: list[Datagram]) -> None:
         """Decide every request of ``batch``; the replies go at once, the
         ACKs after the batch's leases are durable."""
-        acks: list[Datagram] = []
+        acks: list[Ack] = []
         now = self.clock()
         for data, addr in batch:
             req = self._decode(data, addr)
@@ -113,7 +113,7 @@ class DhcpService:
                 task.add_done_callback(self._adopting.discard)
                 continue
             self._answer(req, addr, now, acks)
-        self.commits.send_after(self._send, acks)
+        self.commits.send_after(self, acks)
         self.commits.flush()
 
     def _decode(self, data: bytes, addr: Address) -> Request | None:
@@ -130,27 +130,27 @@ class DhcpService:
     async def _adopt_then_answer(self, req: Request, addr: Address) -> None:
         assert self.adopt is not None
         await self.adopt(req.mac)
-        acks: list[Datagram] = []
+        acks: list[Ack] = []
         self._answer(req, addr, self.clock(), acks)
-        self.commits.send_after(self._send, acks)
+        self.commits.send_after(self, acks)
         self.commits.flush()
 
-    def _answer(self, req: Request, addr: Address, now: float, acks: list[Datagram]) -> None:
+    def _answer(self, req: Request, addr: Address, now: float, acks: list[Ack]) -> None:
         """The reply to ``req``: sent now, or added to ``acks`` (an ACK waits
         for the group commit)."""
         try:
             reply = self.responder.handle(req, self.address, now)
             if reply is None:
                 return
-            datagram = (encode(reply), self._destination(req, addr, reply.msg_type))
+            data, dest = encode(reply), self._destination(req, addr, reply.msg_type)
         except Exception as e:  # a bug must not end the service: count it, keep serving
             self.responder.counters["errors"] += 1
             self.responder.emit(Kind.DHCP_ERROR, mac=req.mac, why=repr(e))  # logged with its traceback
             return
         if reply.msg_type is MessageType.ACK:
-            acks.append(datagram)
+            acks.append((data, dest, reply.said))
         else:
-            self._send([datagram])
+            self._send_one(data, dest)
 
     def _destination(self, req: Request, addr: Address, reply: MessageType) -> Address:
         if self.reply_to_source:
@@ -163,23 +163,59 @@ class DhcpService:
         # broadcast, which every client accepts (RFC 2131 §4.1).
         return ("255.255.255.255", CLIENT_PORT)
 
-    def _send(self, datagrams: list[Datagram]) -> None:
-        counters = self.responder.counters
+    def _send_one(self, data: bytes, dest: Address) -> bool:
+        """Hand one reply to the socket; False if it would not take it."""
         if self.transport is None:
-            return
-        for data, dest in datagrams:
+            return False
+        try:
+            self.transport.sendto(data, dest)
+        except OSError:  # a full send buffer or a vanished route: the client asks again
+            self.responder.counters["send_failed"] += 1
+            return False
+        self.responder.counters[SENT[data[OPTIONS_AT + 2]]] += 1
+        return True
+
+    def send_acks(self, acks: list[Ack]) -> list[bool]:
+        """A group's ACKs, their leases durable, to the socket (called in the
+        group commit's thread): which ones it took. Counted and said on the
+        loop (:meth:`acks_sent`)."""
+        transport = self.transport
+        sent = []
+        for data, dest, _ in acks:
             try:
-                self.transport.sendto(data, dest)
+                if transport is None:
+                    raise OSError("closed")
+                transport.sendto(data, dest)
+                sent.append(True)
             except OSError:  # a full send buffer or a vanished route: the client asks again
+                sent.append(False)
+        return sent
+
+    def acks_sent(self, acks: list[Ack], sent: list[bool]) -> None:
+        """Each ACK that left is counted and said (dhcp.ack) only now, after
+        its lease was written, so no event tells of an ACK that a failed
+        write kept back."""
+        counters, emit = self.responder.counters, self.responder.emit
+        for (_, _, said), taken in zip(acks, sent):
+            if not taken:
                 counters["send_failed"] += 1
                 continue
-            counters[SENT[data[OPTIONS_AT + 2]]] += 1
+            counters["sent_ack"] += 1
+            if said is not None:
+                emit(Kind.DHCP_ACK, **said)  # type: ignore[arg-type]
 
-    def _write_failed(self, error: BaseException, acks: int) -> None:
-        """The lease store could not write a group: its ACKs are not sent."""
+    def _write_failed(self, error: BaseException, acks: list[Ack]) -> None:
+        """The lease store could not write a group: its ACKs are not sent,
+        and each client's is said withheld (its machine's boot shows why)."""
         self.responder.counters["errors"] += 1
-        self.responder.counters["acks_not_sent"] += acks
-        self.responder.emit(Kind.DHCP_ERROR, why=f"the lease store could not write ({error}): {acks} ACKs not sent")
+        self.responder.counters["acks_not_sent"] += len(acks)
+        emit = self.responder.emit
+        emit(Kind.DHCP_ERROR, why=f"the lease store could not write ({error}): {len(acks)} ACKs not sent")
+        why = f"the lease store could not write: {error}"
+        for _, _, said in acks:
+            if said is not None:
+                emit(Kind.DHCP_ACK_WITHHELD, mac=said.get("mac"), ip=said.get("ip"),  # type: ignore[arg-type]
+                     hostname=said.get("hostname"), why=why)  # type: ignore[arg-type]
 
     async def stop(self) -> None:
         for task in list(self._adopting):

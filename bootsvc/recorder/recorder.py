@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -48,6 +49,13 @@ class Recorder:
         self.clock = clock
         self.current: dict[str, Boot] = {}  # by MAC, the latest boot of each machine
         self._dirty: dict[int, Boot] = {}
+        # what tick() looks at, instead of every boot (16 ms a second on the
+        # loop with 8192 tracked boots, docs/benchmarks.md DHCP): the boots
+        # that changed since the last tick, and those whose last step grows
+        # older than `stall` now (by when, in a heap). A boot's state changes
+        # only with a new step or with that age.
+        self._touched: dict[int, Boot] = {}
+        self._due: list[tuple[float, int, Boot]] = []
         self._next_id = store.next_id()
         self._task: asyncio.Task[None] | None = None
         self.listeners: list[Callable[[Boot], None]] = []  # told of every changed boot (the web page's stream)
@@ -100,6 +108,7 @@ class Recorder:
 
     def _changed(self, boot: Boot) -> None:
         self._dirty[boot.id] = boot
+        self._touched[boot.id] = boot
         for listener in self.listeners:
             listener(boot)
 
@@ -107,12 +116,25 @@ class Recorder:
 
     def tick(self, now: float) -> None:
         """Boots that stalled get their diagnosis (and ``boot.failed``)."""
-        for boot in self.current.values():
+        for boot in self._candidates(now):
+            if self.current.get(boot.mac) is not boot:
+                continue  # a newer boot of its machine took its place
             if not boot.diagnosis and boot.state(now, self.stall) is State.FAILED:
                 rule, boot.diagnosis = diagnose_rule(boot.steps, now, self.stall)
                 self.bus.emit(Kind.BOOT_FAILED, mac=boot.mac, hostname=boot.hostname or None,
                               diagnosis=boot.diagnosis, rule=rule, boot=boot.id, last_step=boot.steps[-1].step.value)
                 self._changed(boot)
+
+    def _candidates(self, now: float) -> list[Boot]:
+        """The boots whose state may have turned since the last tick."""
+        touched, self._touched = self._touched, {}
+        for boot in touched.values():
+            if boot.steps and not boot.diagnosis:
+                heapq.heappush(self._due, (boot.steps[-1].time + self.stall, boot.id, boot))
+        while self._due and self._due[0][0] <= now:
+            boot = heapq.heappop(self._due)[2]
+            touched[boot.id] = boot
+        return list(touched.values())
 
     def flush(self, now: float) -> None:
         """Write what changed (in the caller's thread)."""
