@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,24 +31,9 @@ from target.pdu import (
     TmfResponse,
 )
 from tests.iscsi_client import Client, read10, write10
-from tests.test_target_wire import IQN, Running, read_all
+from tests.test_target_wire import IQN, Running, image, read_all, srv  # noqa: F401 - fixtures
 
-SIZE = 8 << 20
 BLOCK = 512
-
-
-@pytest.fixture
-def image(tmp_path: Path) -> Path:
-    p = tmp_path / "disk.img"
-    p.write_bytes(os.urandom(SIZE))
-    return p
-
-
-@pytest.fixture
-def srv(image: Path) -> Iterator[Running]:
-    r = Running(image)
-    yield r
-    r.stop()
 
 
 def session(srv: Running, connections: int, **keys: str) -> list[Client]:

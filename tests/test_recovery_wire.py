@@ -5,7 +5,6 @@ them with SNACKs (RFC 7143 §11.16), or corrupting a digest (§7.8)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,24 +12,10 @@ import pytest
 from target.pdu import R2T, DataIn, DataOut, NopIn, NopOut, Reject, RejectReason, ScsiCommand, ScsiResponse
 from target.recovery import SnackType
 from tests.iscsi_client import Client, read10, write10
-from tests.test_target_wire import Running, logged_in, read_all, still_serves
+from tests.test_target_wire import Running, image, logged_in, read_all, srv, still_serves  # noqa: F401 - fixtures
 
 ERL1 = {"ErrorRecoveryLevel": "1"}
 RESERVED = 0xFFFFFFFF
-
-
-@pytest.fixture
-def image(tmp_path: Path) -> Path:
-    p = tmp_path / "disk.img"
-    p.write_bytes(os.urandom(8 << 20))
-    return p
-
-
-@pytest.fixture
-def srv(image: Path) -> Iterator[Running]:
-    r = Running(image)
-    yield r
-    r.stop()
 
 
 def data_ins(c: Client, itt: int) -> list[DataIn]:
