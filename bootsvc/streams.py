@@ -51,6 +51,11 @@ class StreamListener:
                 await self.client(reader, writer)
         except (ConnectionError, asyncio.TimeoutError):
             pass  # the client went away or stalled: nothing more to say
+        except asyncio.CancelledError:
+            # stop() ends every client this way; the task is asyncio's own
+            # (start_server's), whose done-callback asks task.exception() and
+            # logs a cancelled one as an ERROR with a traceback
+            pass
         finally:
             self.clients.discard(task)
             left = self.per_source[source] - 1
