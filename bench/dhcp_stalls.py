@@ -5,7 +5,7 @@ perfdhcp run (bench/dhcp.py's network and config) with the stall probe
 iterations took over 20 ms, the longest, and the sites the loop's thread
 was sampled at (every 5 ms of a stall), with the other threads' places.
 
-    python3 bench/dhcp_stalls.py [--rate 1500] [--seconds 10] [--top 12] [--log info|warn]
+    python3 bench/dhcp_stalls.py [--rate 1500] [--seconds 10] [--top 12] [--log info|warn] [--baseline TREE]
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ def main() -> int:
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--log", choices=("info", "warn"), default="info")
     ap.add_argument("--keep", help="copy the raw samples (JSON lines) here")
+    ap.add_argument("--baseline", type=Path, help="run this checkout of bootsvc instead (A/B)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp, namespaces("ssrv", "scli") as (srv, cli):
         work = Path(tmp)
@@ -73,7 +74,7 @@ def main() -> int:
         ip("-n", srv, "link", "set", "bsv-s0", "up")
         ip("-n", cli, "link", "set", "bsv-c0", "up")
         print(f"load {os.getloadavg()[0]:.2f}", flush=True)
-        with dhcp.bootsvc(srv, work, args.log) as pid:
+        with dhcp.bootsvc(srv, work, args.log, args.baseline) as pid:
             probe.write_text("")  # start-up stalls (config, SQLite) do not count
             step = dhcp.dora("bootsvc", pid, cli, args.rate, args.seconds)
             lines = probe.read_text().splitlines()
