@@ -44,11 +44,14 @@ def summary(lines: list[str], top: int) -> str:
     span = sum(g[-1]["ms"] - g[0]["ms"] for g in by_stall.values())
     ran = sum(g[-1]["run_ns"] - g[0]["run_ns"] for g in by_stall.values()) / 1e6
     queued = sum(g[-1]["wait_ns"] - g[0]["wait_ns"] for g in by_stall.values()) / 1e6
+    tick = 1000 / os.sysconf("SC_CLK_TCK")  # ms
+    user = sum(g[-1].get("utime", 0) - g[0].get("utime", 0) for g in by_stall.values()) * tick
+    system = sum(g[-1].get("stime", 0) - g[0].get("stime", 0) for g in by_stall.values()) * tick
     out = [f"stalls over 20 ms: {len(ms)}, longest {ms[-1] if ms else 0:.0f} ms, "
            f"samples {len(samples)} (x5 ms)",
            f"loop thread state in samples: {dict(states)}; within stalls ({span:.0f} ms sampled): "
            f"on a CPU {ran:.0f} ms, waiting for a CPU {queued:.0f} ms, asleep (GIL/lock/I/O) "
-           f"{span - ran - queued:.0f} ms",
+           f"{span - ran - queued:.0f} ms; user {user:.0f} ms, kernel {system:.0f} ms (clock ticks)",
            "loop thread at:"] + [f"  {n:5}  {site}" for site, n in sites.most_common(top)]
     out += ["other threads busy (not waiting) during samples:"] + [f"  {n:5}  {o}" for o, n in others.most_common(top)]
     return "\n".join(out)

@@ -53,17 +53,18 @@ def _stack(frame: object, depth: int = 8) -> list[str]:
     return out
 
 
-def _sched(tid: int) -> tuple[str, int, int]:
+def _sched(tid: int) -> tuple[str, int, int, int, int]:
     """The thread's state (R running or runnable, S sleeping: a futex such
-    as the GIL, D disk) and its time on a CPU and waiting for one (ns)."""
+    as the GIL, D disk), its time on a CPU and waiting for one (ns), and
+    its user and system time (clock ticks)."""
     try:
         with open(f"/proc/self/task/{tid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
+            fields = f.read().rsplit(")", 1)[1].split()
         with open(f"/proc/self/task/{tid}/schedstat") as f:
             run, wait = f.read().split()[:2]
-        return state, int(run), int(wait)
+        return fields[0], int(run), int(wait), int(fields[11]), int(fields[12])
     except (OSError, ValueError, IndexError):
-        return "?", 0, 0
+        return "?", 0, 0, 0, 0
 
 
 def _watch(path: str) -> None:
@@ -81,9 +82,9 @@ def _watch(path: str) -> None:
             names = {t.ident: t.name for t in threading.enumerate()}
             frames = sys._current_frames()
             me = threading.get_ident()
-            state, run, wait = _sched(threading.main_thread().native_id or 0)
+            state, run, wait, utime, stime = _sched(threading.main_thread().native_id or 0)
             sample = {"stall": round(since, 4), "ms": round((now - since) * 1000, 1),
-                      "state": state, "run_ns": run, "wait_ns": wait,
+                      "state": state, "run_ns": run, "wait_ns": wait, "utime": utime, "stime": stime,
                       "main": _stack(frames.get(_main)),
                       "others": {names.get(i, str(i)): _stack(f, 4) for i, f in frames.items()
                                  if i not in (_main, me)}}
