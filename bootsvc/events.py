@@ -143,6 +143,8 @@ class Kind(str, Enum):
     ISNS_SCN_UNDELIVERABLE = "isns.scn_undeliverable"
     ISNS_ESI_FAILED = "isns.esi_failed"
     ISNS_ESI_UNDELIVERABLE = "isns.esi_undeliverable"
+    # the event file itself (EventFile): events dropped while its writes were stuck
+    EVENTS_DROPPED = "events.dropped"
 
     @property
     def service(self) -> str:
@@ -404,22 +406,35 @@ class EventFile:
     """The JSON-lines subscriber: state_dir/events.jsonl, one event a line,
     rotated once at ``limit`` bytes (one older file is kept). Programs
     follow it (``bootsvc vm``). Events are gathered and written as lines
-    with one O_APPEND write at most ``FLUSH_INTERVAL`` later (by a small
-    thread) or when ``FLUSH_EVENTS`` are waiting: an encode and a write per
-    event cost a DHCP exchange 10 % more CPU (docs/benchmarks.md, events)."""
+    with one O_APPEND write at most ``FLUSH_INTERVAL`` later, or as soon as
+    ``FLUSH_EVENTS`` are waiting, by a small thread: an encode and a write
+    per event cost a DHCP exchange 10 % more CPU (docs/benchmarks.md,
+    events).
+
+    The publisher (the event loop) only appends to a list under a lock no
+    one holds across I/O: a write that blocks on a busy disk holds up the
+    writer thread, never the loop (it stalled DHCP for 100 ms and more,
+    docs/benchmarks.md). While the writer is stuck, at most
+    ``MAX_PENDING`` events wait; more are dropped and counted in
+    ``dropped`` (a line says how many, once the writer moves again)."""
 
     FLUSH_INTERVAL = 0.1  # seconds an event may wait
     FLUSH_EVENTS = 512
+    MAX_PENDING = 200_000  # events held while a write is stuck (~100 MB at most)
 
     def __init__(self, path: Path, limit: int = EVENT_FILE_LIMIT) -> None:
         self.path = path
         self.limit = limit
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the pending list only: never held across I/O
+        self._io = threading.Lock()  # the file: writes, rotation, close
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = self._open()
         self._size = os.fstat(self._fd).st_size
         self._pending: list[Event] = []
+        self.dropped = 0
+        self._said_dropped = 0
         self._closed = threading.Event()
+        self._due = threading.Event()  # FLUSH_EVENTS are waiting: write now
         self._flusher = threading.Thread(target=self._flush_often, name="event-file", daemon=True)
         self._flusher.start()
 
@@ -428,26 +443,40 @@ class EventFile:
 
     def __call__(self, event: Event) -> None:
         with self._lock:
-            if self._fd < 0:
+            if self._closed.is_set():
+                return
+            if len(self._pending) >= self.MAX_PENDING:
+                self.dropped += 1
                 return
             self._pending.append(event)
-            if len(self._pending) >= self.FLUSH_EVENTS:
-                self._write()
+            if len(self._pending) == self.FLUSH_EVENTS:
+                self._due.set()
 
     def _flush_often(self) -> None:
-        while not self._closed.wait(self.FLUSH_INTERVAL):
+        while not self._closed.is_set():
+            self._due.wait(self.FLUSH_INTERVAL)
+            self._due.clear()
             self.flush()
 
     def flush(self) -> None:
-        with self._lock:
-            if self._fd >= 0 and self._pending:
-                self._write()
+        """Write what is waiting (in the caller's thread)."""
+        with self._io:
+            with self._lock:
+                events, self._pending = self._pending, []
+                dropped = self.dropped - self._said_dropped
+                self._said_dropped = self.dropped
+            if self._fd >= 0 and (events or dropped):
+                self._write(b"".join(e.json_line() for e in events) + self._drop_line(dropped))
 
-    def _write(self) -> None:
-        """Under the lock: the pending lines, rotating first if they would
-        take the file past its limit."""
-        data = b"".join(e.json_line() for e in self._pending)
-        self._pending.clear()
+    def _drop_line(self, dropped: int) -> bytes:
+        if not dropped:
+            return b""
+        return Event(Kind.EVENTS_DROPPED, time.time(),
+                     fields={"count": dropped, "why": "the event file could not be written fast enough"}).json_line()
+
+    def _write(self, data: bytes) -> None:
+        """Under the I/O lock: ``data``, rotating first if it would take the
+        file past its limit."""
         if self._size and self._size + len(data) > self.limit:
             os.close(self._fd)
             os.replace(self.path, self.path.with_name(self.path.name + ".1"))
@@ -460,8 +489,9 @@ class EventFile:
 
     def close(self) -> None:
         self._closed.set()
+        self._due.set()
         self.flush()
-        with self._lock:
+        with self._io:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1

@@ -132,3 +132,36 @@ def test_every_event_name_the_packages_emit_is_a_kind() -> None:
 def test_identity_fields_are_in_the_order_record_reads_them() -> None:
     from bootsvc.events import IDENTITIES
     assert Event._fields[2:8] == IDENTITIES
+
+
+def test_the_publisher_is_not_held_up_while_the_event_file_write_is_stuck(tmp_path: Path) -> None:
+    """A write blocked on a busy disk holds up the writer thread only: the
+    event loop publishing meanwhile returns at once (it used to wait for the
+    writer's lock, a DHCP stall of 100 ms and more); events past
+    MAX_PENDING are dropped and a line says how many."""
+    import threading
+    import time
+
+    entered, release = threading.Event(), threading.Event()
+
+    class Stuck(EventFile):
+        def _write(self, data: bytes) -> None:
+            entered.set()
+            release.wait(10)
+            super()._write(data)
+
+    f = Stuck(tmp_path / "events.jsonl")
+    f.MAX_PENDING = 50
+    f(Event(Kind.DHCP_OFFER, 1.0, mac="52:54:00:00:00:01"))
+    assert entered.wait(5), "the writer thread did not write"
+    started = time.monotonic()
+    for i in range(60):
+        f(Event(Kind.DHCP_ACK, 2.0, mac=f"52:54:00:00:01:{i:02x}"))
+    held = time.monotonic() - started
+    release.set()
+    f.close()
+    assert held < 0.5, f"publishing waited {held:.2f} s for a stuck write"
+    events = read_events((tmp_path / "events.jsonl").read_text().splitlines())
+    assert [e.name for e in events].count("dhcp.ack") == 50
+    dropped = [e for e in events if e.name == "events.dropped"]
+    assert len(dropped) == 1 and dropped[0].fields["count"] == 10

@@ -378,3 +378,41 @@ def test_a_tick_looks_only_at_boots_that_changed_or_went_quiet(
     rec.tick(clock.now + STALL + 1)  # the 50 went quiet: each looked at, each fails once
     assert len(looked) >= 49
     assert len([e for e in seen if e.kind is Kind.BOOT_FAILED]) == 50
+
+
+def test_a_save_makes_its_rows_on_the_loop_a_slice_at_a_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Python work of a save (a storm's thousand boots a second) is done
+    on the loop in slices, the loop turning between them; the worker thread
+    only runs SQLite (Python in it held the GIL the loop needed: 20-40 ms
+    DHCP stalls, docs/benchmarks.md)."""
+    import asyncio
+    import threading
+
+    from bootsvc.recorder import recorder as recorder_module
+
+    monkeypatch.setattr(recorder_module, "ROWS_AT_ONCE", 2)
+    store = BootStore(tmp_path / "r.db")
+    rec = Recorder(Fleet(), Bus(), store)  # type: ignore[arg-type]
+    boots = [Boot(i, f"52:54:00:00:01:{i:02x}", f"h{i}", 100.0) for i in range(1, 6)]
+    for b in boots:
+        b.add(Seen(100.0, Step.ROM_OFFER, {}))
+    made_on = []
+    real_add = recorder_module.Rows.add
+
+    def add(self, some, now):  # type: ignore[no-untyped-def]
+        made_on.append((threading.current_thread() is threading.main_thread(), len(list(some))))
+        return real_add(self, some, now)
+
+    monkeypatch.setattr(recorder_module.Rows, "add", add)
+    turned: list[int] = []
+
+    async def save() -> None:
+        asyncio.get_running_loop().call_soon(lambda: turned.append(len(made_on)))
+        rows = await rec._rows(boots, 101.0)
+        assert made_on == [(True, 2), (True, 2), (True, 1)] and turned == [1]  # the loop ran between slices
+        await asyncio.to_thread(store.write, rows)
+
+    asyncio.run(save())
+    assert [b.saved for b in boots] == [1] * 5
+    assert {b.mac for b in store.latest()} == {b.mac for b in boots}

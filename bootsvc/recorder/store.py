@@ -95,6 +95,39 @@ class Boot:
         return out
 
 
+@dataclass
+class Rows:
+    """Boots and their new steps as SQLite rows: made where the boots
+    change (the event loop, a slice at a time: Python work in a worker
+    thread would hold the GIL the loop needs), written by
+    :meth:`BootStore.write` (anywhere)."""
+
+    boots: list[tuple[object, ...]] = field(default_factory=list)
+    steps: list[tuple[object, ...]] = field(default_factory=list)
+    counts: list[tuple[Boot, int]] = field(default_factory=list)  # steps each boot had when its rows were made
+
+    @classmethod
+    def of(cls, boots: Iterable[Boot], now: float) -> Rows:
+        rows = cls()
+        rows.add(boots, now)
+        return rows
+
+    def add(self, boots: Iterable[Boot], now: float) -> None:
+        # the steps as they are now: a step added before the write is left
+        # for the next save, not marked saved unwritten
+        for b in boots:
+            n = len(b.steps)
+            self.counts.append((b, n))
+            self.boots.append((b.id, b.mac, b.hostname, b.started, b.updated, b.state(now).value, b.diagnosis,
+                               b.duration, *b.moved(), b.dropped_steps))
+            self.steps.extend((b.id, i, s.time, s.step.value, _encode(s.detail))
+                              for i, s in enumerate(b.steps[b.saved:n], b.saved))
+
+    def mark_saved(self) -> None:
+        for b, n in self.counts:
+            b.saved = n
+
+
 class BootStore:
     def __init__(self, path: Path, history: int = HISTORY, max_boots: int = MAX_BOOTS) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -119,32 +152,30 @@ class BootStore:
     def save(self, boots: Iterable[Boot], now: float) -> None:
         """Write these boots (new or changed) and their new steps in one
         transaction, then prune."""
-        boots = list(boots)
-        # the steps as they are now: the recorder saves from a worker thread
-        # while the loop goes on adding steps, and one added meanwhile must
-        # be left for the next save, not marked saved unwritten
-        counts = [len(b.steps) for b in boots]
-        rows = [(b.id, b.mac, b.hostname, b.started, b.updated, b.state(now).value, b.diagnosis, b.duration,
-                 *b.moved(), b.dropped_steps) for b in boots]
-        steps = [(b.id, i, s.time, s.step.value, _encode(s.detail)) for b, n in zip(boots, counts)
-                 for i, s in enumerate(b.steps[b.saved:n], b.saved)]
-        if not rows:
+        self.write(Rows.of(boots, now))
+
+    def write(self, rows: Rows) -> None:
+        """Write rows made by :meth:`Rows.of` in one transaction, then prune;
+        their boots are marked saved. All in SQLite (executemany binds
+        ready tuples): a worker thread running this holds the GIL only
+        briefly, so the event loop it shares the process with is not held
+        up (bench/dhcp_stalls.py, docs/benchmarks.md)."""
+        if not rows.boots:
             return
         with self._lock, self.db:
             self.db.execute("BEGIN")
-            self.db.executemany("INSERT OR REPLACE INTO boots VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
-            self.db.executemany("INSERT OR REPLACE INTO steps VALUES (?,?,?,?,?)", steps)
+            self.db.executemany("INSERT OR REPLACE INTO boots VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows.boots)
+            self.db.executemany("INSERT OR REPLACE INTO steps VALUES (?,?,?,?,?)", rows.steps)
             # each saved machine keeps its latest `history` boots: one statement for all of
             # them (a storm saves thousands of machines a second; a statement each was most of it)
             self.db.execute("DELETE FROM boots WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER "
                             "(PARTITION BY mac ORDER BY started DESC) AS n FROM boots WHERE mac IN "
                             "(SELECT value FROM json_each(?))) WHERE n > ?)",
-                            (json.dumps(sorted({r[1] for r in rows})), self.history))
+                            (json.dumps(sorted({r[1] for r in rows.boots})), self.history))
             self.db.execute("DELETE FROM boots WHERE id NOT IN (SELECT id FROM boots ORDER BY started DESC "
                             "LIMIT ?)", (self.max_boots,))
             self.db.execute("DELETE FROM steps WHERE boot NOT IN (SELECT id FROM boots)")
-        for b, n in zip(boots, counts):
-            b.saved = n
+        rows.mark_saved()
 
     def latest(self) -> list[Boot]:
         """Each machine's latest boot."""
