@@ -115,11 +115,12 @@ def create_image(path: str | os.PathLike[str], size: int | None = None, backing:
         raise
     finally:
         os.close(fd)
-    _sync_dir(path.parent)
+    sync_dir(path.parent)
     return size
 
 
-def _sync_dir(directory: Path) -> None:
+def sync_dir(directory: Path) -> None:
+    """Make a directory's entries (a file created or renamed in it) durable."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import orjson
 
+from target.qcow2_create import sync_dir
+
 COMPACT_AT = 8 << 20  # bytes of journal before it is folded into SQLite (about 60,000 leases)
 
 Row = tuple[object, ...]
@@ -82,7 +84,7 @@ class Journal:
             return False
         os.replace(self.path, self.older)
         fd = _open(self.path)
-        _sync_dir(self.path.parent)  # the new name durable before a group relies on it
+        sync_dir(self.path.parent)  # the new name durable before a group relies on it
         os.close(self._fd)
         self._fd, self.size = fd, 0
         return True
@@ -95,14 +97,6 @@ class Journal:
 
 def _open(path: Path) -> int:
     return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-
-
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def groups(path: Path, names: Mapping[str, object]) -> Iterator[Group]:
