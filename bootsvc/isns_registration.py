@@ -40,8 +40,12 @@ REFRESH = 300.0  # seconds between re-registrations
 RETRY = 10.0  # seconds before trying an unreachable server again
 DD_PREFIX = "boot-"  # the DDs bootsvc owns: one per machine
 WILDCARDS = ("", "0.0.0.0", "::")
-WAKE = frozenset({Kind.FLEET_RELOADED, Kind.DHCP_ADOPTED, Kind.FLEET_ADOPTION_EXPIRED})
-DISK_EVENTS = "disk."  # disk.claimed, and whatever says a disk was let go
+# register again now: the machines changed, or (shared storage) the disks
+# this server holds: a claim, a release, another server holding one, a
+# disk lost. Not a renewal or a kept disk: every boot says one of those,
+# and what is registered does not change with it.
+WAKE = frozenset({Kind.FLEET_RELOADED, Kind.DHCP_ADOPTED, Kind.FLEET_ADOPTION_EXPIRED, Kind.DISK_CLAIMED,
+                  Kind.DISK_RELEASED, Kind.DISK_ELSEWHERE, Kind.DISK_FAILED})
 
 
 @dataclass(frozen=True)
@@ -113,9 +117,7 @@ class IsnsRegistration:
         self._task = asyncio.ensure_future(self._run())
 
     def _on_event(self, event: Event) -> None:
-        if event.kind in WAKE or str(getattr(event.kind, "value", event.kind)).startswith(DISK_EVENTS):
-            # register again now: the machines changed, or on shared storage
-            # the disks this server holds (a claim, a release)
+        if event.kind in WAKE:
             self._wake.set()
 
     async def stop(self) -> None:
