@@ -108,6 +108,7 @@ def served(n: int, batch: int) -> None:
 
     service.transport = Transport()  # type: ignore[assignment]
     relay = ("10.215.0.2", 67)
+    server.bus.subscribe(server.recorder.on_event)  # the flight recorder follows every boot, as in serve
 
     async def run() -> None:
         for first in range(0, n, batch):
