@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -83,17 +84,19 @@ def wait_marker(cfg: config.Config, host: str, timeout: float = 60.0) -> str:
     return marker(cfg, host)
 
 
-def root_files(image: Path, work: Path, *paths: str) -> dict[str, str]:
+def root_files(image: Path | str, work: Path, *paths: str, prefix: Sequence[str] = ()) -> dict[str, str]:
     """Files of ``image``'s root file system ('' when absent) as a machine
     would find them at its next mount: e2fsck replays the ext4 journal
     first (an fsync'd write may sit only in the journal when a machine
     stops). Read with qemu-img (the root partition alone), e2fsck and
-    debugfs: tools that are not bootsvc's."""
-    root = work / f"{image.stem}.root"
+    debugfs: tools that are not bootsvc's. ``image``: a qcow2 file, or
+    QEMU's options for another driver's disk (``file.driver=rbd,...``,
+    with ``prefix`` running qemu-img where the cluster is reachable)."""
+    opts = f"file.driver=qcow2,file.file.filename={image}" if isinstance(image, Path) else image
+    root = work / f"{image.stem if isinstance(image, Path) else 'disk'}.root"
     start = Layout(boot_size=BOOT_SIZE).root.start
-    subprocess.run(["qemu-img", "convert", "-O", "raw", "--image-opts",
-                    f"driver=raw,offset={start},file.driver=qcow2,file.file.filename={image}", str(root)],
-                   check=True, timeout=300)
+    subprocess.run([*prefix, "qemu-img", "convert", "-O", "raw", "--image-opts", f"driver=raw,offset={start},{opts}",
+                    str(root)], check=True, timeout=300)
     out = {}
     try:
         fsck = subprocess.run(["e2fsck", "-fy", str(root)], capture_output=True, text=True, timeout=300)
