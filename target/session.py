@@ -24,7 +24,7 @@ from typing import Protocol
 from .actions import Action, Close, Execute, Send
 from .allegiance import ConnectionState, Retained
 from .backend import FileExtent, Segment, Zeros, segments_length
-from .keys import KeyValueError, SessionParams, negotiate
+from .keys import NOT_SETTLED, REJECT, KeyValueError, SessionParams, renegotiate
 from .limits import DATA_OUT_TIMEOUT, SESSION_WRITE_LIMIT
 from .login import MAX_LOGIN_TEXT
 from .pdu import (
@@ -1403,14 +1403,17 @@ class Session:
                 answer += self._send_targets(value)
                 continue
             try:
-                reply = negotiate(key, value)
+                reply = renegotiate(key, value)
             except KeyValueError:
-                reply = "Reject"
-            if key == "MaxRecvDataSegmentLength" and reply is None:
+                reply = REJECT
+            if reply is None:  # a declaration that may change now (§13 "Use: ALL")
                 self.params.apply(key, value)
-                self.conn.max_recv = self.params.initiator_max_recv
-            elif reply is not None:
-                answer.append((key, reply))
+                if key == "MaxRecvDataSegmentLength":
+                    self.conn.max_recv = self.params.initiator_max_recv
+                continue
+            if reply not in NOT_SETTLED:  # Reject (a login-only key) leaves the session's value (§6.2)
+                self.params.apply(key, reply)
+            answer.append((key, reply))
         self._send_text(req, encode_text(answer))
 
     def _text_too_long(self, req: TextRequest) -> None:

@@ -10,8 +10,20 @@ from pathlib import Path
 
 import pytest
 
-from target.pdu import R2T, DataIn, DataOut, NopIn, NopOut, Reject, RejectReason, ScsiCommand, ScsiResponse
+from target.pdu import (
+    R2T,
+    DataIn,
+    DataOut,
+    NopIn,
+    NopOut,
+    Reject,
+    RejectReason,
+    ScsiCommand,
+    ScsiResponse,
+    TextResponse,
+)
 from target.recovery import SnackType
+from target.text import decode_text
 from tests.iscsi_client import Client, read10, write10
 from tests.test_target_wire import Running, image, logged_in, read_all, srv, still_serves  # noqa: F401 - fixtures
 
@@ -265,3 +277,42 @@ def test_withheld_data_out_at_erl0_gets_no_recovery_r2t(quick: Running, image: P
     c.data_out(itt, r2t.ttt, 4096, payload[4096:], datasn=1)
     resp = c.recv()
     assert isinstance(resp, ScsiResponse) and resp.status == 0
+
+
+def text_answer(c: Client, pairs: list[tuple[str, str]]) -> dict[str, str]:
+    c.text(pairs)
+    r = c.recv()
+    assert isinstance(r, TextResponse) and r.final, r
+    return dict(decode_text(r.data))
+
+
+def test_login_keys_in_a_text_request_are_rejected_and_not_applied(srv: Running, image: Path) -> None:
+    """ErrorRecoveryLevel and the other login-only keys (RFC 7143 §13 "Use:
+    LO" / "IO") cannot change in Full Feature Phase: each is answered
+    Reject, which leaves the session's value (§6.2); a declaration that
+    may change (MaxRecvDataSegmentLength) is taken."""
+    c0 = logged_in(srv)  # ERL 0
+    answer = text_answer(c0, [("ErrorRecoveryLevel", "1"), ("MaxBurstLength", "512"), ("HeaderDigest", "CRC32C"),
+                              ("InitialR2T", "No"), ("CHAP_A", "5"), ("InitiatorAlias", "renamed"),
+                              ("MaxRecvDataSegmentLength", "4096")])
+    assert answer == {"ErrorRecoveryLevel": "Reject", "MaxBurstLength": "Reject", "HeaderDigest": "Reject",
+                      "InitialR2T": "Reject", "CHAP_A": "Reject"}
+    c0.snack(SnackType.STATUS, begrun=0)
+    r = c0.recv()
+    assert isinstance(r, Reject) and r.reason == RejectReason.SNACK_REJECT  # still ERL 0
+    itt = c0.command(read10(0, 16), read=8192)
+    pdus = []
+    while not pdus or not pdus[-1].status_present:
+        pdu = c0.recv()
+        assert isinstance(pdu, DataIn) and pdu.itt == itt
+        pdus.append(pdu)
+    # MaxRecvDataSegmentLength taken (4 KiB PDUs), MaxBurstLength not (one burst: no F bit inside)
+    assert [len(p.data) for p in pdus] == [4096, 4096] and not pdus[0].final
+    assert b"".join(bytes(p.data) for p in pdus) == image.read_bytes()[:8192]
+
+    c1 = logged_in(srv, **ERL1)
+    assert text_answer(c1, [("ErrorRecoveryLevel", "0")]) == {"ErrorRecoveryLevel": "Reject"}
+    statsn = c1.expstatsn = c1.expstatsn - 1  # the Text Response's, "lost": not acknowledged
+    c1.snack(SnackType.STATUS, begrun=statsn, runlength=1)  # still ERL 1: the response is sent again
+    again = c1.recv()
+    assert isinstance(again, TextResponse) and again.statsn == statsn
