@@ -11,6 +11,7 @@ venv=${1:-.venv}
 # it runs goes in scripts/install-runtime.sh instead.
 debs=(
     libiscsi-bin        # iscsi-test-cu, iscsi-perf, iscsi-ls
+    sg3-utils           # sg_vpd: an independent decoder of our VPD pages (tests/test_scsi_xcopy.py)
     qemu-block-extra    # qemu-img's iscsi:// driver (libiscsi), not pulled in without recommends
     qemu-system-x86     # QEMU for iPXE sanboot and diskless boots
     ipxe-qemu           # iPXE NIC ROMs (`bootsvc vm`)

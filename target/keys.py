@@ -29,6 +29,7 @@ class Rule(enum.Enum):
 NOT_UNDERSTOOD = "NotUnderstood"
 REJECT = "Reject"
 IRRELEVANT = "Irrelevant"
+NOT_SETTLED = (REJECT, NOT_UNDERSTOOD, IRRELEVANT)  # answers that leave a key as it was (§6.2)
 
 
 class KeyValueError(ValueError):
@@ -73,6 +74,14 @@ class KeySpec:
     values: tuple[str, ...] = ()  # declarations: the only legal values, if limited
     field: str | None = None  # the SessionParams field that holds the outcome
     parse: Callable[[str], object] = _text  # settled text value -> field value
+    # §13 "Use: IO": in a login only, never in a Text Request (leading-only keys are too)
+    login_only: bool = False
+
+    @property
+    def full_feature(self) -> bool:
+        """Whether the key may be negotiated or declared in a Text Request
+        in Full Feature Phase (§6.6; §13 "Use: ALL" or "FFPO")."""
+        return not (self.login_only or self.leading_only)
 
 
 MAX_24 = (1 << 24) - 1
@@ -85,13 +94,14 @@ _METADATA = "iscsi_key"
 
 def key(name: str, rule: Rule, default: Any, *, ours: object = "", lo: int = 0, hi: int = 0,
         leading_only: bool = False, normal_only: bool = False, values: tuple[str, ...] = (),
-        parse: Callable[[str], object] | None = None) -> Any:
+        parse: Callable[[str], object] | None = None, login_only: bool = False) -> Any:
     """A :class:`SessionParams` field holding the key ``name``: its RFC
     default and how it is negotiated. Numbers are parsed as numbers, Yes/No
     keys as booleans unless ``parse`` says otherwise."""
     if parse is None:
         parse = {bool: parse_bool, int: parse_number}.get(type(default), _text)
-    spec = KeySpec(name, rule, str(ours), lo, hi, leading_only, normal_only, values, parse=parse)
+    spec = KeySpec(name, rule, str(ours), lo, hi, leading_only, normal_only, values, parse=parse,
+                   login_only=login_only)
     return field(default=default, metadata={_METADATA: spec})
 
 
@@ -99,8 +109,11 @@ def key(name: str, rule: Rule, default: Any, *, ours: object = "", lo: int = 0, 
 class SessionParams:
     """The outcome of negotiation, with the RFC's defaults (§13)."""
 
-    header_digest: bool = key("HeaderDigest", Rule.LIST, False, ours="None,CRC32C", parse=_is_crc32c)
-    data_digest: bool = key("DataDigest", Rule.LIST, False, ours="None,CRC32C", parse=_is_crc32c)
+    # §13.1: chosen for a connection at its login (IO)
+    header_digest: bool = key("HeaderDigest", Rule.LIST, False, ours="None,CRC32C", parse=_is_crc32c,
+                              login_only=True)
+    data_digest: bool = key("DataDigest", Rule.LIST, False, ours="None,CRC32C", parse=_is_crc32c,
+                            login_only=True)
     # §13.2: connections one session may have (MC/S, target.allegiance); an
     # operator bounds it with the key preference MaxConnections
     max_connections: int = key("MaxConnections", Rule.MIN, 1, ours=MAX_CONNECTIONS, lo=1, hi=65535,
@@ -140,12 +153,12 @@ class SessionParams:
     target_max_recv: int = 262144
     # InitiatorName and TargetName come in the first request of every
     # connection, not only the leading one (§13.5.1, §13.4)
-    initiator_name: str = key("InitiatorName", Rule.DECLARATIVE, "")
-    initiator_alias: str = key("InitiatorAlias", Rule.DECLARATIVE, "")
-    target_name: str = key("TargetName", Rule.DECLARATIVE, "")
+    initiator_name: str = key("InitiatorName", Rule.DECLARATIVE, "", login_only=True)
+    initiator_alias: str = key("InitiatorAlias", Rule.DECLARATIVE, "")  # §13.7: Use: ALL
+    target_name: str = key("TargetName", Rule.DECLARATIVE, "", login_only=True)
     session_type: str = key("SessionType", Rule.DECLARATIVE, "Normal", leading_only=True,
                             values=("Normal", "Discovery"))
-    auth_method: str = key("AuthMethod", Rule.LIST, "None", ours="None")
+    auth_method: str = key("AuthMethod", Rule.LIST, "None", ours="None", login_only=True)  # §12: security stage
     extra: dict[str, str] = field(default_factory=dict)  # settled keys the session does not use
     chap_user: str = ""  # the CHAP name the initiator proved it holds the secret of (§12.1.3)
 
@@ -161,14 +174,14 @@ class SessionParams:
 # Keys the target answers but the session does not keep.
 _ANSWER_ONLY = (
     KeySpec("iSCSIProtocolLevel", Rule.MIN, "1", 0, 31, leading_only=True),
-    KeySpec("OFMarker", Rule.BOOL_AND, "No"),
-    KeySpec("IFMarker", Rule.BOOL_AND, "No"),
-    KeySpec("OFMarkInt", Rule.IRRELEVANT),
-    KeySpec("IFMarkInt", Rule.IRRELEVANT),
-    KeySpec("TaskReporting", Rule.LIST, "RFC3720"),
+    KeySpec("OFMarker", Rule.BOOL_AND, "No", login_only=True),
+    KeySpec("IFMarker", Rule.BOOL_AND, "No", login_only=True),
+    KeySpec("OFMarkInt", Rule.IRRELEVANT, login_only=True),
+    KeySpec("IFMarkInt", Rule.IRRELEVANT, login_only=True),
+    KeySpec("TaskReporting", Rule.LIST, "RFC3720", leading_only=True),  # §13.23: Use: LO
     KeySpec("TargetAlias", Rule.TARGET_ONLY),
     KeySpec("TargetAddress", Rule.TARGET_ONLY),
-    KeySpec("TargetPortalGroupTag", Rule.TARGET_ONLY),
+    KeySpec("TargetPortalGroupTag", Rule.TARGET_ONLY, login_only=True),
     KeySpec("SendTargets", Rule.TARGET_ONLY),
 )
 
@@ -249,6 +262,17 @@ _ANSWER: dict[Rule, Callable[[KeySpec, str, str], str | None]] = {
     Rule.IRRELEVANT: _irrelevant,
     Rule.TARGET_ONLY: _target_only,
 }
+
+
+def renegotiate(name: str, value: str, ours: dict[str, str] | None = None) -> str | None:
+    """:func:`negotiate` for a Text Request in Full Feature Phase (§6.6): a
+    key that may be used only in a login (§13 "Use: IO" or "LO", CHAP's
+    keys of the security stage) is answered Reject, which leaves it at its
+    current value (§6.2); the rest as in a login."""
+    spec = KEYS.get(name)
+    if name.startswith("CHAP_") or (spec is not None and not spec.full_feature):
+        return REJECT
+    return negotiate(name, value, ours)
 
 
 def negotiate(name: str, value: str, ours: dict[str, str] | None = None) -> str | None:

@@ -32,6 +32,12 @@ SESSION_WRITE_LIMIT = 32 << 20
 # end; failed connections a session keeps for reassignment are bounded by
 # its MaxConnections the same way.
 MAX_RETAINED = 512
+# ERL >= 1: a write whose Data-Out stop arriving short of what was asked
+# (a lost last Data-Out shows no DataSN gap) gets a recovery R2T for the
+# rest after one to two of these (RFC 7143 §11.8, target.recovery.DataOutWatch);
+# asked at most DATA_OUT_ASKS times while nothing more arrives.
+DATA_OUT_TIMEOUT = 5.0
+DATA_OUT_ASKS = 3
 # Refused connections are reported at most this often, as one event.
 REPORT_INTERVAL = 1.0
 

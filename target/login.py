@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .chap import ALL_ALGORITHMS, ChapAlgorithm, ChapAuth, ChapError, ChapExchange
-from .keys import (IRRELEVANT, KEYS, NOT_UNDERSTOOD, REJECT, KeyValueError, Rule, SessionParams, declared_max_recv,
+from .keys import (IRRELEVANT, KEYS, NOT_SETTLED, REJECT, KeyValueError, Rule, SessionParams, declared_max_recv,
                    negotiate)
 from .pdu import LoginRequest, LoginResponse, Stage
 from .text import TextFormatError, decode_text, encode_text
@@ -250,7 +250,7 @@ class Login:
             if answer is None:
                 self.params.apply(key, value)
                 continue
-            if answer not in (REJECT, NOT_UNDERSTOOD, IRRELEVANT):
+            if answer not in NOT_SETTLED:
                 self.params.apply(key, answer)
             answers.append((key, answer))
         if chap_keys:

@@ -21,17 +21,22 @@ can hang off a per-connection object when a session has several. The
 session (target/session.py) calls in at a few hooks; decisions that need no
 session state (which DataSN or StatSN a SNACK names, whether that is
 allowed) are made here.
+
+:class:`DataOutWatch` notices a write whose Data-Out stopped arriving short
+of what it was asked (§11.8: a recovery R2T may follow a "sequence
+reception timeout"), so that a lost *last* Data-Out, which no DataSN gap
+reveals, is asked for again.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from .actions import Action, Send
-from .limits import RETAINED_READS, RETAINED_STATUS_BYTES, RETAINED_STATUSES
+from .limits import DATA_OUT_ASKS, RETAINED_READS, RETAINED_STATUS_BYTES, RETAINED_STATUSES
 from .pdu import (
     BHS_LEN,
     RESERVED_TAG,
@@ -290,3 +295,48 @@ class Recovery:
         """The responses to send again, with today's command window."""
         return [replace(pdu, expcmdsn=expcmdsn, maxcmdsn=maxcmdsn)  # type: ignore[type-var]
                 for pdu in self.statuses.resend(begrun, runlength, next_statsn)]
+
+
+# -- writes whose data stopped arriving, for the recovery R2T ---------------------
+
+
+class DataOutWatch:
+    """A periodic sweep over a session's writes that wait for Data-Out
+    (ERL >= 1): one timer for the session, never one per command. A write
+    whose progress did not move from one sweep to the next, ``timeout``
+    seconds apart, has stalled: between one and two timeouts after its last
+    Data-Out. Each write is reported at most ``asks`` times without its data
+    progressing in between: an initiator that never answers is left to its
+    own command timeout and ABORT TASK, not asked forever."""
+
+    def __init__(self, timeout: float, asks: int = DATA_OUT_ASKS) -> None:
+        self.timeout = timeout
+        self.asks = asks
+        self.at: float | None = None  # the next sweep; None while no write waits
+        # by write: its progress at the last sweep, and how often it was reported since it last moved
+        self.seen: dict[Hashable, tuple[tuple[int, int], int]] = {}
+
+    def start(self, now: float) -> None:
+        """A write begins to wait for data: sweep ``timeout`` from now, unless a sweep is due already."""
+        if self.at is None:
+            self.at = now + self.timeout
+
+    def due(self, now: float) -> bool:
+        return self.at is not None and now >= self.at
+
+    def sweep(self, waiting: Mapping[Hashable, tuple[int, int]], now: float) -> list[Hashable]:
+        """The writes of ``waiting`` (each with its progress: bytes received,
+        R2Ts sent) whose progress is what it was at the last sweep. The next
+        sweep is due ``timeout`` from ``now`` while any write waits."""
+        stalled = []
+        seen: dict[Hashable, tuple[tuple[int, int], int]] = {}
+        for write, progress in waiting.items():
+            before = self.seen.get(write)
+            asked = 0 if before is None or before[0][0] != progress[0] else before[1]
+            if before is not None and before[0] == progress and asked < self.asks:
+                stalled.append(write)
+                asked += 1
+            seen[write] = (progress, asked)
+        self.seen = seen
+        self.at = now + self.timeout if waiting else None
+        return stalled

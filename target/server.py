@@ -23,6 +23,7 @@ from .chap import ALL_ALGORITHMS, ChapAlgorithm, ChapAuth
 from .events import EventSink, Events
 from .keys import SessionParams, declared_max_recv
 from .limits import (
+    DATA_OUT_TIMEOUT,
     DISCOVERY_TIMEOUT,
     MAX_UNLOGGED,
     MAX_UNLOGGED_PER_SOURCE,
@@ -85,7 +86,10 @@ class TargetServer:
     one address, may be waiting to log in (more are closed at accept and
     reported once per second as ``iscsi.connections_refused``); a session
     solicits at most ``session_write_limit`` bytes of write data ahead of
-    writing it. 0 turns a timeout off.
+    writing it. At ErrorRecoveryLevel >= 1 a write whose Data-Out stops
+    arriving short of what was asked gets a recovery R2T for the rest after
+    ``data_out_timeout`` to twice as long (RFC 7143 §11.8). 0 turns a
+    timeout off.
 
     ``on_event(what, fields)`` receives every event (``iscsi.login``,
     ``iscsi.session_dropped``, ``iscsi.reject``, ...); when it is given the
@@ -102,7 +106,8 @@ class TargetServer:
                  throttle: LoginThrottle | None = None,
                  pdu_timeout: float = PDU_TIMEOUT, discovery_timeout: float = DISCOVERY_TIMEOUT,
                  max_unlogged: int = MAX_UNLOGGED, max_unlogged_per_source: int = MAX_UNLOGGED_PER_SOURCE,
-                 session_write_limit: int = SESSION_WRITE_LIMIT) -> None:
+                 session_write_limit: int = SESSION_WRITE_LIMIT,
+                 data_out_timeout: float = DATA_OUT_TIMEOUT) -> None:
         self.targets: MutableMapping[str, Target] = (
             targets if isinstance(targets, Mapping) else {t.name: t for t in targets})
         self.portal_list = [p if p.tpgt else Portal(p.host, p.port, portal_group_tag + i)
@@ -119,6 +124,7 @@ class TargetServer:
         self.pdu_timeout = pdu_timeout
         self.discovery_timeout = discovery_timeout
         self.session_write_limit = session_write_limit
+        self.data_out_timeout = data_out_timeout
         self.gate = LoginGate(max_unlogged, max_unlogged_per_source)
         self.unlogged: dict[IscsiConnection, str] = {}  # connections the gate admitted, to their source
         self.place_freed = asyncio.Event()  # a connection waiting to log in logged in or went
@@ -394,7 +400,7 @@ class TargetServer:
         session = Session(self, params, isid, tsih, conn.login_cmdsn, target, window=self.window,
                           keepalive=Keepalive(self.nop_interval, self.nop_timeout),
                           discovery_timeout=self.discovery_timeout, write_limit=self.session_write_limit,
-                          portal_group_tag=tpgt)
+                          portal_group_tag=tpgt, data_out_timeout=self.data_out_timeout)
         self.sessions[tsih] = session
         self.bound[session] = {conn.cid: conn}
         if target is not None:

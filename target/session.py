@@ -24,8 +24,8 @@ from typing import Protocol
 from .actions import Action, Close, Execute, Send
 from .allegiance import ConnectionState, Retained
 from .backend import FileExtent, Segment, Zeros, segments_length
-from .keys import KeyValueError, SessionParams, negotiate
-from .limits import SESSION_WRITE_LIMIT
+from .keys import NOT_SETTLED, REJECT, KeyValueError, SessionParams, renegotiate
+from .limits import DATA_OUT_TIMEOUT, SESSION_WRITE_LIMIT
 from .login import MAX_LOGIN_TEXT
 from .pdu import (
     R2T,
@@ -54,7 +54,7 @@ from .pdu import (
     TmfResponse,
     decode,
 )
-from .recovery import ReadRecord, Recovery, SnackError, SnackType, is_numbered, sn_lt, snack_run
+from .recovery import DataOutWatch, ReadRecord, Recovery, SnackError, SnackType, is_numbered, sn_lt, snack_run
 from .scsi import ScsiResult, ScsiStatus, no_such_lun, report_luns, target_port_groups
 from .scsi.cdb import PERSISTENT_RESERVE_OUT
 from .scsi.ports import MAINTENANCE_IN, is_report_target_port_groups
@@ -211,7 +211,7 @@ class Session:
     def __init__(self, server: ServerContext, params: SessionParams, isid: bytes, tsih: int, cmdsn: int,
                  target: Target | None, *, window: int = 128, keepalive: Keepalive = Keepalive(),
                  discovery_timeout: float = 0.0, write_limit: int = SESSION_WRITE_LIMIT,
-                 portal_group_tag: int = 1) -> None:
+                 portal_group_tag: int = 1, data_out_timeout: float = DATA_OUT_TIMEOUT) -> None:
         self.server = server
         self.params = params
         self.isid = isid
@@ -237,6 +237,8 @@ class Session:
         self.failed: list[ConnectionState] = []
         self.erl1 = params.error_recovery_level >= 1  # SNACK, digest errors (target/recovery.py)
         self.erl2 = params.error_recovery_level >= 2
+        # ERL >= 1: writes whose Data-Out stopped short get a recovery R2T (§11.8); 0 turns it off
+        self.data_watch = DataOutWatch(data_out_timeout) if self.erl1 and data_out_timeout > 0 else None
         if self.erl2:  # chosen once: the ERL 0 hot path pays nothing for what ERL 2 keeps
             self._respond = self._respond_kept  # type: ignore[method-assign]
         self.now = 0.0  # the time of the latest entry point that was told it
@@ -570,6 +572,15 @@ class Session:
 
     def next_timer(self) -> float | None:
         """When :meth:`handle_timer` has something to do next, or None."""
+        when = self._keepalive_due()
+        for due in (*(c.retain_until for c in self.failed), self.logout.deadline if self.logout else None,
+                    self._idle_end(), self._data_sweep_due()):
+            if due is not None and (when is None or due < when):
+                when = due
+        return when
+
+    def _keepalive_due(self) -> float | None:
+        """The earliest ping to send, or to give up waiting for (§11.19)."""
         when = None
         if self.keepalive.interval > 0 and not (self.closed or self.ending):
             for conn in self.conns.values():
@@ -581,15 +592,15 @@ class Session:
                     due = conn.last_rx + self.keepalive.interval
                 if when is None or due < when:
                     when = due
-        for conn in self.failed:
-            if conn.retain_until is not None and (when is None or conn.retain_until < when):
-                when = conn.retain_until
-        if self.logout is not None and (when is None or self.logout.deadline < when):
-            when = self.logout.deadline
-        idle_end = self._idle_end()
-        if idle_end is not None and (when is None or idle_end < when):
-            when = idle_end
         return when
+
+    def _data_sweep_due(self) -> float | None:
+        """ERL >= 1: the next look for writes whose Data-Out stopped, while
+        any write gathers data on a live connection."""
+        watch = self.data_watch
+        if watch is None or not self.collecting or not self.conns:
+            return None
+        return watch.at
 
     def _idle_end(self) -> float | None:
         """When a Discovery session that asks nothing more is ended: its
@@ -616,7 +627,49 @@ class Session:
             self._close_connection(DropReason.IDLE_TIMEOUT, after_send=False)
         if self.failed:
             self._expire(now)
+        if self.data_watch is not None and self.data_watch.due(now) and not self.closed:
+            self._sweep_data_out(now)
         return self._actions()
+
+    def _sweep_data_out(self, now: float) -> None:
+        """ERL >= 1: writes still waiting for Data-Out that made no progress
+        since the last sweep (:class:`~target.recovery.DataOutWatch`) lost
+        their last Data-Out, or the R2T that asked for it: a recovery R2T
+        asks for what is missing. Writes waiting for write credit, or
+        allegiant to a failed connection (ERL 2), are not waiting for the
+        initiator."""
+        assert self.data_watch is not None
+        waiting = {task: (task.received, task.r2tsn) for task in self.collecting
+                   if task.conn is not None and task.conn.alive and self._awaits_data(task)}
+        for task in self.data_watch.sweep(waiting, now):
+            assert isinstance(task, Task) and task.conn is not None
+            self.conn = task.conn  # §5.1: the R2T goes where the command came from
+            self._ask_again(task)
+
+    @staticmethod
+    def _awaits_data(task: Task) -> bool:
+        """Whether ``task`` has asked for Data-Out (an R2T, or its
+        unsolicited burst) that has not all arrived."""
+        return bool(task.outstanding) or task.unsolicited_next < task.unsolicited_end
+
+    def _ask_again(self, task: Task) -> None:
+        """§11.8 sequence reception timeout: each R2T whose data stopped
+        short, and the unsolicited burst if it did, is closed (a late
+        Data-Out for it gets a Reject) and a recovery R2T asks for exactly
+        the bytes past the last Data-Out received (data comes in order:
+        DataPDUInOrder is Yes)."""
+        assert task.outstanding is not None
+        missing: list[tuple[int, int]] = []
+        for ttt, r2t in list(task.outstanding.items()):
+            end = r2t.offset + r2t.length
+            if r2t.end < end:
+                del task.outstanding[ttt]
+                missing.append((r2t.end, end - r2t.end))
+        if task.unsolicited_next < task.unsolicited_end:
+            missing.append((task.unsolicited_next, task.unsolicited_end - task.unsolicited_next))
+            task.unsolicited_end = task.unsolicited_next  # the rest comes by R2T now
+        for offset, length in sorted(missing):
+            self._recovery_r2t(task, offset, length)
 
     def _keepalive(self, conn: ConnectionState, now: float) -> None:
         """§11.19 on one connection: ping it when idle, end it when the
@@ -723,6 +776,8 @@ class Session:
         # unsolicited data is the initiator's to send: it takes credit unasked
         self._take_credit(task, min(wanted, unsolicited_end))
         self.collecting[task] = None
+        if self.data_watch is not None:
+            self.data_watch.start(self.now)
         self._send_r2ts(task)
 
     def _take_credit(self, task: Task, n: int) -> None:
@@ -782,7 +837,9 @@ class Session:
         end = pdu.buffer_offset + n
         if pdu.ttt == RESERVED_TAG:
             if end > task.unsolicited_end:
-                raise ProtocolViolation(RejectReason.PROTOCOL_ERROR, "unsolicited data beyond FirstBurstLength")
+                # past FirstBurstLength, or late: after a recovery R2T asked for it (_ask_again)
+                raise ProtocolViolation(RejectReason.PROTOCOL_ERROR,
+                                        "unsolicited data beyond FirstBurstLength or already asked for by R2T")
             r2t = None
             expected_datasn = task.unsolicited_datasn
             task.unsolicited_datasn += 1
@@ -1301,6 +1358,8 @@ class Session:
             self._execute(task, memoryview(buffer))
             return
         self.collecting[task] = None
+        if self.data_watch is not None:
+            self.data_watch.start(self.now)
         self._send_r2ts(task)
 
     def _abort(self, task: Task) -> None:
@@ -1344,14 +1403,17 @@ class Session:
                 answer += self._send_targets(value)
                 continue
             try:
-                reply = negotiate(key, value)
+                reply = renegotiate(key, value)
             except KeyValueError:
-                reply = "Reject"
-            if key == "MaxRecvDataSegmentLength" and reply is None:
+                reply = REJECT
+            if reply is None:  # a declaration that may change now (§13 "Use: ALL")
                 self.params.apply(key, value)
-                self.conn.max_recv = self.params.initiator_max_recv
-            elif reply is not None:
-                answer.append((key, reply))
+                if key == "MaxRecvDataSegmentLength":
+                    self.conn.max_recv = self.params.initiator_max_recv
+                continue
+            if reply not in NOT_SETTLED:  # Reject (a login-only key) leaves the session's value (§6.2)
+                self.params.apply(key, reply)
+            answer.append((key, reply))
         self._send_text(req, encode_text(answer))
 
     def _text_too_long(self, req: TextRequest) -> None:

@@ -46,10 +46,11 @@ from isns.protocol import HEADER_SIZE
 from isns.registry import Registry
 from target.chap import ChapAuth, ChapSecret
 from target.framing import DigestError, DigestSettings, PduReader, frame
-from target.keys import IRRELEVANT, NOT_UNDERSTOOD, REJECT, KeyValueError, SessionParams, negotiate
+from target.keys import KEYS, NOT_SETTLED, REJECT, KeyValueError, SessionParams, negotiate, renegotiate
 from target.login import Login
 from target.pdu import (LoginRequest, Pdu, PduFormatError, ScsiCommand, Stage, iter_ahs, NopOut, TextRequest,
                         DataOut, LogoutRequest, TaskMgmtRequest, SnackRequest, TmfFunction)
+from target.limits import DATA_OUT_TIMEOUT
 from target.recovery import SnackType
 from target.session import DropReason, SessionFailure
 from target.text import TextFormatError, decode_text, encode_text
@@ -292,11 +293,20 @@ def iscsi_recovery(data: bytes) -> None:
     """A PDU stream (SNACKs, Data-Outs, whatever the mutator makes of them)
     into a session at ERL 1, with header and data digests on, handled as
     target/connection.py does: a data digest error goes to
-    Session.data_digest_error, a header digest error is discarded.
+    Session.data_digest_error, a header digest error is discarded. Then
+    time passes: whatever writes the stream left short of their data get
+    their recovery R2Ts (§11.8), and every timer that fires moves on.
 
     Documented errors: the reader's, and SessionFailure (the connection
     ends); every bad SNACK or Data-Out is a Reject."""
     i = _recovering_session()
+    if _recovery_stream(i, data):
+        i.tick(3 * DATA_OUT_TIMEOUT)
+
+
+def _recovery_stream(i: Initiator, data: bytes) -> bool:
+    """Feed ``data`` to the session as iscsi_recovery says; False once the
+    connection would have ended."""
     reader = PduReader(max_data=8192, hard_limit=1 << 20)
     reader.digests = DigestSettings(header=True, data=True)
     reader.feed(data)
@@ -304,18 +314,19 @@ def iscsi_recovery(data: bytes) -> None:
         try:
             for pdu in reader.pdus():
                 i.send(pdu)
-            return
+            return True
         except DigestError as e:
             if e.header and not e.skipped:
-                return
+                return False
             if not e.header:
                 i.do(i.session.data_digest_error(e.bhs, str(e)))
         except PduFormatError as e:
             if not e.bhs:
-                return
+                return False
             i.do(i.session.reject(e.bhs, e.reason, str(e)))
         except SessionFailure:
-            return
+            return False
+    return True
 
 
 def _recovery_seeds() -> list[bytes]:
@@ -333,7 +344,8 @@ def _recovery_seeds() -> list[bytes]:
     stream = [b"".join(bytes(p) for p in frame(pdu, digests)) for pdu in pdus]
     bad = bytearray(stream[5])
     bad[-1] ^= 0xFF  # the Data-Out's data digest
-    return [*stream, b"".join(stream), stream[5] + stream[6], bytes(bad) + stream[6]]
+    # the write's data stops short: its last Data-Out (F bit) never comes
+    return [*stream, b"".join(stream), stream[5] + stream[6], bytes(bad) + stream[6], stream[5]]
 
 
 # -- iSCSI: login and text keys ------------------------------------------------------
@@ -409,7 +421,9 @@ def _login_seeds() -> list[bytes]:
 
 def iscsi_text(data: bytes) -> None:
     """target/text.py decode_text and target/keys.py negotiate on a data
-    segment, each settled value kept as the login keeps it.
+    segment, each settled value kept as the login keeps it; and
+    renegotiate, as a Text Request in Full Feature Phase gets it: a
+    login-only key is never anything but Reject.
 
     Documented errors: TextFormatError (not key=value pairs) and
     KeyValueError (a value the target answers with Reject)."""
@@ -419,13 +433,20 @@ def iscsi_text(data: bytes) -> None:
     except TextFormatError:
         return
     for key, value in pairs:
+        spec = KEYS.get(key)
+        try:
+            later = renegotiate(key, value)
+        except KeyValueError:
+            later = REJECT
+        assert later == REJECT or (spec is None and not key.startswith("CHAP_")) or (
+            spec is not None and spec.full_feature), (key, later)
         try:
             answer = negotiate(key, value)
         except KeyValueError:
             continue
         if answer is None:
             params.apply(key, value)
-        elif answer not in (REJECT, NOT_UNDERSTOOD, IRRELEVANT):
+        elif answer not in NOT_SETTLED:
             params.apply(key, answer)
     encode_text(pairs)
 
@@ -434,7 +455,10 @@ def _text_seeds() -> list[bytes]:
     return [bytes(pdu.data) for pdu in _login_pdus()] + [
         encode_text([("MaxRecvDataSegmentLength", "0x10000"), ("MaxOutstandingR2T", "1"),
                      ("DataPDUInOrder", "Yes"), ("DataSequenceInOrder", "No"), ("TaskReporting", "RFC3720"),
-                     ("iSCSIProtocolLevel", "1"), ("IFMarkInt", "2048~8192"), ("TargetAlias", "x")])]
+                     ("iSCSIProtocolLevel", "1"), ("IFMarkInt", "2048~8192"), ("TargetAlias", "x")]),
+        # what a Text Request may carry in Full Feature Phase, and what it may not
+        encode_text([("ErrorRecoveryLevel", "1"), ("CHAP_A", "5"), ("InitiatorAlias", "y"),
+                     ("MaxRecvDataSegmentLength", "4096"), ("X-com.example.k", "v")])]
 
 
 # -- iSNS ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from target.keys import negotiate
+from target.limits import DATA_OUT_ASKS, DATA_OUT_TIMEOUT
 from target.pdu import R2T, DataIn, DataOut, Pdu, Reject, RejectReason, ScsiResponse, SnackRequest
 from target.recovery import ReadStore, SnackError, SnackType, StatusStore, snack_run
 from tests.test_session_core import BLOCK, RESERVED, Initiator, read10, write10
@@ -268,3 +269,79 @@ def test_corrupt_data_out_for_no_task_is_rejected_once() -> None:
     bad = DataOut(itt=0x99, ttt=5, buffer_offset=0, datasn=0, data=bytes(512))
     out = i.do(i.session.data_digest_error(bad.encode_bhs(), "data digest mismatch"))
     assert len(out) == 1 and isinstance(out[0], Reject) and out[0].reason == RejectReason.DATA_DIGEST_ERROR
+
+
+# -- a Data-Out that never comes: the sequence reception timeout (§11.8) -------------
+
+STALL = DATA_OUT_TIMEOUT * 2 + 0.1  # a stalled write is noticed between one and two timeouts
+
+
+def test_lost_last_data_out_is_asked_again_after_the_timeout() -> None:
+    i = Initiator(InitialR2T="Yes", ImmediateData="No", **ERL1)
+    payload = bytes(range(256)) * 48  # 12 KiB: one R2T (MaxBurstLength 16 KiB)
+    itt, out = i.command(write10(40, 24), write=payload)
+    r2t = out[0]
+    assert isinstance(r2t, R2T) and r2t.desired_length == len(payload)
+    assert i.send(DataOut(final=False, itt=itt, ttt=r2t.ttt, buffer_offset=0, datasn=0, data=payload[:8192])) == []
+    assert i.tick(DATA_OUT_TIMEOUT * 0.9) == []  # not yet
+    out = i.tick(STALL)
+    assert len(out) == 1 and isinstance(out[0], R2T)
+    again = out[0]
+    assert (again.buffer_offset, again.desired_length, again.r2tsn) == (8192, 4096, 1) and again.ttt != r2t.ttt
+    # the first R2T is closed: its late Data-Out is rejected, not counted twice
+    late = i.send(DataOut(final=True, itt=itt, ttt=r2t.ttt, buffer_offset=8192, datasn=1, data=payload[8192:]))
+    assert isinstance(late[0], Reject) and late[0].reason == RejectReason.INVALID_PDU_FIELD
+    out = i.send(DataOut(final=True, itt=itt, ttt=again.ttt, buffer_offset=8192, datasn=0, data=payload[8192:]))
+    assert isinstance(out[0], ScsiResponse) and out[0].status == 0
+    assert bytes(i.lun.data[40 * BLOCK:64 * BLOCK]) == payload
+    assert i.session.next_timer() == i.now + 15  # the keepalive only: no write waits, no sweep
+
+
+def test_lost_r2t_and_unsolicited_tail_are_asked_again() -> None:
+    i = Initiator(**ERL1)  # InitialR2T=No, FirstBurstLength 4 KiB, ImmediateData
+    payload = bytes(range(256)) * 32  # 8 KiB: 4 KiB unsolicited, then an R2T for the rest
+    itt, out = i.command(write10(8, 16), write=payload, immediate=1024, final=False)
+    assert isinstance(out[0], R2T) and (out[0].buffer_offset, out[0].desired_length) == (4096, 4096)
+    # the R2T is "lost", and the unsolicited burst stops at 2 KiB
+    assert i.send(DataOut(final=False, itt=itt, ttt=RESERVED, buffer_offset=1024, datasn=0,
+                          data=payload[1024:2048])) == []
+    out = i.tick(STALL)
+    assert [(p.buffer_offset, p.desired_length, p.r2tsn) for p in out if isinstance(p, R2T)] == [
+        (2048, 2048, 1), (4096, 4096, 2)]
+    for r2t in out:
+        assert isinstance(r2t, R2T)
+        done = i.send(DataOut(final=True, itt=itt, ttt=r2t.ttt, buffer_offset=r2t.buffer_offset, datasn=0,
+                              data=payload[r2t.buffer_offset:r2t.buffer_offset + r2t.desired_length]))
+    assert isinstance(done[0], ScsiResponse) and done[0].status == 0
+    assert bytes(i.lun.data[8 * BLOCK:24 * BLOCK]) == payload
+
+
+def test_a_silent_initiator_is_asked_a_bounded_number_of_times() -> None:
+    i = Initiator(InitialR2T="Yes", ImmediateData="No", **ERL1)
+    itt, out = i.command(write10(0, 8), write=bytes(4096))
+    assert isinstance(out[0], R2T)
+    asked = [p for p in i.tick(20 * DATA_OUT_TIMEOUT) if isinstance(p, R2T)]
+    assert len(asked) == DATA_OUT_ASKS and [p.r2tsn for p in asked] == [1, 2, 3]
+    # data arriving starts the count again
+    i.send(DataOut(final=False, itt=itt, ttt=asked[-1].ttt, buffer_offset=0, datasn=0, data=bytes(512)))
+    assert [p.buffer_offset for p in i.tick(STALL) if isinstance(p, R2T)] == [512]
+
+
+def test_erl0_keeps_waiting_for_data_out() -> None:
+    i = Initiator(InitialR2T="Yes", ImmediateData="No")
+    itt, out = i.command(write10(0, 8), write=bytes(4096))
+    assert isinstance(out[0], R2T)
+    assert i.session.data_watch is None and i.session.next_timer() == i.now + 15  # the keepalive only
+    assert [p for p in i.tick(14) if isinstance(p, R2T)] == []
+
+
+def test_a_write_waiting_for_credit_is_not_stalled() -> None:
+    i = Initiator(InitialR2T="Yes", ImmediateData="No", **ERL1)
+    i.session.write_limit = 4096  # the second write waits for the first to be written
+    first, out = i.command(write10(0, 8), write=bytes(4096))
+    second, out2 = i.command(write10(8, 8), write=bytes(4096))
+    assert isinstance(out[0], R2T) and out2 == []
+    asked = [p for p in i.tick(STALL) if isinstance(p, R2T)]
+    assert [p.itt for p in asked] == [first]  # only the write that asked for data and got none
+    done = i.send(DataOut(final=True, itt=first, ttt=asked[0].ttt, buffer_offset=0, datasn=0, data=bytes(4096)))
+    assert [type(p) for p in done] == [R2T, ScsiResponse] and done[0].itt == second  # credit freed

@@ -5,12 +5,25 @@ them with SNACKs (RFC 7143 §11.16), or corrupting a digest (§7.8)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from target.pdu import R2T, DataIn, DataOut, NopIn, NopOut, Reject, RejectReason, ScsiCommand, ScsiResponse
+from target.pdu import (
+    R2T,
+    DataIn,
+    DataOut,
+    NopIn,
+    NopOut,
+    Reject,
+    RejectReason,
+    ScsiCommand,
+    ScsiResponse,
+    TextResponse,
+)
 from target.recovery import SnackType
+from target.text import decode_text
 from tests.iscsi_client import Client, read10, write10
 from tests.test_target_wire import Running, image, logged_in, read_all, srv, still_serves  # noqa: F401 - fixtures
 
@@ -203,3 +216,103 @@ def test_data_out_lost_to_a_header_digest_error_is_asked_again(srv: Running, ima
     resp = c.recv()
     assert isinstance(resp, ScsiResponse) and resp.status == 0
     assert image.read_bytes()[1000 * 512:1000 * 512 + len(payload)] == payload
+
+
+QUICK = 0.3  # the data_out_timeout of these servers: a stalled write is asked again within 0.6 s
+
+
+@pytest.fixture
+def quick(image: Path) -> Iterator[Running]:
+    r = Running(image, data_out_timeout=QUICK)
+    yield r
+    r.stop()
+
+
+def test_withheld_last_data_out_is_asked_again_by_recovery_r2t(quick: Running, image: Path) -> None:
+    """The client never sends the write's last Data-Out (no DataSN gap shows
+    the loss): after the timeout the target asks for exactly those bytes
+    (§11.8), and answering completes the write with the right bytes."""
+    c = logged_in(quick, InitialR2T="Yes", ImmediateData="No", MaxRecvDataSegmentLength="8192", **ERL1)
+    payload = os.urandom(32 << 10)
+    itt = c.command(write10(400, 64), write=payload)
+    r2t = c.recv()
+    assert isinstance(r2t, R2T) and r2t.desired_length == len(payload)
+    for k in range(3):  # the fourth and last (F bit) is withheld
+        c.data_out(itt, r2t.ttt, k * 8192, payload[k * 8192:(k + 1) * 8192], final=False, datasn=k)
+    recovery = c.recv(timeout=5 * QUICK)
+    assert isinstance(recovery, R2T) and recovery.itt == itt and recovery.ttt != r2t.ttt
+    assert (recovery.buffer_offset, recovery.desired_length, recovery.r2tsn) == (24576, 8192, 1)
+    c.data_out(itt, recovery.ttt, 24576, payload[24576:])
+    resp = c.recv()
+    assert isinstance(resp, ScsiResponse) and resp.status == 0
+    assert image.read_bytes()[400 * 512:400 * 512 + len(payload)] == payload
+
+
+def test_withheld_unsolicited_data_is_asked_again(quick: Running, image: Path) -> None:
+    c = logged_in(quick, InitialR2T="No", ImmediateData="Yes", FirstBurstLength="16384",
+                  MaxRecvDataSegmentLength="8192", **ERL1)
+    payload = os.urandom(24 << 10)
+    itt = c.command(write10(600, 48), write=payload, immediate_len=4096, final=False)
+    r2t = c.recv()  # the rest past FirstBurstLength is solicited at once
+    assert isinstance(r2t, R2T) and (r2t.buffer_offset, r2t.desired_length) == (16384, 8192)
+    c.data_out(itt, r2t.ttt, 16384, payload[16384:])
+    c.data_out(itt, 0xFFFFFFFF, 4096, payload[4096:8192], final=False)  # then the unsolicited burst stops
+    recovery = c.recv(timeout=5 * QUICK)
+    assert isinstance(recovery, R2T) and (recovery.buffer_offset, recovery.desired_length) == (8192, 8192)
+    c.data_out(itt, recovery.ttt, 8192, payload[8192:16384])
+    resp = c.recv()
+    assert isinstance(resp, ScsiResponse) and resp.status == 0
+    assert image.read_bytes()[600 * 512:600 * 512 + len(payload)] == payload
+
+
+def test_withheld_data_out_at_erl0_gets_no_recovery_r2t(quick: Running, image: Path) -> None:
+    c = logged_in(quick, InitialR2T="Yes", ImmediateData="No")
+    payload = os.urandom(8192)
+    itt = c.command(write10(700, 16), write=payload)
+    r2t = c.recv()
+    assert isinstance(r2t, R2T)
+    c.data_out(itt, r2t.ttt, 0, payload[:4096], final=False)
+    with pytest.raises(TimeoutError):
+        c.recv(timeout=4 * QUICK)  # as before: the initiator's own timeout is what ends it
+    c.data_out(itt, r2t.ttt, 4096, payload[4096:], datasn=1)
+    resp = c.recv()
+    assert isinstance(resp, ScsiResponse) and resp.status == 0
+
+
+def text_answer(c: Client, pairs: list[tuple[str, str]]) -> dict[str, str]:
+    c.text(pairs)
+    r = c.recv()
+    assert isinstance(r, TextResponse) and r.final, r
+    return dict(decode_text(r.data))
+
+
+def test_login_keys_in_a_text_request_are_rejected_and_not_applied(srv: Running, image: Path) -> None:
+    """ErrorRecoveryLevel and the other login-only keys (RFC 7143 §13 "Use:
+    LO" / "IO") cannot change in Full Feature Phase: each is answered
+    Reject, which leaves the session's value (§6.2); a declaration that
+    may change (MaxRecvDataSegmentLength) is taken."""
+    c0 = logged_in(srv)  # ERL 0
+    answer = text_answer(c0, [("ErrorRecoveryLevel", "1"), ("MaxBurstLength", "512"), ("HeaderDigest", "CRC32C"),
+                              ("InitialR2T", "No"), ("CHAP_A", "5"), ("InitiatorAlias", "renamed"),
+                              ("MaxRecvDataSegmentLength", "4096")])
+    assert answer == {"ErrorRecoveryLevel": "Reject", "MaxBurstLength": "Reject", "HeaderDigest": "Reject",
+                      "InitialR2T": "Reject", "CHAP_A": "Reject"}
+    c0.snack(SnackType.STATUS, begrun=0)
+    r = c0.recv()
+    assert isinstance(r, Reject) and r.reason == RejectReason.SNACK_REJECT  # still ERL 0
+    itt = c0.command(read10(0, 16), read=8192)
+    pdus = []
+    while not pdus or not pdus[-1].status_present:
+        pdu = c0.recv()
+        assert isinstance(pdu, DataIn) and pdu.itt == itt
+        pdus.append(pdu)
+    # MaxRecvDataSegmentLength taken (4 KiB PDUs), MaxBurstLength not (one burst: no F bit inside)
+    assert [len(p.data) for p in pdus] == [4096, 4096] and not pdus[0].final
+    assert b"".join(bytes(p.data) for p in pdus) == image.read_bytes()[:8192]
+
+    c1 = logged_in(srv, **ERL1)
+    assert text_answer(c1, [("ErrorRecoveryLevel", "0")]) == {"ErrorRecoveryLevel": "Reject"}
+    statsn = c1.expstatsn = c1.expstatsn - 1  # the Text Response's, "lost": not acknowledged
+    c1.snack(SnackType.STATUS, begrun=statsn, runlength=1)  # still ERL 1: the response is sent again
+    again = c1.recv()
+    assert isinstance(again, TextResponse) and again.statsn == statsn

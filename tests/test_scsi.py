@@ -72,7 +72,7 @@ def test_compare_and_write_miscompare_reports_offset(lun: Lun) -> None:
 
 def test_inquiry_vpd_pages(lun: Lun) -> None:
     pages = data_of(run(lun, bytes([0x12, 1, 0x00, 0, 255, 0])))
-    assert list(pages[4:]) == [0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2]
+    assert list(pages[4:]) == [0x00, 0x80, 0x83, 0x8F, 0xB0, 0xB1, 0xB2]
     ident = data_of(run(lun, bytes([0x12, 1, 0x83, 0, 255, 0])))
     assert ident[4:8] == bytes([1, 3, 0, 16]) and ident[8] >> 4 == 6  # NAA 6
     assert run(lun, bytes([0x12, 0, 0x83, 0, 255, 0])).status == ScsiStatus.CHECK_CONDITION

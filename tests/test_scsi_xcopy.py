@@ -5,7 +5,9 @@ reservations, and malformed lists that must end in CHECK CONDITION."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -155,6 +157,64 @@ def test_operating_parameters(lun: Lun) -> None:
     assert struct.unpack_from(">HHI", data, 8) == (LIMITS.max_targets, LIMITS.max_segments,
                                                    LIMITS.max_descriptor_list)
     assert int.from_bytes(data[0:4], "big") == len(data) - 4 and data[44:46] == bytes([0x02, 0xE4])
+
+
+def tpc_descriptors(page: bytes) -> dict[int, bytes]:
+    """VPD page 8Fh cut into its third-party copy descriptors (SPC-4
+    §7.8.17.2), each checked to be padded to four bytes."""
+    assert page[1] == 0x8F and int.from_bytes(page[2:4], "big") == len(page) - 4
+    out: dict[int, bytes] = {}
+    pos = 4
+    while pos < len(page):
+        kind, length = struct.unpack_from(">HH", page, pos)
+        assert length % 4 == 0 and kind not in out
+        out[kind] = page[pos + 4:pos + 4 + length]
+        pos += 4 + length
+    assert pos == len(page)
+    return out
+
+
+def test_third_party_copy_vpd_page_says_what_the_copy_manager_does(lun: Lun) -> None:
+    """VPD 8Fh (SPC-4 §7.8.17), listed in VPD 00h, agrees with RECEIVE COPY
+    RESULTS (OPERATING PARAMETERS) and with what EXTENDED COPY accepts."""
+    supported = materialize(run(lun, bytes([0x12, 1, 0x00, 0, 255, 0])).data)
+    assert 0x8F in supported[4:]
+    page = materialize(run(lun, bytes([0x12, 1, 0x8F, 0x04, 0, 0])).data)
+    d = tpc_descriptors(page)
+    assert list(d) == [0x0001, 0x0004, 0x0008, 0x000C, 0x8001]
+    commands = d[0x0001]  # §7.8.17.4: COMMANDS SUPPORTED LIST LENGTH, then opcode, SA count, SAs
+    assert commands[:commands[0] + 1] == bytes([7, 0x83, 1, 0x00, 0x84, 2, 0x00, 0x03])
+    assert not any(commands[commands[0] + 1:])  # padding
+    params = d[0x0004]  # §7.8.17.5
+    assert len(params) == 0x1C and not any(params[:4]) and not any(params[16:])
+    op = materialize(rcr(lun, 3).data)
+    assert struct.unpack_from(">HHII", params, 4) == (*struct.unpack_from(">HHI", op, 8), 0)  # no inline data
+    descriptors = d[0x0008]  # §7.8.17.6: the segment and CSCD descriptor types, as RCR lists them
+    assert descriptors[:descriptors[0] + 1] == bytes([2, 0x02, 0xE4]) == op[43:46]
+    assert d[0x000C] == bytes(4)  # §7.8.17.7: no CSCD descriptor ids (LID1 names CSCDs by index)
+    general = d[0x8001]  # §7.8.17.10
+    assert len(general) == 0x20
+    total, identified, max_segment, granularity, inline = struct.unpack_from(">IIIBB", general)
+    assert (total, identified, inline) == (1, 1, 0) and not any(general[14:])
+    assert max_segment == int.from_bytes(op[16:20], "big") and granularity == op[37] == 9  # 512-byte blocks
+    # the allocation length cuts it as any page (SPC-4 §4.2.5.6)
+    assert materialize(run(lun, bytes([0x12, 1, 0x8F, 0, 8, 0])).data) == page[:8]
+
+
+@pytest.mark.skipif(not shutil.which("sg_vpd"), reason="needs sg_vpd (sg3-utils)")
+def test_sg_vpd_reads_the_third_party_copy_page(lun: Lun, tmp_path: Path) -> None:
+    """sg3-utils' decoder of page 8Fh, not ours, reads every descriptor."""
+    page = tmp_path / "8f.bin"
+    page.write_bytes(materialize(run(lun, bytes([0x12, 1, 0x8F, 0x04, 0, 0])).data))
+    out = subprocess.run(["sg_vpd", f"--inhex={page}", "--raw", "--page=0x8f"], capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 0 and "Unexpected" not in out.stdout + out.stderr, out
+    for line in ("Extended copy(LID1)", "Receive copy status(LID1)", "Receive copy operating parameters",
+                 "Maximum CSCD descriptor count: 4", "Maximum segment descriptor count: 64",
+                 "Maximum descriptor list length: 4096", "block -> block [0x2]",
+                 "CSCD: Identification Descriptor [0xe4]", "General copy operations",
+                 "Total concurrent copies: 1", "Data segment granularity: 512"):
+        assert line in out.stdout, (line, out.stdout)
 
 
 def test_unknown_service_actions_are_bad_fields(lun: Lun) -> None:

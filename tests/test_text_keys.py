@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from target.keys import KEYS, KeySpec, KeyValueError, Rule, SessionParams, negotiate
+from target.keys import KEYS, KeySpec, KeyValueError, Rule, SessionParams, negotiate, renegotiate
 from target.text import TextFormatError, decode_text, encode_text
 
 
@@ -87,3 +87,48 @@ def test_a_settled_key_lands_in_its_field(spec: KeySpec) -> None:
     settled = offer if answer is None else answer
     p.apply(spec.name, settled)
     assert getattr(p, spec.field) == spec.parse(settled) and not p.extra
+
+
+# RFC 7143 §13's "Use:" line of every key the target knows: IO and LO keys
+# belong to a login, ALL and FFPO ones may come in a Text Request too
+USE = {
+    "HeaderDigest": "IO", "DataDigest": "IO", "MaxConnections": "LO", "SendTargets": "FFPO",
+    "TargetName": "IO", "InitiatorName": "IO", "TargetAlias": "ALL", "InitiatorAlias": "ALL",
+    "TargetAddress": "ALL", "TargetPortalGroupTag": "IO", "InitialR2T": "LO", "ImmediateData": "LO",
+    "MaxRecvDataSegmentLength": "ALL", "MaxBurstLength": "LO", "FirstBurstLength": "LO",
+    "DefaultTime2Wait": "LO", "DefaultTime2Retain": "LO", "MaxOutstandingR2T": "LO", "DataPDUInOrder": "LO",
+    "DataSequenceInOrder": "LO", "ErrorRecoveryLevel": "LO", "SessionType": "LO", "TaskReporting": "LO",
+    "iSCSIProtocolLevel": "LO", "AuthMethod": "IO", "OFMarker": "IO", "IFMarker": "IO", "OFMarkInt": "IO",
+    "IFMarkInt": "IO",
+}
+
+
+def test_every_key_has_its_use() -> None:
+    assert set(USE) == set(KEYS)
+    assert {name for name, spec in KEYS.items() if spec.leading_only} == {k for k, u in USE.items() if u == "LO"}
+    assert {name for name, spec in KEYS.items() if spec.full_feature} == {k for k, u in USE.items()
+                                                                          if u in ("ALL", "FFPO")}
+
+
+@pytest.mark.parametrize("name", [k for k, u in USE.items() if u in ("IO", "LO")])
+def test_a_login_key_in_full_feature_phase_is_rejected(name: str) -> None:
+    """§6.2: Reject leaves the key at its current value; the value offered
+    does not matter, even a good one."""
+    spec = KEYS[name]
+    offer = spec.ours.split(",")[0] if spec.ours else "1"
+    assert renegotiate(name, offer) == "Reject"
+
+
+@pytest.mark.parametrize("name", ["CHAP_A", "CHAP_N", "CHAP_R", "CHAP_I", "CHAP_C"])
+def test_chap_in_full_feature_phase_is_rejected(name: str) -> None:
+    assert renegotiate(name, "5") == "Reject"  # §12.1.3: security stage only, not "not understood"
+
+
+def test_what_may_change_in_full_feature_phase() -> None:
+    assert renegotiate("MaxRecvDataSegmentLength", "4096") is None  # a declaration, taken as it is
+    assert renegotiate("InitiatorAlias", "node01") is None
+    assert renegotiate("X-com.example.thing", "1") == "NotUnderstood"
+    with pytest.raises(KeyValueError):
+        renegotiate("MaxRecvDataSegmentLength", "100")  # out of range: the session answers Reject
+    with pytest.raises(KeyValueError):
+        renegotiate("TargetAddress", "10.0.0.1:3260,1")  # only a target sends it

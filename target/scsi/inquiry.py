@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 # SPC-4 §6.6.2 version descriptors: SAM-5, iSCSI, SPC-4, SBC-3
 VERSION_DESCRIPTORS = (0x00A0, 0x0960, 0x0460, 0x04C0)
-SUPPORTED_VPD = (0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2)
+SUPPORTED_VPD = (0x00, 0x80, 0x83, 0x8F, 0xB0, 0xB1, 0xB2)
 # What INQUIRY reports unless the embedder names its product (T10 VENDOR
 # IDENTIFICATION is 8 ASCII characters, PRODUCT IDENTIFICATION 16).
 DEFAULT_VENDOR = "PYISCSI"
@@ -73,10 +73,14 @@ def naa_id(device_id: bytes) -> bytes:
     return bytes(b)
 
 
-def vpd(code: int, ident: Identity, limits: Limits, lbprz: bool, port: bytes = b"") -> bytes | None:
+def vpd(code: int, ident: Identity, limits: Limits, lbprz: bool, port: bytes = b"",
+        third_party_copy: bytes = b"") -> bytes | None:
     """The VPD page ``code``, or None when it is not supported. ``port``:
     the designators of the path asking (:func:`target.scsi.ports.port_designators`),
-    after the logical unit's own, which are the same on every path."""
+    after the logical unit's own, which are the same on every path.
+    ``third_party_copy``: the descriptors of page 8Fh (SPC-4 §7.8.17), what
+    the copy manager (:func:`target.scsi.xcopy.third_party_copy_descriptors`)
+    supports."""
     if code == 0x00:
         return _page(0x00, bytes(SUPPORTED_VPD))
     if code == 0x80:
@@ -90,6 +94,8 @@ def vpd(code: int, ident: Identity, limits: Limits, lbprz: bool, port: bytes = b
             + port
         )
         return _page(0x83, designators)
+    if code == 0x8F:
+        return _page(0x8F, third_party_copy)
     if code == 0xB0:
         body = bytearray(0x3C)
         body[1] = min(limits.max_compare_and_write, 255)

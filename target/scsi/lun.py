@@ -64,6 +64,7 @@ from .xcopy import (
     operating_parameters,
     parse_copy_list,
     segment_failed,
+    third_party_copy_descriptors,
 )
 
 
@@ -490,7 +491,8 @@ class Lun:
             if page:
                 raise ScsiError(INVALID_FIELD_IN_CDB, field=2)
             return _alloc(self.inquiry_data, alloc)
-        data = vpd(page, self.identity, self.limits, lbprz=True, port=port_designators(nexus))
+        copy = third_party_copy_descriptors(COPY_LIMITS, self.block_size) if page == 0x8F else b""
+        data = vpd(page, self.identity, self.limits, lbprz=True, port=port_designators(nexus), third_party_copy=copy)
         if data is None:
             raise ScsiError(INVALID_FIELD_IN_CDB, field=2)
         return _alloc(data, alloc)

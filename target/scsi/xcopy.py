@@ -45,6 +45,8 @@ IDENTIFICATION_DESCRIPTOR = 0xE4  # CSCD descriptor type code (§6.3.6.2)
 BLOCK_TO_BLOCK = 0x02  # segment descriptor type code (§6.3.7.5)
 BLOCK_TO_BLOCK_LENGTH = 0x18  # its DESCRIPTOR LENGTH (bytes after the first four)
 NAA = 0x3  # designator type (§7.8.6.1)
+# the segment and CSCD descriptor types this copy manager takes (RECEIVE COPY RESULTS, VPD 8Fh)
+IMPLEMENTED_DESCRIPTORS = bytes([BLOCK_TO_BLOCK, IDENTIFICATION_DESCRIPTOR])
 DIRECT_ACCESS = 0x00  # peripheral device type
 
 
@@ -200,6 +202,12 @@ def check_cdb(cdb: bytes, limits: CopyLimits = LIMITS) -> int:
     return length
 
 
+def max_segment_length(block_size: int) -> int:
+    """MAXIMUM SEGMENT LENGTH in bytes: a block-to-block segment counts
+    blocks in 16 bits (§6.3.7.5)."""
+    return min(0xFFFF * block_size, 0xFFFFFFFF)
+
+
 def operating_parameters(limits: CopyLimits, block_size: int) -> bytes:
     """RECEIVE COPY RESULTS, OPERATING PARAMETERS (SPC-4 §6.18.4): the
     limits, no inline or held data, one copy at a time per command, the
@@ -207,13 +215,54 @@ def operating_parameters(limits: CopyLimits, block_size: int) -> bytes:
     body = bytearray(40)
     body[0] = 0x01  # SNLID: the list id space is per I_T nexus
     struct.pack_into(">HHIIIII", body, 4, limits.max_targets, limits.max_segments, limits.max_descriptor_list,
-                     min(0xFFFF * block_size, 0xFFFFFFFF), 0, 0, 0)
+                     max_segment_length(block_size), 0, 0, 0)
     struct.pack_into(">HB", body, 30, 1, 1)  # TOTAL CONCURRENT COPIES, MAXIMUM CONCURRENT COPIES
     body[33] = block_size.bit_length() - 1  # DATA SEGMENT GRANULARITY (log2 bytes)
-    implemented = bytes([BLOCK_TO_BLOCK, IDENTIFICATION_DESCRIPTOR])
-    body[39] = len(implemented)
-    data = bytes(body) + implemented
+    body[39] = len(IMPLEMENTED_DESCRIPTORS)
+    data = bytes(body) + IMPLEMENTED_DESCRIPTORS
     return len(data).to_bytes(4, "big") + data
+
+
+class TpcDescriptor(enum.IntEnum):
+    """Third-party copy descriptor types of VPD page 8Fh (SPC-4 §7.8.17.2):
+    the five a copy manager of EXTENDED COPY (LID1) must report."""
+
+    SUPPORTED_COMMANDS = 0x0001  # §7.8.17.4
+    PARAMETER_DATA = 0x0004  # §7.8.17.5
+    SUPPORTED_DESCRIPTORS = 0x0008  # §7.8.17.6
+    SUPPORTED_CSCD_IDS = 0x000C  # §7.8.17.7
+    GENERAL_COPY_OPERATIONS = 0x8001  # §7.8.17.10
+
+
+def _tpc_descriptor(kind: TpcDescriptor, body: bytes) -> bytes:
+    """One third-party copy descriptor, zero-padded to a multiple of four
+    bytes (§7.8.17.2); its DESCRIPTOR LENGTH counts the padding."""
+    body += bytes(-len(body) % 4)
+    return struct.pack(">HH", kind, len(body)) + body
+
+
+def third_party_copy_descriptors(limits: CopyLimits, block_size: int) -> bytes:
+    """The descriptors of VPD page 8Fh (Third-party Copy, SPC-4 §7.8.17)
+    for this copy manager, saying what RECEIVE COPY RESULTS (OPERATING
+    PARAMETERS, :func:`operating_parameters`) says: the commands (EXTENDED
+    COPY LID1; RECEIVE COPY RESULTS COPY STATUS and OPERATING PARAMETERS),
+    the limits, no inline data, the one segment (02h block to block) and
+    CSCD (E4h identification) descriptor type, no CSCD descriptor ids (a
+    LID1 list names its CSCDs by index), one copy at a time."""
+    commands = (bytes([EXTENDED_COPY, 1, SA_EXTENDED_COPY_LID1])
+                + bytes([RECEIVE_COPY_RESULTS, len(RcrAction), *sorted(RcrAction)]))
+    return b"".join((
+        _tpc_descriptor(TpcDescriptor.SUPPORTED_COMMANDS, bytes([len(commands)]) + commands),
+        _tpc_descriptor(TpcDescriptor.PARAMETER_DATA, struct.pack(
+            ">4xHHII12x", limits.max_targets, limits.max_segments, limits.max_descriptor_list, 0)),
+        _tpc_descriptor(TpcDescriptor.SUPPORTED_DESCRIPTORS,
+                        bytes([len(IMPLEMENTED_DESCRIPTORS)]) + IMPLEMENTED_DESCRIPTORS),
+        _tpc_descriptor(TpcDescriptor.SUPPORTED_CSCD_IDS, struct.pack(">H", 0)),
+        # TOTAL and MAXIMUM IDENTIFIED CONCURRENT COPIES, MAXIMUM SEGMENT LENGTH,
+        # DATA SEGMENT GRANULARITY (log2 bytes), INLINE DATA GRANULARITY
+        _tpc_descriptor(TpcDescriptor.GENERAL_COPY_OPERATIONS, struct.pack(
+            ">IIIBB18x", 1, 1, max_segment_length(block_size), block_size.bit_length() - 1, 0)),
+    ))
 
 
 @dataclass
@@ -273,4 +322,5 @@ def segment_failed() -> ScsiError:
 
 
 __all__ = ["LIMITS", "CopyLimits", "CopyList", "CopyStatus", "CopyTarget", "RcrAction", "Segment", "check_cdb",
-           "copy_segment", "copy_status_for", "operating_parameters", "parse_copy_list"]
+           "copy_segment", "copy_status_for", "operating_parameters", "parse_copy_list",
+           "third_party_copy_descriptors"]
