@@ -153,9 +153,9 @@ def test_debian_on_an_rbd_clone_survives_its_servers_death(tmp_path: Path) -> No
                                       capture_output=True, text=True, timeout=600)
             assert imported.returncode == 0, imported.stdout + imported.stderr
             server_a = bootsvc_serve(a.path, tmp_path / "a.log", "ready:", netns=ns)
-            server_b = bootsvc_serve(b.path, tmp_path / "b.log", "ready:", netns=ns_b)
-            vm_proc = None
+            server_b = vm_proc = None
             try:
+                server_b = bootsvc_serve(b.path, tmp_path / "b.log", "ready:", netns=ns_b)
                 (a.state_dir / "vm").mkdir(exist_ok=True)
                 vm = qemu.Machine(HOST, MAC, network.BootNetwork(bridge, ns).add_tap(),
                                   a.state_dir / "vm" / f"{HOST}.console", accel=qemu.pick_accel("auto"))
@@ -179,7 +179,8 @@ def test_debian_on_an_rbd_clone_survives_its_servers_death(tmp_path: Path) -> No
                 if vm_proc is not None:
                     end_process(vm_proc, grace=2.0)
                 end_process(server_a)
-                stop(server_b)  # releases the disk's lock
+                if server_b is not None:
+                    stop(server_b)  # releases the disk's lock
             served_a = (tmp_path / "a.log").read_text(errors="replace")
             served_b = (tmp_path / "b.log").read_text(errors="replace")
             clone = root_files(_rbd(HOST, cluster.conf), tmp_path, *IDENTITY, BOOT_LOG, TICK_FILE,
@@ -190,7 +191,9 @@ def test_debian_on_an_rbd_clone_survives_its_servers_death(tmp_path: Path) -> No
     assert not (a.overlays_dir / f"{HOST}.qcow2").exists()  # no local overlay was made
     assert f"host={HOST} initiator={a.iqn_prefix}:{HOST}" in said, said
     assert after == before + 1, (before, after)  # the writer went on, nothing skipped
-    assert f"initiator={a.iqn_prefix}:{HOST}" in served_b, served_b[-3000:]  # the machine logged in to B
+    # the machine logged in to B, which took the disk the dead A held
+    assert f"event=disk.claimed target={a.iqn_prefix}:boot.{HOST}" in served_b, served_b[-3000:]
+    assert f"initiator={a.iqn_prefix}:{HOST}" in served_b, served_b[-3000:]
     assert not guest.errors(), guest.errors()
     assert all(clone[f] for f in IDENTITY), clone
     assert f"{a.iqn_prefix}:{HOST}" in clone["/etc/iscsi/initiatorname.iscsi"], clone
