@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,12 @@ def _move_floating(ns: str, ns_b: str, bridge: str) -> None:
     assert sent.returncode == 0, sent.stderr
 
 
+def _login(log: str) -> float:
+    """When (epoch seconds) the first iSCSI login in a serve log was."""
+    stamp = next(line[:23] for line in log.splitlines() if "event=iscsi.login " in line)
+    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
 def test_debian_on_an_rbd_clone_survives_its_servers_death(tmp_path: Path) -> None:
     need_debian_base("iscsistart")
     need_ceph()
@@ -167,7 +174,7 @@ def test_debian_on_an_rbd_clone_survives_its_servers_death(tmp_path: Path) -> No
                 # A dies with the disk held; the address moves to B
                 server_a.kill()
                 server_a.wait(30)
-                killed = time.monotonic()
+                killed, killed_at = time.monotonic(), time.time()
                 time.sleep(0.5)  # a tick synced just before the kill may still be on its way to the console
                 guest.poll()
                 before = guest.last
@@ -186,7 +193,8 @@ def test_debian_on_an_rbd_clone_survives_its_servers_death(tmp_path: Path) -> No
             clone = root_files(_rbd(HOST, cluster.conf), tmp_path, *IDENTITY, BOOT_LOG, TICK_FILE,
                                prefix=cluster.prefix)
     print(f"\nboot {booted - began:.0f} s after the start; A killed at tick {before}; tick {after} written "
-          f"through B {resumed - killed:.1f} s after A's death; test {time.monotonic() - began:.0f} s")
+          f"through B {resumed - killed:.1f} s after A's death (its login to B at {_login(served_b) - killed_at:.1f} s, "
+          f"{served_b.count('event=iscsi.login_failed')} refused before); test {time.monotonic() - began:.0f} s")
     assert f"event=image.overlay_created mac={MAC} hostname={HOST} base=rbd:{POOL}/" in served_a, served_a[-3000:]
     assert not (a.overlays_dir / f"{HOST}.qcow2").exists()  # no local overlay was made
     assert f"host={HOST} initiator={a.iqn_prefix}:{HOST}" in said, said
