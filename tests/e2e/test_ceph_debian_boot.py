@@ -171,17 +171,7 @@ def test_debian_on_an_rbd_clone_survives_its_servers_death(tmp_path: Path) -> No
                 wait_for([guest], {HOST: 2}, BOOT_TIMEOUT)
                 booted = time.monotonic()
                 said = wait_marker(a, HOST)
-                # A dies with the disk held; the address moves to B
-                server_a.kill()
-                server_a.wait(30)
-                killed, killed_at = time.monotonic(), time.time()
-                time.sleep(0.5)  # a tick synced just before the kill may still be on its way to the console
-                guest.poll()
-                before = guest.last
-                _move_floating(ns, ns_b, bridge)
-                wait_for([guest], {HOST: before}, RESUME_TIMEOUT)
-                after, resumed = next((n, t) for n, t in guest.ticks if n > before)
-                wait_for([guest], {HOST: after + 2}, 60)  # and goes on writing
+                before, after, took, killed_at = _fail_over(server_a, guest, ns, ns_b, bridge)
             finally:
                 if vm_proc is not None:
                     end_process(vm_proc, grace=2.0)
@@ -193,7 +183,7 @@ def test_debian_on_an_rbd_clone_survives_its_servers_death(tmp_path: Path) -> No
             clone = root_files(_rbd(HOST, cluster.conf), tmp_path, *IDENTITY, BOOT_LOG, TICK_FILE,
                                prefix=cluster.prefix)
     print(f"\nboot {booted - began:.0f} s after the start; A killed at tick {before}; tick {after} written "
-          f"through B {resumed - killed:.1f} s after A's death (its login to B at {_login(served_b) - killed_at:.1f} s, "
+          f"through B {took:.1f} s after A's death (its login to B at {_login(served_b) - killed_at:.1f} s, "
           f"{served_b.count('event=iscsi.login_failed')} refused before); test {time.monotonic() - began:.0f} s")
     assert f"event=image.overlay_created mac={MAC} hostname={HOST} base=rbd:{POOL}/" in served_a, served_a[-3000:]
     assert not (a.overlays_dir / f"{HOST}.qcow2").exists()  # no local overlay was made
@@ -203,9 +193,32 @@ def test_debian_on_an_rbd_clone_survives_its_servers_death(tmp_path: Path) -> No
     assert f"event=disk.claimed target={a.iqn_prefix}:boot.{HOST}" in served_b, served_b[-3000:]
     assert f"initiator={a.iqn_prefix}:{HOST}" in served_b, served_b[-3000:]
     assert not guest.errors(), guest.errors()
+    _check_clone(clone, a.iqn_prefix, guest.last)
+
+
+def _fail_over(server_a: subprocess.Popen[bytes], guest: Guest, ns: str, ns_b: str,
+               bridge: str) -> tuple[int, int, float, float]:
+    """A dies holding the disk, the floating address moves to B, until the
+    machine wrote twice more: its last tick before, its first after, how
+    long from the kill to that one, and when the kill was (epoch)."""
+    server_a.kill()
+    server_a.wait(30)
+    killed, killed_at = time.monotonic(), time.time()
+    time.sleep(0.5)  # a tick synced just before the kill may still be on its way to the console
+    guest.poll()
+    before = guest.last
+    _move_floating(ns, ns_b, bridge)
+    wait_for([guest], {HOST: before}, RESUME_TIMEOUT)
+    after, resumed = next((n, t) for n, t in guest.ticks if n > before)
+    wait_for([guest], {HOST: after + 2}, 60)  # and goes on writing
+    return before, after, resumed - killed, killed_at
+
+
+def _check_clone(clone: dict[str, str], iqn_prefix: str, last: int) -> None:
+    """The clone holds the machine's identity, its boot and every tick it
+    printed (each synced before it was printed), in order."""
     assert all(clone[f] for f in IDENTITY), clone
-    assert f"{a.iqn_prefix}:{HOST}" in clone["/etc/iscsi/initiatorname.iscsi"], clone
+    assert f"{iqn_prefix}:{HOST}" in clone["/etc/iscsi/initiatorname.iscsi"], clone
     assert HOST in clone[BOOT_LOG], clone
     kept = [int(x) for x in clone[TICK_FILE].split() if x.isdigit()]
-    # every tick printed was synced before it was printed: all are on the disk, in order
-    assert kept[:guest.last] == list(range(1, guest.last + 1)), (guest.last, kept[-5:])
+    assert kept[:last] == list(range(1, last + 1)), (last, kept[-5:])
