@@ -93,7 +93,12 @@ class BootPlanner:
             self.emit(Kind.BOOT_REFUSED, mac=machine.mac, hostname=machine.hostname, target=machine.target_iqn,
                       why="its disk is not served (see bootsvc serve's start lines)")
             return None
-        return f"iscsi:{server}::{self.iscsi_port}::{machine.target_iqn}"
+        # iscsi.advertise: a floating address, which the machine's OS logs in
+        # to again after this server dies (docs/scale-out.md "Portals")
+        advertised = self.fleet.cfg.iscsi.advertise
+        host, port = (advertised.host, advertised.port) if advertised else (server, self.iscsi_port)
+        host = f"[{host}]" if ":" in host else host  # RFC 4173: an IPv6 address in brackets
+        return f"iscsi:{host}::{port}::{machine.target_iqn}"
 
     def files_url(self, server: str) -> str:
         return f"http://{server}:{self.http_port}/files" if self.http_port else f"tftp://{server}"

@@ -57,6 +57,7 @@ ISCSI_HIGHEST = {"error_recovery_level": MAX_ERROR_RECOVERY_LEVEL}
 ISCSI_NOT_ZERO = {"portal_group_tag": "must be 1 or more (SCSI reserves target port 0)",
                   "max_connections": "must be 1 or more (a session has at least one connection)"}
 ISCSI_AUTH_KEYS = {"chap_algorithms", "discovery_chap", "discovery_mutual_chap"}
+ISCSI_ADVERTISE = "advertise"  # the portal machines are sent to (a floating address: docs/scale-out.md)
 CHAP_ALGORITHMS = {"sha3-256": ChapAlgorithm.SHA3_256, "sha256": ChapAlgorithm.SHA256, "sha1": ChapAlgorithm.SHA1,
                    "md5": ChapAlgorithm.MD5}
 ISNS_KEYS = {"server", "registration_period", "default_dd", "control_nodes", "control_addresses", "policy", "name"}
@@ -90,6 +91,9 @@ class IscsiSettings:
     # CHAP hashes accepted, in no order (the initiator's preference decides, RFC 7143 §12.1.3)
     chap_algorithms: tuple[ChapAlgorithm, ...] = tuple(CHAP_ALGORITHMS.values())
     discovery_auth: ChapAuth | None = None  # None: discovery sessions are open (they show names only)
+    # the portal a machine's root-path (so its iBFT, so its OS's logins) names;
+    # None: the address the machine reached this server at
+    advertise: HostPort | None = None
 
     @property
     def key_preferences(self) -> dict[str, str]:
@@ -203,6 +207,7 @@ def load(path: str | Path, host: HostNetwork | None = None) -> Config:
     if listen is not None and (lm := c.mapping(doc, "listen", listen)) is not None:
         c.unknown(lm, LISTEN_KEYS, "listen.")
         iscsi = replace(iscsi, portals=_portals(c, lm, iscsi.portal_group_tag))
+    iscsi = _iscsi_advertise(c, doc, iscsi)
 
     storage = _storage(c, doc, path.parent)
     targets = with_storage_defaults(_targets(c, doc, path.parent), storage)
@@ -373,7 +378,7 @@ def _iscsi(c: Checker, doc: LineMap) -> IscsiSettings:
     settings = IscsiSettings()
     if (im := doc.get("iscsi")) is None or (im := c.mapping(doc, "iscsi", im)) is None:
         return settings
-    c.unknown(im, ISCSI_KEYS | ISCSI_AUTH_KEYS, "iscsi.")
+    c.unknown(im, ISCSI_KEYS | ISCSI_AUTH_KEYS | {ISCSI_ADVERTISE}, "iscsi.")
     settings = _iscsi_auth(c, im, settings)
     for key in ISCSI_KEYS & set(im):
         default = getattr(settings, key)
@@ -389,6 +394,35 @@ def _iscsi(c: Checker, doc: LineMap) -> IscsiSettings:
         else:
             settings = replace(settings, **{key: float(value)})
     return settings
+
+
+def _iscsi_advertise(c: Checker, doc: LineMap, settings: IscsiSettings) -> IscsiSettings:
+    """iscsi.advertise: ``ADDRESS[:PORT]``, the portal named in machines'
+    root-paths (RFC 4173) instead of the server's own address: a floating
+    address that moves to another server when this one dies, so a running
+    machine's OS logs in again there. Its port defaults to the first
+    listen.iscsi portal's. It must be an address this server listens on
+    (one of listen.iscsi, or any when a portal listens on all addresses)."""
+    im = doc.get("iscsi")
+    if not isinstance(im, dict) or ISCSI_ADVERTISE not in im:
+        return settings
+    key, raw = f"iscsi.{ISCSI_ADVERTISE}", im[ISCSI_ADVERTISE]
+    port = settings.portals[0].port if settings.portals else 3260
+    try:
+        advertised = HostPort.parse(_host_port_text(raw), default_port=port, what="portal")
+        if ipaddress.ip_address(advertised.host).is_unspecified:
+            raise ValueError("a wildcard names no server")
+    except ValueError:
+        c.err(im, key, f"expected an IP address (and :PORT) of this server's iSCSI portal, got {plain(raw)}")
+        return settings
+    listened = {(p.host, p.port) for p in settings.portals}
+    wildcard = {(w, advertised.port) for w in ("0.0.0.0", "::")} & listened
+    if not settings.portals:
+        c.err(im, key, "needs listen.iscsi: machines are sent to a portal this server serves")
+    elif not wildcard and (advertised.host, advertised.port) not in listened:
+        c.err(im, key, f"{advertised} is not one of listen.iscsi's portals "
+                       f"({', '.join(str(p) for p in settings.portals)}); list it there too")
+    return replace(settings, advertise=advertised)
 
 
 def _iscsi_auth(c: Checker, im: LineMap, settings: IscsiSettings) -> IscsiSettings:

@@ -22,6 +22,10 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # listen keys written HOST:PORT (or a list of them), with their default ports
 LISTEN_PORTS = {"tftp": 69, "http": 80, "dns": 53, "isns": 3205, "iscsi": 3260}
 ELSEWHERE = "for a config meant for another machine: bootsvc check --elsewhere"
+# listen keys whose address may float: a standby server listens on a portal
+# address the other server holds until it dies (keepalived, docs/scale-out.md)
+FLOATING_KEYS = {"iscsi"}
+NONLOCAL_BIND = "/proc/sys/net/ipv{}/ip_nonlocal_bind"
 
 
 class HostError(Exception):
@@ -32,6 +36,9 @@ class HostError(Exception):
 class HostNetwork:
     interfaces: frozenset[str]
     addresses: frozenset[IPAddress]
+    # the IP versions (4, 6) this host binds addresses it does not hold
+    # (net.ipv4.ip_nonlocal_bind / net.ipv6.ip_nonlocal_bind = 1)
+    nonlocal_bind: frozenset[int] = frozenset()
 
     @classmethod
     def here(cls) -> HostNetwork:
@@ -45,7 +52,8 @@ class HostNetwork:
             raise HostError(f"cannot list this host's addresses with `ip -j addr show`: {e}") from e
         addresses = {ipaddress.ip_address(a["local"].split("%")[0])
                      for link in links for a in link.get("addr_info", ()) if "local" in a}
-        return cls(frozenset(name for _, name in socket.if_nameindex()), frozenset(addresses))
+        return cls(frozenset(name for _, name in socket.if_nameindex()), frozenset(addresses),
+                   frozenset(v for v in (4, 6) if _sysctl(NONLOCAL_BIND.format(v)) == "1"))
 
     def owns(self, address: IPAddress) -> bool:
         # Linux answers on all of 127.0.0.0/8 through lo's 127.0.0.1/8
@@ -57,6 +65,15 @@ class HostNetwork:
 
     def some_interfaces(self) -> str:
         return _some(sorted(self.interfaces))
+
+
+def _sysctl(path: str) -> str:
+    """A sysctl's value; '' when this kernel has none."""
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def _some(names: list[str], shown: int = 8) -> str:
@@ -88,14 +105,21 @@ def check_host(c: Checker, doc: LineMap, host: HostNetwork) -> None:
                 hp = HostPort.parse(str(value), default_port=port)
             except ValueError:
                 continue  # already an error
-            _check_address(c, listen, f"listen.{key}", hp.host, host)
+            _check_address(c, listen, f"listen.{key}", hp.host, host, key in FLOATING_KEYS)
 
 
-def _check_address(c: Checker, where: LineMap, key: str, text: Any, host: HostNetwork) -> None:
+def _check_address(c: Checker, where: LineMap, key: str, text: Any, host: HostNetwork,
+                   may_float: bool = False) -> None:
     try:
         address = ipaddress.ip_address(str(text).split("%")[0])  # fe80::1%eth0: the scope is not the address
     except ValueError:
         return  # a host name (resolved when bound) or already an error
-    if not address.is_unspecified and not host.owns(address):
+    if address.is_unspecified or host.owns(address):
+        return
+    if may_float and address.version in host.nonlocal_bind:
+        c.warn(where, key, f"{address} is not an address of this host yet; listening on it anyway "
+                           f"(net.ipv{address.version}.ip_nonlocal_bind = 1): a floating address")
+    else:
+        floating = f"; a floating address: net.ipv{address.version}.ip_nonlocal_bind = 1" if may_float else ""
         c.err(where, key, f"{address} is not an address of this host (it has: {host.some_addresses()}; "
-                          f"{ELSEWHERE})")
+                          f"{ELSEWHERE}{floating})")

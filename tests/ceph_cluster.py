@@ -49,9 +49,9 @@ STOP_TIMEOUT = 10.0
 CONF = """\
 [global]
 fsid = {fsid}
-mon host = v2:127.0.0.1:{mon_port}
+mon host = v2:{address}:{mon_port}
 mon initial members = a
-public addr = 127.0.0.1
+public addr = {address}
 ms bind msgr1 = false
 ms bind port min = {port_min}
 ms bind port max = {port_max}
@@ -124,6 +124,9 @@ class Cluster:
     # run everything in this network namespace (``ip netns exec NS``): its
     # 127.0.0.1 is then the namespace's, where a server under test runs
     netns: str | None = None
+    # the address its daemons bind: another of the namespace's (on a bridge
+    # the test made) lets servers in other namespaces reach the cluster too
+    address: str = "127.0.0.1"
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _made_dir: bool = False
 
@@ -174,14 +177,14 @@ class Cluster:
         mon_port, port_min = _pick_ports(random.Random())
         fsid = str(uuid.uuid4())
         self.conf.write_text(CONF.format(fsid=fsid, mon_port=mon_port, port_min=port_min,
-                                         port_max=port_min + PORT_SPAN - 1, dir=self.dir,
+                                         port_max=port_min + PORT_SPAN - 1, dir=self.dir, address=self.address,
                                          memstore_bytes=self.memstore_bytes))
         keyring = str(self.dir / "keyring")
         # ceph-mon --mkfs wants a mon. key even when nothing checks it
         self._run("ceph-authtool", "--create-keyring", keyring, "--gen-key", "-n", "mon.",
                   "--cap", "mon", "allow *")
         monmap = str(self.dir / "monmap")
-        self._run("monmaptool", "--create", "--fsid", fsid, "--addv", "a", f"[v2:127.0.0.1:{mon_port}]", monmap)
+        self._run("monmaptool", "--create", "--fsid", fsid, "--addv", "a", f"[v2:{self.address}:{mon_port}]", monmap)
         self._run("ceph-mon", "--mkfs", "-i", "a", "--monmap", monmap)
         self._daemon("ceph-mon", "-i", "a")
         self._daemon("ceph-mgr", "-i", "x")
