@@ -251,6 +251,11 @@ class Fleet:
                                else event.peer)
         return self.mac_at(address) if address else None
 
+    def machine_of_target(self, iqn: str) -> Machine | None:
+        """The machine whose disk is the target ``iqn`` (None: a config target)."""
+        mac = self._targets_of().get(iqn)
+        return self._machines.get(mac) if mac is not None else None
+
     def _targets_of(self) -> dict[str, str]:
         if self._by_target is None:
             self._by_target = {d.target.name: mac for mac, d in self._disks.items()}

@@ -19,6 +19,7 @@ from target import Portal, TargetServer
 from . import config as config_mod
 from .boot import BootPlanner
 from .dhcp.leases import LeaseStore
+from .disk_watch import DiskWatch
 from .dns.service import DnsService
 from .dns.zone import Zone
 from .events import EVENT_FILE, Bus, EventFile, LogWriter
@@ -98,6 +99,10 @@ class Server:
         if cfg.iscsi.portals:  # even with no target yet: a reload or an adopted machine may add some
             self.services.add("iscsi", self.iscsi.start, self.iscsi.stop,
                               f"{describe_portals(cfg.iscsi.portals)} ({len(self.fleet.targets)} targets)")
+        # a request to a disk waiting too long (a Ceph cluster not answering) is said
+        watch = DiskWatch(self.fleet, self.bus, lambda: self.fleet.cfg.storage.stall_after)
+        self.services.add("disk watch", watch.start, watch.stop,
+                          f"requests waiting over storage.stall_after ({cfg.storage.stall_after} s)", counted=False)
         self._isns(cfg)
         if cfg.dhcp is not None:
             self._dhcp(cfg)
