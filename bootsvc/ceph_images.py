@@ -489,6 +489,11 @@ class CephImageStore(ImageStore):
             self._pool = RbdPool(s.pool, s.conf, s.user)
         return self._pool
 
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
     def base_image(self, machine: Machine) -> str:
         return Path(self.profile(machine).base).stem
 

@@ -99,6 +99,9 @@ class ImageStore:
         self.images_dir = cfg.images_dir
         self.overlays_dir = cfg.overlays_dir
 
+    def close(self) -> None:
+        """Nothing is held open with files (an RBD pool's store closes its pool)."""
+
     # -- names --------------------------------------------------------------------
 
     def machine(self, host: str) -> Machine:

@@ -99,10 +99,11 @@ class Server:
         if cfg.iscsi.portals:  # even with no target yet: a reload or an adopted machine may add some
             self.services.add("iscsi", self.iscsi.start, self.iscsi.stop,
                               f"{describe_portals(cfg.iscsi.portals)} ({len(self.fleet.targets)} targets)")
-        # a request to a disk waiting too long (a Ceph cluster not answering) is said
-        watch = DiskWatch(self.fleet, self.bus, lambda: self.fleet.cfg.storage.stall_after)
-        self.services.add("disk watch", watch.start, watch.stop,
-                          f"requests waiting over storage.stall_after ({cfg.storage.stall_after} s)", counted=False)
+            # a request to a disk waiting too long (a Ceph cluster not answering) is said
+            watch = DiskWatch(self.fleet, self.bus, lambda: self.fleet.cfg.storage.stall_after)
+            self.services.add("disk watch", watch.start, watch.stop,
+                              f"requests waiting over storage.stall_after ({cfg.storage.stall_after} s)",
+                              counted=False)
         self._isns(cfg)
         if cfg.dhcp is not None:
             self._dhcp(cfg)
@@ -204,7 +205,10 @@ class Server:
             for p in e.problems:
                 self.report(p)
             raise ServeError(f"{len(e.problems)} problem(s) in {self.path}") from None
-        diff = await self.fleet.apply(new)
+        try:
+            diff = await self.fleet.apply(new)
+        except FleetError as e:
+            raise ServeError(str(e)) from None
         self._retune(new, diff)
         for line in diff.lines():
             self.report(f"reload: {line}")
