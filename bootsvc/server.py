@@ -27,6 +27,7 @@ from .fleet import Fleet, FleetError
 from .fleet_diff import ConfigDiff
 from .http.service import HttpService
 from .iscsi_portals import describe as describe_portals
+from .isns_registration import RECORD as ISNS_RECORD
 from .isns_registration import IsnsRegistration
 from .metrics import Metrics
 from .recorder import BootStore, Recorder
@@ -149,7 +150,7 @@ class Server:
             self.services.add("isns", server.start, stop_isns, f"{i.listen} (TCP and UDP)")
         if i.target is not None and cfg.iscsi.portals:
             registration = IsnsRegistration(i.target, cfg.control_node, self.fleet.isns_wanted, self.bus,
-                                            self.report)
+                                            self.report, record=cfg.state_dir / ISNS_RECORD)
             self.services.add("isns registration", registration.start, registration.stop, f"with {i.target}")
 
     def _dhcp(self, cfg: config_mod.Config) -> None:
