@@ -680,9 +680,10 @@ class Fleet:
             await self._leave_storage(new)
         new_machines = self._inventory(new)
         diff = diff_configs(self.cfg, new, self._served_machines(), new_machines)
-        old_cfg = self.cfg
+        old_cfg, old_store = self.cfg, self.store
         self.cfg = new
         self.store = image_store(new, self.machines, self.bus)
+        self.store.succeed(old_store)
         kept = self._drop_machines(diff.machines.removed + diff.machines.changed)
         for mac in diff.machines.removed:
             if mac not in kept:
@@ -709,24 +710,33 @@ class Fleet:
         another file), which must not replace the one its OS has mounted,
         and keeping it on the old storage beside the others would mean two
         stores of disks and of secrets at once."""
+        self._refuse_busy(new)
+        # nothing of the old stores may still be at work in a thread when they close
+        await asyncio.gather(*self._adopting.values(), return_exceptions=True)
+        for mac in list(self._naming):
+            await self._named_first(mac)
+            self._settle_name(mac)
+        async with contextlib.AsyncExitStack() as held:
+            for disk in list(self._disks.values()):  # a claim or release under way (in a thread) ends first
+                await held.enter_async_context(disk.claim_lock)
+            self._refuse_busy(new)  # a login may have come while waiting
+            for mac, disk in list(self._disks.items()):
+                self._not_idle(disk)
+                self._forget_standby(disk)
+                self._retire(disk.target)
+                del self._disks[mac]
+        self._forget_indexes()
+        self.credentials.close()
+        self.credentials = credential_store(new)
+        self.store.close()
+
+    def _refuse_busy(self, new: Config) -> None:
         busy = sorted(d.machine.hostname for d in self._disks.values() if d.target.sessions or d.renewing)
         if busy:
             raise FleetError(f"{new.path}: storage: where the disks are changed ({_place_change(self.cfg, new)}) "
                              f"while {len(busy)} machine(s) use their disks ({', '.join(busy)}); a disk cannot "
                              "move under a running machine, so nothing of this reload was applied: reload again "
                              "once they are shut down, or restart bootsvc")
-        for mac in list(self._naming):
-            await self._named_first(mac)
-            self._settle_name(mac)
-        for mac, disk in list(self._disks.items()):
-            self._not_idle(disk)
-            self._forget_standby(disk)
-            self._retire(disk.target)
-            del self._disks[mac]
-        self._forget_indexes()
-        self.credentials.close()
-        self.credentials = credential_store(new)
-        self.store.close()
 
     def _served_machines(self) -> dict[str, Machine]:
         return {mac: d.machine for mac, d in self._disks.items()} | {

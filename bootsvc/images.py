@@ -102,6 +102,10 @@ class ImageStore:
     def close(self) -> None:
         """Nothing is held open with files (an RBD pool's store closes its pool)."""
 
+    def succeed(self, old: ImageStore) -> None:
+        """Take over what ``old``, the store of the config before a reload,
+        holds open on the same storage (nothing, with files)."""
+
     # -- names --------------------------------------------------------------------
 
     def machine(self, host: str) -> Machine:

@@ -28,14 +28,14 @@ pytestmark = pytest.mark.e2e
 MAC = "52:54:00:00:00:01"
 
 
-def _config(tmp_path: Path, cluster: Cluster, base: str, host: str, pool: str | None) -> Config:
+def _config(tmp_path: Path, cluster: Cluster, base: str, host: str, pool: str | None, extra: str = "") -> Config:
     """The machine ``host`` booting ``base``: from files, or from ``pool``."""
     (tmp_path / "profiles").mkdir(exist_ok=True)
     (tmp_path / "profiles" / "p.yaml").write_text(f"base: {base}.raw\noverlay: persistent\n")
     images = tmp_path / "state" / "images"
     images.mkdir(parents=True, exist_ok=True)
     (images / f"{base}.raw").write_bytes(b"\xee" * (1 << 20))
-    storage = f"storage: {{backend: ceph, pool: {pool}, conf: {cluster.conf}}}\n" if pool else ""
+    storage = f"storage: {{backend: ceph, pool: {pool}, conf: {cluster.conf}{extra}}}\n" if pool else ""
     cfg = tmp_path / "bootsvc.yaml"
     cfg.write_text(f"state_dir: {tmp_path / 'state'}\niqn_prefix: {PREFIX}\nprofiles_dir: profiles\n{storage}"
                    f"machines:\n  {MAC}: {{hostname: {host}, profile: p}}\n")
@@ -77,16 +77,25 @@ def test_a_reload_moves_disks_and_secrets_to_the_new_storage_or_refuses(ceph_clu
         assert "settings applied: storage" in diff.lines()
         assert fleet.cfg is on_pool
 
+        # the same pool, a timer changed: nothing moves, the store's pool connection is handed on
+        pool = fleet.store._pool  # type: ignore[attr-defined]
+        assert pool is not None
+        diff = await fleet.apply(_config(tmp_path, ceph_cluster, base, host, POOL, ", release_after: 30"))
+        assert fleet.store._pool is pool and fleet.disk(MAC) is not None  # type: ignore[attr-defined]
+        assert served() == (path, secret) and "settings applied: storage" in diff.lines()
+        assert fleet.cfg.storage.release_after == 30
+
         # a machine logged in to its disk: refused, nothing changed
         disk = fleet.disk(MAC)
         assert disk is not None
+        current = fleet.cfg
         disk.target.sessions.add(object())  # type: ignore[arg-type]
         with pytest.raises(FleetError) as refused:
             await fleet.apply(on_files)
         said = str(refused.value)
         assert said.startswith(f"{on_files.path}: storage:") and host in said and "nothing of this reload" in said
         assert f"pool {POOL} of {ceph_cluster.conf}, now files in state_dir" in said
-        assert served()[0].startswith("rbd:") and fleet.cfg is on_pool and fleet.disk(MAC) is disk
+        assert served()[0].startswith("rbd:") and fleet.cfg is current and fleet.disk(MAC) is disk
         disk.target.sessions.clear()
 
         # logged out: back to the files, with the secret kept there
