@@ -77,6 +77,14 @@ def test_a_read_waiting_on_a_frozen_osd_is_said_and_so_is_its_end(ceph_cluster: 
         assert unstalled and unstalled[0]["hostname"] == host and unstalled[0]["op"] == "read", unstalled
         assert float(str(unstalled[0]["seconds"])) >= float(str(stalled[0]["seconds"]))
         assert len(_events(tmp_path / "state", "disk.stalled", 0)) == 1  # said once
+        # the flight recorder has both as steps of the machine's boot
+        for _ in range(50):  # it writes about once a second
+            timeline = subprocess.run([sys.executable, "-m", "bootsvc", "timeline", "-c", str(cfg), host],
+                                      capture_output=True, text=True, timeout=60)
+            if "disk-unstalled" in timeline.stdout:
+                break
+            time.sleep(0.2)
+        assert "disk-stalled" in timeline.stdout and "disk-unstalled" in timeline.stdout, timeline.stdout
     finally:
         if paused:
             os.kill(osd, signal.SIGCONT)
