@@ -10,9 +10,11 @@ machine's initiator gives up. The same holds for a file on a hung disk.
 One check for every disk every :func:`period` seconds, not a timer per
 request: each LUN keeps its running commands oldest first
 (``target.scsi.lun.Lun.running``, without a clock: sans-I/O), and the check
-times how long the same command stays the oldest. A stall is said between
-``stall_after`` and ``stall_after`` + one period after the request began,
-and the seconds it reports are at least what it waited.
+times how long the same command stays the oldest of those whose work is
+bounded (reads, writes, flushes: ``target.scsi.cdb.BOUNDED``; a zeroing or
+a copy of the whole disk may take long doing its work). A stall is said
+between ``stall_after`` and ``stall_after`` + one period after the request
+began, and the seconds it reports are at least what it waited.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from target import Target
-from target.scsi.cdb import operation
+from target.scsi.cdb import BOUNDED, operation
 from target.scsi.lun import Lun
 
 from .events import Bus, Kind
@@ -51,6 +53,14 @@ class _Wait:
     opcode: int
     since: float
     said: bool = False  # disk.stalled was emitted for it
+
+
+def _oldest_bounded(lun: Lun) -> tuple[int, int] | None:
+    """(serial, opcode) of the LUN's oldest running read, write or flush."""
+    for serial, opcode in lun.running.items():
+        if opcode in BOUNDED:
+            return serial, opcode
+    return None
 
 
 def period(stall_after: float) -> float:
@@ -99,7 +109,7 @@ class DiskWatch:
         self._waits = waits
 
     def _look(self, target: Target, lun: Lun, now: float, after: float) -> _Wait | None:
-        oldest = lun.oldest()
+        oldest = _oldest_bounded(lun)
         known = self._waits.get(lun)
         wait = known[1] if known is not None else None
         if wait is not None and (oldest is None or oldest[0] != wait.serial):

@@ -20,7 +20,7 @@ from bootsvc.metrics import Metrics
 from bootsvc.recorder.diagnosis import diagnose
 from bootsvc.recorder.steps import Seen, Step
 from target.backend import Backend, Segment
-from target.scsi.cdb import READ_10
+from target.scsi.cdb import READ_10, WRITE_SAME_16
 from tests.test_fleet import A, lab, recorded
 
 READ = bytes([READ_10, 0, 0, 0, 0, 0, 0, 0, 8, 0]) + bytes(6)  # 8 blocks at LBA 0
@@ -70,9 +70,10 @@ def test_a_read_waiting_past_stall_after_is_said_once_and_its_end_too(tmp_path: 
 
     async def main() -> None:
         watch.check(0.0)  # idle: nothing
+        lun.running[0] = WRITE_SAME_16  # a zeroing of the whole disk, running long doing its work: not a stall
         read = asyncio.ensure_future(lun.execute(READ, None, "nexus", 4096))
         await asyncio.sleep(0)
-        assert lun.oldest() == (1, READ_10)
+        assert list(lun.running.items()) == [(0, WRITE_SAME_16), (1, READ_10)]
         for now in (1.0, 5.0, 10.0):  # first seen at 1.0: 9 s waited is not yet a stall
             watch.check(now)
         assert stalls(events) == []
@@ -81,7 +82,7 @@ def test_a_read_waiting_past_stall_after_is_said_once_and_its_end_too(tmp_path: 
         assert stalls(events) == [("disk.stalled", "a", "read", 10.0)]
         gate.gate.set()
         result = await read
-        assert result.status == 0 and not lun.running
+        assert result.status == 0 and list(lun.running) == [0]
         watch.check(22.5)
         watch.check(25.0)
         fleet.close()

@@ -112,6 +112,14 @@ _OPERATIONS = {
 }
 
 
+# commands whose work is one transfer at most (MAXIMUM TRANSFER LENGTH) or
+# one flush: one that takes long is waiting for its disk. Not the zeroing,
+# EXTENDED COPY or SANITIZE of a range as large as the disk, which may take
+# long doing their work
+BOUNDED = frozenset(op for op, what in _OPERATIONS.items() if what in ("write", "flush")) | {
+    READ_6, READ_10, READ_12, READ_16}
+
+
 def operation(opcode: int) -> str:
     """What the command with ``opcode`` does to the disk: read, write,
     zeroing, flush, else ``command 0xNN``."""

@@ -209,12 +209,6 @@ class Lun:
         finally:
             del self.running[serial]
 
-    def oldest(self) -> tuple[int, int] | None:
-        """(serial, opcode) of the command running longest; None when idle."""
-        for item in self.running.items():
-            return item
-        return None
-
     def _attention(self, opcode: int, nexus: Hashable) -> Asc | None:
         """The unit attention this command reports instead of running
         (SAM-5 §5.14): a reset's first, then a reservation change's."""
