@@ -489,6 +489,20 @@ class CephImageStore(ImageStore):
             self._pool = RbdPool(s.pool, s.conf, s.user)
         return self._pool
 
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def succeed(self, old: ImageStore) -> None:
+        """The old store's open pool, if on the same pool: every reload made
+        a store and its pool's connection was never closed. A worker thread
+        still using the old store keeps the same RbdPool object; nothing is
+        closed under it."""
+        if isinstance(old, CephImageStore) and old._pool is not None and self._pool is None \
+                and old.cfg.storage.place == self.cfg.storage.place:
+            self._pool, old._pool = old._pool, None
+
     def base_image(self, machine: Machine) -> str:
         return Path(self.profile(machine).base).stem
 

@@ -102,6 +102,9 @@ class Credentials(Protocol):
     def secrets_of(self, machine: Machine) -> tuple[ChapSecret, ChapSecret]:
         """The machine's forward and reverse secrets, made and kept on first use."""
 
+    def close(self) -> None:
+        """Let go of what it holds open (a cluster connection)."""
+
 
 def credential_store(cfg: Config) -> Credentials:
     """state_dir's file; on Ceph the pool, which every server on it shares
@@ -132,6 +135,9 @@ class CredentialStore:
                 self._save(entries)
         return (ChapSecret(machine.initiator_iqn, entry["secret"].encode()),
                 ChapSecret(machine.target_iqn, entry["reverse_secret"].encode()))
+
+    def close(self) -> None:
+        """Nothing is held open: the file is read and written per change."""
 
     def _load(self) -> dict[str, dict[str, str]]:
         if self._entries is None:

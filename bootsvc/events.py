@@ -74,6 +74,8 @@ class Kind(str, Enum):
     DISK_CLAIMED = "disk.claimed"  # shared storage: this server took the disk's lock (it serves it alone)
     DISK_ELSEWHERE = "disk.elsewhere"  # shared storage: another server holds the disk: not served here
     DISK_RELEASED = "disk.released"  # shared storage: the machine stopped using it: another server may take it
+    DISK_STALLED = "disk.stalled"  # a request to the disk has waited storage.stall_after seconds (the storage is not answering)
+    DISK_UNSTALLED = "disk.unstalled"  # that request is done: the storage answers again
     IMAGE_OVERLAY_CREATED = "image.overlay_created"
     IMAGE_UNREADABLE = "image.unreadable"
     IMAGE_COMMITTED = "image.committed"
@@ -156,7 +158,7 @@ _NAMES: dict[Kind | str, str] = {k: k.value for k in Kind}  # faster than .value
 # Kinds that say something went wrong for a machine or a client: logged as
 # warnings, so the default log level shows them. Routine ones are INFO.
 WARNINGS = frozenset({Kind.FLEET_ADOPTION_CAPPED, Kind.DHCP_ACK_WITHHELD, Kind.BOOT_REFUSED, Kind.BOOT_FAILED, Kind.BOOT_SCRIPT_REFUSED, Kind.DISK_FAILED,
-                      Kind.DISK_ELSEWHERE,
+                      Kind.DISK_ELSEWHERE, Kind.DISK_STALLED,
                       Kind.DISK_KEPT, Kind.TFTP_FAILED, Kind.ISCSI_STREAM_ERROR, Kind.ISCSI_HEADER_DIGEST_ERROR,
                       Kind.ISCSI_ACCEPT_FAILED, Kind.QCOW2_REPAIRED, Kind.QCOW2_SPACE_LOW,
                       Kind.QCOW2_SPACE_EXHAUSTED, Kind.IMAGE_UNREADABLE, Kind.ISNS_ESI_LOST,

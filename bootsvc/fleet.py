@@ -136,6 +136,8 @@ class Fleet:
         self._disks.clear()
         self._specs.clear()
         self._forget_indexes()
+        self.credentials.close()
+        self.store.close()
 
     # -- what services ask -------------------------------------------------------------
 
@@ -250,6 +252,11 @@ class Fleet:
         address = event.ip or (event.peer.rsplit(":", 1)[0] if event.peer and event.peer.count(":") == 1
                                else event.peer)
         return self.mac_at(address) if address else None
+
+    def machine_of_target(self, iqn: str) -> Machine | None:
+        """The machine whose disk is the target ``iqn`` (None: a config target)."""
+        mac = self._targets_of().get(iqn)
+        return self._machines.get(mac) if mac is not None else None
 
     def _targets_of(self) -> dict[str, str]:
         if self._by_target is None:
@@ -665,12 +672,18 @@ class Fleet:
         """Take a re-read config: machines and targets added, removed or
         changed take effect now (disks made off the loop); a machine or
         target still logged in keeps its disk until it logs out and
-        bootsvc is reloaded again. Returns what changed."""
+        bootsvc is reloaded again. Returns what changed. A change of where
+        the disks are (``storage:``'s backend, pool, cluster or user) moves
+        every machine to the new storage, or is refused as a whole
+        (FleetError) while a machine uses its disk."""
+        if new.storage.place != self.cfg.storage.place:
+            await self._leave_storage(new)
         new_machines = self._inventory(new)
         diff = diff_configs(self.cfg, new, self._served_machines(), new_machines)
-        old_cfg = self.cfg
+        old_cfg, old_store = self.cfg, self.store
         self.cfg = new
         self.store = image_store(new, self.machines, self.bus)
+        self.store.succeed(old_store)
         kept = self._drop_machines(diff.machines.removed + diff.machines.changed)
         for mac in diff.machines.removed:
             if mac not in kept:
@@ -687,6 +700,43 @@ class Fleet:
         self.bus.emit(Kind.FLEET_RELOADED, machines=len(self._machines), targets=len(self.targets),
                       summary=diff.summary())
         return diff
+
+    async def _leave_storage(self, new: Config) -> None:
+        """The disks and the secrets bootsvc made move to ``new``'s storage:
+        every machine's disk is closed here (the next open makes or finds
+        it there) and the stores of the old storage are closed. Refused
+        while a machine is logged in to its disk or its renewal is being
+        made: its disk on the new storage is another disk (another clone,
+        another file), which must not replace the one its OS has mounted,
+        and keeping it on the old storage beside the others would mean two
+        stores of disks and of secrets at once."""
+        self._refuse_busy(new)
+        # nothing of the old stores may still be at work in a thread when they close
+        await asyncio.gather(*self._adopting.values(), return_exceptions=True)
+        for mac in list(self._naming):
+            await self._named_first(mac)
+            self._settle_name(mac)
+        async with contextlib.AsyncExitStack() as held:
+            for disk in list(self._disks.values()):  # a claim or release under way (in a thread) ends first
+                await held.enter_async_context(disk.claim_lock)
+            self._refuse_busy(new)  # a login may have come while waiting
+            for mac, disk in list(self._disks.items()):
+                self._not_idle(disk)
+                self._forget_standby(disk)
+                self._retire(disk.target)
+                del self._disks[mac]
+        self._forget_indexes()
+        self.credentials.close()
+        self.credentials = credential_store(new)
+        self.store.close()
+
+    def _refuse_busy(self, new: Config) -> None:
+        busy = sorted(d.machine.hostname for d in self._disks.values() if d.target.sessions or d.renewing)
+        if busy:
+            raise FleetError(f"{new.path}: storage: where the disks are changed ({_place_change(self.cfg, new)}) "
+                             f"while {len(busy)} machine(s) use their disks ({', '.join(busy)}); a disk cannot "
+                             "move under a running machine, so nothing of this reload was applied: reload again "
+                             "once they are shut down, or restart bootsvc")
 
     def _served_machines(self) -> dict[str, Machine]:
         return {mac: d.machine for mac, d in self._disks.items()} | {
@@ -732,6 +782,16 @@ class Fleet:
     def _with_reservations(self, spec: TargetSpec) -> TargetSpec:
         """A config target as served: its LUNs keep APTPL reservations under state_dir."""
         return replace(spec, reservations=str(self.store.reservations_dir(spec.iqn)))
+
+
+def _place_change(old: Config, new: Config) -> str:
+    """Where the disks were and are, in the config's words."""
+    def where(cfg: Config) -> str:
+        s = cfg.storage
+        if s.backend is StorageBackend.FILE:
+            return "files in state_dir"
+        return f"pool {s.pool} of {s.conf}" + (f" as {s.user}" if s.user else "")
+    return f"{where(old)}, now {where(new)}"
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., object], *args: object) -> None:

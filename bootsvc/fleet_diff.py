@@ -76,7 +76,7 @@ class ConfigDiff:
 # Sections a reload applies at once (the wiring retunes its services);
 # every other changed section needs a restart.
 SETTINGS = ("state_dir", "iqn_prefix", "domain", "default_profile", "iscsi", "dhcp", "tftp", "http", "dns",
-            "dns_ttl", "dns_forward", "isns", "recorder")
+            "dns_ttl", "dns_forward", "isns", "recorder", "storage")
 # how the operator's config names them, where the attribute's name differs
 SHOWN = {"iscsi": "listen.iscsi/iscsi", "http": "listen.http", "dns": "listen.dns", "dns_ttl": "dns.ttl",
          "dns_forward": "dns.forward/dns.allow", "isns": "isns/listen.isns"}
@@ -105,7 +105,7 @@ def applies_live(key: str, old: Config, new: Config) -> bool:
     default profile; DHCP subnets and the unknown-machine policy (not its
     sockets or mode); TFTP roots and busy polling (not its address); DNS
     forwarding (upstreams, allowed networks)."""
-    if key == "default_profile":
+    if key in ("default_profile", "storage"):  # storage: the fleet moves the disks, or the reload is refused
         return True
     if key == "dns_forward":  # handed to the DNS service, if it runs
         return old.dns is not None and old.dns == new.dns

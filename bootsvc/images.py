@@ -99,6 +99,13 @@ class ImageStore:
         self.images_dir = cfg.images_dir
         self.overlays_dir = cfg.overlays_dir
 
+    def close(self) -> None:
+        """Nothing is held open with files (an RBD pool's store closes its pool)."""
+
+    def succeed(self, old: ImageStore) -> None:
+        """Take over what ``old``, the store of the config before a reload,
+        holds open on the same storage (nothing, with files)."""
+
     # -- names --------------------------------------------------------------------
 
     def machine(self, host: str) -> Machine:

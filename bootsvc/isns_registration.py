@@ -9,7 +9,12 @@ per machine a discovery domain ``boot-<hostname>`` holding the machine's
 initiator and its boot target (§6.11.2), so an initiator asking iSNS finds
 exactly its own disk. A DD is removed only by the server that
 registered it, once it no longer has the machine: two servers with
-different machine lists do not remove each other's DDs.
+different machine lists do not remove each other's DDs, and a DD whose
+target another server registers (it serves that machine) is left to it.
+The DDs a server registered are kept in its state_dir (``record``), so
+that a machine removed from its config while it was down loses its DD at
+the next start: iSNS itself does not say who registered a DD, and every
+server registers the same DD for a machine they share.
 
 It registers at start, again when the config changes (reload, an adopted
 machine) and every ``REFRESH`` seconds (so a server that restarted without
@@ -22,9 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from isns import AsyncIsnsClient, IsnsClientError, NodeSpec, NodeType, PortalGroupSpec, PortalSpec
 from isns.protocol import Status
@@ -39,6 +47,7 @@ log = logging.getLogger("bootsvc.isns")
 REFRESH = 300.0  # seconds between re-registrations
 RETRY = 10.0  # seconds before trying an unreachable server again
 DD_PREFIX = "boot-"  # the DDs bootsvc owns: one per machine
+RECORD = "isns-registered.json"  # under state_dir: the DDs this server registered, and where
 WILDCARDS = ("", "0.0.0.0", "::")
 # register again now: the machines changed, or (shared storage) the disks
 # this server holds: a claim, a release, another server holding one, a
@@ -98,7 +107,8 @@ class IsnsRegistration:
     ``fleet.reloaded`` and ``dhcp.adopted`` events)."""
 
     def __init__(self, server: HostPort, source: str, what: Callable[[], Wanted], bus: Bus,
-                 report: Callable[[str], None] = log.warning, refresh: float = REFRESH) -> None:
+                 report: Callable[[str], None] = log.warning, refresh: float = REFRESH,
+                 record: Path | None = None) -> None:
         self.server = server
         self.source = source
         self.what = what
@@ -107,7 +117,9 @@ class IsnsRegistration:
         self.refresh = refresh
         self.entity = source  # one entity, named after bootsvc's own iSCSI name
         self._registered_nodes: set[str] | None = None  # None: nothing registered by this process yet
-        self._registered_dds: set[str] = set()  # the machines' DDs this server keeps
+        self.record = record
+        self._registered_dds = self._recorded()  # the machines' DDs this server keeps
+        self._written = False  # the record holds this process's registrations
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._down = False
@@ -193,13 +205,57 @@ class IsnsRegistration:
                 missing = [m for m in members if m not in current]
                 if missing:
                     await c.dd_add_members(int(dd["DD_ID"]), missing)
-            # only the DDs this server registered and no longer wants: another
-            # server on the same iSNS server keeps the DDs of its own machines
-            for name in sorted(self._registered_dds - set(want.dds)):
-                if (dd := have.get(name)) is not None:
+            # only the DDs this server registered (now or before a restart)
+            # and no longer wants: another server on the same iSNS server
+            # keeps the DDs of its own machines
+            gone = [have[name] for name in sorted(self._registered_dds - set(want.dds)) if name in have]
+            elsewhere = await self._targets_elsewhere(c, names) if gone else set()
+            for dd in gone:
+                if not elsewhere.intersection(dd.get("DD_MEMBER_ISCSI_NAME", [])):
                     await c.dd_deregister(int(dd["DD_ID"]))
-            self._registered_dds = set(want.dds)
+            self._remember(set(want.dds))
         if self._down:
             self.report(f"iSNS server {self.server}: registered again")
         self._down = False
         self.bus.emit(Kind.ISNS_SYNCED, server=str(self.server), targets=len(want.nodes) - 1, dds=len(want.dds))
+
+    @staticmethod
+    async def _targets_elsewhere(c: AsyncIsnsClient, ours: set[str]) -> set[str]:
+        """The targets registered by other entities: the machines another
+        server serves now, whose DD that server wants."""
+        return {str(n.get("ISCSI_NAME")) for n in await c.list("node")
+                if n.get("ISCSI_NODE_TYPE") == int(NodeType.TARGET)} - ours
+
+    def _recorded(self) -> set[str]:
+        """The DDs this server registered with this iSNS server before it
+        (re)started; none when it kept no record or registered elsewhere."""
+        if self.record is None:
+            return set()
+        try:
+            kept = json.loads(self.record.read_text())
+            if not isinstance(kept, dict) or not isinstance(kept.get("dds"), list):
+                raise ValueError("not a record of registrations")
+        except FileNotFoundError:
+            return set()
+        except (OSError, ValueError) as e:
+            self.report(f"{self.record}: unreadable ({e}); DDs registered before this start are kept")
+            return set()
+        if kept.get("server") != str(self.server) or kept.get("entity") != self.entity:
+            return set()  # another iSNS server's (or name's): its DDs are not ours to remove here
+        return {name for name in kept["dds"] if isinstance(name, str) and name.startswith(DD_PREFIX)}
+
+    def _remember(self, dds: set[str]) -> None:
+        """Keep the DDs registered (written only when they changed)."""
+        if dds == self._registered_dds and self._written:
+            return
+        self._registered_dds = dds
+        if self.record is None:
+            return
+        tmp = self.record.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps({"server": str(self.server), "entity": self.entity, "dds": sorted(dds)}))
+            os.replace(tmp, self.record)
+            self._written = True
+        except OSError as e:
+            self.report(f"{self.record}: cannot keep the iSNS registrations ({e}); a machine removed while "
+                        "bootsvc is down may keep its DD")

@@ -3,7 +3,8 @@
 
 What is counted: DHCP replies, TFTP transfers, HTTP requests by status,
 iSCSI logins, the bytes each machine's sessions moved (when a session
-ends, as the flight recorder counts them), boot durations (``boot.booted``)
+ends, as the flight recorder counts them), stalled requests to each
+machine's disk (``disk.stalled``), boot durations (``boot.booted``)
 and failed boots by the diagnosis rule (``boot.failed``'s ``rule``); the
 iSCSI sessions open now are asked of the target server when scraped.
 
@@ -55,6 +56,8 @@ class Metrics:
                                       buckets=BOOT_SECONDS, registry=registry)
         self.failures = Counter("bootsvc_boot_failures", "Failed boots, by the diagnosis rule that explains them",
                                 ["rule"], registry=registry)
+        self.stalls = Counter("bootsvc_disk_stalls", "Requests to each machine's disk that waited over "
+                              "storage.stall_after seconds (disk.stalled)", ["host"], registry=registry)
         active = Gauge("bootsvc_iscsi_sessions", "iSCSI sessions logged in now", registry=registry)
         active.set_function(lambda: float(sessions()))
         # kind -> the one counter child it increments: the event path's dict lookup
@@ -66,7 +69,7 @@ class Metrics:
         self._special: dict[Kind | str, Callable[[Event], None]] = {
             Kind.HTTP_REQUEST: self._http, Kind.ISCSI_LOGOUT: self._session_end,
             Kind.ISCSI_SESSION_DROPPED: self._session_end, Kind.BOOT_BOOTED: self._booted,
-            Kind.BOOT_FAILED: self._failed}
+            Kind.BOOT_FAILED: self._failed, Kind.DISK_STALLED: self._stalled}
 
     def __call__(self, event: Event) -> None:
         child = self._simple.get(event.kind)
@@ -86,6 +89,9 @@ class Metrics:
         host = self._host(event)
         self.read.labels(host).inc(_count(event.fields.get("read_bytes")))
         self.written.labels(host).inc(_count(event.fields.get("written_bytes")))
+
+    def _stalled(self, event: Event) -> None:
+        self.stalls.labels(self._host(event)).inc()
 
     def _host(self, event: Event) -> str:
         """The label of the machine an event is about: a fleet machine's

@@ -19,6 +19,7 @@ from target import Portal, TargetServer
 from . import config as config_mod
 from .boot import BootPlanner
 from .dhcp.leases import LeaseStore
+from .disk_watch import DiskWatch
 from .dns.service import DnsService
 from .dns.zone import Zone
 from .events import EVENT_FILE, Bus, EventFile, LogWriter
@@ -26,6 +27,7 @@ from .fleet import Fleet, FleetError
 from .fleet_diff import ConfigDiff
 from .http.service import HttpService
 from .iscsi_portals import describe as describe_portals
+from .isns_registration import RECORD as ISNS_RECORD
 from .isns_registration import IsnsRegistration
 from .metrics import Metrics
 from .recorder import BootStore, Recorder
@@ -98,6 +100,11 @@ class Server:
         if cfg.iscsi.portals:  # even with no target yet: a reload or an adopted machine may add some
             self.services.add("iscsi", self.iscsi.start, self.iscsi.stop,
                               f"{describe_portals(cfg.iscsi.portals)} ({len(self.fleet.targets)} targets)")
+            # a request to a disk waiting too long (a Ceph cluster not answering) is said
+            watch = DiskWatch(self.fleet, self.bus, lambda: self.fleet.cfg.storage.stall_after)
+            self.services.add("disk watch", watch.start, watch.stop,
+                              f"requests waiting over storage.stall_after ({cfg.storage.stall_after} s)",
+                              counted=False)
         self._isns(cfg)
         if cfg.dhcp is not None:
             self._dhcp(cfg)
@@ -143,7 +150,7 @@ class Server:
             self.services.add("isns", server.start, stop_isns, f"{i.listen} (TCP and UDP)")
         if i.target is not None and cfg.iscsi.portals:
             registration = IsnsRegistration(i.target, cfg.control_node, self.fleet.isns_wanted, self.bus,
-                                            self.report)
+                                            self.report, record=cfg.state_dir / ISNS_RECORD)
             self.services.add("isns registration", registration.start, registration.stop, f"with {i.target}")
 
     def _dhcp(self, cfg: config_mod.Config) -> None:
@@ -199,7 +206,10 @@ class Server:
             for p in e.problems:
                 self.report(p)
             raise ServeError(f"{len(e.problems)} problem(s) in {self.path}") from None
-        diff = await self.fleet.apply(new)
+        try:
+            diff = await self.fleet.apply(new)
+        except FleetError as e:
+            raise ServeError(str(e)) from None
         self._retune(new, diff)
         for line in diff.lines():
             self.report(f"reload: {line}")

@@ -1,11 +1,13 @@
 """The config's ``storage`` section: where machines' disks live.
 
-    storage: {backend: ceph, pool: NAME, conf: /etc/ceph/ceph.conf, user: NAME, release_after: 20}
+    storage: {backend: ceph, pool: NAME, conf: /etc/ceph/ceph.conf, user: NAME, release_after: 20,
+              stall_after: 10}
 
 ``backend: file`` (the default) keeps disks as files under state_dir;
 ``ceph`` names an RBD pool (docs/scale-out.md). The Ceph settings are also
 the defaults of every ``rbd:POOL/IMAGE`` LUN in ``targets`` that does not
-give its own ``conf=`` or ``id=``.
+give its own ``conf=`` or ``id=``. ``stall_after`` (either backend): seconds
+a request to a disk may wait before ``disk.stalled`` says so.
 """
 
 from __future__ import annotations
@@ -22,13 +24,18 @@ from target.rbd import MISSING_BINDINGS, is_rbd, parse_spec
 
 from .yamlfile import Checker, LineMap, plain
 
-STORAGE_KEYS = {"backend", "pool", "conf", "user", "release_after"}
+STORAGE_KEYS = {"backend", "pool", "conf", "user", "release_after", "stall_after"}
 CEPH_KEYS = {"pool", "conf", "user", "release_after"}
 # seconds a machine's disk stays claimed after its last session ended (a
 # reconnect or a reboot within it keeps the claim), like iSCSI's
 # DefaultTime2Retain (RFC 7143 §13.16, default 20)
 RELEASE_AFTER = 20
 RELEASE_AFTER_MAX = 86400
+# seconds a request to a disk may wait before it is reported (disk.stalled):
+# librbd waits for ever on a cluster that does not answer (no rados osd op
+# timeout by default), and a machine's OS times a command out after 30 s
+STALL_AFTER = 10
+STALL_AFTER_MAX = 3600
 DEFAULT_CONF = "/etc/ceph/ceph.conf"
 # Ceph refuses these in a pool name, and rbd: LUN names use them as separators
 _POOL_FORBIDDEN = set("/@: \t")
@@ -46,6 +53,13 @@ class StorageSettings:
     conf: str = DEFAULT_CONF
     user: str | None = None  # None: librados' own default (client.admin)
     release_after: int = RELEASE_AFTER
+    stall_after: int = STALL_AFTER
+
+    @property
+    def place(self) -> tuple[StorageBackend, str, str, str | None]:
+        """Where the disks and the secrets are: what a reload cannot change
+        under a logged-in machine (the timers can change at any time)."""
+        return self.backend, self.pool, self.conf, self.user
 
 
 def load_storage(c: Checker, doc: LineMap, base: Path) -> StorageSettings:
@@ -60,15 +74,20 @@ def load_storage(c: Checker, doc: LineMap, base: Path) -> StorageSettings:
     except ValueError:
         c.err(m, "storage.backend", f"expected file or ceph, got {plain(word)}")
         return StorageSettings()
+    stall_after = c.integer(m, "stall_after", "storage.stall_after", STALL_AFTER, STALL_AFTER_MAX,
+                            "seconds a request to a disk may wait before it is reported")
+    if not stall_after:
+        c.err(m, "storage.stall_after", "expected at least 1 (seconds)")
     if backend is StorageBackend.FILE:
         for key in sorted(CEPH_KEYS & set(m)):
             c.err(m, f"storage.{key}", "only with backend: ceph")
-        return StorageSettings()
+        return StorageSettings(stall_after=stall_after)
     if importlib.util.find_spec("rbd") is None:
         c.err(m, "storage.backend", MISSING_BINDINGS)
     return StorageSettings(backend, _pool(c, m), _conf(c, m, base), _user(c, m),
                            c.integer(m, "release_after", "storage.release_after", RELEASE_AFTER, RELEASE_AFTER_MAX,
-                                     "seconds a disk stays claimed after its machine's last session"))
+                                     "seconds a disk stays claimed after its machine's last session"),
+                           stall_after)
 
 
 def _word(c: Checker, m: LineMap, key: str) -> str | None:

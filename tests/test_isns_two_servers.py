@@ -22,7 +22,7 @@ import pytest
 
 from bootsvc.config import Config, load
 from bootsvc.events import Bus, Event, Kind
-from bootsvc.isns_registration import IsnsRegistration, Wanted, wanted
+from bootsvc.isns_registration import RECORD, IsnsRegistration, Wanted, wanted
 from bootsvc.address import HostPort
 from isns.client import IsnsClient, NodeSpec
 from isns.protocol import NodeType
@@ -38,7 +38,7 @@ PORTALS = {"a": "127.0.0.1", "b": "127.0.0.2"}
 
 def _config(tmp_path: Path, name: str, hosts: tuple[str, ...]) -> Config:
     d = tmp_path / name
-    (d / "profiles").mkdir(parents=True)
+    (d / "profiles").mkdir(parents=True, exist_ok=True)  # exists when the server starts again
     (d / "profiles" / "p.yaml").write_text("base: gold.raw\n")
     machines = "".join(f"  52:54:00:00:00:{i:02x}: {{hostname: {h}}}\n" for i, h in enumerate(HOSTS, 1)
                        if h in hosts)
@@ -50,12 +50,15 @@ def _config(tmp_path: Path, name: str, hosts: tuple[str, ...]) -> Config:
 
 
 class Server:
-    """One bootsvc's registration, holding the disks of ``held``."""
+    """One bootsvc's registration, holding the disks of ``held``; it keeps
+    its record of registered DDs in its state_dir, as ``bootsvc serve``."""
 
     def __init__(self, cfg: Config, port: int) -> None:
         self.cfg = cfg
         self.held: set[str] = set()
-        self.reg = IsnsRegistration(HostPort(LOOPBACK, port), cfg.control_node, self.what, Bus())
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self.reg = IsnsRegistration(HostPort(LOOPBACK, port), cfg.control_node, self.what, Bus(),
+                                    record=cfg.state_dir / RECORD)
 
     def what(self) -> Wanted:
         machines = list(self.cfg.machines.values())
@@ -144,6 +147,71 @@ def test_two_servers_register_side_by_side_and_a_disk_moves(tmp_path: Path, iscs
         assert b.cfg.control_node in entities and a.cfg.control_node not in entities, entities
         targets = {str(n["ISCSI_NAME"]) for n in admin.list("node")} & {_target(h) for h in HOSTS}
         assert targets == {_target("m1"), _target("m2")}
+
+
+def _registered(port: int, source: str) -> tuple[set[str], dict[str, set[str]]]:
+    """The nodes and the DDs (with their members) registered."""
+    with IsnsClient(LOOPBACK, port, source) as admin:
+        nodes = {str(n["ISCSI_NAME"]) for n in admin.list("node")}
+        dds = {str(d["DD_SYMBOLIC_NAME"]): set(map(str, d.get("DD_MEMBER_ISCSI_NAME", []))) for d in admin.list("dd")}
+    return nodes, dds
+
+
+def test_a_machine_removed_while_its_server_was_down_loses_its_dd_at_restart(tmp_path: Path,
+                                                                             iscsi_port: int) -> None:
+    """a has m1, m2, m3 (serving m2 and m3), b has m1 (serving it). a goes
+    down without deregistering (killed) and comes back with only m2: its
+    first registration removes m3's DD and target, left from before; m1's
+    DD stays, since b serves m1; b's registrations are untouched."""
+    a = Server(_config(tmp_path, "a", HOSTS), iscsi_port)
+    b = Server(_config(tmp_path, "b", ("m1",)), iscsi_port)
+    a.held, b.held = {"m2", "m3"}, {"m1"}
+
+    async def sync(*servers: Server) -> None:
+        for s in servers:
+            await s.reg.sync()
+
+    asyncio.run(sync(a, b))
+    nodes, dds = _registered(iscsi_port, b.cfg.control_node)
+    assert {"boot-m1", "boot-m2", "boot-m3"} <= set(dds) and {_target("m1"), _target("m3")} <= nodes
+    b_before = (nodes & {b.cfg.control_node, _target("m1")}, dds["boot-m1"])
+
+    # a is killed (no deregistration), its config loses m1 and m3, it starts again
+    restarted = Server(_config(tmp_path, "a", ("m2",)), iscsi_port)
+    restarted.held = {"m2"}
+    asyncio.run(sync(restarted))
+    nodes, dds = _registered(iscsi_port, b.cfg.control_node)
+    assert "boot-m3" not in dds and _target("m3") not in nodes  # a's leftovers gone
+    assert dds["boot-m2"] == {f"{PREFIX}:m2", _target("m2")} and _target("m2") in nodes
+    assert (nodes & {b.cfg.control_node, _target("m1")}, dds["boot-m1"]) == b_before  # b's untouched
+    _, out = _seen_by(tmp_path, iscsi_port, "m1")
+    assert "127.0.0.2" in out and "127.0.0.1" not in out, out  # still at b's portal
+
+    # b stops serving m1 and a's record holds nothing of m1 any more: b's DD stays b's
+    b.held.clear()
+    asyncio.run(sync(b, restarted))
+    assert "boot-m1" in _registered(iscsi_port, b.cfg.control_node)[1]
+
+
+def test_the_record_of_registered_dds_is_read_with_care(tmp_path: Path) -> None:
+    """A damaged record is said and ignored; one made with another iSNS
+    server (or server name) is not ours to act on there."""
+    said: list[str] = []
+    record = tmp_path / RECORD
+
+    def reg(port: int = 3205, name: str = f"{PREFIX}:bootsvc.a") -> IsnsRegistration:
+        return IsnsRegistration(HostPort(LOOPBACK, port), name, lambda: Wanted((), (), {}), Bus(), said.append,
+                                record=record)
+
+    assert reg()._registered_dds == set()  # none yet
+    record.write_text("{not json")
+    assert reg()._registered_dds == set() and said and str(record) in said[0] and "unreadable" in said[0]
+    kept = reg()
+    kept._remember({"boot-m1", "boot-m2"})
+    assert reg()._registered_dds == {"boot-m1", "boot-m2"}
+    assert reg(port=3206)._registered_dds == set() and reg(name=f"{PREFIX}:bootsvc.b")._registered_dds == set()
+    record.write_text('{"server": "127.0.0.1:3205", "entity": "%s:bootsvc.a", "dds": ["boot-m1", 7, "x"]}' % PREFIX)
+    assert reg()._registered_dds == {"boot-m1"}
 
 
 def test_a_disk_event_registers_again() -> None:

@@ -100,6 +100,16 @@ def disk_failed(steps: Sequence[Seen]) -> str:
     return f"its disk could not be made{_why(s)}" if s else ""
 
 
+def disk_stalled(steps: Sequence[Seen]) -> str:
+    """A request to its disk waited and never ended: the storage (a Ceph
+    cluster: a paused or lost OSD) stopped answering."""
+    s = _last(steps, Step.DISK_STALLED, Step.DISK_UNSTALLED)
+    if s is None or s.step is Step.DISK_UNSTALLED:
+        return ""
+    return (f"its disk stopped answering: a {s.detail.get('op', 'request')} waited {s.detail.get('seconds', '?')} s "
+            "for the storage and more (Ceph: ceph -s, ceph health detail)")
+
+
 def boot_refused(steps: Sequence[Seen]) -> str:
     s = _last(steps, Step.BOOT_REFUSED)
     if s is None or _has(steps, Step.LOGIN):
@@ -215,6 +225,6 @@ def no_os_read(steps: Sequence[Seen]) -> str:
 
 
 RULES: tuple[Callable[[Sequence[Seen]], str], ...] = (
-    disk_failed, dropped, boot_refused, io_error, login_refused, script_refused, file_missing, chainload_loop,
+    disk_failed, disk_stalled, dropped, boot_refused, io_error, login_refused, script_refused, file_missing, chainload_loop,
     no_login, no_read, no_os_login, no_os_read,
 )

@@ -41,6 +41,8 @@ class Step(str, enum.Enum):
     IO_ERROR = "io-error"
     SESSION_END = "session-end"  # a logout or a dropped session, with the bytes it moved
     DISK_FAILED = "disk-failed"  # its disk could not be made
+    DISK_STALLED = "disk-stalled"  # a request to its disk waited storage.stall_after seconds
+    DISK_UNSTALLED = "disk-unstalled"  # that request no longer waits
     ISNS_REGISTERED = "isns-registered"  # the machine registered itself with iSNS (its OS's iscsid)
     ISNS_QUERY = "isns-query"  # it asked iSNS for its targets (discovery)
 
@@ -56,7 +58,7 @@ class Seen(NamedTuple):
 # fields worth keeping per step (the rest of an event is in the event file)
 _KEEP = ("ip", "arch", "user_class", "proxy", "file", "path", "bytes", "seconds", "status", "why", "reason",
          "peer", "auth", "isid", "read_bytes", "written_bytes", "io_errors", "sense_key", "lun", "tsih", "source",
-         "entity")
+         "entity", "op")
 _KEPT = frozenset(_KEEP)
 _DHCP = {Kind.DHCP_OFFER: (Step.ROM_OFFER, Step.IPXE_OFFER), Kind.DHCP_ACK: (Step.ROM_ACK, Step.IPXE_ACK)}
 _DIRECT = {Kind.DHCP_DROPPED: Step.DROPPED, Kind.DHCP_UNANSWERED: Step.DROPPED, Kind.BOOT_REFUSED: Step.BOOT_REFUSED,
@@ -64,7 +66,8 @@ _DIRECT = {Kind.DHCP_DROPPED: Step.DROPPED, Kind.DHCP_UNANSWERED: Step.DROPPED, 
            Kind.TFTP_REFUSED: Step.FILE_MISSING, Kind.TFTP_FAILED: Step.FETCH_FAILED,
            Kind.ISCSI_LOGIN_FAILED: Step.LOGIN_FAILED, Kind.ISCSI_IO_ERROR: Step.IO_ERROR,
            Kind.ISCSI_LOGOUT: Step.SESSION_END, Kind.ISCSI_SESSION_DROPPED: Step.SESSION_END,
-           Kind.DISK_FAILED: Step.DISK_FAILED, Kind.ISNS_REGISTERED: Step.ISNS_REGISTERED,
+           Kind.DISK_FAILED: Step.DISK_FAILED, Kind.DISK_STALLED: Step.DISK_STALLED,
+           Kind.DISK_UNSTALLED: Step.DISK_UNSTALLED, Kind.ISNS_REGISTERED: Step.ISNS_REGISTERED,
            Kind.ISNS_QUERIED: Step.ISNS_QUERY}
 KERNEL_HINTS = ("vmlinuz", "kernel", "initrd", "bzimage", "linux")
 _BOOT_PATHS = ("/boot/", "/files/")  # scripts, and kernels and files from tftp.roots (bootsvc/http)

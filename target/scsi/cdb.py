@@ -98,3 +98,29 @@ def block_range(cdb: bytes) -> BlockRange:
 def cdb_length(opcode: int) -> int:
     """SPC-4 §4.2.5.1: the CDB length follows from the group code."""
     return {0: 6, 1: 10, 2: 10, 4: 16, 5: 12}.get(opcode >> 5, 16)
+
+
+# what a command asks of the disk, in words (an operator reading that a
+# disk stalled wants "read", not an opcode)
+_OPERATIONS = {
+    **dict.fromkeys((READ_6, READ_10, READ_12, READ_16, VERIFY_10, VERIFY_12, VERIFY_16, PREFETCH_10,
+                     PREFETCH_16), "read"),
+    **dict.fromkeys((WRITE_6, WRITE_10, WRITE_12, WRITE_16, WRITE_VERIFY_10, WRITE_VERIFY_12, WRITE_VERIFY_16,
+                     WRITE_ATOMIC_16, COMPARE_AND_WRITE, ORWRITE_16), "write"),
+    **dict.fromkeys((WRITE_SAME_10, WRITE_SAME_16, UNMAP), "zeroing"),
+    **dict.fromkeys((SYNCHRONIZE_CACHE_10, SYNCHRONIZE_CACHE_16), "flush"),
+}
+
+
+# commands whose work is one transfer at most (MAXIMUM TRANSFER LENGTH) or
+# one flush: one that takes long is waiting for its disk. Not the zeroing,
+# EXTENDED COPY or SANITIZE of a range as large as the disk, which may take
+# long doing their work
+BOUNDED = frozenset(op for op, what in _OPERATIONS.items() if what in ("write", "flush")) | {
+    READ_6, READ_10, READ_12, READ_16}
+
+
+def operation(opcode: int) -> str:
+    """What the command with ``opcode`` does to the disk: read, write,
+    zeroing, flush, else ``command 0xNN``."""
+    return _OPERATIONS.get(opcode) or f"command 0x{opcode:02x}"

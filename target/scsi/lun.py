@@ -10,6 +10,7 @@ zero-copy.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -137,6 +138,11 @@ class Lun:
         self.copy_targets: Callable[[bytes], Lun | None] = self._only_self
         self.copies: dict[Hashable, dict[int, CopyStatus]] = {}  # per nexus, by list id
         self.sanitize: wipe.SanitizeState | None = None  # running or failed (SBC-3 §4.11)
+        # the commands running now, oldest first: serial -> opcode. No clock
+        # here (sans-I/O): whoever watches for a stalled disk (bootsvc's
+        # disk watch) times how long the same command stays the oldest
+        self.running: dict[int, int] = {}
+        self._serials = itertools.count(1)
         self.sanitize_rate = wipe.RATE
 
     # -- the entry point --------------------------------------------------------
@@ -163,39 +169,45 @@ class Lun:
 
     async def execute(self, cdb: bytes, data_out: memoryview | None, nexus: Hashable,
                       transfer_length: int) -> ScsiResult:
+        """Run one command; while it runs it is in :attr:`running`."""
         opcode = cdb[0]
-        # READ is the boot's hot path: dispatch it before anything else
-        if self._plain_read(opcode, nexus):
+        serial = next(self._serials)
+        self.running[serial] = opcode
+        try:
+            # READ is the boot's hot path: dispatch it before anything else
+            if self._plain_read(opcode, nexus):
+                try:
+                    return await self._read(cdb, data_out, transfer_length)
+                except ScsiError as e:
+                    return _check(e)
+                except BackendError:  # the medium or the image cannot be read (a corrupt cluster): MEDIUM ERROR
+                    return _check(ScsiError(UNRECOVERED_READ_ERROR))
             try:
-                return await self._read(cdb, data_out, transfer_length)
+                if len(cdb) < cdb_length(opcode) and opcode >> 5 != 3:
+                    raise ScsiError(INVALID_FIELD_IN_CDB, field=0)
+                attention = self._attention(opcode, nexus)
+                if attention is not None:
+                    return _check(ScsiError(attention))
+                if self.sanitize is not None and opcode not in _DURING_SANITIZE:
+                    self._sanitize_gate(opcode)
+                command = self._admit(cdb, nexus)
+                if opcode == op.REQUEST_SENSE:
+                    self.seen[nexus] = self.epoch
+                return await command.handler(self, cdb, data_out, nexus if command.with_nexus else transfer_length)
             except ScsiError as e:
                 return _check(e)
-            except BackendError:  # the medium or the image cannot be read (a corrupt cluster): MEDIUM ERROR
-                return _check(ScsiError(UNRECOVERED_READ_ERROR))
-        try:
-            if len(cdb) < cdb_length(opcode) and opcode >> 5 != 3:
-                raise ScsiError(INVALID_FIELD_IN_CDB, field=0)
-            attention = self._attention(opcode, nexus)
-            if attention is not None:
-                return _check(ScsiError(attention))
-            if self.sanitize is not None and opcode not in _DURING_SANITIZE:
-                self._sanitize_gate(opcode)
-            command = self._admit(cdb, nexus)
-            if opcode == op.REQUEST_SENSE:
-                self.seen[nexus] = self.epoch
-            return await command.handler(self, cdb, data_out, nexus if command.with_nexus else transfer_length)
-        except ScsiError as e:
-            return _check(e)
-        except ReservationConflict:
-            return CONFLICT
-        except MediumError:
-            return _check(ScsiError(WRITE_ERROR if opcode not in _READS else UNRECOVERED_READ_ERROR))
-        except SpaceExhausted:
-            return _check(ScsiError(SPACE_ALLOCATION_FAILED))
-        except BackendError:
-            if opcode in _READS:  # as on the hot path: an unreadable image is an unrecovered read error
-                return _check(ScsiError(UNRECOVERED_READ_ERROR))
-            raise
+            except ReservationConflict:
+                return CONFLICT
+            except MediumError:
+                return _check(ScsiError(WRITE_ERROR if opcode not in _READS else UNRECOVERED_READ_ERROR))
+            except SpaceExhausted:
+                return _check(ScsiError(SPACE_ALLOCATION_FAILED))
+            except BackendError:
+                if opcode in _READS:  # as on the hot path: an unreadable image is an unrecovered read error
+                    return _check(ScsiError(UNRECOVERED_READ_ERROR))
+                raise
+        finally:
+            del self.running[serial]
 
     def _attention(self, opcode: int, nexus: Hashable) -> Asc | None:
         """The unit attention this command reports instead of running
