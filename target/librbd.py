@@ -1,0 +1,229 @@
+"""librados and librbd (Ceph 16's C API, librados.h and librbd.h) through
+ctypes: the calls an RBD LUN makes, and one cluster connection per
+(conf, user) shared by every image opened through it.
+
+Why not the python3-rbd binding: its aio calls complete through a Python
+callback on librbd's own thread, which must take the GIL the event loop
+holds; every completion then costs a GIL hand-over between the two threads
+(futex wake-ups on both sides), and the binding makes a closure and a
+completion object per call. librbd can instead say "completions ready" on
+an eventfd (``rbd_set_image_notification``) and hand them over in batches
+(``rbd_poll_io_events``), no Python on its threads: that is what
+target/rbd_completions.py does, and it needs the image's C handle, which
+the binding does not expose. So the image is opened here, and everything
+done on it goes through this one handle (two handles of one image in one
+process would each have their own cache and exclusive-lock state).
+
+The calls that cannot block (starting an aio, polling and releasing
+completions) go through a PyDLL handle, keeping the GIL: librbd's threads
+never need it, and not releasing it saves a hand-over per call. Every other
+call (connect, open, close, locks, metadata, a synchronous read) may wait
+on the cluster and goes through a CDLL handle, which releases the GIL.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import threading
+from ctypes import POINTER, byref, c_char_p, c_int, c_size_t, c_ssize_t, c_uint8, c_uint64, c_void_p
+from dataclasses import dataclass
+from typing import Any
+
+LIBRADOS = "librados.so.2"
+LIBRBD = "librbd.so.1"
+RBD_LOCK_MODE_EXCLUSIVE = 0  # librbd.h rbd_lock_mode_t
+EVENT_TYPE_EVENTFD = 2  # librbd.h: the notification fd is an eventfd
+CONNECT_TIMEOUT = 10  # seconds librados waits for the monitors before an open fails
+
+# int (*)(uint64_t offset, size_t length, int exists, void *arg): rbd_diff_iterate2's callback
+DIFF_CALLBACK = ctypes.CFUNCTYPE(c_int, c_uint64, c_size_t, c_int, c_void_p)
+
+# name: (restype, argtypes) of each call; the hot ones keep the GIL (see above)
+_RADOS = {
+    "rados_create": (c_int, [POINTER(c_void_p), c_char_p]),
+    "rados_conf_read_file": (c_int, [c_void_p, c_char_p]),
+    "rados_conf_set": (c_int, [c_void_p, c_char_p, c_char_p]),
+    "rados_connect": (c_int, [c_void_p]),
+    "rados_shutdown": (None, [c_void_p]),
+    "rados_ioctx_create": (c_int, [c_void_p, c_char_p, POINTER(c_void_p)]),
+    "rados_ioctx_destroy": (None, [c_void_p]),
+    "rados_ioctx_set_namespace": (None, [c_void_p, c_char_p]),
+}
+_RBD = {
+    "rbd_open": (c_int, [c_void_p, c_char_p, POINTER(c_void_p), c_char_p]),
+    "rbd_open_read_only": (c_int, [c_void_p, c_char_p, POINTER(c_void_p), c_char_p]),
+    "rbd_close": (c_int, [c_void_p]),
+    "rbd_get_size": (c_int, [c_void_p, POINTER(c_uint64)]),
+    "rbd_lock_acquire": (c_int, [c_void_p, c_int]),
+    "rbd_lock_release": (c_int, [c_void_p]),
+    "rbd_lock_get_owners": (c_int, [c_void_p, POINTER(c_int), POINTER(c_char_p), POINTER(c_size_t)]),
+    "rbd_lock_get_owners_cleanup": (None, [POINTER(c_char_p), c_size_t]),
+    "rbd_metadata_get": (c_int, [c_void_p, c_char_p, c_char_p, POINTER(c_size_t)]),
+    "rbd_metadata_set": (c_int, [c_void_p, c_char_p, c_char_p]),
+    "rbd_metadata_remove": (c_int, [c_void_p, c_char_p]),
+    "rbd_read": (c_ssize_t, [c_void_p, c_uint64, c_size_t, c_char_p]),
+    "rbd_diff_iterate2": (c_int, [c_void_p, c_char_p, c_uint64, c_uint64, c_uint8, c_uint8, DIFF_CALLBACK,
+                                  c_void_p]),
+    "rbd_set_image_notification": (c_int, [c_void_p, c_int, c_int]),
+    "rbd_aio_wait_for_complete": (c_int, [c_void_p]),
+}
+_RBD_HOT = {
+    "rbd_aio_create_completion": (c_int, [c_void_p, c_void_p, POINTER(c_void_p)]),
+    "rbd_aio_read": (c_int, [c_void_p, c_uint64, c_size_t, c_char_p, c_void_p]),
+    "rbd_aio_write": (c_ssize_t, [c_void_p, c_uint64, c_size_t, c_char_p, c_void_p]),
+    "rbd_aio_write_zeroes": (c_int, [c_void_p, c_uint64, c_size_t, c_void_p, c_int, c_int]),
+    "rbd_aio_flush": (c_int, [c_void_p, c_void_p]),
+    "rbd_aio_get_return_value": (c_ssize_t, [c_void_p]),
+    "rbd_aio_release": (None, [c_void_p]),
+    "rbd_poll_io_events": (c_int, [c_void_p, POINTER(c_void_p), c_int]),
+}
+
+
+class CephError(OSError):
+    """A librados/librbd call failed: ``errno`` is its (positive) error."""
+
+
+def check(ret: int, what: str) -> int:
+    """``ret`` if it is not a negative errno, else CephError."""
+    if ret < 0:
+        raise CephError(-ret, what)
+    return ret
+
+
+@dataclass(frozen=True)
+class Libs:
+    """The C functions, as attributes (``libs.rbd_open(...)``)."""
+
+    rados: Any
+    rbd: Any
+    rbd_hot: Any
+
+    def __getattr__(self, name: str) -> Any:
+        for table, lib in ((_RBD_HOT, self.rbd_hot), (_RBD, self.rbd), (_RADOS, self.rados)):
+            if name in table:
+                return getattr(lib, name)
+        raise AttributeError(name)
+
+
+def _declare(lib: Any, table: dict[str, tuple[Any, list[Any]]]) -> Any:
+    for name, (restype, argtypes) in table.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = restype, argtypes
+    return lib
+
+
+_libs: Libs | None = None
+_libs_lock = threading.Lock()
+
+
+def libs() -> Libs:
+    """The libraries, loaded once; OSError when they are not installed."""
+    global _libs
+    with _libs_lock:
+        if _libs is None:
+            _libs = Libs(_declare(ctypes.CDLL(LIBRADOS), _RADOS), _declare(ctypes.CDLL(LIBRBD), _RBD),
+                         _declare(ctypes.PyDLL(LIBRBD), _RBD_HOT))
+        return _libs
+
+
+def _c(text: str | None) -> bytes | None:
+    return None if text is None else text.encode()
+
+
+class Connections:
+    """One librados connection (``rados_t``) per (conf, user), shared by
+    every image opened through it: each connection costs a dozen threads
+    and sockets, and a server opens an image per machine."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[tuple[str | None, str | None], list[Any]] = {}  # key: [rados_t, users]
+
+    def acquire(self, conf: str | None, user: str | None) -> int:
+        """The connection's handle; CephError if it cannot connect."""
+        lib = libs()
+        with self._lock:
+            entry = self._open.get((conf, user))
+            if entry is None:
+                cluster = c_void_p()
+                check(lib.rados_create(byref(cluster), _c(user)), "rados_create")
+                try:
+                    check(lib.rados_conf_read_file(cluster, _c(conf)), "rados_conf_read_file")
+                    # rados_connect has no timeout of its own
+                    check(lib.rados_conf_set(cluster, b"client_mount_timeout", str(CONNECT_TIMEOUT).encode()),
+                          "rados_conf_set")
+                    check(lib.rados_connect(cluster), "rados_connect")
+                except CephError:
+                    lib.rados_shutdown(cluster)
+                    raise
+                entry = self._open[(conf, user)] = [cluster.value, 0]
+            entry[1] += 1
+            return int(entry[0])
+
+    def release(self, cluster: int) -> None:
+        with self._lock:
+            for key, entry in list(self._open.items()):
+                if entry[0] == cluster:
+                    entry[1] -= 1
+                    if entry[1] == 0:
+                        del self._open[key]
+                        libs().rados_shutdown(cluster)
+                    return
+
+
+CONNECTIONS = Connections()
+
+
+def open_image(cluster: int, pool: str, namespace: str, name: str, snapshot: str | None,
+               read_only: bool) -> tuple[int, int]:
+    """(ioctx, image) handles of an image; CephError saying which step
+    failed (``rados_ioctx_create``: the pool, ``rbd_open``: the image)."""
+    lib = libs()
+    ioctx, image = c_void_p(), c_void_p()
+    check(lib.rados_ioctx_create(cluster, pool.encode(), byref(ioctx)), "rados_ioctx_create")
+    if namespace:
+        lib.rados_ioctx_set_namespace(ioctx, namespace.encode())
+    opener = lib.rbd_open_read_only if read_only else lib.rbd_open
+    try:
+        check(opener(ioctx, name.encode(), byref(image), _c(snapshot)), "rbd_open")
+    except CephError:
+        lib.rados_ioctx_destroy(ioctx)
+        raise
+    return int(ioctx.value or 0), int(image.value or 0)
+
+
+def image_size(image: int) -> int:
+    size = c_uint64()
+    check(libs().rbd_get_size(image, byref(size)), "rbd_get_size")
+    return size.value
+
+
+def metadata_get(image: int, key: str) -> str:
+    """An image metadata value; CephError(ENOENT) when it is not set."""
+    lib = libs()
+    length = c_size_t(256)
+    for _ in range(4):  # -ERANGE says how long the value is: grown that far
+        buf = ctypes.create_string_buffer(length.value)
+        ret = lib.rbd_metadata_get(image, key.encode(), buf, byref(length))
+        if ret != -errno.ERANGE:
+            check(ret, "rbd_metadata_get")
+            return buf.value.decode(errors="replace")
+    raise CephError(errno.ERANGE, "rbd_metadata_get")
+
+
+def lock_owners(image: int) -> list[str]:
+    """Who holds the image's exclusive lock (librbd's client names)."""
+    lib = libs()
+    mode, count = c_int(), c_size_t(8)
+    for _ in range(4):  # -ERANGE says how many there are
+        owners = (c_char_p * count.value)()
+        ret = lib.rbd_lock_get_owners(image, byref(mode), owners, byref(count))
+        if ret == -errno.ENOENT:  # nobody holds it
+            return []
+        if ret != -errno.ERANGE:
+            check(ret, "rbd_lock_get_owners")
+            names = [(owners[i] or b"").decode(errors="replace") for i in range(count.value)]
+            lib.rbd_lock_get_owners_cleanup(owners, count)
+            return names
+    raise CephError(errno.ERANGE, "rbd_lock_get_owners")
