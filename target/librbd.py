@@ -27,7 +27,6 @@ import ctypes
 import errno
 import threading
 from ctypes import POINTER, byref, c_char_p, c_int, c_size_t, c_ssize_t, c_uint8, c_uint64, c_void_p
-from dataclasses import dataclass
 from typing import Any
 
 LIBRADOS = "librados.so.2"
@@ -91,26 +90,19 @@ def check(ret: int, what: str) -> int:
     return ret
 
 
-@dataclass(frozen=True)
 class Libs:
-    """The C functions, as attributes (``libs.rbd_open(...)``)."""
+    """The C functions, as attributes (``libs().rbd_open(...)``): plain
+    attributes, since the hot ones are looked up on every request."""
 
-    rados: Any
-    rbd: Any
-    rbd_hot: Any
+    def __init__(self, **tables: tuple[Any, dict[str, tuple[Any, list[Any]]]]) -> None:
+        for lib, table in tables.values():
+            for name, (restype, argtypes) in table.items():
+                fn = getattr(lib, name)
+                fn.restype, fn.argtypes = restype, argtypes
+                setattr(self, name, fn)
 
-    def __getattr__(self, name: str) -> Any:
-        for table, lib in ((_RBD_HOT, self.rbd_hot), (_RBD, self.rbd), (_RADOS, self.rados)):
-            if name in table:
-                return getattr(lib, name)
-        raise AttributeError(name)
-
-
-def _declare(lib: Any, table: dict[str, tuple[Any, list[Any]]]) -> Any:
-    for name, (restype, argtypes) in table.items():
-        fn = getattr(lib, name)
-        fn.restype, fn.argtypes = restype, argtypes
-    return lib
+    def __getattr__(self, name: str) -> Any:  # only for names not declared above
+        raise AttributeError(f"{name} is not declared in target/librbd.py")
 
 
 _libs: Libs | None = None
@@ -122,8 +114,8 @@ def libs() -> Libs:
     global _libs
     with _libs_lock:
         if _libs is None:
-            _libs = Libs(_declare(ctypes.CDLL(LIBRADOS), _RADOS), _declare(ctypes.CDLL(LIBRBD), _RBD),
-                         _declare(ctypes.PyDLL(LIBRBD), _RBD_HOT))
+            _libs = Libs(rados=(ctypes.CDLL(LIBRADOS), _RADOS), rbd=(ctypes.CDLL(LIBRBD), _RBD),
+                         rbd_hot=(ctypes.PyDLL(LIBRBD), _RBD_HOT))
         return _libs
 
 
