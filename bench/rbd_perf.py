@@ -9,7 +9,7 @@ rbd:...`` and ``tgtd --bstype rbd`` in interleaved rounds (A B B A: the
 machine is noisy) and prints medians and ratios with their spread (each
 side's lowest and highest round, the ratio of each round's pair), the
 load average at the start and the end, and the CPU per I/O of the server
-and of the OSD (from /proc: it moves much less than the rates on a busy
+and of the Ceph daemons (from /proc: it moves much less than the rates on a busy
 machine). Needs what scripts/install-deps.sh installs (ceph, tgt-rbd,
 libiscsi-bin).
 
