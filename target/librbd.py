@@ -26,12 +26,14 @@ from __future__ import annotations
 import ctypes
 import errno
 import threading
+from collections.abc import Callable
 from ctypes import POINTER, byref, c_char_p, c_int, c_size_t, c_ssize_t, c_uint8, c_uint64, c_void_p
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 LIBRADOS = "librados.so.2"
 LIBRBD = "librbd.so.1"
 RBD_LOCK_MODE_EXCLUSIVE = 0  # librbd.h rbd_lock_mode_t
+H = TypeVar("H")  # a connection handle: a rados_t here, a rados.Rados for the binding
 EVENT_TYPE_EVENTFD = 2  # librbd.h: the notification fd is an eventfd
 CONNECT_TIMEOUT = 10  # seconds librados waits for the monitors before an open fails
 
@@ -123,48 +125,53 @@ def _c(text: str | None) -> bytes | None:
     return None if text is None else text.encode()
 
 
-class Connections:
-    """One librados connection (``rados_t``) per (conf, user), shared by
-    every image opened through it: each connection costs a dozen threads
-    and sockets, and a server opens an image per machine."""
+class Shared(Generic[H]):
+    """Connections opened once per key (conf, user) and shared by every
+    image opened through them, closed with their last user: each librados
+    connection costs a dozen threads and sockets, and a server opens an
+    image per machine."""
 
-    def __init__(self) -> None:
+    def __init__(self, connect: Callable[[str | None, str | None], H], shutdown: Callable[[H], None]) -> None:
+        self._connect, self._shutdown = connect, shutdown
         self._lock = threading.Lock()
-        self._open: dict[tuple[str | None, str | None], list[Any]] = {}  # key: [rados_t, users]
+        self._open: dict[tuple[str | None, str | None], list[Any]] = {}  # key: [handle, users]
 
-    def acquire(self, conf: str | None, user: str | None) -> int:
-        """The connection's handle; CephError if it cannot connect."""
-        lib = libs()
+    def acquire(self, conf: str | None, user: str | None) -> H:
         with self._lock:
             entry = self._open.get((conf, user))
             if entry is None:
-                cluster = c_void_p()
-                check(lib.rados_create(byref(cluster), _c(user)), "rados_create")
-                try:
-                    check(lib.rados_conf_read_file(cluster, _c(conf)), "rados_conf_read_file")
-                    # rados_connect has no timeout of its own
-                    check(lib.rados_conf_set(cluster, b"client_mount_timeout", str(CONNECT_TIMEOUT).encode()),
-                          "rados_conf_set")
-                    check(lib.rados_connect(cluster), "rados_connect")
-                except CephError:
-                    lib.rados_shutdown(cluster)
-                    raise
-                entry = self._open[(conf, user)] = [cluster.value, 0]
+                entry = self._open[(conf, user)] = [self._connect(conf, user), 0]
             entry[1] += 1
-            return int(entry[0])
+            return entry[0]  # type: ignore[no-any-return]
 
-    def release(self, cluster: int) -> None:
+    def release(self, handle: H) -> None:
         with self._lock:
             for key, entry in list(self._open.items()):
-                if entry[0] == cluster:
+                if entry[0] == handle:  # a rados_t is an int: equal, not the same object
                     entry[1] -= 1
                     if entry[1] == 0:
                         del self._open[key]
-                        libs().rados_shutdown(cluster)
+                        self._shutdown(handle)
                     return
 
 
-CONNECTIONS = Connections()
+def _connect(conf: str | None, user: str | None) -> int:
+    """A connected ``rados_t``; CephError if it cannot connect."""
+    lib = libs()
+    cluster = c_void_p()
+    check(lib.rados_create(byref(cluster), _c(user)), "rados_create")
+    try:
+        check(lib.rados_conf_read_file(cluster, _c(conf)), "rados_conf_read_file")
+        # rados_connect has no timeout of its own
+        check(lib.rados_conf_set(cluster, b"client_mount_timeout", str(CONNECT_TIMEOUT).encode()), "rados_conf_set")
+        check(lib.rados_connect(cluster), "rados_connect")
+    except CephError:
+        lib.rados_shutdown(cluster)
+        raise
+    return int(cluster.value or 0)
+
+
+CONNECTIONS: Shared[int] = Shared(_connect, lambda cluster: libs().rados_shutdown(cluster))
 
 
 def open_image(cluster: int, pool: str, namespace: str, name: str, snapshot: str | None,

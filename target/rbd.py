@@ -103,47 +103,28 @@ def bindings() -> tuple[ModuleType, ModuleType]:
     return rados, rbd
 
 
-class _Clusters:
-    """One librados connection per (conf, user), shared by every image
-    opened through it: each connection costs a dozen threads and sockets,
-    and a server opens an image per machine."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._open: dict[tuple[str | None, str | None], list[Any]] = {}  # key: [Rados, users]
-
-    def acquire(self, conf: str | None, user: str | None) -> Any:
-        rados, _ = bindings()
-        with self._lock:
-            entry = self._open.get((conf, user))
-            if entry is None:
-                cluster = None
-                try:
-                    cluster = rados.Rados(conffile=conf or "", rados_id=user)
-                    # connect()'s own timeout argument is ignored by librados
-                    cluster.conf_set("client_mount_timeout", str(CONNECT_TIMEOUT))
-                    cluster.connect()
-                except (rados.Error, OSError) as e:
-                    if cluster is not None:
-                        cluster.shutdown()
-                    where = conf or "the default ceph.conf"
-                    raise BackendError(f"cannot connect to the Ceph cluster of {where}: {plain_reason(e)}") from e
-                entry = self._open[(conf, user)] = [cluster, 0]
-            entry[1] += 1
-            return entry[0]
-
-    def release(self, cluster: Any) -> None:
-        with self._lock:
-            for key, entry in list(self._open.items()):
-                if entry[0] is cluster:
-                    entry[1] -= 1
-                    if entry[1] == 0:
-                        del self._open[key]
-                        cluster.shutdown()
-                    return
+def _connect(conf: str | None, user: str | None) -> Any:
+    """A connected ``rados.Rados`` (the binding's), or BackendError."""
+    rados, _ = bindings()
+    cluster = None
+    try:
+        cluster = rados.Rados(conffile=conf or "", rados_id=user)
+        # connect()'s own timeout argument is ignored by librados
+        cluster.conf_set("client_mount_timeout", str(CONNECT_TIMEOUT))
+        cluster.connect()
+    except (rados.Error, OSError) as e:
+        if cluster is not None:
+            cluster.shutdown()
+        raise _connect_error(conf, e) from e
+    return cluster
 
 
-CLUSTERS = _Clusters()
+def _connect_error(conf: str | None, e: BaseException) -> BackendError:
+    return BackendError(f"cannot connect to the Ceph cluster of {conf or 'the default ceph.conf'}: {plain_reason(e)}")
+
+
+# the binding's connections, for the pool's other work (bootsvc/ceph_images.py)
+CLUSTERS: librbd.Shared[Any] = librbd.Shared(_connect, lambda cluster: cluster.shutdown())
 
 
 def plain_reason(e: BaseException) -> str:
@@ -174,8 +155,7 @@ class RbdBackend(Backend):
         try:
             self._cluster = librbd.CONNECTIONS.acquire(spec.conf, spec.user)
         except librbd.CephError as e:
-            where = spec.conf or "the default ceph.conf"
-            raise BackendError(f"cannot connect to the Ceph cluster of {where}: {plain_reason(e)}") from e
+            raise _connect_error(spec.conf, e) from e
         try:
             self._ioctx, self._image = librbd.open_image(self._cluster, spec.pool, spec.namespace, spec.image,
                                                          spec.snapshot, self.read_only)
