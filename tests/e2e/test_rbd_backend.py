@@ -5,6 +5,7 @@ discarded and flushed through librbd's asynchronous calls."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -232,3 +233,19 @@ def test_close_with_reads_in_flight(clone: str) -> None:
         assert len(os.listdir("/proc/self/fd")) <= fds
 
     _run(main())
+
+
+def test_librados_io_threads_do_not_preempt_the_loop(clone: str) -> None:
+    """target/librbd.py makes librados' io_context_pool threads SCHED_BATCH
+    (a wake-up by the loop does not preempt it); the others are untouched."""
+    b = open_rbd(clone)
+    try:
+        policies: dict[str, set[int]] = {}
+        for tid in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError):
+                name = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+                policies.setdefault(name, set()).add(os.sched_getscheduler(int(tid)))
+        assert policies["io_context_pool"] == {os.SCHED_BATCH}
+        assert policies["msgr-worker-0"] == {os.SCHED_OTHER}
+    finally:
+        b.close()
