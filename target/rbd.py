@@ -318,9 +318,9 @@ class RbdBackend(Backend):
         return _first_run(offset, window, sorted(extents))
 
     def close(self) -> None:
-        if self._io is not None:
-            self._io.close()
-            self._io = None
+        io, self._io = self._io, None  # first: a request made from now on finds the image closed
+        if io is not None:
+            io.close()
         if self._image is not None:
             self._lib.rbd_close(self._image)
             self._image = None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Callable
 from ctypes import byref, c_void_p
 from typing import Any
@@ -46,6 +47,11 @@ class Completions:
         self._pending: dict[int, tuple[asyncio.Future[int], object]] = {}
         self._batch = (c_void_p * BATCH)()
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop watching the eventfd
+        # taking completions (poll, release, forget) one thread at a time:
+        # the fleet may close an image from another thread while the loop
+        # takes its completions, and a completion must not be released
+        # while close() waits on it
+        self._taking = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -82,13 +88,22 @@ class Completions:
 
     def _take(self) -> None:
         """On the loop, eventfd readable: every queued completion settled."""
+        if self._fd < 0:  # closed from another thread; the reader goes on the loop's next turn
+            return
         try:
             os.eventfd_read(self._fd)  # reset first: a completion queued from now on writes it again
         except BlockingIOError:
             pass
+        with self._taking:
+            done = self._settled()
         loop = self._loop
-        for comp, ret in self._poll():
-            _hand(self._pending.pop(comp)[0], ret, loop)
+        for future, ret in done:
+            _hand(future, ret, loop)
+
+    def _settled(self) -> list[tuple[asyncio.Future[int], int]]:
+        """(waiter, return value) of every queued completion, forgotten."""
+        pending = self._pending
+        return [(entry[0], ret) for comp, ret in self._poll() if (entry := pending.pop(comp, None)) is not None]
 
     def _poll(self) -> list[tuple[int, int]]:
         """(completion, return value) of every queued completion, released."""
@@ -106,11 +121,13 @@ class Completions:
         """Before the image is closed: waits for the requests still in
         flight (their waiters get their results if their loop still runs),
         then stops watching. Blocks, like closing the image does."""
-        for comp in list(self._pending):
-            libs().rbd_aio_wait_for_complete(comp)
+        with self._taking:
+            for comp in list(self._pending):
+                self._lib.rbd_aio_wait_for_complete(comp)
+            done = self._settled()
         here = _running_loop()
-        for comp, ret in self._poll():
-            _hand(self._pending.pop(comp)[0], ret, here)
+        for future, ret in done:
+            _hand(future, ret, here)
         self._unwatch()
 
     def _unwatch(self) -> None:

@@ -105,6 +105,11 @@ class FakeLibrbd:
             self.queued.append(c)
             os.eventfd_write(self.fd, 1)
 
+    def rbd_aio_wait_for_complete(self, comp: int) -> int:
+        if comp not in self.queued:  # completes now, as librbd would in a while
+            self.finish([comp])
+        return 0
+
     def rbd_poll_io_events(self, image: int, batch: Any, n: int) -> int:
         self.polls += 1
         i = 0
@@ -154,6 +159,27 @@ def test_completions_from_other_threads_arrive_in_batches(monkeypatch: pytest.Mo
         assert 0 < wakeups < len(comps) and fake.polls < len(comps)  # more than one batch, far fewer than one each
         io.close()
         assert io._fd == -1
+
+    asyncio.run(main())
+
+
+def test_close_from_another_thread_with_requests_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fleet may close an image off the loop: close() waits for what is
+    in flight, its waiters get their results on their loop, and the eventfd
+    is closed there too, after the loop stopped watching it."""
+    fake = FakeLibrbd()
+    monkeypatch.setattr(rbd_completions, "libs", lambda: fake)
+
+    async def main() -> None:
+        io = rbd_completions.Completions(image=1)
+        fd = io._fd
+        futures = [io.start(fake.rbd_aio_read, off, 512, b"") for off in range(300)]
+        await asyncio.get_running_loop().run_in_executor(None, io.close)
+        assert await asyncio.wait_for(asyncio.gather(*futures), 10) == [512] * 300
+        assert len(io) == 0 and len(fake.released) == 300 and io._fd == -1
+        await asyncio.sleep(0)
+        with pytest.raises(OSError):
+            os.fstat(fd)  # closed
 
     asyncio.run(main())
 
