@@ -6,21 +6,22 @@ this backend then agree on one spelling)::
     rbd:POOL[/NAMESPACE]/IMAGE[@SNAPSHOT][:conf=PATH][:id=USER]
 
 ``conf`` defaults to librados' own search (``/etc/ceph/ceph.conf``), ``id``
-to ``admin``; a snapshot is read-only. librbd completes requests on its own
-threads; each completion is handed to the event loop with
-``call_soon_threadsafe``, one wake-up for however many completed meanwhile,
-so nothing here blocks the loop except opening the image.
+to ``admin``; a snapshot is read-only. The LUN's image is opened through
+librbd's C API (target/librbd.py, ctypes) and its requests complete through
+an eventfd the event loop watches (target/rbd_completions.py), so nothing
+here blocks the loop except opening and closing the image.
 
-The bindings (python3-rados, python3-rbd) are Debian packages for Debian's
-Python only: they are imported when an RBD LUN is opened, so everything
-else works without them (docs/scale-out.md says how a venv gets them).
+The bindings (python3-rados, python3-rbd; Debian packages for Debian's
+Python only) are used for the pool's other work (bootsvc/ceph_images.py)
+and imported only then; the C libraries come with them (docs/scale-out.md
+says how a venv gets them).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
+import ctypes
 import errno
 import os
 import socket
@@ -30,11 +31,13 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from . import librbd
 from .backend import Backend, BackendError, DiskElsewhere, MediumError, Segment, SpaceExhausted
+from .librbd import CONNECT_TIMEOUT
+from .rbd_completions import Completions
 
 PREFIX = "rbd:"
 MISSING_BINDINGS = "storage backend ceph needs python3-rbd: apt install python3-rbd"
-CONNECT_TIMEOUT = 10  # seconds librados waits for the monitors before an open fails
 ZERO_CHUNK = 1 << 30  # write_zeroes/discard requests are split below librbd's int-sized lengths
 STATUS_WINDOW = 1 << 30  # GET LBA STATUS looks this far ahead (one descriptor is enough for it)
 HOLDER_KEY = "bootsvc.holder"  # image metadata: which server holds its lock, for the others to say
@@ -100,47 +103,28 @@ def bindings() -> tuple[ModuleType, ModuleType]:
     return rados, rbd
 
 
-class _Clusters:
-    """One librados connection per (conf, user), shared by every image
-    opened through it: each connection costs a dozen threads and sockets,
-    and a server opens an image per machine."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._open: dict[tuple[str | None, str | None], list[Any]] = {}  # key: [Rados, users]
-
-    def acquire(self, conf: str | None, user: str | None) -> Any:
-        rados, _ = bindings()
-        with self._lock:
-            entry = self._open.get((conf, user))
-            if entry is None:
-                cluster = None
-                try:
-                    cluster = rados.Rados(conffile=conf or "", rados_id=user)
-                    # connect()'s own timeout argument is ignored by librados
-                    cluster.conf_set("client_mount_timeout", str(CONNECT_TIMEOUT))
-                    cluster.connect()
-                except (rados.Error, OSError) as e:
-                    if cluster is not None:
-                        cluster.shutdown()
-                    where = conf or "the default ceph.conf"
-                    raise BackendError(f"cannot connect to the Ceph cluster of {where}: {plain_reason(e)}") from e
-                entry = self._open[(conf, user)] = [cluster, 0]
-            entry[1] += 1
-            return entry[0]
-
-    def release(self, cluster: Any) -> None:
-        with self._lock:
-            for key, entry in list(self._open.items()):
-                if entry[0] is cluster:
-                    entry[1] -= 1
-                    if entry[1] == 0:
-                        del self._open[key]
-                        cluster.shutdown()
-                    return
+def _connect(conf: str | None, user: str | None) -> Any:
+    """A connected ``rados.Rados`` (the binding's), or BackendError."""
+    rados, _ = bindings()
+    cluster = None
+    try:
+        cluster = rados.Rados(conffile=conf or "", rados_id=user)
+        # connect()'s own timeout argument is ignored by librados
+        cluster.conf_set("client_mount_timeout", str(CONNECT_TIMEOUT))
+        cluster.connect()
+    except (rados.Error, OSError) as e:
+        if cluster is not None:
+            cluster.shutdown()
+        raise _connect_error(conf, e) from e
+    return cluster
 
 
-CLUSTERS = _Clusters()
+def _connect_error(conf: str | None, e: BaseException) -> BackendError:
+    return BackendError(f"cannot connect to the Ceph cluster of {conf or 'the default ceph.conf'}: {plain_reason(e)}")
+
+
+# the binding's connections, for the pool's other work (bootsvc/ceph_images.py)
+CLUSTERS: librbd.Shared[Any] = librbd.Shared(_connect, lambda cluster: cluster.shutdown())
 
 
 def plain_reason(e: BaseException) -> str:
@@ -151,66 +135,38 @@ def plain_reason(e: BaseException) -> str:
     return str(e).strip() or type(e).__name__
 
 
-class _Bridge:
-    """librbd completions (on librbd's threads) handed to one event loop in
-    batches: the first completion of a batch schedules the hand-over (a
-    wake-up of the loop), the others join it.
-
-    Measured (py-spy, perf): the callback runs on librbd's one I/O thread
-    holding the GIL, and every GIL hand-over between that thread and the
-    loop's costs futex wake-ups on both sides, so the callback does as
-    little as it can: an append to a deque (atomic under the GIL, no lock)
-    and, for the first of a batch, the wake-up."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self._ready: collections.deque[tuple[asyncio.Future[Any], int, Any]] = collections.deque()
-        self._scheduled = False
-
-    def complete(self, future: asyncio.Future[Any], ret: int, value: Any) -> None:
-        """On librbd's thread: ``future`` gets (ret, value) on the loop."""
-        self._ready.append((future, ret, value))
-        if not self._scheduled:  # two threads may both schedule: one drain then finds nothing
-            self._scheduled = True
-            try:
-                self.loop.call_soon_threadsafe(self._drain)
-            except RuntimeError:  # the loop is closed: nobody waits any more
-                pass
-
-    def _drain(self) -> None:
-        # cleared first: a completion appended from here on schedules again
-        # or is popped below, so none is left behind
-        self._scheduled = False
-        ready = self._ready
-        while ready:
-            future, ret, value = ready.popleft()
-            if not future.done():  # a cancelled waiter
-                future.set_result((ret, value))
-
-
 class RbdBackend(Backend):
-    """An RBD image (or a snapshot of one, read-only) as a LUN."""
+    """An RBD image (or a snapshot of one, read-only) as a LUN, opened
+    through librbd's C API (target/librbd.py says why not the binding):
+    its aio requests complete through an eventfd the loop watches
+    (target/rbd_completions.py)."""
 
     def __init__(self, spec: RbdSpec, read_only: bool = False) -> None:
-        _, rbd = bindings()
+        try:
+            self._lib = librbd.libs()
+        except OSError as e:
+            raise BackendError(MISSING_BINDINGS) from e
         self.spec = spec
         self.read_only = read_only or spec.snapshot is not None
-        self._cluster = CLUSTERS.acquire(spec.conf, spec.user)
-        self._ioctx: Any = None
-        self._image: Any = None
+        self._cluster: int | None = None
+        self._ioctx: int | None = None
+        self._image: int | None = None
+        self._io: Completions | None = None
         try:
-            self._ioctx = self._cluster.open_ioctx(spec.pool)
-            if spec.namespace:
-                self._ioctx.set_namespace(spec.namespace)
-            self._image = rbd.Image(self._ioctx, spec.image, snapshot=spec.snapshot, read_only=self.read_only)
-            self.size = self._image.size()
-        except Exception as e:
+            self._cluster = librbd.CONNECTIONS.acquire(spec.conf, spec.user)
+        except librbd.CephError as e:
+            raise _connect_error(spec.conf, e) from e
+        try:
+            self._ioctx, self._image = librbd.open_image(self._cluster, spec.pool, spec.namespace, spec.image,
+                                                         spec.snapshot, self.read_only)
+            self.size = librbd.image_size(self._image)
+            self._io = Completions(self._image)
+        except librbd.CephError as e:
             self.close()
             raise BackendError(f"cannot open rbd:{spec.name}: {_open_reason(e)}") from e
         if self.size == 0:
             self.close()
             raise BackendError(f"rbd:{spec.name} is empty")
-        self._bridges: dict[asyncio.AbstractEventLoop, _Bridge] = {}
         self._claimed = self.read_only  # a read-only view writes nothing: nothing to lock
         # claim and release one at a time: a login's claim and the fleet's
         # release of an idle disk may run in two threads at once
@@ -224,7 +180,7 @@ class RbdBackend(Backend):
         """librbd's exclusive lock, taken explicitly: by default librbd
         passes the lock to whichever client writes next (cooperative), so
         two servers could both write a disk; a lock acquired with
-        ``lock_acquire`` stays until released (``close``) and other
+        ``rbd_lock_acquire`` stays until released (``close``) and other
         clients' writes fail. A holder that died loses it once its watch
         times out. The holder's name is left in the image's metadata for
         the other servers' refusal to say who."""
@@ -234,16 +190,15 @@ class RbdBackend(Backend):
     def _claim(self) -> None:
         if self._claimed:
             return
-        _, rbd = bindings()
-        try:
-            self._image.lock_acquire(rbd.RBD_LOCK_MODE_EXCLUSIVE)
-        except rbd.ReadOnlyImage as e:
-            raise DiskElsewhere(f"rbd:{self.spec.name} is in use by another server ({self._holder()})") from e
-        except Exception as e:
-            raise BackendError(f"rbd:{self.spec.name}: cannot take its lock: {plain_reason(e)}") from e
+        ret = self._lib.rbd_lock_acquire(self._image, librbd.RBD_LOCK_MODE_EXCLUSIVE)
+        if ret == -errno.EROFS:  # another client holds it
+            raise DiskElsewhere(f"rbd:{self.spec.name} is in use by another server ({self._holder()})")
+        if ret < 0:
+            raise BackendError(f"rbd:{self.spec.name}: cannot take its lock: {os.strerror(-ret).lower()}")
         self._claimed = True
-        with contextlib.suppress(Exception):  # a name for others' messages only
-            self._image.metadata_set(HOLDER_KEY, f"bootsvc on {socket.gethostname()}, pid {os.getpid()}")
+        # a name for others' messages only: a failure is not an error
+        self._lib.rbd_metadata_set(self._image, HOLDER_KEY.encode(),
+                                   f"bootsvc on {socket.gethostname()}, pid {os.getpid()}".encode())
 
     def release(self) -> None:
         """The lock given up, the image kept open: the next server the
@@ -253,84 +208,76 @@ class RbdBackend(Backend):
             if not self._claimed or self.read_only:
                 return
             self._claimed = False
-            with contextlib.suppress(Exception):
-                self._image.metadata_remove(HOLDER_KEY)
-            try:
-                self._image.lock_release()
-            except Exception as e:
-                raise BackendError(f"rbd:{self.spec.name}: cannot release its lock: {plain_reason(e)}") from e
+            self._lib.rbd_metadata_remove(self._image, HOLDER_KEY.encode())
+            ret = self._lib.rbd_lock_release(self._image)
+            if ret < 0:
+                raise BackendError(f"rbd:{self.spec.name}: cannot release its lock: {os.strerror(-ret).lower()}")
 
     def _holder(self) -> str:
         """Who holds the lock, as the holder wrote it (and librbd's owner)."""
         name = owners = ""
-        with contextlib.suppress(Exception):
-            name = self._image.metadata_get(HOLDER_KEY)
-        with contextlib.suppress(Exception):
-            owners = ", ".join(o["owner"] for o in self._image.lock_get_owners())
+        with contextlib.suppress(librbd.CephError):
+            name = librbd.metadata_get(self._image, HOLDER_KEY)  # type: ignore[arg-type]
+        with contextlib.suppress(librbd.CephError):
+            owners = ", ".join(librbd.lock_owners(self._image))  # type: ignore[arg-type]
         return " ".join(filter(None, (name, f"client {owners}" if owners else ""))) or "unknown"
 
-    def _bridge(self) -> _Bridge:
-        loop = asyncio.get_running_loop()
-        bridge = self._bridges.get(loop)
-        if bridge is None:
-            bridge = self._bridges[loop] = _Bridge(loop)
-        return bridge
-
-    async def _submit(self, what: str, start: Callable[[Callable[..., None]], Any]) -> Any:
-        """Start one librbd aio call (``start(oncomplete)``) and await its
-        completion; its value (a read's data) or MediumError/SpaceExhausted."""
-        bridge = self._bridge()
-        future: asyncio.Future[Any] = bridge.loop.create_future()
-
-        def oncomplete(completion: Any, *value: Any) -> None:
-            bridge.complete(future, completion.get_return_value(), value[0] if value else None)
-
+    def _start(self, what: str, call: Callable[..., int], *args: Any, keep: object = None) -> asyncio.Future[int]:
+        """One aio request started (``call(image, *args, completion)``);
+        MediumError when librbd refuses it at once (a closed image, a bad range)."""
+        if self._io is None:
+            raise MediumError(f"rbd:{self.spec.name}: {what} failed: the image is closed")
         try:
-            start(oncomplete)
-        except Exception as e:  # refused before it started (closed image, bad range)
+            return self._io.start(call, *args, keep=keep)
+        except librbd.CephError as e:
             raise MediumError(f"rbd:{self.spec.name}: {what} failed: {plain_reason(e)}") from e
-        ret, value = await future
+
+    async def _submit(self, what: str, call: Callable[..., int], *args: Any, keep: object = None) -> int:
+        """An aio request awaited: its return value, or MediumError/SpaceExhausted."""
+        ret = await self._start(what, call, *args, keep=keep)
         if ret < 0:
             raise _io_error(self.spec.name, what, -ret)
-        return ret, value
+        return ret
 
     async def read(self, offset: int, length: int) -> Sequence[Segment]:
-        """The hot path (every SCSI READ is one aio_read): no closure or
-        message is made per read; the completion hands over the read's
-        buffer as librbd filled it (no copy)."""
-        bridge = self._bridges.get(asyncio.get_running_loop()) or self._bridge()
-        future = bridge.loop.create_future()
+        """The hot path (every SCSI READ is one aio read): librbd fills a
+        fresh, uninitialised bytes object, which is then sent as it is (no
+        copy, no message made per read)."""
+        buf = _new_bytes(length)
+        io = self._io
+        if io is None:
+            raise MediumError(f"rbd:{self.spec.name}: read of {length} bytes at {offset} failed: the image is closed")
         try:
-            self._image.aio_read(offset, length, _ReadDone(bridge, future))
-        except Exception as e:  # refused before it started (closed image, bad range)
+            future = io.start(self._lib.rbd_aio_read, offset, length, buf, keep=buf)
+        except librbd.CephError as e:
             raise MediumError(f"rbd:{self.spec.name}: read of {length} bytes at {offset} failed: "
                               f"{plain_reason(e)}") from e
-        ret, data = await future
+        ret = await future
         if ret < 0:
             raise _io_error(self.spec.name, f"read of {length} bytes at {offset}", -ret)
-        if data is None or len(data) < length:  # past the end: zeros, as a file reads
-            data = (data or b"") + bytes(length - len(data or b""))
-        return (data,)
+        if ret < length:  # past the end: zeros, as a file reads
+            return (buf[:ret], bytes(length - ret))
+        return (buf,)
 
     def read_sync(self, offset: int, length: int) -> bytes:
-        try:
-            data: bytes = self._image.read(offset, length)
-        except Exception as e:
+        buf = _new_bytes(length)
+        ret = self._lib.rbd_read(self._image, offset, length, buf) if self._image is not None else -errno.EBADF
+        if ret < 0:
             raise MediumError(f"rbd:{self.spec.name}: read of {length} bytes at {offset} failed: "
-                              f"{plain_reason(e)}") from e
-        return data + bytes(length - len(data))
+                              f"{os.strerror(-ret).lower()}")
+        return buf if ret == length else buf[:ret] + bytes(length - ret)
 
     async def write(self, offset: int, data: bytes | memoryview, fua: bool = False) -> None:
         payload = _as_bytes(data)
-        await self._submit(f"write of {len(payload)} bytes at {offset}",
-                           lambda done: self._image.aio_write(payload, offset, done))
+        await self._submit(f"write of {len(payload)} bytes at {offset}", self._lib.rbd_aio_write,
+                           offset, len(payload), payload, keep=payload)
         if fua:
             # librbd has no per-write FUA: a flush after it makes it durable
             # (with the RBD cache off it already is, and the flush is cheap)
             await self.flush()
 
     async def flush(self) -> None:
-        await self._submit("flush", lambda done: self._image.aio_flush(done))
+        await self._submit("flush", self._lib.rbd_aio_flush)
 
     async def discard(self, offset: int, length: int) -> None:
         """UNMAP: deallocated blocks must read as zeros (the LUN reports
@@ -343,9 +290,12 @@ class RbdBackend(Backend):
         pos, end = offset, offset + length
         while pos < end:
             n = min(ZERO_CHUNK, end - pos)
-            await self._submit(f"zeroing {n} bytes at {pos}",
-                               lambda done, p=pos, n=n: self._image.aio_write_zeroes(p, n, done))
+            await self._submit(f"zeroing {n} bytes at {pos}", self._write_zeroes, pos, n)
             pos += n
+
+    def _write_zeroes(self, image: int, offset: int, length: int, completion: Any) -> int:
+        # rbd_aio_write_zeroes takes flags after the completion
+        return int(self._lib.rbd_aio_write_zeroes(image, offset, length, completion, 0, 0))
 
     async def block_status(self, offset: int) -> tuple[bool, int]:
         """GET LBA STATUS: librbd's allocation map (its own data and its
@@ -355,36 +305,42 @@ class RbdBackend(Backend):
     def _block_status(self, offset: int) -> tuple[bool, int]:
         window = min(self.size - offset, STATUS_WINDOW)
         extents: list[tuple[int, int]] = []
-        try:
-            self._image.diff_iterate(offset, window, None, lambda o, n, exists: exists and extents.append((o, n)),
-                                     include_parent=True, whole_object=False)
-        except Exception as e:
+
+        def found(start: int, length: int, exists: int, _arg: Any) -> int:
+            if exists:
+                extents.append((start, length))
+            return 0
+
+        ret = self._lib.rbd_diff_iterate2(self._image, None, offset, window, 1, 0, librbd.DIFF_CALLBACK(found), None)
+        if ret < 0:
             raise MediumError(f"rbd:{self.spec.name}: allocation map at {offset} unreadable: "
-                              f"{plain_reason(e)}") from e
+                              f"{os.strerror(-ret).lower()}")
         return _first_run(offset, window, sorted(extents))
 
     def close(self) -> None:
+        io, self._io = self._io, None  # first: a request made from now on finds the image closed
+        if io is not None:
+            io.close()
         if self._image is not None:
-            self._image.close()
+            self._lib.rbd_close(self._image)
             self._image = None
         if self._ioctx is not None:
-            self._ioctx.close()
+            self._lib.rados_ioctx_destroy(self._ioctx)
             self._ioctx = None
         if self._cluster is not None:
-            CLUSTERS.release(self._cluster)
+            librbd.CONNECTIONS.release(self._cluster)
             self._cluster = None
 
 
-class _ReadDone:
-    """aio_read's completion callback: (return value, data) to the loop."""
+_PyBytes_FromStringAndSize = ctypes.pythonapi.PyBytes_FromStringAndSize
+_PyBytes_FromStringAndSize.restype = ctypes.py_object
+_PyBytes_FromStringAndSize.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
 
-    __slots__ = ("bridge", "future")
 
-    def __init__(self, bridge: _Bridge, future: asyncio.Future[Any]) -> None:
-        self.bridge, self.future = bridge, future
-
-    def __call__(self, completion: Any, data: bytes | None) -> None:
-        self.bridge.complete(self.future, completion.get_return_value(), data)
+def _new_bytes(length: int) -> bytes:
+    """A bytes object of ``length`` bytes, not zeroed (as the binding made
+    them), for librbd to fill before anyone else sees it."""
+    return _PyBytes_FromStringAndSize(None, length)  # type: ignore[no-any-return]
 
 
 def _as_bytes(data: bytes | memoryview) -> bytes:
@@ -410,13 +366,11 @@ def _first_run(offset: int, window: int, extents: list[tuple[int, int]]) -> tupl
     return True, min(end, offset + window) - offset
 
 
-def _open_reason(e: BaseException) -> str:
-    name = type(e).__name__
-    if name == "ImageNotFound":
-        return "no such image"
-    if name == "ObjectNotFound":
-        return "no such pool or namespace"
-    if name in ("PermissionError", "PermissionDeniedError"):
+def _open_reason(e: librbd.CephError) -> str:
+    """What a failed open means, from the step that failed (CephError's strerror)."""
+    if e.errno == errno.ENOENT:
+        return "no such image" if e.strerror == "rbd_open" else "no such pool or namespace"
+    if e.errno in (errno.EPERM, errno.EACCES):
         return "permission denied (the Ceph user may not open it)"
     return plain_reason(e)
 

@@ -1,18 +1,22 @@
 """The RBD backend's parts that need no cluster: LUN names, the missing
-bindings' message, error mapping and the completion hand-over
-(tests/e2e/test_rbd_backend.py runs it against a real cluster)."""
+bindings' message, error mapping and the completion poller against a
+stand-in for librbd (tests/e2e/test_rbd_backend.py runs them against a
+real cluster)."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
-import sys
+import os
 import threading
+from typing import Any
 
 import pytest
 
+from target import librbd, rbd_completions
 from target.backend import BackendError, MediumError, SpaceExhausted
-from target.rbd import MISSING_BINDINGS, RbdSpec, _as_bytes, _Bridge, _io_error, open_rbd, parse_spec
+from target.rbd import MISSING_BINDINGS, RbdSpec, _as_bytes, _io_error, open_rbd, parse_spec
 from target.targets import LunSpec, Target, TargetConfigError, TargetSpec
 
 
@@ -39,7 +43,8 @@ def test_bad_names(text: str) -> None:
 
 
 def test_missing_bindings_say_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "rbd", None)  # import rbd raises ImportError
+    monkeypatch.setattr(librbd, "_libs", None)
+    monkeypatch.setattr(librbd, "LIBRBD", "librbd-not-installed.so.1")  # dlopen fails
     with pytest.raises(BackendError) as e:
         open_rbd("rbd:pool/img")
     assert str(e.value) == MISSING_BINDINGS == "storage backend ceph needs python3-rbd: apt install python3-rbd"
@@ -68,35 +73,129 @@ def test_errors_map_to_scsi_kinds() -> None:
     assert type(e) is MediumError and str(e) == "rbd:p/i: read of 512 bytes at 0 failed: Input/output error"
 
 
-def test_completions_from_other_threads_arrive_in_batches() -> None:
-    async def main() -> list[tuple[int, object]]:
+class FakeLibrbd:
+    """librbd's completion calls as target/rbd_completions.py uses them: a
+    request completes when :meth:`finish` (another thread) queues it and
+    writes the image's eventfd, as librbd's own threads do."""
+
+    def __init__(self) -> None:
+        self.fd = -1
+        self.queued: collections.deque[int] = collections.deque()
+        self.results: dict[int, int] = {}
+        self.released: set[int] = set()
+        self.polls = 0
+        self._next = 0x1000
+
+    def rbd_set_image_notification(self, image: int, fd: int, kind: int) -> int:
+        assert kind == librbd.EVENT_TYPE_EVENTFD
+        self.fd = fd
+        return 0
+
+    def rbd_aio_create_completion(self, arg: Any, cb: Any, out: Any) -> int:
+        self._next += 8
+        out._obj.value = self._next
+        return 0
+
+    def rbd_aio_read(self, image: int, offset: int, length: int, buf: bytes, comp: Any) -> int:
+        self.results[comp.value] = length if offset >= 0 else -errno.EIO
+        return 0
+
+    def finish(self, comps: list[int]) -> None:
+        for c in comps:
+            self.queued.append(c)
+            os.eventfd_write(self.fd, 1)
+
+    def rbd_aio_wait_for_complete(self, comp: int) -> int:
+        if comp not in self.queued:  # completes now, as librbd would in a while
+            self.finish([comp])
+        return 0
+
+    def rbd_poll_io_events(self, image: int, batch: Any, n: int) -> int:
+        self.polls += 1
+        i = 0
+        while i < n and self.queued:
+            batch[i] = self.queued.popleft()
+            i += 1
+        return i
+
+    def rbd_aio_get_return_value(self, comp: int) -> int:
+        return self.results[comp]
+
+    def rbd_aio_release(self, comp: Any) -> None:
+        comp = getattr(comp, "value", comp)  # a c_void_p or an int, as ctypes passes either
+        assert comp not in self.released
+        self.released.add(comp)
+
+
+def test_completions_from_other_threads_arrive_in_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeLibrbd()
+    monkeypatch.setattr(rbd_completions, "libs", lambda: fake)
+
+    async def main() -> None:
+        io = rbd_completions.Completions(image=1)
+        wakeups = 0
+        take = io._take
+
+        def counting_take() -> None:
+            nonlocal wakeups
+            wakeups += 1
+            take()
+
+        offsets = list(range(599)) + [-1]  # the last one fails
+        futures = [io.start(fake.rbd_aio_read, off, 512, b"", keep=off) for off in offsets]
         loop = asyncio.get_running_loop()
-        bridge = _Bridge(loop)
-        futures = [loop.create_future() for _ in range(200)]
-        drains = 0
-        real_drain = bridge._drain
-
-        def counting_drain() -> None:
-            nonlocal drains
-            drains += 1
-            real_drain()
-
-        bridge._drain = counting_drain  # type: ignore[method-assign]
-        cancelled = futures.pop()
-        cancelled.cancel()
-        workers = [threading.Thread(target=lambda part=part: [bridge.complete(f, i, None) for i, f in part])
-                   for part in (list(enumerate(futures))[::2], list(enumerate(futures))[1::2])]
-        bridge.complete(cancelled, 0, None)  # a waiter that gave up is skipped, not an error
+        loop.remove_reader(io._fd)
+        loop.add_reader(io._fd, counting_take)
+        futures[1].cancel()  # a waiter that gave up is skipped, not an error
+        comps = list(fake.results)
+        workers = [threading.Thread(target=fake.finish, args=(part,)) for part in (comps[::2], comps[1::2])]
         for w in workers:
             w.start()
         for w in workers:
             w.join(timeout=10)
-        results = await asyncio.wait_for(asyncio.gather(*futures), 10)
-        assert drains < len(futures)
-        return results
+        results = await asyncio.wait_for(asyncio.gather(*futures[2:]), 10)
+        assert futures[0].result() == 512 and results == [512] * 597 + [-errno.EIO]
+        assert len(io) == 0 and fake.released == set(comps)
+        assert 0 < wakeups < len(comps) and fake.polls < len(comps)  # more than one batch, far fewer than one each
+        io.close()
+        assert io._fd == -1
 
-    results = asyncio.run(main())
-    assert [r for r, _ in results] == list(range(199))
+    asyncio.run(main())
+
+
+def test_close_from_another_thread_with_requests_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fleet may close an image off the loop: close() waits for what is
+    in flight, its waiters get their results on their loop, and the eventfd
+    is closed there too, after the loop stopped watching it."""
+    fake = FakeLibrbd()
+    monkeypatch.setattr(rbd_completions, "libs", lambda: fake)
+
+    async def main() -> None:
+        io = rbd_completions.Completions(image=1)
+        fd = io._fd
+        futures = [io.start(fake.rbd_aio_read, off, 512, b"") for off in range(300)]
+        await asyncio.get_running_loop().run_in_executor(None, io.close)
+        assert await asyncio.wait_for(asyncio.gather(*futures), 10) == [512] * 300
+        assert len(io) == 0 and len(fake.released) == 300 and io._fd == -1
+        await asyncio.sleep(0)
+        with pytest.raises(OSError):
+            os.fstat(fd)  # closed
+
+    asyncio.run(main())
+
+
+def test_a_refused_request_is_released(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeLibrbd()
+    monkeypatch.setattr(rbd_completions, "libs", lambda: fake)
+
+    async def main() -> None:
+        io = rbd_completions.Completions(image=1)
+        with pytest.raises(librbd.CephError) as e:
+            io.start(lambda image, comp: -errno.EINVAL)
+        assert e.value.errno == errno.EINVAL and len(fake.released) == 1 and len(io) == 0
+        io.close()
+
+    asyncio.run(main())
 
 
 @pytest.mark.parametrize("extents, status", [

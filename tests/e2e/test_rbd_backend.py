@@ -5,6 +5,7 @@ discarded and flushed through librbd's asynchronous calls."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -154,3 +155,97 @@ def test_open_errors_say_what_is_wrong(ceph_cluster: Cluster, tmp_path: Path) ->
             open_rbd(name)
         assert str(e.value) == message
     assert os.path.exists(conf)
+
+
+def test_many_reads_in_flight_complete_in_few_wakeups(clone: str) -> None:
+    """The eventfd path (target/rbd_completions.py): 512 reads of 4 KiB at
+    once, each gets its own data, and the loop is woken far fewer times than
+    there are reads (completions are taken in batches)."""
+    parent = _pattern(8 * MIB, 1)
+
+    async def main() -> None:
+        b = open_rbd(clone)
+        try:
+            io = b._io
+            assert io is not None
+            wakeups = 0
+            take = io._take
+
+            def counting_take() -> None:
+                nonlocal wakeups
+                wakeups += 1
+                take()
+
+            loop = asyncio.get_running_loop()
+            await b.read(0, 512)  # the eventfd is watched from the first request on
+            loop.remove_reader(io._fd)
+            loop.add_reader(io._fd, counting_take)
+            offsets = [(i * 7919 * 512) % (8 * MIB - 4096) for i in range(512)]
+            reads = await asyncio.gather(*(_read(b, off, 4096) for off in offsets))
+            assert reads == [parent[off:off + 4096] for off in offsets]
+            assert 0 < wakeups < len(offsets) and len(io) == 0
+        finally:
+            b.close()
+
+    _run(main())
+
+
+def test_librbd_errors_become_medium_errors(clone: str) -> None:
+    """A request librbd fails (here: past the end of the image, and a write
+    to a read-only view) is a MediumError saying what failed, not a crash;
+    so is one made after the image was closed."""
+    from target.backend import MediumError
+
+    async def main() -> None:
+        b = open_rbd(clone, read_only=True)
+        try:
+            with pytest.raises(MediumError, match=r"write of 4096 bytes at 0 failed: Read-only file system"):
+                await b.write(0, bytes(4096))
+            with pytest.raises(MediumError, match=rf"read of 4096 bytes at {2 * SIZE} failed"):
+                await b.read(2 * SIZE, 4096)
+            assert (await b.read(SIZE - 512, 512))[0] == bytes(512)
+        finally:
+            b.close()
+        with pytest.raises(MediumError, match="the image is closed"):
+            await b.read(0, 512)
+        with pytest.raises(MediumError, match="the image is closed"):
+            await b.flush()
+
+    _run(main())
+
+
+def test_close_with_reads_in_flight(clone: str) -> None:
+    """Closing the image while reads are in flight waits for them (librbd
+    writes into their buffers until they complete), hands them their data,
+    and leaves no file descriptor behind; a waiter that gave up is skipped."""
+    parent = _pattern(8 * MIB, 1)
+
+    async def main() -> None:
+        fds = len(os.listdir("/proc/self/fd"))
+        b = open_rbd(clone)
+        reads = [asyncio.ensure_future(_read(b, i * 65536, 65536)) for i in range(64)]
+        await asyncio.sleep(0)  # every read started
+        reads[0].cancel()
+        b.close()
+        done = await asyncio.gather(*reads[1:])
+        assert done == [parent[i * 65536:(i + 1) * 65536] for i in range(1, 64)]
+        await asyncio.sleep(0)
+        assert len(os.listdir("/proc/self/fd")) <= fds
+
+    _run(main())
+
+
+def test_librados_io_threads_do_not_preempt_the_loop(clone: str) -> None:
+    """target/librbd.py makes librados' io_context_pool threads SCHED_BATCH
+    (a wake-up by the loop does not preempt it); the others are untouched."""
+    b = open_rbd(clone)
+    try:
+        policies: dict[str, set[int]] = {}
+        for tid in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError):
+                name = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+                policies.setdefault(name, set()).add(os.sched_getscheduler(int(tid)))
+        assert policies["io_context_pool"] == {os.SCHED_BATCH}
+        assert policies["msgr-worker-0"] == {os.SCHED_OTHER}
+    finally:
+        b.close()
