@@ -44,6 +44,7 @@ import asyncio
 import contextlib
 import ctypes
 import fcntl
+import functools
 import gc
 import marshal
 import os
@@ -60,8 +61,10 @@ from types import MappingProxyType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bootsvc import config as config_mod  # noqa: E402
 from bench.procstat import TICKS, children  # noqa: E402
+from bootsvc import config as config_mod  # noqa: E402
+from bootsvc.dhcp.leases import LeaseStore  # noqa: E402
+from bootsvc.dhcp.service import DhcpService  # noqa: E402
 from bootsvc.events import Event, Kind  # noqa: E402
 
 FRAME = struct.Struct("!I")  # the length of the marshalled batch that follows
@@ -69,6 +72,7 @@ PIPE_SIZE = 1 << 20  # bytes the pipe holds (F_SETPIPE_SZ): a burst of events do
 READY_TIMEOUT = 30.0  # seconds the worker may take to bind port 67
 STOP_TIMEOUT = 10.0  # seconds the worker may take to write its last leases and events
 PR_SET_PDEATHSIG = 1
+LAZY_READ = 0.005  # seconds: the bench's "worker-lazy" reads the events at most 200 times a second
 PLAIN = (str, int, float, bool, type(None))
 Wire = tuple[object, ...]  # one event as the pipe carries it: (kind, time, mac, ip, hostname, initiator,
 #                            target, peer, fields)
@@ -123,23 +127,18 @@ class Outbox:
             self.broken.set()
 
 
-def worker(config: Path, fd: int) -> int:
-    """The worker process: DHCP as ``bootsvc serve`` runs it, events to ``fd``."""
+def build(cfg: config_mod.Config, fd: int) -> tuple[list[DhcpService], Outbox, LeaseStore]:
+    """The worker's DHCP services (port 67, and 4011 in proxy mode) as
+    ``bootsvc serve`` builds them (bootsvc/server.py), their events to ``fd``."""
     from bootsvc.boot import BootPlanner
-    from bootsvc.dhcp.leases import LeaseStore
-    from bootsvc.dhcp.responder import Responder
+    from bootsvc.dhcp.responder import Mode, Responder
     from bootsvc.dhcp.service import DhcpService
     from bootsvc.events import Bus
     from bootsvc.fleet import Fleet
     from bootsvc.tftp.files import FileSource
 
-    # the main process ending (even by SIGKILL) ends the worker: it would hold port 67
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    cfg = config_mod.load(config)
     d = cfg.dhcp
-    if d is None:
-        print("dhcp_worker: the config has no listen.dhcp", file=sys.stderr)
-        return 2
+    assert d is not None
     leases = LeaseStore(cfg.state_dir / "leases.db")
     # the machine table, read from the config: the fleet's own, with no disk opened
     fleet = Fleet(cfg, Bus(), leases)
@@ -153,15 +152,31 @@ def worker(config: Path, fd: int) -> int:
     planner = BootPlanner(fleet, out.emit, cfg.iscsi.portals[0].port if cfg.iscsi.portals else 3260,
                           cfg.http.port if cfg.http else None, has_file=files.has)
     responder = Responder(list(d.subnets), fleet, leases, planner, d.mode, d.unknown, out.emit)
-    services = [DhcpService(responder, listener.address, listener.interface, listener.port)
-                for listener in d.listeners]
+    services = []
+    for listener in d.listeners:
+        services.append(DhcpService(responder, listener.address, listener.interface, listener.port))
+        if d.mode is Mode.PROXY:
+            services.append(DhcpService(responder, listener.address, listener.interface, listener.proxy_port,
+                                        reply_to_source=True))
+    return services, out, leases
+
+
+def worker(config: Path, fd: int) -> int:
+    """The worker process: DHCP as ``bootsvc serve`` runs it, events to ``fd``."""
+    # the main process ending (even by SIGKILL) ends the worker: it would hold port 67
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    cfg = config_mod.load(config)
+    if cfg.dhcp is None:
+        print(f"dhcp_worker: {config}: no listen.dhcp: nothing to serve", file=sys.stderr)
+        return 2
+    services, out, leases = build(cfg, fd)
     try:
         return asyncio.run(_work(services, out))
     finally:
         leases.close()
 
 
-async def _work(services: list, out: Outbox) -> int:  # type: ignore[type-arg]
+async def _work(services: list[DhcpService], out: Outbox) -> int:
     loop = asyncio.get_running_loop()
     out.loop = loop
     for service in services:
@@ -223,8 +238,9 @@ class WorkerService:
     """The "dhcp worker" service of the main process: starts the worker,
     reads its pipe on the loop, stops it."""
 
-    def __init__(self, config: Path, publish: Callable[[Event], None]) -> None:
+    def __init__(self, config: Path, publish: Callable[[Event], None], read_pause: float = 0.0) -> None:
         self.config = config
+        self.read_pause = read_pause  # seconds between reads of the pipe
         self.inbox = Inbox(publish)
         self.proc: subprocess.Popen[bytes] | None = None
         self._fd = -1
@@ -262,9 +278,19 @@ class WorkerService:
         self.inbox.feed(data)
         if self._ready is not None and not self._ready.done() and self.inbox.batches:
             self._ready.set_result(None)
+        if self.read_pause:
+            # the events are not on any client's path: read them in bigger
+            # batches, waking the main process (and taking the worker's CPU) less often
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(self._fd)
+            loop.call_later(self.read_pause, self._resume)
+
+    def _resume(self) -> None:
+        if self._fd >= 0:
+            asyncio.get_running_loop().add_reader(self._fd, self._readable)
 
     def _end(self) -> None:
-        asyncio.get_running_loop().remove_reader(self._fd)
+        asyncio.get_running_loop().remove_reader(self._fd)  # False if paused: nothing to remove
         os.close(self._fd)
         self._fd = -1
         if self._ready is not None and not self._ready.done():
@@ -290,7 +316,7 @@ class WorkerService:
             self.proc.wait(timeout=STOP_TIMEOUT)
 
 
-def serve(config: Path, quiet: bool = False) -> int:
+def serve(config: Path, quiet: bool = False, read_pause: float = 0.0) -> int:
     """``bootsvc serve`` with DHCP in the worker."""
     from bootsvc import cli
     from bootsvc.server import ServeError, Server
@@ -311,31 +337,120 @@ def serve(config: Path, quiet: bool = False) -> int:
     except ServeError as e:
         print(f"dhcp_worker: {e}", file=sys.stderr)
         return 1
-    dhcp = WorkerService(config, server.bus.publish)
+    dhcp = WorkerService(config, server.bus.publish, read_pause)
     server.services.add("dhcp worker", dhcp.start, dhcp.stop, str(cfg.dhcp.listeners[0]))
     return server.run()
+
+
+# -- instructions per DORA (callgrind) --------------------------------------------------
+
+
+def worker_cost(n: int, batch: int, frames: str) -> None:
+    """n DORA exchanges through the worker's DHCP service, ``batch``
+    clients per loop iteration (bench/dhcp_cost.py --serve's feed), its
+    events written to the file ``frames``."""
+    import tempfile
+
+    import dhcp_cost  # type: ignore[import-not-found]  # bench/ is on sys.path (dhcp_cost.instructions_of)
+
+    cfg = config_mod.load(dhcp_cost.serve_config(Path(tempfile.mkdtemp())))
+    fd = os.open(frames, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    services, out, leases = build(cfg, fd)
+    service = services[0]
+
+    class Transport:
+        def sendto(self, data: bytes, addr: object) -> None:
+            pass
+
+    service.transport = Transport()  # type: ignore[assignment]
+
+    async def run() -> None:
+        out.loop = asyncio.get_running_loop()
+        await dhcp_cost.feed(service, n, batch)
+
+    asyncio.run(run())
+    os.close(fd)
+    leases.close()
+
+
+def main_cost(frames: str) -> None:
+    """The main process's part: every batch of ``frames`` read and published,
+    one per loop iteration, on ``bootsvc serve``'s bus (log at INFO to a
+    file, event file, fleet, recorder, metrics)."""
+    import tempfile
+
+    import dhcp_cost  # type: ignore[import-not-found]
+
+    from bootsvc import cli
+    from bootsvc.server import Server
+
+    work = Path(tempfile.mkdtemp())
+    cfg = config_mod.load(dhcp_cost.serve_config(work))
+    sys.stderr = open(work / "serve.log", "w")  # the log at INFO, as serve writes it
+    cli.setup_logging()
+    server = Server(replace(cfg, dhcp=None), lambda *a, **k: None)
+    server.bus.subscribe(server.recorder.on_event)  # the flight recorder follows every boot, as in serve
+    inbox = Inbox(server.bus.publish)
+    data = Path(frames).read_bytes()
+
+    async def run() -> None:
+        at = 0
+        while at < len(data):
+            (size,) = FRAME.unpack_from(data, at)
+            inbox.feed(data[at:at + FRAME.size + size])
+            at += FRAME.size + size
+            await asyncio.sleep(0)  # one batch per loop iteration, as read from the pipe
+
+    asyncio.run(run())
+    server.close()
+
+
+def cost(exchanges: int, batch: int) -> int:
+    """Instructions per DORA in each process of the prototype (the
+    difference between 3N and N exchanges over 2N, start-up cancelled out),
+    beside ``bootsvc serve``'s (bench/dhcp_cost.py --serve)."""
+    import tempfile
+
+    from bench import dhcp_cost
+
+    here = Path(__file__).resolve().parent.parent
+    counts: dict[str, list[int]] = {"serve": [], "worker": [], "main": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (exchanges, 3 * exchanges):
+            frames = f"{tmp}/frames.{n}"
+            counts["serve"].append(dhcp_cost.instructions(here, n, True, batch))
+            counts["worker"].append(dhcp_cost.instructions_of(
+                here, f"import dhcp_worker; dhcp_worker.worker_cost({n}, {batch}, {frames!r})"))
+            counts["main"].append(dhcp_cost.instructions_of(
+                here, f"import dhcp_worker; dhcp_worker.main_cost({frames!r})"))
+    per = {k: (v[1] - v[0]) / (2 * exchanges) / 1e6 for k, v in counts.items()}
+    print(f"M instructions per DORA, batch {batch}: bootsvc serve {per['serve']:.3f}; prototype: worker "
+          f"{per['worker']:.3f} + main {per['main']:.3f} = {per['worker'] + per['main']:.3f} "
+          f"({(per['worker'] + per['main']) / per['serve']:.2f}x serve; the worker alone {per['worker'] / per['serve']:.2f}x)")
+    return 0
 
 
 # -- the benchmark ------------------------------------------------------------------------
 
 
 def threads(pid: int) -> dict[str, tuple[int, int]]:
-    """Every thread of ``pid``: its name -> (user, system) clock ticks
-    (proc(5) stat fields 14 and 15); threads of one name added up."""
+    """Every thread of ``pid``: a label -> (user, system) clock ticks
+    (proc(5) stat fields 14 and 15). Python 3.11 does not give its threads
+    their names in the kernel (all are "python"), so the main thread, the
+    event loop's, is "loop" and the others go by their thread id."""
     out: dict[str, tuple[int, int]] = {}
     with contextlib.suppress(OSError):
         for task in Path(f"/proc/{pid}/task").iterdir():
             with contextlib.suppress(OSError):
                 comm, rest = (task / "stat").read_text().rsplit(")", 1)
-                name = comm.split("(", 1)[1]
                 fields = rest.split()
-                user, system = out.get(name, (0, 0))
-                out[name] = (user + int(fields[11]), system + int(fields[12]))
+                name = "loop" if task.name == str(pid) else f"{comm.split('(', 1)[1]} {task.name}"
+                out[name] = (int(fields[11]), int(fields[12]))
     return out
 
 
 @contextlib.contextmanager
-def worker_server(ns: str, work: Path, log: str) -> Iterator[int]:
+def worker_server(ns: str, work: Path, log: str, read_pause: float = 0.0) -> Iterator[int]:
     """bench/dhcp.py's bootsvc config, served by the prototype inside ``ns``;
     yields the main process's PID (the worker is its child)."""
     from bench import dhcp
@@ -346,7 +461,8 @@ def worker_server(ns: str, work: Path, log: str) -> Iterator[int]:
     quiet = ("-q",) if log == "warn" else ()
     with open(serve_log, "wb") as err:
         proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, __file__, "serve", "-c", str(config),
-                                 *quiet], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+                                 "--read-pause", str(read_pause), *quiet],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
     try:
         deadline = time.monotonic() + 30
         while "ready:" not in serve_log.read_text(errors="replace"):
@@ -377,7 +493,7 @@ def cpu_split(name: str, ns_server: str, ns_client: str, work: Path, rate: int, 
             us = [(v - v0) / TICKS / done * 1e6 for v, v0 in ((user, u0), (system, s0))]
             total += sum(us)
             if sum(us) >= 1:
-                lines.append(f"  pid {p} {thread:16} user {us[0]:5.0f}  system {us[1]:5.0f}  us/DORA")
+                lines.append(f"  pid {p} {thread:18} user {us[0]:5.0f}  system {us[1]:5.0f}  us/DORA")
         lines.append(f"  pid {p} total {total:5.0f} us/DORA, {total * result.done / seconds / 1e6:.0%} of a core")
     return lines
 
@@ -386,6 +502,7 @@ def bench(args: argparse.Namespace) -> int:
     from bench import dhcp
 
     dhcp.STARTERS["worker"] = worker_server
+    dhcp.STARTERS["worker-lazy"] = functools.partial(worker_server, read_pause=LAZY_READ)
     servers = args.servers.split(",")
     rates = [int(r) for r in args.rates.split(",")]
     best: dict[str, list[int]] = {s: [] for s in servers}
@@ -418,6 +535,8 @@ def main() -> int:
     s = sub.add_parser("serve", help="the prototype: bootsvc serve with DHCP in a worker process")
     s.add_argument("-c", "--config", type=Path, required=True)
     s.add_argument("-q", "--quiet", action="store_true", help="the log at WARNING (as bootsvc serve -q)")
+    s.add_argument("--read-pause", type=float, default=0.0,
+                   help="seconds the main process waits after each read of the worker's events (default 0)")
     w = sub.add_parser("worker", help="the worker process (started by serve)")
     w.add_argument("-c", "--config", type=Path, required=True)
     w.add_argument("--fd", type=int, required=True)
@@ -429,11 +548,16 @@ def main() -> int:
     b.add_argument("--latency-rate", type=int, default=1000)
     b.add_argument("--cpu-rate", type=int, default=3000)
     b.add_argument("--log", choices=("info", "warn"), default="info")
+    c = sub.add_parser("cost", help="instructions per DORA in each process (callgrind), beside serve's")
+    c.add_argument("--exchanges", type=int, default=300)
+    c.add_argument("--batch", type=int, default=16)
     args = ap.parse_args()
+    if args.command == "cost":
+        return cost(args.exchanges, args.batch)
     if args.command == "worker":
         return worker(args.config, args.fd)
     if args.command == "serve":
-        return serve(args.config, args.quiet)
+        return serve(args.config, args.quiet, args.read_pause)
     if os.geteuid() != 0:
         print("dhcp_worker: bench needs root (network namespaces)", file=sys.stderr)
         return 2
