@@ -44,7 +44,6 @@ import asyncio
 import contextlib
 import ctypes
 import fcntl
-import functools
 import gc
 import marshal
 import os
@@ -72,7 +71,6 @@ PIPE_SIZE = 1 << 20  # bytes the pipe holds (F_SETPIPE_SZ): a burst of events do
 READY_TIMEOUT = 30.0  # seconds the worker may take to bind port 67
 STOP_TIMEOUT = 10.0  # seconds the worker may take to write its last leases and events
 PR_SET_PDEATHSIG = 1
-LAZY_READ = 0.005  # seconds: the bench's "worker-lazy" reads the events at most 200 times a second
 PLAIN = (str, int, float, bool, type(None))
 Wire = tuple[object, ...]  # one event as the pipe carries it: (kind, time, mac, ip, hostname, initiator,
 #                            target, peer, fields)
@@ -238,9 +236,8 @@ class WorkerService:
     """The "dhcp worker" service of the main process: starts the worker,
     reads its pipe on the loop, stops it."""
 
-    def __init__(self, config: Path, publish: Callable[[Event], None], read_pause: float = 0.0) -> None:
+    def __init__(self, config: Path, publish: Callable[[Event], None]) -> None:
         self.config = config
-        self.read_pause = read_pause  # seconds between reads of the pipe
         self.inbox = Inbox(publish)
         self.proc: subprocess.Popen[bytes] | None = None
         self._fd = -1
@@ -278,19 +275,9 @@ class WorkerService:
         self.inbox.feed(data)
         if self._ready is not None and not self._ready.done() and self.inbox.batches:
             self._ready.set_result(None)
-        if self.read_pause:
-            # the events are not on any client's path: read them in bigger
-            # batches, waking the main process (and taking the worker's CPU) less often
-            loop = asyncio.get_running_loop()
-            loop.remove_reader(self._fd)
-            loop.call_later(self.read_pause, self._resume)
-
-    def _resume(self) -> None:
-        if self._fd >= 0:
-            asyncio.get_running_loop().add_reader(self._fd, self._readable)
 
     def _end(self) -> None:
-        asyncio.get_running_loop().remove_reader(self._fd)  # False if paused: nothing to remove
+        asyncio.get_running_loop().remove_reader(self._fd)
         os.close(self._fd)
         self._fd = -1
         if self._ready is not None and not self._ready.done():
@@ -316,7 +303,7 @@ class WorkerService:
             self.proc.wait(timeout=STOP_TIMEOUT)
 
 
-def serve(config: Path, quiet: bool = False, read_pause: float = 0.0) -> int:
+def serve(config: Path, quiet: bool = False) -> int:
     """``bootsvc serve`` with DHCP in the worker."""
     from bootsvc import cli
     from bootsvc.server import ServeError, Server
@@ -337,7 +324,7 @@ def serve(config: Path, quiet: bool = False, read_pause: float = 0.0) -> int:
     except ServeError as e:
         print(f"dhcp_worker: {e}", file=sys.stderr)
         return 1
-    dhcp = WorkerService(config, server.bus.publish, read_pause)
+    dhcp = WorkerService(config, server.bus.publish)
     server.services.add("dhcp worker", dhcp.start, dhcp.stop, str(cfg.dhcp.listeners[0]))
     return server.run()
 
@@ -450,7 +437,7 @@ def threads(pid: int) -> dict[str, tuple[int, int]]:
 
 
 @contextlib.contextmanager
-def worker_server(ns: str, work: Path, log: str, read_pause: float = 0.0) -> Iterator[int]:
+def worker_server(ns: str, work: Path, log: str) -> Iterator[int]:
     """bench/dhcp.py's bootsvc config, served by the prototype inside ``ns``;
     yields the main process's PID (the worker is its child)."""
     from bench import dhcp
@@ -461,7 +448,7 @@ def worker_server(ns: str, work: Path, log: str, read_pause: float = 0.0) -> Ite
     quiet = ("-q",) if log == "warn" else ()
     with open(serve_log, "wb") as err:
         proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, __file__, "serve", "-c", str(config),
-                                 "--read-pause", str(read_pause), *quiet],
+                                 *quiet],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
     try:
         deadline = time.monotonic() + 30
@@ -502,7 +489,6 @@ def bench(args: argparse.Namespace) -> int:
     from bench import dhcp
 
     dhcp.STARTERS["worker"] = worker_server
-    dhcp.STARTERS["worker-lazy"] = functools.partial(worker_server, read_pause=LAZY_READ)
     servers = args.servers.split(",")
     rates = [int(r) for r in args.rates.split(",")]
     best: dict[str, list[int]] = {s: [] for s in servers}
@@ -513,10 +499,7 @@ def bench(args: argparse.Namespace) -> int:
             for name in servers if r % 2 == 0 else servers[::-1]:
                 top = dhcp.climb(name, srv, cli, work, rates, args.seconds, args.log)
                 best[name].append(top.rate if top else 0)
-            print("  best: " + ", ".join(f"{s} {best[s][-1]}" for s in servers)
-                  + f"; worker/kea {dhcp.ratio(best.get('worker', [0])[-1], best.get('kea', [0])[-1]):.2f}, "
-                  f"bootsvc/kea {dhcp.ratio(best.get('bootsvc', [0])[-1], best.get('kea', [0])[-1]):.2f}",
-                  flush=True)
+            print(f"  best: {', '.join(f'{s} {best[s][-1]}' for s in servers)}; {ratios(best, -1)}", flush=True)
         print(f"latency at {args.latency_rate}/s, load {os.getloadavg()[0]:.2f}", flush=True)
         for name in servers:
             s = dhcp.step(name, srv, cli, work, args.latency_rate, args.seconds, args.log)
@@ -529,14 +512,21 @@ def bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def ratios(best: dict[str, list[int]], at: int) -> str:
+    """Each server's best rate of round ``at`` over Kea's."""
+    kea = best.get("kea")
+    if not kea:
+        return ""
+    return ", ".join(f"{s}/kea {v[at] / kea[at]:.2f}" if kea[at] else f"{s}/kea -" for s, v in best.items()
+                     if s != "kea")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="the prototype: bootsvc serve with DHCP in a worker process")
     s.add_argument("-c", "--config", type=Path, required=True)
     s.add_argument("-q", "--quiet", action="store_true", help="the log at WARNING (as bootsvc serve -q)")
-    s.add_argument("--read-pause", type=float, default=0.0,
-                   help="seconds the main process waits after each read of the worker's events (default 0)")
     w = sub.add_parser("worker", help="the worker process (started by serve)")
     w.add_argument("-c", "--config", type=Path, required=True)
     w.add_argument("--fd", type=int, required=True)
@@ -557,7 +547,7 @@ def main() -> int:
     if args.command == "worker":
         return worker(args.config, args.fd)
     if args.command == "serve":
-        return serve(args.config, args.quiet, args.read_pause)
+        return serve(args.config, args.quiet)
     if os.geteuid() != 0:
         print("dhcp_worker: bench needs root (network namespaces)", file=sys.stderr)
         return 2
