@@ -44,6 +44,7 @@ import asyncio
 import contextlib
 import ctypes
 import fcntl
+import functools
 import gc
 import marshal
 import os
@@ -303,8 +304,10 @@ class WorkerService:
             self.proc.wait(timeout=STOP_TIMEOUT)
 
 
-def serve(config: Path, quiet: bool = False) -> int:
-    """``bootsvc serve`` with DHCP in the worker."""
+def serve(config: Path, quiet: bool = False, drop: bool = False) -> int:
+    """``bootsvc serve`` with DHCP in the worker; ``drop``: its events read
+    and dropped, not published (what the worker does with the main process
+    on a core of its own)."""
     from bootsvc import cli
     from bootsvc.server import ServeError, Server
 
@@ -324,7 +327,7 @@ def serve(config: Path, quiet: bool = False) -> int:
     except ServeError as e:
         print(f"dhcp_worker: {e}", file=sys.stderr)
         return 1
-    dhcp = WorkerService(config, server.bus.publish)
+    dhcp = WorkerService(config, (lambda event: None) if drop else server.bus.publish)
     server.services.add("dhcp worker", dhcp.start, dhcp.stop, str(cfg.dhcp.listeners[0]))
     return server.run()
 
@@ -437,9 +440,10 @@ def threads(pid: int) -> dict[str, tuple[int, int]]:
 
 
 @contextlib.contextmanager
-def worker_server(ns: str, work: Path, log: str) -> Iterator[int]:
+def worker_server(ns: str, work: Path, log: str, drop: bool = False) -> Iterator[int]:
     """bench/dhcp.py's bootsvc config, served by the prototype inside ``ns``;
-    yields the main process's PID (the worker is its child)."""
+    yields the main process's PID (the worker is its child). ``drop``: the
+    main process drops the events (``serve --drop-events``)."""
     from bench import dhcp
     from tests.e2e.peers import stop
 
@@ -448,7 +452,7 @@ def worker_server(ns: str, work: Path, log: str) -> Iterator[int]:
     quiet = ("-q",) if log == "warn" else ()
     with open(serve_log, "wb") as err:
         proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, __file__, "serve", "-c", str(config),
-                                 *quiet],
+                                 *quiet, *(("--drop-events",) if drop else ())],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
     try:
         deadline = time.monotonic() + 30
@@ -489,6 +493,7 @@ def bench(args: argparse.Namespace) -> int:
     from bench import dhcp
 
     dhcp.STARTERS["worker"] = worker_server
+    dhcp.STARTERS["worker-alone"] = functools.partial(worker_server, drop=True)
     servers = args.servers.split(",")
     rates = [int(r) for r in args.rates.split(",")]
     best: dict[str, list[int]] = {s: [] for s in servers}
@@ -527,6 +532,9 @@ def main() -> int:
     s = sub.add_parser("serve", help="the prototype: bootsvc serve with DHCP in a worker process")
     s.add_argument("-c", "--config", type=Path, required=True)
     s.add_argument("-q", "--quiet", action="store_true", help="the log at WARNING (as bootsvc serve -q)")
+    s.add_argument("--drop-events", action="store_true",
+                   help="read the worker's events and drop them (a measuring aid: the worker as if the main "
+                        "process had a core of its own)")
     w = sub.add_parser("worker", help="the worker process (started by serve)")
     w.add_argument("-c", "--config", type=Path, required=True)
     w.add_argument("--fd", type=int, required=True)
@@ -547,7 +555,7 @@ def main() -> int:
     if args.command == "worker":
         return worker(args.config, args.fd)
     if args.command == "serve":
-        return serve(args.config, args.quiet)
+        return serve(args.config, args.quiet, args.drop_events)
     if os.geteuid() != 0:
         print("dhcp_worker: bench needs root (network namespaces)", file=sys.stderr)
         return 2
