@@ -47,7 +47,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.procstat import cpu_seconds  # noqa: E402
+from bench.procstat import children, cpu_seconds  # noqa: E402
 from tests.e2e.netns import ip, namespaces  # noqa: E402
 from bootsvc.vm.run import start_serve  # noqa: E402
 from tests.e2e.peers import bootsvc_serve, dnsmasq_dhcp, perfdhcp, stop  # noqa: E402
@@ -85,10 +85,11 @@ class Step:
 
 def dora(server: str, pid: int, ns: str, rate: int, seconds: float) -> Step:
     """One perfdhcp run at ``rate`` DORA/s for ``seconds``."""
-    cpu = cpu_seconds(pid)
+    pids = [pid, *children(pid)]  # a server of more than one process: all of them
+    cpu = cpu_seconds(*pids)
     run = perfdhcp(ns, CLIENT, SERVER, "-r", str(rate), "-R", str(CLIENTS), "-p", str(int(seconds)),
                    "-W", "1000000", timeout=seconds + 60)
-    cpu = cpu_seconds(pid) - cpu
+    cpu = cpu_seconds(*pids) - cpu
     if len(run.sent) < 2 or len(run.received) < 2:
         raise RuntimeError(f"perfdhcp output not understood:\n{run.output}")
     # perfdhcp prints, per exchange (DISCOVER-OFFER, then REQUEST-ACK), min, avg and max delay
@@ -174,8 +175,8 @@ def before(ns: str, work: Path, log: str) -> Iterator[int]:
         yield pid
 
 
-@contextlib.contextmanager
-def bootsvc(ns: str, work: Path, log: str, tree: Path | None = None) -> Iterator[int]:
+def write_bootsvc_config(work: Path) -> Path:
+    """bootsvc's config for every step (and bench/dhcp_worker.py's), its state emptied."""
     state = work / "state"
     subprocess.run(["rm", "-rf", str(state)], check=True)
     cfg = work / "bootsvc.yaml"
@@ -188,6 +189,12 @@ dhcp:
   range: [{FIRST}, {LAST}]
   unknown_machines: discover
 """)
+    return cfg
+
+
+@contextlib.contextmanager
+def bootsvc(ns: str, work: Path, log: str, tree: Path | None = None) -> Iterator[int]:
+    cfg = write_bootsvc_config(work)
     quiet = ("-q",) if log == "warn" else ()
     argv = ("serve", "-c", str(cfg), *quiet)
     if tree is None:
@@ -224,6 +231,25 @@ def climb(name: str, ns_server: str, ns_client: str, work: Path, rates: list[int
     return best
 
 
+@contextlib.contextmanager
+def network() -> Iterator[tuple[str, str]]:
+    """The server's and perfdhcp's namespaces, joined by a veth pair; deleted after."""
+    with namespaces("dsrv", "dcli") as (srv, cli):
+        ip("link", "add", "bsv-s0", "netns", srv, "type", "veth", "peer", "name", "bsv-c0", "netns", cli)
+        ip("-n", srv, "addr", "add", f"{SERVER}/16", "dev", "bsv-s0")
+        ip("-n", cli, "addr", "add", f"{CLIENT}/16", "dev", "bsv-c0")
+        ip("-n", srv, "link", "set", "bsv-s0", "up")
+        ip("-n", cli, "link", "set", "bsv-c0", "up")
+        yield srv, cli
+
+
+@contextlib.contextmanager
+def scratch() -> Iterator[Path]:
+    """A work directory for the servers' configs, leases and logs."""
+    with tempfile.TemporaryDirectory() as tmp:
+        yield Path(tmp)
+
+
 def ratio(a: float, b: float) -> float:
     return a / b if b else float("inf")
 
@@ -257,13 +283,7 @@ def main() -> int:
     rates = [int(r) for r in args.rates.split(",")]
     best: dict[str, list[int]] = {s: [] for s in servers}
     steps: list[Step] = []
-    with tempfile.TemporaryDirectory() as tmp, namespaces("dsrv", "dcli") as (srv, cli):
-        work = Path(tmp)
-        ip("link", "add", "bsv-s0", "netns", srv, "type", "veth", "peer", "name", "bsv-c0", "netns", cli)
-        ip("-n", srv, "addr", "add", f"{SERVER}/16", "dev", "bsv-s0")
-        ip("-n", cli, "addr", "add", f"{CLIENT}/16", "dev", "bsv-c0")
-        ip("-n", srv, "link", "set", "bsv-s0", "up")
-        ip("-n", cli, "link", "set", "bsv-c0", "up")
+    with scratch() as work, network() as (srv, cli):
         for r in range(args.rounds):
             print(f"round {r + 1}, load {os.getloadavg()[0]:.2f}", flush=True)
             for name in servers if r % 2 == 0 else servers[::-1]:

@@ -22,6 +22,7 @@ them under load; the group commit writes each batch in place.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ipaddress
 import logging
 import re
@@ -29,6 +30,10 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the tree measured is put on sys.path first (instructions_of): imported there
+    from bootsvc.dhcp.service import DhcpService
 
 HERE = Path(__file__).resolve().parent.parent
 
@@ -81,21 +86,26 @@ def request(i: int, msg: int, ip: bytes = b"") -> bytes:
     return header + b"\x63\x82\x53\x63" + options + b"\xff"
 
 
+def serve_config(work: Path) -> Path:
+    """``--serve``'s config (and bench/dhcp_worker.py's): bench/dhcp.py's
+    network, policy discover, the state under ``work``."""
+    cfg = work / "bootsvc.yaml"
+    cfg.write_text(f"state_dir: {work / 'state'}\nlisten:\n  dhcp: {{address: 10.215.0.1}}\n"
+                   "dhcp:\n  subnet: 10.215.0.0/16\n  range: [10.215.1.0, 10.215.200.255]\n"
+                   "  unknown_machines: discover\n")
+    return cfg
+
+
 def served(n: int, batch: int) -> None:
     """In the tree on sys.path: n DORA exchanges through the DHCP service
     of a ``bootsvc serve`` wiring, ``batch`` clients per loop iteration."""
-    import asyncio
-
     from bootsvc import cli
     from bootsvc import config as config_mod
     from bootsvc.dhcp.service import DhcpService
     from bootsvc.server import Server
 
     work = Path(tempfile.mkdtemp())
-    cfg = work / "bootsvc.yaml"
-    cfg.write_text(f"state_dir: {work / 'state'}\nlisten:\n  dhcp: {{address: 10.215.0.1}}\n"
-                   "dhcp:\n  subnet: 10.215.0.0/16\n  range: [10.215.1.0, 10.215.200.255]\n"
-                   "  unknown_machines: discover\n")
+    cfg = serve_config(work)
     sys.stderr = open(work / "serve.log", "w")  # the log at INFO, as serve writes it
     cli.setup_logging()
     server = Server(config_mod.load(cfg), lambda *a, **k: None)
@@ -107,28 +117,35 @@ def served(n: int, batch: int) -> None:
             pass
 
     service.transport = Transport()  # type: ignore[assignment]
-    relay = ("10.215.0.2", 67)
     server.bus.subscribe(server.recorder.on_event)  # the flight recorder follows every boot, as in serve
-
-    async def run() -> None:
-        for first in range(0, n, batch):
-            ids = range(first, min(first + batch, n))
-            service.received([(request(i, 1), relay) for i in ids])
-            await asyncio.sleep(0)  # the loop turns: what it runs once per iteration runs
-            leases = service.responder.leases
-            service.received([(request(i, 3, leases.for_mac("52:54:" + ":".join(f"{b:02x}" for b in i.to_bytes(4, "big"))).ip.packed), relay)  # type: ignore[union-attr]
-                              for i in ids])
-            await asyncio.sleep(0)
-
-    asyncio.run(run())
+    asyncio.run(feed(service, n, batch))
     server.close()
 
 
+async def feed(service: DhcpService, n: int, batch: int) -> None:
+    """n relayed DISCOVER+REQUEST pairs of new MACs to ``service``, ``batch``
+    clients per loop iteration (as the socket delivers them under load)."""
+    relay = ("10.215.0.2", 67)
+    for first in range(0, n, batch):
+        ids = range(first, min(first + batch, n))
+        service.received([(request(i, 1), relay) for i in ids])
+        await asyncio.sleep(0)  # the loop turns: what it runs once per iteration runs
+        leases = service.responder.leases
+        service.received([(request(i, 3, leases.for_mac("52:54:" + ":".join(f"{b:02x}" for b in i.to_bytes(4, "big"))).ip.packed), relay)  # type: ignore[union-attr]
+                          for i in ids])
+        await asyncio.sleep(0)
+
+
 def instructions(tree: Path, n: int, serve: bool = False, batch: int = 1) -> int:
-    out = tempfile.mktemp(prefix="callgrind.")
     call = f"served({n}, {batch})" if serve else f"exchanges({n})"
-    code = f"import sys; sys.path.insert(0, {str(tree)!r}); sys.path.insert(1, {str(HERE / 'bench')!r}); " \
-           f"import dhcp_cost; dhcp_cost.{call}"
+    return instructions_of(tree, f"import dhcp_cost; dhcp_cost.{call}")
+
+
+def instructions_of(tree: Path, call: str) -> int:
+    """The instructions a new interpreter runs for ``call`` (Python, with
+    bootsvc from ``tree`` and bench/ importable)."""
+    out = tempfile.mktemp(prefix="callgrind.")
+    code = f"import sys; sys.path.insert(0, {str(tree)!r}); sys.path.insert(1, {str(HERE / 'bench')!r}); {call}"
     r = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-c", code],
                        capture_output=True, text=True, timeout=3600)
     Path(out).unlink(missing_ok=True)

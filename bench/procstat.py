@@ -18,3 +18,13 @@ def cpu_seconds(*pids: int) -> float:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])
     return total / TICKS
+
+
+def children(pid: int) -> list[int]:
+    """``pid``'s child processes (proc(5) /proc/PID/task/TID/children)."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                found += [int(c) for c in (task / "children").read_text().split()]
+    return found
