@@ -22,32 +22,21 @@ from bootsvc.recorder.steps import Seen, Step
 from target.backend import Backend, Segment
 from target.scsi.cdb import READ_10, WRITE_SAME_16
 from tests.test_fleet import A, lab, recorded
+from tests.test_fleet_release import Wrapped
 
 READ = bytes([READ_10, 0, 0, 0, 0, 0, 0, 0, 8, 0]) + bytes(6)  # 8 blocks at LBA 0
 
 
-class Gate(Backend):
+class Gate(Wrapped):
     """A disk whose reads wait until the test opens the gate."""
 
     def __init__(self, inner: Backend) -> None:
-        self.inner, self.size, self.read_only = inner, inner.size, False
+        super().__init__(inner)
         self.gate = asyncio.Event()
 
     async def read(self, offset: int, length: int) -> Sequence[Segment]:
         await self.gate.wait()
         return await self.inner.read(offset, length)
-
-    def read_sync(self, offset: int, length: int) -> bytes:
-        return self.inner.read_sync(offset, length)  # type: ignore[attr-defined,no-any-return]
-
-    async def write(self, offset: int, data: bytes | memoryview, fua: bool = False) -> None:
-        await self.inner.write(offset, data, fua)
-
-    async def flush(self) -> None:
-        await self.inner.flush()
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def stalls(events: list[Event]) -> list[tuple[str, object, object, object]]:

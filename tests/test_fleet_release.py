@@ -21,11 +21,34 @@ from target.backend import Backend, Segment
 from tests.test_fleet import A, lab, recorded
 
 
-class Lock(Backend):
+class Wrapped(Backend):
+    """A disk that passes everything on to ``inner`` (the tests' stand-ins
+    change one behaviour each)."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner, self.size, self.read_only = inner, inner.size, False
+
+    async def read(self, offset: int, length: int) -> Sequence[Segment]:
+        return await self.inner.read(offset, length)
+
+    def read_sync(self, offset: int, length: int) -> bytes:
+        return self.inner.read_sync(offset, length)  # type: ignore[attr-defined,no-any-return]
+
+    async def write(self, offset: int, data: bytes | memoryview, fua: bool = False) -> None:
+        await self.inner.write(offset, data, fua)
+
+    async def flush(self) -> None:
+        await self.inner.flush()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class Lock(Wrapped):
     """A served disk whose claim is counted; its release may be slowed."""
 
     def __init__(self, inner: Backend, release_takes: float = 0.0) -> None:
-        self.inner, self.size, self.read_only = inner, inner.size, False
+        super().__init__(inner)
         self.holds = False
         self.claims = self.releases = 0
         self.release_takes = release_takes
@@ -44,21 +67,6 @@ class Lock(Backend):
         time.sleep(self.release_takes)
         self.releases += 1
         self.holds = False
-
-    async def read(self, offset: int, length: int) -> Sequence[Segment]:
-        return await self.inner.read(offset, length)
-
-    def read_sync(self, offset: int, length: int) -> bytes:
-        return self.inner.read_sync(offset, length)  # type: ignore[attr-defined,no-any-return]
-
-    async def write(self, offset: int, data: bytes | memoryview, fua: bool = False) -> None:
-        await self.inner.write(offset, data, fua)
-
-    async def flush(self) -> None:
-        await self.inner.flush()
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def shared(tmp_path: Path, release_takes: float = 0.0) -> tuple[Fleet, Lock, list]:
