@@ -127,25 +127,31 @@ class FakeLibrbd:
         self.released.add(comp)
 
 
+def count_wakeups(io: rbd_completions.Completions) -> list[int]:
+    """The loop's wake-ups by ``io``'s eventfd counted from now on (in the
+    list's one item); the eventfd must be watched already (a request made)."""
+    wakeups = [0]
+    take = io._take
+
+    def counting_take() -> None:
+        wakeups[0] += 1
+        take()
+
+    loop = asyncio.get_running_loop()
+    loop.remove_reader(io._fd)
+    loop.add_reader(io._fd, counting_take)
+    return wakeups
+
+
 def test_completions_from_other_threads_arrive_in_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeLibrbd()
     monkeypatch.setattr(rbd_completions, "libs", lambda: fake)
 
     async def main() -> None:
         io = rbd_completions.Completions(image=1)
-        wakeups = 0
-        take = io._take
-
-        def counting_take() -> None:
-            nonlocal wakeups
-            wakeups += 1
-            take()
-
         offsets = list(range(599)) + [-1]  # the last one fails
         futures = [io.start(fake.rbd_aio_read, off, 512, b"", keep=off) for off in offsets]
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(io._fd)
-        loop.add_reader(io._fd, counting_take)
+        wakeups = count_wakeups(io)
         futures[1].cancel()  # a waiter that gave up is skipped, not an error
         comps = list(fake.results)
         workers = [threading.Thread(target=fake.finish, args=(part,)) for part in (comps[::2], comps[1::2])]
@@ -156,7 +162,7 @@ def test_completions_from_other_threads_arrive_in_batches(monkeypatch: pytest.Mo
         results = await asyncio.wait_for(asyncio.gather(*futures[2:]), 10)
         assert futures[0].result() == 512 and results == [512] * 597 + [-errno.EIO]
         assert len(io) == 0 and fake.released == set(comps)
-        assert 0 < wakeups < len(comps) and fake.polls < len(comps)  # more than one batch, far fewer than one each
+        assert 0 < wakeups[0] < len(comps) and fake.polls < len(comps)  # more than one batch, far fewer than one each
         io.close()
         assert io._fd == -1
 
