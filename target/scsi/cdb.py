@@ -100,6 +100,9 @@ def cdb_length(opcode: int) -> int:
     return {0: 6, 1: 10, 2: 10, 4: 16, 5: 12}.get(opcode >> 5, 16)
 
 
+# the READs: the boot's hot path, and what a disk that stalls keeps waiting
+READS = frozenset((READ_6, READ_10, READ_12, READ_16))
+
 # what a command asks of the disk, in words (an operator reading that a
 # disk stalled wants "read", not an opcode)
 _OPERATIONS = {
@@ -116,8 +119,7 @@ _OPERATIONS = {
 # one flush: one that takes long is waiting for its disk. Not the zeroing,
 # EXTENDED COPY or SANITIZE of a range as large as the disk, which may take
 # long doing their work
-BOUNDED = frozenset(op for op, what in _OPERATIONS.items() if what in ("write", "flush")) | {
-    READ_6, READ_10, READ_12, READ_16}
+BOUNDED = frozenset(op for op, what in _OPERATIONS.items() if what in ("write", "flush")) | READS
 
 
 def operation(opcode: int) -> str:

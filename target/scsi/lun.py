@@ -21,7 +21,7 @@ from .. import sanitizer
 from ..backend import Backend, BackendError, MediumError, Segment, SpaceExhausted
 from . import cdb as op
 from . import sanitize as wipe
-from .cdb import BlockRange, block_range, cdb_length
+from .cdb import READS, BlockRange, block_range, cdb_length
 from .inquiry import DEFAULT_PRODUCT, DEFAULT_VENDOR, Identity, Limits, naa_id, standard, vpd
 from .mode import PC_SAVED, block_descriptor, pages, selected_swp
 from .ports import MAINTENANCE_IN, SA_REPORT_TARGET_PORT_GROUPS, port_designators, report_target_port_groups
@@ -164,7 +164,7 @@ class Lun:
 
     def _plain_read(self, opcode: int, nexus: Hashable) -> bool:
         """A READ with no unit attention to report and no reservation to check."""
-        return (opcode in _READS and self.seen.get(nexus) == self.epoch and not self.pr.engaged
+        return (opcode in READS and self.seen.get(nexus) == self.epoch and not self.pr.engaged
                 and self.sanitize is None)
 
     async def execute(self, cdb: bytes, data_out: memoryview | None, nexus: Hashable,
@@ -199,11 +199,11 @@ class Lun:
             except ReservationConflict:
                 return CONFLICT
             except MediumError:
-                return _check(ScsiError(WRITE_ERROR if opcode not in _READS else UNRECOVERED_READ_ERROR))
+                return _check(ScsiError(WRITE_ERROR if opcode not in READS else UNRECOVERED_READ_ERROR))
             except SpaceExhausted:
                 return _check(ScsiError(SPACE_ALLOCATION_FAILED))
             except BackendError:
-                if opcode in _READS:  # as on the hot path: an unreadable image is an unrecovered read error
+                if opcode in READS:  # as on the hot path: an unreadable image is an unrecovered read error
                     return _check(ScsiError(UNRECOVERED_READ_ERROR))
                 raise
         finally:
@@ -871,7 +871,6 @@ _DATA_OUT: dict[int, Callable[[Lun, bytes], int]] = {
     wipe.SANITIZE: _parameter_list(7, 2),
 }
 _SERVICE_ACTION_OPCODES = {opc for (opc, sa) in COMMANDS if sa is not None}
-_READS = frozenset((op.READ_6, op.READ_10, op.READ_12, op.READ_16))
 _STATUS_STEPS = 1 << 16  # backend answers one GET LBA STATUS may ask for
 _ATOMIC_WRITES: frozenset[tuple[int, int | None]] = frozenset({(op.WRITE_ATOMIC_16, None)})
 # commands that do not report a pending unit attention (SAM-5 §5.14)
