@@ -244,17 +244,10 @@ class RbdBackend(Backend):
         fresh, uninitialised bytes object, which is then sent as it is (no
         copy, no message made per read)."""
         buf = _new_bytes(length)
-        io = self._io
-        if io is None:
-            raise MediumError(f"rbd:{self.spec.name}: read of {length} bytes at {offset} failed: the image is closed")
-        try:
-            future = io.start(self._lib.rbd_aio_read, offset, length, buf, keep=buf)
-        except librbd.CephError as e:
-            raise MediumError(f"rbd:{self.spec.name}: read of {length} bytes at {offset} failed: "
-                              f"{plain_reason(e)}") from e
-        ret = await future
-        if ret < 0:
-            raise _io_error(self.spec.name, f"read of {length} bytes at {offset}", -ret)
+        what = f"read of {length} bytes at {offset}"
+        ret = await self._start(what, self._lib.rbd_aio_read, offset, length, buf, keep=buf)
+        if ret < 0:  # _submit's check, here without its coroutine frame per read
+            raise _io_error(self.spec.name, what, -ret)
         if ret < length:  # past the end: zeros, as a file reads
             return (buf[:ret], bytes(length - ret))
         return (buf,)
@@ -344,8 +337,9 @@ def _new_bytes(length: int) -> bytes:
 
 
 def _as_bytes(data: bytes | memoryview) -> bytes:
-    """librbd's binding takes bytes only: a view of a whole bytes object is
-    passed as that object, any other view is copied once."""
+    """rbd_aio_write's buffer is passed as bytes (ctypes' ``c_char_p``): a
+    view of a whole bytes object is passed as that object, any other view
+    is copied once."""
     if isinstance(data, bytes):
         return data
     if isinstance(data.obj, bytes) and data.nbytes == len(data.obj) and data.contiguous:
