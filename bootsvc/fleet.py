@@ -30,6 +30,7 @@ from .credentials import AuthMode, chap_auth, credential_store
 from .dhcp.leases import LeaseState, LeaseStore
 from .dhcp.responder import UnknownPolicy
 from .events import Bus, Event, Kind
+from .fleet_copy import FleetCopy
 from .fleet_diff import ConfigDiff, diff_configs
 from .images import ImageError, image_store
 from .inventory import Machine, generated_machine
@@ -183,6 +184,22 @@ class Fleet:
         self._fixed_ips()
         assert self._reserved is not None
         return _AnyOf(self._reserved, self._session_holds)
+
+    def logged_in(self) -> frozenset[IPv4]:
+        """The addresses a live session to a machine's disk comes from."""
+        return frozenset(ip for ip in list(self._logged_in) if self._session_holds(ip))
+
+    def copy(self) -> FleetCopy:
+        """What DHCP asks of the fleet, as data, for serve's DHCP worker
+        (bootsvc/fleet_copy.py). Secrets stay here: the copy's machines and
+        profiles have none, and it says only which disks ask CHAP."""
+        cfg = self.cfg
+        cfg = replace(cfg, machines={}, targets=(), profiles={
+            name: replace(p, chap=None, mutual_chap=None) for name, p in cfg.profiles.items()})
+        machines = {mac: replace(m, chap=None, mutual_chap=None, lines={}) for mac, m in self._machines.items()}
+        return FleetCopy(cfg, machines, frozenset(m.mac for m in self._machines.values() if self.servable(m)),
+                         frozenset(m.mac for m in self._machines.values() if self.auth(m) is not None),
+                         frozenset(self._fixed_ips()), self.logged_in())
 
     def _session_holds(self, ip: IPv4) -> bool:
         """Whether a live session to a machine's disk comes from ``ip``. The

@@ -111,8 +111,8 @@ def applies_live(key: str, old: Config, new: Config) -> bool:
         return old.dns is not None and old.dns == new.dns
     if key == "dhcp":
         return old.dhcp is not None and new.dhcp is not None and \
-            (old.dhcp.listeners, old.dhcp.mode, old.dhcp.ipv6_ra) == (new.dhcp.listeners, new.dhcp.mode,
-                                                                     new.dhcp.ipv6_ra)
+            (old.dhcp.listeners, old.dhcp.mode, old.dhcp.ipv6_ra, old.dhcp.process) == \
+            (new.dhcp.listeners, new.dhcp.mode, new.dhcp.ipv6_ra, new.dhcp.process)
     if key == "tftp":
         return old.tftp is not None and new.tftp is not None and \
             (old.tftp.host, old.tftp.port) == (new.tftp.host, new.tftp.port)

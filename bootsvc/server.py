@@ -38,10 +38,26 @@ from .views import FleetViews
 
 if TYPE_CHECKING:  # scapy loads only when DHCP is on
     from .dhcp.responder import Responder
+    from .dhcp.settings import DhcpSettings
+    from .dhcp.supervisor import DhcpWorker
 
 
 class ServeError(Exception):
     pass
+
+
+def _lease_store(cfg: config_mod.Config) -> LeaseStore | None:
+    """The leases under state_dir: this process's own, or with DHCP in a
+    worker process the worker's, of which this process keeps a copy."""
+    if cfg.dhcp is None:
+        return None
+    from .dhcp.settings import Process
+
+    if cfg.dhcp.process is Process.WORKER:
+        from .dhcp.supervisor import LeaseMirror
+
+        return LeaseMirror(cfg.state_dir / "leases.db")
+    return LeaseStore(cfg.state_dir / "leases.db")
 
 
 class Server:
@@ -55,7 +71,7 @@ class Server:
         self.event_file = EventFile(cfg.state_dir / EVENT_FILE)
         self.bus.subscribe(self.event_file)
         self.boots = BootStore(cfg.recorder_db, cfg.recorder.history)
-        self.leases = LeaseStore(cfg.state_dir / "leases.db") if cfg.dhcp is not None else None
+        self.leases = _lease_store(cfg)
         self.fleet = Fleet(cfg, self.bus, self.leases)
         try:
             self.fleet.open()
@@ -77,7 +93,8 @@ class Server:
                                    cfg.http.port if cfg.http else None, has_file=lambda name: self.files.has(name))
         self.files = FileSource(list(cfg.tftp.roots) if cfg.tftp else [], generate=self.planner.script_file)
         self.services = Services(report)
-        self.responder: Responder | None = None
+        self.responder: Responder | None = None  # dhcp.process: inline
+        self.dhcp_worker: DhcpWorker | None = None  # dhcp.process: worker
         self.tftp: TftpService | None = None
         self.dns: DnsService | None = None
         self._build(cfg)
@@ -154,32 +171,39 @@ class Server:
             self.services.add("isns registration", registration.start, registration.stop, f"with {i.target}")
 
     def _dhcp(self, cfg: config_mod.Config) -> None:
-        from .dhcp.responder import Mode, Responder
         from .dhcp.router_advert import RouterAdvertiser
-        from .dhcp.service import DhcpService
+        from .dhcp.settings import Process, sockets
 
         d = cfg.dhcp
         assert d is not None and self.leases is not None
-        responder = self.responder = Responder(list(d.subnets), self.fleet, self.leases, self.planner, d.mode,
-                                               d.unknown, self.bus.emit)
-        adopt = self.fleet.adopt  # asked only under unknown_machines: default, which a reload may turn on
-        several = len(d.listeners) > 1
+        if d.process is Process.WORKER:
+            from .dhcp.supervisor import DhcpWorker, LeaseMirror
+
+            assert isinstance(self.leases, LeaseMirror)
+            worker = self.dhcp_worker = DhcpWorker(self.fleet, self.bus, self.leases)
+            # one start line per socket, as inline; the first starts the worker, which opens them all
+            for i, socket in enumerate(sockets(d)):
+                self.services.add(socket.name, worker.start if i == 0 else worker.started,
+                                  worker.stop if i == 0 else worker.started, f"{socket.description} (worker process)")
+        else:
+            self._dhcp_inline(d)
         for listener in d.listeners:
-            # every interface's socket answers from the one responder: one lease table, one inventory
-            suffix = f" {listener.interface}" if several else ""
-            service = DhcpService(responder, listener.address, listener.interface, listener.port, adopt=adopt)
-            served = ", ".join(str(s.network) for s in d.subnets if s.server == listener.address)
-            self.services.add(f"dhcp ({d.mode.value}){suffix}", service.start, service.stop, f"{listener}, {served}")
             if d.ipv6_ra and listener.interface:
                 ra = RouterAdvertiser(listener.interface, self.bus.emit)
                 self.services.add(f"ipv6-ra {listener.interface}", ra.start, ra.stop,
                                   f"{listener.interface}: router solicitations answered, no IPv6")
-            if d.mode is Mode.PROXY:
-                # iPXE and PXE ROMs send their proxyDHCP REQUEST to port 4011
-                pxe = DhcpService(responder, listener.address, listener.interface, listener.proxy_port,
-                                  reply_to_source=True, adopt=adopt)
-                self.services.add(f"proxydhcp{suffix}", pxe.start, pxe.stop,
-                                  f"{listener.interface or 'all interfaces'}:{listener.proxy_port}")
+
+    def _dhcp_inline(self, d: DhcpSettings) -> None:
+        """DHCP on serve's own loop (dhcp.process: inline)."""
+        from .dhcp.responder import Responder
+        from .dhcp.service import dhcp_services
+
+        assert self.leases is not None
+        self.responder = Responder(list(d.subnets), self.fleet, self.leases, self.planner, d.mode, d.unknown,
+                                   self.bus.emit)
+        # adopt is asked only under unknown_machines: default, which a reload may turn on
+        for socket, service in dhcp_services(d, self.responder, self.fleet.adopt):
+            self.services.add(socket.name, service.start, service.stop, socket.description)
 
     # -- run and reload ------------------------------------------------------------------
 

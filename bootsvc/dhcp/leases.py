@@ -12,9 +12,12 @@ journal (bootsvc/dhcp/journal.py), which is folded into the SQLite file
 ``take()`` hands the pending writes over and ``write()`` may run in another
 thread: one lock keeps the store to one writer at a time.
 
-One process owns the files (``bootsvc serve``: an flock on
-``leases.db.lock``); another that opens them meanwhile (``bootsvc
-machines``) reads the SQLite file and the journal and writes nothing.
+One process owns the files (``bootsvc serve``, or its DHCP worker: an
+flock on ``leases.db.lock``); another that opens them meanwhile
+(``bootsvc machines``, or serve's main process beside its worker) reads
+the SQLite file and the journal and writes nothing. The worker's changes
+reach serve's copy as the journal's own rows (:meth:`LeaseStore.replay`),
+and serve's as rows the worker takes in (:meth:`LeaseStore.apply`).
 A store on ``":memory:"`` (tests) writes SQLite transactions, no journal.
 """
 
@@ -74,11 +77,12 @@ FORGET = Statement("forget", "DELETE FROM unknown_machines WHERE mac IN ({rows})
 STATEMENTS = {s.name: s for s in (PUT, DROP, SEEN, FORGET)}
 ROWS = 500  # rows per statement at most (SQLite takes up to 32766 parameters)
 Writes = list[tuple[Statement, tuple[object, ...]]]  # in the order they were decided
+Named = list[tuple[str, tuple[object, ...]]]  # writes by statement name, as the journal and the worker's pipe carry them
 Unknown = tuple[str, str, float, float, str]  # mac, policy, first seen, last seen, client architecture
 
 
 class LeaseStore:
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, reader: bool = False) -> None:
         if isinstance(path, Path):
             path.parent.mkdir(parents=True, exist_ok=True)
         self.db = _connect(str(path))
@@ -89,7 +93,7 @@ class LeaseStore:
         self.unknown: dict[str, Unknown] = {}  # by MAC, the unknown machines seen
         self._cursor: dict[tuple[int, int], int] = {}  # (first, last) -> where the next search starts
         self.journal: Journal | None = None  # None: writes are SQLite transactions (":memory:", a reader)
-        self.reader = False  # another process owns the files: nothing is written
+        self.reader = reader  # another process owns the files: nothing is written
         self.fold_error: str | None = None  # why the journal could not be folded into SQLite, if it failed
         self._encoded = b""  # the group begin() made, for finish()
         self._folding: threading.Thread | None = None
@@ -106,11 +110,13 @@ class LeaseStore:
         """The journal's writes since the last fold, into memory; the
         owner then folds them into SQLite and starts a fresh journal."""
         name = path.with_name(path.name + ".log")
-        self._lock_fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.reader = True  # bootsvc serve has it: read what it wrote, write nothing
+        if not self.reader:
+            self._lock_fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                                    0o644)
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.reader = True  # bootsvc serve has it: read what it wrote, write nothing
         older = name.with_name(name.name + ".1")
         for file in (older, name):
             for group in groups(file, STATEMENTS):
@@ -135,6 +141,19 @@ class LeaseStore:
             self._seen(*row)  # type: ignore[arg-type]
         elif statement == FORGET.name:
             self.unknown.pop(str(row[0]), None)
+
+    def replay(self, writes: Named) -> None:
+        """Another process's writes (its journal rows), into this copy only."""
+        for statement, row in writes:
+            self._replay(statement, row)
+
+    def apply(self, writes: Named) -> None:
+        """Writes decided by another process (serve's, for its DHCP worker),
+        made here as if decided here: in memory now, written with the next group."""
+        for statement, row in writes:
+            if statement in STATEMENTS:  # as groups() reads the journal: a name it does not know is left out
+                self._replay(statement, row)
+                self.unwritten.append((STATEMENTS[statement], row))
 
     @staticmethod
     def _fold(db: sqlite3.Connection, file: Path) -> None:

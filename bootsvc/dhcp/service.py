@@ -22,6 +22,7 @@ from ..inventory import Machine
 from .group_commit import Ack, Address, Datagram, group_commit
 from .message import ANY, DhcpFormatError, IPv4, MessageType, Request, decode, encode
 from .responder import Responder
+from .settings import DhcpSettings, Socket, sockets
 
 SERVER_PORT = 67
 CLIENT_PORT = 68
@@ -226,6 +227,12 @@ class DhcpService:
         if self._sock is not None:
             self._sock.close()
             self._sock = self.transport = None
+
+
+def dhcp_services(d: DhcpSettings, responder: Responder, adopt: Adopt | None) -> list[tuple[Socket, DhcpService]]:
+    """The services of ``d``'s sockets, all answering from ``responder``."""
+    return [(s, DhcpService(responder, s.listener.address, s.listener.interface, s.port, reply_to_source=s.proxy_port,
+                            adopt=adopt)) for s in sockets(d)]
 
 
 @functools.lru_cache(maxsize=1024)

@@ -13,9 +13,11 @@ listens on more than one interface).
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from ..inventory import Machine
@@ -27,7 +29,7 @@ from .responder import Mode, Subnet, UnknownPolicy
 
 SUBNET_KEYS = {"subnet", "range", "router", "dns", "lease_time", "domain", "server"}
 DHCP_KEYS = {"mode", "unknown_machines", "max_adopted", "adopted_expiry", "subnets", "ipv6_ra",
-             "bootfiles"} | SUBNET_KEYS
+             "bootfiles", "process"} | SUBNET_KEYS
 MAX_ADOPTED = 64  # unknown_machines: default makes at most this many machines (each has a disk)
 ADOPTED_EXPIRY = 600  # seconds an adopted machine has to log in to its disk before it is forgotten
 LISTEN_KEYS = {"interface", "address", "port", "proxy_port"}
@@ -60,6 +62,8 @@ class DhcpSettings:
     max_adopted: int = MAX_ADOPTED
     adopted_expiry: int = ADOPTED_EXPIRY  # 0: an adopted machine is kept even if it never boots
     bootfiles: Mapping[Firmware, str] = field(default_factory=lambda: DEFAULT_BOOTFILES)  # the iPXE binary each firmware is sent
+    # answer in a worker process of its own (bootsvc/dhcp/worker.py) or on serve's loop
+    process: Process = field(default_factory=lambda: default_process())
 
     def server_for(self, client: IPv4 | None) -> IPv4:
         """Our DHCP address as a client of that address reaches it."""
@@ -67,6 +71,48 @@ class DhcpSettings:
             if client is not None and client in s.network:
                 return s.server
         return self.listeners[0].address
+
+
+@dataclass(frozen=True)
+class Socket:
+    """One port DHCP answers on: a listener's port 67, or in proxy mode its
+    port 4011 too (PXE spec §2.2.5), where the answer goes back to the
+    asking address and port."""
+
+    name: str  # as serve's start lines say it
+    listener: Listener
+    port: int
+    proxy_port: bool
+    description: str
+
+
+def sockets(d: DhcpSettings) -> list[Socket]:
+    """Every DHCP socket of ``d``, in the order serve opens them."""
+    several = len(d.listeners) > 1
+    out = []
+    for one in d.listeners:
+        # every socket answers from the one responder: one lease table, one inventory
+        suffix = f" {one.interface}" if several else ""
+        served = ", ".join(str(s.network) for s in d.subnets if s.server == one.address)
+        out.append(Socket(f"dhcp ({d.mode.value}){suffix}", one, one.port, False, f"{one}, {served}"))
+        if d.mode is Mode.PROXY:  # iPXE and PXE ROMs send their proxyDHCP REQUEST to port 4011
+            out.append(Socket(f"proxydhcp{suffix}", one, one.proxy_port, True,
+                              f"{one.interface or 'all interfaces'}:{one.proxy_port}"))
+    return out
+
+
+class Process(str, Enum):
+    """Where DHCP is answered (docs/dhcp-scaling.md)."""
+
+    WORKER = "worker"  # a process of its own, with its own interpreter lock
+    INLINE = "inline"  # serve's own loop, beside iSCSI, TFTP and the rest
+
+
+def default_process() -> Process:
+    """A worker where there is a second core for it to run on: with one,
+    the two processes only share it and the worker's pipe costs more than
+    it gives (docs/dhcp-scaling.md)."""
+    return Process.WORKER if (os.cpu_count() or 1) > 1 else Process.INLINE
 
 
 def parse_duration(value: Any) -> int:
@@ -304,7 +350,8 @@ def _check_coverage(c: Checker, d: LineMap, listen: LineMap, listeners: list[Lis
             c.err(listen, "listen.dhcp", f"{one.address} is in none of the dhcp subnets")
 
 
-def _choice(c: Checker, d: LineMap, key: str, kind: type[Mode] | type[UnknownPolicy], default: str) -> Any:
+def _choice(c: Checker, d: LineMap, key: str, kind: type[Mode] | type[UnknownPolicy] | type[Process],
+            default: str) -> Any:
     value = d.get(key, default)
     try:
         return kind(value)
@@ -352,7 +399,8 @@ def load_dhcp(c: Checker, doc: LineMap, listen: Any, domain: str) -> DhcpSetting
     adopted_expiry = c.integer(d, "adopted_expiry", "dhcp.adopted_expiry", ADOPTED_EXPIRY, 365 * 86400,
                                "seconds, 0: never")
     bootfiles = load_bootfiles(c, d)
-    if not listeners or not subnets:
+    process = _choice(c, d, "process", Process, default_process().value)
+    if not listeners or not subnets or process is None:
         return None
     return DhcpSettings(tuple(subnets), tuple(listeners), mode, unknown, ipv6_ra, max_adopted, adopted_expiry,
-                        bootfiles)
+                        bootfiles, process)

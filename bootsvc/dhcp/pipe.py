@@ -1,0 +1,160 @@
+"""The pipe between ``bootsvc serve`` and its DHCP worker process
+(bootsvc/dhcp/worker.py, docs/dhcp-scaling.md): length-prefixed frames,
+each a tag byte and its payload.
+
+Both ends are this program, started together, so the payloads are
+Python's own serialisations: ``marshal`` for what flows on every loop
+iteration (events and lease rows: plain tuples, the fastest to make and
+read), ``pickle`` for the fleet's table (dataclasses, a few times a day).
+A frame longer than MAX_FRAME is refused: the reader stops instead of
+buffering without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copyreg
+import marshal
+import os
+import pickle
+import struct
+from collections.abc import Callable, Iterator
+from enum import Enum
+from types import MappingProxyType
+
+HEADER = struct.Struct("!cI")  # tag, payload length
+MAX_FRAME = 256 << 20  # bytes: the fleet's table of a very big inventory fits
+READ_SIZE = 1 << 20  # bytes read per wake-up
+
+
+class Tag(bytes, Enum):
+    """What a frame holds."""
+
+    # worker -> serve
+    READY = b"R"  # bound, serving (payload: nothing)
+    FAILED = b"F"  # could not start (payload: marshal, the reason)
+    BATCH = b"B"  # one loop iteration's events and lease writes (marshal)
+    ADOPT = b"A"  # unknown_machines: default: make this MAC a machine (marshal, the MAC)
+    # serve -> worker
+    TABLE = b"T"  # the fleet as DHCP asks it (pickle, bootsvc/fleet_copy.py)
+    SESSIONS = b"S"  # the addresses logged in to their disks (marshal, list of text)
+    WRITES = b"W"  # lease writes serve decided (marshal, [(statement, row)])
+    ADOPTED = b"D"  # an ADOPT answered: the TABLE before it has the machine, if it was made (marshal, the MAC)
+
+
+class PipeError(Exception):
+    pass
+
+
+def _mapping(data: dict[object, object]) -> MappingProxyType[object, object]:
+    return MappingProxyType(data)
+
+
+# the config's read-only mappings cross the pipe as what they are
+copyreg.pickle(MappingProxyType, lambda m: (_mapping, (dict(m),)))
+
+
+def frame(tag: Tag, payload: bytes = b"") -> bytes:
+    return HEADER.pack(tag.value, len(payload)) + payload
+
+
+def plain(tag: Tag, value: object) -> bytes:
+    """A frame of marshalled ``value`` (plain types only)."""
+    return frame(tag, marshal.dumps(value))
+
+
+def pickled(tag: Tag, value: object) -> bytes:
+    return frame(tag, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def unplain(payload: bytes) -> object:
+    try:
+        return marshal.loads(payload)
+    except (EOFError, ValueError, TypeError) as e:
+        raise PipeError(f"a frame that is not marshal data: {e}") from None
+
+
+def unpickled(payload: bytes) -> object:
+    try:
+        return pickle.loads(payload)  # noqa: S301: the other end is this program's own process
+    except Exception as e:  # any unpickling failure is one thing: a broken pipe peer
+        raise PipeError(f"a frame that is not pickle data: {e}") from None
+
+
+class Frames:
+    """Bytes as they arrive, into whole frames."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+
+    def feed(self, data: bytes) -> Iterator[tuple[Tag, bytes]]:
+        buffer = self.buffer
+        buffer += data
+        at = 0
+        try:
+            while len(buffer) - at >= HEADER.size:
+                tag, size = HEADER.unpack_from(buffer, at)
+                if size > MAX_FRAME:
+                    raise PipeError(f"a frame of {size} bytes (at most {MAX_FRAME})")
+                end = at + HEADER.size + size
+                if len(buffer) < end:
+                    break
+                try:
+                    kind = Tag(tag)
+                except ValueError:
+                    raise PipeError(f"a frame tagged {tag!r}") from None
+                yield kind, bytes(buffer[at + HEADER.size:end])
+                at = end
+        finally:
+            del buffer[:at]
+
+
+class Writer:
+    """A pipe written from the loop without blocking it: what the pipe does
+    not take now waits here and goes when it can."""
+
+    def __init__(self, fd: int, loop: asyncio.AbstractEventLoop, broken: Callable[[OSError], None]) -> None:
+        os.set_blocking(fd, False)
+        self.fd = fd
+        self.loop = loop
+        self.broken = broken
+        self.pending = bytearray()
+
+    def send(self, data: bytes) -> None:
+        if self.fd < 0:
+            return
+        if self.pending:
+            self.pending += data
+            return
+        try:
+            sent = os.write(self.fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as e:
+            self._fail(e)
+            return
+        if sent < len(data):
+            self.pending += data[sent:]
+            self.loop.add_writer(self.fd, self._drain)
+
+    def _drain(self) -> None:
+        try:
+            sent = os.write(self.fd, self.pending)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            self._fail(e)
+            return
+        del self.pending[:sent]
+        if not self.pending:
+            self.loop.remove_writer(self.fd)
+
+    def _fail(self, error: OSError) -> None:
+        self.close()
+        self.broken(error)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self.loop.remove_writer(self.fd)
+            self.pending.clear()
+            self.fd = -1

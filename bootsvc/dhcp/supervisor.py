@@ -1,0 +1,323 @@
+"""Serve's end of its DHCP worker process (``dhcp.process: worker``;
+bootsvc/dhcp/worker.py, docs/dhcp-scaling.md): starts it, keeps its copy
+of the fleet current, publishes its events on the bus, keeps serve's copy
+of its leases, makes the machines it asks to adopt, restarts it if it
+dies, and stops it.
+
+The worker decides; everything that owns state stays here: the fleet, the
+bus and its subscribers (the log, the event file, the flight recorder, the
+metrics), so they see a worker's DHCP exactly as they see it inline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import MappingProxyType
+from typing import cast
+
+from ..events import Bus, Event, Kind
+from ..fleet import Fleet
+from .leases import LeaseStore, Named, Writes
+from .pipe import READ_SIZE, Frames, PipeError, Tag, Writer, pickled, plain, unplain
+
+log = logging.getLogger("bootsvc.dhcp")
+
+READY_TIMEOUT = 30.0  # seconds the worker may take to open the leases and bind its ports
+STOP_TIMEOUT = 10.0  # seconds it may take to write its last leases and send its last events
+PIPE_SIZE = 1 << 20  # bytes its events' pipe holds (F_SETPIPE_SZ): a burst does not make it wait for serve
+RESTART_AFTER = (1.0, 2.0, 5.0, 10.0, 30.0)  # seconds before each restart of a worker that died, then the last
+STEADY = 60.0  # seconds a worker must have served for its next death to start the back-off again
+# the fleet changed: the worker's copy is sent again
+TABLE_KINDS = frozenset({Kind.FLEET_RELOADED, Kind.DHCP_ADOPTED, Kind.FLEET_ADOPTION_EXPIRED, Kind.DISK_FAILED,
+                         Kind.DISK_CLAIMED, Kind.DISK_RENEWED})
+# a session began or ended: the addresses no new client may have (Fleet.reserved_ips)
+SESSION_KINDS = frozenset({Kind.ISCSI_LOGIN, Kind.ISCSI_LOGOUT, Kind.ISCSI_SESSION_DROPPED})
+
+
+class LeaseMirror(LeaseStore):
+    """Serve's copy of the leases its DHCP worker owns: read from the files
+    at start, then kept in step with the writes the worker sends. What
+    serve's fleet writes (an unknown machine seen, adopted, let go) goes to
+    the worker, which makes it durable with its next group."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, reader=True)
+        self.forward: Callable[[Named], None] | None = None
+        self.held: Named = []  # written before the worker started: sent once it has
+
+    def write(self, writes: Writes) -> None:
+        named = [(statement.name, row) for statement, row in writes]
+        if not named:
+            return
+        if self.forward is None:
+            self.held.extend(named)
+        else:
+            self.forward(named)
+
+    def saw_unknown(self, mac: str, policy: str, now: float, arch: str = "") -> None:
+        super().saw_unknown(mac, policy, now, arch)
+        self.commit()
+
+    def forget_unknown(self, mac: str) -> None:
+        super().forget_unknown(mac)
+        self.commit()
+
+
+class DhcpWorker:
+    """The service "dhcp … in a worker process"."""
+
+    def __init__(self, fleet: Fleet, bus: Bus, leases: LeaseMirror,
+                 command: tuple[str, ...] = (sys.executable, "-m", "bootsvc.dhcp.worker")) -> None:
+        self.fleet = fleet
+        self.bus = bus
+        self.leases = leases
+        self.command = command
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._out: Writer | None = None
+        self._in = -1
+        self._frames = Frames()
+        self._ready: asyncio.Future[None] | None = None
+        self._ended: asyncio.Future[None] | None = None
+        self._stopping = False
+        self._table_due = self._sessions_due = False
+        self._sessions: frozenset[object] = frozenset()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._kinds: dict[str, Kind | str] = {k.value: k for k in Kind}
+        self._deaths = 0
+        self._started = 0.0
+        self._restart: asyncio.TimerHandle | None = None
+
+    # -- start and stop --------------------------------------------------------------
+
+    async def start(self) -> None:
+        """The worker started and serving; OSError (a port taken, a lease
+        store another process holds) with its reason if not."""
+        self.loop = asyncio.get_running_loop()
+        self._stopping = False
+        await self._spawn()
+        self.bus.subscribe(self)
+        self.leases.forward = self._send_writes
+        if self.leases.held:
+            held, self.leases.held = self.leases.held, []
+            self._send_writes(held)
+
+    async def started(self) -> None:
+        """Another of its sockets: open if the worker serves (it opened them all)."""
+        if self.proc is None or self._started == 0.0:
+            raise OSError("the DHCP worker is not serving")
+
+    async def _spawn(self) -> None:
+        loop = asyncio.get_running_loop()
+        proc = self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                            close_fds=True)
+        assert proc.stdin is not None and proc.stdout is not None
+        with contextlib.suppress(OSError):  # a smaller pipe only makes the worker wait for serve sooner
+            fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        self._in = proc.stdout.fileno()
+        os.set_blocking(self._in, False)
+        self._out = Writer(proc.stdin.fileno(), loop, self._broken)
+        self._frames = Frames()
+        self._ready, self._ended = loop.create_future(), loop.create_future()
+        loop.add_reader(self._in, self._readable)
+        self._sessions = self.fleet.logged_in()
+        self._out.send(pickled(Tag.TABLE, self.fleet.copy()))
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready), READY_TIMEOUT)
+        except (asyncio.TimeoutError, OSError) as e:
+            await self._end_process()
+            raise OSError(str(e) or f"the DHCP worker did not start in {READY_TIMEOUT:.0f} s") from None
+        self._started = loop.time()
+
+    async def stop(self) -> None:
+        """The worker writes its last leases, sends its last events, and ends."""
+        self._stopping = True
+        self.bus.unsubscribe(self)
+        self.leases.forward = None
+        if self._restart is not None:
+            self._restart.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await self._end_process()
+
+    async def _end_process(self) -> None:
+        proc = self.proc
+        if proc is None:
+            return
+        if self._out is not None:
+            self._out.close()  # its standard input ends: it stops
+        if proc.stdin is not None:
+            proc.stdin.close()
+        if self._ended is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._ended), STOP_TIMEOUT)
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            await asyncio.to_thread(proc.wait, STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            await asyncio.to_thread(proc.wait, STOP_TIMEOUT)
+        self._close_in()
+        self.proc = None
+
+    def _close_in(self) -> None:
+        if self._in >= 0:
+            assert self.loop is not None
+            self.loop.remove_reader(self._in)
+            self._in = -1
+            if self.proc is not None and self.proc.stdout is not None:
+                self.proc.stdout.close()
+
+    def _broken(self, error: OSError) -> None:
+        """Its standard input would not take a frame: it is gone (its end is read on the other pipe)."""
+
+    # -- from the worker ---------------------------------------------------------------
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self._in, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._gone()
+            return
+        try:
+            for tag, payload in self._frames.feed(data):
+                self._received(tag, payload)
+        except PipeError as e:
+            log.error("the DHCP worker sent %s: it is stopped", e)
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.terminate()
+
+    def _received(self, tag: Tag, payload: bytes) -> None:
+        if tag is Tag.BATCH:
+            events, writes = cast(tuple[list[tuple[object, ...]], Named], unplain(payload))
+            if writes:
+                self.leases.replay(writes)
+            self._publish(events)
+        elif tag is Tag.ADOPT:
+            self._spawn_task(self._adopt(str(unplain(payload))))
+        elif tag is Tag.READY:
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_result(None)
+        elif tag is Tag.FAILED:
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_exception(OSError(str(unplain(payload))))
+
+    def _publish(self, events: list[tuple[object, ...]]) -> None:
+        kinds, publish = self._kinds, self.bus.publish
+        for kind, when, mac, ip, hostname, initiator, target, peer, fields in events:
+            fields = cast(dict[str, object], fields)
+            trace = fields.pop("traceback", None) if fields else None
+            publish(Event(kinds.get(cast(str, kind), cast(str, kind)), cast(float, when), *cast(
+                tuple[str | None, ...], (mac, ip, hostname, initiator, target, peer)),
+                fields or MappingProxyType({})))  # type: ignore[arg-type]
+            if trace:
+                log.error("the DHCP worker's traceback of the %s above:\n%s", kind, str(trace).rstrip())
+
+    def _gone(self) -> None:
+        """Its pipe ended: it stopped as asked, or died (restarted after a pause)."""
+        self._close_in()
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(OSError("the DHCP worker ended before it served (its reason is above)"))
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result(None)
+        if self._stopping or self._started == 0.0:
+            return
+        assert self.loop is not None
+        code = self.proc.poll() if self.proc is not None else None
+        if self.loop.time() - self._started > STEADY:
+            self._deaths = 0
+        pause = RESTART_AFTER[min(self._deaths, len(RESTART_AFTER) - 1)]
+        self._deaths += 1
+        self.bus.emit(Kind.DHCP_ERROR, why=f"the DHCP worker process ended (exit status {code}); "
+                                           f"started again in {pause:.0f} s")
+        self._started = 0.0
+        self._restart = self.loop.call_later(pause, lambda: self._spawn_task(self._respawn()))
+
+    async def _respawn(self) -> None:
+        self._restart = None
+        if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(self.proc.wait, STOP_TIMEOUT)
+        self.proc = None
+        try:
+            await self._spawn()
+        except OSError as e:
+            self.bus.emit(Kind.DHCP_ERROR, why=f"the DHCP worker did not start again: {e}")
+            self._gone_later()
+
+    def _gone_later(self) -> None:
+        """A restart that failed: tried again, as after a death."""
+        if not self._stopping and self.loop is not None:
+            self._deaths += 1
+            pause = RESTART_AFTER[min(self._deaths, len(RESTART_AFTER) - 1)]
+            self._restart = self.loop.call_later(pause, lambda: self._spawn_task(self._respawn()))
+
+    # -- to the worker -------------------------------------------------------------------
+
+    def __call__(self, event: Event) -> None:
+        """The bus: a change of the fleet, or of who is logged in, is sent
+        once per loop iteration however many events said it. Any thread
+        may publish, so it is handed to the loop."""
+        if event.kind in TABLE_KINDS and not self._table_due:
+            self._table_due = True
+            self._on_loop(self._table_if_due)
+        elif event.kind in SESSION_KINDS and not self._sessions_due:
+            self._sessions_due = True
+            self._on_loop(self._send_sessions)
+
+    def _on_loop(self, call: Callable[[], None]) -> None:
+        if self.loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to send to
+                self.loop.call_soon_threadsafe(call)
+
+    def _send(self, data: bytes) -> None:
+        if self._out is not None and self._in >= 0:
+            self._out.send(data)
+
+    def _table_if_due(self) -> None:
+        if self._table_due:  # else an adoption's answer took it first
+            self._send_table()
+
+    def _send_table(self) -> None:
+        self._table_due = False
+        self._send(pickled(Tag.TABLE, self.fleet.copy()))
+
+    def _send_sessions(self) -> None:
+        self._sessions_due = False
+        sessions = self.fleet.logged_in()
+        if sessions != self._sessions:
+            self._sessions = sessions
+            self._send(plain(Tag.SESSIONS, [str(ip) for ip in sessions]))
+
+    def _send_writes(self, writes: Named) -> None:
+        self._send(plain(Tag.WRITES, writes))
+
+    async def _adopt(self, mac: str) -> None:
+        """The worker asks for a machine: the fleet makes it; the table that
+        has it goes before the answer."""
+        try:
+            await self.fleet.adopt(mac)
+        except Exception as e:  # a bug must not leave the worker waiting: it is answered all the same
+            self.bus.emit(Kind.DHCP_ERROR, mac=mac, why=f"adoption failed: {e!r}")
+        if self._table_due:
+            self._send_table()
+        self._send(plain(Tag.ADOPTED, mac))
+
+    def _spawn_task(self, work: object) -> None:
+        assert self.loop is not None
+        task = self.loop.create_task(work)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
