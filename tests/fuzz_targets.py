@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import marshal
 import random
 import struct
 import tempfile
@@ -29,6 +30,14 @@ from scapy.layers.dhcp import BOOTP, DHCP
 from bootsvc.config import ConfigError, load
 from bootsvc.dhcp.leases import LeaseStore
 from bootsvc.dhcp.message import DhcpFormatError, IPv4
+from bootsvc.dhcp.pipe import Frames, PipeError
+from bootsvc.dhcp.pipe import Tag as PipeTag
+from bootsvc.dhcp.pipe import batch as pipe_batch
+from bootsvc.dhcp.pipe import frame as pipe_frame
+from bootsvc.dhcp.pipe import plain as pipe_plain
+from bootsvc.dhcp.pipe import text as pipe_text
+from bootsvc.dhcp.pipe import texts as pipe_texts
+from bootsvc.dhcp.pipe import writes as pipe_writes
 from bootsvc.dhcp.message import decode as dhcp_decode
 from bootsvc.dhcp.message import encode as dhcp_encode
 from bootsvc.dhcp.responder import Machines, Mode, Responder, UnknownPolicy
@@ -539,6 +548,62 @@ def _dhcp_seeds() -> list[bytes]:
     return seeds
 
 
+def dhcp_pipe(data: bytes) -> None:
+    """bootsvc/dhcp/pipe.py: bytes on the pipe between serve and its DHCP
+    worker cut into frames; and a value made from them (nested tuples,
+    lists, text, numbers, the pipe's own words), marshalled, decoded as
+    each receiver decodes its frames, and its lease writes applied to a
+    lease store (the worker's) and replayed into a copy (serve's).
+
+    Not fuzzed: marshal and pickle themselves, which trust their input
+    (a made-up length allocates it); the pipe's only writer is the process
+    at its other end, which this program started (docs/dhcp-scaling.md).
+
+    Documented errors: PipeError; ValueError and TypeError from a lease
+    row of the wrong kind (the receivers turn them into PipeError)."""
+    try:
+        for _ in Frames().feed(data):
+            pass
+    except PipeError:
+        pass
+    payload = marshal.dumps(_pipe_value(random.Random(data), 3))
+    for decode in (pipe_batch, pipe_writes, pipe_texts, pipe_text):
+        try:
+            value = decode(payload)
+            if decode is pipe_batch:
+                LeaseStore(":memory:").replay(value[1])  # type: ignore[index]
+            elif decode is pipe_writes:
+                LeaseStore(":memory:").apply(value)  # type: ignore[arg-type]
+            elif decode is pipe_texts:
+                [IPv4(a) for a in value]  # type: ignore[union-attr]
+        except (PipeError, ValueError, TypeError):
+            pass
+
+
+_PIPE_WORDS = ("put", "drop", "seen", "forget", "bound", "offered", "dhcp.ack", "10.77.0.11", NODE.mac, "", "x")
+
+
+def _pipe_value(r: random.Random, depth: int) -> object:
+    """A value of the kinds marshal carries, made by ``r``."""
+    pick = r.randrange(9 if depth else 5)
+    if pick < 5:
+        return (r.choice(_PIPE_WORDS), r.randrange(-2, 2**33), r.random() * 4e9, None, r.random() < 0.5)[pick]
+    items = [_pipe_value(r, depth - 1) for _ in range(r.randrange(11))]
+    if pick == 5:
+        return items
+    if pick == 6:
+        return {str(_pipe_value(r, 0)): _pipe_value(r, depth - 1) for _ in range(r.randrange(4))}
+    return tuple(items) if pick == 7 else (items, [_pipe_value(r, depth - 1)])
+
+
+def _pipe_seeds() -> list[bytes]:
+    event = ("dhcp.ack", 1.5, NODE.mac, "10.77.0.11", "node01", None, None, None, {"xid": 7, "ipxe": True})
+    put = ("put", ("10.77.0.11", NODE.mac, "bound", 2e9, "node01"))
+    return [pipe_plain(PipeTag.BATCH, ([event], [put])), pipe_plain(PipeTag.WRITES, [put, ("drop", ("10.77.0.11",))]),
+            pipe_plain(PipeTag.SESSIONS, ["10.77.0.11"]) + pipe_plain(PipeTag.ADOPT, NODE.mac),
+            pipe_plain(PipeTag.FAILED, "port 67: in use") + pipe_frame(PipeTag.READY)]
+
+
 # -- TFTP ---------------------------------------------------------------------------
 
 
@@ -764,6 +829,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("iscsi_text", iscsi_text, _text_seeds, (b"=", b"\0", b",", b"Yes", b"No", b"0x", b"None", b"\xff")),
     Target("isns", isns, _isns_seeds),
     Target("dhcp", dhcp, _dhcp_seeds),
+    Target("dhcp_pipe", dhcp_pipe, _pipe_seeds, (b"B", b"W", b"S", b"A", b"\0\0\0", b"\xff")),
     Target("tftp", tftp, _tftp_seeds, (b"\0", b"octet", b"blksize", b"tsize", b"windowsize", b"timeout", b"..")),
     Target("dns", dns, _dns_seeds),
     Target("http", http, _http_seeds, HTTP_TOKENS),

@@ -65,6 +65,11 @@ class Statement:
     template: str  # the SQL with {rows} where the rows go
     row: str  # one row's placeholders
 
+    @property
+    def width(self) -> int:
+        """Parameters per row."""
+        return self.row.count("?")
+
     def sql(self, rows: int) -> str:
         return self.template.format(rows=", ".join([self.row] * rows))
 
@@ -128,7 +133,11 @@ class LeaseStore:
             self.journal = Journal(name)
 
     def _replay(self, statement: str, row: tuple[object, ...]) -> None:
-        """One journal write, applied to the in-memory copy as SQLite applies it."""
+        """One journal write, applied to the in-memory copy as SQLite applies
+        it; ValueError for a row that is not one of its statement's."""
+        known = STATEMENTS.get(statement)
+        if known is not None and len(row) != known.width:
+            raise ValueError(f"a {statement} row of {len(row)} values, not {known.width}")
         if statement == PUT.name:
             ip, mac, state, expires, hostname = row
             self._remember(Lease(IPv4(str(ip)), str(mac), LeaseState(state), float(expires),  # type: ignore[arg-type]

@@ -2,12 +2,16 @@
 (bootsvc/dhcp/worker.py, docs/dhcp-scaling.md): length-prefixed frames,
 each a tag byte and its payload.
 
-Both ends are this program, started together, so the payloads are
-Python's own serialisations: ``marshal`` for what flows on every loop
-iteration (events and lease rows: plain tuples, the fastest to make and
-read), ``pickle`` for the fleet's table (dataclasses, a few times a day).
-A frame longer than MAX_FRAME is refused: the reader stops instead of
-buffering without bound.
+Both ends are this program: serve starts the worker, and the pipes are
+anonymous, inherited by that one child, so nothing else can write to
+them. The payloads are therefore Python's own serialisations, which
+trust their input: ``marshal`` for what flows on every loop iteration
+(events and lease rows: plain tuples; 1.5 µs to read a batch of 16 events
+where orjson takes 10), ``pickle`` for the fleet's table (dataclasses, a
+few times a day). What a frame decodes to is still checked for the shape
+its receiver needs (:func:`batch`, :func:`writes`), so a bug at one end is
+a clear PipeError at the other, never a crash; a frame longer than
+MAX_FRAME is refused instead of buffered.
 """
 
 from __future__ import annotations
@@ -79,6 +83,53 @@ def unpickled(payload: bytes) -> object:
         return pickle.loads(payload)  # noqa: S301: the other end is this program's own process
     except Exception as e:  # any unpickling failure is one thing: a broken pipe peer
         raise PipeError(f"a frame that is not pickle data: {e}") from None
+
+
+Wire = tuple[str, float, "str | None", "str | None", "str | None", "str | None", "str | None", "str | None",
+             "dict[str, object]"]  # one event: kind, time, mac, ip, hostname, initiator, target, peer, fields
+Named = list[tuple[str, tuple[object, ...]]]  # lease writes by statement name (bootsvc/dhcp/leases.py)
+_TEXT = (str, type(None))
+_FIELD = (str, int, float, bool, type(None))
+
+
+def batch(payload: bytes) -> tuple[list[Wire], Named]:
+    """A BATCH frame's events and lease writes, each checked for the shape
+    it must have; PipeError for anything else."""
+    value = unplain(payload)
+    if not (isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], list)):
+        raise PipeError("a batch that is not (events, writes)")
+    for event in value[0]:
+        if not (isinstance(event, tuple) and len(event) == 9 and isinstance(event[0], str)
+                and isinstance(event[1], (int, float)) and all(isinstance(x, _TEXT) for x in event[2:8])
+                and isinstance(event[8], dict) and all(isinstance(k, str) and isinstance(v, _FIELD)
+                                                       for k, v in event[8].items())):
+            raise PipeError("an event that is not (kind, time, 6 identities, fields)")
+    return value[0], writes(value[1])
+
+
+def writes(value: object) -> Named:
+    """Lease writes as the pipe carries them: [(statement, row)]."""
+    if isinstance(value, bytes):
+        value = unplain(value)
+    if not isinstance(value, list) or not all(
+            isinstance(w, tuple) and len(w) == 2 and isinstance(w[0], str) and isinstance(w[1], tuple)
+            and all(isinstance(x, _FIELD) for x in w[1]) for w in value):
+        raise PipeError("lease writes that are not [(statement, row)]")
+    return value
+
+
+def text(payload: bytes) -> str:
+    value = unplain(payload)
+    if not isinstance(value, str):
+        raise PipeError("a frame that is not text")
+    return value
+
+
+def texts(payload: bytes) -> list[str]:
+    value = unplain(payload)
+    if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+        raise PipeError("a frame that is not a list of text")
+    return value
 
 
 class Frames:

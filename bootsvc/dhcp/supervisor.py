@@ -21,12 +21,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import MappingProxyType
-from typing import cast
 
 from ..events import Bus, Event, Kind
 from ..fleet import Fleet
 from .leases import LeaseStore, Named, Writes
-from .pipe import READ_SIZE, Frames, PipeError, Tag, Writer, pickled, plain, unplain
+from .pipe import READ_SIZE, Frames, PipeError, Tag, Wire, Writer, batch, pickled, plain, text
 
 log = logging.getLogger("bootsvc.dhcp")
 
@@ -202,27 +201,30 @@ class DhcpWorker:
 
     def _received(self, tag: Tag, payload: bytes) -> None:
         if tag is Tag.BATCH:
-            events, writes = cast(tuple[list[tuple[object, ...]], Named], unplain(payload))
+            events, writes = batch(payload)
             if writes:
-                self.leases.replay(writes)
+                try:
+                    self.leases.replay(writes)
+                except (ValueError, TypeError) as e:  # a row of the wrong shape
+                    raise PipeError(f"a lease write that is not one: {e}") from None
             self._publish(events)
         elif tag is Tag.ADOPT:
-            self._spawn_task(self._adopt(str(unplain(payload))))
+            self._spawn_task(self._adopt(text(payload)))
         elif tag is Tag.READY:
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(None)
         elif tag is Tag.FAILED:
             if self._ready is not None and not self._ready.done():
-                self._ready.set_exception(OSError(str(unplain(payload))))
+                self._ready.set_exception(OSError(text(payload)))
+        else:
+            raise PipeError(f"a {tag.name} frame, which only serve sends")
 
-    def _publish(self, events: list[tuple[object, ...]]) -> None:
+    def _publish(self, events: list[Wire]) -> None:
         kinds, publish = self._kinds, self.bus.publish
         for kind, when, mac, ip, hostname, initiator, target, peer, fields in events:
-            fields = cast(dict[str, object], fields)
             trace = fields.pop("traceback", None) if fields else None
-            publish(Event(kinds.get(cast(str, kind), cast(str, kind)), cast(float, when), *cast(
-                tuple[str | None, ...], (mac, ip, hostname, initiator, target, peer)),
-                fields or MappingProxyType({})))  # type: ignore[arg-type]
+            publish(Event(kinds.get(kind, kind), when, mac, ip, hostname, initiator, target, peer,
+                          fields or MappingProxyType({})))
             if trace:
                 log.error("the DHCP worker's traceback of the %s above:\n%s", kind, str(trace).rstrip())
 

@@ -49,7 +49,7 @@ from ..events import ERRORS, Kind
 from ..fleet_copy import FleetCopy
 from ..tftp.files import FileSource
 from .leases import LeaseStore, Writes
-from .pipe import READ_SIZE, Frames, PipeError, Tag, frame, plain, unpickled, unplain
+from .pipe import READ_SIZE, Frames, PipeError, Tag, frame, plain, text, texts, unpickled, writes
 from .responder import Responder
 from .service import dhcp_services
 
@@ -157,17 +157,29 @@ class Worker:
     # -- from serve ------------------------------------------------------------------
 
     def received(self, tag: Tag, payload: bytes) -> None:
+        """One frame from serve; PipeError if it is not one serve sends."""
         if tag is Tag.TABLE:
-            self.table(cast(FleetCopy, unpickled(payload)))
+            copy = unpickled(payload)
+            if not isinstance(copy, FleetCopy):
+                raise PipeError("a table that is not the fleet's")
+            self.table(copy)
         elif tag is Tag.SESSIONS:
-            self.copy.logged_in(frozenset(_addresses(unplain(payload))))
+            try:
+                self.copy.logged_in(frozenset(ipaddress.IPv4Address(a) for a in texts(payload)))
+            except ValueError as e:
+                raise PipeError(str(e)) from None
         elif tag is Tag.WRITES:
-            self.leases.apply(cast(list[tuple[str, tuple[object, ...]]], unplain(payload)))
+            try:
+                self.leases.apply(writes(payload))
+            except (ValueError, TypeError) as e:  # a row of the wrong shape
+                raise PipeError(f"a lease write that is not one: {e}") from None
             self.services[0].commits.flush()  # with the next group, or WRITE_LATER on
         elif tag is Tag.ADOPTED:
-            asked = self._asked.pop(str(unplain(payload)), None)
+            asked = self._asked.pop(text(payload), None)
             if asked is not None and not asked.done():
                 asked.set_result(None)
+        else:
+            raise PipeError(f"a {tag.name} frame, which only the worker sends")
 
     def table(self, copy: FleetCopy) -> None:
         """A new copy of the fleet, in place at once (its sessions kept: they come apart)."""
@@ -193,10 +205,6 @@ class Worker:
             await asyncio.wait_for(asyncio.shield(asked), ADOPT_TIMEOUT)
         except asyncio.TimeoutError:
             self._asked.pop(mac, None)
-
-
-def _addresses(value: object) -> list[ipaddress.IPv4Address]:
-    return [ipaddress.IPv4Address(a) for a in value] if isinstance(value, list) else []
 
 
 def _first_table(frames: Frames) -> FleetCopy:
