@@ -175,8 +175,9 @@ def before(ns: str, work: Path, log: str) -> Iterator[int]:
         yield pid
 
 
-def write_bootsvc_config(work: Path) -> Path:
-    """bootsvc's config for every step (and bench/dhcp_worker.py's), its state emptied."""
+def write_bootsvc_config(work: Path, process: str = "") -> Path:
+    """bootsvc's config for every step, its state emptied; ``process``:
+    dhcp.process (default: serve's own, a worker process with two cores or more)."""
     state = work / "state"
     subprocess.run(["rm", "-rf", str(state)], check=True)
     cfg = work / "bootsvc.yaml"
@@ -188,13 +189,13 @@ dhcp:
   subnet: 10.215.0.0/16
   range: [{FIRST}, {LAST}]
   unknown_machines: discover
-""")
+""" + (f"  process: {process}\n" if process else ""))
     return cfg
 
 
 @contextlib.contextmanager
-def bootsvc(ns: str, work: Path, log: str, tree: Path | None = None) -> Iterator[int]:
-    cfg = write_bootsvc_config(work)
+def bootsvc(ns: str, work: Path, log: str, tree: Path | None = None, process: str = "") -> Iterator[int]:
+    cfg = write_bootsvc_config(work, process)
     quiet = ("-q",) if log == "warn" else ()
     argv = ("serve", "-c", str(cfg), *quiet)
     if tree is None:
@@ -208,8 +209,15 @@ def bootsvc(ns: str, work: Path, log: str, tree: Path | None = None) -> Iterator
         stop(proc)
 
 
+@contextlib.contextmanager
+def inline(ns: str, work: Path, log: str) -> Iterator[int]:
+    """bootsvc with DHCP on serve's own loop (dhcp.process: inline)."""
+    with bootsvc(ns, work, log, process="inline") as pid:
+        yield pid
+
+
 STARTERS: dict[str, Callable[[str, Path, str], contextlib.AbstractContextManager[int]]] = {
-    "dnsmasq": dnsmasq, "kea": kea, "bootsvc": bootsvc, "before": before}
+    "dnsmasq": dnsmasq, "kea": kea, "bootsvc": bootsvc, "bootsvc-inline": inline, "before": before}
 
 
 def step(name: str, ns_server: str, ns_client: str, work: Path, rate: int, seconds: float, log: str) -> Step:

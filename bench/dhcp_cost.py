@@ -87,7 +87,7 @@ def request(i: int, msg: int, ip: bytes = b"") -> bytes:
 
 
 def serve_config(work: Path) -> Path:
-    """``--serve``'s config (and bench/dhcp_worker.py's): bench/dhcp.py's
+    """``--serve``'s config: bench/dhcp.py's
     network, policy discover, the state under ``work``."""
     cfg = work / "bootsvc.yaml"
     cfg.write_text(f"state_dir: {work / 'state'}\nlisten:\n  dhcp: {{address: 10.215.0.1}}\n"

@@ -262,3 +262,42 @@ def test_the_services_of_one_store_share_one_group_commit(tmp_path: Path) -> Non
     assert DhcpService(Responder([SUBNET], Machines({}), LeaseStore(":memory:"), lambda *a: None),
                        SUBNET.server).commits is not svc.commits
     leases.close()
+
+
+def test_in_the_worker_a_lone_batch_is_written_on_the_loop(tmp_path: Path) -> None:
+    """inline_when_idle (DHCP's worker process): with the writer idle, a
+    batch's lease is written and its ACK sent before received() returns,
+    in the loop's thread; while a write is under way, the next batch goes
+    to the writer as before (it overlaps the disk)."""
+    svc, sock, leases = service(tmp_path)
+    gate = threading.Event()
+    finish = leases.finish
+    threads: list[str] = []
+
+    def slow() -> None:
+        threads.append(threading.current_thread().name)
+        if threads[-1] == "dhcp-commit":
+            assert gate.wait(10)
+        finish()
+
+    async def run() -> None:
+        svc.commits.start(asyncio.get_running_loop())
+        svc.commits.inline_when_idle = True
+        leases.finish = slow  # type: ignore[method-assign]
+        svc.received([(request(n, MessageType.DISCOVER), RELAY) for n in (1, 2, 3)])
+        svc.received([(request(1, MessageType.REQUEST, offered(leases, 1)), RELAY)])
+        assert len(sock.acks()) == 1 and sock.acks()[0][1] in sock.acks()[0][2]  # sent, and durable first
+        svc.commits.inline_when_idle = False  # one write under way in the writer...
+        svc.received([(request(2, MessageType.REQUEST, offered(leases, 2)), RELAY)])
+        svc.commits.inline_when_idle = True
+        svc.received([(request(3, MessageType.REQUEST, offered(leases, 3)), RELAY)])  # ...so this one waits for it
+        await asyncio.sleep(0.1)
+        assert len(sock.acks()) == 1
+        gate.set()
+        await settle(svc)
+        await svc.commits.stop()
+
+    asyncio.run(run())
+    assert threads[0] == "MainThread" and "dhcp-commit" in threads
+    assert [ip in durable for _, ip, durable in sock.acks()] == [True, True, True]
+    leases.close()

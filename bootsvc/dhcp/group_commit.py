@@ -80,6 +80,10 @@ class GroupCommit:
         self._ending = False
         self._writer: threading.Thread | None = None
         self._later: asyncio.TimerHandle | None = None  # a hand-over for writes no ACK waits for
+        # write a batch in the loop's own thread while the writer is idle
+        # (DHCP's worker process, whose loop has nothing else to do: no
+        # thread to wake before the fdatasync, none to wake the loop after)
+        self.inline_when_idle = False
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """A service starts: commit in a thread beside ``loop`` from now on."""
@@ -100,8 +104,9 @@ class GroupCommit:
         Writes no ACK waits for (an unknown MAC seen, an offer let go) go
         with the next batch that has ACKs, or WRITE_LATER on: no fdatasync
         of their own per batch."""
-        if self.loop is None or self._writer is None:
-            self._write_now(self.leases.take(), self._batch)
+        if self.loop is None or self._writer is None or (self._batch and self.inline_when_idle
+                                                           and self._running is None and not self.held):
+            self._write_now(self.leases.take(), self._batch, inline=True)
             self._batch = []
         elif self._batch:
             self._hand_over()
@@ -134,10 +139,10 @@ class GroupCommit:
                 self._writes, self.held = [], []
             self._write_now(writes, held)
 
-    def _write_now(self, writes: Writes, held: Held) -> None:
+    def _write_now(self, writes: Writes, held: Held, inline: bool = False) -> None:
         """``writes`` durable, then ``held`` sent; the reports on the loop
-        (or here, without one)."""
-        loop = self.loop if self._writer is not None else None
+        (here, when this is the loop's thread or there is none)."""
+        loop = self.loop if self._writer is not None and not inline else None
         if writes:
             try:
                 self.leases.write(writes)

@@ -152,6 +152,8 @@ class Worker:
                                    cfg.http.port if cfg.http else None, has_file=self.files.has)
         self.responder = Responder(list(d.subnets), copy, self.leases, self.planner, d.mode, d.unknown, out.emit)
         self.services = [service for _, service in dhcp_services(d, self.responder, self.adopt)]
+        # this loop does nothing but DHCP: a lone batch is made durable here, with no thread hop
+        self.services[0].commits.inline_when_idle = True
         self._asked: dict[str, asyncio.Future[None]] = {}  # MACs whose adoption serve was asked for
 
     # -- from serve ------------------------------------------------------------------
