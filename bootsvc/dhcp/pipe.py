@@ -154,8 +154,9 @@ class Frames:
                     kind = Tag(tag)
                 except ValueError:
                     raise PipeError(f"a frame tagged {tag!r}") from None
-                yield kind, bytes(buffer[at + HEADER.size:end])
-                at = end
+                payload = bytes(buffer[at + HEADER.size:end])
+                at = end  # before the yield: a caller that stops here has taken this frame
+                yield kind, payload
         finally:
             del buffer[:at]
 

@@ -78,7 +78,7 @@ class Outbox:
     reads its end on every loop iteration, and a worker that got ahead of
     it waits rather than keeping an unbounded backlog."""
 
-    def __init__(self, fd: int = OUT, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, fd: int, clock: Callable[[], float] = time.time) -> None:
         self.fd = fd
         self.clock = clock
         self.events: list[Wire] = []
@@ -267,8 +267,11 @@ def main() -> int:
     # serve ending, even by SIGKILL, ends the worker: it would hold port 67
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C at serve's terminal is serve's to handle
+    # the pipe to serve gets a descriptor of its own, and standard output
+    # becomes standard error: a stray print cannot corrupt the frames
+    out = Outbox(os.dup(OUT))
+    os.dup2(2, OUT)
     frames = Frames()
-    out = Outbox()
     try:
         copy = _first_table(frames)
     except (PipeError, OSError) as e:
@@ -286,7 +289,9 @@ def main() -> int:
             return 1
         return asyncio.run(serve(worker, frames))
     finally:
+        out.loop = None  # (closed) the last writes go here
         worker.leases.close()
+        out.flush()
 
 
 if __name__ == "__main__":
