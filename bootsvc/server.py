@@ -184,7 +184,8 @@ class Server:
             # one start line per socket, as inline; the first starts the worker, which opens them all
             for i, socket in enumerate(sockets(d)):
                 self.services.add(socket.name, worker.start if i == 0 else worker.started,
-                                  worker.stop if i == 0 else worker.started, f"{socket.description} (worker process)")
+                                  worker.stop if i == 0 else worker.started, f"{socket.description} (worker process)",
+                                  trouble=worker.trouble)
         else:
             self._dhcp_inline(d)
         for listener in d.listeners:

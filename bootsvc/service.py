@@ -44,8 +44,17 @@ class Service:
     # recorder): not counted in "N of M serving", and alone it does not keep
     # the process up
     counted: bool = True
+    # a service that can fail after it started (a worker process that died)
+    # says why here while it does; None: serving
+    trouble: Callable[[], str | None] = lambda: None
+
+    def serving(self) -> bool:
+        return self.state is State.SERVING and self.trouble() is None
 
     def health(self) -> str:
+        trouble = self.trouble() if self.state is State.SERVING else None
+        if trouble:
+            return f"{State.FAILED.value}: {trouble}"
         return f"{self.state.value}: {self.why}" if self.why else self.state.value
 
 
@@ -78,11 +87,11 @@ class Services:
     items: list[Service] = field(default_factory=list)
 
     def add(self, name: str, start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]],
-            where: str = "", counted: bool = True) -> None:
-        self.items.append(Service(name, start, stop, where, counted=counted))
+            where: str = "", counted: bool = True, trouble: Callable[[], str | None] | None = None) -> None:
+        self.items.append(Service(name, start, stop, where, counted=counted, trouble=trouble or (lambda: None)))
 
     def health(self) -> Health:
-        return Health(all(s.state is State.SERVING for s in self.items), {s.name: s.health() for s in self.items})
+        return Health(all(s.serving() for s in self.items), {s.name: s.health() for s in self.items})
 
     async def start(self) -> list[Service]:
         running = []

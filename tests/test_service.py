@@ -43,3 +43,20 @@ def test_health_names_the_services_that_do_not_serve() -> None:
     assert not health.serving and health.text() == "degraded\ndhcp: failed: Address already in use\nhttp: serving\n"
     services.items[0].state, services.items[0].why = services.items[1].state, ""
     assert services.health().serving and services.health().text() == "ok\ndhcp: serving\nhttp: serving\n"
+
+
+def test_a_service_that_fails_after_it_started_is_degraded_while_it_does() -> None:
+    async def ok() -> None:
+        pass
+
+    trouble: list[str] = []
+    services = Services(report=lambda line: None)
+    services.add("dhcp", ok, ok, trouble=lambda: trouble[-1] if trouble else None)
+    assert services.health().text() == "degraded\ndhcp: not started\n"  # not asked before it started
+    asyncio.run(services.start())
+    assert services.health().serving
+    trouble.append("the DHCP worker process ended; it is being started again")
+    assert services.health().text() == "degraded\ndhcp: failed: the DHCP worker process ended; it is being " \
+                                       "started again\n"
+    trouble.clear()
+    assert services.health().text() == "ok\ndhcp: serving\n"

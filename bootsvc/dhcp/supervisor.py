@@ -109,6 +109,10 @@ class DhcpWorker:
             held, self.leases.held = self.leases.held, []
             self._send_writes(held)
 
+    def trouble(self) -> str | None:
+        """Why it does not serve now, once it has started (/healthz says it)."""
+        return None if self._started else "the DHCP worker process ended; it is being started again"
+
     async def started(self) -> None:
         """Another of its sockets: open if the worker serves (it opened them all)."""
         if self.proc is None or self._started == 0.0:
