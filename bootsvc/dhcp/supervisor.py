@@ -93,7 +93,6 @@ class DhcpWorker:
         self._kinds: dict[str, Kind | str] = {k.value: k for k in Kind}
         self._deaths = 0
         self._started = 0.0
-        self._restart: asyncio.TimerHandle | None = None
 
     # -- start and stop --------------------------------------------------------------
 
@@ -105,9 +104,6 @@ class DhcpWorker:
         await self._spawn()
         self.bus.subscribe(self)
         self.leases.forward = self._send_writes
-        if self.leases.held:
-            held, self.leases.held = self.leases.held, []
-            self._send_writes(held)
 
     def trouble(self) -> str | None:
         """Why it does not serve now, once it has started (/healthz says it)."""
@@ -139,14 +135,15 @@ class DhcpWorker:
             await self._end_process()
             raise OSError(str(e) or f"the DHCP worker did not start in {READY_TIMEOUT:.0f} s") from None
         self._started = loop.time()
+        if self.leases.held:  # serve's lease writes while no worker ran
+            held, self.leases.held = self.leases.held, []
+            self._send_writes(held)
 
     async def stop(self) -> None:
         """The worker writes its last leases, sends its last events, and ends."""
         self._stopping = True
         self.bus.unsubscribe(self)
         self.leases.forward = None
-        if self._restart is not None:
-            self._restart.cancel()
         for task in list(self._tasks):
             task.cancel()
         await self._end_process()
@@ -155,22 +152,31 @@ class DhcpWorker:
         proc = self.proc
         if proc is None:
             return
-        if self._out is not None:
-            self._out.close()  # its standard input ends: it stops
-        if proc.stdin is not None:
-            proc.stdin.close()
+        self._close_out()  # its standard input ends: it stops
         if self._ended is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._ended), STOP_TIMEOUT)
         if proc.poll() is None:
             proc.terminate()
-        try:
-            await asyncio.to_thread(proc.wait, STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            await asyncio.to_thread(proc.wait, STOP_TIMEOUT)
+        await self._reap(proc)
         self._close_in()
         self.proc = None
+
+    @staticmethod
+    async def _reap(proc: subprocess.Popen[bytes]) -> int | None:
+        """Its exit status, once it has ended (killed if it takes more than STOP_TIMEOUT)."""
+        try:
+            return await asyncio.to_thread(proc.wait, STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return await asyncio.to_thread(proc.wait, STOP_TIMEOUT)
+
+    def _close_out(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+        if self.proc is not None and self.proc.stdin is not None:
+            self.proc.stdin.close()
 
     def _close_in(self) -> None:
         if self._in >= 0:
@@ -233,43 +239,39 @@ class DhcpWorker:
                 log.error("the DHCP worker's traceback of the %s above:\n%s", kind, str(trace).rstrip())
 
     def _gone(self) -> None:
-        """Its pipe ended: it stopped as asked, or died (restarted after a pause)."""
+        """Its pipe ended: it stopped as asked, or died (started again after a pause)."""
         self._close_in()
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(OSError("the DHCP worker ended before it served (its reason is above)"))
         if self._ended is not None and not self._ended.done():
             self._ended.set_result(None)
         if self._stopping or self._started == 0.0:
-            return
+            return  # stopping, or a start that failed: its caller says so
         assert self.loop is not None
-        code = self.proc.poll() if self.proc is not None else None
         if self.loop.time() - self._started > STEADY:
-            self._deaths = 0
-        pause = RESTART_AFTER[min(self._deaths, len(RESTART_AFTER) - 1)]
-        self._deaths += 1
-        self.bus.emit(Kind.DHCP_ERROR, why=f"the DHCP worker process ended (exit status {code}); "
-                                           f"started again in {pause:.0f} s")
+            self._deaths = 0  # it had served a while: a new run of deaths
         self._started = 0.0
-        self._restart = self.loop.call_later(pause, lambda: self._spawn_task(self._respawn()))
+        self._close_out()
+        self._spawn_task(self._restart())
 
-    async def _respawn(self) -> None:
-        self._restart = None
-        if self.proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                await asyncio.to_thread(self.proc.wait, STOP_TIMEOUT)
+    async def _restart(self) -> None:
+        """After a death: said with its exit status, then a new worker after
+        a pause that grows while they keep dying (RESTART_AFTER)."""
+        code = await self._reap(self.proc) if self.proc is not None else None
         self.proc = None
-        try:
-            await self._spawn()
-        except OSError as e:
-            self.bus.emit(Kind.DHCP_ERROR, why=f"the DHCP worker did not start again: {e}")
-            self._gone_later()
-
-    def _gone_later(self) -> None:
-        """A restart that failed: tried again, as after a death."""
-        if not self._stopping and self.loop is not None:
-            self._deaths += 1
+        why = "ended" if code is None or code >= 0 else f"was killed by signal {-code}"
+        while not self._stopping:
             pause = RESTART_AFTER[min(self._deaths, len(RESTART_AFTER) - 1)]
-            self._restart = self.loop.call_later(pause, lambda: self._spawn_task(self._respawn()))
+            self._deaths += 1
+            status = f" (exit status {code})" if code is not None and code > 0 else ""
+            self.bus.emit(Kind.DHCP_ERROR, why=f"the DHCP worker process {why}{status}; "
+                                               f"started again in {pause:.0f} s")
+            await asyncio.sleep(pause)
+            try:
+                await self._spawn()
+                return
+            except OSError as e:
+                why, code = f"did not start again ({e})", None
 
     # -- to the worker -------------------------------------------------------------------
 
@@ -290,7 +292,7 @@ class DhcpWorker:
                 self.loop.call_soon_threadsafe(call)
 
     def _send(self, data: bytes) -> None:
-        if self._out is not None and self._in >= 0:
+        if self._out is not None:
             self._out.send(data)
 
     def _table_if_due(self) -> None:
@@ -309,7 +311,10 @@ class DhcpWorker:
             self._send(plain(Tag.SESSIONS, [str(ip) for ip in sessions]))
 
     def _send_writes(self, writes: Named) -> None:
-        self._send(plain(Tag.WRITES, writes))
+        if self._started:
+            self._send(plain(Tag.WRITES, writes))
+        else:  # no worker serves: sent to the next one
+            self.leases.held.extend(writes)
 
     async def _adopt(self, mac: str) -> None:
         """The worker asks for a machine: the fleet makes it; the table that

@@ -115,7 +115,7 @@ def test_worker_reload_restart_and_inline(tmp_path: Path) -> None:
             assert (second.get("ip"), second.get("hostname")) == ("10.221.0.22", "node22"), second
             # the worker killed: said, started again, serving
             os.kill(worker_of(proc), signal.SIGKILL)
-            wait_for(log, "the DHCP worker process ended")
+            wait_for(log, "the DHCP worker process was killed by signal 9; started again in 1 s")
             deadline = time.monotonic() + 20
             again: dict[str, str] = {}
             while not again and time.monotonic() < deadline:
