@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterator
 from enum import Enum
 from types import MappingProxyType
 
+from .leases import Named  # lease writes by statement name, as the journal has them
+
 HEADER = struct.Struct("!cI")  # tag, payload length
 MAX_FRAME = 256 << 20  # bytes: the fleet's table of a very big inventory fits
 READ_SIZE = 1 << 20  # bytes read per wake-up
@@ -87,7 +89,6 @@ def unpickled(payload: bytes) -> object:
 
 Wire = tuple[str, float, "str | None", "str | None", "str | None", "str | None", "str | None", "str | None",
              "dict[str, object]"]  # one event: kind, time, mac, ip, hostname, initiator, target, peer, fields
-Named = list[tuple[str, tuple[object, ...]]]  # lease writes by statement name (bootsvc/dhcp/leases.py)
 _TEXT = (str, type(None))
 _FIELD = (str, int, float, bool, type(None))
 

@@ -49,7 +49,7 @@ from ..events import ERRORS, Kind
 from ..fleet_copy import FleetCopy
 from ..tftp.files import FileSource
 from .leases import LeaseStore, Writes
-from .pipe import READ_SIZE, Frames, PipeError, Tag, frame, plain, text, texts, unpickled, writes
+from .pipe import READ_SIZE, Frames, Named, PipeError, Tag, Wire, frame, plain, text, texts, unpickled, writes
 from .responder import Responder
 from .service import dhcp_services
 
@@ -58,7 +58,6 @@ PR_SET_PDEATHSIG = 1
 ADOPT_TIMEOUT = 120.0  # seconds serve may take to make an adopted machine's disk (a Ceph clone, a copy)
 SWITCH_INTERVAL = 0.0005  # as serve's (bootsvc/service.py): the group commit's thread and the loop
 PLAIN = (str, int, float, bool, type(None))
-Wire = tuple[object, ...]  # one event: (kind, time, mac, ip, hostname, initiator, target, peer, fields)
 
 
 def _plain(value: object) -> object:
@@ -82,7 +81,7 @@ class Outbox:
         self.fd = fd
         self.clock = clock
         self.events: list[Wire] = []
-        self.writes: list[tuple[str, tuple[object, ...]]] = []
+        self.writes: Named = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.broken = asyncio.Event()
 
