@@ -108,7 +108,13 @@ def served(n: int, batch: int) -> None:
     cfg = serve_config(work)
     sys.stderr = open(work / "serve.log", "w")  # the log at INFO, as serve writes it
     cli.setup_logging()
-    server = Server(config_mod.load(cfg), lambda *a, **k: None)
+    loaded = config_mod.load(cfg)
+    if hasattr(loaded.dhcp, "process"):  # the service on serve's own loop (a tree with the worker process)
+        from dataclasses import replace
+
+        from bootsvc.dhcp.settings import Process  # type: ignore[attr-defined]
+        loaded = replace(loaded, dhcp=replace(loaded.dhcp, process=Process.INLINE))  # type: ignore[type-var]
+    server = Server(loaded, lambda *a, **k: None)
     service = next(s.start.__self__ for s in server.services.items  # type: ignore[attr-defined]
                    if isinstance(getattr(s.start, "__self__", None), DhcpService))
 
