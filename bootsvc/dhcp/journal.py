@@ -9,7 +9,7 @@ CPU and 0.3–1 ms (tens of ms at a checkpoint) where a write and an
 fdatasync of the same rows cost about 45 µs and 0.1 ms.
 
 A group is its writes, one JSON line each (``[group, statement, params...]``),
-then its mark (``[group, lines]``), in one ``write``. Reading back applies a
+then its mark (``[group, lines]``), in one ``pwrite``. Reading back applies a
 group only when its mark follows all its lines: a group cut short by a
 crash or a failed write (never acknowledged) is left out, as SQLite would
 roll it back. Group numbers start from the clock, so a new process never
@@ -19,20 +19,23 @@ applied to SQLite, then removed, with a crash in between costing nothing.
 
 Preallocated, written in place: an append changes the file's size, so
 every fdatasync also commits the filesystem's journal (ext4 here: about
-110–130 µs a group against 80–95 µs for the same write over blocks the
+110–140 µs a group against 80–105 µs for the same write over blocks the
 file already has; docs/benchmarks.md, ``bench/journal_sync.py``). So the
 file is given its blocks ahead, CHUNK bytes of zeros at a time, made
-durable (fsync) before a group is written there; each group is a
-``pwrite`` after the data, then an fdatasync that has only data to write.
-The next chunk is written by a thread of its own once less than LOW_WATER
-is left, so the ACK path does not wait for it (unless a group outruns
-it); a file opened (a fresh one at rotation) gets FIRST bytes at once,
-the rest ahead the same way. Zeros written, not ``posix_fallocate``: its extents are
-"unwritten", and the first write into each of their blocks converts one,
-which the fdatasync must then commit like a size: measured here, groups
-of 40 leases (a new block nearly every group) took 135 µs over fallocated
-blocks against 94 µs over written zeros. A chunk of zeros costs 1–2 ms
-against fallocate's 0.1 ms, but off the ACK path.
+durable (fsync) before a group may be written there (``allocated`` moves
+only after that fsync); each group is a ``pwrite`` after the data, then an
+fdatasync that has only data to write. The next chunk is written by a
+thread of its own once less than LOW_WATER is left, so the ACK path does
+not wait for it (unless a group outruns it); a file opened (a fresh one
+at rotation) gets FIRST bytes at once, the rest ahead the same way.
+
+Zeros written, not ``posix_fallocate``: its extents are "unwritten", and
+the first write into each of their blocks converts one, which the
+fdatasync must then commit like a size. Measured here, groups of 40
+leases (a new block nearly every group) took 135–163 µs over fallocated
+blocks against 94–105 µs over written zeros (one-lease groups, 40 to a
+block, were alike). A chunk of zeros costs 1–2 ms against fallocate's
+0.1–0.7 ms, but off the ACK path.
 
 The end of the data is found on open by scanning back from the end of the
 file over the zeros (at most a chunk and a bit), not kept in a header: a
