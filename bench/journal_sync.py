@@ -2,11 +2,12 @@
 """The lease journal's cost per group: one write of a group's bytes and
 one fdatasync, the way the journal did it before (an append, which
 changes the file's size) against writes in place into a preallocated file
-(blocks preallocated by writing zeros, or by ``posix_fallocate``), and this
+(blocks preallocated by writing zeros, or by ``posix_fallocate``; the
+data synced by an fdatasync, or by the write itself with RWF_DSYNC), and this
 tree's ``Journal.append`` itself (bootsvc/dhcp/journal.py). Also the cost
 of preallocating one chunk each way.
 
-The modes run in turn, A B C D then D C B A for each round, in one
+The modes run in turn, A B C D E then E D C B A for each round, in one
 directory on the filesystem measured (the state directory's: the default
 is under /var/tmp), so the machine's load falls on all of them alike
 (ENVIRONMENT.md: ±40 % between runs).
@@ -60,8 +61,9 @@ def appended(path: Path, data: bytes, groups: int) -> Sample:
         os.close(fd)
 
 
-def in_place(path: Path, data: bytes, groups: int, prealloc: Callable[[int, int], None]) -> Sample:
-    """pwrite + fdatasync into a file preallocated (and fsynced) beforehand, outside the timing."""
+def in_place(path: Path, data: bytes, groups: int, prealloc: Callable[[int, int], None], dsync: bool = False) -> Sample:
+    """pwrite + fdatasync (or one pwritev with RWF_DSYNC) into a file
+    preallocated (and fsynced) beforehand, outside the timing."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         prealloc(fd, -(-groups * len(data) // CHUNK) * CHUNK)
@@ -70,7 +72,10 @@ def in_place(path: Path, data: bytes, groups: int, prealloc: Callable[[int, int]
         def write(i: int) -> None:
             os.pwrite(fd, data, i * len(data))
             os.fdatasync(fd)
-        return timed(groups, write)
+
+        def write_dsync(i: int) -> None:
+            os.pwritev(fd, [data], i * len(data), os.RWF_DSYNC)
+        return timed(groups, write_dsync if dsync else write)
     finally:
         os.close(fd)
 
@@ -117,7 +122,7 @@ def summary(times: Sample) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--groups", type=int, default=2000, help="groups per mode and round")
-    ap.add_argument("--rounds", type=int, default=2, help="rounds of A B C D D C B A")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of A B C D E E D C B A")
     ap.add_argument("--leases", type=int, default=1, help="leases per group")
     ap.add_argument("--dir", default="/var/tmp", help="where the files go (the filesystem measured)")
     args = ap.parse_args()
@@ -130,6 +135,7 @@ def main() -> int:
             "append + fdatasync (before)": lambda: appended(where / "a", data, args.groups),
             "pwrite into zeros + fdatasync": lambda: in_place(where / "z", data, args.groups, zeros),
             "pwrite into fallocate + fdatasync": lambda: in_place(where / "f", data, args.groups, fallocate),
+            "pwritev RWF_DSYNC into zeros": lambda: in_place(where / "d", data, args.groups, zeros, dsync=True),
             "Journal.append (this tree)": lambda: journal(where / "j", args.leases, args.groups),
         }
         results: dict[str, Sample] = {name: [] for name in modes}
