@@ -270,16 +270,35 @@ def test_a_chunk_that_cannot_be_had_fails_the_group_that_needs_it(tmp_path: Path
     assert read_back(path) == made
 
 
-def test_rotation_starts_a_preallocated_file(tmp_path: Path) -> None:
+def test_rotation_takes_the_spare_made_ready_ahead(tmp_path: Path) -> None:
+    """The thread that extends the file also makes the next fresh one ready
+    (a chunk of zeros): a rotation renames it into place; a spare left by
+    a crash is removed at open, and none is left after close."""
     path = tmp_path / "j"
+    (tmp_path / "j.next").write_bytes(bytes(100))  # as a crash leaves it
     journal = journal_module.Journal(path)
+    assert not journal.spare.exists()
     old = written(journal, 3)
+    journal._settle()
+    assert journal.spare.stat().st_size == journal_module.CHUNK
     assert journal.rotate()
     assert not journal.rotate()  # the older one not folded yet
-    assert journal.size == 0 and journal.allocated == path.stat().st_size >= journal_module.FIRST
+    assert not journal.spare.exists()
+    assert journal.size == 0 and journal.allocated == path.stat().st_size == journal_module.CHUNK
     new = written(journal, 3, first=3)
     journal.close()
     assert read_back(journal.older) == old and read_back(path) == new
+    assert not journal.spare.exists()
+
+
+def test_rotation_without_a_spare_preallocates_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "j"
+    journal = journal_module.Journal(path)  # no group yet: no thread, no spare
+    assert journal.rotate()
+    assert journal.size == 0 and journal.allocated == path.stat().st_size >= journal_module.FIRST
+    made = written(journal, 3)
+    journal.close()
+    assert read_back(path) == made and read_back(journal.older) == []
 
 
 def test_an_old_append_only_file_is_read_and_continued(tmp_path: Path) -> None:

@@ -69,7 +69,7 @@ from target.qcow2_create import sync_dir
 COMPACT_AT = 8 << 20  # bytes of journal before it is folded into SQLite (about 60,000 leases)
 CHUNK = 1 << 20  # bytes preallocated at a time (some 10,000 groups of one lease)
 LOW_WATER = CHUNK // 2  # bytes left when the next chunk is asked for, ahead of need
-FIRST = 1 << 16  # bytes a file is given at once when opened (at rotation: on the ACK path, about 0.3 ms)
+FIRST = 1 << 16  # bytes a file is given at once when opened (or at a rotation with no spare ready)
 SCAN = 1 << 16  # bytes read at a time looking back for the end of the data
 
 Row = tuple[object, ...]
@@ -83,6 +83,9 @@ class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.older = path.with_name(path.name + ".1")  # being folded into SQLite
+        self.spare = path.with_name(path.name + ".next")  # the next fresh file, made ready ahead of a rotation
+        self.spare.unlink(missing_ok=True)  # left by a crash: zeros only (no group goes to a spare)
+        self._spare_fd = -1  # open and preallocated when ready
         self._fd = _open(path)
         self.size = _data_end(self._fd)  # where the next group goes
         self.allocated = os.fstat(self._fd).st_size  # preallocated and durable, from 0
@@ -129,7 +132,7 @@ class Journal:
             raise
         self.size = end
         if self.allocated - end < LOW_WATER and not (self._extending and self._extending.is_alive()):
-            self._extending = threading.Thread(target=self._extend_ahead, args=(_chunks(end + CHUNK),),
+            self._extending = threading.Thread(target=self._work_ahead, args=(_chunks(end + CHUNK),),
                                                name="lease-journal-extend", daemon=True)
             self._extending.start()
 
@@ -141,6 +144,15 @@ class Journal:
             self.extend_error = None
         except OSError as e:
             self.extend_error = e
+
+    def _work_ahead(self, to: int) -> None:
+        """The thread's work: the next chunk, and a spare for the next rotation."""
+        self._extend_ahead(to)
+        if self._spare_fd < 0:
+            try:
+                self._spare_fd = _preallocated(self.spare)
+            except OSError:
+                pass  # the rotation then preallocates in place, as with no spare
 
     def _extend(self, to: int) -> None:
         """The file's blocks given to it up to ``to`` bytes, as written zeros,
@@ -164,14 +176,22 @@ class Journal:
             return False
         self._settle()
         os.replace(self.path, self.older)
-        fd = _open(self.path)
-        old, self._fd, self.size, self.allocated = self._fd, fd, 0, 0
+        if self._spare_fd >= 0:  # made ready by the thread: a rename, and the directory synced by _begin
+            os.replace(self.spare, self.path)
+            fd, self._spare_fd = self._spare_fd, -1
+        else:
+            fd = _open(self.path)
+        old, self._fd, self.size, self.allocated = self._fd, fd, 0, os.fstat(fd).st_size
         os.close(old)
         self._begin()
         return True
 
     def close(self) -> None:
         self._settle()
+        if self._spare_fd >= 0:
+            os.close(self._spare_fd)
+            self._spare_fd = -1
+        self.spare.unlink(missing_ok=True)
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -187,6 +207,19 @@ def _chunks(size: int) -> int:
 
 def _open(path: Path) -> int:
     return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+
+def _preallocated(path: Path) -> int:
+    """A fresh file of CHUNK zeros, durable (its name is made durable
+    when it is renamed into use)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        _write_at(fd, _ZEROS[:CHUNK], 0)
+        os.fsync(fd)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _write_at(fd: int, data: bytes | memoryview, offset: int) -> None:
