@@ -410,7 +410,7 @@ def cmd_vm(args: argparse.Namespace) -> int:
         return 1
     opts = run.Options(count=args.count, macs=tuple(args.mac), accel=args.accel, timeout=args.timeout,
                        firmware=qemu.Firmware.UEFI if args.uefi else qemu.Firmware.BIOS, attach=args.attach,
-                       nic_rom=not args.firmware_pxe, uefi_macs=tuple(args.uefi_mac))
+                       nic_rom=not args.firmware_pxe, uefi_macs=tuple(args.uefi_mac), end_on=frozenset(args.end_on))
     try:
         timelines = run.run(cfg, opts)
     except (run.VmError, network.NetworkError, qemu.QemuError) as e:
@@ -546,12 +546,16 @@ def build_parser() -> CliParser:
     vm.add_argument("--uefi-mac", action="append", default=[],
                     help="boot this machine on UEFI, the others per --uefi (repeatable; mixes firmware in one run)")
     vm.add_argument("--firmware-pxe", action="store_true",
-                    help="with --uefi: no iPXE ROM on the NIC; UEFI's own PXE loads iPXE from TFTP, like a real machine")
+                    help="no iPXE ROM on the UEFI machines' NICs (--uefi, --uefi-mac); UEFI's own PXE loads iPXE "
+                         "from TFTP, like a real machine's")
     vm.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto",
                     help="auto: KVM only where it is real (not paravirtual), else TCG")
     vm.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for every machine (default 300)")
     vm.add_argument("--attach", action="store_true",
                     help="use the running bootsvc's bridge (listen.dhcp interface) instead of a private network")
+    vm.add_argument("--end-on", action="append", default=[], metavar="RULE",
+                    help="end a machine's boot as failed once bootsvc's flight recorder diagnoses it with this rule "
+                         "(e.g. login_refused; repeatable): a fault you expect, no need to wait out --timeout")
     isns_cli.add_arguments(with_config("isns", "what the iSNS server holds; discovery domains by hand", cmd_isns))
     ck = with_config("check", "validate a config file", cmd_check)
     ck.add_argument("--elsewhere", action="store_true",

@@ -24,14 +24,13 @@ from typing import Any
 
 from .events import Event, Kind
 from .prometheus import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from .recorder.diagnosis import RULES
+from .recorder.diagnosis import FAILURE_RULES
 from .recorder.recorder import Identities
 
 # the classic text format generate_latest writes (what every Prometheus scrapes)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OTHER = "_other"  # the host label of bytes moved by no fleet machine (no host name has an underscore)
 BOOT_SECONDS = (5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600)
-FAILURE_RULES = frozenset({r.__name__ for r in RULES} | {"stopped"})
 _SESSION_ENDS = (Kind.ISCSI_LOGOUT, Kind.ISCSI_SESSION_DROPPED)
 
 

@@ -40,6 +40,11 @@ PREFIX = "rbd:"
 MISSING_BINDINGS = "storage backend ceph needs python3-rbd: apt install python3-rbd"
 ZERO_CHUNK = 1 << 30  # write_zeroes/discard requests are split below librbd's int-sized lengths
 STATUS_WINDOW = 1 << 30  # GET LBA STATUS looks this far ahead (one descriptor is enough for it)
+# ... in spans that start at this and double, each asked of the object map first (whole
+# objects: 0.4 ms over 1 GiB here) and exactly only where objects hold data: librbd's exact
+# diff costs with the span (33 ms over 1 GiB of a clone here), and most runs end within a
+# few objects
+STATUS_FIRST_SPAN = 4 << 20
 HOLDER_KEY = "bootsvc.holder"  # image metadata: which server holds its lock, for the others to say
 
 # librbd's errors that mean "no room", which SCSI reports as a space allocation failure
@@ -296,7 +301,35 @@ class RbdBackend(Backend):
         return await asyncio.get_running_loop().run_in_executor(None, self._block_status, offset)
 
     def _block_status(self, offset: int) -> tuple[bool, int]:
-        window = min(self.size - offset, STATUS_WINDOW)
+        """The run at ``offset``, up to STATUS_WINDOW, asked in doubling spans."""
+        end = min(self.size, offset + STATUS_WINDOW)
+        pos, span = offset, STATUS_FIRST_SPAN
+        mapped: bool | None = None
+        while pos < end:
+            n = min(span, end - pos)
+            here, length = self._run(pos, n)
+            if mapped is not None and here != mapped:
+                break
+            mapped, pos, span = here, pos + length, span * 2
+            if length < n:
+                break
+        return bool(mapped), pos - offset
+
+    def _run(self, offset: int, span: int) -> tuple[bool, int]:
+        """(mapped, length) of the run at ``offset`` within ``span`` bytes:
+        the objects holding data (the object map, cheap) bound where the
+        exact diff is asked; past the last of them nothing is mapped."""
+        objects = self._extents(offset, span, whole_objects=True)
+        if not objects:
+            return False, span
+        reach = min(span, max(start + length for start, length in objects) - offset)
+        mapped, length = _first_run(offset, reach, self._extents(offset, reach, whole_objects=False))
+        return (False, span) if not mapped and length == reach else (mapped, length)
+
+    def _extents(self, offset: int, length: int, whole_objects: bool) -> list[tuple[int, int]]:
+        """The allocated extents of ``length`` bytes at ``offset``, the
+        parent's included, sorted; ``whole_objects``: the objects that hold
+        any (from the object map where the image has one)."""
         extents: list[tuple[int, int]] = []
 
         def found(start: int, length: int, exists: int, _arg: Any) -> int:
@@ -304,11 +337,12 @@ class RbdBackend(Backend):
                 extents.append((start, length))
             return 0
 
-        ret = self._lib.rbd_diff_iterate2(self._image, None, offset, window, 1, 0, librbd.DIFF_CALLBACK(found), None)
+        ret = self._lib.rbd_diff_iterate2(self._image, None, offset, length, 1, int(whole_objects),
+                                          librbd.DIFF_CALLBACK(found), None)
         if ret < 0:
             raise MediumError(f"rbd:{self.spec.name}: allocation map at {offset} unreadable: "
                               f"{os.strerror(-ret).lower()}")
-        return _first_run(offset, window, sorted(extents))
+        return sorted(extents)
 
     def close(self) -> None:
         io, self._io = self._io, None  # first: a request made from now on finds the image closed

@@ -4,6 +4,7 @@ the clear errors before anything starts."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from bootsvc import config
@@ -110,7 +111,7 @@ def test_clear_errors_before_anything_starts(tmp_path: Path, capsys: object) -> 
     assert "zz is not a MAC address" in err
     assert "--count 2 but" in err and "has 1 machine(s)" in err
     assert "bootsvc image -c" in err and "build-demo" in err
-    assert "--firmware-pxe needs --uefi" in err
+    assert "--firmware-pxe needs --uefi or --uefi-mac" in err
     assert "has no listen.dhcp with an interface" in err
 
 
@@ -130,3 +131,53 @@ def test_one_run_mixes_bios_and_uefi(tmp_path: Path) -> None:
     assert opts.firmwares() == {qemu.Firmware.BIOS, qemu.Firmware.UEFI}
     assert Options().firmwares() == {qemu.Firmware.BIOS}
     assert Options(uefi_macs=("52:54:00:77:00:12",)).firmware_of("52:54:00:77:00:11") is qemu.Firmware.BIOS
+    # --firmware-pxe takes the ROM off the UEFI machines' NICs only: SeaBIOS has no PXE of its own
+    pxe = Options(uefi_macs=("52:54:00:77:00:12",), nic_rom=False)
+    assert not pxe.nic_rom_of("52:54:00:77:00:12") and pxe.nic_rom_of("52:54:00:77:00:11")
+    assert opts.nic_rom_of("52:54:00:77:00:12")
+
+
+def test_a_diagnosis_named_to_end_on_ends_the_boot() -> None:
+    """``--end-on RULE``: bootsvc's boot.failed with that rule ends the
+    machine's boot here; with another rule, or none named (the default: a
+    slow boot may stay quiet past the server's stall and still finish), the
+    boot goes on."""
+    failed = {"mac": MAC, "hostname": "node01", "rule": "login_refused",
+              "diagnosis": "iSCSI login refused by CHAP: wrong CHAP response (secret)"}
+    t = Timeline(NODE, T0)
+    assert Recorder([t]).event(ev(30, Kind.BOOT_FAILED, **failed)) is None and not t.done
+    assert Recorder([t], frozenset({"no_login"})).event(ev(31, Kind.BOOT_FAILED, **failed)) is None and not t.done
+    r = Recorder([t], frozenset({"login_refused", "no_login"}))
+    r.event(ev(1.0, Kind.DHCP_ACK, mac=MAC))
+    assert r.event(ev(32, Kind.BOOT_FAILED, **failed)) is None
+    assert t.done and not t.booted and "refused by CHAP" in str(t.failure)
+    assert r.event(ev(33, Kind.BOOT_FAILED, **{**failed, "mac": "52:54:00:99:99:99"})) is None  # another machine
+
+
+def test_end_on_a_diagnosis_there_is_not(tmp_path: Path, capsys: object) -> None:
+    assert main(["vm", "-c", str(write(tmp_path)), "--end-on", "login_refused", "--end-on", "no_such_rule"]) == 1
+    err = capsys.readouterr().err  # type: ignore[attr-defined]
+    assert "--end-on no_such_rule: no such diagnosis" in err and "login_refused" in err, err
+
+
+def test_a_run_ends_when_its_serve_exits(tmp_path: Path) -> None:
+    """No boot goes on without the bootsvc serve the run started: when it
+    exits, the run ends at once instead of waiting out its timeout."""
+    import subprocess
+    import sys
+    import time
+
+    from bootsvc.vm import qemu
+    from bootsvc.vm.run import FollowFile, _follow
+    t = Timeline(NODE, time.time())
+    vm = qemu.Machine("node01", MAC, "tap0", tmp_path / "node01.console")
+    server = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    machine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a VM that hangs
+    try:
+        started = time.monotonic()
+        _follow(Recorder([t]), [machine], FollowFile(tmp_path / "events.jsonl"), [vm], 30.0, io.StringIO(), server)
+        assert time.monotonic() - started < 15
+    finally:
+        machine.kill()
+        machine.wait(10)
+    assert t.done and t.failure == "bootsvc serve exited (status 3)"

@@ -228,3 +228,6 @@ RULES: tuple[Callable[[Sequence[Seen]], str], ...] = (
     disk_failed, disk_stalled, dropped, boot_refused, io_error, login_refused, script_refused, file_missing, chainload_loop,
     no_login, no_read, no_os_login, no_os_read,
 )
+# the names a failed boot's rule goes by (``boot.failed``'s ``rule``): a bounded set, for
+# /metrics' labels and `bootsvc vm --end-on`
+FAILURE_RULES = frozenset({r.__name__ for r in RULES} | {"stopped"})

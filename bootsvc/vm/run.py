@@ -27,6 +27,7 @@ from ..events import EVENT_FILE, read_events
 from ..images import ImageStore
 from ..inventory import Machine, normalize_mac
 from ..recorder import BootStore
+from ..recorder.diagnosis import FAILURE_RULES
 from . import network, qemu
 from .timeline import ORDER, Recorder, Step, Timeline, diagnose
 
@@ -44,14 +45,22 @@ class Options:
     timeout: float = 300.0
     attach: bool = False
     memory_mib: int = 256
-    nic_rom: bool = True  # False: UEFI's own PXE loads iPXE over TFTP
+    # False: the UEFI machines' own PXE loads iPXE over TFTP (BIOS machines
+    # keep the NIC's ROM: SeaBIOS has no PXE client of its own)
+    nic_rom: bool = True
     # these machines boot on UEFI whatever ``firmware`` says, so one run
     # boots BIOS and UEFI machines at once (they are booted as if in ``macs``)
     uefi_macs: tuple[str, ...] = ()
+    # the flight recorder's diagnosis rules that end a machine's boot (timeline.Recorder)
+    end_on: frozenset[str] = frozenset()
 
     def firmware_of(self, mac: str) -> qemu.Firmware:
         uefi = {normalize_mac(m) for m in self.uefi_macs}
         return qemu.Firmware.UEFI if mac in uefi else self.firmware
+
+    def nic_rom_of(self, mac: str) -> bool:
+        """Whether the machine's NIC has iPXE's ROM: always on BIOS."""
+        return self.nic_rom or self.firmware_of(mac) is qemu.Firmware.BIOS
 
     def firmwares(self) -> set[qemu.Firmware]:
         return {self.firmware} | ({qemu.Firmware.UEFI} if self.uefi_macs else set())
@@ -214,8 +223,13 @@ def run(cfg: Config, opts: Options, out: TextIO = sys.stdout) -> list[Timeline]:
     """Boot the machines and follow them until each has booted or failed,
     or ``opts.timeout`` seconds pass. Returns their timelines."""
     machines = pick_machines(cfg, opts)
-    if not opts.nic_rom and opts.firmware is qemu.Firmware.BIOS:
-        raise VmError("--firmware-pxe needs --uefi: SeaBIOS has no PXE client of its own, only the NIC's ROM")
+    if not opts.nic_rom and qemu.Firmware.UEFI not in opts.firmwares():
+        raise VmError("--firmware-pxe needs --uefi or --uefi-mac: SeaBIOS has no PXE client of its own, only the "
+                      "NIC's ROM")
+    unknown = sorted(opts.end_on - FAILURE_RULES)
+    if unknown:
+        raise VmError(f"--end-on {', '.join(unknown)}: no such diagnosis; the flight recorder's are "
+                      f"{', '.join(sorted(FAILURE_RULES))}")
     bridge, address = boot_address(cfg)
     check_images(cfg, machines)
     for firmware in opts.firmwares():
@@ -236,13 +250,14 @@ def run(cfg: Config, opts: Options, out: TextIO = sys.stdout) -> list[Timeline]:
                       file=out)
                 server = start_serve(cfg.path, serve_log, net.prefix)
             vms = [qemu.Machine(m.hostname, m.mac, net.add_tap(), rundir / f"{m.hostname}.console",
-                                opts.firmware_of(m.mac), accel, opts.memory_mib, opts.nic_rom) for m in machines]
+                                opts.firmware_of(m.mac), accel, opts.memory_mib, opts.nic_rom_of(m.mac))
+                   for m in machines]
             for vm, m in zip(vms, machines):
                 timelines.append(Timeline(m, time.time()))
                 procs.append(vm.start(net.prefix))
             firmware = ", ".join(sorted({vm.firmware.value for vm in vms}))
             print(f"started {len(vms)} VM(s) ({firmware}, {accel}); consoles in {rundir}", file=out)
-            _follow(timelines, procs, events, vms, opts.timeout, out)
+            _follow(Recorder(timelines, opts.end_on), procs, events, vms, opts.timeout, out, server)
             if cfg.isns.target is not None:
                 _isns_view(cfg, net, timelines)
     finally:
@@ -257,9 +272,12 @@ def run(cfg: Config, opts: Options, out: TextIO = sys.stdout) -> list[Timeline]:
     return timelines
 
 
-def _follow(timelines: list[Timeline], procs: list[subprocess.Popen[bytes]], events: FollowFile,
-            vms: list[qemu.Machine], timeout: float, out: TextIO) -> None:
-    recorder = Recorder(timelines)
+def _follow(recorder: Recorder, procs: list[subprocess.Popen[bytes]], events: FollowFile,
+            vms: list[qemu.Machine], timeout: float, out: TextIO,
+            server: subprocess.Popen[bytes] | None = None) -> None:
+    """Until every machine booted or failed, ``timeout`` passed, or the
+    ``server`` this run started exited: no boot goes on without it."""
+    timelines = recorder.timelines
     consoles = [FollowFile(vm.console) for vm in vms]
     deadline = time.monotonic() + timeout
 
@@ -279,6 +297,11 @@ def _follow(timelines: list[Timeline], procs: list[subprocess.Popen[bytes]], eve
                     said(t, step)
             _check_vm(recorder, t, console, proc, now)
         if all(t.done for t in timelines):
+            return
+        if server is not None and server.poll() is not None:
+            for t in timelines:
+                if not t.done:
+                    t.failure = f"bootsvc serve exited (status {server.returncode})"
             return
         time.sleep(0.2)
     for t in timelines:

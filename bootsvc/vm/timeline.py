@@ -74,10 +74,16 @@ class Timeline:
 
 
 class Recorder:
-    """Feeds lines into the timelines of the machines being booted."""
+    """Feeds lines into the timelines of the machines being booted.
+    ``end_on``: names of the flight recorder's diagnosis rules
+    (recorder/diagnosis.py); bootsvc's ``boot.failed`` for a machine with
+    one of them ends its boot here as failed (a fault expected and
+    diagnosed: nothing more to wait for). By default none does: a slow
+    boot (TCG) can stay quiet past the server's stall and still succeed."""
 
-    def __init__(self, timelines: list[Timeline]) -> None:
+    def __init__(self, timelines: list[Timeline], end_on: frozenset[str] = frozenset()) -> None:
         self.timelines = timelines
+        self.end_on = end_on
         self.by_mac = {t.machine.mac: t for t in timelines}
         self.by_initiator = {t.machine.initiator_iqn: t for t in timelines}
 
@@ -88,6 +94,10 @@ class Recorder:
             return None
         if e.kind in REFUSALS:
             t.refusals.append(f"{e.name}: {e.fields.get('why', '')}".rstrip(": "))
+            return None
+        if e.kind is Kind.BOOT_FAILED:
+            if e.fields.get("rule") in self.end_on and t.failure is None:
+                t.failure = f"bootsvc diagnosed it: {e.fields.get('diagnosis', '')}"
             return None
         step = STEPS.get(e.kind)  # type: ignore[call-overload]
         if e.kind is Kind.ISCSI_LOGIN and e.fields.get("session_type", "Normal") == "Normal":

@@ -13,9 +13,15 @@ import json
 import re
 import subprocess
 import sys
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 
-from tests.e2e.peers import bootsvc_export
+import pytest
+
+from target.qcow2_create import create_image
+from tests.ceph_cluster import Cluster
+from tests.e2e.peers import bootsvc_export, tgt_export
 
 # The families that apply to a disk target without multipath (its own
 # test): everything the issues name and the other SBC/SPC families a plain
@@ -149,11 +155,62 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
+def image(tmp: Path, name: str) -> Path:
+    """A fresh sparse 1 GiB raw file, the size of every LUN compared here."""
+    path = tmp / f"{name}.img"
+    subprocess.run(["truncate", "-s", "1G", str(path)], check=True)
+    return path
+
+
 def file_lun_results(tmp: Path) -> dict[str, str]:
     """The suite on ``bootsvc export`` of a fresh sparse 1 GiB raw file in
     ``tmp``: what other LUNs (an overlay, an RBD clone) are held to. Without
     the Sanitize family (see :func:`run`): the overlay's run has it."""
-    image = tmp / "bootsvc.img"
-    subprocess.run(["truncate", "-s", "1G", str(image)], check=True)
-    with bootsvc_export(image, log=tmp / "bootsvc.log") as portal:
+    with bootsvc_export(image(tmp, "bootsvc"), log=tmp / "bootsvc.log") as portal:
         return run(portal.url(), sanitize=False)
+
+
+def tgt_results(tmp: Path) -> dict[str, str]:
+    """The reference: tgt on a fresh 1 GiB raw file."""
+    with tgt_export(image(tmp, "tgt")) as portal:
+        return run(portal.url())
+
+
+def overlay_results(overlay: Path, tmp: Path) -> dict[str, str]:
+    """The served kind of LUN, a qcow2 overlay (of an empty 1 GiB base):
+    the one run with the Sanitize family."""
+    create_image(overlay, backing=image(tmp, "base").name, backing_format="raw")
+    with bootsvc_export(overlay, log=tmp / "overlay.log") as portal:
+        return run(portal.url())
+
+
+def rbd_results(cluster: Cluster, pool: str, tmp: Path) -> dict[str, str]:
+    """An RBD-backed LUN, a clone of a protected snapshot (``bootsvc export
+    rbd:...``), without the Sanitize family as the file LUN it is held to."""
+    cluster.rbd("create", "--size", "1G", f"{pool}/compliance-base")
+    cluster.rbd("snap", "create", f"{pool}/compliance-base@gold")
+    cluster.rbd("snap", "protect", f"{pool}/compliance-base@gold")
+    cluster.rbd("clone", f"{pool}/compliance-base@gold", f"{pool}/compliance")
+    with bootsvc_export(f"rbd:{pool}/compliance:conf={cluster.conf}", log=tmp / "rbd.log") as portal:
+        return run(portal.url(), sanitize=False)
+
+
+@dataclass
+class Runs:
+    """The suite's runs on every kind of LUN the compliance tests compare
+    (``tgt``, ``file``, ``overlay``, ``rbd``), started at once, each on a
+    target of its own: each is mostly libiscsi's sleeps (a minute of them
+    in Sanitize.Reset alone), not CPU, so together they take about the time
+    of the longest, the overlay's. ``without``: the runs not started, and
+    why (a peer this machine lacks)."""
+
+    work: Path
+    runs: dict[str, Future[dict[str, str]]]
+    without: dict[str, str]
+
+    def results(self, name: str) -> dict[str, str]:
+        if name not in self.runs:
+            pytest.skip(self.without[name])
+        results = self.runs[name].result()
+        assert results, f"iscsi-test-cu produced no results on the {name} LUN"
+        return results

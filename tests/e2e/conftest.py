@@ -3,27 +3,44 @@ the peer's program is missing, which CI (make test) never lets happen."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
 import pytest
 
 from bootsvc.demo.loader import SYSTEMD_BOOT
 from bootsvc.vm import qemu
 from tests.e2e import debian_build
-from tests.e2e.ceph import ceph_cluster
-from tests.e2e.compliance import file_lun_results
+from tests.e2e.ceph import POOL, ceph_cluster
+from tests.e2e.compliance import Runs, file_lun_results, overlay_results, rbd_results, tgt_results
 from tests.e2e.netns import can_make_namespaces
 from tests.e2e.peers import have
 
-__all__ = ["ceph_cluster", "file_lun_compliance", "need", "need_vm_lab"]  # fixtures for every e2e test module
+__all__ = ["ceph_cluster", "compliance_runs", "need", "need_vm_lab"]  # fixtures for every e2e test module
 
 
 @pytest.fixture(scope="session")
-def file_lun_compliance(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """libiscsi's suite on bootsvc serving a raw file, run once per session
-    for every test that compares with it (about 40 s a run)."""
+def compliance_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
+    """libiscsi's suite on tgt, bootsvc serving a raw file, a qcow2 overlay
+    and an RBD clone, once per session, all started by the first compliance
+    test that asks (tests/e2e/compliance.py ``Runs``); each test awaits the
+    runs it compares."""
     need("iscsi-test-cu")
-    results = file_lun_results(tmp_path_factory.mktemp("compliance-file"))
-    assert results, "iscsi-test-cu produced no results"
-    return results
+    work = tmp_path_factory.mktemp("compliance")
+    jobs: dict[str, Callable[[], dict[str, str]]] = {"file": partial(file_lun_results, work)}
+    without: dict[str, str] = {}
+    if have("tgtd", "tgtadm", "qemu-img"):
+        jobs["tgt"] = partial(tgt_results, work)
+        jobs["overlay"] = partial(overlay_results, work / "overlay.qcow2", work)
+    else:
+        without["tgt"] = without["overlay"] = "needs tgtd, tgtadm and qemu-img (installed by scripts/install-deps.sh)"
+    try:
+        jobs["rbd"] = partial(rbd_results, request.getfixturevalue("ceph_cluster"), POOL, work)
+    except pytest.skip.Exception as e:
+        without["rbd"] = str(e)
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        yield Runs(work, {name: pool.submit(job) for name, job in jobs.items()}, without)
 
 
 def need(*commands: str) -> None:

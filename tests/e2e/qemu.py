@@ -52,14 +52,16 @@ def sanboot_vm(workdir: Path, target_port: int, iqn: str, lun: int) -> contextli
     """A diskless VM whose NIC's iPXE ROM sanboots ``iqn`` from a target on
     127.0.0.1:``target_port``. QEMU's user network is ``restrict=on``: the
     guest reaches nothing but the one forwarded address, 10.0.2.100:3260,
-    which QEMU connects to the loopback target. Yields the console log."""
+    which QEMU connects to the loopback target. Its IPv6 is on only for its
+    router advertisement: iPXE otherwise waits 16 s for one (ENVIRONMENT.md).
+    Yields the console log."""
     tftp = workdir / "tftp"
     tftp.mkdir(exist_ok=True)
     (tftp / "boot.ipxe").write_text(f"#!ipxe\nsanboot iscsi:10.0.2.100::3260:{lun}:{iqn}\n")
     # a "-tcp:" guestfwd would be one connection opened when QEMU starts;
     # "-cmd:" runs the proxy for every connection the guest makes
     proxy = f"{sys.executable} {Path(__file__).with_name('stdio_proxy.py')} {target_port}"
-    nic = (f"user,model=virtio-net-pci,restrict=on,ipv6=off,tftp={tftp},bootfile=boot.ipxe,"
+    nic = (f"user,model=virtio-net-pci,restrict=on,tftp={tftp},bootfile=boot.ipxe,"
            f"guestfwd=tcp:10.0.2.100:3260-cmd:{proxy}")
     return _vm(workdir / "console.log", 256, "-boot", "n", "-nic", nic)
 

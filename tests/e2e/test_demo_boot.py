@@ -68,7 +68,7 @@ listen:
   isns: 127.0.0.1:3205
 dhcp:
   subnet: 10.215.0.0/24
-recorder: {{stall: 20}}  # a boot quiet for 20 s has failed (the wrong-secret VM runs 40 s)
+recorder: {{stall: 20}}  # a boot quiet for 20 s has failed (the wrong-secret VM's run ends on it)
 machines:
 {machines}
 """)
@@ -123,7 +123,8 @@ def test_mutual_chap_vm_boots(lab: config.Config, tmp_path: Path) -> None:
 
 def test_a_wrong_secret_fails_with_a_clear_event(lab: config.Config) -> None:
     mac = next(m.mac for m in lab.machines.values() if m.hostname == WRONG_HOST)
-    (t,) = run(lab, Options(macs=(mac,), accel="auto", timeout=40))
+    # the run ends once bootsvc's flight recorder says the login was refused (its stall, 20 s, at most)
+    (t,) = run(lab, Options(macs=(mac,), accel="auto", timeout=60, end_on=frozenset({"login_refused"})))
     assert not t.booted
     said = diagnose(t)
     assert "never logged in" in said and "CHAP credentials" in said, said

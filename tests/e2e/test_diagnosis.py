@@ -3,10 +3,13 @@ injected into a real boot (QEMU machines through `bootsvc vm`, or kea's
 perfdhcp where a VM cannot make it) and the boot the recorder kept must be
 ``failed`` with the diagnosis that names the step and the cause.
 
-One lab, one demo image; a few `bootsvc vm` runs (the UEFI machines' own
-PXE, the same once iPXE for UEFI is gone, every iPXE fault at once, and a
-session dropped), since most faults fail within seconds and the stall is
-waited for once. The faults:
+One lab, one demo image, two `bootsvc vm` runs: first a session dropped
+(bootsvc serve stopped under it, which ends the run) beside a UEFI machine's
+own PXE once iPXE for UEFI is gone; then every other fault at once, BIOS
+iPXE and a UEFI machine's own PXE side by side, each VM's run ending as soon
+as bootsvc's flight recorder diagnoses the failure expected of it
+(``--end-on``), so the recorder's stall is waited for once and no timeout
+is waited out. The faults:
 
 - offered but never requested: perfdhcp -i (DISCOVER only) with the MAC of
   an inventory machine, relayed from a namespace on the boot bridge;
@@ -27,7 +30,7 @@ waited for once. The faults:
 - kernel loaded but no OS login: a kernel profile whose initramfs only
   powers off;
 - session dropped mid-boot: iPXE hooks the disk and holds its session
-  (sanhook, then sleep); bootsvc serve is stopped under it (a third run).
+  (sanhook, then sleep); bootsvc serve is stopped under it (the first run).
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ import pytest
 from bootsvc import config
 from bootsvc.demo import build_demo
 from bootsvc.demo.cpio import CpioWriter
-from bootsvc.events import EVENT_FILE, Kind, read_events
+from bootsvc.events import EVENT_FILE, Event, Kind, read_events
 from bootsvc.vm import network, qemu
 from bootsvc.vm import run as vm_run
 from bootsvc.vm.run import Options, run
@@ -64,7 +67,11 @@ STALL = 12  # the lab's recorder.stall: a boot quiet this long has failed
 PREFIX = "iqn.2026-11.test.demo"
 UNANSWERED = "10.215.0.250"  # inside the boot namespace, held by nobody
 RELAY = "10.215.0.3"  # perfdhcp's end of a veth on the boot bridge
-RUN_TIMEOUT = {"UEFI PXE": 35.0, "UEFI nofile": 20.0, "BIOS iPXE": 45.0, "drop": 20.0}  # seconds each `bootsvc vm` run lets its VMs go
+# seconds each `bootsvc vm` run lets its VMs go at most: the first ends when its serve is stopped,
+# the second when every VM's failure is diagnosed (about STALL after its last step)
+RUN_TIMEOUT = {"drop": 60.0, "faults": 90.0}
+# the diagnoses (recorder/diagnosis.py rules) that end the second run's VMs: the faults expected of them
+END_ON = frozenset({"no_login", "login_refused", "no_read", "chainload_loop", "io_error", "no_os_login"})
 
 
 def sanboot(root: str, initiator: str = "{{initiator_iqn}}") -> str:
@@ -87,7 +94,7 @@ FAULTS: dict[str, tuple[str, str, str, bool]] = {
     "f-badread": ("badread", "", "", False),  # bootsvc's generated script, on a corrupt base
     "f-noos": ("noos", "", "", False),
     # iPXE hooks the disk (reading its MBR) and holds the session; bootsvc serve is stopped under it
-    # (SIGTERM, as `bootsvc vm` ends it) a few seconds later, in a run of its own
+    # (SIGTERM, as `bootsvc vm` ends it) a few seconds later, in a run without the other faults
     "f-drop": ("drop", "#!ipxe\nset initiator-iqn {{initiator_iqn}}\n{{chap}}\nsanhook --drive 0x80 {{root_path}}\n"
                "sleep 3600\n", "", False),
 }
@@ -166,19 +173,21 @@ def recorded(cfg: config.Config, host: str) -> dict[str, object]:
 
 
 @contextlib.contextmanager
-def injected(cfg: config.Config, log: list[str]) -> Iterator[None]:
+def injected(cfg: config.Config, log: list[str]) -> Iterator[list[bool]]:
     """Faults that need the boot network: nftables drops f-notftp's UDP 69
     inside `bootsvc vm`'s namespace, and perfdhcp asks DISCOVERs only for
-    f-offer from a namespace of its own once serve is ready."""
+    f-offer from a namespace of its own once serve is ready; in the run
+    the caller arms (``armed[0] = True``), once."""
     made = network.private
     client = f"bsv-fcli-{os.getpid()}"
     threads: list[threading.Thread] = []
+    armed = [False]
 
     def private(bridge: str, addr: object) -> network.BootNetwork:
         net = made(bridge, addr)  # type: ignore[arg-type]
         assert net.ns
-        if threads:
-            return net  # the first run only
+        if threads or not armed[0]:
+            return net
         rules = ("table inet faults {\n chain input {\n  type filter hook input priority 0;\n"
                  f"  ip saddr {address('f-notftp')} udp dport 69 drop\n }}\n}}\n")
         r = subprocess.run(["ip", "netns", "exec", net.ns, "nft", "-f", "-"], input=rules, capture_output=True,
@@ -198,16 +207,23 @@ def injected(cfg: config.Config, log: list[str]) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(network, "private", private)
         try:
-            yield
+            yield armed
         finally:
             for t in threads:
                 t.join(60)
             subprocess.run(["ip", "netns", "del", client], capture_output=True, timeout=30)
 
 
-def stop_serve_after_first_read(cfg: config.Config, host: str, log: list[str], after: float = 2.0) -> None:
-    """Once ``host``'s iPXE has read its disk, SIGTERM the `bootsvc serve`
-    that `bootsvc vm` starts next (its own process, by PID)."""
+def of(e: Event, host: str) -> bool:
+    return e.mac == mac(host) or e.initiator == f"{PREFIX}:{host}"
+
+
+def stop_serve_after_first_read(cfg: config.Config, host: str, log: list[str], after: float = 2.0,
+                                refused: str = "") -> None:
+    """Once ``host``'s iPXE has read its disk (and bootsvc has refused
+    ``refused`` a boot: recorded before serve goes), SIGTERM the `bootsvc
+    serve` that `bootsvc vm` starts next (its own process, by PID); the
+    run ends with it."""
     started: list[subprocess.Popen[bytes]] = []
     real = vm_run.start_serve
 
@@ -219,17 +235,19 @@ def stop_serve_after_first_read(cfg: config.Config, host: str, log: list[str], a
 
     def watch() -> None:
         follow = vm_run.FollowFile(cfg.state_dir / EVENT_FILE, from_end=True)
-        initiator = f"{PREFIX}:{host}"
+        waiting = {(Kind.ISCSI_FIRST_READ, host), *([(Kind.BOOT_REFUSED, refused)] if refused else [])}
         deadline = time.monotonic() + RUN_TIMEOUT["drop"]
         while time.monotonic() < deadline:
-            if any(e.kind is Kind.ISCSI_FIRST_READ and e.initiator == initiator for e in read_events(follow.lines())):
+            for e in read_events(follow.lines()):
+                waiting -= {(k, h) for k, h in waiting if e.kind is k and of(e, h)}
+            if not waiting:
                 time.sleep(after)
                 if started:
                     vm_run.end_process(started[0])
                     log.append(f"stopped bootsvc serve (PID {started[0].pid}) {after} s after {host}'s first READ")
                 return
             time.sleep(0.2)
-        log.append(f"{host} never read its disk: serve not stopped")
+        log.append(f"not seen {sorted((k.value, h) for k, h in waiting)}: serve not stopped")
 
     vm_run.start_serve = start_serve  # type: ignore[assignment]
     threading.Thread(target=watch, daemon=True).start()
@@ -294,26 +312,25 @@ machines:
     print(f"lab built in {time.monotonic() - started:.0f} s")
     log: list[str] = []
     started = time.monotonic()
-    bios = tuple(mac(h) for h in VMS if not FAULTS[h][3] and h != "f-drop")
-    uefi = tuple(mac(h) for h in VMS if FAULTS[h][3] and h != "f-nofile")
+    first = ("f-drop", "f-nofile")  # serve is stopped under f-drop; f-nofile's run has no iPXE for UEFI
     (state / "vm").mkdir(parents=True, exist_ok=True)
-    with injected(cfg, log):
-        # one firmware per `bootsvc vm` run: the UEFI machines' own PXE first (with perfdhcp
-        # and the firewall in that run's namespace), then every iPXE fault at once
-        uefi_pxe = {"firmware": qemu.Firmware.UEFI, "nic_rom": False}
-        for what, macs, opts in (("UEFI PXE", uefi, uefi_pxe), ("UEFI nofile", (mac("f-nofile"),), uefi_pxe),
-                                 ("BIOS iPXE", bios, {}), ("drop", (mac("f-drop"),), {})):
+    with injected(cfg, log) as armed:
+        for what, hosts in (("drop", first), ("faults", tuple(h for h in VMS if h not in first))):
             if what == "drop":
-                stop_serve_after_first_read(cfg, "f-drop", log)
-            if what == "UEFI nofile":
                 (ipxe / "snponly.efi").unlink()
+                stop_serve_after_first_read(cfg, "f-drop", log, refused="f-nofile")
+            else:  # f-notftp gets snponly.efi offered (and never fetches it)
+                shutil.copy("/usr/lib/ipxe/snponly.efi", ipxe / "snponly.efi")
+                armed[0] = True
             (state / "vm" / "serve.log").unlink(missing_ok=True)
             out = io.StringIO()
             t0 = time.monotonic()
-            opt = Options(macs=macs, accel="auto", timeout=RUN_TIMEOUT[what], **opts)  # type: ignore[arg-type]
-            run(cfg, opt, out=out)
+            # the UEFI machines boot with their firmware's own PXE, the BIOS ones with the NIC's iPXE ROM
+            run(cfg, Options(macs=tuple(mac(h) for h in hosts), uefi_macs=tuple(mac(h) for h in hosts if FAULTS[h][3]),
+                             nic_rom=False, accel="auto", timeout=RUN_TIMEOUT[what],
+                             end_on=END_ON if what == "faults" else frozenset()), out=out)
             log.append(f"{what} run: {time.monotonic() - t0:.0f} s\n{out.getvalue()[-2500:]}")
-            shutil.copy(state / "vm" / "serve.log", work / f"serve-{what.split()[0]}.log")
+            shutil.copy(state / "vm" / "serve.log", work / f"serve-{what}.log")
     print("\n".join(log))
     yield cfg, log, time.monotonic() - started
 

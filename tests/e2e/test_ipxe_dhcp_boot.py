@@ -64,6 +64,7 @@ listen:
 dhcp:
   subnet: 10.214.0.0/24
   mode: {"proxy" if mode == "proxy" else "authoritative"}
+  ipv6_ra: true  # proxy mode's opt-in (the network is the test's own): iPXE does not wait 16 s for a router
 machines:
   {MAC}: {{hostname: node01, profile: disk{fixed_ip}}}
 """)
