@@ -63,7 +63,7 @@ def test_writer_keeps_what_a_full_pipe_does_not_take() -> None:
     async def main() -> bytes:
         read, write = os.pipe()
         try:
-            writer = Writer(write, asyncio.get_running_loop(), lambda e: None)
+            writer = Writer(write, asyncio.get_running_loop())
             big = os.urandom(1 << 20)  # more than a pipe holds
             writer.send(big)
             writer.send(b"end")

@@ -22,7 +22,7 @@ import marshal
 import os
 import pickle
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from enum import Enum
 from types import MappingProxyType
 
@@ -91,6 +91,16 @@ Wire = tuple[str, float, "str | None", "str | None", "str | None", "str | None",
              "dict[str, object]"]  # one event: kind, time, mac, ip, hostname, initiator, target, peer, fields
 _TEXT = (str, type(None))
 _FIELD = (str, int, float, bool, type(None))
+
+
+def field(value: object) -> object:
+    """An event's field as a batch carries it: what the log and the event
+    file show of it (an enum by its value, an address as text)."""
+    if isinstance(value, _FIELD):
+        return value
+    if isinstance(value, Enum):
+        return value.value
+    return str(value)
 
 
 def batch(payload: bytes) -> tuple[list[Wire], Named]:
@@ -164,13 +174,14 @@ class Frames:
 
 class Writer:
     """A pipe written from the loop without blocking it: what the pipe does
-    not take now waits here and goes when it can."""
+    not take now waits here and goes when it can. A pipe that fails (its
+    reader gone) is closed and takes nothing more: the reader's end of the
+    other pipe says what happened to it."""
 
-    def __init__(self, fd: int, loop: asyncio.AbstractEventLoop, broken: Callable[[OSError], None]) -> None:
+    def __init__(self, fd: int, loop: asyncio.AbstractEventLoop) -> None:
         os.set_blocking(fd, False)
         self.fd = fd
         self.loop = loop
-        self.broken = broken
         self.pending = bytearray()
 
     def send(self, data: bytes) -> None:
@@ -183,8 +194,8 @@ class Writer:
             sent = os.write(self.fd, data)
         except BlockingIOError:
             sent = 0
-        except OSError as e:
-            self._fail(e)
+        except OSError:
+            self.close()
             return
         if sent < len(data):
             self.pending += data[sent:]
@@ -195,16 +206,12 @@ class Writer:
             sent = os.write(self.fd, self.pending)
         except BlockingIOError:
             return
-        except OSError as e:
-            self._fail(e)
+        except OSError:
+            self.close()
             return
         del self.pending[:sent]
         if not self.pending:
             self.loop.remove_writer(self.fd)
-
-    def _fail(self, error: OSError) -> None:
-        self.close()
-        self.broken(error)
 
     def close(self) -> None:
         if self.fd >= 0:

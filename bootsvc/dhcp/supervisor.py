@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from ipaddress import IPv4Address
 from pathlib import Path
 from types import MappingProxyType
 
@@ -88,7 +89,7 @@ class DhcpWorker:
         self._ended: asyncio.Future[None] | None = None
         self._stopping = False
         self._table_due = self._sessions_due = False
-        self._sessions: frozenset[object] = frozenset()
+        self._sessions: frozenset[IPv4Address] = frozenset()
         self._tasks: set[asyncio.Task[None]] = set()
         self._kinds: dict[str, Kind | str] = {k.value: k for k in Kind}
         self._deaths = 0
@@ -123,7 +124,7 @@ class DhcpWorker:
             fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         self._in = proc.stdout.fileno()
         os.set_blocking(self._in, False)
-        self._out = Writer(proc.stdin.fileno(), loop, self._broken)
+        self._out = Writer(proc.stdin.fileno(), loop)
         self._frames = Frames()
         self._ready, self._ended = loop.create_future(), loop.create_future()
         loop.add_reader(self._in, self._readable)
@@ -186,9 +187,6 @@ class DhcpWorker:
             if self.proc is not None and self.proc.stdout is not None:
                 self.proc.stdout.close()
 
-    def _broken(self, error: OSError) -> None:
-        """Its standard input would not take a frame: it is gone (its end is read on the other pipe)."""
-
     # -- from the worker ---------------------------------------------------------------
 
     def _readable(self) -> None:
@@ -205,7 +203,7 @@ class DhcpWorker:
             for tag, payload in self._frames.feed(data):
                 self._received(tag, payload)
         except PipeError as e:
-            log.error("the DHCP worker sent %s: it is stopped", e)
+            self.bus.emit(Kind.DHCP_ERROR, why=f"the DHCP worker sent {e}: it is stopped (and started again)")
             if self.proc is not None and self.proc.poll() is None:
                 self.proc.terminate()
 

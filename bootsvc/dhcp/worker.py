@@ -41,33 +41,21 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from enum import Enum
-from typing import cast
 
 from ..boot import BootPlanner
 from ..events import ERRORS, Kind
 from ..fleet_copy import FleetCopy
+from ..service import SWITCH_INTERVAL  # as serve's: the group commit's thread and the loop
 from ..tftp.files import FileSource
 from .leases import LeaseStore, Writes
-from .pipe import READ_SIZE, Frames, Named, PipeError, Tag, Wire, frame, plain, text, texts, unpickled, writes
+from .pipe import (READ_SIZE, Frames, Named, PipeError, Tag, Wire, field, frame, plain, text, texts, unpickled,
+                   writes)
 from .responder import Responder
 from .service import dhcp_services
 
 IN, OUT = 0, 1  # the pipes from and to serve
 PR_SET_PDEATHSIG = 1
 ADOPT_TIMEOUT = 120.0  # seconds serve may take to make an adopted machine's disk (a Ceph clone, a copy)
-SWITCH_INTERVAL = 0.0005  # as serve's (bootsvc/service.py): the group commit's thread and the loop
-PLAIN = (str, int, float, bool, type(None))
-
-
-def _plain(value: object) -> object:
-    """A field as marshal carries it: what the log and the event file show
-    of it (an enum by its value, an address as text)."""
-    if isinstance(value, PLAIN):
-        return value
-    if isinstance(value, Enum):
-        return value.value
-    return str(value)
 
 
 class Outbox:
@@ -92,7 +80,7 @@ class Outbox:
             fields["traceback"] = traceback.format_exc()  # serve logs it, as its own log writer would
         self._soon()
         self.events.append((kind.value, self.clock(), mac, None if ip is None else str(ip), hostname, initiator,
-                            target, peer, {k: _plain(v) for k, v in fields.items() if v is not None}))
+                            target, peer, {k: field(v) for k, v in fields.items() if v is not None}))
 
     def took(self, writes: Writes) -> None:
         if writes:
@@ -160,10 +148,7 @@ class Worker:
     def received(self, tag: Tag, payload: bytes) -> None:
         """One frame from serve; PipeError if it is not one serve sends."""
         if tag is Tag.TABLE:
-            copy = unpickled(payload)
-            if not isinstance(copy, FleetCopy):
-                raise PipeError("a table that is not the fleet's")
-            self.table(copy)
+            self.table(_table(payload))
         elif tag is Tag.SESSIONS:
             try:
                 self.copy.logged_in(frozenset(ipaddress.IPv4Address(a) for a in texts(payload)))
@@ -208,6 +193,13 @@ class Worker:
             self._asked.pop(mac, None)
 
 
+def _table(payload: bytes) -> FleetCopy:
+    copy = unpickled(payload)
+    if not isinstance(copy, FleetCopy):
+        raise PipeError("a table that is not the fleet's")
+    return copy
+
+
 def _first_table(frames: Frames) -> FleetCopy:
     """The table serve sends first (blocking: nothing to do without it)."""
     while True:
@@ -217,7 +209,7 @@ def _first_table(frames: Frames) -> FleetCopy:
         for tag, payload in frames.feed(data):
             if tag is not Tag.TABLE:
                 raise PipeError(f"serve sent {tag.name} before the fleet")
-            return cast(FleetCopy, unpickled(payload))
+            return _table(payload)
 
 
 async def serve(worker: Worker, frames: Frames) -> int:
@@ -233,8 +225,8 @@ async def serve(worker: Worker, frames: Frames) -> int:
     gc.collect()
     gc.freeze()  # as serve does (bootsvc/server.py): what start-up made is never collected again
     sys.setswitchinterval(SWITCH_INTERVAL)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, out.broken.set)
+    # SIGTERM only: a Ctrl-C at serve's terminal reaches the worker too, and is serve's to act on (main)
+    loop.add_signal_handler(signal.SIGTERM, out.broken.set)
     os.set_blocking(IN, False)
 
     def readable() -> None:
