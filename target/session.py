@@ -59,6 +59,7 @@ from .scsi import ScsiResult, ScsiStatus, no_such_lun, report_luns, target_port_
 from .scsi.cdb import PERSISTENT_RESERVE_OUT
 from .scsi.ports import MAINTENANCE_IN, is_report_target_port_groups
 from .scsi.reservations import PrOut
+from .scsi.sense import POWER_ON_RESET
 from .targets import Target, lun_from_field
 from .text import TextFormatError, decode_text, encode_text
 
@@ -1287,7 +1288,7 @@ class Session:
             for task in list(s.tasks.values()):
                 s._abort(task)
         for lun in target.luns.values():
-            lun.reset()
+            lun.reset(POWER_ON_RESET)
         return TmfResponse.FUNCTION_COMPLETE
 
     def _clear_aca(self, req: TaskMgmtRequest, target: Target, lun_id: int) -> TmfResponse:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from target.backend import BackendError, MediumError, RawBackend, materialize
 from target.scsi import Lun, ScsiResult, ScsiStatus, no_such_lun, report_luns
+from target.scsi.sense import POWER_ON_RESET
 
 BLOCKS = 2048
 
@@ -91,6 +92,8 @@ def test_unit_attention_after_reset_then_clear(lun: Lun) -> None:
     r = run(lun, tur)
     assert sense_of(r) == (6, 0x29, 0x03)
     assert run(lun, tur).status == ScsiStatus.GOOD
+    lun.reset(POWER_ON_RESET)  # a target reset: a hard reset's code
+    assert sense_of(run(lun, tur)) == (6, 0x29, 0x00)
 
 
 def test_report_luns_and_missing_lun() -> None:

@@ -42,6 +42,7 @@ from target.pdu import (
     TmfResponse,
 )
 from target.scsi import ScsiResult, ScsiStatus
+from target.scsi.sense import LUN_RESET_OCCURRED, POWER_ON_RESET, Asc
 from target.session import LOGOUT_TIMEOUT, DropReason, Keepalive, Link, Session, SessionFailure
 from target.targets import Target
 from target.text import encode_text
@@ -60,6 +61,7 @@ class MemLun:
     def __init__(self) -> None:
         self.data = bytearray(bytes(range(256)) * (BLOCKS * BLOCK // 256))
         self.resets = 0
+        self.attentions: list[Asc] = []
         self.lost: list[Hashable] = []
 
     async def execute(self, cdb: bytes, data_out: memoryview | None, nexus: Hashable,
@@ -75,8 +77,9 @@ class MemLun:
     def data_out_length(self, cdb: bytes) -> int:
         return struct.unpack_from(">H", cdb, 7)[0] * BLOCK if cdb[0] == 0x2A else 0
 
-    def reset(self) -> None:
+    def reset(self, attention: Asc = LUN_RESET_OCCURRED) -> None:
         self.resets += 1
+        self.attentions.append(attention)
 
     def nexus_lost(self, nexus: Hashable) -> None:
         self.lost.append(nexus)
@@ -366,6 +369,15 @@ def test_target_cold_reset_closes_after_the_response() -> None:
                                  cmdsn=i.cmdsn))
     assert out[0].response == TmfResponse.FUNCTION_COMPLETE  # type: ignore[attr-defined]
     assert i.closed == [Close(DropReason.TARGET_RESET)] and i.lun.resets == 1
+    assert i.lun.attentions == [POWER_ON_RESET]  # a hard reset's UNIT ATTENTION, as for a warm reset
+
+
+def test_lun_reset_and_target_warm_reset_report_their_own_unit_attention() -> None:
+    i = Initiator()
+    for function in (TmfFunction.LOGICAL_UNIT_RESET, TmfFunction.TARGET_WARM_RESET):
+        out = i.send(TaskMgmtRequest(immediate=True, function=function, itt=i.next_itt(), cmdsn=i.cmdsn))
+        assert out[0].response == TmfResponse.FUNCTION_COMPLETE  # type: ignore[attr-defined]
+    assert i.lun.attentions == [LUN_RESET_OCCURRED, POWER_ON_RESET] and not i.closed
 
 
 def test_idle_initiator_is_pinged_and_answering_keeps_it() -> None:

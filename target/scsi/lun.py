@@ -130,6 +130,7 @@ class Lun:
         # seen the current epoch gets one UNIT ATTENTION (SAM-5 §5.14).
         self.epoch = 0
         self.seen: dict[Hashable, int] = {}
+        self.reset_attention = LUN_RESET_OCCURRED  # the ASC of the last reset
         # ``reservations``: where APTPL state is kept (the owner's choice)
         self.pr = Reservations(reservations)
         # EXTENDED COPY: the LUN a CSCD's NAA designator names, among those
@@ -217,7 +218,7 @@ class Lun:
             return None
         if seen != self.epoch:
             self.seen[nexus] = self.epoch
-            return LUN_RESET_OCCURRED
+            return self.reset_attention
         return self.pr.attention(nexus) if self.pr.attentions else None
 
     def _sanitize_gate(self, opcode: int) -> None:
@@ -274,10 +275,16 @@ class Lun:
         ndob = cdb[0] == op.WRITE_SAME_16 and bool(cdb[1] & 0x01)
         return 0 if ndob else self.block_size
 
-    def reset(self) -> None:
+    def reset(self, attention: Asc = LUN_RESET_OCCURRED) -> None:
         """LOGICAL UNIT RESET / target reset: every nexus gets a UNIT
-        ATTENTION, and a RESERVE(6) ends."""
+        ATTENTION, and a RESERVE(6) ends. ``attention`` is its additional
+        sense code: BUS DEVICE RESET FUNCTION OCCURRED for a LOGICAL UNIT
+        RESET (SAM-5, logical unit reset); a target reset is a hard reset
+        (RFC 7143 §11.5.1 equates TARGET WARM RESET with SAM-2's TARGET
+        RESET), which reports POWER ON, RESET, OR BUS DEVICE RESET OCCURRED,
+        as tgt does for every reset (SAM-5, hard reset)."""
         self.epoch += 1
+        self.reset_attention = attention
         self.pr.reset()
 
     def nexus_lost(self, nexus: Hashable) -> None:

@@ -4,14 +4,15 @@ passes in the families that apply to a disk target, bootsvc must pass too,
 serving a raw file and serving a qcow2 overlay (whose writes, UNMAPs and
 WRITE SAMEs then go through the copy-on-write code); and the families tgt
 does not implement (EXTENDED COPY, SANITIZE, WRITE ATOMIC) bootsvc passes
-on its own. The runs, and the RBD clone's (tests/e2e/test_rbd_compliance.py),
+on its own; and bootsvc fails no test but the one no target can pass
+(``TEST_DEFECTS``). The runs, and the RBD clone's (tests/e2e/test_rbd_compliance.py),
 go side by side (tests/e2e/conftest.py ``compliance_runs``)."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.e2e.compliance import FAMILIES, Runs, applicable, counts, own_shortfalls, regressions
+from tests.e2e.compliance import FAMILIES, TEST_DEFECTS, Runs, applicable, counts, failures, own_shortfalls, regressions
 from tests.qcow2_oracle import assert_check_clean
 
 pytestmark = pytest.mark.e2e
@@ -19,6 +20,7 @@ pytestmark = pytest.mark.e2e
 
 def test_compliance_matches_or_beats_tgt(compliance_runs: Runs) -> None:
     reference = compliance_runs.results("tgt")
+    assert not any(reference.get(k) == "passed" for k in TEST_DEFECTS)  # else not the test's defect
     print(f"\ntgt:     all {counts(reference)}, applicable {counts(applicable(reference))}")
     # the raw file's run is shared with the RBD comparison
     overlay = compliance_runs.work / "overlay.qcow2"
@@ -31,6 +33,8 @@ def test_compliance_matches_or_beats_tgt(compliance_runs: Runs) -> None:
         assert not worse, f"{name}: tests tgt passes but bootsvc does not: " + ", ".join(
             f"{k} ({ours.get(k, 'missing')})" for k in worse)
         assert counts(applicable(ours))["passed"] >= counts(applicable(reference))["passed"]
+        failed = failures(ours)
+        assert not failed, f"{name}: failed: {failed}"
         # copy offload, SANITIZE, WRITE ATOMIC: tgt skips them, bootsvc passes
         # them (atomic writes on the overlay only: a raw file cannot promise them)
         # (SANITIZE runs on the overlay only: tests/e2e/compliance.py run())
