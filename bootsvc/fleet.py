@@ -289,15 +289,12 @@ class Fleet:
     def on_event(self, event: Event) -> None:
         """The fleet's own subscription: a boot ROM's offer starts a new
         boot (an ephemeral disk is made anew); an adopted machine's first
-        login keeps it; an unknown MAC seen under ``discover`` is recorded
-        for the operator. The boots themselves are the recorder's."""
+        login keeps it. The boots themselves are the recorder's."""
         mac = event.mac or (self._initiators().get(event.initiator) if event.initiator else None)
         if self._unbooted:
             self._adoption_progress(event, mac)
         if mac is None or mac not in self._machines:
-            if event.kind is Kind.DHCP_DISCOVERED and mac is not None and self.leases is not None:
-                self.leases.saw_unknown(mac, "discover", event.time, _text(event.fields.get("arch")))
-            return
+            return  # an unknown MAC seen is recorded by the DHCP responder that saw it
         if event.fields.get("proxy") and event.ip is not None:
             self._proxy_address(mac, IPv4(event.ip))
         disk = self._disks.get(mac)
@@ -838,7 +835,3 @@ class _AnyOf:
 
     def __contains__(self, item: object) -> bool:
         return item in self.fixed or (isinstance(item, IPv4) and self.taken(item))
-
-
-def _text(value: object) -> str:
-    return "" if value is None else str(value)

@@ -203,13 +203,16 @@ def test_lease_writes_wait_for_the_adapter_to_commit(tmp_path: object) -> None:
     r = responder(unknown=UnknownPolicy.DISCOVER)
     stranger = "52:54:00:99:00:08"
     offer = r.handle(req("discover", stranger), IPv4("10.77.0.1"), 0)
-    assert offer is not None and not r.leases.unwritten  # an offer lives in memory only
+    # an offer lives in memory only; the stranger seen is a write, with the next group
+    assert offer is not None and [s.name for s, _ in r.leases.unwritten] == ["seen"]
+    assert r.leases.unwritten[0][1][:2] == (stranger, "discover")
     ack = r.handle(req("request", stranger, ("requested_addr", str(offer.yiaddr)), ("server_id", "10.77.0.1")),
                    IPv4("10.77.0.1"), 1)
-    assert ack is not None and len(r.leases.unwritten) == 1
+    assert ack is not None and [s.name for s, _ in r.leases.unwritten] == ["seen", "put"]
     assert list(r.leases.db.execute("SELECT mac FROM leases")) == []
     r.leases.commit()
     assert list(r.leases.db.execute("SELECT mac FROM leases")) == [(stranger,)] and not r.leases.unwritten
+    assert [u[0] for u in r.leases.unknown_machines()] == [stranger]
 
 
 def test_a_mac_that_floods_is_answered_no_more_until_its_window_passes() -> None:

@@ -225,7 +225,10 @@ class Responder:
                 return self._drop("unknown_machine", req)
             last = self.discovered.get(req.mac)
             if last is None or now - last > SEEN_INTERVAL:
-                # policy discover, or default with no disk for it: recorded for the operator
+                # policy discover, or default with no disk for it: recorded for the
+                # operator, here, so it joins this exchange's lease group (in a
+                # worker process, not a round trip through serve's fleet)
+                self.leases.saw_unknown(req.mac, "discover", now, "" if req.arch is None else str(req.arch))
                 self.emit(Kind.DHCP_DISCOVERED, mac=req.mac, arch=req.arch)
                 _remember(self.discovered, req.mac, now, lambda t: now - t > SEEN_INTERVAL)
         subnet = self.subnet_for(req, received_on)

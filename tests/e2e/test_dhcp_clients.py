@@ -5,6 +5,7 @@ and garbage on port 67 does not stop the service."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -99,6 +100,12 @@ machines:
             assert again.get("ip") == "10.213.0.100", again
         finally:
             stop(proc)
+    # the stranger, recorded by the DHCP worker that saw it (not serve's fleet), is listed
+    listing = subprocess.run([sys.executable, "-m", "bootsvc", "machines", "-c", str(cfg), "--json"],
+                             capture_output=True, text=True, timeout=60)
+    assert listing.returncode == 0, listing.stderr
+    rows = {r["mac"]: r for r in json.loads(listing.stdout)}
+    assert not rows[UNKNOWN_MAC]["known"] and rows[UNKNOWN_MAC]["address"] == "10.213.0.100", rows
 
 
 @pytest.mark.parametrize("cap", [100, 40])
