@@ -110,7 +110,12 @@ def test_arm64_uefi_pxe_fetches_its_configured_bootfile(tmp_path: Path) -> None:
             start = time.monotonic()
             with qemu.uefi_netboot_vm(tmp_path, ns, "bsv-tap0", MAC, qemu.AAVMF) as console:
                 seen = qemu.wait_for(log, ("file=arm64/snponly.efi",), 90)
-                time.sleep(0.5)  # the transfer's end event follows its start
+                # the transfer's end event follows its start, as slowly as an
+                # emulated client on a busy host acknowledges the blocks
+                deadline = time.monotonic() + 60
+                while seen and time.monotonic() < deadline and not any(
+                        "file=arm64/snponly.efi" in line for line in events(log, "tftp.sent")):
+                    time.sleep(0.2)
                 out = console.read_text(errors="replace") if console.exists() else ""
             elapsed = time.monotonic() - start
         finally:
