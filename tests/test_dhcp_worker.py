@@ -39,6 +39,34 @@ def test_frames_arrive_whole_however_the_bytes_are_cut() -> None:
         assert not frames.buffer
 
 
+def test_frames_are_read_from_a_pipe_into_one_reused_buffer() -> None:
+    """Frames.read: what the pipe holds, whole frames out, the rest kept
+    for the next read; nothing yet is BlockingIOError, the end EOFError."""
+    data = pipe.plain(Tag.BATCH, ([EVENT], [PUT])) + pipe.plain(Tag.ADOPT, B)
+    r, w = os.pipe()
+    try:
+        os.set_blocking(r, False)
+        frames = Frames()
+        with pytest.raises(BlockingIOError):
+            frames.read(r)
+        os.write(w, data[:9])
+        assert list(frames.read(r)) == []  # a frame's first bytes: kept
+        os.write(w, data[9:])
+        got = list(frames.read(r))
+        assert [t for t, _ in got] == [Tag.BATCH, Tag.ADOPT] and pipe.batch(got[0][1]) == ([EVENT], [PUT])
+        os.write(w, pipe.frame(Tag.READY))
+        assert [t for t, _ in frames.read(r)] == [Tag.READY]
+        assert not frames.buffer
+        os.close(w)
+        w = -1
+        with pytest.raises(EOFError):
+            frames.read(r)
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+
+
 @pytest.mark.parametrize("data, why", [
     (pipe.HEADER.pack(b"?", 0), "tagged"),
     (pipe.HEADER.pack(b"B", pipe.MAX_FRAME + 1), "at most"),

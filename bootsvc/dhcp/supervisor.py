@@ -26,7 +26,7 @@ from types import MappingProxyType
 from ..events import Bus, Event, Kind
 from ..fleet import Fleet
 from .leases import LeaseStore, Named, Writes
-from .pipe import READ_SIZE, Frames, PipeError, Tag, Wire, Writer, batch, pickled, plain, text
+from .pipe import Frames, PipeError, Tag, Wire, Writer, batch, pickled, plain, text
 
 log = logging.getLogger("bootsvc.dhcp")
 
@@ -191,16 +191,14 @@ class DhcpWorker:
 
     def _readable(self) -> None:
         try:
-            data = os.read(self._in, READ_SIZE)
+            got = self._frames.read(self._in)
         except BlockingIOError:
             return
-        except OSError:
-            data = b""
-        if not data:
+        except (OSError, EOFError):
             self._gone()
             return
         try:
-            for tag, payload in self._frames.feed(data):
+            for tag, payload in got:
                 self._received(tag, payload)
         except PipeError as e:
             self.bus.emit(Kind.DHCP_ERROR, why=f"the DHCP worker sent {e}: it is stopped (and started again)")

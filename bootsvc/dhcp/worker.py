@@ -48,7 +48,7 @@ from ..fleet_copy import FleetCopy
 from ..service import SWITCH_INTERVAL  # as serve's: the group commit's thread and the loop
 from ..tftp.files import FileSource
 from .leases import LeaseStore, Writes
-from .pipe import (READ_SIZE, Frames, Named, PipeError, Tag, Wire, field, frame, plain, text, texts, unpickled,
+from .pipe import (Frames, Named, PipeError, Tag, Wire, field, frame, plain, text, texts, unpickled,
                    writes)
 from .responder import Responder
 from .service import dhcp_services
@@ -203,10 +203,11 @@ def _table(payload: bytes) -> FleetCopy:
 def _first_table(frames: Frames) -> FleetCopy:
     """The table serve sends first (blocking: nothing to do without it)."""
     while True:
-        data = os.read(IN, READ_SIZE)
-        if not data:
-            raise PipeError("serve closed the pipe before sending the fleet")
-        for tag, payload in frames.feed(data):
+        try:
+            got = frames.read(IN)
+        except EOFError:
+            raise PipeError("serve closed the pipe before sending the fleet") from None
+        for tag, payload in got:
             if tag is not Tag.TABLE:
                 raise PipeError(f"serve sent {tag.name} before the fleet")
             return _table(payload)
@@ -231,14 +232,14 @@ async def serve(worker: Worker, frames: Frames) -> int:
 
     def readable() -> None:
         try:
-            data = os.read(IN, READ_SIZE)
+            got = frames.read(IN)
         except BlockingIOError:
             return
-        if not data:
+        except EOFError:
             out.broken.set()  # serve is stopping (or gone)
             return
         try:
-            for tag, payload in frames.feed(data):
+            for tag, payload in got:
                 worker.received(tag, payload)
         except PipeError as e:
             print(f"bootsvc dhcp worker: {e}", file=sys.stderr)
