@@ -52,6 +52,31 @@ def test_one_write_per_loop_iteration_in_order() -> None:
     assert stream.writes == ["loop 0\nloop 1\nloop 2\nthread\n", "next\n"]
 
 
+def test_the_running_loop_is_asked_once_per_iteration(monkeypatch: object) -> None:
+    """Python 3.11's accessor makes a getpid system call: once a write is
+    due on this thread's loop, further lines do not ask again."""
+    stream = Stream()
+    log, _ = logger(stream)
+    asked = []
+    real = asyncio._get_running_loop
+
+    def counted() -> asyncio.AbstractEventLoop | None:
+        asked.append(1)
+        return real()
+
+    async def run() -> None:
+        monkeypatch.setattr(asyncio, "_get_running_loop", counted)  # type: ignore[attr-defined]
+        for i in range(5):
+            log.info("line %d", i)
+        await asyncio.sleep(0)
+        log.info("next")
+        await asyncio.sleep(0)
+
+    asyncio.run(run())
+    assert stream.writes == ["line 0\nline 1\nline 2\nline 3\nline 4\n", "next\n"]
+    assert len(asked) == 2
+
+
 def test_without_a_loop_each_line_goes_at_once_and_a_stopped_loop_holds_nothing() -> None:
     stream = Stream()
     log, handler = logger(stream)

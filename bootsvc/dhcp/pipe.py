@@ -89,7 +89,6 @@ def unpickled(payload: bytes) -> object:
 
 Wire = tuple[str, float, "str | None", "str | None", "str | None", "str | None", "str | None", "str | None",
              "dict[str, object]"]  # one event: kind, time, mac, ip, hostname, initiator, target, peer, fields
-_TEXT = (str, type(None))
 _FIELD = (str, int, float, bool, type(None))
 
 
@@ -103,17 +102,27 @@ def field(value: object) -> object:
     return str(value)
 
 
+# The checks below compare exact types: marshal makes only the built-in
+# types themselves, never a subclass, and ``set.issuperset(map(type, ...))``
+# checks a tuple's members without a Python frame per member (the checks
+# are on serve's path for every event the DHCP worker sends).
+_TEXT_TYPES = frozenset({str, type(None)})
+_FIELD_TYPES = frozenset({str, int, float, bool, type(None)})
+_NUMBER_TYPES = frozenset({int, float})
+_KEY_TYPES = frozenset({str})
+
+
 def batch(payload: bytes) -> tuple[list[Wire], Named]:
     """A BATCH frame's events and lease writes, each checked for the shape
     it must have; PipeError for anything else."""
     value = unplain(payload)
-    if not (isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], list)):
+    if not (type(value) is tuple and len(value) == 2 and type(value[0]) is list):
         raise PipeError("a batch that is not (events, writes)")
     for event in value[0]:
-        if not (isinstance(event, tuple) and len(event) == 9 and isinstance(event[0], str)
-                and isinstance(event[1], (int, float)) and all(isinstance(x, _TEXT) for x in event[2:8])
-                and isinstance(event[8], dict) and all(isinstance(k, str) and isinstance(v, _FIELD)
-                                                       for k, v in event[8].items())):
+        if not (type(event) is tuple and len(event) == 9 and type(event[0]) is str
+                and type(event[1]) in _NUMBER_TYPES and _TEXT_TYPES.issuperset(map(type, event[2:8]))
+                and type(event[8]) is dict and _KEY_TYPES.issuperset(map(type, event[8]))
+                and _FIELD_TYPES.issuperset(map(type, event[8].values()))):
             raise PipeError("an event that is not (kind, time, 6 identities, fields)")
     return value[0], writes(value[1])
 
@@ -122,11 +131,13 @@ def writes(value: object) -> Named:
     """Lease writes as the pipe carries them: [(statement, row)]."""
     if isinstance(value, bytes):
         value = unplain(value)
-    if not isinstance(value, list) or not all(
-            isinstance(w, tuple) and len(w) == 2 and isinstance(w[0], str) and isinstance(w[1], tuple)
-            and all(isinstance(x, _FIELD) for x in w[1]) for w in value):
+    if type(value) is not list:
         raise PipeError("lease writes that are not [(statement, row)]")
-    return value
+    for w in value:
+        if not (type(w) is tuple and len(w) == 2 and type(w[0]) is str and type(w[1]) is tuple
+                and _FIELD_TYPES.issuperset(map(type, w[1]))):
+            raise PipeError("lease writes that are not [(statement, row)]")
+    return value  # type: ignore[no-any-return]
 
 
 def text(payload: bytes) -> str:
