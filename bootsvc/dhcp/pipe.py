@@ -137,7 +137,7 @@ def writes(value: object) -> Named:
         if not (type(w) is tuple and len(w) == 2 and type(w[0]) is str and type(w[1]) is tuple
                 and _FIELD_TYPES.issuperset(map(type, w[1]))):
             raise PipeError("lease writes that are not [(statement, row)]")
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def text(payload: bytes) -> str:
@@ -161,7 +161,7 @@ class Frames:
         self.buffer = bytearray()
         # what one read may bring, made once: an os.read of READ_SIZE mapped
         # a fresh MiB, shrank it and unmapped it on every wake-up (mmap,
-        # mremap, munmap: 40 µs of system time per DHCP exchange in serve)
+        # mremap, munmap: half of serve's system time per DHCP exchange)
         self._chunk = bytearray(READ_SIZE)
         self._view = memoryview(self._chunk)
 
