@@ -96,9 +96,10 @@ def acks_in(path: Path) -> list[int]:
     return [sum(1 for e in batch(payload)[0] if e[0] == "dhcp.ack") for _, payload in frames_of(path)]
 
 
-def replayed(path: str, count: int) -> None:
+def replayed(path: str, count: int) -> Path:
     """In the tree on sys.path: the first ``count`` frames of ``path`` into
-    serve's wiring, one per loop iteration, as serve reads them."""
+    serve's wiring, one per loop iteration, as serve reads them; its work
+    directory (the config's state_dir is ``state`` there)."""
     from dataclasses import replace
 
     from bootsvc import cli
@@ -126,6 +127,7 @@ def replayed(path: str, count: int) -> None:
     asyncio.run(feed())
     server.recorder.flush(time.time())  # the boots' rows, as the recorder writes them once a second
     server.close()
+    return work
 
 
 def main() -> None:
