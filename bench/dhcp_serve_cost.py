@@ -36,6 +36,7 @@ from pathlib import Path
 
 from dhcp_cost import HERE, instructions_of, request, serve_config
 
+
 def mac(i: int) -> str:
     """The MAC bench/dhcp_cost.py's request(i, ...) carries."""
     return "52:54:" + ":".join(f"{b:02x}" for b in i.to_bytes(4, "big"))
