@@ -87,6 +87,30 @@ def test_a_batch_of_the_wrong_shape_is_refused(value: object) -> None:
         pipe.batch(b"\xffnot marshal")
 
 
+def test_an_events_fields_cross_the_pipe_as_what_the_log_shows() -> None:
+    """Outbox.emit: enums by their value (a ``str`` or ``int`` enum too,
+    which marshal would refuse as it is), other objects as text."""
+    from bootsvc.dhcp.message import MessageType
+    from bootsvc.dhcp.responder import Mode
+    from bootsvc.dhcp.worker import Outbox
+    from bootsvc.events import Kind
+
+    r, w = os.pipe()
+    try:
+        out = Outbox(w, clock=lambda: 1.5)
+        out.emit(Kind.DHCP_ACK, mac=A, ip=IPv4("10.9.0.5"), mode=Mode.PROXY, message=MessageType.ACK,
+                 subnet=IPv4("10.9.0.0"), xid=7, ipxe=True, none=None)
+        out.flush()
+        frames = list(Frames().read(r))
+    finally:
+        os.close(r)
+        os.close(w)
+    assert [t for t, _ in frames] == [Tag.BATCH]
+    events, _ = pipe.batch(frames[0][1])
+    assert events == [("dhcp.ack", 1.5, A, "10.9.0.5", None, None, None, None,
+                       {"mode": "proxy", "message": 5, "subnet": "10.9.0.0", "xid": 7, "ipxe": True})]
+
+
 def test_writer_keeps_what_a_full_pipe_does_not_take() -> None:
     async def main() -> bytes:
         read, write = os.pipe()

@@ -89,27 +89,25 @@ def unpickled(payload: bytes) -> object:
 
 Wire = tuple[str, float, "str | None", "str | None", "str | None", "str | None", "str | None", "str | None",
              "dict[str, object]"]  # one event: kind, time, mac, ip, hostname, initiator, target, peer, fields
-_FIELD = (str, int, float, bool, type(None))
+# Exact types, never ``isinstance``: marshal takes and makes only the
+# built-in types themselves, not a subclass (a ``str`` or ``int`` enum is
+# "unmarshallable"), and ``set.issuperset(map(type, ...))`` checks a tuple's
+# members without a Python frame per member (the checks are on serve's path
+# for every event the DHCP worker sends).
+_TEXT_TYPES = frozenset({str, type(None)})
+_FIELD_TYPES = frozenset({str, int, float, bool, type(None)})
+_NUMBER_TYPES = frozenset({int, float})
+_KEY_TYPES = frozenset({str})
 
 
 def field(value: object) -> object:
     """An event's field as a batch carries it: what the log and the event
     file show of it (an enum by its value, an address as text)."""
-    if isinstance(value, _FIELD):
+    if type(value) in _FIELD_TYPES:
         return value
     if isinstance(value, Enum):
         return value.value
     return str(value)
-
-
-# The checks below compare exact types: marshal makes only the built-in
-# types themselves, never a subclass, and ``set.issuperset(map(type, ...))``
-# checks a tuple's members without a Python frame per member (the checks
-# are on serve's path for every event the DHCP worker sends).
-_TEXT_TYPES = frozenset({str, type(None)})
-_FIELD_TYPES = frozenset({str, int, float, bool, type(None)})
-_NUMBER_TYPES = frozenset({int, float})
-_KEY_TYPES = frozenset({str})
 
 
 def batch(payload: bytes) -> tuple[list[Wire], Named]:
