@@ -73,8 +73,13 @@ def exchanges(n: int) -> None:
     # instructions than the server spent answering them (2.5 M of 3.5 M)
     for i in range(n):
         service.datagram_received(request(i, 1), relay)
-        offered = leases.for_mac("52:54:" + ":".join(f"{b:02x}" for b in i.to_bytes(4, "big")))
+        offered = leases.for_mac(mac(i))
         service.datagram_received(request(i, 3, offered.ip.packed), relay)  # type: ignore[union-attr]
+
+
+def mac(i: int) -> str:
+    """The MAC request(i, ...) carries: 52:54 and ``i`` in four bytes."""
+    return "52:54:" + ":".join(f"{b:02x}" for b in i.to_bytes(4, "big"))
 
 
 def request(i: int, msg: int, ip: bytes = b"") -> bytes:
@@ -137,7 +142,7 @@ async def feed(service: DhcpService, n: int, batch: int) -> None:
         service.received([(request(i, 1), relay) for i in ids])
         await asyncio.sleep(0)  # the loop turns: what it runs once per iteration runs
         leases = service.responder.leases
-        service.received([(request(i, 3, leases.for_mac("52:54:" + ":".join(f"{b:02x}" for b in i.to_bytes(4, "big"))).ip.packed), relay)  # type: ignore[union-attr]
+        service.received([(request(i, 3, leases.for_mac(mac(i)).ip.packed), relay)  # type: ignore[union-attr]
                           for i in ids])
         await asyncio.sleep(0)
 

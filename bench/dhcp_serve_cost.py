@@ -34,12 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dhcp_cost import HERE, instructions_of, request, serve_config
-
-
-def mac(i: int) -> str:
-    """The MAC bench/dhcp_cost.py's request(i, ...) carries."""
-    return "52:54:" + ":".join(f"{b:02x}" for b in i.to_bytes(4, "big"))
+from dhcp_cost import HERE, instructions_of, mac, request, serve_config
 
 
 def make_frames(path: Path, n: int, batch: int) -> None:
